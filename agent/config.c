@@ -1,0 +1,301 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * config: table-driven JSON configuration (see config.h). Keys are dotted
+ * paths into nested objects ("broker.uri" is {"broker":{"uri":...}}).
+ */
+#include "config.h"
+
+#include "err.h"
+#include "platform.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum ctype { C_STR, C_INT, C_BOOL };
+
+struct ckey {
+	const char *key;
+	enum ctype type;
+	size_t off;
+	const char *dflt_str; /* C_STR default, NULL = none */
+	int64_t dflt, min, max;
+	int required;
+	const char *doc;
+};
+
+#define S(k, f, d, req, doc) {k, C_STR, offsetof(config, f), d, 0, 0, 0, req, doc}
+#define I(k, f, d, lo, hi, doc) {k, C_INT, offsetof(config, f), NULL, d, lo, hi, 0, doc}
+#define B(k, f, d, doc) {k, C_BOOL, offsetof(config, f), NULL, d, 0, 1, 0, doc}
+
+static const struct ckey keys[] = {
+	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}"),
+	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}"),
+	S("device_id", device_id, NULL, 1, "This device's id, unique in the tenant; also the MQTT client id"),
+	S("store_dir", store_dir, "/var/lib/scrm", 0, "Directory holding outbox.db (shared with the POS via libscrm)"),
+	S("broker.uri", broker_uri, NULL, 1, "mqtts://host:port (TLS) or mqtt://host:port (plaintext, needs broker.allow_plaintext)"),
+	S("broker.ca_file", ca_file, NULL, 0, "CA certificate(s) that sign the broker's certificate (PEM); required for TLS"),
+	S("broker.cert_file", cert_file, NULL, 0, "Client certificate for mutual TLS (PEM)"),
+	S("broker.key_file", key_file, NULL, 0, "Client private key for mutual TLS (PEM)"),
+	S("broker.username", username, NULL, 0, "MQTT user name"),
+	S("broker.password_file", password_file, NULL, 0, "File holding the MQTT password (kept out of the config)"),
+	B("broker.allow_plaintext", allow_plaintext, 0, "Permit an unencrypted mqtt:// URI (logs a warning at every start)"),
+	I("broker.keepalive_s", keepalive_s, 30, 5, 3600, "MQTT keep-alive, seconds"),
+	I("broker.session_expiry_s", session_expiry_s, 604800, 0, 4294967295LL, "MQTT 5 session expiry: how long the broker queues acks while offline"),
+	I("broker.connect_timeout_s", connect_timeout_s, 10, 1, 300, "Give up a connection attempt after this many seconds"),
+	I("sync.batch_max_events", batch_max_events, 500, 1, 10000, "Events per MQTT message at most"),
+	I("sync.batch_max_bytes", batch_max_bytes, 262144, 4096, 16777216, "Bytes per MQTT message at most (one event may exceed it alone)"),
+	I("sync.window", window, 8, 1, 64, "Batches published but not yet acknowledged by central, at most (also capped by the broker's Receive Maximum)"),
+	I("sync.ack_timeout_ms", ack_timeout_ms, 30000, 500, 3600000, "Redeliver from the oldest unacknowledged event after this long without an ack"),
+	I("sync.backoff_min_ms", backoff_min_ms, 500, 10, 600000, "First reconnect delay ceiling; doubles per failure (full jitter)"),
+	I("sync.backoff_max_ms", backoff_max_ms, 60000, 100, 3600000, "Reconnect delay ceiling cap"),
+	S("log.level", log_level, "info", 0, "error, warn, info or debug"),
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const char *const sections[] = {"broker", "sync", "log"};
+
+/* Line of the first occurrence of "name" as a JSON key in text. */
+static int line_of(const char *text, size_t len, const char *name)
+{
+	char needle[80];
+	int n = snprintf(needle, sizeof(needle), "\"%s\"", name);
+	if (n <= 0 || (size_t)n >= sizeof(needle))
+		return 0;
+	int line = 1;
+	for (size_t i = 0; i + (size_t)n <= len; i++) {
+		if (memcmp(text + i, needle, (size_t)n) == 0)
+			return line;
+		if (text[i] == '\n')
+			line++;
+	}
+	return 0;
+}
+
+static int id_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 64)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char *text, size_t len)
+{
+	const char *leaf = strrchr(k->key, '.');
+	int line = line_of(text, len, leaf ? leaf + 1 : k->key);
+	char *base = (char *)cfg;
+	switch (k->type) {
+	case C_STR: {
+		if (!cJSON_IsString(v))
+			return err__set(SCRM_E_CONFIG, "%s: must be a string (line %d)", k->key, line);
+		char **dst = (char **)(void *)(base + k->off);
+		free(*dst);
+		if (!(*dst = strdup(v->valuestring)))
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		return SCRM_OK;
+	}
+	case C_INT: {
+		if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+			return err__set(SCRM_E_CONFIG, "%s: must be an integer (line %d)", k->key, line);
+		double d = v->valuedouble;
+		if (d < (double)k->min || d > (double)k->max)
+			return err__set(SCRM_E_CONFIG, "%s: must be between %lld and %lld, got %.0f (line %d)", k->key,
+					(long long)k->min, (long long)k->max, d, line);
+		*(int64_t *)(void *)(base + k->off) = (int64_t)d;
+		return SCRM_OK;
+	}
+	case C_BOOL:
+		if (!cJSON_IsBool(v))
+			return err__set(SCRM_E_CONFIG, "%s: must be true or false (line %d)", k->key, line);
+		*(int *)(void *)(base + k->off) = cJSON_IsTrue(v);
+		return SCRM_OK;
+	}
+	return SCRM_E_INTERNAL;
+}
+
+static int walk(const cJSON *obj, const char *prefix, config *cfg, const char *text, size_t len)
+{
+	for (const cJSON *it = obj->child; it; it = it->next) {
+		char path[128];
+		snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "", it->string ? it->string : "");
+		if (!*prefix) {
+			int is_section = 0;
+			for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
+				if (strcmp(path, sections[i]) == 0)
+					is_section = 1;
+			if (is_section) {
+				if (!cJSON_IsObject(it))
+					return err__set(SCRM_E_CONFIG, "%s: must be an object (line %d)", path, line_of(text, len, path));
+				int rc = walk(it, path, cfg, text, len);
+				if (rc)
+					return rc;
+				continue;
+			}
+		}
+		const struct ckey *k = NULL;
+		for (size_t i = 0; i < NKEYS; i++)
+			if (strcmp(keys[i].key, path) == 0)
+				k = &keys[i];
+		if (!k)
+			return err__set(SCRM_E_CONFIG, "%s: unknown key (line %d); see scrm-agent --help-config",
+					path, line_of(text, len, it->string ? it->string : ""));
+		int rc = set_key(k, it, cfg, text, len);
+		if (rc)
+			return rc;
+	}
+	return SCRM_OK;
+}
+
+static int is_set(const struct ckey *k, const config *cfg)
+{
+	return *(char *const *)(const void *)((const char *)cfg + k->off) != NULL;
+}
+
+/* Checks that span keys, once everything is read. */
+static int cross_check(config *cfg)
+{
+	if (!id_ok(cfg->tenant))
+		return err__set(SCRM_E_CONFIG, "tenant: must be 1..64 of [A-Za-z0-9_.-]");
+	if (!id_ok(cfg->store_id))
+		return err__set(SCRM_E_CONFIG, "store_id: must be 1..64 of [A-Za-z0-9_.-]");
+	if (!id_ok(cfg->device_id))
+		return err__set(SCRM_E_CONFIG, "device_id: must be 1..64 of [A-Za-z0-9_.-]");
+	static const struct { const char *from, *to; int plain; } schemes[] = {
+		{"mqtts://", "ssl://", 0}, {"ssl://", "ssl://", 0}, {"mqtt://", "tcp://", 1}, {"tcp://", "tcp://", 1},
+	};
+	const char *uri = cfg->broker_uri;
+	int found = 0;
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		size_t n = strlen(schemes[i].from);
+		if (strncmp(uri, schemes[i].from, n) == 0) {
+			if (!uri[n])
+				return err__set(SCRM_E_CONFIG, "broker.uri: no host after %s", schemes[i].from);
+			size_t need = strlen(schemes[i].to) + strlen(uri + n) + 1;
+			char *norm = malloc(need);
+			if (!norm)
+				return err__set(SCRM_E_NOMEM, "out of memory");
+			snprintf(norm, need, "%s%s", schemes[i].to, uri + n);
+			free(cfg->broker_uri);
+			cfg->broker_uri = norm;
+			cfg->plaintext = schemes[i].plain;
+			found = 1;
+			break;
+		}
+	}
+	if (!found)
+		return err__set(SCRM_E_CONFIG, "broker.uri: must start with mqtts:// (or mqtt:// with broker.allow_plaintext), got \"%.80s\"", uri);
+	if (cfg->plaintext && !cfg->allow_plaintext)
+		return err__set(SCRM_E_CONFIG, "broker.uri: plaintext mqtt:// refused; use mqtts://, or set broker.allow_plaintext to true to accept an unencrypted link");
+	if (!cfg->plaintext && !cfg->ca_file)
+		return err__set(SCRM_E_CONFIG, "broker.ca_file: required with TLS (the CA that signs the broker's certificate)");
+	if (!!cfg->cert_file != !!cfg->key_file)
+		return err__set(SCRM_E_CONFIG, "%s: broker.cert_file and broker.key_file go together", cfg->cert_file ? "broker.key_file" : "broker.cert_file");
+	if (cfg->backoff_max_ms < cfg->backoff_min_ms)
+		return err__set(SCRM_E_CONFIG, "sync.backoff_max_ms: must be >= sync.backoff_min_ms");
+	if (cfg->log_level && strcmp(cfg->log_level, "error") && strcmp(cfg->log_level, "warn") &&
+	    strcmp(cfg->log_level, "info") && strcmp(cfg->log_level, "debug"))
+		return err__set(SCRM_E_CONFIG, "log.level: must be error, warn, info or debug");
+	int n = snprintf(cfg->topic_prefix, sizeof(cfg->topic_prefix), "scrm/v1/%s/%s/%s/", cfg->tenant,
+			 cfg->store_id, cfg->device_id);
+	if (n < 0 || (size_t)n >= sizeof(cfg->topic_prefix))
+		return err__set(SCRM_E_CONFIG, "topic prefix too long");
+	return SCRM_OK;
+}
+
+int config__parse(const char *text, size_t len, config *cfg)
+{
+	const char *end = NULL;
+	cJSON *root = NULL;
+	int rc;
+
+	memset(cfg, 0, sizeof(*cfg));
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct ckey *k = &keys[i];
+		char *base = (char *)cfg;
+		if (k->type == C_STR && k->dflt_str) {
+			if (!(*(char **)(void *)(base + k->off) = strdup(k->dflt_str))) {
+				rc = err__set(SCRM_E_NOMEM, "out of memory");
+				goto cleanup;
+			}
+		} else if (k->type == C_INT) {
+			*(int64_t *)(void *)(base + k->off) = k->dflt;
+		} else if (k->type == C_BOOL) {
+			*(int *)(void *)(base + k->off) = (int)k->dflt;
+		}
+	}
+	root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	if (!root) {
+		int line = 1;
+		for (const char *p = text; end && p < end && p < text + len; p++)
+			if (*p == '\n')
+				line++;
+		rc = err__set(SCRM_E_CONFIG, "config: malformed JSON near line %d", line);
+		goto cleanup;
+	}
+	if (!cJSON_IsObject(root)) {
+		rc = err__set(SCRM_E_CONFIG, "config: the top level must be a JSON object");
+		goto cleanup;
+	}
+	if ((rc = walk(root, "", cfg, text, len)))
+		goto cleanup;
+	for (size_t i = 0; i < NKEYS; i++)
+		if (keys[i].required && !is_set(&keys[i], cfg)) {
+			rc = err__set(SCRM_E_CONFIG, "%s: required (%s)", keys[i].key, keys[i].doc);
+			goto cleanup;
+		}
+	rc = cross_check(cfg);
+cleanup:
+	cJSON_Delete(root);
+	if (rc)
+		config__free(cfg);
+	return rc;
+}
+
+int config__load(const char *path, config *cfg)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int rc = platform__read_file(path, 1 << 20, &text, &len);
+	memset(cfg, 0, sizeof(*cfg));
+	if (rc != 0)
+		return err__set(SCRM_E_CONFIG, "config: cannot read %s: %s", path, strerror(-rc));
+	rc = config__parse(text, len, cfg);
+	free(text);
+	return rc;
+}
+
+void config__free(config *cfg)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (keys[i].type == C_STR) {
+			char **p = (char **)(void *)((char *)cfg + keys[i].off);
+			free(*p);
+			*p = NULL;
+		}
+}
+
+void config__print_keys(void)
+{
+	printf("%-26s %-6s %-16s %s\n", "key", "type", "default", "meaning");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct ckey *k = &keys[i];
+		char d[32];
+		if (k->type == C_STR)
+			snprintf(d, sizeof(d), "%s", k->required ? "(required)" : k->dflt_str ? k->dflt_str : "-");
+		else if (k->type == C_BOOL)
+			snprintf(d, sizeof(d), "%s", k->dflt ? "true" : "false");
+		else
+			snprintf(d, sizeof(d), "%lld", (long long)k->dflt);
+		printf("%-26s %-6s %-16s %s\n", k->key, k->type == C_STR ? "string" : k->type == C_INT ? "int" : "bool", d, k->doc);
+	}
+}

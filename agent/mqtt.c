@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * mqtt: Paho MQTTAsync → event queue (see mqtt.h).
+ *
+ * Paho rules we follow (TOOLCHAIN.md): never call create/destroy from a
+ * callback; keep our own in-flight count under the CONNACK Receive Maximum
+ * (1.3.12 stalls past it); persistence NONE, no offline buffering.
+ */
+#include "mqtt.h"
+
+#include <scrm/scrm.h>
+
+#include "platform.h"
+
+#include <MQTTAsync.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct mqtt {
+	MQTTAsync client;
+	int fd;
+	pthread_mutex_t mu;
+	mqtt__event *head, **tail;
+	char tls_error[256]; /* last OpenSSL error reported during a handshake */
+	char *uri, *client_id, *ca_file, *cert_file, *key_file, *username, *password;
+	char *will_topic, *will_payload;
+	int will_retained;
+	int keepalive_s, connect_timeout_s, clean_start;
+	int64_t session_expiry_s;
+};
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void push(mqtt *m, mqtt__event *e)
+{
+	pthread_mutex_lock(&m->mu);
+	*m->tail = e;
+	m->tail = &e->next;
+	pthread_mutex_unlock(&m->mu);
+	platform__waker_signal(m->fd);
+}
+
+static mqtt__event *ev_new(mqtt__etype t)
+{
+	mqtt__event *e = calloc(1, sizeof(*e));
+	if (e)
+		e->type = t;
+	return e;
+}
+
+void mqtt__event_free(mqtt__event *e)
+{
+	if (!e)
+		return;
+	free(e->text);
+	free(e->topic);
+	free(e->payload);
+	free(e);
+}
+
+mqtt__event *mqtt__next(mqtt *m)
+{
+	pthread_mutex_lock(&m->mu);
+	mqtt__event *e = m->head;
+	if (e) {
+		m->head = e->next;
+		if (!m->head)
+			m->tail = &m->head;
+		e->next = NULL;
+	}
+	pthread_mutex_unlock(&m->mu);
+	return e;
+}
+
+int mqtt__fd(const mqtt *m)
+{
+	return m->fd;
+}
+
+/* ---- Paho callbacks: Paho's threads; copy, enqueue, signal ---- */
+
+static int on_ssl_error(const char *str, size_t len, void *ctx)
+{
+	mqtt *m = ctx;
+	pthread_mutex_lock(&m->mu);
+	snprintf(m->tls_error, sizeof(m->tls_error), "%.*s", (int)(len > 250 ? 250 : len), str);
+	/* Strip the trailing newline OpenSSL leaves. */
+	size_t n = strlen(m->tls_error);
+	while (n && (m->tls_error[n - 1] == '\n' || m->tls_error[n - 1] == '\r'))
+		m->tls_error[--n] = '\0';
+	pthread_mutex_unlock(&m->mu);
+	return 0;
+}
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_CONNECTED);
+	if (!e)
+		return;
+	e->recv_max = 65535;
+	if (r) {
+		e->session_present = r->alt.connect.sessionPresent;
+		if (MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+			e->recv_max = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+	}
+	pthread_mutex_lock(&m->mu);
+	m->tls_error[0] = '\0';
+	pthread_mutex_unlock(&m->mu);
+	push(m, e);
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
+{
+	mqtt *m = ctx;
+	char buf[512];
+	mqtt__event *e = ev_new(MQ_CONNECT_FAILED);
+	if (!e)
+		return;
+	pthread_mutex_lock(&m->mu);
+	const char *paho = r && r->message ? r->message : NULL;
+	int code = r ? r->code : -1;
+	if (m->tls_error[0])
+		snprintf(buf, sizeof(buf), "TLS: %s", m->tls_error);
+	else if (paho)
+		snprintf(buf, sizeof(buf), "%s", paho);
+	else if (r && r->reasonCode)
+		snprintf(buf, sizeof(buf), "broker refused: %s", MQTTReasonCode_toString(r->reasonCode));
+	else if (strncmp(m->uri, "ssl://", 6) == 0)
+		snprintf(buf, sizeof(buf), "TCP connect or TLS handshake failed (broker down, certificate not trusted, or host name mismatch) (paho code %d)", code);
+	else
+		snprintf(buf, sizeof(buf), "TCP connect failed (paho code %d)", code);
+	m->tls_error[0] = '\0';
+	pthread_mutex_unlock(&m->mu);
+	e->code = r && r->reasonCode ? (int)r->reasonCode : code;
+	e->text = strdup(buf);
+	push(m, e);
+}
+
+static void on_lost(void *ctx, char *cause)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_LOST);
+	if (!e)
+		return;
+	e->text = strdup(cause ? cause : "connection lost");
+	push(m, e);
+}
+
+static void on_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonCodes rc)
+{
+	(void)props;
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_LOST);
+	if (!e)
+		return;
+	char buf[160];
+	snprintf(buf, sizeof(buf), "broker sent DISCONNECT: %s", MQTTReasonCode_toString(rc));
+	e->text = strdup(buf);
+	push(m, e);
+}
+
+static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_MESSAGE);
+	size_t tl = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+	if (e) {
+		e->topic = malloc(tl + 1);
+		e->payload = malloc((size_t)msg->payloadlen + 1);
+		if (e->topic && e->payload) {
+			memcpy(e->topic, topic, tl);
+			e->topic[tl] = '\0';
+			memcpy(e->payload, msg->payload, (size_t)msg->payloadlen);
+			e->payload[msg->payloadlen] = '\0';
+			e->len = (size_t)msg->payloadlen;
+			push(m, e);
+		} else {
+			mqtt__event_free(e);
+			/* Returning 0 asks Paho to deliver the message again later. */
+			return 0;
+		}
+	} else {
+		return 0;
+	}
+	MQTTAsync_freeMessage(&msg);
+	MQTTAsync_free(topic);
+	return 1;
+}
+
+static void on_sub_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_SUBSCRIBED);
+	if (!e)
+		return;
+	e->code = r ? (int)r->reasonCode : 0;
+	/* A SUBACK reason >= 0x80 is a refusal (e.g. ACL). */
+	if (e->code >= 0x80) {
+		e->type = MQ_SUBSCRIBE_FAILED;
+		e->text = strdup(MQTTReasonCode_toString((enum MQTTReasonCodes)e->code));
+	}
+	push(m, e);
+}
+
+static void on_sub_fail(void *ctx, MQTTAsync_failureData5 *r)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_SUBSCRIBE_FAILED);
+	if (!e)
+		return;
+	e->code = r ? r->code : -1;
+	e->text = strdup(r && r->message ? r->message : "subscribe failed");
+	push(m, e);
+}
+
+static void on_pub_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_PUBLISHED);
+	if (!e)
+		return;
+	e->token = r ? r->token : 0;
+	e->code = r ? (int)r->reasonCode : 0;
+	if (e->code >= 0x80)
+		e->type = MQ_PUBLISH_FAILED;
+	push(m, e);
+}
+
+static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r)
+{
+	mqtt *m = ctx;
+	mqtt__event *e = ev_new(MQ_PUBLISH_FAILED);
+	if (!e)
+		return;
+	e->token = r ? r->token : 0;
+	e->code = r ? r->code : -1;
+	push(m, e);
+}
+
+/* ---- API: owning thread ---- */
+
+int mqtt__create(const mqtt__opts *o, mqtt **out)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	mqtt *m;
+	int rc;
+
+	*out = NULL;
+	if (!(m = calloc(1, sizeof(*m))))
+		return SCRM_E_NOMEM;
+	pthread_mutex_init(&m->mu, NULL);
+	m->tail = &m->head;
+	m->fd = platform__waker_open();
+	if (m->fd < 0) {
+		pthread_mutex_destroy(&m->mu);
+		free(m);
+		return SCRM_E_IO;
+	}
+	m->uri = dup_or_null(o->uri);
+	m->client_id = dup_or_null(o->client_id);
+	m->ca_file = dup_or_null(o->ca_file);
+	m->cert_file = dup_or_null(o->cert_file);
+	m->key_file = dup_or_null(o->key_file);
+	m->username = dup_or_null(o->username);
+	m->password = dup_or_null(o->password);
+	m->will_topic = dup_or_null(o->will_topic);
+	m->will_payload = dup_or_null(o->will_payload);
+	m->will_retained = o->will_retained;
+	m->keepalive_s = o->keepalive_s > 0 ? o->keepalive_s : 30;
+	m->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
+	m->clean_start = o->clean_start;
+	m->session_expiry_s = o->session_expiry_s;
+
+	co.MQTTVersion = MQTTVERSION_5;
+	co.sendWhileDisconnected = 0;
+	rc = MQTTAsync_createWithOptions(&m->client, m->uri, m->client_id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		m->client = NULL;
+		mqtt__destroy(m);
+		return SCRM_E_CONFIG;
+	}
+	MQTTAsync_setCallbacks(m->client, m, on_lost, on_message, NULL);
+	MQTTAsync_setDisconnected(m->client, m, on_disconnected);
+	*out = m;
+	return SCRM_OK;
+}
+
+void mqtt__destroy(mqtt *m)
+{
+	if (!m)
+		return;
+	if (m->client)
+		MQTTAsync_destroy(&m->client);
+	mqtt__event *e;
+	while ((e = mqtt__next(m)))
+		mqtt__event_free(e);
+	close(m->fd);
+	free(m->uri);
+	free(m->client_id);
+	free(m->ca_file);
+	free(m->cert_file);
+	free(m->key_file);
+	free(m->username);
+	free(m->password);
+	free(m->will_topic);
+	free(m->will_payload);
+	pthread_mutex_destroy(&m->mu);
+	free(m);
+}
+
+int mqtt__connect(mqtt *m)
+{
+	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+	MQTTProperties props = MQTTProperties_initializer;
+	MQTTProperty p;
+	int rc;
+
+	c.keepAliveInterval = m->keepalive_s;
+	c.connectTimeout = m->connect_timeout_s;
+	c.cleanstart = m->clean_start;
+	c.automaticReconnect = 0; /* our own backoff decides when */
+	c.onSuccess5 = on_connect_ok;
+	c.onFailure5 = on_connect_fail;
+	c.context = m;
+	c.username = m->username;
+	c.password = m->password;
+	if (m->session_expiry_s > 0) {
+		p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+		p.value.integer4 = (unsigned int)m->session_expiry_s;
+		MQTTProperties_add(&props, &p);
+		c.connectProperties = &props;
+	}
+	if (m->will_topic) {
+		will.topicName = m->will_topic;
+		will.message = m->will_payload;
+		will.retained = m->will_retained;
+		will.qos = 1;
+		c.will = &will;
+	}
+	if (strncmp(m->uri, "ssl://", 6) == 0) {
+		ssl.trustStore = m->ca_file;
+		ssl.keyStore = m->cert_file;
+		ssl.privateKey = m->key_file;
+		ssl.enableServerCertAuth = 1;
+		ssl.verify = 1; /* check the host name against the certificate */
+		ssl.disableDefaultTrustStore = m->ca_file ? 1 : 0;
+		ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+		ssl.ssl_error_cb = on_ssl_error;
+		ssl.ssl_error_context = m;
+		c.ssl = &ssl;
+	}
+	rc = MQTTAsync_connect(m->client, &c);
+	MQTTProperties_free(&props);
+	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+int mqtt__subscribe(mqtt *m, const char *topic, int qos)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	ro.onSuccess5 = on_sub_ok;
+	ro.onFailure5 = on_sub_fail;
+	ro.context = m;
+	return MQTTAsync_subscribe(m->client, topic, qos, &ro) == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
+		  int *token)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	ro.onSuccess5 = on_pub_ok;
+	ro.onFailure5 = on_pub_fail;
+	ro.context = m;
+	msg.payload = (void *)(uintptr_t)payload;
+	msg.payloadlen = (int)len;
+	msg.qos = qos;
+	msg.retained = retained;
+	int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
+	if (token)
+		*token = ro.token;
+	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+void mqtt__disconnect(mqtt *m, int timeout_ms)
+{
+	MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+	d.timeout = timeout_ms;
+	if (MQTTAsync_isConnected(m->client))
+		MQTTAsync_disconnect(m->client, &d);
+	/* Give Paho a moment to send DISCONNECT before destroy. */
+	for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
+		usleep(10000);
+}
+
+int mqtt__is_connected(mqtt *m)
+{
+	return MQTTAsync_isConnected(m->client);
+}

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * mqtt: a thin layer over Paho MQTTAsync (MQTT 5, TLS via OpenSSL) that turns
+ * Paho's callbacks, which run on Paho's own threads, into a queue of events
+ * the owning poll loop drains: callbacks copy what they need, enqueue, and
+ * signal an eventfd. Nothing here touches SQLite or the outbox. Paho runs
+ * with persistence and offline buffering off: the outbox is the only store.
+ *
+ * Used by scrm-agent, the reference central and the benchmark's naive client.
+ */
+#ifndef SCRM_MQTT_H
+#define SCRM_MQTT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum mqtt__etype {
+	MQ_CONNECTED,      /* recv_max, session_present */
+	MQ_CONNECT_FAILED, /* code, text */
+	MQ_LOST,           /* text */
+	MQ_SUBSCRIBED,     /* code = granted QoS or reason */
+	MQ_SUBSCRIBE_FAILED,
+	MQ_PUBLISHED,      /* token: the broker has it (PUBACK); proves nothing more */
+	MQ_PUBLISH_FAILED, /* token */
+	MQ_MESSAGE,        /* topic, payload, len */
+} mqtt__etype;
+
+typedef struct mqtt__event {
+	struct mqtt__event *next;
+	mqtt__etype type;
+	int code;
+	int token;
+	int recv_max;
+	int session_present;
+	char *text;    /* owned; may be NULL */
+	char *topic;   /* owned (MQ_MESSAGE) */
+	char *payload; /* owned, NUL-terminated (MQ_MESSAGE) */
+	size_t len;
+} mqtt__event;
+
+typedef struct mqtt__opts {
+	const char *uri;        /* ssl://host:port or tcp://host:port */
+	const char *client_id;
+	const char *ca_file, *cert_file, *key_file; /* TLS; cert/key optional */
+	const char *username, *password;
+	int keepalive_s;
+	int connect_timeout_s;
+	int clean_start;
+	int64_t session_expiry_s;
+	/* Last will (optional): topic, payload, retained. */
+	const char *will_topic, *will_payload;
+	int will_retained;
+} mqtt__opts;
+
+typedef struct mqtt mqtt;
+
+/* Create the client (does not connect). Strings copied. 0 or SCRM_E_*. */
+int mqtt__create(const mqtt__opts *o, mqtt **out);
+void mqtt__destroy(mqtt *m);
+/* Readable when events are queued. */
+int mqtt__fd(const mqtt *m);
+/* Pop the next event (caller frees with mqtt__event_free), NULL if none. */
+mqtt__event *mqtt__next(mqtt *m);
+void mqtt__event_free(mqtt__event *e);
+
+int mqtt__connect(mqtt *m);
+int mqtt__subscribe(mqtt *m, const char *topic, int qos);
+/* Publish; *token identifies the later MQ_PUBLISHED/FAILED. */
+int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
+		  int *token);
+/* Graceful DISCONNECT, waiting up to timeout_ms. */
+void mqtt__disconnect(mqtt *m, int timeout_ms);
+int mqtt__is_connected(mqtt *m);
+
+#endif

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * store: the public capture API of libscrm (include/scrm/scrm.h).
+ *
+ * Group commit. Each record call validates and encodes its event on the
+ * caller's thread, then queues it. The first caller to find no commit in
+ * progress becomes the leader: it takes everything queued, appends it in one
+ * SQLite transaction (one fsync), publishes the outcome to each waiter and
+ * repeats while more arrived meanwhile. Followers just wait for their
+ * outcome. A lone caller pays one transaction per event; N concurrent
+ * callers share one fsync, which is what lets a busy store capture
+ * hundreds of durable events per fsync.
+ */
+#include <scrm/scrm.h>
+
+#include "err.h"
+#include "event.h"
+#include "outbox.h"
+#include "platform.h"
+#include "uuid.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Events committed per transaction at most, so one leader's turn is bounded. */
+#define GROUP_MAX 512
+
+struct pending {
+	struct pending *next;
+	outbox__row row;
+	int done;
+	int rc;
+	char errmsg[256];
+};
+
+struct scrm_store {
+	outbox *ob; /* used only by the current leader, or under mu for reads */
+	char boot[37];
+	int64_t trusted_after_ms;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct pending *head, **tail;
+	int leader;
+};
+
+int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store **out)
+{
+	scrm_store *s;
+	int rc;
+
+	err__clear();
+	if (!out)
+		return err__set(SCRM_E_INVALID, "out: NULL");
+	*out = NULL;
+	if (!(s = calloc(1, sizeof(*s))))
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	rc = outbox__open(dir, opts ? opts->device_id : NULL, opts ? opts->busy_timeout_ms : 0, &s->ob);
+	if (rc) {
+		free(s);
+		return rc;
+	}
+	platform__boot_id(s->boot);
+	s->trusted_after_ms = (int64_t)SCRM_BUILD_EPOCH * 1000;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	s->tail = &s->head;
+	*out = s;
+	return SCRM_OK;
+}
+
+void scrm_store_close(scrm_store *s)
+{
+	if (!s)
+		return;
+	outbox__close(s->ob);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	free(s);
+}
+
+const char *scrm_store_device_id(const scrm_store *s)
+{
+	return s ? outbox__device_id(s->ob) : "";
+}
+
+/* Commit everything queued, repeatedly, until the queue is empty. Called
+ * with mu held; returns with mu held. */
+static void lead(scrm_store *s)
+{
+	outbox__row rows[GROUP_MAX];
+	struct pending *batch[GROUP_MAX];
+
+	while (s->head) {
+		size_t n = 0;
+		while (s->head && n < GROUP_MAX) {
+			struct pending *p = s->head;
+			s->head = p->next;
+			batch[n] = p;
+			rows[n] = p->row;
+			n++;
+		}
+		if (!s->head)
+			s->tail = &s->head;
+		pthread_mutex_unlock(&s->mu);
+
+		err__clear();
+		int rc = outbox__append(s->ob, rows, n, s->trusted_after_ms);
+
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = 0; i < n; i++) {
+			batch[i]->row.seq = rows[i].seq;
+			batch[i]->row.clock_ok = rows[i].clock_ok;
+			batch[i]->rc = rc;
+			if (rc)
+				snprintf(batch[i]->errmsg, sizeof(batch[i]->errmsg), "%s", scrm_errmsg());
+			batch[i]->done = 1;
+		}
+		pthread_cond_broadcast(&s->cv);
+	}
+}
+
+static int record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
+{
+	struct pending p;
+	int rc;
+
+	memset(&p, 0, sizeof(p));
+	p.row.wall_ms = platform__wall_ms();
+	p.row.mono_ms = platform__mono_ms();
+	char id[37];
+	if (uuid__v7(p.row.wall_ms, id) != 0)
+		return err__set(SCRM_E_CRYPTO, "event id: random generator failed");
+	p.row.id = id;
+	p.row.kind = event__kind_name(kind);
+	p.row.boot = s->boot;
+	p.row.body = body->p;
+	p.row.body_len = body->len;
+
+	pthread_mutex_lock(&s->mu);
+	*s->tail = &p;
+	s->tail = &p.next;
+	if (!s->leader) {
+		s->leader = 1;
+		lead(s);
+		s->leader = 0;
+		/* Waiters queued after our last round are handled by a new leader:
+		 * wake them so one of them takes over. */
+		pthread_cond_broadcast(&s->cv);
+	}
+	while (!p.done) {
+		pthread_cond_wait(&s->cv, &s->mu);
+		if (!p.done && !s->leader) {
+			s->leader = 1;
+			lead(s);
+			s->leader = 0;
+			pthread_cond_broadcast(&s->cv);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+
+	rc = p.rc;
+	if (rc) {
+		err__set(rc, "%s", p.errmsg);
+		return rc;
+	}
+	if (receipt) {
+		memcpy(receipt->event_id, id, sizeof(receipt->event_id));
+		receipt->seq = p.row.seq;
+		receipt->wall_ms = p.row.wall_ms;
+	}
+	return SCRM_OK;
+}
+
+static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_receipt *receipt)
+{
+	sbuf body;
+	int rc;
+
+	err__clear();
+	if (!s)
+		return err__set(SCRM_E_INVALID, "store: NULL");
+	sbuf__init(&body);
+	switch (kind) {
+	case EVENT_PURCHASE:
+		rc = event__encode_purchase(in, &body);
+		break;
+	case EVENT_RETURN:
+		rc = event__encode_return(in, &body);
+		break;
+	default:
+		rc = event__encode_scan(in, &body);
+		break;
+	}
+	if (rc == SCRM_OK)
+		rc = record(s, kind, &body, receipt);
+	sbuf__free(&body);
+	return rc;
+}
+
+int scrm_record_purchase(scrm_store *s, const scrm_purchase *p, scrm_receipt *receipt)
+{
+	return record_typed(s, EVENT_PURCHASE, p, receipt);
+}
+
+int scrm_record_return(scrm_store *s, const scrm_return *r, scrm_receipt *receipt)
+{
+	return record_typed(s, EVENT_RETURN, r, receipt);
+}
+
+int scrm_record_member_scan(scrm_store *s, const scrm_member_scan *m, scrm_receipt *receipt)
+{
+	return record_typed(s, EVENT_MEMBER_SCAN, m, receipt);
+}
+
+int scrm_record_json(scrm_store *s, const char *json, size_t len, scrm_receipt *receipt)
+{
+	sbuf body;
+	event__kind kind;
+	int rc;
+
+	err__clear();
+	if (!s)
+		return err__set(SCRM_E_INVALID, "store: NULL");
+	sbuf__init(&body);
+	rc = event__from_json(json, len, &kind, &body);
+	if (rc == SCRM_OK)
+		rc = record(s, kind, &body, receipt);
+	sbuf__free(&body);
+	return rc;
+}
+
+int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
+{
+	int rc;
+	err__clear();
+	if (!s || !out)
+		return err__set(SCRM_E_INVALID, "store/out: NULL");
+	/* The connection may be in use by a leader: take the lead ourselves so
+	 * no append runs on it meanwhile. */
+	pthread_mutex_lock(&s->mu);
+	while (s->leader)
+		pthread_cond_wait(&s->cv, &s->mu);
+	s->leader = 1;
+	pthread_mutex_unlock(&s->mu);
+	rc = outbox__stats(s->ob, out);
+	pthread_mutex_lock(&s->mu);
+	s->leader = 0;
+	/* Events queued while we held the connection need a leader. */
+	if (s->head) {
+		s->leader = 1;
+		lead(s);
+		s->leader = 0;
+	}
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}

@@ -1,0 +1,451 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * sync: outbox → MQTT → central ack (see sync.h and docs/protocol.md).
+ *
+ * Delivery state, all owned by the loop thread:
+ *   sent_upto   highest seq published since the last go-back point
+ *   win[]       published batches not yet acknowledged, oldest first
+ * An event leaves the outbox only in outbox__ack(), i.e. when central's
+ * down/ack names its seq. PUBACKs are only used to count messages the
+ * broker holds; they never delete anything.
+ */
+#include "sync.h"
+
+#include "backoff.h"
+#include "err.h"
+#include "log.h"
+#include "mqtt.h"
+#include "outbox.h"
+#include "platform.h"
+#include "sbuf.h"
+#include "uuid.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#define MAX_WINDOW 64
+#define IDLE_CHECKPOINT_MS 60000
+#define MAX_ACK_RANGES 4096
+
+struct batch {
+	char id[37];
+	int64_t first, last, deadline_ms;
+};
+
+struct sync {
+	const config *cfg;
+	outbox *ob;
+	mqtt *mq;
+	char topic_up[340], topic_down[340], topic_ack[340];
+	int connecting, connected, subscribed;
+	int window; /* effective: min(cfg window, Receive Maximum) */
+	int64_t next_connect_ms;
+	backoff bo;
+	int64_t sent_upto;
+	struct batch win[MAX_WINDOW];
+	int nwin;
+	sbuf buf;
+	int64_t last_activity_ms;
+	/* counters, for the shutdown summary */
+	int64_t n_published, n_acked, n_redeliveries;
+};
+
+static uint32_t rand32(void)
+{
+	uint32_t r = 0;
+	platform__random(&r, sizeof(r));
+	return r;
+}
+
+static void go_back(struct sync *s, const char *why)
+{
+	int64_t oldest = 0;
+	outbox__oldest_seq(s->ob, &oldest);
+	if (s->nwin > 0) {
+		s->n_redeliveries++;
+		LOG(LOG_WARN, "sync", "redelivering unacknowledged events", "reason=%s from_seq=%lld batches=%d", why,
+		    (long long)oldest, s->nwin);
+	}
+	s->nwin = 0;
+	s->sent_upto = 0; /* read from the oldest pending again */
+}
+
+static void schedule_reconnect(struct sync *s, int64_t now)
+{
+	int64_t ceil = backoff__ceiling(&s->bo);
+	int64_t d = backoff__next(&s->bo, rand32());
+	s->next_connect_ms = now + d;
+	LOG(LOG_INFO, "sync", "reconnect scheduled", "in_ms=%lld ceiling_ms=%lld", (long long)d, (long long)ceil);
+}
+
+static void start_connect(struct sync *s)
+{
+	s->connecting = 1;
+	s->next_connect_ms = 0;
+	LOG(LOG_DEBUG, "sync", "connecting", "uri=%s", s->cfg->broker_uri);
+	if (mqtt__connect(s->mq) != SCRM_OK) {
+		s->connecting = 0;
+		LOG(LOG_ERROR, "sync", "connect call failed", "uri=%s", s->cfg->broker_uri);
+		schedule_reconnect(s, platform__wall_ms());
+	}
+}
+
+/* Publish batches while the window has room. */
+static void pump(struct sync *s)
+{
+	if (!s->connected || !s->subscribed)
+		return;
+	while (s->nwin < s->window) {
+		struct batch *b = &s->win[s->nwin];
+		size_t count = 0;
+		int64_t last = 0;
+		int64_t now = platform__wall_ms();
+
+		if (uuid__v7(now, b->id) != 0)
+			return;
+		sbuf__reset(&s->buf);
+		sbuf__puts(&s->buf, "{\"v\":1,\"batch\":\"");
+		sbuf__puts(&s->buf, b->id);
+		sbuf__puts(&s->buf, "\",\"sent_ms\":");
+		sbuf__i64(&s->buf, now);
+		sbuf__puts(&s->buf, ",\"events\":[");
+		int rc = outbox__read_batch(s->ob, s->sent_upto, (size_t)s->cfg->batch_max_events,
+					    (size_t)s->cfg->batch_max_bytes - 2, &s->buf, &count, &last);
+		if (rc != SCRM_OK) {
+			LOG(LOG_ERROR, "sync", "cannot read the outbox", "err=\"%s\"", scrm_errmsg());
+			return;
+		}
+		if (count == 0)
+			return;
+		sbuf__puts(&s->buf, "]}");
+		if (s->buf.oom)
+			return;
+		/* first seq is the first event's; sent_upto+1 may be long gone */
+		const char *p = strstr(s->buf.p, "\"seq\":");
+		b->first = p ? strtoll(p + 6, NULL, 10) : s->sent_upto + 1;
+		b->last = last;
+		b->deadline_ms = now + s->cfg->ack_timeout_ms;
+		if (mqtt__publish(s->mq, s->topic_up, s->buf.p, s->buf.len, 1, 0, NULL) != SCRM_OK) {
+			LOG(LOG_WARN, "sync", "publish refused by client", "batch=%s", b->id);
+			return;
+		}
+		LOG(LOG_DEBUG, "sync", "batch published", "batch=%s first=%lld last=%lld events=%zu bytes=%zu", b->id,
+		    (long long)b->first, (long long)b->last, count, s->buf.len);
+		s->sent_upto = last;
+		s->nwin++;
+		s->n_published += (int64_t)count;
+		s->last_activity_ms = now;
+	}
+}
+
+/* Drop window entries that are fully acknowledged. */
+static void retire(struct sync *s, const int64_t (*ranges)[2], size_t nr)
+{
+	int64_t oldest = 0;
+	outbox__oldest_seq(s->ob, &oldest);
+	int j = 0;
+	for (int i = 0; i < s->nwin; i++) {
+		struct batch *b = &s->win[i];
+		int done = oldest == 0 ? b->last <= s->sent_upto : b->last < oldest;
+		for (size_t r = 0; !done && r < nr; r++)
+			if (ranges[r][0] <= b->first && b->last <= ranges[r][1])
+				done = 1;
+		if (!done)
+			s->win[j++] = *b;
+	}
+	s->nwin = j;
+}
+
+static void on_ack(struct sync *s, const char *payload, size_t len)
+{
+	static int64_t ranges[MAX_ACK_RANGES][2];
+	size_t nr = 0;
+	cJSON *o = cJSON_ParseWithLength(payload, len);
+	int64_t now = platform__wall_ms();
+
+	if (!o || !cJSON_IsObject(o)) {
+		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"not a JSON object\" bytes=%zu", len);
+		goto out;
+	}
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "v");
+	if (!cJSON_IsNumber(v) || v->valuedouble != 1) {
+		LOG(LOG_WARN, "sync", "ignoring ack of unknown protocol version", "field=v");
+		goto out;
+	}
+	const cJSON *acked = cJSON_GetObjectItemCaseSensitive(o, "acked");
+	const cJSON *rej = cJSON_GetObjectItemCaseSensitive(o, "rejected");
+	if (acked && !cJSON_IsArray(acked)) {
+		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked: must be an array\"");
+		goto out;
+	}
+	for (const cJSON *it = acked ? acked->child : NULL; it; it = it->next) {
+		const cJSON *a = cJSON_GetArrayItem(it, 0), *b = cJSON_GetArrayItem(it, 1);
+		if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(a) || !cJSON_IsNumber(b) ||
+		    a->valuedouble < 1 || b->valuedouble < a->valuedouble || b->valuedouble > 9007199254740992.0) {
+			LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked[%zu]: must be [first,last] with 1 <= first <= last\"", nr);
+			goto out;
+		}
+		if (nr == MAX_ACK_RANGES) {
+			LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked: more than %d ranges\"", MAX_ACK_RANGES);
+			goto out;
+		}
+		ranges[nr][0] = (int64_t)a->valuedouble;
+		ranges[nr][1] = (int64_t)b->valuedouble;
+		nr++;
+	}
+	if (rej && cJSON_IsArray(rej)) {
+		for (const cJSON *it = rej->child; it; it = it->next) {
+			const cJSON *seq = cJSON_GetObjectItemCaseSensitive(it, "seq");
+			const cJSON *why = cJSON_GetObjectItemCaseSensitive(it, "reason");
+			if (!cJSON_IsNumber(seq) || seq->valuedouble < 1)
+				continue;
+			char q[300];
+			const char *reason = cJSON_IsString(why) ? why->valuestring : "unspecified";
+			if (outbox__reject(s->ob, (int64_t)seq->valuedouble, reason, now) == SCRM_OK)
+				LOG(LOG_ERROR, "sync", "central rejected an event; kept in the rejected table", "seq=%lld reason=%s",
+				    (long long)seq->valuedouble, log__q(q, sizeof(q), reason));
+		}
+	}
+	if (nr) {
+		int64_t deleted = 0;
+		if (outbox__ack(s->ob, (const int64_t(*)[2])ranges, nr, now, &deleted) != SCRM_OK) {
+			LOG(LOG_ERROR, "sync", "cannot apply ack", "err=\"%s\"", scrm_errmsg());
+			goto out;
+		}
+		s->n_acked += deleted;
+		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", nr, (long long)deleted);
+	}
+	retire(s, (const int64_t(*)[2])ranges, nr);
+	s->last_activity_ms = now;
+out:
+	cJSON_Delete(o);
+}
+
+static void handle_mqtt(struct sync *s)
+{
+	mqtt__event *e;
+	int64_t now = platform__wall_ms();
+	while ((e = mqtt__next(s->mq))) {
+		switch (e->type) {
+		case MQ_CONNECTED:
+			s->connecting = 0;
+			s->connected = 1;
+			s->subscribed = 0;
+			s->window = (int)s->cfg->window < e->recv_max ? (int)s->cfg->window : e->recv_max;
+			if (s->window < 1)
+				s->window = 1;
+			backoff__reset(&s->bo);
+			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
+			    s->cfg->broker_uri, e->session_present, e->recv_max, s->window);
+			go_back(s, "reconnect");
+			if (mqtt__subscribe(s->mq, s->topic_down, 1) != SCRM_OK)
+				LOG(LOG_ERROR, "sync", "subscribe call failed", "topic=%s", s->topic_down);
+			break;
+		case MQ_CONNECT_FAILED: {
+			char q[600];
+			s->connecting = 0;
+			s->connected = 0;
+			LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
+			    log__q(q, sizeof(q), e->text));
+			schedule_reconnect(s, now);
+			break;
+		}
+		case MQ_LOST: {
+			char q[300];
+			s->connected = 0;
+			s->subscribed = 0;
+			s->connecting = 0;
+			LOG(LOG_WARN, "sync", "connection lost", "reason=%s unacked_batches=%d", log__q(q, sizeof(q), e->text),
+			    s->nwin);
+			go_back(s, "connection_lost");
+			schedule_reconnect(s, now);
+			break;
+		}
+		case MQ_SUBSCRIBED:
+			s->subscribed = 1;
+			LOG(LOG_DEBUG, "sync", "subscribed", "topic=%s", s->topic_down);
+			break;
+		case MQ_SUBSCRIBE_FAILED: {
+			char q[300];
+			LOG(LOG_ERROR, "sync", "subscribe refused; acks cannot arrive", "topic=%s reason=%s", s->topic_down,
+			    log__q(q, sizeof(q), e->text));
+			break;
+		}
+		case MQ_PUBLISHED:
+			break;
+		case MQ_PUBLISH_FAILED:
+			LOG(LOG_WARN, "sync", "publish not acknowledged by the broker", "code=%d", e->code);
+			break;
+		case MQ_MESSAGE:
+			if (strcmp(e->topic, s->topic_ack) == 0)
+				on_ack(s, e->payload, e->len);
+			else
+				LOG(LOG_DEBUG, "sync", "ignoring message on unknown topic", "topic=%s", e->topic);
+			break;
+		}
+		mqtt__event_free(e);
+	}
+	pump(s);
+}
+
+static int open_signals(void)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+int sync__run(const config *cfg)
+{
+	struct sync s;
+	int rc = 1, sig_fd = -1, dir_fd = -1, net_fd = -1;
+	char *password = NULL;
+
+	memset(&s, 0, sizeof(s));
+	s.cfg = cfg;
+	sbuf__init(&s.buf);
+	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
+	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
+	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
+	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
+
+	if (outbox__open(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
+		char q[600];
+		LOG(LOG_ERROR, "sync", "cannot open the outbox", "dir=%s err=%s", cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
+		goto cleanup;
+	}
+	if (cfg->password_file) {
+		size_t n = 0;
+		int e = platform__read_file(cfg->password_file, 4096, &password, &n);
+		if (e != 0) {
+			LOG(LOG_ERROR, "sync", "cannot read broker.password_file", "path=%s err=\"%s\"", cfg->password_file, strerror(-e));
+			goto cleanup;
+		}
+		while (n && (password[n - 1] == '\n' || password[n - 1] == '\r'))
+			password[--n] = '\0';
+	}
+	mqtt__opts mo = {
+		.uri = cfg->broker_uri,
+		.client_id = cfg->device_id,
+		.ca_file = cfg->ca_file,
+		.cert_file = cfg->cert_file,
+		.key_file = cfg->key_file,
+		.username = cfg->username,
+		.password = password,
+		.keepalive_s = (int)cfg->keepalive_s,
+		.connect_timeout_s = (int)cfg->connect_timeout_s,
+		.clean_start = 0,
+		.session_expiry_s = cfg->session_expiry_s,
+	};
+	if (mqtt__create(&mo, &s.mq) != SCRM_OK) {
+		LOG(LOG_ERROR, "sync", "cannot create the MQTT client", "uri=%s", cfg->broker_uri);
+		goto cleanup;
+	}
+	if ((sig_fd = open_signals()) < 0 || (dir_fd = platform__dirwatch_open(cfg->store_dir)) < 0) {
+		LOG(LOG_ERROR, "sync", "cannot set up wake-ups", "err=\"%s\"", strerror(errno));
+		goto cleanup;
+	}
+	net_fd = platform__netwatch_open(); /* optional: without it we rely on backoff */
+	if (cfg->plaintext)
+		LOG(LOG_WARN, "sync", "PLAINTEXT MQTT: events and credentials cross the network unencrypted",
+		    "uri=%s", cfg->broker_uri);
+	{
+		scrm_outbox_stats st;
+		if (outbox__stats(s.ob, &st) == SCRM_OK)
+			LOG(LOG_INFO, "sync", "started", "device=%s store_dir=%s pending=%lld last_seq=%lld uri=%s",
+			    cfg->device_id, cfg->store_dir, (long long)st.pending, (long long)st.last_seq, cfg->broker_uri);
+	}
+	start_connect(&s);
+	s.last_activity_ms = platform__wall_ms();
+
+	for (;;) {
+		struct pollfd pf[4] = {
+			{.fd = sig_fd, .events = POLLIN},
+			{.fd = mqtt__fd(s.mq), .events = POLLIN},
+			{.fd = dir_fd, .events = POLLIN},
+			{.fd = net_fd, .events = POLLIN},
+		};
+		int64_t now = platform__wall_ms();
+		int64_t wake = now + IDLE_CHECKPOINT_MS;
+		if (!s.connected && !s.connecting && s.next_connect_ms && s.next_connect_ms < wake)
+			wake = s.next_connect_ms;
+		if (s.nwin > 0 && s.win[0].deadline_ms < wake)
+			wake = s.win[0].deadline_ms;
+		int timeout = wake <= now ? 0 : (int)(wake - now);
+		int n = poll(pf, net_fd >= 0 ? 4 : 3, timeout);
+		if (n < 0 && errno != EINTR) {
+			LOG(LOG_ERROR, "sync", "poll failed", "err=\"%s\"", strerror(errno));
+			goto cleanup;
+		}
+		now = platform__wall_ms();
+		if (n > 0 && (pf[0].revents & POLLIN)) {
+			struct signalfd_siginfo si;
+			int stop = 0;
+			while (read(sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				if (si.ssi_signo == SIGHUP)
+					LOG(LOG_INFO, "sync", "SIGHUP: configuration reload is not supported yet; restart to apply", NULL);
+				else
+					stop = 1;
+			}
+			if (stop)
+				break;
+		}
+		if (n > 0 && (pf[1].revents & POLLIN)) {
+			platform__waker_drain(mqtt__fd(s.mq));
+			handle_mqtt(&s);
+		}
+		if (n > 0 && (pf[2].revents & POLLIN)) {
+			if (platform__dirwatch_drain(dir_fd, OUTBOX_FILE))
+				pump(&s);
+		}
+		if (n > 0 && net_fd >= 0 && (pf[3].revents & POLLIN)) {
+			platform__netwatch_drain(net_fd);
+			if (!s.connected && !s.connecting) {
+				LOG(LOG_INFO, "sync", "network changed; reconnecting now", NULL);
+				backoff__reset(&s.bo);
+				s.next_connect_ms = now;
+			}
+		}
+		if (!s.connected && !s.connecting && s.next_connect_ms && s.next_connect_ms <= now)
+			start_connect(&s);
+		if (s.connected && s.nwin > 0 && s.win[0].deadline_ms <= now) {
+			go_back(&s, "ack_timeout");
+			pump(&s);
+		}
+		if (now - s.last_activity_ms >= IDLE_CHECKPOINT_MS) {
+			outbox__checkpoint(s.ob);
+			s.last_activity_ms = now;
+		}
+	}
+	rc = 0;
+	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
+	    (long long)s.n_published, (long long)s.n_acked, (long long)s.n_redeliveries, s.nwin);
+cleanup:
+	if (s.mq) {
+		mqtt__disconnect(s.mq, 1000);
+		mqtt__destroy(s.mq);
+	}
+	if (s.ob) {
+		outbox__checkpoint(s.ob);
+		outbox__close(s.ob);
+	}
+	if (sig_fd >= 0)
+		close(sig_fd);
+	if (dir_fd >= 0)
+		close(dir_fd);
+	if (net_fd >= 0)
+		close(net_fd);
+	free(password);
+	sbuf__free(&s.buf);
+	return rc;
+}

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * libscrm: the store-side capture API of the SCRM edge agent.
+ *
+ * A POS program opens a store (a directory holding the durable outbox) and
+ * records purchases, returns and member scans. Every record call validates
+ * its input, assigns an event id (UUIDv7) and the next per-device sequence
+ * number, and returns only once the event is durably committed (SQLite WAL,
+ * synchronous=FULL). The capture path never touches the network: the
+ * scrm-agent daemon ships the outbox to the central system on its own.
+ *
+ * Threads: a scrm_store handle may be shared by any number of threads; calls
+ * made concurrently are group-committed (many events, one fsync). Several
+ * processes (POS, daemon, scrmctl) may open the same store directory at once.
+ *
+ * Errors: functions return SCRM_OK (0) or a negative scrm_err. The message of
+ * the last failure on the calling thread, naming the field and the reason, is
+ * available from scrm_errmsg().
+ *
+ * Money is in minor units (cents) as int64; times are int64 milliseconds.
+ */
+#ifndef SCRM_SCRM_H
+#define SCRM_SCRM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define SCRM_API __attribute__((visibility("default")))
+#else
+#define SCRM_API
+#endif
+
+/* One list, two uses: the enum below and scrm_strerror(). Values are part of
+ * the ABI: never renumber, only append. */
+#define SCRM_ERRORS(X)                                                        \
+	X(OK, 0, "success")                                                   \
+	X(E_INVALID, -1, "invalid input")                                     \
+	X(E_NOMEM, -2, "out of memory")                                       \
+	X(E_IO, -3, "I/O error")                                              \
+	X(E_DISK_FULL, -4, "disk full")                                       \
+	X(E_BUSY, -5, "store busy (locked by another process for too long)")  \
+	X(E_CORRUPT, -6, "store file is corrupt")                             \
+	X(E_MISMATCH, -7, "store belongs to another device")                  \
+	X(E_TOO_BIG, -8, "payload too large")                                 \
+	X(E_NOT_FOUND, -9, "not found")                                       \
+	X(E_CRYPTO, -10, "cryptographic failure")                             \
+	X(E_CONFIG, -11, "invalid configuration")                             \
+	X(E_CLOSED, -12, "store is closed")                                   \
+	X(E_INTERNAL, -13, "internal error")
+
+typedef enum scrm_err {
+#define SCRM__ENUM(name, val, text) SCRM_##name = val,
+	SCRM_ERRORS(SCRM__ENUM)
+#undef SCRM__ENUM
+} scrm_err;
+
+/* Static text for an error code; never NULL. */
+SCRM_API const char *scrm_strerror(int err);
+
+/* Detail of the last failed call on this thread ("lines[2].qty: must be > 0
+ * on a purchase"). Borrowed, valid until the next libscrm call on this
+ * thread. Empty string if none. */
+SCRM_API const char *scrm_errmsg(void);
+
+/* Library version, "MAJOR.MINOR.PATCH". */
+SCRM_API const char *scrm_version(void);
+
+/* ---- Store ---------------------------------------------------------- */
+
+typedef struct scrm_store scrm_store;
+
+typedef struct scrm_store_options {
+	/* Device id this store belongs to: [A-Za-z0-9_.-], 1..64 chars.
+	 * Required when the store is created; when opening an existing store
+	 * it may be NULL, otherwise it must match (SCRM_E_MISMATCH). Copied. */
+	const char *device_id;
+	/* How long a capture waits for a lock held by another process, ms.
+	 * 0 = default (5000). */
+	int busy_timeout_ms;
+} scrm_store_options;
+
+/* Open (creating if needed) the store in directory `dir` (borrowed; created
+ * with mode 0700 if missing). `opts` borrowed, may be NULL to open an
+ * existing store. On success *out owns a handle to release with
+ * scrm_store_close(). */
+SCRM_API int scrm_store_open(const char *dir, const scrm_store_options *opts,
+			     scrm_store **out);
+
+/* Close and free; NULL is a no-op. No call may be in progress on it. */
+SCRM_API void scrm_store_close(scrm_store *store);
+
+/* Device id of the store. Borrowed, valid while the store is open. */
+SCRM_API const char *scrm_store_device_id(const scrm_store *store);
+
+/* ---- Events --------------------------------------------------------- */
+
+/* Result of a successful capture. */
+typedef struct scrm_receipt {
+	char event_id[37]; /* UUIDv7, canonical text form */
+	int64_t seq;       /* per-device sequence number, 1, 2, 3, ... */
+	int64_t wall_ms;   /* wall clock at capture, Unix ms */
+} scrm_receipt;
+
+typedef struct scrm_line {
+	const char *sku;          /* required, 1..64 printable chars */
+	int64_t qty;              /* > 0 */
+	int64_t unit_price;       /* minor units, >= 0 */
+	int64_t discount;         /* minor units, 0 <= discount <= qty*unit_price */
+} scrm_line;
+
+/* All strings borrowed for the duration of the call. */
+typedef struct scrm_purchase {
+	const char *order_id;     /* required, unique per POS, 1..64 chars */
+	const scrm_line *lines;   /* 1..500 lines */
+	size_t n_lines;
+	int64_t discount;         /* order-level discount, minor units, >= 0 */
+	int64_t total;            /* = sum(qty*unit_price - discount) - discount */
+	const char *currency;     /* ISO 4217, three upper-case letters */
+	const char *payment;      /* "cash", "card", "mobile", "voucher", "mixed", "other" */
+	const char *member_id;    /* optional (NULL) */
+	const char *guide_id;     /* optional (NULL) */
+	const char *const *coupons; /* optional coupon codes, 0..20 */
+	size_t n_coupons;
+} scrm_purchase;
+
+typedef struct scrm_return {
+	const char *return_id;    /* required, unique per POS */
+	const char *order_id;     /* the original order, required */
+	const scrm_line *lines;   /* 1..500 returned lines (positive qty) */
+	size_t n_lines;
+	int64_t total;            /* refund amount, >= 0, = sum of line amounts */
+	const char *currency;
+	const char *refund_method;/* same set as payment */
+	const char *reason;       /* optional, free text up to 200 chars */
+	const char *member_id;    /* optional */
+	const char *guide_id;     /* optional */
+} scrm_return;
+
+typedef struct scrm_member_scan {
+	const char *member_id;    /* required */
+	const char *method;       /* "qr", "card", "phone", "manual" */
+	const char *guide_id;     /* optional */
+} scrm_member_scan;
+
+/* Record an event. Returns after the event is durably committed, filling
+ * *receipt (may be NULL). On failure nothing is written. Any thread. */
+SCRM_API int scrm_record_purchase(scrm_store *store, const scrm_purchase *p,
+				  scrm_receipt *receipt);
+SCRM_API int scrm_record_return(scrm_store *store, const scrm_return *r,
+				scrm_receipt *receipt);
+SCRM_API int scrm_record_member_scan(scrm_store *store,
+				     const scrm_member_scan *s,
+				     scrm_receipt *receipt);
+
+/* Record an event given as JSON text: {"kind":"purchase", ...fields as in
+ * docs/protocol.md}. `json` borrowed, need not be NUL-terminated. Same
+ * validation and durability as the typed calls. */
+SCRM_API int scrm_record_json(scrm_store *store, const char *json, size_t len,
+			      scrm_receipt *receipt);
+
+/* Largest accepted event body, bytes. */
+#define SCRM_MAX_EVENT_BYTES 65536
+
+/* ---- Outbox state --------------------------------------------------- */
+
+typedef struct scrm_outbox_stats {
+	int64_t pending;          /* events not yet acknowledged by central */
+	int64_t pending_bytes;    /* their body bytes */
+	int64_t oldest_pending_ms;/* wall_ms of the oldest pending, 0 if none */
+	int64_t last_seq;         /* last sequence number assigned, 0 if none */
+	int64_t last_ack_ms;      /* when central last acknowledged, 0 = never */
+	int64_t last_acked_seq;   /* highest seq central has acknowledged */
+	int64_t rejected;         /* events central refused (kept locally) */
+} scrm_outbox_stats;
+
+SCRM_API int scrm_outbox_get_stats(scrm_store *store, scrm_outbox_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SCRM_SCRM_H */

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * platform: everything the agent takes from the operating system — clocks,
+ * randomness, files, wake-up descriptors — so agent code carries no
+ * #ifdef __linux__ and tests can inject a clock. Functions return 0 or -errno
+ * unless they say otherwise.
+ */
+#ifndef SCRM_PLATFORM_H
+#define SCRM_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- clocks ---- */
+
+/* Wall clock, Unix ms (int64: armhf has a 32-bit time_t). */
+int64_t platform__wall_ms(void);
+/* Monotonic clock including suspend (CLOCK_BOOTTIME), ms since boot. */
+int64_t platform__mono_ms(void);
+/* Kernel boot id (36 chars + NUL); "unknown" padding if unavailable. */
+void platform__boot_id(char out[37]);
+
+/* Tests replace the clocks; NULL restores the real ones. */
+typedef int64_t (*platform__clock_fn)(void *ctx);
+void platform__clock_override(platform__clock_fn wall, platform__clock_fn mono,
+			      void *ctx);
+
+/* ---- randomness (mbedTLS CTR-DRBG seeded from the OS entropy source) ---- */
+
+/* Fill buf with n random bytes. Thread-safe. 0 or -EIO. */
+int platform__random(void *buf, size_t n);
+
+/* ---- files ---- */
+
+/* mkdir -p with mode for the created components. */
+int platform__mkdirs(const char *path, unsigned mode);
+/* fsync a directory so a rename or create inside it is durable. */
+int platform__fsync_dir(const char *dir);
+/* Replace path atomically: temp file, fsync, rename, fsync dir. */
+int platform__write_atomic(const char *path, const void *data, size_t len,
+			   unsigned mode);
+/* Read a whole file (max bytes); *out malloc'd and NUL-terminated. */
+int platform__read_file(const char *path, size_t max, char **out,
+			size_t *len);
+/* Free bytes available to this process on the filesystem holding path. */
+int platform__disk_free(const char *path, int64_t *bytes);
+
+/* ---- wake-ups for the daemon's poll loop ---- */
+
+/* A watch on a directory that becomes readable when a file whose name
+ * starts with `prefix` is modified or created there (e.g. a SQLite WAL file
+ * being appended to by another process). Returns an fd or -errno. */
+int platform__dirwatch_open(const char *dir);
+/* Drain pending notifications; returns 1 if any concerned `prefix`. */
+int platform__dirwatch_drain(int fd, const char *prefix);
+
+/* A watch on network links/addresses/routes (netlink): readable when the
+ * network configuration changes, so a reconnect can be tried at once when
+ * the link comes back. fd or -errno. */
+int platform__netwatch_open(void);
+void platform__netwatch_drain(int fd);
+
+/* An eventfd used by other threads to wake the poll loop. */
+int platform__waker_open(void);
+void platform__waker_signal(int fd);
+void platform__waker_drain(int fd);
+
+#endif

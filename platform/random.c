@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Randomness: one process-wide mbedTLS CTR-DRBG, seeded from the OS entropy
+ * source on first use and reseeded by mbedTLS on its own interval. A mutex
+ * serialises callers; event ids need a handful of bytes, so contention is
+ * negligible next to the fsync each capture waits for.
+ */
+#include "platform.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+
+static pthread_mutex_t rng_mu = PTHREAD_MUTEX_INITIALIZER;
+static mbedtls_entropy_context entropy;
+static mbedtls_ctr_drbg_context drbg;
+static int seeded;
+
+int platform__random(void *buf, size_t n)
+{
+	static const unsigned char pers[] = "scrm-agent";
+	int rc = 0;
+
+	pthread_mutex_lock(&rng_mu);
+	if (!seeded) {
+		mbedtls_entropy_init(&entropy);
+		mbedtls_ctr_drbg_init(&drbg);
+		if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
+					  pers, sizeof(pers) - 1) != 0) {
+			mbedtls_ctr_drbg_free(&drbg);
+			mbedtls_entropy_free(&entropy);
+			rc = -EIO;
+			goto out;
+		}
+		seeded = 1;
+	}
+	while (n > 0) {
+		size_t chunk = n > MBEDTLS_CTR_DRBG_MAX_REQUEST ? MBEDTLS_CTR_DRBG_MAX_REQUEST : n;
+		if (mbedtls_ctr_drbg_random(&drbg, buf, chunk) != 0) {
+			rc = -EIO;
+			goto out;
+		}
+		buf = (unsigned char *)buf + chunk;
+		n -= chunk;
+	}
+out:
+	pthread_mutex_unlock(&rng_mu);
+	return rc;
+}
