@@ -37,6 +37,7 @@ struct pending {
 
 struct scrm_store {
 	outbox *ob; /* used only by the current leader, or under mu for reads */
+	platform__notifier *notify; /* pokes the daemon after each commit */
 	char boot[37];
 	int64_t trusted_after_ms;
 	pthread_mutex_t mu;
@@ -62,6 +63,7 @@ int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store 
 		return rc;
 	}
 	platform__boot_id(s->boot);
+	s->notify = platform__notifier_open(dir);
 	s->trusted_after_ms = (int64_t)SCRM_BUILD_EPOCH * 1000;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
@@ -75,6 +77,7 @@ void scrm_store_close(scrm_store *s)
 	if (!s)
 		return;
 	outbox__close(s->ob);
+	platform__notifier_close(s->notify);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	free(s);
@@ -107,6 +110,8 @@ static void lead(scrm_store *s)
 
 		err__clear();
 		int rc = outbox__append(s->ob, rows, n, s->trusted_after_ms);
+		if (rc == SCRM_OK)
+			platform__notifier_send(s->notify);
 
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < n; i++) {

@@ -122,8 +122,10 @@ static void pump(struct sync *s)
 			LOG(LOG_ERROR, "sync", "cannot read the outbox", "err=\"%s\"", scrm_errmsg());
 			return;
 		}
-		if (count == 0)
+		if (count == 0) {
+			LOG(LOG_DEBUG, "sync", "nothing more to send", "after_seq=%lld window_used=%d", (long long)s->sent_upto, s->nwin);
 			return;
+		}
 		sbuf__puts(&s->buf, "]}");
 		if (s->buf.oom)
 			return;
@@ -308,7 +310,7 @@ static int open_signals(void)
 int sync__run(const config *cfg)
 {
 	struct sync s;
-	int rc = 1, sig_fd = -1, dir_fd = -1, net_fd = -1;
+	int rc = 1, sig_fd = -1, note_fd = -1, net_fd = -1;
 	char *password = NULL;
 
 	memset(&s, 0, sizeof(s));
@@ -351,10 +353,13 @@ int sync__run(const config *cfg)
 		LOG(LOG_ERROR, "sync", "cannot create the MQTT client", "uri=%s", cfg->broker_uri);
 		goto cleanup;
 	}
-	if ((sig_fd = open_signals()) < 0 || (dir_fd = platform__dirwatch_open(cfg->store_dir)) < 0) {
-		LOG(LOG_ERROR, "sync", "cannot set up wake-ups", "err=\"%s\"", strerror(errno));
+	if ((sig_fd = open_signals()) < 0) {
+		LOG(LOG_ERROR, "sync", "cannot set up signal handling", "err=\"%s\"", strerror(errno));
 		goto cleanup;
 	}
+	if ((note_fd = platform__notify_bind(cfg->store_dir)) < 0)
+		LOG(LOG_WARN, "sync", "no commit notifications; new events are noticed on the periodic check only",
+		    "path=%s/%s err=\"%s\"", cfg->store_dir, PLATFORM_NOTIFY_SOCK, strerror(-note_fd));
 	net_fd = platform__netwatch_open(); /* optional: without it we rely on backoff */
 	if (cfg->plaintext)
 		LOG(LOG_WARN, "sync", "PLAINTEXT MQTT: events and credentials cross the network unencrypted",
@@ -372,7 +377,7 @@ int sync__run(const config *cfg)
 		struct pollfd pf[4] = {
 			{.fd = sig_fd, .events = POLLIN},
 			{.fd = mqtt__fd(s.mq), .events = POLLIN},
-			{.fd = dir_fd, .events = POLLIN},
+			{.fd = note_fd, .events = POLLIN},
 			{.fd = net_fd, .events = POLLIN},
 		};
 		int64_t now = platform__wall_ms();
@@ -405,8 +410,8 @@ int sync__run(const config *cfg)
 			handle_mqtt(&s);
 		}
 		if (n > 0 && (pf[2].revents & POLLIN)) {
-			if (platform__dirwatch_drain(dir_fd, OUTBOX_FILE))
-				pump(&s);
+			platform__notify_drain(note_fd);
+			pump(&s);
 		}
 		if (n > 0 && net_fd >= 0 && (pf[3].revents & POLLIN)) {
 			platform__netwatch_drain(net_fd);
@@ -423,7 +428,10 @@ int sync__run(const config *cfg)
 			pump(&s);
 		}
 		if (now - s.last_activity_ms >= IDLE_CHECKPOINT_MS) {
+			/* Idle: checkpoint, and catch events whose notification was
+			 * lost (e.g. captured by a tool that cannot reach the socket). */
 			outbox__checkpoint(s.ob);
+			pump(&s);
 			s.last_activity_ms = now;
 		}
 	}
@@ -441,8 +449,12 @@ cleanup:
 	}
 	if (sig_fd >= 0)
 		close(sig_fd);
-	if (dir_fd >= 0)
-		close(dir_fd);
+	if (note_fd >= 0) {
+		char sock[4200];
+		close(note_fd);
+		snprintf(sock, sizeof(sock), "%s/%s", cfg->store_dir, PLATFORM_NOTIFY_SOCK);
+		unlink(sock);
+	}
 	if (net_fd >= 0)
 		close(net_fd);
 	free(password);

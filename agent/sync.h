@@ -6,7 +6,7 @@
  * oldest unacknowledged event on ack timeout or reconnect (go-back-N), and
  * reconnects with capped exponential backoff and full jitter — at once when
  * the network comes back. It sleeps in poll() between events: new captures
- * wake it through an inotify watch on the store directory.
+ * wake it through a datagram socket in the store directory (platform.h).
  */
 #ifndef SCRM_SYNC_H
 #define SCRM_SYNC_H

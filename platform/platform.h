@@ -47,12 +47,22 @@ int platform__disk_free(const char *path, int64_t *bytes);
 
 /* ---- wake-ups for the daemon's poll loop ---- */
 
-/* A watch on a directory that becomes readable when a file whose name
- * starts with `prefix` is modified or created there (e.g. a SQLite WAL file
- * being appended to by another process). Returns an fd or -errno. */
-int platform__dirwatch_open(const char *dir);
-/* Drain pending notifications; returns 1 if any concerned `prefix`. */
-int platform__dirwatch_drain(int fd, const char *prefix);
+/* Commit notifications from capturing processes to the daemon: a unix
+ * datagram socket `<dir>/agent.sock`. The daemon binds it (readable = some
+ * process committed events); capture sends one empty datagram after each
+ * COMMIT, non-blocking, ignoring every error (no daemon, full queue): the
+ * sale is already durable and the daemon also re-reads the outbox on its
+ * timers. SQLite's own files cannot serve: a commit becomes visible through
+ * an mmap write to the -shm index, which raises no inotify event.
+ * Paths longer than sun_path yield -ENAMETOOLONG. */
+#define PLATFORM_NOTIFY_SOCK "agent.sock"
+int platform__notify_bind(const char *dir);  /* daemon: fd or -errno */
+void platform__notify_drain(int fd);
+typedef struct platform__notifier platform__notifier;
+/* Capture side: NULL only on out-of-memory or a path too long. */
+platform__notifier *platform__notifier_open(const char *dir);
+void platform__notifier_send(platform__notifier *n);
+void platform__notifier_close(platform__notifier *n); /* NULL: no-op */
 
 /* A watch on network links/addresses/routes (netlink): readable when the
  * network configuration changes, so a reconnect can be tried at once when

@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Wake-up sources for the daemon's single poll loop: an inotify watch on the
- * store directory (another process committed to the outbox: SQLite appended
- * to the WAL file), a netlink socket (a link or address came up), and an
- * eventfd that Paho's threads signal. With these the daemon sleeps in poll()
+ * Wake-up sources for the daemon's single poll loop: a unix datagram socket
+ * that capturing processes poke after each commit, a netlink socket (a link
+ * or address came up), and an eventfd that Paho's threads signal. With these the daemon sleeps in poll()
  * and uses no CPU while idle.
  */
 #include "platform.h"
@@ -14,44 +13,80 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/inotify.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-int platform__dirwatch_open(const char *dir)
+static int notify_addr(const char *dir, struct sockaddr_un *sa)
 {
-	int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	int n = snprintf(sa->sun_path, sizeof(sa->sun_path), "%s/%s", dir, PLATFORM_NOTIFY_SOCK);
+	return n < 0 || (size_t)n >= sizeof(sa->sun_path) ? -ENAMETOOLONG : 0;
+}
+
+int platform__notify_bind(const char *dir)
+{
+	struct sockaddr_un sa;
+	int rc = notify_addr(dir, &sa);
+	if (rc)
+		return rc;
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (inotify_add_watch(fd, dir, IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0) {
+	unlink(sa.sun_path); /* a stale socket from a previous run */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
 		int e = errno;
 		close(fd);
 		return -e;
 	}
+	/* Capturing processes may run as another user of the store's group. */
+	chmod(sa.sun_path, 0660);
 	return fd;
 }
 
-int platform__dirwatch_drain(int fd, const char *prefix)
+void platform__notify_drain(int fd)
 {
-	/* Aligned as the kernel requires for struct inotify_event. */
-	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-	size_t plen = strlen(prefix);
-	int hit = 0;
+	char b[64];
+	while (recv(fd, b, sizeof(b), MSG_DONTWAIT) >= 0)
+		;
+}
 
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (char *p = buf; p < buf + n;) {
-			struct inotify_event *ev = (struct inotify_event *)(void *)p;
-			if (ev->len && strncmp(ev->name, prefix, plen) == 0)
-				hit = 1;
-			if (ev->mask & IN_Q_OVERFLOW)
-				hit = 1;
-			p += sizeof(*ev) + ev->len;
-		}
+struct platform__notifier {
+	int fd;
+	struct sockaddr_un sa;
+};
+
+platform__notifier *platform__notifier_open(const char *dir)
+{
+	platform__notifier *n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	if (notify_addr(dir, &n->sa) != 0 ||
+	    (n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+		free(n);
+		return NULL;
 	}
-	return hit;
+	return n;
+}
+
+void platform__notifier_send(platform__notifier *n)
+{
+	/* sendto by address every time: survives daemon restarts; ENOENT or
+	 * ECONNREFUSED (no daemon) and EAGAIN (already poked) are all fine. */
+	if (n)
+		(void)sendto(n->fd, "", 0, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&n->sa, sizeof(n->sa));
+}
+
+void platform__notifier_close(platform__notifier *n)
+{
+	if (!n)
+		return;
+	close(n->fd);
+	free(n);
 }
 
 int platform__netwatch_open(void)
