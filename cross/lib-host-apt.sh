@@ -8,8 +8,12 @@
 scrm_missing_host_pkgs() {
   local p st
   for p in "$@"; do
-    st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-    [ "$st" = installed ] || printf '%s\n' "$p"
+    # one line per installed instance (a multiarch host may have pkg:amd64 and pkg:arm64)
+    st=$(dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null || true)
+    case "$st" in
+      installed | installed$'\n'* | *$'\n'installed | *$'\n'installed$'\n'*) ;;
+      *) printf '%s\n' "$p" ;;
+    esac
   done
 }
 

@@ -100,6 +100,9 @@ if [ "$FORCE" -eq 0 ] && tree_ok "$DEST"; then
   exit 0
 fi
 
+if [ -e "$DEST" ] && [ ! -e "$DEST/$MARKER" ] && [ -n "$(ls -A "$DEST" 2>/dev/null)" ]; then
+  die "$DEST exists, is not empty and was not made by this script: remove it or pick another DESTDIR"
+fi
 mkdir -p "$APTDIR"
 exec 9>"$APTDIR/lock"
 if ! flock -n 9; then
@@ -109,9 +112,6 @@ fi
 if [ "$FORCE" -eq 0 ] && tree_ok "$DEST"; then   # another run finished it while we waited
   echo "sysroot $ARCH up to date: $DEST"
   exit 0
-fi
-if [ -e "$DEST" ] && [ ! -e "$DEST/$MARKER" ] && [ -n "$(ls -A "$DEST" 2>/dev/null)" ]; then
-  die "$DEST exists, is not empty and was not made by this script: remove it or pick another DESTDIR"
 fi
 echo "== building $ARCH sysroot in $DEST"
 t0=$SECONDS
