@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_LINES 500
+#define MAX_LINES 1000
 #define MAX_COUPONS 20
 #define MAX_ID 64
 #define MAX_REASON 200

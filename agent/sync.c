@@ -18,6 +18,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "sbuf.h"
+#include "tlsprobe.h"
 #include "uuid.h"
 
 #include <cjson/cJSON.h>
@@ -49,12 +50,14 @@ struct sync {
 	int64_t next_connect_ms;
 	backoff bo;
 	int64_t sent_upto;
+	int64_t base; /* oldest unacknowledged seq, as last read from the outbox */
 	struct batch win[MAX_WINDOW];
 	int nwin;
 	sbuf buf;
 	int64_t last_activity_ms;
 	/* counters, for the shutdown summary */
 	int64_t n_published, n_acked, n_redeliveries;
+	unsigned fail_streak; /* connect failures since the last success */
 };
 
 static uint32_t rand32(void)
@@ -68,6 +71,7 @@ static void go_back(struct sync *s, const char *why)
 {
 	int64_t oldest = 0;
 	outbox__oldest_seq(s->ob, &oldest);
+	s->base = oldest;
 	if (s->nwin > 0) {
 		s->n_redeliveries++;
 		LOG(LOG_WARN, "sync", "redelivering unacknowledged events", "reason=%s from_seq=%lld batches=%d", why,
@@ -115,6 +119,11 @@ static void pump(struct sync *s)
 		sbuf__puts(&s->buf, b->id);
 		sbuf__puts(&s->buf, "\",\"sent_ms\":");
 		sbuf__i64(&s->buf, now);
+		/* base: every seq below it is acknowledged; lets central tell a
+		 * hole it must wait for from events it already acknowledged. */
+		sbuf__puts(&s->buf, ",\"base\":");
+		size_t base_at = s->buf.len;
+		sbuf__puts(&s->buf, "0                   ");
 		sbuf__puts(&s->buf, ",\"events\":[");
 		int rc = outbox__read_batch(s->ob, s->sent_upto, (size_t)s->cfg->batch_max_events,
 					    (size_t)s->cfg->batch_max_bytes - 2, &s->buf, &count, &last);
@@ -132,6 +141,13 @@ static void pump(struct sync *s)
 		/* first seq is the first event's; sent_upto+1 may be long gone */
 		const char *p = strstr(s->buf.p, "\"seq\":");
 		b->first = p ? strtoll(p + 6, NULL, 10) : s->sent_upto + 1;
+		{
+			/* Fill the base placeholder in place (padding is JSON whitespace). */
+			char num[24];
+			int64_t base = s->base > 0 && s->base < b->first ? s->base : b->first;
+			int k = snprintf(num, sizeof(num), "%lld", (long long)base);
+			memcpy(s->buf.p + base_at, num, (size_t)k);
+		}
 		b->last = last;
 		b->deadline_ms = now + s->cfg->ack_timeout_ms;
 		if (mqtt__publish(s->mq, s->topic_up, s->buf.p, s->buf.len, 1, 0, NULL) != SCRM_OK) {
@@ -152,6 +168,7 @@ static void retire(struct sync *s, const int64_t (*ranges)[2], size_t nr)
 {
 	int64_t oldest = 0;
 	outbox__oldest_seq(s->ob, &oldest);
+	s->base = oldest;
 	int j = 0;
 	for (int i = 0; i < s->nwin; i++) {
 		struct batch *b = &s->win[i];
@@ -226,6 +243,21 @@ static void on_ack(struct sync *s, const char *payload, size_t len)
 	}
 	retire(s, (const int64_t(*)[2])ranges, nr);
 	s->last_activity_ms = now;
+
+	/* resend_from: central has a hole and stored nothing past it. Act only
+	 * on acks for batches of the current round: after a go-back, the acks
+	 * still arriving for the old round's batches would ask for the same
+	 * hole again. */
+	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(o, "resend_from");
+	const cJSON *bid = cJSON_GetObjectItemCaseSensitive(o, "batch");
+	if (cJSON_IsNumber(rf) && rf->valuedouble >= 1 && cJSON_IsString(bid)) {
+		int current = 0;
+		for (int i = 0; i < s->nwin; i++)
+			if (strcmp(s->win[i].id, bid->valuestring) == 0)
+				current = 1;
+		if (current && (int64_t)rf->valuedouble <= s->sent_upto)
+			go_back(s, "central_missing_events");
+	}
 out:
 	cJSON_Delete(o);
 }
@@ -244,6 +276,7 @@ static void handle_mqtt(struct sync *s)
 			if (s->window < 1)
 				s->window = 1;
 			backoff__reset(&s->bo);
+			s->fail_streak = 0;
 			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
 			    s->cfg->broker_uri, e->session_present, e->recv_max, s->window);
 			go_back(s, "reconnect");
@@ -251,11 +284,20 @@ static void handle_mqtt(struct sync *s)
 				LOG(LOG_ERROR, "sync", "subscribe call failed", "topic=%s", s->topic_down);
 			break;
 		case MQ_CONNECT_FAILED: {
-			char q[600];
+			char q[600], why[400], q2[450];
 			s->connecting = 0;
 			s->connected = 0;
-			LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
-			    log__q(q, sizeof(q), e->text));
+			/* Paho's generic words explain nothing; the first failure of
+			 * a streak (and every 20th) gets a diagnosis by mbedTLS. */
+			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0) {
+				tlsprobe__diagnose(s->cfg->broker_uri, s->cfg->ca_file, 3000, why, sizeof(why));
+				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s diagnosis=%s",
+				    s->cfg->broker_uri, log__q(q, sizeof(q), e->text), log__q(q2, sizeof(q2), why));
+			} else {
+				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
+				    log__q(q, sizeof(q), e->text));
+			}
+			s->fail_streak++;
 			schedule_reconnect(s, now);
 			break;
 		}

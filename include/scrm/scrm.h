@@ -116,7 +116,7 @@ typedef struct scrm_line {
 /* All strings borrowed for the duration of the call. */
 typedef struct scrm_purchase {
 	const char *order_id;     /* required, unique per POS, 1..64 chars */
-	const scrm_line *lines;   /* 1..500 lines */
+	const scrm_line *lines;   /* 1..1000 lines */
 	size_t n_lines;
 	int64_t discount;         /* order-level discount, minor units, >= 0 */
 	int64_t total;            /* = sum(qty*unit_price - discount) - discount */
@@ -131,7 +131,7 @@ typedef struct scrm_purchase {
 typedef struct scrm_return {
 	const char *return_id;    /* required, unique per POS */
 	const char *order_id;     /* the original order, required */
-	const scrm_line *lines;   /* 1..500 returned lines (positive qty) */
+	const scrm_line *lines;   /* 1..1000 returned lines (positive qty) */
 	size_t n_lines;
 	int64_t total;            /* refund amount, >= 0, = sum of line amounts */
 	const char *currency;
@@ -164,7 +164,7 @@ SCRM_API int scrm_record_json(scrm_store *store, const char *json, size_t len,
 			      scrm_receipt *receipt);
 
 /* Largest accepted event body, bytes. */
-#define SCRM_MAX_EVENT_BYTES 65536
+#define SCRM_MAX_EVENT_BYTES 131072
 
 /* ---- Outbox state --------------------------------------------------- */
 

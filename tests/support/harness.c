@@ -12,7 +12,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <dirent.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -638,10 +640,12 @@ static int resolve_exe(const char *argv0, char *out, size_t outlen)
 	for (p = path; *p;) {
 		const char *end = strchr(p, ':');
 		size_t dlen = end ? (size_t)(end - p) : strlen(p);
-		int n = snprintf(out, outlen, "%.*s/%s", (int)dlen, dlen ? p : ".", argv0);
+		int n;
 
-		if (dlen == 0)
+		if (dlen == 0) /* an empty PATH entry means the current directory */
 			n = snprintf(out, outlen, "./%s", argv0);
+		else
+			n = snprintf(out, outlen, "%.*s/%s", (int)dlen, p, argv0);
 		if (n > 0 && (size_t)n < outlen && access(out, X_OK) == 0)
 			return 0;
 		if (!end)
@@ -1045,8 +1049,14 @@ static int broker_launch(th_broker *b)
 th_broker *th_broker_start(const char *dir, int port, const char *cert_name,
 			   int require_client_cert)
 {
+	return th_broker_start_ex(dir, port, cert_name, require_client_cert, NULL);
+}
+
+th_broker *th_broker_start_ex(const char *dir, int port, const char *cert_name,
+			      int require_client_cert, const char *extra_conf)
+{
 	th_broker *b = NULL;
-	char conf[2048];
+	char conf[4096];
 	int n;
 
 	if (!dir || !cert_name || !*cert_name || strchr(cert_name, '/')) {
@@ -1074,14 +1084,18 @@ th_broker *th_broker_start(const char *dir, int port, const char *cert_name,
 		     "cafile %s/ca.crt\n"
 		     "certfile %s/%s.crt\n"
 		     "keyfile %s/%s.key\n"
-		     "%s",
+		     "%s"
+		     "%s%s",
 		     dir, geteuid() == 0 ? "user root\n" : "",
 		     require_client_cert ? "false" : "true", port, dir, dir, cert_name, dir,
 		     cert_name,
 		     require_client_cert ? "require_certificate true\nuse_identity_as_username true\n"
-					 : "require_certificate false\n");
+					 : "require_certificate false\n",
+		     extra_conf ? extra_conf : "",
+		     extra_conf && *extra_conf && extra_conf[strlen(extra_conf) - 1] != '\n' ? "\n"
+											     : "");
 	if (n < 0 || (size_t)n >= sizeof conf) {
-		th_err("th_broker_start: path too long");
+		th_err("th_broker_start: config too long");
 		return NULL;
 	}
 	b = calloc(1, sizeof *b);
@@ -1256,6 +1270,26 @@ static void req_complete(struct th_req *q, int rc)
 		free(q);
 }
 
+/* Sleep on m->cond until a callback broadcasts or the deadline (th_now_ms
+ * time) passes. Caller holds m->lock. The condvar runs on CLOCK_MONOTONIC,
+ * so a wall clock step in a test cannot stretch a timeout. */
+static void mqtt_wait(th_mqtt *m, int64_t deadline)
+{
+	struct timespec ts;
+	int64_t left = deadline - th_now_ms();
+
+	if (left <= 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)(left / 1000);
+	ts.tv_nsec += (long)(left % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+}
+
 /* Wait for q; frees it unless it is still pending (then it is abandoned).
  * Returns its rc, or -ETIMEDOUT. */
 static int req_wait(struct th_req *q, int timeout_ms)
@@ -1265,17 +1299,8 @@ static int req_wait(struct th_req *q, int timeout_ms)
 	int rc;
 
 	pthread_mutex_lock(&m->lock);
-	while (!q->done && th_now_ms() < deadline) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 10 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&m->cond, &m->lock, &ts);
-	}
+	while (!q->done && th_now_ms() < deadline)
+		mqtt_wait(m, deadline);
 	if (q->done) {
 		rc = q->rc;
 		req_unlink(m, q);
@@ -1486,7 +1511,14 @@ th_mqtt *th_mqtt_connect(const th_mqtt_opts *o, char *err, size_t errlen)
 		return NULL;
 	}
 	pthread_mutex_init(&m->lock, NULL);
-	pthread_cond_init(&m->cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&m->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	w->m = m;
 
 	rc = MQTTAsync_createWithOptions(&m->client, o->uri, o->client_id,
@@ -1505,7 +1537,7 @@ th_mqtt *th_mqtt_connect(const th_mqtt_opts *o, char *err, size_t errlen)
 	ssl.keyStore = o->cert_file;
 	ssl.privateKey = o->key_file;
 	ssl.enableServerCertAuth = !o->no_verify;
-	ssl.verify = !o->no_verify;
+	ssl.verify = !o->no_verify && !o->no_host_check; /* Paho: verify = host name check */
 	ssl.ssl_error_cb = on_tls_error;
 	ssl.ssl_error_context = m;
 	cc.ssl = &ssl;
@@ -1533,11 +1565,8 @@ th_mqtt *th_mqtt_connect(const th_mqtt_opts *o, char *err, size_t errlen)
 
 	deadline = th_now_ms() + timeout_ms + 2000;
 	pthread_mutex_lock(&m->lock);
-	while (w->done == 0 && th_now_ms() < deadline) {
-		pthread_mutex_unlock(&m->lock);
-		th_sleep_ms(5);
-		pthread_mutex_lock(&m->lock);
-	}
+	while (w->done == 0 && th_now_ms() < deadline)
+		mqtt_wait(m, deadline);
 	rc = w->done;
 	pthread_mutex_unlock(&m->lock);
 	if (rc != 1) {
@@ -1638,11 +1667,8 @@ int th_mqtt_publish_window(th_mqtt *m, const char *topic, const void *payload, s
 	if (!m || !topic || window < 1)
 		return -EINVAL;
 	pthread_mutex_lock(&m->lock);
-	while (m->outstanding >= window && th_now_ms() < deadline) {
-		pthread_mutex_unlock(&m->lock);
-		th_sleep_ms(1);
-		pthread_mutex_lock(&m->lock);
-	}
+	while (m->outstanding >= window && th_now_ms() < deadline)
+		mqtt_wait(m, deadline);
 	rc = m->outstanding >= window ? -ETIMEDOUT : 0;
 	pthread_mutex_unlock(&m->lock);
 	if (rc != 0)
@@ -1664,11 +1690,8 @@ int th_mqtt_drain(th_mqtt *m, int timeout_ms)
 	if (!m)
 		return -EINVAL;
 	pthread_mutex_lock(&m->lock);
-	while (m->outstanding > 0 && th_now_ms() < deadline) {
-		pthread_mutex_unlock(&m->lock);
-		th_sleep_ms(2);
-		pthread_mutex_lock(&m->lock);
-	}
+	while (m->outstanding > 0 && th_now_ms() < deadline)
+		mqtt_wait(m, deadline);
 	rc = m->outstanding > 0 ? -ETIMEDOUT : m->failed;
 	pthread_mutex_unlock(&m->lock);
 	return rc;
@@ -1682,11 +1705,8 @@ th_mqtt_msg *th_mqtt_recv(th_mqtt *m, int timeout_ms)
 	if (!m)
 		return NULL;
 	pthread_mutex_lock(&m->lock);
-	while (!m->head && th_now_ms() < deadline) {
-		pthread_mutex_unlock(&m->lock);
-		th_sleep_ms(2);
-		pthread_mutex_lock(&m->lock);
-	}
+	while (!m->head && th_now_ms() < deadline)
+		mqtt_wait(m, deadline);
 	msg = m->head;
 	if (msg) {
 		m->head = msg->next;
@@ -1739,4 +1759,36 @@ void th_mqtt_close(th_mqtt *m)
 		}
 	}
 	mqtt_free(m);
+}
+
+int th_tcp_nodelay_all(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -errno;
+	while ((e = readdir(d))) {
+		char *end = NULL;
+		long fd = strtol(e->d_name, &end, 10);
+		int type = 0, domain = 0, on = 1;
+		socklen_t len = sizeof type;
+		struct stat st;
+
+		if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
+			continue;
+		if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+			continue;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
+			continue;
+		len = sizeof domain;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
+		    (domain != AF_INET && domain != AF_INET6))
+			continue;
+		if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
 }

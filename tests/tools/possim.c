@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 struct opts {
-	const char *store, *device, *csv, *prefix;
+	const char *store, *device, *csv, *prefix, *day;
 	long count;
 	double speed; /* replay: sample seconds per real second; 0 = as fast as possible */
 	long rate;    /* synthetic: events per second, 0 = as fast as possible */
@@ -33,6 +33,7 @@ static void usage(FILE *f)
 		"Usage: scrm-pos-sim --store DIR --device ID (--count N | --csv FILE) [options]\n"
 		"  --count N        record N synthetic purchases\n"
 		"  --csv FILE       replay the retail sample: invoices -> purchases, C-invoices -> returns\n"
+		"  --day YYYY-MM-DD replay only that day of the sample\n"
 		"  --speed X        replay pacing: X sample seconds per real second (default: no pacing)\n"
 		"  --rate N         synthetic pacing: N events per second (default: no pacing)\n"
 		"  --prefix P       order id prefix for synthetic purchases (default \"S\")\n"
@@ -166,8 +167,11 @@ static int split_csv(char *line, char **f, int max)
 
 struct invoice {
 	char no[32], member[32], date[32];
-	scrm_line lines[500];
-	char skus[500][24];
+	/* Room beyond the library's 1,000-line limit on purpose: an oversize
+	 * basket must reach scrm_record_* and be refused loudly, not be
+	 * silently truncated here. */
+	scrm_line lines[2000];
+	char skus[2000][24];
 	size_t n;
 };
 
@@ -236,6 +240,8 @@ static int replay(scrm_store *st, const struct opts *o, long *ok, long *bad)
 		line[strcspn(line, "\r\n")] = '\0';
 		if (split_csv(line, fld, 8) < 8)
 			continue;
+		if (o->day && strncmp(fld[4], o->day, strlen(o->day)) != 0)
+			continue;
 		if (strcmp(fld[0], iv->no) != 0) {
 			flush_invoice(st, o, iv, ok, bad);
 			snprintf(iv->no, sizeof(iv->no), "%s", fld[0]);
@@ -254,7 +260,7 @@ static int replay(scrm_store *st, const struct opts *o, long *ok, long *bad)
 		}
 		long qty = strtol(fld[3], NULL, 10);
 		int64_t price = parse_minor(fld[5]);
-		if (qty == 0 || price < 0 || iv->n >= 500)
+		if (qty == 0 || price < 0 || iv->n >= 2000)
 			continue;
 		size_t k = iv->n++;
 		snprintf(iv->skus[k], sizeof(iv->skus[k]), "%s", fld[1]);
@@ -283,6 +289,8 @@ int main(int argc, char **argv)
 			o.device = v, i++;
 		} else if (v && strcmp(a, "--csv") == 0) {
 			o.csv = v, i++;
+		} else if (v && strcmp(a, "--day") == 0) {
+			o.day = v, i++;
 		} else if (v && strcmp(a, "--prefix") == 0) {
 			o.prefix = v, i++;
 		} else if (v && strcmp(a, "--count") == 0) {

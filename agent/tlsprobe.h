@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tlsprobe: explain a failed broker connection. Paho reports most failures
+ * as "TCP/TLS connect failure" (its host name check, in particular, fails
+ * silently), which tells a store's IT nothing. After such a failure the sync
+ * loop calls this once per streak: a TCP connect and a TLS handshake with
+ * mbedTLS against the same CA and host name, whose verification flags say
+ * exactly what is wrong. Blocking, bounded by timeout_ms.
+ */
+#ifndef SCRM_TLSPROBE_H
+#define SCRM_TLSPROBE_H
+
+#include <stddef.h>
+
+/* uri: ssl://host:port or tcp://host:port. Writes a one-line reason into
+ * out (e.g. "connection refused by 127.0.0.1:8883", "server certificate:
+ * The certificate Common Name (CN) does not match with the expected CN").
+ * Returns 0 if the probe itself succeeded end to end (then the failure lies
+ * elsewhere, e.g. MQTT-level), 1 if it found a reason. */
+int tlsprobe__diagnose(const char *uri, const char *ca_file, int timeout_ms, char *out, size_t n);
+
+#endif

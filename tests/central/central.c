@@ -1,0 +1,2071 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * scrm-central: the reference implementation of the central side of the SCRM
+ * edge protocol v1 (docs/protocol.md), used by the integration tests, the
+ * benchmarks and the demo.
+ *
+ * `run` subscribes to every device's up/events topic (optionally through a
+ * shared subscription), validates each batch, stores its events in SQLite in
+ * one transaction per batch, deduplicating by (tenant, store, device, seq) and
+ * keeping same-seq-different-id events aside as conflicts, and only after the
+ * commit publishes the ack to the device's down/ack topic. `report` reads the
+ * database and says, per device, what arrived: counts, gaps, duplicates,
+ * conflicts, rejections and whether first arrivals came in seq order.
+ *
+ * It owns its database file and its MQTT session (clean start).
+ *
+ * Threads: Paho's callbacks run on Paho threads and only hand work over: a
+ * received batch is copied into the inbound queue, ack completions release a
+ * window slot, connection events set flags; then they wake the main thread
+ * through an eventfd. The main thread owns SQLite, parses, stores, and
+ * publishes acks. Signal handlers only set a flag and poke the eventfd.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+#include <cjson/cJSON.h>
+#include <sqlite3.h>
+
+#define IDENT_MAX 64               /* tenant / store / device: [A-Za-z0-9_.-]{1,64} */
+#define EVENT_ID_MAX 128           /* generous: ids are UUIDv7 (36 chars) */
+#define KIND_MAX 64
+#define REASON_MAX 128
+#define MAX_SAFE_INT 9007199254740992.0 /* 2^53: JSON numbers are doubles */
+#define INBOUND_MAX_BYTES (64u << 20)   /* beyond this Paho's receive thread waits */
+#define ACK_SLOTS 64                    /* upper bound for --ack-window */
+#define ACK_WINDOW_DEFAULT 10           /* below mosquitto's Receive Maximum of 20 */
+#define ACK_SLOT_STALE_MS 30000         /* reclaim a slot Paho never completed */
+#define ACK_PENDING_MAX 10000           /* acks waiting for a slot or a connection */
+#define ACK_PENDING_MAX_AGE_MS 120000   /* the agent will have redelivered by then */
+#define STATS_EVERY_MS 10000
+#define PEER_WARN_PER_PERIOD 50 /* warnings caused by what devices send, per stats period */
+#define BATCH_ID_MAX 128
+#define SCHEMA_VERSION 1
+#define MAX_REJECT_KINDS 8
+
+/* ======================================================================
+ * logging: logfmt lines on stderr
+ * ====================================================================== */
+
+enum { LVL_DEBUG, LVL_INFO, LVL_WARN, LVL_ERROR };
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+static int g_log_min = LVL_INFO;
+
+static void log_at(int lvl, const char *msg, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void log_at(int lvl, const char *msg, const char *fmt, ...)
+{
+	char kv[1536] = "";
+	char ts[96]; /* sized for any int the compiler imagines */
+	struct timespec now;
+	struct tm tm;
+	va_list ap;
+
+	if (lvl < g_log_min)
+		return;
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(kv, sizeof kv, fmt, ap);
+		va_end(ap);
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		 (long)(now.tv_nsec / 1000000));
+	/* One fprintf per line: stdio locks the stream, so lines from Paho's
+	 * threads and the main thread never interleave. */
+	fprintf(stderr, "ts=%s level=%s mod=central msg=\"%s\"%s%s\n", ts, level_names[lvl], msg,
+		kv[0] ? " " : "", kv);
+}
+
+/* A logfmt-safe quoted copy of s in buf (for text from peers and libraries). */
+static const char *lq(char *buf, size_t size, const char *s)
+{
+	size_t o = 0;
+
+	if (size < 3)
+		return "\"\"";
+	buf[o++] = '"';
+	for (; s && *s && o + 3 < size; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			buf[o++] = '?';
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
+
+static int peer_warns_left(void);
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ======================================================================
+ * growable string (ack payloads)
+ * ====================================================================== */
+
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	int oom;
+};
+
+static void sb_reserve(struct sbuf *b, size_t extra)
+{
+	size_t ncap;
+	char *np;
+
+	if (b->oom || b->len + extra + 1 <= b->cap)
+		return;
+	ncap = b->cap ? b->cap : 256;
+	while (ncap < b->len + extra + 1)
+		ncap *= 2;
+	np = realloc(b->p, ncap);
+	if (!np) {
+		b->oom = 1;
+		return;
+	}
+	b->p = np;
+	b->cap = ncap;
+}
+
+static void sb_add(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void sb_add(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		b->oom = 1;
+		return;
+	}
+	sb_reserve(b, (size_t)n);
+	if (b->oom)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+}
+
+/* A JSON string literal; bytes >= 0x80 pass through (the input was UTF-8). */
+static void sb_json_str(struct sbuf *b, const char *s)
+{
+	sb_add(b, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			sb_add(b, "\\%c", c);
+		else if (c < 0x20)
+			sb_add(b, "\\u%04x", c);
+		else
+			sb_add(b, "%c", c);
+	}
+	sb_add(b, "\"");
+}
+
+/* ======================================================================
+ * state
+ * ====================================================================== */
+
+struct inbound {
+	struct inbound *next;
+	char *topic;
+	char *payload;
+	size_t len;
+};
+
+struct pending_ack {
+	struct pending_ack *next;
+	char *topic;
+	char *payload;
+	size_t len;
+	int64_t queued_ms;
+};
+
+struct ack_slot {
+	int in_use;
+	uint32_t gen; /* bumped on every use: a late callback for a reclaimed use is ignored */
+	int64_t sent_ms;
+};
+
+struct run_opts {
+	const char *broker, *ca, *cert, *key, *db, *share, *client_id, *ready_file;
+	const char *reject_kinds[MAX_REJECT_KINDS];
+	int n_reject_kinds;
+	int ack_window;
+};
+
+struct stmts {
+	sqlite3_stmt *begin, *commit, *rollback;
+	sqlite3_stmt *ins_event, *sel_id, *ins_conflict, *ins_rejected, *upsert_device, *add_stat;
+};
+
+struct counters {
+	uint64_t batches, batches_dropped, events_new, duplicates, conflicts, rejected, unackable;
+	uint64_t acks_sent, acks_confirmed, acks_failed, acks_dropped;
+};
+
+static struct central {
+	struct run_opts opt;
+	MQTTAsync client;
+	int wake_fd;
+
+	/* shared with Paho threads, under lock */
+	pthread_mutex_t lock;
+	pthread_cond_t space;
+	struct inbound *in_head, *in_tail;
+	size_t in_bytes;
+	int stopping;
+	int connected;
+	int ever_connected;
+	int need_subscribe;
+	int subscribed;     /* SUBACK granted on the current connection */
+	int connect_failed; /* an initial connect attempt failed */
+	char connect_why[256];
+	char tls_err[512];
+	int recv_max;       /* Receive Maximum from the CONNACK, 0 = not seen */
+	struct ack_slot slots[ACK_SLOTS];
+	uint64_t acks_confirmed, acks_failed;
+
+	/* main thread only */
+	sqlite3 *db;
+	struct stmts st;
+	int64_t next_arrival;
+	struct pending_ack *ack_head, *ack_tail;
+	size_t n_pending;
+	struct counters c;
+	int ready_written;
+	int peer_warns; /* warnings about device input in the current stats period */
+} g;
+
+static volatile sig_atomic_t g_stop;
+
+static void wake_main(void)
+{
+	uint64_t one = 1;
+
+	/* async-signal-safe; EAGAIN only if the counter would overflow */
+	(void)!write(g.wake_fd, &one, sizeof one);
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	g_stop = 1;
+	wake_main();
+}
+
+/* ======================================================================
+ * SQLite
+ * ====================================================================== */
+
+static const char schema_sql[] =
+	"CREATE TABLE IF NOT EXISTS events("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" id TEXT NOT NULL, kind TEXT NOT NULL, wall_ms INTEGER NOT NULL, mono_ms INTEGER,"
+	" boot TEXT, clock_ok INTEGER, body TEXT NOT NULL,"
+	" arrival INTEGER NOT NULL,"  /* global first-arrival counter */
+	" received_ms INTEGER NOT NULL,"
+	" PRIMARY KEY(tenant, store, device, seq));"
+	/* Same (device, seq), different id: the device's outbox was reset.
+	 * Kept aside, never overwriting the first copy. */
+	"CREATE TABLE IF NOT EXISTS conflicts("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" id TEXT NOT NULL, existing_id TEXT NOT NULL, kind TEXT NOT NULL, wall_ms INTEGER NOT NULL,"
+	" mono_ms INTEGER, boot TEXT, clock_ok INTEGER, body TEXT NOT NULL,"
+	" received_ms INTEGER NOT NULL,"
+	" PRIMARY KEY(tenant, store, device, seq, id));"
+	"CREATE TABLE IF NOT EXISTS rejected("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" reason TEXT NOT NULL, event TEXT, copies INTEGER NOT NULL,"
+	" first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,"
+	" PRIMARY KEY(tenant, store, device, seq));"
+	/* Per-device counters that the rows themselves cannot tell. */
+	"CREATE TABLE IF NOT EXISTS devices("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL,"
+	" batches INTEGER NOT NULL, stored INTEGER NOT NULL, duplicates INTEGER NOT NULL,"
+	" conflicts INTEGER NOT NULL, rejected INTEGER NOT NULL, unackable INTEGER NOT NULL,"
+	" first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,"
+	" PRIMARY KEY(tenant, store, device));"
+	"CREATE TABLE IF NOT EXISTS stats(key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+
+static int db_exec(const char *sql)
+{
+	char *err = NULL;
+	char q[300];
+	int rc = sqlite3_exec(g.db, sql, NULL, NULL, &err);
+
+	if (rc != SQLITE_OK) {
+		log_at(LVL_ERROR, "sqlite exec failed", "err=%s", lq(q, sizeof q, err ? err : "?"));
+		sqlite3_free(err);
+	}
+	return rc;
+}
+
+static int db_prepare(sqlite3_stmt **s, const char *sql)
+{
+	char q[300];
+	int rc = sqlite3_prepare_v3(g.db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL);
+
+	if (rc != SQLITE_OK)
+		log_at(LVL_ERROR, "sqlite prepare failed", "err=%s",
+		       lq(q, sizeof q, sqlite3_errmsg(g.db)));
+	return rc;
+}
+
+static void db_close(void)
+{
+	sqlite3_stmt **all[] = { &g.st.begin,        &g.st.commit,        &g.st.rollback,
+				 &g.st.ins_event,    &g.st.sel_id,        &g.st.ins_conflict,
+				 &g.st.ins_rejected, &g.st.upsert_device, &g.st.add_stat };
+	size_t i;
+
+	for (i = 0; i < sizeof all / sizeof all[0]; i++) {
+		sqlite3_finalize(*all[i]);
+		*all[i] = NULL;
+	}
+	if (g.db)
+		sqlite3_close(g.db);
+	g.db = NULL;
+}
+
+static int db_open(const char *path)
+{
+	sqlite3_stmt *s = NULL;
+	char q[300];
+	int rc, version = 0;
+
+	rc = sqlite3_open_v2(path, &g.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+	if (rc != SQLITE_OK) {
+		log_at(LVL_ERROR, "cannot open database", "db=%s err=%s", path,
+		       lq(q, sizeof q, g.db ? sqlite3_errmsg(g.db) : sqlite3_errstr(rc)));
+		goto cleanup;
+	}
+	sqlite3_busy_timeout(g.db, 5000);
+	/* WAL+NORMAL: a committed batch survives a crash of this process (what
+	 * the tests inflict), not a power cut. A production central acking
+	 * events it could lose would need FULL; this one must keep up with
+	 * tens of thousands of events per second on a test machine. */
+	rc = db_exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+	if (rc != SQLITE_OK)
+		goto cleanup;
+	rc = sqlite3_prepare_v2(g.db, "PRAGMA user_version", -1, &s, NULL);
+	if (rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+		version = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if (version > SCHEMA_VERSION) {
+		log_at(LVL_ERROR, "database is from a newer scrm-central", "db=%s user_version=%d",
+		       path, version);
+		rc = SQLITE_MISMATCH;
+		goto cleanup;
+	}
+	if (version < SCHEMA_VERSION) {
+		char sql[sizeof schema_sql + 64];
+
+		snprintf(sql, sizeof sql, "BEGIN IMMEDIATE;%sPRAGMA user_version=%d;COMMIT;",
+			 schema_sql, SCHEMA_VERSION);
+		rc = db_exec(sql);
+		if (rc != SQLITE_OK)
+			goto cleanup;
+	}
+
+	if ((rc = db_prepare(&g.st.begin, "BEGIN IMMEDIATE")) ||
+	    (rc = db_prepare(&g.st.commit, "COMMIT")) ||
+	    (rc = db_prepare(&g.st.rollback, "ROLLBACK")) ||
+	    (rc = db_prepare(&g.st.ins_event,
+			     "INSERT INTO events(tenant,store,device,seq,id,kind,wall_ms,mono_ms,boot,"
+			     "clock_ok,body,arrival,received_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) "
+			     "ON CONFLICT DO NOTHING")) ||
+	    (rc = db_prepare(&g.st.sel_id,
+			     "SELECT id FROM events WHERE tenant=? AND store=? AND device=? AND seq=?")) ||
+	    (rc = db_prepare(&g.st.ins_conflict,
+			     "INSERT INTO conflicts(tenant,store,device,seq,id,existing_id,kind,wall_ms,"
+			     "mono_ms,boot,clock_ok,body,received_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) "
+			     "ON CONFLICT DO NOTHING")) ||
+	    (rc = db_prepare(&g.st.ins_rejected,
+			     "INSERT INTO rejected(tenant,store,device,seq,reason,event,copies,first_ms,"
+			     "last_ms) VALUES(?,?,?,?,?,?,1,?,?) ON CONFLICT DO UPDATE SET "
+			     "copies=copies+1, reason=excluded.reason, last_ms=excluded.last_ms")) ||
+	    (rc = db_prepare(&g.st.upsert_device,
+			     "INSERT INTO devices(tenant,store,device,batches,stored,duplicates,"
+			     "conflicts,rejected,unackable,first_ms,last_ms) "
+			     "VALUES(?,?,?,1,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+			     "batches=batches+1, stored=stored+excluded.stored,"
+			     " duplicates=duplicates+excluded.duplicates,"
+			     " conflicts=conflicts+excluded.conflicts,"
+			     " rejected=rejected+excluded.rejected,"
+			     " unackable=unackable+excluded.unackable, last_ms=excluded.last_ms")) ||
+	    (rc = db_prepare(&g.st.add_stat,
+			     "INSERT INTO stats(key,value) VALUES(?,?) ON CONFLICT DO UPDATE SET "
+			     "value=value+excluded.value")))
+		goto cleanup;
+
+	rc = sqlite3_prepare_v2(g.db, "SELECT coalesce(max(arrival),0)+1 FROM events", -1, &s, NULL);
+	if (rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+		g.next_arrival = sqlite3_column_int64(s, 0);
+	else
+		rc = SQLITE_ERROR;
+	sqlite3_finalize(s);
+
+cleanup:
+	if (rc != SQLITE_OK)
+		db_close();
+	return rc;
+}
+
+/* Step a write statement to completion and reset it. */
+static int db_step(sqlite3_stmt *s)
+{
+	char q[300];
+	int rc = sqlite3_step(s);
+
+	sqlite3_reset(s);
+	if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+		return SQLITE_OK;
+	log_at(LVL_ERROR, "sqlite step failed", "err=%s", lq(q, sizeof q, sqlite3_errmsg(g.db)));
+	return rc;
+}
+
+static void db_add_stat(const char *key, int64_t n)
+{
+	sqlite3_bind_text(g.st.add_stat, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(g.st.add_stat, 2, n);
+	db_step(g.st.add_stat);
+	sqlite3_clear_bindings(g.st.add_stat);
+}
+
+/* ======================================================================
+ * batch handling (main thread)
+ * ====================================================================== */
+
+struct ident {
+	char tenant[IDENT_MAX + 1];
+	char store[IDENT_MAX + 1];
+	char device[IDENT_MAX + 1];
+};
+
+/* Copy one identity segment [A-Za-z0-9_.-]{1,64} ending at '/'; returns the
+ * position after the '/' or NULL. */
+static const char *take_ident(const char *p, char *out)
+{
+	size_t n = 0;
+
+	for (; *p && *p != '/'; p++) {
+		char c = *p;
+		int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			 c == '_' || c == '.' || c == '-';
+
+		if (!ok || n >= IDENT_MAX)
+			return NULL;
+		out[n++] = c;
+	}
+	if (n == 0 || *p != '/')
+		return NULL;
+	out[n] = '\0';
+	return p + 1;
+}
+
+/* The broker confines each device to its own topics, so identity comes from
+ * the topic, never from the payload. */
+static int parse_topic(const char *topic, struct ident *id)
+{
+	static const char prefix[] = "scrm/v1/";
+	const char *p;
+
+	if (strncmp(topic, prefix, sizeof prefix - 1) != 0)
+		return -1;
+	p = topic + sizeof prefix - 1;
+	if (!(p = take_ident(p, id->tenant)) || !(p = take_ident(p, id->store)) ||
+	    !(p = take_ident(p, id->device)))
+		return -1;
+	return strcmp(p, "up/events") == 0 ? 0 : -1;
+}
+
+/* JSON numbers are doubles: accept integral values that a double holds
+ * exactly. */
+static int json_int64(const cJSON *it, int64_t *out)
+{
+	double d;
+
+	if (!cJSON_IsNumber(it))
+		return -1;
+	d = it->valuedouble;
+	if (!(d >= -MAX_SAFE_INT && d <= MAX_SAFE_INT) || d != (double)(int64_t)d)
+		return -1;
+	*out = (int64_t)d;
+	return 0;
+}
+
+struct event_view {
+	int64_t seq, wall_ms, mono_ms;
+	int has_mono, clock_ok; /* clock_ok: -1 absent, 0, 1 */
+	const char *id, *kind, *boot;
+	const cJSON *body;
+};
+
+/* Envelope checks; on failure writes "<field>: <problem>" into reason. */
+static int event_validate(const cJSON *ev, struct event_view *v, char *reason, size_t rlen)
+{
+	const cJSON *it;
+	size_t n;
+	int i;
+
+	it = cJSON_GetObjectItemCaseSensitive(ev, "id");
+	if (!cJSON_IsString(it)) {
+		snprintf(reason, rlen, "id: missing or not a string");
+		return -1;
+	}
+	n = strlen(it->valuestring);
+	if (n == 0 || n > EVENT_ID_MAX) {
+		snprintf(reason, rlen, "id: must be 1..%d bytes", EVENT_ID_MAX);
+		return -1;
+	}
+	v->id = it->valuestring;
+
+	it = cJSON_GetObjectItemCaseSensitive(ev, "kind");
+	if (!cJSON_IsString(it)) {
+		snprintf(reason, rlen, "kind: missing or not a string");
+		return -1;
+	}
+	n = strlen(it->valuestring);
+	if (n == 0 || n > KIND_MAX) {
+		snprintf(reason, rlen, "kind: must be 1..%d bytes", KIND_MAX);
+		return -1;
+	}
+	v->kind = it->valuestring;
+
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(ev, "wall_ms"), &v->wall_ms) != 0) {
+		snprintf(reason, rlen, "wall_ms: missing or not an integer");
+		return -1;
+	}
+
+	/* mono_ms, boot, clock_ok: the agent always sends them, but they only
+	 * refine the time, so absent is tolerated; a wrong type is not. */
+	it = cJSON_GetObjectItemCaseSensitive(ev, "mono_ms");
+	v->has_mono = 0;
+	if (it && !cJSON_IsNull(it)) {
+		if (json_int64(it, &v->mono_ms) != 0) {
+			snprintf(reason, rlen, "mono_ms: not an integer");
+			return -1;
+		}
+		v->has_mono = 1;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(ev, "boot");
+	v->boot = NULL;
+	if (it && !cJSON_IsNull(it)) {
+		if (!cJSON_IsString(it) || strlen(it->valuestring) > EVENT_ID_MAX) {
+			snprintf(reason, rlen, "boot: not a string of at most %d bytes", EVENT_ID_MAX);
+			return -1;
+		}
+		v->boot = it->valuestring;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(ev, "clock_ok");
+	v->clock_ok = -1;
+	if (it && !cJSON_IsNull(it)) {
+		if (!cJSON_IsBool(it)) {
+			snprintf(reason, rlen, "clock_ok: not a boolean");
+			return -1;
+		}
+		v->clock_ok = cJSON_IsTrue(it) ? 1 : 0;
+	}
+
+	it = cJSON_GetObjectItemCaseSensitive(ev, "body");
+	if (!cJSON_IsObject(it)) {
+		snprintf(reason, rlen, "body: missing or not an object");
+		return -1;
+	}
+	v->body = it;
+
+	/* Unknown kinds are stored as opaque bodies (protocol: Versioning);
+	 * --reject-kind exists so tests can drive the agent's rejected path. */
+	for (i = 0; i < g.opt.n_reject_kinds; i++) {
+		if (strcmp(v->kind, g.opt.reject_kinds[i]) == 0) {
+			snprintf(reason, rlen, "kind: %s is rejected by this central (--reject-kind)",
+				 v->kind);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void bind_ident(sqlite3_stmt *s, const struct ident *id, int64_t seq)
+{
+	sqlite3_bind_text(s, 1, id->tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, id->store, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, id->device, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 4, seq);
+}
+
+static void bind_opt_fields(sqlite3_stmt *s, int col, const struct event_view *v)
+{
+	if (v->has_mono)
+		sqlite3_bind_int64(s, col, v->mono_ms);
+	else
+		sqlite3_bind_null(s, col);
+	if (v->boot)
+		sqlite3_bind_text(s, col + 1, v->boot, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(s, col + 1);
+	if (v->clock_ok >= 0)
+		sqlite3_bind_int(s, col + 2, v->clock_ok);
+	else
+		sqlite3_bind_null(s, col + 2);
+}
+
+enum store_result { STORED_NEW, STORED_DUP, STORED_CONFLICT, STORE_ERROR };
+
+static enum store_result event_store(const struct ident *id, const struct event_view *v,
+				     int64_t arrival, int64_t now)
+{
+	sqlite3_stmt *s = g.st.ins_event;
+	enum store_result res = STORE_ERROR;
+	char *body = cJSON_PrintUnformatted(v->body);
+	char *existing = NULL;
+	int rc;
+
+	if (!body)
+		return STORE_ERROR;
+	bind_ident(s, id, v->seq);
+	sqlite3_bind_text(s, 5, v->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 6, v->kind, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 7, v->wall_ms);
+	bind_opt_fields(s, 8, v);
+	sqlite3_bind_text(s, 11, body, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 12, arrival);
+	sqlite3_bind_int64(s, 13, now);
+	rc = db_step(s);
+	if (rc != SQLITE_OK)
+		goto cleanup;
+	if (sqlite3_changes(g.db) == 1) {
+		res = STORED_NEW;
+		goto cleanup;
+	}
+
+	/* Already held: the same event again, or a different one (conflict). */
+	s = g.st.sel_id;
+	bind_ident(s, id, v->seq);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		const unsigned char *t = sqlite3_column_text(s, 0);
+
+		existing = strdup(t ? (const char *)t : "");
+	}
+	sqlite3_reset(s);
+	if (!existing)
+		goto cleanup;
+	if (strcmp(existing, v->id) == 0) {
+		res = STORED_DUP;
+		goto cleanup;
+	}
+	s = g.st.ins_conflict;
+	bind_ident(s, id, v->seq);
+	sqlite3_bind_text(s, 5, v->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 6, existing, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 7, v->kind, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 8, v->wall_ms);
+	bind_opt_fields(s, 9, v);
+	sqlite3_bind_text(s, 12, body, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 13, now);
+	rc = db_step(s);
+	if (rc != SQLITE_OK)
+		goto cleanup;
+	if (sqlite3_changes(g.db) == 1) {
+		char q1[160], q2[160];
+
+		/* The alert the protocol asks for: an outbox was reset. A reset
+		 * outbox conflicts on every seq, hence the cap. */
+		if (peer_warns_left())
+			log_at(LVL_WARN, "conflict: same seq, different id; kept aside",
+			       "tenant=%s store=%s device=%s seq=%" PRId64 " held_id=%s new_id=%s",
+			       id->tenant, id->store, id->device, v->seq,
+			       lq(q1, sizeof q1, existing), lq(q2, sizeof q2, v->id));
+		res = STORED_CONFLICT;
+	} else {
+		res = STORED_DUP; /* a redelivered copy of a known conflict */
+	}
+
+cleanup:
+	/* SQLITE_STATIC bindings point into memory freed below */
+	sqlite3_clear_bindings(g.st.ins_event);
+	sqlite3_clear_bindings(g.st.sel_id);
+	sqlite3_clear_bindings(g.st.ins_conflict);
+	free(existing);
+	cJSON_free(body);
+	return res;
+}
+
+static int reject_store(const struct ident *id, int64_t seq, const char *reason,
+			const cJSON *ev, int64_t now)
+{
+	sqlite3_stmt *s = g.st.ins_rejected;
+	char *text = cJSON_PrintUnformatted(ev);
+	int rc;
+
+	bind_ident(s, id, seq);
+	sqlite3_bind_text(s, 5, reason, -1, SQLITE_STATIC);
+	if (text)
+		sqlite3_bind_text(s, 6, text, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(s, 6);
+	sqlite3_bind_int64(s, 7, now);
+	sqlite3_bind_int64(s, 8, now);
+	rc = db_step(s);
+	sqlite3_clear_bindings(s);
+	cJSON_free(text);
+	return rc;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+struct rejection {
+	int64_t seq;
+	char reason[REASON_MAX];
+};
+
+static void ack_queue(char *topic, struct sbuf *payload);
+
+/* Ack: {"v":1,"batch":...,"acked":[[first,last],...],"rejected":[...]} with
+ * consecutive seqs compressed into ranges. */
+static void ack_build(const struct ident *id, const char *batch, int64_t *acked, size_t na,
+		      const struct rejection *rej, size_t nr)
+{
+	struct sbuf b = { 0 };
+	char topic[3 * IDENT_MAX + 32];
+	size_t i, j;
+
+	qsort(acked, na, sizeof acked[0], cmp_i64);
+	sb_add(&b, "{\"v\":1,\"batch\":");
+	sb_json_str(&b, batch);
+	sb_add(&b, ",\"acked\":[");
+	for (i = 0; i < na; i = j) {
+		int64_t last = acked[i];
+
+		/* also swallows a seq listed twice */
+		for (j = i + 1; j < na && acked[j] <= last + 1; j++)
+			last = acked[j];
+		sb_add(&b, "%s[%" PRId64 ",%" PRId64 "]", i ? "," : "", acked[i], last);
+	}
+	sb_add(&b, "],\"rejected\":[");
+	for (i = 0; i < nr; i++) {
+		sb_add(&b, "%s{\"seq\":%" PRId64 ",\"reason\":", i ? "," : "", rej[i].seq);
+		sb_json_str(&b, rej[i].reason);
+		sb_add(&b, "}");
+	}
+	sb_add(&b, "]}");
+	if (b.oom) {
+		free(b.p);
+		log_at(LVL_ERROR, "out of memory building ack", NULL);
+		return;
+	}
+	snprintf(topic, sizeof topic, "scrm/v1/%s/%s/%s/down/ack", id->tenant, id->store,
+		 id->device);
+	ack_queue(strdup(topic), &b);
+}
+
+/* A misbehaving device must not flood the log: warnings about what devices
+ * send are capped per stats period (the stats line still counts them all). */
+static int peer_warns_left(void)
+{
+	if (g.peer_warns < PEER_WARN_PER_PERIOD) {
+		g.peer_warns++;
+		return 1;
+	}
+	if (g.peer_warns++ == PEER_WARN_PER_PERIOD)
+		log_at(LVL_WARN, "more device input warnings suppressed until the next stats line",
+		       NULL);
+	return 0;
+}
+
+static void batch_drop(const char *topic, const char *why)
+{
+	char q1[200], q2[200];
+
+	g.c.batches_dropped++;
+	if (peer_warns_left())
+		log_at(LVL_WARN, "batch dropped", "topic=%s reason=%s", lq(q1, sizeof q1, topic),
+		       lq(q2, sizeof q2, why));
+	db_add_stat("batches_dropped", 1);
+}
+
+static void batch_handle(const char *topic, const char *payload, size_t len)
+{
+	struct ident id;
+	cJSON *root = NULL;
+	const cJSON *batch, *v, *events, *ev;
+	int64_t *acked = NULL;
+	struct rejection *rej = NULL;
+	size_t na = 0, nr = 0, n, idx = 0;
+	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0;
+	int64_t now = wall_ms();
+	int in_tx = 0;
+	char q1[200], q2[200];
+
+	if (parse_topic(topic, &id) != 0) {
+		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/events");
+		return;
+	}
+	root = cJSON_ParseWithLength(payload, len);
+	if (!cJSON_IsObject(root)) {
+		batch_drop(topic, "payload is not a JSON object");
+		goto cleanup;
+	}
+	batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
+	if (!cJSON_IsString(batch) || !batch->valuestring[0]) {
+		batch_drop(topic, "batch: missing or not a string (cannot ack)");
+		goto cleanup;
+	}
+	if (strlen(batch->valuestring) > BATCH_ID_MAX) {
+		batch_drop(topic, "batch: id longer than 128 bytes");
+		goto cleanup;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "v");
+	if (!cJSON_IsNumber(v) || v->valuedouble != 1.0) {
+		batch_drop(topic, "v: missing or not 1");
+		goto cleanup;
+	}
+	events = cJSON_GetObjectItemCaseSensitive(root, "events");
+	if (!cJSON_IsArray(events)) {
+		batch_drop(topic, "events: missing or not an array");
+		goto cleanup;
+	}
+	n = (size_t)cJSON_GetArraySize(events);
+	acked = malloc((n ? n : 1) * sizeof *acked);
+	rej = malloc((n ? n : 1) * sizeof *rej);
+	if (!acked || !rej) {
+		log_at(LVL_ERROR, "out of memory for a batch", "events=%zu", n);
+		goto cleanup;
+	}
+
+	if (db_step(g.st.begin) != SQLITE_OK)
+		goto cleanup;
+	in_tx = 1;
+	cJSON_ArrayForEach(ev, events)
+	{
+		struct event_view ve;
+		char reason[REASON_MAX];
+		int64_t seq;
+
+		idx++;
+		memset(&ve, 0, sizeof ve);
+		/* Without a seq an event can be neither acked nor rejected: the
+		 * agent will resend it, and it will be dropped again. */
+		if (!cJSON_IsObject(ev) ||
+		    json_int64(cJSON_GetObjectItemCaseSensitive(ev, "seq"), &seq) != 0 || seq < 1) {
+			n_unackable++;
+			if (peer_warns_left())
+				log_at(LVL_WARN, "event without a valid seq ignored",
+				       "tenant=%s store=%s device=%s batch=%s index=%zu", id.tenant, id.store,
+				       id.device, lq(q1, sizeof q1, batch->valuestring), idx - 1);
+			continue;
+		}
+		ve.seq = seq;
+		if (event_validate(ev, &ve, reason, sizeof reason) != 0) {
+			if (reject_store(&id, seq, reason, ev, now) != SQLITE_OK)
+				goto cleanup;
+			rej[nr].seq = seq;
+			memcpy(rej[nr].reason, reason, sizeof reason);
+			nr++;
+			if (peer_warns_left())
+				log_at(LVL_WARN, "event rejected",
+				       "tenant=%s store=%s device=%s seq=%" PRId64 " reason=%s",
+				       id.tenant, id.store, id.device, seq,
+				       lq(q2, sizeof q2, reason));
+			continue;
+		}
+		switch (event_store(&id, &ve, g.next_arrival + (int64_t)n_new, now)) {
+		case STORED_NEW:
+			n_new++;
+			break;
+		case STORED_DUP:
+			n_dup++;
+			break;
+		case STORED_CONFLICT:
+			n_conf++;
+			break;
+		case STORE_ERROR:
+			goto cleanup;
+		}
+		acked[na++] = seq;
+	}
+
+	{
+		sqlite3_stmt *s = g.st.upsert_device;
+
+		sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 4, (int64_t)n_new);
+		sqlite3_bind_int64(s, 5, (int64_t)n_dup);
+		sqlite3_bind_int64(s, 6, (int64_t)n_conf);
+		sqlite3_bind_int64(s, 7, (int64_t)nr);
+		sqlite3_bind_int64(s, 8, (int64_t)n_unackable);
+		sqlite3_bind_int64(s, 9, now);
+		sqlite3_bind_int64(s, 10, now);
+		if (db_step(s) != SQLITE_OK)
+			goto cleanup;
+	}
+	if (db_step(g.st.commit) != SQLITE_OK)
+		goto cleanup;
+	in_tx = 0;
+
+	/* Durable: now, and only now, may the device forget these events. */
+	g.next_arrival += (int64_t)n_new;
+	g.c.batches++;
+	g.c.events_new += n_new;
+	g.c.duplicates += n_dup;
+	g.c.conflicts += n_conf;
+	g.c.rejected += nr;
+	g.c.unackable += n_unackable;
+	log_at(LVL_DEBUG, "batch stored",
+	       "tenant=%s store=%s device=%s batch=%s events=%zu new=%" PRIu64 " dup=%" PRIu64
+	       " conflicts=%" PRIu64 " rejected=%zu",
+	       id.tenant, id.store, id.device, lq(q1, sizeof q1, batch->valuestring), n, n_new,
+	       n_dup, n_conf, nr);
+	ack_build(&id, batch->valuestring, acked, na, rej, nr);
+
+cleanup:
+	if (in_tx) {
+		/* No ack: the agent redelivers after its ack timeout. */
+		log_at(LVL_ERROR, "batch not stored (rolled back, not acked)", "tenant=%s device=%s",
+		       id.tenant, id.device);
+		db_step(g.st.rollback);
+	}
+	sqlite3_clear_bindings(g.st.upsert_device);
+	free(acked);
+	free(rej);
+	cJSON_Delete(root);
+}
+
+/* ======================================================================
+ * acks: a window of QoS 1 publishes below the broker's Receive Maximum
+ * ====================================================================== */
+
+static void ack_queue(char *topic, struct sbuf *payload)
+{
+	struct pending_ack *a = calloc(1, sizeof *a);
+
+	if (!a || !topic) {
+		free(a);
+		free(topic);
+		free(payload->p);
+		log_at(LVL_ERROR, "out of memory queueing ack", NULL);
+		return;
+	}
+	a->topic = topic;
+	a->payload = payload->p;
+	a->len = payload->len;
+	a->queued_ms = mono_ms();
+	if (g.ack_tail)
+		g.ack_tail->next = a;
+	else
+		g.ack_head = a;
+	g.ack_tail = a;
+	g.n_pending++;
+}
+
+static void ack_pop(void)
+{
+	struct pending_ack *a = g.ack_head;
+
+	g.ack_head = a->next;
+	if (!g.ack_head)
+		g.ack_tail = NULL;
+	g.n_pending--;
+	free(a->topic);
+	free(a->payload);
+	free(a);
+}
+
+static void *slot_context(int idx, uint32_t gen)
+{
+	return (void *)(uintptr_t)(((uintptr_t)gen << 8) | (uintptr_t)idx);
+}
+
+static void slot_complete(void *ctx, int ok)
+{
+	uintptr_t v = (uintptr_t)ctx;
+	int idx = (int)(v & 0xff);
+	uint32_t gen = (uint32_t)(v >> 8);
+
+	if (idx >= ACK_SLOTS)
+		return;
+	pthread_mutex_lock(&g.lock);
+	if (g.slots[idx].in_use && (g.slots[idx].gen & (UINT32_MAX >> 8)) == gen) {
+		g.slots[idx].in_use = 0;
+		if (ok)
+			g.acks_confirmed++;
+		else
+			g.acks_failed++;
+	}
+	pthread_mutex_unlock(&g.lock);
+	wake_main();
+}
+
+static void on_ack_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	(void)resp;
+	slot_complete(ctx, 1);
+}
+
+static void on_ack_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)resp;
+	/* Not fatal: the agent redelivers and gets a fresh ack. */
+	slot_complete(ctx, 0);
+}
+
+static int window_limit(void)
+{
+	int w = g.opt.ack_window;
+
+	/* caller holds g.lock */
+	if (g.recv_max > 0 && w > g.recv_max)
+		w = g.recv_max;
+	return w;
+}
+
+/* Main thread: send queued acks while the window has room. */
+static void acks_flush(void)
+{
+	while (g.ack_head) {
+		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+		MQTTAsync_message msg = MQTTAsync_message_initializer;
+		struct pending_ack *a = g.ack_head;
+		int i, used = 0, free_idx = -1, connected, rc;
+		uint32_t gen = 0;
+
+		if (mono_ms() - a->queued_ms > ACK_PENDING_MAX_AGE_MS ||
+		    g.n_pending > ACK_PENDING_MAX) {
+			g.c.acks_dropped++;
+			ack_pop();
+			continue;
+		}
+		pthread_mutex_lock(&g.lock);
+		connected = g.connected;
+		for (i = 0; i < ACK_SLOTS; i++) {
+			if (g.slots[i].in_use)
+				used++;
+			else if (free_idx < 0)
+				free_idx = i;
+		}
+		if (connected && used < window_limit() && free_idx >= 0) {
+			g.slots[free_idx].in_use = 1;
+			g.slots[free_idx].gen = (g.slots[free_idx].gen + 1) & (UINT32_MAX >> 8);
+			g.slots[free_idx].sent_ms = mono_ms();
+			gen = g.slots[free_idx].gen;
+		} else {
+			free_idx = -1;
+		}
+		pthread_mutex_unlock(&g.lock);
+		if (free_idx < 0)
+			return; /* woken again by a completion or a reconnect */
+
+		msg.payload = a->payload;
+		msg.payloadlen = (int)a->len;
+		msg.qos = 1;
+		ro.onSuccess5 = on_ack_ok;
+		ro.onFailure5 = on_ack_fail;
+		ro.context = slot_context(free_idx, gen);
+		rc = MQTTAsync_sendMessage(g.client, a->topic, &msg, &ro);
+		if (rc == MQTTASYNC_SUCCESS) {
+			g.c.acks_sent++;
+			ack_pop(); /* Paho copied topic and payload */
+			continue;
+		}
+		pthread_mutex_lock(&g.lock);
+		g.slots[free_idx].in_use = 0;
+		pthread_mutex_unlock(&g.lock);
+		if (rc == MQTTASYNC_DISCONNECTED)
+			return; /* keep it for after the reconnect */
+		log_at(LVL_WARN, "ack publish refused; dropped", "rc=%d err=\"%s\"", rc,
+		       MQTTAsync_strerror(rc));
+		g.c.acks_failed++;
+		ack_pop();
+	}
+}
+
+static void slots_reclaim(void)
+{
+	int64_t now = mono_ms();
+	int i, n = 0;
+
+	pthread_mutex_lock(&g.lock);
+	for (i = 0; i < ACK_SLOTS; i++) {
+		if (g.slots[i].in_use && now - g.slots[i].sent_ms > ACK_SLOT_STALE_MS) {
+			g.slots[i].in_use = 0;
+			n++;
+		}
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (n)
+		log_at(LVL_WARN, "ack publishes never completed; window slots reclaimed", "slots=%d",
+		       n);
+}
+
+static int slots_in_use(void)
+{
+	int i, n = 0;
+
+	pthread_mutex_lock(&g.lock);
+	for (i = 0; i < ACK_SLOTS; i++)
+		n += g.slots[i].in_use;
+	pthread_mutex_unlock(&g.lock);
+	return n;
+}
+
+/* ======================================================================
+ * MQTT callbacks (Paho threads: hand over, never touch SQLite)
+ * ====================================================================== */
+
+static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
+{
+	struct inbound *in = calloc(1, sizeof *in);
+	size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+	size_t plen = m->payloadlen > 0 ? (size_t)m->payloadlen : 0;
+
+	(void)ctx;
+	if (in) {
+		in->topic = malloc(tlen + 1);
+		in->payload = malloc(plen + 1);
+	}
+	if (!in || !in->topic || !in->payload) {
+		if (in) {
+			free(in->topic);
+			free(in->payload);
+		}
+		free(in);
+		return 0; /* Paho keeps the message and calls again */
+	}
+	memcpy(in->topic, topic, tlen);
+	in->topic[tlen] = '\0';
+	if (plen)
+		memcpy(in->payload, m->payload, plen);
+	in->payload[plen] = '\0';
+	in->len = plen;
+	MQTTAsync_freeMessage(&m);
+	MQTTAsync_free(topic);
+
+	pthread_mutex_lock(&g.lock);
+	/* Back-pressure: holding Paho's receive thread stops reading the
+	 * socket, so the broker queues instead of us. The main thread never
+	 * waits on Paho, so this cannot deadlock. */
+	while (g.in_bytes > INBOUND_MAX_BYTES && !g.stopping)
+		pthread_cond_wait(&g.space, &g.lock);
+	if (g.in_tail)
+		g.in_tail->next = in;
+	else
+		g.in_head = in;
+	g.in_tail = in;
+	g.in_bytes += plen + tlen;
+	pthread_mutex_unlock(&g.lock);
+	wake_main();
+	return 1;
+}
+
+static void on_connection_lost(void *ctx, char *cause)
+{
+	char q[200];
+
+	(void)ctx;
+	pthread_mutex_lock(&g.lock);
+	g.connected = 0;
+	g.subscribed = 0;
+	pthread_mutex_unlock(&g.lock);
+	log_at(LVL_WARN, "connection lost; reconnecting", "cause=%s",
+	       lq(q, sizeof q, cause ? cause : "unknown"));
+	wake_main();
+}
+
+/* Called after every successful connect, the first and automatic ones. */
+static void on_connected(void *ctx, char *cause)
+{
+	(void)ctx;
+	(void)cause;
+	pthread_mutex_lock(&g.lock);
+	g.connected = 1;
+	g.ever_connected = 1;
+	g.need_subscribe = 1; /* clean start: the session has no subscription */
+	pthread_mutex_unlock(&g.lock);
+	wake_main();
+}
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	(void)ctx;
+	if (resp && MQTTProperties_hasProperty(&resp->properties,
+					       MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
+		int rm = MQTTProperties_getNumericValue(&resp->properties,
+							MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+
+		pthread_mutex_lock(&g.lock);
+		g.recv_max = rm;
+		pthread_mutex_unlock(&g.lock);
+	}
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)ctx;
+	pthread_mutex_lock(&g.lock);
+	g.connect_failed = 1;
+	snprintf(g.connect_why, sizeof g.connect_why, "code=%d reason=0x%02x %s",
+		 resp ? resp->code : 0, resp ? (unsigned)resp->reasonCode : 0u,
+		 resp && resp->message ? resp->message : "");
+	pthread_mutex_unlock(&g.lock);
+	wake_main();
+}
+
+static void on_subscribe_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	int code = resp ? (int)resp->reasonCode : 0;
+
+	(void)ctx;
+	pthread_mutex_lock(&g.lock);
+	if (code >= 0x80) {
+		g.need_subscribe = 1; /* refused: retried by the main loop */
+	} else {
+		g.subscribed = 1;
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (code >= 0x80)
+		log_at(LVL_ERROR, "subscription refused by broker", "reason=0x%02x", (unsigned)code);
+	wake_main();
+}
+
+static void on_subscribe_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)ctx;
+	log_at(LVL_ERROR, "subscribe failed", "code=%d", resp ? resp->code : 0);
+	pthread_mutex_lock(&g.lock);
+	g.need_subscribe = 1;
+	pthread_mutex_unlock(&g.lock);
+	wake_main();
+}
+
+static int on_tls_error(const char *str, size_t len, void *ctx)
+{
+	size_t n = len < sizeof g.tls_err - 1 ? len : sizeof g.tls_err - 1;
+
+	(void)ctx;
+	pthread_mutex_lock(&g.lock);
+	memcpy(g.tls_err, str, n);
+	while (n > 0 && (g.tls_err[n - 1] == '\n' || g.tls_err[n - 1] == '\r'))
+		n--;
+	g.tls_err[n] = '\0';
+	pthread_mutex_unlock(&g.lock);
+	return 0;
+}
+
+/* ======================================================================
+ * run
+ * ====================================================================== */
+
+static int mqtt_connect(void)
+{
+	MQTTAsync_connectOptions cc = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	int rc;
+
+	ssl.trustStore = g.opt.ca;
+	ssl.keyStore = g.opt.cert;
+	ssl.privateKey = g.opt.key;
+	ssl.enableServerCertAuth = 1;
+	ssl.verify = 1; /* host name check */
+	ssl.ssl_error_cb = on_tls_error;
+	cc.ssl = &ssl;
+	cc.cleanstart = 1;
+	cc.keepAliveInterval = 20;
+	cc.connectTimeout = 10;
+	cc.automaticReconnect = 1;
+	cc.minRetryInterval = 1;
+	cc.maxRetryInterval = 5;
+	cc.onSuccess5 = on_connect_ok;
+	cc.onFailure5 = on_connect_fail;
+	rc = MQTTAsync_connect(g.client, &cc);
+	if (rc != MQTTASYNC_SUCCESS)
+		log_at(LVL_WARN, "connect not started", "rc=%d err=\"%s\"", rc,
+		       MQTTAsync_strerror(rc));
+	return rc;
+}
+
+static void mqtt_subscribe(void)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	char topic[256];
+	int rc;
+
+	if (g.opt.share)
+		snprintf(topic, sizeof topic, "$share/%s/scrm/v1/+/+/+/up/events", g.opt.share);
+	else
+		snprintf(topic, sizeof topic, "scrm/v1/+/+/+/up/events");
+	ro.onSuccess5 = on_subscribe_ok;
+	ro.onFailure5 = on_subscribe_fail;
+	rc = MQTTAsync_subscribe(g.client, topic, 1, &ro);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_at(LVL_WARN, "subscribe not started; will retry", "rc=%d", rc);
+		pthread_mutex_lock(&g.lock);
+		g.need_subscribe = 1;
+		pthread_mutex_unlock(&g.lock);
+	} else {
+		log_at(LVL_INFO, "subscribing", "topic=%s", topic);
+	}
+}
+
+/* Paho 1.3.12 leaves Nagle's algorithm on and exposes no socket option.
+ * Then the ack PUBLISH, written right after Paho's PUBACK for the batch,
+ * waits for the broker's delayed TCP ACK: ~40 ms per ack on loopback. This
+ * process has no TCP sockets but Paho's, so set TCP_NODELAY on all of them
+ * after each connect (Linux /proc; harmless if it fails). */
+static int tcp_nodelay_all(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d))) {
+		char *end = NULL;
+		long fd = strtol(e->d_name, &end, 10);
+		int type = 0, domain = 0, on = 1;
+		socklen_t len = sizeof type;
+		struct stat st;
+
+		if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
+			continue;
+		if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+			continue;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
+			continue;
+		len = sizeof domain;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
+		    (domain != AF_INET && domain != AF_INET6))
+			continue;
+		if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+static int ready_write(const char *path)
+{
+	char tmp[4096];
+	FILE *f;
+	int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
+
+	if (n < 0 || (size_t)n >= sizeof tmp)
+		return -1;
+	f = fopen(tmp, "w");
+	if (!f)
+		return -1;
+	fprintf(f, "ready pid=%ld\n", (long)getpid());
+	if (fclose(f) != 0)
+		return -1;
+	/* rename: a watcher never sees a half-written file */
+	return rename(tmp, path);
+}
+
+static void inbound_drain(void)
+{
+	struct inbound *list, *in;
+
+	pthread_mutex_lock(&g.lock);
+	list = g.in_head;
+	g.in_head = g.in_tail = NULL;
+	g.in_bytes = 0;
+	pthread_cond_broadcast(&g.space);
+	pthread_mutex_unlock(&g.lock);
+	while ((in = list)) {
+		list = in->next;
+		batch_handle(in->topic, in->payload, in->len);
+		acks_flush(); /* keep ack latency low under a backlog */
+		free(in->topic);
+		free(in->payload);
+		free(in);
+	}
+}
+
+static void stats_log(void)
+{
+	uint64_t confirmed, failed;
+
+	pthread_mutex_lock(&g.lock);
+	confirmed = g.acks_confirmed;
+	failed = g.acks_failed;
+	pthread_mutex_unlock(&g.lock);
+	log_at(LVL_INFO, "stats",
+	       "batches=%" PRIu64 " events_new=%" PRIu64 " duplicates=%" PRIu64
+	       " conflicts=%" PRIu64 " rejected=%" PRIu64 " unackable=%" PRIu64
+	       " dropped_batches=%" PRIu64 " acks_sent=%" PRIu64 " acks_confirmed=%" PRIu64
+	       " acks_failed=%" PRIu64 " acks_dropped=%" PRIu64 " acks_pending=%zu",
+	       g.c.batches, g.c.events_new, g.c.duplicates, g.c.conflicts, g.c.rejected,
+	       g.c.unackable, g.c.batches_dropped, g.c.acks_sent, confirmed,
+	       g.c.acks_failed + failed, g.c.acks_dropped, g.n_pending);
+}
+
+static int cmd_run_main(void)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	struct sigaction sa;
+	int64_t next_connect = 0, next_stats = mono_ms() + STATS_EVERY_MS;
+	uint64_t last_batches = 0, last_dropped = 0;
+	unsigned connect_failures = 0;
+	int was_subscribed = 0;
+	int rc, exit_code = 1;
+
+	g.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (g.wake_fd < 0) {
+		log_at(LVL_ERROR, "eventfd failed", "err=\"%s\"", strerror(errno));
+		return 1;
+	}
+	pthread_mutex_init(&g.lock, NULL);
+	pthread_cond_init(&g.space, NULL);
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (db_open(g.opt.db) != SQLITE_OK)
+		goto cleanup_fd;
+
+	rc = MQTTAsync_createWithOptions(&g.client, g.opt.broker, g.opt.client_id,
+					 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_at(LVL_ERROR, "cannot create MQTT client", "broker=%s err=\"%s\"", g.opt.broker,
+		       MQTTAsync_strerror(rc));
+		g.client = NULL;
+		goto cleanup_db;
+	}
+	if (MQTTAsync_setCallbacks(g.client, NULL, on_connection_lost, on_message, NULL) !=
+		    MQTTASYNC_SUCCESS ||
+	    MQTTAsync_setConnected(g.client, NULL, on_connected) != MQTTASYNC_SUCCESS) {
+		log_at(LVL_ERROR, "cannot set MQTT callbacks", NULL);
+		goto cleanup_client;
+	}
+	log_at(LVL_INFO, "starting", "broker=%s client_id=%s db=%s share=%s ack_window=%d",
+	       g.opt.broker, g.opt.client_id, g.opt.db, g.opt.share ? g.opt.share : "-",
+	       g.opt.ack_window);
+	if (mqtt_connect() != MQTTASYNC_SUCCESS)
+		next_connect = mono_ms() + 1000;
+
+	while (!g_stop) {
+		struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
+		uint64_t drained;
+		int failed, subscribe, subscribed, recv_max;
+		char why[256], tls[512];
+
+		poll(&p, 1, g.ack_head ? 100 : 1000);
+		(void)!read(g.wake_fd, &drained, sizeof drained);
+
+		pthread_mutex_lock(&g.lock);
+		failed = g.connect_failed;
+		g.connect_failed = 0;
+		subscribe = g.need_subscribe && g.connected;
+		if (subscribe)
+			g.need_subscribe = 0;
+		subscribed = g.subscribed;
+		recv_max = g.recv_max;
+		memcpy(why, g.connect_why, sizeof why);
+		memcpy(tls, g.tls_err, sizeof tls);
+		pthread_mutex_unlock(&g.lock);
+
+		if (failed) {
+			char q1[300], q2[600];
+
+			/* Paho's automatic reconnect only covers a connection that
+			 * once succeeded; the first one is retried here. */
+			if (connect_failures++ % 30 == 0)
+				log_at(LVL_WARN, "connect failed; retrying every second",
+				       "broker=%s why=%s tls=%s attempts=%u", g.opt.broker,
+				       lq(q1, sizeof q1, why), lq(q2, sizeof q2, tls), connect_failures);
+			next_connect = mono_ms() + 1000;
+		}
+		if (next_connect && mono_ms() >= next_connect) {
+			next_connect = 0;
+			if (mqtt_connect() != MQTTASYNC_SUCCESS)
+				next_connect = mono_ms() + 1000;
+		}
+		if (subscribe)
+			mqtt_subscribe();
+		if (subscribed && !was_subscribed)
+			log_at(LVL_INFO, "subscribed", "receive_maximum=%d ack_window=%d tcp_nodelay=%d",
+			       recv_max,
+			       recv_max > 0 && recv_max < g.opt.ack_window ? recv_max
+									: g.opt.ack_window,
+			       tcp_nodelay_all());
+		was_subscribed = subscribed;
+		if (subscribed && !g.ready_written) {
+			g.ready_written = 1;
+			if (g.opt.ready_file && ready_write(g.opt.ready_file) != 0)
+				log_at(LVL_ERROR, "cannot write ready file", "path=%s err=\"%s\"",
+				       g.opt.ready_file, strerror(errno));
+		}
+
+		inbound_drain();
+		acks_flush();
+		slots_reclaim();
+		if (mono_ms() >= next_stats) {
+			next_stats = mono_ms() + STATS_EVERY_MS;
+			g.peer_warns = 0;
+			if (g.c.batches != last_batches || g.c.batches_dropped != last_dropped)
+				stats_log();
+			last_batches = g.c.batches;
+			last_dropped = g.c.batches_dropped;
+		}
+	}
+
+	/* Shutdown: store and ack what was received, give the acks a moment,
+	 * then leave. Anything received after this is stored but not acked;
+	 * the agents redeliver it and get the ack from the next run. */
+	log_at(LVL_INFO, "stopping", NULL);
+	inbound_drain();
+	{
+		int64_t until = mono_ms() + 2000;
+
+		while ((g.ack_head || slots_in_use() > 0) && mono_ms() < until) {
+			struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
+			uint64_t drained;
+			int connected;
+
+			pthread_mutex_lock(&g.lock);
+			connected = g.connected;
+			pthread_mutex_unlock(&g.lock);
+			if (!connected)
+				break;
+			poll(&p, 1, 20);
+			(void)!read(g.wake_fd, &drained, sizeof drained);
+			acks_flush();
+		}
+	}
+	pthread_mutex_lock(&g.lock);
+	g.stopping = 1; /* on_message must not wait for space any more */
+	pthread_cond_broadcast(&g.space);
+	pthread_mutex_unlock(&g.lock);
+	if (MQTTAsync_isConnected(g.client)) {
+		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+
+		d.timeout = 1000;
+		if (MQTTAsync_disconnect(g.client, &d) == MQTTASYNC_SUCCESS) {
+			int64_t until = mono_ms() + 1500;
+
+			while (MQTTAsync_isConnected(g.client) && mono_ms() < until)
+				usleep(10000);
+		}
+	}
+	inbound_drain();
+	stats_log();
+	exit_code = 0;
+
+cleanup_client:
+	MQTTAsync_destroy(&g.client);
+	while (g.ack_head)
+		ack_pop();
+cleanup_db:
+	db_close();
+cleanup_fd:
+	close(g.wake_fd);
+	log_at(LVL_INFO, "stopped", "exit_code=%d", exit_code);
+	return exit_code;
+}
+
+/* ======================================================================
+ * report
+ * ====================================================================== */
+
+#define MISSING_RANGES_MAX 20
+
+struct dev_report {
+	const char *tenant, *store, *device;
+	int64_t events, min_seq, max_seq, missing, duplicates, conflicts, rejected, batches;
+	int64_t out_of_order, unackable;
+	int64_t ranges[MISSING_RANGES_MAX][2];
+	int nranges;
+};
+
+static int report_device(sqlite3 *db, struct dev_report *r)
+{
+	static const char *const sql_counts =
+		"SELECT count(*), min(seq), max(seq) FROM events "
+		"WHERE tenant=?1 AND store=?2 AND device=?3";
+	static const char *const sql_conf =
+		"SELECT count(*) FROM conflicts WHERE tenant=?1 AND store=?2 AND device=?3";
+	static const char *const sql_rej =
+		"SELECT count(*) FROM rejected WHERE tenant=?1 AND store=?2 AND device=?3";
+	/* Rejected seqs are accounted for: not lost. */
+	static const char *const sql_seqs =
+		"SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 UNION "
+		"SELECT seq FROM rejected WHERE tenant=?1 AND store=?2 AND device=?3 ORDER BY 1";
+	static const char *const sql_order =
+		"SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 ORDER BY arrival";
+	const char *const sqls[] = { sql_counts, sql_conf, sql_rej, sql_seqs, sql_order };
+	sqlite3_stmt *s = NULL;
+	size_t q;
+	int rc = SQLITE_OK;
+
+	for (q = 0; q < sizeof sqls / sizeof sqls[0]; q++) {
+		int64_t prev = 0;
+		int first = 1;
+
+		rc = sqlite3_prepare_v2(db, sqls[q], -1, &s, NULL);
+		if (rc != SQLITE_OK)
+			return rc;
+		sqlite3_bind_text(s, 1, r->tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, r->store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, r->device, -1, SQLITE_STATIC);
+		while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+			int64_t seq = sqlite3_column_int64(s, 0);
+
+			switch (q) {
+			case 0:
+				r->events = seq;
+				r->min_seq = sqlite3_column_int64(s, 1);
+				r->max_seq = sqlite3_column_int64(s, 2);
+				break;
+			case 1:
+				r->conflicts = seq;
+				break;
+			case 2:
+				r->rejected = seq;
+				break;
+			case 3:
+				/* Seqs start at 1 and are never skipped (v1): every
+				 * hole below the highest seq seen is a loss. */
+				if (seq > prev + 1) {
+					r->missing += seq - prev - 1;
+					if (r->nranges < MISSING_RANGES_MAX) {
+						r->ranges[r->nranges][0] = prev + 1;
+						r->ranges[r->nranges][1] = seq - 1;
+						r->nranges++;
+					}
+				}
+				prev = seq;
+				break;
+			case 4:
+				if (!first && seq < prev)
+					r->out_of_order++;
+				prev = seq;
+				break;
+			}
+			first = 0;
+		}
+		sqlite3_finalize(s);
+		s = NULL;
+		if (rc != SQLITE_DONE)
+			return rc;
+		rc = SQLITE_OK;
+	}
+	return rc;
+}
+
+static int cmd_report(const char *path, int as_json)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	cJSON *root = NULL, *arr = NULL;
+	int64_t tot_events = 0, tot_missing = 0, tot_dup = 0, tot_conf = 0, tot_rej = 0;
+	int64_t dropped = 0, ndev = 0;
+	int rc, exit_code = 1;
+
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_busy_timeout(db, 5000);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(db,
+					"SELECT tenant, store, device, batches, duplicates, unackable "
+					"FROM devices ORDER BY tenant, store, device",
+					-1, &s, NULL);
+	if (rc != SQLITE_OK) {
+		fprintf(stderr, "scrm-central report: cannot read %s: %s\n", path,
+			db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+		goto cleanup;
+	}
+	if (as_json) {
+		root = cJSON_CreateObject();
+		arr = cJSON_AddArrayToObject(root, "devices");
+		if (!root || !arr)
+			goto cleanup;
+	}
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct dev_report r;
+
+		memset(&r, 0, sizeof r);
+		r.tenant = (const char *)sqlite3_column_text(s, 0);
+		r.store = (const char *)sqlite3_column_text(s, 1);
+		r.device = (const char *)sqlite3_column_text(s, 2);
+		r.batches = sqlite3_column_int64(s, 3);
+		r.duplicates = sqlite3_column_int64(s, 4);
+		r.unackable = sqlite3_column_int64(s, 5);
+		if (!r.tenant || !r.store || !r.device)
+			continue;
+		rc = report_device(db, &r);
+		if (rc != SQLITE_OK) {
+			fprintf(stderr, "scrm-central report: %s\n", sqlite3_errmsg(db));
+			goto cleanup;
+		}
+		ndev++;
+		tot_events += r.events;
+		tot_missing += r.missing;
+		tot_dup += r.duplicates;
+		tot_conf += r.conflicts;
+		tot_rej += r.rejected;
+		if (as_json) {
+			cJSON *d = cJSON_CreateObject(), *mr;
+			int i;
+
+			if (!d)
+				goto cleanup;
+			cJSON_AddItemToArray(arr, d);
+			cJSON_AddStringToObject(d, "tenant", r.tenant);
+			cJSON_AddStringToObject(d, "store", r.store);
+			cJSON_AddStringToObject(d, "device", r.device);
+			cJSON_AddNumberToObject(d, "events", (double)r.events);
+			if (r.events) {
+				cJSON_AddNumberToObject(d, "min_seq", (double)r.min_seq);
+				cJSON_AddNumberToObject(d, "max_seq", (double)r.max_seq);
+			} else {
+				cJSON_AddNullToObject(d, "min_seq");
+				cJSON_AddNullToObject(d, "max_seq");
+			}
+			cJSON_AddNumberToObject(d, "missing", (double)r.missing);
+			mr = cJSON_AddArrayToObject(d, "missing_ranges");
+			for (i = 0; mr && i < r.nranges; i++) {
+				cJSON *pair = cJSON_CreateArray();
+
+				cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)r.ranges[i][0]));
+				cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)r.ranges[i][1]));
+				cJSON_AddItemToArray(mr, pair);
+			}
+			cJSON_AddNumberToObject(d, "duplicates", (double)r.duplicates);
+			cJSON_AddNumberToObject(d, "conflicts", (double)r.conflicts);
+			cJSON_AddNumberToObject(d, "rejected", (double)r.rejected);
+			cJSON_AddNumberToObject(d, "unackable", (double)r.unackable);
+			cJSON_AddNumberToObject(d, "batches", (double)r.batches);
+			cJSON_AddBoolToObject(d, "in_order", r.out_of_order == 0);
+			cJSON_AddNumberToObject(d, "out_of_order", (double)r.out_of_order);
+		} else {
+			char minb[24] = "none", maxb[24] = "none";
+
+			if (r.events) {
+				snprintf(minb, sizeof minb, "%" PRId64, r.min_seq);
+				snprintf(maxb, sizeof maxb, "%" PRId64, r.max_seq);
+			}
+			printf("tenant=%s store=%s device=%s events=%" PRId64 " min_seq=%s max_seq=%s"
+			       " missing=%" PRId64 " duplicates=%" PRId64 " conflicts=%" PRId64
+			       " rejected=%" PRId64 " unackable=%" PRId64 " batches=%" PRId64
+			       " in_order=%s out_of_order=%" PRId64 "\n",
+			       r.tenant, r.store, r.device, r.events, minb, maxb, r.missing,
+			       r.duplicates, r.conflicts, r.rejected, r.unackable, r.batches,
+			       r.out_of_order == 0 ? "yes" : "no", r.out_of_order);
+		}
+	}
+	if (rc != SQLITE_DONE) {
+		fprintf(stderr, "scrm-central report: %s\n", sqlite3_errmsg(db));
+		goto cleanup;
+	}
+	sqlite3_finalize(s);
+	s = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT value FROM stats WHERE key='batches_dropped'", -1, &s,
+			       NULL) == SQLITE_OK &&
+	    sqlite3_step(s) == SQLITE_ROW)
+		dropped = sqlite3_column_int64(s, 0);
+
+	if (as_json) {
+		cJSON *t = cJSON_AddObjectToObject(root, "totals");
+		char *text;
+
+		if (!t)
+			goto cleanup;
+		cJSON_AddNumberToObject(t, "devices", (double)ndev);
+		cJSON_AddNumberToObject(t, "events", (double)tot_events);
+		cJSON_AddNumberToObject(t, "missing", (double)tot_missing);
+		cJSON_AddNumberToObject(t, "duplicates", (double)tot_dup);
+		cJSON_AddNumberToObject(t, "conflicts", (double)tot_conf);
+		cJSON_AddNumberToObject(t, "rejected", (double)tot_rej);
+		cJSON_AddNumberToObject(t, "dropped_batches", (double)dropped);
+		text = cJSON_Print(root);
+		if (!text)
+			goto cleanup;
+		printf("%s\n", text);
+		cJSON_free(text);
+	} else {
+		printf("totals devices=%" PRId64 " events=%" PRId64 " missing=%" PRId64
+		       " duplicates=%" PRId64 " conflicts=%" PRId64 " rejected=%" PRId64
+		       " dropped_batches=%" PRId64 "\n",
+		       ndev, tot_events, tot_missing, tot_dup, tot_conf, tot_rej, dropped);
+	}
+	exit_code = fflush(stdout) == 0 ? 0 : 1;
+
+cleanup:
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	cJSON_Delete(root);
+	return exit_code;
+}
+
+/* ======================================================================
+ * command line
+ * ====================================================================== */
+
+static const char usage_main[] =
+	"usage: scrm-central run    --broker URI --ca FILE --db FILE [options]\n"
+	"       scrm-central report --db FILE [--json]\n"
+	"       scrm-central COMMAND --help\n"
+	"\n"
+	"Reference central side of the SCRM edge protocol v1 (docs/protocol.md).\n";
+
+static const char usage_run[] =
+	"usage: scrm-central run --broker URI --ca FILE --db FILE [options]\n"
+	"\n"
+	"Subscribe to every device's scrm/v1/+/+/+/up/events, store each batch in one\n"
+	"SQLite transaction (deduplicated by tenant, store, device, seq) and, after the\n"
+	"commit, publish the ack to scrm/v1/{tenant}/{store}/{device}/down/ack.\n"
+	"Logs logfmt lines to stderr. SIGTERM/SIGINT: finish, ack, exit 0.\n"
+	"\n"
+	"  --broker URI        ssl://HOST:PORT (MQTT 5 over TLS; host name verified)\n"
+	"  --ca FILE           CA certificate(s) that sign the broker's certificate\n"
+	"  --cert FILE         client certificate (with --key), if the broker wants one\n"
+	"  --key FILE          client private key\n"
+	"  --db FILE           SQLite database, created if missing\n"
+	"  --share GROUP       subscribe as $share/GROUP/... (scale across consumers)\n"
+	"  --client-id ID      MQTT client id (default scrm-central-<pid>)\n"
+	"  --ready-file FILE   written (\"ready ...\") once the subscription is granted\n"
+	"  --reject-kind KIND  reject every event of KIND (test hook; repeatable, max 8)\n"
+	"  --ack-window N      max ack publishes in flight, 1..64 (default 10; also\n"
+	"                      capped by the broker's Receive Maximum)\n"
+	"  -v, --verbose       debug logs (one line per batch)\n"
+	"  -h, --help          this text\n"
+	"\n"
+	"Exit: 0 after a signal, 1 runtime error (e.g. database), 2 bad arguments.\n";
+
+static const char usage_report[] =
+	"usage: scrm-central report --db FILE [--json]\n"
+	"\n"
+	"Per device: events stored, min/max seq, missing seqs below the highest seen\n"
+	"(rejected seqs are not missing), duplicate copies received, conflicts (same\n"
+	"seq, different id), rejected events, and in_order=yes|no: whether first\n"
+	"arrivals came in increasing seq order. Then a totals line.\n"
+	"\n"
+	"  --db FILE   database written by 'scrm-central run'\n"
+	"  --json      one JSON object {\"devices\":[...],\"totals\":{...}}\n"
+	"  -h, --help  this text\n"
+	"\n"
+	"Exit: 0 ok, 1 cannot read the database, 2 bad arguments.\n";
+
+static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "scrm-central %s: error: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\n(see 'scrm-central %s --help')\n", cmd);
+	return 2;
+}
+
+/* The value after a flag, or NULL (error printed) if there is none. */
+static const char *flag_value(int argc, char **argv, int *i, const char *cmd)
+{
+	if (*i + 1 >= argc || argv[*i + 1][0] == '\0') {
+		usage_error(cmd, "%s needs a value", argv[*i]);
+		return NULL;
+	}
+	return argv[++*i];
+}
+
+static int readable(const char *cmd, const char *flag, const char *path)
+{
+	if (access(path, R_OK) != 0) {
+		usage_error(cmd, "%s: cannot read %s: %s", flag, path, strerror(errno));
+		return 0;
+	}
+	return 1;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	static char default_id[64];
+	struct run_opts *o = &g.opt;
+	int i;
+
+	o->ack_window = ACK_WINDOW_DEFAULT;
+	for (i = 2; i < argc; i++) {
+		const char *a = argv[i];
+		const char **dst = NULL;
+
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			fputs(usage_run, stdout);
+			return 0;
+		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+			g_log_min = LVL_DEBUG;
+			continue;
+		} else if (!strcmp(a, "--broker")) {
+			dst = &o->broker;
+		} else if (!strcmp(a, "--ca")) {
+			dst = &o->ca;
+		} else if (!strcmp(a, "--cert")) {
+			dst = &o->cert;
+		} else if (!strcmp(a, "--key")) {
+			dst = &o->key;
+		} else if (!strcmp(a, "--db")) {
+			dst = &o->db;
+		} else if (!strcmp(a, "--share")) {
+			dst = &o->share;
+		} else if (!strcmp(a, "--client-id")) {
+			dst = &o->client_id;
+		} else if (!strcmp(a, "--ready-file")) {
+			dst = &o->ready_file;
+		} else if (!strcmp(a, "--reject-kind")) {
+			const char *k = flag_value(argc, argv, &i, "run");
+
+			if (!k)
+				return 2;
+			if (o->n_reject_kinds >= MAX_REJECT_KINDS)
+				return usage_error("run", "--reject-kind: at most %d", MAX_REJECT_KINDS);
+			o->reject_kinds[o->n_reject_kinds++] = k;
+			continue;
+		} else if (!strcmp(a, "--ack-window")) {
+			const char *val = flag_value(argc, argv, &i, "run");
+			char *end = NULL;
+			long w;
+
+			if (!val)
+				return 2;
+			errno = 0;
+			w = strtol(val, &end, 10);
+			if (errno || end == val || *end || w < 1 || w > ACK_SLOTS)
+				return usage_error("run", "--ack-window: '%s' is not a number in 1..%d",
+						   val, ACK_SLOTS);
+			o->ack_window = (int)w;
+			continue;
+		} else {
+			return usage_error("run", "unknown option '%s'", a);
+		}
+		if (!(*dst = flag_value(argc, argv, &i, "run")))
+			return 2;
+	}
+	if (!o->broker)
+		return usage_error("run", "--broker is required");
+	if (strncmp(o->broker, "ssl://", 6) != 0 && strncmp(o->broker, "mqtts://", 8) != 0)
+		return usage_error("run", "--broker: '%s' must be ssl://HOST:PORT (TLS only)",
+				   o->broker);
+	if (!o->ca)
+		return usage_error("run", "--ca is required");
+	if (!o->db)
+		return usage_error("run", "--db is required");
+	if (!o->cert != !o->key)
+		return usage_error("run", "%s needs %s", o->cert ? "--cert" : "--key",
+				   o->cert ? "--key" : "--cert");
+	if (o->share && (strpbrk(o->share, "/+#") || !*o->share))
+		return usage_error("run", "--share: '%s' must not contain '/', '+' or '#'",
+				   o->share);
+	if (!readable("run", "--ca", o->ca) || (o->cert && !readable("run", "--cert", o->cert)) ||
+	    (o->key && !readable("run", "--key", o->key)))
+		return 2;
+	if (!o->client_id) {
+		snprintf(default_id, sizeof default_id, "scrm-central-%ld", (long)getpid());
+		o->client_id = default_id;
+	}
+	return cmd_run_main();
+}
+
+static int cmd_report_args(int argc, char **argv)
+{
+	const char *db = NULL;
+	int as_json = 0, i;
+
+	for (i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			fputs(usage_report, stdout);
+			return 0;
+		} else if (!strcmp(argv[i], "--json")) {
+			as_json = 1;
+		} else if (!strcmp(argv[i], "--db")) {
+			if (!(db = flag_value(argc, argv, &i, "report")))
+				return 2;
+		} else {
+			return usage_error("report", "unknown option '%s'", argv[i]);
+		}
+	}
+	if (!db)
+		return usage_error("report", "--db is required");
+	if (access(db, R_OK) != 0) {
+		fprintf(stderr, "scrm-central report: cannot read %s: %s\n", db, strerror(errno));
+		return 1;
+	}
+	return cmd_report(db, as_json);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fputs(usage_main, stderr);
+		return 2;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+		fputs(usage_main, stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "run"))
+		return cmd_run(argc, argv);
+	if (!strcmp(argv[1], "report"))
+		return cmd_report_args(argc, argv);
+	fprintf(stderr, "scrm-central: unknown command '%s'\n%s", argv[1], usage_main);
+	return 2;
+}

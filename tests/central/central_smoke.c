@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * central_smoke: end-to-end check of scrm-central and of the test harness,
+ * with a real mosquitto over TLS and a hand-written device (Paho).
+ *
+ * It proves what the integration tests rely on: the PKI made by the harness
+ * is valid (openssl verify) and host names are checked (Paho refuses the
+ * "wronghost" and "other CA" cases); the central stores a batch, acks it
+ * with ranges and rejections only after storing, acks a redelivery again
+ * without storing it twice, keeps a same-seq-different-id event aside,
+ * survives garbage, resubscribes after a broker restart, reopens its
+ * database after a restart, and its report says all of that.
+ *
+ * Exits 0 if every check passed, 1 otherwise; each failure prints a line
+ * starting with "FAIL".
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#define ACK_TOPIC "scrm/v1/acme/s1/pos-01/down/ack"
+#define UP_TOPIC "scrm/v1/acme/s1/pos-01/up/events"
+
+static int g_failures;
+
+static int check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int check(int ok, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs(ok ? "ok:   " : "FAIL: ", ok ? stdout : stderr);
+	va_start(ap, fmt);
+	vfprintf(ok ? stdout : stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', ok ? stdout : stderr);
+	fflush(stdout);
+	if (!ok)
+		g_failures++;
+	return ok;
+}
+
+struct ctx {
+	char *dir;
+	char path_ca[512], path_other_ca[512], path_db[512], path_ready[512];
+	char path_central_log[512], path_client_crt[512], path_client_key[512];
+	const char *central_bin;
+	th_broker *broker;
+	pid_t central;
+};
+
+static const char event_purchase1[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000001\",\"seq\":1,\"kind\":\"purchase\","
+	"\"wall_ms\":1764000100000,\"mono_ms\":86400123,"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,"
+	"\"body\":{\"order_id\":\"A-1001\",\"lines\":[{\"sku\":\"85123A\",\"qty\":6,"
+	"\"unit_price\":255,\"discount\":0}],\"discount\":0,\"total\":1530,"
+	"\"currency\":\"GBP\",\"payment\":\"card\"}}";
+
+/* seq 2 is malformed on purpose: body is a string. */
+static const char event_bad_body2[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000002\",\"seq\":2,\"kind\":\"purchase\","
+	"\"wall_ms\":1764000100001,\"mono_ms\":86400124,"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,\"body\":\"oops\"}";
+
+static const char event_scan3[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000003\",\"seq\":3,\"kind\":\"member_scan\","
+	"\"wall_ms\":1764000100002,\"mono_ms\":86400125,"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":false,"
+	"\"body\":{\"member_id\":\"17850\",\"method\":\"qr\"}}";
+
+/* Same seq 3, another id: what a device with a reset outbox would send. */
+static const char event_scan3_other_id[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-0000000000ff\",\"seq\":3,\"kind\":\"member_scan\","
+	"\"wall_ms\":1764000200000,\"mono_ms\":1000,"
+	"\"boot\":\"00000000-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,"
+	"\"body\":{\"member_id\":\"99999\",\"method\":\"card\"}}";
+
+/* An unknown kind with an unknown field: stored as an opaque body. */
+static const char event_future4[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000004\",\"seq\":4,\"kind\":\"gift_card\","
+	"\"wall_ms\":1764000100003,\"mono_ms\":86400126,\"future_field\":[1,2],"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,"
+	"\"body\":{\"card\":\"X\"}}";
+
+/* Refused by the central's --reject-kind test_forbidden. */
+static const char event_forbidden5[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000005\",\"seq\":5,\"kind\":\"test_forbidden\","
+	"\"wall_ms\":1764000100004,\"mono_ms\":86400127,"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,\"body\":{}}";
+
+static const char event_purchase6[] =
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000006\",\"seq\":6,\"kind\":\"return\","
+	"\"wall_ms\":1764000100005,\"mono_ms\":86400128,"
+	"\"boot\":\"9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b\",\"clock_ok\":true,"
+	"\"body\":{\"return_id\":\"R-77\",\"order_id\":\"A-1001\",\"lines\":[{\"sku\":\"85123A\","
+	"\"qty\":1,\"unit_price\":255,\"discount\":0}],\"total\":255,\"currency\":\"GBP\","
+	"\"refund_method\":\"card\"}}";
+
+static char *make_batch(const char *batch_id, const char *const events[], size_t n)
+{
+	size_t cap = 256, i;
+	char *out;
+	size_t used;
+
+	for (i = 0; i < n; i++)
+		cap += strlen(events[i]) + 1;
+	out = malloc(cap);
+	if (!out)
+		return NULL;
+	used = (size_t)snprintf(out, cap, "{\"v\":1,\"batch\":\"%s\",\"sent_ms\":%lld,\"events\":[",
+				batch_id, (long long)th_wall_ms());
+	for (i = 0; i < n; i++)
+		used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? "," : "", events[i]);
+	snprintf(out + used, cap - used, "]}");
+	return out;
+}
+
+/* Compare the ack's "acked" ranges with want ("[[1,1],[3,3]]" style, exact
+ * JSON text after re-printing). */
+static int ranges_equal(const cJSON *acked, const char *want)
+{
+	char *text = cJSON_PrintUnformatted(acked);
+	int eq = text && strcmp(text, want) == 0;
+
+	if (!eq)
+		fprintf(stderr, "      acked is %s, want %s\n", text ? text : "(none)", want);
+	cJSON_free(text);
+	return eq;
+}
+
+/* Wait for the next ack and check it. want_rej_seq < 0: no rejection;
+ * otherwise exactly one, for that seq, whose reason starts with
+ * want_reason_prefix (the field name). */
+static int expect_ack(th_mqtt *dev, const char *batch_id, const char *want_ranges,
+		      long want_rej_seq, const char *want_reason_prefix)
+{
+	th_mqtt_msg *msg = th_mqtt_recv(dev, 15000);
+	cJSON *root = NULL;
+	const cJSON *v, *b, *acked, *rej, *r0, *seq, *reason;
+	int ok = 0;
+
+	if (!check(msg != NULL, "ack for %s received", batch_id))
+		return 0;
+	check(strcmp(msg->topic, ACK_TOPIC) == 0, "ack topic is %s", msg->topic);
+	root = cJSON_Parse(msg->payload);
+	if (!check(root != NULL, "ack is JSON: %s", msg->payload))
+		goto out;
+	v = cJSON_GetObjectItemCaseSensitive(root, "v");
+	b = cJSON_GetObjectItemCaseSensitive(root, "batch");
+	acked = cJSON_GetObjectItemCaseSensitive(root, "acked");
+	rej = cJSON_GetObjectItemCaseSensitive(root, "rejected");
+	ok = check(cJSON_IsNumber(v) && v->valuedouble == 1.0, "ack v == 1");
+	ok &= check(cJSON_IsString(b) && strcmp(b->valuestring, batch_id) == 0,
+		    "ack names batch %s (got %s)", batch_id, msg->payload);
+	ok &= check(cJSON_IsArray(acked) && ranges_equal(acked, want_ranges), "ack ranges %s",
+		    want_ranges);
+	if (want_rej_seq < 0) {
+		ok &= check(!rej || cJSON_GetArraySize(rej) == 0, "ack rejects nothing");
+	} else {
+		r0 = cJSON_IsArray(rej) && cJSON_GetArraySize(rej) == 1 ? cJSON_GetArrayItem(rej, 0)
+									: NULL;
+		seq = r0 ? cJSON_GetObjectItemCaseSensitive(r0, "seq") : NULL;
+		reason = r0 ? cJSON_GetObjectItemCaseSensitive(r0, "reason") : NULL;
+		ok &= check(cJSON_IsNumber(seq) && seq->valuedouble == (double)want_rej_seq &&
+				    cJSON_IsString(reason) &&
+				    strncmp(reason->valuestring, want_reason_prefix,
+					    strlen(want_reason_prefix)) == 0,
+			    "ack rejects seq %ld with a reason naming '%s' (%s)", want_rej_seq,
+			    want_reason_prefix, msg->payload);
+	}
+out:
+	cJSON_Delete(root);
+	th_mqtt_msg_free(msg);
+	return ok;
+}
+
+static th_mqtt *device_connect(struct ctx *c, const th_broker *b)
+{
+	th_mqtt_opts o;
+	char err[512];
+	th_mqtt *dev;
+
+	memset(&o, 0, sizeof o);
+	o.uri = th_broker_uri(b);
+	o.client_id = "pos-01";
+	o.ca_file = c->path_ca;
+	dev = th_mqtt_connect(&o, err, sizeof err);
+	if (!check(dev != NULL, "device connects to %s with verify on (%s)", o.uri, err))
+		return NULL;
+	if (!check(th_mqtt_subscribe(dev, ACK_TOPIC, 1, 10000) == 0, "device subscribes to %s",
+		   ACK_TOPIC)) {
+		th_mqtt_close(dev);
+		return NULL;
+	}
+	return dev;
+}
+
+static int publish(th_mqtt *dev, const char *payload)
+{
+	return th_mqtt_publish(dev, UP_TOPIC, payload, strlen(payload), 1, 10000);
+}
+
+static int central_start(struct ctx *c)
+{
+	const char *argv[] = { c->central_bin, "run",
+			       "--broker", th_broker_uri(c->broker),
+			       "--ca", c->path_ca,
+			       "--db", c->path_db,
+			       "--share", "scrm-central",
+			       "--client-id", "central-smoke",
+			       "--ready-file", c->path_ready,
+			       "--reject-kind", "test_forbidden",
+			       NULL };
+
+	remove(c->path_ready);
+	c->central = th_spawn_target(argv, c->path_central_log);
+	if (!check(c->central > 0, "scrm-central started"))
+		return -1;
+	if (!check(th_wait_log(c->path_ready, "ready", 20000) == 0,
+		   "scrm-central subscribed and wrote its ready file")) {
+		th_dump_log(c->path_central_log, 3000);
+		return -1;
+	}
+	return 0;
+}
+
+static cJSON *report_json(struct ctx *c, const char *name)
+{
+	char out[600];
+	const char *argv[] = { c->central_bin, "report", "--db", c->path_db, "--json", NULL };
+	char *text;
+	cJSON *root;
+	int rc;
+
+	snprintf(out, sizeof out, "%s/%s", c->dir, name);
+	rc = th_run_target(argv, out, 30000);
+	if (!check(rc == 0, "scrm-central report --json exits 0 (got %d)", rc)) {
+		th_dump_log(out, 2000);
+		return NULL;
+	}
+	text = th_read_file(out, NULL);
+	root = text ? cJSON_Parse(text) : NULL;
+	check(root != NULL, "report --json is JSON");
+	if (!root && text)
+		fprintf(stderr, "%s\n", text);
+	free(text);
+	return root;
+}
+
+static double num(const cJSON *obj, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	return cJSON_IsNumber(it) ? it->valuedouble : -1.0;
+}
+
+static void check_certs(struct ctx *c)
+{
+	char f[8][512], log[600];
+	const char *names[] = { "server", "client", "central", "wronghost" };
+	int rc, i;
+
+	for (i = 0; i < 4; i++)
+		snprintf(f[i], sizeof f[i], "%s/%s.crt", c->dir, names[i]);
+	snprintf(log, sizeof log, "%s/openssl.log", c->dir);
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_ca, f[0], f[1], f[2],
+				       f[3], NULL };
+
+		rc = th_run(argv, log, 20000);
+		if (rc == -ENOENT) {
+			printf("skip: no openssl program; chain not cross-checked\n");
+			return;
+		}
+		check(rc == 0, "openssl verify: all leaves chain to ca.crt");
+	}
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_other_ca, f[0], NULL };
+
+		check(th_run(argv, log, 20000) != 0, "openssl verify: server.crt does not chain to other-ca.crt");
+	}
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_ca, "-purpose", "sslserver",
+				       "-verify_ip", "127.0.0.1", f[0], NULL };
+
+		check(th_run(argv, log, 20000) == 0, "openssl verify: server.crt is a server cert for IP 127.0.0.1");
+	}
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_ca, "-purpose", "sslserver",
+				       "-verify_hostname", "localhost", f[0], NULL };
+
+		check(th_run(argv, log, 20000) == 0, "openssl verify: server.crt is valid for localhost");
+	}
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_ca, "-purpose", "sslclient",
+				       f[1], NULL };
+
+		check(th_run(argv, log, 20000) == 0, "openssl verify: client.crt is a client cert");
+	}
+	{
+		const char *argv[] = { "openssl", "verify", "-CAfile", c->path_ca, "-verify_ip", "127.0.0.1",
+				       f[3], NULL };
+
+		check(th_run(argv, log, 20000) != 0, "openssl verify: wronghost.crt is not valid for 127.0.0.1");
+	}
+	{
+		const char *argv[] = { "openssl", "x509", "-noout", "-subject", "-in", f[1], NULL };
+
+		remove(log);
+		th_run(argv, log, 20000);
+		check(th_wait_log(log, "CN = pos-01", 1) == 0, "client.crt has CN=pos-01");
+	}
+}
+
+static void check_tls_refusals(struct ctx *c)
+{
+	th_mqtt_opts o;
+	th_mqtt *m;
+	th_broker *wrong, *mtls;
+	char err[512];
+
+	/* A broker whose certificate is signed by a CA we do not trust. */
+	memset(&o, 0, sizeof o);
+	o.uri = th_broker_uri(c->broker);
+	o.client_id = "tls-wrong-ca";
+	o.ca_file = c->path_other_ca;
+	o.timeout_ms = 5000;
+	m = th_mqtt_connect(&o, err, sizeof err);
+	check(m == NULL, "Paho refuses a broker cert from an untrusted CA (%s)", err);
+	th_mqtt_close(m);
+
+	/* Right CA, wrong name: only host name verification catches it. */
+	wrong = th_broker_start(c->dir, 0, "wronghost", 0);
+	if (!check(wrong != NULL, "broker with the wronghost certificate starts"))
+		return;
+	o.uri = th_broker_uri(wrong);
+	o.client_id = "tls-wrong-host";
+	o.ca_file = c->path_ca;
+	m = th_mqtt_connect(&o, err, sizeof err);
+	check(m == NULL, "Paho with verify=1 refuses a cert for not-this-host.example (%s)", err);
+	th_mqtt_close(m);
+	o.no_host_check = 1; /* control: the chain is fine, only the name is wrong */
+	m = th_mqtt_connect(&o, err, sizeof err);
+	check(m != NULL, "same broker accepted when only the host name check is off (control) %s",
+	      err);
+	th_mqtt_close(m);
+	th_broker_free(wrong);
+
+	/* Mutual TLS: no client certificate, no entry. */
+	mtls = th_broker_start(c->dir, 0, "server", 1);
+	if (!check(mtls != NULL, "broker requiring client certificates starts"))
+		return;
+	memset(&o, 0, sizeof o);
+	o.uri = th_broker_uri(mtls);
+	o.client_id = "pos-01";
+	o.ca_file = c->path_ca;
+	o.timeout_ms = 5000;
+	m = th_mqtt_connect(&o, err, sizeof err);
+	check(m == NULL, "mTLS broker refuses a client without certificate (%s)", err);
+	th_mqtt_close(m);
+	o.cert_file = c->path_client_crt;
+	o.key_file = c->path_client_key;
+	m = th_mqtt_connect(&o, err, sizeof err);
+	check(m != NULL, "mTLS broker accepts client.crt (%s)", err);
+	if (m)
+		check(th_mqtt_subscribe(m, ACK_TOPIC, 1, 5000) == 0, "mTLS client can subscribe");
+	th_mqtt_close(m);
+	th_broker_free(mtls);
+}
+
+static void check_bad_args(struct ctx *c)
+{
+	char log[600];
+	int rc;
+
+	snprintf(log, sizeof log, "%s/badargs.log", c->dir);
+	{
+		const char *argv[] = { c->central_bin, "run", "--broker", th_broker_uri(c->broker),
+				       "--db", c->path_db, NULL };
+
+		rc = th_run_target(argv, log, 20000);
+		check(rc == 2 && th_wait_log(log, "--ca", 1) == 0,
+		      "run without --ca exits 2 naming --ca (got %d)", rc);
+	}
+	{
+		const char *argv[] = { c->central_bin, "run", "--broker", th_broker_uri(c->broker),
+				       "--ca", c->path_ca, "--db", c->path_db, "--ack-window", "x",
+				       NULL };
+
+		rc = th_run_target(argv, log, 20000);
+		check(rc == 2 && th_wait_log(log, "--ack-window", 1) == 0,
+		      "bad --ack-window exits 2 naming the flag (got %d)", rc);
+	}
+	{
+		const char *argv[] = { c->central_bin, "report", NULL };
+
+		rc = th_run_target(argv, log, 20000);
+		check(rc == 2, "report without --db exits 2 (got %d)", rc);
+	}
+}
+
+int main(void)
+{
+	struct ctx c;
+	th_mqtt *dev = NULL;
+	char *b1 = NULL, *b2 = NULL, *b3 = NULL, *b4 = NULL;
+	cJSON *rep = NULL;
+	int st = 0;
+
+	memset(&c, 0, sizeof c);
+	c.central = -1;
+	c.central_bin = th_bin("SCRM_CENTRAL_BIN");
+	if (!c.central_bin)
+		return 1;
+	c.dir = th_tmpdir("central-smoke");
+	if (!check(c.dir != NULL, "temp dir"))
+		return 1;
+	printf("work dir: %s\n", c.dir);
+	snprintf(c.path_ca, sizeof c.path_ca, "%s/ca.crt", c.dir);
+	snprintf(c.path_other_ca, sizeof c.path_other_ca, "%s/other-ca.crt", c.dir);
+	snprintf(c.path_db, sizeof c.path_db, "%s/central.db", c.dir);
+	snprintf(c.path_ready, sizeof c.path_ready, "%s/central.ready", c.dir);
+	snprintf(c.path_central_log, sizeof c.path_central_log, "%s/central.log", c.dir);
+	snprintf(c.path_client_crt, sizeof c.path_client_crt, "%s/client.crt", c.dir);
+	snprintf(c.path_client_key, sizeof c.path_client_key, "%s/client.key", c.dir);
+
+	if (!check(th_certs_make(c.dir) == 0, "certificates made with mbedTLS"))
+		goto done;
+	check_certs(&c);
+
+	c.broker = th_broker_start(c.dir, 0, "server", 0);
+	if (!check(c.broker != NULL, "mosquitto started with TLS"))
+		goto done;
+	check_bad_args(&c);
+	if (central_start(&c) != 0)
+		goto done;
+	dev = device_connect(&c, c.broker);
+	if (!dev)
+		goto done;
+
+	/* 1. A batch with one malformed event. */
+	{
+		const char *ev[] = { event_purchase1, event_bad_body2, event_scan3 };
+
+		b1 = make_batch("b-1", ev, 3);
+		check(publish(dev, b1) == 0, "batch b-1 published (seqs 1..3, seq 2 with a string body)");
+		expect_ack(dev, "b-1", "[[1,1],[3,3]]", 2, "body");
+	}
+	/* 2. The same events again under a new batch id (a redelivery). */
+	{
+		const char *ev[] = { event_purchase1, event_bad_body2, event_scan3 };
+
+		b2 = make_batch("b-2", ev, 3);
+		check(publish(dev, b2) == 0, "batch b-2 published (redelivery of b-1)");
+		expect_ack(dev, "b-2", "[[1,1],[3,3]]", 2, "body");
+	}
+	/* 3. Garbage and an unackable batch must produce no ack and no crash: the
+	 * next ack the device sees is for b-3. */
+	{
+		const char *ev[] = { event_scan3_other_id, event_future4, event_forbidden5 };
+		static const char no_batch_id[] = "{\"v\":1,\"events\":[]}";
+
+		check(publish(dev, "this is not json") == 0, "garbage published");
+		check(publish(dev, no_batch_id) == 0, "batch without id published");
+		b3 = make_batch("b-3", ev, 3);
+		check(publish(dev, b3) == 0, "batch b-3 published (conflict on 3, new kind 4, forbidden 5)");
+		expect_ack(dev, "b-3", "[[3,4]]", 5, "kind");
+	}
+
+	/* The report, read while the central is running (WAL readers). */
+	rep = report_json(&c, "report1.json");
+	if (rep) {
+		const cJSON *devs = cJSON_GetObjectItemCaseSensitive(rep, "devices");
+		const cJSON *d = cJSON_GetArrayItem(devs, 0);
+		const cJSON *tot = cJSON_GetObjectItemCaseSensitive(rep, "totals");
+
+		check(cJSON_GetArraySize(devs) == 1, "report has one device");
+		check(num(d, "events") == 3, "events stored once: 3 (seqs 1,3,4) got %g", num(d, "events"));
+		check(num(d, "min_seq") == 1 && num(d, "max_seq") == 4, "min/max seq 1/4");
+		check(num(d, "missing") == 0, "no missing seq (2 was rejected, not lost)");
+		check(num(d, "duplicates") == 2, "2 duplicate copies counted (got %g)", num(d, "duplicates"));
+		check(num(d, "conflicts") == 1, "1 conflict (got %g)", num(d, "conflicts"));
+		check(num(d, "rejected") == 2, "2 rejected seqs (got %g)", num(d, "rejected"));
+		check(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "in_order")), "in_order true");
+		check(num(tot, "dropped_batches") == 2, "2 dropped batches (got %g)", num(tot, "dropped_batches"));
+	}
+	cJSON_Delete(rep);
+	rep = NULL;
+
+	/* 4. Broker restart: the central (automatic reconnect, clean start)
+	 * must resubscribe. The device resends until acked, like an agent. */
+	th_mqtt_close(dev);
+	dev = NULL;
+	if (!check(th_broker_restart(c.broker) == 0, "broker restarted on the same port"))
+		goto done;
+	dev = device_connect(&c, c.broker);
+	if (!dev)
+		goto done;
+	{
+		const char *ev[] = { event_purchase6 };
+		th_mqtt_msg *msg = NULL;
+		int64_t until = th_now_ms() + 30000;
+
+		b4 = make_batch("b-4", ev, 1);
+		while (!msg && th_now_ms() < until) {
+			publish(dev, b4);
+			msg = th_mqtt_recv(dev, 1000);
+		}
+		check(msg && strstr(msg->payload, "\"acked\":[[6,6]]"),
+		      "after the broker restart the central acks b-4 (%s)", msg ? msg->payload : "no ack");
+		th_mqtt_msg_free(msg);
+		/* drain acks of extra copies */
+		while ((msg = th_mqtt_recv(dev, 300)))
+			th_mqtt_msg_free(msg);
+	}
+
+	/* 5. Clean stop, then a new central on the same database. */
+	check(th_wait(c.central, 0, &st) == -ETIMEDOUT, "central still running");
+	st = th_stop(c.central, 10000);
+	c.central = -1;
+	check(st == 0, "central exits 0 on SIGTERM (got %d)", st);
+	if (central_start(&c) != 0)
+		goto done;
+	check(publish(dev, b2) == 0, "b-2 published again to the restarted central");
+	expect_ack(dev, "b-2", "[[1,1],[3,3]]", 2, "body");
+
+	{
+		char out[600];
+		const char *argv[] = { c.central_bin, "report", "--db", c.path_db, NULL };
+		int rc;
+
+		snprintf(out, sizeof out, "%s/report2.txt", c.dir);
+		rc = th_run_target(argv, out, 30000);
+		check(rc == 0, "scrm-central report exits 0");
+		check(th_wait_log(out, "tenant=acme store=s1 device=pos-01 events=4 min_seq=1 max_seq=6 "
+				       "missing=0 ",
+				  1) == 0 &&
+			      th_wait_log(out, "in_order=yes", 1) == 0,
+		      "text report: events=4 min_seq=1 max_seq=6 missing=0 in_order=yes");
+		if (g_failures)
+			th_dump_log(out, 2000);
+	}
+	st = th_stop(c.central, 10000);
+	c.central = -1;
+	check(st == 0, "restarted central exits 0 on SIGTERM (got %d)", st);
+
+	/* Closed first: with another client connected, every Paho connect in
+	 * this process takes ~2 s (see th_mqtt_connect). */
+	th_mqtt_close(dev);
+	dev = NULL;
+	check_tls_refusals(&c);
+
+done:
+	th_mqtt_close(dev);
+	if (c.central > 0)
+		th_stop(c.central, 5000);
+	if (g_failures) {
+		th_dump_log(c.path_central_log, 4000);
+		if (c.broker)
+			th_dump_log(th_broker_log(c.broker), 3000);
+	}
+	th_broker_free(c.broker);
+	if (c.dir && !g_failures && !getenv("SCRM_TEST_KEEP"))
+		th_rmtree(c.dir);
+	else if (c.dir)
+		printf("kept %s\n", c.dir);
+	free(c.dir);
+	free(b1);
+	free(b2);
+	free(b3);
+	free(b4);
+	printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
+	return g_failures ? 1 : 0;
+}

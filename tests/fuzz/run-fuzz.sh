@@ -1,0 +1,65 @@
+#!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
+#
+# Fuzz every parser of outside input for a while with libFuzzer + ASan/UBSan.
+#
+#   tests/fuzz/run-fuzz.sh [SECONDS] [HARNESS...]
+#
+# SECONDS per harness (default 60); HARNESS among event_json config ack
+# (default: all). Configures a clang build with SCRM_FUZZ=ON in build/fuzz
+# (override with SCRM_FUZZ_BUILD=dir; SCRM_FUZZ_SOURCE=dir fuzzes another
+# checkout), builds the harnesses only, and runs each on a work corpus
+# seeded from tests/fuzz/corpus/<name>/ (the seed directory is only read).
+# New interesting inputs land in <build>/tests/fuzz/work/<name>/corpus,
+# crashes in .../artifacts. Prints executions per harness; exits 1 if any
+# harness crashed, 2 on a build problem.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+src=${SCRM_FUZZ_SOURCE:-$(cd "$here/../.." && pwd)}
+build=${SCRM_FUZZ_BUILD:-$src/build/fuzz}
+secs=60
+if [ $# -gt 0 ]; then
+	secs=$1
+	shift
+fi
+harnesses=${*:-event_json config ack}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+cmake -S "$src" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	-DSCRM_FUZZ=ON -DSCRM_SANITIZE=OFF >"$build.configure.log" 2>&1 ||
+	{ cat "$build.configure.log"; exit 2; }
+targets=""
+for h in $harnesses; do targets="$targets fuzz_$h"; done
+# shellcheck disable=SC2086
+cmake --build "$build" -j"$jobs" --target $targets || exit 2
+
+status=0
+summary=""
+for h in $harnesses; do
+	work="$build/tests/fuzz/work/$h"
+	mkdir -p "$work/corpus" "$work/artifacts"
+	dict=""
+	[ -f "$here/$h.dict" ] && dict="-dict=$here/$h.dict"
+	echo "== fuzz_$h for ${secs}s"
+	set +e
+	# shellcheck disable=SC2086
+	"$build/tests/fuzz/fuzz_$h" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+		-max_len=65536 -print_final_stats=1 -artifact_prefix="$work/artifacts/" $dict \
+		"$work/corpus" "$src/tests/fuzz/corpus/$h" >"$work/log" 2>&1
+	rc=$?
+	set -e
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -n 1)
+	crashes=$(find "$work/artifacts" -type f | wc -l)
+	if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
+		status=1
+		echo "!! fuzz_$h: exit $rc, $crashes artifact(s) in $work/artifacts; log: $work/log"
+		grep -E "ERROR|runtime error|invariant|SUMMARY" "$work/log" | head -n 20 || true
+	fi
+	line=$(printf '%-12s %10s execs  exit %s  artifacts %s' "$h" "${execs:-?}" "$rc" "$crashes")
+	summary="$summary$line
+"
+done
+echo "== summary (${secs}s each)"
+printf '%s' "$summary"
+exit $status

@@ -1,0 +1,907 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * outbox_test: the durable SQLite queue (agent/outbox.c) in a throw-away
+ * directory: creation and device binding, the sequence counter (consecutive,
+ * shared by every handle on the file, never reused after acks), batches for
+ * the wire, acks, rejections, the statistics scrmctl prints, the "clock
+ * trusted" flag, and what happens when the disk fills up.
+ *
+ * Links the real outbox.c with its real neighbours: SQLite, err.c, sbuf.c
+ * and platform/ (mkdir). Rows are appended with chosen wall clocks, so no
+ * clock needs faking here. The test inspects the database file with its own
+ * SQLite connection where the module has no accessor (the rejected table,
+ * integrity_check).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "outbox.h"
+#include "testutil.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define BOOT "9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b"
+#define T0 1700000000000LL /* trusted_after_ms used by most tests */
+
+typedef struct fx {
+	char *dir;   /* the test's temp dir */
+	char *store; /* <dir>/store */
+	char *db;    /* <dir>/store/outbox.db */
+	outbox *ob;  /* open on store, device "pos-01" */
+} fx;
+
+static int setup(void **state)
+{
+	fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	f->dir = tu_tmpdir("outbox");
+	f->store = tu_join(f->dir, "store");
+	f->db = tu_join(f->store, OUTBOX_FILE);
+	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fx *f = *state;
+	outbox__close(f->ob);
+	tu_rmtree(f->dir);
+	free(f->db);
+	free(f->store);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+/* ---- helpers --------------------------------------------------------- */
+
+/* Storage for rows' strings: ids and bodies must outlive the append. */
+typedef struct rowbuf {
+	char id[37];
+	char body[256];
+} rowbuf;
+
+static void make_row(outbox__row *r, rowbuf *b, int n, int64_t wall_ms)
+{
+	snprintf(b->id, sizeof(b->id), "0190a000-0000-7000-8000-%012d", n);
+	snprintf(b->body, sizeof(b->body), "{\"member_id\":\"m%d\",\"method\":\"qr\"}", n);
+	memset(r, 0, sizeof(*r));
+	r->id = b->id;
+	r->kind = "member_scan";
+	r->wall_ms = wall_ms;
+	r->mono_ms = 1000 + n;
+	r->boot = BOOT;
+	r->body = b->body;
+	r->body_len = strlen(b->body);
+}
+
+/* Append `n` rows (n <= 64) in one transaction; returns the first seq. */
+static int64_t append_n(outbox *ob, int n, int64_t wall_ms)
+{
+	static int counter;
+	outbox__row rows[64];
+	rowbuf bufs[64];
+	assert_true(n > 0 && n <= 64);
+	for (int i = 0; i < n; i++)
+		make_row(&rows[i], &bufs[i], ++counter, wall_ms);
+	assert_int_equal(outbox__append(ob, rows, (size_t)n, T0), SCRM_OK);
+	for (int i = 1; i < n; i++)
+		assert_int_equal(rows[i].seq, rows[0].seq + i);
+	return rows[0].seq;
+}
+
+static scrm_outbox_stats stats_of(outbox *ob)
+{
+	scrm_outbox_stats st;
+	assert_int_equal(outbox__stats(ob, &st), SCRM_OK);
+	return st;
+}
+
+/* Read a batch and parse it as a JSON array of events. */
+static cJSON *read_events(outbox *ob, int64_t after, size_t max_events, size_t max_bytes, size_t *count,
+			  int64_t *last)
+{
+	sbuf out;
+	sbuf__init(&out);
+	sbuf__putc(&out, '[');
+	assert_int_equal(outbox__read_batch(ob, after, max_events, max_bytes, &out, count, last), SCRM_OK);
+	sbuf__putc(&out, ']');
+	cJSON *arr = cJSON_ParseWithLength(out.p, out.len);
+	if (!arr) {
+		print_error("batch is not JSON: %s\n", out.p);
+		fail();
+	}
+	assert_int_equal((size_t)cJSON_GetArraySize(arr), *count);
+	sbuf__free(&out);
+	return arr;
+}
+
+/* Seqs of all pending events, in the order read_batch returns them. */
+static size_t pending_seqs(outbox *ob, int64_t *seqs, size_t max)
+{
+	size_t count = 0;
+	int64_t last = 0;
+	cJSON *arr = read_events(ob, 0, max, (size_t)1 << 30, &count, &last);
+	size_t i = 0;
+	for (const cJSON *e = arr->child; e; e = e->next)
+		seqs[i++] = (int64_t)cJSON_GetObjectItemCaseSensitive(e, "seq")->valuedouble;
+	cJSON_Delete(arr);
+	return count;
+}
+
+static int exists(const char *p)
+{
+	return access(p, F_OK) == 0;
+}
+
+/* ---- open / create --------------------------------------------------- */
+
+static void create_then_reopen_keeps_device(void **state)
+{
+	fx *f = *state;
+	assert_string_equal(outbox__device_id(f->ob), "pos-01");
+	outbox__close(f->ob);
+	f->ob = NULL;
+
+	/* Without a device id: "the existing store", whatever it belongs to. */
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_string_equal(outbox__device_id(f->ob), "pos-01");
+	outbox__close(f->ob);
+	f->ob = NULL;
+	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
+}
+
+static void created_directories_are_private(void **state)
+{
+	fx *f = *state;
+	/* Sales data: the store directory is created 0700, parents included. */
+	char *nested = tu_join(f->dir, "a/b/store");
+	outbox *ob = NULL;
+	assert_int_equal(outbox__open(nested, "pos-01", 0, &ob), SCRM_OK);
+	outbox__close(ob);
+	struct stat st;
+	assert_int_equal(stat(nested, &st), 0);
+	assert_int_equal(st.st_mode & 077, 0);
+	free(nested);
+}
+
+static void device_mismatch_refused(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 2, T0 + 1);
+	outbox *other = NULL;
+	assert_refused(outbox__open(f->store, "pos-02", 0, &other), SCRM_E_MISMATCH, "device_id");
+	assert_errmsg_contains("pos-01");
+	assert_errmsg_contains("pos-02");
+	assert_null(other);
+	/* ... and the store is untouched. */
+	assert_int_equal(stats_of(f->ob).last_seq, 2);
+	assert_string_equal(outbox__device_id(f->ob), "pos-01");
+}
+
+static void open_missing_store_without_device_creates_nothing(void **state)
+{
+	fx *f = *state;
+	char *missing = tu_join(f->dir, "typo/store");
+	outbox *ob = NULL;
+	assert_refused(outbox__open(missing, NULL, 0, &ob), SCRM_E_NOT_FOUND, "dir");
+	assert_null(ob);
+	assert_false(exists(missing));
+	char *parent = tu_join(f->dir, "typo");
+	assert_false(exists(parent));
+	free(parent);
+	free(missing);
+
+	/* An existing but empty directory is not a store either. */
+	char *empty = tu_join(f->dir, "empty");
+	assert_int_equal(mkdir(empty, 0700), 0);
+	assert_refused(outbox__open(empty, NULL, 0, &ob), SCRM_E_NOT_FOUND, "dir");
+	char *db = tu_join(empty, OUTBOX_FILE);
+	assert_false(exists(db));
+	free(db);
+	free(empty);
+}
+
+static void invalid_device_id_refused_and_nothing_created(void **state)
+{
+	fx *f = *state;
+	static const char *const bad[] = {"", "pos 01", "pos/01", "pos+01", "p\xc3\xb6s",
+					  "12345678901234567890123456789012345678901234567890123456789012345"};
+	char *fresh = tu_join(f->dir, "fresh");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		outbox *ob = NULL;
+		assert_refused(outbox__open(fresh, bad[i], 0, &ob), SCRM_E_INVALID, "device_id");
+		assert_false(exists(fresh));
+	}
+	free(fresh);
+}
+
+static void newer_schema_refused(void **state)
+{
+	fx *f = *state;
+	outbox__close(f->ob);
+	f->ob = NULL;
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
+	assert_null(f->ob);
+	/* "refusing to touch it": still version 2. */
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 2);
+}
+
+static void not_a_database_refused(void **state)
+{
+	fx *f = *state;
+	outbox__close(f->ob);
+	f->ob = NULL;
+	char *junk_dir = tu_join(f->dir, "junk");
+	char *junk_db = tu_join(junk_dir, OUTBOX_FILE);
+	assert_int_equal(mkdir(junk_dir, 0700), 0);
+	FILE *fp = fopen(junk_db, "w");
+	assert_non_null(fp);
+	for (int i = 0; i < 512; i++)
+		fputs("this is not an SQLite database. ", fp);
+	fclose(fp);
+	assert_refused(outbox__open(junk_dir, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
+	assert_null(f->ob);
+	free(junk_db);
+	free(junk_dir);
+}
+
+/* ---- sequence numbers ------------------------------------------------ */
+
+static void append_assigns_consecutive_seqs_across_calls(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(append_n(f->ob, 3, T0 + 1), 1);
+	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
+	assert_int_equal(append_n(f->ob, 5, T0 + 3), 5);
+	scrm_outbox_stats st = stats_of(f->ob);
+	assert_int_equal(st.last_seq, 9);
+	assert_int_equal(st.pending, 9);
+	/* They survive closing and reopening, and the counter continues. */
+	outbox__close(f->ob);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(stats_of(f->ob).pending, 9);
+	assert_int_equal(append_n(f->ob, 1, T0 + 4), 10);
+}
+
+static void two_handles_share_one_counter(void **state)
+{
+	fx *f = *state;
+	/* Two handles on one file = the POS and scrmctl, two processes. */
+	outbox *b = NULL;
+	assert_int_equal(outbox__open(f->store, NULL, 0, &b), SCRM_OK);
+	int64_t expect = 1;
+	for (int i = 0; i < 20; i++) {
+		assert_int_equal(append_n(f->ob, 1, T0 + i), expect);
+		expect += 1;
+		assert_int_equal(append_n(b, 2, T0 + i), expect);
+		expect += 2;
+	}
+	assert_int_equal(stats_of(f->ob).last_seq, 60);
+	assert_int_equal(stats_of(b).pending, 60);
+	int64_t seqs[64];
+	assert_int_equal(pending_seqs(b, seqs, 64), 60);
+	for (int i = 0; i < 60; i++)
+		assert_int_equal(seqs[i], i + 1);
+	outbox__close(b);
+}
+
+struct writer {
+	const char *store;
+	int n, ok;
+	int64_t seqs[200];
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	outbox *ob = NULL;
+	/* No cmocka in threads: record, let the main thread assert. */
+	if (outbox__open(w->store, NULL, 10000, &ob) != SCRM_OK)
+		return NULL;
+	for (int i = 0; i < w->n; i++) {
+		outbox__row r;
+		rowbuf b;
+		make_row(&r, &b, i, T0 + i);
+		if (outbox__append(ob, &r, 1, T0) != SCRM_OK)
+			break;
+		w->seqs[w->ok++] = r.seq;
+	}
+	outbox__close(ob);
+	return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static void concurrent_handles_never_share_a_seq(void **state)
+{
+	fx *f = *state;
+	struct writer w[2] = {{.store = f->store, .n = 150}, {.store = f->store, .n = 150}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, writer_main, &w[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	assert_int_equal(w[0].ok, 150);
+	assert_int_equal(w[1].ok, 150);
+	int64_t all[300];
+	memcpy(all, w[0].seqs, 150 * sizeof(int64_t));
+	memcpy(all + 150, w[1].seqs, 150 * sizeof(int64_t));
+	qsort(all, 300, sizeof(int64_t), cmp_i64);
+	for (int i = 0; i < 300; i++)
+		assert_int_equal(all[i], i + 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(DISTINCT seq) FROM outbox"), 300);
+}
+
+static void acks_never_make_seqs_reused(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 10, T0 + 1);
+	const int64_t all[1][2] = {{1, 10}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(f->ob, all, 1, T0 + 5000, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 10);
+	assert_int_equal(stats_of(f->ob).pending, 0);
+	/* The outbox is empty, yet the next event is 11, not 1. */
+	assert_int_equal(append_n(f->ob, 1, T0 + 2), 11);
+	outbox__close(f->ob);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(append_n(f->ob, 1, T0 + 3), 12);
+}
+
+/* ---- batches --------------------------------------------------------- */
+
+static void read_batch_in_seq_order_and_valid_json(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 4, T0 + 100);
+	append_n(f->ob, 6, T0 + 200);
+	size_t count = 0;
+	int64_t last = 0;
+	cJSON *arr = read_events(f->ob, 0, 4, (size_t)1 << 20, &count, &last);
+	assert_int_equal(count, 4);
+	assert_int_equal(last, 4);
+	int64_t expect = 1;
+	for (const cJSON *e = arr->child; e; e = e->next, expect++) {
+		assert_int_equal((int64_t)cJSON_GetObjectItemCaseSensitive(e, "seq")->valuedouble, expect);
+		assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "id")));
+		assert_string_equal(cJSON_GetObjectItemCaseSensitive(e, "kind")->valuestring, "member_scan");
+		assert_int_equal((int64_t)cJSON_GetObjectItemCaseSensitive(e, "wall_ms")->valuedouble, T0 + 100);
+		assert_true(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "mono_ms")));
+		assert_string_equal(cJSON_GetObjectItemCaseSensitive(e, "boot")->valuestring, BOOT);
+		assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "clock_ok")));
+		/* The body is embedded as an object, not as a string. */
+		const cJSON *b = cJSON_GetObjectItemCaseSensitive(e, "body");
+		assert_true(cJSON_IsObject(b));
+		assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "method")->valuestring, "qr");
+	}
+	cJSON_Delete(arr);
+
+	arr = read_events(f->ob, 4, 100, (size_t)1 << 20, &count, &last);
+	assert_int_equal(count, 6);
+	assert_int_equal(last, 10);
+	assert_int_equal((int64_t)cJSON_GetObjectItemCaseSensitive(arr->child, "seq")->valuedouble, 5);
+	cJSON_Delete(arr);
+
+	arr = read_events(f->ob, 10, 100, (size_t)1 << 20, &count, &last);
+	assert_int_equal(count, 0);
+	assert_int_equal(last, 0);
+	cJSON_Delete(arr);
+}
+
+/* Length of event `seq` alone in a batch. */
+static size_t event_len(outbox *ob, int64_t seq)
+{
+	sbuf out;
+	size_t count = 0;
+	int64_t last = 0;
+	sbuf__init(&out);
+	assert_int_equal(outbox__read_batch(ob, seq - 1, 1, (size_t)1 << 20, &out, &count, &last), SCRM_OK);
+	assert_int_equal(last, seq);
+	size_t n = out.len;
+	sbuf__free(&out);
+	return n;
+}
+
+static size_t batch_count(outbox *ob, const char *prefix, size_t max_bytes, size_t *len)
+{
+	sbuf out;
+	size_t count = 0;
+	int64_t last = 0;
+	sbuf__init(&out);
+	sbuf__puts(&out, prefix);
+	assert_int_equal(outbox__read_batch(ob, 0, 100, max_bytes, &out, &count, &last), SCRM_OK);
+	*len = out.len;
+	sbuf__free(&out);
+	return count;
+}
+
+static void read_batch_respects_max_bytes(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 5, T0 + 1);
+	size_t l1 = event_len(f->ob, 1), l2 = event_len(f->ob, 2), l3 = event_len(f->ob, 3);
+	size_t len = 0;
+	/* Three events and their two commas fit exactly; one byte less, two. */
+	assert_int_equal(batch_count(f->ob, "", l1 + l2 + l3 + 2, &len), 3);
+	assert_true(len <= l1 + l2 + l3 + 2);
+	assert_int_equal(batch_count(f->ob, "", l1 + l2 + l3 + 1, &len), 2);
+	assert_true(len <= l1 + l2 + l3 + 1);
+	/* One event is always taken, even if it alone is over the limit. */
+	assert_int_equal(batch_count(f->ob, "", 1, &len), 1);
+	assert_int_equal(len, l1);
+	/* The limit counts what is already in the buffer (the envelope). */
+	static const char envelope[] = "{\"v\":1,\"batch\":\"x\",\"events\":[";
+	assert_int_equal(batch_count(f->ob, envelope, sizeof(envelope) - 1 + l1 + l2 + 1, &len), 2);
+	assert_int_equal(batch_count(f->ob, envelope, sizeof(envelope) - 1 + l1 + l2, &len), 1);
+}
+
+static void read_batch_skips_acked_and_rejected(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 8, T0 + 1);
+	const int64_t r[1][2] = {{2, 3}};
+	assert_int_equal(outbox__ack(f->ob, r, 1, T0 + 10, NULL), SCRM_OK);
+	assert_int_equal(outbox__reject(f->ob, 5, "bad", T0 + 11), SCRM_OK);
+	int64_t seqs[16];
+	assert_int_equal(pending_seqs(f->ob, seqs, 16), 5);
+	static const int64_t expect[] = {1, 4, 6, 7, 8};
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(seqs[i], expect[i]);
+	int64_t oldest = 0;
+	assert_int_equal(outbox__oldest_seq(f->ob, &oldest), SCRM_OK);
+	assert_int_equal(oldest, 1);
+}
+
+/* ---- acks and rejections --------------------------------------------- */
+
+static void ack_deletes_exactly_the_ranges(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 10, T0 + 1);
+	const int64_t r[2][2] = {{2, 3}, {7, 7}};
+	int64_t deleted = -1;
+	assert_int_equal(outbox__ack(f->ob, r, 2, T0 + 1000, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 3);
+	int64_t seqs[16];
+	assert_int_equal(pending_seqs(f->ob, seqs, 16), 7);
+	static const int64_t expect[] = {1, 4, 5, 6, 8, 9, 10};
+	for (int i = 0; i < 7; i++)
+		assert_int_equal(seqs[i], expect[i]);
+
+	/* The same ack again (a redelivered down/ack) changes nothing. */
+	assert_int_equal(outbox__ack(f->ob, r, 2, T0 + 2000, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 0);
+	assert_int_equal(pending_seqs(f->ob, seqs, 16), 7);
+
+	/* Overlapping an already-acked range deletes only what is left. */
+	const int64_t over[1][2] = {{1, 4}};
+	assert_int_equal(outbox__ack(f->ob, over, 1, T0 + 3000, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 2);
+	scrm_outbox_stats st = stats_of(f->ob);
+	assert_int_equal(st.pending, 5);
+	assert_int_equal(st.last_ack_ms, T0 + 3000);
+	assert_int_equal(st.last_acked_seq, 7);
+}
+
+static void reject_moves_event_to_rejected_table(void **state)
+{
+	fx *f = *state;
+	append_n(f->ob, 3, T0 + 1);
+	char *body2 = tu_sql_text(f->db, "SELECT body FROM outbox WHERE seq = 2");
+	assert_int_equal(outbox__reject(f->ob, 2, "body.total: does not match lines", T0 + 50), SCRM_OK);
+	scrm_outbox_stats st = stats_of(f->ob);
+	assert_int_equal(st.pending, 2);
+	assert_int_equal(st.rejected, 1);
+	assert_int_equal(st.last_seq, 3);
+	/* Kept, with the reason, for the store to follow up. */
+	char *reason = tu_sql_text(f->db, "SELECT reason FROM rejected WHERE seq = 2");
+	char *kept = tu_sql_text(f->db, "SELECT body FROM rejected WHERE seq = 2");
+	assert_string_equal(reason, "body.total: does not match lines");
+	assert_string_equal(kept, body2);
+	assert_int_equal(tu_sql_int(f->db, "SELECT rejected_ms FROM rejected WHERE seq = 2"), T0 + 50);
+	free(reason);
+	free(kept);
+	free(body2);
+
+	/* Rejecting again, or rejecting an event no longer pending, is harmless. */
+	assert_int_equal(outbox__reject(f->ob, 2, "again", T0 + 60), SCRM_OK);
+	assert_int_equal(outbox__reject(f->ob, 99, "unknown", T0 + 60), SCRM_OK);
+	st = stats_of(f->ob);
+	assert_int_equal(st.rejected, 1);
+	assert_int_equal(st.pending, 2);
+	/* Rejections do not free seqs either. */
+	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
+}
+
+/* ---- statistics ------------------------------------------------------ */
+
+static void stats_figures(void **state)
+{
+	fx *f = *state;
+	scrm_outbox_stats st = stats_of(f->ob);
+	assert_int_equal(st.pending, 0);
+	assert_int_equal(st.pending_bytes, 0);
+	assert_int_equal(st.oldest_pending_ms, 0);
+	assert_int_equal(st.last_seq, 0);
+	assert_int_equal(st.last_ack_ms, 0);
+	assert_int_equal(st.last_acked_seq, 0);
+	assert_int_equal(st.rejected, 0);
+
+	outbox__row rows[3];
+	rowbuf b[3];
+	int64_t bytes = 0;
+	for (int i = 0; i < 3; i++) {
+		make_row(&rows[i], &b[i], 100 + i, T0 + 1000 * (i + 1));
+		bytes += (int64_t)rows[i].body_len;
+	}
+	assert_int_equal(outbox__append(f->ob, rows, 3, T0), SCRM_OK);
+	st = stats_of(f->ob);
+	assert_int_equal(st.pending, 3);
+	assert_int_equal(st.pending_bytes, bytes);
+	assert_int_equal(st.oldest_pending_ms, T0 + 1000);
+	assert_int_equal(st.last_seq, 3);
+
+	const int64_t r[1][2] = {{1, 1}};
+	assert_int_equal(outbox__ack(f->ob, r, 1, T0 + 9000, NULL), SCRM_OK);
+	assert_int_equal(outbox__reject(f->ob, 3, "no", T0 + 9500), SCRM_OK);
+	st = stats_of(f->ob);
+	assert_int_equal(st.pending, 1);
+	assert_int_equal(st.pending_bytes, (int64_t)rows[1].body_len);
+	assert_int_equal(st.oldest_pending_ms, T0 + 2000);
+	assert_int_equal(st.last_seq, 3);
+	assert_int_equal(st.last_ack_ms, T0 + 9000);
+	assert_int_equal(st.last_acked_seq, 1);
+	assert_int_equal(st.rejected, 1);
+}
+
+/*
+ * BUG (reported, agent/outbox.c outbox__stats): pending_bytes is documented
+ * as "their body bytes" but is computed with SQL length(body), which counts
+ * CHARACTERS of a TEXT value. Bodies with non-ASCII text (names, "Zoë",
+ * Japanese product codes) are under-counted, so a disk-usage alarm based on
+ * it fires late. Expected: the byte count (length(CAST(body AS BLOB))).
+ * This test fails until fixed.
+ */
+static void stats_pending_bytes_counts_bytes_BUG(void **state)
+{
+	fx *f = *state;
+	static const char body[] = "{\"member_id\":\"Zo\xc3\xab \xe6\x9d\xb1\xe4\xba\xac\",\"method\":\"qr\"}";
+	outbox__row r;
+	rowbuf b;
+	make_row(&r, &b, 1, T0 + 1);
+	r.body = body;
+	r.body_len = sizeof(body) - 1;
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	scrm_outbox_stats st = stats_of(f->ob);
+	if (st.pending_bytes != (int64_t)(sizeof(body) - 1)) {
+		print_error("BUG: pending_bytes %lld, body is %zu bytes\n", (long long)st.pending_bytes,
+			    sizeof(body) - 1);
+		fail();
+	}
+}
+
+/* ---- clock trust ----------------------------------------------------- */
+
+static int append_one_at(outbox *ob, int64_t wall_ms)
+{
+	outbox__row r;
+	rowbuf b;
+	make_row(&r, &b, 1, wall_ms);
+	assert_int_equal(outbox__append(ob, &r, 1, T0), SCRM_OK);
+	return r.clock_ok;
+}
+
+static void clock_ok_flags_untrusted_wall_clocks(void **state)
+{
+	fx *f = *state;
+	/* Before the build date: not trusted. */
+	assert_false(append_one_at(f->ob, T0 - 1));
+	assert_true(append_one_at(f->ob, T0));
+	assert_true(append_one_at(f->ob, T0 + 100000));
+	/* Stepping back up to 60 s is tolerated (NTP slew, two POS clocks). */
+	assert_true(append_one_at(f->ob, T0 + 100000 - 60000));
+	/* More than 60 s behind the newest trusted capture is not. */
+	assert_false(append_one_at(f->ob, T0 + 100000 - 60001));
+	assert_false(append_one_at(f->ob, T0 + 1));
+	/* An untrusted capture does not move the watermark. */
+	assert_true(append_one_at(f->ob, T0 + 100000 - 59000));
+
+	/* The watermark is in the file: another handle sees it. */
+	outbox *b = NULL;
+	assert_int_equal(outbox__open(f->store, NULL, 0, &b), SCRM_OK);
+	assert_false(append_one_at(b, T0 + 20000));
+	outbox__close(b);
+
+	/* The flag reaches the wire. */
+	size_t count = 0;
+	int64_t last = 0;
+	cJSON *arr = read_events(f->ob, 0, 100, (size_t)1 << 20, &count, &last);
+	static const int expect[] = {0, 1, 1, 1, 0, 0, 1, 0};
+	assert_int_equal(count, 8);
+	int i = 0;
+	for (const cJSON *e = arr->child; e; e = e->next, i++)
+		assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "clock_ok")), expect[i]);
+	cJSON_Delete(arr);
+}
+
+static void clock_ok_within_one_group(void **state)
+{
+	fx *f = *state;
+	/* One transaction holding a clock step: later rows are judged against
+	 * earlier rows of the same group. */
+	static const int64_t walls[] = {T0 + 500000, T0 + 300000, T0 + 460000, T0 + 500001};
+	static const int expect[] = {1, 0, 1, 1};
+	outbox__row rows[4];
+	rowbuf b[4];
+	for (int i = 0; i < 4; i++)
+		make_row(&rows[i], &b[i], i, walls[i]);
+	assert_int_equal(outbox__append(f->ob, rows, 4, T0), SCRM_OK);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(rows[i].clock_ok, expect[i]);
+}
+
+/* ---- disk full ------------------------------------------------------- */
+
+/*
+ * Two ways to fill the disk under the outbox, both ending in SQLite's
+ * SQLITE_FULL:
+ *
+ *  1. The honest one: a child process enters a private mount namespace,
+ *     mounts a 1 MiB tmpfs and fills it with a file, so SQLite's next write
+ *     to the WAL fails with ENOSPC exactly as on a full SD card. It needs
+ *     CAP_SYS_ADMIN (root in a container normally has it); without it the
+ *     test is skipped, not failed.
+ *  2. In-process, always available: `PRAGMA max_page_count` on the outbox's
+ *     own connection. The pragma is per connection, so setting it on a second
+ *     connection proves nothing; the test reaches the module's connection
+ *     with sqlite3_auto_extension(), which SQLite calls for every connection
+ *     the process opens — no test hook in agent/ is needed.
+ *
+ * Both check the same behaviour: SCRM_E_DISK_FULL, earlier events intact,
+ * and the failed append consumes no seq.
+ */
+
+#define SKIP_EXIT 77
+
+/* Child side of the tmpfs test: no cmocka here, report through `out`. */
+static int disk_full_child(const char *dir, int out)
+{
+	char *mnt = tu_join(dir, "tmpfs");
+	if (mkdir(mnt, 0700) != 0)
+		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+	    mount("scrm-unit", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0)
+		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
+	char *store = tu_join(mnt, "store");
+	char *filler = tu_join(mnt, "filler");
+	outbox *ob = NULL;
+	int rc;
+	if ((rc = outbox__open(store, "pos-01", 0, &ob)) != SCRM_OK)
+		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	outbox__row rows[5];
+	rowbuf b[5];
+	for (int i = 0; i < 5; i++)
+		make_row(&rows[i], &b[i], i, T0 + i);
+	if (outbox__append(ob, rows, 5, T0) != SCRM_OK)
+		return dprintf(out, "append before full: %s", scrm_errmsg()), 1;
+
+	/* Fill the filesystem to the last byte. */
+	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	static char chunk[4096];
+	memset(chunk, 'F', sizeof(chunk));
+	while (write(fd, chunk, sizeof(chunk)) > 0)
+		;
+	if (errno != ENOSPC)
+		return dprintf(out, "filling the tmpfs: %s", strerror(errno)), 1;
+	close(fd);
+
+	/* A 256 KiB event cannot fit in the WAL. */
+	size_t big_len = 256 * 1024;
+	char *big = malloc(big_len + 1);
+	memset(big, ' ', big_len);
+	memcpy(big, "{\"note\":\"big\"}", 14);
+	big[big_len] = '\0';
+	outbox__row r;
+	rowbuf rb;
+	make_row(&r, &rb, 99, T0 + 10);
+	r.body = big;
+	r.body_len = big_len;
+	rc = outbox__append(ob, &r, 1, T0);
+	if (rc != SCRM_E_DISK_FULL)
+		return dprintf(out, "append on a full disk returned %d (%s), want SCRM_E_DISK_FULL", rc, scrm_errmsg()),
+		       1;
+	if (strncmp(scrm_errmsg(), "outbox:", 7) != 0)
+		return dprintf(out, "message \"%s\" does not say outbox", scrm_errmsg()), 1;
+	if (r.seq != 0)
+		return dprintf(out, "failed row reports seq %lld", (long long)r.seq), 1;
+
+	/* Earlier events intact, nothing half-written. */
+	scrm_outbox_stats st;
+	if (outbox__stats(ob, &st) != SCRM_OK || st.pending != 5 || st.last_seq != 5)
+		return dprintf(out, "after the failure: pending %lld last_seq %lld (%s)", (long long)st.pending,
+			       (long long)st.last_seq, scrm_errmsg()),
+		       1;
+
+	/* Space comes back: the next event takes seq 6, not 7. */
+	unlink(filler);
+	make_row(&r, &rb, 6, T0 + 11);
+	if ((rc = outbox__append(ob, &r, 1, T0)) != SCRM_OK || r.seq != 6)
+		return dprintf(out, "append after freeing space: rc %d seq %lld (%s)", rc, (long long)r.seq,
+			       scrm_errmsg()),
+		       1;
+	outbox__close(ob);
+
+	/* Reopens cleanly and passes integrity_check. */
+	if (outbox__open(store, NULL, 0, &ob) != SCRM_OK)
+		return dprintf(out, "reopen: %s", scrm_errmsg()), 1;
+	outbox__close(ob);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *q = NULL;
+	char *path = tu_join(store, OUTBOX_FILE);
+	sqlite3_open(path, &db);
+	if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL) != SQLITE_OK ||
+	    sqlite3_step(q) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(q, 0), "ok") != 0)
+		return dprintf(out, "integrity_check failed"), 1;
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	umount(mnt);
+	return 0;
+}
+
+static void disk_full_on_a_full_filesystem(void **state)
+{
+	fx *f = *state;
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(p[0]);
+		_exit(disk_full_child(f->dir, p[1]));
+	}
+	close(p[1]);
+	char msg[512] = "";
+	size_t have = 0;
+	ssize_t n;
+	while ((n = read(p[0], msg + have, sizeof(msg) - 1 - have)) > 0)
+		have += (size_t)n;
+	msg[have] = '\0';
+	close(p[0]);
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) == SKIP_EXIT) {
+		print_message("skipping: %s; the in-process disk-full test still runs\n", msg);
+		skip();
+	}
+	if (WEXITSTATUS(status) != 0) {
+		print_error("%s\n", msg);
+		fail();
+	}
+}
+
+static sqlite3 *last_opened;
+
+static int remember_connection(sqlite3 *db, const char **err, const struct sqlite3_api_routines *api)
+{
+	(void)err;
+	(void)api;
+	last_opened = db;
+	return SQLITE_OK;
+}
+
+static void exec_on(sqlite3 *db, const char *sql)
+{
+	char *err = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		print_error("%s: %s\n", sql, err);
+		fail();
+	}
+}
+
+static void disk_full_via_max_page_count(void **state)
+{
+	fx *f = *state;
+	outbox__close(f->ob);
+	f->ob = NULL;
+	last_opened = NULL;
+	assert_int_equal(sqlite3_auto_extension((void (*)(void))remember_connection), SQLITE_OK);
+	int rc = outbox__open(f->store, NULL, 0, &f->ob);
+	sqlite3_cancel_auto_extension((void (*)(void))remember_connection);
+	assert_int_equal(rc, SCRM_OK);
+	assert_non_null(last_opened);
+
+	append_n(f->ob, 5, T0 + 1);
+	char sql[64];
+	sqlite3_stmt *q = NULL;
+	assert_int_equal(sqlite3_prepare_v2(last_opened, "PRAGMA page_count", -1, &q, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+	long long pages = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld", pages);
+	exec_on(last_opened, sql);
+
+	size_t big_len = 64 * 1024;
+	char *big = malloc(big_len + 1);
+	assert_non_null(big);
+	memset(big, ' ', big_len);
+	memcpy(big, "{\"note\":\"big\"}", 14);
+	big[big_len] = '\0';
+	outbox__row r;
+	rowbuf rb;
+	make_row(&r, &rb, 99, T0 + 10);
+	r.body = big;
+	r.body_len = big_len;
+	assert_refused(outbox__append(f->ob, &r, 1, T0), SCRM_E_DISK_FULL, "outbox");
+	assert_int_equal(r.seq, 0);
+
+	scrm_outbox_stats st = stats_of(f->ob);
+	assert_int_equal(st.pending, 5);
+	assert_int_equal(st.last_seq, 5);
+	int64_t seqs[8];
+	assert_int_equal(pending_seqs(f->ob, seqs, 8), 5);
+
+	/* The same big event goes in once space is back, as seq 6. */
+	exec_on(last_opened, "PRAGMA max_page_count = 1073741823");
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	assert_int_equal(r.seq, 6);
+	free(big);
+	char *check = tu_sql_text(f->db, "PRAGMA integrity_check");
+	assert_string_equal(check, "ok");
+	free(check);
+}
+
+int main(int argc, char **argv)
+{
+	tu_select(argc, argv);
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(create_then_reopen_keeps_device),
+		T(created_directories_are_private),
+		T(device_mismatch_refused),
+		T(open_missing_store_without_device_creates_nothing),
+		T(invalid_device_id_refused_and_nothing_created),
+		T(newer_schema_refused),
+		T(not_a_database_refused),
+		T(append_assigns_consecutive_seqs_across_calls),
+		T(two_handles_share_one_counter),
+		T(concurrent_handles_never_share_a_seq),
+		T(acks_never_make_seqs_reused),
+		T(read_batch_in_seq_order_and_valid_json),
+		T(read_batch_respects_max_bytes),
+		T(read_batch_skips_acked_and_rejected),
+		T(ack_deletes_exactly_the_ranges),
+		T(reject_moves_event_to_rejected_table),
+		T(stats_figures),
+		T(stats_pending_bytes_counts_bytes_BUG),
+		T(clock_ok_flags_untrusted_wall_clocks),
+		T(clock_ok_within_one_group),
+		T(disk_full_on_a_full_filesystem),
+		T(disk_full_via_max_page_count),
+	};
+	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);
+}

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* testutil: helpers shared by the unit tests (see testutil.h). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include <scrm/scrm.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+char *tu_tmpdir(const char *name)
+{
+	const char *base = getenv("TMPDIR");
+	char *path = malloc(4096);
+	assert_non_null(path);
+	snprintf(path, 4096, "%s/scrm-unit-%s-XXXXXX", base && *base ? base : "/tmp", name);
+	if (!mkdtemp(path)) {
+		print_error("mkdtemp(%s) failed\n", path);
+		free(path);
+		fail();
+	}
+	return path;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+void tu_rmtree(const char *path)
+{
+	if (path)
+		nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *tu_join(const char *a, const char *b)
+{
+	size_t n = strlen(a) + strlen(b) + 2;
+	char *p = malloc(n);
+	if (!p)
+		abort();
+	snprintf(p, n, "%s/%s", a, b);
+	return p;
+}
+
+void tu_assert_refused(int rc, int code, const char *field, const char *file, int line)
+{
+	const char *msg = scrm_errmsg();
+	size_t n = strlen(field);
+	if (rc != code) {
+		print_error("expected %s (%d), got %s (%d); errmsg \"%s\"\n", scrm_strerror(code), code,
+			    scrm_strerror(rc), rc, msg);
+		_fail(file, line);
+	}
+	if (strncmp(msg, field, n) != 0 || msg[n] != ':') {
+		print_error("expected the message to name \"%s\", got \"%s\"\n", field, msg);
+		_fail(file, line);
+	}
+}
+
+void tu_assert_errmsg_contains(const char *needle, const char *file, int line)
+{
+	if (!strstr(scrm_errmsg(), needle)) {
+		print_error("expected the message to contain \"%s\", got \"%s\"\n", needle, scrm_errmsg());
+		_fail(file, line);
+	}
+}
+
+int64_t tu_clock_wall(void *ctx)
+{
+	return ((tu_clock *)ctx)->wall_ms;
+}
+
+int64_t tu_clock_mono(void *ctx)
+{
+	return ((tu_clock *)ctx)->mono_ms;
+}

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * testutil: small helpers shared by the unit tests — throw-away directories,
+ * a fake clock, direct SQLite queries on a store's database, and the one
+ * assertion most tests make: "refused with this code, and the message names
+ * this field". Include after <cmocka.h>.
+ *
+ * Helpers that can fail print why and fail the current cmocka test; the ones
+ * marked "no cmocka" are safe in forked children and worker threads.
+ * The declarations need only cmocka; a test that calls the helpers links
+ * testutil.c (and testdb.c for the SQLite ones).
+ */
+#ifndef SCRM_TESTS_UNIT_TESTUTIL_H
+#define SCRM_TESTS_UNIT_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Which tests main() runs. Tests named *_BUG expose a reported bug and fail
+ * until it is fixed; they are kept out of the default run (ctest
+ * unit_<module>) and run alone with --known-bugs (ctest
+ * unit_<module>_known_bugs, label known_bug). Any other argument is a cmocka
+ * name pattern ("ack_*"). Call before cmocka_run_group_tests*(). */
+static inline void tu_select(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "--known-bugs") == 0)
+		cmocka_set_test_filter("*_BUG");
+	else if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
+	else
+		cmocka_set_skip_filter("*_BUG");
+}
+
+/* Create "$TMPDIR/scrm-unit-<name>-XXXXXX" (TMPDIR defaults to /tmp).
+ * Returns a malloc'd path the caller frees. */
+char *tu_tmpdir(const char *name);
+/* rm -rf path (no cmocka). */
+void tu_rmtree(const char *path);
+/* malloc'd "a/b" (no cmocka; aborts on OOM). */
+char *tu_join(const char *a, const char *b);
+
+/* Assert rc == code and that scrm_errmsg() starts with "<field>:". */
+#define assert_refused(rc, code, field) tu_assert_refused((rc), (code), (field), __FILE__, __LINE__)
+void tu_assert_refused(int rc, int code, const char *field, const char *file, int line);
+
+/* Assert that scrm_errmsg() contains `needle`. */
+#define assert_errmsg_contains(needle) tu_assert_errmsg_contains((needle), __FILE__, __LINE__)
+void tu_assert_errmsg_contains(const char *needle, const char *file, int line);
+
+/* Fake clock for platform__clock_override(): returns wall / mono. */
+typedef struct tu_clock {
+	int64_t wall_ms, mono_ms;
+} tu_clock;
+int64_t tu_clock_wall(void *ctx);
+int64_t tu_clock_mono(void *ctx);
+
+/* First column of the first row of `sql` on the database file `db_path`,
+ * as an integer (fails the test on error). */
+int64_t tu_sql_int(const char *db_path, const char *sql);
+/* Same, as a malloc'd string (NULL for SQL NULL). */
+char *tu_sql_text(const char *db_path, const char *sql);
+
+#endif
