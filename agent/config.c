@@ -58,21 +58,36 @@ static const struct ckey keys[] = {
 
 static const char *const sections[] = {"broker", "sync", "log"};
 
-/* Line of the first occurrence of "name" as a JSON key in text. */
-static int line_of(const char *text, size_t len, const char *name)
+/* Line of a key in the text: each part of the dotted path is searched
+ * after the previous one, so "broker.window" points at the "window" inside
+ * "broker", not at another section's "window". An approximation (cJSON keeps
+ * no positions), right for every config written as one key per line. */
+static int line_of(const char *text, size_t len, const char *path)
 {
 	char needle[80];
-	int n = snprintf(needle, sizeof(needle), "\"%s\"", name);
-	if (n <= 0 || (size_t)n >= sizeof(needle))
-		return 0;
+	size_t from = 0, at = 0;
+	const char *part = path;
+	while (*part) {
+		const char *dot = strchr(part, '.');
+		size_t plen = dot ? (size_t)(dot - part) : strlen(part);
+		int n = snprintf(needle, sizeof(needle), "\"%.*s\"", (int)plen, part);
+		if (n <= 0 || (size_t)n >= sizeof(needle))
+			return 0;
+		size_t i;
+		for (i = from; i + (size_t)n <= len; i++)
+			if (memcmp(text + i, needle, (size_t)n) == 0)
+				break;
+		if (i + (size_t)n > len)
+			return 0;
+		at = i;
+		from = i + (size_t)n;
+		part = dot ? dot + 1 : part + plen;
+	}
 	int line = 1;
-	for (size_t i = 0; i + (size_t)n <= len; i++) {
-		if (memcmp(text + i, needle, (size_t)n) == 0)
-			return line;
+	for (size_t i = 0; i < at; i++)
 		if (text[i] == '\n')
 			line++;
-	}
-	return 0;
+	return line;
 }
 
 static int id_ok(const char *s)
@@ -91,8 +106,7 @@ static int id_ok(const char *s)
 
 static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char *text, size_t len)
 {
-	const char *leaf = strrchr(k->key, '.');
-	int line = line_of(text, len, leaf ? leaf + 1 : k->key);
+	int line = line_of(text, len, k->key);
 	char *base = (char *)cfg;
 	switch (k->type) {
 	case C_STR: {
@@ -148,7 +162,7 @@ static int walk(const cJSON *obj, const char *prefix, config *cfg, const char *t
 				k = &keys[i];
 		if (!k)
 			return err__set(SCRM_E_CONFIG, "%s: unknown key (line %d); see scrm-agent --help-config",
-					path, line_of(text, len, it->string ? it->string : ""));
+					path, line_of(text, len, path));
 		int rc = set_key(k, it, cfg, text, len);
 		if (rc)
 			return rc;

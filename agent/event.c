@@ -503,6 +503,20 @@ int event__from_json(const char *json, size_t len, event__kind *kind, sbuf *out)
 		return err__set(SCRM_E_INVALID, "json: NULL");
 	if (len > EVENT_MAX_JSON_BYTES)
 		return err__set(SCRM_E_TOO_BIG, "json: %zu bytes, at most %d", len, EVENT_MAX_JSON_BYTES);
+	/* cJSON's strings end at a NUL: "A\u0000B" would be stored as "A".
+	 * Refuse a raw NUL byte, and \u0000 escapes (an odd number of
+	 * backslashes before the u means it is an escape, not literal text). */
+	if (memchr(json, 0, len))
+		return err__set(SCRM_E_INVALID, "json: contains a NUL byte");
+	for (size_t i = 0; i + 6 <= len; i++) {
+		if (json[i] != '\\' || json[i + 1] != 'u' || memcmp(json + i + 2, "000", 3) != 0 || json[i + 5] != '0')
+			continue;
+		size_t k = 0;
+		while (k <= i && json[i - k] == '\\')
+			k++;
+		if (k % 2 == 1)
+			return err__set(SCRM_E_INVALID, "json: \\u0000 (NUL) is not allowed in strings");
+	}
 	o = cJSON_ParseWithLengthOpts(json, len, &end, 0);
 	if (!o) {
 		int line, col;

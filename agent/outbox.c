@@ -453,7 +453,7 @@ int outbox__stats(outbox *ob, scrm_outbox_stats *st)
 	memset(st, 0, sizeof(*st));
 	/* One read transaction so the figures are consistent with each other. */
 	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT (SELECT count(*) FROM outbox), (SELECT coalesce(sum(length(body)),0) FROM outbox),"
+				"SELECT (SELECT count(*) FROM outbox), (SELECT coalesce(sum(length(CAST(body AS BLOB))),0) FROM outbox),"
 				" (SELECT coalesce(min(wall_ms),0) FROM outbox), next_seq - 1, last_ack_ms, last_acked_seq,"
 				" (SELECT count(*) FROM rejected) FROM device WHERE id = 1",
 				-1, &q, NULL);

@@ -96,6 +96,7 @@ char *sbuf__take(sbuf *b, size_t *len)
 		return NULL;
 	if (grow(b, 0) != 0)
 		return NULL;
+	b->p[b->len] = '\0'; /* a never-written buffer was just allocated */
 	char *p = b->p;
 	if (len)
 		*len = b->len;

@@ -23,6 +23,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -182,84 +183,161 @@ static void retire(struct sync *s, const int64_t (*ranges)[2], size_t nr)
 	s->nwin = j;
 }
 
-static void on_ack(struct sync *s, const char *payload, size_t len)
-{
-	static int64_t ranges[MAX_ACK_RANGES][2];
-	size_t nr = 0;
-	cJSON *o = cJSON_ParseWithLength(payload, len);
-	int64_t now = platform__wall_ms();
+#define MAX_SEQ 9007199254740992.0 /* 2^53: exact in a JSON double */
 
+/* A seq in an ack: a JSON number that is an integer in [1, 2^53]. */
+static int seq_of(const cJSON *v, int64_t *out)
+{
+	if (!cJSON_IsNumber(v))
+		return 0;
+	double d = v->valuedouble;
+	if (!(d >= 1.0 && d <= MAX_SEQ) || d != floor(d))
+		return 0;
+	*out = (int64_t)d;
+	return 1;
+}
+
+void sync__ack_free(sync__ack *ack)
+{
+	if (!ack)
+		return;
+	for (size_t i = 0; i < ack->n_rejected; i++)
+		free(ack->rejected[i].reason);
+	free(ack->rejected);
+	free(ack->acked);
+	memset(ack, 0, sizeof(*ack));
+}
+
+int sync__parse_ack(const char *payload, size_t len, sync__ack *ack)
+{
+	int rc = SCRM_E_INVALID;
+	cJSON *o = cJSON_ParseWithLength(payload, len);
+	memset(ack, 0, sizeof(*ack));
 	if (!o || !cJSON_IsObject(o)) {
-		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"not a JSON object\" bytes=%zu", len);
+		err__set(SCRM_E_INVALID, "ack: not a JSON object");
 		goto out;
 	}
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "v");
 	if (!cJSON_IsNumber(v) || v->valuedouble != 1) {
-		LOG(LOG_WARN, "sync", "ignoring ack of unknown protocol version", "field=v");
+		err__set(SCRM_E_INVALID, "v: unknown protocol version (expected 1)");
 		goto out;
 	}
+	const cJSON *batch = cJSON_GetObjectItemCaseSensitive(o, "batch");
+	if (batch && cJSON_IsString(batch))
+		snprintf(ack->batch, sizeof(ack->batch), "%s", batch->valuestring);
 	const cJSON *acked = cJSON_GetObjectItemCaseSensitive(o, "acked");
+	if (acked) {
+		if (!cJSON_IsArray(acked)) {
+			err__set(SCRM_E_INVALID, "acked: must be an array of [first,last]");
+			goto out;
+		}
+		int n = cJSON_GetArraySize(acked);
+		if (n > MAX_ACK_RANGES) {
+			err__set(SCRM_E_INVALID, "acked: %d ranges, at most %d", n, MAX_ACK_RANGES);
+			goto out;
+		}
+		if (n > 0 && !(ack->acked = calloc((size_t)n, sizeof(*ack->acked)))) {
+			rc = err__set(SCRM_E_NOMEM, "out of memory");
+			goto out;
+		}
+		for (const cJSON *it = acked->child; it; it = it->next) {
+			int64_t a, b;
+			if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !seq_of(cJSON_GetArrayItem(it, 0), &a) ||
+			    !seq_of(cJSON_GetArrayItem(it, 1), &b) || b < a) {
+				err__set(SCRM_E_INVALID, "acked[%zu]: must be [first,last], integers with 1 <= first <= last", ack->n_acked);
+				goto out;
+			}
+			ack->acked[ack->n_acked][0] = a;
+			ack->acked[ack->n_acked][1] = b;
+			ack->n_acked++;
+		}
+	}
 	const cJSON *rej = cJSON_GetObjectItemCaseSensitive(o, "rejected");
-	if (acked && !cJSON_IsArray(acked)) {
-		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked: must be an array\"");
+	if (rej) {
+		if (!cJSON_IsArray(rej)) {
+			err__set(SCRM_E_INVALID, "rejected: must be an array");
+			goto out;
+		}
+		int n = cJSON_GetArraySize(rej);
+		if (n > MAX_ACK_RANGES) {
+			err__set(SCRM_E_INVALID, "rejected: %d entries, at most %d", n, MAX_ACK_RANGES);
+			goto out;
+		}
+		if (n > 0 && !(ack->rejected = calloc((size_t)n, sizeof(*ack->rejected)))) {
+			rc = err__set(SCRM_E_NOMEM, "out of memory");
+			goto out;
+		}
+		for (const cJSON *it = rej->child; it; it = it->next) {
+			int64_t seq;
+			const cJSON *why = cJSON_GetObjectItemCaseSensitive(it, "reason");
+			if (!cJSON_IsObject(it) || !seq_of(cJSON_GetObjectItemCaseSensitive(it, "seq"), &seq)) {
+				err__set(SCRM_E_INVALID, "rejected[%zu].seq: must be an integer >= 1", ack->n_rejected);
+				goto out;
+			}
+			sync__rejection *r = &ack->rejected[ack->n_rejected];
+			r->seq = seq;
+			r->reason = strdup(cJSON_IsString(why) ? why->valuestring : "unspecified");
+			if (!r->reason) {
+				rc = err__set(SCRM_E_NOMEM, "out of memory");
+				goto out;
+			}
+			ack->n_rejected++;
+		}
+	}
+	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(o, "resend_from");
+	if (rf && !seq_of(rf, &ack->resend_from)) {
+		err__set(SCRM_E_INVALID, "resend_from: must be an integer >= 1");
 		goto out;
 	}
-	for (const cJSON *it = acked ? acked->child : NULL; it; it = it->next) {
-		const cJSON *a = cJSON_GetArrayItem(it, 0), *b = cJSON_GetArrayItem(it, 1);
-		if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(a) || !cJSON_IsNumber(b) ||
-		    a->valuedouble < 1 || b->valuedouble < a->valuedouble || b->valuedouble > 9007199254740992.0) {
-			LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked[%zu]: must be [first,last] with 1 <= first <= last\"", nr);
-			goto out;
-		}
-		if (nr == MAX_ACK_RANGES) {
-			LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=\"acked: more than %d ranges\"", MAX_ACK_RANGES);
-			goto out;
-		}
-		ranges[nr][0] = (int64_t)a->valuedouble;
-		ranges[nr][1] = (int64_t)b->valuedouble;
-		nr++;
+	rc = SCRM_OK;
+out:
+	cJSON_Delete(o);
+	if (rc != SCRM_OK)
+		sync__ack_free(ack);
+	return rc;
+}
+
+static void on_ack(struct sync *s, const char *payload, size_t len)
+{
+	sync__ack ack;
+	int64_t now = platform__wall_ms();
+	char q[300];
+
+	if (sync__parse_ack(payload, len, &ack) != SCRM_OK) {
+		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=%s bytes=%zu", log__q(q, sizeof(q), scrm_errmsg()), len);
+		return;
 	}
-	if (rej && cJSON_IsArray(rej)) {
-		for (const cJSON *it = rej->child; it; it = it->next) {
-			const cJSON *seq = cJSON_GetObjectItemCaseSensitive(it, "seq");
-			const cJSON *why = cJSON_GetObjectItemCaseSensitive(it, "reason");
-			if (!cJSON_IsNumber(seq) || seq->valuedouble < 1)
-				continue;
-			char q[300];
-			const char *reason = cJSON_IsString(why) ? why->valuestring : "unspecified";
-			if (outbox__reject(s->ob, (int64_t)seq->valuedouble, reason, now) == SCRM_OK)
-				LOG(LOG_ERROR, "sync", "central rejected an event; kept in the rejected table", "seq=%lld reason=%s",
-				    (long long)seq->valuedouble, log__q(q, sizeof(q), reason));
-		}
+	for (size_t i = 0; i < ack.n_rejected; i++) {
+		if (outbox__reject(s->ob, ack.rejected[i].seq, ack.rejected[i].reason, now) == SCRM_OK)
+			LOG(LOG_ERROR, "sync", "central rejected an event; kept in the rejected table", "seq=%lld reason=%s",
+			    (long long)ack.rejected[i].seq, log__q(q, sizeof(q), ack.rejected[i].reason));
 	}
-	if (nr) {
+	if (ack.n_acked) {
 		int64_t deleted = 0;
-		if (outbox__ack(s->ob, (const int64_t(*)[2])ranges, nr, now, &deleted) != SCRM_OK) {
-			LOG(LOG_ERROR, "sync", "cannot apply ack", "err=\"%s\"", scrm_errmsg());
+		if (outbox__ack(s->ob, (const int64_t(*)[2])ack.acked, ack.n_acked, now, &deleted) != SCRM_OK) {
+			LOG(LOG_ERROR, "sync", "cannot apply ack", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
 			goto out;
 		}
 		s->n_acked += deleted;
-		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", nr, (long long)deleted);
+		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", ack.n_acked, (long long)deleted);
 	}
-	retire(s, (const int64_t(*)[2])ranges, nr);
+	retire(s, (const int64_t(*)[2])ack.acked, ack.n_acked);
 	s->last_activity_ms = now;
 
 	/* resend_from: central has a hole and stored nothing past it. Act only
 	 * on acks for batches of the current round: after a go-back, the acks
 	 * still arriving for the old round's batches would ask for the same
 	 * hole again. */
-	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(o, "resend_from");
-	const cJSON *bid = cJSON_GetObjectItemCaseSensitive(o, "batch");
-	if (cJSON_IsNumber(rf) && rf->valuedouble >= 1 && cJSON_IsString(bid)) {
+	if (ack.resend_from && ack.batch[0]) {
 		int current = 0;
 		for (int i = 0; i < s->nwin; i++)
-			if (strcmp(s->win[i].id, bid->valuestring) == 0)
+			if (strcmp(s->win[i].id, ack.batch) == 0)
 				current = 1;
-		if (current && (int64_t)rf->valuedouble <= s->sent_upto)
+		if (current && ack.resend_from <= s->sent_upto)
 			go_back(s, "central_missing_events");
 	}
 out:
-	cJSON_Delete(o);
+	sync__ack_free(&ack);
 }
 
 static void handle_mqtt(struct sync *s)

@@ -13,6 +13,31 @@
 
 #include "config.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
+/* A parsed down/ack payload (docs/protocol.md, "Acknowledgement"). */
+typedef struct sync__rejection {
+	int64_t seq;  /* 1 <= seq <= 2^53, an integer */
+	char *reason; /* owned; "unspecified" when absent */
+} sync__rejection;
+
+typedef struct sync__ack {
+	char batch[64];        /* "" when absent */
+	int64_t (*acked)[2];   /* owned; inclusive ranges, 1 <= first <= last <= 2^53 */
+	size_t n_acked;
+	sync__rejection *rejected; /* owned */
+	size_t n_rejected;
+	int64_t resend_from;   /* 0 when absent */
+} sync__ack;
+
+/* Parse and validate a down/ack payload (borrowed, need not be
+ * NUL-terminated). SCRM_OK with *ack filled (release with sync__ack_free),
+ * or SCRM_E_INVALID with the reason in scrm_errmsg(): the whole ack is then
+ * ignored, so a malformed ack can never delete an event. No I/O, any thread. */
+int sync__parse_ack(const char *payload, size_t len, sync__ack *ack);
+void sync__ack_free(sync__ack *ack);
+
 /* Run until SIGTERM/SIGINT (clean exit, 0) or a fatal error (non-zero).
  * Signals must already be blocked in all threads (sigmask inherited). */
 int sync__run(const config *cfg);

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
@@ -16,7 +17,7 @@
 static pthread_mutex_t rng_mu = PTHREAD_MUTEX_INITIALIZER;
 static mbedtls_entropy_context entropy;
 static mbedtls_ctr_drbg_context drbg;
-static int seeded;
+static pid_t seeded_pid; /* 0 = not seeded */
 
 int platform__random(void *buf, size_t n)
 {
@@ -24,7 +25,15 @@ int platform__random(void *buf, size_t n)
 	int rc = 0;
 
 	pthread_mutex_lock(&rng_mu);
-	if (!seeded) {
+	/* A fork copies the DRBG state: parent and child would then draw the
+	 * same bytes (same event ids in the same millisecond). Reseed in any
+	 * process that did not seed it itself. */
+	if (seeded_pid && seeded_pid != getpid()) {
+		mbedtls_ctr_drbg_free(&drbg);
+		mbedtls_entropy_free(&entropy);
+		seeded_pid = 0;
+	}
+	if (!seeded_pid) {
 		mbedtls_entropy_init(&entropy);
 		mbedtls_ctr_drbg_init(&drbg);
 		if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy,
@@ -34,7 +43,7 @@ int platform__random(void *buf, size_t n)
 			rc = -EIO;
 			goto out;
 		}
-		seeded = 1;
+		seeded_pid = getpid();
 	}
 	while (n > 0) {
 		size_t chunk = n > MBEDTLS_CTR_DRBG_MAX_REQUEST ? MBEDTLS_CTR_DRBG_MAX_REQUEST : n;

@@ -26,9 +26,10 @@ fi
 harnesses=${*:-event_json config ack}
 jobs=$(nproc 2>/dev/null || echo 2)
 
+mkdir -p "$build"
 cmake -S "$src" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-	-DSCRM_FUZZ=ON -DSCRM_SANITIZE=OFF >"$build.configure.log" 2>&1 ||
-	{ cat "$build.configure.log"; exit 2; }
+	-DSCRM_FUZZ=ON -DSCRM_SANITIZE=OFF >"$build/configure.log" 2>&1 ||
+	{ cat "$build/configure.log"; exit 2; }
 targets=""
 for h in $harnesses; do targets="$targets fuzz_$h"; done
 # shellcheck disable=SC2086

@@ -332,14 +332,14 @@ static void unknown_keys_name_dotted_key_and_line(void **state)
 }
 
 /*
- * BUG (reported, agent/config.c line_of): the line reported for a key is the
+ * Regression test (fixed bug in agent/config.c line_of): the line reported for a key is the
  * first place its LEAF name appears anywhere in the file, not where the
  * offending key is. A "window" put by mistake under "broker" is reported at
  * the line of the correct "sync.window" above it, sending the operator to a
  * line that is fine. Expected: the line of the offending key. This test fails
  * until fixed.
  */
-static void misplaced_key_reports_its_own_line_BUG(void **state)
+static void misplaced_key_reports_its_own_line(void **state)
 {
 	(void)state;
 	static const char text[] = "{\n"                                              /* 1 */
@@ -354,7 +354,7 @@ static void misplaced_key_reports_its_own_line_BUG(void **state)
 				   "}\n";
 	assert_refused(config__parse(text, sizeof(text) - 1, &cfg), SCRM_E_CONFIG, "broker.window");
 	if (!strstr(scrm_errmsg(), "(line 8)")) {
-		print_error("BUG: \"%s\" — the misplaced key is on line 8\n", scrm_errmsg());
+		print_error("regression: \"%s\" — the misplaced key is on line 8\n", scrm_errmsg());
 		fail();
 	}
 }
@@ -531,7 +531,7 @@ int main(int argc, char **argv)
 		T(every_key_type_error_names_key_and_line),
 		T(every_int_key_bounds),
 		T(unknown_keys_name_dotted_key_and_line),
-		T(misplaced_key_reports_its_own_line_BUG),
+		T(misplaced_key_reports_its_own_line),
 		T(plaintext_refused_unless_allowed),
 		T(tls_requires_ca_file),
 		T(cert_and_key_go_together),

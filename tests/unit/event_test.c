@@ -1006,25 +1006,25 @@ static void json_encoded_body_too_big(void **state)
 }
 
 /*
- * BUG (reported, agent/event.c event__from_json / get_str): a NUL inside a
+ * Regression test (fixed bug in agent/event.c event__from_json / get_str): a NUL inside a
  * JSON string — escaped as \u0000, or a raw 0 byte inside `len` — ends the
  * C string that cJSON hands back, so "member_id":"A\u0000B" is ACCEPTED and
  * stored as "A": silent truncation of customer data, and a way to make two
  * different inputs collide. Expected: SCRM_E_INVALID (the control-character
  * rule). This test fails until event.c refuses such strings.
  */
-static void json_nul_in_string_refused_BUG(void **state)
+static void json_nul_in_string_refused(void **state)
 {
 	(void)state;
 	int rc = from_json("{\"kind\":\"member_scan\",\"member_id\":\"A\\u0000B\",\"method\":\"qr\"}");
 	if (rc != SCRM_E_INVALID) {
-		print_error("BUG: \"A\\u0000B\" accepted (rc %d), body %s\n", rc, body.p);
+		print_error("regression: \"A\\u0000B\" accepted (rc %d), body %s\n", rc, body.p);
 		fail();
 	}
 	static const char raw[] = "{\"kind\":\"member_scan\",\"member_id\":\"A\0B\",\"method\":\"qr\"}";
 	rc = event__from_json(raw, sizeof(raw) - 1, &kind, &body);
 	if (rc != SCRM_E_INVALID) {
-		print_error("BUG: raw NUL inside a string accepted (rc %d), body %s\n", rc, body.p);
+		print_error("regression: raw NUL inside a string accepted (rc %d), body %s\n", rc, body.p);
 		fail();
 	}
 }
@@ -1069,7 +1069,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(json_deep_nesting_is_malformed_not_a_crash),
 		cmocka_unit_test(json_line_count_limits),
 		cmocka_unit_test(json_encoded_body_too_big),
-		cmocka_unit_test(json_nul_in_string_refused_BUG),
+		cmocka_unit_test(json_nul_in_string_refused),
 	};
 	return cmocka_run_group_tests_name("event", tests, setup, teardown);
 }

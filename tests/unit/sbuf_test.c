@@ -152,13 +152,13 @@ static void take_hands_over_the_text(void **state)
 }
 
 /*
- * BUG (reported, agent/sbuf.c sbuf__take): taking a buffer nothing was ever
+ * Regression test (fixed bug in agent/sbuf.c sbuf__take): taking a buffer nothing was ever
  * written to allocates it (grow(b, 0)) but never writes the terminator, so
  * the "NUL-terminated contents" promised by sbuf.h are uninitialised memory:
  * strlen() on the result reads garbage. Expected: "". (No caller hits this
  * today.) This test fails until fixed.
  */
-static void take_of_empty_buffer_is_empty_string_BUG(void **state)
+static void take_of_empty_buffer_is_empty_string(void **state)
 {
 	(void)state;
 	size_t len = 99;
@@ -168,7 +168,7 @@ static void take_of_empty_buffer_is_empty_string_BUG(void **state)
 	int terminated = t[0] == '\0';
 	free(t);
 	if (!terminated) {
-		print_error("BUG: sbuf__take on a fresh buffer returned unterminated memory\n");
+		print_error("regression: sbuf__take on a fresh buffer returned unterminated memory\n");
 		fail();
 	}
 }
@@ -207,7 +207,7 @@ int main(int argc, char **argv)
 		T(grows_and_stays_terminated),
 		T(reset_keeps_it_usable),
 		T(take_hands_over_the_text),
-		T(take_of_empty_buffer_is_empty_string_BUG),
+		T(take_of_empty_buffer_is_empty_string),
 		T(out_of_memory_latches),
 	};
 	return cmocka_run_group_tests_name("sbuf", tests, NULL, NULL);

@@ -684,7 +684,7 @@ static void sigkill_mid_capture_loses_nothing_reported(void **state)
 }
 
 /*
- * BUG (reported, platform/random.c): the CTR-DRBG state is process-global
+ * Regression test (fixed bug in platform/random.c): the CTR-DRBG state is process-global
  * and never reseeded after fork(), so a parent and a child (a pre-forking
  * POS server, a daemon that forks workers) draw the same "random" bytes.
  * Two sales captured in the same millisecond by the two processes then get
@@ -692,7 +692,7 @@ static void sigkill_mid_capture_loses_nothing_reported(void **state)
  * bits repeat. Expected: distinct ids (reseed on fork: pthread_atfork or a
  * getpid() check, or getrandom() per call). This test fails until fixed.
  */
-static void event_ids_unique_across_fork_BUG(void **state)
+static void event_ids_unique_across_fork(void **state)
 {
 	fx *f = *state;
 	/* The parent has captured before forking, so its generator is seeded. */
@@ -723,7 +723,7 @@ static void event_ids_unique_across_fork_BUG(void **state)
 	}
 	platform__clock_override(NULL, NULL, NULL);
 	if (same) {
-		print_error("BUG: %d of %d parent event ids equal a child's (DRBG state cloned by fork)\n", same, N);
+		print_error("regression: %d of %d parent event ids equal a child's (DRBG state cloned by fork)\n", same, N);
 		fail();
 	}
 }
@@ -743,7 +743,7 @@ int main(int argc, char **argv)
 		T(group_commit_8_threads_one_handle),
 		T(two_processes_capture_concurrently),
 		T(sigkill_mid_capture_loses_nothing_reported),
-		T(event_ids_unique_across_fork_BUG),
+		T(event_ids_unique_across_fork),
 	};
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }

@@ -149,13 +149,13 @@ static void malformed_acks_change_nothing(void **state)
 }
 
 /*
- * BUG (reported, agent/sync.c on_ack): seq numbers are checked for range
+ * Regression test (fixed bug in agent/sync.c on_ack): seq numbers are checked for range
  * but not for being integers, then truncated. {"acked":[[1.5,1.5]]} deletes
  * event 1, and {"rejected":[{"seq":2.7}]} moves event 2 out of the outbox —
  * events central never named. Expected: such an ack is malformed and
  * ignored. This test fails until fixed.
  */
-static void fractional_seqs_are_malformed_BUG(void **state)
+static void fractional_seqs_are_malformed(void **state)
 {
 	fx *f = *state;
 	ack(f, "{\"v\":1,\"acked\":[[1.5,1.5]]}");
@@ -163,21 +163,21 @@ static void fractional_seqs_are_malformed_BUG(void **state)
 	char *have = pending(f);
 	int ok = strcmp(have, "1,2,3,4,5,6,7,8,9,10") == 0;
 	if (!ok)
-		print_error("BUG: fractional seqs deleted/rejected events; pending now %s\n", have);
+		print_error("regression: fractional seqs deleted/rejected events; pending now %s\n", have);
 	free(have);
 	if (!ok)
 		fail();
 }
 
 /*
- * BUG (reported, agent/sync.c on_ack): a rejected seq above 2^63 (1e300) is
+ * Regression test (fixed bug in agent/sync.c on_ack): a rejected seq above 2^63 (1e300) is
  * converted to int64_t unchecked — undefined behaviour (so is "resend_from"
  * with the current batch id). On x86 it becomes INT64_MIN and nothing
  * visible happens, so this passes natively; in the sanitizer build
  * (SCRM_SANITIZE=ON, float-cast-overflow enabled for this binary) it aborts
  * here. Kept last.
  */
-static void huge_rejected_seq_is_ignored_BUG(void **state)
+static void huge_rejected_seq_is_ignored(void **state)
 {
 	fx *f = *state;
 	ack(f, "{\"v\":1,\"rejected\":[{\"seq\":1e300,\"reason\":\"x\"}]}");
@@ -197,8 +197,8 @@ int main(int argc, char **argv)
 		T(acked_ranges_leave_the_outbox),
 		T(rejected_events_are_kept_aside),
 		T(malformed_acks_change_nothing),
-		T(fractional_seqs_are_malformed_BUG),
-		T(huge_rejected_seq_is_ignored_BUG),
+		T(fractional_seqs_are_malformed),
+		T(huge_rejected_seq_is_ignored),
 	};
 	return cmocka_run_group_tests_name("sync_ack", tests, NULL, NULL);
 }

@@ -17,19 +17,12 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Which tests main() runs. Tests named *_BUG expose a reported bug and fail
- * until it is fixed; they are kept out of the default run (ctest
- * unit_<module>) and run alone with --known-bugs (ctest
- * unit_<module>_known_bugs, label known_bug). Any other argument is a cmocka
- * name pattern ("ack_*"). Call before cmocka_run_group_tests*(). */
+/* Which tests main() runs: all, or those matching a cmocka name pattern
+ * given as the first argument ("ack_*"). Call before cmocka_run_group_tests*(). */
 static inline void tu_select(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "--known-bugs") == 0)
-		cmocka_set_test_filter("*_BUG");
-	else if (argc > 1)
+	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
-	else
-		cmocka_set_skip_filter("*_BUG");
 }
 
 /* Create "$TMPDIR/scrm-unit-<name>-XXXXXX" (TMPDIR defaults to /tmp).
