@@ -17,8 +17,10 @@
  * Threads: Paho's callbacks run on Paho threads and only hand work over: a
  * received batch is copied into the inbound queue, ack completions release a
  * window slot, connection events set flags; then they wake the main thread
- * through an eventfd. The main thread owns SQLite, parses, stores, and
- * publishes acks. Signal handlers only set a flag and poke the eventfd.
+ * through an eventfd. They never wait for the main thread: Paho runs them
+ * holding its own mutex, which every Paho call of the main thread needs.
+ * The main thread owns SQLite, parses, stores, publishes acks and drives
+ * (re)connects. Signal handlers only set a flag and poke the eventfd.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -49,13 +51,14 @@
 #define KIND_MAX 64
 #define REASON_MAX 128
 #define MAX_SAFE_INT 9007199254740992.0 /* 2^53: JSON numbers are doubles */
-#define INBOUND_MAX_BYTES (64u << 20)   /* beyond this Paho's receive thread waits */
+#define INBOUND_WARN_BYTES (64u << 20)  /* a backlog worth a warning */
 #define ACK_SLOTS 64                    /* upper bound for --ack-window */
 #define ACK_WINDOW_DEFAULT 10           /* below mosquitto's Receive Maximum of 20 */
 #define ACK_SLOT_STALE_MS 30000         /* reclaim a slot Paho never completed */
 #define ACK_PENDING_MAX 10000           /* acks waiting for a slot or a connection */
 #define ACK_PENDING_MAX_AGE_MS 120000   /* the agent will have redelivered by then */
 #define STATS_EVERY_MS 10000
+#define RECONNECT_EVERY_MS 200
 #define PEER_WARN_PER_PERIOD 50 /* warnings caused by what devices send, per stats period */
 #define BATCH_ID_MAX 128
 #define SCHEMA_VERSION 1
@@ -259,12 +262,11 @@ static struct central {
 
 	/* shared with Paho threads, under lock */
 	pthread_mutex_t lock;
-	pthread_cond_t space;
 	struct inbound *in_head, *in_tail;
 	size_t in_bytes;
-	int stopping;
+	int backlog_warned;
 	int connected;
-	int ever_connected;
+	int connecting;     /* a connect attempt is in flight */
 	int need_subscribe;
 	int subscribed;     /* SUBACK granted on the current connection */
 	int connect_failed; /* an initial connect attempt failed */
@@ -914,7 +916,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			if (reject_store(&id, seq, reason, ev, now) != SQLITE_OK)
 				goto cleanup;
 			rej[nr].seq = seq;
-			memcpy(rej[nr].reason, reason, sizeof reason);
+			snprintf(rej[nr].reason, sizeof rej[nr].reason, "%s", reason);
 			nr++;
 			if (peer_warns_left())
 				log_at(LVL_WARN, "event rejected",
@@ -1173,6 +1175,7 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
 	struct inbound *in = calloc(1, sizeof *in);
 	size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
 	size_t plen = m->payloadlen > 0 ? (size_t)m->payloadlen : 0;
+	int warn;
 
 	(void)ctx;
 	if (in) {
@@ -1196,19 +1199,23 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
 	MQTTAsync_freeMessage(&m);
 	MQTTAsync_free(topic);
 
+	/* Never wait here for the main thread: Paho calls this holding its own
+	 * mutex, which MQTTAsync_sendMessage (the main thread publishing acks)
+	 * needs too. The backlog is bounded by the agents' windows (at most
+	 * sync.window unacked batches each); only a flood grows it. */
 	pthread_mutex_lock(&g.lock);
-	/* Back-pressure: holding Paho's receive thread stops reading the
-	 * socket, so the broker queues instead of us. The main thread never
-	 * waits on Paho, so this cannot deadlock. */
-	while (g.in_bytes > INBOUND_MAX_BYTES && !g.stopping)
-		pthread_cond_wait(&g.space, &g.lock);
 	if (g.in_tail)
 		g.in_tail->next = in;
 	else
 		g.in_head = in;
 	g.in_tail = in;
 	g.in_bytes += plen + tlen;
+	warn = g.in_bytes > INBOUND_WARN_BYTES && !g.backlog_warned;
+	if (warn)
+		g.backlog_warned = 1;
 	pthread_mutex_unlock(&g.lock);
+	if (warn)
+		log_at(LVL_WARN, "inbound backlog above 64 MiB; storing falls behind", NULL);
 	wake_main();
 	return 1;
 }
@@ -1222,19 +1229,19 @@ static void on_connection_lost(void *ctx, char *cause)
 	g.connected = 0;
 	g.subscribed = 0;
 	pthread_mutex_unlock(&g.lock);
-	log_at(LVL_WARN, "connection lost; reconnecting", "cause=%s",
-	       lq(q, sizeof q, cause ? cause : "unknown"));
+	log_at(LVL_WARN, "connection lost; reconnecting", "cause=%s every_ms=%d",
+	       lq(q, sizeof q, cause ? cause : "unknown"), RECONNECT_EVERY_MS);
 	wake_main();
 }
 
-/* Called after every successful connect, the first and automatic ones. */
+/* Called after every successful connect. */
 static void on_connected(void *ctx, char *cause)
 {
 	(void)ctx;
 	(void)cause;
 	pthread_mutex_lock(&g.lock);
 	g.connected = 1;
-	g.ever_connected = 1;
+	g.connecting = 0;
 	g.need_subscribe = 1; /* clean start: the session has no subscription */
 	pthread_mutex_unlock(&g.lock);
 	wake_main();
@@ -1259,6 +1266,7 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
 	(void)ctx;
 	pthread_mutex_lock(&g.lock);
 	g.connect_failed = 1;
+	g.connecting = 0;
 	snprintf(g.connect_why, sizeof g.connect_why, "code=%d reason=0x%02x %s",
 		 resp ? resp->code : 0, resp ? (unsigned)resp->reasonCode : 0u,
 		 resp && resp->message ? resp->message : "");
@@ -1311,6 +1319,55 @@ static int on_tls_error(const char *str, size_t len, void *ctx)
  * run
  * ====================================================================== */
 
+/* A fresh Paho client. Paho's threads drive a TLS handshake from a select()
+ * loop with a 1 s timeout, and once they are running a new connection waits
+ * for that timeout: about 1 s per reconnect. When the last client is
+ * destroyed the threads stop, and a new client connects in ~60 ms. So every
+ * attempt after the first gets a new client (main thread only: Paho forbids
+ * create/destroy in callbacks). */
+static int mqtt_client_create(void)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	int rc;
+
+	rc = MQTTAsync_createWithOptions(&g.client, g.opt.broker, g.opt.client_id,
+					 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_at(LVL_ERROR, "cannot create MQTT client", "broker=%s err=\"%s\"", g.opt.broker,
+		       MQTTAsync_strerror(rc));
+		g.client = NULL;
+		return rc;
+	}
+	if (MQTTAsync_setCallbacks(g.client, NULL, on_connection_lost, on_message, NULL) !=
+		    MQTTASYNC_SUCCESS ||
+	    MQTTAsync_setConnected(g.client, NULL, on_connected) != MQTTASYNC_SUCCESS) {
+		log_at(LVL_ERROR, "cannot set MQTT callbacks", NULL);
+		MQTTAsync_destroy(&g.client);
+		g.client = NULL;
+		return MQTTASYNC_FAILURE;
+	}
+	return MQTTASYNC_SUCCESS;
+}
+
+static void mqtt_client_destroy(void)
+{
+	int i;
+
+	if (g.client)
+		MQTTAsync_destroy(&g.client);
+	g.client = NULL;
+	/* No callback comes after destroy: ack publishes still in flight are
+	 * lost (their agents redeliver and get a fresh ack). */
+	pthread_mutex_lock(&g.lock);
+	for (i = 0; i < ACK_SLOTS; i++)
+		g.slots[i].in_use = 0;
+	g.connected = 0;
+	g.connecting = 0;
+	g.subscribed = 0;
+	g.need_subscribe = 0;
+	pthread_mutex_unlock(&g.lock);
+}
+
 static int mqtt_connect(void)
 {
 	MQTTAsync_connectOptions cc = MQTTAsync_connectOptions_initializer5;
@@ -1327,15 +1384,25 @@ static int mqtt_connect(void)
 	cc.cleanstart = 1;
 	cc.keepAliveInterval = 20;
 	cc.connectTimeout = 10;
-	cc.automaticReconnect = 1;
-	cc.minRetryInterval = 1;
-	cc.maxRetryInterval = 5;
+	/* Reconnects are driven by the main loop, not Paho's automatic
+	 * reconnect: Paho retries after 1 s, then 2 s, 4 s..., and a test
+	 * central that comes back seconds after the agents loses what they
+	 * publish meanwhile (a broker drops messages nobody subscribes to),
+	 * so later batches arrive before the dropped ones. */
+	cc.automaticReconnect = 0;
 	cc.onSuccess5 = on_connect_ok;
 	cc.onFailure5 = on_connect_fail;
+	pthread_mutex_lock(&g.lock);
+	g.connecting = 1;
+	pthread_mutex_unlock(&g.lock);
 	rc = MQTTAsync_connect(g.client, &cc);
-	if (rc != MQTTASYNC_SUCCESS)
+	if (rc != MQTTASYNC_SUCCESS) {
+		pthread_mutex_lock(&g.lock);
+		g.connecting = 0;
+		pthread_mutex_unlock(&g.lock);
 		log_at(LVL_WARN, "connect not started", "rc=%d err=\"%s\"", rc,
 		       MQTTAsync_strerror(rc));
+	}
 	return rc;
 }
 
@@ -1425,7 +1492,7 @@ static void inbound_drain(void)
 	list = g.in_head;
 	g.in_head = g.in_tail = NULL;
 	g.in_bytes = 0;
-	pthread_cond_broadcast(&g.space);
+	g.backlog_warned = 0;
 	pthread_mutex_unlock(&g.lock);
 	while ((in = list)) {
 		list = in->next;
@@ -1457,13 +1524,12 @@ static void stats_log(void)
 
 static int cmd_run_main(void)
 {
-	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
 	struct sigaction sa;
 	int64_t next_connect = 0, next_stats = mono_ms() + STATS_EVERY_MS;
 	uint64_t last_batches = 0, last_dropped = 0;
-	unsigned connect_failures = 0;
+	unsigned connect_failures = 0, attempts = 0;
 	int was_subscribed = 0;
-	int rc, exit_code = 1;
+	int exit_code = 1;
 
 	g.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (g.wake_fd < 0) {
@@ -1471,7 +1537,6 @@ static int cmd_run_main(void)
 		return 1;
 	}
 	pthread_mutex_init(&g.lock, NULL);
-	pthread_cond_init(&g.space, NULL);
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -1482,33 +1547,20 @@ static int cmd_run_main(void)
 	if (db_open(g.opt.db) != SQLITE_OK)
 		goto cleanup_fd;
 
-	rc = MQTTAsync_createWithOptions(&g.client, g.opt.broker, g.opt.client_id,
-					 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
-	if (rc != MQTTASYNC_SUCCESS) {
-		log_at(LVL_ERROR, "cannot create MQTT client", "broker=%s err=\"%s\"", g.opt.broker,
-		       MQTTAsync_strerror(rc));
-		g.client = NULL;
+	if (mqtt_client_create() != MQTTASYNC_SUCCESS)
 		goto cleanup_db;
-	}
-	if (MQTTAsync_setCallbacks(g.client, NULL, on_connection_lost, on_message, NULL) !=
-		    MQTTASYNC_SUCCESS ||
-	    MQTTAsync_setConnected(g.client, NULL, on_connected) != MQTTASYNC_SUCCESS) {
-		log_at(LVL_ERROR, "cannot set MQTT callbacks", NULL);
-		goto cleanup_client;
-	}
 	log_at(LVL_INFO, "starting", "broker=%s client_id=%s db=%s share=%s ack_window=%d",
 	       g.opt.broker, g.opt.client_id, g.opt.db, g.opt.share ? g.opt.share : "-",
 	       g.opt.ack_window);
-	if (mqtt_connect() != MQTTASYNC_SUCCESS)
-		next_connect = mono_ms() + 1000;
+	next_connect = mono_ms();
 
 	while (!g_stop) {
 		struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
 		uint64_t drained;
-		int failed, subscribe, subscribed, recv_max;
+		int failed, subscribe, subscribed, recv_max, idle;
 		char why[256], tls[512];
 
-		poll(&p, 1, g.ack_head ? 100 : 1000);
+		poll(&p, 1, g.ack_head || next_connect ? 50 : 250);
 		(void)!read(g.wake_fd, &drained, sizeof drained);
 
 		pthread_mutex_lock(&g.lock);
@@ -1519,6 +1571,7 @@ static int cmd_run_main(void)
 			g.need_subscribe = 0;
 		subscribed = g.subscribed;
 		recv_max = g.recv_max;
+		idle = !g.connected && !g.connecting;
 		memcpy(why, g.connect_why, sizeof why);
 		memcpy(tls, g.tls_err, sizeof tls);
 		pthread_mutex_unlock(&g.lock);
@@ -1526,27 +1579,38 @@ static int cmd_run_main(void)
 		if (failed) {
 			char q1[300], q2[600];
 
-			/* Paho's automatic reconnect only covers a connection that
-			 * once succeeded; the first one is retried here. */
-			if (connect_failures++ % 30 == 0)
-				log_at(LVL_WARN, "connect failed; retrying every second",
-				       "broker=%s why=%s tls=%s attempts=%u", g.opt.broker,
-				       lq(q1, sizeof q1, why), lq(q2, sizeof q2, tls), connect_failures);
-			next_connect = mono_ms() + 1000;
+			if (connect_failures++ % 40 == 0)
+				log_at(LVL_WARN, "connect failed; retrying",
+				       "broker=%s why=%s tls=%s attempts=%u every_ms=%d", g.opt.broker,
+				       lq(q1, sizeof q1, why), lq(q2, sizeof q2, tls), connect_failures,
+				       RECONNECT_EVERY_MS);
+			next_connect = mono_ms() + RECONNECT_EVERY_MS;
 		}
-		if (next_connect && mono_ms() >= next_connect) {
-			next_connect = 0;
-			if (mqtt_connect() != MQTTASYNC_SUCCESS)
-				next_connect = mono_ms() + 1000;
+		if (idle && !next_connect)
+			next_connect = mono_ms(); /* connection lost: at once */
+		if (subscribed)
+			connect_failures = 0;
+		if (idle && next_connect && mono_ms() >= next_connect) {
+			next_connect = mono_ms() + RECONNECT_EVERY_MS; /* unless it starts */
+			if (attempts++ > 0) {
+				mqtt_client_destroy();
+				if (mqtt_client_create() != MQTTASYNC_SUCCESS)
+					continue;
+			}
+			if (mqtt_connect() == MQTTASYNC_SUCCESS)
+				next_connect = 0;
 		}
 		if (subscribe)
 			mqtt_subscribe();
-		if (subscribed && !was_subscribed)
+		if (subscribed && !was_subscribed) {
+			int nodelay = tcp_nodelay_all(); /* the socket is new on each connect */
+
 			log_at(LVL_INFO, "subscribed", "receive_maximum=%d ack_window=%d tcp_nodelay=%d",
 			       recv_max,
 			       recv_max > 0 && recv_max < g.opt.ack_window ? recv_max
 									: g.opt.ack_window,
-			       tcp_nodelay_all());
+			       nodelay);
+		}
 		was_subscribed = subscribed;
 		if (subscribed && !g.ready_written) {
 			g.ready_written = 1;
@@ -1591,11 +1655,7 @@ static int cmd_run_main(void)
 			acks_flush();
 		}
 	}
-	pthread_mutex_lock(&g.lock);
-	g.stopping = 1; /* on_message must not wait for space any more */
-	pthread_cond_broadcast(&g.space);
-	pthread_mutex_unlock(&g.lock);
-	if (MQTTAsync_isConnected(g.client)) {
+	if (g.client && MQTTAsync_isConnected(g.client)) {
 		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
 
 		d.timeout = 1000;
@@ -1610,8 +1670,7 @@ static int cmd_run_main(void)
 	stats_log();
 	exit_code = 0;
 
-cleanup_client:
-	MQTTAsync_destroy(&g.client);
+	mqtt_client_destroy();
 	while (g.ack_head)
 		ack_pop();
 cleanup_db:
