@@ -248,6 +248,7 @@ struct run_opts {
 struct stmts {
 	sqlite3_stmt *begin, *commit, *rollback;
 	sqlite3_stmt *ins_event, *sel_id, *ins_conflict, *ins_rejected, *upsert_device, *add_stat;
+	sqlite3_stmt *sel_contig, *ins_gap;
 };
 
 struct counters {
@@ -335,7 +336,14 @@ static const char schema_sql[] =
 	" batches INTEGER NOT NULL, stored INTEGER NOT NULL, duplicates INTEGER NOT NULL,"
 	" conflicts INTEGER NOT NULL, rejected INTEGER NOT NULL, unackable INTEGER NOT NULL,"
 	" first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,"
+	/* every seq <= contiguous is settled (stored, rejected or jumped) */
+	" contiguous INTEGER NOT NULL DEFAULT 0,"
 	" PRIMARY KEY(tenant, store, device));"
+	/* Seqs a device says were acknowledged (its batch "base") that this
+	 * database does not hold: a restored or replaced central database. */
+	"CREATE TABLE IF NOT EXISTS gaps("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL,"
+	" from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL, noticed_ms INTEGER NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS stats(key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
 
 static int db_exec(const char *sql)
@@ -366,7 +374,8 @@ static void db_close(void)
 {
 	sqlite3_stmt **all[] = { &g.st.begin,        &g.st.commit,        &g.st.rollback,
 				 &g.st.ins_event,    &g.st.sel_id,        &g.st.ins_conflict,
-				 &g.st.ins_rejected, &g.st.upsert_device, &g.st.add_stat };
+				 &g.st.ins_rejected, &g.st.upsert_device, &g.st.add_stat,
+				 &g.st.sel_contig,   &g.st.ins_gap };
 	size_t i;
 
 	for (i = 0; i < sizeof all / sizeof all[0]; i++) {
@@ -437,13 +446,18 @@ static int db_open(const char *path)
 			     "copies=copies+1, reason=excluded.reason, last_ms=excluded.last_ms")) ||
 	    (rc = db_prepare(&g.st.upsert_device,
 			     "INSERT INTO devices(tenant,store,device,batches,stored,duplicates,"
-			     "conflicts,rejected,unackable,first_ms,last_ms) "
-			     "VALUES(?,?,?,1,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+			     "conflicts,rejected,unackable,first_ms,last_ms,contiguous) "
+			     "VALUES(?,?,?,1,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+			     "contiguous=max(contiguous, excluded.contiguous), "
 			     "batches=batches+1, stored=stored+excluded.stored,"
 			     " duplicates=duplicates+excluded.duplicates,"
 			     " conflicts=conflicts+excluded.conflicts,"
 			     " rejected=rejected+excluded.rejected,"
 			     " unackable=unackable+excluded.unackable, last_ms=excluded.last_ms")) ||
+	    (rc = db_prepare(&g.st.sel_contig,
+			     "SELECT contiguous FROM devices WHERE tenant=? AND store=? AND device=?")) ||
+	    (rc = db_prepare(&g.st.ins_gap,
+			     "INSERT INTO gaps(tenant,store,device,from_seq,to_seq,noticed_ms) VALUES(?,?,?,?,?,?)")) ||
 	    (rc = db_prepare(&g.st.add_stat,
 			     "INSERT INTO stats(key,value) VALUES(?,?) ON CONFLICT DO UPDATE SET "
 			     "value=value+excluded.value")))
@@ -777,10 +791,10 @@ struct rejection {
 
 static void ack_queue(char *topic, struct sbuf *payload);
 
-/* Ack: {"v":1,"batch":...,"acked":[[first,last],...],"rejected":[...]} with
- * consecutive seqs compressed into ranges. */
+/* Ack: {"v":1,"batch":...,"acked":[[first,last],...],"rejected":[...]
+ * [,"resend_from":N]} with consecutive seqs compressed into ranges. */
 static void ack_build(const struct ident *id, const char *batch, int64_t *acked, size_t na,
-		      const struct rejection *rej, size_t nr)
+		      const struct rejection *rej, size_t nr, int64_t resend_from)
 {
 	struct sbuf b = { 0 };
 	char topic[3 * IDENT_MAX + 32];
@@ -804,7 +818,10 @@ static void ack_build(const struct ident *id, const char *batch, int64_t *acked,
 		sb_json_str(&b, rej[i].reason);
 		sb_add(&b, "}");
 	}
-	sb_add(&b, "]}");
+	sb_add(&b, "]");
+	if (resend_from > 0)
+		sb_add(&b, ",\"resend_from\":%" PRId64, resend_from);
+	sb_add(&b, "}");
 	if (b.oom) {
 		free(b.p);
 		log_at(LVL_ERROR, "out of memory building ack", NULL);
@@ -850,6 +867,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	size_t na = 0, nr = 0, n, idx = 0;
 	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0;
 	int64_t now = wall_ms();
+	int64_t contiguous = 0, base = 0, resend_from = 0;
 	int in_tx = 0;
 	char q1[200], q2[200];
 
@@ -892,6 +910,36 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	if (db_step(g.st.begin) != SQLITE_OK)
 		goto cleanup;
 	in_tx = 1;
+
+	/* In-order commit (docs/protocol.md, "Ordering"): everything up to
+	 * `contiguous` is settled; a hole stops the batch and asks for a resend. */
+	{
+		sqlite3_stmt *s = g.st.sel_contig;
+		sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			contiguous = sqlite3_column_int64(s, 0);
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+	}
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(root, "base"), &base) == 0 && base > contiguous + 1) {
+		/* The device deleted these because a central acknowledged them;
+		 * this database does not have them. Never wait for them. */
+		sqlite3_stmt *s = g.st.ins_gap;
+		sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 4, contiguous + 1);
+		sqlite3_bind_int64(s, 5, base - 1);
+		sqlite3_bind_int64(s, 6, now);
+		if (db_step(s) != SQLITE_OK)
+			goto cleanup;
+		log_at(LVL_WARN, "device reports acknowledged events this database does not hold",
+		       "tenant=%s store=%s device=%s from_seq=%" PRId64 " to_seq=%" PRId64, id.tenant, id.store,
+		       id.device, contiguous + 1, base - 1);
+		contiguous = base - 1;
+	}
 	cJSON_ArrayForEach(ev, events)
 	{
 		struct event_view ve;
@@ -912,6 +960,13 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			continue;
 		}
 		ve.seq = seq;
+		if (seq > contiguous + 1) {
+			/* A hole before this event: store nothing past it. */
+			resend_from = contiguous + 1;
+			break;
+		}
+		if (seq == contiguous + 1)
+			contiguous = seq;
 		if (event_validate(ev, &ve, reason, sizeof reason) != 0) {
 			if (reject_store(&id, seq, reason, ev, now) != SQLITE_OK)
 				goto cleanup;
@@ -954,6 +1009,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		sqlite3_bind_int64(s, 8, (int64_t)n_unackable);
 		sqlite3_bind_int64(s, 9, now);
 		sqlite3_bind_int64(s, 10, now);
+		sqlite3_bind_int64(s, 11, contiguous);
 		if (db_step(s) != SQLITE_OK)
 			goto cleanup;
 	}
@@ -974,7 +1030,11 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	       " conflicts=%" PRIu64 " rejected=%zu",
 	       id.tenant, id.store, id.device, lq(q1, sizeof q1, batch->valuestring), n, n_new,
 	       n_dup, n_conf, nr);
-	ack_build(&id, batch->valuestring, acked, na, rej, nr);
+	if (resend_from)
+		log_at(LVL_INFO, "hole before this batch; asking for a resend",
+		       "tenant=%s store=%s device=%s batch=%s resend_from=%" PRId64, id.tenant, id.store, id.device,
+		       lq(q1, sizeof q1, batch->valuestring), resend_from);
+	ack_build(&id, batch->valuestring, acked, na, rej, nr, resend_from);
 
 cleanup:
 	if (in_tx) {

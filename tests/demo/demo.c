@@ -173,7 +173,7 @@ int main(int argc, char **argv)
 	sqlite3 *db;
 	sqlite3_stmt *st;
 	sqlite3_open_v2(cdb, &db, SQLITE_OPEN_READONLY, NULL);
-	sqlite3_prepare_v2(db, "SELECT id FROM events WHERE device='pos-01' AND seq=?", -1, &st, NULL);
+	sqlite3_prepare_v2(db, "SELECT id FROM events WHERE tenant='acme' AND store='london-01' AND device='pos-01' AND seq=?", -1, &st, NULL);
 	for (char *l = rc_text ? strtok(rc_text, "\n") : NULL; l; l = strtok(NULL, "\n")) {
 		long long seq;
 		char id[64];
