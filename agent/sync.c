@@ -368,7 +368,8 @@ static void handle_mqtt(struct sync *s)
 			/* Paho's generic words explain nothing; the first failure of
 			 * a streak (and every 20th) gets a diagnosis by mbedTLS. */
 			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0) {
-				tlsprobe__diagnose(s->cfg->broker_uri, s->cfg->ca_file, 3000, why, sizeof(why));
+				tlsprobe__diagnose(s->cfg->broker_uri, s->cfg->ca_file, s->cfg->cert_file, s->cfg->key_file, 3000,
+						   why, sizeof(why));
 				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s diagnosis=%s",
 				    s->cfg->broker_uri, log__q(q, sizeof(q), e->text), log__q(q2, sizeof(q2), why));
 			} else {

@@ -4,7 +4,10 @@
 
 #include "platform.h"
 
+#include <arpa/inet.h>
+#include <mbedtls/asn1.h>
 #include <mbedtls/ctr_drbg.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/ssl.h>
@@ -16,6 +19,50 @@ static int rng(void *ctx, unsigned char *buf, size_t n)
 {
 	(void)ctx;
 	return platform__random(buf, n) == 0 ? 0 : MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
+}
+
+/* Does the certificate list this IP address (binary, 4 or 16 bytes) as an
+ * iPAddress subjectAltName? mbedTLS 2.28 neither matches nor even lists
+ * iPAddress SANs, so walk the extension's DER:
+ * Extensions ::= SEQUENCE OF { extnID OID, critical BOOLEAN OPTIONAL, extnValue OCTET STRING }
+ * SAN ::= SEQUENCE OF GeneralName, iPAddress = [7] IMPLICIT OCTET STRING. */
+static int cert_has_ip(const mbedtls_x509_crt *crt, const unsigned char *ip, size_t iplen)
+{
+	unsigned char *p = crt->v3_ext.p, *end = p + crt->v3_ext.len;
+	size_t len;
+	if (!p || mbedtls_asn1_get_tag(&p, end, &len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
+		return 0;
+	while (p < end) {
+		unsigned char *ext_end;
+		mbedtls_asn1_buf oid;
+		int critical = 0;
+		if (mbedtls_asn1_get_tag(&p, end, &len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
+			return 0;
+		ext_end = p + len;
+		if (mbedtls_asn1_get_tag(&p, ext_end, &oid.len, MBEDTLS_ASN1_OID) != 0)
+			return 0;
+		oid.p = p;
+		p += oid.len;
+		(void)mbedtls_asn1_get_bool(&p, ext_end, &critical);
+		if (mbedtls_asn1_get_tag(&p, ext_end, &len, MBEDTLS_ASN1_OCTET_STRING) != 0)
+			return 0;
+		if (MBEDTLS_OID_CMP(MBEDTLS_OID_SUBJECT_ALT_NAME, &oid) == 0) {
+			unsigned char *q = p, *san_end = p + len;
+			size_t n;
+			if (mbedtls_asn1_get_tag(&q, san_end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
+				return 0;
+			while (q < san_end) {
+				unsigned char tag = *q++;
+				if (mbedtls_asn1_get_len(&q, san_end, &n) != 0)
+					return 0;
+				if (tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && n == iplen && memcmp(q, ip, iplen) == 0)
+					return 1;
+				q += n;
+			}
+		}
+		p = ext_end;
+	}
+	return 0;
 }
 
 /* Split "ssl://host:port" (IPv6 "[::1]:port" too). */
@@ -46,14 +93,18 @@ static int split_uri(const char *uri, char *host, size_t hn, char *port, size_t 
 	return 0;
 }
 
-int tlsprobe__diagnose(const char *uri, const char *ca_file, int timeout_ms, char *out, size_t n)
+int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_file, const char *key_file,
+		       int timeout_ms, char *out, size_t n)
 {
 	char host[256], port[16], err[160];
 	int tls = 0, rc, found = 1;
 	mbedtls_net_context net;
 	mbedtls_ssl_context ssl;
 	mbedtls_ssl_config conf;
-	mbedtls_x509_crt ca;
+	mbedtls_x509_crt ca, own;
+	mbedtls_pk_context key;
+	unsigned char ip[16];
+	size_t iplen = 0;
 
 	if (split_uri(uri, host, sizeof(host), port, sizeof(port), &tls) != 0) {
 		snprintf(out, n, "cannot parse broker URI %s", uri);
@@ -63,6 +114,12 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, int timeout_ms, cha
 	mbedtls_ssl_init(&ssl);
 	mbedtls_ssl_config_init(&conf);
 	mbedtls_x509_crt_init(&ca);
+	mbedtls_x509_crt_init(&own);
+	mbedtls_pk_init(&key);
+	if (inet_pton(AF_INET, host, ip) == 1)
+		iplen = 4;
+	else if (inet_pton(AF_INET6, host, ip) == 1)
+		iplen = 16;
 
 	if ((rc = mbedtls_net_connect(&net, host, port, MBEDTLS_NET_PROTO_TCP)) != 0) {
 		snprintf(out, n, "TCP connect to %s:%s failed (%s): broker down, wrong address, or blocked",
@@ -84,17 +141,34 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, int timeout_ms, cha
 	mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
 	mbedtls_ssl_conf_rng(&conf, rng, NULL);
 	mbedtls_ssl_conf_read_timeout(&conf, (uint32_t)timeout_ms);
-	if (mbedtls_ssl_setup(&ssl, &conf) != 0 || mbedtls_ssl_set_hostname(&ssl, host) != 0) {
+	if (cert_file && key_file) {
+		if ((rc = mbedtls_x509_crt_parse_file(&own, cert_file)) != 0 ||
+		    (rc = mbedtls_pk_parse_keyfile(&key, key_file, NULL)) != 0 ||
+		    (rc = mbedtls_ssl_conf_own_cert(&conf, &own, &key)) != 0) {
+			mbedtls_strerror(rc, err, sizeof(err));
+			snprintf(out, n, "cannot load the client certificate %s / key %s: %s", cert_file, key_file, err);
+			goto cleanup;
+		}
+	}
+	/* Host names are checked by mbedTLS; IP addresses by cert_has_ip()
+	 * after the handshake (mbedTLS 2.28 cannot match them). */
+	if (mbedtls_ssl_setup(&ssl, &conf) != 0 || (!iplen && mbedtls_ssl_set_hostname(&ssl, host) != 0)) {
 		snprintf(out, n, "TLS probe setup failed");
 		goto cleanup;
 	}
 	mbedtls_ssl_set_bio(&ssl, &net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
 	while ((rc = mbedtls_ssl_handshake(&ssl)) == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		;
-	if (rc == 0) {
-		snprintf(out, n, "TLS to %s:%s verifies with this CA and host name; the failure is elsewhere (client certificate, MQTT)",
+	if (rc == 0 && iplen && !cert_has_ip(mbedtls_ssl_get_peer_cert(&ssl), ip, iplen)) {
+		snprintf(out, n, "server certificate of %s:%s rejected: it does not list the IP address %s (host name mismatch: the broker's certificate does not name this host)",
+			 host, port, host);
+	} else if (rc == 0) {
+		snprintf(out, n, "TLS to %s:%s verifies with this CA, host name and client certificate; the failure is at the MQTT level",
 			 host, port);
 		found = 0;
+	} else if (ssl.client_auth && !(cert_file && key_file)) {
+		/* 2.x exposes the flag set by the server's CertificateRequest. */
+		snprintf(out, n, "the broker %s:%s requires a client certificate (set broker.cert_file and broker.key_file)", host, port);
 	} else if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
 		char info[256];
 		uint32_t flags = mbedtls_ssl_get_verify_result(&ssl);
@@ -114,6 +188,8 @@ cleanup:
 	mbedtls_ssl_free(&ssl);
 	mbedtls_ssl_config_free(&conf);
 	mbedtls_x509_crt_free(&ca);
+	mbedtls_x509_crt_free(&own);
+	mbedtls_pk_free(&key);
 	mbedtls_net_free(&net);
 	return found;
 }

@@ -5,7 +5,8 @@
  * silently), which tells a store's IT nothing. After such a failure the sync
  * loop calls this once per streak: a TCP connect and a TLS handshake with
  * mbedTLS against the same CA and host name, whose verification flags say
- * exactly what is wrong. Blocking, bounded by timeout_ms.
+ * exactly what is wrong. Blocking, bounded by timeout_ms. cert_file and
+ * key_file (both or neither) are the device's client certificate.
  */
 #ifndef SCRM_TLSPROBE_H
 #define SCRM_TLSPROBE_H
@@ -17,6 +18,7 @@
  * The certificate Common Name (CN) does not match with the expected CN").
  * Returns 0 if the probe itself succeeded end to end (then the failure lies
  * elsewhere, e.g. MQTT-level), 1 if it found a reason. */
-int tlsprobe__diagnose(const char *uri, const char *ca_file, int timeout_ms, char *out, size_t n);
+int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_file, const char *key_file,
+		       int timeout_ms, char *out, size_t n);
 
 #endif

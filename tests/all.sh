@@ -70,16 +70,15 @@ for s in $STAGES; do
     fuzz)
       note "fuzz: libFuzzer, ${SCRM_FUZZ_SECONDS:-20} s per harness"
       t0=$(date +%s)
-      if out=$(tests/fuzz/run-fuzz.sh "${SCRM_FUZZ_SECONDS:-20}" 2>&1); then
-        n=$(grep -c "^fuzz .* ok" <<<"$out" || true)
-        passed=$((passed + n)); summary+=("fuzz: $n harnesses clean ($(( $(date +%s) - t0 )) s)")
-      else
-        echo "$out" | tail -n 40
-        n_ok=$(grep -c "^fuzz .* ok" <<<"$out" || true); n_bad=$(grep -c "^fuzz .* FAILED" <<<"$out" || true)
-        [ "$n_bad" -eq 0 ] && n_bad=1
-        passed=$((passed + n_ok)); failed=$((failed + n_bad)); summary+=("fuzz: $n_bad FAILED")
-      fi
-      echo "$out" | grep "^fuzz " || true
+      out=$(tests/fuzz/run-fuzz.sh "${SCRM_FUZZ_SECONDS:-20}" 2>&1); rc=$?
+      # Summary lines: "<harness>  <n> execs  exit <rc>  artifacts <n>"
+      n_ok=$(grep -cE "execs +exit 0 +artifacts 0$" <<<"$out" || true)
+      n_all=$(grep -cE "execs +exit [0-9]+ +artifacts [0-9]+$" <<<"$out" || true)
+      n_bad=$((n_all - n_ok))
+      if [ "$rc" -ne 0 ] && [ "$n_bad" -eq 0 ]; then n_bad=1; echo "$out" | tail -n 30; fi
+      passed=$((passed + n_ok)); failed=$((failed + n_bad))
+      summary+=("fuzz: $n_ok passed, $n_bad failed ($(( $(date +%s) - t0 )) s)")
+      grep -E "execs +exit" <<<"$out" || true
       ;;
     *) run_preset "$s" ;;
   esac

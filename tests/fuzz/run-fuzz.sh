@@ -40,6 +40,8 @@ summary=""
 for h in $harnesses; do
 	work="$build/tests/fuzz/work/$h"
 	mkdir -p "$work/corpus" "$work/artifacts"
+	# Artifacts are this run's findings: clear the previous run's.
+	rm -f "$work/artifacts/"*
 	dict=""
 	[ -f "$here/$h.dict" ] && dict="-dict=$here/$h.dict"
 	echo "== fuzz_$h for ${secs}s"

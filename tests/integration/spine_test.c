@@ -34,6 +34,7 @@ struct env {
 	char store[512], central_db[512], agent_cfg[512], agent_log[512], central_log[512];
 	th_broker *broker;
 	int port;
+	int mtls; /* broker requires client certificates */
 	pid_t agent, central;
 };
 
@@ -107,7 +108,7 @@ static int start_agent(struct env *e)
 
 static int start_broker(struct env *e, const char *cert)
 {
-	e->broker = th_broker_start(e->dir, e->port, cert, 0);
+	e->broker = th_broker_start(e->dir, e->port, cert, e->mtls);
 	CHECK(e->broker, "broker start");
 	return 0;
 }
@@ -119,8 +120,12 @@ static int start_central(struct env *e)
 	snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", e->port);
 	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
 	unlink(ready);
+	char cert[600], key[600];
+	snprintf(cert, sizeof(cert), "%s/central.crt", e->dir);
+	snprintf(key, sizeof(key), "%s/central.key", e->dir);
 	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", uri, "--ca", ca, "--db", e->central_db,
-			      "--share", "scrm-central", "--ready-file", ready, NULL};
+			      "--share", "scrm-central", "--ready-file", ready,
+			      e->mtls ? "--cert" : NULL, cert, "--key", key, NULL};
 	e->central = th_spawn_target(argv, e->central_log);
 	CHECK(e->central > 0, "spawn central");
 	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
@@ -500,6 +505,32 @@ static int t_retail_replay(struct env *e)
 	return 0;
 }
 
+/* Mutual TLS: without its certificate the device is refused and keeps
+ * every event; with it, everything arrives once. */
+static int t_mutual_tls(struct env *e)
+{
+	char rc_path[600], extra[1300];
+	e->mtls = 1;
+	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
+	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_central(e))
+		return -1;
+	if (capture(e, 100, "M", rc_path) || start_agent(e))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * scale) == 0,
+	      "an agent without a client certificate was not refused");
+	CHECK(th_wait_log(e->agent_log, "requires a client certificate", 5000) == 0,
+	      "the refusal does not say that a client certificate is required");
+	th_stop(e->agent, 5000);
+	e->agent = 0;
+	CHECK(pending(e) == 100, "outbox has %" PRId64 " pending after the refusal, expected 100", pending(e));
+	snprintf(extra, sizeof(extra), ", \"cert_file\": \"%s/client.crt\", \"key_file\": \"%s/client.key\"", e->dir, e->dir);
+	if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+		return -1;
+	if (wait_delivered(e, 100, 60) || check_exactly_once(e, 100))
+		return -1;
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct env *);
@@ -507,7 +538,7 @@ static const struct {
 	{"offline_10k", t_offline_10k},     {"broker_restart", t_broker_restart}, {"broker_crash", t_broker_crash},
 	{"agent_kill9", t_agent_kill9},     {"capture_kill9", t_capture_kill9},   {"wrong_ca", t_wrong_ca},
 	{"wrong_host", t_wrong_host},       {"plaintext_refused", t_plaintext_refused},
-	{"retail_replay", t_retail_replay},
+	{"retail_replay", t_retail_replay}, {"mutual_tls", t_mutual_tls},
 };
 
 int main(int argc, char **argv)
