@@ -87,14 +87,15 @@ static void teardown(struct env *e)
 
 static int write_agent_cfg(struct env *e, const char *ca, const char *extra_broker)
 {
-	char cfg[2048];
-	snprintf(cfg, sizeof(cfg),
+	char cfg[8192];
+	int n = snprintf(cfg, sizeof(cfg),
 		 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
 		 "  \"store_dir\": \"%s\",\n"
 		 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s/%s\"%s},\n"
 		 "  \"sync\": {\"ack_timeout_ms\": %d, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
 		 "  \"log\": {\"level\": \"info\"}\n}\n",
 		 DEVICE, e->store, e->port, e->dir, ca, extra_broker ? extra_broker : "", 10000 * scale);
+	CHECK(n > 0 && (size_t)n < sizeof(cfg), "agent config too long");
 	return th_write_file(e->agent_cfg, cfg);
 }
 
