@@ -431,7 +431,7 @@ static int open_signals(void)
 int sync__run(const config *cfg)
 {
 	struct sync s;
-	int rc = 1, sig_fd = -1, note_fd = -1, net_fd = -1;
+	int rc = 1, sig_fd = -1, note_fd = -1, net_fd = -1, lock_fd = -1;
 	char *password = NULL;
 
 	memset(&s, 0, sizeof(s));
@@ -442,6 +442,20 @@ int sync__run(const config *cfg)
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
 	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
 
+	{
+		/* One daemon per store: a second would steal the commit
+		 * notifications and send every event twice. */
+		char lock[4200];
+		snprintf(lock, sizeof(lock), "%s/agent.lock", cfg->store_dir);
+		platform__mkdirs(cfg->store_dir, 0700);
+		lock_fd = platform__lock_file(lock);
+		if (lock_fd < 0) {
+			LOG(LOG_ERROR, "sync", lock_fd == -EWOULDBLOCK ? "another scrm-agent is already running on this store"
+								       : "cannot lock the store",
+			    "lock=%s err=\"%s\"", lock, strerror(-lock_fd));
+			goto cleanup;
+		}
+	}
 	if (outbox__open(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
 		char q[600];
 		LOG(LOG_ERROR, "sync", "cannot open the outbox", "dir=%s err=%s", cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
@@ -578,6 +592,8 @@ cleanup:
 	}
 	if (net_fd >= 0)
 		close(net_fd);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	free(password);
 	sbuf__free(&s.buf);
 	return rc;

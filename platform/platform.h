@@ -42,6 +42,12 @@ int platform__write_atomic(const char *path, const void *data, size_t len,
 /* Read a whole file (max bytes); *out malloc'd and NUL-terminated. */
 int platform__read_file(const char *path, size_t max, char **out,
 			size_t *len);
+/* Take an exclusive, non-blocking lock on `path` (created 0600) for the
+ * life of the process: returns the fd holding it, -EWOULDBLOCK if another
+ * process holds it, or -errno. The kernel drops it when the process dies,
+ * kill -9 included, so a crash never leaves a stale lock. */
+int platform__lock_file(const char *path);
+
 /* Free bytes available to this process on the filesystem holding path. */
 int platform__disk_free(const char *path, int64_t *bytes);
 

@@ -300,6 +300,17 @@ static int t_offline_10k(struct env *e)
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
 	if (write_agent_cfg(e, "ca.crt", NULL) || start_agent(e))
 		return -1;
+	/* One daemon per store: a second one must refuse, not double-send. */
+	{
+		char log2[600];
+		snprintf(log2, sizeof(log2), "%s/agent2.log", e->dir);
+		CHECK(th_wait_log(e->agent_log, "msg=\"started\"", 20000 * scale) == 0, "agent did not start");
+		const char *argv2[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
+		int rc2 = th_run_target(argv2, log2, 30000 * scale);
+		CHECK(rc2 == 1, "a second scrm-agent on the same store exited %d, expected 1", rc2);
+		CHECK(th_wait_log(log2, "another scrm-agent is already running on this store", 100) == 0,
+		      "the second agent does not say why it refused");
+	}
 	if (capture(e, 10000, "OFF", rc_path))
 		return -1;
 	CHECK(pending(e) == 10000, "outbox should hold 10000 before the broker is up, has %" PRId64, pending(e));
