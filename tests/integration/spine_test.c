@@ -202,26 +202,27 @@ static int central_seen(struct env *e, struct seen *s)
 	return central_seen_ex(e, s, 0);
 }
 
-static int64_t pending(struct env *e)
+/* The outbox's figures, as scrmctl status shows them; -1s if unreadable. */
+static scrm_outbox_stats outbox_stats(struct env *e)
 {
 	scrm_store *st;
-	scrm_outbox_stats s;
-	if (scrm_store_open(e->store, NULL, &st) != SCRM_OK)
-		return -1;
-	int rc = scrm_outbox_get_stats(st, &s);
-	scrm_store_close(st);
-	return rc == SCRM_OK ? s.pending : -1;
+	scrm_outbox_stats s = {.pending = -1, .last_seq = -1};
+	if (scrm_store_open(e->store, NULL, &st) == SCRM_OK) {
+		if (scrm_outbox_get_stats(st, &s) != SCRM_OK)
+			s.pending = s.last_seq = -1;
+		scrm_store_close(st);
+	}
+	return s;
+}
+
+static int64_t pending(struct env *e)
+{
+	return outbox_stats(e).pending;
 }
 
 static int64_t last_seq(struct env *e)
 {
-	scrm_store *st;
-	scrm_outbox_stats s;
-	if (scrm_store_open(e->store, NULL, &st) != SCRM_OK)
-		return -1;
-	int rc = scrm_outbox_get_stats(st, &s);
-	scrm_store_close(st);
-	return rc == SCRM_OK ? s.last_seq : -1;
+	return outbox_stats(e).last_seq;
 }
 
 /* Wait until central holds `n` events and the outbox is empty. */
