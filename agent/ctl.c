@@ -7,6 +7,7 @@
  */
 #include <scrm/scrm.h>
 
+#include "cli.h"
 #include "platform.h"
 
 #include <errno.h>
@@ -131,33 +132,13 @@ static int record_one(scrm_store *st, const struct opts *o, const char *text, si
 	return 0;
 }
 
-static int cmd_record(struct opts *o, int argc, char **argv)
+static int cmd_record(struct opts *o, const char *path)
 {
-	const char *path = NULL;
 	char *text = NULL;
 	size_t len = 0;
 	scrm_store *st = NULL;
 	int failed = 0;
 
-	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			usage_record(stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--json") == 0) {
-			o->json = 1;
-		} else if (strcmp(argv[i], "--lines") == 0) {
-			o->lines = 1;
-		} else if (argv[i][0] == '-' && argv[i][1]) {
-			fprintf(stderr, "scrmctl: record: unknown option '%s'\n", argv[i]);
-			usage_record(stderr);
-			return 2;
-		} else if (!path) {
-			path = argv[i];
-		} else {
-			fprintf(stderr, "scrmctl: record: one input file at most\n");
-			return 2;
-		}
-	}
 	if (read_input(path, &text, &len))
 		return 1;
 	if (open_store(o, &st) != SCRM_OK) {
@@ -167,41 +148,21 @@ static int cmd_record(struct opts *o, int argc, char **argv)
 	if (!o->lines) {
 		failed = record_one(st, o, text, len, 0);
 	} else {
+		const char *p = text, *line;
+		size_t n;
 		long ln = 0;
-		char *p = text, *end = text + len;
-		while (p < end) {
-			char *nl = memchr(p, '\n', (size_t)(end - p));
-			size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-			ln++;
-			size_t k = 0;
-			while (k < n && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r'))
-				k++;
-			if (k < n)
-				failed |= record_one(st, o, p, n, ln);
-			p += n + 1;
-		}
+		while (cli__next_line(&p, text + len, &line, &n, &ln))
+			failed |= record_one(st, o, line, n, ln);
 	}
 	scrm_store_close(st);
 	free(text);
 	return failed ? 1 : 0;
 }
 
-static int cmd_status(struct opts *o, int argc, char **argv)
+static int cmd_status(struct opts *o)
 {
 	scrm_store *st = NULL;
 	scrm_outbox_stats s;
-	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			usage_status(stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--json") == 0) {
-			o->json = 1;
-		} else {
-			fprintf(stderr, "scrmctl: status: unknown argument '%s'\n", argv[i]);
-			usage_status(stderr);
-			return 2;
-		}
-	}
 	if (open_store(o, &st) != SCRM_OK)
 		return 1;
 	int rc = scrm_outbox_get_stats(st, &s);
@@ -243,46 +204,36 @@ static int cmd_status(struct opts *o, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.store = getenv("SCRM_STORE"), .device = NULL};
-	int i = 1;
-	if (!o.store || !*o.store)
-		o.store = "/var/lib/scrm";
-	for (; i < argc && argv[i][0] == '-'; i++) {
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			usage_main(stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--version") == 0) {
-			printf("scrmctl %s\n", scrm_version());
-			return 0;
-		} else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
-			o.store = argv[++i];
-		} else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
-			o.device = argv[++i];
-		} else {
-			fprintf(stderr, "scrmctl: unknown or incomplete option '%s'\n", argv[i]);
-			usage_main(stderr);
-			return 2;
-		}
-	}
-	if (i >= argc) {
-		usage_main(stderr);
+	cli__args a;
+	char err[200];
+	if (cli__parse(argc, argv, &a, err, sizeof(err)) != 0) {
+		fprintf(stderr, "scrmctl: %s\nTry 'scrmctl --help'.\n", err);
 		return 2;
 	}
-	const char *cmd = argv[i++];
-	if (strcmp(cmd, "record") == 0)
-		return cmd_record(&o, argc - i, argv + i);
-	if (strcmp(cmd, "status") == 0)
-		return cmd_status(&o, argc - i, argv + i);
-	if (strcmp(cmd, "help") == 0) {
-		if (i < argc && strcmp(argv[i], "record") == 0)
+	struct opts o = {.store = a.store, .device = a.device, .json = a.json, .lines = a.lines};
+	if (!o.store)
+		o.store = getenv("SCRM_STORE");
+	if (!o.store || !*o.store)
+		o.store = "/var/lib/scrm";
+	switch (a.cmd) {
+	case CLI_VERSION:
+		printf("scrmctl %s\n", scrm_version());
+		return 0;
+	case CLI_HELP:
+		if (strcmp(a.topic, "record") == 0)
 			usage_record(stdout);
-		else if (i < argc && strcmp(argv[i], "status") == 0)
+		else if (strcmp(a.topic, "status") == 0)
 			usage_status(stdout);
 		else
 			usage_main(stdout);
 		return 0;
+	case CLI_RECORD:
+		return cmd_record(&o, a.path);
+	case CLI_STATUS:
+		return cmd_status(&o);
+	case CLI_NONE:
+		break;
 	}
-	fprintf(stderr, "scrmctl: unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return 2;
 }

@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cli: scrmctl's command-line and JSON Lines parsing (see cli.h). */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int usage_err(char *err, size_t n, const char *fmt, const char *arg)
+{
+	snprintf(err, n, fmt, arg ? arg : "");
+	return 2;
+}
+
+int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
+{
+	int i = 1;
+	memset(a, 0, sizeof(*a));
+	if (n)
+		err[0] = '\0';
+	for (; i < argc && argv[i] && argv[i][0] == '-'; i++) {
+		const char *o = argv[i];
+		if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+			a->cmd = CLI_HELP;
+			a->topic = "";
+			return 0;
+		} else if (strcmp(o, "--version") == 0) {
+			a->cmd = CLI_VERSION;
+			return 0;
+		} else if (strcmp(o, "--store") == 0 || strcmp(o, "--device") == 0) {
+			if (i + 1 >= argc || !argv[i + 1] || !argv[i + 1][0])
+				return usage_err(err, n, "%s: needs a value", o);
+			if (o[2] == 's')
+				a->store = argv[++i];
+			else
+				a->device = argv[++i];
+		} else {
+			return usage_err(err, n, "unknown option '%.64s'", o);
+		}
+	}
+	if (i >= argc || !argv[i])
+		return usage_err(err, n, "a command is needed (record, status, help)%s", NULL);
+	const char *cmd = argv[i++];
+	if (strcmp(cmd, "help") == 0) {
+		a->cmd = CLI_HELP;
+		a->topic = i < argc && argv[i] ? argv[i] : "";
+		if (*a->topic && strcmp(a->topic, "record") != 0 && strcmp(a->topic, "status") != 0)
+			return usage_err(err, n, "help: unknown command '%.64s'", a->topic);
+		return 0;
+	}
+	if (strcmp(cmd, "record") == 0)
+		a->cmd = CLI_RECORD;
+	else if (strcmp(cmd, "status") == 0)
+		a->cmd = CLI_STATUS;
+	else
+		return usage_err(err, n, "unknown command '%.64s'", cmd);
+	for (; i < argc && argv[i]; i++) {
+		const char *o = argv[i];
+		if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+			a->topic = a->cmd == CLI_RECORD ? "record" : "status";
+			a->cmd = CLI_HELP;
+			return 0;
+		} else if (strcmp(o, "--json") == 0) {
+			a->json = 1;
+		} else if (a->cmd == CLI_RECORD && strcmp(o, "--lines") == 0) {
+			a->lines = 1;
+		} else if (a->cmd == CLI_RECORD && (o[0] != '-' || strcmp(o, "-") == 0)) {
+			if (a->path)
+				return usage_err(err, n, "record: one input file at most ('%.64s' is a second)", o);
+			a->path = o;
+		} else {
+			snprintf(err, n, "%s: unknown argument '%.64s'", a->cmd == CLI_RECORD ? "record" : "status", o);
+			return 2;
+		}
+	}
+	return 0;
+}
+
+int cli__next_line(const char **p, const char *end, const char **line, size_t *len, long *lineno)
+{
+	while (*p < end) {
+		const char *s = *p;
+		const char *nl = memchr(s, '\n', (size_t)(end - s));
+		const char *e = nl ? nl : end;
+		*p = nl ? nl + 1 : end;
+		(*lineno)++;
+		size_t l = (size_t)(e - s);
+		if (l && s[l - 1] == '\r')
+			l--;
+		size_t k = 0;
+		while (k < l && (s[k] == ' ' || s[k] == '\t'))
+			k++;
+		if (k == l)
+			continue; /* blank */
+		*line = s;
+		*len = l;
+		return 1;
+	}
+	return 0;
+}

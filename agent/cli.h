@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cli: scrmctl's parsing of its command line and of JSON Lines input, kept
+ * apart from ctl.c's I/O so it can be fuzzed (tests/fuzz/fuzz_cli.c).
+ */
+#ifndef SCRM_CLI_H
+#define SCRM_CLI_H
+
+#include <stddef.h>
+
+typedef enum cli__command {
+	CLI_NONE = 0,
+	CLI_RECORD,
+	CLI_STATUS,
+	CLI_HELP,    /* topic in `topic` ("" = general) */
+	CLI_VERSION,
+} cli__command;
+
+typedef struct cli__args {
+	cli__command cmd;
+	const char *store;  /* --store, NULL if not given (borrowed from argv) */
+	const char *device; /* --device */
+	const char *path;   /* record: input file, NULL = stdin */
+	const char *topic;  /* help: "", "record" or "status" */
+	int json, lines;
+} cli__args;
+
+/* Parse argv. 0 on success; 2 on a usage error with a one-line reason in
+ * err (naming the option or argument). argv strings are borrowed. */
+int cli__parse(int argc, char **argv, cli__args *out, char *err, size_t errlen);
+
+/* JSON Lines: the next non-blank line of [*p, end) — its start and length,
+ * without the newline or a trailing CR — and *p advanced past it. Returns 1
+ * with a line, 0 at the end. *lineno counts physical lines (for messages). */
+int cli__next_line(const char **p, const char *end, const char **line, size_t *len, long *lineno);
+
+#endif

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * fuzz_cli: scrmctl's own parsing (agent/cli.c). The input is split at NUL
+ * bytes into argv for cli__parse(), and read whole as JSON Lines text for
+ * cli__next_line(). (The JSON of each line is event__from_json's, fuzzed by
+ * fuzz_event_json.) Invariants: a usage error always says why; what a parse
+ * returns points into argv; every line lies inside the input, holds no
+ * newline and is not blank.
+ */
+#include "fuzz.h"
+
+#include "cli.h"
+
+#include <string.h>
+
+#define MAX_ARGS 32
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *buf = malloc(size + 1);
+	char *argv[MAX_ARGS + 1];
+	int argc = 0;
+	if (!buf)
+		return 0;
+	memcpy(buf, data, size);
+	buf[size] = '\0';
+	argv[argc++] = (char *)"scrmctl";
+	for (char *p = buf; p < buf + size && argc < MAX_ARGS; p += strlen(p) + 1)
+		argv[argc++] = p;
+	argv[argc] = NULL;
+
+	cli__args a;
+	char err[200];
+	int rc = cli__parse(argc, argv, &a, err, sizeof(err));
+	FUZZ_CHECK(rc == 0 || rc == 2, "rc %d", rc);
+	if (rc == 2)
+		FUZZ_CHECK(err[0] != '\0', "usage error without a reason");
+	else
+		FUZZ_CHECK(a.cmd != CLI_NONE, "success without a command");
+	const char *borrowed[] = {a.store, a.device, a.path};
+	for (size_t i = 0; rc == 0 && i < 3; i++) {
+		int found = borrowed[i] == NULL;
+		for (int k = 0; k < argc && !found; k++)
+			found = borrowed[i] == argv[k];
+		FUZZ_CHECK(found, "returned string %zu does not point into argv", i);
+	}
+
+	const char *p = (const char *)data, *end = p + size, *line;
+	size_t len;
+	long ln = 0, prev = 0;
+	while (cli__next_line(&p, end, &line, &len, &ln)) {
+		FUZZ_CHECK(line >= (const char *)data && line + len <= end, "line outside the input");
+		FUZZ_CHECK(len > 0 && !memchr(line, '\n', len), "blank line or newline inside");
+		FUZZ_CHECK(ln > prev, "line numbers must increase");
+		prev = ln;
+	}
+	FUZZ_CHECK(p == end, "did not consume the input");
+	free(buf);
+	return 0;
+}
