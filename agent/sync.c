@@ -38,7 +38,8 @@
 
 struct batch {
 	char id[37];
-	int64_t first, last, deadline_ms;
+	int64_t first, last;
+	int64_t deadline_ms; /* monotonic */
 };
 
 struct sync {
@@ -48,14 +49,14 @@ struct sync {
 	char topic_up[340], topic_down[340], topic_ack[340];
 	int connecting, connected, subscribed;
 	int window; /* effective: min(cfg window, Receive Maximum) */
-	int64_t next_connect_ms;
+	int64_t next_connect_ms; /* monotonic; 0 = none scheduled */
 	backoff bo;
 	int64_t sent_upto;
 	int64_t base; /* oldest unacknowledged seq, as last read from the outbox */
 	struct batch win[MAX_WINDOW];
 	int nwin;
 	sbuf buf;
-	int64_t last_activity_ms;
+	int64_t last_activity_ms; /* monotonic */
 	/* counters, for the shutdown summary */
 	int64_t n_published, n_acked, n_redeliveries;
 	unsigned fail_streak; /* connect failures since the last success */
@@ -98,7 +99,7 @@ static void start_connect(struct sync *s)
 	if (mqtt__connect(s->mq) != SCRM_OK) {
 		s->connecting = 0;
 		LOG(LOG_ERROR, "sync", "connect call failed", "uri=%s", s->cfg->broker_uri);
-		schedule_reconnect(s, platform__wall_ms());
+		schedule_reconnect(s, platform__mono_ms());
 	}
 }
 
@@ -112,6 +113,7 @@ static void pump(struct sync *s)
 		size_t count = 0;
 		int64_t last = 0;
 		int64_t now = platform__wall_ms();
+		int64_t mono = platform__mono_ms();
 
 		if (uuid__v7(now, b->id) != 0)
 			return;
@@ -150,7 +152,7 @@ static void pump(struct sync *s)
 			memcpy(s->buf.p + base_at, num, (size_t)k);
 		}
 		b->last = last;
-		b->deadline_ms = now + s->cfg->ack_timeout_ms;
+		b->deadline_ms = mono + s->cfg->ack_timeout_ms;
 		if (mqtt__publish(s->mq, s->topic_up, s->buf.p, s->buf.len, 1, 0, NULL) != SCRM_OK) {
 			LOG(LOG_WARN, "sync", "publish refused by client", "batch=%s", b->id);
 			return;
@@ -160,7 +162,7 @@ static void pump(struct sync *s)
 		s->sent_upto = last;
 		s->nwin++;
 		s->n_published += (int64_t)count;
-		s->last_activity_ms = now;
+		s->last_activity_ms = mono;
 	}
 }
 
@@ -322,7 +324,7 @@ static void on_ack(struct sync *s, const char *payload, size_t len)
 		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", ack.n_acked, (long long)deleted);
 	}
 	retire(s, (const int64_t(*)[2])ack.acked, ack.n_acked);
-	s->last_activity_ms = now;
+	s->last_activity_ms = platform__mono_ms();
 
 	/* resend_from: central has a hole and stored nothing past it. Act only
 	 * on acks for batches of the current round: after a go-back, the acks
@@ -343,7 +345,7 @@ out:
 static void handle_mqtt(struct sync *s)
 {
 	mqtt__event *e;
-	int64_t now = platform__wall_ms();
+	int64_t now = platform__mono_ms();
 	while ((e = mqtt__next(s->mq))) {
 		switch (e->type) {
 		case MQ_CONNECTED:
@@ -506,7 +508,7 @@ int sync__run(const config *cfg)
 			    cfg->device_id, cfg->store_dir, (long long)st.pending, (long long)st.last_seq, cfg->broker_uri);
 	}
 	start_connect(&s);
-	s.last_activity_ms = platform__wall_ms();
+	s.last_activity_ms = platform__mono_ms();
 
 	for (;;) {
 		struct pollfd pf[4] = {
@@ -515,7 +517,9 @@ int sync__run(const config *cfg)
 			{.fd = note_fd, .events = POLLIN},
 			{.fd = net_fd, .events = POLLIN},
 		};
-		int64_t now = platform__wall_ms();
+		/* Timers run on the monotonic clock: an NTP step of the wall
+		 * clock must neither stall reconnects nor fire ack timeouts. */
+		int64_t now = platform__mono_ms();
 		int64_t wake = now + IDLE_CHECKPOINT_MS;
 		if (!s.connected && !s.connecting && s.next_connect_ms && s.next_connect_ms < wake)
 			wake = s.next_connect_ms;
@@ -527,7 +531,7 @@ int sync__run(const config *cfg)
 			LOG(LOG_ERROR, "sync", "poll failed", "err=\"%s\"", strerror(errno));
 			goto cleanup;
 		}
-		now = platform__wall_ms();
+		now = platform__mono_ms();
 		if (n > 0 && (pf[0].revents & POLLIN)) {
 			struct signalfd_siginfo si;
 			int stop = 0;
