@@ -27,8 +27,6 @@ struct mqtt {
 	mqtt__event *head, **tail;
 	char tls_error[256]; /* last OpenSSL error reported during a handshake */
 	char *uri, *client_id, *ca_file, *cert_file, *key_file, *username, *password;
-	char *will_topic, *will_payload;
-	int will_retained;
 	int keepalive_s, connect_timeout_s, clean_start;
 	int64_t session_expiry_s;
 };
@@ -271,9 +269,6 @@ int mqtt__create(const mqtt__opts *o, mqtt **out)
 	m->key_file = dup_or_null(o->key_file);
 	m->username = dup_or_null(o->username);
 	m->password = dup_or_null(o->password);
-	m->will_topic = dup_or_null(o->will_topic);
-	m->will_payload = dup_or_null(o->will_payload);
-	m->will_retained = o->will_retained;
 	m->keepalive_s = o->keepalive_s > 0 ? o->keepalive_s : 30;
 	m->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
 	m->clean_start = o->clean_start;
@@ -310,8 +305,6 @@ void mqtt__destroy(mqtt *m)
 	free(m->key_file);
 	free(m->username);
 	free(m->password);
-	free(m->will_topic);
-	free(m->will_payload);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
 }
@@ -320,7 +313,6 @@ int mqtt__connect(mqtt *m)
 {
 	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
 	MQTTProperties props = MQTTProperties_initializer;
 	MQTTProperty p;
 	int rc;
@@ -339,13 +331,6 @@ int mqtt__connect(mqtt *m)
 		p.value.integer4 = (unsigned int)m->session_expiry_s;
 		MQTTProperties_add(&props, &p);
 		c.connectProperties = &props;
-	}
-	if (m->will_topic) {
-		will.topicName = m->will_topic;
-		will.message = m->will_payload;
-		will.retained = m->will_retained;
-		will.qos = 1;
-		c.will = &will;
 	}
 	if (strncmp(m->uri, "ssl://", 6) == 0) {
 		ssl.trustStore = m->ca_file;
@@ -400,9 +385,4 @@ void mqtt__disconnect(mqtt *m, int timeout_ms)
 	/* Give Paho a moment to send DISCONNECT before destroy. */
 	for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
 		usleep(10000);
-}
-
-int mqtt__is_connected(mqtt *m)
-{
-	return MQTTAsync_isConnected(m->client);
 }

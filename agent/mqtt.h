@@ -5,8 +5,6 @@
  * the owning poll loop drains: callbacks copy what they need, enqueue, and
  * signal an eventfd. Nothing here touches SQLite or the outbox. Paho runs
  * with persistence and offline buffering off: the outbox is the only store.
- *
- * Used by scrm-agent, the reference central and the benchmark's naive client.
  */
 #ifndef SCRM_MQTT_H
 #define SCRM_MQTT_H
@@ -47,9 +45,6 @@ typedef struct mqtt__opts {
 	int connect_timeout_s;
 	int clean_start;
 	int64_t session_expiry_s;
-	/* Last will (optional): topic, payload, retained. */
-	const char *will_topic, *will_payload;
-	int will_retained;
 } mqtt__opts;
 
 typedef struct mqtt mqtt;
@@ -70,6 +65,5 @@ int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, i
 		  int *token);
 /* Graceful DISCONNECT, waiting up to timeout_ms. */
 void mqtt__disconnect(mqtt *m, int timeout_ms);
-int mqtt__is_connected(mqtt *m);
 
 #endif

@@ -312,7 +312,7 @@ cleanup:
 }
 
 int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
-		       sbuf *out, size_t *count, int64_t *last_seq)
+		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
 {
 	sqlite3_stmt *st = ob->read;
 	size_t n = 0;
@@ -320,6 +320,8 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 
 	*count = 0;
 	*last_seq = 0;
+	if (first_seq)
+		*first_seq = 0;
 	sqlite3_reset(st);
 	sqlite3_bind_int64(st, 1, after_seq);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)max_events);
@@ -350,6 +352,8 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 			break;
 		}
 		*last_seq = sqlite3_column_int64(st, 0);
+		if (n == 0 && first_seq)
+			*first_seq = *last_seq;
 		n++;
 	}
 	sqlite3_reset(st);

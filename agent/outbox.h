@@ -48,9 +48,9 @@ int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_afte
 /* Append events with seq > after_seq, in seq order, as JSON objects joined
  * by commas to `out`, until max_events or until the next event would push
  * out->len past max_bytes (at least one event is always taken). Sets
- * *count and *last_seq (0 if none). */
+ * *count, *last_seq and, if first_seq is not NULL, *first_seq (0 if none). */
 int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
-		       sbuf *out, size_t *count, int64_t *last_seq);
+		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq);
 
 /* Delete acknowledged seq ranges [first,last] in one transaction and record
  * the ack time. *deleted = rows removed (duplicates acks remove nothing). */

@@ -126,6 +126,17 @@ static void lead(scrm_store *s)
 	}
 }
 
+/* Take the lead (none is active), commit everything queued, hand back and
+ * wake all waiters: their events are done, or one of them must lead next.
+ * Called and returns with mu held. */
+static void lead_round(scrm_store *s)
+{
+	s->leader = 1;
+	lead(s);
+	s->leader = 0;
+	pthread_cond_broadcast(&s->cv);
+}
+
 static int record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
 {
 	struct pending p;
@@ -146,22 +157,12 @@ static int record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 	pthread_mutex_lock(&s->mu);
 	*s->tail = &p;
 	s->tail = &p.next;
-	if (!s->leader) {
-		s->leader = 1;
-		lead(s);
-		s->leader = 0;
-		/* Waiters queued after our last round are handled by a new leader:
-		 * wake them so one of them takes over. */
-		pthread_cond_broadcast(&s->cv);
-	}
+	if (!s->leader)
+		lead_round(s);
 	while (!p.done) {
 		pthread_cond_wait(&s->cv, &s->mu);
-		if (!p.done && !s->leader) {
-			s->leader = 1;
-			lead(s);
-			s->leader = 0;
-			pthread_cond_broadcast(&s->cv);
-		}
+		if (!p.done && !s->leader)
+			lead_round(s);
 	}
 	pthread_mutex_unlock(&s->mu);
 
@@ -251,14 +252,8 @@ int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
 	pthread_mutex_unlock(&s->mu);
 	rc = outbox__stats(s->ob, out);
 	pthread_mutex_lock(&s->mu);
-	s->leader = 0;
 	/* Events queued while we held the connection need a leader. */
-	if (s->head) {
-		s->leader = 1;
-		lead(s);
-		s->leader = 0;
-	}
-	pthread_cond_broadcast(&s->cv);
+	lead_round(s);
 	pthread_mutex_unlock(&s->mu);
 	return rc;
 }

@@ -55,7 +55,7 @@ struct sync {
 	int64_t base; /* oldest unacknowledged seq, as last read from the outbox */
 	struct batch win[MAX_WINDOW];
 	int nwin;
-	sbuf buf;
+	sbuf buf, events; /* the batch message; its events, read first */
 	int64_t last_activity_ms; /* monotonic */
 	/* counters, for the shutdown summary */
 	int64_t n_published, n_acked, n_redeliveries;
@@ -117,19 +117,9 @@ static void pump(struct sync *s)
 
 		if (uuid__v7(now, b->id) != 0)
 			return;
-		sbuf__reset(&s->buf);
-		sbuf__puts(&s->buf, "{\"v\":1,\"batch\":\"");
-		sbuf__puts(&s->buf, b->id);
-		sbuf__puts(&s->buf, "\",\"sent_ms\":");
-		sbuf__i64(&s->buf, now);
-		/* base: every seq below it is acknowledged; lets central tell a
-		 * hole it must wait for from events it already acknowledged. */
-		sbuf__puts(&s->buf, ",\"base\":");
-		size_t base_at = s->buf.len;
-		sbuf__puts(&s->buf, "0                   ");
-		sbuf__puts(&s->buf, ",\"events\":[");
+		sbuf__reset(&s->events);
 		int rc = outbox__read_batch(s->ob, s->sent_upto, (size_t)s->cfg->batch_max_events,
-					    (size_t)s->cfg->batch_max_bytes - 2, &s->buf, &count, &last);
+					    (size_t)s->cfg->batch_max_bytes - 256, &s->events, &count, &last, &b->first);
 		if (rc != SCRM_OK) {
 			LOG(LOG_ERROR, "sync", "cannot read the outbox", "err=\"%s\"", scrm_errmsg());
 			return;
@@ -138,19 +128,21 @@ static void pump(struct sync *s)
 			LOG(LOG_DEBUG, "sync", "nothing more to send", "after_seq=%lld window_used=%d", (long long)s->sent_upto, s->nwin);
 			return;
 		}
+		/* base: every seq below it is acknowledged; lets central tell a
+		 * hole it must wait for from events it already acknowledged. */
+		int64_t base = s->base > 0 && s->base < b->first ? s->base : b->first;
+		sbuf__reset(&s->buf);
+		sbuf__puts(&s->buf, "{\"v\":1,\"batch\":\"");
+		sbuf__puts(&s->buf, b->id);
+		sbuf__puts(&s->buf, "\",\"sent_ms\":");
+		sbuf__i64(&s->buf, now);
+		sbuf__puts(&s->buf, ",\"base\":");
+		sbuf__i64(&s->buf, base);
+		sbuf__puts(&s->buf, ",\"events\":[");
+		sbuf__put(&s->buf, s->events.p, s->events.len);
 		sbuf__puts(&s->buf, "]}");
 		if (s->buf.oom)
 			return;
-		/* first seq is the first event's; sent_upto+1 may be long gone */
-		const char *p = strstr(s->buf.p, "\"seq\":");
-		b->first = p ? strtoll(p + 6, NULL, 10) : s->sent_upto + 1;
-		{
-			/* Fill the base placeholder in place (padding is JSON whitespace). */
-			char num[24];
-			int64_t base = s->base > 0 && s->base < b->first ? s->base : b->first;
-			int k = snprintf(num, sizeof(num), "%lld", (long long)base);
-			memcpy(s->buf.p + base_at, num, (size_t)k);
-		}
 		b->last = last;
 		b->deadline_ms = mono + s->cfg->ack_timeout_ms;
 		if (mqtt__publish(s->mq, s->topic_up, s->buf.p, s->buf.len, 1, 0, NULL) != SCRM_OK) {
@@ -439,6 +431,7 @@ int sync__run(const config *cfg)
 	memset(&s, 0, sizeof(s));
 	s.cfg = cfg;
 	sbuf__init(&s.buf);
+	sbuf__init(&s.events);
 	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
 	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
@@ -600,5 +593,6 @@ cleanup:
 		close(lock_fd);
 	free(password);
 	sbuf__free(&s.buf);
+	sbuf__free(&s.events);
 	return rc;
 }

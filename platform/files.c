@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Files: directory creation, durable replacement (temp, fsync, rename, fsync
- * the directory — as Redis writes its RDB), bounded whole-file reads and free
- * space.
+ * Files: directory creation, bounded whole-file reads and the daemon's
+ * single-instance lock.
  */
 #include "platform.h"
 
@@ -13,7 +12,6 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 int platform__mkdirs(const char *path, unsigned mode)
@@ -34,69 +32,6 @@ int platform__mkdirs(const char *path, unsigned mode)
 	if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
 		return -errno;
 	return 0;
-}
-
-int platform__fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = fsync(fd) == 0 ? 0 : -errno;
-	close(fd);
-	return rc;
-}
-
-int platform__write_atomic(const char *path, const void *data, size_t len,
-			   unsigned mode)
-{
-	char tmp[4096], dir[4096];
-	int fd = -1, rc = 0;
-	const char *p = data;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
-	if (fd < 0)
-		return -errno;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = -errno;
-			goto cleanup;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	if (fsync(fd) != 0) {
-		rc = -errno;
-		goto cleanup;
-	}
-	if (close(fd) != 0) {
-		fd = -1;
-		rc = -errno;
-		goto cleanup;
-	}
-	fd = -1;
-	if (rename(tmp, path) != 0) {
-		rc = -errno;
-		goto cleanup;
-	}
-	snprintf(dir, sizeof(dir), "%s", path);
-	char *slash = strrchr(dir, '/');
-	if (slash == dir)
-		slash[1] = '\0';
-	else if (slash)
-		*slash = '\0';
-	else
-		snprintf(dir, sizeof(dir), ".");
-	return platform__fsync_dir(dir);
-cleanup:
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
-	return rc;
 }
 
 int platform__read_file(const char *path, size_t max, char **out, size_t *len)
@@ -160,13 +95,4 @@ int platform__lock_file(const char *path)
 		return -e;
 	}
 	return fd;
-}
-
-int platform__disk_free(const char *path, int64_t *bytes)
-{
-	struct statvfs st;
-	if (statvfs(path, &st) != 0)
-		return -errno;
-	*bytes = (int64_t)st.f_bavail * (int64_t)st.f_frsize;
-	return 0;
 }

@@ -34,11 +34,6 @@ int platform__random(void *buf, size_t n);
 
 /* mkdir -p with mode for the created components. */
 int platform__mkdirs(const char *path, unsigned mode);
-/* fsync a directory so a rename or create inside it is durable. */
-int platform__fsync_dir(const char *dir);
-/* Replace path atomically: temp file, fsync, rename, fsync dir. */
-int platform__write_atomic(const char *path, const void *data, size_t len,
-			   unsigned mode);
 /* Read a whole file (max bytes); *out malloc'd and NUL-terminated. */
 int platform__read_file(const char *path, size_t max, char **out,
 			size_t *len);
@@ -47,9 +42,6 @@ int platform__read_file(const char *path, size_t max, char **out,
  * process holds it, or -errno. The kernel drops it when the process dies,
  * kill -9 included, so a crash never leaves a stale lock. */
 int platform__lock_file(const char *path);
-
-/* Free bytes available to this process on the filesystem holding path. */
-int platform__disk_free(const char *path, int64_t *bytes);
 
 /* ---- wake-ups for the daemon's poll loop ---- */
 

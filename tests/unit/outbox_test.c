@@ -119,7 +119,7 @@ static cJSON *read_events(outbox *ob, int64_t after, size_t max_events, size_t m
 	sbuf out;
 	sbuf__init(&out);
 	sbuf__putc(&out, '[');
-	assert_int_equal(outbox__read_batch(ob, after, max_events, max_bytes, &out, count, last), SCRM_OK);
+	assert_int_equal(outbox__read_batch(ob, after, max_events, max_bytes, &out, count, last, NULL), SCRM_OK);
 	sbuf__putc(&out, ']');
 	cJSON *arr = cJSON_ParseWithLength(out.p, out.len);
 	if (!arr) {
@@ -419,7 +419,7 @@ static size_t event_len(outbox *ob, int64_t seq)
 	size_t count = 0;
 	int64_t last = 0;
 	sbuf__init(&out);
-	assert_int_equal(outbox__read_batch(ob, seq - 1, 1, (size_t)1 << 20, &out, &count, &last), SCRM_OK);
+	assert_int_equal(outbox__read_batch(ob, seq - 1, 1, (size_t)1 << 20, &out, &count, &last, NULL), SCRM_OK);
 	assert_int_equal(last, seq);
 	size_t n = out.len;
 	sbuf__free(&out);
@@ -433,7 +433,7 @@ static size_t batch_count(outbox *ob, const char *prefix, size_t max_bytes, size
 	int64_t last = 0;
 	sbuf__init(&out);
 	sbuf__puts(&out, prefix);
-	assert_int_equal(outbox__read_batch(ob, 0, 100, max_bytes, &out, &count, &last), SCRM_OK);
+	assert_int_equal(outbox__read_batch(ob, 0, 100, max_bytes, &out, &count, &last, NULL), SCRM_OK);
 	*len = out.len;
 	sbuf__free(&out);
 	return count;
