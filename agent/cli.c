@@ -2,6 +2,8 @@
 /* cli: scrmctl's command-line and JSON Lines parsing (see cli.h). */
 #include "cli.h"
 
+#include <scrm/scrm.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -9,6 +11,77 @@ static int usage_err(char *err, size_t n, const char *fmt, const char *arg)
 {
 	snprintf(err, n, fmt, arg ? arg : "");
 	return 2;
+}
+
+/* member show ... / cache status / cache load FILE... */
+static int parse_cache_cmds(const char *cmd, int argc, char **argv, int i, cli__args *a, char *err, size_t n)
+{
+	int member = cmd[0] == 'm';
+	const char *sub = i < argc && argv[i] ? argv[i] : NULL;
+	if (!sub || strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
+		if (!sub)
+			return usage_err(err, n, member ? "member: a subcommand is needed (show)%s"
+							: "cache: a subcommand is needed (status, load)%s",
+					 NULL);
+		a->cmd = CLI_HELP;
+		a->topic = member ? "member" : "cache";
+		return 0;
+	}
+	i++;
+	if (member && strcmp(sub, "show") == 0)
+		a->cmd = CLI_MEMBER_SHOW;
+	else if (!member && strcmp(sub, "status") == 0)
+		a->cmd = CLI_CACHE_STATUS;
+	else if (!member && strcmp(sub, "load") == 0)
+		a->cmd = CLI_CACHE_LOAD;
+	else
+		return usage_err(err, n, member ? "member: unknown subcommand '%.64s' (show)"
+						: "cache: unknown subcommand '%.64s' (status, load)",
+				 sub);
+	for (; i < argc && argv[i]; i++) {
+		const char *o = argv[i];
+		int by = 0;
+		if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+			a->cmd = CLI_HELP;
+			a->topic = member ? "member" : "cache";
+			return 0;
+		} else if (strcmp(o, "--json") == 0) {
+			a->json = 1;
+		} else if (a->cmd == CLI_MEMBER_SHOW && strcmp(o, "--scan") == 0) {
+			a->scan = 1;
+		} else if (a->cmd == CLI_MEMBER_SHOW &&
+			   ((strcmp(o, "--id") == 0 && (by = SCRM_MEMBER_ID)) ||
+			    (strcmp(o, "--card") == 0 && (by = SCRM_MEMBER_CARD)) ||
+			    (strcmp(o, "--phone") == 0 && (by = SCRM_MEMBER_PHONE)) ||
+			    (strcmp(o, "--qr") == 0 && (by = SCRM_MEMBER_QR)) || strcmp(o, "--guide") == 0)) {
+			if (i + 1 >= argc || !argv[i + 1] || !argv[i + 1][0])
+				return usage_err(err, n, "member show: %s needs a value", o);
+			if (!by) {
+				a->guide = argv[++i];
+				continue;
+			}
+			if (a->by)
+				return usage_err(err, n, "member show: one of --id, --card, --phone, --qr at most ('%.64s' is a second)", o);
+			a->by = by;
+			a->value = argv[++i];
+		} else if (a->cmd == CLI_CACHE_LOAD && o[0] != '-') {
+			if (!a->files)
+				a->files = &argv[i];
+			a->n_files++;
+			if (&a->files[a->n_files - 1] != &argv[i])
+				return usage_err(err, n, "cache load: files must come together ('%.64s')", o);
+		} else {
+			snprintf(err, n, "%s %s: unknown argument '%.64s'", cmd, sub, o);
+			return 2;
+		}
+	}
+	if (a->cmd == CLI_MEMBER_SHOW && !a->by)
+		return usage_err(err, n, "member show: say who: --id, --card, --phone or --qr%s", NULL);
+	if (a->cmd == CLI_MEMBER_SHOW && a->guide && !a->scan)
+		return usage_err(err, n, "member show: --guide only goes with --scan%s", NULL);
+	if (a->cmd == CLI_CACHE_LOAD && !a->n_files)
+		return usage_err(err, n, "cache load: at least one snapshot file is needed%s", NULL);
+	return 0;
 }
 
 int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
@@ -26,27 +99,32 @@ int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
 		} else if (strcmp(o, "--version") == 0) {
 			a->cmd = CLI_VERSION;
 			return 0;
-		} else if (strcmp(o, "--store") == 0 || strcmp(o, "--device") == 0) {
+		} else if (strcmp(o, "--store") == 0 || strcmp(o, "--device") == 0 || strcmp(o, "--keys") == 0) {
 			if (i + 1 >= argc || !argv[i + 1] || !argv[i + 1][0])
 				return usage_err(err, n, "%s: needs a value", o);
 			if (o[2] == 's')
 				a->store = argv[++i];
-			else
+			else if (o[2] == 'd')
 				a->device = argv[++i];
+			else
+				a->keys = argv[++i];
 		} else {
 			return usage_err(err, n, "unknown option '%.64s'", o);
 		}
 	}
 	if (i >= argc || !argv[i])
-		return usage_err(err, n, "a command is needed (record, status, help)%s", NULL);
+		return usage_err(err, n, "a command is needed (record, status, member, cache, help)%s", NULL);
 	const char *cmd = argv[i++];
 	if (strcmp(cmd, "help") == 0) {
 		a->cmd = CLI_HELP;
 		a->topic = i < argc && argv[i] ? argv[i] : "";
-		if (*a->topic && strcmp(a->topic, "record") != 0 && strcmp(a->topic, "status") != 0)
+		if (*a->topic && strcmp(a->topic, "record") != 0 && strcmp(a->topic, "status") != 0 &&
+		    strcmp(a->topic, "member") != 0 && strcmp(a->topic, "cache") != 0)
 			return usage_err(err, n, "help: unknown command '%.64s'", a->topic);
 		return 0;
 	}
+	if (strcmp(cmd, "member") == 0 || strcmp(cmd, "cache") == 0)
+		return parse_cache_cmds(cmd, argc, argv, i, a, err, n);
 	if (strcmp(cmd, "record") == 0)
 		a->cmd = CLI_RECORD;
 	else if (strcmp(cmd, "status") == 0)

@@ -14,6 +14,9 @@ typedef enum cli__command {
 	CLI_STATUS,
 	CLI_HELP,    /* topic in `topic` ("" = general) */
 	CLI_VERSION,
+	CLI_MEMBER_SHOW,  /* member show --id|--card|--phone|--qr VALUE [--scan [--guide G]] */
+	CLI_CACHE_STATUS, /* cache status */
+	CLI_CACHE_LOAD,   /* cache load FILE... */
 } cli__command;
 
 typedef struct cli__args {
@@ -21,8 +24,15 @@ typedef struct cli__args {
 	const char *store;  /* --store, NULL if not given (borrowed from argv) */
 	const char *device; /* --device */
 	const char *path;   /* record: input file, NULL = stdin */
-	const char *topic;  /* help: "", "record" or "status" */
+	const char *topic;  /* help: "", "record", "status", "member" or "cache" */
+	const char *keys;   /* --keys DIR */
 	int json, lines;
+	int by;             /* member show: a scrm_member_key */
+	const char *value;  /* member show: the id, card, phone or token */
+	int scan;           /* member show --scan: record a member scan */
+	const char *guide;  /* --guide */
+	char **files;       /* cache load: the files (borrowed from argv) */
+	int n_files;
 } cli__args;
 
 /* Parse argv. 0 on success; 2 on a usage error with a one-line reason in

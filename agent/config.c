@@ -52,11 +52,17 @@ static const struct ckey keys[] = {
 	I("sync.ack_timeout_ms", ack_timeout_ms, 30000, 500, 3600000, "Redeliver from the oldest unacknowledged event after this long without an ack"),
 	I("sync.backoff_min_ms", backoff_min_ms, 500, 10, 600000, "First reconnect delay ceiling; doubles per failure (full jitter)"),
 	I("sync.backoff_max_ms", backoff_max_ms, 60000, 100, 3600000, "Reconnect delay ceiling cap"),
+	B("cache.enabled", cache_enabled, 1, "Keep the offline customer cache (cache.db) in sync with central"),
+	S("cache.keys_dir", keys_dir, NULL, 0, "Directory of data.key (made on first start), tenant.key and central.pub; default <store_dir>/keys"),
+	S("cache.phone_country_code", phone_cc, "", 0, "Country calling code replacing a local number's leading 0 (e.g. 44); empty = none"),
+	I("cache.max_message_bytes", cache_max_message_bytes, 4194304, 65536, 67108864, "Largest cache delta or snapshot chunk accepted; larger ones are refused"),
+	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
+	I("cache.activity_days", activity_days, 90, 1, 3650, "Keep this device's record of members' purchases this many days"),
 	S("log.level", log_level, "info", 0, "error, warn, info or debug"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"broker", "sync", "log"};
+static const char *const sections[] = {"broker", "sync", "cache", "log"};
 
 /* Line of a key in the text: each part of the dotted path is searched
  * after the previous one, so "broker.window" points at the "window" inside
@@ -223,6 +229,15 @@ static int cross_check(config *cfg)
 			 cfg->store_id, cfg->device_id);
 	if (n < 0 || (size_t)n >= sizeof(cfg->topic_prefix))
 		return err__set(SCRM_E_CONFIG, "topic prefix too long");
+	snprintf(cfg->store_prefix, sizeof(cfg->store_prefix), "scrm/v1/%s/%s/", cfg->tenant, cfg->store_id);
+	if (cfg->phone_cc) {
+		size_t k = strlen(cfg->phone_cc);
+		int ok = k <= 4;
+		for (size_t i = 0; ok && i < k; i++)
+			ok = cfg->phone_cc[i] >= '0' && cfg->phone_cc[i] <= '9';
+		if (!ok)
+			return err__set(SCRM_E_CONFIG, "cache.phone_country_code: must be 1..4 digits (e.g. 44) or empty");
+	}
 	return SCRM_OK;
 }
 

@@ -23,11 +23,16 @@ typedef struct config {
 	/* sync */
 	int64_t batch_max_events, batch_max_bytes, window, ack_timeout_ms;
 	int64_t backoff_min_ms, backoff_max_ms;
+	/* cache */
+	int cache_enabled;
+	char *keys_dir, *phone_cc;
+	int64_t cache_max_message_bytes, snapshot_timeout_ms, activity_days;
 	/* log */
 	char *log_level;
 	/* derived */
 	int plaintext;      /* URI is tcp:// */
 	char topic_prefix[300]; /* scrm/v1/{tenant}/{store}/{device}/ */
+	char store_prefix[240];  /* scrm/v1/{tenant}/{store}/ */
 } config;
 
 /* Load and validate. On error returns SCRM_E_CONFIG with the detail in

@@ -7,8 +7,11 @@
  */
 #include <scrm/scrm.h>
 
+#include "cache.h"
 #include "cli.h"
 #include "platform.h"
+
+#include <cjson/cJSON.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,11 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_INPUT (64 * 1024 * 1024)
 
 struct opts {
-	const char *store, *device;
+	const char *store, *device, *keys;
 	int json, lines;
 };
 
@@ -32,10 +36,15 @@ static void usage_main(FILE *f)
 		"Commands:\n"
 		"  record [--lines] [--json] [FILE|-]   record event(s) from JSON (default stdin)\n"
 		"  status [--json]                      outbox state: pending, oldest, bytes, last ack\n"
+		"  member show --id|--card|--phone|--qr VALUE [--scan [--guide G]] [--json]\n"
+		"                                       a member's profile card from the offline cache\n"
+		"  cache status [--json]                cache streams: cursor, rows, age, snapshot progress\n"
+		"  cache load FILE...                   seed the cache from snapshot files (agent stopped)\n"
 		"  help [COMMAND]                       help on a command\n"
 		"\n"
 		"  --store DIR   store directory (default $SCRM_STORE or /var/lib/scrm)\n"
 		"  --device ID   device id; needed only when the store does not exist yet\n"
+		"  --keys DIR    key directory (default <store>/keys; as cache.keys_dir)\n"
 		"  --version     print the version\n");
 }
 
@@ -62,6 +71,36 @@ static void usage_status(FILE *f)
 		"Shows the outbox: events pending (not yet acknowledged by central), their\n"
 		"bytes, the age of the oldest, the last sequence number, the last ack and\n"
 		"events central rejected.\n");
+}
+
+static void usage_member(FILE *f)
+{
+	fprintf(f,
+		"Usage: scrmctl [--store DIR] [--keys DIR] member show (--id ID | --card NUMBER | --phone PHONE | --qr TOKEN)\n"
+		"                                                       [--scan [--guide GUIDE]] [--json]\n"
+		"\n"
+		"Looks a member up in the store's offline cache and prints the profile card:\n"
+		"tier, tags, segment, stage, figures (including this store's purchases central\n"
+		"has not yet reflected), coupons held, name and birthday, phone masked.\n"
+		"A phone is normalised first (spaces and dashes dropped, leading 0 replaced by\n"
+		"cache.phone_country_code); a QR token's signature and expiry are checked.\n"
+		"--scan also records a member scan in the outbox (as the counter would),\n"
+		"without method and guide for a member who has not consented to tracking.\n"
+		"Exit 1 if there is no such member or the token is refused (reason printed).\n");
+}
+
+static void usage_cache(FILE *f)
+{
+	fprintf(f,
+		"Usage: scrmctl [--store DIR] [--keys DIR] cache status [--json]\n"
+		"       scrmctl [--store DIR] [--keys DIR] cache load FILE...\n"
+		"\n"
+		"status: for each stream (members, coupons, catalogue, inventory, scripts,\n"
+		"recos, rules) the version cursor, rows, age of the last update, records\n"
+		"refused, and the snapshot being received.\n"
+		"load: applies snapshot files (JSON lines; docs/protocol.md, \"Snapshot file\")\n"
+		"exactly as if central had sent them: each file replaces its stream\n"
+		"atomically. For seeding a store before go-live; stop scrm-agent first.\n");
 }
 
 static void age(char *buf, size_t n, int64_t ms)
@@ -202,6 +241,222 @@ static int cmd_status(struct opts *o)
 	return 0;
 }
 
+static int open_cache(const struct opts *o, scrm_cache **c)
+{
+	int rc = scrm_cache_open(o->store, o->keys, c);
+	if (rc != SCRM_OK)
+		fprintf(stderr, "scrmctl: cache: %s\n", scrm_errmsg()[0] ? scrm_errmsg() : scrm_strerror(rc));
+	return rc;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+static int64_t jint(const cJSON *o, const char *k)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsNumber(it) ? (int64_t)it->valuedouble : 0;
+}
+
+static void print_list(const char *label, const cJSON *arr)
+{
+	const cJSON *e;
+	int first = 1;
+	printf("%-12s ", label);
+	cJSON_ArrayForEach(e, arr)
+	{
+		if (cJSON_IsString(e)) {
+			printf("%s%s", first ? "" : ", ", e->valuestring);
+			first = 0;
+		}
+	}
+	printf("%s\n", first ? "-" : "");
+}
+
+static void money(char *buf, size_t n, int64_t minor, const char *cur)
+{
+	snprintf(buf, n, "%s%lld.%02lld %s", minor < 0 ? "-" : "", (long long)(llabs(minor) / 100), (long long)(llabs(minor) % 100),
+		 cur ? cur : "");
+}
+
+/* The card as a guide reads it. */
+static void print_card(const char *json)
+{
+	cJSON *c = cJSON_Parse(json), *o;
+	char a[32], m[48];
+	int64_t now = platform__wall_ms();
+	if (!c) {
+		puts(json);
+		return;
+	}
+	o = cJSON_GetObjectItemCaseSensitive(c, "personal");
+	printf("member       %s%s%s\n", jstr(c, "member_id"), o && jstr(o, "name") ? "  " : "", o && jstr(o, "name") ? jstr(o, "name") : "");
+	if (o) {
+		printf("phone        %s\n", jstr(o, "phone") ? jstr(o, "phone") : "-");
+		printf("birthday     %s\n", jstr(o, "birthday") ? jstr(o, "birthday") : "-");
+	}
+	printf("card         %s\n", jstr(c, "card") ? jstr(c, "card") : "-");
+	printf("tier         %s\n", jstr(c, "tier") ? jstr(c, "tier") : "-");
+	print_list("tags", cJSON_GetObjectItemCaseSensitive(c, "tags"));
+	if ((o = cJSON_GetObjectItemCaseSensitive(c, "rfm")))
+		printf("rfm          R%lld F%lld M%lld  %s\n", (long long)jint(o, "r"), (long long)jint(o, "f"), (long long)jint(o, "m"),
+		       jstr(o, "segment") ? jstr(o, "segment") : "");
+	printf("stage        %s   value band %s\n", jstr(c, "stage") ? jstr(c, "stage") : "-", jstr(c, "ltv_band") ? jstr(c, "ltv_band") : "-");
+	if ((o = cJSON_GetObjectItemCaseSensitive(c, "consent")))
+		printf("consent      marketing %s, tracking %s\n", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "marketing")) ? "yes" : "no",
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "tracking")) ? "yes" : "no");
+	if ((o = cJSON_GetObjectItemCaseSensitive(c, "stats"))) {
+		money(m, sizeof(m), jint(o, "spend"), jstr(o, "currency"));
+		printf("orders       %lld, spend %s\n", (long long)jint(o, "orders"), m);
+		if (jint(o, "last_purchase_ms")) {
+			age(a, sizeof(a), now - jint(o, "last_purchase_ms"));
+			printf("last bought  %s ago\n", a);
+		}
+	}
+	if ((o = cJSON_GetObjectItemCaseSensitive(c, "local")) && jint(o, "orders") + jint(o, "returns") > 0)
+		printf("this store   %lld purchase(s), %lld return(s) not yet in central's figures (included above)\n",
+		       (long long)jint(o, "orders"), (long long)jint(o, "returns"));
+	const cJSON *e, *arr = cJSON_GetObjectItemCaseSensitive(c, "recent");
+	int k = 0;
+	cJSON_ArrayForEach(e, arr)
+	{
+		if (k++ >= 5)
+			break;
+		age(a, sizeof(a), now - jint(e, "ts"));
+		money(m, sizeof(m), jint(e, "total"), NULL);
+		printf("%-12s %s ago  %s %lld item(s)%s\n", k == 1 ? "recent" : "", a, m,
+		       (long long)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e, "skus")),
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "local")) ? "  (this store, today's view)" : "");
+	}
+	arr = cJSON_GetObjectItemCaseSensitive(c, "coupons");
+	k = 0;
+	cJSON_ArrayForEach(e, arr)
+	{
+		printf("%-12s %s  %s  code %s\n", k++ ? "" : "coupons", jstr(e, "id") ? jstr(e, "id") : "?",
+		       jstr(e, "campaign") ? jstr(e, "campaign") : "", jstr(e, "code") ? jstr(e, "code") : "-");
+	}
+	if (!k)
+		printf("coupons      -\n");
+	cJSON_Delete(c);
+}
+
+static int cmd_member_show(const struct opts *o, const cli__args *a)
+{
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	scrm_receipt r;
+	char *card = NULL;
+	int rc;
+	if (open_cache(o, &c) != SCRM_OK)
+		return 1;
+	if (a->scan) {
+		if (open_store(o, &st) != SCRM_OK) {
+			scrm_cache_close(c);
+			return 1;
+		}
+		rc = scrm_member_identify(st, c, (scrm_member_key)a->by, a->value, a->guide, &card, &r);
+	} else {
+		rc = scrm_member_get(c, (scrm_member_key)a->by, a->value, &card);
+	}
+	if (rc != SCRM_OK) {
+		fprintf(stderr, "scrmctl: member show: %s\n", scrm_errmsg()[0] ? scrm_errmsg() : scrm_strerror(rc));
+	} else if (o->json) {
+		puts(card);
+	} else {
+		print_card(card);
+		if (a->scan)
+			printf("scan         recorded seq=%" PRId64 " id=%s\n", r.seq, r.event_id);
+	}
+	scrm_free(card);
+	scrm_store_close(st);
+	scrm_cache_close(c);
+	return rc == SCRM_OK ? 0 : 1;
+}
+
+static int cmd_cache_status(const struct opts *o)
+{
+	scrm_cache *c = NULL;
+	char *json = NULL;
+	if (open_cache(o, &c) != SCRM_OK)
+		return 1;
+	int rc = scrm_cache_status(c, &json);
+	scrm_cache_close(c);
+	if (rc != SCRM_OK) {
+		fprintf(stderr, "scrmctl: cache status: %s\n", scrm_errmsg());
+		return 1;
+	}
+	if (o->json) {
+		puts(json);
+	} else {
+		cJSON *root = cJSON_Parse(json), *e;
+		printf("%-10s %10s %9s %10s %8s  %s\n", "stream", "cursor", "rows", "age", "refused", "snapshot");
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(root, "streams"))
+		{
+			char a[32] = "never", snap[80] = "-";
+			const cJSON *sn = cJSON_GetObjectItemCaseSensitive(e, "snapshot");
+			if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "age_ms")))
+				age(a, sizeof(a), jint(e, "age_ms"));
+			if (sn)
+				snprintf(snap, sizeof(snap), "receiving %lld/%lld chunks", (long long)jint(sn, "chunks_done"),
+					 (long long)jint(sn, "chunks"));
+			else if (jstr(e, "resync"))
+				snprintf(snap, sizeof(snap), "wanted (%s)", jstr(e, "resync"));
+			printf("%-10s %10lld %9lld %10s %8lld  %s\n", jstr(e, "stream"), (long long)jint(e, "cursor"),
+			       (long long)jint(e, "rows"), a, (long long)jint(e, "refused"), snap);
+		}
+		if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tenant_key")))
+			printf("note: no tenant.key: phone look-ups are unavailable\n");
+		if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "central_key")))
+			printf("note: no central.pub: coupons and QR tokens cannot be verified\n");
+		cJSON_Delete(root);
+	}
+	scrm_free(json);
+	return 0;
+}
+
+static int cmd_cache_load(const struct opts *o, const cli__args *a)
+{
+	char lock[4200];
+	cache *c = NULL;
+	int lfd, failed = 0;
+	cache__options co = {.keys_dir = o->keys, .create = 1};
+	/* The daemon may be building a snapshot of the same stream. */
+	snprintf(lock, sizeof(lock), "%s/agent.lock", o->store);
+	platform__mkdirs(o->store, 0700);
+	if ((lfd = platform__lock_file(lock)) < 0) {
+		fprintf(stderr, "scrmctl: cache load: %s\n",
+			lfd == -EWOULDBLOCK ? "scrm-agent is running on this store; stop it first (or let central resync)"
+					    : strerror(-lfd));
+		return 1;
+	}
+	if (cache__open(o->store, &co, &c) != SCRM_OK) {
+		fprintf(stderr, "scrmctl: cache load: %s\n", scrm_errmsg());
+		return 1;
+	}
+	for (int i = 0; i < a->n_files; i++) {
+		int64_t n = 0, refused = 0;
+		int st = -1;
+		int64_t t0 = platform__mono_ms();
+		if (cache__load_file(c, a->files[i], NULL, NULL, &n, &refused, &st) != SCRM_OK) {
+			fprintf(stderr, "scrmctl: cache load: %s\n", scrm_errmsg());
+			failed = 1;
+			continue;
+		}
+		printf("loaded %s: stream %s, %lld records%s in %.1f s\n", a->files[i], cache__stream_name(st), (long long)n,
+		       refused ? " (some refused: bad signature)" : "", (double)(platform__mono_ms() - t0) / 1000.0);
+		if (refused) {
+			printf("  refused %lld: first: %s\n", (long long)refused, cache__refused_detail(c));
+			failed = 1;
+		}
+	}
+	cache__close(c);
+	close(lfd);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	cli__args a;
@@ -210,7 +465,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "scrmctl: %s\nTry 'scrmctl --help'.\n", err);
 		return 2;
 	}
-	struct opts o = {.store = a.store, .device = a.device, .json = a.json, .lines = a.lines};
+	struct opts o = {.store = a.store, .device = a.device, .keys = a.keys, .json = a.json, .lines = a.lines};
 	if (!o.store)
 		o.store = getenv("SCRM_STORE");
 	if (!o.store || !*o.store)
@@ -224,6 +479,10 @@ int main(int argc, char **argv)
 			usage_record(stdout);
 		else if (strcmp(a.topic, "status") == 0)
 			usage_status(stdout);
+		else if (strcmp(a.topic, "member") == 0)
+			usage_member(stdout);
+		else if (strcmp(a.topic, "cache") == 0)
+			usage_cache(stdout);
 		else
 			usage_main(stdout);
 		return 0;
@@ -231,6 +490,12 @@ int main(int argc, char **argv)
 		return cmd_record(&o, a.path);
 	case CLI_STATUS:
 		return cmd_status(&o);
+	case CLI_MEMBER_SHOW:
+		return cmd_member_show(&o, &a);
+	case CLI_CACHE_STATUS:
+		return cmd_cache_status(&o);
+	case CLI_CACHE_LOAD:
+		return cmd_cache_load(&o, &a);
 	case CLI_NONE:
 		break;
 	}

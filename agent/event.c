@@ -276,14 +276,23 @@ int event__encode_return(const scrm_return *r, sbuf *b)
 	return finish(b);
 }
 
-int event__encode_scan(const scrm_member_scan *s, sbuf *b)
+int event__encode_scan_consent(const scrm_member_scan *s, int tracking, sbuf *b)
 {
 	int rc;
 	sbuf__reset(b);
 	if (!s)
 		return err__set(SCRM_E_INVALID, "member_scan: NULL");
-	if ((rc = check_str("member_id", s->member_id, 1, MAX_ID)) ||
-	    (rc = check_enum("method", s->method, scan_methods)) ||
+	if ((rc = check_str("member_id", s->member_id, 1, MAX_ID)))
+		return rc;
+	if (!tracking) {
+		/* No behaviour-tracking consent: that the member was served is
+		 * recorded, not how or by whom. */
+		sbuf__puts(b, "{\"member_id\":");
+		sbuf__jstr(b, s->member_id);
+		sbuf__puts(b, ",\"tracking\":false}");
+		return finish(b);
+	}
+	if ((rc = check_enum("method", s->method, scan_methods)) ||
 	    (rc = check_str("guide_id", s->guide_id, 0, MAX_ID)))
 		return rc;
 	sbuf__puts(b, "{\"member_id\":");
@@ -294,12 +303,17 @@ int event__encode_scan(const scrm_member_scan *s, sbuf *b)
 	return finish(b);
 }
 
+int event__encode_scan(const scrm_member_scan *s, sbuf *b)
+{
+	return event__encode_scan_consent(s, 1, b);
+}
+
 /* ---- JSON → structs ------------------------------------------------- */
 
 /* Keys allowed in each kind's JSON; anything else is refused by name. */
 static const char *const purchase_keys[] = {"kind", "order_id", "lines", "discount", "total", "currency", "payment", "member_id", "guide_id", "coupons", NULL};
 static const char *const return_keys[] = {"kind", "return_id", "order_id", "lines", "total", "currency", "refund_method", "reason", "member_id", "guide_id", NULL};
-static const char *const scan_keys[] = {"kind", "member_id", "method", "guide_id", NULL};
+static const char *const scan_keys[] = {"kind", "member_id", "method", "guide_id", "tracking", NULL};
 static const char *const line_keys[] = {"sku", "qty", "unit_price", "discount", NULL};
 
 static int check_keys(const cJSON *obj, const char *const *allowed, const char *where)
@@ -468,14 +482,23 @@ cleanup:
 static int parse_scan(const cJSON *o, sbuf *out)
 {
 	scrm_member_scan s;
-	int rc;
+	const cJSON *t;
+	int rc, tracking = 1;
 	memset(&s, 0, sizeof(s));
 	if ((rc = check_keys(o, scan_keys, "")) ||
 	    (rc = get_str(o, "member_id", "", &s.member_id)) ||
 	    (rc = get_str(o, "method", "", &s.method)) ||
 	    (rc = get_str(o, "guide_id", "", &s.guide_id)))
 		return rc;
-	return event__encode_scan(&s, out);
+	if ((t = cJSON_GetObjectItemCaseSensitive(o, "tracking"))) {
+		if (!cJSON_IsBool(t))
+			return err__set(SCRM_E_INVALID, "tracking: must be true or false");
+		tracking = cJSON_IsTrue(t);
+		if (!tracking && (s.method || s.guide_id))
+			return err__set(SCRM_E_INVALID, "%s: not recorded for a member without tracking consent (tracking false)",
+					s.method ? "method" : "guide_id");
+	}
+	return event__encode_scan_consent(&s, tracking, out);
 }
 
 /* Line and column of a byte offset, for parse errors. */

@@ -26,6 +26,9 @@ const char *event__kind_name(event__kind k);
 int event__encode_purchase(const scrm_purchase *p, sbuf *out);
 int event__encode_return(const scrm_return *r, sbuf *out);
 int event__encode_scan(const scrm_member_scan *s, sbuf *out);
+/* tracking = 0: the member withheld behaviour-tracking consent; the body
+ * keeps only member_id and "tracking":false. */
+int event__encode_scan_consent(const scrm_member_scan *s, int tracking, sbuf *out);
 
 /* Largest JSON text scrm_record_json() accepts before parsing. */
 #define EVENT_MAX_JSON_BYTES (1024 * 1024)

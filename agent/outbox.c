@@ -7,6 +7,12 @@
  *          last_ack_ms, last_acked_seq)  — one row, the device's counters
  *   outbox(seq PK, id, kind, wall_ms, mono_ms, boot, clock_ok, body)
  *   rejected(seq PK, id, kind, wall_ms, body, reason, rejected_ms)
+ * Schema v2 adds:
+ *   member_activity(seq PK, member_id, wall_ms, kind, amount, skus)
+ *     — each purchase/return of a member, filled by a trigger in the same
+ *     transaction as the event, so the guide's view of the member includes
+ *     today's sale at once; kept after the ack (central's profile catches up
+ *     later) and pruned by age.
  *
  * The sequence counter lives in `device`, not in max(seq), because acked
  * events are deleted: a seq must never be reused even when the outbox empties.
@@ -110,6 +116,23 @@ static const char schema_v1[] =
 	" rejected_ms INTEGER NOT NULL);"
 	"PRAGMA user_version = 1;";
 
+/* SQLite's JSON functions read the canonical body the capture path just
+ * wrote: no second encoder in C, and any insert path gets it. */
+static const char schema_v2[] =
+	"CREATE TABLE IF NOT EXISTS member_activity("
+	" seq INTEGER PRIMARY KEY, member_id TEXT NOT NULL, wall_ms INTEGER NOT NULL,"
+	" kind TEXT NOT NULL, amount INTEGER NOT NULL, skus TEXT NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS member_activity_member ON member_activity(member_id, wall_ms);"
+	"CREATE TRIGGER IF NOT EXISTS outbox_member_activity AFTER INSERT ON outbox"
+	" WHEN NEW.kind IN ('purchase', 'return') AND json_extract(NEW.body, '$.member_id') IS NOT NULL"
+	" BEGIN"
+	"  INSERT OR REPLACE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
+	"  VALUES (NEW.seq, json_extract(NEW.body, '$.member_id'), NEW.wall_ms, NEW.kind,"
+	"   CASE NEW.kind WHEN 'return' THEN -json_extract(NEW.body, '$.total') ELSE json_extract(NEW.body, '$.total') END,"
+	"   (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(NEW.body, '$.lines')));"
+	" END;"
+	"PRAGMA user_version = 2;";
+
 /* Create or upgrade the schema, and bind the store to its device. */
 static int migrate(outbox *ob, const char *device_id)
 {
@@ -126,13 +149,14 @@ static int migrate(outbox *ob, const char *device_id)
 		ver = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver > 1) {
-		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (1); refusing to touch it", ver);
+	if (ver > 2) {
+		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (2); refusing to touch it", ver);
 		goto cleanup;
 	}
 	if (ver == 0 && (rc = exec(ob, schema_v1)))
 		goto cleanup;
-	/* Future versions: if (ver < 2) { ALTER ...; PRAGMA user_version = 2; } */
+	if (ver < 2 && (rc = exec(ob, schema_v2)))
+		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "read device");
@@ -484,4 +508,54 @@ int outbox__checkpoint(outbox *ob)
 {
 	int rc = sqlite3_wal_checkpoint_v2(ob->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 	return rc == SQLITE_OK || rc == SQLITE_BUSY ? SCRM_OK : fail(ob, rc, "checkpoint");
+}
+
+int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
+{
+	/* Keep id and seq (central's order and dedup rely on them); remove who
+	 * the customer was and any free text about them. */
+	static const char *const sql[] = {
+		"UPDATE outbox SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure')"
+		" WHERE json_extract(body, '$.member_id') = ?1",
+		"UPDATE rejected SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure')"
+		" WHERE json_extract(body, '$.member_id') = ?1",
+		"DELETE FROM member_activity WHERE member_id = ?1",
+	};
+	int rc;
+	*redacted = 0;
+	if ((rc = exec(ob, "BEGIN IMMEDIATE")))
+		return rc;
+	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
+		sqlite3_stmt *st = NULL;
+		if ((rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL)) != SQLITE_OK) {
+			rc = fail(ob, rc, "prepare redaction");
+			goto cleanup;
+		}
+		sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
+		rc = sqlite3_step(st);
+		if (i == 0)
+			*redacted = sqlite3_changes(ob->db);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE) {
+			rc = fail(ob, rc, "redact member");
+			goto cleanup;
+		}
+	}
+	rc = exec(ob, "COMMIT");
+cleanup:
+	if (rc)
+		rollback(ob);
+	return rc;
+}
+
+int outbox__prune_activity(outbox *ob, int64_t before_ms)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "DELETE FROM member_activity WHERE wall_ms < ?1", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare prune");
+	sqlite3_bind_int64(st, 1, before_ms);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "prune member activity");
 }

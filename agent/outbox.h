@@ -64,6 +64,15 @@ int outbox__oldest_seq(outbox *ob, int64_t *seq);
 
 int outbox__stats(outbox *ob, scrm_outbox_stats *st);
 
+/* Erasure: in one transaction, strip member_id (and a return's reason) from
+ * the member's pending and rejected events, marking them "redacted", and
+ * delete the member's local purchase history. *redacted = pending events
+ * changed. Idempotent. */
+int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted);
+
+/* Drop local purchase history older than before_ms (wall). */
+int outbox__prune_activity(outbox *ob, int64_t before_ms);
+
 /* Passive WAL checkpoint, for the daemon's idle moments. */
 int outbox__checkpoint(outbox *ob);
 

@@ -17,6 +17,7 @@
 #include "event.h"
 #include "outbox.h"
 #include "platform.h"
+#include "store.h"
 #include "uuid.h"
 
 #include <pthread.h>
@@ -137,7 +138,7 @@ static void lead_round(scrm_store *s)
 	pthread_cond_broadcast(&s->cv);
 }
 
-static int record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
+int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
 {
 	struct pending p;
 	int rc;
@@ -200,7 +201,7 @@ static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_re
 		break;
 	}
 	if (rc == SCRM_OK)
-		rc = record(s, kind, &body, receipt);
+		rc = store__record(s, kind, &body, receipt);
 	sbuf__free(&body);
 	return rc;
 }
@@ -232,7 +233,7 @@ int scrm_record_json(scrm_store *s, const char *json, size_t len, scrm_receipt *
 	sbuf__init(&body);
 	rc = event__from_json(json, len, &kind, &body);
 	if (rc == SCRM_OK)
-		rc = record(s, kind, &body, receipt);
+		rc = store__record(s, kind, &body, receipt);
 	sbuf__free(&body);
 	return rc;
 }

@@ -17,6 +17,7 @@
 #include "mqtt.h"
 #include "outbox.h"
 #include "platform.h"
+#include "cache.h"
 #include "sbuf.h"
 #include "tlsprobe.h"
 #include "uuid.h"
@@ -47,7 +48,10 @@ struct sync {
 	outbox *ob;
 	mqtt *mq;
 	char topic_up[340], topic_down[340], topic_ack[340];
-	int connecting, connected, subscribed;
+	char topic_store_cache[300], topic_resync[340], dev_cache_prefix[340];
+	int connecting, connected, subscribed, subs_pending;
+	cache *cache; /* NULL when cache.enabled is false or the cache failed to open */
+	sbuf req;
 	int window; /* effective: min(cfg window, Receive Maximum) */
 	int64_t next_connect_ms; /* monotonic; 0 = none scheduled */
 	backoff bo;
@@ -334,6 +338,100 @@ out:
 	sync__ack_free(&ack);
 }
 
+/* ---- customer cache ---- */
+
+/* The stream name if `topic` is {prefix}down/cache/{stream}, else NULL. */
+static const char *cache_topic(const char *topic, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	if (strncmp(topic, prefix, n) != 0 || strncmp(topic + n, "down/cache/", 11) != 0)
+		return NULL;
+	return topic + n + 11;
+}
+
+/* Erasure, inside the cache transaction: redact the outbox first, so a
+ * crash in between repeats the redaction rather than skipping it. */
+static int forget_in_outbox(void *ctx, const char *member_id)
+{
+	struct sync *s = ctx;
+	int64_t n = 0;
+	int rc = outbox__redact_member(s->ob, member_id, &n);
+	if (rc == SCRM_OK)
+		LOG(LOG_INFO, "cache", "member forgotten", "member=%s pending_events_redacted=%lld", member_id, (long long)n);
+	else
+		LOG(LOG_ERROR, "cache", "cannot redact the outbox for an erasure", "member=%s err=\"%s\"", member_id,
+		    scrm_errmsg());
+	return rc;
+}
+
+/* Ask central for the next stream that needs a snapshot, if it is time. */
+static void cache_pump(struct sync *s)
+{
+	int st;
+	if (!s->cache || !s->connected || !s->subscribed)
+		return;
+	if (!cache__next_request(s->cache, platform__mono_ms(), &s->req, &st))
+		return;
+	if (s->req.oom || mqtt__publish(s->mq, s->topic_resync, s->req.p, s->req.len, 1, 0, NULL) != SCRM_OK) {
+		LOG(LOG_WARN, "cache", "cannot send a resync request; will retry", "stream=%s", cache__stream_name(st));
+		cache__reset_requests(s->cache);
+		return;
+	}
+	LOG(LOG_INFO, "cache", "resync requested", "stream=%s request=%s", cache__stream_name(st), s->req.p);
+}
+
+static void on_cache(struct sync *s, const char *topic, const char *payload, size_t len)
+{
+	const char *stream = cache_topic(topic, s->cfg->store_prefix);
+	cache__outcome o;
+	char q[600];
+	if (!stream)
+		stream = cache_topic(topic, s->cfg->topic_prefix);
+	int rc = cache__apply(s->cache, stream, payload, len, forget_in_outbox, s, &o);
+	if (rc != SCRM_OK) {
+		LOG(LOG_WARN, "cache", "cache delta refused", "topic=%s bytes=%zu err=%s", topic, len,
+		    log__q(q, sizeof(q), scrm_errmsg()));
+		if (o.stream >= 0 && rc != SCRM_E_BUSY && rc != SCRM_E_IO && rc != SCRM_E_DISK_FULL)
+			cache__want(s->cache, o.stream, "refused");
+		cache_pump(s);
+		return;
+	}
+	if (o.refused)
+		LOG(LOG_WARN, "cache", "cache record refused", "stream=%s refused=%lld first=%s", cache__stream_name(o.stream),
+		    (long long)o.refused, log__q(q, sizeof(q), cache__refused_detail(s->cache)));
+	switch (o.what) {
+	case CA_APPLIED:
+		LOG(LOG_DEBUG, "cache", "delta applied", "stream=%s version=%lld ops=%lld", cache__stream_name(o.stream),
+		    (long long)o.version, (long long)o.ops);
+		break;
+	case CA_DUPLICATE:
+		LOG(LOG_DEBUG, "cache", "duplicate delta ignored", "stream=%s version=%lld cursor=%lld",
+		    cache__stream_name(o.stream), (long long)o.version, (long long)o.cursor);
+		break;
+	case CA_GAP:
+		LOG(LOG_INFO, "cache", "cache gap; asking for a resync", "stream=%s cursor=%lld delta_version=%lld",
+		    cache__stream_name(o.stream), (long long)o.cursor, (long long)o.version);
+		break;
+	case CA_BUFFERED:
+		LOG(LOG_DEBUG, "cache", "delta kept for after the snapshot", "stream=%s version=%lld",
+		    cache__stream_name(o.stream), (long long)o.version);
+		break;
+	case CA_CHUNK:
+		LOG(LOG_DEBUG, "cache", "snapshot chunk staged", "stream=%s chunk=%lld chunks=%lld",
+		    cache__stream_name(o.stream), (long long)o.chunk, (long long)o.chunks);
+		break;
+	case CA_SWAPPED:
+		LOG(LOG_INFO, "cache", "snapshot swapped in", "stream=%s version=%lld cursor=%lld chunks=%lld",
+		    cache__stream_name(o.stream), (long long)o.version, (long long)o.cursor, (long long)o.chunks);
+		break;
+	case CA_IGNORED:
+		LOG(LOG_DEBUG, "cache", "snapshot chunk out of sequence ignored", "stream=%s chunk=%lld",
+		    cache__stream_name(o.stream), (long long)o.chunk);
+		break;
+	}
+	cache_pump(s);
+}
+
 static void handle_mqtt(struct sync *s)
 {
 	mqtt__event *e;
@@ -352,8 +450,18 @@ static void handle_mqtt(struct sync *s)
 			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
 			    s->cfg->broker_uri, e->session_present, e->recv_max, s->window);
 			go_back(s, "reconnect");
+			s->subs_pending = 0;
 			if (mqtt__subscribe(s->mq, s->topic_down, 1) != SCRM_OK)
 				LOG(LOG_ERROR, "sync", "subscribe call failed", "topic=%s", s->topic_down);
+			else
+				s->subs_pending++;
+			if (s->cache) {
+				cache__reset_requests(s->cache);
+				if (mqtt__subscribe(s->mq, s->topic_store_cache, 1) != SCRM_OK)
+					LOG(LOG_ERROR, "sync", "subscribe call failed", "topic=%s", s->topic_store_cache);
+				else
+					s->subs_pending++;
+			}
 			break;
 		case MQ_CONNECT_FAILED: {
 			char q[600], why[400], q2[450];
@@ -386,8 +494,13 @@ static void handle_mqtt(struct sync *s)
 			break;
 		}
 		case MQ_SUBSCRIBED:
-			s->subscribed = 1;
-			LOG(LOG_DEBUG, "sync", "subscribed", "topic=%s", s->topic_down);
+			if (s->subs_pending > 0)
+				s->subs_pending--;
+			if (s->subs_pending == 0) {
+				s->subscribed = 1;
+				LOG(LOG_DEBUG, "sync", "subscribed", "topic=%s", s->topic_down);
+				cache_pump(s);
+			}
 			break;
 		case MQ_SUBSCRIBE_FAILED: {
 			char q[300];
@@ -403,6 +516,9 @@ static void handle_mqtt(struct sync *s)
 		case MQ_MESSAGE:
 			if (strcmp(e->topic, s->topic_ack) == 0)
 				on_ack(s, e->payload, e->len);
+			else if (s->cache && (cache_topic(e->topic, s->cfg->store_prefix) ||
+					      cache_topic(e->topic, s->cfg->topic_prefix)))
+				on_cache(s, e->topic, e->payload, e->len);
 			else
 				LOG(LOG_DEBUG, "sync", "ignoring message on unknown topic", "topic=%s", e->topic);
 			break;
@@ -435,6 +551,9 @@ int sync__run(const config *cfg)
 	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
 	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
+	snprintf(s.topic_store_cache, sizeof(s.topic_store_cache), "%sdown/cache/+", cfg->store_prefix);
+	snprintf(s.topic_resync, sizeof(s.topic_resync), "%sup/cache/resync", cfg->topic_prefix);
+	sbuf__init(&s.req);
 	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
 
 	{
@@ -455,6 +574,28 @@ int sync__run(const config *cfg)
 		char q[600];
 		LOG(LOG_ERROR, "sync", "cannot open the outbox", "dir=%s err=%s", cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
 		goto cleanup;
+	}
+	if (cfg->cache_enabled) {
+		cache__options co = {.keys_dir = cfg->keys_dir,
+				     .create = 1,
+				     .max_message_bytes = (size_t)cfg->cache_max_message_bytes,
+				     .snapshot_timeout_ms = cfg->snapshot_timeout_ms};
+		char q[600];
+		/* The cache is rebuildable: if it cannot open, sales still flow. */
+		if (cache__open(cfg->store_dir, &co, &s.cache) != SCRM_OK) {
+			LOG(LOG_ERROR, "cache", "cannot open the customer cache; running without it", "dir=%s err=%s",
+			    cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
+			s.cache = NULL;
+		} else if (cache__set_identity(s.cache, cfg->tenant, cfg->phone_cc) != SCRM_OK) {
+			LOG(LOG_WARN, "cache", "cannot record the tenant in the cache", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		}
+		if (s.cache) {
+			sbuf st;
+			sbuf__init(&st);
+			if (cache__status(s.cache, &st) == SCRM_OK)
+				LOG(LOG_INFO, "cache", "cache opened", "status=%s", log__q(q, sizeof(q), st.p));
+			sbuf__free(&st);
+		}
 	}
 	if (cfg->password_file) {
 		size_t n = 0;
@@ -518,6 +659,11 @@ int sync__run(const config *cfg)
 			wake = s.next_connect_ms;
 		if (s.nwin > 0 && s.win[0].deadline_ms < wake)
 			wake = s.win[0].deadline_ms;
+		if (s.cache && s.connected && s.subscribed) {
+			int64_t d = cache__next_deadline(s.cache);
+			if (d && d < wake)
+				wake = d;
+		}
 		int timeout = wake <= now ? 0 : (int)(wake - now);
 		int n = poll(pf, net_fd >= 0 ? 4 : 3, timeout);
 		if (n < 0 && errno != EINTR) {
@@ -559,10 +705,19 @@ int sync__run(const config *cfg)
 			go_back(&s, "ack_timeout");
 			pump(&s);
 		}
+		if (s.cache) {
+			int64_t d = cache__next_deadline(s.cache);
+			if (d && d <= now)
+				cache_pump(&s);
+		}
 		if (now - s.last_activity_ms >= IDLE_CHECKPOINT_MS) {
 			/* Idle: checkpoint, and catch events whose notification was
 			 * lost (e.g. captured by a tool that cannot reach the socket). */
 			outbox__checkpoint(s.ob);
+			if (s.cache) {
+				cache__checkpoint(s.cache);
+				outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL);
+			}
 			pump(&s);
 			s.last_activity_ms = now;
 		}
@@ -575,10 +730,15 @@ cleanup:
 		mqtt__disconnect(s.mq, 1000);
 		mqtt__destroy(s.mq);
 	}
+	if (s.cache) {
+		cache__checkpoint(s.cache);
+		cache__close(s.cache);
+	}
 	if (s.ob) {
 		outbox__checkpoint(s.ob);
 		outbox__close(s.ob);
 	}
+	sbuf__free(&s.req);
 	if (sig_fd >= 0)
 		close(sig_fd);
 	if (note_fd >= 0) {

@@ -180,6 +180,51 @@ typedef struct scrm_outbox_stats {
 
 SCRM_API int scrm_outbox_get_stats(scrm_store *store, scrm_outbox_stats *out);
 
+/* ---- Customer cache (offline member look-up) ------------------------- */
+
+/* The cache `<dir>/cache.db` is kept up to date by scrm-agent from the
+ * central system (docs/protocol.md, "Customer cache"); these calls only read
+ * it (and a scan records an event). Keys live in `<dir>/keys/` unless the
+ * daemon's cache.keys_dir says otherwise: data.key (device data key, made by
+ * the agent), tenant.key (phone look-up) and central.pub (QR tokens). */
+typedef struct scrm_cache scrm_cache;
+
+/* Open the cache of the store in `dir` (borrowed). `keys_dir` borrowed, NULL
+ * for `<dir>/keys`. SCRM_E_NOT_FOUND if the store has no cache yet. A handle
+ * may be shared by threads (calls are serialised). */
+SCRM_API int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out);
+SCRM_API void scrm_cache_close(scrm_cache *cache);
+
+/* How the member was identified at the counter. */
+typedef enum scrm_member_key {
+	SCRM_MEMBER_ID = 1,    /* member id */
+	SCRM_MEMBER_CARD = 2,  /* member card number */
+	SCRM_MEMBER_PHONE = 3, /* phone as typed; normalised, then keyed-hashed */
+	SCRM_MEMBER_QR = 4,    /* QR token from the member's app: signature and expiry checked */
+} scrm_member_key;
+
+/* The member's profile card as JSON (docs/protocol.md, "Member card"):
+ * profile, decrypted name and birthday, masked phone, coupons held, and the
+ * purchases this device recorded that central has not yet reflected.
+ * On success *card_json is owned by the caller (release with scrm_free()).
+ * SCRM_E_NOT_FOUND: no such member; SCRM_E_INVALID: a malformed phone or a
+ * QR token refused (the reason — signature, expired, ... — in scrm_errmsg()). */
+SCRM_API int scrm_member_get(scrm_cache *cache, scrm_member_key by, const char *value, char **card_json);
+
+/* A member scan at the counter: look the member up as scrm_member_get(), then
+ * record a member_scan event in the outbox (without method and guide when the
+ * member has not consented to behaviour tracking). `guide_id` optional.
+ * Either out pointer may be NULL. */
+SCRM_API int scrm_member_identify(scrm_store *store, scrm_cache *cache, scrm_member_key by, const char *value,
+				  const char *guide_id, char **card_json, scrm_receipt *receipt);
+
+/* Per-stream cache status as JSON (cursor, rows, age, snapshot progress).
+ * *json owned by the caller (scrm_free()). */
+SCRM_API int scrm_cache_status(scrm_cache *cache, char **json);
+
+/* Release memory returned by libscrm; NULL is a no-op. */
+SCRM_API void scrm_free(void *p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -238,12 +238,12 @@ static void newer_schema_refused(void **state)
 	f->ob = NULL;
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
 	assert_null(f->ob);
-	/* "refusing to touch it": still version 2. */
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 2);
+	/* "refusing to touch it": still version 3. */
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 3);
 }
 
 static void not_a_database_refused(void **state)

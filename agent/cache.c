@@ -1,0 +1,1995 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cache: the offline customer cache (see cache.h for what it owns).
+ *
+ * Schema (PRAGMA user_version = 1):
+ *   meta(k PK, v)                 tenant, phone country code
+ *   streams(name PK, cursor, applied_ms, refused, gen, snap_*)
+ *                                 one row per stream: its version cursor and
+ *                                 the snapshot being built, if any
+ *   delta_buf(stream, base, version, body)
+ *                                 deltas that arrived during a snapshot build
+ *   members, coupons, catalogue, inventory, scripts, recos, rules
+ *                                 one table per stream, keyed by the record key
+ *   <stream>__stage               a snapshot being built aside
+ *
+ * Snapshot swap: the last chunk's transaction builds the stage table's
+ * indexes, drops the live table and renames the stage into its place, and
+ * moves the cursor — readers (WAL) see the old complete view until that
+ * commit. Index names carry a generation number (members_card_g7) because
+ * SQLite keeps an index's name across a table rename.
+ */
+#include "cache.h"
+
+#include "crypto.h"
+#include "err.h"
+#include "platform.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_SAFE_INT 9007199254740992LL /* 2^53 */
+#define MAX_OPS 5000
+#define MAX_RECORDS 100000
+#define MAX_CHUNKS 1000000
+#define MAX_BUFFERED 1000
+#define MAX_KEY 64
+#define DEFAULT_MAX_MESSAGE (4u * 1024 * 1024)
+#define MAX_TIMEOUT_MS 600000
+#define QR_MAX 512
+#define QR_SKEW_MS 300000
+
+/* ---- streams -------------------------------------------------------- */
+
+struct index_def {
+	const char *suffix, *column;
+};
+
+typedef int (*bind_fn)(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+
+struct stream_def {
+	const char *name;
+	const char *columns; /* after "key TEXT PRIMARY KEY," */
+	const char *insert;  /* column list and placeholders */
+	struct index_def idx[2];
+	bind_fn bind;
+};
+
+static int bind_member(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_coupon(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_catalogue(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_inventory(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_script(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_reco(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+static int bind_rule(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
+
+static const struct stream_def streams[ST_COUNT] = {
+	[ST_MEMBERS] = {"members", "card TEXT, phone_hash BLOB, tracking INTEGER NOT NULL, doc TEXT NOT NULL, pii BLOB",
+			"(key, card, phone_hash, tracking, doc, pii) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+			{{"card", "card"}, {"phone", "phone_hash"}}, bind_member},
+	[ST_COUPONS] = {"coupons",
+			"type TEXT NOT NULL, member_id TEXT, campaign TEXT, valid_to INTEGER, signed TEXT NOT NULL, sig BLOB NOT NULL",
+			"(key, type, member_id, campaign, valid_to, signed, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+			{{"member", "member_id"}, {NULL, NULL}}, bind_coupon},
+	[ST_CATALOGUE] = {"catalogue", "category TEXT, doc TEXT NOT NULL", "(key, category, doc) VALUES (?1, ?2, ?3)",
+			  {{"category", "category"}, {NULL, NULL}}, bind_catalogue},
+	[ST_INVENTORY] = {"inventory", "qty INTEGER NOT NULL, as_of_ms INTEGER NOT NULL",
+			  "(key, qty, as_of_ms) VALUES (?1, ?2, ?3)", {{NULL, NULL}, {NULL, NULL}}, bind_inventory},
+	[ST_SCRIPTS] = {"scripts", "stage TEXT, tag TEXT, doc TEXT NOT NULL", "(key, stage, tag, doc) VALUES (?1, ?2, ?3, ?4)",
+			{{NULL, NULL}, {NULL, NULL}}, bind_script},
+	[ST_RECOS] = {"recos", "doc TEXT NOT NULL", "(key, doc) VALUES (?1, ?2)", {{NULL, NULL}, {NULL, NULL}}, bind_reco},
+	[ST_RULES] = {"rules",
+		      "if_sku TEXT NOT NULL, then_sku TEXT NOT NULL, support REAL NOT NULL, confidence REAL NOT NULL, lift REAL NOT NULL",
+		      "(key, if_sku, then_sku, support, confidence, lift) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+		      {{"if", "if_sku"}, {NULL, NULL}}, bind_rule},
+};
+
+const char *cache__stream_name(int st)
+{
+	return st >= 0 && st < ST_COUNT ? streams[st].name : "?";
+}
+
+int cache__stream_parse(const char *name)
+{
+	for (int i = 0; name && i < ST_COUNT; i++)
+		if (strcmp(name, streams[i].name) == 0)
+			return i;
+	return -1;
+}
+
+/* ---- handle --------------------------------------------------------- */
+
+struct resync {
+	int want;            /* a snapshot should be asked for */
+	char reason[16];
+	int64_t timeout_ms;  /* current wait between chunks; doubles on silence */
+};
+
+struct cache {
+	sqlite3 *db;  /* cache.db */
+	sqlite3 *act; /* outbox.db, read only: local purchase history; may be NULL */
+	crypto__sealer *sealer;
+	uint8_t tenant_key[CRYPTO_KEY_BYTES];
+	int has_tenant_key;
+	char tenant_key_err[200];
+	crypto__verifier *central;
+	char central_err[200];
+	char tenant[65], phone_cc[8];
+	size_t max_msg;
+	int64_t snap_timeout_ms;
+	struct resync rs[ST_COUNT];
+	int inflight;          /* stream asked for and not yet swapped in, -1 none */
+	int64_t inflight_ms;   /* monotonic: request sent or last chunk */
+	sqlite3_stmt *q_card[4], *q_coupons, *q_act;
+	char refused_detail[240]; /* first record refused alone in the last apply */
+};
+
+static int fail(cache *c, int rc, const char *what)
+{
+	int code;
+	switch (rc & 0xff) {
+	case SQLITE_FULL:
+		code = SCRM_E_DISK_FULL;
+		break;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		code = SCRM_E_BUSY;
+		break;
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		code = SCRM_E_CORRUPT;
+		break;
+	case SQLITE_NOMEM:
+		code = SCRM_E_NOMEM;
+		break;
+	default:
+		code = SCRM_E_IO;
+	}
+	return err__set(code, "cache: %s: %s", what, c && c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+}
+
+static int exec(cache *c, const char *sql)
+{
+	int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? SCRM_OK : fail(c, rc, sql);
+}
+
+static void rollback(cache *c)
+{
+	if (!sqlite3_get_autocommit(c->db))
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int prep(cache *c, sqlite3 *db, sqlite3_stmt **st, const char *sql, int persistent)
+{
+	int rc = sqlite3_prepare_v3(db, sql, -1, persistent ? SQLITE_PREPARE_PERSISTENT : 0, st, NULL);
+	if (rc != SQLITE_OK)
+		return err__set(SCRM_E_IO, "cache: prepare: %s", sqlite3_errmsg(db));
+	(void)c;
+	return SCRM_OK;
+}
+
+static int key_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > MAX_KEY)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+		      ch == '_' || ch == '.' || ch == ':' || ch == '>'))
+			return 0;
+	}
+	return 1;
+}
+
+static int create_table(cache *c, int st, const char *table, int64_t gen, int with_indexes)
+{
+	char sql[1024];
+	int rc;
+	snprintf(sql, sizeof(sql), "CREATE TABLE IF NOT EXISTS \"%s\"(key TEXT PRIMARY KEY, %s) WITHOUT ROWID", table,
+		 streams[st].columns);
+	if ((rc = exec(c, sql)))
+		return rc;
+	for (int i = 0; with_indexes && i < 2 && streams[st].idx[i].suffix; i++) {
+		snprintf(sql, sizeof(sql),
+			 "CREATE INDEX IF NOT EXISTS \"%s_%s_g%lld\" ON \"%s\"(%s) WHERE %s IS NOT NULL",
+			 streams[st].name, streams[st].idx[i].suffix, (long long)gen, table, streams[st].idx[i].column,
+			 streams[st].idx[i].column);
+		if ((rc = exec(c, sql)))
+			return rc;
+	}
+	return SCRM_OK;
+}
+
+static int migrate(cache *c)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ver = 0;
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	if ((rc = prep(c, c->db, &st, "PRAGMA user_version", 0)))
+		goto cleanup;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		ver = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (ver > 1) {
+		rc = err__set(SCRM_E_CORRUPT, "cache: schema version %d is newer than this agent (1)", ver);
+		goto cleanup;
+	}
+	if (ver == 0) {
+		if ((rc = exec(c, "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;"
+				  "CREATE TABLE IF NOT EXISTS streams(name TEXT PRIMARY KEY,"
+				  " cursor INTEGER NOT NULL DEFAULT 0, applied_ms INTEGER NOT NULL DEFAULT 0,"
+				  " refused INTEGER NOT NULL DEFAULT 0, gen INTEGER NOT NULL DEFAULT 0,"
+				  " snap_id TEXT, snap_version INTEGER, snap_chunks INTEGER, snap_next INTEGER,"
+				  " snap_refused INTEGER, snap_started_ms INTEGER) WITHOUT ROWID;"
+				  "CREATE TABLE IF NOT EXISTS delta_buf(stream TEXT NOT NULL, base INTEGER NOT NULL,"
+				  " version INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(stream, base, version))"
+				  " WITHOUT ROWID;")))
+			goto cleanup;
+		for (int i = 0; i < ST_COUNT; i++) {
+			char sql[200];
+			if ((rc = create_table(c, i, streams[i].name, 0, 1)))
+				goto cleanup;
+			snprintf(sql, sizeof(sql), "INSERT OR IGNORE INTO streams(name) VALUES ('%s')", streams[i].name);
+			if ((rc = exec(c, sql)))
+				goto cleanup;
+		}
+		if ((rc = exec(c, "PRAGMA user_version = 1")))
+			goto cleanup;
+	}
+	rc = exec(c, "COMMIT");
+cleanup:
+	if (rc)
+		rollback(c);
+	return rc;
+}
+
+static int meta_get(cache *c, const char *k, char *out, size_t cap)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = prep(c, c->db, &st, "SELECT v FROM meta WHERE k = ?1", 0);
+	out[0] = '\0';
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+		snprintf(out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return SCRM_OK;
+}
+
+int cache__open(const char *dir, const cache__options *opts, cache **out)
+{
+	cache__options dflt = {0};
+	char path[4200], keys[4200], kp[4300];
+	uint8_t key[CRYPTO_KEY_BYTES];
+	cache *c;
+	int rc;
+
+	if (!opts)
+		opts = &dflt;
+	*out = NULL;
+	if (!(c = calloc(1, sizeof(*c))))
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	c->inflight = -1;
+	c->max_msg = opts->max_message_bytes ? opts->max_message_bytes : DEFAULT_MAX_MESSAGE;
+	c->snap_timeout_ms = opts->snapshot_timeout_ms > 0 ? opts->snapshot_timeout_ms : 30000;
+	for (int i = 0; i < ST_COUNT; i++)
+		c->rs[i].timeout_ms = c->snap_timeout_ms;
+	if (opts->keys_dir)
+		snprintf(keys, sizeof(keys), "%s", opts->keys_dir);
+	else
+		snprintf(keys, sizeof(keys), "%s/keys", dir);
+
+	snprintf(path, sizeof(path), "%s/%s", dir, CACHE_FILE);
+	if (!opts->create && access(path, F_OK) != 0) {
+		rc = err__set(SCRM_E_NOT_FOUND, "%s: no cache yet (scrm-agent creates it)", path);
+		goto fail;
+	}
+	if (opts->create)
+		platform__mkdirs(dir, 0700);
+	/* The device data key first: without it nothing personal can be
+	 * stored or read. */
+	snprintf(kp, sizeof(kp), "%s/data.key", keys);
+	if (opts->create) {
+		platform__mkdirs(keys, 0700);
+		rc = crypto__ensure_key(kp, key);
+	} else {
+		rc = crypto__load_key(kp, key);
+	}
+	if (rc)
+		goto fail;
+	rc = crypto__sealer_new(key, &c->sealer);
+	memset(key, 0, sizeof(key));
+	if (rc)
+		goto fail;
+	snprintf(kp, sizeof(kp), "%s/tenant.key", keys);
+	if (crypto__load_key(kp, c->tenant_key) == SCRM_OK)
+		c->has_tenant_key = 1;
+	else
+		snprintf(c->tenant_key_err, sizeof(c->tenant_key_err), "%s", scrm_errmsg());
+	snprintf(kp, sizeof(kp), "%s/central.pub", keys);
+	if (crypto__verifier_load(kp, &c->central) != SCRM_OK)
+		snprintf(c->central_err, sizeof(c->central_err), "%s", scrm_errmsg());
+
+	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | (opts->create ? SQLITE_OPEN_CREATE : 0) |
+						   SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		rc = fail(c, rc, "open");
+		goto fail;
+	}
+	sqlite3_busy_timeout(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
+	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
+	 * deltas, never consistency; the cursor moves with the data). */
+	if ((rc = exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;"
+			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
+		goto fail;
+	if ((rc = migrate(c)))
+		goto fail;
+	meta_get(c, "tenant", c->tenant, sizeof(c->tenant));
+	meta_get(c, "phone_cc", c->phone_cc, sizeof(c->phone_cc));
+
+	/* The outbox's local purchase history (read only; absent is fine). */
+	snprintf(path, sizeof(path), "%s/outbox.db", dir);
+	if (access(path, F_OK) == 0 &&
+	    sqlite3_open_v2(path, &c->act, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(c->act, 1000);
+	} else if (c->act) {
+		sqlite3_close(c->act);
+		c->act = NULL;
+	}
+
+	/* Bootstrap and resume: what the resync schedule starts with. */
+	{
+		sqlite3_stmt *st = NULL;
+		if ((rc = prep(c, c->db, &st, "SELECT name, cursor, snap_id FROM streams", 0)))
+			goto fail;
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			int i = cache__stream_parse((const char *)sqlite3_column_text(st, 0));
+			if (i < 0)
+				continue;
+			if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
+				c->rs[i].want = 1;
+				snprintf(c->rs[i].reason, sizeof(c->rs[i].reason), "resume");
+			} else if (sqlite3_column_int64(st, 1) == 0) {
+				c->rs[i].want = 1;
+				snprintf(c->rs[i].reason, sizeof(c->rs[i].reason), "bootstrap");
+			}
+		}
+		sqlite3_finalize(st);
+	}
+	*out = c;
+	return SCRM_OK;
+fail:
+	cache__close(c);
+	return rc;
+}
+
+void cache__close(cache *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < 4; i++)
+		sqlite3_finalize(c->q_card[i]);
+	sqlite3_finalize(c->q_coupons);
+	sqlite3_finalize(c->q_act);
+	if (c->db)
+		sqlite3_close_v2(c->db);
+	if (c->act)
+		sqlite3_close_v2(c->act);
+	crypto__sealer_free(c->sealer);
+	crypto__verifier_free(c->central);
+	memset(c->tenant_key, 0, sizeof(c->tenant_key));
+	free(c);
+}
+
+int cache__set_identity(cache *c, const char *tenant, const char *phone_cc)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = prep(c, c->db, &st, "INSERT OR REPLACE INTO meta(k, v) VALUES (?1, ?2)", 0);
+	if (rc)
+		return rc;
+	const char *k[2] = {"tenant", "phone_cc"}, *v[2] = {tenant, phone_cc ? phone_cc : ""};
+	for (int i = 0; i < 2 && rc == SCRM_OK; i++) {
+		sqlite3_bind_text(st, 1, k[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, v[i], -1, SQLITE_STATIC);
+		int e = sqlite3_step(st);
+		if (e != SQLITE_DONE)
+			rc = fail(c, e, "write meta");
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+	snprintf(c->phone_cc, sizeof(c->phone_cc), "%s", phone_cc ? phone_cc : "");
+	return rc;
+}
+
+void cache__checkpoint(cache *c)
+{
+	sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
+/* ---- JSON field checks (every refusal names the field) --------------- */
+
+static int is_int(const cJSON *it, int64_t lo, int64_t hi, int64_t *out)
+{
+	if (!cJSON_IsNumber(it))
+		return 0;
+	double d = it->valuedouble;
+	if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
+		return 0;
+	*out = (int64_t)d;
+	return 1;
+}
+
+static int get_int(const cJSON *o, const char *name, int64_t lo, int64_t hi, int required, int64_t dflt,
+		   const char *path, int64_t *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = dflt;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!is_int(it, lo, hi, out))
+		return err__set(SCRM_E_INVALID, "%s%s: must be an integer between %lld and %lld", path, name,
+				(long long)lo, (long long)hi);
+	return SCRM_OK;
+}
+
+static int get_num(const cJSON *o, const char *name, int required, const char *path, double *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = 0;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < 0)
+		return err__set(SCRM_E_INVALID, "%s%s: must be a number >= 0", path, name);
+	*out = it->valuedouble;
+	return SCRM_OK;
+}
+
+static int get_str(const cJSON *o, const char *name, size_t max, int required, const char *path, const char **out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = NULL;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsString(it) || strlen(it->valuestring) > max || (required && !it->valuestring[0]))
+		return err__set(SCRM_E_INVALID, "%s%s: must be a %sstring of at most %zu bytes", path, name,
+				required ? "non-empty " : "", max);
+	*out = it->valuestring;
+	return SCRM_OK;
+}
+
+static int get_bool(const cJSON *o, const char *name, const char *path, int dflt, int *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = dflt;
+	if (!it || cJSON_IsNull(it))
+		return SCRM_OK;
+	if (!cJSON_IsBool(it))
+		return err__set(SCRM_E_INVALID, "%s%s: must be true or false", path, name);
+	*out = cJSON_IsTrue(it);
+	return SCRM_OK;
+}
+
+static int get_obj(const cJSON *o, const char *name, int required, const char *path, cJSON **out)
+{
+	cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = NULL;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsObject(it))
+		return err__set(SCRM_E_INVALID, "%s%s: must be an object", path, name);
+	*out = it;
+	return SCRM_OK;
+}
+
+static int get_strs(const cJSON *o, const char *name, int max_items, size_t max_len, const char *path)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name), *e;
+	int i = 0;
+	if (!it || cJSON_IsNull(it))
+		return SCRM_OK;
+	if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) > max_items)
+		return err__set(SCRM_E_INVALID, "%s%s: must be an array of at most %d strings", path, name, max_items);
+	cJSON_ArrayForEach(e, it)
+	{
+		if (!cJSON_IsString(e) || !e->valuestring[0] || strlen(e->valuestring) > max_len)
+			return err__set(SCRM_E_INVALID, "%s%s[%d]: must be a non-empty string of at most %zu bytes", path,
+					name, i, max_len);
+		i++;
+	}
+	return SCRM_OK;
+}
+
+static int data_of(cJSON *rec, const char *path, cJSON **data)
+{
+	*data = cJSON_GetObjectItemCaseSensitive(rec, "data");
+	if (!cJSON_IsObject(*data))
+		return err__set(SCRM_E_INVALID, "%sdata: required, an object", path);
+	return SCRM_OK;
+}
+
+static int bind_doc(sqlite3_stmt *st, int col, const cJSON *data)
+{
+	char *doc = cJSON_PrintUnformatted(data);
+	if (!doc)
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	sqlite3_bind_text(st, col, doc, -1, free);
+	return SCRM_OK;
+}
+
+static int key_matches(const char *key, const char *field, const char *value, const char *path)
+{
+	if (!value || strcmp(key, value) != 0)
+		return err__set(SCRM_E_INVALID, "%sdata.%s: must equal the key \"%s\"", path, field, key);
+	return SCRM_OK;
+}
+
+/* ---- per-stream records --------------------------------------------- */
+
+static const char *const stages[] = {"new", "active", "sleeping", "churn_risk", "lost", NULL};
+
+static int one_of(const char *v, const char *const *set)
+{
+	for (; *set; set++)
+		if (strcmp(v, *set) == 0)
+			return 1;
+	return 0;
+}
+
+static int bind_member(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data, *o, *pii;
+	const char *s;
+	int64_t n;
+	int rc, tracking = 0, b;
+	char p2[96];
+
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "member_id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "member_id", s, path)))
+		return rc;
+	if ((rc = get_str(data, "card", MAX_KEY, 0, p2, &s)))
+		return rc;
+	if (s && *s)
+		sqlite3_bind_text(st, 2, s, -1, SQLITE_TRANSIENT);
+	if ((rc = get_str(data, "tier", 32, 0, p2, &s)) || (rc = get_str(data, "ltv_band", 32, 0, p2, &s)) ||
+	    (rc = get_strs(data, "tags", 32, 64, p2)) || (rc = get_str(data, "stage", 32, 0, p2, &s)))
+		return rc;
+	if (s && !one_of(s, stages))
+		return err__set(SCRM_E_INVALID, "%sstage: must be one of new active sleeping churn_risk lost", p2);
+	if ((rc = get_obj(data, "rfm", 0, p2, &o)))
+		return rc;
+	if (o) {
+		char p3[128];
+		snprintf(p3, sizeof(p3), "%srfm.", p2);
+		if ((rc = get_int(o, "r", 0, 5, 0, 0, p3, &n)) || (rc = get_int(o, "f", 0, 5, 0, 0, p3, &n)) ||
+		    (rc = get_int(o, "m", 0, 5, 0, 0, p3, &n)) || (rc = get_str(o, "segment", 32, 0, p3, &s)))
+			return rc;
+	}
+	if ((rc = get_obj(data, "consent", 0, p2, &o)))
+		return rc;
+	if (o) {
+		char p3[128];
+		snprintf(p3, sizeof(p3), "%sconsent.", p2);
+		if ((rc = get_bool(o, "marketing", p3, 0, &b)) || (rc = get_bool(o, "tracking", p3, 0, &tracking)))
+			return rc;
+	}
+	if ((rc = get_obj(data, "prefs", 0, p2, &o)) || (rc = get_obj(data, "stats", 0, p2, &o)))
+		return rc;
+	if (o) {
+		char p3[128];
+		snprintf(p3, sizeof(p3), "%sstats.", p2);
+		if ((rc = get_int(o, "orders", 0, MAX_SAFE_INT, 0, 0, p3, &n)) ||
+		    (rc = get_int(o, "spend", -MAX_SAFE_INT, MAX_SAFE_INT, 0, 0, p3, &n)) ||
+		    (rc = get_int(o, "last_purchase_ms", 0, MAX_SAFE_INT, 0, 0, p3, &n)) ||
+		    (rc = get_int(o, "first_purchase_ms", 0, MAX_SAFE_INT, 0, 0, p3, &n)) ||
+		    (rc = get_int(o, "as_of_ms", 0, MAX_SAFE_INT, 0, 0, p3, &n)))
+			return rc;
+	}
+	o = cJSON_GetObjectItemCaseSensitive(data, "recent");
+	if (o && (!cJSON_IsArray(o) || cJSON_GetArraySize(o) > 20))
+		return err__set(SCRM_E_INVALID, "%srecent: must be an array of at most 20 purchases", p2);
+	sqlite3_bind_int(st, 4, tracking);
+
+	/* Personal fields: sealed under the device key, phone only hashed. The
+	 * plaintext phone goes nowhere else. */
+	pii = cJSON_DetachItemFromObjectCaseSensitive(data, "pii");
+	if (pii && !cJSON_IsNull(pii)) {
+		char p3[128];
+		const char *phone = NULL, *name = NULL, *bday = NULL;
+		snprintf(p3, sizeof(p3), "%spii.", p2);
+		if (!cJSON_IsObject(pii))
+			rc = err__set(SCRM_E_INVALID, "%spii: must be an object", p2);
+		else if (!(rc = get_str(pii, "phone", 15, 0, p3, &phone)) && !(rc = get_str(pii, "name", 200, 0, p3, &name)))
+			rc = get_str(pii, "birthday", 10, 0, p3, &bday);
+		if (!rc && phone) {
+			size_t len = strlen(phone);
+			int ok = len >= 6 && len <= 15;
+			for (size_t i = 0; ok && i < len; i++)
+				ok = phone[i] >= '0' && phone[i] <= '9';
+			if (!ok)
+				rc = err__set(SCRM_E_INVALID, "%sphone: must be E.164 digits without '+', 6..15 of them", p3);
+			else if (!c->has_tenant_key)
+				rc = err__set(SCRM_E_CONFIG, "cannot hash phone numbers: %s", c->tenant_key_err);
+			else {
+				uint8_t h[32];
+				crypto__hmac_sha256(c->tenant_key, sizeof(c->tenant_key), phone, len, h);
+				sqlite3_bind_blob(st, 3, h, sizeof(h), SQLITE_TRANSIENT);
+			}
+		}
+		if (!rc) {
+			char *text = cJSON_PrintUnformatted(pii);
+			size_t tl = text ? strlen(text) : 0;
+			uint8_t *sealed = text ? malloc(tl + CRYPTO_SEAL_OVERHEAD) : NULL;
+			if (!sealed)
+				rc = err__set(SCRM_E_NOMEM, "out of memory");
+			else if (!(rc = crypto__seal(c->sealer, key, strlen(key), text, tl, sealed)))
+				sqlite3_bind_blob(st, 6, sealed, (int)(tl + CRYPTO_SEAL_OVERHEAD), free), sealed = NULL;
+			if (text) {
+				memset(text, 0, tl);
+				free(text);
+			}
+			free(sealed);
+		}
+	}
+	cJSON_Delete(pii);
+	if (rc)
+		return rc;
+	return bind_doc(st, 5, data);
+}
+
+static int bind_reco(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data, *items, *e;
+	const char *s;
+	int rc, i = 0;
+	char p2[96], p3[128];
+	double d;
+	(void)c;
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "member_id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "member_id", s, path)))
+		return rc;
+	items = cJSON_GetObjectItemCaseSensitive(data, "items");
+	if (!cJSON_IsArray(items) || cJSON_GetArraySize(items) > 50)
+		return err__set(SCRM_E_INVALID, "%sitems: required, an array of at most 50", p2);
+	cJSON_ArrayForEach(e, items)
+	{
+		snprintf(p3, sizeof(p3), "%sitems[%d].", p2, i++);
+		if (!cJSON_IsObject(e))
+			return err__set(SCRM_E_INVALID, "%s: must be an object", p3);
+		if ((rc = get_str(e, "sku", MAX_KEY, 1, p3, &s)) || (rc = get_num(e, "score", 1, p3, &d)) ||
+		    (rc = get_str(e, "reason", 32, 0, p3, &s)))
+			return rc;
+	}
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+	return bind_doc(st, 2, data);
+}
+
+static int bind_rule(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data;
+	const char *a, *b;
+	double sup, conf, lift;
+	int rc;
+	char p2[96], want[140];
+	(void)c;
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "if", MAX_KEY, 1, p2, &a)) || (rc = get_str(data, "then", MAX_KEY, 1, p2, &b)) ||
+	    (rc = get_num(data, "support", 1, p2, &sup)) || (rc = get_num(data, "confidence", 1, p2, &conf)) ||
+	    (rc = get_num(data, "lift", 1, p2, &lift)))
+		return rc;
+	snprintf(want, sizeof(want), "%s>%s", a, b);
+	if (strcmp(want, key) != 0)
+		return err__set(SCRM_E_INVALID, "%skey: must be \"{if}>{then}\" (\"%s\")", path, want);
+	if (conf > 1)
+		return err__set(SCRM_E_INVALID, "%sconfidence: must be <= 1", p2);
+	sqlite3_bind_text(st, 2, a, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3, b, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_double(st, 4, sup);
+	sqlite3_bind_double(st, 5, conf);
+	sqlite3_bind_double(st, 6, lift);
+	return SCRM_OK;
+}
+
+static int bind_catalogue(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data;
+	const char *s;
+	int64_t n;
+	int rc;
+	char p2[96];
+	(void)c;
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "sku", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "sku", s, path)) ||
+	    (rc = get_str(data, "name", 200, 0, p2, &s)) || (rc = get_int(data, "price", 0, MAX_SAFE_INT, 0, 0, p2, &n)) ||
+	    (rc = get_str(data, "currency", 3, 0, p2, &s)) || (rc = get_str(data, "category", 64, 0, p2, &s)))
+		return rc;
+	if (s)
+		sqlite3_bind_text(st, 2, s, -1, SQLITE_TRANSIENT);
+	return bind_doc(st, 3, data);
+}
+
+static int bind_inventory(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data;
+	const char *s;
+	int64_t qty, asof;
+	int rc;
+	char p2[96];
+	(void)c;
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "sku", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "sku", s, path)) ||
+	    (rc = get_int(data, "qty", -MAX_SAFE_INT, MAX_SAFE_INT, 1, 0, p2, &qty)) ||
+	    (rc = get_int(data, "as_of_ms", 0, MAX_SAFE_INT, 1, 0, p2, &asof)))
+		return rc;
+	sqlite3_bind_int64(st, 2, qty);
+	sqlite3_bind_int64(st, 3, asof);
+	return SCRM_OK;
+}
+
+static int bind_script(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	cJSON *data;
+	const char *s, *stage, *tag;
+	int rc;
+	char p2[96];
+	(void)c;
+	if ((rc = data_of(rec, path, &data)))
+		return rc;
+	snprintf(p2, sizeof(p2), "%sdata.", path);
+	if ((rc = get_str(data, "id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "id", s, path)) ||
+	    (rc = get_str(data, "stage", 32, 0, p2, &stage)) || (rc = get_str(data, "tag", 64, 0, p2, &tag)) ||
+	    (rc = get_str(data, "title", 200, 0, p2, &s)) || (rc = get_str(data, "text", 4000, 1, p2, &s)))
+		return rc;
+	if (!!stage == !!tag)
+		return err__set(SCRM_E_INVALID, "%sstage/tag: exactly one of the two is required", p2);
+	if (stage && !one_of(stage, stages))
+		return err__set(SCRM_E_INVALID, "%sstage: must be one of new active sleeping churn_risk lost", p2);
+	if (stage)
+		sqlite3_bind_text(st, 2, stage, -1, SQLITE_TRANSIENT);
+	if (tag)
+		sqlite3_bind_text(st, 3, tag, -1, SQLITE_TRANSIENT);
+	return bind_doc(st, 4, data);
+}
+
+/* Coupons: verify central's signature over the exact bytes received, then
+ * parse those bytes. SCRM_E_CRYPTO = this record refused alone. */
+static int bind_coupon(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
+{
+	const cJSON *signed_it = cJSON_GetObjectItemCaseSensitive(rec, "signed");
+	const cJSON *sig_it = cJSON_GetObjectItemCaseSensitive(rec, "sig");
+	uint8_t sig[160];
+	long sig_len;
+	cJSON *p = NULL;
+	const char *type, *id, *s;
+	int64_t from, to, n;
+	int rc;
+	char want[80], p2[96];
+
+	if (cJSON_GetObjectItemCaseSensitive(rec, "data"))
+		return err__set(SCRM_E_CRYPTO, "%s: coupon sent unsigned (\"data\" instead of \"signed\" + \"sig\")", key);
+	if (!cJSON_IsString(signed_it) || !signed_it->valuestring[0] || strlen(signed_it->valuestring) > 16384)
+		return err__set(SCRM_E_CRYPTO, "%s: signed: missing or not a string of at most 16384 bytes", key);
+	if (!cJSON_IsString(sig_it) ||
+	    (sig_len = crypto__b64_decode(sig_it->valuestring, strlen(sig_it->valuestring), 0, sig, sizeof(sig))) <= 0)
+		return err__set(SCRM_E_CRYPTO, "%s: sig: missing or not base64", key);
+	if (!c->central)
+		return err__set(SCRM_E_CRYPTO, "%s: cannot verify: %s", key, c->central_err);
+	if (crypto__verify(c->central, signed_it->valuestring, strlen(signed_it->valuestring), sig, (size_t)sig_len))
+		return err__set(SCRM_E_CRYPTO, "%s: signature does not verify (tampered or not signed by central)", key);
+	if (!(p = cJSON_Parse(signed_it->valuestring)) || !cJSON_IsObject(p)) {
+		rc = err__set(SCRM_E_CRYPTO, "%s: signed: not a JSON object", key);
+		goto cleanup;
+	}
+	snprintf(p2, sizeof(p2), "%ssigned.", path);
+	if ((rc = get_str(p, "type", 16, 1, p2, &type)) || (rc = get_str(p, "id", 48, 1, p2, &id)))
+		goto cleanup;
+	if (strcmp(type, "campaign") != 0 && strcmp(type, "coupon") != 0) {
+		rc = err__set(SCRM_E_INVALID, "%stype: must be campaign or coupon", p2);
+		goto cleanup;
+	}
+	snprintf(want, sizeof(want), "%s:%s", type, id);
+	if (strcmp(want, key) != 0) {
+		rc = err__set(SCRM_E_CRYPTO, "%s: signed record is %s (a valid signature moved to another key?)", key, want);
+		goto cleanup;
+	}
+	if ((rc = get_int(p, "valid_from", 0, MAX_SAFE_INT, 0, 0, p2, &from)) ||
+	    (rc = get_int(p, "valid_to", 0, MAX_SAFE_INT, 0, 0, p2, &to)) ||
+	    (rc = get_int(p, "min_spend", 0, MAX_SAFE_INT, 0, 0, p2, &n)) ||
+	    (rc = get_int(p, "per_member_limit", 0, 1000000, 0, 0, p2, &n)))
+		goto cleanup;
+	sqlite3_bind_text(st, 2, type, -1, SQLITE_TRANSIENT);
+	if (strcmp(type, "coupon") == 0) {
+		if ((rc = get_str(p, "member_id", MAX_KEY, 0, p2, &s)))
+			goto cleanup;
+		if (s)
+			sqlite3_bind_text(st, 3, s, -1, SQLITE_TRANSIENT);
+		if ((rc = get_str(p, "campaign", 48, 0, p2, &s)))
+			goto cleanup;
+		if (s)
+			sqlite3_bind_text(st, 4, s, -1, SQLITE_TRANSIENT);
+	}
+	if (to)
+		sqlite3_bind_int64(st, 5, to);
+	sqlite3_bind_text(st, 6, signed_it->valuestring, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 7, sig, (int)sig_len, SQLITE_TRANSIENT);
+cleanup:
+	cJSON_Delete(p);
+	return rc;
+}
+
+/* ---- applying ------------------------------------------------------- */
+
+struct stream_row {
+	int64_t cursor, gen, refused;
+	int staging;
+	char snap_id[65];
+	int64_t snap_version, snap_chunks, snap_next, snap_refused;
+};
+
+static int read_stream(cache *c, int st, struct stream_row *r)
+{
+	sqlite3_stmt *q = NULL;
+	int rc = prep(c, c->db, &q,
+		      "SELECT cursor, gen, refused, snap_id, snap_version, snap_chunks, snap_next, snap_refused"
+		      " FROM streams WHERE name = ?1",
+		      0);
+	memset(r, 0, sizeof(*r));
+	if (rc)
+		return rc;
+	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	if (sqlite3_step(q) == SQLITE_ROW) {
+		r->cursor = sqlite3_column_int64(q, 0);
+		r->gen = sqlite3_column_int64(q, 1);
+		r->refused = sqlite3_column_int64(q, 2);
+		if (sqlite3_column_type(q, 3) != SQLITE_NULL) {
+			r->staging = 1;
+			snprintf(r->snap_id, sizeof(r->snap_id), "%s", (const char *)sqlite3_column_text(q, 3));
+			r->snap_version = sqlite3_column_int64(q, 4);
+			r->snap_chunks = sqlite3_column_int64(q, 5);
+			r->snap_next = sqlite3_column_int64(q, 6);
+			r->snap_refused = sqlite3_column_int64(q, 7);
+		}
+	} else {
+		rc = err__set(SCRM_E_CORRUPT, "cache: stream %s has no row", streams[st].name);
+	}
+	sqlite3_finalize(q);
+	return rc;
+}
+
+/* Remove a member from the live tables (and a stage being built). */
+static int forget_rows(cache *c, const char *member_id, int staging_members)
+{
+	static const char *const sql[] = {
+		"DELETE FROM members WHERE key = ?1",
+		"DELETE FROM recos WHERE key = ?1",
+		"DELETE FROM coupons WHERE member_id = ?1",
+		"DELETE FROM members__stage WHERE key = ?1",
+	};
+	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
+		sqlite3_stmt *st = NULL;
+		if (i == 3 && !staging_members)
+			break;
+		int rc = prep(c, c->db, &st, sql[i], 0);
+		if (rc)
+			return rc;
+		sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE)
+			return fail(c, rc, "forget member");
+	}
+	return SCRM_OK;
+}
+
+static void note_refused(cache *c, const char *why)
+{
+	if (!c->refused_detail[0])
+		snprintf(c->refused_detail, sizeof(c->refused_detail), "%s", why);
+}
+
+/* Upsert one record (a delta op or a snapshot record) into `table`. */
+static int put_record(cache *c, int st, const char *table, sqlite3_stmt **ins, const char *key, cJSON *rec,
+		      const char *path, int64_t *refused)
+{
+	int rc;
+	if (!*ins) {
+		char sql[600];
+		snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO \"%s\"%s", table, streams[st].insert);
+		if ((rc = prep(c, c->db, ins, sql, 0)))
+			return rc;
+	}
+	sqlite3_reset(*ins);
+	sqlite3_clear_bindings(*ins);
+	sqlite3_bind_text(*ins, 1, key, -1, SQLITE_TRANSIENT);
+	rc = streams[st].bind(c, key, rec, *ins, path);
+	if (rc == SCRM_E_CRYPTO) {
+		/* A record central did not sign (or that was altered) is dropped
+		 * alone; if an older signed version is cached it stays. */
+		note_refused(c, scrm_errmsg());
+		(*refused)++;
+		return SCRM_OK;
+	}
+	if (rc)
+		return rc;
+	rc = sqlite3_step(*ins);
+	if (rc != SQLITE_DONE)
+		return fail(c, rc, "write record");
+	return SCRM_OK;
+}
+
+static int delete_record(cache *c, const char *table, const char *key)
+{
+	sqlite3_stmt *st = NULL;
+	char sql[200];
+	snprintf(sql, sizeof(sql), "DELETE FROM \"%s\" WHERE key = ?1", table);
+	int rc = prep(c, c->db, &st, sql, 0);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "delete record");
+}
+
+static int rec_key(const cJSON *rec, const char *path, const char **key)
+{
+	const cJSON *k = cJSON_GetObjectItemCaseSensitive(rec, "key");
+	if (!cJSON_IsObject(rec))
+		return err__set(SCRM_E_INVALID, "%s: must be an object", path);
+	if (!cJSON_IsString(k) || !key_ok(k->valuestring))
+		return err__set(SCRM_E_INVALID, "%skey: required, 1..64 of [A-Za-z0-9_.:>-]", path);
+	*key = k->valuestring;
+	return SCRM_OK;
+}
+
+/* Apply a delta's ops to the live table, inside the caller's transaction. */
+static int apply_ops(cache *c, int st, cJSON *ops, int staging_members, cache__forget_fn fn, void *ctx, int64_t *n,
+		     int64_t *refused)
+{
+	sqlite3_stmt *ins = NULL;
+	cJSON *op;
+	int i = 0, rc = SCRM_OK;
+	char path[48];
+	cJSON_ArrayForEach(op, ops)
+	{
+		const char *key, *kind;
+		const cJSON *o;
+		snprintf(path, sizeof(path), "ops[%d].", i++);
+		if ((rc = rec_key(op, path, &key)))
+			break;
+		o = cJSON_GetObjectItemCaseSensitive(op, "op");
+		kind = cJSON_IsString(o) ? o->valuestring : "";
+		if (strcmp(kind, "upsert") == 0) {
+			rc = put_record(c, st, streams[st].name, &ins, key, op, path, refused);
+		} else if (strcmp(kind, "delete") == 0) {
+			rc = delete_record(c, streams[st].name, key);
+		} else if (strcmp(kind, "forget") == 0) {
+			if (st != ST_MEMBERS) {
+				rc = err__set(SCRM_E_INVALID, "%sop: forget is only valid on members", path);
+				break;
+			}
+			if (fn && (rc = fn(ctx, key)))
+				break;
+			rc = forget_rows(c, key, staging_members);
+		} else {
+			rc = err__set(SCRM_E_INVALID, "%sop: must be upsert, delete or forget", path);
+		}
+		if (rc)
+			break;
+		(*n)++;
+	}
+	sqlite3_finalize(ins);
+	return rc;
+}
+
+static int set_cursor(cache *c, int st, int64_t cursor, int64_t add_refused)
+{
+	sqlite3_stmt *q = NULL;
+	int rc = prep(c, c->db, &q,
+		      "UPDATE streams SET cursor = ?2, applied_ms = ?3, refused = refused + ?4 WHERE name = ?1", 0);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 2, cursor);
+	sqlite3_bind_int64(q, 3, platform__wall_ms());
+	sqlite3_bind_int64(q, 4, add_refused);
+	rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "advance cursor");
+}
+
+static void want(cache *c, int st, const char *reason)
+{
+	if (c->rs[st].want)
+		return;
+	c->rs[st].want = 1;
+	snprintf(c->rs[st].reason, sizeof(c->rs[st].reason), "%s", reason);
+}
+
+void cache__want(cache *c, int st, const char *reason)
+{
+	for (int i = 0; i < ST_COUNT; i++)
+		if (st < 0 || st == i)
+			want(c, i, reason);
+}
+
+/* Parse the common envelope. */
+struct msg {
+	cJSON *root;
+	int st;
+	int is_snapshot;
+	int64_t base, version, chunk, chunks;
+	const char *snapshot;
+	cJSON *ops, *records, *forgotten;
+};
+
+static int parse_msg(cache *c, const char *topic_stream, const char *payload, size_t len, struct msg *m)
+{
+	const char *end = NULL, *s;
+	const cJSON *it;
+	int64_t v;
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	m->st = -1;
+	if (len > c->max_msg)
+		return err__set(SCRM_E_TOO_BIG, "message: %zu bytes, more than cache.max_message_bytes (%zu)", len, c->max_msg);
+	if (memchr(payload, '\0', len))
+		return err__set(SCRM_E_INVALID, "message: contains a NUL byte");
+	m->root = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
+	if (!m->root || !cJSON_IsObject(m->root))
+		return err__set(SCRM_E_INVALID, "message: not a JSON object (near byte %zu)",
+				end ? (size_t)(end - payload) : (size_t)0);
+	if ((rc = get_int(m->root, "v", 0, 1000, 1, 0, "", &v)))
+		return rc;
+	if (v != 1)
+		return err__set(SCRM_E_INVALID, "v: version %lld not supported (1)", (long long)v);
+	if ((rc = get_str(m->root, "stream", 32, 1, "", &s)))
+		return rc;
+	if ((m->st = cache__stream_parse(s)) < 0)
+		return err__set(SCRM_E_INVALID, "stream: unknown stream \"%.32s\"", s);
+	if (topic_stream && strcmp(topic_stream, s) != 0)
+		return err__set(SCRM_E_INVALID, "stream: \"%s\" sent on the topic of \"%.32s\"", s, topic_stream);
+	if ((rc = get_str(m->root, "type", 16, 1, "", &s)))
+		return rc;
+	if (strcmp(s, "delta") == 0) {
+		if ((rc = get_int(m->root, "base", 0, MAX_SAFE_INT, 1, 0, "", &m->base)) ||
+		    (rc = get_int(m->root, "version", 1, MAX_SAFE_INT, 1, 0, "", &m->version)))
+			return rc;
+		if (m->version <= m->base)
+			return err__set(SCRM_E_INVALID, "version: must be greater than base (%lld <= %lld)",
+					(long long)m->version, (long long)m->base);
+		m->ops = cJSON_GetObjectItemCaseSensitive(m->root, "ops");
+		if (!cJSON_IsArray(m->ops) || cJSON_GetArraySize(m->ops) < 1 || cJSON_GetArraySize(m->ops) > MAX_OPS)
+			return err__set(SCRM_E_INVALID, "ops: required, an array of 1..%d operations", MAX_OPS);
+		return SCRM_OK;
+	}
+	if (strcmp(s, "snapshot") != 0)
+		return err__set(SCRM_E_INVALID, "type: must be delta or snapshot");
+	m->is_snapshot = 1;
+	if ((rc = get_str(m->root, "snapshot", 64, 1, "", &m->snapshot)) ||
+	    (rc = get_int(m->root, "version", 1, MAX_SAFE_INT, 1, 0, "", &m->version)) ||
+	    (rc = get_int(m->root, "chunks", 1, MAX_CHUNKS, 1, 0, "", &m->chunks)) ||
+	    (rc = get_int(m->root, "chunk", 0, m->chunks - 1, 1, 0, "", &m->chunk)))
+		return rc;
+	m->records = cJSON_GetObjectItemCaseSensitive(m->root, "records");
+	if (!cJSON_IsArray(m->records) || cJSON_GetArraySize(m->records) > MAX_RECORDS)
+		return err__set(SCRM_E_INVALID, "records: required, an array of at most %d", MAX_RECORDS);
+	it = m->forgotten = cJSON_GetObjectItemCaseSensitive(m->root, "forgotten");
+	if (it && !cJSON_IsNull(it)) {
+		const cJSON *e;
+		int i = 0;
+		if (m->st != ST_MEMBERS || !cJSON_IsArray(it) || cJSON_GetArraySize(it) > MAX_RECORDS)
+			return err__set(SCRM_E_INVALID, "forgotten: only on members, an array of member ids");
+		cJSON_ArrayForEach(e, it)
+		{
+			if (!cJSON_IsString(e) || !key_ok(e->valuestring))
+				return err__set(SCRM_E_INVALID, "forgotten[%d]: must be a member id", i);
+			i++;
+		}
+	} else {
+		m->forgotten = NULL;
+	}
+	return SCRM_OK;
+}
+
+static int buffer_delta(cache *c, const struct msg *m, const char *payload, size_t len)
+{
+	sqlite3_stmt *q = NULL;
+	int rc = prep(c, c->db, &q, "SELECT count(*) FROM delta_buf WHERE stream = ?1", 0);
+	int64_t n = 0;
+	if (rc)
+		return rc;
+	sqlite3_bind_text(q, 1, streams[m->st].name, -1, SQLITE_STATIC);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		n = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	if (n >= MAX_BUFFERED)
+		return SCRM_OK; /* the swap will find a gap and ask again */
+	if ((rc = prep(c, c->db, &q, "INSERT OR IGNORE INTO delta_buf(stream, base, version, body) VALUES (?1, ?2, ?3, ?4)",
+		       0)))
+		return rc;
+	sqlite3_bind_text(q, 1, streams[m->st].name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 2, m->base);
+	sqlite3_bind_int64(q, 3, m->version);
+	sqlite3_bind_text(q, 4, payload, (int)len, SQLITE_STATIC);
+	rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "buffer delta");
+}
+
+static int apply_delta(cache *c, const struct msg *m, const char *payload, size_t len, cache__forget_fn fn, void *ctx,
+		       cache__outcome *out)
+{
+	struct stream_row r;
+	int rc;
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	if ((rc = read_stream(c, m->st, &r)))
+		goto cleanup;
+	out->cursor = r.cursor;
+	if (m->version <= r.cursor) {
+		out->what = CA_DUPLICATE;
+		goto cleanup;
+	}
+	if (r.staging) {
+		/* Kept for after the swap; applied to the old view too when it
+		 * follows it, so readers stay as fresh as possible meanwhile. */
+		if ((rc = buffer_delta(c, m, payload, len)))
+			goto cleanup;
+		out->what = CA_BUFFERED;
+		if (m->base != r.cursor)
+			goto cleanup;
+	} else if (m->base != r.cursor) {
+		out->what = CA_GAP;
+		want(c, m->st, "gap");
+		goto cleanup;
+	} else {
+		out->what = CA_APPLIED;
+	}
+	if ((rc = apply_ops(c, m->st, m->ops, r.staging && m->st == ST_MEMBERS, fn, ctx, &out->ops, &out->refused)))
+		goto cleanup;
+	if ((rc = set_cursor(c, m->st, m->version, out->refused)))
+		goto cleanup;
+	out->cursor = m->version;
+	if (out->what == CA_APPLIED && c->rs[m->st].want && c->inflight != m->st)
+		c->rs[m->st].want = 0; /* the stream follows central again */
+cleanup:
+	if (rc == SCRM_OK)
+		rc = exec(c, "COMMIT");
+	if (rc)
+		rollback(c);
+	return rc;
+}
+
+static int set_snap(cache *c, int st, const char *id, int64_t version, int64_t chunks, int64_t next, int64_t refused)
+{
+	sqlite3_stmt *q = NULL;
+	int rc = prep(c, c->db, &q,
+		      "UPDATE streams SET snap_id = ?2, snap_version = ?3, snap_chunks = ?4, snap_next = ?5,"
+		      " snap_refused = ?6, snap_started_ms = coalesce(snap_started_ms, ?7) WHERE name = ?1",
+		      0);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	if (id) {
+		sqlite3_bind_text(q, 2, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 3, version);
+		sqlite3_bind_int64(q, 4, chunks);
+		sqlite3_bind_int64(q, 5, next);
+		sqlite3_bind_int64(q, 6, refused);
+		sqlite3_bind_int64(q, 7, platform__wall_ms());
+	}
+	rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	if (rc != SQLITE_DONE)
+		return fail(c, rc, "record snapshot progress");
+	if (!id)
+		return exec(c, "UPDATE streams SET snap_started_ms = NULL WHERE snap_id IS NULL");
+	return SCRM_OK;
+}
+
+/* Deltas that arrived during the build, in order; stops at a gap. */
+static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn fn, void *ctx)
+{
+	sqlite3_stmt *q = NULL;
+	int rc = prep(c, c->db, &q, "SELECT base, version, body FROM delta_buf WHERE stream = ?1 ORDER BY base, version", 0);
+	int gap = 0;
+	if (rc)
+		return rc;
+	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		int64_t base = sqlite3_column_int64(q, 0), version = sqlite3_column_int64(q, 1);
+		if (version <= *cursor)
+			continue;
+		if (base != *cursor) {
+			gap = 1;
+			break;
+		}
+		cJSON *root = cJSON_Parse((const char *)sqlite3_column_text(q, 2));
+		int64_t n = 0, refused = 0;
+		rc = root ? apply_ops(c, st, cJSON_GetObjectItemCaseSensitive(root, "ops"), 0, fn, ctx, &n, &refused)
+			  : err__set(SCRM_E_CORRUPT, "cache: buffered delta unreadable");
+		cJSON_Delete(root);
+		if (rc || (rc = set_cursor(c, st, version, refused)))
+			break;
+		*cursor = version;
+	}
+	sqlite3_finalize(q);
+	if (rc)
+		return rc;
+	if (gap)
+		want(c, st, "gap");
+	if ((rc = prep(c, c->db, &q, "DELETE FROM delta_buf WHERE stream = ?1", 0)))
+		return rc;
+	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "clear buffered deltas");
+}
+
+static int swap_in(cache *c, int st, const struct stream_row *r, cache__forget_fn fn, void *ctx, int64_t *cursor)
+{
+	char sql[400], stage[64];
+	int rc;
+	snprintf(stage, sizeof(stage), "%s__stage", streams[st].name);
+	if ((rc = create_table(c, st, stage, r->gen + 1, 1)))
+		return rc;
+	snprintf(sql, sizeof(sql), "DROP TABLE \"%s\"; ALTER TABLE \"%s\" RENAME TO \"%s\";", streams[st].name, stage,
+		 streams[st].name);
+	if ((rc = exec(c, sql)))
+		return rc;
+	if ((rc = set_snap(c, st, NULL, 0, 0, 0, 0)))
+		return rc;
+	{
+		sqlite3_stmt *q = NULL;
+		if ((rc = prep(c, c->db, &q,
+			       "UPDATE streams SET cursor = ?2, gen = ?3, refused = ?4, applied_ms = ?5 WHERE name = ?1", 0)))
+			return rc;
+		sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 2, r->snap_version);
+		sqlite3_bind_int64(q, 3, r->gen + 1);
+		sqlite3_bind_int64(q, 4, r->snap_refused);
+		sqlite3_bind_int64(q, 5, platform__wall_ms());
+		rc = sqlite3_step(q);
+		sqlite3_finalize(q);
+		if (rc != SQLITE_DONE)
+			return fail(c, rc, "swap cursor");
+	}
+	*cursor = r->snap_version;
+	return replay_buffered(c, st, cursor, fn, ctx);
+}
+
+static int apply_chunk(cache *c, const struct msg *m, cache__forget_fn fn, void *ctx, cache__outcome *out)
+{
+	struct stream_row r;
+	sqlite3_stmt *ins = NULL;
+	char stage[64], path[48];
+	int rc, i = 0;
+	cJSON *rec;
+
+	snprintf(stage, sizeof(stage), "%s__stage", streams[m->st].name);
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	if ((rc = read_stream(c, m->st, &r)))
+		goto cleanup;
+	out->cursor = r.cursor;
+	if (m->chunk == 0) {
+		/* Chunk 0 always starts the build afresh. */
+		char sql[200];
+		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s\"", stage);
+		if ((rc = exec(c, sql)) || (rc = create_table(c, m->st, stage, 0, 0)))
+			goto cleanup;
+		r.staging = 1;
+		snprintf(r.snap_id, sizeof(r.snap_id), "%s", m->snapshot);
+		r.snap_version = m->version;
+		r.snap_chunks = m->chunks;
+		r.snap_next = 0;
+		r.snap_refused = 0;
+	} else if (!r.staging || strcmp(r.snap_id, m->snapshot) != 0 || m->chunk != r.snap_next ||
+		   m->version != r.snap_version || m->chunks != r.snap_chunks) {
+		out->what = CA_IGNORED;
+		goto cleanup;
+	}
+	cJSON_ArrayForEach(rec, m->records)
+	{
+		const char *key;
+		snprintf(path, sizeof(path), "records[%d].", i++);
+		if ((rc = rec_key(rec, path, &key)) ||
+		    (rc = put_record(c, m->st, stage, &ins, key, rec, path, &out->refused)))
+			goto cleanup;
+		out->ops++;
+	}
+	if (m->forgotten) {
+		cJSON *e;
+		cJSON_ArrayForEach(e, m->forgotten)
+		{
+			if (fn && (rc = fn(ctx, e->valuestring)))
+				goto cleanup;
+			if ((rc = forget_rows(c, e->valuestring, 1)))
+				goto cleanup;
+		}
+	}
+	r.snap_next = m->chunk + 1;
+	r.snap_refused += out->refused;
+	if (r.snap_next < r.snap_chunks) {
+		rc = set_snap(c, m->st, r.snap_id, r.snap_version, r.snap_chunks, r.snap_next, r.snap_refused);
+		out->what = CA_CHUNK;
+	} else {
+		sqlite3_finalize(ins);
+		ins = NULL;
+		rc = swap_in(c, m->st, &r, fn, ctx, &out->cursor);
+		out->what = CA_SWAPPED;
+	}
+cleanup:
+	sqlite3_finalize(ins);
+	if (rc == SCRM_OK && out->what != CA_IGNORED)
+		rc = exec(c, "COMMIT");
+	if (rc || out->what == CA_IGNORED)
+		rollback(c);
+	return rc;
+}
+
+int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t len, cache__forget_fn fn, void *ctx,
+		 cache__outcome *out)
+{
+	struct msg m;
+	int rc;
+	memset(out, 0, sizeof(*out));
+	out->stream = -1;
+	c->refused_detail[0] = '\0';
+	rc = parse_msg(c, topic_stream, payload, len, &m);
+	out->stream = m.st;
+	out->version = m.version;
+	out->chunk = m.chunk;
+	out->chunks = m.chunks;
+	if (rc == SCRM_OK) {
+		if (m.is_snapshot) {
+			rc = apply_chunk(c, &m, fn, ctx, out);
+			if (rc == SCRM_OK && out->what != CA_IGNORED) {
+				c->inflight_ms = platform__mono_ms();
+				c->rs[m.st].timeout_ms = c->snap_timeout_ms;
+				if (c->inflight < 0)
+					c->inflight = m.st;
+			}
+			if (rc == SCRM_OK && out->what == CA_SWAPPED) {
+				c->rs[m.st].want = 0;
+				if (c->inflight == m.st)
+					c->inflight = -1;
+				/* replay_buffered may have found a gap again */
+				struct stream_row r;
+				if (read_stream(c, m.st, &r) == SCRM_OK && c->rs[m.st].want == 0 && r.cursor == 0)
+					want(c, m.st, "bootstrap");
+			}
+		} else {
+			rc = apply_delta(c, &m, payload, len, fn, ctx, out);
+		}
+	}
+	cJSON_Delete(m.root);
+	return rc;
+}
+
+const char *cache__refused_detail(const cache *c)
+{
+	return c->refused_detail;
+}
+
+/* ---- snapshot files ------------------------------------------------- */
+
+static int read_line(FILE *f, sbuf *line)
+{
+	int ch;
+	sbuf__reset(line);
+	while ((ch = getc(f)) != EOF && ch != '\n') {
+		sbuf__putc(line, (char)ch);
+		if (line->len > DEFAULT_MAX_MESSAGE)
+			return -2;
+	}
+	if (line->oom)
+		return -2;
+	return ch == EOF && line->len == 0 ? -1 : 0;
+}
+
+int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx, int64_t *records, int64_t *refused,
+		     int *stream)
+{
+	FILE *f = fopen(path, "r");
+	sbuf line, chunk;
+	cJSON *hdr = NULL;
+	int64_t version = 0, n_lines = 0, per = 1000, chunks, k = 0;
+	int rc = SCRM_OK, st = -1, e;
+	char id[65];
+
+	*records = *refused = 0;
+	if (!f)
+		return err__set(SCRM_E_NOT_FOUND, "%s: %s", path, strerror(errno));
+	sbuf__init(&line);
+	sbuf__init(&chunk);
+	if (read_line(f, &line) != 0 || !(hdr = cJSON_ParseWithLength(line.p, line.len))) {
+		rc = err__set(SCRM_E_INVALID, "%s:1: header: not a JSON object", path);
+		goto cleanup;
+	}
+	{
+		const cJSON *t = cJSON_GetObjectItemCaseSensitive(hdr, "type");
+		const cJSON *s = cJSON_GetObjectItemCaseSensitive(hdr, "stream");
+		if (!cJSON_IsString(t) || strcmp(t->valuestring, "snapshot_file") != 0) {
+			rc = err__set(SCRM_E_INVALID, "%s:1: type: must be \"snapshot_file\"", path);
+			goto cleanup;
+		}
+		if (!cJSON_IsString(s) || (st = cache__stream_parse(s->valuestring)) < 0) {
+			rc = err__set(SCRM_E_INVALID, "%s:1: stream: must be one of members coupons catalogue inventory scripts recos rules", path);
+			goto cleanup;
+		}
+		if ((rc = get_int(hdr, "version", 1, MAX_SAFE_INT, 1, 0, "header.", &version)))
+			goto cleanup;
+	}
+	*stream = st;
+	while ((e = read_line(f, &line)) == 0)
+		if (line.len)
+			n_lines++;
+	if (e == -2) {
+		rc = err__set(SCRM_E_TOO_BIG, "%s: a line is longer than %u bytes", path, DEFAULT_MAX_MESSAGE);
+		goto cleanup;
+	}
+	chunks = n_lines ? (n_lines + per - 1) / per : 1;
+	snprintf(id, sizeof(id), "file-%lld-%lld", (long long)version, (long long)platform__wall_ms());
+	rewind(f);
+	read_line(f, &line);
+	/* Re-chunk the records into snapshot messages and feed them through the
+	 * same path as the network: same checks, same atomic swap. */
+	for (k = 0; k < chunks; k++) {
+		int64_t taken = 0;
+		cache__outcome out;
+		sbuf__reset(&chunk);
+		sbuf__puts(&chunk, "{\"v\":1,\"type\":\"snapshot\",\"stream\":");
+		sbuf__jstr(&chunk, streams[st].name);
+		sbuf__puts(&chunk, ",\"snapshot\":");
+		sbuf__jstr(&chunk, id);
+		sbuf__puts(&chunk, ",\"version\":");
+		sbuf__i64(&chunk, version);
+		sbuf__puts(&chunk, ",\"chunk\":");
+		sbuf__i64(&chunk, k);
+		sbuf__puts(&chunk, ",\"chunks\":");
+		sbuf__i64(&chunk, chunks);
+		sbuf__puts(&chunk, ",\"records\":[");
+		while (taken < per && read_line(f, &line) == 0) {
+			if (!line.len)
+				continue;
+			if (taken)
+				sbuf__putc(&chunk, ',');
+			sbuf__put(&chunk, line.p, line.len);
+			taken++;
+		}
+		sbuf__puts(&chunk, "]}");
+		if (chunk.oom) {
+			rc = err__set(SCRM_E_NOMEM, "out of memory");
+			goto cleanup;
+		}
+		size_t saved = c->max_msg;
+		c->max_msg = SIZE_MAX; /* a local file is not bound by the MQTT message cap */
+		rc = cache__apply(c, NULL, chunk.p, chunk.len, fn, ctx, &out);
+		c->max_msg = saved;
+		if (rc) {
+			char detail[400];
+			snprintf(detail, sizeof(detail), "%s", scrm_errmsg());
+			rc = err__set(rc, "%s: records %lld..%lld: %s", path, (long long)(k * per + 1),
+				      (long long)(k * per + taken), detail);
+			goto cleanup;
+		}
+		*records += out.ops - out.refused;
+		*refused += out.refused;
+	}
+cleanup:
+	cJSON_Delete(hdr);
+	sbuf__free(&line);
+	sbuf__free(&chunk);
+	fclose(f);
+	return rc;
+}
+
+/* ---- resync schedule ------------------------------------------------ */
+
+void cache__reset_requests(cache *c)
+{
+	if (c->inflight >= 0) {
+		want(c, c->inflight, "resume");
+		c->inflight = -1;
+	}
+}
+
+int cache__next_request(cache *c, int64_t now, sbuf *out, int *stream)
+{
+	struct stream_row r;
+	const char *reason;
+	int st = c->inflight;
+	if (st >= 0) {
+		if (now - c->inflight_ms < c->rs[st].timeout_ms)
+			return 0;
+		/* Silence: ask again from where we are, waiting longer each time
+		 * (central may be down or not serve this stream). */
+		reason = "timeout";
+		c->rs[st].timeout_ms = c->rs[st].timeout_ms * 2 > MAX_TIMEOUT_MS ? MAX_TIMEOUT_MS : c->rs[st].timeout_ms * 2;
+	} else {
+		for (st = 0; st < ST_COUNT && !c->rs[st].want; st++)
+			;
+		if (st == ST_COUNT)
+			return 0;
+		reason = c->rs[st].reason;
+	}
+	if (read_stream(c, st, &r) != SCRM_OK)
+		return 0;
+	if (!strcmp(reason, "resume") && !r.staging)
+		reason = r.cursor ? "gap" : "bootstrap";
+	sbuf__reset(out);
+	sbuf__puts(out, "{\"v\":1,\"stream\":");
+	sbuf__jstr(out, streams[st].name);
+	sbuf__puts(out, ",\"cursor\":");
+	sbuf__i64(out, r.cursor);
+	sbuf__puts(out, ",\"reason\":");
+	sbuf__jstr(out, reason);
+	if (r.staging) {
+		sbuf__puts(out, ",\"snapshot\":");
+		sbuf__jstr(out, r.snap_id);
+		sbuf__puts(out, ",\"from_chunk\":");
+		sbuf__i64(out, r.snap_next);
+	}
+	sbuf__putc(out, '}');
+	c->inflight = st;
+	c->inflight_ms = now;
+	*stream = st;
+	return 1;
+}
+
+int64_t cache__next_deadline(cache *c)
+{
+	if (c->inflight >= 0)
+		return c->inflight_ms + c->rs[c->inflight].timeout_ms;
+	for (int i = 0; i < ST_COUNT; i++)
+		if (c->rs[i].want)
+			return 1; /* now */
+	return 0;
+}
+
+int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ctx)
+{
+	struct stream_row r;
+	int rc;
+	if (!key_ok(member_id))
+		return err__set(SCRM_E_INVALID, "member_id: 1..64 of [A-Za-z0-9_.:>-]");
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	if (!(rc = read_stream(c, ST_MEMBERS, &r)) && !(rc = fn ? fn(ctx, member_id) : SCRM_OK))
+		rc = forget_rows(c, member_id, r.staging);
+	if (rc == SCRM_OK)
+		rc = exec(c, "COMMIT");
+	if (rc)
+		rollback(c);
+	return rc;
+}
+
+/* ---- members at the counter ----------------------------------------- */
+
+int cache__phone_normalise(const char *in, const char *cc, char out[24])
+{
+	char d[24];
+	size_t n = 0;
+	int plus = 0;
+	for (const char *p = in; *p; p++) {
+		if (*p == ' ' || *p == '-' || *p == '.' || *p == '(' || *p == ')')
+			continue;
+		if (*p == '+' && n == 0 && !plus) {
+			plus = 1;
+			continue;
+		}
+		if (*p < '0' || *p > '9' || n >= 20)
+			return -1;
+		d[n++] = *p;
+	}
+	d[n] = '\0';
+	const char *digits = d;
+	char tmp[40];
+	if (!plus) {
+		if (n >= 2 && d[0] == '0' && d[1] == '0') {
+			digits = d + 2;
+		} else if (n >= 1 && d[0] == '0' && cc && *cc) {
+			snprintf(tmp, sizeof(tmp), "%s%s", cc, d + 1);
+			digits = tmp;
+		}
+	}
+	size_t len = strlen(digits);
+	if (len < 6 || len > 15)
+		return -1;
+	memcpy(out, digits, len + 1);
+	return 0;
+}
+
+/* Verify a member QR token offline; on success the member id. */
+static int qr_member(cache *c, const char *tok, char member[65])
+{
+	uint8_t payload[QR_MAX], sig[160];
+	size_t n = strlen(tok);
+	const char *p1, *p2;
+	long plen, slen;
+	cJSON *o = NULL;
+	const char *t, *m;
+	int64_t iat, exp, now;
+	int rc;
+
+	if (n > QR_MAX || strncmp(tok, "SCRM1.", 6) != 0 || !(p1 = tok + 6) || !(p2 = strchr(p1, '.')) ||
+	    strchr(p2 + 1, '.'))
+		return err__set(SCRM_E_INVALID, "qr: format: not a SCRM1 member token");
+	plen = crypto__b64_decode(p1, (size_t)(p2 - p1), 1, payload, sizeof(payload) - 1);
+	slen = crypto__b64_decode(p2 + 1, strlen(p2 + 1), 1, sig, sizeof(sig));
+	if (plen <= 0 || slen <= 0)
+		return err__set(SCRM_E_INVALID, "qr: format: bad base64url");
+	if (!c->central)
+		return err__set(SCRM_E_CONFIG, "qr: cannot verify tokens: %s", c->central_err);
+	if (crypto__verify(c->central, payload, (size_t)plen, sig, (size_t)slen) != SCRM_OK)
+		return err__set(SCRM_E_INVALID, "qr: signature: does not verify (forged or altered token)");
+	payload[plen] = '\0';
+	if (!(o = cJSON_ParseWithLength((const char *)payload, (size_t)plen)) || !cJSON_IsObject(o)) {
+		rc = err__set(SCRM_E_INVALID, "qr: format: payload is not a JSON object");
+		goto cleanup;
+	}
+	if ((rc = get_str(o, "t", 64, 1, "qr: ", &t)) || (rc = get_str(o, "m", MAX_KEY, 1, "qr: ", &m)) ||
+	    (rc = get_int(o, "iat", 0, MAX_SAFE_INT, 1, 0, "qr: ", &iat)) ||
+	    (rc = get_int(o, "exp", 0, MAX_SAFE_INT, 1, 0, "qr: ", &exp)))
+		goto cleanup;
+	if (!c->tenant[0] || strcmp(t, c->tenant) != 0) {
+		rc = err__set(SCRM_E_INVALID, "qr: tenant: token is for \"%.64s\", this store is \"%s\"", t, c->tenant);
+		goto cleanup;
+	}
+	now = platform__wall_ms();
+	if (now >= exp) {
+		rc = err__set(SCRM_E_INVALID, "qr: expired: %lld s ago", (long long)((now - exp) / 1000));
+		goto cleanup;
+	}
+	if (iat - QR_SKEW_MS > now) {
+		rc = err__set(SCRM_E_INVALID, "qr: not yet valid: issued %lld s in the future (check the clock)",
+			      (long long)((iat - now) / 1000));
+		goto cleanup;
+	}
+	if (!key_ok(m)) {
+		rc = err__set(SCRM_E_INVALID, "qr: m: not a member id");
+		goto cleanup;
+	}
+	snprintf(member, 65, "%s", m);
+cleanup:
+	cJSON_Delete(o);
+	return rc;
+}
+
+static void add_personal(cache *c, const char *key, const void *blob, int len, cJSON *root)
+{
+	uint8_t *pt;
+	cJSON *pii, *out, *it;
+	if (!blob || len <= CRYPTO_SEAL_OVERHEAD || !(pt = malloc((size_t)len)))
+		return;
+	if (crypto__open(c->sealer, key, strlen(key), blob, (size_t)len, pt) != SCRM_OK) {
+		free(pt);
+		cJSON_AddStringToObject(root, "personal_error", "personal fields unreadable with this device's data key");
+		return;
+	}
+	pii = cJSON_ParseWithLength((const char *)pt, (size_t)len - CRYPTO_SEAL_OVERHEAD);
+	memset(pt, 0, (size_t)len - CRYPTO_SEAL_OVERHEAD);
+	free(pt);
+	if (!pii)
+		return;
+	out = cJSON_AddObjectToObject(root, "personal");
+	if ((it = cJSON_GetObjectItemCaseSensitive(pii, "name")) && cJSON_IsString(it))
+		cJSON_AddStringToObject(out, "name", it->valuestring);
+	if ((it = cJSON_GetObjectItemCaseSensitive(pii, "birthday")) && cJSON_IsString(it))
+		cJSON_AddStringToObject(out, "birthday", it->valuestring);
+	/* A guide confirms a number by its last digits; the whole number is
+	 * never shown. */
+	if ((it = cJSON_GetObjectItemCaseSensitive(pii, "phone")) && cJSON_IsString(it)) {
+		char masked[24];
+		size_t n = strlen(it->valuestring);
+		if (n < sizeof(masked)) {
+			for (size_t i = 0; i < n; i++)
+				masked[i] = i + 4 < n ? '*' : it->valuestring[i];
+			masked[n] = '\0';
+			cJSON_AddStringToObject(out, "phone", masked);
+		}
+		memset(it->valuestring, 0, n);
+	}
+	cJSON_Delete(pii);
+}
+
+static void add_coupons(cache *c, const char *key, cJSON *root, int64_t now)
+{
+	cJSON *arr = cJSON_AddArrayToObject(root, "coupons");
+	if (!c->q_coupons && prep(c, c->db, &c->q_coupons,
+				  "SELECT signed FROM coupons WHERE member_id = ?1 AND (valid_to IS NULL OR valid_to > ?2)"
+				  " ORDER BY key",
+				  1))
+		return;
+	sqlite3_reset(c->q_coupons);
+	sqlite3_bind_text(c->q_coupons, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(c->q_coupons, 2, now);
+	while (sqlite3_step(c->q_coupons) == SQLITE_ROW) {
+		cJSON *p = cJSON_Parse((const char *)sqlite3_column_text(c->q_coupons, 0));
+		if (p)
+			cJSON_AddItemToArray(arr, p);
+	}
+	sqlite3_reset(c->q_coupons);
+}
+
+static int64_t obj_i64(const cJSON *o, const char *name)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	int64_t v = 0;
+	return it && is_int(it, -MAX_SAFE_INT, MAX_SAFE_INT, &v) ? v : 0;
+}
+
+static void set_i64(cJSON *o, const char *name, int64_t v)
+{
+	cJSON *n = cJSON_CreateNumber((double)v);
+	if (cJSON_GetObjectItemCaseSensitive(o, name))
+		cJSON_ReplaceItemInObjectCaseSensitive(o, name, n);
+	else
+		cJSON_AddItemToObject(o, name, n);
+}
+
+/* Purchases and returns this store recorded after central's figures
+ * (stats.as_of_ms): the guide sees today's sale before central does. */
+static void add_local(cache *c, const char *key, cJSON *root, int64_t now)
+{
+	cJSON *stats = cJSON_GetObjectItemCaseSensitive(root, "stats"), *recent, *local, *lp;
+	int64_t as_of = cJSON_IsObject(stats) ? obj_i64(stats, "as_of_ms") : 0;
+	int64_t orders = 0, returns = 0, spend = 0, last = 0;
+	if (!c->act)
+		return;
+	if (!c->q_act && prep(c, c->act, &c->q_act,
+			      "SELECT seq, wall_ms, kind, amount, skus FROM member_activity"
+			      " WHERE member_id = ?1 AND wall_ms > ?2 ORDER BY seq DESC LIMIT 200",
+			      1))
+		return; /* an outbox from before schema v2: nothing local yet */
+	sqlite3_reset(c->q_act);
+	sqlite3_bind_text(c->q_act, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(c->q_act, 2, as_of);
+	local = cJSON_CreateObject();
+	lp = cJSON_AddArrayToObject(local, "purchases");
+	while (sqlite3_step(c->q_act) == SQLITE_ROW) {
+		int64_t ts = sqlite3_column_int64(c->q_act, 1), amount = sqlite3_column_int64(c->q_act, 3);
+		const char *kind = (const char *)sqlite3_column_text(c->q_act, 2);
+		int is_return = kind && strcmp(kind, "return") == 0;
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddNumberToObject(e, "ts", (double)ts);
+		cJSON_AddNumberToObject(e, "seq", (double)sqlite3_column_int64(c->q_act, 0));
+		cJSON_AddStringToObject(e, "kind", is_return ? "return" : "purchase");
+		cJSON_AddNumberToObject(e, "total", (double)amount);
+		cJSON *skus = sqlite3_column_text(c->q_act, 4) ? cJSON_Parse((const char *)sqlite3_column_text(c->q_act, 4))
+								 : NULL;
+		cJSON_AddItemToObject(e, "skus", skus ? skus : cJSON_CreateArray());
+		cJSON_AddItemToArray(lp, e);
+		if (is_return) {
+			returns++;
+		} else {
+			orders++;
+			if (ts > last)
+				last = ts;
+		}
+		spend += amount;
+	}
+	sqlite3_reset(c->q_act);
+	cJSON_AddNumberToObject(local, "orders", (double)orders);
+	cJSON_AddNumberToObject(local, "returns", (double)returns);
+	cJSON_AddNumberToObject(local, "spend", (double)spend);
+	cJSON_AddItemToObject(root, "local", local);
+	if (!cJSON_IsObject(stats))
+		stats = cJSON_AddObjectToObject(root, "stats");
+	set_i64(stats, "orders", obj_i64(stats, "orders") + orders);
+	set_i64(stats, "spend", obj_i64(stats, "spend") + spend);
+	if (last > obj_i64(stats, "last_purchase_ms"))
+		set_i64(stats, "last_purchase_ms", last);
+	last = obj_i64(stats, "last_purchase_ms");
+	if (last > 0)
+		set_i64(stats, "recency_days", (now - last) / 86400000);
+	/* recent: local purchases first, newest first, at most 20 in all */
+	recent = cJSON_GetObjectItemCaseSensitive(root, "recent");
+	if (!cJSON_IsArray(recent)) {
+		cJSON_DeleteItemFromObjectCaseSensitive(root, "recent");
+		recent = cJSON_AddArrayToObject(root, "recent");
+	}
+	int i = 0;
+	cJSON *e;
+	cJSON_ArrayForEach(e, lp)
+	{
+		if (strcmp(cJSON_GetObjectItemCaseSensitive(e, "kind")->valuestring, "purchase") != 0)
+			continue;
+		cJSON *r = cJSON_CreateObject();
+		cJSON_AddNumberToObject(r, "ts", (double)obj_i64(e, "ts"));
+		cJSON_AddNumberToObject(r, "total", (double)obj_i64(e, "total"));
+		cJSON_AddItemToObject(r, "skus", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "skus"), 1));
+		cJSON_AddBoolToObject(r, "local", 1);
+		cJSON_InsertItemInArray(recent, i++, r);
+	}
+	while (cJSON_GetArraySize(recent) > 20)
+		cJSON_DeleteItemFromArray(recent, 20);
+}
+
+int cache__member_card(cache *c, scrm_member_key by, const char *value, sbuf *out, char member_id[65], int *tracking)
+{
+	static const char *const sql[4] = {
+		"SELECT key, tracking, doc, pii FROM members WHERE key = ?1",
+		"SELECT key, tracking, doc, pii FROM members WHERE card = ?1",
+		"SELECT key, tracking, doc, pii FROM members WHERE phone_hash = ?1",
+		NULL,
+	};
+	char qr_id[65];
+	uint8_t h[32];
+	int idx, rc;
+	sqlite3_stmt *q;
+	cJSON *root = NULL;
+	int64_t now = platform__wall_ms();
+
+	if (!value)
+		return err__set(SCRM_E_INVALID, "value: NULL");
+	switch (by) {
+	case SCRM_MEMBER_ID:
+		if (!key_ok(value))
+			return err__set(SCRM_E_INVALID, "member_id: 1..64 of [A-Za-z0-9_.:>-]");
+		idx = 0;
+		break;
+	case SCRM_MEMBER_CARD:
+		if (!*value || strlen(value) > MAX_KEY)
+			return err__set(SCRM_E_INVALID, "card: 1..64 characters");
+		idx = 1;
+		break;
+	case SCRM_MEMBER_PHONE: {
+		char norm[24];
+		if (cache__phone_normalise(value, c->phone_cc, norm) != 0)
+			return err__set(SCRM_E_INVALID, "phone: not a phone number (6..15 digits after normalising)");
+		if (!c->has_tenant_key)
+			return err__set(SCRM_E_CONFIG, "phone: look-up needs the tenant key: %s", c->tenant_key_err);
+		crypto__hmac_sha256(c->tenant_key, sizeof(c->tenant_key), norm, strlen(norm), h);
+		memset(norm, 0, sizeof(norm));
+		idx = 2;
+		break;
+	}
+	case SCRM_MEMBER_QR:
+		if ((rc = qr_member(c, value, qr_id)))
+			return rc;
+		value = qr_id;
+		idx = 0;
+		break;
+	default:
+		return err__set(SCRM_E_INVALID, "by: unknown member key kind %d", (int)by);
+	}
+	if (!c->q_card[idx] && (rc = prep(c, c->db, &c->q_card[idx], sql[idx], 1)))
+		return rc;
+	q = c->q_card[idx];
+	sqlite3_reset(q);
+	if (idx == 2)
+		sqlite3_bind_blob(q, 1, h, sizeof(h), SQLITE_STATIC);
+	else
+		sqlite3_bind_text(q, 1, value, -1, SQLITE_STATIC);
+	rc = sqlite3_step(q);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(q);
+		if (rc == SQLITE_DONE)
+			return err__set(SCRM_E_NOT_FOUND, "member: no member with this %s",
+					by == SCRM_MEMBER_PHONE ? "phone number" : by == SCRM_MEMBER_CARD ? "card" : "id");
+		return fail(c, rc, "member look-up");
+	}
+	const char *key = (const char *)sqlite3_column_text(q, 0);
+	snprintf(member_id, 65, "%s", key ? key : "");
+	if (tracking)
+		*tracking = sqlite3_column_int(q, 1);
+	root = cJSON_Parse((const char *)sqlite3_column_text(q, 2));
+	if (!root) {
+		sqlite3_reset(q);
+		return err__set(SCRM_E_CORRUPT, "cache: member %s: stored profile unreadable", member_id);
+	}
+	add_personal(c, member_id, sqlite3_column_blob(q, 3), sqlite3_column_bytes(q, 3), root);
+	sqlite3_reset(q);
+	add_coupons(c, member_id, root, now);
+	add_local(c, member_id, root, now);
+	char *text = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	if (!text)
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	sbuf__reset(out);
+	sbuf__puts(out, text);
+	free(text);
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+int cache__status(cache *c, sbuf *out)
+{
+	sqlite3_stmt *q = NULL;
+	int rc, first = 1;
+	int64_t now = platform__wall_ms();
+	if ((rc = prep(c, c->db, &q,
+		       "SELECT name, cursor, applied_ms, refused, snap_id, snap_next, snap_chunks, snap_version FROM streams", 0)))
+		return rc;
+	sbuf__reset(out);
+	sbuf__puts(out, "{\"streams\":[");
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		int st = cache__stream_parse((const char *)sqlite3_column_text(q, 0));
+		int64_t applied = sqlite3_column_int64(q, 2), rows = 0;
+		sqlite3_stmt *cnt = NULL;
+		char sql[120];
+		if (st < 0)
+			continue;
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\"", streams[st].name);
+		if (prep(c, c->db, &cnt, sql, 0) == SCRM_OK && sqlite3_step(cnt) == SQLITE_ROW)
+			rows = sqlite3_column_int64(cnt, 0);
+		sqlite3_finalize(cnt);
+		if (!first)
+			sbuf__putc(out, ',');
+		first = 0;
+		sbuf__puts(out, "{\"stream\":");
+		sbuf__jstr(out, streams[st].name);
+		sbuf__puts(out, ",\"cursor\":");
+		sbuf__i64(out, sqlite3_column_int64(q, 1));
+		sbuf__puts(out, ",\"rows\":");
+		sbuf__i64(out, rows);
+		sbuf__puts(out, ",\"applied_ms\":");
+		sbuf__i64(out, applied);
+		sbuf__puts(out, ",\"age_ms\":");
+		if (applied)
+			sbuf__i64(out, now - applied);
+		else
+			sbuf__puts(out, "null");
+		sbuf__puts(out, ",\"refused\":");
+		sbuf__i64(out, sqlite3_column_int64(q, 3));
+		if (sqlite3_column_type(q, 4) != SQLITE_NULL) {
+			sbuf__puts(out, ",\"snapshot\":{\"id\":");
+			sbuf__jstr(out, (const char *)sqlite3_column_text(q, 4));
+			sbuf__puts(out, ",\"version\":");
+			sbuf__i64(out, sqlite3_column_int64(q, 7));
+			sbuf__puts(out, ",\"chunks_done\":");
+			sbuf__i64(out, sqlite3_column_int64(q, 5));
+			sbuf__puts(out, ",\"chunks\":");
+			sbuf__i64(out, sqlite3_column_int64(q, 6));
+			sbuf__putc(out, '}');
+		}
+		if (c->rs[st].want) {
+			sbuf__puts(out, ",\"resync\":");
+			sbuf__jstr(out, c->rs[st].reason);
+		}
+		sbuf__putc(out, '}');
+	}
+	sqlite3_finalize(q);
+	sbuf__puts(out, "],\"tenant_key\":");
+	sbuf__puts(out, c->has_tenant_key ? "true" : "false");
+	sbuf__puts(out, ",\"central_key\":");
+	sbuf__puts(out, c->central ? "true" : "false");
+	sbuf__putc(out, '}');
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}

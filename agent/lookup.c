@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * lookup: the public customer-cache API of libscrm (scrm_cache_*,
+ * scrm_member_*): a mutex around one cache handle, so a POS or a guide app
+ * may share it between threads, and the member scan that records an event
+ * honouring the member's consent.
+ */
+#include <scrm/scrm.h>
+
+#include "cache.h"
+#include "err.h"
+#include "event.h"
+#include "store.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct scrm_cache {
+	cache *c;
+	pthread_mutex_t mu;
+};
+
+int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out)
+{
+	scrm_cache *h;
+	cache__options o = {.keys_dir = keys_dir, .busy_timeout_ms = 2000};
+	int rc;
+	err__clear();
+	if (!out || !dir)
+		return err__set(SCRM_E_INVALID, "dir/out: NULL");
+	*out = NULL;
+	if (!(h = calloc(1, sizeof(*h))))
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	if ((rc = cache__open(dir, &o, &h->c))) {
+		free(h);
+		return rc;
+	}
+	pthread_mutex_init(&h->mu, NULL);
+	*out = h;
+	return SCRM_OK;
+}
+
+void scrm_cache_close(scrm_cache *h)
+{
+	if (!h)
+		return;
+	cache__close(h->c);
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+}
+
+void scrm_free(void *p)
+{
+	free(p);
+}
+
+static int card(scrm_cache *h, scrm_member_key by, const char *value, char **json, char member[65], int *tracking)
+{
+	sbuf b;
+	int rc;
+	sbuf__init(&b);
+	pthread_mutex_lock(&h->mu);
+	rc = cache__member_card(h->c, by, value, &b, member, tracking);
+	pthread_mutex_unlock(&h->mu);
+	if (rc == SCRM_OK && json)
+		*json = sbuf__take(&b, NULL);
+	sbuf__free(&b);
+	return rc;
+}
+
+int scrm_member_get(scrm_cache *h, scrm_member_key by, const char *value, char **card_json)
+{
+	char member[65];
+	err__clear();
+	if (!h || !card_json)
+		return err__set(SCRM_E_INVALID, "cache/card_json: NULL");
+	*card_json = NULL;
+	return card(h, by, value, card_json, member, NULL);
+}
+
+static const char *method_of(scrm_member_key by)
+{
+	switch (by) {
+	case SCRM_MEMBER_QR:
+		return "qr";
+	case SCRM_MEMBER_CARD:
+		return "card";
+	case SCRM_MEMBER_PHONE:
+		return "phone";
+	default:
+		return "manual";
+	}
+}
+
+int scrm_member_identify(scrm_store *s, scrm_cache *h, scrm_member_key by, const char *value, const char *guide_id,
+			 char **card_json, scrm_receipt *receipt)
+{
+	char member[65], *json = NULL;
+	int tracking = 0, rc;
+	sbuf body;
+	err__clear();
+	if (!s || !h)
+		return err__set(SCRM_E_INVALID, "store/cache: NULL");
+	if (card_json)
+		*card_json = NULL;
+	if ((rc = card(h, by, value, &json, member, &tracking)))
+		return rc;
+	scrm_member_scan scan = {.member_id = member, .method = method_of(by), .guide_id = guide_id};
+	sbuf__init(&body);
+	rc = event__encode_scan_consent(&scan, tracking, &body);
+	if (rc == SCRM_OK)
+		rc = store__record(s, EVENT_MEMBER_SCAN, &body, receipt);
+	sbuf__free(&body);
+	if (rc == SCRM_OK && card_json)
+		*card_json = json;
+	else
+		free(json);
+	return rc;
+}
+
+int scrm_cache_status(scrm_cache *h, char **json)
+{
+	sbuf b;
+	int rc;
+	err__clear();
+	if (!h || !json)
+		return err__set(SCRM_E_INVALID, "cache/json: NULL");
+	sbuf__init(&b);
+	pthread_mutex_lock(&h->mu);
+	rc = cache__status(h->c, &b);
+	pthread_mutex_unlock(&h->mu);
+	*json = rc == SCRM_OK ? sbuf__take(&b, NULL) : NULL;
+	sbuf__free(&b);
+	return rc;
+}
