@@ -1,0 +1,715 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Integration tests of the customer cache: real scrm-agent, real
+ * scrm-central publishing snapshots from fixtures made by scrm-cachegen (the
+ * real retail sample, or a synthetic store), mosquitto with TLS on loopback,
+ * and libscrm look-ups in this process, as a guide's tablet would do them.
+ *
+ * Usage: cache_test SCENARIO   (ctest runs one scenario per test)
+ * Needs: SCRM_AGENT_BIN, SCRM_CENTRAL_BIN, SCRM_CTL_BIN, SCRM_CACHEGEN_BIN,
+ * SCRM_DATA_DIR (and SCRM_TEST_EMULATOR for cross runs).
+ */
+#include "harness.h"
+
+#include <scrm/scrm.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEVICE "tab-01"
+
+static int scale = 1;
+static int failures;
+
+#define CHECK(cond, ...)                                                      \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
+			fprintf(stderr, __VA_ARGS__);                         \
+			fprintf(stderr, "\n");                                \
+			failures++;                                           \
+			return -1;                                            \
+		}                                                             \
+	} while (0)
+
+struct env {
+	char *dir;
+	char store[512], keys[512], fx[512], central_db[512], agent_cfg[512], agent_log[512], central_log[512];
+	char uri[64], ca[600];
+	th_broker *broker;
+	int port;
+	pid_t agent, central;
+	/* first two members of the fixture: id, card, phone */
+	char m_id[2][32], m_card[2][32], m_phone[2][32];
+};
+
+static int setup(struct env *e, const char *name)
+{
+	memset(e, 0, sizeof(*e));
+	e->dir = th_tmpdir(name);
+	CHECK(e->dir, "tmpdir");
+	CHECK(th_certs_make(e->dir) == 0, "certificates");
+	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
+	snprintf(e->keys, sizeof(e->keys), "%s/central-keys", e->dir);
+	snprintf(e->fx, sizeof(e->fx), "%s/fixtures", e->dir);
+	snprintf(e->central_db, sizeof(e->central_db), "%s/central.db", e->dir);
+	snprintf(e->agent_cfg, sizeof(e->agent_cfg), "%s/agent.json", e->dir);
+	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent.log", e->dir);
+	snprintf(e->central_log, sizeof(e->central_log), "%s/central.log", e->dir);
+	snprintf(e->ca, sizeof(e->ca), "%s/ca.crt", e->dir);
+	e->port = th_free_port();
+	CHECK(e->port > 0, "free port");
+	snprintf(e->uri, sizeof(e->uri), "ssl://127.0.0.1:%d", e->port);
+	return 0;
+}
+
+static void teardown(struct env *e)
+{
+	if (e->agent > 0)
+		th_stop(e->agent, 5000);
+	if (e->central > 0)
+		th_stop(e->central, 5000);
+	th_broker_free(e->broker);
+	if (failures) {
+		th_dump_log(e->agent_log, 6000);
+		th_dump_log(e->central_log, 3000);
+		fprintf(stderr, "(test files kept in %s)\n", e->dir);
+	} else if (!getenv("SCRM_KEEP")) {
+		th_rmtree(e->dir);
+	}
+	free(e->dir);
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	size_t n = 0;
+	char *t = th_read_file(from, &n);
+	CHECK(t, "read %s", from);
+	int rc = th_write_file(to, t);
+	free(t);
+	CHECK(rc == 0, "write %s", to);
+	return 0;
+}
+
+/* Central's key pair and the tenant key; the store gets what a provisioned
+ * device holds: the tenant key and central's public key. */
+static int make_keys(struct env *e)
+{
+	char kd[600], a[700], b[700];
+	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "keys", e->keys, "--seed", "7", NULL};
+	CHECK(th_run_target(argv, NULL, 120000 * scale) == 0, "scrm-cachegen keys");
+	snprintf(kd, sizeof(kd), "%s/keys", e->store);
+	CHECK(th_run((const char *const[]){"mkdir", "-p", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
+	snprintf(a, sizeof(a), "%s/tenant.key", e->keys);
+	snprintf(b, sizeof(b), "%s/tenant.key", kd);
+	if (copy_file(a, b))
+		return -1;
+	snprintf(a, sizeof(a), "%s/central.pub", e->keys);
+	snprintf(b, sizeof(b), "%s/central.pub", kd);
+	return copy_file(a, b);
+}
+
+static int read_index(struct env *e)
+{
+	char p[600];
+	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
+	char *t = th_read_file(p, NULL), *line = t;
+	CHECK(t, "no %s", p);
+	for (int i = 0; i < 2 && line && *line; i++) {
+		char *nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		CHECK(sscanf(line, "%31[^\t]\t%31[^\t]\t%31s", e->m_id[i], e->m_card[i], e->m_phone[i]) == 3,
+		      "members_index.tsv line %d: %s", i + 1, line);
+		line = nl ? nl + 1 : NULL;
+	}
+	free(t);
+	return 0;
+}
+
+static int fixtures_retail(struct env *e)
+{
+	char csv[600], now[32];
+	const char *data = getenv("SCRM_DATA_DIR");
+	CHECK(data, "SCRM_DATA_DIR not set");
+	snprintf(csv, sizeof(csv), "%s/online_retail_sample.csv", data);
+	snprintf(now, sizeof(now), "%" PRId64, th_wall_ms());
+	if (make_keys(e))
+		return -1;
+	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "retail", "--csv", csv, "--keys", e->keys, "--tenant",
+			      "acme", "--out", e->fx, "--now", now, NULL};
+	CHECK(th_run_target(argv, NULL, 300000 * scale) == 0, "scrm-cachegen retail");
+	return read_index(e);
+}
+
+static int fixtures_synth(struct env *e, const char *members)
+{
+	if (make_keys(e))
+		return -1;
+	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "synth", "--members", members, "--skus", "300", "--rules",
+			      "600", "--keys", e->keys, "--out", e->fx, "--coupon-every", "0", NULL};
+	CHECK(th_run_target(argv, NULL, 300000 * scale) == 0, "scrm-cachegen synth");
+	return read_index(e);
+}
+
+/* Records in a snapshot file: its lines minus the header. */
+static long file_records(struct env *e, const char *stream)
+{
+	char p[600];
+	long n = 0;
+	snprintf(p, sizeof(p), "%s/%s.jsonl", e->fx, stream);
+	char *t = th_read_file(p, NULL);
+	if (!t)
+		return -1;
+	for (char *c = t; *c; c++)
+		n += *c == '\n';
+	free(t);
+	return n - 1;
+}
+
+/* Central publishes a new version of a stream: rewrite the header. */
+static int set_file_version(struct env *e, const char *stream, int version)
+{
+	char p[600], hdr[200];
+	size_t n = 0;
+	snprintf(p, sizeof(p), "%s/%s.jsonl", e->fx, stream);
+	char *t = th_read_file(p, &n), *nl;
+	CHECK(t && (nl = strchr(t, '\n')), "read %s", p);
+	snprintf(hdr, sizeof(hdr), "{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"%s\",\"version\":%d}", stream, version);
+	FILE *f = fopen(p, "w");
+	CHECK(f, "rewrite %s", p);
+	fputs(hdr, f);
+	fputs(nl, f);
+	fclose(f);
+	free(t);
+	return 0;
+}
+
+static int write_agent_cfg(struct env *e, const char *extra_cache)
+{
+	char cfg[4096];
+	snprintf(cfg, sizeof(cfg),
+		 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
+		 "  \"store_dir\": \"%s\",\n"
+		 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\"},\n"
+		 "  \"sync\": {\"ack_timeout_ms\": %d, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
+		 "  \"cache\": {\"phone_country_code\": \"44\", \"snapshot_timeout_ms\": %d%s},\n"
+		 "  \"log\": {\"level\": \"info\"}\n}\n",
+		 DEVICE, e->store, e->port, e->ca, 5000 * scale, 5000 * scale, extra_cache ? extra_cache : "");
+	return th_write_file(e->agent_cfg, cfg);
+}
+
+static int start_agent(struct env *e)
+{
+	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
+	e->agent = th_spawn_target(argv, e->agent_log);
+	CHECK(e->agent > 0, "spawn agent");
+	return 0;
+}
+
+static int start_central(struct env *e, const char *chunk_records, const char *delay_ms)
+{
+	char ready[600];
+	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
+	unlink(ready);
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", e->uri, "--ca", e->ca, "--db",
+			      e->central_db, "--share", "scrm-central", "--ready-file", ready, "--cache-dir", e->fx,
+			      "--chunk-records", chunk_records, "--snapshot-delay-ms", delay_ms, NULL};
+	e->central = th_spawn_target(argv, e->central_log);
+	CHECK(e->central > 0, "spawn central");
+	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
+		th_sleep_ms(100);
+	CHECK(access(ready, F_OK) == 0, "central not ready");
+	return 0;
+}
+
+static int push(struct env *e, const char *delta)
+{
+	char p[600], log[600];
+	static int k;
+	snprintf(p, sizeof(p), "%s/delta-%d.json", e->dir, ++k);
+	snprintf(log, sizeof(log), "%s/push-%d.log", e->dir, k);
+	CHECK(th_write_file(p, delta) == 0, "write delta");
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "push", "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
+			      "--store", "s1", p, NULL};
+	int rc = th_run_target(argv, log, 60000 * scale);
+	if (rc != 0)
+		th_dump_log(log, 2000);
+	CHECK(rc == 0, "scrm-central push exited %d", rc);
+	return 0;
+}
+
+/* The member's card through libscrm, as the tablet app reads it. */
+static int card(struct env *e, scrm_member_key by, const char *value, char **json)
+{
+	scrm_cache *c = NULL;
+	*json = NULL;
+	int rc = scrm_cache_open(e->store, NULL, &c);
+	if (rc != SCRM_OK)
+		return rc;
+	rc = scrm_member_get(c, by, value, json);
+	scrm_cache_close(c);
+	return rc;
+}
+
+static char *status_json(struct env *e)
+{
+	scrm_cache *c = NULL;
+	char *j = NULL;
+	if (scrm_cache_open(e->store, NULL, &c) == SCRM_OK)
+		scrm_cache_status(c, &j);
+	scrm_cache_close(c);
+	return j;
+}
+
+/* Cursor and rows of a stream from the cache status; -1 if unknown. */
+static int stream_state(struct env *e, const char *stream, long long *cursor, long long *rows, int *staging,
+			long long *chunks_done)
+{
+	char *j = status_json(e), needle[64], *p;
+	*cursor = *rows = -1;
+	if (staging)
+		*staging = 0;
+	if (!j)
+		return -1;
+	snprintf(needle, sizeof(needle), "{\"stream\":\"%s\"", stream);
+	if ((p = strstr(j, needle))) {
+		char *end = strstr(p + 1, "{\"stream\":");
+		if (end)
+			*end = '\0';
+		sscanf(strstr(p, "\"cursor\":") + 9, "%lld", cursor);
+		sscanf(strstr(p, "\"rows\":") + 7, "%lld", rows);
+		char *sn = strstr(p, "\"snapshot\":");
+		if (staging)
+			*staging = sn != NULL;
+		if (sn && chunks_done)
+			sscanf(strstr(sn, "\"chunks_done\":") + 14, "%lld", chunks_done);
+	}
+	scrm_free(j);
+	return 0;
+}
+
+static int wait_cursor(struct env *e, const char *stream, long long want, int timeout_s)
+{
+	long long cur = -1, rows = -1;
+	for (int i = 0; i < timeout_s * 10 * scale; i++) {
+		stream_state(e, stream, &cur, &rows, NULL, NULL);
+		if (cur == want)
+			return 0;
+		th_sleep_ms(100);
+	}
+	CHECK(0, "stream %s: cursor %lld, expected %lld", stream, cur, want);
+	return -1;
+}
+
+static const char *const streams[] = {"members", "coupons", "catalogue", "inventory", "scripts", "recos", "rules"};
+
+static int wait_all_streams(struct env *e, int timeout_s)
+{
+	for (size_t i = 0; i < 7; i++) {
+		long long cur, rows;
+		if (wait_cursor(e, streams[i], 1, timeout_s))
+			return -1;
+		stream_state(e, streams[i], &cur, &rows, NULL, NULL);
+		CHECK(rows == file_records(e, streams[i]), "stream %s: %lld rows, the fixture has %ld", streams[i], rows,
+		      file_records(e, streams[i]));
+	}
+	return 0;
+}
+
+/* Every byte of every file in the store: no plaintext phone anywhere. */
+static int scan_store_for_phones(struct env *e, int *scanned)
+{
+	char p[600], *idx;
+	const char *files[] = {"cache.db", "cache.db-wal", "cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
+	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
+	CHECK((idx = th_read_file(p, NULL)), "index");
+	*scanned = 0;
+	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+		size_t n = 0;
+		snprintf(p, sizeof(p), "%s/%s", e->store, files[f]);
+		char *bytes = th_read_file(p, &n);
+		if (!bytes)
+			continue;
+		char *line = idx;
+		while (line && *line) {
+			char id[32], cardno[32], phone[32];
+			char *nl = strchr(line, '\n');
+			if (sscanf(line, "%31[^\t]\t%31[^\t]\t%31s", id, cardno, phone) == 3) {
+				CHECK(!memmem(bytes, n, phone, strlen(phone)), "plaintext phone of member %s found in %s", id,
+				      files[f]);
+				(*scanned)++;
+			}
+			line = nl ? nl + 1 : NULL;
+		}
+		free(bytes);
+	}
+	free(idx);
+	return 0;
+}
+
+static int64_t central_count(struct env *e, const char *sql)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t n = -1;
+	if (sqlite3_open_v2(e->central_db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+static int64_t store_count(struct env *e, const char *sql, const char *arg)
+{
+	char p[600];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t n = -1;
+	snprintf(p, sizeof(p), "%s/outbox.db", e->store);
+	if (sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		if (arg)
+			sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+/* ---- scenarios ---- */
+
+/* Bootstrap by snapshots through mosquitto/TLS, look-ups by id, card, phone;
+ * a delta; a gap that makes the agent ask for (and get) a resync. */
+static int t_cache_sync(struct env *e)
+{
+	char *j = NULL, delta[2048], phone[40];
+	int scanned = 0;
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL))
+		return -1;
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	if (start_central(e, "200", "0") || start_agent(e) || wait_all_streams(e, 120))
+		return -1;
+	CHECK(central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'") == 7,
+	      "expected 7 bootstrap requests, central saw %" PRId64,
+	      central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'"));
+
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK, "member %s by id: %s", e->m_id[0], scrm_errmsg());
+	CHECK(strstr(j, "\"personal\":{\"name\":"), "card without decrypted name: %.300s", j);
+	CHECK(!strstr(j, e->m_phone[0]), "card shows the whole phone number");
+	scrm_free(j);
+	CHECK(card(e, SCRM_MEMBER_CARD, e->m_card[0], &j) == SCRM_OK && strstr(j, e->m_id[0]), "by card");
+	scrm_free(j);
+	snprintf(phone, sizeof(phone), "+%s", e->m_phone[1]);
+	CHECK(card(e, SCRM_MEMBER_PHONE, phone, &j) == SCRM_OK && strstr(j, e->m_id[1]), "by phone %s: %s", phone,
+	      scrm_errmsg());
+	scrm_free(j);
+	CHECK(card(e, SCRM_MEMBER_PHONE, "+999999999", &j) == SCRM_E_NOT_FOUND, "unknown phone found?");
+	if (scan_store_for_phones(e, &scanned))
+		return -1;
+	fprintf(stderr, "no plaintext phone in the store files (%d phone x file checks)\n", scanned);
+
+	/* a delta: the member becomes platinum */
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ts\":%" PRId64 ","
+		 "\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"platinum\","
+		 "\"pii\":{\"name\":\"Delta Person\",\"phone\":\"%s\"}}}]}",
+		 th_wall_ms(), e->m_id[0], e->m_id[0], e->m_phone[0]);
+	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
+		return -1;
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && strstr(j, "\"tier\":\"platinum\"") &&
+		      strstr(j, "Delta Person"),
+	      "delta not visible: %.300s", j ? j : "");
+	scrm_free(j);
+
+	/* central moved on to version 7 and this store missed 3..6 */
+	if (set_file_version(e, "members", 7))
+		return -1;
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,"
+		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
+		 e->m_id[1]);
+	if (push(e, delta))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "msg=\"cache gap; asking for a resync\" stream=members cursor=2", 30000 * scale) == 0,
+	      "no gap detected");
+	if (wait_cursor(e, "members", 7, 120))
+		return -1;
+	CHECK(central_count(e, "SELECT count(*) FROM resync_requests WHERE stream = 'members' AND reason = 'gap'") >= 1,
+	      "central saw no gap resync request");
+	/* the snapshot replaced the delta's view; the gap delta was not applied */
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && !strstr(j, "Delta Person"), "old delta still there");
+	scrm_free(j);
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK, "gap delta's delete was applied");
+	scrm_free(j);
+	/* and deltas follow again */
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":7,\"version\":8,"
+		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
+		 e->m_id[1]);
+	if (push(e, delta) || wait_cursor(e, "members", 8, 60))
+		return -1;
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_E_NOT_FOUND, "delete not applied");
+	return 0;
+}
+
+/* kill -9 of the agent in the middle of a snapshot: the old view stays whole,
+ * and after the restart the snapshot resumes (or restarts) and swaps in. */
+static int t_cache_kill9(struct env *e)
+{
+	long long cur, rows, done = 0;
+	int staging = 0;
+	char *j = NULL;
+	const char *members = getenv("SCRM_TEST_EMULATOR") ? "2000" : "5000";
+	if (fixtures_synth(e, members) || write_agent_cfg(e, NULL))
+		return -1;
+	long n = file_records(e, "members");
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	if (start_central(e, "50", "60") || start_agent(e) || wait_all_streams(e, 300))
+		return -1;
+	if (set_file_version(e, "members", 2) ||
+	    push(e, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,"
+		    "\"ops\":[{\"op\":\"delete\",\"key\":\"nobody\"}]}"))
+		return -1;
+	for (int i = 0; i < 600 * scale; i++) {
+		stream_state(e, "members", &cur, &rows, &staging, &done);
+		if (staging && done >= 4)
+			break;
+		th_sleep_ms(50);
+	}
+	CHECK(staging && done >= 4, "the second snapshot did not start (staging=%d chunks=%lld)", staging, done);
+	th_kill(e->agent, SIGKILL);
+	th_wait(e->agent, 10000, NULL);
+	e->agent = -1;
+	fprintf(stderr, "agent killed with %lld/%ld chunks of the new snapshot staged\n", done, (n + 49) / 50);
+
+	stream_state(e, "members", &cur, &rows, &staging, &done);
+	CHECK(cur == 1 && rows == n && staging, "after kill -9: cursor %lld rows %lld staging %d, expected the old view (1, %ld)",
+	      cur, rows, staging, n);
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK, "old view unreadable after the crash");
+	scrm_free(j);
+
+	if (start_agent(e) || wait_cursor(e, "members", 2, 300))
+		return -1;
+	stream_state(e, "members", &cur, &rows, &staging, NULL);
+	CHECK(rows == n && !staging, "after resume: rows %lld (want %ld), staging %d", rows, n, staging);
+	int64_t resumes = central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'resume' AND from_chunk > 0");
+	fprintf(stderr, "resume requests with from_chunk > 0: %" PRId64 "\n", resumes);
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK, "member missing after the swap");
+	scrm_free(j);
+	return 0;
+}
+
+static int record_purchase(scrm_store *st, const char *order, const char *member, int64_t total)
+{
+	scrm_line l = {.sku = "85123A", .qty = 1, .unit_price = total, .discount = 0};
+	scrm_purchase p = {.order_id = order, .lines = &l, .n_lines = 1, .total = total, .currency = "GBP",
+			   .payment = "card", .member_id = member};
+	CHECK(scrm_record_purchase(st, &p, NULL) == SCRM_OK, "purchase: %s", scrm_errmsg());
+	return 0;
+}
+
+/* Seeding by file, offline purchases on the card at once, then a "forget"
+ * from central: member gone, pending events redacted before they leave. */
+static int t_cache_erasure(struct env *e)
+{
+	char *j = NULL, delta[512], files[7][600];
+	scrm_store *st = NULL;
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL))
+		return -1;
+	{
+		const char *argv[12] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "--device", DEVICE, "cache", "load"};
+		for (int i = 0; i < 4; i++) {
+			snprintf(files[i], sizeof(files[i]), "%s/%s.jsonl", e->fx, streams[i]);
+			argv[7 + i] = files[i];
+		}
+		char log[600];
+		snprintf(log, sizeof(log), "%s/load.log", e->dir);
+		int rc = th_run_target(argv, log, 300000 * scale);
+		if (rc)
+			th_dump_log(log, 2000);
+		CHECK(rc == 0, "scrmctl cache load exited %d", rc);
+	}
+	CHECK(scrm_store_open(e->store, &(scrm_store_options){.device_id = DEVICE}, &st) == SCRM_OK, "store: %s",
+	      scrm_errmsg());
+	int rc = record_purchase(st, "E-1", e->m_id[0], 1250) || record_purchase(st, "E-2", e->m_id[0], 830) ||
+		 record_purchase(st, "E-3", e->m_id[1], 400) || record_purchase(st, "E-4", e->m_id[0], 99);
+	scrm_store_close(st);
+	if (rc)
+		return -1;
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && strstr(j, "\"orders\":3,\"returns\":0,\"spend\":2179"),
+	      "offline purchases not on the card: %.600s", j ? j : "");
+	scrm_free(j);
+
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	if (start_agent(e))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
+		 "\"ops\":[{\"op\":\"forget\",\"key\":\"%s\"}]}",
+		 e->m_id[0]);
+	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "pending_events_redacted=3", 100) == 0, "agent did not report 3 redactions");
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_E_NOT_FOUND, "forgotten member still in the cache");
+	char like[64];
+	snprintf(like, sizeof(like), "%%\"member_id\":\"%s\"%%", e->m_id[0]);
+	CHECK(store_count(e, "SELECT count(*) FROM outbox WHERE body LIKE ?1", like) == 0, "outbox still names the member");
+	CHECK(store_count(e, "SELECT count(*) FROM outbox WHERE json_extract(body, '$.redacted') = 'erasure'", NULL) == 3,
+	      "expected 3 redacted events");
+	CHECK(store_count(e, "SELECT count(*) FROM member_activity WHERE member_id = ?1", e->m_id[0]) == 0,
+	      "local history kept");
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK && strstr(j, "\"orders\":1"), "other member hurt");
+	scrm_free(j);
+
+	/* Central now comes up: everything arrives, nothing names the member. */
+	if (start_central(e, "1000", "0"))
+		return -1;
+	for (int i = 0; i < 600 * scale && central_count(e, "SELECT count(*) FROM events") < 4; i++)
+		th_sleep_ms(100);
+	CHECK(central_count(e, "SELECT count(*) FROM events") == 4, "central has %" PRId64 " events",
+	      central_count(e, "SELECT count(*) FROM events"));
+	char sql[200];
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM events WHERE body LIKE '%%\"member_id\":\"%s\"%%'", e->m_id[0]);
+	CHECK(central_count(e, sql) == 0, "central received the forgotten member's id");
+	return 0;
+}
+
+/* Malformed, oversize and tampered input: refused with a log line naming
+ * the field, the cache unchanged, and the next good delta applies. */
+static int t_cache_bad_delta(struct env *e)
+{
+	char *before = NULL, *after = NULL, *big, line[20000], delta[24000];
+	if (fixtures_retail(e) || write_agent_cfg(e, ", \"max_message_bytes\": 65536"))
+		return -1;
+	{
+		char f0[600], f1[600], log[600];
+		snprintf(f0, sizeof(f0), "%s/members.jsonl", e->fx);
+		snprintf(f1, sizeof(f1), "%s/coupons.jsonl", e->fx);
+		snprintf(log, sizeof(log), "%s/load.log", e->dir);
+		const char *argv[] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "--device", DEVICE, "cache", "load", f0, f1, NULL};
+		CHECK(th_run_target(argv, log, 300000 * scale) == 0, "cache load");
+	}
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &before) == SCRM_OK, "card");
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	if (start_agent(e))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+
+	/* a wrong type */
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
+		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"},{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":5}}]}",
+		 e->m_id[1], e->m_id[0], e->m_id[0]);
+	if (push(e, delta))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "ops[1].data.tier: must be a string", 30000 * scale) == 0, "no refusal naming the field");
+	/* too big */
+	CHECK((big = malloc(100000)), "oom");
+	memset(big, 'x', 99999);
+	big[99999] = '\0';
+	int n = snprintf(NULL, 0, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", e->m_id[0], e->m_id[0], big);
+	char *huge = malloc((size_t)n + 1);
+	snprintf(huge, (size_t)n + 1, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", e->m_id[0], e->m_id[0], big);
+	free(big);
+	int prc = push(e, huge);
+	free(huge);
+	if (prc)
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "more than cache.max_message_bytes", 30000 * scale) == 0, "oversize not refused");
+	long long cur, rows;
+	stream_state(e, "members", &cur, &rows, NULL, NULL);
+	CHECK(cur == 1 && rows == file_records(e, "members"), "members changed by refused deltas: cursor %lld rows %lld", cur, rows);
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &after) == SCRM_OK && strcmp(before, after) == 0, "card changed");
+	scrm_free(after);
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &after) == SCRM_OK, "member deleted by a refused delta");
+	scrm_free(after);
+
+	/* a tampered coupon is refused alone; the rest of the delta applies */
+	{
+		char p[600];
+		snprintf(p, sizeof(p), "%s/coupons.jsonl", e->fx);
+		char *t = th_read_file(p, NULL), *c = t ? strstr(t, "{\"key\":\"coupon:") : NULL, *nl;
+		CHECK(c && (nl = strchr(c, '\n')) && (size_t)(nl - c) < sizeof(line), "no coupon line in the fixture");
+		memcpy(line, c, (size_t)(nl - c));
+		line[nl - c] = '\0';
+		free(t);
+		char *uses = strstr(line, "uses\\\":");
+		CHECK(uses, "coupon without uses: %.200s", line);
+		uses[7] = uses[7] == '9' ? '8' : '9'; /* one byte of the signed text */
+		char *key = strstr(line, "coupon:"), ckey[80];
+		CHECK(sscanf(key, "%79[^\"]", ckey) == 1, "key");
+		snprintf(delta, sizeof(delta),
+			 "{\"v\":1,\"type\":\"delta\",\"stream\":\"coupons\",\"base\":1,\"version\":2,"
+			 "\"ops\":[{\"op\":\"upsert\",%s,{\"op\":\"delete\",\"key\":\"campaign:nonexistent\"}]}",
+			 line + 1);
+		/* line + 1 drops the record's "{": the op object is {"op":"upsert", <record fields>} */
+		if (push(e, delta) || wait_cursor(e, "coupons", 2, 60))
+			return -1;
+		CHECK(th_wait_log(e->agent_log, "msg=\"cache record refused\" stream=coupons refused=1", 10000) == 0,
+		      "tampered coupon not refused");
+		CHECK(th_wait_log(e->agent_log, "signature does not verify", 100) == 0, "refusal reason not logged");
+	}
+	/* and the next good delta applies */
+	snprintf(delta, sizeof(delta),
+		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
+		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
+		 e->m_id[1]);
+	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
+		return -1;
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &after) == SCRM_E_NOT_FOUND, "good delta not applied");
+	scrm_free(before);
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	int (*fn)(struct env *);
+} scenarios[] = {
+	{"cache_sync", t_cache_sync},
+	{"cache_kill9", t_cache_kill9},
+	{"cache_erasure", t_cache_erasure},
+	{"cache_bad_delta", t_cache_bad_delta},
+};
+
+int main(int argc, char **argv)
+{
+	struct env e;
+	if (argc != 2) {
+		fprintf(stderr, "usage: cache_test SCENARIO\n");
+		return 2;
+	}
+	if (getenv("SCRM_TEST_EMULATOR"))
+		scale = 6;
+	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
+		if (strcmp(argv[1], scenarios[i].name) != 0)
+			continue;
+		if (setup(&e, scenarios[i].name))
+			return 1;
+		int64_t t0 = th_now_ms();
+		int rc = scenarios[i].fn(&e);
+		if (rc && !failures)
+			failures++;
+		fprintf(stderr, "%s: %s in %.1f s\n", scenarios[i].name, failures ? "FAILED" : "passed",
+			(double)(th_now_ms() - t0) / 1000.0);
+		teardown(&e);
+		return failures ? 1 : 0;
+	}
+	fprintf(stderr, "unknown scenario %s\n", argv[1]);
+	return 2;
+}
