@@ -12,6 +12,16 @@
  * database and says, per device, what arrived: counts, gaps, duplicates,
  * conflicts, rejections and whether first arrivals came in seq order.
  *
+ * With --cache-dir, `run` is also the cache publisher (protocol.md, "Customer
+ * cache"): it subscribes to every device's up/cache/resync, records each
+ * request in the resync_requests table and answers it with a snapshot of the
+ * stream read from DIR/<stream>.jsonl (the "Snapshot file" format), chunked
+ * and published to the device's down/cache/{stream}. Chunks are produced
+ * lazily, one at a time, when a window slot frees up: a 300 MB file is never
+ * held in memory, only its index (one file offset per chunk). `push`
+ * publishes one cache delta to a store's down/cache/{stream} and waits for
+ * the broker's PUBACK.
+ *
  * It owns its database file and its MQTT session (clean start).
  *
  * Threads: Paho's callbacks run on Paho threads and only hand work over: a
@@ -19,8 +29,9 @@
  * window slot, connection events set flags; then they wake the main thread
  * through an eventfd. They never wait for the main thread: Paho runs them
  * holding its own mutex, which every Paho call of the main thread needs.
- * The main thread owns SQLite, parses, stores, publishes acks and drives
- * (re)connects. Signal handlers only set a flag and poke the eventfd.
+ * The main thread owns SQLite, parses, stores, publishes acks and snapshot
+ * chunks, reads the cache files and drives (re)connects. Signal handlers only
+ * set a flag and poke the eventfd.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -61,8 +72,22 @@
 #define RECONNECT_EVERY_MS 200
 #define PEER_WARN_PER_PERIOD 50 /* warnings caused by what devices send, per stats period */
 #define BATCH_ID_MAX 128
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: resync_requests */
 #define MAX_REJECT_KINDS 8
+
+/* customer cache publishing (run --cache-dir) */
+#define CHUNK_RECORDS_DEFAULT 1000
+#define CHUNK_RECORDS_MAX 100000
+#define CHUNK_MAX_BYTES (1u << 20)       /* a whole chunk message, header included */
+#define CHUNK_HEADER_RESERVE 512         /* envelope fields around "records" */
+#define FORGOTTEN_MAX_BYTES (256u << 10) /* the rendered "forgotten" list */
+#define SNAPSHOT_ID_MAX 64
+#define RESYNC_REASON_MAX 32
+#define SNAPSHOT_JOBS_MAX 10000          /* devices x streams being served at once */
+#define SNAPSHOT_DELAY_MAX_MS 600000
+#define CACHE_KEY_MAX 64
+#define PUSH_MAX_BYTES (16u << 20)       /* agents refuse above 4 MiB; tests may want to try */
+#define DELTA_AGENT_MAX_BYTES (4u << 20)
 
 /* ======================================================================
  * logging: logfmt lines on stderr
@@ -217,6 +242,13 @@ static void sb_json_str(struct sbuf *b, const char *s)
  * state
  * ====================================================================== */
 
+/* Who sent a message: taken from its topic. */
+struct ident {
+	char tenant[IDENT_MAX + 1];
+	char store[IDENT_MAX + 1];
+	char device[IDENT_MAX + 1];
+};
+
 struct inbound {
 	struct inbound *next;
 	char *topic;
@@ -232,8 +264,10 @@ struct pending_ack {
 	int64_t queued_ms;
 };
 
+/* One QoS 1 publish in flight: an ack or a snapshot chunk. */
 struct ack_slot {
 	int in_use;
+	int is_chunk;
 	uint32_t gen; /* bumped on every use: a late callback for a reclaimed use is ignored */
 	int64_t sent_ms;
 };
@@ -243,17 +277,65 @@ struct run_opts {
 	const char *reject_kinds[MAX_REJECT_KINDS];
 	int n_reject_kinds;
 	int ack_window;
+	const char *cache_dir; /* NULL: no cache publishing */
+	int chunk_records;
+	int64_t snapshot_delay_ms;
+	int64_t drop_chunk; /* -1: none */
 };
 
 struct stmts {
 	sqlite3_stmt *begin, *commit, *rollback;
 	sqlite3_stmt *ins_event, *sel_id, *ins_conflict, *ins_rejected, *upsert_device, *add_stat;
-	sqlite3_stmt *sel_contig, *ins_gap;
+	sqlite3_stmt *sel_contig, *ins_gap, *ins_resync;
 };
 
 struct counters {
 	uint64_t batches, batches_dropped, events_new, duplicates, conflicts, rejected, unackable;
 	uint64_t acks_sent, acks_confirmed, acks_failed, acks_dropped;
+	uint64_t resync_requests, resync_dropped, chunks_sent, chunks_dropped, snapshots_sent;
+};
+
+/* The streams of protocol.md "Customer cache", in resync priority order. */
+static const char *const cache_streams[] = { "members", "coupons", "catalogue", "inventory",
+					     "scripts",  "recos",   "rules" };
+#define N_STREAMS ((int)(sizeof cache_streams / sizeof cache_streams[0]))
+
+/* Where the chunks of one version of DIR/<stream>.jsonl start: built by one
+ * pass over the file, shared (refcounted) by the jobs serving it, replaced
+ * when the file changes. */
+struct snap_index {
+	int refs;
+	int stream;                       /* index into cache_streams */
+	char id[SNAPSHOT_ID_MAX + 1];     /* deterministic: see index_build */
+	int64_t version;
+	int missing;                      /* no file: one empty chunk */
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	int64_t mtime_ns;
+	int64_t fg_size, fg_mtime_ns;     /* forgotten.txt (members), -1 if absent */
+	int64_t records, nchunks;
+	off_t *offsets;                   /* nchunks + 1: chunk k is [offsets[k], offsets[k+1]) */
+	char *forgotten;                  /* "\"id\",\"id\"" or NULL */
+	size_t forgotten_len;
+};
+
+/* One snapshot being sent to one device. */
+struct snap_job {
+	struct snap_job *next;
+	struct ident who;
+	struct snap_index *ix; /* one reference held */
+	char topic[3 * IDENT_MAX + 64];
+	int64_t next_chunk, first_chunk;
+	int64_t due_ms; /* monotonic: --snapshot-delay-ms */
+};
+
+/* --drop-chunk: snapshots (per device and stream) whose chunk was dropped once. */
+struct drop_mark {
+	struct drop_mark *next;
+	struct ident who;
+	int stream;
+	char id[SNAPSHOT_ID_MAX + 1];
 };
 
 static struct central {
@@ -276,6 +358,7 @@ static struct central {
 	int recv_max;       /* Receive Maximum from the CONNACK, 0 = not seen */
 	struct ack_slot slots[ACK_SLOTS];
 	uint64_t acks_confirmed, acks_failed;
+	uint64_t chunks_confirmed, chunks_failed;
 
 	/* main thread only */
 	sqlite3 *db;
@@ -286,6 +369,10 @@ static struct central {
 	struct counters c;
 	int ready_written;
 	int peer_warns; /* warnings about device input in the current stats period */
+	struct snap_index *index[N_STREAMS]; /* the current index of each stream, or NULL */
+	struct snap_job *jobs_head, *jobs_tail;
+	size_t n_jobs;
+	struct drop_mark *drops;
 } g;
 
 static volatile sig_atomic_t g_stop;
@@ -344,7 +431,13 @@ static const char schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS gaps("
 	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL,"
 	" from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL, noticed_ms INTEGER NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS stats(key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+	"CREATE TABLE IF NOT EXISTS stats(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+	/* v2: every valid resync request (up/cache/resync), as received;
+	 * reason, snapshot and from_chunk are NULL when the request had none. */
+	"CREATE TABLE IF NOT EXISTS resync_requests("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL,"
+	" stream TEXT NOT NULL, cursor INTEGER NOT NULL, reason TEXT, snapshot TEXT,"
+	" from_chunk INTEGER, received_ms INTEGER NOT NULL);";
 
 static int db_exec(const char *sql)
 {
@@ -375,7 +468,7 @@ static void db_close(void)
 	sqlite3_stmt **all[] = { &g.st.begin,        &g.st.commit,        &g.st.rollback,
 				 &g.st.ins_event,    &g.st.sel_id,        &g.st.ins_conflict,
 				 &g.st.ins_rejected, &g.st.upsert_device, &g.st.add_stat,
-				 &g.st.sel_contig,   &g.st.ins_gap };
+				 &g.st.sel_contig,   &g.st.ins_gap,       &g.st.ins_resync };
 	size_t i;
 
 	for (i = 0; i < sizeof all / sizeof all[0]; i++) {
@@ -418,6 +511,9 @@ static int db_open(const char *path)
 		goto cleanup;
 	}
 	if (version < SCHEMA_VERSION) {
+		/* Every statement of the schema is CREATE ... IF NOT EXISTS, so
+		 * running it whole is each migration step at once (1 -> 2 adds
+		 * resync_requests). */
 		char sql[sizeof schema_sql + 64];
 
 		snprintf(sql, sizeof sql, "BEGIN IMMEDIATE;%sPRAGMA user_version=%d;COMMIT;",
@@ -458,6 +554,9 @@ static int db_open(const char *path)
 			     "SELECT contiguous FROM devices WHERE tenant=? AND store=? AND device=?")) ||
 	    (rc = db_prepare(&g.st.ins_gap,
 			     "INSERT INTO gaps(tenant,store,device,from_seq,to_seq,noticed_ms) VALUES(?,?,?,?,?,?)")) ||
+	    (rc = db_prepare(&g.st.ins_resync,
+			     "INSERT INTO resync_requests(tenant,store,device,stream,cursor,reason,"
+			     "snapshot,from_chunk,received_ms) VALUES(?,?,?,?,?,?,?,?,?)")) ||
 	    (rc = db_prepare(&g.st.add_stat,
 			     "INSERT INTO stats(key,value) VALUES(?,?) ON CONFLICT DO UPDATE SET "
 			     "value=value+excluded.value")))
@@ -501,12 +600,6 @@ static void db_add_stat(const char *key, int64_t n)
  * batch handling (main thread)
  * ====================================================================== */
 
-struct ident {
-	char tenant[IDENT_MAX + 1];
-	char store[IDENT_MAX + 1];
-	char device[IDENT_MAX + 1];
-};
-
 /* Copy one identity segment [A-Za-z0-9_.-]{1,64} ending at '/'; returns the
  * position after the '/' or NULL. */
 static const char *take_ident(const char *p, char *out)
@@ -529,8 +622,9 @@ static const char *take_ident(const char *p, char *out)
 }
 
 /* The broker confines each device to its own topics, so identity comes from
- * the topic, never from the payload. */
-static int parse_topic(const char *topic, struct ident *id)
+ * the topic, never from the payload. 0 if topic is
+ * scrm/v1/{tenant}/{store}/{device}/<suffix>. */
+static int parse_topic(const char *topic, struct ident *id, const char *suffix)
 {
 	static const char prefix[] = "scrm/v1/";
 	const char *p;
@@ -541,7 +635,14 @@ static int parse_topic(const char *topic, struct ident *id)
 	if (!(p = take_ident(p, id->tenant)) || !(p = take_ident(p, id->store)) ||
 	    !(p = take_ident(p, id->device)))
 		return -1;
-	return strcmp(p, "up/events") == 0 ? 0 : -1;
+	return strcmp(p, suffix) == 0 ? 0 : -1;
+}
+
+static int topic_ends_with(const char *topic, const char *suffix)
+{
+	size_t t = strlen(topic), n = strlen(suffix);
+
+	return t >= n && strcmp(topic + t - n, suffix) == 0;
 }
 
 /* JSON numbers are doubles: accept integral values that a double holds
@@ -871,7 +972,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	int in_tx = 0;
 	char q1[200], q2[200];
 
-	if (parse_topic(topic, &id) != 0) {
+	if (parse_topic(topic, &id, "up/events") != 0) {
 		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/events");
 		return;
 	}
@@ -1094,7 +1195,8 @@ static void *slot_context(int idx, uint32_t gen)
 	return (void *)(uintptr_t)(((uintptr_t)gen << 8) | (uintptr_t)idx);
 }
 
-static void slot_complete(void *ctx, int ok)
+/* Paho thread: a publish completed; free its slot and count it. */
+static void slot_complete(void *ctx, uint64_t *counter)
 {
 	uintptr_t v = (uintptr_t)ctx;
 	int idx = (int)(v & 0xff);
@@ -1105,10 +1207,7 @@ static void slot_complete(void *ctx, int ok)
 	pthread_mutex_lock(&g.lock);
 	if (g.slots[idx].in_use && (g.slots[idx].gen & (UINT32_MAX >> 8)) == gen) {
 		g.slots[idx].in_use = 0;
-		if (ok)
-			g.acks_confirmed++;
-		else
-			g.acks_failed++;
+		(*counter)++;
 	}
 	pthread_mutex_unlock(&g.lock);
 	wake_main();
@@ -1117,14 +1216,27 @@ static void slot_complete(void *ctx, int ok)
 static void on_ack_ok(void *ctx, MQTTAsync_successData5 *resp)
 {
 	(void)resp;
-	slot_complete(ctx, 1);
+	slot_complete(ctx, &g.acks_confirmed);
 }
 
 static void on_ack_fail(void *ctx, MQTTAsync_failureData5 *resp)
 {
 	(void)resp;
 	/* Not fatal: the agent redelivers and gets a fresh ack. */
-	slot_complete(ctx, 0);
+	slot_complete(ctx, &g.acks_failed);
+}
+
+static void on_chunk_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	(void)resp;
+	slot_complete(ctx, &g.chunks_confirmed);
+}
+
+static void on_chunk_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)resp;
+	/* Not fatal: the agent times out and asks to resume from this chunk. */
+	slot_complete(ctx, &g.chunks_failed);
 }
 
 static int window_limit(void)
@@ -1137,6 +1249,46 @@ static int window_limit(void)
 	return w;
 }
 
+/* Main thread: take a window slot for one publish. Snapshot chunks may use
+ * all but one slot of the window, so a long snapshot never holds up acks
+ * (acks are flushed first, chunks fill what is left). Returns the slot
+ * index and its generation in *gen, or -1 (not connected, window full). */
+static int slot_take(int is_chunk, uint32_t *gen)
+{
+	int i, used = 0, chunks = 0, free_idx = -1, limit;
+
+	pthread_mutex_lock(&g.lock);
+	for (i = 0; i < ACK_SLOTS; i++) {
+		if (g.slots[i].in_use) {
+			used++;
+			chunks += g.slots[i].is_chunk;
+		} else if (free_idx < 0) {
+			free_idx = i;
+		}
+	}
+	limit = window_limit();
+	if (!g.connected || used >= limit || free_idx < 0 ||
+	    (is_chunk && chunks >= (limit > 1 ? limit - 1 : 1))) {
+		free_idx = -1;
+	} else {
+		g.slots[free_idx].in_use = 1;
+		g.slots[free_idx].is_chunk = is_chunk;
+		g.slots[free_idx].gen = (g.slots[free_idx].gen + 1) & (UINT32_MAX >> 8);
+		g.slots[free_idx].sent_ms = mono_ms();
+		*gen = g.slots[free_idx].gen;
+	}
+	pthread_mutex_unlock(&g.lock);
+	return free_idx;
+}
+
+/* Main thread: give back a slot whose publish was not started. */
+static void slot_release(int idx)
+{
+	pthread_mutex_lock(&g.lock);
+	g.slots[idx].in_use = 0;
+	pthread_mutex_unlock(&g.lock);
+}
+
 /* Main thread: send queued acks while the window has room. */
 static void acks_flush(void)
 {
@@ -1144,7 +1296,7 @@ static void acks_flush(void)
 		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 		MQTTAsync_message msg = MQTTAsync_message_initializer;
 		struct pending_ack *a = g.ack_head;
-		int i, used = 0, free_idx = -1, connected, rc;
+		int free_idx, rc;
 		uint32_t gen = 0;
 
 		if (mono_ms() - a->queued_ms > ACK_PENDING_MAX_AGE_MS ||
@@ -1153,23 +1305,7 @@ static void acks_flush(void)
 			ack_pop();
 			continue;
 		}
-		pthread_mutex_lock(&g.lock);
-		connected = g.connected;
-		for (i = 0; i < ACK_SLOTS; i++) {
-			if (g.slots[i].in_use)
-				used++;
-			else if (free_idx < 0)
-				free_idx = i;
-		}
-		if (connected && used < window_limit() && free_idx >= 0) {
-			g.slots[free_idx].in_use = 1;
-			g.slots[free_idx].gen = (g.slots[free_idx].gen + 1) & (UINT32_MAX >> 8);
-			g.slots[free_idx].sent_ms = mono_ms();
-			gen = g.slots[free_idx].gen;
-		} else {
-			free_idx = -1;
-		}
-		pthread_mutex_unlock(&g.lock);
+		free_idx = slot_take(0, &gen);
 		if (free_idx < 0)
 			return; /* woken again by a completion or a reconnect */
 
@@ -1185,9 +1321,7 @@ static void acks_flush(void)
 			ack_pop(); /* Paho copied topic and payload */
 			continue;
 		}
-		pthread_mutex_lock(&g.lock);
-		g.slots[free_idx].in_use = 0;
-		pthread_mutex_unlock(&g.lock);
+		slot_release(free_idx);
 		if (rc == MQTTASYNC_DISCONNECTED)
 			return; /* keep it for after the reconnect */
 		log_at(LVL_WARN, "ack publish refused; dropped", "rc=%d err=\"%s\"", rc,
@@ -1211,7 +1345,7 @@ static void slots_reclaim(void)
 	}
 	pthread_mutex_unlock(&g.lock);
 	if (n)
-		log_at(LVL_WARN, "ack publishes never completed; window slots reclaimed", "slots=%d",
+		log_at(LVL_WARN, "publishes never completed; window slots reclaimed", "slots=%d",
 		       n);
 }
 
@@ -1224,6 +1358,815 @@ static int slots_in_use(void)
 		n += g.slots[i].in_use;
 	pthread_mutex_unlock(&g.lock);
 	return n;
+}
+
+/* ======================================================================
+ * customer cache: resync requests answered with snapshots (main thread)
+ *
+ * A snapshot of a stream is read from DIR/<stream>.jsonl (protocol.md,
+ * "Snapshot file"): a header line, then one record per line. One pass over
+ * the file builds an index (where each chunk starts); the chunks themselves
+ * are read and published one at a time, as window slots free up, so memory
+ * stays at about one chunk (1 MiB) per slot whatever the file's size.
+ *
+ * Record lines are sent as they are, not parsed: the files are central's
+ * own data, and a test may serve a malformed record on purpose to drive the
+ * agent's refusal path. Only what would break the chunk's framing is
+ * skipped (with a warning): a line that is not {...}, or one that cannot fit
+ * in a chunk.
+ * ====================================================================== */
+
+static int stream_find(const char *name)
+{
+	int i;
+
+	for (i = 0; i < N_STREAMS; i++)
+		if (strcmp(name, cache_streams[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* Keys are 1..64 bytes of [A-Za-z0-9_.:>-] (protocol.md, "Streams"). */
+static int cache_key_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > CACHE_KEY_MAX)
+		return 0;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == ':' || c == '>' || c == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+	sb_reserve(b, n);
+	if (b->oom)
+		return;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+/* FNV-1a over the 8 bytes of v. */
+static uint64_t fnv_i64(uint64_t h, int64_t v)
+{
+	uint64_t u = (uint64_t)v;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		h ^= (u >> (8 * i)) & 0xffu;
+		h *= 1099511628211ull;
+	}
+	return h;
+}
+
+static int64_t mtime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + (int64_t)st->st_mtim.tv_nsec;
+}
+
+/* s[0..n) without surrounding blanks and line ends; *out_len 0 for a blank line. */
+static const char *line_trim(const char *s, size_t n, size_t *out_len)
+{
+	while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+		n--;
+	while (n && (*s == ' ' || *s == '\t')) {
+		s++;
+		n--;
+	}
+	*out_len = n;
+	return s;
+}
+
+/* The one rule, shared by the index pass and the chunk reader, for which
+ * lines are records (see the section comment). */
+static int record_line_ok(const char *s, size_t n, size_t budget)
+{
+	return n >= 2 && s[0] == '{' && s[n - 1] == '}' && n + 1 <= budget;
+}
+
+static void index_unref(struct snap_index *ix)
+{
+	if (ix && --ix->refs == 0) {
+		free(ix->offsets);
+		free(ix->forgotten);
+		free(ix);
+	}
+}
+
+static size_t index_budget(const struct snap_index *ix)
+{
+	/* "forgotten" goes in the last chunk: every chunk leaves room for it,
+	 * so the boundaries do not depend on which chunk is last. */
+	return CHUNK_MAX_BYTES - CHUNK_HEADER_RESERVE - ix->forgotten_len;
+}
+
+static void cache_path(char *buf, size_t size, const char *name, const char *ext)
+{
+	snprintf(buf, size, "%s/%s%s", g.opt.cache_dir, name, ext);
+}
+
+/* DIR/forgotten.txt (members only): one member id per line, blank lines and
+ * '#' comments ignored, at most FORGOTTEN_MAX_BYTES once rendered. A missing
+ * file is an empty list. 0, or -1 if it exists but cannot be read. */
+static int forgotten_load(struct snap_index *ix)
+{
+	struct sbuf b = { 0 };
+	char path[4096], q[300], q2[200];
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int64_t lineno = 0;
+	struct stat st;
+	FILE *f;
+	int rc = -1;
+
+	cache_path(path, sizeof path, "forgotten", ".txt");
+	f = fopen(path, "re");
+	if (!f) {
+		if (errno == ENOENT)
+			return 0;
+		log_at(LVL_ERROR, "cannot open forgotten list", "path=%s err=%s",
+		       lq(q, sizeof q, path), lq(q2, sizeof q2, strerror(errno)));
+		return -1;
+	}
+	if (fstat(fileno(f), &st) != 0)
+		goto cleanup;
+	ix->fg_size = (int64_t)st.st_size;
+	ix->fg_mtime_ns = mtime_ns(&st);
+	while ((n = getline(&line, &cap, f)) >= 0) {
+		size_t len;
+		const char *s = line_trim(line, (size_t)n, &len);
+
+		lineno++;
+		if (len == 0 || s[0] == '#')
+			continue;
+		if (!cache_key_ok(s, len)) {
+			log_at(LVL_WARN, "forgotten.txt: not a member id; line skipped",
+			       "line=%" PRId64, lineno);
+			continue;
+		}
+		if (b.len + len + 3 > FORGOTTEN_MAX_BYTES) {
+			log_at(LVL_WARN, "forgotten.txt: list too long; the rest is not sent",
+			       "line=%" PRId64 " max_bytes=%u", lineno, FORGOTTEN_MAX_BYTES);
+			break;
+		}
+		if (b.len)
+			sb_put(&b, ",", 1);
+		sb_put(&b, "\"", 1);
+		sb_put(&b, s, len); /* key characters need no escaping */
+		sb_put(&b, "\"", 1);
+	}
+	if (ferror(f) || b.oom) {
+		log_at(LVL_ERROR, "cannot read forgotten list", "path=%s", lq(q, sizeof q, path));
+		goto cleanup;
+	}
+	ix->forgotten = b.p;
+	ix->forgotten_len = b.len;
+	b.p = NULL;
+	rc = 0;
+cleanup:
+	free(b.p);
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+/* The header line: {"v":1,"type":"snapshot_file","stream":S,"version":N}. */
+static int header_parse(const char *s, size_t n, int stream, int64_t *version, char *why,
+			size_t wlen)
+{
+	cJSON *h = cJSON_ParseWithLength(s, n);
+	const cJSON *it;
+	int rc = -1;
+
+	if (!cJSON_IsObject(h)) {
+		snprintf(why, wlen, "header: first line is not a JSON object");
+		goto out;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(h, "v");
+	if (!cJSON_IsNumber(it) || it->valuedouble != 1.0) {
+		snprintf(why, wlen, "header.v: missing or not 1");
+		goto out;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(h, "type");
+	if (!cJSON_IsString(it) || strcmp(it->valuestring, "snapshot_file") != 0) {
+		snprintf(why, wlen, "header.type: missing or not \"snapshot_file\"");
+		goto out;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(h, "stream");
+	if (!cJSON_IsString(it) || strcmp(it->valuestring, cache_streams[stream]) != 0) {
+		snprintf(why, wlen, "header.stream: missing or not \"%s\" (the file's name)",
+			 cache_streams[stream]);
+		goto out;
+	}
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(h, "version"), version) != 0 ||
+	    *version < 1) {
+		snprintf(why, wlen, "header.version: missing or not an integer in 1..2^53");
+		goto out;
+	}
+	rc = 0;
+out:
+	cJSON_Delete(h);
+	return rc;
+}
+
+/* One pass over DIR/<stream>.jsonl: version, chunk boundaries, snapshot id.
+ *
+ * The id is "<stream>-<version>-<16 hex>", the hex an FNV-1a hash of what
+ * identifies this exact content and chunking: the file's device, inode,
+ * size and mtime (ns), forgotten.txt's size and mtime, and --chunk-records.
+ * The same file served by a restarted central gets the same id, so an
+ * agent's resume request still matches; any rewrite of the file changes it.
+ *
+ * A missing file is served as an empty stream at version 1: one chunk,
+ * "records":[] (protocol.md: an empty stream is one chunk), so an agent
+ * bootstrapping a stream central has no data for completes instead of
+ * timing out forever; its cursor becomes 1, and central's first real
+ * content (version > 1) reaches it as a gap -> resync -> new snapshot.
+ *
+ * Returns a new index (one reference) or NULL, the reason logged. */
+static struct snap_index *index_build(int stream)
+{
+	struct snap_index *ix = calloc(1, sizeof *ix);
+	char path[4096], q[300], q2[300], why[200];
+	char *line = NULL;
+	size_t cap = 0, alloc = 0, budget, chunk_bytes = 0;
+	int64_t in_chunk = 0, lineno = 1, skipped = 0;
+	uint64_t h = 14695981039346656037ull;
+	struct stat st;
+	ssize_t n;
+	FILE *f = NULL;
+	int ok = 0;
+
+	if (!ix)
+		return NULL;
+	ix->refs = 1;
+	ix->stream = stream;
+	ix->fg_size = ix->fg_mtime_ns = -1;
+	if (stream == 0 && forgotten_load(ix) != 0)
+		goto cleanup;
+	budget = index_budget(ix);
+	cache_path(path, sizeof path, cache_streams[stream], ".jsonl");
+	f = fopen(path, "re");
+	if (!f && errno != ENOENT) {
+		log_at(LVL_ERROR, "cannot open snapshot file", "path=%s err=%s",
+		       lq(q, sizeof q, path), lq(q2, sizeof q2, strerror(errno)));
+		goto cleanup;
+	}
+	if (!f) {
+		ix->missing = 1;
+		ix->version = 1;
+		ix->nchunks = 1;
+		ix->offsets = calloc(2, sizeof *ix->offsets);
+		if (!ix->offsets)
+			goto cleanup;
+	} else {
+		size_t hl;
+		const char *hs;
+
+		if (fstat(fileno(f), &st) != 0)
+			goto cleanup;
+		ix->dev = st.st_dev;
+		ix->ino = st.st_ino;
+		ix->size = st.st_size;
+		ix->mtime_ns = mtime_ns(&st);
+		n = getline(&line, &cap, f);
+		hs = n > 0 ? line_trim(line, (size_t)n, &hl) : "";
+		if (n <= 0)
+			hl = 0;
+		if (header_parse(hs, hl, stream, &ix->version, why, sizeof why) != 0) {
+			log_at(LVL_ERROR, "snapshot file refused", "path=%s reason=%s",
+			       lq(q, sizeof q, path), lq(q2, sizeof q2, why));
+			goto cleanup;
+		}
+		alloc = 16;
+		ix->offsets = malloc(alloc * sizeof *ix->offsets);
+		if (!ix->offsets)
+			goto cleanup;
+		ix->offsets[0] = ftello(f);
+		for (;;) {
+			off_t pos = ftello(f);
+			size_t len;
+			const char *s;
+
+			n = getline(&line, &cap, f);
+			if (n < 0)
+				break;
+			lineno++;
+			s = line_trim(line, (size_t)n, &len);
+			if (len == 0)
+				continue;
+			if (!record_line_ok(s, len, budget)) {
+				if (skipped++ < 10)
+					log_at(LVL_WARN,
+					       "snapshot file: line is not a {...} record or is larger "
+					       "than a chunk; skipped",
+					       "path=%s line=%" PRId64 " bytes=%zu", lq(q, sizeof q, path),
+					       lineno, len);
+				continue;
+			}
+			if (in_chunk > 0 && (in_chunk >= g.opt.chunk_records ||
+					     chunk_bytes + len + 1 > budget)) {
+				if ((size_t)ix->nchunks + 2 >= alloc) {
+					off_t *np = realloc(ix->offsets, 2 * alloc * sizeof *np);
+
+					if (!np)
+						goto cleanup;
+					ix->offsets = np;
+					alloc *= 2;
+				}
+				ix->offsets[++ix->nchunks] = pos;
+				in_chunk = 0;
+				chunk_bytes = 0;
+			}
+			in_chunk++;
+			chunk_bytes += len + 1;
+			ix->records++;
+		}
+		if (ferror(f)) {
+			log_at(LVL_ERROR, "cannot read snapshot file", "path=%s",
+			       lq(q, sizeof q, path));
+			goto cleanup;
+		}
+		ix->offsets[++ix->nchunks] = ftello(f); /* the end of chunk nchunks-1 */
+		if (skipped > 10)
+			log_at(LVL_WARN, "snapshot file: more lines skipped", "path=%s skipped=%" PRId64,
+			       lq(q, sizeof q, path), skipped);
+	}
+	h = fnv_i64(h, ix->missing);
+	h = fnv_i64(h, (int64_t)ix->dev);
+	h = fnv_i64(h, (int64_t)ix->ino);
+	h = fnv_i64(h, (int64_t)ix->size);
+	h = fnv_i64(h, ix->mtime_ns);
+	h = fnv_i64(h, ix->fg_size);
+	h = fnv_i64(h, ix->fg_mtime_ns);
+	h = fnv_i64(h, g.opt.chunk_records);
+	snprintf(ix->id, sizeof ix->id, "%s-%" PRId64 "-%016" PRIx64, cache_streams[stream],
+		 ix->version, h);
+	log_at(LVL_INFO, "snapshot indexed",
+	       "stream=%s snapshot=%s version=%" PRId64 " records=%" PRId64 " chunks=%" PRId64
+	       " missing_file=%d",
+	       cache_streams[stream], ix->id, ix->version, ix->records, ix->nchunks, ix->missing);
+	ok = 1;
+
+cleanup:
+	free(line);
+	if (f)
+		fclose(f);
+	if (!ok) {
+		index_unref(ix);
+		return NULL;
+	}
+	return ix;
+}
+
+/* The index of the stream's file as it is now: the cached one if neither
+ * the file nor forgotten.txt changed, else a new one. Borrowed (the cache
+ * holds a reference); NULL if the file cannot be served. */
+static struct snap_index *index_current(int stream)
+{
+	struct snap_index *ix = g.index[stream];
+	char path[4096];
+	struct stat st;
+
+	if (ix) {
+		int same;
+
+		cache_path(path, sizeof path, cache_streams[stream], ".jsonl");
+		if (stat(path, &st) == 0)
+			same = !ix->missing && st.st_dev == ix->dev && st.st_ino == ix->ino &&
+			       st.st_size == ix->size && mtime_ns(&st) == ix->mtime_ns;
+		else
+			same = ix->missing && errno == ENOENT;
+		if (same && stream == 0) {
+			cache_path(path, sizeof path, "forgotten", ".txt");
+			if (stat(path, &st) == 0)
+				same = (int64_t)st.st_size == ix->fg_size &&
+				       mtime_ns(&st) == ix->fg_mtime_ns;
+			else
+				same = errno == ENOENT && ix->fg_size < 0;
+		}
+		if (same)
+			return ix;
+	}
+	ix = index_build(stream);
+	if (!ix)
+		return NULL;
+	index_unref(g.index[stream]); /* jobs still sending the old one keep it alive */
+	g.index[stream] = ix;
+	return ix;
+}
+
+static int same_device(const struct ident *a, const struct ident *b)
+{
+	return strcmp(a->tenant, b->tenant) == 0 && strcmp(a->store, b->store) == 0 &&
+	       strcmp(a->device, b->device) == 0;
+}
+
+/* Unlink j (prev is the job before it, or NULL) and free it. */
+static void job_remove(struct snap_job *prev, struct snap_job *j)
+{
+	if (prev)
+		prev->next = j->next;
+	else
+		g.jobs_head = j->next;
+	if (g.jobs_tail == j)
+		g.jobs_tail = prev;
+	g.n_jobs--;
+	index_unref(j->ix);
+	free(j);
+}
+
+static void jobs_free_all(void)
+{
+	int i;
+
+	while (g.jobs_head)
+		job_remove(NULL, g.jobs_head);
+	for (i = 0; i < N_STREAMS; i++) {
+		index_unref(g.index[i]);
+		g.index[i] = NULL;
+	}
+	while (g.drops) {
+		struct drop_mark *d = g.drops;
+
+		g.drops = d->next;
+		free(d);
+	}
+}
+
+/* Start sending ix to a device from chunk `from`, replacing what it was
+ * being sent for that stream (it asked again: that snapshot is dead). */
+static void job_start(const struct ident *who, struct snap_index *ix, int64_t from)
+{
+	struct snap_job *j, *prev = NULL;
+
+	for (j = g.jobs_head; j; prev = j, j = j->next) {
+		if (j->ix->stream == ix->stream && same_device(&j->who, who)) {
+			log_at(LVL_DEBUG, "snapshot in progress replaced",
+			       "tenant=%s store=%s device=%s snapshot=%s next_chunk=%" PRId64,
+			       who->tenant, who->store, who->device, j->ix->id, j->next_chunk);
+			job_remove(prev, j);
+			break;
+		}
+	}
+	if (g.n_jobs >= SNAPSHOT_JOBS_MAX) {
+		log_at(LVL_WARN, "too many snapshots in progress; request not answered",
+		       "tenant=%s store=%s device=%s stream=%s max=%d", who->tenant, who->store,
+		       who->device, cache_streams[ix->stream], SNAPSHOT_JOBS_MAX);
+		return;
+	}
+	j = calloc(1, sizeof *j);
+	if (!j) {
+		log_at(LVL_ERROR, "out of memory starting a snapshot", NULL);
+		return;
+	}
+	j->who = *who;
+	j->ix = ix;
+	ix->refs++;
+	snprintf(j->topic, sizeof j->topic, "scrm/v1/%s/%s/%s/down/cache/%s", who->tenant,
+		 who->store, who->device, cache_streams[ix->stream]);
+	j->next_chunk = j->first_chunk = from;
+	j->due_ms = mono_ms();
+	if (g.jobs_tail)
+		g.jobs_tail->next = j;
+	else
+		g.jobs_head = j;
+	g.jobs_tail = j;
+	g.n_jobs++;
+}
+
+/* --drop-chunk: 1 if this job's next chunk is to be skipped (the first time
+ * only, per device, stream and snapshot id). */
+static int drop_hook(const struct snap_job *j)
+{
+	struct drop_mark *d;
+
+	if (g.opt.drop_chunk < 0 || j->next_chunk != g.opt.drop_chunk)
+		return 0;
+	for (d = g.drops; d; d = d->next)
+		if (d->stream == j->ix->stream && same_device(&d->who, &j->who) &&
+		    strcmp(d->id, j->ix->id) == 0)
+			return 0;
+	d = calloc(1, sizeof *d);
+	if (!d)
+		return 0;
+	d->who = j->who;
+	d->stream = j->ix->stream;
+	snprintf(d->id, sizeof d->id, "%s", j->ix->id);
+	d->next = g.drops;
+	g.drops = d;
+	return 1;
+}
+
+/* Chunk j->next_chunk as a message in b. 0, or -1 (reason logged). */
+static int chunk_build(const struct snap_job *j, struct sbuf *b)
+{
+	const struct snap_index *ix = j->ix;
+	int64_t k = j->next_chunk;
+	char path[4096], q[300];
+	char *line = NULL;
+	size_t cap = 0;
+	size_t budget = index_budget(ix);
+	int first = 1, rc = -1;
+	FILE *f = NULL;
+
+	sb_add(b,
+	       "{\"v\":1,\"type\":\"snapshot\",\"stream\":\"%s\",\"snapshot\":\"%s\","
+	       "\"version\":%" PRId64 ",\"chunk\":%" PRId64 ",\"chunks\":%" PRId64
+	       ",\"ts\":%" PRId64 ",\"records\":[",
+	       cache_streams[ix->stream], ix->id, ix->version, k, ix->nchunks, wall_ms());
+	if (!ix->missing) {
+		struct stat st;
+
+		cache_path(path, sizeof path, cache_streams[ix->stream], ".jsonl");
+		f = fopen(path, "re");
+		if (!f || fstat(fileno(f), &st) != 0 || st.st_dev != ix->dev ||
+		    st.st_ino != ix->ino || st.st_size != ix->size || mtime_ns(&st) != ix->mtime_ns) {
+			/* The agent times out, asks again and gets a new snapshot. */
+			log_at(LVL_WARN, "snapshot file changed while being sent; snapshot abandoned",
+			       "path=%s snapshot=%s chunk=%" PRId64, lq(q, sizeof q, path), ix->id, k);
+			goto cleanup;
+		}
+		if (fseeko(f, ix->offsets[k], SEEK_SET) != 0)
+			goto cleanup;
+		while (ftello(f) < ix->offsets[k + 1]) {
+			ssize_t n = getline(&line, &cap, f);
+			size_t len;
+			const char *s;
+
+			if (n < 0)
+				break;
+			s = line_trim(line, (size_t)n, &len);
+			if (len == 0 || !record_line_ok(s, len, budget))
+				continue;
+			if (!first)
+				sb_put(b, ",", 1);
+			sb_put(b, s, len);
+			first = 0;
+		}
+		if (ferror(f)) {
+			log_at(LVL_ERROR, "cannot read snapshot file", "path=%s",
+			       lq(q, sizeof q, path));
+			goto cleanup;
+		}
+	}
+	sb_put(b, "]", 1);
+	if (k == ix->nchunks - 1 && ix->forgotten_len) {
+		sb_add(b, ",\"forgotten\":[");
+		sb_put(b, ix->forgotten, ix->forgotten_len);
+		sb_put(b, "]", 1);
+	}
+	sb_put(b, "}", 1);
+	if (b->oom) {
+		log_at(LVL_ERROR, "out of memory building a snapshot chunk", NULL);
+		goto cleanup;
+	}
+	rc = 0;
+cleanup:
+	free(line);
+	if (f)
+		fclose(f);
+	return rc;
+}
+
+/* Main thread: publish due chunks while the window has room, one chunk per
+ * job in turn (round robin), so one big snapshot does not starve the others. */
+static void snapshots_pump(void)
+{
+	for (;;) {
+		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+		MQTTAsync_message msg = MQTTAsync_message_initializer;
+		struct snap_job *j, *prev = NULL;
+		struct sbuf b = { 0 };
+		int64_t now = mono_ms();
+		uint32_t gen = 0;
+		int idx, rc;
+
+		for (j = g.jobs_head; j && j->due_ms > now; j = j->next)
+			prev = j;
+		if (!j)
+			return;
+		if (drop_hook(j)) {
+			log_at(LVL_INFO, "snapshot chunk dropped (--drop-chunk)",
+			       "tenant=%s store=%s device=%s snapshot=%s chunk=%" PRId64,
+			       j->who.tenant, j->who.store, j->who.device, j->ix->id, j->next_chunk);
+			g.c.chunks_dropped++;
+			j->next_chunk++;
+			j->due_ms = now + g.opt.snapshot_delay_ms;
+			if (j->next_chunk >= j->ix->nchunks)
+				job_remove(prev, j);
+			continue;
+		}
+		idx = slot_take(1, &gen);
+		if (idx < 0)
+			return; /* woken again by a completion or a reconnect */
+		if (chunk_build(j, &b) != 0) {
+			slot_release(idx);
+			free(b.p);
+			job_remove(prev, j);
+			continue;
+		}
+		msg.payload = b.p;
+		msg.payloadlen = (int)b.len;
+		msg.qos = 1;
+		msg.retained = 0;
+		ro.onSuccess5 = on_chunk_ok;
+		ro.onFailure5 = on_chunk_fail;
+		ro.context = slot_context(idx, gen);
+		rc = MQTTAsync_sendMessage(g.client, j->topic, &msg, &ro);
+		free(b.p); /* Paho copied it */
+		if (rc != MQTTASYNC_SUCCESS) {
+			slot_release(idx);
+			if (rc == MQTTASYNC_DISCONNECTED)
+				return; /* the same chunk again after the reconnect */
+			log_at(LVL_WARN, "snapshot chunk publish refused; snapshot abandoned",
+			       "topic=%s rc=%d err=\"%s\"", j->topic, rc, MQTTAsync_strerror(rc));
+			job_remove(prev, j);
+			continue;
+		}
+		g.c.chunks_sent++;
+		log_at(LVL_DEBUG, "snapshot chunk sent",
+		       "topic=%s snapshot=%s chunk=%" PRId64 " chunks=%" PRId64 " bytes=%zu", j->topic,
+		       j->ix->id, j->next_chunk, j->ix->nchunks, b.len);
+		j->next_chunk++;
+		j->due_ms = now + g.opt.snapshot_delay_ms;
+		if (j->next_chunk >= j->ix->nchunks) {
+			g.c.snapshots_sent++;
+			log_at(LVL_INFO, "snapshot sent",
+			       "tenant=%s store=%s device=%s stream=%s snapshot=%s version=%" PRId64
+			       " chunks=%" PRId64 " from_chunk=%" PRId64 " records=%" PRId64,
+			       j->who.tenant, j->who.store, j->who.device, cache_streams[j->ix->stream],
+			       j->ix->id, j->ix->version, j->ix->nchunks, j->first_chunk,
+			       j->ix->records);
+			job_remove(prev, j);
+		} else if (j->next) {
+			/* to the back of the line */
+			if (prev)
+				prev->next = j->next;
+			else
+				g.jobs_head = j->next;
+			j->next = NULL;
+			g.jobs_tail->next = j;
+			g.jobs_tail = j;
+		}
+	}
+}
+
+/* Milliseconds until a job waiting for --snapshot-delay-ms is due, or -1.
+ * Jobs already due wait for a window slot: a completion wakes the loop. */
+static int64_t snapshots_due_in(void)
+{
+	const struct snap_job *j;
+	int64_t now = mono_ms(), best = -1;
+
+	for (j = g.jobs_head; j; j = j->next) {
+		if (j->due_ms > now && (best < 0 || j->due_ms - now < best))
+			best = j->due_ms - now;
+	}
+	return best;
+}
+
+static void resync_drop(const char *topic, const char *why)
+{
+	char q1[200], q2[200];
+
+	g.c.resync_dropped++;
+	if (peer_warns_left())
+		log_at(LVL_WARN, "resync request dropped", "topic=%s reason=%s",
+		       lq(q1, sizeof q1, topic), lq(q2, sizeof q2, why));
+}
+
+/* An optional string field of 1..max bytes: 0 absent (or null), 1 present, -1 bad. */
+static int opt_string(const cJSON *root, const char *name, size_t max, const char **out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+	size_t n;
+
+	*out = NULL;
+	if (!it || cJSON_IsNull(it))
+		return 0;
+	if (!cJSON_IsString(it))
+		return -1;
+	n = strlen(it->valuestring);
+	if (n == 0 || n > max)
+		return -1;
+	*out = it->valuestring;
+	return 1;
+}
+
+/* A resync request (protocol.md, "Resync request"): validate, record, and
+ * answer with a snapshot, resumed when the agent holds part of the current one. */
+static void resync_handle(const char *topic, const char *payload, size_t len)
+{
+	struct ident id;
+	cJSON *root = NULL;
+	const cJSON *it;
+	const char *reason = NULL, *snap = NULL;
+	struct snap_index *ix;
+	int64_t cursor = 0, from_chunk = -1, start = 0;
+	int stream = -1;
+	char q1[200], q2[200];
+
+	if (parse_topic(topic, &id, "up/cache/resync") != 0) {
+		resync_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/cache/resync");
+		return;
+	}
+	root = cJSON_ParseWithLength(payload, len);
+	if (!cJSON_IsObject(root)) {
+		resync_drop(topic, "payload: not a JSON object");
+		goto cleanup;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(root, "v");
+	if (!cJSON_IsNumber(it) || it->valuedouble != 1.0) {
+		resync_drop(topic, "v: missing or not 1");
+		goto cleanup;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(root, "stream");
+	if (!cJSON_IsString(it) || (stream = stream_find(it->valuestring)) < 0) {
+		resync_drop(topic, "stream: missing or not one of members coupons catalogue "
+				   "inventory scripts recos rules");
+		goto cleanup;
+	}
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(root, "cursor"), &cursor) != 0 ||
+	    cursor < 0) {
+		resync_drop(topic, "cursor: missing or not an integer in 0..2^53");
+		goto cleanup;
+	}
+	if (opt_string(root, "reason", RESYNC_REASON_MAX, &reason) < 0) {
+		resync_drop(topic, "reason: not a string of 1..32 bytes");
+		goto cleanup;
+	}
+	if (opt_string(root, "snapshot", SNAPSHOT_ID_MAX, &snap) < 0) {
+		resync_drop(topic, "snapshot: not a string of 1..64 bytes");
+		goto cleanup;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(root, "from_chunk");
+	if (it && !cJSON_IsNull(it) && (json_int64(it, &from_chunk) != 0 || from_chunk < 0)) {
+		resync_drop(topic, "from_chunk: not an integer in 0..2^53");
+		goto cleanup;
+	}
+
+	g.c.resync_requests++;
+	{
+		sqlite3_stmt *s = g.st.ins_resync;
+
+		sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 4, cache_streams[stream], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 5, cursor);
+		if (reason)
+			sqlite3_bind_text(s, 6, reason, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 6);
+		if (snap)
+			sqlite3_bind_text(s, 7, snap, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 7);
+		if (from_chunk >= 0)
+			sqlite3_bind_int64(s, 8, from_chunk);
+		else
+			sqlite3_bind_null(s, 8);
+		sqlite3_bind_int64(s, 9, wall_ms());
+		db_step(s); /* logged on failure; the request is still answered */
+		sqlite3_clear_bindings(s);
+	}
+	log_at(LVL_INFO, "resync request",
+	       "tenant=%s store=%s device=%s stream=%s cursor=%" PRId64
+	       " reason=%s snapshot=%s from_chunk=%" PRId64,
+	       id.tenant, id.store, id.device, cache_streams[stream], cursor,
+	       lq(q1, sizeof q1, reason ? reason : "-"), lq(q2, sizeof q2, snap ? snap : "-"),
+	       from_chunk);
+
+	ix = index_current(stream);
+	if (!ix) {
+		log_at(LVL_ERROR, "cannot serve a snapshot; resync request not answered",
+		       "tenant=%s store=%s device=%s stream=%s", id.tenant, id.store, id.device,
+		       cache_streams[stream]);
+		goto cleanup;
+	}
+	if (snap && strcmp(snap, ix->id) == 0 && from_chunk >= 0 && from_chunk < ix->nchunks) {
+		start = from_chunk;
+	} else if (snap) {
+		/* The agent drops what it holds when chunk 0 of another id arrives. */
+		log_at(LVL_INFO, "requested snapshot cannot be resumed; sending a new one",
+		       "tenant=%s store=%s device=%s requested=%s from_chunk=%" PRId64
+		       " current=%s chunks=%" PRId64,
+		       id.tenant, id.store, id.device, lq(q2, sizeof q2, snap), from_chunk, ix->id,
+		       ix->nchunks);
+	}
+	job_start(&id, ix, start);
+
+cleanup:
+	cJSON_Delete(root);
 }
 
 /* ======================================================================
@@ -1337,8 +2280,15 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
 static void on_subscribe_ok(void *ctx, MQTTAsync_successData5 *resp)
 {
 	int code = resp ? (int)resp->reasonCode : 0;
+	int i;
 
 	(void)ctx;
+	/* Several topics: Paho reports every reason code here, refusals too
+	 * (the array exists only when there is more than one). */
+	if (resp && resp->alt.sub.reasonCodeCount > 1 && resp->alt.sub.reasonCodes)
+		for (i = 0; i < resp->alt.sub.reasonCodeCount; i++)
+			if ((int)resp->alt.sub.reasonCodes[i] >= 0x80)
+				code = (int)resp->alt.sub.reasonCodes[i];
 	pthread_mutex_lock(&g.lock);
 	if (code >= 0x80) {
 		g.need_subscribe = 1; /* refused: retried by the main loop */
@@ -1469,23 +2419,31 @@ static int mqtt_connect(void)
 static void mqtt_subscribe(void)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	char topic[256];
-	int rc;
+	static const char *const suffixes[] = { "up/events", "up/cache/resync" };
+	char topics[2][256];
+	char *tp[2];
+	int qos[2] = { 1, 1 };
+	int rc, i, n = g.opt.cache_dir ? 2 : 1;
 
-	if (g.opt.share)
-		snprintf(topic, sizeof topic, "$share/%s/scrm/v1/+/+/+/up/events", g.opt.share);
-	else
-		snprintf(topic, sizeof topic, "scrm/v1/+/+/+/up/events");
+	for (i = 0; i < n; i++) {
+		if (g.opt.share)
+			snprintf(topics[i], sizeof topics[i], "$share/%s/scrm/v1/+/+/+/%s",
+				 g.opt.share, suffixes[i]);
+		else
+			snprintf(topics[i], sizeof topics[i], "scrm/v1/+/+/+/%s", suffixes[i]);
+		tp[i] = topics[i];
+	}
 	ro.onSuccess5 = on_subscribe_ok;
 	ro.onFailure5 = on_subscribe_fail;
-	rc = MQTTAsync_subscribe(g.client, topic, 1, &ro);
+	rc = MQTTAsync_subscribeMany(g.client, n, tp, qos, &ro);
 	if (rc != MQTTASYNC_SUCCESS) {
 		log_at(LVL_WARN, "subscribe not started; will retry", "rc=%d", rc);
 		pthread_mutex_lock(&g.lock);
 		g.need_subscribe = 1;
 		pthread_mutex_unlock(&g.lock);
 	} else {
-		log_at(LVL_INFO, "subscribing", "topic=%s", topic);
+		for (i = 0; i < n; i++)
+			log_at(LVL_INFO, "subscribing", "topic=%s", topics[i]);
 	}
 }
 
@@ -1556,7 +2514,10 @@ static void inbound_drain(void)
 	pthread_mutex_unlock(&g.lock);
 	while ((in = list)) {
 		list = in->next;
-		batch_handle(in->topic, in->payload, in->len);
+		if (topic_ends_with(in->topic, "/up/cache/resync"))
+			resync_handle(in->topic, in->payload, in->len);
+		else
+			batch_handle(in->topic, in->payload, in->len);
 		acks_flush(); /* keep ack latency low under a backlog */
 		free(in->topic);
 		free(in->payload);
@@ -1566,11 +2527,13 @@ static void inbound_drain(void)
 
 static void stats_log(void)
 {
-	uint64_t confirmed, failed;
+	uint64_t confirmed, failed, chunks_confirmed, chunks_failed;
 
 	pthread_mutex_lock(&g.lock);
 	confirmed = g.acks_confirmed;
 	failed = g.acks_failed;
+	chunks_confirmed = g.chunks_confirmed;
+	chunks_failed = g.chunks_failed;
 	pthread_mutex_unlock(&g.lock);
 	log_at(LVL_INFO, "stats",
 	       "batches=%" PRIu64 " events_new=%" PRIu64 " duplicates=%" PRIu64
@@ -1580,13 +2543,21 @@ static void stats_log(void)
 	       g.c.batches, g.c.events_new, g.c.duplicates, g.c.conflicts, g.c.rejected,
 	       g.c.unackable, g.c.batches_dropped, g.c.acks_sent, confirmed,
 	       g.c.acks_failed + failed, g.c.acks_dropped, g.n_pending);
+	if (g.opt.cache_dir)
+		log_at(LVL_INFO, "cache stats",
+		       "resync_requests=%" PRIu64 " resync_dropped=%" PRIu64
+		       " snapshots_sent=%" PRIu64 " snapshots_in_progress=%zu chunks_sent=%" PRIu64
+		       " chunks_confirmed=%" PRIu64 " chunks_failed=%" PRIu64
+		       " chunks_dropped=%" PRIu64,
+		       g.c.resync_requests, g.c.resync_dropped, g.c.snapshots_sent, g.n_jobs,
+		       g.c.chunks_sent, chunks_confirmed, chunks_failed, g.c.chunks_dropped);
 }
 
 static int cmd_run_main(void)
 {
 	struct sigaction sa;
 	int64_t next_connect = 0, next_stats = mono_ms() + STATS_EVERY_MS;
-	uint64_t last_batches = 0, last_dropped = 0;
+	uint64_t last_batches = 0, last_dropped = 0, last_cache = 0;
 	unsigned connect_failures = 0, attempts = 0;
 	int was_subscribed = 0;
 	int exit_code = 1;
@@ -1612,15 +2583,27 @@ static int cmd_run_main(void)
 	log_at(LVL_INFO, "starting", "broker=%s client_id=%s db=%s share=%s ack_window=%d",
 	       g.opt.broker, g.opt.client_id, g.opt.db, g.opt.share ? g.opt.share : "-",
 	       g.opt.ack_window);
+	if (g.opt.cache_dir)
+		log_at(LVL_INFO, "serving cache snapshots",
+		       "cache_dir=%s chunk_records=%d snapshot_delay_ms=%" PRId64
+		       " drop_chunk=%" PRId64,
+		       g.opt.cache_dir, g.opt.chunk_records, g.opt.snapshot_delay_ms,
+		       g.opt.drop_chunk);
 	next_connect = mono_ms();
 
 	while (!g_stop) {
 		struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
 		uint64_t drained;
 		int failed, subscribe, subscribed, recv_max, idle;
+		int64_t timeout = g.ack_head || next_connect ? 50 : 250, due;
 		char why[256], tls[512];
 
-		poll(&p, 1, g.ack_head || next_connect ? 50 : 250);
+		/* A snapshot waiting for a free slot is woken by the completion;
+		 * one waiting for --snapshot-delay-ms needs the timeout. */
+		due = snapshots_due_in();
+		if (due >= 0 && due < timeout)
+			timeout = due;
+		poll(&p, 1, (int)timeout);
 		(void)!read(g.wake_fd, &drained, sizeof drained);
 
 		pthread_mutex_lock(&g.lock);
@@ -1681,14 +2664,19 @@ static int cmd_run_main(void)
 
 		inbound_drain();
 		acks_flush();
+		snapshots_pump();
 		slots_reclaim();
 		if (mono_ms() >= next_stats) {
+			uint64_t cache = g.c.resync_requests + g.c.resync_dropped + g.c.chunks_sent;
+
 			next_stats = mono_ms() + STATS_EVERY_MS;
 			g.peer_warns = 0;
-			if (g.c.batches != last_batches || g.c.batches_dropped != last_dropped)
+			if (g.c.batches != last_batches || g.c.batches_dropped != last_dropped ||
+			    cache != last_cache)
 				stats_log();
 			last_batches = g.c.batches;
 			last_dropped = g.c.batches_dropped;
+			last_cache = cache;
 		}
 	}
 
@@ -1733,6 +2721,7 @@ static int cmd_run_main(void)
 	mqtt_client_destroy();
 	while (g.ack_head)
 		ack_pop();
+	jobs_free_all(); /* an unfinished snapshot: the agent times out and asks again */
 cleanup_db:
 	db_close();
 cleanup_fd:
@@ -1836,7 +2825,7 @@ static int cmd_report(const char *path, int as_json)
 	sqlite3_stmt *s = NULL;
 	cJSON *root = NULL, *arr = NULL;
 	int64_t tot_events = 0, tot_missing = 0, tot_dup = 0, tot_conf = 0, tot_rej = 0;
-	int64_t dropped = 0, ndev = 0;
+	int64_t dropped = 0, ndev = 0, resyncs = 0;
 	int rc, exit_code = 1;
 
 	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
@@ -1941,6 +2930,13 @@ static int cmd_report(const char *path, int as_json)
 			       NULL) == SQLITE_OK &&
 	    sqlite3_step(s) == SQLITE_ROW)
 		dropped = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	s = NULL;
+	/* absent from databases of schema 1: none */
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM resync_requests", -1, &s, NULL) ==
+		    SQLITE_OK &&
+	    sqlite3_step(s) == SQLITE_ROW)
+		resyncs = sqlite3_column_int64(s, 0);
 
 	if (as_json) {
 		cJSON *t = cJSON_AddObjectToObject(root, "totals");
@@ -1955,6 +2951,7 @@ static int cmd_report(const char *path, int as_json)
 		cJSON_AddNumberToObject(t, "conflicts", (double)tot_conf);
 		cJSON_AddNumberToObject(t, "rejected", (double)tot_rej);
 		cJSON_AddNumberToObject(t, "dropped_batches", (double)dropped);
+		cJSON_AddNumberToObject(t, "resync_requests", (double)resyncs);
 		text = cJSON_Print(root);
 		if (!text)
 			goto cleanup;
@@ -1963,8 +2960,8 @@ static int cmd_report(const char *path, int as_json)
 	} else {
 		printf("totals devices=%" PRId64 " events=%" PRId64 " missing=%" PRId64
 		       " duplicates=%" PRId64 " conflicts=%" PRId64 " rejected=%" PRId64
-		       " dropped_batches=%" PRId64 "\n",
-		       ndev, tot_events, tot_missing, tot_dup, tot_conf, tot_rej, dropped);
+		       " dropped_batches=%" PRId64 " resync_requests=%" PRId64 "\n",
+		       ndev, tot_events, tot_missing, tot_dup, tot_conf, tot_rej, dropped, resyncs);
 	}
 	exit_code = fflush(stdout) == 0 ? 0 : 1;
 
@@ -1976,15 +2973,361 @@ cleanup:
 }
 
 /* ======================================================================
+ * push: publish one cache delta to a store
+ * ====================================================================== */
+
+/* Paho callbacks of `push` hand their outcome to the main thread here. */
+static struct push_state {
+	pthread_mutex_t m;
+	pthread_cond_t cv;
+	int connected, connect_failed, lost, published, publish_failed;
+	int reason; /* PUBACK reason code */
+	char why[300];
+} ps;
+
+static void push_signal(void)
+{
+	pthread_cond_broadcast(&ps.cv);
+	pthread_mutex_unlock(&ps.m);
+}
+
+static void push_on_connect_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	(void)ctx;
+	(void)resp;
+	pthread_mutex_lock(&ps.m);
+	ps.connected = 1;
+	push_signal();
+}
+
+static void push_on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)ctx;
+	pthread_mutex_lock(&ps.m);
+	ps.connect_failed = 1;
+	snprintf(ps.why, sizeof ps.why, "code=%d reason=0x%02x %s", resp ? resp->code : 0,
+		 resp ? (unsigned)resp->reasonCode : 0u,
+		 resp && resp->message ? resp->message : "");
+	push_signal();
+}
+
+static void push_on_lost(void *ctx, char *cause)
+{
+	(void)ctx;
+	pthread_mutex_lock(&ps.m);
+	ps.lost = 1;
+	snprintf(ps.why, sizeof ps.why, "connection lost: %s", cause ? cause : "unknown");
+	push_signal();
+}
+
+static int push_on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
+{
+	(void)ctx;
+	(void)topic_len;
+	MQTTAsync_freeMessage(&m); /* push subscribes to nothing */
+	MQTTAsync_free(topic);
+	return 1;
+}
+
+static void push_on_pub_ok(void *ctx, MQTTAsync_successData5 *resp)
+{
+	(void)ctx;
+	pthread_mutex_lock(&ps.m);
+	ps.reason = resp ? (int)resp->reasonCode : 0;
+	if (ps.reason >= 0x80) {
+		ps.publish_failed = 1;
+		snprintf(ps.why, sizeof ps.why, "PUBACK reason=0x%02x", (unsigned)ps.reason);
+	} else {
+		ps.published = 1;
+	}
+	push_signal();
+}
+
+static void push_on_pub_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)ctx;
+	pthread_mutex_lock(&ps.m);
+	ps.publish_failed = 1;
+	snprintf(ps.why, sizeof ps.why, "code=%d reason=0x%02x %s", resp ? resp->code : 0,
+		 resp ? (unsigned)resp->reasonCode : 0u,
+		 resp && resp->message ? resp->message : "");
+	push_signal();
+}
+
+/* Wait (main thread) until *flag or *fail_a or *fail_b is set, or the
+ * monotonic deadline passes. Returns *flag. */
+static int push_wait(const int *flag, const int *fail_a, const int *fail_b, int64_t deadline)
+{
+	int done;
+
+	pthread_mutex_lock(&ps.m);
+	while (!*flag && !*fail_a && !*fail_b && mono_ms() < deadline) {
+		struct timespec ts;
+		int64_t left = deadline - mono_ms();
+
+		if (left > 100)
+			left = 100; /* re-check the clock often; no 32-bit time_t arithmetic */
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += (long)(left % 1000) * 1000000L;
+		ts.tv_sec += (time_t)(left / 1000) + (time_t)(ts.tv_nsec / 1000000000L);
+		ts.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&ps.cv, &ps.m, &ts);
+	}
+	done = *flag;
+	pthread_mutex_unlock(&ps.m);
+	return done;
+}
+
+/* [A-Za-z0-9_.-]{1,64}: a tenant, store or stream as a topic level. */
+static int ident_ok(const char *s)
+{
+	char seg[IDENT_MAX + 2];
+	char tmp[IDENT_MAX + 1];
+	int n = snprintf(seg, sizeof seg, "%s/", s);
+
+	return n > 1 && (size_t)n < sizeof seg && take_ident(seg, tmp) != NULL;
+}
+
+/* The whole of path ("-": stdin), at most PUSH_MAX_BYTES. NULL: message printed. */
+static char *push_read(const char *path, size_t *len)
+{
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+	char *buf = NULL;
+	size_t cap = 0, n = 0;
+
+	if (!f) {
+		fprintf(stderr, "scrm-central push: cannot open %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	for (;;) {
+		size_t got;
+
+		if (n + 65536 + 1 > cap) {
+			char *nb;
+
+			cap = cap ? cap * 2 : 65536 * 2;
+			nb = realloc(buf, cap);
+			if (!nb) {
+				fprintf(stderr, "scrm-central push: out of memory reading %s\n", path);
+				goto fail;
+			}
+			buf = nb;
+		}
+		got = fread(buf + n, 1, cap - n - 1, f);
+		n += got;
+		if (n > PUSH_MAX_BYTES) {
+			fprintf(stderr, "scrm-central push: %s: larger than %u bytes\n", path,
+				PUSH_MAX_BYTES);
+			goto fail;
+		}
+		if (got == 0)
+			break;
+	}
+	if (ferror(f)) {
+		fprintf(stderr, "scrm-central push: cannot read %s: %s\n", path, strerror(errno));
+		goto fail;
+	}
+	if (f != stdin)
+		fclose(f);
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+fail:
+	if (f != stdin)
+		fclose(f);
+	free(buf);
+	return NULL;
+}
+
+/* Envelope checks of a delta (protocol.md, "Delta"); the stream name in
+ * *stream (borrowed from root). Semantics (version > base, the ops
+ * themselves, sizes) are left to the agent on purpose: tests push bad
+ * deltas to drive its refusal paths. 0, or -1 with "field: problem". */
+static int delta_check(const cJSON *root, const char **stream, char *why, size_t wlen)
+{
+	const cJSON *it;
+	int64_t base, version;
+
+	if (!cJSON_IsObject(root)) {
+		snprintf(why, wlen, "not a JSON object");
+		return -1;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(root, "type");
+	if (!cJSON_IsString(it) || strcmp(it->valuestring, "delta") != 0) {
+		snprintf(why, wlen, "type: missing or not \"delta\"");
+		return -1;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(root, "stream");
+	if (!cJSON_IsString(it) || !ident_ok(it->valuestring)) {
+		snprintf(why, wlen, "stream: missing or not a topic level [A-Za-z0-9_.-]{1,64}");
+		return -1;
+	}
+	*stream = it->valuestring;
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(root, "base"), &base) != 0 || base < 0) {
+		snprintf(why, wlen, "base: missing or not an integer in 0..2^53");
+		return -1;
+	}
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(root, "version"), &version) != 0 ||
+	    version < 0) {
+		snprintf(why, wlen, "version: missing or not an integer in 0..2^53");
+		return -1;
+	}
+	if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(root, "ops"))) {
+		snprintf(why, wlen, "ops: missing or not an array");
+		return -1;
+	}
+	return 0;
+}
+
+static int cmd_push_main(const char *path, const char *tenant, const char *store,
+			 int64_t timeout_ms)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	MQTTAsync_connectOptions cc = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	pthread_condattr_t ca;
+	MQTTAsync client = NULL;
+	cJSON *root = NULL;
+	const char *stream = NULL;
+	const cJSON *v;
+	char *payload = NULL, topic[3 * IDENT_MAX + 64], why[200];
+	size_t len = 0;
+	int64_t deadline;
+	int rc, exit_code = 1;
+
+	pthread_mutex_init(&g.lock, NULL); /* on_tls_error */
+	pthread_mutex_init(&ps.m, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ps.cv, &ca);
+	pthread_condattr_destroy(&ca);
+
+	payload = push_read(path, &len);
+	if (!payload)
+		goto cleanup;
+	root = cJSON_ParseWithLength(payload, len);
+	if (delta_check(root, &stream, why, sizeof why) != 0) {
+		fprintf(stderr, "scrm-central push: %s: not a cache delta: %s\n", path, why);
+		goto cleanup;
+	}
+	if (stream_find(stream) < 0)
+		fprintf(stderr, "scrm-central push: warning: stream '%s' is not a v1 stream "
+				"(agents will refuse it); publishing anyway\n",
+			stream);
+	v = cJSON_GetObjectItemCaseSensitive(root, "v");
+	if (!cJSON_IsNumber(v) || v->valuedouble != 1.0)
+		fprintf(stderr, "scrm-central push: warning: v is not 1 (agents will ignore the "
+				"delta); publishing anyway\n");
+	if (len > DELTA_AGENT_MAX_BYTES)
+		fprintf(stderr, "scrm-central push: warning: %zu bytes, above the agents' 4 MiB "
+				"limit (they will refuse it); publishing anyway\n",
+			len);
+	snprintf(topic, sizeof topic, "scrm/v1/%s/%s/down/cache/%s", tenant, store, stream);
+
+	rc = MQTTAsync_createWithOptions(&client, g.opt.broker, g.opt.client_id,
+					 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		fprintf(stderr, "scrm-central push: cannot create MQTT client for %s: %s\n",
+			g.opt.broker, MQTTAsync_strerror(rc));
+		client = NULL;
+		goto cleanup;
+	}
+	if (MQTTAsync_setCallbacks(client, NULL, push_on_lost, push_on_message, NULL) !=
+	    MQTTASYNC_SUCCESS) {
+		fprintf(stderr, "scrm-central push: cannot set MQTT callbacks\n");
+		goto cleanup;
+	}
+	ssl.trustStore = g.opt.ca;
+	ssl.keyStore = g.opt.cert;
+	ssl.privateKey = g.opt.key;
+	ssl.enableServerCertAuth = 1;
+	ssl.verify = 1;
+	ssl.ssl_error_cb = on_tls_error;
+	cc.ssl = &ssl;
+	cc.cleanstart = 1;
+	cc.keepAliveInterval = 20;
+	cc.connectTimeout = (int)((timeout_ms + 999) / 1000);
+	cc.onSuccess5 = push_on_connect_ok;
+	cc.onFailure5 = push_on_connect_fail;
+	deadline = mono_ms() + timeout_ms;
+	rc = MQTTAsync_connect(client, &cc);
+	if (rc != MQTTASYNC_SUCCESS) {
+		fprintf(stderr, "scrm-central push: cannot start connecting to %s: %s\n",
+			g.opt.broker, MQTTAsync_strerror(rc));
+		goto cleanup;
+	}
+	if (!push_wait(&ps.connected, &ps.connect_failed, &ps.lost, deadline)) {
+		pthread_mutex_lock(&g.lock);
+		fprintf(stderr, "scrm-central push: cannot connect to %s: %s%s%s\n", g.opt.broker,
+			ps.connect_failed || ps.lost ? ps.why : "timed out",
+			g.tls_err[0] ? "; TLS: " : "", g.tls_err);
+		pthread_mutex_unlock(&g.lock);
+		goto cleanup;
+	}
+	msg.payload = payload;
+	msg.payloadlen = (int)len;
+	msg.qos = 1;
+	msg.retained = 0;
+	ro.onSuccess5 = push_on_pub_ok;
+	ro.onFailure5 = push_on_pub_fail;
+	rc = MQTTAsync_sendMessage(client, topic, &msg, &ro);
+	if (rc != MQTTASYNC_SUCCESS) {
+		fprintf(stderr, "scrm-central push: publish to %s refused: %s\n", topic,
+			MQTTAsync_strerror(rc));
+		goto cleanup;
+	}
+	if (!push_wait(&ps.published, &ps.publish_failed, &ps.lost, deadline)) {
+		fprintf(stderr, "scrm-central push: no PUBACK for %s: %s\n", topic,
+			ps.publish_failed || ps.lost ? ps.why : "timed out");
+		goto cleanup;
+	}
+	printf("published topic=%s bytes=%zu puback_reason=0x%02x\n", topic, len,
+	       (unsigned)ps.reason);
+	if (ps.reason == 0x10)
+		fprintf(stderr, "scrm-central push: note: the broker says no subscription matched "
+				"(no agent of this store has subscribed yet)\n");
+	exit_code = fflush(stdout) == 0 ? 0 : 1;
+
+cleanup:
+	if (client) {
+		if (MQTTAsync_isConnected(client)) {
+			MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+
+			d.timeout = 1000;
+			if (MQTTAsync_disconnect(client, &d) == MQTTASYNC_SUCCESS) {
+				int64_t until = mono_ms() + 1500;
+
+				while (MQTTAsync_isConnected(client) && mono_ms() < until)
+					usleep(10000);
+			}
+		}
+		MQTTAsync_destroy(&client);
+	}
+	cJSON_Delete(root);
+	free(payload);
+	pthread_cond_destroy(&ps.cv);
+	pthread_mutex_destroy(&ps.m);
+	pthread_mutex_destroy(&g.lock);
+	return exit_code;
+}
+
+/* ======================================================================
  * command line
  * ====================================================================== */
 
 static const char usage_main[] =
 	"usage: scrm-central run    --broker URI --ca FILE --db FILE [options]\n"
 	"       scrm-central report --db FILE [--json]\n"
+	"       scrm-central push   --broker URI --ca FILE --tenant T --store S [FILE|-]\n"
 	"       scrm-central COMMAND --help\n"
 	"\n"
-	"Reference central side of the SCRM edge protocol v1 (docs/protocol.md).\n";
+	"Reference central side of the SCRM edge protocol v1 (docs/protocol.md).\n"
+	"  run     store and ack event batches; with --cache-dir, answer cache resync\n"
+	"          requests with snapshots\n"
+	"  report  what the database holds, per device\n"
+	"  push    publish one cache delta to a store\n";
 
 static const char usage_run[] =
 	"usage: scrm-central run --broker URI --ca FILE --db FILE [options]\n"
@@ -2003,10 +3346,31 @@ static const char usage_run[] =
 	"  --client-id ID      MQTT client id (default scrm-central-<pid>)\n"
 	"  --ready-file FILE   written (\"ready ...\") once the subscription is granted\n"
 	"  --reject-kind KIND  reject every event of KIND (test hook; repeatable, max 8)\n"
-	"  --ack-window N      max ack publishes in flight, 1..64 (default 10; also\n"
-	"                      capped by the broker's Receive Maximum)\n"
-	"  -v, --verbose       debug logs (one line per batch)\n"
+	"  --ack-window N      max publishes (acks and snapshot chunks) in flight, 1..64\n"
+	"                      (default 10; also capped by the broker's Receive Maximum;\n"
+	"                      chunks never take the last free one, acks go first)\n"
+	"  -v, --verbose       debug logs (one line per batch and per chunk)\n"
 	"  -h, --help          this text\n"
+	"\n"
+	"Customer cache (docs/protocol.md, \"Customer cache\"):\n"
+	"  --cache-dir DIR     also subscribe to scrm/v1/+/+/+/up/cache/resync (shared\n"
+	"                      like up/events with --share), record every valid request\n"
+	"                      in the resync_requests table and answer it with a snapshot\n"
+	"                      of DIR/<stream>.jsonl (the \"Snapshot file\" format: header\n"
+	"                      line, then one record per line, sent as they are) on\n"
+	"                      scrm/v1/{tenant}/{store}/{device}/down/cache/{stream}.\n"
+	"                      Snapshot ids are <stream>-<version>-<hash of the file's\n"
+	"                      identity, size and mtime>: stable while the file is, so a\n"
+	"                      request naming the current id continues at from_chunk;\n"
+	"                      any other id gets a new snapshot from chunk 0. A missing\n"
+	"                      file is an empty stream at version 1 (one chunk, no\n"
+	"                      records). DIR/forgotten.txt (one member id per line) is\n"
+	"                      sent as \"forgotten\" in the last chunk of members.\n"
+	"  --chunk-records N   records per chunk, 1..100000 (default 1000); a chunk is\n"
+	"                      also never more than 1 MiB\n"
+	"  --snapshot-delay-ms N  wait N ms between two chunks of a snapshot (test hook)\n"
+	"  --drop-chunk K      do not send chunk K, once per device and snapshot id, to\n"
+	"                      drive the agent's timeout and resume (test hook)\n"
 	"\n"
 	"Exit: 0 after a signal, 1 runtime error (e.g. database), 2 bad arguments.\n";
 
@@ -2016,13 +3380,39 @@ static const char usage_report[] =
 	"Per device: events stored, min/max seq, missing seqs below the highest seen\n"
 	"(rejected seqs are not missing), duplicate copies received, conflicts (same\n"
 	"seq, different id), rejected events, and in_order=yes|no: whether first\n"
-	"arrivals came in increasing seq order. Then a totals line.\n"
+	"arrivals came in increasing seq order. Then a totals line, which also counts\n"
+	"the cache resync requests received (resync_requests).\n"
 	"\n"
 	"  --db FILE   database written by 'scrm-central run'\n"
 	"  --json      one JSON object {\"devices\":[...],\"totals\":{...}}\n"
 	"  -h, --help  this text\n"
 	"\n"
 	"Exit: 0 ok, 1 cannot read the database, 2 bad arguments.\n";
+
+static const char usage_push[] =
+	"usage: scrm-central push --broker URI --ca FILE --tenant T --store S [options] [FILE|-]\n"
+	"\n"
+	"Publish one cache delta (docs/protocol.md, \"Delta\") read from FILE, or stdin\n"
+	"if FILE is '-' or absent, to every agent of a store:\n"
+	"scrm/v1/{tenant}/{store}/down/cache/{stream}, stream taken from the delta,\n"
+	"QoS 1, not retained; waits for the broker's PUBACK. The bytes are sent as\n"
+	"they are. Checked first: a JSON object with type \"delta\", stream, base,\n"
+	"version (integers) and ops (an array); the rest (version > base, the ops,\n"
+	"the 4 MiB limit) is left to the agents, so tests can push bad deltas.\n"
+	"\n"
+	"  --broker URI       ssl://HOST:PORT (MQTT 5 over TLS; host name verified)\n"
+	"  --ca FILE          CA certificate(s) that sign the broker's certificate\n"
+	"  --cert FILE        client certificate (with --key), if the broker wants one\n"
+	"  --key FILE         client private key\n"
+	"  --client-id ID     MQTT client id (default scrm-central-push-<pid>)\n"
+	"  --tenant T         tenant of the store ([A-Za-z0-9_.-]{1,64})\n"
+	"  --store S          store id ([A-Za-z0-9_.-]{1,64})\n"
+	"  --timeout-ms N     give up connecting and waiting for the PUBACK after N ms\n"
+	"                     (default 10000)\n"
+	"  -h, --help         this text\n"
+	"\n"
+	"Prints \"published topic=... bytes=... puback_reason=0x..\" on success.\n"
+	"Exit: 0 published, 1 not a delta / cannot read / broker failure, 2 bad arguments.\n";
 
 static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -2048,6 +3438,26 @@ static const char *flag_value(int argc, char **argv, int *i, const char *cmd)
 	return argv[++*i];
 }
 
+/* An integer flag in min..max: 0, or 2 with the error printed. */
+static int flag_int(int argc, char **argv, int *i, const char *cmd, int64_t min, int64_t max,
+		    int64_t *out)
+{
+	const char *flag = argv[*i];
+	const char *val = flag_value(argc, argv, i, cmd);
+	char *end = NULL;
+	long long v;
+
+	if (!val)
+		return 2;
+	errno = 0;
+	v = strtoll(val, &end, 10);
+	if (errno || end == val || *end || v < min || v > max)
+		return usage_error(cmd, "%s: '%s' is not a number in %lld..%lld", flag, val,
+				   (long long)min, (long long)max);
+	*out = (int64_t)v;
+	return 0;
+}
+
 static int readable(const char *cmd, const char *flag, const char *path)
 {
 	if (access(path, R_OK) != 0) {
@@ -2057,39 +3467,77 @@ static int readable(const char *cmd, const char *flag, const char *path)
 	return 1;
 }
 
-static int cmd_run(int argc, char **argv)
+/* The broker flags of run and push: where the value goes, or NULL. */
+static const char **broker_flag(const char *a, struct run_opts *o)
+{
+	if (!strcmp(a, "--broker"))
+		return &o->broker;
+	if (!strcmp(a, "--ca"))
+		return &o->ca;
+	if (!strcmp(a, "--cert"))
+		return &o->cert;
+	if (!strcmp(a, "--key"))
+		return &o->key;
+	if (!strcmp(a, "--client-id"))
+		return &o->client_id;
+	return NULL;
+}
+
+/* Checks of the broker flags, and the default client id
+ * (<id_prefix>-<pid>). 0, or 2 with the error printed. */
+static int broker_opts_check(const char *cmd, struct run_opts *o, const char *id_prefix)
 {
 	static char default_id[64];
+
+	if (!o->broker)
+		return usage_error(cmd, "--broker is required");
+	if (strncmp(o->broker, "ssl://", 6) != 0 && strncmp(o->broker, "mqtts://", 8) != 0)
+		return usage_error(cmd, "--broker: '%s' must be ssl://HOST:PORT (TLS only)",
+				   o->broker);
+	if (!o->ca)
+		return usage_error(cmd, "--ca is required");
+	if (!o->cert != !o->key)
+		return usage_error(cmd, "%s needs %s", o->cert ? "--cert" : "--key",
+				   o->cert ? "--key" : "--cert");
+	if (!readable(cmd, "--ca", o->ca) || (o->cert && !readable(cmd, "--cert", o->cert)) ||
+	    (o->key && !readable(cmd, "--key", o->key)))
+		return 2;
+	if (!o->client_id) {
+		snprintf(default_id, sizeof default_id, "%s-%ld", id_prefix, (long)getpid());
+		o->client_id = default_id;
+	}
+	return 0;
+}
+
+static int cmd_run(int argc, char **argv)
+{
 	struct run_opts *o = &g.opt;
-	int i;
+	int64_t n;
+	int i, cache_flag = 0;
 
 	o->ack_window = ACK_WINDOW_DEFAULT;
+	o->chunk_records = CHUNK_RECORDS_DEFAULT;
+	o->drop_chunk = -1;
 	for (i = 2; i < argc; i++) {
 		const char *a = argv[i];
-		const char **dst = NULL;
+		const char **dst = broker_flag(a, o);
 
-		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+		if (dst) {
+			/* --broker, --ca, --cert, --key, --client-id */
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			fputs(usage_run, stdout);
 			return 0;
 		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
 			g_log_min = LVL_DEBUG;
 			continue;
-		} else if (!strcmp(a, "--broker")) {
-			dst = &o->broker;
-		} else if (!strcmp(a, "--ca")) {
-			dst = &o->ca;
-		} else if (!strcmp(a, "--cert")) {
-			dst = &o->cert;
-		} else if (!strcmp(a, "--key")) {
-			dst = &o->key;
 		} else if (!strcmp(a, "--db")) {
 			dst = &o->db;
 		} else if (!strcmp(a, "--share")) {
 			dst = &o->share;
-		} else if (!strcmp(a, "--client-id")) {
-			dst = &o->client_id;
 		} else if (!strcmp(a, "--ready-file")) {
 			dst = &o->ready_file;
+		} else if (!strcmp(a, "--cache-dir")) {
+			dst = &o->cache_dir;
 		} else if (!strcmp(a, "--reject-kind")) {
 			const char *k = flag_value(argc, argv, &i, "run");
 
@@ -2100,18 +3548,26 @@ static int cmd_run(int argc, char **argv)
 			o->reject_kinds[o->n_reject_kinds++] = k;
 			continue;
 		} else if (!strcmp(a, "--ack-window")) {
-			const char *val = flag_value(argc, argv, &i, "run");
-			char *end = NULL;
-			long w;
-
-			if (!val)
+			if (flag_int(argc, argv, &i, "run", 1, ACK_SLOTS, &n))
 				return 2;
-			errno = 0;
-			w = strtol(val, &end, 10);
-			if (errno || end == val || *end || w < 1 || w > ACK_SLOTS)
-				return usage_error("run", "--ack-window: '%s' is not a number in 1..%d",
-						   val, ACK_SLOTS);
-			o->ack_window = (int)w;
+			o->ack_window = (int)n;
+			continue;
+		} else if (!strcmp(a, "--chunk-records")) {
+			if (flag_int(argc, argv, &i, "run", 1, CHUNK_RECORDS_MAX, &n))
+				return 2;
+			o->chunk_records = (int)n;
+			cache_flag = 1;
+			continue;
+		} else if (!strcmp(a, "--snapshot-delay-ms")) {
+			if (flag_int(argc, argv, &i, "run", 0, SNAPSHOT_DELAY_MAX_MS,
+				     &o->snapshot_delay_ms))
+				return 2;
+			cache_flag = 1;
+			continue;
+		} else if (!strcmp(a, "--drop-chunk")) {
+			if (flag_int(argc, argv, &i, "run", 0, (int64_t)MAX_SAFE_INT, &o->drop_chunk))
+				return 2;
+			cache_flag = 1;
 			continue;
 		} else {
 			return usage_error("run", "unknown option '%s'", a);
@@ -2121,26 +3577,26 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (!o->broker)
 		return usage_error("run", "--broker is required");
-	if (strncmp(o->broker, "ssl://", 6) != 0 && strncmp(o->broker, "mqtts://", 8) != 0)
-		return usage_error("run", "--broker: '%s' must be ssl://HOST:PORT (TLS only)",
-				   o->broker);
 	if (!o->ca)
 		return usage_error("run", "--ca is required");
 	if (!o->db)
 		return usage_error("run", "--db is required");
-	if (!o->cert != !o->key)
-		return usage_error("run", "%s needs %s", o->cert ? "--cert" : "--key",
-				   o->cert ? "--key" : "--cert");
 	if (o->share && (strpbrk(o->share, "/+#") || !*o->share))
 		return usage_error("run", "--share: '%s' must not contain '/', '+' or '#'",
 				   o->share);
-	if (!readable("run", "--ca", o->ca) || (o->cert && !readable("run", "--cert", o->cert)) ||
-	    (o->key && !readable("run", "--key", o->key)))
-		return 2;
-	if (!o->client_id) {
-		snprintf(default_id, sizeof default_id, "scrm-central-%ld", (long)getpid());
-		o->client_id = default_id;
+	if (cache_flag && !o->cache_dir)
+		return usage_error("run", "--chunk-records, --snapshot-delay-ms and --drop-chunk "
+					  "need --cache-dir");
+	if (o->cache_dir) {
+		struct stat st;
+
+		if (stat(o->cache_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+		    access(o->cache_dir, R_OK | X_OK) != 0)
+			return usage_error("run", "--cache-dir: %s is not a readable directory",
+					   o->cache_dir);
 	}
+	if (broker_opts_check("run", o, "scrm-central"))
+		return 2;
 	return cmd_run_main();
 }
 
@@ -2171,6 +3627,53 @@ static int cmd_report_args(int argc, char **argv)
 	return cmd_report(db, as_json);
 }
 
+static int cmd_push(int argc, char **argv)
+{
+	struct run_opts *o = &g.opt;
+	const char *tenant = NULL, *store = NULL, *file = NULL;
+	int64_t timeout_ms = 10000;
+	int i;
+
+	for (i = 2; i < argc; i++) {
+		const char *a = argv[i];
+		const char **dst = broker_flag(a, o);
+
+		if (dst) {
+			/* --broker, --ca, --cert, --key, --client-id */
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			fputs(usage_push, stdout);
+			return 0;
+		} else if (!strcmp(a, "--tenant")) {
+			dst = &tenant;
+		} else if (!strcmp(a, "--store")) {
+			dst = &store;
+		} else if (!strcmp(a, "--timeout-ms")) {
+			if (flag_int(argc, argv, &i, "push", 100, 600000, &timeout_ms))
+				return 2;
+			continue;
+		} else if (a[0] == '-' && a[1] != '\0') {
+			return usage_error("push", "unknown option '%s'", a);
+		} else {
+			if (file)
+				return usage_error("push", "one delta file at a time ('%s' and '%s')",
+						   file, a);
+			file = a;
+			continue;
+		}
+		if (!(*dst = flag_value(argc, argv, &i, "push")))
+			return 2;
+	}
+	if (!tenant || !ident_ok(tenant))
+		return usage_error("push", "--tenant: %s", tenant ? "must be [A-Za-z0-9_.-]{1,64}"
+								  : "is required");
+	if (!store || !ident_ok(store))
+		return usage_error("push", "--store: %s", store ? "must be [A-Za-z0-9_.-]{1,64}"
+								: "is required");
+	if (broker_opts_check("push", o, "scrm-central-push"))
+		return 2;
+	return cmd_push_main(file ? file : "-", tenant, store, timeout_ms);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -2185,6 +3688,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc, argv);
 	if (!strcmp(argv[1], "report"))
 		return cmd_report_args(argc, argv);
+	if (!strcmp(argv[1], "push"))
+		return cmd_push(argc, argv);
 	fprintf(stderr, "scrm-central: unknown command '%s'\n%s", argv[1], usage_main);
 	return 2;
 }

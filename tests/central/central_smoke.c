@@ -11,6 +11,14 @@
  * survives garbage, resubscribes after a broker restart, reopens its
  * database after a restart, and its report says all of that.
  *
+ * The cache side: with --cache-dir, a resync request gets the snapshot of
+ * a members.jsonl in chunks (--chunk-records 2) with the right envelope,
+ * records and "forgotten"; a resume request for the current snapshot id
+ * gets only the chunks from from_chunk, one for another id a new snapshot;
+ * invalid requests are dropped; a stream without a file is one empty chunk;
+ * --drop-chunk skips a chunk once; `push` delivers a delta to the store
+ * topic and refuses a file that is not a delta; report counts the requests.
+ *
  * Exits 0 if every check passed, 1 otherwise; each failure prints a line
  * starting with "FAIL".
  */
@@ -22,11 +30,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
 #define ACK_TOPIC "scrm/v1/acme/s1/pos-01/down/ack"
 #define UP_TOPIC "scrm/v1/acme/s1/pos-01/up/events"
+#define RESYNC_TOPIC "scrm/v1/acme/s1/pos-01/up/cache/resync"
+#define DEVICE_CACHE_TOPIC "scrm/v1/acme/s1/pos-01/down/cache/"
+#define STORE_CACHE_TOPIC "scrm/v1/acme/s1/down/cache/"
 
 static int g_failures;
 
@@ -51,6 +63,7 @@ struct ctx {
 	char *dir;
 	char path_ca[512], path_other_ca[512], path_db[512], path_ready[512];
 	char path_central_log[512], path_client_crt[512], path_client_key[512];
+	char path_cache[512];
 	const char *central_bin;
 	th_broker *broker;
 	pid_t central;
@@ -208,18 +221,23 @@ static int publish(th_mqtt *dev, const char *payload)
 	return th_mqtt_publish(dev, UP_TOPIC, payload, strlen(payload), 1, 10000);
 }
 
-static int central_start(struct ctx *c)
+/* extra: more arguments (NULL-terminated, at most 10), or NULL. */
+static int central_start(struct ctx *c, const char *const *extra)
 {
-	const char *argv[] = { c->central_bin, "run",
-			       "--broker", th_broker_uri(c->broker),
-			       "--ca", c->path_ca,
-			       "--db", c->path_db,
-			       "--share", "scrm-central",
-			       "--client-id", "central-smoke",
-			       "--ready-file", c->path_ready,
-			       "--reject-kind", "test_forbidden",
-			       NULL };
+	const char *argv[32] = { c->central_bin, "run",
+				 "--broker", th_broker_uri(c->broker),
+				 "--ca", c->path_ca,
+				 "--db", c->path_db,
+				 "--share", "scrm-central",
+				 "--client-id", "central-smoke",
+				 "--ready-file", c->path_ready,
+				 "--reject-kind", "test_forbidden",
+				 NULL };
+	size_t n = 16;
 
+	while (extra && *extra && n < 16 + 10)
+		argv[n++] = *extra++;
+	argv[n] = NULL;
 	remove(c->path_ready);
 	c->central = th_spawn_target(argv, c->path_central_log);
 	if (!check(c->central > 0, "scrm-central started"))
@@ -405,6 +423,290 @@ static void check_bad_args(struct ctx *c)
 		rc = th_run_target(argv, log, 20000);
 		check(rc == 2, "report without --db exits 2 (got %d)", rc);
 	}
+	{
+		const char *argv[] = { c->central_bin, "run", "--broker", th_broker_uri(c->broker),
+				       "--ca", c->path_ca, "--db", c->path_db, "--chunk-records", "2",
+				       NULL };
+
+		remove(log);
+		rc = th_run_target(argv, log, 20000);
+		check(rc == 2 && th_wait_log(log, "--cache-dir", 1) == 0,
+		      "--chunk-records without --cache-dir exits 2 naming --cache-dir (got %d)", rc);
+	}
+	{
+		const char *argv[] = { c->central_bin, "push", "--broker", th_broker_uri(c->broker),
+				       "--ca", c->path_ca, "--store", "s1", NULL };
+
+		remove(log);
+		rc = th_run_target(argv, log, 20000);
+		check(rc == 2 && th_wait_log(log, "--tenant", 1) == 0,
+		      "push without --tenant exits 2 naming --tenant (got %d)", rc);
+	}
+}
+
+/* ---- customer cache ---------------------------------------------------- */
+
+/* Three members (a blank line between them must not count), version 42. */
+static const char members_jsonl[] =
+	"{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":42}\n"
+	"{\"key\":\"17850\",\"data\":{\"member_id\":\"17850\",\"tier\":\"gold\"}}\n"
+	"\n"
+	"{\"key\":\"13047\",\"data\":{\"member_id\":\"13047\",\"tier\":\"silver\"}}\n"
+	"{\"key\":\"12583\",\"data\":{\"member_id\":\"12583\",\"tags\":[\"VIP\"]}}\n";
+
+static const char delta_json[] =
+	"{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":42,\"version\":43,"
+	"\"ts\":1733050000000,\"ops\":[{\"op\":\"delete\",\"key\":\"13047\"}]}\n";
+
+static int cache_files_write(struct ctx *c)
+{
+	char path[600];
+
+	if (!check(mkdir(c->path_cache, 0700) == 0 || errno == EEXIST, "cache dir %s made",
+		   c->path_cache))
+		return -1;
+	snprintf(path, sizeof path, "%s/members.jsonl", c->path_cache);
+	if (!check(th_write_file(path, members_jsonl) == 0, "members.jsonl written"))
+		return -1;
+	snprintf(path, sizeof path, "%s/forgotten.txt", c->path_cache);
+	if (!check(th_write_file(path, "# erased members\n99999\n") == 0, "forgotten.txt written"))
+		return -1;
+	return 0;
+}
+
+static int resync(th_mqtt *dev, const char *payload)
+{
+	return check(th_mqtt_publish(dev, RESYNC_TOPIC, payload, strlen(payload), 1, 10000) == 0,
+		     "resync request published: %s", payload);
+}
+
+/* The keys of a chunk's records, comma-joined, must be want. */
+static int keys_are(const cJSON *records, const char *want)
+{
+	char got[256] = "";
+	const cJSON *r;
+	size_t n = 0;
+
+	cJSON_ArrayForEach(r, records)
+	{
+		const cJSON *k = cJSON_GetObjectItemCaseSensitive(r, "key");
+
+		n += (size_t)snprintf(got + n, sizeof got - n, "%s%s", n ? "," : "",
+				      cJSON_IsString(k) ? k->valuestring : "?");
+		if (n >= sizeof got)
+			break;
+	}
+	if (strcmp(got, want) != 0)
+		fprintf(stderr, "      record keys are '%s', want '%s'\n", got, want);
+	return strcmp(got, want) == 0;
+}
+
+/* The next message must be chunk `chunk` of `chunks` of a snapshot of
+ * stream at version, on the device's topic, with the given record keys (and
+ * snapshot id, unless want_id is NULL). Returns the parsed chunk (caller
+ * frees) or NULL. */
+static cJSON *expect_chunk(th_mqtt *dev, const char *stream, int64_t version, int chunk,
+			   int chunks, const char *keys, const char *want_id)
+{
+	th_mqtt_msg *msg = th_mqtt_recv(dev, 15000);
+	char topic[200], prefix[100];
+	const cJSON *it;
+	cJSON *root;
+	int ok;
+
+	if (!check(msg != NULL, "%s chunk %d/%d received", stream, chunk, chunks))
+		return NULL;
+	snprintf(topic, sizeof topic, "%s%s", DEVICE_CACHE_TOPIC, stream);
+	check(strcmp(msg->topic, topic) == 0 && msg->qos == 1, "chunk on %s QoS 1 (got %s QoS %d)",
+	      topic, msg->topic, msg->qos);
+	root = cJSON_Parse(msg->payload);
+	if (!check(root != NULL, "chunk is JSON: %.300s", msg->payload)) {
+		th_mqtt_msg_free(msg);
+		return NULL;
+	}
+	snprintf(prefix, sizeof prefix, "%s-%lld-", stream, (long long)version);
+	it = cJSON_GetObjectItemCaseSensitive(root, "snapshot");
+	ok = check(num(root, "v") == 1 &&
+			   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "type")) &&
+			   strcmp(cJSON_GetObjectItemCaseSensitive(root, "type")->valuestring,
+				  "snapshot") == 0 &&
+			   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "stream")) &&
+			   strcmp(cJSON_GetObjectItemCaseSensitive(root, "stream")->valuestring,
+				  stream) == 0,
+		   "chunk has v 1, type snapshot, stream %s", stream);
+	ok &= check(cJSON_IsString(it) && strncmp(it->valuestring, prefix, strlen(prefix)) == 0 &&
+			    strlen(it->valuestring) <= 64 &&
+			    (!want_id || strcmp(it->valuestring, want_id) == 0),
+		    "snapshot id %s (want %s%s)", cJSON_IsString(it) ? it->valuestring : "(none)",
+		    want_id ? "" : prefix, want_id ? want_id : "...");
+	ok &= check(num(root, "version") == (double)version && num(root, "chunk") == chunk &&
+			    num(root, "chunks") == chunks && num(root, "ts") > 1.7e12,
+		    "version %lld, chunk %d of %d, ts set (%.300s)", (long long)version, chunk,
+		    chunks, msg->payload);
+	it = cJSON_GetObjectItemCaseSensitive(root, "records");
+	ok &= check(cJSON_IsArray(it) && keys_are(it, keys), "chunk %d records: [%s]", chunk, keys);
+	th_mqtt_msg_free(msg);
+	if (!ok) {
+		cJSON_Delete(root);
+		return NULL;
+	}
+	return root;
+}
+
+static void expect_nothing(th_mqtt *dev, const char *what)
+{
+	th_mqtt_msg *msg = th_mqtt_recv(dev, 800);
+
+	check(msg == NULL, "%s (got %s %.200s)", what, msg ? msg->topic : "nothing",
+	      msg ? msg->payload : "");
+	th_mqtt_msg_free(msg);
+}
+
+static void check_cache(struct ctx *c, th_mqtt *dev)
+{
+	char id[80] = "", path[600], log[600], req[300];
+	cJSON *ch;
+	th_mqtt_msg *msg;
+	cJSON *rep;
+	int rc;
+
+	while ((msg = th_mqtt_recv(dev, 200)))
+		th_mqtt_msg_free(msg);
+	if (!check(th_mqtt_subscribe(dev, DEVICE_CACHE_TOPIC "#", 1, 10000) == 0 &&
+			   th_mqtt_subscribe(dev, STORE_CACHE_TOPIC "#", 1, 10000) == 0,
+		   "device subscribes to its down/cache/# and its store's down/cache/#"))
+		return;
+
+	/* A bootstrap: 3 records in chunks of 2; "forgotten" in the last. */
+	resync(dev, "{\"v\":1,\"stream\":\"members\",\"cursor\":0,\"reason\":\"bootstrap\"}");
+	ch = expect_chunk(dev, "members", 42, 0, 2, "17850,13047", NULL);
+	if (ch) {
+		const cJSON *r0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ch, "records"), 0);
+		const cJSON *data = cJSON_GetObjectItemCaseSensitive(r0, "data");
+		const cJSON *tier = cJSON_GetObjectItemCaseSensitive(data, "tier");
+
+		snprintf(id, sizeof id, "%s",
+			 cJSON_GetObjectItemCaseSensitive(ch, "snapshot")->valuestring);
+		check(cJSON_IsString(tier) && strcmp(tier->valuestring, "gold") == 0,
+		      "record 17850's data came through (tier gold)");
+		check(!cJSON_GetObjectItemCaseSensitive(ch, "forgotten"), "no forgotten in chunk 0");
+	}
+	cJSON_Delete(ch);
+	ch = expect_chunk(dev, "members", 42, 1, 2, "12583", id);
+	if (ch) {
+		char *f = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(ch, "forgotten"));
+
+		check(f && strcmp(f, "[\"99999\"]") == 0, "last chunk has forgotten [\"99999\"] (got %s)",
+		      f ? f : "none");
+		cJSON_free(f);
+	}
+	cJSON_Delete(ch);
+	expect_nothing(dev, "nothing after the last chunk");
+
+	/* Resume the current snapshot from chunk 1: only chunk 1, same id. */
+	snprintf(req, sizeof req,
+		 "{\"v\":1,\"stream\":\"members\",\"cursor\":0,\"reason\":\"resume\","
+		 "\"snapshot\":\"%s\",\"from_chunk\":1}",
+		 id);
+	resync(dev, req);
+	cJSON_Delete(expect_chunk(dev, "members", 42, 1, 2, "12583", id));
+	expect_nothing(dev, "a resume from chunk 1 sends chunk 1 only");
+
+	/* Resume of a snapshot central no longer has: a new one from chunk 0. */
+	resync(dev, "{\"v\":1,\"stream\":\"members\",\"cursor\":41,\"reason\":\"timeout\","
+		    "\"snapshot\":\"members-41-0000000000000000\",\"from_chunk\":1}");
+	cJSON_Delete(expect_chunk(dev, "members", 42, 0, 2, "17850,13047", id));
+	cJSON_Delete(expect_chunk(dev, "members", 42, 1, 2, "12583", id));
+
+	/* Invalid requests: logged with the field, not answered, not recorded. */
+	resync(dev, "{\"v\":1,\"stream\":\"bogus\",\"cursor\":0}");
+	resync(dev, "{\"v\":1,\"stream\":\"members\",\"cursor\":\"0\"}");
+	resync(dev, "{\"v\":1,\"stream\":\"members\",\"cursor\":0,\"from_chunk\":-1}");
+	resync(dev, "not json");
+	expect_nothing(dev, "invalid resync requests are not answered");
+	check(th_wait_log(c->path_central_log, "reason=\"stream:", 5000) == 0 &&
+		      th_wait_log(c->path_central_log, "reason=\"cursor:", 1) == 0 &&
+		      th_wait_log(c->path_central_log, "reason=\"from_chunk:", 1) == 0,
+	      "central logs each dropped request with the field");
+
+	/* A stream without a file: one empty chunk at version 1. */
+	resync(dev, "{\"v\":1,\"stream\":\"coupons\",\"cursor\":0,\"reason\":\"bootstrap\"}");
+	cJSON_Delete(expect_chunk(dev, "coupons", 1, 0, 1, "", NULL));
+
+	/* push: a delta reaches the store topic, byte for byte. */
+	snprintf(path, sizeof path, "%s/delta.json", c->dir);
+	snprintf(log, sizeof log, "%s/push.log", c->dir);
+	th_write_file(path, delta_json);
+	{
+		const char *argv[] = { c->central_bin, "push", "--broker", th_broker_uri(c->broker),
+				       "--ca", c->path_ca, "--tenant", "acme", "--store", "s1",
+				       path, NULL };
+
+		rc = th_run_target(argv, log, 30000);
+		check(rc == 0 && th_wait_log(log, "published topic=" STORE_CACHE_TOPIC "members", 1) == 0,
+		      "push exits 0 and says where it published (got %d)", rc);
+		if (rc != 0)
+			th_dump_log(log, 2000);
+		msg = th_mqtt_recv(dev, 10000);
+		check(msg && strcmp(msg->topic, STORE_CACHE_TOPIC "members") == 0 &&
+			      strcmp(msg->payload, delta_json) == 0,
+		      "the delta arrived on %smembers as pushed (got %s)", STORE_CACHE_TOPIC,
+		      msg ? msg->topic : "nothing");
+		th_mqtt_msg_free(msg);
+	}
+	th_write_file(path, "{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"base\":1,"
+			    "\"version\":2,\"ops\":[]}");
+	{
+		const char *argv[] = { c->central_bin, "push", "--broker", th_broker_uri(c->broker),
+				       "--ca", c->path_ca, "--tenant", "acme", "--store", "s1",
+				       path, NULL };
+
+		remove(log);
+		rc = th_run_target(argv, log, 30000);
+		check(rc == 1 && th_wait_log(log, "type:", 1) == 0,
+		      "push refuses a file that is not a delta, naming the field (got %d)", rc);
+	}
+	expect_nothing(dev, "nothing published for the refused delta");
+
+	/* Four valid requests: bootstrap, resume, stale resume, coupons. */
+	rep = report_json(c, "report3.json");
+	if (rep) {
+		const cJSON *tot = cJSON_GetObjectItemCaseSensitive(rep, "totals");
+
+		check(num(tot, "resync_requests") == 4, "report counts 4 resync requests (got %g)",
+		      num(tot, "resync_requests"));
+	}
+	cJSON_Delete(rep);
+	{
+		const char *argv[] = { c->central_bin, "report", "--db", c->path_db, NULL };
+
+		snprintf(log, sizeof log, "%s/report4.txt", c->dir);
+		rc = th_run_target(argv, log, 30000);
+		check(rc == 0 && th_wait_log(log, " resync_requests=4\n", 1) == 0,
+		      "text report totals: resync_requests=4");
+	}
+}
+
+static void check_drop_chunk(th_mqtt *dev)
+{
+	char id[80] = "", req[300];
+	cJSON *ch;
+
+	resync(dev, "{\"v\":1,\"stream\":\"members\",\"cursor\":0,\"reason\":\"bootstrap\"}");
+	ch = expect_chunk(dev, "members", 42, 1, 2, "12583", NULL);
+	if (ch)
+		snprintf(id, sizeof id, "%s",
+			 cJSON_GetObjectItemCaseSensitive(ch, "snapshot")->valuestring);
+	cJSON_Delete(ch);
+	check(id[0] != 0, "--drop-chunk 0: the first message is chunk 1");
+	snprintf(req, sizeof req,
+		 "{\"v\":1,\"stream\":\"members\",\"cursor\":0,\"reason\":\"timeout\","
+		 "\"snapshot\":\"%s\",\"from_chunk\":0}",
+		 id);
+	resync(dev, req);
+	cJSON_Delete(expect_chunk(dev, "members", 42, 0, 2, "17850,13047", id));
+	cJSON_Delete(expect_chunk(dev, "members", 42, 1, 2, "12583", id));
+	expect_nothing(dev, "the resumed snapshot is complete, chunk 0 sent this time");
 }
 
 int main(void)
@@ -431,6 +733,7 @@ int main(void)
 	snprintf(c.path_central_log, sizeof c.path_central_log, "%s/central.log", c.dir);
 	snprintf(c.path_client_crt, sizeof c.path_client_crt, "%s/client.crt", c.dir);
 	snprintf(c.path_client_key, sizeof c.path_client_key, "%s/client.key", c.dir);
+	snprintf(c.path_cache, sizeof c.path_cache, "%s/cache", c.dir);
 
 	if (!check(th_certs_make(c.dir) == 0, "certificates made with mbedTLS"))
 		goto done;
@@ -440,7 +743,7 @@ int main(void)
 	if (!check(c.broker != NULL, "mosquitto started with TLS"))
 		goto done;
 	check_bad_args(&c);
-	if (central_start(&c) != 0)
+	if (central_start(&c, NULL) != 0)
 		goto done;
 	dev = device_connect(&c, c.broker);
 	if (!dev)
@@ -522,13 +825,20 @@ int main(void)
 			th_mqtt_msg_free(msg);
 	}
 
-	/* 5. Clean stop, then a new central on the same database. */
+	/* 5. Clean stop, then a new central on the same database, now also
+	 * serving the customer cache. */
 	check(th_wait(c.central, 0, &st) == -ETIMEDOUT, "central still running");
 	st = th_stop(c.central, 10000);
 	c.central = -1;
 	check(st == 0, "central exits 0 on SIGTERM (got %d)", st);
-	if (central_start(&c) != 0)
+	if (cache_files_write(&c) != 0)
 		goto done;
+	{
+		const char *extra[] = { "--cache-dir", c.path_cache, "--chunk-records", "2", NULL };
+
+		if (central_start(&c, extra) != 0)
+			goto done;
+	}
 	check(publish(dev, b2) == 0, "b-2 published again to the restarted central");
 	expect_ack(dev, "b-2", "[[1,1],[3,3]]", 2, "body");
 
@@ -548,9 +858,26 @@ int main(void)
 		if (g_failures)
 			th_dump_log(out, 2000);
 	}
+
+	/* 6. The customer cache: snapshots, resume, push, report. */
+	check_cache(&c, dev);
 	st = th_stop(c.central, 10000);
 	c.central = -1;
 	check(st == 0, "restarted central exits 0 on SIGTERM (got %d)", st);
+
+	/* 7. --drop-chunk: chunk 0 is skipped once; a resume from 0 gets it. */
+	{
+		const char *extra[] = { "--cache-dir",	      c.path_cache, "--chunk-records", "2",
+					"--drop-chunk",	      "0",	    "--snapshot-delay-ms",
+					"20",		      NULL };
+
+		if (central_start(&c, extra) != 0)
+			goto done;
+		check_drop_chunk(dev);
+		st = th_stop(c.central, 10000);
+		c.central = -1;
+		check(st == 0, "central with --drop-chunk exits 0 on SIGTERM (got %d)", st);
+	}
 
 	/* Closed first: with another client connected, every Paho connect in
 	 * this process takes ~2 s (see th_mqtt_connect). */
