@@ -604,12 +604,12 @@ static int t_cache_bad_delta(struct env *e)
 		const char *argv[] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "--device", DEVICE, "cache", "load", f0, f1, NULL};
 		CHECK(th_run_target(argv, log, 300000 * scale) == 0, "cache load");
 	}
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &before) == SCRM_OK, "card");
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
 	if (start_agent(e))
 		return -1;
 	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &before) == SCRM_OK, "card");
 
 	/* a wrong type */
 	snprintf(delta, sizeof(delta),
