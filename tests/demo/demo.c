@@ -5,6 +5,10 @@
  * real day of the retail sample through libscrm (scrm-pos-sim) at high speed,
  * takes the broker down for part of the day, and shows that every sale
  * reached central exactly once and how long the backlog took to drain.
+ * Central also feeds the store's customer cache (members, coupons, rules...
+ * made from the same sample by scrm-cachegen); during the outage a guide
+ * scans a member's QR code and gets the card — with the sale just made —
+ * offline.
  * Run through tests/demo.sh (which installs and builds first).
  */
 #include "harness.h"
@@ -40,6 +44,91 @@ static void stats(const char *store, scrm_outbox_stats *s)
 		scrm_outbox_get_stats(st, s);
 		scrm_store_close(st);
 	}
+}
+
+static int run_quiet(const char *const argv[], const char *log)
+{
+	return th_run_target(argv, log, 300000);
+}
+
+/* Cursor of a cache stream from scrm_cache_status(), -1 if unknown. */
+static long long cache_cursor(const char *store, const char *stream, long long *rows)
+{
+	scrm_cache *c = NULL;
+	char *j = NULL, needle[64], *p;
+	long long cur = -1;
+	*rows = 0;
+	if (scrm_cache_open(store, NULL, &c) == SCRM_OK && scrm_cache_status(c, &j) == SCRM_OK) {
+		snprintf(needle, sizeof(needle), "{\"stream\":\"%s\",\"cursor\":", stream);
+		if ((p = strstr(j, needle)))
+			sscanf(p + strlen(needle), "%lld,\"rows\":%lld", &cur, rows);
+	}
+	scrm_free(j);
+	scrm_cache_close(c);
+	return cur;
+}
+
+static const char *jstr(const char *json, const char *key, char *out, size_t n)
+{
+	char needle[64];
+	const char *p;
+	snprintf(needle, sizeof(needle), "\"%s\":\"", key);
+	out[0] = '\0';
+	if ((p = strstr(json, needle)))
+		sscanf(p + strlen(needle), "%63[^\"]", out);
+	(void)n;
+	return out;
+}
+
+/* The guide's tablet, offline: scan the QR code of the member who just
+ * bought something, show the card from the local cache. */
+static void guide_scan(const char *dir, const char *store)
+{
+	char outbox[900], member[65] = "", keys[900], tok_path[900], *tok = NULL, *card = NULL, t1[64], t2[64], t3[64];
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	snprintf(outbox, sizeof(outbox), "%s/outbox.db", store);
+	if (sqlite3_open_v2(outbox, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+		if (sqlite3_prepare_v2(db, "SELECT member_id FROM member_activity ORDER BY seq DESC LIMIT 1", -1, &st, NULL) ==
+			    SQLITE_OK &&
+		    sqlite3_step(st) == SQLITE_ROW)
+			snprintf(member, sizeof(member), "%s", (const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+		sqlite3_close(db);
+	}
+	if (!member[0])
+		return;
+	snprintf(keys, sizeof(keys), "%s/central-keys", dir);
+	snprintf(tok_path, sizeof(tok_path), "%s/qr.txt", dir);
+	const char *qargv[] = {getenv("SCRM_CACHEGEN_BIN"), "qr", "--keys", keys, "--tenant", "acme", "--member", member, NULL};
+	if (th_run_target(qargv, tok_path, 60000) != 0 || !(tok = th_read_file(tok_path, NULL)))
+		return;
+	tok[strcspn(tok, "\r\n")] = '\0';
+	scrm_cache *c = NULL;
+	int64_t t0 = th_now_ms();
+	int rc = scrm_cache_open(store, NULL, &c) == SCRM_OK ? scrm_member_get(c, SCRM_MEMBER_QR, tok, &card) : -1;
+	int64_t took = th_now_ms() - t0;
+	if (rc == SCRM_OK) {
+		const char *loc = strstr(card, "\"local\":");
+		long long today = 0;
+		const char *o = loc ? strstr(loc, "\"orders\":") : NULL;
+		if (o)
+			sscanf(o + 9, "%lld", &today);
+		const char *cp = strstr(card, "\"coupons\":[");
+		int coupons = 0;
+		for (const char *q = cp; q && (q = strstr(q + 1, "\"type\":\"coupon\"")) != NULL;)
+			coupons++;
+		printf("       | [guide tablet, OFFLINE] QR scan -> member %s, %s, tier %s, stage %s\n", member,
+		       jstr(strstr(card, "\"personal\"") ? strstr(card, "\"personal\"") : card, "name", t1, sizeof(t1)),
+		       jstr(card, "tier", t2, sizeof(t2)), jstr(card, "stage", t3, sizeof(t3)));
+		printf("       |   today's %lld purchase(s) at this till already on the card; %d coupon(s) to offer (%lld ms)\n",
+		       today, coupons, (long long)took);
+	} else {
+		printf("       | [guide tablet] member look-up failed: %s\n", scrm_errmsg());
+	}
+	scrm_free(card);
+	scrm_cache_close(c);
+	free(tok);
 }
 
 static int64_t q1(const char *db_path, const char *sql)
@@ -90,8 +179,35 @@ int main(int argc, char **argv)
 	if (!b)
 		return 1;
 	printf("[setup] mosquitto with TLS on %s\n", th_broker_uri(b));
+	char keys[800], fx[800], glog[800], now[32], skeys[800], from[900], to[900];
+	snprintf(keys, sizeof(keys), "%s/central-keys", dir);
+	snprintf(fx, sizeof(fx), "%s/fixtures", dir);
+	snprintf(glog, sizeof(glog), "%s/cachegen.log", dir);
+	snprintf(now, sizeof(now), "%lld", (long long)th_wall_ms());
+	const char *kargv[] = {getenv("SCRM_CACHEGEN_BIN"), "keys", keys, NULL};
+	const char *gargv[] = {getenv("SCRM_CACHEGEN_BIN"), "retail", "--csv", csv, "--keys", keys, "--tenant", "acme",
+			       "--out", fx, "--now", now, NULL};
+	if (run_quiet(kargv, glog) != 0 || run_quiet(gargv, glog) != 0) {
+		fprintf(stderr, "demo: scrm-cachegen failed (see %s)\n", glog);
+		return 1;
+	}
+	/* Provision the device: the tenant's phone-hash key and central's
+	 * public key (the device data key is made by the agent itself). */
+	snprintf(skeys, sizeof(skeys), "%s/keys", store);
+	th_run((const char *const[]){"mkdir", "-p", skeys, NULL}, NULL, 5000);
+	for (int i = 0; i < 2; i++) {
+		const char *f = i ? "central.pub" : "tenant.key";
+		snprintf(from, sizeof(from), "%s/%s", keys, f);
+		snprintf(to, sizeof(to), "%s/%s", skeys, f);
+		char *t = th_read_file(from, NULL);
+		if (!t || th_write_file(to, t) != 0)
+			return 1;
+		free(t);
+	}
+	printf("[setup] central's customer data built from the sample (members, coupons signed with ECDSA P-256,\n"
+	       "        association rules, catalogue, inventory, talk tracks): %s\n", fx);
 	const char *cargv[] = {getenv("SCRM_CENTRAL_BIN"), "run", "--broker", th_broker_uri(b), "--ca", ca, "--db", cdb,
-			       "--share", "scrm-central", "--ready-file", ready, NULL};
+			       "--share", "scrm-central", "--ready-file", ready, "--cache-dir", fx, NULL};
 	th_spawn_target(cargv, clog);
 	for (int i = 0; i < 100 && access(ready, F_OK) != 0; i++)
 		th_sleep_ms(100);
@@ -99,12 +215,32 @@ int main(int argc, char **argv)
 	snprintf(text, sizeof(text),
 		 "{\n  \"tenant\": \"acme\", \"store_id\": \"london-01\", \"device_id\": \"pos-01\",\n"
 		 "  \"store_dir\": \"%s\",\n  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\"},\n"
-		 "  \"sync\": {\"backoff_min_ms\": 200, \"backoff_max_ms\": 2000}\n}\n",
+		 "  \"sync\": {\"backoff_min_ms\": 200, \"backoff_max_ms\": 2000},\n"
+		 "  \"cache\": {\"phone_country_code\": \"44\"}\n}\n",
 		 store, th_broker_port(b), ca);
 	th_write_file(cfg, text);
 	const char *aargv[] = {getenv("SCRM_AGENT_BIN"), "--config", cfg, NULL};
 	th_spawn_target(aargv, alog);
-	printf("[setup] scrm-agent started (config %s, log %s)\n\n", cfg, alog);
+	printf("[setup] scrm-agent started (config %s, log %s)\n", cfg, alog);
+	{
+		/* Bootstrap: the agent asks for each stream, central sends snapshots. */
+		static const char *const names[] = {"members", "coupons", "catalogue", "inventory", "scripts", "recos", "rules"};
+		long long rows[7] = {0};
+		int64_t c0 = th_now_ms();
+		int ready_all = 0;
+		while (!ready_all && th_now_ms() - c0 < 120000) {
+			ready_all = 1;
+			for (int i = 0; i < 7; i++)
+				if (cache_cursor(store, names[i], &rows[i]) < 1)
+					ready_all = 0;
+			if (!ready_all)
+				th_sleep_ms(200);
+		}
+		printf("[setup] customer cache synced over MQTT in %.1f s: %lld members, %lld coupons, %lld products,\n"
+		       "        %lld rules, %lld talk tracks%s\n\n",
+		       (double)(th_now_ms() - c0) / 1000.0, rows[0], rows[1], rows[2], rows[6], rows[4],
+		       ready_all ? "" : " (INCOMPLETE)");
+	}
 
 	const char *pargv[] = {getenv("SCRM_POSSIM_BIN"), "--store", store, "--device", "pos-01", "--csv", csv, "--day", DAY,
 			       "--speed", "600", "--receipts", NULL};
@@ -112,7 +248,8 @@ int main(int argc, char **argv)
 	printf("-------+--------------------------------------+----------+---------+-----------\n");
 	int64_t t0 = th_now_ms();
 	pid_t pos = th_spawn_target(pargv, plog);
-	int down = 0, done = 0, status = 0;
+	int down = 0, done = 0, status = 0, scanned = 0;
+	int64_t down_ms = 0;
 	int64_t back_ms = 0, drained_ms = 0, peak = 0;
 	char clk[16];
 	int64_t next_line = 0;
@@ -123,6 +260,7 @@ int main(int argc, char **argv)
 		if (!down && !back_ms && store_s >= OUTAGE_FROM_S) {
 			th_broker_stop(b);
 			down = 1;
+			down_ms = th_now_ms();
 			event = "NETWORK DOWN: the tills keep selling";
 			next_line = 0;
 		} else if (down && store_s >= OUTAGE_TO_S) {
@@ -147,6 +285,10 @@ int main(int argc, char **argv)
 			       at_central);
 			fflush(stdout);
 			next_line = el + 3000;
+		}
+		if (down && !scanned && th_now_ms() - down_ms > 3000) {
+			guide_scan(dir, store);
+			scanned = 1;
 		}
 		if (done && s.pending == 0 && back_ms)
 			break;

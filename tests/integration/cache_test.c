@@ -259,7 +259,7 @@ static int card(struct env *e, scrm_member_key by, const char *value, char **jso
 	return rc;
 }
 
-static char *status_json(struct env *e)
+__attribute__((noinline)) static char *status_json(struct env *e)
 {
 	scrm_cache *c = NULL;
 	char *j = NULL;
@@ -270,27 +270,42 @@ static char *status_json(struct env *e)
 }
 
 /* Cursor and rows of a stream from the cache status; -1 if unknown. */
+static long long num_after(const char *s, const char *key)
+{
+	const char *p = strstr(s, key);
+	long long v = -1;
+	if (p)
+		sscanf(p + strlen(key), "%lld", &v);
+	return v;
+}
+
 static int stream_state(struct env *e, const char *stream, long long *cursor, long long *rows, int *staging,
 			long long *chunks_done)
 {
-	char *j = status_json(e), needle[64], *p;
+	char needle[64], seg[1024];
+	char *j = status_json(e);
 	*cursor = *rows = -1;
 	if (staging)
 		*staging = 0;
 	if (!j)
 		return -1;
 	snprintf(needle, sizeof(needle), "{\"stream\":\"%s\"", stream);
-	if ((p = strstr(j, needle))) {
-		char *end = strstr(p + 1, "{\"stream\":");
-		if (end)
-			*end = '\0';
-		sscanf(strstr(p, "\"cursor\":") + 9, "%lld", cursor);
-		sscanf(strstr(p, "\"rows\":") + 7, "%lld", rows);
-		char *sn = strstr(p, "\"snapshot\":");
+	const char *p = strstr(j, needle);
+	if (p) {
+		/* this stream's object only: up to the next stream's */
+		size_t n = strcspn(p + 1, "{");
+		const char *q = p + 1 + n;
+		while (*q == '{' && strncmp(q, "{\"stream\":", 10) != 0)
+			q += 1 + strcspn(q + 1, "{");
+		n = (size_t)(q - p) < sizeof(seg) - 1 ? (size_t)(q - p) : sizeof(seg) - 1;
+		memcpy(seg, p, n);
+		seg[n] = '\0';
+		*cursor = num_after(seg, "\"cursor\":");
+		*rows = num_after(seg, "\"rows\":");
 		if (staging)
-			*staging = sn != NULL;
-		if (sn && chunks_done)
-			sscanf(strstr(sn, "\"chunks_done\":") + 14, "%lld", chunks_done);
+			*staging = strstr(seg, "\"snapshot\":") != NULL;
+		if (chunks_done)
+			*chunks_done = num_after(seg, "\"chunks_done\":");
 	}
 	scrm_free(j);
 	return 0;
