@@ -9,6 +9,7 @@
  *                                 the snapshot being built, if any
  *   delta_buf(stream, base, version, body)
  *                                 deltas that arrived during a snapshot build
+ *                                 (body sealed: it may hold personal fields)
  *   members, coupons, catalogue, inventory, scripts, recos, rules
  *                                 one table per stream, keyed by the record key
  *   <stream>__stage               a snapshot being built aside
@@ -129,7 +130,11 @@ struct cache {
 	int64_t inflight_ms;   /* monotonic: request sent or last chunk */
 	sqlite3_stmt *q_card[4], *q_coupons, *q_act;
 	char refused_detail[240]; /* first record refused alone in the last apply */
+	int replay_gap;           /* the last swap's buffered deltas did not follow */
+	int64_t unhashed_phones;  /* members stored without a phone hash (no tenant.key) */
 };
+
+static void drop_old(cache *c, int st);
 
 static int fail(cache *c, int rc, const char *what)
 {
@@ -330,11 +335,14 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	sqlite3_busy_timeout(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
 	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
 	 * deltas, never consistency; the cursor moves with the data). */
-	if ((rc = exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;"
+	if ((rc = exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
 		goto fail;
 	if ((rc = migrate(c)))
 		goto fail;
+	if (opts->create)
+		for (int i = 0; i < ST_COUNT; i++)
+			drop_old(c, i);
 	meta_get(c, "tenant", c->tenant, sizeof(c->tenant));
 	meta_get(c, "phone_cc", c->phone_cc, sizeof(c->phone_cc));
 
@@ -634,7 +642,10 @@ static int bind_member(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 			if (!ok)
 				rc = err__set(SCRM_E_INVALID, "%sphone: must be E.164 digits without '+', 6..15 of them", p3);
 			else if (!c->has_tenant_key)
-				rc = err__set(SCRM_E_CONFIG, "cannot hash phone numbers: %s", c->tenant_key_err);
+				/* A misprovisioned device (no tenant.key) still keeps its
+				 * members, sealed; only the phone look-up is missing, and
+				 * the status says why (tenant_key false). */
+				c->unhashed_phones++;
 			else {
 				uint8_t h[32];
 				crypto__hmac_sha256(c->tenant_key, sizeof(c->tenant_key), phone, len, h);
@@ -681,8 +692,8 @@ static int bind_reco(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, co
 	cJSON_ArrayForEach(e, items)
 	{
 		snprintf(p3, sizeof(p3), "%sitems[%d].", p2, i++);
-		if (!cJSON_IsObject(e))
-			return err__set(SCRM_E_INVALID, "%s: must be an object", p3);
+		if (!cJSON_IsObject(e)) /* p3 ends with '.' */
+			return err__set(SCRM_E_INVALID, "%.*s: must be an object", (int)(strlen(p3) - 1), p3);
 		if ((rc = get_str(e, "sku", MAX_KEY, 1, p3, &s)) || (rc = get_num(e, "score", 1, p3, &d)) ||
 		    (rc = get_str(e, "reason", 32, 0, p3, &s)))
 			return rc;
@@ -889,7 +900,22 @@ static int read_stream(cache *c, int st, struct stream_row *r)
 	return rc;
 }
 
-/* Remove a member from the live tables (and a stage being built). */
+static int has_table(cache *c, const char *name)
+{
+	sqlite3_stmt *st = NULL;
+	int yes = 0;
+	if (sqlite3_prepare_v2(c->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", -1, &st, NULL) ==
+	    SQLITE_OK) {
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		yes = sqlite3_step(st) == SQLITE_ROW;
+	}
+	sqlite3_finalize(st);
+	return yes;
+}
+
+/* Remove a member from the live tables (and the stages being built: a
+ * recos or coupons snapshot made before the erasure must not bring the
+ * member's data back when it is swapped in). */
 static int forget_rows(cache *c, const char *member_id, int staging_members)
 {
 	static const char *const sql[] = {
@@ -897,11 +923,15 @@ static int forget_rows(cache *c, const char *member_id, int staging_members)
 		"DELETE FROM recos WHERE key = ?1",
 		"DELETE FROM coupons WHERE member_id = ?1",
 		"DELETE FROM members__stage WHERE key = ?1",
+		"DELETE FROM recos__stage WHERE key = ?1",
+		"DELETE FROM coupons__stage WHERE member_id = ?1",
 	};
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 		sqlite3_stmt *st = NULL;
 		if (i == 3 && !staging_members)
-			break;
+			continue;
+		if (i > 3 && !has_table(c, i == 4 ? "recos__stage" : "coupons__stage"))
+			continue;
 		int rc = prep(c, c->db, &st, sql[i], 0);
 		if (rc)
 			return rc;
@@ -967,8 +997,8 @@ static int delete_record(cache *c, const char *table, const char *key)
 static int rec_key(const cJSON *rec, const char *path, const char **key)
 {
 	const cJSON *k = cJSON_GetObjectItemCaseSensitive(rec, "key");
-	if (!cJSON_IsObject(rec))
-		return err__set(SCRM_E_INVALID, "%s: must be an object", path);
+	if (!cJSON_IsObject(rec)) /* path ends with '.' */
+		return err__set(SCRM_E_INVALID, "%.*s: must be an object", (int)(strlen(path) - 1), path);
 	if (!cJSON_IsString(k) || !key_ok(k->valuestring))
 		return err__set(SCRM_E_INVALID, "%skey: required, 1..64 of [A-Za-z0-9_.:>-]", path);
 	*key = k->valuestring;
@@ -1139,13 +1169,24 @@ static int buffer_delta(cache *c, const struct msg *m, const char *payload, size
 	sqlite3_finalize(q);
 	if (n >= MAX_BUFFERED)
 		return SCRM_OK; /* the swap will find a gap and ask again */
-	if ((rc = prep(c, c->db, &q, "INSERT OR IGNORE INTO delta_buf(stream, base, version, body) VALUES (?1, ?2, ?3, ?4)",
-		       0)))
+	/* The delta may carry members' personal fields: kept sealed like
+	 * them (the stream name as associated data), never in clear. */
+	uint8_t *sealed = malloc(len + CRYPTO_SEAL_OVERHEAD);
+	if (!sealed)
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	if ((rc = crypto__seal(c->sealer, streams[m->st].name, strlen(streams[m->st].name), payload, len, sealed))) {
+		free(sealed);
 		return rc;
+	}
+	if ((rc = prep(c, c->db, &q, "INSERT OR IGNORE INTO delta_buf(stream, base, version, body) VALUES (?1, ?2, ?3, ?4)",
+		       0))) {
+		free(sealed);
+		return rc;
+	}
 	sqlite3_bind_text(q, 1, streams[m->st].name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(q, 2, m->base);
 	sqlite3_bind_int64(q, 3, m->version);
-	sqlite3_bind_text(q, 4, payload, (int)len, SQLITE_STATIC);
+	sqlite3_bind_blob(q, 4, sealed, (int)(len + CRYPTO_SEAL_OVERHEAD), free);
 	rc = sqlite3_step(q);
 	sqlite3_finalize(q);
 	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "buffer delta");
@@ -1185,8 +1226,14 @@ static int apply_delta(cache *c, const struct msg *m, const char *payload, size_
 	if ((rc = set_cursor(c, m->st, m->version, out->refused)))
 		goto cleanup;
 	out->cursor = m->version;
-	if (out->what == CA_APPLIED && c->rs[m->st].want && c->inflight != m->st)
-		c->rs[m->st].want = 0; /* the stream follows central again */
+	if (out->what == CA_APPLIED) {
+		/* The stream follows central again. If it was asked for, central
+		 * answered with deltas (cursor → current) rather than a snapshot:
+		 * the request is done and the schedule moves on to the next. */
+		c->rs[m->st].want = 0;
+		if (c->inflight == m->st)
+			c->inflight = -1;
+	}
 cleanup:
 	if (rc == SCRM_OK)
 		rc = exec(c, "COMMIT");
@@ -1222,6 +1269,22 @@ static int set_snap(cache *c, int st, const char *id, int64_t version, int64_t c
 	return SCRM_OK;
 }
 
+/* A buffered delta (sealed by buffer_delta) parsed, or NULL. */
+static cJSON *open_buffered(cache *c, int st, sqlite3_stmt *q, int col)
+{
+	const uint8_t *blob = sqlite3_column_blob(q, col);
+	int len = sqlite3_column_bytes(q, col);
+	cJSON *root = NULL;
+	uint8_t *pt;
+	if (!blob || len <= CRYPTO_SEAL_OVERHEAD || !(pt = malloc((size_t)len)))
+		return NULL;
+	if (crypto__open(c->sealer, streams[st].name, strlen(streams[st].name), blob, (size_t)len, pt) == SCRM_OK)
+		root = cJSON_ParseWithLength((const char *)pt, (size_t)len - CRYPTO_SEAL_OVERHEAD);
+	memset(pt, 0, (size_t)len);
+	free(pt);
+	return root;
+}
+
 /* Deltas that arrived during the build, in order; stops at a gap. */
 static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn fn, void *ctx)
 {
@@ -1239,7 +1302,7 @@ static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn f
 			gap = 1;
 			break;
 		}
-		cJSON *root = cJSON_Parse((const char *)sqlite3_column_text(q, 2));
+		cJSON *root = open_buffered(c, st, q, 2);
 		int64_t n = 0, refused = 0;
 		rc = root ? apply_ops(c, st, cJSON_GetObjectItemCaseSensitive(root, "ops"), 0, fn, ctx, &n, &refused)
 			  : err__set(SCRM_E_CORRUPT, "cache: buffered delta unreadable");
@@ -1252,7 +1315,7 @@ static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn f
 	if (rc)
 		return rc;
 	if (gap)
-		want(c, st, "gap");
+		c->replay_gap = 1; /* asked for once the swap has committed */
 	if ((rc = prep(c, c->db, &q, "DELETE FROM delta_buf WHERE stream = ?1", 0)))
 		return rc;
 	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
@@ -1268,8 +1331,13 @@ static int swap_in(cache *c, int st, const struct stream_row *r, cache__forget_f
 	snprintf(stage, sizeof(stage), "%s__stage", streams[st].name);
 	if ((rc = create_table(c, st, stage, r->gen + 1, 1)))
 		return rc;
-	snprintf(sql, sizeof(sql), "DROP TABLE \"%s\"; ALTER TABLE \"%s\" RENAME TO \"%s\";", streams[st].name, stage,
-		 streams[st].name);
+	/* The old table is only renamed here; it is dropped after the commit,
+	 * in a transaction of its own (see drop_old): dropping 500,000 rows
+	 * inside the swap made it last seconds and held ~400 MB of rollback. */
+	snprintf(sql, sizeof(sql),
+		 "DROP TABLE IF EXISTS \"%s__old\"; ALTER TABLE \"%s\" RENAME TO \"%s__old\";"
+		 " ALTER TABLE \"%s\" RENAME TO \"%s\";",
+		 streams[st].name, streams[st].name, streams[st].name, stage, streams[st].name);
 	if ((rc = exec(c, sql)))
 		return rc;
 	if ((rc = set_snap(c, st, NULL, 0, 0, 0, 0)))
@@ -1363,6 +1431,14 @@ cleanup:
 	return rc;
 }
 
+/* The view a swap replaced (or one left by a crash right after a swap). */
+static void drop_old(cache *c, int st)
+{
+	char sql[120];
+	snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s__old\"", streams[st].name);
+	sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+}
+
 int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t len, cache__forget_fn fn, void *ctx,
 		 cache__outcome *out)
 {
@@ -1371,6 +1447,7 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 	memset(out, 0, sizeof(*out));
 	out->stream = -1;
 	c->refused_detail[0] = '\0';
+	c->replay_gap = 0;
 	rc = parse_msg(c, topic_stream, payload, len, &m);
 	out->stream = m.st;
 	out->version = m.version;
@@ -1386,10 +1463,13 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 					c->inflight = m.st;
 			}
 			if (rc == SCRM_OK && out->what == CA_SWAPPED) {
+				drop_old(c, m.st);
 				c->rs[m.st].want = 0;
 				if (c->inflight == m.st)
 					c->inflight = -1;
 				/* replay_buffered may have found a gap again */
+				if (c->replay_gap)
+					want(c, m.st, "gap");
 				struct stream_row r;
 				if (read_stream(c, m.st, &r) == SCRM_OK && c->rs[m.st].want == 0 && r.cursor == 0)
 					want(c, m.st, "bootstrap");
@@ -1453,8 +1533,12 @@ int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx,
 			rc = err__set(SCRM_E_INVALID, "%s:1: stream: must be one of members coupons catalogue inventory scripts recos rules", path);
 			goto cleanup;
 		}
-		if ((rc = get_int(hdr, "version", 1, MAX_SAFE_INT, 1, 0, "header.", &version)))
+		if ((rc = get_int(hdr, "version", 1, MAX_SAFE_INT, 1, 0, "", &version))) {
+			char detail[300];
+			snprintf(detail, sizeof(detail), "%s", scrm_errmsg());
+			rc = err__set(rc, "%s:1: %s", path, detail);
 			goto cleanup;
+		}
 	}
 	*stream = st;
 	while ((e = read_line(f, &line)) == 0)
@@ -1819,16 +1903,16 @@ static void add_local(cache *c, const char *key, cJSON *root, int64_t now)
 	last = obj_i64(stats, "last_purchase_ms");
 	if (last > 0)
 		set_i64(stats, "recency_days", (now - last) / 86400000);
-	/* recent: local purchases first, newest first, at most 20 in all */
-	recent = cJSON_GetObjectItemCaseSensitive(root, "recent");
-	if (!cJSON_IsArray(recent)) {
-		cJSON_DeleteItemFromObjectCaseSensitive(root, "recent");
-		recent = cJSON_AddArrayToObject(root, "recent");
-	}
-	int i = 0;
-	cJSON *e;
+	/* recent: local purchases first, newest first, then central's; at most
+	 * 20 in all. Built as a new array: cJSON_InsertItemInArray cannot be
+	 * relied on (Debian's 1.7.15 refuses to insert before any item but the
+	 * first, which dropped and leaked local purchases). */
+	cJSON *merged = cJSON_CreateArray(), *e;
+	int n = 0;
 	cJSON_ArrayForEach(e, lp)
 	{
+		if (n >= 20)
+			break;
 		if (strcmp(cJSON_GetObjectItemCaseSensitive(e, "kind")->valuestring, "purchase") != 0)
 			continue;
 		cJSON *r = cJSON_CreateObject();
@@ -1836,10 +1920,20 @@ static void add_local(cache *c, const char *key, cJSON *root, int64_t now)
 		cJSON_AddNumberToObject(r, "total", (double)obj_i64(e, "total"));
 		cJSON_AddItemToObject(r, "skus", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "skus"), 1));
 		cJSON_AddBoolToObject(r, "local", 1);
-		cJSON_InsertItemInArray(recent, i++, r);
+		cJSON_AddItemToArray(merged, r);
+		n++;
 	}
-	while (cJSON_GetArraySize(recent) > 20)
-		cJSON_DeleteItemFromArray(recent, 20);
+	recent = cJSON_GetObjectItemCaseSensitive(root, "recent");
+	if (cJSON_IsArray(recent)) {
+		cJSON_ArrayForEach(e, recent)
+		{
+			if (n++ >= 20)
+				break;
+			cJSON_AddItemToArray(merged, cJSON_Duplicate(e, 1));
+		}
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(root, "recent");
+	cJSON_AddItemToObject(root, "recent", merged);
 }
 
 int cache__member_card(cache *c, scrm_member_key by, const char *value, sbuf *out, char member_id[65], int *tracking)
@@ -1988,6 +2082,8 @@ int cache__status(cache *c, sbuf *out)
 	sqlite3_finalize(q);
 	sbuf__puts(out, "],\"tenant_key\":");
 	sbuf__puts(out, c->has_tenant_key ? "true" : "false");
+	sbuf__puts(out, ",\"unhashed_phones\":");
+	sbuf__i64(out, c->unhashed_phones);
 	sbuf__puts(out, ",\"central_key\":");
 	sbuf__puts(out, c->central ? "true" : "false");
 	sbuf__putc(out, '}');

@@ -42,8 +42,9 @@ typedef struct crypto__verifier crypto__verifier;
 int crypto__verifier_load(const char *pem_path, crypto__verifier **out);
 void crypto__verifier_free(crypto__verifier *v);
 /* SCRM_OK if `sig` (DER) is central's ECDSA signature of SHA-256(msg), else
- * SCRM_E_CRYPTO. Thread-safe (the key is only read). */
-int crypto__verify(const crypto__verifier *v, const void *msg, size_t n, const uint8_t *sig, size_t sig_len);
+ * SCRM_E_CRYPTO. One thread at a time per verifier (mbedTLS caches a
+ * precomputed table in it on first use). */
+int crypto__verify(crypto__verifier *v, const void *msg, size_t n, const uint8_t *sig, size_t sig_len);
 
 /* Base64 decode (standard alphabet with padding, or base64url without when
  * url != 0). Returns decoded length or -1 if malformed or > cap. */

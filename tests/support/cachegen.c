@@ -971,7 +971,7 @@ static void synth_member(const cg_synth *s, size_t i, wbuf *w)
 	     "\"consent\":{\"marketing\":%s,\"tracking\":%s},",
 	     r, f, m, segment, m <= 2 ? "low" : m == 3 ? "medium" : "high", stage_names[stage],
 	     (h4 >> 40) % 10 < 7 ? "true" : "false", (h4 >> 44) % 2 ? "true" : "false");
-	size_t c1 = (h4 >> 48) % 10, c2 = (h4 >> 52) % 10;
+	size_t c1 = (size_t)((h4 >> 48) % 10), c2 = (size_t)((h4 >> 52) % 10);
 	wput(w, "\"prefs\":{\"categories\":[\"%s\"", categories[c1]);
 	if (c2 != c1)
 		wput(w, ",\"%s\"", categories[c2]);
@@ -1002,7 +1002,7 @@ static void synth_member(const cg_synth *s, size_t i, wbuf *w)
 static void synth_catalogue(const cg_synth *s, size_t i, wbuf *w)
 {
 	uint64_t h = hash3(s->seed, SALT_SKU, i);
-	size_t cat = h % 10;
+	size_t cat = (size_t)(h % 10);
 	char sku[24];
 	sku_name(i, sku);
 	wput(w, "{\"sku\":\"%s\",\"name\":\"%s %s %zu\",\"category\":\"%s\",\"price\":%" PRIu64 ",\"currency\":\"GBP\"}",
