@@ -232,7 +232,10 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 	 * commit durable before the capture call returns. */
 	if ((rc = exec(ob, "PRAGMA journal_mode=WAL")) ||
 	    (rc = exec(ob, "PRAGMA synchronous=FULL")) ||
-	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")))
+	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
+	    /* Erasure must not leave a member's id in freed cells; FAST costs
+	     * no extra I/O (zeroes only pages being written anyway). */
+	    (rc = exec(ob, "PRAGMA secure_delete=FAST")))
 		goto cleanup;
 	if ((rc = migrate(ob, device_id)))
 		goto cleanup;
@@ -542,6 +545,10 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 		}
 	}
 	rc = exec(ob, "COMMIT");
+	/* The old bodies also sit in WAL frames until they are overwritten:
+	 * checkpoint and truncate the WAL (best effort: readers may hold it). */
+	if (rc == SCRM_OK && *redacted)
+		sqlite3_exec(ob->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 cleanup:
 	if (rc)
 		rollback(ob);
