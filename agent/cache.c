@@ -23,6 +23,7 @@
 #include "cache.h"
 
 #include "crypto.h"
+#include "dbcode.h"
 #include "err.h"
 #include "platform.h"
 
@@ -138,25 +139,7 @@ static void drop_old(cache *c, int st);
 
 static int fail(cache *c, int rc, const char *what)
 {
-	int code;
-	switch (rc & 0xff) {
-	case SQLITE_FULL:
-		code = SCRM_E_DISK_FULL;
-		break;
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		code = SCRM_E_BUSY;
-		break;
-	case SQLITE_CORRUPT:
-	case SQLITE_NOTADB:
-		code = SCRM_E_CORRUPT;
-		break;
-	case SQLITE_NOMEM:
-		code = SCRM_E_NOMEM;
-		break;
-	default:
-		code = SCRM_E_IO;
-	}
+	int code = db__code(rc);
 	return err__set(code, "cache: %s: %s", what, c && c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
 }
 

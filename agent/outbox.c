@@ -19,6 +19,7 @@
  */
 #include "outbox.h"
 
+#include "dbcode.h"
 #include "err.h"
 #include "platform.h"
 
@@ -41,25 +42,7 @@ struct outbox {
 
 int outbox__sqlite_err(int rc, const char *what, const char *detail)
 {
-	int code;
-	switch (rc & 0xff) {
-	case SQLITE_FULL:
-		code = SCRM_E_DISK_FULL;
-		break;
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		code = SCRM_E_BUSY;
-		break;
-	case SQLITE_CORRUPT:
-	case SQLITE_NOTADB:
-		code = SCRM_E_CORRUPT;
-		break;
-	case SQLITE_NOMEM:
-		code = SCRM_E_NOMEM;
-		break;
-	default:
-		code = SCRM_E_IO;
-	}
+	int code = db__code(rc);
 	return err__set(code, "outbox: %s: %s", what, detail ? detail : sqlite3_errstr(rc));
 }
 
