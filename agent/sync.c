@@ -373,8 +373,9 @@ static void cache_pump(struct sync *s)
 	if (!cache__next_request(s->cache, platform__mono_ms(), &s->req, &st))
 		return;
 	if (s->req.oom || mqtt__publish(s->mq, s->topic_resync, s->req.p, s->req.len, 1, 0, NULL) != SCRM_OK) {
+		/* Left "in flight": asked again after the snapshot timeout, not
+		 * at once (an immediate retry would spin the loop). */
 		LOG(LOG_WARN, "cache", "cannot send a resync request; will retry", "stream=%s", cache__stream_name(st));
-		cache__reset_requests(s->cache);
 		return;
 	}
 	LOG(LOG_INFO, "cache", "resync requested", "stream=%s request=%s", cache__stream_name(st), s->req.p);
