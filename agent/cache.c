@@ -132,7 +132,9 @@ struct cache {
 	sqlite3_stmt *q_card[4], *q_coupons, *q_act;
 	char refused_detail[240]; /* first record refused alone in the last apply */
 	int replay_gap;           /* the last swap's buffered deltas did not follow */
+	int buf_overflow[ST_COUNT]; /* deltas dropped while a snapshot was built */
 	int64_t unhashed_phones;  /* members stored without a phone hash (no tenant.key) */
+	int data_key_new;         /* data.key was missing: members dropped, to be fetched again */
 };
 
 static void drop_old(cache *c, int st);
@@ -201,6 +203,15 @@ static int migrate(cache *c)
 {
 	sqlite3_stmt *st = NULL;
 	int rc, ver = 0;
+	/* Current schema: nothing to do, and no write lock taken (a reader
+	 * opening during a long chunk transaction must not wait for it). */
+	if (prep(c, c->db, &st, "PRAGMA user_version", 0) == SCRM_OK && sqlite3_step(st) == SQLITE_ROW)
+		ver = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (ver == 1)
+		return SCRM_OK;
+	ver = 0;
 	if ((rc = exec(c, "BEGIN IMMEDIATE")))
 		return rc;
 	if ((rc = prep(c, c->db, &st, "PRAGMA user_version", 0)))
@@ -261,7 +272,7 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	char path[4200], keys[4200], kp[4300];
 	uint8_t key[CRYPTO_KEY_BYTES];
 	cache *c;
-	int rc;
+	int rc, new_key = 0;
 
 	if (!opts)
 		opts = &dflt;
@@ -290,7 +301,14 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	snprintf(kp, sizeof(kp), "%s/data.key", keys);
 	if (opts->create) {
 		platform__mkdirs(keys, 0700);
-		rc = crypto__ensure_key(kp, key);
+		rc = crypto__load_key(kp, key);
+		if (rc == SCRM_E_NOT_FOUND) {
+			/* A new data key cannot open what the old one sealed: if a
+			 * cache exists, its members are dropped below and fetched
+			 * again (a lost key, or a keys_dir that moved). */
+			new_key = access(path, F_OK) == 0;
+			rc = crypto__ensure_key(kp, key);
+		}
 	} else {
 		rc = crypto__load_key(kp, key);
 	}
@@ -323,6 +341,15 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 		goto fail;
 	if ((rc = migrate(c)))
 		goto fail;
+	if (new_key && (rc = exec(c, "BEGIN IMMEDIATE; DELETE FROM members; DELETE FROM delta_buf;"
+				     " DROP TABLE IF EXISTS members__stage;"
+				     " UPDATE streams SET cursor = 0, snap_id = NULL, snap_version = NULL, snap_chunks = NULL,"
+				     " snap_next = NULL, snap_started_ms = NULL WHERE name = 'members';"
+				     " DELETE FROM delta_buf; COMMIT"))) {
+		rollback(c);
+		goto fail;
+	}
+	c->data_key_new = new_key;
 	if (opts->create)
 		for (int i = 0; i < ST_COUNT; i++)
 			drop_old(c, i);
@@ -805,33 +832,33 @@ static int bind_coupon(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 		return err__set(SCRM_E_CRYPTO, "%s: signature does not verify (tampered or not signed by central)", key);
 	if (!(p = cJSON_Parse(signed_it->valuestring)) || !cJSON_IsObject(p)) {
 		rc = err__set(SCRM_E_CRYPTO, "%s: signed: not a JSON object", key);
-		goto cleanup;
+		goto refuse;
 	}
 	snprintf(p2, sizeof(p2), "%ssigned.", path);
 	if ((rc = get_str(p, "type", 16, 1, p2, &type)) || (rc = get_str(p, "id", 48, 1, p2, &id)))
-		goto cleanup;
+		goto refuse;
 	if (strcmp(type, "campaign") != 0 && strcmp(type, "coupon") != 0) {
 		rc = err__set(SCRM_E_INVALID, "%stype: must be campaign or coupon", p2);
-		goto cleanup;
+		goto refuse;
 	}
 	snprintf(want, sizeof(want), "%s:%s", type, id);
 	if (strcmp(want, key) != 0) {
 		rc = err__set(SCRM_E_CRYPTO, "%s: signed record is %s (a valid signature moved to another key?)", key, want);
-		goto cleanup;
+		goto refuse;
 	}
 	if ((rc = get_int(p, "valid_from", 0, MAX_SAFE_INT, 0, 0, p2, &from)) ||
 	    (rc = get_int(p, "valid_to", 0, MAX_SAFE_INT, 0, 0, p2, &to)) ||
 	    (rc = get_int(p, "min_spend", 0, MAX_SAFE_INT, 0, 0, p2, &n)) ||
 	    (rc = get_int(p, "per_member_limit", 0, 1000000, 0, 0, p2, &n)))
-		goto cleanup;
+		goto refuse;
 	sqlite3_bind_text(st, 2, type, -1, SQLITE_TRANSIENT);
 	if (strcmp(type, "coupon") == 0) {
 		if ((rc = get_str(p, "member_id", MAX_KEY, 0, p2, &s)))
-			goto cleanup;
+			goto refuse;
 		if (s)
 			sqlite3_bind_text(st, 3, s, -1, SQLITE_TRANSIENT);
 		if ((rc = get_str(p, "campaign", 48, 0, p2, &s)))
-			goto cleanup;
+			goto refuse;
 		if (s)
 			sqlite3_bind_text(st, 4, s, -1, SQLITE_TRANSIENT);
 	}
@@ -839,6 +866,15 @@ static int bind_coupon(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 		sqlite3_bind_int64(st, 5, to);
 	sqlite3_bind_text(st, 6, signed_it->valuestring, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_blob(st, 7, sig, (int)sig_len, SQLITE_TRANSIENT);
+	goto cleanup;
+refuse:
+	/* Signed by central but unusable: this coupon is refused alone, like a
+	 * bad signature, so one bad record cannot stall the stream. */
+	if (rc == SCRM_E_INVALID) {
+		char detail[300];
+		snprintf(detail, sizeof(detail), "%s", scrm_errmsg());
+		rc = err__set(SCRM_E_CRYPTO, "%s: %s", key, detail);
+	}
 cleanup:
 	cJSON_Delete(p);
 	return rc;
@@ -899,7 +935,19 @@ static int has_table(cache *c, const char *name)
 /* Remove a member from the live tables (and the stages being built: a
  * recos or coupons snapshot made before the erasure must not bring the
  * member's data back when it is swapped in). */
+static int forget_rows_(cache *c, const char *member_id, int staging_members);
+
+/* secure_delete=ON while erasing: FAST leaves freed overflow pages (a
+ * member's doc and sealed fields span them) unwritten. */
 static int forget_rows(cache *c, const char *member_id, int staging_members)
+{
+	sqlite3_exec(c->db, "PRAGMA secure_delete=ON", NULL, NULL, NULL);
+	int rc = forget_rows_(c, member_id, staging_members);
+	sqlite3_exec(c->db, "PRAGMA secure_delete=FAST", NULL, NULL, NULL);
+	return rc;
+}
+
+static int forget_rows_(cache *c, const char *member_id, int staging_members)
 {
 	static const char *const sql[] = {
 		"DELETE FROM members WHERE key = ?1",
@@ -1150,8 +1198,10 @@ static int buffer_delta(cache *c, const struct msg *m, const char *payload, size
 	if (sqlite3_step(q) == SQLITE_ROW)
 		n = sqlite3_column_int64(q, 0);
 	sqlite3_finalize(q);
-	if (n >= MAX_BUFFERED)
-		return SCRM_OK; /* the swap will find a gap and ask again */
+	if (n >= MAX_BUFFERED) {
+		c->buf_overflow[m->st] = 1; /* after the swap: ask again */
+		return SCRM_OK;
+	}
 	/* The delta may carry members' personal fields: kept sealed like
 	 * them (the stream name as associated data), never in clear. */
 	uint8_t *sealed = malloc(len + CRYPTO_SEAL_OVERHEAD);
@@ -1287,10 +1337,29 @@ static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn f
 		}
 		cJSON *root = open_buffered(c, st, q, 2);
 		int64_t n = 0, refused = 0;
+		/* Each in a savepoint: one that cannot apply (never checked when
+		 * it was kept) ends the replay as a gap instead of failing the
+		 * swap over and over. */
+		if ((rc = exec(c, "SAVEPOINT replay"))) {
+			cJSON_Delete(root);
+			break;
+		}
 		rc = root ? apply_ops(c, st, cJSON_GetObjectItemCaseSensitive(root, "ops"), 0, fn, ctx, &n, &refused)
 			  : err__set(SCRM_E_CORRUPT, "cache: buffered delta unreadable");
 		cJSON_Delete(root);
-		if (rc || (rc = set_cursor(c, st, version, refused)))
+		if (rc == SCRM_OK)
+			rc = set_cursor(c, st, version, refused);
+		if (rc == SCRM_E_INVALID || rc == SCRM_E_CORRUPT) {
+			sqlite3_exec(c->db, "ROLLBACK TO replay; RELEASE replay", NULL, NULL, NULL);
+			rc = SCRM_OK;
+			gap = 1;
+			break;
+		}
+		if (rc) {
+			sqlite3_exec(c->db, "ROLLBACK TO replay; RELEASE replay", NULL, NULL, NULL);
+			break;
+		}
+		if ((rc = exec(c, "RELEASE replay")))
 			break;
 		*cursor = version;
 	}
@@ -1358,8 +1427,12 @@ static int apply_chunk(cache *c, const struct msg *m, cache__forget_fn fn, void 
 	if ((rc = read_stream(c, m->st, &r)))
 		goto cleanup;
 	out->cursor = r.cursor;
+	if (m->chunk == 0 && r.staging && strcmp(r.snap_id, m->snapshot) == 0 && r.snap_next > 0) {
+		out->what = CA_IGNORED; /* a redelivery of chunk 0 (QoS 1) */
+		goto cleanup;
+	}
 	if (m->chunk == 0) {
-		/* Chunk 0 always starts the build afresh. */
+		/* Chunk 0 of a snapshot starts the build afresh. */
 		char sql[200];
 		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s\"", stage);
 		if ((rc = exec(c, sql)) || (rc = create_table(c, m->st, stage, 0, 0)))
@@ -1440,10 +1513,12 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 		if (m.is_snapshot) {
 			rc = apply_chunk(c, &m, fn, ctx, out);
 			if (rc == SCRM_OK && out->what != CA_IGNORED) {
-				c->inflight_ms = platform__mono_ms();
-				c->rs[m.st].timeout_ms = c->snap_timeout_ms;
 				if (c->inflight < 0)
 					c->inflight = m.st;
+				if (c->inflight == m.st) {
+					c->inflight_ms = platform__mono_ms();
+					c->rs[m.st].timeout_ms = c->snap_timeout_ms;
+				}
 			}
 			if (rc == SCRM_OK && out->what == CA_SWAPPED) {
 				drop_old(c, m.st);
@@ -1451,8 +1526,9 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 				if (c->inflight == m.st)
 					c->inflight = -1;
 				/* replay_buffered may have found a gap again */
-				if (c->replay_gap)
+				if (c->replay_gap || c->buf_overflow[m.st])
 					want(c, m.st, "gap");
+				c->buf_overflow[m.st] = 0;
 				struct stream_row r;
 				if (read_stream(c, m.st, &r) == SCRM_OK && c->rs[m.st].want == 0 && r.cursor == 0)
 					want(c, m.st, "bootstrap");
@@ -1576,6 +1652,10 @@ int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx,
 				      (long long)(k * per + taken), detail);
 			goto cleanup;
 		}
+		if (out.what == CA_IGNORED) {
+			rc = err__set(SCRM_E_BUSY, "%s: the snapshot was interrupted (is scrm-agent running?)", path);
+			goto cleanup;
+		}
 		*records += out.ops - out.refused;
 		*refused += out.refused;
 	}
@@ -1616,8 +1696,12 @@ int cache__next_request(cache *c, int64_t now, sbuf *out, int *stream)
 			return 0;
 		reason = c->rs[st].reason;
 	}
-	if (read_stream(c, st, &r) != SCRM_OK)
+	if (read_stream(c, st, &r) != SCRM_OK) {
+		/* try again after the timeout rather than at once */
+		c->inflight = st;
+		c->inflight_ms = now;
 		return 0;
+	}
 	if (!strcmp(reason, "resume") && !r.staging)
 		reason = r.cursor ? "gap" : "bootstrap";
 	sbuf__reset(out);
@@ -2065,6 +2149,8 @@ int cache__status(cache *c, sbuf *out)
 	sqlite3_finalize(q);
 	sbuf__puts(out, "],\"tenant_key\":");
 	sbuf__puts(out, c->has_tenant_key ? "true" : "false");
+	sbuf__puts(out, ",\"data_key_new\":");
+	sbuf__puts(out, c->data_key_new ? "true" : "false");
 	sbuf__puts(out, ",\"unhashed_phones\":");
 	sbuf__i64(out, c->unhashed_phones);
 	sbuf__puts(out, ",\"central_key\":");

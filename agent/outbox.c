@@ -216,9 +216,9 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 	if ((rc = exec(ob, "PRAGMA journal_mode=WAL")) ||
 	    (rc = exec(ob, "PRAGMA synchronous=FULL")) ||
 	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
-	    /* Erasure must not leave a member's id in freed cells; FAST costs
-	     * no extra I/O (zeroes only pages being written anyway). */
-	    (rc = exec(ob, "PRAGMA secure_delete=FAST")))
+	    /* Erasure must not leave a member's id in freed cells or freed
+	     * overflow pages (FAST would leave the latter). */
+	    (rc = exec(ob, "PRAGMA secure_delete=ON")))
 		goto cleanup;
 	if ((rc = migrate(ob, device_id)))
 		goto cleanup;
@@ -507,7 +507,7 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 		" WHERE json_extract(body, '$.member_id') = ?1",
 		"DELETE FROM member_activity WHERE member_id = ?1",
 	};
-	int rc;
+	int rc, changed = 0;
 	*redacted = 0;
 	if ((rc = exec(ob, "BEGIN IMMEDIATE")))
 		return rc;
@@ -521,6 +521,7 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 		rc = sqlite3_step(st);
 		if (i == 0)
 			*redacted = sqlite3_changes(ob->db);
+		changed += sqlite3_changes(ob->db);
 		sqlite3_finalize(st);
 		if (rc != SQLITE_DONE) {
 			rc = fail(ob, rc, "redact member");
@@ -530,7 +531,7 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 	rc = exec(ob, "COMMIT");
 	/* The old bodies also sit in WAL frames until they are overwritten:
 	 * checkpoint and truncate the WAL (best effort: readers may hold it). */
-	if (rc == SCRM_OK && *redacted)
+	if (rc == SCRM_OK && changed)
 		sqlite3_exec(ob->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 cleanup:
 	if (rc)

@@ -1804,6 +1804,68 @@ static void open_refusals_and_missing_keys(void **state)
 	free(k);
 }
 
+
+/* Review fixes: a signed but unusable coupon is refused alone; a redelivered
+ * chunk 0 does not restart the build; a lost data key drops the sealed
+ * members and bootstraps them again; a bad buffered delta cannot wedge the
+ * swap. */
+static void robustness_review_cases(void **state)
+{
+	fx *f = *state;
+	cache__outcome o;
+	int64_t cursor = 0;
+
+	/* signed by central, but per_member_limit out of range */
+	char *odd = signed_op("{\"type\":\"coupon\",\"id\":\"C-7\",\"member_id\":\"M1\",\"per_member_limit\":2000000}");
+	char *good = signed_op("{\"type\":\"campaign\",\"id\":\"CAMP\",\"valid_to\":1900000000000}");
+	refused_alone(f, &cursor, odd, good, "coupon:C-7", "per_member_limit");
+	free(odd);
+	free(good);
+
+	/* chunk 0 redelivered in the middle of a build is ignored */
+	char *r1 = member_recs("M1,M2", "gold"), *r2 = member_recs("M3", "gold");
+	assert_int_equal(apply_ok(f, chunk("members", "s-9", 9, 0, 2, r1), &o), CA_CHUNK);
+	assert_int_equal(apply_ok(f, chunk("members", "s-9", 9, 0, 2, r1), &o), CA_IGNORED);
+	assert_int_equal(apply_ok(f, chunk("members", "s-9", 9, 1, 2, r2), &o), CA_SWAPPED);
+	assert_int_equal(status_int(f, "members", "rows"), 3);
+	free(r1);
+	free(r2);
+
+	/* a buffered delta that cannot apply ends the replay as a gap */
+	r1 = member_recs("M1", "gold");
+	assert_int_equal(apply_ok(f, chunk("members", "s-10", 20, 0, 2, r1), &o), CA_CHUNK);
+	char *bad = delta("members", 20, 21, "{\"op\":\"upsert\",\"key\":\"M5\",\"data\":{\"member_id\":\"M5\",\"tier\":7}}");
+	assert_int_equal(apply_ok(f, bad, &o), CA_BUFFERED);
+	r2 = member_recs("M2", "gold");
+	assert_int_equal(apply_ok(f, chunk("members", "s-10", 20, 1, 2, r2), &o), CA_SWAPPED);
+	assert_int_equal(status_int(f, "members", "cursor"), 20);
+	assert_int_equal(status_int(f, "members", "rows"), 2);
+	sbuf req;
+	int st = -1;
+	sbuf__init(&req);
+	cache__reset_requests(f->c);
+	assert_int_equal(cache__next_request(f->c, platform__mono_ms() + 10 * TIMEOUT_MS, &req, &st), 1);
+	assert_int_equal(st, ST_MEMBERS);
+	assert_non_null(strstr(req.p, "\"reason\":\"gap\""));
+	sbuf__free(&req);
+	free(r1);
+	free(r2);
+
+	/* the data key is lost: members are dropped and fetched again */
+	cache__close(f->c);
+	f->c = NULL;
+	char *k = tu_join(f->keys, "data.key");
+	assert_int_equal(unlink(k), 0);
+	free(k);
+	open_cache(f);
+	assert_int_equal(status_int(f, "members", "cursor"), 0);
+	assert_int_equal(status_int(f, "members", "rows"), 0);
+	sbuf__init(&req);
+	assert_int_equal(cache__status(f->c, &req), SCRM_OK);
+	assert_non_null(strstr(req.p, "\"data_key_new\":true"));
+	sbuf__free(&req);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -1826,6 +1888,7 @@ int main(int argc, char **argv)
 		T(scan_honours_tracking_consent),
 		T(load_snapshot_files),
 		T(open_refusals_and_missing_keys),
+		T(robustness_review_cases),
 	};
 	return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
 }
