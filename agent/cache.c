@@ -336,7 +336,8 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	sqlite3_busy_timeout(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
 	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
 	 * deltas, never consistency; the cursor moves with the data). */
-	if ((rc = exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;"
+	if ((rc = db__set_wal(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000, "cache")) ||
+	    (rc = exec(c, "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;"
 			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
 		goto fail;
 	if ((rc = migrate(c)))

@@ -213,7 +213,7 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 	sqlite3_busy_timeout(ob->db, busy_ms > 0 ? busy_ms : 5000);
 	/* WAL lets the daemon read while the POS writes; FULL makes every
 	 * commit durable before the capture call returns. */
-	if ((rc = exec(ob, "PRAGMA journal_mode=WAL")) ||
+	if ((rc = db__set_wal(ob->db, busy_ms > 0 ? busy_ms : 5000, "outbox")) ||
 	    (rc = exec(ob, "PRAGMA synchronous=FULL")) ||
 	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
 	    /* Erasure must not leave a member's id in freed cells or freed

@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <errno.h>
 #include <time.h>
 
 static platform__clock_fn fake_wall, fake_mono;
@@ -49,4 +50,11 @@ void platform__boot_id(char out[37])
 	if (n != 36)
 		memcpy(out, "00000000-0000-0000-0000-000000000000", 36);
 	out[36] = '\0';
+}
+
+void platform__sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
 }

@@ -17,6 +17,8 @@
 int64_t platform__wall_ms(void);
 /* Monotonic clock including suspend (CLOCK_BOOTTIME), ms since boot. */
 int64_t platform__mono_ms(void);
+/* Sleep ms milliseconds (restarted after signals). */
+void platform__sleep_ms(int ms);
 /* Kernel boot id (36 chars + NUL); "unknown" padding if unavailable. */
 void platform__boot_id(char out[37]);
 

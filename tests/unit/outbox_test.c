@@ -875,12 +875,45 @@ static void disk_full_via_max_page_count(void **state)
 	free(check);
 }
 
+
+/* The agent and a POS starting together both create the store: switching a
+ * brand-new file to WAL returned BUSY without waiting (CI saw "PRAGMA
+ * journal_mode=WAL: database is locked"). Both opens must succeed. */
+static void concurrent_creation_both_succeed(void **state)
+{
+	fx *f = *state;
+	for (int i = 0; i < 40; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "race%d", i);
+		char *dir = tu_join(f->dir, name);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			outbox *ob = NULL;
+			int rc = outbox__open(dir, "pos-01", 5000, &ob);
+			outbox__close(ob);
+			_exit(rc == SCRM_OK ? 0 : 1);
+		}
+		outbox *ob = NULL;
+		int rc = outbox__open(dir, "pos-01", 5000, &ob);
+		if (rc != SCRM_OK)
+			print_error("parent open: %s\n", scrm_errmsg());
+		assert_int_equal(rc, SCRM_OK);
+		outbox__close(ob);
+		int status = 0;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		free(dir);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		T(create_then_reopen_keeps_device),
+		T(concurrent_creation_both_succeed),
 		T(created_directories_are_private),
 		T(device_mismatch_refused),
 		T(open_missing_store_without_device_creates_nothing),
