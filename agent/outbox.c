@@ -216,9 +216,9 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 	if ((rc = db__set_wal(ob->db, busy_ms > 0 ? busy_ms : 5000, "outbox")) ||
 	    (rc = exec(ob, "PRAGMA synchronous=FULL")) ||
 	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
-	    /* Erasure must not leave a member's id in freed cells or freed
-	     * overflow pages (FAST would leave the latter). */
-	    (rc = exec(ob, "PRAGMA secure_delete=ON")))
+	    /* Freed cells are zeroed at no extra I/O; an erasure switches to ON
+	     * for its own statements (FAST leaves freed overflow pages). */
+	    (rc = exec(ob, "PRAGMA secure_delete=FAST")))
 		goto cleanup;
 	if ((rc = migrate(ob, device_id)))
 		goto cleanup;
@@ -509,8 +509,12 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 	};
 	int rc, changed = 0;
 	*redacted = 0;
-	if ((rc = exec(ob, "BEGIN IMMEDIATE")))
+	if ((rc = exec(ob, "PRAGMA secure_delete=ON")))
 		return rc;
+	if ((rc = exec(ob, "BEGIN IMMEDIATE"))) {
+		exec(ob, "PRAGMA secure_delete=FAST");
+		return rc;
+	}
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 		sqlite3_stmt *st = NULL;
 		if ((rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL)) != SQLITE_OK) {
@@ -536,6 +540,7 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 cleanup:
 	if (rc)
 		rollback(ob);
+	sqlite3_exec(ob->db, "PRAGMA secure_delete=FAST", NULL, NULL, NULL);
 	return rc;
 }
 
