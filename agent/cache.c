@@ -1281,7 +1281,9 @@ static int set_snap(cache *c, int st, const char *id, int64_t version, int64_t c
 	sqlite3_stmt *q = NULL;
 	int rc = prep(c, c->db, &q,
 		      "UPDATE streams SET snap_id = ?2, snap_version = ?3, snap_chunks = ?4, snap_next = ?5,"
-		      " snap_refused = ?6, snap_started_ms = coalesce(snap_started_ms, ?7) WHERE name = ?1",
+		      " snap_refused = ?6,"
+		      " snap_started_ms = CASE WHEN ?2 IS NULL THEN NULL ELSE coalesce(snap_started_ms, ?7) END"
+		      " WHERE name = ?1",
 		      0);
 	if (rc)
 		return rc;
@@ -1296,11 +1298,7 @@ static int set_snap(cache *c, int st, const char *id, int64_t version, int64_t c
 	}
 	rc = sqlite3_step(q);
 	sqlite3_finalize(q);
-	if (rc != SQLITE_DONE)
-		return fail(c, rc, "record snapshot progress");
-	if (!id)
-		return exec(c, "UPDATE streams SET snap_started_ms = NULL WHERE snap_id IS NULL");
-	return SCRM_OK;
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "record snapshot progress");
 }
 
 /* A buffered delta (sealed by buffer_delta) parsed, or NULL. */
@@ -1530,9 +1528,6 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 				if (c->replay_gap || c->buf_overflow[m.st])
 					want(c, m.st, "gap");
 				c->buf_overflow[m.st] = 0;
-				struct stream_row r;
-				if (read_stream(c, m.st, &r) == SCRM_OK && c->rs[m.st].want == 0 && r.cursor == 0)
-					want(c, m.st, "bootstrap");
 			}
 		} else {
 			rc = apply_delta(c, &m, payload, len, fn, ctx, out);

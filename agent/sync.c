@@ -382,13 +382,11 @@ static void cache_pump(struct sync *s)
 	LOG(LOG_INFO, "cache", "resync requested", "stream=%s request=%s", cache__stream_name(st), s->req.p);
 }
 
-static void on_cache(struct sync *s, const char *topic, const char *payload, size_t len)
+/* `stream`: the topic's last level (cache_topic), borrowed. */
+static void on_cache(struct sync *s, const char *topic, const char *stream, const char *payload, size_t len)
 {
-	const char *stream = cache_topic(topic, s->cfg->store_prefix);
 	cache__outcome o;
 	char q[600];
-	if (!stream)
-		stream = cache_topic(topic, s->cfg->topic_prefix);
 	int rc = cache__apply(s->cache, stream, payload, len, forget_in_outbox, s, &o);
 	if (rc != SCRM_OK) {
 		LOG(LOG_WARN, "cache", "cache delta refused", "topic=%s bytes=%zu err=%s", topic, len,
@@ -515,15 +513,17 @@ static void handle_mqtt(struct sync *s)
 		case MQ_PUBLISH_FAILED:
 			LOG(LOG_WARN, "sync", "publish not acknowledged by the broker", "code=%d", e->code);
 			break;
-		case MQ_MESSAGE:
+		case MQ_MESSAGE: {
+			const char *stream = NULL;
 			if (strcmp(e->topic, s->topic_ack) == 0)
 				on_ack(s, e->payload, e->len);
-			else if (s->cache && (cache_topic(e->topic, s->cfg->store_prefix) ||
-					      cache_topic(e->topic, s->cfg->topic_prefix)))
-				on_cache(s, e->topic, e->payload, e->len);
+			else if (s->cache && ((stream = cache_topic(e->topic, s->cfg->store_prefix)) ||
+					      (stream = cache_topic(e->topic, s->cfg->topic_prefix))))
+				on_cache(s, e->topic, stream, e->payload, e->len);
 			else
 				LOG(LOG_DEBUG, "sync", "ignoring message on unknown topic", "topic=%s", e->topic);
 			break;
+		}
 		}
 		mqtt__event_free(e);
 	}
