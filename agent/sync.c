@@ -107,6 +107,16 @@ static void start_connect(struct sync *s)
 	}
 }
 
+int64_t sync__batch_base(int64_t outbox_oldest, int64_t inflight_first, int64_t first)
+{
+	int64_t base = first;
+	if (inflight_first > 0 && inflight_first < base)
+		base = inflight_first;
+	if (outbox_oldest > 0 && outbox_oldest < base)
+		base = outbox_oldest;
+	return base;
+}
+
 /* Publish batches while the window has room. */
 static void pump(struct sync *s)
 {
@@ -133,8 +143,12 @@ static void pump(struct sync *s)
 			return;
 		}
 		/* base: every seq below it is acknowledged; lets central tell a
-		 * hole it must wait for from events it already acknowledged. */
-		int64_t base = s->base > 0 && s->base < b->first ? s->base : b->first;
+		 * hole it must wait for from events it already acknowledged.
+		 * s->base is 0 when the outbox was empty at the last ack: then the
+		 * oldest unacknowledged event is the first of the oldest batch still
+		 * in flight, never this batch's first (claiming that would let a
+		 * central that lost the earlier batch skip past it). */
+		int64_t base = sync__batch_base(s->base, s->nwin > 0 ? s->win[0].first : 0, b->first);
 		sbuf__reset(&s->buf);
 		sbuf__puts(&s->buf, "{\"v\":1,\"batch\":\"");
 		sbuf__puts(&s->buf, b->id);

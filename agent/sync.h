@@ -38,6 +38,13 @@ typedef struct sync__ack {
 int sync__parse_ack(const char *payload, size_t len, sync__ack *ack);
 void sync__ack_free(sync__ack *ack);
 
+/* The `base` of a batch about to be published (every seq below it has been
+ * acknowledged by central): the lowest of `outbox_oldest` (oldest pending
+ * seq at the last ack or go-back, 0 if the outbox was empty then),
+ * `inflight_first` (first seq of the oldest batch still unacknowledged, 0 if
+ * none) and `first` (this batch's first seq); zeros are ignored. Pure. */
+int64_t sync__batch_base(int64_t outbox_oldest, int64_t inflight_first, int64_t first);
+
 /* Run until SIGTERM/SIGINT (clean exit, 0) or a fatal error (non-zero).
  * Signals must already be blocked in all threads (sigmask inherited). */
 int sync__run(const config *cfg);

@@ -189,6 +189,26 @@ static void huge_rejected_seq_is_ignored(void **state)
 	assert_pending(f, "1,2,3,4,5,6,7,8,9,10");
 }
 
+/* A batch's base never claims an in-flight event as acknowledged. CI saw
+ * the old rule (base = first when the outbox was empty at the last ack)
+ * tell central that seq 147 was acked while it was only in flight; a
+ * central following the protocol would then skip it for good. */
+static void batch_base_never_claims_in_flight_events(void **state)
+{
+	(void)state;
+	/* outbox empty at the last ack, [147] in flight, now [148] */
+	assert_int_equal(sync__batch_base(0, 147, 148), 147);
+	/* nothing in flight, outbox empty at the last ack: the batch itself */
+	assert_int_equal(sync__batch_base(0, 0, 148), 148);
+	/* the oldest pending as read wins when it is lower */
+	assert_int_equal(sync__batch_base(100, 147, 148), 100);
+	/* after a go-back the window is empty: the outbox's oldest */
+	assert_int_equal(sync__batch_base(146, 0, 146), 146);
+	/* a stale oldest above this batch never raises the base */
+	assert_int_equal(sync__batch_base(200, 0, 148), 148);
+	assert_int_equal(sync__batch_base(200, 150, 160), 150);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -199,6 +219,7 @@ int main(int argc, char **argv)
 		T(malformed_acks_change_nothing),
 		T(fractional_seqs_are_malformed),
 		T(huge_rejected_seq_is_ignored),
+		cmocka_unit_test(batch_base_never_claims_in_flight_events),
 	};
 	return cmocka_run_group_tests_name("sync_ack", tests, NULL, NULL);
 }
