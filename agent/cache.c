@@ -135,6 +135,9 @@ struct cache {
 	int buf_overflow[ST_COUNT]; /* deltas dropped while a snapshot was built */
 	int64_t unhashed_phones;  /* members stored without a phone hash (no tenant.key) */
 	int data_key_new;         /* data.key was missing: members dropped, to be fetched again */
+	char policy[1024];        /* the daemon's guide/lifecycle settings (JSON), "" = defaults */
+	sqlite3_stmt *q_profile;
+	sqlite3_stmt *slots[CACHE_STMT_SLOTS]; /* cache__stmt */
 };
 
 static void drop_old(cache *c, int st);
@@ -356,6 +359,7 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 			drop_old(c, i);
 	meta_get(c, "tenant", c->tenant, sizeof(c->tenant));
 	meta_get(c, "phone_cc", c->phone_cc, sizeof(c->phone_cc));
+	meta_get(c, "policy", c->policy, sizeof(c->policy));
 
 	/* The outbox's local purchase history (read only; absent is fine). */
 	snprintf(path, sizeof(path), "%s/outbox.db", dir);
@@ -401,6 +405,9 @@ void cache__close(cache *c)
 		sqlite3_finalize(c->q_card[i]);
 	sqlite3_finalize(c->q_coupons);
 	sqlite3_finalize(c->q_act);
+	sqlite3_finalize(c->q_profile);
+	for (int i = 0; i < CACHE_STMT_SLOTS; i++)
+		sqlite3_finalize(c->slots[i]);
 	if (c->db)
 		sqlite3_close_v2(c->db);
 	if (c->act)
@@ -430,6 +437,51 @@ int cache__set_identity(cache *c, const char *tenant, const char *phone_cc)
 	snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
 	snprintf(c->phone_cc, sizeof(c->phone_cc), "%s", phone_cc ? phone_cc : "");
 	return rc;
+}
+
+int cache__set_policy(cache *c, const char *policy_json)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = prep(c, c->db, &st, "INSERT OR REPLACE INTO meta(k, v) VALUES ('policy', ?1)", 0);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, policy_json, -1, SQLITE_STATIC);
+	int e = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (e != SQLITE_DONE)
+		return fail(c, e, "write meta");
+	snprintf(c->policy, sizeof(c->policy), "%s", policy_json);
+	return SCRM_OK;
+}
+
+const char *cache__policy(const cache *c)
+{
+	return c->policy;
+}
+
+sqlite3 *cache__db(cache *c)
+{
+	return c->db;
+}
+
+sqlite3_stmt *cache__stmt(cache *c, int slot, const char *sql)
+{
+	if (slot < 0 || slot >= CACHE_STMT_SLOTS)
+		return NULL;
+	if (!c->slots[slot] && prep(c, c->db, &c->slots[slot], sql, 1) != SCRM_OK)
+		return NULL;
+	sqlite3_reset(c->slots[slot]);
+	sqlite3_clear_bindings(c->slots[slot]);
+	return c->slots[slot];
+}
+
+int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, size_t sig_len)
+{
+	if (!c->central)
+		return err__set(SCRM_E_CONFIG, "signature: cannot verify: %s", c->central_err);
+	if (crypto__verify(c->central, msg, n, sig, sig_len) != SCRM_OK)
+		return err__set(SCRM_E_CRYPTO, "signature: does not verify (tampered, or not signed by central)");
+	return SCRM_OK;
 }
 
 void cache__checkpoint(cache *c)
@@ -2084,6 +2136,34 @@ int cache__member_card(cache *c, scrm_member_key by, const char *value, sbuf *ou
 	sbuf__puts(out, text);
 	free(text);
 	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+int cache__member_profile(cache *c, const char *member_id, int64_t now, cJSON **out, int *tracking)
+{
+	int rc;
+	*out = NULL;
+	if (!member_id || !key_ok(member_id))
+		return err__set(SCRM_E_INVALID, "member_id: 1..64 of [A-Za-z0-9_.:>-]");
+	if (!c->q_profile && (rc = prep(c, c->db, &c->q_profile, "SELECT tracking, doc FROM members WHERE key = ?1", 1)))
+		return rc;
+	sqlite3_reset(c->q_profile);
+	sqlite3_bind_text(c->q_profile, 1, member_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(c->q_profile);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(c->q_profile);
+		if (rc == SQLITE_DONE)
+			return err__set(SCRM_E_NOT_FOUND, "member_id: no member %s in the cache", member_id);
+		return fail(c, rc, "member look-up");
+	}
+	if (tracking)
+		*tracking = sqlite3_column_int(c->q_profile, 0);
+	cJSON *root = cJSON_Parse((const char *)sqlite3_column_text(c->q_profile, 1));
+	sqlite3_reset(c->q_profile);
+	if (!root)
+		return err__set(SCRM_E_CORRUPT, "cache: member %s: stored profile unreadable", member_id);
+	add_local(c, member_id, root, now);
+	*out = root;
+	return SCRM_OK;
 }
 
 int cache__status(cache *c, sbuf *out)

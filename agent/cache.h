@@ -125,6 +125,33 @@ int cache__member_card(cache *c, scrm_member_key by, const char *value, sbuf *ou
 /* Per-stream status as JSON: {"streams":[{"stream","cursor","rows",...}]}. */
 int cache__status(cache *c, sbuf *out);
 
+/* The guide/lifecycle policy (JSON object, see guide.h) the daemon copies
+ * from its config for library readers; "" until it has. */
+int cache__set_policy(cache *c, const char *policy_json);
+const char *cache__policy(const cache *c);
+
+/* The member's cached profile (no personal fields) with this device's
+ * purchases central has not reflected merged in, as the card's "local",
+ * "stats" and "recent" (protocol.md "Member card"). *out owned by the caller
+ * (cJSON_Delete). SCRM_E_NOT_FOUND if no such member. */
+struct cJSON;
+int cache__member_profile(cache *c, const char *member_id, int64_t now, struct cJSON **out, int *tracking);
+
+/* The cache's connection, for read-only queries by the guide module (same
+ * thread rule as the handle). */
+struct sqlite3;
+struct sqlite3 *cache__db(cache *c);
+
+/* A statement on the cache's connection prepared once and kept for the
+ * handle's life, reset and unbound; slot = the caller's fixed number for
+ * that SQL (0..CACHE_STMT_SLOTS-1). NULL on error (reason set). */
+#define CACHE_STMT_SLOTS 16
+struct sqlite3_stmt;
+struct sqlite3_stmt *cache__stmt(cache *c, int slot, const char *sql);
+
+/* Verify central's signature over msg (DER sig). SCRM_E_CRYPTO / _CONFIG. */
+int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, size_t sig_len);
+
 /* Passive WAL checkpoint (daemon idle). */
 void cache__checkpoint(cache *c);
 

@@ -5,6 +5,7 @@
 #include <scrm/scrm.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int usage_err(char *err, size_t n, const char *fmt, const char *arg)
@@ -84,6 +85,138 @@ static int parse_cache_cmds(const char *cmd, int argc, char **argv, int i, cli__
 	return 0;
 }
 
+static int parse_num(const char *s, long lo, long hi, long *out)
+{
+	char *end;
+	if (!s || !*s)
+		return -1;
+	long v = strtol(s, &end, 10);
+	if (*end || v < lo || v > hi)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* reco / coupons / redeem / redemptions */
+static int parse_guide_cmds(const char *cmd, int argc, char **argv, int i, cli__args *a, char *err, size_t n)
+{
+	static const char *const topic[] = {"reco", "coupons", "redeem", "redemptions"};
+	int k = strcmp(cmd, "reco") == 0 ? 0 : strcmp(cmd, "coupons") == 0 ? 1 : strcmp(cmd, "redeem") == 0 ? 2 : 3;
+	a->cmd = k == 0 ? CLI_RECO : k == 1 ? CLI_COUPONS : k == 2 ? CLI_REDEEM : CLI_REDEMPTIONS;
+	for (; i < argc && argv[i]; i++) {
+		const char *o = argv[i];
+		const char **slot = NULL;
+		if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+			a->cmd = CLI_HELP;
+			a->topic = topic[k];
+			return 0;
+		}
+		if (strcmp(o, "--json") == 0) {
+			a->json = 1;
+			continue;
+		}
+		if (k != 3 && strcmp(o, "--member") == 0)
+			slot = &a->member;
+		else if (k != 3 && strcmp(o, "--basket") == 0)
+			slot = &a->basket;
+		else if ((k == 0 || k == 2) && strcmp(o, "--guide") == 0)
+			slot = &a->guide;
+		else if ((k == 1 || k == 2) && strcmp(o, "--currency") == 0)
+			slot = &a->currency;
+		else if (k == 2 && strcmp(o, "--coupon") == 0)
+			slot = &a->coupon;
+		else if (k == 2 && strcmp(o, "--order") == 0)
+			slot = &a->order;
+		else if ((k == 0 && strcmp(o, "--n") == 0) || (k == 3 && strcmp(o, "--limit") == 0)) {
+			long v;
+			if (i + 1 >= argc || parse_num(argv[i + 1], 1, k == 0 ? 50 : 100000, &v) != 0) {
+				snprintf(err, n, "%s: %s needs a number from 1 to %d", cmd, o, k == 0 ? 50 : 100000);
+				return 2;
+			}
+			a->n = (int)v;
+			i++;
+			continue;
+		} else {
+			snprintf(err, n, "%s: unknown argument '%.64s'", cmd, o);
+			return 2;
+		}
+		if (i + 1 >= argc || !argv[i + 1] || !argv[i + 1][0]) {
+			snprintf(err, n, "%s: %s needs a value", cmd, o);
+			return 2;
+		}
+		*slot = argv[++i];
+	}
+	if (k == 2) {
+		const char *miss = !a->coupon ? "--coupon" : !a->order ? "--order" : !a->basket ? "--basket" : !a->currency ? "--currency" : NULL;
+		if (miss) {
+			snprintf(err, n, "redeem: %s is required", miss);
+			return 2;
+		}
+	}
+	return 0;
+}
+
+int cli__parse_basket(const char *spec, struct scrm_line *lines, size_t cap, size_t *nout, char *buf, size_t bufcap,
+		      char *err, size_t errlen)
+{
+	size_t n = 0, used = 0;
+	const char *p = spec;
+	*nout = 0;
+	if (!spec || !*spec) {
+		snprintf(err, errlen, "basket: empty (give SKU[:QTY[:UNIT_PRICE]],...)");
+		return 2;
+	}
+	while (*p) {
+		const char *e = strchr(p, ',');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		char item[200];
+		if (len == 0 || len >= sizeof(item)) {
+			snprintf(err, errlen, "basket item %zu: %s", n + 1, len ? "too long" : "empty");
+			return 2;
+		}
+		if (n == cap) {
+			snprintf(err, errlen, "basket: more than %zu items", cap);
+			return 2;
+		}
+		memcpy(item, p, len);
+		item[len] = '\0';
+		char *f1 = strchr(item, ':'), *f2 = NULL;
+		if (f1) {
+			*f1++ = '\0';
+			if ((f2 = strchr(f1, ':')))
+				*f2++ = '\0';
+		}
+		size_t sl = strlen(item);
+		if (sl == 0 || sl > 64) {
+			snprintf(err, errlen, "basket item %zu: the SKU must be 1..64 characters", n + 1);
+			return 2;
+		}
+		if (used + sl + 1 > bufcap) {
+			snprintf(err, errlen, "basket: too long");
+			return 2;
+		}
+		long qty = 1, price = 0;
+		if ((f1 && parse_num(f1, 1, 1000000, &qty) != 0) || (f2 && parse_num(f2, 0, 2000000000L, &price) != 0)) {
+			snprintf(err, errlen, "basket item %zu (%.64s): QTY must be 1..1000000 and UNIT_PRICE 0.. (minor units)", n + 1, item);
+			return 2;
+		}
+		memcpy(buf + used, item, sl + 1);
+		memset(&lines[n], 0, sizeof(lines[n]));
+		lines[n].sku = buf + used;
+		lines[n].qty = qty;
+		lines[n].unit_price = price;
+		used += sl + 1;
+		n++;
+		p = e ? e + 1 : p + len;
+		if (e && !*p) {
+			snprintf(err, errlen, "basket: trailing comma");
+			return 2;
+		}
+	}
+	*nout = n;
+	return 0;
+}
+
 int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
 {
 	int i = 1;
@@ -113,18 +246,23 @@ int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
 		}
 	}
 	if (i >= argc || !argv[i])
-		return usage_err(err, n, "a command is needed (record, status, member, cache, help)%s", NULL);
+		return usage_err(err, n, "a command is needed (record, status, member, cache, reco, coupons, redeem, redemptions, help)%s", NULL);
 	const char *cmd = argv[i++];
 	if (strcmp(cmd, "help") == 0) {
 		a->cmd = CLI_HELP;
 		a->topic = i < argc && argv[i] ? argv[i] : "";
 		if (*a->topic && strcmp(a->topic, "record") != 0 && strcmp(a->topic, "status") != 0 &&
-		    strcmp(a->topic, "member") != 0 && strcmp(a->topic, "cache") != 0)
+		    strcmp(a->topic, "member") != 0 && strcmp(a->topic, "cache") != 0 && strcmp(a->topic, "reco") != 0 &&
+		    strcmp(a->topic, "coupons") != 0 && strcmp(a->topic, "redeem") != 0 &&
+		    strcmp(a->topic, "redemptions") != 0)
 			return usage_err(err, n, "help: unknown command '%.64s'", a->topic);
 		return 0;
 	}
 	if (strcmp(cmd, "member") == 0 || strcmp(cmd, "cache") == 0)
 		return parse_cache_cmds(cmd, argc, argv, i, a, err, n);
+	if (strcmp(cmd, "reco") == 0 || strcmp(cmd, "coupons") == 0 || strcmp(cmd, "redeem") == 0 ||
+	    strcmp(cmd, "redemptions") == 0)
+		return parse_guide_cmds(cmd, argc, argv, i, a, err, n);
 	if (strcmp(cmd, "record") == 0)
 		a->cmd = CLI_RECORD;
 	else if (strcmp(cmd, "status") == 0)

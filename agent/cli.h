@@ -17,6 +17,10 @@ typedef enum cli__command {
 	CLI_MEMBER_SHOW,  /* member show --id|--card|--phone|--qr VALUE [--scan [--guide G]] */
 	CLI_CACHE_STATUS, /* cache status */
 	CLI_CACHE_LOAD,   /* cache load FILE... */
+	CLI_RECO,         /* reco [--member ID] [--basket B] [--n N] [--guide G] */
+	CLI_COUPONS,      /* coupons [--member ID] [--basket B] [--currency C] */
+	CLI_REDEEM,       /* redeem --coupon C --order O --basket B --currency C [--member ID] [--guide G] */
+	CLI_REDEMPTIONS,  /* redemptions [--limit N] */
 } cli__command;
 
 typedef struct cli__args {
@@ -33,7 +37,17 @@ typedef struct cli__args {
 	const char *guide;  /* --guide */
 	char **files;       /* cache load: the files (borrowed from argv) */
 	int n_files;
+	/* reco, coupons, redeem, redemptions */
+	const char *member, *basket, *currency, *coupon, *order;
+	int n;              /* reco --n, redemptions --limit; 0 = default */
 } cli__args;
+
+/* A basket given on the command line: "SKU[:QTY[:UNIT_PRICE]],..." (QTY
+ * default 1, price default 0, minor units). SKUs are copied into buf and
+ * lines point into it. 0, or 2 with the reason in err (naming the item). */
+struct scrm_line;
+int cli__parse_basket(const char *spec, struct scrm_line *lines, size_t cap, size_t *n, char *buf, size_t bufcap,
+		      char *err, size_t errlen);
 
 /* Parse argv. 0 on success; 2 on a usage error with a one-line reason in
  * err (naming the option or argument). argv strings are borrowed. */

@@ -58,11 +58,20 @@ static const struct ckey keys[] = {
 	I("cache.max_message_bytes", cache_max_message_bytes, 4194304, 65536, 67108864, "Largest cache delta or snapshot chunk accepted; larger ones are refused"),
 	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
 	I("cache.activity_days", activity_days, 90, 1, 3650, "Keep this device's record of members' purchases this many days"),
+	I("guide.just_bought_days", just_bought_days, 14, 0, 3650, "Do not suggest what the member bought this recently (0 = never filter)"),
+	I("guide.history_days", history_days, 365, 1, 3650, "Purchases this recent feed the member's suggestions"),
+	I("guide.history_half_life_days", half_life_days, 30, 1, 3650, "A purchase this old counts half as much in suggestions"),
+	I("guide.attribution_window_ms", attribution_window_ms, 7200000, 0, 604800000, "A member's purchase within this long after a recommendation is credited to its guide (0 = off)"),
+	I("guide.online_fresh_ms", online_fresh_ms, 90000, 10000, 3600000, "Central counts as reachable (online-only coupons allowed) if the daemon was connected this recently"),
+	I("lifecycle.new_days", new_days, 30, 1, 3650, "A member whose first purchase is this recent (or who never bought) is new"),
+	I("lifecycle.sleeping_days", sleeping_days, 90, 1, 3650, "No purchase for this long: sleeping"),
+	I("lifecycle.lost_days", lost_days, 365, 1, 36500, "No purchase for this long: lost"),
+	I("lifecycle.churn_factor_pct", churn_factor_pct, 250, 100, 10000, "Churn risk when the days since the last purchase exceed this % of the member's usual gap between purchases"),
 	S("log.level", log_level, "info", 0, "error, warn, info or debug"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"broker", "sync", "cache", "log"};
+static const char *const sections[] = {"broker", "sync", "cache", "guide", "lifecycle", "log"};
 
 /* Line of a key in the text: each part of the dotted path is searched
  * after the previous one, so "broker.window" points at the "window" inside

@@ -27,6 +27,8 @@ typedef struct config {
 	int cache_enabled;
 	char *keys_dir, *phone_cc;
 	int64_t cache_max_message_bytes, snapshot_timeout_ms, activity_days;
+	int64_t just_bought_days, history_days, half_life_days, attribution_window_ms, online_fresh_ms;
+	int64_t new_days, sleeping_days, lost_days, churn_factor_pct;
 	/* log */
 	char *log_level;
 	/* derived */

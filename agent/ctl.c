@@ -40,6 +40,13 @@ static void usage_main(FILE *f)
 		"                                       a member's profile card from the offline cache\n"
 		"  cache status [--json]                cache streams: cursor, rows, age, snapshot progress\n"
 		"  cache load FILE...                   seed the cache from snapshot files (agent stopped)\n"
+		"  reco [--member ID] [--basket B] [--n N] [--guide G] [--json]\n"
+		"                                       what to suggest, why, stage, next best action\n"
+		"  coupons [--member ID] [--basket B] [--currency C] [--json]\n"
+		"                                       coupons that apply to the basket, and why not\n"
+		"  redeem --coupon C --order O --basket B --currency C [--member ID] [--guide G] [--json]\n"
+		"                                       spend a coupon (works offline; reserved locally)\n"
+		"  redemptions [--limit N] [--json]     coupons spent here and central's verdicts\n"
 		"  help [COMMAND]                       help on a command\n"
 		"\n"
 		"  --store DIR   store directory (default $SCRM_STORE or /var/lib/scrm)\n"
@@ -101,6 +108,31 @@ static void usage_cache(FILE *f)
 		"load: applies snapshot files (JSON lines; docs/protocol.md, \"Snapshot file\")\n"
 		"exactly as if central had sent them: each file replaces its stream\n"
 		"atomically. For seeding a store before go-live; stop scrm-agent first.\n");
+}
+
+static void usage_guide(FILE *f)
+{
+	fprintf(f,
+		"Usage: scrmctl [--store DIR] [--keys DIR] reco [--member ID] [--basket B] [--n N] [--guide G] [--json]\n"
+		"       scrmctl [--store DIR] [--keys DIR] coupons [--member ID] [--basket B] [--currency C] [--json]\n"
+		"       scrmctl [--store DIR] [--keys DIR] redeem --coupon C --order O --basket B --currency C\n"
+		"                                         [--member ID] [--guide G] [--json]\n"
+		"       scrmctl [--store DIR] redemptions [--limit N] [--json]\n"
+		"\n"
+		"B is the basket: SKU[:QTY[:UNIT_PRICE]],... (price in minor units), e.g.\n"
+		"  --basket 22423:1:1275,85123A:2:255\n"
+		"reco: ranked suggestions for a member (rules on their purchases and the basket,\n"
+		"central's list, boosted by tags and preferences; what is out of stock or was\n"
+		"just bought is left out) or for an anonymous basket, each with its reason; the\n"
+		"member's lifecycle stage, next best action, coupon and talk track. With\n"
+		"--guide the list is recorded so a sale that follows is credited to the guide.\n"
+		"coupons: the member's coupons and public campaigns, which apply to the basket\n"
+		"now and their value, and the reason for each that does not.\n"
+		"redeem: checks the coupon's signature and rules again and marks it used on\n"
+		"this device in the same transaction as the coupon_redeem event (two tills\n"
+		"cannot spend it twice). C is a coupon id, its code, or a public campaign id.\n"
+		"Exit 1 with the reason if refused. Central's verdict comes later:\n"
+		"redemptions: pending / accepted / rejected (with the reason) per redemption.\n");
 }
 
 static void age(char *buf, size_t n, int64_t ms)
@@ -457,6 +489,207 @@ static int cmd_cache_load(const struct opts *o, const cli__args *a)
 	return failed;
 }
 
+static void fail_msg(const char *cmd, int rc)
+{
+	fprintf(stderr, "scrmctl: %s: %s\n", cmd, scrm_errmsg()[0] ? scrm_errmsg() : scrm_strerror(rc));
+}
+
+#define MAX_CLI_BASKET 1000
+
+static int cmd_reco(const struct opts *o, const cli__args *a)
+{
+	static scrm_line lines[MAX_CLI_BASKET];
+	static char buf[MAX_CLI_BASKET * 66];
+	size_t nl = 0;
+	char err[200], *json = NULL;
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	int rc;
+	if (a->basket && cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
+		fprintf(stderr, "scrmctl: reco: %s\n", err);
+		return 2;
+	}
+	if (open_cache(o, &c) != SCRM_OK)
+		return 1;
+	/* The store adds this device's purchases; it is needed to record. */
+	if (scrm_store_open(o->store, NULL, &st) != SCRM_OK) {
+		if (a->guide) {
+			fail_msg("reco", SCRM_E_NOT_FOUND);
+			scrm_cache_close(c);
+			return 1;
+		}
+		st = NULL;
+	}
+	scrm_reco_request rq = {.member_id = a->member, .basket = lines, .n_basket = nl, .n = a->n, .guide_id = a->guide};
+	rc = scrm_recommend(c, st, &rq, &json);
+	if (rc != SCRM_OK) {
+		fail_msg("reco", rc);
+	} else if (o->json) {
+		puts(json);
+	} else {
+		cJSON *r = cJSON_Parse(json), *e;
+		char m[48];
+		int k = 0;
+		if (a->member)
+			printf("member       %s   stage %s (%s)\n", a->member, jstr(r, "stage") ? jstr(r, "stage") : "-",
+			       jstr(r, "stage_reason") ? jstr(r, "stage_reason") : "");
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "items"))
+		{
+			money(m, sizeof(m), jint(e, "price"), NULL);
+			printf("%2d. %-10s %-36.36s %10s  %s\n", ++k, jstr(e, "sku"), jstr(e, "name") ? jstr(e, "name") : "",
+			       cJSON_GetObjectItemCaseSensitive(e, "price") ? m : "", jstr(e, "reason") ? jstr(e, "reason") : "");
+		}
+		if (!k)
+			printf("no suggestions (no rules, history or bestsellers in the cache for this)\n");
+		const cJSON *na = cJSON_GetObjectItemCaseSensitive(r, "next_action"), *cp, *sc;
+		if (na) {
+			printf("next action  %s\n", jstr(na, "action"));
+			if ((cp = cJSON_GetObjectItemCaseSensitive(na, "coupon")))
+				printf("  coupon     %s  %s%s%s\n", jstr(cp, "key"), jstr(cp, "name") ? jstr(cp, "name") : "",
+				       jstr(cp, "code") ? "  code " : "", jstr(cp, "code") ? jstr(cp, "code") : "");
+			cJSON_ArrayForEach(sc, cJSON_GetObjectItemCaseSensitive(na, "scripts"))
+			printf("  say        %s%s%s\n", jstr(sc, "title") ? jstr(sc, "title") : "", jstr(sc, "title") ? ": " : "",
+			       jstr(sc, "text") ? jstr(sc, "text") : "");
+		}
+		if (jstr(r, "reco_id"))
+			printf("recorded     reco_id=%s (a sale to this member is credited to %s)\n", jstr(r, "reco_id"), a->guide);
+		cJSON_Delete(r);
+	}
+	scrm_free(json);
+	scrm_store_close(st);
+	scrm_cache_close(c);
+	return rc == SCRM_OK ? 0 : 1;
+}
+
+static int cmd_coupons(const struct opts *o, const cli__args *a)
+{
+	static scrm_line lines[MAX_CLI_BASKET];
+	static char buf[MAX_CLI_BASKET * 66];
+	size_t nl = 0;
+	char err[200], *json = NULL;
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	int rc;
+	if (a->basket && cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
+		fprintf(stderr, "scrmctl: coupons: %s\n", err);
+		return 2;
+	}
+	if (open_cache(o, &c) != SCRM_OK)
+		return 1;
+	if (scrm_store_open(o->store, NULL, &st) != SCRM_OK)
+		st = NULL;
+	scrm_coupon_request rq = {.member_id = a->member, .basket = lines, .n_basket = nl, .currency = a->currency};
+	rc = scrm_coupons_for(c, st, &rq, &json);
+	if (rc != SCRM_OK) {
+		fail_msg("coupons", rc);
+	} else if (o->json) {
+		puts(json);
+	} else {
+		cJSON *r = cJSON_Parse(json), *e;
+		char m[48];
+		money(m, sizeof(m), jint(r, "subtotal"), a->currency);
+		printf("basket %s, central %s\n", m,
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "online")) ? "reachable" : "NOT reachable (offline rules apply)");
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "eligible"))
+		{
+			money(m, sizeof(m), jint(e, "value"), NULL);
+			printf("  OK   %-22s %-36.36s -%s%s\n", jstr(e, "key"), jstr(e, "name") ? jstr(e, "name") : "", m,
+			       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "capped")) ? " (capped offline)" : "");
+		}
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "ineligible"))
+		printf("  no   %-22s %-14s %s\n", jstr(e, "key"), jstr(e, "reason"), jstr(e, "detail") ? jstr(e, "detail") : "");
+		cJSON_Delete(r);
+	}
+	scrm_free(json);
+	scrm_store_close(st);
+	scrm_cache_close(c);
+	return rc == SCRM_OK ? 0 : 1;
+}
+
+static int cmd_redeem(const struct opts *o, const cli__args *a)
+{
+	static scrm_line lines[MAX_CLI_BASKET];
+	static char buf[MAX_CLI_BASKET * 66];
+	size_t nl = 0;
+	char err[200], *json = NULL;
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	scrm_redemption red;
+	int rc;
+	if (cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
+		fprintf(stderr, "scrmctl: redeem: %s\n", err);
+		return 2;
+	}
+	if (open_cache(o, &c) != SCRM_OK)
+		return 1;
+	if (open_store(o, &st) != SCRM_OK) {
+		scrm_cache_close(c);
+		return 1;
+	}
+	scrm_redeem_request rq = {.member_id = a->member, .coupon = a->coupon, .basket = lines, .n_basket = nl,
+				  .currency = a->currency, .order_id = a->order, .guide_id = a->guide};
+	rc = scrm_redeem(c, st, &rq, &red, &json);
+	if (rc != SCRM_OK) {
+		if (o->json) {
+			printf("{\"ok\":false,\"error\":\"%s\",\"detail\":\"", scrm_strerror(rc));
+			for (const char *p = scrm_errmsg(); *p; p++)
+				if (*p == '"' || *p == '\\')
+					printf("\\%c", *p);
+				else if ((unsigned char)*p >= 0x20)
+					putchar(*p);
+			printf("\"}\n");
+		}
+		fail_msg("redeem", rc);
+	} else if (o->json) {
+		puts(json);
+	} else {
+		char m[48];
+		money(m, sizeof(m), red.value, a->currency);
+		printf("redeemed     %s  discount %s  %s\n", a->coupon, m,
+		       red.offline ? "(offline: reserved here, central confirms later)" : "(online)");
+		printf("redemption   %s seq=%lld\n", red.redemption_id, (long long)red.seq);
+	}
+	scrm_free(json);
+	scrm_store_close(st);
+	scrm_cache_close(c);
+	return rc == SCRM_OK ? 0 : 1;
+}
+
+static int cmd_redemptions(const struct opts *o, const cli__args *a)
+{
+	scrm_store *st = NULL;
+	char *json = NULL;
+	if (open_store(o, &st) != SCRM_OK)
+		return 1;
+	int rc = scrm_redemptions(st, a->n, &json);
+	scrm_store_close(st);
+	if (rc != SCRM_OK) {
+		fail_msg("redemptions", rc);
+		return 1;
+	}
+	if (o->json) {
+		puts(json);
+	} else {
+		cJSON *r = cJSON_Parse(json), *e;
+		char m[48], t[32];
+		int64_t now = platform__wall_ms();
+		printf("pending %lld, accepted %lld, rejected %lld%s\n", (long long)jint(r, "pending"),
+		       (long long)jint(r, "accepted"), (long long)jint(r, "rejected"),
+		       jint(r, "rejected") ? "   <- rejected ones need follow-up with the customer" : "");
+		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "redemptions"))
+		{
+			money(m, sizeof(m), jint(e, "value"), jstr(e, "currency"));
+			age(t, sizeof(t), now - jint(e, "reserved_ms"));
+			printf("  %-9s %-12s %-12s order %-10s %12s  %s ago %s%s%s\n", jstr(e, "verdict"),
+			       jstr(e, "coupon") ? jstr(e, "coupon") : "-", jstr(e, "campaign"), jstr(e, "order_id"), m, t,
+			       jstr(e, "mode"), jstr(e, "reason") ? "  " : "", jstr(e, "detail") ? jstr(e, "detail") : jstr(e, "reason") ? jstr(e, "reason") : "");
+		}
+		cJSON_Delete(r);
+	}
+	scrm_free(json);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cli__args a;
@@ -483,6 +716,9 @@ int main(int argc, char **argv)
 			usage_member(stdout);
 		else if (strcmp(a.topic, "cache") == 0)
 			usage_cache(stdout);
+		else if (strcmp(a.topic, "reco") == 0 || strcmp(a.topic, "coupons") == 0 ||
+			 strcmp(a.topic, "redeem") == 0 || strcmp(a.topic, "redemptions") == 0)
+			usage_guide(stdout);
 		else
 			usage_main(stdout);
 		return 0;
@@ -496,6 +732,14 @@ int main(int argc, char **argv)
 		return cmd_cache_status(&o);
 	case CLI_CACHE_LOAD:
 		return cmd_cache_load(&o, &a);
+	case CLI_RECO:
+		return cmd_reco(&o, &a);
+	case CLI_COUPONS:
+		return cmd_coupons(&o, &a);
+	case CLI_REDEEM:
+		return cmd_redeem(&o, &a);
+	case CLI_REDEMPTIONS:
+		return cmd_redemptions(&o, &a);
 	case CLI_NONE:
 		break;
 	}

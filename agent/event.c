@@ -32,6 +32,10 @@ const char *event__kind_name(event__kind k)
 		return "return";
 	case EVENT_MEMBER_SCAN:
 		return "member_scan";
+	case EVENT_COUPON_REDEEM:
+		return "coupon_redeem";
+	case EVENT_RECO_SHOWN:
+		return "reco_shown";
 	}
 	return "unknown";
 }
@@ -201,7 +205,8 @@ int event__encode_purchase(const scrm_purchase *p, sbuf *b)
 	    (rc = check_currency(p->currency)) ||
 	    (rc = check_enum("payment", p->payment, payment_methods)) ||
 	    (rc = check_str("member_id", p->member_id, 0, MAX_ID)) ||
-	    (rc = check_str("guide_id", p->guide_id, 0, MAX_ID)))
+	    (rc = check_str("guide_id", p->guide_id, 0, MAX_ID)) ||
+	    (rc = check_str("reco_id", p->reco_id, 0, MAX_ID)))
 		return rc;
 	if (p->discount < 0 || p->discount > sum)
 		return err__set(SCRM_E_INVALID, "discount: must be between 0 and the lines' net amount (%lld)", (long long)sum);
@@ -229,6 +234,7 @@ int event__encode_purchase(const scrm_purchase *p, sbuf *b)
 	put_opt(b, "payment", p->payment);
 	put_opt(b, "member_id", p->member_id);
 	put_opt(b, "guide_id", p->guide_id);
+	put_opt(b, "reco_id", p->reco_id);
 	if (p->n_coupons) {
 		sbuf__puts(b, ",\"coupons\":[");
 		for (size_t i = 0; i < p->n_coupons; i++) {
@@ -311,7 +317,7 @@ int event__encode_scan(const scrm_member_scan *s, sbuf *b)
 /* ---- JSON → structs ------------------------------------------------- */
 
 /* Keys allowed in each kind's JSON; anything else is refused by name. */
-static const char *const purchase_keys[] = {"kind", "order_id", "lines", "discount", "total", "currency", "payment", "member_id", "guide_id", "coupons", NULL};
+static const char *const purchase_keys[] = {"kind", "order_id", "lines", "discount", "total", "currency", "payment", "member_id", "guide_id", "coupons", "reco_id", NULL};
 static const char *const return_keys[] = {"kind", "return_id", "order_id", "lines", "total", "currency", "refund_method", "reason", "member_id", "guide_id", NULL};
 static const char *const scan_keys[] = {"kind", "member_id", "method", "guide_id", "tracking", NULL};
 static const char *const line_keys[] = {"sku", "qty", "unit_price", "discount", NULL};
@@ -418,7 +424,8 @@ static int parse_purchase(const cJSON *o, sbuf *out)
 	    (rc = get_str(o, "currency", "", &p.currency)) ||
 	    (rc = get_str(o, "payment", "", &p.payment)) ||
 	    (rc = get_str(o, "member_id", "", &p.member_id)) ||
-	    (rc = get_str(o, "guide_id", "", &p.guide_id)))
+	    (rc = get_str(o, "guide_id", "", &p.guide_id)) ||
+	    (rc = get_str(o, "reco_id", "", &p.reco_id)))
 		goto cleanup;
 	p.lines = lines;
 	const cJSON *c = cJSON_GetObjectItemCaseSensitive(o, "coupons");

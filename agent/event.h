@@ -17,6 +17,10 @@ typedef enum event__kind {
 	EVENT_PURCHASE = 1,
 	EVENT_RETURN = 2,
 	EVENT_MEMBER_SCAN = 3,
+	/* written only by libscrm itself (scrm_redeem, scrm_recommend), never
+	 * accepted from scrm_record_json */
+	EVENT_COUPON_REDEEM = 4,
+	EVENT_RECO_SHOWN = 5,
 } event__kind;
 
 const char *event__kind_name(event__kind k);

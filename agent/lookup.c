@@ -9,6 +9,7 @@
 
 #include "cache.h"
 #include "err.h"
+#include "guide.h"
 #include "event.h"
 #include "store.h"
 
@@ -131,6 +132,65 @@ int scrm_cache_status(scrm_cache *h, char **json)
 	rc = cache__status(h->c, &b);
 	pthread_mutex_unlock(&h->mu);
 	*json = rc == SCRM_OK ? sbuf__take(&b, NULL) : NULL;
+	sbuf__free(&b);
+	return rc;
+}
+
+/* ---- guide tablet and till (guide.c) ----------------------------------- */
+
+int scrm_recommend(scrm_cache *h, scrm_store *store, const scrm_reco_request *rq, char **json)
+{
+	sbuf b;
+	int rc;
+	err__clear();
+	if (!h || !rq || !json)
+		return err__set(SCRM_E_INVALID, "cache/request/json: NULL");
+	*json = NULL;
+	sbuf__init(&b);
+	pthread_mutex_lock(&h->mu);
+	rc = guide__recommend(h->c, store, rq, &b);
+	pthread_mutex_unlock(&h->mu);
+	if (rc == SCRM_OK)
+		*json = sbuf__take(&b, NULL);
+	sbuf__free(&b);
+	return rc;
+}
+
+int scrm_coupons_for(scrm_cache *h, scrm_store *store, const scrm_coupon_request *rq, char **json)
+{
+	sbuf b;
+	int rc;
+	err__clear();
+	if (!h || !rq || !json)
+		return err__set(SCRM_E_INVALID, "cache/request/json: NULL");
+	*json = NULL;
+	sbuf__init(&b);
+	pthread_mutex_lock(&h->mu);
+	rc = guide__coupons_for(h->c, store, rq, &b);
+	pthread_mutex_unlock(&h->mu);
+	if (rc == SCRM_OK)
+		*json = sbuf__take(&b, NULL);
+	sbuf__free(&b);
+	return rc;
+}
+
+int scrm_redeem(scrm_cache *h, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *out, char **json)
+{
+	sbuf b;
+	int rc;
+	err__clear();
+	if (!h || !rq)
+		return err__set(SCRM_E_INVALID, "cache/request: NULL");
+	if (json)
+		*json = NULL;
+	if (out)
+		memset(out, 0, sizeof(*out));
+	sbuf__init(&b);
+	pthread_mutex_lock(&h->mu);
+	rc = guide__redeem(h->c, store, rq, out, json ? &b : NULL);
+	pthread_mutex_unlock(&h->mu);
+	if (rc == SCRM_OK && json)
+		*json = sbuf__take(&b, NULL);
 	sbuf__free(&b);
 	return rc;
 }

@@ -116,6 +116,63 @@ static const char schema_v2[] =
 	" END;"
 	"PRAGMA user_version = 2;";
 
+/* Schema v3: the guide tablet's bookkeeping, all filled by triggers from
+ * the events themselves, so a redemption or a recommendation and its event
+ * can never disagree, whichever process wrote them.
+ *   link        the daemon's view of the connection (one row): capture-side
+ *               code reads it to know whether central is reachable
+ *   settings    values the daemon copies from its config for triggers
+ *   reco_shown  recommendation lists shown to a guide (for attribution)
+ *   redemptions coupons spent on this device, and central's verdicts
+ * Attribution: a member's purchase without guide_id (or without reco_id)
+ * gets them from the latest list shown to that member on this device within
+ * attribution_window_ms, in the same transaction as the sale. */
+static const char schema_v3[] =
+	"CREATE TABLE IF NOT EXISTS link("
+	" id INTEGER PRIMARY KEY CHECK(id = 1), connected INTEGER NOT NULL,"
+	" changed_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS settings(k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS reco_shown("
+	" reco_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, member_id TEXT, guide_id TEXT NOT NULL,"
+	" shown_ms INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE INDEX IF NOT EXISTS reco_shown_member ON reco_shown(member_id, shown_ms);"
+	"CREATE TABLE IF NOT EXISTS redemptions("
+	" id TEXT PRIMARY KEY, seq INTEGER NOT NULL, coupon TEXT, campaign TEXT NOT NULL, member_id TEXT,"
+	" order_id TEXT NOT NULL, value INTEGER NOT NULL, currency TEXT NOT NULL, mode TEXT NOT NULL,"
+	" reserved_ms INTEGER NOT NULL, verdict TEXT, reason TEXT, detail TEXT, verdict_ms INTEGER) WITHOUT ROWID;"
+	"CREATE INDEX IF NOT EXISTS redemptions_coupon ON redemptions(coupon);"
+	"CREATE INDEX IF NOT EXISTS redemptions_campaign ON redemptions(campaign, member_id);"
+	"CREATE INDEX IF NOT EXISTS redemptions_time ON redemptions(reserved_ms);"
+	"CREATE TRIGGER IF NOT EXISTS outbox_reco_shown AFTER INSERT ON outbox WHEN NEW.kind = 'reco_shown'"
+	" BEGIN"
+	"  INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)"
+	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.guide_id'), NEW.wall_ms);"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_redemption AFTER INSERT ON outbox WHEN NEW.kind = 'coupon_redeem'"
+	" BEGIN"
+	"  INSERT OR REPLACE INTO redemptions(id, seq, coupon, campaign, member_id, order_id, value, currency, mode, reserved_ms)"
+	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.coupon'), json_extract(NEW.body, '$.campaign'),"
+	"   json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.order_id'), json_extract(NEW.body, '$.value'),"
+	"   json_extract(NEW.body, '$.currency'), json_extract(NEW.body, '$.mode'), NEW.wall_ms);"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_attribution AFTER INSERT ON outbox"
+	" WHEN NEW.kind = 'purchase' AND json_extract(NEW.body, '$.member_id') IS NOT NULL"
+	"  AND json_extract(NEW.body, '$.reco_id') IS NULL"
+	" BEGIN"
+	"  UPDATE outbox SET body = (SELECT json_set(NEW.body, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id,"
+	"    '$.attributed', 'auto')"
+	"   FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')"
+	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))"
+	"    AND r.shown_ms <= NEW.wall_ms"
+	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000)"
+	"   ORDER BY r.shown_ms DESC, r.seq DESC LIMIT 1)"
+	"  WHERE seq = NEW.seq AND EXISTS (SELECT 1 FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')"
+	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))"
+	"    AND r.shown_ms <= NEW.wall_ms"
+	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000));"
+	" END;"
+	"PRAGMA user_version = 3;";
+
 /* Create or upgrade the schema, and bind the store to its device. */
 static int migrate(outbox *ob, const char *device_id)
 {
@@ -132,13 +189,15 @@ static int migrate(outbox *ob, const char *device_id)
 		ver = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver > 2) {
-		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (2); refusing to touch it", ver);
+	if (ver > 3) {
+		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (3); refusing to touch it", ver);
 		goto cleanup;
 	}
 	if (ver == 0 && (rc = exec(ob, schema_v1)))
 		goto cleanup;
 	if (ver < 2 && (rc = exec(ob, schema_v2)))
+		goto cleanup;
+	if (ver < 3 && (rc = exec(ob, schema_v3)))
 		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
@@ -256,22 +315,27 @@ void outbox__close(outbox *ob)
 	free(ob);
 }
 
+sqlite3 *outbox__db(outbox *ob)
+{
+	return ob->db;
+}
+
 const char *outbox__device_id(const outbox *ob)
 {
 	return ob->device_id;
 }
 
-int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
+/* Insert rows inside an open write transaction. */
+static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
 {
 	int rc;
 	int64_t next, max_wall;
 
-	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
-		return fail(ob, rc, "begin");
 	sqlite3_reset(ob->get_dev);
 	if ((rc = sqlite3_step(ob->get_dev)) != SQLITE_ROW) {
 		rc = fail(ob, rc, "read sequence counter");
-		goto cleanup;
+		sqlite3_reset(ob->get_dev);
+		return rc;
 	}
 	next = sqlite3_column_int64(ob->get_dev, 0);
 	max_wall = sqlite3_column_int64(ob->get_dev, 1);
@@ -296,7 +360,7 @@ int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_afte
 		if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
 			rc = fail(ob, rc, "insert event");
 			sqlite3_reset(st);
-			goto cleanup;
+			return rc;
 		}
 		sqlite3_reset(st);
 	}
@@ -305,10 +369,19 @@ int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_afte
 	sqlite3_bind_int64(ob->put_dev, 2, max_wall);
 	rc = sqlite3_step(ob->put_dev);
 	sqlite3_reset(ob->put_dev);
-	if (rc != SQLITE_DONE) {
-		rc = fail(ob, rc, "advance sequence counter");
+	if (rc != SQLITE_DONE)
+		return fail(ob, rc, "advance sequence counter");
+	return SCRM_OK;
+}
+
+int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
+{
+	int rc;
+
+	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
+		return fail(ob, rc, "begin");
+	if ((rc = append_locked(ob, rows, n, trusted_after_ms)))
 		goto cleanup;
-	}
 	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "commit");
 		goto cleanup;
@@ -319,6 +392,200 @@ cleanup:
 	for (size_t i = 0; i < n; i++)
 		rows[i].seq = 0;
 	return rc;
+}
+
+/* Count what the limits of `lim` cover; inside the caller's transaction. */
+static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member,
+			     char *last, size_t last_cap)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	*by_coupon = *by_member = 0;
+	if (last_cap)
+		last[0] = '\0';
+	if (lim->coupon) {
+		if ((rc = sqlite3_prepare_v2(ob->db,
+					     "SELECT count(*), max(reserved_ms), (SELECT order_id FROM redemptions WHERE coupon = ?1"
+					     " AND coalesce(verdict, '') != 'rejected' ORDER BY reserved_ms DESC LIMIT 1)"
+					     " FROM redemptions WHERE coupon = ?1 AND coalesce(verdict, '') != 'rejected'",
+					     -1, &st, NULL)) != SQLITE_OK)
+			return fail(ob, rc, "count redemptions");
+		sqlite3_bind_text(st, 1, lim->coupon, -1, SQLITE_STATIC);
+		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+			sqlite3_finalize(st);
+			return fail(ob, rc, "count redemptions");
+		}
+		*by_coupon = sqlite3_column_int64(st, 0);
+		if (*by_coupon && last_cap)
+			snprintf(last, last_cap, "order %s", sqlite3_column_text(st, 2) ? (const char *)sqlite3_column_text(st, 2) : "?");
+		sqlite3_finalize(st);
+		st = NULL;
+	}
+	if (lim->campaign && lim->member_id) {
+		if ((rc = sqlite3_prepare_v2(ob->db,
+					     "SELECT count(*) FROM redemptions WHERE campaign = ?1 AND member_id = ?2"
+					     " AND coalesce(verdict, '') != 'rejected'",
+					     -1, &st, NULL)) != SQLITE_OK)
+			return fail(ob, rc, "count redemptions");
+		sqlite3_bind_text(st, 1, lim->campaign, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, lim->member_id, -1, SQLITE_STATIC);
+		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+			sqlite3_finalize(st);
+			return fail(ob, rc, "count redemptions");
+		}
+		*by_member = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+	}
+	return SCRM_OK;
+}
+
+int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member)
+{
+	return count_redemptions(ob, lim, by_coupon, by_member, NULL, 0);
+}
+
+int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, const outbox__limits *lim)
+{
+	int rc;
+	int64_t by_coupon = 0, by_member = 0;
+	char last[120];
+
+	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
+		return fail(ob, rc, "begin");
+	/* Counted and recorded under one write lock: a second till (thread or
+	 * process) waits here and then sees this use. */
+	if ((rc = count_redemptions(ob, lim, &by_coupon, &by_member, last, sizeof(last))))
+		goto cleanup;
+	if (lim->coupon && lim->coupon_allowed >= 0 && by_coupon >= lim->coupon_allowed) {
+		rc = err__set(SCRM_E_REFUSED, "used_up: coupon %s already spent on this device (%s)", lim->coupon, last);
+		goto cleanup;
+	}
+	if (lim->campaign && lim->member_id && lim->member_allowed >= 0 && by_member >= lim->member_allowed) {
+		rc = err__set(SCRM_E_REFUSED, "used_up: member %s reached the limit of campaign %s", lim->member_id,
+			      lim->campaign);
+		goto cleanup;
+	}
+	if ((rc = append_locked(ob, row, 1, trusted_after_ms)))
+		goto cleanup;
+	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
+		rc = fail(ob, rc, "commit");
+		goto cleanup;
+	}
+	return SCRM_OK;
+cleanup:
+	rollback(ob);
+	row->seq = 0;
+	return rc;
+}
+
+int outbox__link_set(outbox *ob, int connected, int64_t now_ms)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db,
+				    "INSERT INTO link(id, connected, changed_ms, seen_ms) VALUES (1, ?1, ?2, ?2)"
+				    " ON CONFLICT(id) DO UPDATE SET seen_ms = ?2,"
+				    " changed_ms = CASE WHEN connected = ?1 THEN changed_ms ELSE ?2 END, connected = ?1",
+				    -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare link");
+	sqlite3_bind_int(st, 1, connected ? 1 : 0);
+	sqlite3_bind_int64(st, 2, now_ms);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "write link state");
+}
+
+int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *seen_ms)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "SELECT connected, changed_ms, seen_ms FROM link WHERE id = 1", -1, &st, NULL);
+	*connected = 0;
+	*changed_ms = *seen_ms = 0;
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare link");
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*connected = sqlite3_column_int(st, 0);
+		*changed_ms = sqlite3_column_int64(st, 1);
+		*seen_ms = sqlite3_column_int64(st, 2);
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "read link state");
+}
+
+int outbox__setting_set(outbox *ob, const char *k, int64_t v)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "INSERT OR REPLACE INTO settings(k, v) VALUES (?1, ?2)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare setting");
+	sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, v);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "write setting");
+}
+
+int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
+		    int64_t ms, int *changed)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db,
+				    "UPDATE redemptions SET verdict = ?2, reason = ?3, detail = ?4, verdict_ms = ?5"
+				    " WHERE id = ?1 AND (verdict IS NULL OR verdict != ?2 OR coalesce(reason, '') != coalesce(?3, ''))",
+				    -1, &st, NULL);
+	*changed = 0;
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare verdict");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, verdict, -1, SQLITE_STATIC);
+	if (reason)
+		sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+	if (detail)
+		sqlite3_bind_text(st, 4, detail, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, ms);
+	rc = sqlite3_step(st);
+	*changed = sqlite3_changes(ob->db);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return fail(ob, rc, "record verdict");
+	if (*changed)
+		return SCRM_OK;
+	/* Unchanged: a repeat of a verdict we hold, or an unknown id. */
+	if (sqlite3_prepare_v2(ob->db, "SELECT 1 FROM redemptions WHERE id = ?1", -1, &st, NULL) != SQLITE_OK)
+		return fail(ob, SQLITE_ERROR, "prepare verdict");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? SCRM_OK : err__set(SCRM_E_NOT_FOUND, "redemption: no redemption %s on this device", id);
+}
+
+int outbox__redemptions(outbox *ob, int limit, sbuf *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	sbuf__reset(out);
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT json_object('pending', count(*) FILTER (WHERE verdict IS NULL),"
+				" 'accepted', count(*) FILTER (WHERE verdict = 'accepted'),"
+				" 'rejected', count(*) FILTER (WHERE verdict = 'rejected'),"
+				" 'redemptions', (SELECT json_group_array(json(j)) FROM (SELECT json_object('id', id, 'seq', seq,"
+				"  'coupon', coupon, 'campaign', campaign, 'member_id', member_id, 'order_id', order_id,"
+				"  'value', value, 'currency', currency, 'mode', mode, 'reserved_ms', reserved_ms,"
+				"  'verdict', coalesce(verdict, 'pending'), 'reason', reason, 'detail', detail,"
+				"  'verdict_ms', verdict_ms) AS j FROM redemptions ORDER BY reserved_ms DESC, seq DESC LIMIT ?1)))"
+				" FROM redemptions",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare redemptions");
+	sqlite3_bind_int(st, 1, limit > 0 ? limit : 100);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, "read redemptions");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }
 
 int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
@@ -506,6 +773,8 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 		"UPDATE rejected SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure')"
 		" WHERE json_extract(body, '$.member_id') = ?1",
 		"DELETE FROM member_activity WHERE member_id = ?1",
+		"DELETE FROM reco_shown WHERE member_id = ?1",
+		"UPDATE redemptions SET member_id = NULL WHERE member_id = ?1",
 	};
 	int rc, changed = 0;
 	*redacted = 0;
@@ -546,12 +815,23 @@ cleanup:
 
 int outbox__prune_activity(outbox *ob, int64_t before_ms)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db, "DELETE FROM member_activity WHERE wall_ms < ?1", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return fail(ob, rc, "prepare prune");
-	sqlite3_bind_int64(st, 1, before_ms);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "prune member activity");
+	/* Recommendations shown matter only for the attribution window (hours);
+	 * redemptions settled by a verdict are kept as long as activity. */
+	static const char *const sql[] = {
+		"DELETE FROM member_activity WHERE wall_ms < ?1",
+		"DELETE FROM reco_shown WHERE shown_ms < ?1",
+		"DELETE FROM redemptions WHERE reserved_ms < ?1 AND verdict IS NOT NULL",
+	};
+	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
+		sqlite3_stmt *st = NULL;
+		int rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL);
+		if (rc != SQLITE_OK)
+			return fail(ob, rc, "prepare prune");
+		sqlite3_bind_int64(st, 1, before_ms);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE)
+			return fail(ob, rc, "prune local history");
+	}
+	return SCRM_OK;
 }

@@ -49,6 +49,41 @@ int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_afte
  * by commas to `out`, until max_events or until the next event would push
  * out->len past max_bytes (at least one event is always taken). Sets
  * *count, *last_seq and, if first_seq is not NULL, *first_seq (0 if none). */
+/* Limits a redemption must respect, checked and recorded under one write
+ * lock. A NULL coupon / campaign / member_id or a negative allowance skips
+ * that check. Redemptions central rejected do not count. */
+typedef struct outbox__limits {
+	const char *coupon;      /* coupon id */
+	int64_t coupon_allowed;  /* uses left for this device to spend */
+	const char *campaign;
+	const char *member_id;
+	int64_t member_allowed;  /* uses of the campaign left for this member */
+} outbox__limits;
+
+/* Append one coupon_redeem row if `lim` allows it: SCRM_E_REFUSED
+ * ("used_up: ...") otherwise, nothing written. */
+int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, const outbox__limits *lim);
+/* Local uses counted as outbox__append_redemption does. */
+int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member);
+/* Central's verdict on a redemption (idempotent; *changed = 0 for a repeat).
+ * SCRM_E_NOT_FOUND: no such redemption here. */
+int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
+		    int64_t ms, int *changed);
+/* {"pending":N,"accepted":N,"rejected":N,"redemptions":[...newest first]} */
+int outbox__redemptions(outbox *ob, int limit, sbuf *out);
+
+/* The daemon's connection state, for capture-side code (coupons' offline
+ * policy). seen_ms is refreshed while connected. */
+int outbox__link_set(outbox *ob, int connected, int64_t now_ms);
+int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *seen_ms);
+/* The store's connection, for read-only queries by other modules while
+ * they hold it (store__exclusive). */
+struct sqlite3;
+struct sqlite3 *outbox__db(outbox *ob);
+
+/* A value from the daemon's config that triggers read (settings table). */
+int outbox__setting_set(outbox *ob, const char *k, int64_t v);
+
 int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
 		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq);
 

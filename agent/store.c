@@ -238,6 +238,89 @@ int scrm_record_json(scrm_store *s, const char *json, size_t len, scrm_receipt *
 	return rc;
 }
 
+int store__exclusive(scrm_store *s, int (*fn)(outbox *ob, void *ctx), void *ctx)
+{
+	int rc;
+	pthread_mutex_lock(&s->mu);
+	while (s->leader)
+		pthread_cond_wait(&s->cv, &s->mu);
+	s->leader = 1;
+	pthread_mutex_unlock(&s->mu);
+	rc = fn(s->ob, ctx);
+	pthread_mutex_lock(&s->mu);
+	/* Events queued while we held the connection need a leader. */
+	lead_round(s);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+struct redemption_ctx {
+	outbox__row *row;
+	const outbox__limits *lim;
+	int64_t trusted_after_ms;
+	char errmsg[256];
+};
+
+static int append_redemption(outbox *ob, void *ctx)
+{
+	struct redemption_ctx *x = ctx;
+	int rc = outbox__append_redemption(ob, x->row, x->trusted_after_ms, x->lim);
+	/* lead_round() after us may overwrite this thread's message */
+	if (rc)
+		snprintf(x->errmsg, sizeof(x->errmsg), "%s", scrm_errmsg());
+	return rc;
+}
+
+int store__record_redemption(scrm_store *s, sbuf *body, const outbox__limits *lim, scrm_receipt *receipt)
+{
+	outbox__row row;
+	char id[37];
+	memset(&row, 0, sizeof(row));
+	row.wall_ms = platform__wall_ms();
+	row.mono_ms = platform__mono_ms();
+	if (uuid__v7(row.wall_ms, id) != 0)
+		return err__set(SCRM_E_CRYPTO, "event id: random generator failed");
+	row.id = id;
+	row.kind = event__kind_name(EVENT_COUPON_REDEEM);
+	row.boot = s->boot;
+	row.body = body->p;
+	row.body_len = body->len;
+	struct redemption_ctx x = {.row = &row, .lim = lim, .trusted_after_ms = s->trusted_after_ms};
+	int rc = store__exclusive(s, append_redemption, &x);
+	if (rc)
+		return err__set(rc, "%s", x.errmsg);
+	platform__notifier_send(s->notify);
+	if (receipt) {
+		memcpy(receipt->event_id, id, sizeof(receipt->event_id));
+		receipt->seq = row.seq;
+		receipt->wall_ms = row.wall_ms;
+	}
+	return SCRM_OK;
+}
+
+static int redemptions_json(outbox *ob, void *ctx)
+{
+	void **a = ctx;
+	return outbox__redemptions(ob, *(int *)a[0], a[1]);
+}
+
+int scrm_redemptions(scrm_store *s, int limit, char **json)
+{
+	sbuf b;
+	int rc;
+	err__clear();
+	if (!s || !json)
+		return err__set(SCRM_E_INVALID, "store/json: NULL");
+	*json = NULL;
+	sbuf__init(&b);
+	void *a[2] = {&limit, &b};
+	rc = store__exclusive(s, redemptions_json, a);
+	if (rc == SCRM_OK)
+		*json = sbuf__take(&b, NULL);
+	sbuf__free(&b);
+	return rc;
+}
+
 int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
 {
 	int rc;

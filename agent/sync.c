@@ -13,6 +13,7 @@
 
 #include "backoff.h"
 #include "err.h"
+#include "guide.h"
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
@@ -35,6 +36,7 @@
 
 #define MAX_WINDOW 64
 #define IDLE_CHECKPOINT_MS 60000
+#define LINK_REFRESH_MS 30000
 #define MAX_ACK_RANGES 4096
 
 struct batch {
@@ -64,6 +66,8 @@ struct sync {
 	/* counters, for the shutdown summary */
 	int64_t n_published, n_acked, n_redeliveries;
 	unsigned fail_streak; /* connect failures since the last success */
+	int64_t link_refresh_ms; /* monotonic: next refresh of the link row */
+	char topic_verdict[340];
 };
 
 static uint32_t rand32(void)
@@ -446,6 +450,103 @@ static void on_cache(struct sync *s, const char *topic, const char *stream, cons
 	cache_pump(s);
 }
 
+/* Tell capture-side code (coupons' offline policy) whether central is
+ * reachable: on every change, and every LINK_REFRESH_MS while connected so
+ * a dead daemon's "connected" goes stale. */
+static void link_note(struct sync *s, int connected)
+{
+	char q[300];
+	if (outbox__link_set(s->ob, connected, platform__wall_ms()) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record the link state", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	s->link_refresh_ms = connected ? platform__mono_ms() + LINK_REFRESH_MS : 0;
+}
+
+int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v)
+{
+	int rc = SCRM_E_INVALID;
+	cJSON *o = cJSON_ParseWithLength(payload, len);
+	const cJSON *it;
+	memset(v, 0, sizeof(*v));
+	if (!cJSON_IsObject(o)) {
+		err__set(SCRM_E_INVALID, "verdict: not a JSON object");
+		goto out;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(o, "v");
+	if (!cJSON_IsNumber(it) || it->valuedouble != 1) {
+		err__set(SCRM_E_INVALID, "v: unknown protocol version (expected 1)");
+		goto out;
+	}
+	it = cJSON_GetObjectItemCaseSensitive(o, "redemption");
+	if (!cJSON_IsString(it) || strlen(it->valuestring) != 36) {
+		err__set(SCRM_E_INVALID, "redemption: must be the redemption's event id (36-character UUID)");
+		goto out;
+	}
+	snprintf(v->redemption, sizeof(v->redemption), "%s", it->valuestring);
+	it = cJSON_GetObjectItemCaseSensitive(o, "verdict");
+	if (!cJSON_IsString(it) || (strcmp(it->valuestring, "accepted") != 0 && strcmp(it->valuestring, "rejected") != 0)) {
+		err__set(SCRM_E_INVALID, "verdict: must be \"accepted\" or \"rejected\"");
+		goto out;
+	}
+	v->accepted = strcmp(it->valuestring, "accepted") == 0;
+	it = cJSON_GetObjectItemCaseSensitive(o, "reason");
+	if (it && (!cJSON_IsString(it) || strlen(it->valuestring) > 32)) {
+		err__set(SCRM_E_INVALID, "reason: a string of at most 32 bytes");
+		goto out;
+	}
+	if (it)
+		snprintf(v->reason, sizeof(v->reason), "%s", it->valuestring);
+	else if (!v->accepted)
+		snprintf(v->reason, sizeof(v->reason), "unspecified");
+	it = cJSON_GetObjectItemCaseSensitive(o, "detail");
+	if (it && (!cJSON_IsString(it) || strlen(it->valuestring) > 200)) {
+		err__set(SCRM_E_INVALID, "detail: a string of at most 200 bytes");
+		goto out;
+	}
+	if (it)
+		snprintf(v->detail, sizeof(v->detail), "%s", it->valuestring);
+	it = cJSON_GetObjectItemCaseSensitive(o, "ts");
+	if (it && (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 9007199254740992.0)) {
+		err__set(SCRM_E_INVALID, "ts: Unix ms");
+		goto out;
+	}
+	v->ts = it ? (int64_t)it->valuedouble : 0;
+	rc = SCRM_OK;
+out:
+	cJSON_Delete(o);
+	return rc;
+}
+
+static void on_verdict(struct sync *s, const char *payload, size_t len)
+{
+	sync__verdict v;
+	char q[300], q2[300];
+	int changed = 0, rc;
+	if (sync__parse_verdict(payload, len, &v) != SCRM_OK) {
+		LOG(LOG_WARN, "sync", "ignoring malformed coupon verdict", "reason=%s bytes=%zu",
+		    log__q(q, sizeof(q), scrm_errmsg()), len);
+		return;
+	}
+	rc = outbox__verdict(s->ob, v.redemption, v.accepted ? "accepted" : "rejected", v.accepted ? NULL : v.reason,
+			     v.detail[0] ? v.detail : NULL, v.ts ? v.ts : platform__wall_ms(), &changed);
+	if (rc == SCRM_E_NOT_FOUND) {
+		LOG(LOG_WARN, "sync", "verdict for a redemption this device does not hold", "redemption=%s", v.redemption);
+		return;
+	}
+	if (rc) {
+		LOG(LOG_ERROR, "sync", "cannot record a coupon verdict", "redemption=%s err=%s", v.redemption,
+		    log__q(q, sizeof(q), scrm_errmsg()));
+		return;
+	}
+	if (!changed)
+		return;
+	if (v.accepted)
+		LOG(LOG_INFO, "sync", "coupon redemption accepted by central", "redemption=%s", v.redemption);
+	else
+		LOG(LOG_WARN, "sync", "coupon redemption REJECTED by central; the store must follow up",
+		    "redemption=%s reason=%s detail=%s", v.redemption, log__q(q, sizeof(q), v.reason),
+		    log__q(q2, sizeof(q2), v.detail));
+}
+
 static void handle_mqtt(struct sync *s)
 {
 	mqtt__event *e;
@@ -464,6 +565,7 @@ static void handle_mqtt(struct sync *s)
 			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
 			    s->cfg->broker_uri, e->session_present, e->recv_max, s->window);
 			go_back(s, "reconnect");
+			link_note(s, 1);
 			s->subs_pending = 0;
 			if (mqtt__subscribe(s->mq, s->topic_down, 1) != SCRM_OK)
 				LOG(LOG_ERROR, "sync", "subscribe call failed", "topic=%s", s->topic_down);
@@ -504,6 +606,7 @@ static void handle_mqtt(struct sync *s)
 			LOG(LOG_WARN, "sync", "connection lost", "reason=%s unacked_batches=%d", log__q(q, sizeof(q), e->text),
 			    s->nwin);
 			go_back(s, "connection_lost");
+			link_note(s, 0);
 			schedule_reconnect(s, now);
 			break;
 		}
@@ -531,6 +634,8 @@ static void handle_mqtt(struct sync *s)
 			const char *stream = NULL;
 			if (strcmp(e->topic, s->topic_ack) == 0)
 				on_ack(s, e->payload, e->len);
+			else if (strcmp(e->topic, s->topic_verdict) == 0)
+				on_verdict(s, e->payload, e->len);
 			else if (s->cache && ((stream = cache_topic(e->topic, s->cfg->store_prefix)) ||
 					      (stream = cache_topic(e->topic, s->cfg->topic_prefix))))
 				on_cache(s, e->topic, stream, e->payload, e->len);
@@ -567,6 +672,7 @@ int sync__run(const config *cfg)
 	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
 	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
+	snprintf(s.topic_verdict, sizeof(s.topic_verdict), "%sdown/verdict", cfg->topic_prefix);
 	snprintf(s.topic_store_cache, sizeof(s.topic_store_cache), "%sdown/cache/+", cfg->store_prefix);
 	snprintf(s.topic_resync, sizeof(s.topic_resync), "%sup/cache/resync", cfg->topic_prefix);
 	sbuf__init(&s.req);
@@ -604,6 +710,26 @@ int sync__run(const config *cfg)
 			s.cache = NULL;
 		} else if (cache__set_identity(s.cache, cfg->tenant, cfg->phone_cc) != SCRM_OK) {
 			LOG(LOG_WARN, "cache", "cannot record the tenant in the cache", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		}
+		if (s.cache) {
+			/* The library (guide tablet, till) reads these from the cache. */
+			guide__policy pol = {
+				.just_bought_ms = cfg->just_bought_days * 86400000LL,
+				.history_ms = cfg->history_days * 86400000LL,
+				.half_life_days = cfg->half_life_days,
+				.new_days = cfg->new_days,
+				.sleeping_days = cfg->sleeping_days,
+				.lost_days = cfg->lost_days,
+				.churn_factor_pct = cfg->churn_factor_pct,
+				.online_fresh_ms = cfg->online_fresh_ms,
+			};
+			sbuf pj;
+			sbuf__init(&pj);
+			guide__policy_json(&pol, &pj);
+			if (pj.oom || cache__set_policy(s.cache, pj.p) != SCRM_OK)
+				LOG(LOG_WARN, "cache", "cannot record the guide policy in the cache", "err=%s",
+				    log__q(q, sizeof(q), scrm_errmsg()));
+			sbuf__free(&pj);
 		}
 		if (s.cache) {
 			sbuf st;
@@ -657,6 +783,9 @@ int sync__run(const config *cfg)
 			LOG(LOG_INFO, "sync", "started", "device=%s store_dir=%s pending=%lld last_seq=%lld uri=%s",
 			    cfg->device_id, cfg->store_dir, (long long)st.pending, (long long)st.last_seq, cfg->broker_uri);
 	}
+	if (outbox__setting_set(s.ob, "attribution_window_ms", cfg->attribution_window_ms) != SCRM_OK ||
+	    outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=\"%s\"", scrm_errmsg());
 	start_connect(&s);
 	s.last_activity_ms = platform__mono_ms();
 
@@ -675,6 +804,8 @@ int sync__run(const config *cfg)
 			wake = s.next_connect_ms;
 		if (s.nwin > 0 && s.win[0].deadline_ms < wake)
 			wake = s.win[0].deadline_ms;
+		if (s.link_refresh_ms && s.link_refresh_ms < wake)
+			wake = s.link_refresh_ms;
 		if (s.cache && s.connected && s.subscribed) {
 			int64_t d = cache__next_deadline(s.cache);
 			if (d && d < wake)
@@ -717,6 +848,8 @@ int sync__run(const config *cfg)
 		}
 		if (!s.connected && !s.connecting && s.next_connect_ms && s.next_connect_ms <= now)
 			start_connect(&s);
+		if (s.connected && s.link_refresh_ms && s.link_refresh_ms <= now)
+			link_note(&s, 1);
 		if (s.connected && s.nwin > 0 && s.win[0].deadline_ms <= now) {
 			go_back(&s, "ack_timeout");
 			pump(&s);
@@ -742,6 +875,8 @@ int sync__run(const config *cfg)
 	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
 	    (long long)s.n_published, (long long)s.n_acked, (long long)s.n_redeliveries, s.nwin);
 cleanup:
+	if (s.ob)
+		outbox__link_set(s.ob, 0, platform__wall_ms());
 	if (s.mq) {
 		mqtt__disconnect(s.mq, 1000);
 		mqtt__destroy(s.mq);

@@ -38,6 +38,18 @@ typedef struct sync__ack {
 int sync__parse_ack(const char *payload, size_t len, sync__ack *ack);
 void sync__ack_free(sync__ack *ack);
 
+/* A coupon verdict from central (down/verdict, protocol.md). */
+typedef struct sync__verdict {
+	char redemption[37];
+	int accepted;
+	char reason[33];  /* "" when accepted */
+	char detail[201];
+	int64_t ts;       /* 0 when absent */
+} sync__verdict;
+
+/* Parse and validate a verdict payload; SCRM_E_INVALID names the field. */
+int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v);
+
 /* The `base` of a batch about to be published (every seq below it has been
  * acknowledged by central): the lowest of `outbox_oldest` (oldest pending
  * seq at the last ack or go-back, 0 if the outbox was empty then),

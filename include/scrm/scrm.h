@@ -51,7 +51,8 @@ extern "C" {
 	X(E_CRYPTO, -10, "cryptographic failure")                             \
 	X(E_CONFIG, -11, "invalid configuration")                             \
 	X(E_CLOSED, -12, "store is closed")                                   \
-	X(E_INTERNAL, -13, "internal error")
+	X(E_INTERNAL, -13, "internal error")                                  \
+	X(E_REFUSED, -14, "refused by a business rule")
 
 typedef enum scrm_err {
 #define SCRM__ENUM(name, val, text) SCRM_##name = val,
@@ -126,6 +127,11 @@ typedef struct scrm_purchase {
 	const char *guide_id;     /* optional (NULL) */
 	const char *const *coupons; /* optional coupon codes, 0..20 */
 	size_t n_coupons;
+	/* optional: the recommendation (scrm_recommend's reco_id) the sale
+	 * followed. When NULL and member_id is set, the store fills guide_id and
+	 * reco_id itself from the latest recommendation shown to that member on
+	 * this device within attribution.window_ms (docs/protocol.md). */
+	const char *reco_id;
 } scrm_purchase;
 
 typedef struct scrm_return {
@@ -221,6 +227,74 @@ SCRM_API int scrm_member_identify(scrm_store *store, scrm_cache *cache, scrm_mem
 /* Per-stream cache status as JSON (cursor, rows, age, snapshot progress).
  * *json owned by the caller (scrm_free()). */
 SCRM_API int scrm_cache_status(scrm_cache *cache, char **json);
+
+/* ---- Recommendations, coupons, attribution --------------------------- */
+
+/* Everything below reads the cache (and, when a store is given, this
+ * device's purchases central has not reflected yet) and works offline. All
+ * JSON results are owned by the caller (scrm_free()); their shapes are in
+ * docs/protocol.md, "Guide tablet". `now_ms` = 0 means the wall clock; tests
+ * and replays pass their own. */
+
+typedef struct scrm_reco_request {
+	const char *member_id;     /* NULL: anonymous basket (rules only) */
+	const scrm_line *basket;   /* the current basket, may be empty */
+	size_t n_basket;           /* 0..1000 */
+	int n;                     /* items wanted, 1..50; 0 = 10 */
+	const char *guide_id;      /* set (and a store given): the list shown is
+				    * recorded as a reco_shown event, for attribution */
+	int64_t now_ms;
+} scrm_reco_request;
+
+/* Ranked suggestions with a reason a guide can read, the member's lifecycle
+ * stage and the next best action (coupon and talk track). Deterministic for
+ * the same inputs. `store` may be NULL (no local history, nothing recorded). */
+SCRM_API int scrm_recommend(scrm_cache *cache, scrm_store *store, const scrm_reco_request *rq, char **json);
+
+typedef struct scrm_coupon_request {
+	const char *member_id;     /* NULL: public campaigns only */
+	const scrm_line *basket;
+	size_t n_basket;           /* 0..1000 */
+	const char *currency;      /* the basket's, ISO 4217; NULL = any */
+	int64_t now_ms;
+} scrm_coupon_request;
+
+/* Which of the member's coupons and which public campaigns apply to this
+ * basket now, with their value, and for each one that does not, the reason
+ * (code and text). Offline the agent's own policy applies: online-only
+ * coupons are refused with reason "online_only". */
+SCRM_API int scrm_coupons_for(scrm_cache *cache, scrm_store *store, const scrm_coupon_request *rq, char **json);
+
+typedef struct scrm_redeem_request {
+	const char *member_id;     /* NULL only for a public campaign */
+	const char *coupon;        /* coupon id ("C-000123"), its code, or a public campaign id */
+	const scrm_line *basket;
+	size_t n_basket;           /* 1..1000 */
+	const char *currency;      /* required */
+	const char *order_id;      /* the sale the coupon is spent on, required */
+	const char *guide_id;      /* optional */
+	int64_t now_ms;
+} scrm_redeem_request;
+
+typedef struct scrm_redemption {
+	char redemption_id[37];    /* UUIDv7: the coupon_redeem event's id */
+	int64_t value;             /* discount granted, minor units */
+	int64_t seq;               /* the coupon_redeem event's seq */
+	int offline;               /* 1: reserved while central was unreachable */
+} scrm_redemption;
+
+/* Redeem a coupon: check its signature and every rule again, then in one
+ * transaction on the store mark it used and record a coupon_redeem event, so
+ * two tills (threads or processes) can never spend the same use twice. Call
+ * before printing the receipt. SCRM_E_REFUSED (reason in scrm_errmsg(), code
+ * first: "used_up: ...") when a rule says no; nothing is written then.
+ * `out` and `json` may be NULL. */
+SCRM_API int scrm_redeem(scrm_cache *cache, scrm_store *store, const scrm_redeem_request *rq,
+			 scrm_redemption *out, char **json);
+
+/* This device's redemptions and central's verdicts on them, newest first,
+ * with counts {"pending","accepted","rejected"}. `limit` 0 = 100. */
+SCRM_API int scrm_redemptions(scrm_store *store, int limit, char **json);
 
 /* Release memory returned by libscrm; NULL is a no-op. */
 SCRM_API void scrm_free(void *p);
