@@ -692,10 +692,183 @@ static int t_cache_bad_delta(struct env *e)
 	return 0;
 }
 
+/* The first `n` member coupons of a campaign in the fixture: id, member,
+ * code (from the signed payloads, escaped inside coupons.jsonl). */
+static int find_coupons(struct env *e, const char *campaign, int n, char id[][48], char member[][32], char code[][32])
+{
+	char p[600], needle[80];
+	int k = 0;
+	snprintf(p, sizeof(p), "%s/coupons.jsonl", e->fx);
+	snprintf(needle, sizeof(needle), "\\\"campaign\\\":\\\"%s\\\"", campaign);
+	char *t = th_read_file(p, NULL);
+	CHECK(t, "read %s", p);
+	for (char *line = t; line && *line && k < n;) {
+		char *nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		const char *a, *b, *c;
+		if (strstr(line, "\"key\":\"coupon:") && strstr(line, needle) && (a = strstr(line, "\\\"id\\\":\\\"")) &&
+		    (b = strstr(line, "\\\"member_id\\\":\\\"")) && (c = strstr(line, "\\\"code\\\":\\\"")) &&
+		    sscanf(a + 9, "%47[^\\]", id[k]) == 1 && sscanf(b + 16, "%31[^\\]", member[k]) == 1 &&
+		    sscanf(c + 11, "%31[^\\]", code[k]) == 1)
+			k++;
+		line = nl ? nl + 1 : NULL;
+	}
+	free(t);
+	CHECK(k == n, "fixture has %d %s coupons, need %d", k, campaign, n);
+	return 0;
+}
+
+static int redemptions_state(struct env *e, int64_t *pending, int64_t *accepted, int64_t *rejected, char **json)
+{
+	scrm_store *st = NULL;
+	char *j = NULL;
+	*pending = *accepted = *rejected = -1;
+	if (scrm_store_open(e->store, NULL, &st) != SCRM_OK)
+		return -1;
+	int rc = scrm_redemptions(st, 0, &j);
+	scrm_store_close(st);
+	if (rc != SCRM_OK)
+		return -1;
+	*pending = num_after(j, "\"pending\":");
+	*accepted = num_after(j, "\"accepted\":");
+	*rejected = num_after(j, "\"rejected\":");
+	if (json)
+		*json = j;
+	else
+		scrm_free(j);
+	return 0;
+}
+
+/* The guide's day through an outage: a recommendation shown to a guide,
+ * coupons checked and spent offline (online-only ones refused with that
+ * reason, the same coupon never twice), the sale attributed to the guide;
+ * then the network returns, central settles: one redemption accepted, one
+ * rejected because the coupon was already spent in another store, and the
+ * store sees both verdicts. */
+static int t_guide_offline(struct env *e)
+{
+	char id[2][48], member[2][32], code[2][32], *j = NULL;
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	scrm_redemption red[2];
+	int rc;
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons(e, "GOLD5", 2, id, member, code))
+		return -1;
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	if (start_central(e, "1000", "0") || start_agent(e) || wait_all_streams(e, 120))
+		return -1;
+	/* The second coupon was spent in store s2 (central's books). */
+	{
+		sqlite3 *db = NULL;
+		char sql[800];
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO redemptions(tenant, store, device, seq, id, campaign, coupon, member_id, order_id, value,"
+			 " verdict, reason, detail, decided_ms) VALUES ('acme', 's2', 'pos-09', 1,"
+			 " '01900000-0000-7000-8000-000000000001', 'GOLD5', '%s', '%s', 'S2-77', 500, 'accepted', NULL, NULL,"
+			 " 1)",
+			 id[1], member[1]);
+		CHECK(sqlite3_open(e->central_db, &db) == SQLITE_OK, "central db");
+		sqlite3_busy_timeout(db, 5000);
+		rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+		sqlite3_close(db);
+		CHECK(rc == SQLITE_OK, "seed central's redemptions");
+	}
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+
+	/* The outage. */
+	th_broker_stop(e->broker);
+	CHECK(th_wait_log(e->agent_log, "msg=\"connection lost\"", 30000 * scale) == 0, "agent did not notice");
+	CHECK(scrm_cache_open(e->store, NULL, &c) == SCRM_OK, "cache: %s", scrm_errmsg());
+	CHECK(scrm_store_open(e->store, NULL, &st) == SCRM_OK, "store: %s", scrm_errmsg());
+	scrm_line basket[2] = {{.sku = "22423", .qty = 2, .unit_price = 1275}, {.sku = "84879", .qty = 1, .unit_price = 169}};
+
+	/* The guide sees suggestions; the list is recorded for attribution. */
+	scrm_reco_request rr = {.member_id = member[0], .basket = basket, .n_basket = 1, .n = 5, .guide_id = "g-07"};
+	rc = scrm_recommend(c, st, &rr, &j);
+	CHECK(rc == SCRM_OK && strstr(j, "\"reco_id\":\"") && strstr(j, "\"items\":[{"), "recommend: %s %s",
+	      scrm_errmsg(), j ? j : "");
+	char reco_id[40] = "";
+	sscanf(strstr(j, "\"reco_id\":\"") + 11, "%36[^\"]", reco_id);
+	scrm_free(j);
+
+	/* Offline: the member coupon applies; the online-only campaign does not. */
+	scrm_coupon_request cr = {.member_id = member[0], .basket = basket, .n_basket = 2, .currency = "GBP"};
+	rc = scrm_coupons_for(c, st, &cr, &j);
+	CHECK(rc == SCRM_OK && strstr(j, "\"online\":false"), "coupons_for: %s %s", scrm_errmsg(), j ? j : "");
+	CHECK(strstr(j, id[0]) && strstr(j, id[0]) < strstr(j, "\"ineligible\""), "coupon %s not eligible: %s", id[0], j);
+	scrm_free(j);
+
+	/* Spend by code, offline; a second till gets "used_up". */
+	scrm_redeem_request rq = {.member_id = member[0], .coupon = code[0], .basket = basket, .n_basket = 2,
+				  .currency = "GBP", .order_id = "G-1", .guide_id = "g-07"};
+	rc = scrm_redeem(c, st, &rq, &red[0], NULL);
+	CHECK(rc == SCRM_OK && red[0].offline && red[0].value == 500, "redeem: rc=%d %s value=%lld", rc, scrm_errmsg(),
+	      (long long)red[0].value);
+	rq.order_id = "G-1b";
+	rc = scrm_redeem(c, st, &rq, NULL, NULL);
+	CHECK(rc == SCRM_E_REFUSED && strncmp(scrm_errmsg(), "used_up", 7) == 0, "second redeem: rc=%d %s", rc,
+	      scrm_errmsg());
+	/* The sale, without a guide: the agent credits it to g-07. */
+	const char *codes[1] = {code[0]};
+	scrm_purchase p = {.order_id = "G-1", .lines = basket, .n_lines = 2, .discount = 500,
+			   .total = 2 * 1275 + 169 - 500, .currency = "GBP", .payment = "card", .member_id = member[0],
+			   .coupons = codes, .n_coupons = 1};
+	CHECK(scrm_record_purchase(st, &p, NULL) == SCRM_OK, "purchase: %s", scrm_errmsg());
+	/* The other member's coupon, already spent elsewhere: the agent cannot
+	 * know offline and reserves it; central will say no. */
+	rq.member_id = member[1];
+	rq.coupon = id[1];
+	rq.order_id = "G-2";
+	rc = scrm_redeem(c, st, &rq, &red[1], NULL);
+	CHECK(rc == SCRM_OK, "redeem %s: %s", id[1], scrm_errmsg());
+	int64_t pend, acc, rej;
+	CHECK(redemptions_state(e, &pend, &acc, &rej, NULL) == 0 && pend == 2 && acc == 0 && rej == 0,
+	      "before central: pending %" PRId64 " accepted %" PRId64 " rejected %" PRId64, pend, acc, rej);
+
+	/* The network returns: central settles both. */
+	CHECK(th_broker_restart(e->broker) == 0, "broker restart");
+	for (int i = 0; i < 600 * scale; i++) {
+		redemptions_state(e, &pend, &acc, &rej, NULL);
+		if (pend == 0)
+			break;
+		th_sleep_ms(100);
+	}
+	CHECK(redemptions_state(e, &pend, &acc, &rej, &j) == 0 && pend == 0 && acc == 1 && rej == 1,
+	      "after central: pending %" PRId64 " accepted %" PRId64 " rejected %" PRId64, pend, acc, rej);
+	CHECK(strstr(j, "already_spent") && strstr(j, "s2"), "rejection reason not shown: %s", j);
+	scrm_free(j);
+	j = NULL;
+	/* Central holds the sale credited to the guide's recommendation. */
+	char sql[400];
+	snprintf(sql, sizeof(sql),
+		 "SELECT count(*) FROM events WHERE kind = 'purchase' AND json_extract(body, '$.guide_id') = 'g-07'"
+		 " AND json_extract(body, '$.reco_id') = '%s' AND json_extract(body, '$.attributed') = 'auto'",
+		 reco_id);
+	CHECK(central_count(e, sql) == 1, "attributed purchase not at central (reco %s)", reco_id);
+	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'reco_shown'") == 1, "reco_shown not at central");
+	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 2, "redemptions not at central");
+	/* Online again: the online-only campaign is offered (kitchen item). */
+	for (int i = 0; i < 100 * scale; i++) {
+		scrm_free(j);
+		j = NULL;
+		if (scrm_coupons_for(c, st, &cr, &j) == SCRM_OK && strstr(j, "\"online\":true"))
+			break;
+		th_sleep_ms(100);
+	}
+	CHECK(j && strstr(j, "\"online\":true"), "still offline after reconnect: %s", j ? j : "");
+	scrm_free(j);
+	scrm_store_close(st);
+	scrm_cache_close(c);
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct env *);
 } scenarios[] = {
+	{"guide_offline", t_guide_offline},
 	{"cache_sync", t_cache_sync},
 	{"cache_kill9", t_cache_kill9},
 	{"cache_erasure", t_cache_erasure},
