@@ -70,6 +70,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		(void)strlen(ack.rejected[i].reason);
 	}
 	sync__ack_free(&ack);
+	/* The same bytes as central's other device-bound message, a coupon
+	 * verdict (down/verdict): refused with a reason, or bounded fields. */
+	sync__verdict v;
+	err__clear();
+	rc = sync__parse_verdict((const char *)data, size, &v);
+	if (rc != SCRM_OK) {
+		FUZZ_CHECK(rc == SCRM_E_INVALID, "verdict rc %d", rc);
+		FUZZ_CHECK(scrm_errmsg()[0] != '\0', "verdict refused without a message");
+	} else {
+		FUZZ_CHECK(strlen(v.redemption) == 36, "redemption id length %zu", strlen(v.redemption));
+		FUZZ_CHECK(v.accepted || v.reason[0], "rejection without a reason");
+		FUZZ_CHECK(v.ts >= 0, "negative ts");
+	}
 	return 0;
 }
 

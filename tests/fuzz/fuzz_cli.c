@@ -11,6 +11,8 @@
 
 #include "cli.h"
 
+#include <scrm/scrm.h>
+
 #include <string.h>
 
 #define MAX_ARGS 32
@@ -55,6 +57,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		prev = ln;
 	}
 	FUZZ_CHECK(p == end, "did not consume the input");
+
+	/* A --basket value: SKU[:QTY[:PRICE]],... (the whole input as text). */
+	{
+		scrm_line lines[64];
+		char skus[64 * 66];
+		size_t n = 0;
+		char text[4096];
+		size_t tl = size < sizeof(text) - 1 ? size : sizeof(text) - 1;
+		memcpy(text, data, tl);
+		text[tl] = '\0';
+		rc = cli__parse_basket(text, lines, 64, &n, skus, sizeof(skus), err, sizeof(err));
+		FUZZ_CHECK(rc == 0 || rc == 2, "basket rc %d", rc);
+		if (rc == 2)
+			FUZZ_CHECK(err[0] != '\0', "basket refused without a reason");
+		for (size_t i = 0; rc == 0 && i < n; i++) {
+			FUZZ_CHECK(lines[i].sku >= skus && lines[i].sku < skus + sizeof(skus), "sku outside its buffer");
+			FUZZ_CHECK(strlen(lines[i].sku) >= 1 && strlen(lines[i].sku) <= 64, "sku length");
+			FUZZ_CHECK(lines[i].qty >= 1 && lines[i].unit_price >= 0, "qty/price out of range");
+		}
+	}
 	free(buf);
 	return 0;
 }
