@@ -2595,6 +2595,44 @@ static int write_recos(retail *r, const char *outdir, int64_t version)
 				bought[v->skus[j]] = 0;
 		}
 	}
+	/* The store's bestsellers (key "_store", protocol.md): the products in
+	 * most purchase invoices, a cold-start fallback for the engine. */
+	if (!b.oom) {
+		size_t top[50], nt = 0, maxinv = 0;
+		for (size_t i = 0; i < r->n_skus; i++) {
+			const struct r_sku *k = &r->skus[i];
+			if (!k->valid || !k->product || !k->invoices)
+				continue;
+			size_t at = nt < 50 ? nt++ : 50;
+			while (at > 0) {
+				const struct r_sku *p = &r->skus[top[at - 1]];
+				if (p->invoices > k->invoices || (p->invoices == k->invoices && strcmp(p->code, k->code) < 0))
+					break;
+				if (at < 50)
+					top[at] = top[at - 1];
+				at--;
+			}
+			if (at < 50)
+				top[at] = i;
+		}
+		for (size_t q = 0; q < nt; q++)
+			if (r->skus[top[q]].invoices > maxinv)
+				maxinv = r->skus[top[q]].invoices;
+		if (nt) {
+			b.len = 0;
+			sb_puts(&b, "{\"member_id\":\"_store\",\"items\":[");
+			for (size_t q = 0; q < nt; q++) {
+				sb_printf(&b, "%s{\"sku\":\"%s\",\"score\":", q ? "," : "", r->skus[top[q]].code);
+				sb_frac(&b, (double)r->skus[top[q]].invoices / (double)maxinv);
+				sb_puts(&b, ",\"reason\":\"bestseller\"}");
+			}
+			sb_puts(&b, "]}");
+			if (!b.oom) {
+				put_record(o.f, "_store", b.p);
+				r->counts.records[CG_RECOS]++;
+			}
+		}
+	}
 	rc = b.oom ? -ENOMEM : 0;
 	free(b.p);
 	free(score);
