@@ -414,6 +414,8 @@ static const char *const src_name[SRC_N] = {"basket", "history", "central", "pop
 struct cand {
 	char sku[MAX_SKU + 1];
 	double score, best; /* total; strongest single contribution */
+	double miss[4];     /* per source: product of (1 - strength), see contribute() */
+	int repeat;         /* central says the member buys it regularly */
 	int best_src;
 	char from[MAX_SKU + 1]; /* basket or history SKU behind the best rule */
 	int64_t from_ms;        /* when `from` was bought (history) */
@@ -504,22 +506,37 @@ static struct cand *cands_get(struct cands *cs, const char *sku)
 	memset(c, 0, sizeof(*c));
 	snprintf(c->sku, sizeof(c->sku), "%s", sku);
 	c->boost = 1.0;
+	for (int k = 0; k < 4; k++)
+		c->miss[k] = 1.0;
 	cs->slot[i] = (int32_t)cs->n++;
 	return c;
 }
 
-static void contribute(struct cands *cs, const char *sku, double w, int src, const char *from, int64_t from_ms,
+static const double src_weight[SRC_N] = {W_BASKET, W_HISTORY, W_CENTRAL, W_POPULAR};
+
+/* Evidence from one source combines as a noisy-OR, 1 - prod(1 - strength):
+ * ten weak rules from old purchases never outweigh one strong rule from
+ * the basket, and each source is bounded by its weight. */
+static void contribute(struct cands *cs, const char *sku, double strength, int src, const char *from, int64_t from_ms,
 		       const char *code)
 {
-	if (!sku_ok(sku) || !(w > 0))
+	if (!sku_ok(sku) || !(strength > 0))
 		return;
+	if (strength > 1)
+		strength = 1;
 	struct cand *c = cands_get(cs, sku);
 	if (!c)
 		return;
-	c->score += w;
+	c->miss[src] *= 1.0 - strength;
+	c->score = 0;
+	for (int k = 0; k < SRC_N; k++)
+		c->score += src_weight[k] * (1.0 - c->miss[k]);
 	c->srcs |= 1u << src;
+	if (src == SRC_CENTRAL && code && strcmp(code, "repeat") == 0)
+		c->repeat = 1;
 	/* The reason shown is the strongest contribution; on a tie the
 	 * earlier source in the fixed order basket, history, central. */
+	double w = src_weight[src] * strength;
 	if (w > c->best) {
 		c->best = w;
 		c->best_src = src;
@@ -538,7 +555,7 @@ static void from_rules(cache *c, struct cands *cs, const char *sku, double w, in
 	sqlite3_bind_int(st, 2, RULES_PER_SOURCE);
 	while (sqlite3_step(st) == SQLITE_ROW)
 		contribute(cs, (const char *)sqlite3_column_text(st, 0), w * sqlite3_column_double(st, 1), src, sku, from_ms,
-			   NULL);
+			   NULL); /* w: the decay of a history source, 1 for the basket */
 	sqlite3_reset(st);
 }
 
@@ -560,7 +577,7 @@ static void from_recos(cache *c, struct cands *cs, const char *key, double w, in
 			continue;
 		if (v > 1)
 			v = 1;
-		contribute(cs, jstr(it, "sku"), w * v, src, NULL, 0, jstr(it, "reason"));
+		contribute(cs, jstr(it, "sku"), w * v, src, NULL, 0, jstr(it, "reason")); /* w = 1 */
 	}
 	cJSON_Delete(doc);
 }
@@ -1345,20 +1362,19 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 				break;
 		if (k < i)
 			continue;
-		from_rules(c, &cs, rq->basket[i].sku, W_BASKET, SRC_BASKET, 0);
+		from_rules(c, &cs, rq->basket[i].sku, 1.0, SRC_BASKET, 0);
 		used++;
 	}
 	for (size_t i = 0, used = 0; i < nh && used < MAX_HISTORY_SOURCES; i++) {
 		if (hist[i].ts < now - pol.history_ms)
 			continue;
 		double age = now > hist[i].ts ? (double)(now - hist[i].ts) / (double)DAY_MS : 0;
-		from_rules(c, &cs, hist[i].sku, W_HISTORY * pow(0.5, age / (double)pol.half_life_days), SRC_HISTORY,
-			   hist[i].ts);
+		from_rules(c, &cs, hist[i].sku, pow(0.5, age / (double)pol.half_life_days), SRC_HISTORY, hist[i].ts);
 		used++;
 	}
 	if (rq->member_id)
-		from_recos(c, &cs, rq->member_id, W_CENTRAL, SRC_CENTRAL);
-	from_recos(c, &cs, "_store", W_POPULAR, SRC_POPULAR);
+		from_recos(c, &cs, rq->member_id, 1.0, SRC_CENTRAL);
+	from_recos(c, &cs, "_store", 1.0, SRC_POPULAR);
 
 	/* 2. the strongest 4N (at least 40), boosted */
 	if (cs.n && !(order = malloc(cs.n * sizeof(*order)))) {
@@ -1382,7 +1398,9 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 	/* 3. filters, in rank order */
 	sbuf__reset(out);
 	sbuf__puts(out, "{\"items\":[");
-	for (size_t i = 0; i < top && shown < (size_t)n; i++) {
+	/* Past the boosted head, candidates keep their order: a list is short
+	 * only when the candidates run out. */
+	for (size_t i = 0; i < cs.n && shown < (size_t)n; i++) {
 		struct cand *cd = order[i];
 		size_t k;
 		for (k = 0; k < rq->n_basket; k++)
@@ -1390,8 +1408,10 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 				break;
 		if (k < rq->n_basket)
 			continue;
+		/* Just bought: not again soon — unless central says the member
+		 * buys it regularly (consumables). */
 		int recent = 0;
-		for (k = 0; pol.just_bought_ms > 0 && k < nh; k++)
+		for (k = 0; pol.just_bought_ms > 0 && !cd->repeat && k < nh; k++)
 			if (hist[k].ts >= now - pol.just_bought_ms && strcmp(hist[k].sku, cd->sku) == 0)
 				recent = 1;
 		if (recent) {
@@ -1402,6 +1422,8 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 			dropped_stock++;
 			continue;
 		}
+		if (i >= top && !cd->doc)
+			cd->doc = catalogue(c, cd->sku);
 		cd->used = 1;
 		reason(c, cd, now, reason_text, sizeof(reason_text));
 		if (shown)
@@ -1463,7 +1485,7 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 			sbuf__jstr(&ev, rq->member_id);
 		}
 		sbuf__puts(&ev, ",\"items\":[");
-		for (size_t i = 0, f = 0; i < top; i++) {
+		for (size_t i = 0, f = 0; i < cs.n; i++) {
 			if (!order[i]->used)
 				continue;
 			if (f++)
