@@ -4,18 +4,21 @@
  * and the till (see guide.h for what it owns).
  *
  * Ranking, in one pass over the cache:
- *   1. candidates: item → item rules from each basket SKU (weight 1.0 ×
- *      confidence) and from each SKU the member bought within
- *      guide.history_days (0.6 × confidence, halved every
+ *   1. candidates: item → item rules from each basket SKU (weight 1.0,
+ *      strength = confidence) and from each SKU the member bought within
+ *      guide.history_days (weight 0.6, confidence halved every
  *      guide.history_half_life_days), central's per-member list (0.8 ×
- *      score), and the store's bestsellers (recos key "_store", 0.05 × score)
- *      so a cold start still gets a list;
+ *      score), and the store's bestsellers (recos key "_store", 0.05) so a
+ *      cold start still gets a list. Strengths within a source combine as a
+ *      noisy-OR (contribute()); score = sum of weight × combined strength;
  *   2. the strongest 4N (at least 40) are looked up in the catalogue and
  *      boosted by the member's preferences and tags (×1.25 a liked
  *      category or item tag, ×1.15 an item tag equal to a member tag);
  *   3. in score order (ties: SKU), drop what is in the basket, was bought
- *      within guide.just_bought_days, or has no stock in this store
- *      (inventory qty <= 0; no inventory record = unknown = kept), until N.
+ *      within guide.just_bought_days (unless central lists it as "repeat"),
+ *      or has no stock in this store (inventory qty <= 0; no inventory
+ *      record = unknown = kept), until N; past the boosted head candidates
+ *      keep their raw order.
  * Each item's reason is its strongest contribution, plus its boosts.
  */
 #include "guide.h"
@@ -139,6 +142,20 @@ static int jhas(const cJSON *o, const char *name, const char *s)
 	return 0;
 }
 
+/* Is `s` one of the strings of array `a`? */
+static int jhas_item(const cJSON *a, const char *s)
+{
+	const cJSON *it;
+	if (!s || !cJSON_IsArray(a))
+		return 0;
+	cJSON_ArrayForEach(it, a)
+	{
+		if (cJSON_IsString(it) && strcmp(it->valuestring, s) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static int jcount(const cJSON *o, const char *name)
 {
 	const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, name);
@@ -251,8 +268,8 @@ const char *guide__stage(const cJSON *profile, int64_t now, const guide__policy 
 /* ---- what the store knows ------------------------------------------- */
 
 struct use {
+	char id[37]; /* the coupon_redeem event's id */
 	char coupon[65], campaign[65];
-	int mine; /* the member's */
 };
 
 struct guide__local {
@@ -280,7 +297,7 @@ static int local_read(outbox *ob, void *ctx)
 	if (!l->member_id)
 		return SCRM_OK;
 	rc = sqlite3_prepare_v2(outbox__db(ob),
-				"SELECT coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1"
+				"SELECT id, coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1"
 				" AND coalesce(verdict, '') != 'rejected' ORDER BY id",
 				-1, &st, NULL);
 	if (rc != SQLITE_OK)
@@ -298,9 +315,9 @@ static int local_read(outbox *ob, void *ctx)
 			l->cap_uses = nc;
 		}
 		struct use *u = &l->uses[l->n_uses++];
-		snprintf(u->coupon, sizeof(u->coupon), "%s", (const char *)sqlite3_column_text(st, 0));
-		snprintf(u->campaign, sizeof(u->campaign), "%s", (const char *)sqlite3_column_text(st, 1));
-		u->mine = 1;
+		snprintf(u->id, sizeof(u->id), "%s", (const char *)sqlite3_column_text(st, 0));
+		snprintf(u->coupon, sizeof(u->coupon), "%s", (const char *)sqlite3_column_text(st, 1));
+		snprintf(u->campaign, sizeof(u->campaign), "%s", (const char *)sqlite3_column_text(st, 2));
 	}
 	sqlite3_finalize(st);
 	return rc == SQLITE_DONE ? SCRM_OK : outbox__sqlite_err(rc, "read redemptions", "");
@@ -324,14 +341,17 @@ static void local_free(guide__local *l)
 	l->uses = NULL;
 }
 
-/* Uses this device made of a coupon, or of a campaign by the member. */
-static int64_t local_count(const guide__local *l, const char *coupon, const char *campaign)
+/* Uses this device made of a coupon, or of a campaign by the member, that
+ * central's count does not include yet: central lists the redemption ids it
+ * counted (coupon "used_ids", member "coupon_use_ids"), so a use is never
+ * counted twice, and without the lists it is (the safe side). */
+static int64_t local_count(const guide__local *l, const char *coupon, const char *campaign, const cJSON *counted)
 {
 	int64_t n = 0;
 	for (size_t i = 0; i < l->n_uses; i++) {
-		if (coupon && strcmp(l->uses[i].coupon, coupon) == 0)
-			n++;
-		else if (!coupon && campaign && strcmp(l->uses[i].campaign, campaign) == 0)
+		int match = coupon ? strcmp(l->uses[i].coupon, coupon) == 0
+				   : campaign && strcmp(l->uses[i].campaign, campaign) == 0;
+		if (match && !jhas_item(counted, l->uses[i].id))
 			n++;
 	}
 	return n;
@@ -919,7 +939,8 @@ static void evaluate(struct offer *o, const cJSON *profile, const char *member_i
 	/* Uses: central's count plus this device's (not rejected). */
 	if (o->coupon) {
 		int64_t uses = jint(o->coupon, "uses", 1), used = jint(o->coupon, "used", 0);
-		int64_t mine = l ? local_count(l, jstr(o->coupon, "id"), NULL) : 0;
+		int64_t mine =
+			l ? local_count(l, jstr(o->coupon, "id"), NULL, cJSON_GetObjectItemCaseSensitive(o->coupon, "used_ids")) : 0;
 		if (used + mine >= uses) {
 			o->code = "used_up";
 			snprintf(o->detail, sizeof(o->detail), "%lld of %lld use%s spent%s", (long long)(used + mine),
@@ -930,7 +951,9 @@ static void evaluate(struct offer *o, const cJSON *profile, const char *member_i
 	int64_t pml = jint(cp, "per_member_limit", 0);
 	if (pml > 0 && member_id) {
 		const cJSON *cu = cJSON_GetObjectItemCaseSensitive(profile, "coupon_uses");
-		int64_t had = jint(cu, o->campaign_id, 0) + (l ? local_count(l, NULL, o->campaign_id) : 0);
+		int64_t had = jint(cu, o->campaign_id, 0) +
+			      (l ? local_count(l, NULL, o->campaign_id, cJSON_GetObjectItemCaseSensitive(profile, "coupon_use_ids"))
+				 : 0);
 		if (had >= pml) {
 			o->code = "member_limit";
 			snprintf(o->detail, sizeof(o->detail), "member already used this campaign %lld time%s (limit %lld)",
@@ -1258,8 +1281,9 @@ static void put_script(cache *c, sbuf *b, int slot, const char *value)
 }
 
 /* next_action: what to do for this member now, the coupon that goes with
- * it (one aimed at the stage first, then the most valuable) and the talk
- * tracks for the stage and the member's tags. */
+ * it (one aimed at the stage first, then a member coupon before a public
+ * campaign, then key order) and the talk tracks for the stage and the
+ * member's tags. */
 static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *member_id, const char *stage,
 		       const char *stage_why, const guide__local *l, int64_t now)
 {
@@ -1333,8 +1357,8 @@ int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 
 	memset(&l, 0, sizeof(l));
 	sbuf__init(&ev);
-	if (n > MAX_N)
-		return err__set(SCRM_E_INVALID, "n: at most %d items", MAX_N);
+	if (rq->n < 0 || n > MAX_N)
+		return err__set(SCRM_E_INVALID, "n: 1..%d items (0 = 10), got %d", MAX_N, rq->n);
 	if (rq->member_id && !id_ok(rq->member_id))
 		return err__set(SCRM_E_INVALID, "member_id: 1..64 of [A-Za-z0-9_.:-]");
 	if (rq->guide_id && !id_ok(rq->guide_id))
@@ -1679,15 +1703,24 @@ int guide__redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, sc
 	{
 		const cJSON *cu = cJSON_GetObjectItemCaseSensitive(profile, "coupon_uses");
 		int64_t pml = campaign ? jint(campaign, "per_member_limit", 0) : 0;
+		/* the redemption ids central's counts include, as JSON arrays */
+		char *coupon_counted = coupon ? cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(coupon, "used_ids")) : NULL;
+		char *member_counted = profile ? cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(profile, "coupon_use_ids"))
+					       : NULL;
 		outbox__limits lim = {
 			.coupon = coupon ? jstr(coupon, "id") : NULL,
 			.coupon_allowed = coupon ? jint(coupon, "uses", 1) - jint(coupon, "used", 0) : -1,
+			.coupon_counted = coupon_counted,
+			.member_counted = member_counted,
 			.campaign = o.campaign_id,
 			.member_id = rq->member_id,
 			.member_allowed = pml > 0 ? pml - jint(cu, o.campaign_id, 0) : -1,
 		};
 		scrm_receipt r;
-		if ((rc = store__record_redemption(store, &body, &lim, &r)))
+		rc = store__record_redemption(store, &body, &lim, &r);
+		free(coupon_counted);
+		free(member_counted);
+		if (rc)
 			goto cleanup;
 		if (res) {
 			memcpy(res->redemption_id, r.event_id, sizeof(res->redemption_id));

@@ -394,6 +394,13 @@ cleanup:
 	return rc;
 }
 
+/* A JSON array text (what cJSON printed); anything else is ignored rather
+ * than fed to json_each. */
+static int json_array_ok(const char *s)
+{
+	return s && s[0] == '[';
+}
+
 /* Count what the limits of `lim` cover; inside the caller's transaction. */
 static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member,
 			     char *last, size_t last_cap)
@@ -407,10 +414,13 @@ static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_
 		if ((rc = sqlite3_prepare_v2(ob->db,
 					     "SELECT count(*), max(reserved_ms), (SELECT order_id FROM redemptions WHERE coupon = ?1"
 					     " AND coalesce(verdict, '') != 'rejected' ORDER BY reserved_ms DESC LIMIT 1)"
-					     " FROM redemptions WHERE coupon = ?1 AND coalesce(verdict, '') != 'rejected'",
+					     " FROM redemptions WHERE coupon = ?1 AND coalesce(verdict, '') != 'rejected'"
+					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))",
 					     -1, &st, NULL)) != SQLITE_OK)
 			return fail(ob, rc, "count redemptions");
 		sqlite3_bind_text(st, 1, lim->coupon, -1, SQLITE_STATIC);
+		if (lim->coupon_counted && json_array_ok(lim->coupon_counted))
+			sqlite3_bind_text(st, 2, lim->coupon_counted, -1, SQLITE_STATIC);
 		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
 			sqlite3_finalize(st);
 			return fail(ob, rc, "count redemptions");
@@ -424,11 +434,14 @@ static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_
 	if (lim->campaign && lim->member_id) {
 		if ((rc = sqlite3_prepare_v2(ob->db,
 					     "SELECT count(*) FROM redemptions WHERE campaign = ?1 AND member_id = ?2"
-					     " AND coalesce(verdict, '') != 'rejected'",
+					     " AND coalesce(verdict, '') != 'rejected'"
+					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?3, '[]')))",
 					     -1, &st, NULL)) != SQLITE_OK)
 			return fail(ob, rc, "count redemptions");
 		sqlite3_bind_text(st, 1, lim->campaign, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, lim->member_id, -1, SQLITE_STATIC);
+		if (lim->member_counted && json_array_ok(lim->member_counted))
+			sqlite3_bind_text(st, 3, lim->member_counted, -1, SQLITE_STATIC);
 		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
 			sqlite3_finalize(st);
 			return fail(ob, rc, "count redemptions");

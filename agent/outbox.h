@@ -58,6 +58,9 @@ typedef struct outbox__limits {
 	const char *campaign;
 	const char *member_id;
 	int64_t member_allowed;  /* uses of the campaign left for this member */
+	/* JSON arrays (or NULL) of redemption ids central's counts already
+	 * include: such local redemptions are not counted again */
+	const char *coupon_counted, *member_counted;
 } outbox__limits;
 
 /* Append one coupon_redeem row if `lim` allows it: SCRM_E_REFUSED

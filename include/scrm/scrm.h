@@ -248,7 +248,9 @@ typedef struct scrm_reco_request {
 
 /* Ranked suggestions with a reason a guide can read, the member's lifecycle
  * stage and the next best action (coupon and talk track). Deterministic for
- * the same inputs. `store` may be NULL (no local history, nothing recorded). */
+ * the same inputs. `store` may be NULL: nothing is recorded and this
+ * device's redemptions are not counted for the next action's coupon (the
+ * member's local purchases still are: the cache reads them itself). */
 SCRM_API int scrm_recommend(scrm_cache *cache, scrm_store *store, const scrm_reco_request *rq, char **json);
 
 typedef struct scrm_coupon_request {
