@@ -238,12 +238,40 @@ static void newer_schema_refused(void **state)
 	f->ob = NULL;
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
 	assert_null(f->ob);
-	/* "refusing to touch it": still version 3. */
+	/* "refusing to touch it": still version 4. */
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 4);
+}
+
+/* A store written by the previous release (schema v2: before the guide
+ * tablet) upgrades in place: its events and counter are kept and the v3
+ * tables and triggers appear. */
+static void schema_v2_store_upgrades(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(append_n(f->ob, 3, T0 + 1), 1);
+	outbox__close(f->ob);
+	f->ob = NULL;
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+				      "DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
+				      " DROP TRIGGER outbox_attribution; DROP TABLE link; DROP TABLE settings;"
+				      " DROP TABLE reco_shown; DROP TABLE redemptions; PRAGMA user_version = 2",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
 	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 3);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('link','settings',"
+					   "'reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
+					   "'outbox_attribution')"),
+			 7);
+	assert_int_equal(stats_of(f->ob).pending, 3);
+	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
 }
 
 static void not_a_database_refused(void **state)
@@ -919,6 +947,7 @@ int main(int argc, char **argv)
 		T(open_missing_store_without_device_creates_nothing),
 		T(invalid_device_id_refused_and_nothing_created),
 		T(newer_schema_refused),
+		T(schema_v2_store_upgrades),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),
 		T(two_handles_share_one_counter),
