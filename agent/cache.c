@@ -2,7 +2,7 @@
 /*
  * cache: the offline customer cache (see cache.h for what it owns).
  *
- * Schema (PRAGMA user_version = 1):
+ * Schema (PRAGMA user_version = 2; v1 had an unusable rules index):
  *   meta(k PK, v)                 tenant, phone country code
  *   streams(name PK, cursor, applied_ms, refused, gen, snap_*)
  *                                 one row per stream: its version cursor and
@@ -50,8 +50,13 @@
 
 /* ---- streams -------------------------------------------------------- */
 
+/* An index of a stream table. A nullable column gets a partial index
+ * (WHERE column IS NOT NULL: most members have no card); `cols` set means a
+ * plain index on those columns instead. SQLite 3.40 never uses a partial
+ * "IS NOT NULL" index on a NOT NULL column, so rules must not get one: every
+ * rules look-up scanned the whole table. */
 struct index_def {
-	const char *suffix, *column;
+	const char *suffix, *column, *cols;
 };
 
 typedef int (*bind_fn)(struct cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path);
@@ -90,7 +95,7 @@ static const struct stream_def streams[ST_COUNT] = {
 	[ST_RULES] = {"rules",
 		      "if_sku TEXT NOT NULL, then_sku TEXT NOT NULL, support REAL NOT NULL, confidence REAL NOT NULL, lift REAL NOT NULL",
 		      "(key, if_sku, then_sku, support, confidence, lift) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-		      {{"if", "if_sku"}, {NULL, NULL}}, bind_rule},
+		      {{"ifc", "if_sku", "if_sku, confidence DESC, then_sku"}, {NULL, NULL}}, bind_rule},
 };
 
 const char *cache__stream_name(int st)
@@ -138,6 +143,8 @@ struct cache {
 	char policy[1024];        /* the daemon's guide/lifecycle settings (JSON), "" = defaults */
 	sqlite3_stmt *q_profile;
 	sqlite3_stmt *slots[CACHE_STMT_SLOTS]; /* cache__stmt */
+	void *ext;                             /* cache__set_ext */
+	void (*ext_free)(void *);
 };
 
 static void drop_old(cache *c, int st);
@@ -192,10 +199,14 @@ static int create_table(cache *c, int st, const char *table, int64_t gen, int wi
 	if ((rc = exec(c, sql)))
 		return rc;
 	for (int i = 0; with_indexes && i < 2 && streams[st].idx[i].suffix; i++) {
-		snprintf(sql, sizeof(sql),
-			 "CREATE INDEX IF NOT EXISTS \"%s_%s_g%lld\" ON \"%s\"(%s) WHERE %s IS NOT NULL",
-			 streams[st].name, streams[st].idx[i].suffix, (long long)gen, table, streams[st].idx[i].column,
-			 streams[st].idx[i].column);
+		const struct index_def *d = &streams[st].idx[i];
+		if (d->cols)
+			snprintf(sql, sizeof(sql), "CREATE INDEX IF NOT EXISTS \"%s_%s_g%lld\" ON \"%s\"(%s)", streams[st].name,
+				 d->suffix, (long long)gen, table, d->cols);
+		else
+			snprintf(sql, sizeof(sql),
+				 "CREATE INDEX IF NOT EXISTS \"%s_%s_g%lld\" ON \"%s\"(%s) WHERE %s IS NOT NULL",
+				 streams[st].name, d->suffix, (long long)gen, table, d->column, d->column);
 		if ((rc = exec(c, sql)))
 			return rc;
 	}
@@ -212,7 +223,7 @@ static int migrate(cache *c)
 		ver = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver == 1)
+	if (ver == 2)
 		return SCRM_OK;
 	ver = 0;
 	if ((rc = exec(c, "BEGIN IMMEDIATE")))
@@ -222,8 +233,8 @@ static int migrate(cache *c)
 	if (sqlite3_step(st) == SQLITE_ROW)
 		ver = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
-	if (ver > 1) {
-		rc = err__set(SCRM_E_CORRUPT, "cache: schema version %d is newer than this agent (1)", ver);
+	if (ver > 2) {
+		rc = err__set(SCRM_E_CORRUPT, "cache: schema version %d is newer than this agent (2)", ver);
 		goto cleanup;
 	}
 	if (ver == 0) {
@@ -245,7 +256,21 @@ static int migrate(cache *c)
 			if ((rc = exec(c, sql)))
 				goto cleanup;
 		}
-		if ((rc = exec(c, "PRAGMA user_version = 1")))
+		if ((rc = exec(c, "PRAGMA user_version = 2")))
+			goto cleanup;
+	} else if (ver == 1) {
+		/* v2: the rules index that SQLite could use (struct index_def). */
+		int64_t gen = 0;
+		char sql[200];
+		if ((rc = prep(c, c->db, &st, "SELECT gen FROM streams WHERE name = 'rules'", 0)))
+			goto cleanup;
+		if (sqlite3_step(st) == SQLITE_ROW)
+			gen = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+		st = NULL;
+		snprintf(sql, sizeof(sql), "DROP INDEX IF EXISTS \"rules_if_g%lld\"", (long long)gen);
+		if ((rc = exec(c, sql)) || (rc = create_table(c, ST_RULES, "rules", gen, 1)) ||
+		    (rc = exec(c, "PRAGMA user_version = 2")))
 			goto cleanup;
 	}
 	rc = exec(c, "COMMIT");
@@ -408,6 +433,8 @@ void cache__close(cache *c)
 	sqlite3_finalize(c->q_profile);
 	for (int i = 0; i < CACHE_STMT_SLOTS; i++)
 		sqlite3_finalize(c->slots[i]);
+	if (c->ext_free)
+		c->ext_free(c->ext);
 	if (c->db)
 		sqlite3_close_v2(c->db);
 	if (c->act)
@@ -462,6 +489,19 @@ const char *cache__policy(const cache *c)
 sqlite3 *cache__db(cache *c)
 {
 	return c->db;
+}
+
+void *cache__ext(cache *c)
+{
+	return c->ext;
+}
+
+void cache__set_ext(cache *c, void *ext, void (*free_fn)(void *))
+{
+	if (c->ext_free)
+		c->ext_free(c->ext);
+	c->ext = ext;
+	c->ext_free = free_fn;
 }
 
 sqlite3_stmt *cache__stmt(cache *c, int slot, const char *sql)

@@ -149,6 +149,11 @@ struct sqlite3 *cache__db(cache *c);
 struct sqlite3_stmt;
 struct sqlite3_stmt *cache__stmt(cache *c, int slot, const char *sql);
 
+/* One pointer of state a module keeps with the handle (the guide's parsed
+ * campaigns); free_fn runs at cache__close or when replaced. */
+void *cache__ext(cache *c);
+void cache__set_ext(cache *c, void *ext, void (*free_fn)(void *));
+
 /* Verify central's signature over msg (DER sig). SCRM_E_CRYPTO / _CONFIG. */
 int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, size_t sig_len);
 
