@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include <scrm/scrm.h>
 
@@ -1809,6 +1810,47 @@ static void open_refusals_and_missing_keys(void **state)
  * chunk 0 does not restart the build; a lost data key drops the sealed
  * members and bootstraps them again; a bad buffered delta cannot wedge the
  * swap. */
+/* A cache from the first release (schema v1) had a partial index on
+ * rules.if_sku that SQLite never used (the column is NOT NULL): opening it
+ * swaps in the covering index, and rules look-ups use it. */
+static void schema_v1_gets_a_usable_rules_index(void **state)
+{
+	fx *f = *state;
+	cache__close(f->c);
+	f->c = NULL;
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+				      "DROP INDEX rules_ifc_g0;"
+				      " CREATE INDEX rules_if_g0 ON rules(if_sku) WHERE if_sku IS NOT NULL;"
+				      " PRAGMA user_version = 1",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	open_cache(f);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA user_version"), 2);
+	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM sqlite_master WHERE name = 'rules_if_g0'"), 0);
+	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM sqlite_master WHERE name = 'rules_ifc_g0'"), 1);
+	/* the plan names the index */
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db,
+					    "EXPLAIN QUERY PLAN SELECT then_sku, confidence FROM rules WHERE if_sku = 'A'"
+					    " ORDER BY confidence DESC, then_sku LIMIT 30",
+					    -1, &st, NULL),
+			 SQLITE_OK);
+	int uses_index = 0, sorts = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *d = (const char *)sqlite3_column_text(st, 3);
+		uses_index |= d && strstr(d, "rules_ifc_g0") != NULL;
+		sorts |= d && strstr(d, "TEMP B-TREE") != NULL;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	assert_true(uses_index);
+	assert_false(sorts);
+}
+
 static void robustness_review_cases(void **state)
 {
 	fx *f = *state;
@@ -1889,6 +1931,7 @@ int main(int argc, char **argv)
 		T(load_snapshot_files),
 		T(open_refusals_and_missing_keys),
 		T(robustness_review_cases),
+		T(schema_v1_gets_a_usable_rules_index),
 	};
 	return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
 }
