@@ -496,19 +496,33 @@ static void fail_msg(const char *cmd, int rc)
 
 #define MAX_CLI_BASKET 1000
 
+/* The --basket of this run (one command per run). */
+static scrm_line g_lines[MAX_CLI_BASKET];
+static char g_skus[MAX_CLI_BASKET * 66];
+
+/* Parse --basket (NULL = empty) into g_lines: 0, or 2 with the reason printed. */
+static int basket_arg(const char *cmd, const char *spec, size_t *n)
+{
+	char err[200];
+	*n = 0;
+	if (!spec)
+		return 0;
+	if (cli__parse_basket(spec, g_lines, MAX_CLI_BASKET, n, g_skus, sizeof(g_skus), err, sizeof(err))) {
+		fprintf(stderr, "scrmctl: %s: %s\n", cmd, err);
+		return 2;
+	}
+	return 0;
+}
+
 static int cmd_reco(const struct opts *o, const cli__args *a)
 {
-	static scrm_line lines[MAX_CLI_BASKET];
-	static char buf[MAX_CLI_BASKET * 66];
 	size_t nl = 0;
-	char err[200], *json = NULL;
+	char *json = NULL;
 	scrm_cache *c = NULL;
 	scrm_store *st = NULL;
 	int rc;
-	if (a->basket && cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
-		fprintf(stderr, "scrmctl: reco: %s\n", err);
+	if (basket_arg("reco", a->basket, &nl))
 		return 2;
-	}
 	if (open_cache(o, &c) != SCRM_OK)
 		return 1;
 	/* The store adds this device's purchases; it is needed to record. */
@@ -520,7 +534,7 @@ static int cmd_reco(const struct opts *o, const cli__args *a)
 		}
 		st = NULL;
 	}
-	scrm_reco_request rq = {.member_id = a->member, .basket = lines, .n_basket = nl, .n = a->n, .guide_id = a->guide};
+	scrm_reco_request rq = {.member_id = a->member, .basket = g_lines, .n_basket = nl, .n = a->n, .guide_id = a->guide};
 	rc = scrm_recommend(c, st, &rq, &json);
 	if (rc != SCRM_OK) {
 		fail_msg("reco", rc);
@@ -563,22 +577,18 @@ static int cmd_reco(const struct opts *o, const cli__args *a)
 
 static int cmd_coupons(const struct opts *o, const cli__args *a)
 {
-	static scrm_line lines[MAX_CLI_BASKET];
-	static char buf[MAX_CLI_BASKET * 66];
 	size_t nl = 0;
-	char err[200], *json = NULL;
+	char *json = NULL;
 	scrm_cache *c = NULL;
 	scrm_store *st = NULL;
 	int rc;
-	if (a->basket && cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
-		fprintf(stderr, "scrmctl: coupons: %s\n", err);
+	if (basket_arg("coupons", a->basket, &nl))
 		return 2;
-	}
 	if (open_cache(o, &c) != SCRM_OK)
 		return 1;
 	if (scrm_store_open(o->store, NULL, &st) != SCRM_OK)
 		st = NULL;
-	scrm_coupon_request rq = {.member_id = a->member, .basket = lines, .n_basket = nl, .currency = a->currency};
+	scrm_coupon_request rq = {.member_id = a->member, .basket = g_lines, .n_basket = nl, .currency = a->currency};
 	rc = scrm_coupons_for(c, st, &rq, &json);
 	if (rc != SCRM_OK) {
 		fail_msg("coupons", rc);
@@ -608,25 +618,21 @@ static int cmd_coupons(const struct opts *o, const cli__args *a)
 
 static int cmd_redeem(const struct opts *o, const cli__args *a)
 {
-	static scrm_line lines[MAX_CLI_BASKET];
-	static char buf[MAX_CLI_BASKET * 66];
 	size_t nl = 0;
-	char err[200], *json = NULL;
+	char *json = NULL;
 	scrm_cache *c = NULL;
 	scrm_store *st = NULL;
 	scrm_redemption red;
 	int rc;
-	if (cli__parse_basket(a->basket, lines, MAX_CLI_BASKET, &nl, buf, sizeof(buf), err, sizeof(err))) {
-		fprintf(stderr, "scrmctl: redeem: %s\n", err);
+	if (basket_arg("redeem", a->basket, &nl))
 		return 2;
-	}
 	if (open_cache(o, &c) != SCRM_OK)
 		return 1;
 	if (open_store(o, &st) != SCRM_OK) {
 		scrm_cache_close(c);
 		return 1;
 	}
-	scrm_redeem_request rq = {.member_id = a->member, .coupon = a->coupon, .basket = lines, .n_basket = nl,
+	scrm_redeem_request rq = {.member_id = a->member, .coupon = a->coupon, .basket = g_lines, .n_basket = nl,
 				  .currency = a->currency, .order_id = a->order, .guide_id = a->guide};
 	rc = scrm_redeem(c, st, &rq, &red, &json);
 	if (rc != SCRM_OK) {

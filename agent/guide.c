@@ -128,20 +128,6 @@ static const char *jstr(const cJSON *o, const char *name)
 	return cJSON_IsString(it) ? it->valuestring : NULL;
 }
 
-/* Is `s` one of the strings of array o[name]? */
-static int jhas(const cJSON *o, const char *name, const char *s)
-{
-	const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, name), *it;
-	if (!s || !cJSON_IsArray(a))
-		return 0;
-	cJSON_ArrayForEach(it, a)
-	{
-		if (cJSON_IsString(it) && strcmp(it->valuestring, s) == 0)
-			return 1;
-	}
-	return 0;
-}
-
 /* Is `s` one of the strings of array `a`? */
 static int jhas_item(const cJSON *a, const char *s)
 {
@@ -154,6 +140,12 @@ static int jhas_item(const cJSON *a, const char *s)
 			return 1;
 	}
 	return 0;
+}
+
+/* Is `s` one of the strings of array o[name]? */
+static int jhas(const cJSON *o, const char *name, const char *s)
+{
+	return jhas_item(cJSON_GetObjectItemCaseSensitive(o, name), s);
 }
 
 static int jcount(const cJSON *o, const char *name)
