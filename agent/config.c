@@ -62,7 +62,7 @@ static const struct ckey keys[] = {
 	I("guide.history_days", history_days, 365, 1, 3650, "Purchases this recent feed the member's suggestions"),
 	I("guide.history_half_life_days", half_life_days, 30, 1, 3650, "A purchase this old counts half as much in suggestions"),
 	I("guide.attribution_window_ms", attribution_window_ms, 7200000, 0, 604800000, "A member's purchase within this long after a recommendation is credited to its guide (0 = off)"),
-	I("guide.online_fresh_ms", online_fresh_ms, 90000, 10000, 3600000, "Central counts as reachable (online-only coupons allowed) if the daemon was connected this recently"),
+	I("guide.online_fresh_ms", online_fresh_ms, 90000, 60000, 3600000, "Central counts as reachable (online-only coupons allowed) if the daemon was connected this recently"),
 	I("lifecycle.new_days", new_days, 30, 1, 3650, "A member whose first purchase is this recent (or who never bought) is new"),
 	I("lifecycle.sleeping_days", sleeping_days, 90, 1, 3650, "No purchase for this long: sleeping"),
 	I("lifecycle.lost_days", lost_days, 365, 1, 36500, "No purchase for this long: lost"),

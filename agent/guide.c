@@ -104,6 +104,7 @@ static int sku_ok(const char *s)
 
 static int check_basket(const scrm_line *lines, size_t n, size_t min, int priced)
 {
+	int64_t total = 0;
 	if (n > MAX_BASKET)
 		return err__set(SCRM_E_INVALID, "basket: %zu lines, at most %d", n, MAX_BASKET);
 	if (n < min)
@@ -113,12 +114,18 @@ static int check_basket(const scrm_line *lines, size_t n, size_t min, int priced
 	for (size_t i = 0; i < n; i++) {
 		if (!sku_ok(lines[i].sku))
 			return err__set(SCRM_E_INVALID, "basket[%zu].sku: 1..64 printable characters", i);
-		if (priced && lines[i].qty <= 0)
-			return err__set(SCRM_E_INVALID, "basket[%zu].qty: must be > 0", i);
-		if (priced && (lines[i].unit_price < 0 || lines[i].unit_price > 1000000000000LL))
-			return err__set(SCRM_E_INVALID, "basket[%zu].unit_price: must be >= 0", i);
-		if (priced && (lines[i].discount < 0 || lines[i].discount > lines[i].qty * lines[i].unit_price))
+		if (!priced)
+			continue;
+		if (lines[i].qty <= 0 || lines[i].qty > 1000000)
+			return err__set(SCRM_E_INVALID, "basket[%zu].qty: must be 1..1000000", i);
+		if (lines[i].unit_price < 0 || lines[i].unit_price > 1000000000000LL)
+			return err__set(SCRM_E_INVALID, "basket[%zu].unit_price: must be 0..10^12 minor units", i);
+		int64_t amount;
+		if (__builtin_mul_overflow(lines[i].qty, lines[i].unit_price, &amount) || lines[i].discount < 0 ||
+		    lines[i].discount > amount)
 			return err__set(SCRM_E_INVALID, "basket[%zu].discount: must be between 0 and qty*unit_price", i);
+		if (__builtin_add_overflow(total, amount - lines[i].discount, &total))
+			return err__set(SCRM_E_INVALID, "basket: the lines' total is too large");
 	}
 	return SCRM_OK;
 }
@@ -221,13 +228,14 @@ static int local_read(outbox *ob, void *ctx)
 	int rc;
 	if ((rc = outbox__link_get(ob, &connected, &changed, &seen)))
 		return rc;
-	l->online = connected && l->now - seen <= l->fresh_ms;
+	/* seen after now: a clock stepped back, or a daemon that died while
+	 * connected with a clock ahead; either way not proof of a link now */
+	l->online = connected && seen <= l->now && l->now - seen <= l->fresh_ms;
 	l->seen_ms = seen;
 	if (!l->member_id)
 		return SCRM_OK;
 	rc = sqlite3_prepare_v2(outbox__db(ob),
-				"SELECT id, coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1"
-				" AND coalesce(verdict, '') != 'rejected' ORDER BY id",
+				"SELECT id, coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1 ORDER BY id",
 				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return outbox__sqlite_err(rc, "read redemptions", sqlite3_errmsg(outbox__db(ob)));
@@ -953,6 +961,15 @@ static void evaluate(struct offer *o, const cJSON *profile, const char *member_i
 	disc = cJSON_GetObjectItemCaseSensitive(cp, "discount");
 	const char *kind = jstr(disc, "kind");
 	int64_t dv = jint(disc, "value", 0);
+	/* Only what the agent knows how to grant: a kind it does not know is
+	 * never paid out as something else. */
+	if (!kind || !((strcmp(kind, "percent") == 0 && dv >= 1 && dv <= 100) ||
+		       (strcmp(kind, "amount") == 0 && dv >= 1 && dv <= 1000000000000LL))) {
+		o->code = "bad_discount";
+		snprintf(o->detail, sizeof(o->detail), "discount %s %lld is not one this agent can grant (percent 1..100, amount > 0)",
+			 kind ? kind : "(none)", (long long)dv);
+		return;
+	}
 	if (!b) {
 		o->ok = 1;
 		o->value = kind && strcmp(kind, "amount") == 0 ? dv : 0;
@@ -988,12 +1005,16 @@ static void evaluate(struct offer *o, const cJSON *profile, const char *member_i
 		snprintf(o->detail, sizeof(o->detail), "basket %s is below the minimum %s", m1, m2);
 		return;
 	}
-	if (kind && strcmp(kind, "percent") == 0)
-		o->value = dv > 0 && dv <= 100 ? in_scope * dv / 100 : 0;
+	/* in_scope <= the basket's checked total: no overflow either way */
+	if (strcmp(kind, "percent") == 0)
+		o->value = in_scope / 100 * dv + in_scope % 100 * dv / 100;
 	else
 		o->value = dv < in_scope ? dv : in_scope;
-	if (o->value < 0)
-		o->value = 0;
+	if (o->value <= 0) {
+		o->code = "no_value";
+		snprintf(o->detail, sizeof(o->detail), "the discount on this basket would be 0");
+		return;
+	}
 	int64_t cap = cJSON_IsObject(off) ? jint(off, "max_value", 0) : 0;
 	if (!online && cap > 0 && o->value > cap) {
 		o->value = cap;
@@ -1163,11 +1184,11 @@ static int coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *r
 	if ((rc = check_basket(rq->basket, rq->n_basket, 0, 1)))
 		return rc;
 	guide__policy_parse(cache__policy(c), &pol);
-	if (rq->member_id) {
-		if ((rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)))
-			return rc;
+	if (rq->member_id && (rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)) != SCRM_E_NOT_FOUND &&
+	    rc != SCRM_OK)
+		return rc;
+	if (profile)
 		stage = guide__stage(profile, now, &pol, why, sizeof(why));
-	}
 	if ((rc = local_load(store, rq->member_id, now, &pol, &l)) || (rc = campaigns_get(c, &cps)) ||
 	    (rc = offers_load(c, rq->member_id, cps, &os)) ||
 	    (rc = basket_load(c, rq->basket, rq->n_basket, rq->currency, &bk)))
@@ -1181,8 +1202,12 @@ static int coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *r
 	if (rq->member_id) {
 		sbuf__puts(out, "\"member_id\":");
 		sbuf__jstr(out, rq->member_id);
-		sbuf__puts(out, ",\"stage\":");
-		sbuf__jstr(out, stage);
+		if (stage) {
+			sbuf__puts(out, ",\"stage\":");
+			sbuf__jstr(out, stage);
+		} else {
+			sbuf__puts(out, ",\"member_known\":false");
+		}
 		sbuf__putc(out, ',');
 	}
 	sbuf__puts(out, l.online ? "\"online\":true" : "\"online\":false");
@@ -1279,8 +1304,10 @@ static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *memb
 	sbuf__jstr(b, action_of(stage, jint(stats, "orders", 0)));
 	if ((rc = campaigns_get(c, &cps)))
 		return rc;
-	if ((rc = offers_load(c, member_id, cps, &os)))
+	if ((rc = offers_load(c, member_id, cps, &os))) {
+		offers_free(&os);
 		return rc;
+	}
 	const struct offer *best = NULL;
 	int best_aimed = 0;
 	for (size_t i = 0; i < os.n; i++) {
@@ -1338,8 +1365,8 @@ static int recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 		return err__set(SCRM_E_INVALID, "n: 1..%d items (0 = 10), got %d", MAX_N, rq->n);
 	if (rq->member_id && !id_ok(rq->member_id))
 		return err__set(SCRM_E_INVALID, "member_id: 1..64 of [A-Za-z0-9_.:-]");
-	if (rq->guide_id && !id_ok(rq->guide_id))
-		return err__set(SCRM_E_INVALID, "guide_id: 1..64 of [A-Za-z0-9_.:-]");
+	if (rq->guide_id && !sku_ok(rq->guide_id))
+		return err__set(SCRM_E_INVALID, "guide_id: 1..64 printable characters");
 	if ((rc = check_basket(rq->basket, rq->n_basket, 0, 0)))
 		return rc;
 	guide__policy_parse(cache__policy(c), &pol);
@@ -1347,9 +1374,13 @@ static int recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 		cands_free(&cs);
 		return rc;
 	}
-	if (rq->member_id) {
-		if ((rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)))
-			goto cleanup;
+	/* A member the cache does not know yet (joined today, or before the
+	 * next snapshot): the basket and the store still give a list. */
+	if (rq->member_id && (rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)) != SCRM_E_NOT_FOUND &&
+	    rc != SCRM_OK)
+		goto cleanup;
+	rc = SCRM_OK;
+	if (profile) {
 		stage = guide__stage(profile, now, &pol, why, sizeof(why));
 		nh = history(profile, hist, sizeof(hist) / sizeof(hist[0]));
 		if (nh > 1)
@@ -1373,7 +1404,7 @@ static int recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 		from_rules(c, &cs, hist[i].sku, pow(0.5, age / (double)pol.half_life_days), SRC_HISTORY, hist[i].ts);
 		used++;
 	}
-	if (rq->member_id)
+	if (profile)
 		from_recos(c, &cs, rq->member_id, 1.0, SRC_CENTRAL);
 	from_recos(c, &cs, "_store", 1.0, SRC_POPULAR);
 
@@ -1464,13 +1495,15 @@ static int recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, s
 	if (rq->member_id) {
 		sbuf__puts(out, ",\"member_id\":");
 		sbuf__jstr(out, rq->member_id);
+		if (!profile)
+			sbuf__puts(out, ",\"member_known\":false");
 	}
 	sbuf__puts(out, ",\"filtered\":{\"out_of_stock\":");
 	sbuf__i64(out, dropped_stock);
 	sbuf__puts(out, ",\"just_bought\":");
 	sbuf__i64(out, dropped_bought);
 	sbuf__putc(out, '}');
-	if (rq->member_id) {
+	if (profile) {
 		if ((rc = local_load(store, rq->member_id, now, &pol, &l)) ||
 		    (rc = next_action(c, out, profile, rq->member_id, stage, why, &l, now)))
 			goto cleanup;
@@ -1553,6 +1586,17 @@ static int signed_record(cache *c, const char *key, cJSON **out)
 	rc = cache__verify_signed(c, text ? text : "", n, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
 	if (rc == SCRM_OK && !(*out = cJSON_Parse(text ? text : "")))
 		rc = err__set(SCRM_E_CORRUPT, "cache: %s: stored record unreadable", key);
+	if (rc == SCRM_OK) {
+		/* a genuine signature moved to another key on disk */
+		char want[80];
+		snprintf(want, sizeof(want), "%s:%s", jstr(*out, "type") ? jstr(*out, "type") : "",
+			 jstr(*out, "id") ? jstr(*out, "id") : "");
+		if (strcmp(want, key) != 0) {
+			cJSON_Delete(*out);
+			*out = NULL;
+			rc = SCRM_E_CRYPTO;
+		}
+	}
 	sqlite3_reset(st);
 	if (rc == SCRM_E_CRYPTO)
 		return err__set(SCRM_E_REFUSED, "signature: %s does not verify against central's key", key);
@@ -1583,19 +1627,20 @@ static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, sc
 		return err__set(SCRM_E_INVALID, "coupon: 1..64 of [A-Za-z0-9_.:-] (coupon id, code or campaign id)");
 	if (!rq->order_id || !*rq->order_id || strlen(rq->order_id) > 64 || !sku_ok(rq->order_id))
 		return err__set(SCRM_E_INVALID, "order_id: required, 1..64 printable characters");
-	if (rq->guide_id && !id_ok(rq->guide_id))
-		return err__set(SCRM_E_INVALID, "guide_id: 1..64 of [A-Za-z0-9_.:-]");
+	if (rq->guide_id && !sku_ok(rq->guide_id))
+		return err__set(SCRM_E_INVALID, "guide_id: 1..64 printable characters");
 	if (!rq->currency || strlen(rq->currency) != 3 || rq->currency[0] < 'A' || rq->currency[0] > 'Z' ||
 	    rq->currency[1] < 'A' || rq->currency[1] > 'Z' || rq->currency[2] < 'A' || rq->currency[2] > 'Z')
 		return err__set(SCRM_E_INVALID, "currency: required, three upper-case letters (ISO 4217)");
 	if ((rc = check_basket(rq->basket, rq->n_basket, 1, 1)))
 		return rc;
 	guide__policy_parse(cache__policy(c), &pol);
-	if (rq->member_id) {
-		if ((rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)))
-			goto cleanup;
+	if (rq->member_id && (rc = cache__member_profile(c, rq->member_id, now, &profile, NULL)) != SCRM_E_NOT_FOUND &&
+	    rc != SCRM_OK)
+		goto cleanup;
+	rc = SCRM_OK;
+	if (profile)
 		stage = guide__stage(profile, now, &pol, why, sizeof(why));
-	}
 	/* Which record: a coupon id, a public campaign, or a member's code. */
 	snprintf(key, sizeof(key), "coupon:%s", rq->coupon);
 	rc = signed_record(c, key, &coupon);
@@ -1685,6 +1730,7 @@ static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, sc
 		char *member_counted = profile ? cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(profile, "coupon_use_ids"))
 					       : NULL;
 		outbox__limits lim = {
+			.order_id = rq->order_id,
 			.coupon = coupon ? jstr(coupon, "id") : NULL,
 			.coupon_allowed = coupon ? jint(coupon, "uses", 1) - jint(coupon, "used", 0) : -1,
 			.coupon_counted = coupon_counted,
@@ -1699,6 +1745,8 @@ static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, sc
 		free(member_counted);
 		if (rc)
 			goto cleanup;
+		if (lim.existing)
+			o.value = lim.existing_value; /* a retry of the same sale: its redemption */
 		if (res) {
 			memcpy(res->redemption_id, r.event_id, sizeof(res->redemption_id));
 			res->value = o.value;
@@ -1737,37 +1785,40 @@ cleanup:
 /* One read transaction per call: a consistent view of the cache even if a
  * snapshot swap commits meanwhile, and one lock round-trip instead of one
  * per statement (a recommendation runs ~80 of them). */
-static void read_begin(cache *c)
+/* 1 if this call opened the transaction (and must end it). */
+static int read_begin(cache *c)
 {
-	sqlite3_exec(cache__db(c), "BEGIN", NULL, NULL, NULL);
+	sqlite3 *db = cache__db(c);
+	return sqlite3_get_autocommit(db) && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
 }
 
-static void read_end(cache *c)
+static void read_end(cache *c, int began)
 {
-	if (!sqlite3_get_autocommit(cache__db(c)))
-		sqlite3_exec(cache__db(c), "COMMIT", NULL, NULL, NULL);
+	sqlite3 *db = cache__db(c);
+	if (began && !sqlite3_get_autocommit(db) && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL); /* never keep a snapshot open */
 }
 
 int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out)
 {
-	read_begin(c);
+	int began = read_begin(c);
 	int rc = recommend(c, store, rq, out);
-	read_end(c);
+	read_end(c, began);
 	return rc;
 }
 
 int guide__coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *rq, sbuf *out)
 {
-	read_begin(c);
+	int began = read_begin(c);
 	int rc = coupons_for(c, store, rq, out);
-	read_end(c);
+	read_end(c, began);
 	return rc;
 }
 
 int guide__redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
 {
-	read_begin(c);
+	int began = read_begin(c);
 	int rc = redeem(c, store, rq, res, json);
-	read_end(c);
+	read_end(c, began);
 	return rc;
 }

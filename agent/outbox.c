@@ -158,6 +158,7 @@ static const char schema_v3[] =
 	"CREATE TRIGGER IF NOT EXISTS outbox_attribution AFTER INSERT ON outbox"
 	" WHEN NEW.kind = 'purchase' AND json_extract(NEW.body, '$.member_id') IS NOT NULL"
 	"  AND json_extract(NEW.body, '$.reco_id') IS NULL"
+	"  AND coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000) > 0"
 	" BEGIN"
 	"  UPDATE outbox SET body = (SELECT json_set(NEW.body, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id,"
 	"    '$.attributed', 'auto')"
@@ -413,8 +414,9 @@ static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_
 	if (lim->coupon) {
 		if ((rc = sqlite3_prepare_v2(ob->db,
 					     "SELECT count(*), max(reserved_ms), (SELECT order_id FROM redemptions WHERE coupon = ?1"
-					     " AND coalesce(verdict, '') != 'rejected' ORDER BY reserved_ms DESC LIMIT 1)"
-					     " FROM redemptions WHERE coupon = ?1 AND coalesce(verdict, '') != 'rejected'"
+					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))"
+					     " ORDER BY reserved_ms DESC LIMIT 1)"
+					     " FROM redemptions WHERE coupon = ?1"
 					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))",
 					     -1, &st, NULL)) != SQLITE_OK)
 			return fail(ob, rc, "count redemptions");
@@ -434,7 +436,6 @@ static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_
 	if (lim->campaign && lim->member_id) {
 		if ((rc = sqlite3_prepare_v2(ob->db,
 					     "SELECT count(*) FROM redemptions WHERE campaign = ?1 AND member_id = ?2"
-					     " AND coalesce(verdict, '') != 'rejected'"
 					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?3, '[]')))",
 					     -1, &st, NULL)) != SQLITE_OK)
 			return fail(ob, rc, "count redemptions");
@@ -457,7 +458,41 @@ int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by
 	return count_redemptions(ob, lim, by_coupon, by_member, NULL, 0);
 }
 
-int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, const outbox__limits *lim)
+/* The same sale's redemption of the same coupon (or campaign), if any. */
+static int find_existing(outbox *ob, outbox__limits *lim)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	lim->existing = 0;
+	if (!lim->order_id)
+		return SCRM_OK;
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT id, seq, reserved_ms, value FROM redemptions WHERE order_id = ?1"
+				" AND ((?2 IS NOT NULL AND coupon = ?2) OR (?2 IS NULL AND coupon IS NULL AND campaign = ?3"
+				" AND member_id IS ?4)) ORDER BY seq LIMIT 1",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "find redemption");
+	sqlite3_bind_text(st, 1, lim->order_id, -1, SQLITE_STATIC);
+	if (lim->coupon)
+		sqlite3_bind_text(st, 2, lim->coupon, -1, SQLITE_STATIC);
+	if (lim->campaign)
+		sqlite3_bind_text(st, 3, lim->campaign, -1, SQLITE_STATIC);
+	if (lim->member_id)
+		sqlite3_bind_text(st, 4, lim->member_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		lim->existing = 1;
+		snprintf(lim->existing_id, sizeof(lim->existing_id), "%s", (const char *)sqlite3_column_text(st, 0));
+		lim->existing_seq = sqlite3_column_int64(st, 1);
+		lim->existing_wall_ms = sqlite3_column_int64(st, 2);
+		lim->existing_value = sqlite3_column_int64(st, 3);
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "find redemption");
+}
+
+int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, outbox__limits *lim)
 {
 	int rc;
 	int64_t by_coupon = 0, by_member = 0;
@@ -465,6 +500,12 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 
 	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
 		return fail(ob, rc, "begin");
+	if ((rc = find_existing(ob, lim)))
+		goto cleanup;
+	if (lim->existing) {
+		rollback(ob); /* nothing to write */
+		return SCRM_OK;
+	}
 	/* Counted and recorded under one write lock: a second till (thread or
 	 * process) waits here and then sees this use. */
 	if ((rc = count_redemptions(ob, lim, &by_coupon, &by_member, last, sizeof(last))))
@@ -474,7 +515,7 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 		goto cleanup;
 	}
 	if (lim->campaign && lim->member_id && lim->member_allowed >= 0 && by_member >= lim->member_allowed) {
-		rc = err__set(SCRM_E_REFUSED, "used_up: member %s reached the limit of campaign %s", lim->member_id,
+		rc = err__set(SCRM_E_REFUSED, "member_limit: member %s reached the limit of campaign %s", lim->member_id,
 			      lim->campaign);
 		goto cleanup;
 	}
@@ -826,21 +867,26 @@ cleanup:
 	return rc;
 }
 
-int outbox__prune_activity(outbox *ob, int64_t before_ms)
+int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 {
-	/* Recommendations shown matter only for the attribution window (hours);
-	 * redemptions settled by a verdict are kept as long as activity. */
+	/* Recommendations shown are kept past the longest attribution window
+	 * (7 days); the redemption ledger for 400 days, settled ones only: an
+	 * entry central's coupon record may not include yet must keep counting
+	 * (a pruned one would make the coupon spendable again). */
 	static const char *const sql[] = {
 		"DELETE FROM member_activity WHERE wall_ms < ?1",
 		"DELETE FROM reco_shown WHERE shown_ms < ?1",
 		"DELETE FROM redemptions WHERE reserved_ms < ?1 AND verdict IS NOT NULL",
 	};
+	const int64_t day = 86400000;
+	int64_t cut[3] = {before_ms, before_ms < now_ms - 8 * day ? before_ms : now_ms - 8 * day,
+			  before_ms < now_ms - 400 * day ? before_ms : now_ms - 400 * day};
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 		sqlite3_stmt *st = NULL;
 		int rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL);
 		if (rc != SQLITE_OK)
 			return fail(ob, rc, "prepare prune");
-		sqlite3_bind_int64(st, 1, before_ms);
+		sqlite3_bind_int64(st, 1, cut[i]);
 		rc = sqlite3_step(st);
 		sqlite3_finalize(st);
 		if (rc != SQLITE_DONE)

@@ -61,11 +61,19 @@ typedef struct outbox__limits {
 	/* JSON arrays (or NULL) of redemption ids central's counts already
 	 * include: such local redemptions are not counted again */
 	const char *coupon_counted, *member_counted;
+	/* The sale; a redemption of the same coupon (or campaign, for the
+	 * member) for the same order_id is returned instead of a second one:
+	 * a till retrying after a crash or a timeout spends nothing twice. */
+	const char *order_id;
+	/* out: set when that earlier redemption was returned */
+	int existing;
+	char existing_id[37];
+	int64_t existing_seq, existing_wall_ms, existing_value;
 } outbox__limits;
 
 /* Append one coupon_redeem row if `lim` allows it: SCRM_E_REFUSED
  * ("used_up: ...") otherwise, nothing written. */
-int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, const outbox__limits *lim);
+int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_after_ms, outbox__limits *lim);
 /* Local uses counted as outbox__append_redemption does. */
 int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member);
 /* Central's verdict on a redemption (idempotent; *changed = 0 for a repeat).
@@ -109,7 +117,7 @@ int outbox__stats(outbox *ob, scrm_outbox_stats *st);
 int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted);
 
 /* Drop local purchase history older than before_ms (wall). */
-int outbox__prune_activity(outbox *ob, int64_t before_ms);
+int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms);
 
 /* Passive WAL checkpoint, for the daemon's idle moments. */
 int outbox__checkpoint(outbox *ob);

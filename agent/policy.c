@@ -47,7 +47,8 @@ void guide__policy_parse(const char *json, guide__policy *p)
 	pol_get(o, "sleeping_days", 1, 3650, &p->sleeping_days);
 	pol_get(o, "lost_days", 1, 36500, &p->lost_days);
 	pol_get(o, "churn_factor_pct", 100, 10000, &p->churn_factor_pct);
-	pol_get(o, "online_fresh_ms", 1000, 3600000, &p->online_fresh_ms);
+	/* at least two of the daemon's 30 s link refreshes */
+	pol_get(o, "online_fresh_ms", 60000, 3600000, &p->online_fresh_ms);
 	cJSON_Delete(o);
 }
 

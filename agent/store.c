@@ -247,16 +247,22 @@ int store__exclusive(scrm_store *s, int (*fn)(outbox *ob, void *ctx), void *ctx)
 	s->leader = 1;
 	pthread_mutex_unlock(&s->mu);
 	rc = fn(s->ob, ctx);
+	char msg[256] = "";
+	if (rc)
+		snprintf(msg, sizeof(msg), "%s", scrm_errmsg());
 	pthread_mutex_lock(&s->mu);
-	/* Events queued while we held the connection need a leader. */
+	/* Events queued while we held the connection need a leader (which
+	 * clears this thread's message: restored below). */
 	lead_round(s);
 	pthread_mutex_unlock(&s->mu);
+	if (rc)
+		err__set(rc, "%s", msg);
 	return rc;
 }
 
 struct redemption_ctx {
 	outbox__row *row;
-	const outbox__limits *lim;
+	outbox__limits *lim;
 	int64_t trusted_after_ms;
 	char errmsg[256];
 };
@@ -271,7 +277,7 @@ static int append_redemption(outbox *ob, void *ctx)
 	return rc;
 }
 
-int store__record_redemption(scrm_store *s, sbuf *body, const outbox__limits *lim, scrm_receipt *receipt)
+int store__record_redemption(scrm_store *s, sbuf *body, outbox__limits *lim, scrm_receipt *receipt)
 {
 	outbox__row row;
 	char id[37];
@@ -289,6 +295,14 @@ int store__record_redemption(scrm_store *s, sbuf *body, const outbox__limits *li
 	int rc = store__exclusive(s, append_redemption, &x);
 	if (rc)
 		return err__set(rc, "%s", x.errmsg);
+	if (lim->existing) {
+		if (receipt) {
+			memcpy(receipt->event_id, lim->existing_id, sizeof(receipt->event_id));
+			receipt->seq = lim->existing_seq;
+			receipt->wall_ms = lim->existing_wall_ms;
+		}
+		return SCRM_OK;
+	}
 	platform__notifier_send(s->notify);
 	if (receipt) {
 		memcpy(receipt->event_id, id, sizeof(receipt->event_id));

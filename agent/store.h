@@ -21,6 +21,6 @@ int store__exclusive(scrm_store *s, int (*fn)(outbox *ob, void *ctx), void *ctx)
 
 /* Commit a coupon_redeem body alone, if `lim` allows (checked under the same
  * write lock): SCRM_E_REFUSED otherwise, nothing written. */
-int store__record_redemption(scrm_store *s, sbuf *body, const outbox__limits *lim, scrm_receipt *receipt);
+int store__record_redemption(scrm_store *s, sbuf *body, outbox__limits *lim, scrm_receipt *receipt);
 
 #endif

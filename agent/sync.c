@@ -461,6 +461,19 @@ static void link_note(struct sync *s, int connected)
 	s->link_refresh_ms = connected ? platform__mono_ms() + LINK_REFRESH_MS : 0;
 }
 
+/* Copy at most cap-1 bytes of s, not splitting a UTF-8 sequence. */
+static void utf8_copy(char *out, size_t cap, const char *s)
+{
+	size_t n = strlen(s);
+	if (n >= cap) {
+		n = cap - 1;
+		while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+			n--;
+	}
+	memcpy(out, s, n);
+	out[n] = '\0';
+}
+
 int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v)
 {
 	int rc = SCRM_E_INVALID;
@@ -488,22 +501,24 @@ int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v)
 		goto out;
 	}
 	v->accepted = strcmp(it->valuestring, "accepted") == 0;
+	/* Too long a reason or detail is cut (at a UTF-8 boundary), never a
+	 * reason to drop the verdict: the store must hear about a rejection. */
 	it = cJSON_GetObjectItemCaseSensitive(o, "reason");
-	if (it && (!cJSON_IsString(it) || strlen(it->valuestring) > 32)) {
-		err__set(SCRM_E_INVALID, "reason: a string of at most 32 bytes");
+	if (it && !cJSON_IsString(it)) {
+		err__set(SCRM_E_INVALID, "reason: must be a string");
 		goto out;
 	}
 	if (it)
-		snprintf(v->reason, sizeof(v->reason), "%s", it->valuestring);
-	else if (!v->accepted)
+		utf8_copy(v->reason, sizeof(v->reason), it->valuestring);
+	if (!v->accepted && !v->reason[0])
 		snprintf(v->reason, sizeof(v->reason), "unspecified");
 	it = cJSON_GetObjectItemCaseSensitive(o, "detail");
-	if (it && (!cJSON_IsString(it) || strlen(it->valuestring) > 200)) {
-		err__set(SCRM_E_INVALID, "detail: a string of at most 200 bytes");
+	if (it && !cJSON_IsString(it)) {
+		err__set(SCRM_E_INVALID, "detail: must be a string");
 		goto out;
 	}
 	if (it)
-		snprintf(v->detail, sizeof(v->detail), "%s", it->valuestring);
+		utf8_copy(v->detail, sizeof(v->detail), it->valuestring);
 	it = cJSON_GetObjectItemCaseSensitive(o, "ts");
 	if (it && (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 9007199254740992.0)) {
 		err__set(SCRM_E_INVALID, "ts: Unix ms");
@@ -865,7 +880,8 @@ int sync__run(const config *cfg)
 			outbox__checkpoint(s.ob);
 			if (s.cache) {
 				cache__checkpoint(s.cache);
-				outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL);
+				outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL,
+						       platform__wall_ms());
 			}
 			pump(&s);
 			s.last_activity_ms = now;

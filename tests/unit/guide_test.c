@@ -1074,12 +1074,13 @@ static cJSON *redemptions(fx *f, int limit)
 }
 
 /* A redemption is pending until central rules on it; a rejected one is
- * listed with central's reason and no longer counts as a use. */
+ * listed with central's reason and still counts as a use (the customer had
+ * the discount at the till: it is never handed out again). */
 static void redemption_verdicts(void **state)
 {
 	fx *f = *state;
 	world(f);
-	load_coupons(f, camp("OPEN", ""), cpn("C-1", "OPEN", "M1", ""), NULL);
+	load_coupons(f, camp("OPEN", ""), cpn("C-1", "OPEN", "M1", ",'uses':2"), NULL);
 
 	cJSON *r = redemptions(f, 0);
 	assert_int_equal(jint(r, "pending"), 0);
@@ -1131,7 +1132,7 @@ static void redemption_verdicts(void **state)
 	assert_int_equal(jint(e, "verdict_ms"), NOW + 1000);
 	cJSON_Delete(r);
 
-	/* the rejected use is given back: the coupon applies and redeems again */
+	/* the rejected use still counts: one of the two uses is left */
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW);
 	expect_ok(r, "coupon:C-1", 130);
 	cJSON_Delete(r);
@@ -2008,6 +2009,66 @@ static void assert_not_attributed(const cJSON *body)
  * on this device within the attribution window, in the sale's own
  * transaction; not another member's, not outside the window, and never a
  * sale that already names its recommendation. */
+/* Review findings: a till retrying a redemption for the same sale gets the
+ * same redemption (nothing spent twice); a discount the agent does not know
+ * is never granted; a discount worth nothing does not spend the coupon;
+ * attribution_window_ms 0 turns attribution off. */
+static void review_redeem_retry_discounts_window(void **state)
+{
+	fx *f = *state;
+	world(f);
+	load_coupons(f, camp("OPEN", ""), camp("ODD", ",'discount':{'kind':'free_gift','value':999}"),
+		     camp("NONE", ",'discount':{'kind':'amount','value':0}"), cpn("C-1", "OPEN", "M1", ",'uses':3"),
+		     cpn("C-ODD", "ODD", "M1", ""), cpn("C-NONE", "NONE", "M1", ""), NULL);
+	scrm_redemption a, b;
+	int64_t rows = outbox_rows(f);
+	assert_int_equal(REDEEM(f, &a, NULL, .member = "M1", .coupon = "C-1", .order = "O-1", .basket = BASKET,
+				.n = BASKET_N),
+			 SCRM_OK);
+	assert_int_equal(REDEEM(f, &b, NULL, .member = "M1", .coupon = "C-1", .order = "O-1", .basket = BASKET,
+				.n = BASKET_N),
+			 SCRM_OK);
+	assert_string_equal(a.redemption_id, b.redemption_id);
+	assert_int_equal(a.seq, b.seq);
+	assert_int_equal(a.value, b.value);
+	assert_int_equal(outbox_rows(f), rows + 1);
+	/* another sale: a second use */
+	assert_int_equal(REDEEM(f, &b, NULL, .member = "M1", .coupon = "C-1", .order = "O-2", .basket = BASKET,
+				.n = BASKET_N),
+			 SCRM_OK);
+	assert_string_not_equal(a.redemption_id, b.redemption_id);
+	assert_int_equal(outbox_rows(f), rows + 2);
+
+	cJSON *r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW);
+	expect_refused(r, "coupon:C-ODD", "bad_discount");
+	expect_refused(r, "coupon:C-NONE", "bad_discount");
+	cJSON_Delete(r);
+	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-ODD", .order = "O-3", .basket = BASKET,
+			      .n = BASKET_N),
+		       SCRM_E_REFUSED, "bad_discount");
+	/* in scope but priced 0: nothing to grant, nothing spent */
+	static const scrm_line free_basket[] = {{.sku = "A", .qty = 1, .unit_price = 0}};
+	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-1", .order = "O-4", .basket = free_basket,
+			      .n = 1),
+		       SCRM_E_REFUSED, "no_value");
+	assert_int_equal(outbox_rows(f), rows + 2);
+
+	/* window 0: off */
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->outbox_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "INSERT OR REPLACE INTO settings(k, v) VALUES ('attribution_window_ms', 0)", NULL,
+				      NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	load(f, "recos", "{'key':'_store','data':{'member_id':'_store','items':[{'sku':'B','score':1}]}}");
+	char *reco = show(f, NOW, "M1", "g-07");
+	cJSON *p = buy(f, NOW, "O-9", "M1", NULL, NULL);
+	assert_false(has(p, "guide_id"));
+	assert_false(has(p, "attributed"));
+	cJSON_Delete(p);
+	free(reco);
+}
+
 static void attribution_of_purchases(void **state)
 {
 	fx *f = *state;
@@ -2135,11 +2196,15 @@ static void bad_input_is_refused_and_writes_nothing(void **state)
 		       "member_id");
 	assert_null(json);
 	assert_refused(reco_on(f, f->s, &(reco_args){.member = "", .guide = "g-07"}, &json), SCRM_E_INVALID, "member_id");
-	assert_refused(reco_on(f, f->s, &(reco_args){.member = "M-NOPE", .guide = "g-07"}, &json), SCRM_E_NOT_FOUND,
-		       "member_id");
+	/* a member the cache does not know yet: a list all the same, flagged
+	 * (no guide here, so nothing is recorded) */
+	assert_int_equal(reco_on(f, f->s, &(reco_args){.member = "M-NOPE"}, &json), SCRM_OK);
+	assert_non_null(strstr(json, "\"member_known\":false"));
+	scrm_free(json);
+	json = NULL;
 	assert_refused(reco_on(f, f->s, &(reco_args){.member = "M1", .n = 51, .guide = "g-07"}, &json), SCRM_E_INVALID,
 		       "n");
-	assert_refused(reco_on(f, f->s, &(reco_args){.member = "M1", .guide = "g 07"}, &json), SCRM_E_INVALID,
+	assert_refused(reco_on(f, f->s, &(reco_args){.member = "M1", .guide = "g\t07"}, &json), SCRM_E_INVALID,
 		       "guide_id");
 	assert_refused(reco_on(f, f->s, &(reco_args){.member = "M1", .basket = no_sku, .n_basket = 1, .guide = "g-07"},
 			       &json),
@@ -2158,8 +2223,11 @@ static void bad_input_is_refused_and_writes_nothing(void **state)
 				  .now_ms = NOW};
 	assert_refused(scrm_coupons_for(f->h, f->s, &cq, &json), SCRM_E_INVALID, "member_id");
 	assert_null(json);
-	cq.member_id = "M-NOPE";
-	assert_refused(scrm_coupons_for(f->h, f->s, &cq, &json), SCRM_E_NOT_FOUND, "member_id");
+	cq.member_id = "M-NOPE"; /* not in the cache yet: public campaigns still apply */
+	assert_int_equal(scrm_coupons_for(f->h, f->s, &cq, &json), SCRM_OK);
+	assert_non_null(strstr(json, "\"member_known\":false"));
+	scrm_free(json);
+	json = NULL;
 	cq.member_id = "M1";
 	cq.basket = zero_qty;
 	cq.n_basket = 1;
@@ -2188,13 +2256,13 @@ static void bad_input_is_refused_and_writes_nothing(void **state)
 	} while (0)
 	BAD_REDEEM(SCRM_E_INVALID, "member_id", a.member = "bad id");
 	BAD_REDEEM(SCRM_E_INVALID, "member_id", a.member = "");
-	BAD_REDEEM(SCRM_E_NOT_FOUND, "member_id", a.member = "M-NOPE");
+	BAD_REDEEM(SCRM_E_REFUSED, "wrong_member", a.member = "M-NOPE"); /* not M1's coupon */
 	BAD_REDEEM(SCRM_E_INVALID, "coupon", a.coupon = NULL);
 	BAD_REDEEM(SCRM_E_INVALID, "coupon", a.coupon = "C 1");
 	BAD_REDEEM(SCRM_E_NOT_FOUND, "coupon", a.coupon = "C-NOPE");
 	BAD_REDEEM(SCRM_E_INVALID, "order_id", a.order = NULL);
 	BAD_REDEEM(SCRM_E_INVALID, "order_id", a.order = "");
-	BAD_REDEEM(SCRM_E_INVALID, "guide_id", a.guide = "g 07");
+	BAD_REDEEM(SCRM_E_INVALID, "guide_id", a.guide = "g\t07");
 	BAD_REDEEM(SCRM_E_INVALID, "currency", a.currency = "gbp");
 	BAD_REDEEM(SCRM_E_INVALID, "currency", a.currency = "GBPX");
 	BAD_REDEEM(SCRM_E_INVALID, "basket", a.n = 0);
@@ -2328,6 +2396,7 @@ int main(int argc, char **argv)
 		T(lifecycle_stage_rules),
 		T(lifecycle_next_best_action),
 		T(attribution_of_purchases),
+		T(review_redeem_retry_discounts_window),
 		T(bad_input_is_refused_and_writes_nothing),
 		T(accepted_use_is_not_counted_twice),
 		T(negative_n_is_refused),
