@@ -88,7 +88,8 @@ static int parse_cache_cmds(const char *cmd, int argc, char **argv, int i, cli__
 static int parse_num(const char *s, long lo, long hi, long *out)
 {
 	char *end;
-	if (!s || !*s)
+	/* digits only: strtol would also take spaces and a sign */
+	if (!s || !*s || (*s < '0' || *s > '9'))
 		return -1;
 	long v = strtol(s, &end, 10);
 	if (*end || v < lo || v > hi)

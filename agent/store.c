@@ -326,6 +326,8 @@ int scrm_redemptions(scrm_store *s, int limit, char **json)
 	if (!s || !json)
 		return err__set(SCRM_E_INVALID, "store/json: NULL");
 	*json = NULL;
+	if (limit < 0)
+		return err__set(SCRM_E_INVALID, "limit: must be >= 0 (0 = 100), got %d", limit);
 	sbuf__init(&b);
 	void *a[2] = {&limit, &b};
 	rc = store__exclusive(s, redemptions_json, a);
