@@ -321,6 +321,7 @@ static const char *const sql_of[] = {
 	[Q_COUPON] = "SELECT key, signed, sig FROM coupons WHERE key = ?1",
 	[Q_CAMPAIGNS] = "SELECT key, signed, sig FROM coupons WHERE key >= 'campaign:' AND key < 'campaign;' ORDER BY key",
 	[Q_CATEGORY] = "SELECT category FROM catalogue WHERE key = ?1",
+	[Q_COUPONS_STATE] = "SELECT cursor, gen, applied_ms FROM streams WHERE name = 'coupons'",
 };
 
 static sqlite3_stmt *q(cache *c, int slot)
@@ -767,7 +768,7 @@ static void ext_free(void *p)
 static int campaigns_get(cache *c, const struct campaigns **out)
 {
 	struct guide_ext *x = cache__ext(c);
-	sqlite3_stmt *st = cache__stmt(c, Q_COUPONS_STATE, "SELECT cursor, gen, applied_ms FROM streams WHERE name = 'coupons'");
+	sqlite3_stmt *st = q(c, Q_COUPONS_STATE);
 	int64_t cur = -1, gen = -1, applied = -1;
 	int rc;
 	*out = NULL;
