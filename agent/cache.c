@@ -26,6 +26,7 @@
 #include "dbcode.h"
 #include "err.h"
 #include "platform.h"
+#include "quarantine.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -140,6 +141,11 @@ struct cache {
 	int buf_overflow[ST_COUNT]; /* deltas dropped while a snapshot was built */
 	int64_t unhashed_phones;  /* members stored without a phone hash (no tenant.key) */
 	int data_key_new;         /* data.key was missing: members dropped, to be fetched again */
+	char db_path[4200];       /* cache.db */
+	uint64_t dev, ino;        /* the file c->db opened */
+	int lock_fd;              /* <dir>/cache.lock (quarantine.h), -1 if unavailable */
+	char quarantined[4200];   /* where this open moved a damaged cache.db, "" if it did not */
+	char quarantine_detail[1000];
 	char policy[1024];        /* the daemon's guide/lifecycle settings (JSON), "" = defaults */
 	sqlite3_stmt *q_profile;
 	sqlite3_stmt *slots[CACHE_STMT_SLOTS]; /* cache__stmt */
@@ -294,6 +300,114 @@ static int meta_get(cache *c, const char *k, char *out, size_t cap)
 	return SCRM_OK;
 }
 
+/* Open cache.db and bring its schema up to date. *damaged: SQLite says the
+ * file is not a database or is malformed (or quick_check fails). */
+static int connect_cache(cache *c, const cache__options *opts, int *damaged)
+{
+	int bm = opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000;
+	sqlite3_stmt *st = NULL;
+	int rc;
+	*damaged = 0;
+	rc = sqlite3_open_v2(c->db_path, &c->db,
+			     SQLITE_OPEN_READWRITE | (opts->create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK)
+		return fail(c, rc, "open");
+	sqlite3_busy_timeout(c->db, bm);
+	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
+	 * deltas, never consistency; the cursor moves with the data). */
+	if ((rc = db__set_wal(c->db, bm, "cache"))) {
+		*damaged = rc == SCRM_E_CORRUPT;
+		return rc;
+	}
+	if ((rc = exec(c, "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;"
+			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
+		return rc;
+	/* The schema must be readable before anything else is asked of it. */
+	rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW) {
+		*damaged = quarantine__corrupt_rc(rc);
+		return fail(c, rc, "read schema");
+	}
+	if (opts->check) {
+		char why[300];
+		int q = quarantine__quick_check(c->db, why, sizeof(why));
+		if (q == 1) {
+			*damaged = 1;
+			return err__set(SCRM_E_CORRUPT, "cache: %s: %s", c->db_path, why);
+		}
+		if (q)
+			return fail(c, q, "quick_check");
+	}
+	if ((rc = migrate(c)) && quarantine__corrupt_rc(sqlite3_errcode(c->db)))
+		*damaged = 1;
+	return rc;
+}
+
+/* Open cache.db; a damaged one is moved to quarantine/ by the daemon
+ * (create) and a fresh, empty cache opened — every stream then asks for a
+ * snapshot (cursor 0). A library reader gets SCRM_E_CORRUPT. */
+static int open_db(cache *c, const char *dir, const cache__options *opts)
+{
+	for (int attempt = 0;; attempt++) {
+		uint64_t dev0 = 0, ino0 = 0;
+		int damaged, rc;
+		char why[400];
+		quarantine__lock(c->lock_fd, 1);
+		int existed = platform__file_id(c->db_path, &dev0, &ino0) == 0;
+		rc = connect_cache(c, opts, &damaged);
+		if (rc == SCRM_OK) {
+			platform__file_id(c->db_path, &c->dev, &c->ino);
+			quarantine__lock(c->lock_fd, 0);
+			return SCRM_OK;
+		}
+		damaged = damaged && existed;
+		snprintf(why, sizeof(why), "%s", scrm_errmsg());
+		if (damaged)
+			quarantine__close_detached(c->db);
+		else
+			sqlite3_close_v2(c->db);
+		c->db = NULL;
+		quarantine__lock(c->lock_fd, 0);
+		if (!damaged || attempt >= 2)
+			return err__set(rc, "%s", why);
+		if (!opts->create || c->lock_fd < 0)
+			return err__set(SCRM_E_CORRUPT,
+					"cache: %.1000s is damaged (%s); scrm-agent moves it to %.1000s/%s/ at its next start"
+					" and fetches the cache again from central",
+					c->db_path, why, dir, QUARANTINE_DIR);
+		quarantine__lock(c->lock_fd, 2);
+		if (quarantine__same_file(c->db_path, dev0, ino0) == 1) {
+			char dest[4200];
+			int e = quarantine__dest(dir, "cache", platform__wall_ms(), dest, sizeof(dest));
+			if (e == 0)
+				e = quarantine__move(c->db_path, dest, 0);
+			if (e) {
+				quarantine__lock(c->lock_fd, 0);
+				return err__set(SCRM_E_IO, "cache: cannot move the damaged %.1000s to %.1000s/%s/: %s", c->db_path,
+						dir, QUARANTINE_DIR, strerror(-e));
+			}
+			snprintf(c->quarantined, sizeof(c->quarantined), "%s", dest);
+			snprintf(c->quarantine_detail, sizeof(c->quarantine_detail),
+				 "%.300s could not be used (%.300s); moved to %.300s; every stream is fetched again from central",
+				 c->db_path, why, dest);
+		}
+		quarantine__lock(c->lock_fd, 0);
+	}
+}
+
+const char *cache__quarantined(const cache *c)
+{
+	return c && c->quarantined[0] ? c->quarantined : NULL;
+}
+
+const char *cache__quarantine_detail(const cache *c)
+{
+	return c && c->quarantined[0] ? c->quarantine_detail : NULL;
+}
+
 int cache__open(const char *dir, const cache__options *opts, cache **out)
 {
 	cache__options dflt = {0};
@@ -308,6 +422,7 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	if (!(c = calloc(1, sizeof(*c))))
 		return err__set(SCRM_E_NOMEM, "out of memory");
 	c->inflight = -1;
+	c->lock_fd = -1;
 	c->max_msg = opts->max_message_bytes ? opts->max_message_bytes : DEFAULT_MAX_MESSAGE;
 	c->snap_timeout_ms = opts->snapshot_timeout_ms > 0 ? opts->snapshot_timeout_ms : 30000;
 	for (int i = 0; i < ST_COUNT; i++)
@@ -355,20 +470,12 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	if (crypto__verifier_load(kp, &c->central) != SCRM_OK)
 		snprintf(c->central_err, sizeof(c->central_err), "%s", scrm_errmsg());
 
-	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | (opts->create ? SQLITE_OPEN_CREATE : 0) |
-						   SQLITE_OPEN_NOMUTEX, NULL);
-	if (rc != SQLITE_OK) {
-		rc = fail(c, rc, "open");
-		goto fail;
-	}
-	sqlite3_busy_timeout(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
-	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
-	 * deltas, never consistency; the cursor moves with the data). */
-	if ((rc = db__set_wal(c->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000, "cache")) ||
-	    (rc = exec(c, "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;"
-			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
-		goto fail;
-	if ((rc = migrate(c)))
+	snprintf(c->db_path, sizeof(c->db_path), "%s", path);
+	/* Readers in a directory they cannot write skip the lock: only the
+	 * daemon (create) moves a damaged cache, and it can. */
+	if (opts->create || access(dir, W_OK) == 0)
+		c->lock_fd = quarantine__lock_open(dir, "cache");
+	if ((rc = open_db(c, dir, opts)))
 		goto fail;
 	if (new_key && (rc = exec(c, "BEGIN IMMEDIATE; DELETE FROM members; DELETE FROM delta_buf;"
 				     " DROP TABLE IF EXISTS members__stage;"
@@ -435,10 +542,19 @@ void cache__close(cache *c)
 		sqlite3_finalize(c->slots[i]);
 	if (c->ext_free)
 		c->ext_free(c->ext);
-	if (c->db)
-		sqlite3_close_v2(c->db);
-	if (c->act)
-		sqlite3_close_v2(c->act);
+	if (c->db) {
+		/* Moved away under us (the daemon quarantined it): the -wal name
+		 * now belongs to the fresh file. */
+		if (quarantine__same_file(c->db_path, c->dev, c->ino) != 1)
+			quarantine__close_detached(c->db);
+		else
+			sqlite3_close_v2(c->db);
+	}
+	/* A reader of the outbox never checkpoints or deletes its -wal: that
+	 * is the outbox's business (and the file may have been swapped). */
+	quarantine__close_detached(c->act);
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
 	crypto__sealer_free(c->sealer);
 	crypto__verifier_free(c->central);
 	memset(c->tenant_key, 0, sizeof(c->tenant_key));
@@ -1198,6 +1314,41 @@ void cache__want(cache *c, int st, const char *reason)
 	for (int i = 0; i < ST_COUNT; i++)
 		if (st < 0 || st == i)
 			want(c, i, reason);
+}
+
+int cache__purge(cache *c, int st)
+{
+	char sql[600];
+	int rc;
+	if (st >= ST_COUNT)
+		return err__set(SCRM_E_INVALID, "stream: unknown");
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	for (int i = 0; i < ST_COUNT; i++) {
+		if (st >= 0 && st != i)
+			continue;
+		/* gen moves so readers holding parsed state (the guide's
+		 * campaigns) drop it. */
+		snprintf(sql, sizeof(sql),
+			 "DELETE FROM \"%s\"; DROP TABLE IF EXISTS \"%s__stage\"; DELETE FROM delta_buf WHERE stream = '%s';"
+			 " UPDATE streams SET cursor = 0, gen = gen + 1, snap_id = NULL, snap_version = NULL,"
+			 " snap_chunks = NULL, snap_next = NULL, snap_started_ms = NULL WHERE name = '%s'",
+			 streams[i].name, streams[i].name, streams[i].name, streams[i].name);
+		if ((rc = exec(c, sql))) {
+			rollback(c);
+			return rc;
+		}
+	}
+	if ((rc = exec(c, "COMMIT"))) {
+		rollback(c);
+		return rc;
+	}
+	for (int i = 0; i < ST_COUNT; i++)
+		if (st < 0 || st == i) {
+			c->rs[i].want = 0; /* a purge outranks any earlier reason */
+			want(c, i, "purged");
+		}
+	return SCRM_OK;
 }
 
 /* Parse the common envelope. */

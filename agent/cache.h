@@ -50,6 +50,11 @@ typedef struct cache__options {
 	int create;             /* create cache.db and the data key if missing */
 	size_t max_message_bytes; /* 0: 4 MiB */
 	int64_t snapshot_timeout_ms; /* 0: 30000 */
+	/* PRAGMA quick_check before use (the daemon at start: it reads the
+	 * whole file). A damaged cache.db (this check, or SQLite finding it
+	 * not a database or malformed) is moved to `<dir>/quarantine/` and a
+	 * fresh one made when `create` is set; SCRM_E_CORRUPT otherwise. */
+	int check;
 } cache__options;
 
 /* Open `<dir>/cache.db`. Keys from keys_dir: data.key (created when
@@ -57,6 +62,10 @@ typedef struct cache__options {
  * look-ups, coupons and QR tokens are refused with the reason). */
 int cache__open(const char *dir, const cache__options *opts, cache **out);
 void cache__close(cache *c);
+/* Where this open moved a damaged cache.db, and why (for the alarm); NULL
+ * if it did not. Every stream then wants a snapshot (cursor 0). */
+const char *cache__quarantined(const cache *c);
+const char *cache__quarantine_detail(const cache *c);
 
 /* Identity the daemon records for library readers: tenant (checked in QR
  * tokens) and the phone country code used to normalise local numbers. */
@@ -113,6 +122,9 @@ void cache__want(cache *c, int st, const char *reason);
 /* Monotonic ms when next_request wants to be called again, 0 = not needed. */
 int64_t cache__next_deadline(cache *c);
 
+/* Empty one stream (or all with st = -1) in one transaction, cursor back to
+ * 0, and ask central for a fresh snapshot (fleet command cache.purge). */
+int cache__purge(cache *c, int st);
 /* Remove a member (profile, recommendations, coupons) in one transaction. */
 int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ctx);
 

@@ -9,6 +9,7 @@
 #include "platform.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -58,6 +59,8 @@ static const struct ckey keys[] = {
 	I("cache.max_message_bytes", cache_max_message_bytes, 4194304, 65536, 67108864, "Largest cache delta or snapshot chunk accepted; larger ones are refused"),
 	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
 	I("cache.activity_days", activity_days, 90, 1, 3650, "Keep this device's record of members' purchases this many days"),
+	I("outbox.max_bytes", outbox_max_bytes, 268435456, 16384, 1099511627776LL, "Cap on the pending events' stored size (body + 128 B each); scans and browsing events are evicted oldest first to stay under it, purchases, returns and redemptions never"),
+	I("outbox.reserve_bytes", outbox_reserve_bytes, -1, -1, 549755813888LL, "The last bytes under outbox.max_bytes, kept for purchases, returns and redemptions; -1 = max_bytes/8, at most 8 MiB; must be < outbox.max_bytes"),
 	I("guide.just_bought_days", just_bought_days, 14, 0, 3650, "Do not suggest what the member bought this recently (0 = never filter)"),
 	I("guide.history_days", history_days, 365, 1, 3650, "Purchases this recent feed the member's suggestions"),
 	I("guide.history_half_life_days", half_life_days, 30, 1, 3650, "A purchase this old counts half as much in suggestions"),
@@ -67,11 +70,18 @@ static const struct ckey keys[] = {
 	I("lifecycle.sleeping_days", sleeping_days, 90, 1, 3650, "No purchase for this long: sleeping"),
 	I("lifecycle.lost_days", lost_days, 365, 1, 36500, "No purchase for this long: lost"),
 	I("lifecycle.churn_factor_pct", churn_factor_pct, 250, 100, 10000, "Churn risk when the days since the last purchase exceed this % of the member's usual gap between purchases"),
+	I("fleet.heartbeat_s", heartbeat_s, 60, 5, 86400, "Publish the health heartbeat (retained up/health) every this many seconds"),
+	B("fleet.commands", commands_enabled, 1, "Accept fleet commands from central on down/cmd"),
+	S("fleet.command_key_file", command_key_file, NULL, 0, "Central's command-signing public key (PEM, EC P-256); when set, only signed commands are obeyed"),
+	I("fleet.probation_s", probation_s, 120, 30, 3600, "After central changes broker settings, roll back if not connected within this many seconds"),
 	S("log.level", log_level, "info", 0, "error, warn, info or debug"),
+	B("log.syslog", log_syslog, 0, "Also send log lines to syslog (facility daemon)"),
+	S("log.file", log_file, NULL, 0, "Also append log lines to this file, rotated to <file>.1 at log.file_max_bytes"),
+	I("log.file_max_bytes", log_file_max_bytes, 10485760, 65536, 1073741824, "Size at which log.file is rotated (one old file is kept)"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"broker", "sync", "cache", "guide", "lifecycle", "log"};
+static const char *const sections[] = {"broker", "sync", "cache", "guide", "lifecycle", "log", "outbox", "fleet"};
 
 /* Line of a key in the text: each part of the dotted path is searched
  * after the previous one, so "broker.window" points at the "window" inside
@@ -121,12 +131,17 @@ static int id_ok(const char *s)
 
 static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char *text, size_t len)
 {
-	int line = line_of(text, len, k->key);
+	int line = text ? line_of(text, len, k->key) : 0;
+	char at[32];
+	if (line > 0)
+		snprintf(at, sizeof(at), "line %d", line);
+	else
+		snprintf(at, sizeof(at), "remote config");
 	char *base = (char *)cfg;
 	switch (k->type) {
 	case C_STR: {
 		if (!cJSON_IsString(v))
-			return err__set(SCRM_E_CONFIG, "%s: must be a string (line %d)", k->key, line);
+			return err__set(SCRM_E_CONFIG, "%s: must be a string (%s)", k->key, at);
 		char **dst = (char **)(void *)(base + k->off);
 		free(*dst);
 		if (!(*dst = strdup(v->valuestring)))
@@ -135,17 +150,17 @@ static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char
 	}
 	case C_INT: {
 		if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-			return err__set(SCRM_E_CONFIG, "%s: must be an integer (line %d)", k->key, line);
+			return err__set(SCRM_E_CONFIG, "%s: must be an integer (%s)", k->key, at);
 		double d = v->valuedouble;
 		if (d < (double)k->min || d > (double)k->max)
-			return err__set(SCRM_E_CONFIG, "%s: must be between %lld and %lld, got %.0f (line %d)", k->key,
-					(long long)k->min, (long long)k->max, d, line);
+			return err__set(SCRM_E_CONFIG, "%s: must be between %lld and %lld, got %.0f (%s)", k->key,
+					(long long)k->min, (long long)k->max, d, at);
 		*(int64_t *)(void *)(base + k->off) = (int64_t)d;
 		return SCRM_OK;
 	}
 	case C_BOOL:
 		if (!cJSON_IsBool(v))
-			return err__set(SCRM_E_CONFIG, "%s: must be true or false (line %d)", k->key, line);
+			return err__set(SCRM_E_CONFIG, "%s: must be true or false (%s)", k->key, at);
 		*(int *)(void *)(base + k->off) = cJSON_IsTrue(v);
 		return SCRM_OK;
 	}
@@ -164,7 +179,7 @@ static int walk(const cJSON *obj, const char *prefix, config *cfg, const char *t
 					is_section = 1;
 			if (is_section) {
 				if (!cJSON_IsObject(it))
-					return err__set(SCRM_E_CONFIG, "%s: must be an object (line %d)", path, line_of(text, len, path));
+					return err__set(SCRM_E_CONFIG, "%s: must be an object (line %d)", path, text ? line_of(text, len, path) : 0);
 				int rc = walk(it, path, cfg, text, len);
 				if (rc)
 					return rc;
@@ -177,7 +192,7 @@ static int walk(const cJSON *obj, const char *prefix, config *cfg, const char *t
 				k = &keys[i];
 		if (!k)
 			return err__set(SCRM_E_CONFIG, "%s: unknown key (line %d); see scrm-agent --help-config",
-					path, line_of(text, len, path));
+					path, text ? line_of(text, len, path) : 0);
 		int rc = set_key(k, it, cfg, text, len);
 		if (rc)
 			return rc;
@@ -229,6 +244,9 @@ static int cross_check(config *cfg)
 		return err__set(SCRM_E_CONFIG, "broker.ca_file: required with TLS (the CA that signs the broker's certificate)");
 	if (!!cfg->cert_file != !!cfg->key_file)
 		return err__set(SCRM_E_CONFIG, "%s: broker.cert_file and broker.key_file go together", cfg->cert_file ? "broker.key_file" : "broker.cert_file");
+	if (cfg->outbox_reserve_bytes >= cfg->outbox_max_bytes)
+		return err__set(SCRM_E_CONFIG, "outbox.reserve_bytes: must be less than outbox.max_bytes (%lld), got %lld",
+				(long long)cfg->outbox_max_bytes, (long long)cfg->outbox_reserve_bytes);
 	if (cfg->backoff_max_ms < cfg->backoff_min_ms)
 		return err__set(SCRM_E_CONFIG, "sync.backoff_max_ms: must be >= sync.backoff_min_ms");
 	if (cfg->log_level && strcmp(cfg->log_level, "error") && strcmp(cfg->log_level, "warn") &&
@@ -250,12 +268,11 @@ static int cross_check(config *cfg)
 	return SCRM_OK;
 }
 
-int config__parse(const char *text, size_t len, config *cfg)
+/* Defaults, then `root` over them, then the checks. text/len: the file the
+ * tree came from, for line numbers (NULL for a merged tree). */
+static int apply_root(const cJSON *root, const char *text, size_t len, config *cfg)
 {
-	const char *end = NULL;
-	cJSON *root = NULL;
 	int rc;
-
 	memset(cfg, 0, sizeof(*cfg));
 	for (size_t i = 0; i < NKEYS; i++) {
 		const struct ckey *k = &keys[i];
@@ -271,15 +288,6 @@ int config__parse(const char *text, size_t len, config *cfg)
 			*(int *)(void *)(base + k->off) = (int)k->dflt;
 		}
 	}
-	root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-	if (!root) {
-		int line = 1;
-		for (const char *p = text; end && p < end && p < text + len; p++)
-			if (*p == '\n')
-				line++;
-		rc = err__set(SCRM_E_CONFIG, "config: malformed JSON near line %d", line);
-		goto cleanup;
-	}
 	if (!cJSON_IsObject(root)) {
 		rc = err__set(SCRM_E_CONFIG, "config: the top level must be a JSON object");
 		goto cleanup;
@@ -293,9 +301,33 @@ int config__parse(const char *text, size_t len, config *cfg)
 		}
 	rc = cross_check(cfg);
 cleanup:
-	cJSON_Delete(root);
 	if (rc)
 		config__free(cfg);
+	return rc;
+}
+
+static cJSON *parse_text(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	if (!root) {
+		int line = 1;
+		for (const char *p = text; end && p < end && p < text + len; p++)
+			if (*p == '\n')
+				line++;
+		err__set(SCRM_E_CONFIG, "config: malformed JSON near line %d", line);
+	}
+	return root;
+}
+
+int config__parse(const char *text, size_t len, config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cJSON *root = parse_text(text, len);
+	if (!root)
+		return SCRM_E_CONFIG;
+	int rc = apply_root(root, text, len, cfg);
+	cJSON_Delete(root);
 	return rc;
 }
 
@@ -320,6 +352,11 @@ void config__free(config *cfg)
 			free(*p);
 			*p = NULL;
 		}
+	free(cfg->path);
+	free(cfg->overlay_set);
+	free(cfg->overlay_previous);
+	free(cfg->overlay_error);
+	cfg->path = cfg->overlay_set = cfg->overlay_previous = cfg->overlay_error = NULL;
 }
 
 void config__print_keys(void)
@@ -336,4 +373,422 @@ void config__print_keys(void)
 			snprintf(d, sizeof(d), "%lld", (long long)k->dflt);
 		printf("%-26s %-6s %-16s %s\n", k->key, k->type == C_STR ? "string" : k->type == C_INT ? "int" : "bool", d, k->doc);
 	}
+}
+
+/* ---- remote configuration (config.h) ---------------------------------- */
+
+#define OVERLAY_FILE "config.remote.json"
+#define OVERLAY_MAX_KEYS 64
+
+/* How each key takes effect and whether central may set it. Exact keys
+ * first, then section prefixes; anything else is live and settable. File
+ * paths, identities and the switches that protect the device (plaintext,
+ * command signing) are for the local operator only: a compromised central
+ * account must not be able to point the agent at another CA, turn TLS off
+ * or stop obeying only signed commands. */
+static const struct {
+	const char *key;
+	int cls, remote;
+} key_rules[] = {
+	{"tenant", CFG_RESTART, 0},
+	{"store_id", CFG_RESTART, 0},
+	{"device_id", CFG_RESTART, 0},
+	{"store_dir", CFG_RESTART, 0},
+	{"broker.ca_file", CFG_RECONNECT, 0},
+	{"broker.cert_file", CFG_RECONNECT, 0},
+	{"broker.key_file", CFG_RECONNECT, 0},
+	{"broker.username", CFG_RECONNECT, 0},
+	{"broker.password_file", CFG_RECONNECT, 0},
+	{"broker.allow_plaintext", CFG_RECONNECT, 0},
+	{"broker.", CFG_RECONNECT, 1},
+	{"cache.enabled", CFG_RESTART, 1},
+	{"cache.keys_dir", CFG_RESTART, 0},
+	{"cache.max_message_bytes", CFG_RESTART, 1},
+	{"cache.snapshot_timeout_ms", CFG_RESTART, 1},
+	{"fleet.commands", CFG_RESTART, 0},
+	{"fleet.command_key_file", CFG_RESTART, 0},
+	{"log.file", CFG_RESTART, 0},
+};
+
+static const struct ckey *find_key(const char *key)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].key, key) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+int config__key_info(const char *key, int *cls, int *remote)
+{
+	if (!key || !find_key(key))
+		return -1;
+	*cls = CFG_LIVE;
+	*remote = 1;
+	for (size_t i = 0; i < sizeof(key_rules) / sizeof(key_rules[0]); i++)
+		if (strcmp(key_rules[i].key, key) == 0) {
+			*cls = key_rules[i].cls;
+			*remote = key_rules[i].remote;
+			return 0;
+		}
+	for (size_t i = 0; i < sizeof(key_rules) / sizeof(key_rules[0]); i++) {
+		size_t n = strlen(key_rules[i].key);
+		if (key_rules[i].key[n - 1] == '.' && strncmp(key_rules[i].key, key, n) == 0) {
+			*cls = key_rules[i].cls;
+			*remote = key_rules[i].remote;
+			return 0;
+		}
+	}
+	return 0;
+}
+
+void config__overlay_path(const config *cfg, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/%s", cfg->store_dir, OVERLAY_FILE);
+}
+
+/* Check one overlay entry: a known key central may set. */
+static int check_remote_key(const char *key)
+{
+	int cls, remote;
+	if (!key || config__key_info(key, &cls, &remote) != 0)
+		return err__set(SCRM_E_CONFIG, "%s: unknown key; see scrm-agent --help-config", key ? key : "(null)");
+	if (!remote)
+		return err__set(SCRM_E_CONFIG, "%s: can only be changed in the local config file, not remotely", key);
+	return SCRM_OK;
+}
+
+/* Put each "section.key" of `set` into the config tree `root`. */
+static int merge_set(cJSON *root, const cJSON *set)
+{
+	for (const cJSON *it = set ? set->child : NULL; it; it = it->next) {
+		char section[32];
+		const char *dot = strchr(it->string, '.');
+		cJSON *obj = root, *dup = cJSON_Duplicate(it, 1);
+		const char *name = it->string;
+		if (!dup)
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		if (dot) {
+			size_t n = (size_t)(dot - it->string);
+			if (n >= sizeof(section)) {
+				cJSON_Delete(dup);
+				return err__set(SCRM_E_CONFIG, "%s: unknown key", it->string);
+			}
+			memcpy(section, it->string, n);
+			section[n] = '\0';
+			name = dot + 1;
+			obj = cJSON_GetObjectItemCaseSensitive(root, section);
+			if (!obj && !(obj = cJSON_AddObjectToObject(root, section))) {
+				cJSON_Delete(dup);
+				return err__set(SCRM_E_NOMEM, "out of memory");
+			}
+			if (!cJSON_IsObject(obj)) {
+				cJSON_Delete(dup);
+				return err__set(SCRM_E_CONFIG, "%s: must be an object", section);
+			}
+		}
+		cJSON_DeleteItemFromObjectCaseSensitive(obj, name);
+		if (!cJSON_AddItemToObject(obj, name, dup)) {
+			cJSON_Delete(dup);
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		}
+	}
+	return SCRM_OK;
+}
+
+/* The local file's tree. */
+static cJSON *read_base(const char *path)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int e = platform__read_file(path, 1 << 20, &text, &len);
+	if (e != 0) {
+		err__set(SCRM_E_CONFIG, "config: cannot read %s: %s", path, strerror(-e));
+		return NULL;
+	}
+	cJSON *root = parse_text(text, len);
+	free(text);
+	return root;
+}
+
+/* base tree + set → a validated config carrying the overlay's bookkeeping. */
+static int build(const char *path, const cJSON *set, const cJSON *previous, int64_t version, int64_t updated,
+		 config *out)
+{
+	cJSON *root = read_base(path);
+	int rc;
+	if (!root)
+		return SCRM_E_CONFIG;
+	for (const cJSON *it = set ? set->child : NULL; it; it = it->next)
+		if ((rc = check_remote_key(it->string))) {
+			cJSON_Delete(root);
+			return rc;
+		}
+	if ((rc = merge_set(root, set)) || (rc = apply_root(root, NULL, 0, out))) {
+		cJSON_Delete(root);
+		return rc;
+	}
+	cJSON_Delete(root);
+	out->path = strdup(path);
+	out->config_version = version;
+	out->overlay_updated_ms = updated;
+	out->overlay_set = set && set->child ? cJSON_PrintUnformatted(set) : NULL;
+	out->overlay_previous = previous ? cJSON_PrintUnformatted(previous) : NULL;
+	if (!out->path || (set && set->child && !out->overlay_set) || (previous && !out->overlay_previous)) {
+		config__free(out);
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	}
+	return SCRM_OK;
+}
+
+static int int_field(const cJSON *o, const char *name, int64_t *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 9007199254740992.0 ||
+	    it->valuedouble != floor(it->valuedouble))
+		return 0;
+	*out = (int64_t)it->valuedouble;
+	return 1;
+}
+
+int config__load_all(const char *path, config *cfg)
+{
+	char opath[4200], *otext = NULL;
+	size_t olen = 0;
+	cJSON *ov = NULL;
+	int rc = config__load(path, cfg);
+	if (rc)
+		return rc;
+	if (!(cfg->path = strdup(path))) {
+		config__free(cfg);
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	}
+	config__overlay_path(cfg, opath, sizeof(opath));
+	int e = platform__read_file(opath, 1 << 20, &otext, &olen);
+	if (e == -ENOENT)
+		return SCRM_OK;
+	char why[700];
+	why[0] = '\0';
+	if (e != 0) {
+		snprintf(why, sizeof(why), "%.300s: cannot read: %s", opath, strerror(-e));
+	} else if (!(ov = cJSON_ParseWithLength(otext, olen)) || !cJSON_IsObject(ov)) {
+		snprintf(why, sizeof(why), "%.300s: not a JSON object", opath);
+	} else {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(ov, "v");
+		const cJSON *set = cJSON_GetObjectItemCaseSensitive(ov, "set");
+		const cJSON *prev = cJSON_GetObjectItemCaseSensitive(ov, "previous");
+		int64_t version = 0, updated = 0;
+		config next;
+		if (!cJSON_IsNumber(v) || v->valuedouble != 1)
+			snprintf(why, sizeof(why), "%.300s: v: unknown version", opath);
+		else if (!int_field(ov, "version", &version))
+			snprintf(why, sizeof(why), "%.300s: version: must be an integer >= 0", opath);
+		else if (set && !cJSON_IsObject(set))
+			snprintf(why, sizeof(why), "%.300s: set: must be an object", opath);
+		else if (prev && !cJSON_IsObject(prev))
+			snprintf(why, sizeof(why), "%.300s: previous: must be an object", opath);
+		else {
+			int_field(ov, "updated_ms", &updated);
+			if (build(path, set, prev, version, updated, &next) != SCRM_OK) {
+				snprintf(why, sizeof(why), "%.300s (version %lld): %.300s", opath, (long long)version, scrm_errmsg());
+				cfg->config_version = version;
+			} else {
+				config__free(cfg);
+				*cfg = next;
+			}
+		}
+	}
+	if (why[0] && !(cfg->overlay_error = strdup(why))) {
+		rc = err__set(SCRM_E_NOMEM, "out of memory");
+		config__free(cfg);
+	}
+	cJSON_Delete(ov);
+	free(otext);
+	return rc;
+}
+
+static void put_overlay(sbuf *out, int64_t version, int64_t now, const char *set, const char *previous)
+{
+	sbuf__puts(out, "{\"v\":1,\"version\":");
+	sbuf__i64(out, version);
+	sbuf__puts(out, ",\"updated_ms\":");
+	sbuf__i64(out, now);
+	sbuf__puts(out, ",\"set\":");
+	sbuf__puts(out, set ? set : "{}");
+	if (previous) {
+		sbuf__puts(out, ",\"probation\":true,\"previous\":");
+		sbuf__puts(out, previous);
+	}
+	sbuf__puts(out, "}\n");
+}
+
+static int key_differs(const struct ckey *k, const config *a, const config *b)
+{
+	const char *pa = (const char *)a + k->off, *pb = (const char *)b + k->off;
+	if (k->type == C_STR) {
+		const char *sa = *(char *const *)(const void *)pa, *sb = *(char *const *)(const void *)pb;
+		return !((!sa && !sb) || (sa && sb && strcmp(sa, sb) == 0));
+	}
+	if (k->type == C_INT)
+		return *(const int64_t *)(const void *)pa != *(const int64_t *)(const void *)pb;
+	return *(const int *)(const void *)pa != *(const int *)(const void *)pb;
+}
+
+int config__needs_reconnect(const config *a, const config *b)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		int c = CFG_LIVE, remote;
+		config__key_info(keys[i].key, &c, &remote);
+		if (c == CFG_RECONNECT && key_differs(&keys[i], a, b))
+			return 1;
+	}
+	return 0;
+}
+
+int config__propose(const config *cur, const char *changes, size_t len, int64_t now_ms, config *next,
+		    sbuf *overlay_text, sbuf *changed, int *cls)
+{
+	cJSON *ch = cJSON_ParseWithLength(changes, len), *set = NULL, *prev = NULL;
+	int rc = SCRM_E_CONFIG, n = 0;
+	memset(next, 0, sizeof(*next));
+	*cls = -1;
+	if (!cJSON_IsObject(ch)) {
+		err__set(SCRM_E_CONFIG, "set: must be an object of \"section.key\": value");
+		goto out;
+	}
+	if (!cur->path) {
+		err__set(SCRM_E_CONFIG, "config: loaded without a file; cannot change it");
+		goto out;
+	}
+	set = cur->overlay_set ? cJSON_Parse(cur->overlay_set) : cJSON_CreateObject();
+	if (!set) {
+		rc = err__set(SCRM_E_NOMEM, "out of memory");
+		goto out;
+	}
+	for (const cJSON *it = ch->child; it; it = it->next) {
+		if (++n > OVERLAY_MAX_KEYS) {
+			rc = err__set(SCRM_E_CONFIG, "set: at most %d keys at once", OVERLAY_MAX_KEYS);
+			goto out;
+		}
+		if ((rc = check_remote_key(it->string)))
+			goto out;
+		cJSON_DeleteItemFromObjectCaseSensitive(set, it->string);
+		if (!cJSON_IsNull(it)) {
+			cJSON *dup = cJSON_Duplicate(it, 1);
+			if (!dup || !cJSON_AddItemToObject(set, it->string, dup)) {
+				cJSON_Delete(dup);
+				rc = err__set(SCRM_E_NOMEM, "out of memory");
+				goto out;
+			}
+		}
+	}
+	if (n == 0) {
+		rc = err__set(SCRM_E_CONFIG, "set: no keys given");
+		goto out;
+	}
+	if ((rc = build(cur->path, set, NULL, cur->config_version + 1, now_ms, next)))
+		goto out;
+	if ((rc = config__diff(cur, next, changed, cls)))
+		goto out;
+	/* A broker change must prove itself: until the agent has connected
+	 * with it, the last confirmed set is kept to roll back to. */
+	if (cur->overlay_previous || config__needs_reconnect(cur, next)) {
+		const char *p = cur->overlay_previous ? cur->overlay_previous : cur->overlay_set ? cur->overlay_set : "{}";
+		if (!(next->overlay_previous = strdup(p))) {
+			rc = err__set(SCRM_E_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	sbuf__reset(overlay_text);
+	put_overlay(overlay_text, next->config_version, now_ms, next->overlay_set, next->overlay_previous);
+	if (overlay_text->oom)
+		rc = err__set(SCRM_E_NOMEM, "out of memory");
+out:
+	if (rc)
+		config__free(next);
+	cJSON_Delete(ch);
+	cJSON_Delete(set);
+	cJSON_Delete(prev);
+	return rc;
+}
+
+int config__overlay_settle(const config *cfg, int rollback, int64_t now_ms, sbuf *overlay_text)
+{
+	sbuf__reset(overlay_text);
+	if (rollback)
+		put_overlay(overlay_text, cfg->config_version + 1, now_ms,
+			    cfg->overlay_previous ? cfg->overlay_previous : "{}", NULL);
+	else
+		put_overlay(overlay_text, cfg->config_version, cfg->overlay_updated_ms ? cfg->overlay_updated_ms : now_ms,
+			    cfg->overlay_set, NULL);
+	return overlay_text->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+int config__write_overlay(const config *cfg, const char *text)
+{
+	char path[4200];
+	config__overlay_path(cfg, path, sizeof(path));
+	int e = platform__write_file_atomic(path, text, strlen(text), 0600);
+	return e ? err__set(SCRM_E_IO, "%s: cannot write: %s", path, strerror(-e)) : SCRM_OK;
+}
+
+static void put_value(sbuf *out, const struct ckey *k, const config *cfg)
+{
+	const char *base = (const char *)cfg;
+	if (k->type == C_STR) {
+		const char *v = *(char *const *)(const void *)(base + k->off);
+		if (v)
+			sbuf__jstr(out, v);
+		else
+			sbuf__puts(out, "null");
+	} else if (k->type == C_INT) {
+		sbuf__i64(out, *(const int64_t *)(const void *)(base + k->off));
+	} else {
+		sbuf__puts(out, *(const int *)(const void *)(base + k->off) ? "true" : "false");
+	}
+}
+
+int config__to_json(const config *cfg, sbuf *out)
+{
+	sbuf__puts(out, "{");
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (i)
+			sbuf__puts(out, ",");
+		sbuf__jstr(out, keys[i].key);
+		sbuf__puts(out, ":");
+		put_value(out, &keys[i], cfg);
+	}
+	sbuf__puts(out, "}");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+int config__diff(const config *a, const config *b, sbuf *out, int *cls)
+{
+	int first = 1;
+	*cls = -1;
+	sbuf__puts(out, "[");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct ckey *k = &keys[i];
+		const char *pa = (const char *)a + k->off, *pb = (const char *)b + k->off;
+		int same;
+		if (k->type == C_STR) {
+			const char *sa = *(char *const *)(const void *)pa, *sb = *(char *const *)(const void *)pb;
+			same = (!sa && !sb) || (sa && sb && strcmp(sa, sb) == 0);
+		} else if (k->type == C_INT) {
+			same = *(const int64_t *)(const void *)pa == *(const int64_t *)(const void *)pb;
+		} else {
+			same = *(const int *)(const void *)pa == *(const int *)(const void *)pb;
+		}
+		if (same)
+			continue;
+		int c = CFG_LIVE, remote;
+		config__key_info(k->key, &c, &remote);
+		if (c > *cls)
+			*cls = c;
+		if (!first)
+			sbuf__puts(out, ",");
+		first = 0;
+		sbuf__jstr(out, k->key);
+	}
+	sbuf__puts(out, "]");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }

@@ -9,7 +9,11 @@
 
 #include "cache.h"
 #include "cli.h"
+#include "console.h"
+#include "outbox.h"
 #include "platform.h"
+#include "sbuf.h"
+#include "store.h"
 
 #include <cjson/cJSON.h>
 
@@ -47,6 +51,8 @@ static void usage_main(FILE *f)
 		"  redeem --coupon C --order O --basket B --currency C [--member ID] [--guide G] [--json]\n"
 		"                                       spend a coupon (works offline; reserved locally)\n"
 		"  redemptions [--limit N] [--json]     coupons spent here and central's verdicts\n"
+		"  fleet list|show|cmd ...              central operations: every agent's state and\n"
+		"                                       health, and remote commands (scrmctl fleet --help)\n"
 		"  help [COMMAND]                       help on a command\n"
 		"\n"
 		"  --store DIR   store directory (default $SCRM_STORE or /var/lib/scrm)\n"
@@ -77,7 +83,8 @@ static void usage_status(FILE *f)
 		"\n"
 		"Shows the outbox: events pending (not yet acknowledged by central), their\n"
 		"bytes, the age of the oldest, the last sequence number, the last ack and\n"
-		"events central rejected.\n");
+		"events central rejected; the storage used against outbox.max_bytes, events\n"
+		"dropped under it per kind, paid events refused, and the store's alarms.\n");
 }
 
 static void usage_member(FILE *f)
@@ -230,15 +237,90 @@ static int cmd_record(struct opts *o, const char *path)
 	return failed ? 1 : 0;
 }
 
+/* Storage figures and alarms, on the store's own connection. */
+struct storage {
+	struct outbox__health h;
+	sbuf alarms;
+};
+
+static int read_storage(outbox *ob, void *ctx)
+{
+	struct storage *x = ctx;
+	int rc = outbox__health(ob, &x->h);
+	return rc ? rc : outbox__alarms(ob, &x->alarms);
+}
+
+static const char *size_text(char *buf, size_t cap, int64_t n)
+{
+	if (n < 10 * 1024)
+		snprintf(buf, cap, "%" PRId64 " B", n);
+	else if (n < 10 * 1024 * 1024)
+		snprintf(buf, cap, "%.1f KiB", (double)n / 1024.0);
+	else
+		snprintf(buf, cap, "%.1f MiB", (double)n / (1024.0 * 1024.0));
+	return buf;
+}
+
+static void print_storage(const struct storage *x, int json)
+{
+	char a[32], b[32], c[32];
+	const struct outbox__health *h = &x->h;
+	if (json) {
+		printf(",\"storage\":{\"bytes\":%" PRId64 ",\"max_bytes\":%" PRId64 ",\"reserve_bytes\":%" PRId64
+		       ",\"in_reserve\":%s,\"refused_paid\":%" PRId64 ",\"dropped\":{",
+		       h->bytes, h->max_bytes, h->reserve_bytes, h->in_reserve ? "true" : "false", h->refused_paid);
+		for (size_t i = 0; i < h->n_dropped && i < OUTBOX_HEALTH_KINDS; i++)
+			printf("%s\"%s\":{\"count\":%" PRId64 ",\"bytes\":%" PRId64 ",\"last_ms\":%" PRId64 "}", i ? "," : "",
+			       h->dropped[i].kind, h->dropped[i].count, h->dropped[i].bytes, h->dropped[i].last_ms);
+		printf("}},\"alarms\":%s", x->alarms.p && x->alarms.len ? x->alarms.p : "[]");
+		return;
+	}
+	printf("storage      %s used of %s (outbox.max_bytes), the last %s kept for paid events%s\n",
+	       size_text(a, sizeof(a), h->bytes), size_text(b, sizeof(b), h->max_bytes),
+	       size_text(c, sizeof(c), h->reserve_bytes), h->in_reserve ? "  IN RESERVE" : "");
+	if (h->n_dropped) {
+		printf("dropped     ");
+		for (size_t i = 0; i < h->n_dropped && i < OUTBOX_HEALTH_KINDS; i++)
+			printf("%s %s %" PRId64 " (%s)", i ? "," : "", h->dropped[i].kind, h->dropped[i].count,
+			       size_text(a, sizeof(a), h->dropped[i].bytes));
+		printf("\n");
+	} else {
+		printf("dropped      none\n");
+	}
+	if (h->refused_paid)
+		printf("refused      %" PRId64 " purchases/returns/redemptions: outbox full\n", h->refused_paid);
+	cJSON *arr = cJSON_Parse(x->alarms.p ? x->alarms.p : "[]");
+	const cJSON *it;
+	int n = 0;
+	cJSON_ArrayForEach(it, arr)
+	{
+		const cJSON *code = cJSON_GetObjectItemCaseSensitive(it, "code");
+		const cJSON *count = cJSON_GetObjectItemCaseSensitive(it, "count");
+		const cJSON *detail = cJSON_GetObjectItemCaseSensitive(it, "detail");
+		printf("%s %s (x%d): %s\n", n++ ? "            " : "alarm       ",
+		       cJSON_IsString(code) ? code->valuestring : "?", cJSON_IsNumber(count) ? (int)count->valuedouble : 0,
+		       cJSON_IsString(detail) ? detail->valuestring : "");
+	}
+	if (!n)
+		printf("alarms       none\n");
+	cJSON_Delete(arr);
+}
+
 static int cmd_status(struct opts *o)
 {
 	scrm_store *st = NULL;
 	scrm_outbox_stats s;
+	struct storage x;
 	if (open_store(o, &st) != SCRM_OK)
 		return 1;
+	memset(&x, 0, sizeof(x));
+	sbuf__init(&x.alarms);
 	int rc = scrm_outbox_get_stats(st, &s);
+	if (rc == SCRM_OK)
+		rc = store__exclusive(st, read_storage, &x);
 	if (rc != SCRM_OK) {
 		fprintf(stderr, "scrmctl: status: %s\n", scrm_errmsg());
+		sbuf__free(&x.alarms);
 		scrm_store_close(st);
 		return 1;
 	}
@@ -246,10 +328,12 @@ static int cmd_status(struct opts *o)
 	if (o->json) {
 		printf("{\"device\":\"%s\",\"pending\":%" PRId64 ",\"pending_bytes\":%" PRId64
 		       ",\"oldest_pending_ms\":%" PRId64 ",\"oldest_pending_age_ms\":%" PRId64 ",\"last_seq\":%" PRId64
-		       ",\"last_ack_ms\":%" PRId64 ",\"last_acked_seq\":%" PRId64 ",\"rejected\":%" PRId64 "}\n",
+		       ",\"last_ack_ms\":%" PRId64 ",\"last_acked_seq\":%" PRId64 ",\"rejected\":%" PRId64,
 		       scrm_store_device_id(st), s.pending, s.pending_bytes, s.oldest_pending_ms,
 		       s.oldest_pending_ms ? now - s.oldest_pending_ms : 0, s.last_seq, s.last_ack_ms, s.last_acked_seq,
 		       s.rejected);
+		print_storage(&x, 1);
+		printf("}\n");
 	} else {
 		char a[32];
 		printf("device       %s\n", scrm_store_device_id(st));
@@ -268,7 +352,9 @@ static int cmd_status(struct opts *o)
 			printf("last ack     never\n");
 		}
 		printf("rejected     %" PRId64 "%s\n", s.rejected, s.rejected ? "  (central refused these; see the rejected table)" : "");
+		print_storage(&x, 0);
 	}
+	sbuf__free(&x.alarms);
 	scrm_store_close(st);
 	return 0;
 }
@@ -700,6 +786,8 @@ int main(int argc, char **argv)
 {
 	cli__args a;
 	char err[200];
+	if (argc > 1 && strcmp(argv[1], "fleet") == 0)
+		return console__main(argc - 1, argv + 1);
 	if (cli__parse(argc, argv, &a, err, sizeof(err)) != 0) {
 		fprintf(stderr, "scrmctl: %s\nTry 'scrmctl --help'.\n", err);
 		return 2;

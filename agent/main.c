@@ -7,6 +7,7 @@
 #include <scrm/scrm.h>
 
 #include "config.h"
+#include "enroll.h"
 #include "log.h"
 #include "sync.h"
 
@@ -21,6 +22,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: scrm-agent [--config FILE] [--log-level LEVEL]\n"
 		"       scrm-agent --check-config [--config FILE]\n"
+		"       scrm-agent enroll [--config FILE] [--key FILE] [--csr FILE] [--force]\n"
+		"       scrm-agent enroll --install-cert CERT.pem [--ca FILE] [--config FILE]\n"
 		"       scrm-agent --help-config | --version | --help\n"
 		"\n"
 		"Ships the store's outbox to the central SCRM over MQTT 5 + TLS and deletes\n"
@@ -31,9 +34,13 @@ static void usage(FILE *f)
 		"  --check-config     validate the config, print a summary, exit 0 or 1\n"
 		"  --help-config      list every config key with its default and meaning\n"
 		"  --version          print the version\n"
+		"  enroll             make the device key and a CSR for central's CA, then\n"
+		"                     install the certificate it signs (scrm-agent enroll --help)\n"
 		"\n"
-		"Logs: logfmt on stderr. SIGTERM/SIGINT: clean shutdown (unacknowledged\n"
-		"events stay in the outbox and are resent on the next start).\n",
+		"Logs: logfmt on stderr (also syslog / a capped file: log.syslog, log.file).\n"
+		"SIGHUP: reload the config (and remote settings in <store_dir>/config.remote.json).\n"
+		"SIGTERM/SIGINT: clean shutdown (unacknowledged events stay in the outbox\n"
+		"and are resent on the next start).\n",
 		DEFAULT_CONFIG);
 }
 
@@ -43,6 +50,8 @@ int main(int argc, char **argv)
 	int check = 0;
 	config cfg;
 
+	if (argc >= 2 && strcmp(argv[1], "enroll") == 0)
+		return enroll__main(argc - 1, argv + 1, DEFAULT_CONFIG);
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
@@ -69,13 +78,19 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (config__load(path, &cfg) != SCRM_OK) {
+	if (config__load_all(path, &cfg) != SCRM_OK) {
 		fprintf(stderr, "scrm-agent: %s: %s\n", path, scrm_errmsg());
 		return 1;
 	}
 	if (check) {
-		printf("config %s: ok\n  device %s/%s/%s\n  broker %s (%s)\n  store_dir %s\n", path, cfg.tenant,
-		       cfg.store_id, cfg.device_id, cfg.broker_uri, cfg.plaintext ? "PLAINTEXT" : "TLS", cfg.store_dir);
+		printf("config %s: ok\n  device %s/%s/%s\n  broker %s (%s%s)\n  store_dir %s\n", path, cfg.tenant,
+		       cfg.store_id, cfg.device_id, cfg.broker_uri, cfg.plaintext ? "PLAINTEXT" : "TLS",
+		       cfg.cert_file ? ", client certificate" : "", cfg.store_dir);
+		if (cfg.config_version)
+			printf("  remote settings: version %lld %s%s\n", (long long)cfg.config_version,
+			       cfg.overlay_set ? cfg.overlay_set : "{}", cfg.overlay_previous ? " (on probation)" : "");
+		if (cfg.overlay_error)
+			printf("  remote settings IGNORED: %s\n", cfg.overlay_error);
 		config__free(&cfg);
 		return 0;
 	}
@@ -89,7 +104,5 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	int rc = sync__run(&cfg);
-	config__free(&cfg);
-	return rc;
+	return sync__run(&cfg, level);
 }

@@ -29,6 +29,8 @@ struct mqtt {
 	char *uri, *client_id, *ca_file, *cert_file, *key_file, *username, *password;
 	int keepalive_s, connect_timeout_s, clean_start;
 	int64_t session_expiry_s;
+	char *will_topic, *will_payload; /* owning thread only */
+	int will_delay_s;
 };
 
 static char *dup_or_null(const char *s)
@@ -60,6 +62,8 @@ void mqtt__event_free(mqtt__event *e)
 	free(e->text);
 	free(e->topic);
 	free(e->payload);
+	free(e->response_topic);
+	free(e->correlation);
 	free(e);
 }
 
@@ -179,6 +183,19 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
 			memcpy(e->payload, msg->payload, (size_t)msg->payloadlen);
 			e->payload[msg->payloadlen] = '\0';
 			e->len = (size_t)msg->payloadlen;
+			/* MQTT 5 request/response: where to answer, and the
+			 * requester's token to echo. Lost on OOM: the command
+			 * is then answered on the default reply topic. */
+			MQTTProperty *rt = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+			MQTTProperty *cd = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_CORRELATION_DATA);
+			if (rt && rt->value.data.len > 0 && (e->response_topic = malloc((size_t)rt->value.data.len + 1))) {
+				memcpy(e->response_topic, rt->value.data.data, (size_t)rt->value.data.len);
+				e->response_topic[rt->value.data.len] = '\0';
+			}
+			if (cd && cd->value.data.len > 0 && (e->correlation = malloc((size_t)cd->value.data.len))) {
+				memcpy(e->correlation, cd->value.data.data, (size_t)cd->value.data.len);
+				e->correlation_len = (size_t)cd->value.data.len;
+			}
 			push(m, e);
 		} else {
 			mqtt__event_free(e);
@@ -305,6 +322,8 @@ void mqtt__destroy(mqtt *m)
 	free(m->key_file);
 	free(m->username);
 	free(m->password);
+	free(m->will_topic);
+	free(m->will_payload);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
 }
@@ -314,6 +333,8 @@ int mqtt__connect(mqtt *m)
 	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	MQTTProperties props = MQTTProperties_initializer;
+	MQTTProperties wprops = MQTTProperties_initializer;
+	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
 	MQTTProperty p;
 	int rc;
 
@@ -332,6 +353,19 @@ int mqtt__connect(mqtt *m)
 		MQTTProperties_add(&props, &p);
 		c.connectProperties = &props;
 	}
+	if (m->will_topic) {
+		will.topicName = m->will_topic;
+		will.message = m->will_payload;
+		will.retained = 1;
+		will.qos = 1;
+		c.will = &will;
+		if (m->will_delay_s > 0) {
+			p.identifier = MQTTPROPERTY_CODE_WILL_DELAY_INTERVAL;
+			p.value.integer4 = (unsigned int)m->will_delay_s;
+			MQTTProperties_add(&wprops, &p);
+			c.willProperties = &wprops;
+		}
+	}
 	if (strncmp(m->uri, "ssl://", 6) == 0) {
 		ssl.trustStore = m->ca_file;
 		ssl.keyStore = m->cert_file;
@@ -346,6 +380,7 @@ int mqtt__connect(mqtt *m)
 	}
 	rc = MQTTAsync_connect(m->client, &c);
 	MQTTProperties_free(&props);
+	MQTTProperties_free(&wprops);
 	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
 }
 
@@ -374,6 +409,64 @@ int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, i
 	if (token)
 		*token = ro.token;
 	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+/* QoS 1 publish with optional Response Topic / Correlation Data. */
+static int publish_props(mqtt *m, const char *topic, const void *payload, size_t len, const char *response_topic,
+			 const void *corr, size_t corr_len)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	MQTTProperty p;
+	ro.onSuccess5 = on_pub_ok;
+	ro.onFailure5 = on_pub_fail;
+	ro.context = m;
+	msg.payload = (void *)(uintptr_t)payload;
+	msg.payloadlen = (int)len;
+	msg.qos = 1;
+	if (response_topic) {
+		p.identifier = MQTTPROPERTY_CODE_RESPONSE_TOPIC;
+		p.value.data.data = (char *)(uintptr_t)response_topic;
+		p.value.data.len = (int)strlen(response_topic);
+		MQTTProperties_add(&msg.properties, &p); /* copies the data */
+	}
+	if (corr && corr_len > 0 && corr_len <= 65535) {
+		p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+		p.value.data.data = (char *)(uintptr_t)corr;
+		p.value.data.len = (int)corr_len;
+		MQTTProperties_add(&msg.properties, &p);
+	}
+	int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
+	MQTTProperties_free(&msg.properties);
+	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+int mqtt__publish_reply(mqtt *m, const char *topic, const void *payload, size_t len, const void *corr,
+			size_t corr_len)
+{
+	return publish_props(m, topic, payload, len, NULL, corr, corr_len);
+}
+
+int mqtt__publish_request(mqtt *m, const char *topic, const void *payload, size_t len, const char *response_topic,
+			  const void *corr, size_t corr_len)
+{
+	return publish_props(m, topic, payload, len, response_topic, corr, corr_len);
+}
+
+int mqtt__set_will(mqtt *m, const char *topic, const char *payload, int delay_s)
+{
+	char *t = topic ? strdup(topic) : NULL, *p = topic && payload ? strdup(payload) : NULL;
+	if (topic && (!t || !p)) {
+		free(t);
+		free(p);
+		return SCRM_E_NOMEM;
+	}
+	free(m->will_topic);
+	free(m->will_payload);
+	m->will_topic = t;
+	m->will_payload = p;
+	m->will_delay_s = delay_s;
+	return SCRM_OK;
 }
 
 void mqtt__disconnect(mqtt *m, int timeout_ms)

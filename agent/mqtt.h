@@ -34,6 +34,10 @@ typedef struct mqtt__event {
 	char *topic;   /* owned (MQ_MESSAGE) */
 	char *payload; /* owned, NUL-terminated (MQ_MESSAGE) */
 	size_t len;
+	/* MQ_MESSAGE, MQTT 5 request/response: owned, NULL when absent */
+	char *response_topic;
+	void *correlation;
+	size_t correlation_len;
 } mqtt__event;
 
 typedef struct mqtt__opts {
@@ -63,6 +67,18 @@ int mqtt__subscribe(mqtt *m, const char *topic, int qos);
 /* Publish; *token identifies the later MQ_PUBLISHED/FAILED. */
 int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
 		  int *token);
+/* Publish with MQTT 5 Correlation Data (copied; may be NULL/0): a
+ * response to a request that carried it. */
+int mqtt__publish_reply(mqtt *m, const char *topic, const void *payload, size_t len, const void *corr,
+			size_t corr_len);
+/* Publish an MQTT 5 request, QoS 1: Response Topic and Correlation Data
+ * (copied) set so the responder knows where to answer and what to echo. */
+int mqtt__publish_request(mqtt *m, const char *topic, const void *payload, size_t len, const char *response_topic,
+			  const void *corr, size_t corr_len);
+/* The last will for the next connects (copied; NULL topic = none): the
+ * broker publishes it, retained, QoS 1, if the connection dies without a
+ * DISCONNECT and is not resumed within delay_s (MQTT 5 Will Delay). */
+int mqtt__set_will(mqtt *m, const char *topic, const char *payload, int delay_s);
 /* Graceful DISCONNECT, waiting up to timeout_ms. */
 void mqtt__disconnect(mqtt *m, int timeout_ms);
 

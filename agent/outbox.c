@@ -14,30 +14,68 @@
  *     today's sale at once; kept after the ack (central's profile catches up
  *     later) and pruned by age.
  *
+ * Schema v4 adds bounded storage and alarms:
+ *   usage(id=1, bytes, events, refused_paid) — the pending events' stored
+ *     size, kept by triggers on outbox in the same transaction as every
+ *     insert, delete and body update (whichever process or path), so the cap
+ *     costs one row read per append, never a SUM over the table
+ *   outbox_evictable — a partial index over the events that may be evicted,
+ *     in eviction order (class, then seq)
+ *   dropped(kind PK, count, bytes, last_ms) — events evicted or refused
+ *     under outbox.max_bytes, per kind, for the heartbeat
+ *   alarms(code PK, since_ms, last_ms, count, detail)
+ *
  * The sequence counter lives in `device`, not in max(seq), because acked
  * events are deleted: a seq must never be reused even when the outbox empties.
+ * A fresh outbox replacing a quarantined one starts it at
+ * max(anything the old file still shows, max(wall ms, build time ms) * 1000):
+ * central may hold seqs the damaged file no longer tells, and a wall-clock
+ * millisecond times 1000 is above any counter that started earlier (unless
+ * a device captured 1000 events per millisecond) while staying below 2^53
+ * until the year 2255.
  */
 #include "outbox.h"
 
 #include "dbcode.h"
 #include "err.h"
 #include "platform.h"
+#include "quarantine.h"
 
 #include <errno.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A wall clock this far behind the newest trusted capture is "not trusted". */
 #define CLOCK_BACKSTEP_MS 60000
 
+/* Outside the libscrm target (unit tests compiling outbox.c alone). */
+#ifndef SCRM_BUILD_EPOCH
+#define SCRM_BUILD_EPOCH 0
+#endif
+
+#define XSTR_(x) #x
+#define XSTR(x) XSTR_(x)
+#define PAID_KINDS "('purchase', 'return', 'coupon_redeem')"
+/* Eviction order: browsing, then scans, then any other kind not paid for. */
+#define EVICT_CLASS "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END"
+#define FRESH_SUFFIX ".fresh"
+
 struct outbox {
 	sqlite3 *db;
 	char device_id[65];
+	char *dir, *path;       /* owned */
+	int busy_ms;
+	int lock_fd;            /* <dir>/outbox.lock (quarantine.h), -1 if unavailable */
+	uint64_t dev, ino;      /* the file this connection opened */
+	int corrupt;            /* a SQLite call reported the file damaged */
+	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
+	char full_msg[480], drop_msg[480];
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
-		*rej_copy, *rej_reason;
+		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up;
 };
 
 int outbox__sqlite_err(int rc, const char *what, const char *detail)
@@ -48,6 +86,8 @@ int outbox__sqlite_err(int rc, const char *what, const char *detail)
 
 static int fail(outbox *ob, int rc, const char *what)
 {
+	if (ob && quarantine__corrupt_rc(rc))
+		ob->corrupt = 1;
 	return outbox__sqlite_err(rc, what, ob && ob->db ? sqlite3_errmsg(ob->db) : NULL);
 }
 
@@ -174,6 +214,38 @@ static const char schema_v3[] =
 	" END;"
 	"PRAGMA user_version = 3;";
 
+/* Schema v4: bounded storage and alarms (see the top of this file). The
+ * usage row starts from what an upgraded store already holds. */
+static const char schema_v4[] =
+	"CREATE TABLE IF NOT EXISTS usage("
+	" id INTEGER PRIMARY KEY CHECK(id = 1), bytes INTEGER NOT NULL, events INTEGER NOT NULL,"
+	" refused_paid INTEGER NOT NULL DEFAULT 0);"
+	"INSERT OR IGNORE INTO usage(id, bytes, events)"
+	" SELECT 1, coalesce(sum(length(CAST(body AS BLOB))), 0) + " XSTR(OUTBOX_ROW_OVERHEAD) " * count(*), count(*)"
+	" FROM outbox;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_usage_insert AFTER INSERT ON outbox"
+	" BEGIN"
+	"  UPDATE usage SET bytes = bytes + length(CAST(NEW.body AS BLOB)) + " XSTR(OUTBOX_ROW_OVERHEAD) ","
+	"   events = events + 1 WHERE id = 1;"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_usage_delete AFTER DELETE ON outbox"
+	" BEGIN"
+	"  UPDATE usage SET bytes = bytes - length(CAST(OLD.body AS BLOB)) - " XSTR(OUTBOX_ROW_OVERHEAD) ","
+	"   events = events - 1 WHERE id = 1;"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_usage_update AFTER UPDATE OF body ON outbox"
+	" BEGIN"
+	"  UPDATE usage SET bytes = bytes - length(CAST(OLD.body AS BLOB)) + length(CAST(NEW.body AS BLOB)) WHERE id = 1;"
+	" END;"
+	"CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox(" EVICT_CLASS ", seq)"
+	" WHERE kind NOT IN " PAID_KINDS ";"
+	"CREATE TABLE IF NOT EXISTS dropped("
+	" kind TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL, last_ms INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS alarms("
+	" code TEXT PRIMARY KEY, since_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, count INTEGER NOT NULL,"
+	" detail TEXT NOT NULL) WITHOUT ROWID;"
+	"PRAGMA user_version = 4;";
+
 /* Create or upgrade the schema, and bind the store to its device. */
 static int migrate(outbox *ob, const char *device_id)
 {
@@ -186,12 +258,17 @@ static int migrate(outbox *ob, const char *device_id)
 		rc = fail(ob, rc, "read schema version");
 		goto cleanup;
 	}
-	if (sqlite3_step(st) == SQLITE_ROW)
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		ver = sqlite3_column_int(st, 0);
+	} else {
+		rc = fail(ob, rc, "read schema version");
+		goto cleanup;
+	}
+	rc = SCRM_OK;
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver > 3) {
-		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (3); refusing to touch it", ver);
+	if (ver > 4) {
+		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (4); refusing to touch it", ver);
 		goto cleanup;
 	}
 	if (ver == 0 && (rc = exec(ob, schema_v1)))
@@ -200,12 +277,19 @@ static int migrate(outbox *ob, const char *device_id)
 		goto cleanup;
 	if (ver < 3 && (rc = exec(ob, schema_v3)))
 		goto cleanup;
+	if (ver < 4 && (rc = exec(ob, schema_v4)))
+		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "read device");
 		goto cleanup;
 	}
-	if (sqlite3_step(st) == SQLITE_ROW) {
+	int step = sqlite3_step(st);
+	if (step != SQLITE_ROW && step != SQLITE_DONE) {
+		rc = fail(ob, step, "read device");
+		goto cleanup;
+	}
+	if (step == SQLITE_ROW) {
 		const char *have = (const char *)sqlite3_column_text(st, 0);
 		snprintf(ob->device_id, sizeof(ob->device_id), "%s", have ? have : "");
 		if (device_id && strcmp(device_id, ob->device_id) != 0) {
@@ -243,9 +327,296 @@ cleanup:
 	return rc;
 }
 
-int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **out)
+/* Raise (or bump) an alarm on any connection to an outbox (the fresh file
+ * of a quarantine too), inside or outside a transaction. */
+static int alarm_raise_db(sqlite3 *db, const char *code, const char *detail, int64_t now_ms)
 {
-	char path[4096];
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(db,
+				    "INSERT INTO alarms(code, since_ms, last_ms, count, detail) VALUES (?1, ?3, ?3, 1, ?2)"
+				    " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
+				    " detail = excluded.detail",
+				    -1, &st, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, detail ? detail : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, now_ms);
+		rc = sqlite3_step(st);
+		rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Open the connection and everything on it; on failure the caller
+ * disconnects. ob->corrupt tells a damaged file from other failures. */
+static int connect_db(outbox *ob, const char *device_id, int check)
+{
+	int bm = ob->busy_ms > 0 ? ob->busy_ms : 5000;
+	int rc = sqlite3_open_v2(ob->path, &ob->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, ob->path);
+	sqlite3_extended_result_codes(ob->db, 1);
+	sqlite3_busy_timeout(ob->db, bm);
+	/* WAL lets the daemon read while the POS writes; FULL makes every
+	 * commit durable before the capture call returns. */
+	if ((rc = db__set_wal(ob->db, bm, "outbox"))) {
+		if (rc == SCRM_E_CORRUPT)
+			ob->corrupt = 1;
+		return rc;
+	}
+	if ((rc = exec(ob, "PRAGMA synchronous=FULL")) ||
+	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
+	    /* Freed cells are zeroed at no extra I/O; an erasure switches to ON
+	     * for its own statements (FAST leaves freed overflow pages). */
+	    (rc = exec(ob, "PRAGMA secure_delete=FAST")))
+		return rc;
+	if (check) {
+		/* Before migrate: nothing is written to a damaged file. */
+		char why[300];
+		int q = quarantine__quick_check(ob->db, why, sizeof(why));
+		if (q == 1) {
+			ob->corrupt = 1;
+			return err__set(SCRM_E_CORRUPT, "outbox: %s: %s", ob->path, why);
+		}
+		if (q != 0)
+			return fail(ob, q, "quick_check");
+	}
+	if ((rc = migrate(ob, device_id)))
+		return rc;
+	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, max_wall_ms FROM device WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2 WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
+	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
+	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
+	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
+	    (rc = prep(ob, &ob->rej_copy, "INSERT OR IGNORE INTO rejected(seq, id, kind, wall_ms, body, reason, rejected_ms) SELECT seq, id, kind, wall_ms, body, ?2, ?3 FROM outbox WHERE seq = ?1")) ||
+	    (rc = prep(ob, &ob->rej_reason, "DELETE FROM outbox WHERE seq = ?1")) ||
+	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM usage WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
+					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes')")) ||
+	    (rc = prep(ob, &ob->evict, "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox"
+				       " WHERE kind NOT IN " PAID_KINDS " AND seq < ?1 ORDER BY " EVICT_CLASS ", seq")) ||
+	    (rc = prep(ob, &ob->evict_del, "DELETE FROM outbox WHERE seq = ?1")) ||
+	    (rc = prep(ob, &ob->drop_add, "INSERT INTO dropped(kind, count, bytes, last_ms) VALUES (?1, 1, ?2, ?3)"
+					  " ON CONFLICT(kind) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,"
+					  " last_ms = excluded.last_ms")) ||
+	    (rc = prep(ob, &ob->alarm_up, "INSERT INTO alarms(code, since_ms, last_ms, count, detail) VALUES (?1, ?3, ?3, 1, ?2)"
+					  " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
+					  " detail = excluded.detail")))
+		return rc;
+	return SCRM_OK;
+}
+
+/* Finalize and close. `detached`: the file may have been moved, or is
+ * damaged and about to be: leave its -wal and -shm alone (quarantine.h). */
+static void disconnect(outbox *ob, int detached)
+{
+	sqlite3_stmt **all[] = {&ob->get_dev, &ob->put_dev,   &ob->ins,      &ob->read,      &ob->del,
+				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->rej_reason, &ob->usage,
+				&ob->limits,  &ob->evict,    &ob->evict_del, &ob->drop_add, &ob->alarm_up};
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		sqlite3_finalize(*all[i]);
+		*all[i] = NULL;
+	}
+	if (detached)
+		quarantine__close_detached(ob->db);
+	else
+		sqlite3_close_v2(ob->db);
+	ob->db = NULL;
+}
+
+static int64_t probe_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t v = 0;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/* Copy the pending events (and the daemon's settings) still readable in the
+ * damaged file, in seq order, stopping at the first unreadable page; rows
+ * that no longer make sense (a NULL, malformed JSON) are skipped. */
+static int64_t salvage(sqlite3 *old, sqlite3 *fresh)
+{
+	sqlite3_stmt *rd = NULL, *wr = NULL;
+	int64_t n = 0;
+	if (sqlite3_exec(fresh, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return 0;
+	if (sqlite3_prepare_v2(old, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body FROM outbox ORDER BY seq", -1,
+			       &rd, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(fresh,
+			       "INSERT OR IGNORE INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body)"
+			       " VALUES (?,?,?,?,?,?,?,?)",
+			       -1, &wr, NULL) == SQLITE_OK) {
+		while (sqlite3_step(rd) == SQLITE_ROW) {
+			for (int i = 0; i < 8; i++)
+				sqlite3_bind_value(wr, i + 1, sqlite3_column_value(rd, i));
+			if (sqlite3_step(wr) == SQLITE_DONE && sqlite3_changes(fresh) > 0)
+				n++;
+			sqlite3_reset(wr);
+		}
+	}
+	sqlite3_finalize(rd);
+	sqlite3_finalize(wr);
+	rd = wr = NULL;
+	if (sqlite3_prepare_v2(old, "SELECT k, v FROM settings", -1, &rd, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(fresh, "INSERT OR REPLACE INTO settings(k, v) VALUES (?, ?)", -1, &wr, NULL) == SQLITE_OK) {
+		while (sqlite3_step(rd) == SQLITE_ROW) {
+			sqlite3_bind_value(wr, 1, sqlite3_column_value(rd, 0));
+			sqlite3_bind_value(wr, 2, sqlite3_column_value(rd, 1));
+			sqlite3_step(wr);
+			sqlite3_reset(wr);
+		}
+	}
+	sqlite3_finalize(rd);
+	sqlite3_finalize(wr);
+	if (sqlite3_exec(fresh, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		sqlite3_exec(fresh, "ROLLBACK", NULL, NULL, NULL);
+		return 0;
+	}
+	return n;
+}
+
+static void unlink_db(const char *path)
+{
+	char p[4400];
+	unlink(path);
+	snprintf(p, sizeof(p), "%s-wal", path);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s-shm", path);
+	unlink(p);
+}
+
+/* Under the exclusive lock: the damaged outbox.db at ob->path goes to
+ * quarantine and a fresh one replaces it. The fresh file is made complete
+ * aside (outbox.db.fresh) first; then the damaged file is linked into
+ * quarantine/, its -wal/-shm follow, and the fresh file is renamed over it,
+ * so outbox.db never goes missing. A crash in between is finished by the
+ * next open (finish_swap). */
+static int quarantine_file(outbox *ob, const char *device_id, const char *why)
+{
+	int64_t now = platform__wall_ms();
+	char old_dev[65] = "", dest[4200], tmp[4300], detail[1700];
+	sqlite3 *old = NULL;
+	outbox t;
+	int64_t floor, salvaged = 0;
+	int rc;
+
+	memset(&t, 0, sizeof(t));
+	/* What the damaged file still tells (a NOTADB file tells nothing). */
+	if (sqlite3_open_v2(ob->path, &old, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+		sqlite3_stmt *st = NULL;
+		sqlite3_busy_timeout(old, 1000);
+		sqlite3_db_config(old, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+		if (sqlite3_prepare_v2(old, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL) == SQLITE_OK &&
+		    sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+			snprintf(old_dev, sizeof(old_dev), "%s", (const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+		if (old_dev[0] && !device_id_ok(old_dev))
+			old_dev[0] = '\0';
+	}
+	const char *dev = device_id ? device_id : old_dev[0] ? old_dev : NULL;
+	if (!dev) {
+		rc = err__set(SCRM_E_CORRUPT,
+			      "outbox: %s is damaged (%s) and names no device: open the store with its device_id"
+			      " (scrm-agent does at start) to move it to %s/%s/ and start a fresh outbox",
+			      ob->path, why, ob->dir, QUARANTINE_DIR);
+		goto out;
+	}
+	if (device_id && old_dev[0] && strcmp(device_id, old_dev) != 0) {
+		rc = err__set(SCRM_E_MISMATCH, "device_id: the store belongs to \"%s\", not \"%s\"", old_dev, device_id);
+		goto out;
+	}
+	/* Never reuse a seq central may hold (top of this file). */
+	int64_t base_ms = now > (int64_t)SCRM_BUILD_EPOCH * 1000 ? now : (int64_t)SCRM_BUILD_EPOCH * 1000;
+	floor = base_ms * 1000;
+	if (old) {
+		int64_t seen[] = {probe_int(old, "SELECT next_seq - 1 FROM device WHERE id = 1"),
+				  probe_int(old, "SELECT last_acked_seq FROM device WHERE id = 1"),
+				  probe_int(old, "SELECT max(seq) FROM outbox"), probe_int(old, "SELECT max(seq) FROM rejected")};
+		for (size_t i = 0; i < sizeof(seen) / sizeof(seen[0]); i++)
+			if (seen[i] >= floor)
+				floor = seen[i] + 1;
+	}
+	if ((rc = quarantine__dest(ob->dir, "outbox", now, dest, sizeof(dest))) != 0) {
+		rc = err__set(SCRM_E_IO, "outbox: cannot make %s/%s: %s", ob->dir, QUARANTINE_DIR, strerror(-rc));
+		goto out;
+	}
+	snprintf(tmp, sizeof(tmp), "%s%s", ob->path, FRESH_SUFFIX);
+	unlink_db(tmp);
+	if ((rc = sqlite3_open_v2(tmp, &t.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)) !=
+	    SQLITE_OK) {
+		rc = fail(&t, rc, tmp);
+		goto out;
+	}
+	sqlite3_busy_timeout(t.db, 5000);
+	if ((rc = db__set_wal(t.db, 5000, "outbox")) || (rc = exec(&t, "PRAGMA synchronous=FULL")) ||
+	    (rc = migrate(&t, dev)))
+		goto out;
+	{
+		char sql[160];
+		snprintf(sql, sizeof(sql), "UPDATE device SET next_seq = %lld WHERE id = 1", (long long)floor);
+		if ((rc = exec(&t, sql)))
+			goto out;
+	}
+	if (old)
+		salvaged = salvage(old, t.db);
+	snprintf(detail, sizeof(detail),
+		 "%.600s could not be used (%.300s); moved to %.600s; %lld pending events recovered from it;"
+		 " sequence numbers continue at %lld",
+		 ob->path, why, dest, (long long)salvaged, (long long)floor);
+	if ((rc = alarm_raise_db(t.db, "outbox_quarantined", detail, now)) != SQLITE_OK) {
+		rc = fail(&t, rc, "raise alarm");
+		goto out;
+	}
+	/* Last connection: checkpoint and remove the -wal, so the file is
+	 * whole by itself before it is renamed. */
+	if ((rc = sqlite3_close(t.db)) != SQLITE_OK) {
+		rc = outbox__sqlite_err(rc, "close fresh outbox", NULL);
+		goto out;
+	}
+	t.db = NULL;
+	quarantine__close_detached(old);
+	old = NULL;
+	if ((rc = platform__fsync_dir(ob->dir)) != 0 || (rc = quarantine__move(ob->path, dest, 1)) != 0 ||
+	    (rename(tmp, ob->path) != 0 && (rc = -errno) != 0) || (rc = platform__fsync_dir(ob->dir)) != 0) {
+		rc = err__set(SCRM_E_IO, "outbox: cannot move %s to %s: %s", ob->path, dest, strerror(-rc));
+		goto out;
+	}
+	snprintf(ob->quarantined, sizeof(ob->quarantined), "%s", dest);
+	rc = SCRM_OK;
+out:
+	if (t.db)
+		sqlite3_close_v2(t.db);
+	quarantine__close_detached(old);
+	return rc;
+}
+
+/* An earlier quarantine stopped half-way (a crash) if outbox.db.fresh is
+ * there. Once the damaged file is linked into quarantine/, the fresh file
+ * is complete: finish the swap. Before that, drop the fresh file: the open
+ * that follows finds the damage again and starts over. Exclusive lock held. */
+static void finish_swap(outbox *ob)
+{
+	char tmp[4300], dest[4200];
+	snprintf(tmp, sizeof(tmp), "%s%s", ob->path, FRESH_SUFFIX);
+	if (access(tmp, F_OK) != 0)
+		return;
+	if (quarantine__links(ob->path) > 1 && quarantine__find_link(ob->dir, ob->path, dest, sizeof(dest)) &&
+	    quarantine__move_sidecars(ob->path, dest) == 0 && rename(tmp, ob->path) == 0) {
+		platform__fsync_dir(ob->dir);
+		return;
+	}
+	unlink_db(tmp);
+}
+
+static int open_impl(const char *dir, const char *device_id, int busy_ms, int check, outbox **out)
+{
+	char path[4096], tmp[4300];
 	outbox *ob = NULL;
 	int rc;
 
@@ -262,58 +633,100 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 		return err__set(SCRM_E_NOT_FOUND, "dir: no store at %s (a device_id is needed to create one)", dir);
 	if ((rc = platform__mkdirs(dir, 0700)) != 0)
 		return err__set(SCRM_E_IO, "dir: cannot create %s: %s", dir, strerror(-rc));
-	if (!(ob = calloc(1, sizeof(*ob))))
-		return err__set(SCRM_E_NOMEM, "out of memory");
-	rc = sqlite3_open_v2(path, &ob->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-	if (rc != SQLITE_OK) {
-		rc = fail(ob, rc, path);
+	if (!(ob = calloc(1, sizeof(*ob))) || !(ob->dir = strdup(dir)) || !(ob->path = strdup(path))) {
+		rc = err__set(SCRM_E_NOMEM, "out of memory");
 		goto cleanup;
 	}
-	sqlite3_extended_result_codes(ob->db, 1);
-	sqlite3_busy_timeout(ob->db, busy_ms > 0 ? busy_ms : 5000);
-	/* WAL lets the daemon read while the POS writes; FULL makes every
-	 * commit durable before the capture call returns. */
-	if ((rc = db__set_wal(ob->db, busy_ms > 0 ? busy_ms : 5000, "outbox")) ||
-	    (rc = exec(ob, "PRAGMA synchronous=FULL")) ||
-	    (rc = exec(ob, "PRAGMA foreign_keys=OFF")) ||
-	    /* Freed cells are zeroed at no extra I/O; an erasure switches to ON
-	     * for its own statements (FAST leaves freed overflow pages). */
-	    (rc = exec(ob, "PRAGMA secure_delete=FAST")))
-		goto cleanup;
-	if ((rc = migrate(ob, device_id)))
-		goto cleanup;
-	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, max_wall_ms FROM device WHERE id = 1")) ||
-	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2 WHERE id = 1")) ||
-	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
-	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
-	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
-	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
-	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
-	    (rc = prep(ob, &ob->rej_copy, "INSERT OR IGNORE INTO rejected(seq, id, kind, wall_ms, body, reason, rejected_ms) SELECT seq, id, kind, wall_ms, body, ?2, ?3 FROM outbox WHERE seq = ?1")) ||
-	    (rc = prep(ob, &ob->rej_reason, "DELETE FROM outbox WHERE seq = ?1")))
-		goto cleanup;
-	*out = ob;
-	return SCRM_OK;
+	ob->busy_ms = busy_ms;
+	/* Without the lock file (a read-only directory) there is no
+	 * quarantine to coordinate with: open as before. */
+	ob->lock_fd = quarantine__lock_open(dir, "outbox");
+	snprintf(tmp, sizeof(tmp), "%s%s", path, FRESH_SUFFIX);
+	for (int attempt = 0;; attempt++) {
+		uint64_t dev0 = 0, ino0 = 0;
+		char why[400];
+		quarantine__lock(ob->lock_fd, 1);
+		if (ob->lock_fd >= 0 && access(tmp, F_OK) == 0 && attempt < 3) {
+			quarantine__lock(ob->lock_fd, 0);
+			quarantine__lock(ob->lock_fd, 2);
+			finish_swap(ob);
+			quarantine__lock(ob->lock_fd, 0);
+			continue;
+		}
+		int existed = platform__file_id(path, &dev0, &ino0) == 0;
+		ob->corrupt = 0;
+		rc = connect_db(ob, device_id, check);
+		if (rc == SCRM_OK) {
+			platform__file_id(path, &ob->dev, &ob->ino);
+			quarantine__lock(ob->lock_fd, 0);
+			*out = ob;
+			return SCRM_OK;
+		}
+		int damaged = ob->corrupt && existed && ob->lock_fd >= 0;
+		disconnect(ob, damaged);
+		quarantine__lock(ob->lock_fd, 0);
+		if (!damaged || attempt >= 3)
+			goto cleanup;
+		snprintf(why, sizeof(why), "%s", scrm_errmsg());
+		/* Whoever takes the lock first moves the file; the others find
+		 * another file there and simply open it. */
+		quarantine__lock(ob->lock_fd, 2);
+		if (quarantine__same_file(path, dev0, ino0) == 1)
+			rc = quarantine_file(ob, device_id, why);
+		else
+			rc = SCRM_OK;
+		quarantine__lock(ob->lock_fd, 0);
+		if (rc)
+			goto cleanup;
+	}
 cleanup:
 	outbox__close(ob);
 	return rc;
+}
+
+int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **out)
+{
+	return open_impl(dir, device_id, busy_ms, 0, out);
+}
+
+int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, outbox **out)
+{
+	return open_impl(dir, device_id, busy_ms, 1, out);
+}
+
+const char *outbox__quarantined(const outbox *ob)
+{
+	return ob && ob->quarantined[0] ? ob->quarantined : NULL;
 }
 
 void outbox__close(outbox *ob)
 {
 	if (!ob)
 		return;
-	sqlite3_finalize(ob->get_dev);
-	sqlite3_finalize(ob->put_dev);
-	sqlite3_finalize(ob->ins);
-	sqlite3_finalize(ob->read);
-	sqlite3_finalize(ob->del);
-	sqlite3_finalize(ob->ack_meta);
-	sqlite3_finalize(ob->oldest);
-	sqlite3_finalize(ob->rej_copy);
-	sqlite3_finalize(ob->rej_reason);
-	sqlite3_close_v2(ob->db);
+	/* A file moved away under us: its -wal name belongs to another file. */
+	disconnect(ob, ob->path && quarantine__same_file(ob->path, ob->dev, ob->ino) != 1);
+	if (ob->lock_fd >= 0)
+		close(ob->lock_fd);
+	free(ob->dir);
+	free(ob->path);
 	free(ob);
+}
+
+/* Another process moved a damaged outbox aside and put a fresh one at our
+ * path: reopen onto it (the handle stays the caller's). No lock held. */
+static int follow(outbox *ob)
+{
+	outbox *fresh = NULL, t;
+	if (quarantine__same_file(ob->path, ob->dev, ob->ino) != 0)
+		return SCRM_OK; /* the same file, or none (deleted: keep ours) */
+	int rc = open_impl(ob->dir, ob->device_id, ob->busy_ms, 0, &fresh);
+	if (rc)
+		return rc;
+	t = *ob;
+	*ob = *fresh;
+	*fresh = t;
+	outbox__close(fresh); /* the old connection, detached */
+	return SCRM_OK;
 }
 
 sqlite3 *outbox__db(outbox *ob)
@@ -326,11 +739,197 @@ const char *outbox__device_id(const outbox *ob)
 	return ob->device_id;
 }
 
-/* Insert rows inside an open write transaction. */
+/* ---- bounded storage ---- */
+
+static int is_paid(const char *kind)
+{
+	return strcmp(kind, "purchase") == 0 || strcmp(kind, "return") == 0 || strcmp(kind, "coupon_redeem") == 0;
+}
+
+/* The limits in force: the daemon's (settings), else the defaults. */
+static void limits_of(sqlite3_stmt *q, int col, int64_t *max, int64_t *reserve)
+{
+	*max = OUTBOX_DEFAULT_MAX_BYTES;
+	if (sqlite3_column_type(q, col) != SQLITE_NULL && sqlite3_column_int64(q, col) >= OUTBOX_MIN_MAX_BYTES)
+		*max = sqlite3_column_int64(q, col);
+	int64_t auto_reserve = *max / 8 < OUTBOX_RESERVE_AUTO_MAX ? *max / 8 : OUTBOX_RESERVE_AUTO_MAX;
+	*reserve = auto_reserve;
+	if (sqlite3_column_type(q, col + 1) != SQLITE_NULL) {
+		int64_t r = sqlite3_column_int64(q, col + 1);
+		if (r >= 0 && r < *max)
+			*reserve = r;
+	}
+}
+
+/* One cheap read per transaction: a handle sees a new limit at its next
+ * append, whichever process wrote it. */
+static int read_limits(outbox *ob, int64_t *max, int64_t *reserve)
+{
+	sqlite3_reset(ob->limits);
+	int rc = sqlite3_step(ob->limits);
+	if (rc != SQLITE_ROW) {
+		rc = fail(ob, rc, "read limits");
+		sqlite3_reset(ob->limits);
+		return rc;
+	}
+	limits_of(ob->limits, 0, max, reserve);
+	sqlite3_reset(ob->limits);
+	return SCRM_OK;
+}
+
+static int read_usage(outbox *ob, int64_t *bytes)
+{
+	sqlite3_reset(ob->usage);
+	int rc = sqlite3_step(ob->usage);
+	*bytes = rc == SQLITE_ROW ? sqlite3_column_int64(ob->usage, 0) : 0;
+	sqlite3_reset(ob->usage);
+	return rc == SQLITE_ROW ? SCRM_OK : fail(ob, rc, "read usage");
+}
+
+static int raise_alarm(outbox *ob, const char *code, const char *detail, int64_t now_ms)
+{
+	sqlite3_stmt *st = ob->alarm_up;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, detail ? detail : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now_ms);
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "raise alarm");
+}
+
+/* Count one dropped event and keep the "events_dropped" alarm's detail
+ * the running totals. */
+static int count_dropped(outbox *ob, const char *kind, int64_t bytes, int64_t now_ms)
+{
+	sqlite3_stmt *st = ob->drop_add;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, bytes);
+	sqlite3_bind_int64(st, 3, now_ms);
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "count dropped event");
+}
+
+static int raise_dropped(outbox *ob, int64_t now_ms)
+{
+	sqlite3_stmt *st = NULL;
+	char detail[400] = "";
+	int rc = sqlite3_prepare_v2(ob->db,
+				    "SELECT 'dropped under outbox.max_bytes (oldest first): ' ||"
+				    " group_concat(kind || ' ' || count, ', ') FROM (SELECT kind, count FROM dropped ORDER BY kind)",
+				    -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare dropped");
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_text(st, 0))
+		snprintf(detail, sizeof(detail), "%s", (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, "read dropped");
+	return raise_alarm(ob, "events_dropped", detail, now_ms);
+}
+
+/* Evict events that may be evicted, with seq < before, in eviction order,
+ * until `want` bytes are free. With all_or_nothing, nothing is evicted
+ * unless that frees enough. *freed = stored bytes removed. */
+static int evict(outbox *ob, int64_t want, int64_t before, int all_or_nothing, int64_t now_ms, int64_t *freed)
+{
+	struct victim {
+		int64_t seq, bytes;
+		char kind[24];
+	} *v = NULL;
+	size_t n = 0, cap = 0;
+	int64_t got = 0;
+	int rc = SQLITE_DONE;
+
+	*freed = 0;
+	sqlite3_reset(ob->evict);
+	sqlite3_bind_int64(ob->evict, 1, before);
+	while (got < want && (rc = sqlite3_step(ob->evict)) == SQLITE_ROW) {
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 64;
+			struct victim *nv = realloc(v, nc * sizeof(*v));
+			if (!nv) {
+				sqlite3_reset(ob->evict);
+				free(v);
+				return err__set(SCRM_E_NOMEM, "out of memory");
+			}
+			v = nv;
+			cap = nc;
+		}
+		v[n].seq = sqlite3_column_int64(ob->evict, 0);
+		snprintf(v[n].kind, sizeof(v[n].kind), "%s", (const char *)sqlite3_column_text(ob->evict, 1));
+		v[n].bytes = sqlite3_column_int64(ob->evict, 2) + OUTBOX_ROW_OVERHEAD;
+		got += v[n].bytes;
+		n++;
+	}
+	sqlite3_reset(ob->evict);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		free(v);
+		return fail(ob, rc, "find events to evict");
+	}
+	if (all_or_nothing && got < want)
+		n = 0;
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_reset(ob->evict_del);
+		sqlite3_bind_int64(ob->evict_del, 1, v[i].seq);
+		rc = sqlite3_step(ob->evict_del);
+		sqlite3_reset(ob->evict_del);
+		if (rc != SQLITE_DONE) {
+			free(v);
+			return fail(ob, rc, "evict event");
+		}
+		if ((rc = count_dropped(ob, v[i].kind, v[i].bytes, now_ms))) {
+			free(v);
+			return rc;
+		}
+		*freed += v[i].bytes;
+	}
+	free(v);
+	return n ? raise_dropped(ob, now_ms) : SCRM_OK;
+}
+
+static void utc(int64_t ms, char *out, size_t cap)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	if (!gmtime_r(&t, &tm) || !strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		snprintf(out, cap, "@%lld ms", (long long)ms);
+}
+
+/* "central unreachable since ...; last ack ..." for the outbox-full message. */
+static void central_state(outbox *ob, char *out, size_t cap)
+{
+	sqlite3_stmt *st = NULL;
+	int have_link = 0, connected = 0;
+	int64_t changed = 0, last_ack = 0;
+	char a[40], b[40];
+	if (sqlite3_prepare_v2(ob->db,
+			       "SELECT (SELECT connected FROM link WHERE id = 1), (SELECT changed_ms FROM link WHERE id = 1),"
+			       " (SELECT last_ack_ms FROM device WHERE id = 1)",
+			       -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		have_link = sqlite3_column_type(st, 0) != SQLITE_NULL;
+		connected = sqlite3_column_int(st, 0);
+		changed = sqlite3_column_int64(st, 1);
+		last_ack = sqlite3_column_int64(st, 2);
+	}
+	sqlite3_finalize(st);
+	utc(changed, a, sizeof(a));
+	utc(last_ack, b, sizeof(b));
+	snprintf(out, cap, "%s%s; %s%s",
+		 !have_link ? "no scrm-agent has run on this store yet" : connected ? "connected to central since " : "central unreachable since ",
+		 have_link ? a : "", last_ack ? "last ack from central " : "central has never acknowledged an event",
+		 last_ack ? b : "");
+}
+
+/* Insert rows inside an open write transaction, each decided on its own
+ * under outbox.max_bytes (outbox.h). */
 static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
 {
 	int rc;
-	int64_t next, max_wall;
+	int64_t next, max_wall, first, max_bytes, reserve, used, now = platform__wall_ms();
 
 	sqlite3_reset(ob->get_dev);
 	if ((rc = sqlite3_step(ob->get_dev)) != SQLITE_ROW) {
@@ -341,9 +940,54 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 	next = sqlite3_column_int64(ob->get_dev, 0);
 	max_wall = sqlite3_column_int64(ob->get_dev, 1);
 	sqlite3_reset(ob->get_dev);
+	first = next;
+	if ((rc = read_limits(ob, &max_bytes, &reserve)) || (rc = read_usage(ob, &used)))
+		return rc;
+	const int64_t soft = max_bytes - reserve; /* the reserve is for paid events */
 
 	for (size_t i = 0; i < n; i++) {
 		outbox__row *r = &rows[i];
+		const int64_t need = (int64_t)r->body_len + OUTBOX_ROW_OVERHEAD;
+		const int paid = is_paid(r->kind);
+		r->seq = 0;
+		r->refused = 0;
+		r->why = NULL;
+		/* Older evictable events make room first (never this call's own
+		 * rows: a receipt just given stays true until commit). Room for
+		 * an evictable event is made only if it then fits; a paid event
+		 * takes all there is before it may use the reserve. */
+		if (used + need > soft && need <= max_bytes) {
+			int64_t freed = 0;
+			if ((rc = evict(ob, used + need - soft, first, !paid, now, &freed)) || (rc = read_usage(ob, &used)))
+				return rc;
+		}
+		if (used + need > (paid ? max_bytes : soft)) {
+			char state[200];
+			central_state(ob, state, sizeof(state));
+			if (paid) {
+				snprintf(ob->full_msg, sizeof(ob->full_msg),
+					 "outbox full: %lld bytes used of %lld (outbox.max_bytes), all purchases, returns and"
+					 " redemptions central has not acknowledged; %s; this %s needs %lld bytes;"
+					 " nothing was recorded",
+					 (long long)used, (long long)max_bytes, state, r->kind, (long long)need);
+				r->refused = SCRM_E_DISK_FULL;
+				r->why = ob->full_msg;
+				if ((rc = exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
+				    (rc = raise_alarm(ob, "outbox_full", ob->full_msg, now)))
+					return rc;
+			} else {
+				snprintf(ob->drop_msg, sizeof(ob->drop_msg),
+					 "outbox full: %s not recorded: %lld bytes used, %lld allowed for events other than"
+					 " purchases, returns and redemptions (outbox.max_bytes - outbox.reserve_bytes)"
+					 " and none of those left to evict; %s",
+					 r->kind, (long long)used, (long long)soft, state);
+				r->refused = SCRM_E_REFUSED;
+				r->why = ob->drop_msg;
+				if ((rc = count_dropped(ob, r->kind, need, now)) || (rc = raise_dropped(ob, now)))
+					return rc;
+			}
+			continue;
+		}
 		r->seq = next++;
 		r->clock_ok = r->wall_ms >= trusted_after_ms && r->wall_ms + CLOCK_BACKSTEP_MS >= max_wall;
 		if (r->clock_ok && r->wall_ms > max_wall)
@@ -364,7 +1008,22 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			return rc;
 		}
 		sqlite3_reset(st);
+		/* Triggers may have grown the body (attribution). */
+		if ((rc = read_usage(ob, &used)))
+			return rc;
+		if (paid && used > soft) {
+			char detail[400];
+			snprintf(detail, sizeof(detail),
+				 "in reserve: %lld bytes used of %lld (outbox.max_bytes); the last %lld"
+				 " (outbox.reserve_bytes) take only purchases, returns and redemptions, and nothing is left"
+				 " to evict",
+				 (long long)used, (long long)max_bytes, (long long)reserve);
+			if ((rc = raise_alarm(ob, "outbox_full", detail, now)))
+				return rc;
+		}
 	}
+	if (next == first)
+		return SCRM_OK;
 	sqlite3_reset(ob->put_dev);
 	sqlite3_bind_int64(ob->put_dev, 1, next);
 	sqlite3_bind_int64(ob->put_dev, 2, max_wall);
@@ -375,23 +1034,77 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 	return SCRM_OK;
 }
 
+/* Take the shared lock for a write, on the file now at our path. */
+static int hold(outbox *ob)
+{
+	for (int i = 0; i < 3; i++) {
+		quarantine__lock(ob->lock_fd, 1);
+		if (quarantine__same_file(ob->path, ob->dev, ob->ino) != 0)
+			return SCRM_OK;
+		quarantine__lock(ob->lock_fd, 0);
+		int rc = follow(ob);
+		if (rc)
+			return rc;
+	}
+	quarantine__lock(ob->lock_fd, 1);
+	return SCRM_OK;
+}
+
+/* The file turned out damaged during a write: move it aside like an open
+ * would, and go on in the fresh outbox. */
+static int recover(outbox *ob)
+{
+	char why[400];
+	int rc = SCRM_OK;
+	snprintf(why, sizeof(why), "%s", scrm_errmsg());
+	if (ob->lock_fd < 0 || !ob->device_id[0])
+		return SCRM_E_CORRUPT;
+	quarantine__lock(ob->lock_fd, 2);
+	if (quarantine__same_file(ob->path, ob->dev, ob->ino) == 1)
+		rc = quarantine_file(ob, ob->device_id, why);
+	quarantine__lock(ob->lock_fd, 0);
+	if (rc == SCRM_OK)
+		rc = follow(ob);
+	if (rc)
+		err__set(SCRM_E_CORRUPT, "%s", why);
+	return rc;
+}
+
 int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
 {
-	int rc;
-
-	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
-		return fail(ob, rc, "begin");
+	int rc, retried = 0;
+again:
+	ob->corrupt = 0;
+	if ((rc = hold(ob)))
+		goto failed;
+	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK) {
+		rc = fail(ob, rc, "begin");
+		goto cleanup;
+	}
 	if ((rc = append_locked(ob, rows, n, trusted_after_ms)))
 		goto cleanup;
 	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "commit");
 		goto cleanup;
 	}
+	quarantine__lock(ob->lock_fd, 0);
+	for (size_t i = 0; i < n; i++)
+		if (rows[i].refused)
+			return err__set(rows[i].refused, "%s", rows[i].why ? rows[i].why : "not recorded");
 	return SCRM_OK;
 cleanup:
 	rollback(ob);
-	for (size_t i = 0; i < n; i++)
+	quarantine__lock(ob->lock_fd, 0);
+	if (ob->corrupt && !retried && recover(ob) == SCRM_OK) {
+		retried = 1;
+		goto again;
+	}
+failed:
+	for (size_t i = 0; i < n; i++) {
 		rows[i].seq = 0;
+		rows[i].refused = rc;
+		rows[i].why = NULL;
+	}
 	return rc;
 }
 
@@ -498,12 +1211,19 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 	int64_t by_coupon = 0, by_member = 0;
 	char last[120];
 
-	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
-		return fail(ob, rc, "begin");
+	if ((rc = hold(ob))) {
+		row->seq = 0;
+		return rc;
+	}
+	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK) {
+		rc = fail(ob, rc, "begin");
+		goto cleanup;
+	}
 	if ((rc = find_existing(ob, lim)))
 		goto cleanup;
 	if (lim->existing) {
 		rollback(ob); /* nothing to write */
+		quarantine__lock(ob->lock_fd, 0);
 		return SCRM_OK;
 	}
 	/* Counted and recorded under one write lock: a second till (thread or
@@ -521,13 +1241,18 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 	}
 	if ((rc = append_locked(ob, row, 1, trusted_after_ms)))
 		goto cleanup;
+	/* Refused for room: the counters and the alarm are kept. */
 	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "commit");
 		goto cleanup;
 	}
+	quarantine__lock(ob->lock_fd, 0);
+	if (row->refused)
+		return err__set(row->refused, "%s", row->why ? row->why : "not recorded");
 	return SCRM_OK;
 cleanup:
 	rollback(ob);
+	quarantine__lock(ob->lock_fd, 0);
 	row->seq = 0;
 	return rc;
 }
@@ -645,10 +1370,12 @@ int outbox__redemptions(outbox *ob, int limit, sbuf *out)
 int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
 		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
 {
-	sqlite3_stmt *st = ob->read;
+	sqlite3_stmt *st;
 	size_t n = 0;
 	int rc;
 
+	follow(ob); /* a fresh outbox replaced a damaged one: send from it */
+	st = ob->read;
 	*count = 0;
 	*last_seq = 0;
 	if (first_seq)
@@ -699,8 +1426,9 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
 {
 	int rc;
-	int64_t del = 0, hi = 0;
+	int64_t del = 0, hi = 0, used = 0, max_bytes = 0, reserve = 0;
 
+	follow(ob);
 	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
 		return fail(ob, rc, "begin");
 	for (size_t i = 0; i < n; i++) {
@@ -726,6 +1454,11 @@ int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms
 		rc = fail(ob, rc, "record ack");
 		goto cleanup;
 	}
+	/* Room again for every kind of event: the full alarm is over. */
+	if (del && ((rc = read_limits(ob, &max_bytes, &reserve)) || (rc = read_usage(ob, &used))))
+		goto cleanup;
+	if (del && used <= max_bytes - reserve && (rc = outbox__alarm_clear(ob, "outbox_full")))
+		goto cleanup;
 	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
 		rc = fail(ob, rc, "commit ack");
 		goto cleanup;
@@ -774,6 +1507,7 @@ cleanup:
 int outbox__oldest_seq(outbox *ob, int64_t *seq)
 {
 	int rc;
+	follow(ob);
 	sqlite3_reset(ob->oldest);
 	rc = sqlite3_step(ob->oldest);
 	*seq = rc == SQLITE_ROW ? sqlite3_column_int64(ob->oldest, 0) : 0;
@@ -786,6 +1520,7 @@ int outbox__stats(outbox *ob, scrm_outbox_stats *st)
 	sqlite3_stmt *q = NULL;
 	int rc;
 	memset(st, 0, sizeof(*st));
+	follow(ob);
 	/* One read transaction so the figures are consistent with each other. */
 	rc = sqlite3_prepare_v2(ob->db,
 				"SELECT (SELECT count(*) FROM outbox), (SELECT coalesce(sum(length(CAST(body AS BLOB))),0) FROM outbox),"
@@ -893,4 +1628,121 @@ int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 			return fail(ob, rc, "prune local history");
 	}
 	return SCRM_OK;
+}
+
+int outbox__set_limits(outbox *ob, int64_t max_bytes, int64_t reserve_bytes)
+{
+	int rc;
+	if (max_bytes < OUTBOX_MIN_MAX_BYTES)
+		return err__set(SCRM_E_INVALID, "outbox.max_bytes: must be >= %d, got %lld", OUTBOX_MIN_MAX_BYTES,
+				(long long)max_bytes);
+	if (reserve_bytes < 0)
+		reserve_bytes = max_bytes / 8 < OUTBOX_RESERVE_AUTO_MAX ? max_bytes / 8 : OUTBOX_RESERVE_AUTO_MAX;
+	if (reserve_bytes >= max_bytes)
+		return err__set(SCRM_E_INVALID, "outbox.reserve_bytes: must be less than outbox.max_bytes (%lld), got %lld",
+				(long long)max_bytes, (long long)reserve_bytes);
+	follow(ob);
+	if ((rc = exec(ob, "BEGIN IMMEDIATE")))
+		return rc;
+	if ((rc = outbox__setting_set(ob, "outbox_max_bytes", max_bytes)) ||
+	    (rc = outbox__setting_set(ob, "outbox_reserve_bytes", reserve_bytes)) || (rc = exec(ob, "COMMIT")))
+		rollback(ob);
+	return rc;
+}
+
+int outbox__health(outbox *ob, struct outbox__health *h)
+{
+	sqlite3_stmt *q = NULL;
+	int rc;
+	memset(h, 0, sizeof(*h));
+	follow(ob);
+	if ((rc = exec(ob, "BEGIN")))
+		return rc;
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
+				" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
+				" u.events, u.bytes, u.refused_paid, d.next_seq - 1, d.last_ack_ms,"
+				" coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0)"
+				" FROM usage u, device d WHERE u.id = 1 AND d.id = 1",
+				-1, &q, NULL);
+	if (rc != SQLITE_OK) {
+		rc = fail(ob, rc, "health");
+		goto out;
+	}
+	if ((rc = sqlite3_step(q)) != SQLITE_ROW) {
+		rc = fail(ob, rc, "health");
+		goto out;
+	}
+	limits_of(q, 0, &h->max_bytes, &h->reserve_bytes);
+	h->pending = sqlite3_column_int64(q, 2);
+	h->bytes = sqlite3_column_int64(q, 3);
+	h->refused_paid = sqlite3_column_int64(q, 4);
+	h->last_seq = sqlite3_column_int64(q, 5);
+	h->last_ack_ms = sqlite3_column_int64(q, 6);
+	h->oldest_pending_wall_ms = sqlite3_column_int64(q, 7);
+	h->in_reserve = h->bytes > h->max_bytes - h->reserve_bytes;
+	sqlite3_finalize(q);
+	q = NULL;
+	rc = sqlite3_prepare_v2(ob->db, "SELECT kind, count, bytes, last_ms FROM dropped ORDER BY kind LIMIT " XSTR(OUTBOX_HEALTH_KINDS),
+				-1, &q, NULL);
+	if (rc != SQLITE_OK) {
+		rc = fail(ob, rc, "health");
+		goto out;
+	}
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW && h->n_dropped < OUTBOX_HEALTH_KINDS) {
+		size_t i = h->n_dropped++;
+		snprintf(h->dropped[i].kind, sizeof(h->dropped[i].kind), "%s", (const char *)sqlite3_column_text(q, 0));
+		h->dropped[i].count = sqlite3_column_int64(q, 1);
+		h->dropped[i].bytes = sqlite3_column_int64(q, 2);
+		h->dropped[i].last_ms = sqlite3_column_int64(q, 3);
+	}
+	rc = rc == SQLITE_DONE || rc == SQLITE_ROW ? SCRM_OK : fail(ob, rc, "health");
+out:
+	sqlite3_finalize(q);
+	if (rc == SCRM_OK)
+		return exec(ob, "COMMIT");
+	rollback(ob);
+	return rc;
+}
+
+int outbox__alarm_raise(outbox *ob, const char *code, const char *detail, int64_t now_ms)
+{
+	if (!code || !*code)
+		return err__set(SCRM_E_INVALID, "code: required");
+	follow(ob);
+	int rc = alarm_raise_db(ob->db, code, detail, now_ms);
+	return rc == SQLITE_OK ? SCRM_OK : fail(ob, rc, "raise alarm");
+}
+
+int outbox__alarm_clear(outbox *ob, const char *code)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "DELETE FROM alarms WHERE code = ?1", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare alarm");
+	sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "clear alarm");
+}
+
+int outbox__alarms(outbox *ob, sbuf *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	sbuf__reset(out);
+	follow(ob);
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT json_group_array(json_object('code', code, 'since_ms', since_ms, 'last_ms', last_ms,"
+				" 'count', count, 'detail', detail)) FROM (SELECT * FROM alarms ORDER BY since_ms, code)",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare alarms");
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, "read alarms");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }

@@ -9,6 +9,18 @@
  * One outbox handle = one SQLite connection; callers serialise their use of
  * a handle (the store's group-commit leader, or the daemon's loop thread).
  * Several processes may each hold their own handle on the same file.
+ *
+ * Bounded storage: the pending events' stored size (body + a fixed per-row
+ * overhead) is capped by outbox.max_bytes, which the daemon copies into the
+ * store (outbox__set_limits). What a customer paid for (purchase, return,
+ * coupon_redeem) is never evicted; other events are, browsing (reco_shown)
+ * first, then scans (member_scan), then any other kind, oldest first in
+ * each class, to make room for a new event. The last outbox.reserve_bytes
+ * take paid events only. Every eviction is counted per kind (`dropped`).
+ *
+ * A damaged outbox.db is moved to `<store>/quarantine/` (never deleted) and
+ * a fresh one takes its place, its sequence counter started above anything
+ * the old file can have issued (quarantine.h, docs/protocol.md).
  */
 #ifndef SCRM_OUTBOX_H
 #define SCRM_OUTBOX_H
@@ -31,19 +43,85 @@ typedef struct outbox__row {
 	size_t body_len;
 	int64_t seq;       /* out */
 	int clock_ok;      /* out */
+	/* out: 0 when the row was stored, else why not — SCRM_E_DISK_FULL (a
+	 * paid event with the outbox full), SCRM_E_REFUSED (another event with
+	 * only paid events left to evict), or the transaction's error — with
+	 * the message in `why` (borrowed from the handle until its next append;
+	 * NULL: scrm_errmsg()). */
+	int refused;
+	const char *why;
 } outbox__row;
 
 #define OUTBOX_FILE "outbox.db"
 
+/* An event's stored size for outbox.max_bytes: length(body) plus this, an
+ * estimate of the rest of its row (UUID id 36 B, boot id 36 B, kind, four
+ * integers, SQLite's record and cell headers). */
+#define OUTBOX_ROW_OVERHEAD 128
+/* Limits used when the store holds none (no daemon has started on it). */
+#define OUTBOX_DEFAULT_MAX_BYTES (256LL * 1024 * 1024)
+/* reserve_bytes < 0 means max_bytes / 8, at most this. */
+#define OUTBOX_RESERVE_AUTO_MAX (8LL * 1024 * 1024)
+#define OUTBOX_MIN_MAX_BYTES 16384
+
 /* Open/create `<dir>/outbox.db`. device_id: required to create, else must
- * match if given. busy_ms: lock wait. Detail via err__set. */
+ * match if given. busy_ms: lock wait. Detail via err__set.
+ * A file SQLite finds damaged (not a database, malformed) is moved to
+ * `<dir>/quarantine/outbox-<wall_ms>.db` with its -wal/-shm, the pending
+ * events still readable in it are copied, and a fresh outbox (alarm
+ * "outbox_quarantined") is opened in its place. That needs the device id:
+ * given, or read from the damaged file; otherwise SCRM_E_CORRUPT naming the
+ * file, and nothing is moved. */
 int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **out);
+/* The same, also running PRAGMA quick_check before use (it reads the whole
+ * file: the daemon does it once at start, capture processes do not). */
+int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, outbox **out);
+/* Where this handle's open moved a damaged outbox.db, NULL if it did not. */
+const char *outbox__quarantined(const outbox *ob);
 void outbox__close(outbox *ob);
 const char *outbox__device_id(const outbox *ob);
 
-/* Append rows in one durable transaction; assigns consecutive seqs.
- * `trusted_after_ms`: wall clocks before it are flagged not trusted. */
+/* Append rows in one durable transaction; assigns consecutive seqs to the
+ * rows stored. `trusted_after_ms`: wall clocks before it are flagged not
+ * trusted. Under outbox.max_bytes each row is decided on its own (evicting
+ * older evictable events first; rows of this call are never evicted by it):
+ * rows[i].refused says which were not stored. Returns SCRM_OK when every row
+ * was stored, else the first refusal's code (its message set) — rows stored
+ * alongside are committed all the same. */
 int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms);
+
+/* The daemon's outbox.max_bytes / outbox.reserve_bytes (reserve < 0: auto,
+ * max/8 at most 8 MiB), stored for every capturing process. */
+int outbox__set_limits(outbox *ob, int64_t max_bytes, int64_t reserve_bytes);
+
+/* Storage figures for the daemon's heartbeat and scrmctl status; a handful
+ * of indexed reads in one read transaction. */
+#define OUTBOX_HEALTH_KINDS 8
+struct outbox__health {
+	int64_t pending;                /* events not yet acknowledged */
+	int64_t bytes;                  /* their stored size (OUTBOX_ROW_OVERHEAD each included) */
+	int64_t max_bytes, reserve_bytes; /* the limits in force */
+	int64_t oldest_pending_wall_ms; /* wall_ms of the lowest pending seq, 0 if none */
+	int64_t last_ack_ms;            /* central's last ack, 0 = never */
+	int64_t last_seq;               /* last seq assigned, 0 if none */
+	int64_t refused_paid;           /* paid captures refused: outbox full */
+	int in_reserve;                 /* bytes > max_bytes - reserve_bytes */
+	size_t n_dropped;
+	struct {
+		char kind[24];
+		int64_t count, bytes, last_ms;
+	} dropped[OUTBOX_HEALTH_KINDS]; /* per kind, evicted or refused for room */
+};
+int outbox__health(outbox *ob, struct outbox__health *h);
+
+/* Alarms kept in the store until cleared: "outbox_quarantined",
+ * "cache_quarantined", "outbox_full", "events_dropped". Raising one that is
+ * up bumps its count and last_ms and replaces its detail. */
+int outbox__alarm_raise(outbox *ob, const char *code, const char *detail, int64_t now_ms);
+int outbox__alarm_clear(outbox *ob, const char *code);
+/* JSON array of {"code","since_ms","last_ms","count","detail"}, oldest first,
+ * into `out` (reset first). */
+int outbox__alarms(outbox *ob, sbuf *out);
 
 /* Append events with seq > after_seq, in seq order, as JSON objects joined
  * by commas to `out`, until max_events or until the next event would push

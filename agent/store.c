@@ -33,7 +33,7 @@ struct pending {
 	outbox__row row;
 	int done;
 	int rc;
-	char errmsg[256];
+	char errmsg[512];
 };
 
 struct scrm_store {
@@ -110,17 +110,23 @@ static void lead(scrm_store *s)
 		pthread_mutex_unlock(&s->mu);
 
 		err__clear();
-		int rc = outbox__append(s->ob, rows, n, s->trusted_after_ms);
-		if (rc == SCRM_OK)
+		/* Each row has its own outcome: under the outbox's size cap some
+		 * may be refused while the others commit. */
+		outbox__append(s->ob, rows, n, s->trusted_after_ms);
+		int stored = 0;
+		for (size_t i = 0; i < n; i++)
+			stored |= rows[i].refused == SCRM_OK;
+		if (stored)
 			platform__notifier_send(s->notify);
 
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < n; i++) {
 			batch[i]->row.seq = rows[i].seq;
 			batch[i]->row.clock_ok = rows[i].clock_ok;
-			batch[i]->rc = rc;
-			if (rc)
-				snprintf(batch[i]->errmsg, sizeof(batch[i]->errmsg), "%s", scrm_errmsg());
+			batch[i]->rc = rows[i].refused;
+			if (rows[i].refused)
+				snprintf(batch[i]->errmsg, sizeof(batch[i]->errmsg), "%s",
+					 rows[i].why ? rows[i].why : scrm_errmsg());
 			batch[i]->done = 1;
 		}
 		pthread_cond_broadcast(&s->cv);
@@ -264,7 +270,7 @@ struct redemption_ctx {
 	outbox__row *row;
 	outbox__limits *lim;
 	int64_t trusted_after_ms;
-	char errmsg[256];
+	char errmsg[512];
 };
 
 static int append_redemption(outbox *ob, void *ctx)

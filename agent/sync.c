@@ -19,6 +19,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "cache.h"
+#include "fleet.h"
 #include "sbuf.h"
 #include "tlsprobe.h"
 #include "uuid.h"
@@ -38,6 +39,9 @@
 #define IDLE_CHECKPOINT_MS 60000
 #define LINK_REFRESH_MS 30000
 #define MAX_ACK_RANGES 4096
+/* The broker holds the will this long after a connection dies: a network
+ * blip the agent recovers from within it shows no offline flap. */
+#define WILL_DELAY_S 10
 
 struct batch {
 	char id[37];
@@ -46,7 +50,9 @@ struct batch {
 };
 
 struct sync {
-	const config *cfg;
+	config cfg_own;    /* the running config; replaced by reload / config.set */
+	const config *cfg; /* = &cfg_own */
+	const char *level_override; /* --log-level, wins over log.level */
 	outbox *ob;
 	mqtt *mq;
 	char topic_up[340], topic_down[340], topic_ack[340];
@@ -68,6 +74,21 @@ struct sync {
 	unsigned fail_streak; /* connect failures since the last success */
 	int64_t link_refresh_ms; /* monotonic: next refresh of the link row */
 	char topic_verdict[340];
+	/* fleet */
+	char topic_state[340], topic_health[340], topic_cmd[340];
+	int64_t birth_seq;          /* of the current/next connection */
+	int64_t started_ms, started_mono;
+	char boot[37];
+	int64_t next_heartbeat_ms;  /* monotonic; 0 = none scheduled */
+	int64_t connected_since_ms; /* wall; 0 while offline */
+	int recv_max;               /* the broker's Receive Maximum */
+	fleet__seen seen;
+	crypto__verifier *cmd_key;  /* NULL: unsigned commands accepted */
+	sbuf fb, fr;                /* fleet scratch: payload, result */
+	int64_t probation_ms;       /* monotonic deadline of a broker change; 0 = none */
+	int reconnect_pending;      /* recreate the MQTT client after this turn */
+	int64_t n_commands;
+	char last_rollback[300];
 };
 
 static uint32_t rand32(void)
@@ -103,6 +124,13 @@ static void start_connect(struct sync *s)
 {
 	s->connecting = 1;
 	s->next_connect_ms = 0;
+	/* Each connection gets a new birth_seq, and its will carries it: a
+	 * will that overtakes a newer birth is recognisably older. */
+	int64_t wall = platform__wall_ms();
+	s->birth_seq = fleet__next_birth_seq(s->cfg->store_dir, wall);
+	fleet__state_json(&s->fb, s->cfg, "offline", "connection_lost", s->birth_seq, wall, s->started_ms, s->boot, NULL);
+	if (s->fb.oom || mqtt__set_will(s->mq, s->topic_state, s->fb.p, WILL_DELAY_S) != SCRM_OK)
+		LOG(LOG_WARN, "fleet", "cannot set the last will; central will not see this device go offline", NULL);
 	LOG(LOG_DEBUG, "sync", "connecting", "uri=%s", s->cfg->broker_uri);
 	if (mqtt__connect(s->mq) != SCRM_OK) {
 		s->connecting = 0;
@@ -562,6 +590,693 @@ static void on_verdict(struct sync *s, const char *payload, size_t len)
 		    log__q(q2, sizeof(q2), v.detail));
 }
 
+/* ---- fleet management: presence, heartbeat, commands (protocol.md) ---- */
+
+static int clock_trusted(int64_t wall)
+{
+	return wall >= (int64_t)SCRM_BUILD_EPOCH * 1000;
+}
+
+/* Cursor, rows and age per cache stream, from cache__status. */
+static void put_cache_figures(struct sync *s, sbuf *out, int64_t now)
+{
+	sbuf st;
+	cJSON *o = NULL;
+	sbuf__init(&st);
+	if (!s->cache || cache__status(s->cache, &st) != SCRM_OK || st.oom || !(o = cJSON_Parse(st.p))) {
+		sbuf__puts(out, "null");
+		goto out;
+	}
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "streams"), *it;
+	int first = 1;
+	sbuf__puts(out, "{");
+	cJSON_ArrayForEach(it, arr)
+	{
+		const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "stream");
+		const cJSON *cur = cJSON_GetObjectItemCaseSensitive(it, "cursor");
+		const cJSON *rows = cJSON_GetObjectItemCaseSensitive(it, "rows");
+		const cJSON *app = cJSON_GetObjectItemCaseSensitive(it, "applied_ms");
+		if (!cJSON_IsString(name))
+			continue;
+		int64_t applied = cJSON_IsNumber(app) ? (int64_t)app->valuedouble : 0;
+		if (!first)
+			sbuf__puts(out, ",");
+		first = 0;
+		sbuf__jstr(out, name->valuestring);
+		sbuf__puts(out, ":{\"cursor\":");
+		sbuf__i64(out, cJSON_IsNumber(cur) ? (int64_t)cur->valuedouble : 0);
+		sbuf__puts(out, ",\"rows\":");
+		sbuf__i64(out, cJSON_IsNumber(rows) ? (int64_t)rows->valuedouble : 0);
+		sbuf__puts(out, ",\"applied_ms\":");
+		sbuf__i64(out, applied);
+		sbuf__puts(out, ",\"age_ms\":");
+		if (applied > 0)
+			sbuf__i64(out, now - applied);
+		else
+			sbuf__puts(out, "null");
+		sbuf__puts(out, "}");
+	}
+	sbuf__puts(out, "}");
+out:
+	cJSON_Delete(o);
+	sbuf__free(&st);
+}
+
+/* The heartbeat body, also the `status` command's result. */
+static void health_json(struct sync *s, sbuf *out)
+{
+	int64_t now = platform__wall_ms();
+	scrm_outbox_stats st;
+	memset(&st, 0, sizeof(st));
+	outbox__stats(s->ob, &st);
+	sbuf__puts(out, "{\"v\":1,\"ts\":");
+	sbuf__i64(out, now);
+	sbuf__puts(out, ",\"device\":");
+	sbuf__jstr(out, s->cfg->device_id);
+	sbuf__puts(out, ",\"birth_seq\":");
+	sbuf__i64(out, s->birth_seq);
+	sbuf__puts(out, ",\"version\":");
+	sbuf__jstr(out, scrm_version());
+	sbuf__puts(out, ",\"config_version\":");
+	sbuf__i64(out, s->cfg->config_version);
+	sbuf__puts(out, ",\"started_ms\":");
+	sbuf__i64(out, s->started_ms);
+	sbuf__puts(out, ",\"uptime_ms\":");
+	sbuf__i64(out, platform__mono_ms() - s->started_mono);
+
+	sbuf__puts(out, ",\"link\":{\"connected\":");
+	sbuf__puts(out, s->connected ? "true" : "false");
+	sbuf__puts(out, ",\"since_ms\":");
+	sbuf__i64(out, s->connected_since_ms);
+	sbuf__puts(out, ",\"window_used\":");
+	sbuf__i64(out, s->nwin);
+	sbuf__puts(out, ",\"published\":");
+	sbuf__i64(out, s->n_published);
+	sbuf__puts(out, ",\"acked\":");
+	sbuf__i64(out, s->n_acked);
+	sbuf__puts(out, ",\"redeliveries\":");
+	sbuf__i64(out, s->n_redeliveries);
+	sbuf__puts(out, "}");
+
+	sbuf__puts(out, ",\"outbox\":{\"pending\":");
+	sbuf__i64(out, st.pending);
+	sbuf__puts(out, ",\"bytes\":");
+	sbuf__i64(out, st.pending_bytes);
+	sbuf__puts(out, ",\"oldest_pending_ms\":");
+	sbuf__i64(out, st.oldest_pending_ms);
+	sbuf__puts(out, ",\"oldest_age_ms\":");
+	sbuf__i64(out, st.oldest_pending_ms ? now - st.oldest_pending_ms : 0);
+	sbuf__puts(out, ",\"last_seq\":");
+	sbuf__i64(out, st.last_seq);
+	sbuf__puts(out, ",\"last_ack_ms\":");
+	sbuf__i64(out, st.last_ack_ms);
+	sbuf__puts(out, ",\"last_acked_seq\":");
+	sbuf__i64(out, st.last_acked_seq);
+	sbuf__puts(out, ",\"rejected\":");
+	sbuf__i64(out, st.rejected);
+	sbuf__puts(out, "}");
+
+	sbuf__puts(out, ",\"cache\":");
+	put_cache_figures(s, out, now);
+
+	{
+		sbuf r;
+		cJSON *o = NULL;
+		sbuf__init(&r);
+		sbuf__puts(out, ",\"verdicts\":");
+		if (outbox__redemptions(s->ob, 1, &r) == SCRM_OK && !r.oom && (o = cJSON_Parse(r.p))) {
+			const char *names[] = {"pending", "accepted", "rejected"};
+			sbuf__puts(out, "{");
+			for (int i = 0; i < 3; i++) {
+				const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, names[i]);
+				if (i)
+					sbuf__puts(out, ",");
+				sbuf__jstr(out, names[i]);
+				sbuf__puts(out, ":");
+				sbuf__i64(out, cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0);
+			}
+			sbuf__puts(out, "}");
+		} else {
+			sbuf__puts(out, "null");
+		}
+		cJSON_Delete(o);
+		sbuf__free(&r);
+	}
+
+	int64_t avail = 0, total = 0;
+	if (platform__disk_space(s->cfg->store_dir, &avail, &total) == 0) {
+		sbuf__puts(out, ",\"disk\":{\"free_bytes\":");
+		sbuf__i64(out, avail);
+		sbuf__puts(out, ",\"total_bytes\":");
+		sbuf__i64(out, total);
+		sbuf__puts(out, "}");
+	} else {
+		sbuf__puts(out, ",\"disk\":null");
+	}
+	sbuf__puts(out, ",\"clock\":{\"trusted\":");
+	sbuf__puts(out, clock_trusted(now) ? "true" : "false");
+	sbuf__puts(out, ",\"wall_ms\":");
+	sbuf__i64(out, now);
+	sbuf__puts(out, "},\"rss_bytes\":");
+	sbuf__i64(out, platform__rss_bytes());
+	sbuf__puts(out, ",\"log_level\":");
+	{
+		static const char *const lv[] = {"error", "warn", "info", "debug"};
+		sbuf__jstr(out, lv[log__threshold & 3]);
+	}
+	sbuf__puts(out, ",\"commands\":");
+	sbuf__i64(out, s->n_commands);
+	if (s->cfg->overlay_error) {
+		sbuf__puts(out, ",\"config_error\":");
+		sbuf__jstr(out, s->cfg->overlay_error);
+	}
+	if (s->last_rollback[0]) {
+		sbuf__puts(out, ",\"config_rollback\":");
+		sbuf__jstr(out, s->last_rollback);
+	}
+	sbuf__puts(out, "}");
+}
+
+static void publish_health(struct sync *s)
+{
+	s->next_heartbeat_ms = platform__mono_ms() + s->cfg->heartbeat_s * 1000;
+	if (!s->connected || !s->subscribed)
+		return;
+	sbuf__reset(&s->fb);
+	health_json(s, &s->fb);
+	if (s->fb.oom || mqtt__publish(s->mq, s->topic_health, s->fb.p, s->fb.len, 1, 1, NULL) != SCRM_OK)
+		LOG(LOG_WARN, "fleet", "cannot publish the heartbeat", NULL);
+}
+
+static void publish_birth(struct sync *s)
+{
+	sbuf c;
+	sbuf__init(&c);
+	put_cache_figures(s, &c, platform__wall_ms());
+	fleet__state_json(&s->fb, s->cfg, "online", NULL, s->birth_seq, platform__wall_ms(), s->started_ms, s->boot,
+			  c.oom ? NULL : c.p);
+	sbuf__free(&c);
+	if (s->fb.oom || mqtt__publish(s->mq, s->topic_state, s->fb.p, s->fb.len, 1, 1, NULL) != SCRM_OK)
+		LOG(LOG_WARN, "fleet", "cannot publish the birth message", NULL);
+	else
+		LOG(LOG_INFO, "fleet", "online", "birth_seq=%lld config_version=%lld", (long long)s->birth_seq,
+		    (long long)s->cfg->config_version);
+}
+
+/* Settings capture-side code reads from the store and the cache. */
+static void push_settings(struct sync *s)
+{
+	const config *cfg = s->cfg;
+	char q[600];
+	if (outbox__setting_set(s->ob, "attribution_window_ms", cfg->attribution_window_ms) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	if (outbox__set_limits(s->ob, cfg->outbox_max_bytes, cfg->outbox_reserve_bytes) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record the outbox limits in the store", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	if (s->cache) {
+		guide__policy pol = {
+			.just_bought_ms = cfg->just_bought_days * 86400000LL,
+			.history_ms = cfg->history_days * 86400000LL,
+			.half_life_days = cfg->half_life_days,
+			.new_days = cfg->new_days,
+			.sleeping_days = cfg->sleeping_days,
+			.lost_days = cfg->lost_days,
+			.churn_factor_pct = cfg->churn_factor_pct,
+			.online_fresh_ms = cfg->online_fresh_ms,
+		};
+		sbuf pj;
+		sbuf__init(&pj);
+		guide__policy_json(&pol, &pj);
+		if (pj.oom || cache__set_policy(s->cache, pj.p) != SCRM_OK)
+			LOG(LOG_WARN, "cache", "cannot record the guide policy in the cache", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+		sbuf__free(&pj);
+		if (cache__set_identity(s->cache, cfg->tenant, cfg->phone_cc) != SCRM_OK)
+			LOG(LOG_WARN, "cache", "cannot record the tenant in the cache", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+	}
+}
+
+static void apply_log_settings(struct sync *s)
+{
+	const config *cfg = s->cfg;
+	log__set_level(log__parse_level(s->level_override ? s->level_override : cfg->log_level));
+	log__configure(cfg->log_syslog, cfg->log_file, cfg->log_file_max_bytes);
+}
+
+static void set_window(struct sync *s)
+{
+	s->window = (int)s->cfg->window < s->recv_max ? (int)s->cfg->window : s->recv_max;
+	if (s->window < 1)
+		s->window = 1;
+}
+
+static mqtt__opts mqtt_opts(const config *cfg, const char *password)
+{
+	mqtt__opts mo = {
+		.uri = cfg->broker_uri,
+		.client_id = cfg->device_id,
+		.ca_file = cfg->ca_file,
+		.cert_file = cfg->cert_file,
+		.key_file = cfg->key_file,
+		.username = cfg->username,
+		.password = password,
+		.keepalive_s = (int)cfg->keepalive_s,
+		.connect_timeout_s = (int)cfg->connect_timeout_s,
+		.clean_start = 0,
+		.session_expiry_s = cfg->session_expiry_s,
+	};
+	return mo;
+}
+
+static int read_password(const config *cfg, char **out)
+{
+	size_t n = 0;
+	*out = NULL;
+	if (!cfg->password_file)
+		return SCRM_OK;
+	int e = platform__read_file(cfg->password_file, 4096, out, &n);
+	if (e != 0)
+		return err__set(SCRM_E_CONFIG, "broker.password_file: cannot read %s: %s", cfg->password_file, strerror(-e));
+	while (n && ((*out)[n - 1] == '\n' || (*out)[n - 1] == '\r'))
+		(*out)[--n] = '\0';
+	return SCRM_OK;
+}
+
+/* New broker settings: a fresh client (Paho fixes the URI at create). */
+static int restart_mqtt(struct sync *s, const char *why)
+{
+	char *password = NULL;
+	mqtt *m = NULL;
+	int rc = read_password(s->cfg, &password);
+	if (rc == SCRM_OK) {
+		mqtt__opts mo = mqtt_opts(s->cfg, password);
+		rc = mqtt__create(&mo, &m);
+	}
+	free(password);
+	if (rc != SCRM_OK) {
+		LOG(LOG_ERROR, "sync", "cannot create the MQTT client with the new settings", "uri=%s", s->cfg->broker_uri);
+		return rc;
+	}
+	if (s->connected) {
+		/* A clean DISCONNECT suppresses the will: say goodbye. */
+		fleet__state_json(&s->fb, s->cfg, "offline", why, s->birth_seq, platform__wall_ms(), s->started_ms, s->boot,
+				  NULL);
+		if (!s->fb.oom)
+			mqtt__publish(s->mq, s->topic_state, s->fb.p, s->fb.len, 1, 1, NULL);
+	}
+	mqtt__disconnect(s->mq, 1000);
+	mqtt__destroy(s->mq);
+	s->mq = m;
+	s->connected = s->subscribed = s->connecting = 0;
+	s->connected_since_ms = 0;
+	go_back(s, why);
+	link_note(s, 0);
+	backoff__reset(&s->bo);
+	LOG(LOG_INFO, "sync", "reconnecting with new broker settings", "uri=%s reason=%s", s->cfg->broker_uri, why);
+	start_connect(s);
+	return SCRM_OK;
+}
+
+/* Swap in `next` (moved; zeroed on return) and apply what changed. */
+static void apply_config(struct sync *s, config *next, int cls, const char *source)
+{
+	config old = s->cfg_own;
+	int reconnect = config__needs_reconnect(&old, next);
+	s->cfg_own = *next;
+	memset(next, 0, sizeof(*next));
+	backoff__init(&s->bo, s->cfg->backoff_min_ms, s->cfg->backoff_max_ms);
+	set_window(s);
+	apply_log_settings(s);
+	push_settings(s);
+	s->next_heartbeat_ms = platform__mono_ms() + s->cfg->heartbeat_s * 1000;
+	if (cls == CFG_RESTART)
+		LOG(LOG_WARN, "sync", "some changed settings apply only at the next start", "source=%s", source);
+	if (reconnect)
+		s->reconnect_pending = 1;
+	config__free(&old);
+}
+
+/* After a change of broker settings: confirm once connected, or roll back
+ * to the previous overlay at the deadline. */
+static void probation_settle(struct sync *s, int rollback)
+{
+	sbuf text;
+	char q[400];
+	sbuf__init(&text);
+	s->probation_ms = 0;
+	if (config__overlay_settle(s->cfg, rollback, platform__wall_ms(), &text) != SCRM_OK ||
+	    config__write_overlay(s->cfg, text.p) != SCRM_OK) {
+		LOG(LOG_ERROR, "fleet", "cannot settle the remote config", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		sbuf__free(&text);
+		return;
+	}
+	sbuf__free(&text);
+	if (!rollback) {
+		free(s->cfg_own.overlay_previous);
+		s->cfg_own.overlay_previous = NULL;
+		LOG(LOG_INFO, "fleet", "remote broker settings confirmed", "config_version=%lld", (long long)s->cfg->config_version);
+		return;
+	}
+	config next;
+	if (config__load_all(s->cfg->path, &next) != SCRM_OK) {
+		LOG(LOG_ERROR, "fleet", "cannot reload the config to roll back", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		return;
+	}
+	snprintf(s->last_rollback, sizeof(s->last_rollback),
+		 "config_version %lld not connected within %llds; back to the previous settings as version %lld",
+		 (long long)s->cfg->config_version, (long long)s->cfg->probation_s, (long long)next.config_version);
+	LOG(LOG_ERROR, "fleet", "remote broker settings ROLLED BACK: no connection with them", "detail=%s",
+	    log__q(q, sizeof(q), s->last_rollback));
+	apply_config(s, &next, CFG_RECONNECT, "rollback");
+}
+
+/* SIGHUP: the local file (and overlay) again. */
+static void reload(struct sync *s)
+{
+	config next;
+	sbuf keys;
+	char q[600];
+	int cls = -1;
+	if (config__load_all(s->cfg->path, &next) != SCRM_OK) {
+		LOG(LOG_ERROR, "sync", "SIGHUP: config refused; keeping the running one", "err=%s",
+		    log__q(q, sizeof(q), scrm_errmsg()));
+		return;
+	}
+	if (strcmp(next.tenant, s->cfg->tenant) || strcmp(next.store_id, s->cfg->store_id) ||
+	    strcmp(next.device_id, s->cfg->device_id) || strcmp(next.store_dir, s->cfg->store_dir)) {
+		LOG(LOG_ERROR, "sync", "SIGHUP: tenant, store_id, device_id or store_dir changed; restart the agent to apply",
+		    NULL);
+		config__free(&next);
+		return;
+	}
+	sbuf__init(&keys);
+	config__diff(s->cfg, &next, &keys, &cls);
+	LOG(LOG_INFO, "sync", "SIGHUP: config reloaded", "changed=%s config_version=%lld",
+	    log__q(q, sizeof(q), keys.oom ? "?" : keys.p), (long long)next.config_version);
+	sbuf__free(&keys);
+	if (next.overlay_error)
+		LOG(LOG_ERROR, "sync", "remote config ignored", "reason=%s", log__q(q, sizeof(q), next.overlay_error));
+	if (cls >= 0)
+		apply_config(s, &next, cls, "sighup");
+	else
+		config__free(&next);
+}
+
+static int cmd_config_set(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__error *err)
+{
+	const cJSON *set = fleet__arg(cmd, "set");
+	int64_t if_version = -1;
+	config next;
+	sbuf text, changed;
+	int cls = -1, rc = -1;
+	char *set_text = NULL;
+	if (!cJSON_IsObject(set))
+		return fleet__fail(err, "bad_args", "args.set", "required: an object of \"section.key\": value (null = local value)");
+	if (fleet__arg_int(cmd, "if_version", 0, 0, INT64_MAX, &if_version, err))
+		return -1;
+	if (if_version >= 0 && if_version != s->cfg->config_version)
+		return fleet__fail(err, "version_conflict", "args.if_version", "config is at version %lld",
+				   (long long)s->cfg->config_version);
+	if (!(set_text = cJSON_PrintUnformatted(set)))
+		return fleet__fail(err, "failed", "", "out of memory");
+	sbuf__init(&text);
+	sbuf__init(&changed);
+	if (config__propose(s->cfg, set_text, strlen(set_text), platform__wall_ms(), &next, &text, &changed, &cls) != SCRM_OK) {
+		/* "sync.window: must be between 1 and 64, got 100 (remote config)" */
+		const char *m = scrm_errmsg();
+		const char *colon = strchr(m, ':');
+		char field[64] = "args.set";
+		if (colon && (size_t)(colon - m) < sizeof(field) - 10)
+			snprintf(field, sizeof(field), "args.set.%.*s", (int)(colon - m), m);
+		fleet__fail(err, "bad_args", field, "%s", m);
+		goto out;
+	}
+	if (cls < 0) {
+		/* Nothing changes: no new version. */
+		sbuf__puts(res, "{\"version\":");
+		sbuf__i64(res, s->cfg->config_version);
+		sbuf__puts(res, ",\"changed\":[],\"applies\":\"none\"}");
+		config__free(&next);
+		rc = 0;
+		goto out;
+	}
+	if (config__write_overlay(s->cfg, text.p) != SCRM_OK) {
+		fleet__fail(err, "failed", "", "%s; nothing changed", scrm_errmsg());
+		config__free(&next);
+		goto out;
+	}
+	int64_t version = next.config_version;
+	static const char *const applies[] = {"live", "reconnect", "restart"};
+	sbuf__puts(res, "{\"version\":");
+	sbuf__i64(res, version);
+	sbuf__puts(res, ",\"changed\":");
+	sbuf__puts(res, changed.p);
+	sbuf__puts(res, ",\"applies\":");
+	sbuf__jstr(res, applies[cls]);
+	if (next.overlay_previous) {
+		sbuf__puts(res, ",\"probation_s\":");
+		sbuf__i64(res, next.probation_s);
+	}
+	sbuf__puts(res, "}");
+	LOG(LOG_INFO, "fleet", "remote config applied", "version=%lld changed=%s applies=%s", (long long)version,
+	    changed.p, applies[cls]);
+	int reconnect = config__needs_reconnect(s->cfg, &next);
+	apply_config(s, &next, cls, "config.set");
+	/* A broker change (also one mixed with restart-class keys) starts a
+	 * probation; a later change made during one keeps its deadline. */
+	if (reconnect)
+		s->probation_ms = platform__mono_ms() + s->cfg->probation_s * 1000;
+	rc = 0;
+out:
+	cJSON_free(set_text);
+	sbuf__free(&text);
+	sbuf__free(&changed);
+	return rc;
+}
+
+static int cmd_config_get(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__error *err)
+{
+	const char *key = NULL;
+	int cls, remote;
+	if (fleet__arg_str(cmd, "key", 0, 64, &key, err))
+		return -1;
+	if (key && config__key_info(key, &cls, &remote) != 0)
+		return fleet__fail(err, "bad_args", "args.key", "'%s' is not a config key", key);
+	sbuf all;
+	cJSON *o = NULL;
+	sbuf__init(&all);
+	config__to_json(s->cfg, &all);
+	sbuf__puts(res, "{\"version\":");
+	sbuf__i64(res, s->cfg->config_version);
+	if (key && !all.oom && (o = cJSON_Parse(all.p))) {
+		char *v = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(o, key));
+		static const char *const applies[] = {"live", "reconnect", "restart"};
+		sbuf__puts(res, ",\"key\":");
+		sbuf__jstr(res, key);
+		sbuf__puts(res, ",\"value\":");
+		sbuf__puts(res, v ? v : "null");
+		sbuf__puts(res, ",\"remote\":");
+		sbuf__puts(res, remote ? "true" : "false");
+		sbuf__puts(res, ",\"applies\":");
+		sbuf__jstr(res, applies[cls]);
+		cJSON_free(v);
+	} else {
+		sbuf__puts(res, ",\"config\":");
+		sbuf__put(res, all.p ? all.p : "{}", all.p ? all.len : 2);
+	}
+	sbuf__puts(res, ",\"overlay\":");
+	sbuf__puts(res, s->cfg->overlay_set ? s->cfg->overlay_set : "{}");
+	sbuf__puts(res, ",\"probation\":");
+	sbuf__puts(res, s->cfg->overlay_previous ? "true" : "false");
+	if (s->cfg->overlay_error) {
+		sbuf__puts(res, ",\"overlay_error\":");
+		sbuf__jstr(res, s->cfg->overlay_error);
+	}
+	sbuf__puts(res, "}");
+	cJSON_Delete(o);
+	sbuf__free(&all);
+	return 0;
+}
+
+/* `stream` arg: a stream name or "all" → *st (-1 = all). */
+static int stream_arg(const fleet__cmd *cmd, int required, int *st, fleet__error *err)
+{
+	const char *name = "all";
+	if (fleet__arg_str(cmd, "stream", required, 32, &name, err))
+		return -1;
+	if (strcmp(name, "all") == 0) {
+		*st = -1;
+		return 0;
+	}
+	if ((*st = cache__stream_parse(name)) < 0)
+		return fleet__fail(err, "bad_args", "args.stream", "'%s' is not a stream (members, coupons, catalogue, "
+				   "inventory, scripts, recos, rules or all)", name);
+	return 0;
+}
+
+static void put_streams(sbuf *res, int st)
+{
+	sbuf__puts(res, "[");
+	for (int i = 0, first = 1; i < ST_COUNT; i++)
+		if (st < 0 || st == i) {
+			if (!first)
+				sbuf__puts(res, ",");
+			first = 0;
+			sbuf__jstr(res, cache__stream_name(i));
+		}
+	sbuf__puts(res, "]");
+}
+
+static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__error *err)
+{
+	const char *n = cmd->name;
+	int64_t now = platform__wall_ms();
+	if (strcmp(n, "ping") == 0) {
+		sbuf__puts(res, "{\"pong\":true,\"birth_seq\":");
+		sbuf__i64(res, s->birth_seq);
+		sbuf__puts(res, ",\"uptime_ms\":");
+		sbuf__i64(res, platform__mono_ms() - s->started_mono);
+		sbuf__puts(res, ",\"wall_ms\":");
+		sbuf__i64(res, now);
+		sbuf__puts(res, "}");
+		return 0;
+	}
+	if (strcmp(n, "status") == 0) {
+		health_json(s, res);
+		return 0;
+	}
+	if (strcmp(n, "resync") == 0 || strcmp(n, "cache.purge") == 0) {
+		int st = -1, purge = strcmp(n, "cache.purge") == 0;
+		if (stream_arg(cmd, purge, &st, err))
+			return -1;
+		if (!s->cache)
+			return fleet__fail(err, "unavailable", "", "this agent runs without a customer cache (cache.enabled)");
+		if (purge) {
+			if (cache__purge(s->cache, st) != SCRM_OK)
+				return fleet__fail(err, "failed", "", "%s", scrm_errmsg());
+			LOG(LOG_WARN, "fleet", "cache purged by command; resync requested", "stream=%s",
+			    st < 0 ? "all" : cache__stream_name(st));
+		} else {
+			cache__want(s->cache, st, "command");
+		}
+		cache_pump(s);
+		sbuf__puts(res, purge ? "{\"purged\":" : "{\"requested\":");
+		put_streams(res, st);
+		sbuf__puts(res, "}");
+		return 0;
+	}
+	if (strcmp(n, "flush") == 0) {
+		scrm_outbox_stats st;
+		memset(&st, 0, sizeof(st));
+		/* Now, not at the ack timeout: everything unacknowledged goes
+		 * out again from the oldest (central deduplicates). */
+		if (s->nwin > 0)
+			go_back(s, "flush_command");
+		pump(s);
+		outbox__checkpoint(s->ob);
+		outbox__stats(s->ob, &st);
+		sbuf__puts(res, "{\"pending\":");
+		sbuf__i64(res, st.pending);
+		sbuf__puts(res, ",\"in_flight_batches\":");
+		sbuf__i64(res, s->nwin);
+		sbuf__puts(res, "}");
+		return 0;
+	}
+	if (strcmp(n, "config.get") == 0)
+		return cmd_config_get(s, cmd, res, err);
+	if (strcmp(n, "config.set") == 0)
+		return cmd_config_set(s, cmd, res, err);
+	if (strcmp(n, "log.level") == 0) {
+		static const char *const lv[] = {"error", "warn", "info", "debug"};
+		const char *level = NULL;
+		int prev = log__threshold & 3;
+		if (fleet__arg_str(cmd, "level", 1, 8, &level, err))
+			return -1;
+		int l = log__parse_level(level);
+		if (l < 0)
+			return fleet__fail(err, "bad_args", "args.level", "must be error, warn, info or debug");
+		log__set_level(l);
+		sbuf__puts(res, "{\"level\":");
+		sbuf__jstr(res, lv[l]);
+		sbuf__puts(res, ",\"previous\":");
+		sbuf__jstr(res, lv[prev]);
+		sbuf__puts(res, ",\"persistent\":false}");
+		LOG(LOG_WARN, "fleet", "log level changed by command (until restart or reload)", "level=%s", lv[l]);
+		return 0;
+	}
+	if (strcmp(n, "member.forget") == 0) {
+		const char *member = NULL;
+		int64_t redacted = 0;
+		if (fleet__arg_str(cmd, "member_id", 1, 64, &member, err))
+			return -1;
+		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s)
+				  : outbox__redact_member(s->ob, member, &redacted);
+		if (rc != SCRM_OK)
+			return fleet__fail(err, "failed", "", "%s; nothing was changed, send it again", scrm_errmsg());
+		sbuf__puts(res, "{\"forgotten\":true,\"cache\":");
+		sbuf__puts(res, s->cache ? "true" : "false");
+		sbuf__puts(res, "}");
+		return 0;
+	}
+	if (strcmp(n, "logs.recent") == 0) {
+		int64_t lines = 50;
+		const char *level = "debug";
+		if (fleet__arg_int(cmd, "lines", 0, 1, LOG_RING_LINES, &lines, err) ||
+		    fleet__arg_str(cmd, "level", 0, 8, &level, err))
+			return -1;
+		int l = log__parse_level(level);
+		if (l < 0)
+			return fleet__fail(err, "bad_args", "args.level", "must be error, warn, info or debug");
+		sbuf__puts(res, "{\"lines\":");
+		log__recent((int)lines, l, res);
+		sbuf__puts(res, "}");
+		return 0;
+	}
+	return fleet__fail(err, "unknown_command", "cmd", "'%s' is not a command this agent knows", n);
+}
+
+static void on_command(struct sync *s, const mqtt__event *e)
+{
+	fleet__cmd cmd;
+	fleet__error err;
+	char topic[400], q[300];
+	int64_t now = platform__wall_ms();
+	int ok = 0;
+	s->n_commands++;
+	sbuf__reset(&s->fr);
+	if (!s->cfg->commands_enabled) {
+		memset(&cmd, 0, sizeof(cmd));
+		fleet__fail(&err, "disabled", "", "fleet commands are turned off on this agent (fleet.commands)");
+	} else if (s->cfg->command_key_file && !s->cmd_key) {
+		/* Fail closed: a configured but unreadable key must not turn
+		 * into "unsigned commands accepted". */
+		memset(&cmd, 0, sizeof(cmd));
+		fleet__fail(&err, "unavailable", "", "fleet.command_key_file cannot be loaded; no command is obeyed");
+	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(now),
+					&s->seen, &cmd, &err) == 0) {
+		ok = run_command(s, &cmd, &s->fr, &err) == 0;
+	}
+	if (s->fr.oom) {
+		ok = 0;
+		fleet__fail(&err, "failed", "", "out of memory building the result");
+	}
+	fleet__reply(&s->fb, &cmd, ok ? s->fr.p : NULL, &err, platform__wall_ms());
+	int own = fleet__reply_topic(e->response_topic, s->cfg->topic_prefix, topic, sizeof(topic));
+	if (e->response_topic && !own)
+		LOG(LOG_WARN, "fleet", "response topic outside this device's up/reply; answering on the default",
+		    "requested=%s", log__q(q, sizeof(q), e->response_topic));
+	if (ok)
+		LOG(LOG_INFO, "fleet", "command done", "cmd=%s id=%s signed=%d", cmd.name[0] ? cmd.name : "-",
+		    cmd.id[0] ? cmd.id : "-", cmd.is_signed);
+	else
+		LOG(LOG_WARN, "fleet", "command refused", "cmd=%s id=%s code=%s field=%s message=%s",
+		    cmd.name[0] ? cmd.name : "-", cmd.id[0] ? cmd.id : "-", err.code, err.field[0] ? err.field : "-",
+		    log__q(q, sizeof(q), err.message));
+	if (s->fb.oom || mqtt__publish_reply(s->mq, topic, s->fb.p, s->fb.len, e->correlation, e->correlation_len) != SCRM_OK)
+		LOG(LOG_WARN, "fleet", "cannot publish the command reply", "topic=%s", topic);
+	fleet__cmd_free(&cmd);
+}
+
 static void handle_mqtt(struct sync *s)
 {
 	mqtt__event *e;
@@ -572,9 +1287,9 @@ static void handle_mqtt(struct sync *s)
 			s->connecting = 0;
 			s->connected = 1;
 			s->subscribed = 0;
-			s->window = (int)s->cfg->window < e->recv_max ? (int)s->cfg->window : e->recv_max;
-			if (s->window < 1)
-				s->window = 1;
+			s->recv_max = e->recv_max;
+			set_window(s);
+			s->connected_since_ms = platform__wall_ms();
 			backoff__reset(&s->bo);
 			s->fail_streak = 0;
 			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
@@ -618,6 +1333,7 @@ static void handle_mqtt(struct sync *s)
 			s->connected = 0;
 			s->subscribed = 0;
 			s->connecting = 0;
+			s->connected_since_ms = 0;
 			LOG(LOG_WARN, "sync", "connection lost", "reason=%s unacked_batches=%d", log__q(q, sizeof(q), e->text),
 			    s->nwin);
 			go_back(s, "connection_lost");
@@ -631,6 +1347,10 @@ static void handle_mqtt(struct sync *s)
 			if (s->subs_pending == 0) {
 				s->subscribed = 1;
 				LOG(LOG_DEBUG, "sync", "subscribed", "topic=%s", s->topic_down);
+				publish_birth(s);
+				publish_health(s);
+				if (s->probation_ms)
+					probation_settle(s, 0);
 				cache_pump(s);
 			}
 			break;
@@ -651,6 +1371,8 @@ static void handle_mqtt(struct sync *s)
 				on_ack(s, e->payload, e->len);
 			else if (strcmp(e->topic, s->topic_verdict) == 0)
 				on_verdict(s, e->payload, e->len);
+			else if (strcmp(e->topic, s->topic_cmd) == 0)
+				on_command(s, e);
 			else if (s->cache && ((stream = cache_topic(e->topic, s->cfg->store_prefix)) ||
 					      (stream = cache_topic(e->topic, s->cfg->topic_prefix))))
 				on_cache(s, e->topic, stream, e->payload, e->len);
@@ -660,6 +1382,12 @@ static void handle_mqtt(struct sync *s)
 		}
 		}
 		mqtt__event_free(e);
+		if (s->reconnect_pending)
+			break; /* the rest belongs to the connection being replaced */
+	}
+	if (s->reconnect_pending) {
+		s->reconnect_pending = 0;
+		restart_mqtt(s, "reconfigure");
 	}
 	pump(s);
 }
@@ -674,14 +1402,30 @@ static int open_signals(void)
 	return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 }
 
-int sync__run(const config *cfg)
+int sync__run(config *cfg_in, const char *level_override)
 {
 	struct sync s;
 	int rc = 1, sig_fd = -1, note_fd = -1, net_fd = -1, lock_fd = -1;
 	char *password = NULL;
 
 	memset(&s, 0, sizeof(s));
-	s.cfg = cfg;
+	s.cfg_own = *cfg_in;
+	memset(cfg_in, 0, sizeof(*cfg_in));
+	s.cfg = &s.cfg_own;
+	s.level_override = level_override;
+	/* `cfg` always shows the running config: reloads replace the
+	 * contents of s.cfg_own, never its address. */
+	const config *cfg = s.cfg;
+	s.recv_max = 65535;
+	s.started_ms = platform__wall_ms();
+	s.started_mono = platform__mono_ms();
+	platform__boot_id(s.boot);
+	sbuf__init(&s.fb);
+	sbuf__init(&s.fr);
+	snprintf(s.topic_state, sizeof(s.topic_state), "%sup/state", cfg->topic_prefix);
+	snprintf(s.topic_health, sizeof(s.topic_health), "%sup/health", cfg->topic_prefix);
+	snprintf(s.topic_cmd, sizeof(s.topic_cmd), "%sdown/cmd", cfg->topic_prefix);
+	apply_log_settings(&s);
 	sbuf__init(&s.buf);
 	sbuf__init(&s.events);
 	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
@@ -707,18 +1451,25 @@ int sync__run(const config *cfg)
 			goto cleanup;
 		}
 	}
-	if (outbox__open(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
+	/* Checked at start: a damaged outbox is moved to quarantine/ and a
+	 * fresh one opened (alarm "outbox_quarantined" raised in it). */
+	if (outbox__open_checked(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
 		char q[600];
 		LOG(LOG_ERROR, "sync", "cannot open the outbox", "dir=%s err=%s", cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
 		goto cleanup;
 	}
+	if (outbox__quarantined(s.ob))
+		LOG(LOG_ERROR, "sync", "the outbox was damaged: moved to quarantine, capturing into a fresh one",
+		    "quarantined=%s", outbox__quarantined(s.ob));
 	if (cfg->cache_enabled) {
 		cache__options co = {.keys_dir = cfg->keys_dir,
 				     .create = 1,
 				     .max_message_bytes = (size_t)cfg->cache_max_message_bytes,
-				     .snapshot_timeout_ms = cfg->snapshot_timeout_ms};
+				     .snapshot_timeout_ms = cfg->snapshot_timeout_ms,
+				     .check = 1};
 		char q[600];
-		/* The cache is rebuildable: if it cannot open, sales still flow. */
+		/* The cache is rebuildable: if it cannot open, sales still flow;
+		 * a damaged one is moved to quarantine/ and fetched again. */
 		if (cache__open(cfg->store_dir, &co, &s.cache) != SCRM_OK) {
 			LOG(LOG_ERROR, "cache", "cannot open the customer cache; running without it", "dir=%s err=%s",
 			    cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
@@ -726,25 +1477,13 @@ int sync__run(const config *cfg)
 		} else if (cache__set_identity(s.cache, cfg->tenant, cfg->phone_cc) != SCRM_OK) {
 			LOG(LOG_WARN, "cache", "cannot record the tenant in the cache", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
 		}
-		if (s.cache) {
-			/* The library (guide tablet, till) reads these from the cache. */
-			guide__policy pol = {
-				.just_bought_ms = cfg->just_bought_days * 86400000LL,
-				.history_ms = cfg->history_days * 86400000LL,
-				.half_life_days = cfg->half_life_days,
-				.new_days = cfg->new_days,
-				.sleeping_days = cfg->sleeping_days,
-				.lost_days = cfg->lost_days,
-				.churn_factor_pct = cfg->churn_factor_pct,
-				.online_fresh_ms = cfg->online_fresh_ms,
-			};
-			sbuf pj;
-			sbuf__init(&pj);
-			guide__policy_json(&pol, &pj);
-			if (pj.oom || cache__set_policy(s.cache, pj.p) != SCRM_OK)
-				LOG(LOG_WARN, "cache", "cannot record the guide policy in the cache", "err=%s",
+		if (s.cache && cache__quarantined(s.cache)) {
+			LOG(LOG_ERROR, "cache", "the customer cache was damaged: moved to quarantine, fetching it again",
+			    "quarantined=%s", cache__quarantined(s.cache));
+			if (outbox__alarm_raise(s.ob, "cache_quarantined", cache__quarantine_detail(s.cache),
+						platform__wall_ms()) != SCRM_OK)
+				LOG(LOG_WARN, "cache", "cannot raise the cache_quarantined alarm", "err=%s",
 				    log__q(q, sizeof(q), scrm_errmsg()));
-			sbuf__free(&pj);
 		}
 		if (s.cache) {
 			sbuf st;
@@ -754,29 +1493,12 @@ int sync__run(const config *cfg)
 			sbuf__free(&st);
 		}
 	}
-	if (cfg->password_file) {
-		size_t n = 0;
-		int e = platform__read_file(cfg->password_file, 4096, &password, &n);
-		if (e != 0) {
-			LOG(LOG_ERROR, "sync", "cannot read broker.password_file", "path=%s err=\"%s\"", cfg->password_file, strerror(-e));
-			goto cleanup;
-		}
-		while (n && (password[n - 1] == '\n' || password[n - 1] == '\r'))
-			password[--n] = '\0';
+	if (read_password(cfg, &password) != SCRM_OK) {
+		char q[600];
+		LOG(LOG_ERROR, "sync", "cannot read the broker password", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		goto cleanup;
 	}
-	mqtt__opts mo = {
-		.uri = cfg->broker_uri,
-		.client_id = cfg->device_id,
-		.ca_file = cfg->ca_file,
-		.cert_file = cfg->cert_file,
-		.key_file = cfg->key_file,
-		.username = cfg->username,
-		.password = password,
-		.keepalive_s = (int)cfg->keepalive_s,
-		.connect_timeout_s = (int)cfg->connect_timeout_s,
-		.clean_start = 0,
-		.session_expiry_s = cfg->session_expiry_s,
-	};
+	mqtt__opts mo = mqtt_opts(cfg, password);
 	if (mqtt__create(&mo, &s.mq) != SCRM_OK) {
 		LOG(LOG_ERROR, "sync", "cannot create the MQTT client", "uri=%s", cfg->broker_uri);
 		goto cleanup;
@@ -801,8 +1523,29 @@ int sync__run(const config *cfg)
 	if (outbox__setting_set(s.ob, "attribution_window_ms", cfg->attribution_window_ms) != SCRM_OK ||
 	    outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
 		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=\"%s\"", scrm_errmsg());
+	push_settings(&s);
+	if (cfg->command_key_file) {
+		char q[600];
+		if (crypto__verifier_load(cfg->command_key_file, &s.cmd_key) != SCRM_OK) {
+			s.cmd_key = NULL;
+			LOG(LOG_ERROR, "fleet", "cannot load fleet.command_key_file; every command will be refused", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+		}
+	}
+	if (cfg->overlay_error) {
+		char q[600];
+		LOG(LOG_ERROR, "fleet", "remote config ignored; running on the local file", "reason=%s",
+		    log__q(q, sizeof(q), cfg->overlay_error));
+	}
+	if (cfg->overlay_previous) /* a broker change was on probation at the last stop */
+		s.probation_ms = platform__mono_ms() + cfg->probation_s * 1000;
 	start_connect(&s);
 	s.last_activity_ms = platform__mono_ms();
+	/* systemd (Type=notify): ready once the outbox is open and capture
+	 * can be shipped; the watchdog is fed from the loop, so a wedged loop
+	 * gets the service restarted. Both are no-ops outside systemd. */
+	int64_t watchdog_ms = platform__sd_watchdog_ms() / 2, next_watchdog = 0;
+	platform__sd_notify("READY=1\nSTATUS=running");
 
 	for (;;) {
 		struct pollfd pf[4] = {
@@ -821,6 +1564,18 @@ int sync__run(const config *cfg)
 			wake = s.win[0].deadline_ms;
 		if (s.link_refresh_ms && s.link_refresh_ms < wake)
 			wake = s.link_refresh_ms;
+		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms < wake)
+			wake = s.next_heartbeat_ms;
+		if (s.probation_ms && s.probation_ms < wake)
+			wake = s.probation_ms;
+		if (watchdog_ms > 0) {
+			if (now >= next_watchdog) {
+				platform__sd_notify("WATCHDOG=1");
+				next_watchdog = now + watchdog_ms;
+			}
+			if (next_watchdog < wake)
+				wake = next_watchdog;
+		}
 		if (s.cache && s.connected && s.subscribed) {
 			int64_t d = cache__next_deadline(s.cache);
 			if (d && d < wake)
@@ -837,8 +1592,11 @@ int sync__run(const config *cfg)
 			struct signalfd_siginfo si;
 			int stop = 0;
 			while (read(sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-				if (si.ssi_signo == SIGHUP)
-					LOG(LOG_INFO, "sync", "SIGHUP: configuration reload is not supported yet; restart to apply", NULL);
+				if (si.ssi_signo == SIGHUP) {
+					platform__sd_notify("RELOADING=1");
+					reload(&s);
+					platform__sd_notify("READY=1");
+				}
 				else
 					stop = 1;
 			}
@@ -865,6 +1623,14 @@ int sync__run(const config *cfg)
 			start_connect(&s);
 		if (s.connected && s.link_refresh_ms && s.link_refresh_ms <= now)
 			link_note(&s, 1);
+		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms <= now)
+			publish_health(&s);
+		if (s.probation_ms && s.probation_ms <= now && !(s.connected && s.subscribed))
+			probation_settle(&s, 1);
+		if (s.reconnect_pending) {
+			s.reconnect_pending = 0;
+			restart_mqtt(&s, "reconfigure");
+		}
 		if (s.connected && s.nwin > 0 && s.win[0].deadline_ms <= now) {
 			go_back(&s, "ack_timeout");
 			pump(&s);
@@ -888,11 +1654,18 @@ int sync__run(const config *cfg)
 		}
 	}
 	rc = 0;
+	platform__sd_notify("STOPPING=1");
 	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
 	    (long long)s.n_published, (long long)s.n_acked, (long long)s.n_redeliveries, s.nwin);
 cleanup:
 	if (s.ob)
 		outbox__link_set(s.ob, 0, platform__wall_ms());
+	if (s.mq && s.connected) {
+		/* A clean DISCONNECT suppresses the will: say goodbye ourselves. */
+		fleet__state_json(&s.fb, cfg, "offline", "shutdown", s.birth_seq, platform__wall_ms(), s.started_ms, s.boot, NULL);
+		if (!s.fb.oom)
+			mqtt__publish(s.mq, s.topic_state, s.fb.p, s.fb.len, 1, 1, NULL);
+	}
 	if (s.mq) {
 		mqtt__disconnect(s.mq, 1000);
 		mqtt__destroy(s.mq);
@@ -921,5 +1694,9 @@ cleanup:
 	free(password);
 	sbuf__free(&s.buf);
 	sbuf__free(&s.events);
+	sbuf__free(&s.fb);
+	sbuf__free(&s.fr);
+	crypto__verifier_free(s.cmd_key);
+	config__free(&s.cfg_own);
 	return rc;
 }

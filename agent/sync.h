@@ -58,7 +58,10 @@ int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v);
 int64_t sync__batch_base(int64_t outbox_oldest, int64_t inflight_first, int64_t first);
 
 /* Run until SIGTERM/SIGINT (clean exit, 0) or a fatal error (non-zero).
- * Signals must already be blocked in all threads (sigmask inherited). */
-int sync__run(const config *cfg);
+ * Signals must already be blocked in all threads (sigmask inherited).
+ * Takes the config over (*cfg is zeroed; SIGHUP and the fleet command
+ * config.set replace it while running). level_override: --log-level (may
+ * be NULL), which wins over log.level across reloads. */
+int sync__run(config *cfg, const char *level_override);
 
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 int platform__mkdirs(const char *path, unsigned mode)
@@ -95,4 +96,117 @@ int platform__lock_file(const char *path)
 		return -e;
 	}
 	return fd;
+}
+
+int platform__write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	char tmp[4200], dir[4096];
+	int fd, rc = 0;
+	const char *slash = strrchr(path, '/');
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", path, (long)getpid()) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode)) < 0)
+		return -errno;
+	for (size_t off = 0; off < len;) {
+		ssize_t n = write(fd, (const char *)data + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			break;
+		}
+		off += (size_t)n;
+	}
+	if (rc == 0 && fsync(fd) != 0)
+		rc = -errno;
+	if (close(fd) != 0 && rc == 0)
+		rc = -errno;
+	if (rc == 0 && rename(tmp, path) != 0)
+		rc = -errno;
+	if (rc != 0) {
+		unlink(tmp);
+		return rc;
+	}
+	/* The rename itself must survive a power cut. */
+	if (slash) {
+		size_t n = (size_t)(slash - path);
+		if (n == 0)
+			n = 1;
+		if (n >= sizeof(dir))
+			return 0;
+		memcpy(dir, path, n);
+		dir[n] = '\0';
+	} else {
+		dir[0] = '.';
+		dir[1] = '\0';
+	}
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+}
+
+int platform__disk_space(const char *path, int64_t *avail, int64_t *total)
+{
+	struct statvfs v;
+	if (statvfs(path, &v) != 0)
+		return -errno;
+	*avail = (int64_t)v.f_bavail * (int64_t)v.f_frsize;
+	*total = (int64_t)v.f_blocks * (int64_t)v.f_frsize;
+	return 0;
+}
+
+int64_t platform__rss_bytes(void)
+{
+	/* statm: size resident ... in pages */
+	char buf[128];
+	long long size = 0, resident = 0;
+	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	if (sscanf(buf, "%lld %lld", &size, &resident) != 2)
+		return 0;
+	long page = sysconf(_SC_PAGESIZE);
+	return (int64_t)resident * (page > 0 ? page : 4096);
+}
+
+int platform__lock_open(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	return fd < 0 ? -errno : fd;
+}
+
+int platform__lock_fd(int fd, int how)
+{
+	int op = how == 2 ? LOCK_EX : how == 1 ? LOCK_SH : LOCK_UN;
+	while (flock(fd, op) != 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+	if (stat(path, &st) != 0)
+		return -errno;
+	*dev = (uint64_t)st.st_dev;
+	*ino = (uint64_t)st.st_ino;
+	return 0;
+}
+
+int platform__fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) != 0 ? -errno : 0;
+	close(fd);
+	return rc;
 }

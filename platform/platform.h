@@ -44,6 +44,31 @@ int platform__read_file(const char *path, size_t max, char **out,
  * process holds it, or -errno. The kernel drops it when the process dies,
  * kill -9 included, so a crash never leaves a stale lock. */
 int platform__lock_file(const char *path);
+/* Replace `path` atomically: write path.tmp-<pid> (mode), fsync, rename,
+ * fsync the directory, so a power cut leaves the old or the new file. */
+int platform__write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* Bytes available to an unprivileged user and total, of the file system
+ * holding `path`. 0 or -errno. */
+int platform__disk_space(const char *path, int64_t *avail, int64_t *total);
+/* Resident set size of this process in bytes, 0 if unknown. */
+int64_t platform__rss_bytes(void);
+/* A lock file of the store (created 0600), opened but not locked: fd or
+ * -errno. Lock and unlock it with platform__lock_fd. */
+int platform__lock_open(const char *path);
+/* flock on such an fd: how 0 = release, 1 = shared, 2 = exclusive; waits
+ * (signals retried). Per open file: two fds of one process do not share it. */
+int platform__lock_fd(int fd, int how);
+/* Identity (device, inode) of the file at path; -ENOENT if none. */
+int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino);
+/* fsync a directory: the renames and links made in it survive a power cut. */
+int platform__fsync_dir(const char *dir);
+
+/* ---- syslog (kept here: <syslog.h> macros clash with agent names) ---- */
+
+/* Open (on != 0, ident borrowed for the process life) or close syslog. */
+void platform__syslog_open(int on, const char *ident);
+/* level 0 error, 1 warning, 2 info, 3 debug; facility daemon. */
+void platform__syslog(int level, const char *line);
 
 /* ---- wake-ups for the daemon's poll loop ---- */
 
@@ -74,5 +99,18 @@ void platform__netwatch_drain(int fd);
 int platform__waker_open(void);
 void platform__waker_signal(int fd);
 void platform__waker_drain(int fd);
+
+/* ---- systemd service notifications (no libsystemd; platform/sdnotify.c) ---- */
+
+/* Send `state` ("READY=1", "WATCHDOG=1", "RELOADING=1", "STOPPING=1",
+ * "STATUS=...", several joined by '\n') to $NOTIFY_SOCKET: a path or an
+ * abstract '@name' unix datagram socket. Returns 0 when sent, 0 when not
+ * under systemd (no NOTIFY_SOCKET), or -errno (-EAFNOSUPPORT for an address
+ * that is neither '/...' nor '@...'). Any thread; no state kept. */
+int platform__sd_notify(const char *state);
+/* Watchdog period in ms from $WATCHDOG_USEC (ping with "WATCHDOG=1" at
+ * least every half of it), or 0 when there is no watchdog: unset, zero,
+ * malformed, or $WATCHDOG_PID set to another process's pid. */
+int64_t platform__sd_watchdog_ms(void);
 
 #endif

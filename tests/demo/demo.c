@@ -360,6 +360,25 @@ int main(int argc, char **argv)
 	sqlite3_close(db);
 	free(rc_text);
 
+	if (getenv("SCRM_CTL_BIN")) {
+		/* What central's operations team sees of this store: the
+		 * retained birth and heartbeat, through the fleet console. */
+		char flog[700];
+		snprintf(flog, sizeof(flog), "%s/fleet.out", dir);
+		const char *largv[] = {getenv("SCRM_CTL_BIN"), "fleet", "--broker", th_broker_uri(b), "--ca", ca, "--tenant",
+				       "acme", "list", NULL};
+		const char *sargv[] = {getenv("SCRM_CTL_BIN"), "fleet", "--broker", th_broker_uri(b), "--ca", ca, "--tenant",
+				       "acme", "show", "london-01/pos-01", NULL};
+		printf("\n[ops] central's fleet console: scrmctl fleet list, then show london-01/pos-01\n");
+		unlink(flog);
+		th_run_target(largv, flog, 60000);
+		th_run_target(sargv, flog, 60000);
+		char *t = th_read_file(flog, NULL);
+		if (t)
+			fputs(t, stdout);
+		free(t);
+	}
+
 	printf("\nResult\n");
 	printf("  sales captured at the till (receipts):  %" PRId64 " (%" PRId64 " purchases, %" PRId64 " returns)\n", receipts,
 	       purchases, returns);

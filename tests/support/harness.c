@@ -38,6 +38,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
+#include <mbedtls/x509_csr.h>
 
 #define TH_MAX_CHILDREN 256
 #define TH_MAX_ARGS 64
@@ -559,6 +560,115 @@ int th_certs_make_client(const char *dir, const char *name, const char *cn)
 	if (rc == 0)
 		rc = cert_leaf(dir, &spec, &ca_key, &r);
 	mbedtls_pk_free(&ca_key);
+	rng_free(&r);
+	return rc == 0 ? 0 : -EIO;
+}
+
+/* A DN as mbedtls_x509_dn_gets prints it ("CN=d1, O=t1") in the form
+ * mbedtls_x509write_*_set_*_name parses (no blank after the commas). */
+static int dn_string(const mbedtls_x509_name *dn, char *out, size_t n)
+{
+	char buf[512];
+	size_t j = 0;
+
+	if (mbedtls_x509_dn_gets(buf, sizeof buf, dn) < 0)
+		return -1;
+	for (size_t i = 0; buf[i] && j + 1 < n; i++) {
+		if (buf[i] == ' ' && i > 0 && buf[i - 1] == ',')
+			continue;
+		out[j++] = buf[i];
+	}
+	out[j] = '\0';
+	return 0;
+}
+
+int th_sign_csr(const char *dir, const char *ca_name, const char *csr_path, const char *out_crt_path,
+		int days)
+{
+	mbedtls_x509_csr csr;
+	mbedtls_x509_crt ca;
+	mbedtls_pk_context ca_key;
+	mbedtls_x509write_cert crt;
+	mbedtls_mpi serial;
+	struct th_rng r;
+	unsigned char serial_bytes[16], pem[4096];
+	char path[512], subject[512], issuer[512], nb[16], na[16];
+	struct tm tm;
+	time_t now = time(NULL), t_nb, t_na;
+	int rc;
+
+	mbedtls_x509_csr_init(&csr);
+	mbedtls_x509_crt_init(&ca);
+	mbedtls_pk_init(&ca_key);
+	mbedtls_x509write_crt_init(&crt);
+	mbedtls_mpi_init(&serial);
+	rc = rng_init(&r);
+	if (rc == 0 && (rc = mbedtls_x509_csr_parse_file(&csr, csr_path)) != 0)
+		th_err("th_sign_csr: cannot parse the CSR %s: -0x%04x", csr_path, (unsigned)-rc);
+	if (rc == 0) {
+		snprintf(path, sizeof path, "%s/%s.crt", dir, ca_name);
+		if ((rc = mbedtls_x509_crt_parse_file(&ca, path)) != 0)
+			th_err("th_sign_csr: cannot load %s: -0x%04x", path, (unsigned)-rc);
+	}
+	if (rc == 0) {
+		snprintf(path, sizeof path, "%s/%s.key", dir, ca_name);
+		if ((rc = mbedtls_pk_parse_keyfile(&ca_key, path, NULL)) != 0)
+			th_err("th_sign_csr: cannot load %s: -0x%04x", path, (unsigned)-rc);
+	}
+	if (rc != 0)
+		goto cleanup;
+	if (days >= 0) {
+		t_nb = now - 86400;
+		t_na = now + (time_t)days * 86400;
+	} else {
+		t_na = now + (time_t)days * 86400;
+		t_nb = t_na - 86400;
+	}
+	if (!gmtime_r(&t_nb, &tm) || strftime(nb, sizeof nb, "%Y%m%d%H%M%S", &tm) != 14 ||
+	    !gmtime_r(&t_na, &tm) || strftime(na, sizeof na, "%Y%m%d%H%M%S", &tm) != 14 ||
+	    dn_string(&csr.subject, subject, sizeof subject) != 0 ||
+	    dn_string(&ca.subject, issuer, sizeof issuer) != 0) {
+		rc = -1;
+		goto cleanup;
+	}
+	mbedtls_x509write_crt_set_version(&crt, MBEDTLS_X509_CRT_VERSION_3);
+	mbedtls_x509write_crt_set_md_alg(&crt, MBEDTLS_MD_SHA256);
+	mbedtls_x509write_crt_set_subject_key(&crt, &csr.pk);
+	mbedtls_x509write_crt_set_issuer_key(&crt, &ca_key);
+	rc = mbedtls_ctr_drbg_random(&r.drbg, serial_bytes, sizeof serial_bytes);
+	serial_bytes[0] = (unsigned char)((serial_bytes[0] & 0x7f) | 0x01);
+	if (rc == 0)
+		rc = mbedtls_mpi_read_binary(&serial, serial_bytes, sizeof serial_bytes);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_serial(&crt, &serial);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_validity(&crt, nb, na);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_subject_name(&crt, subject);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_issuer_name(&crt, issuer);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_basic_constraints(&crt, 0, -1);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_subject_key_identifier(&crt);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_authority_key_identifier(&crt);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_set_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE);
+	if (rc == 0)
+		rc = add_eku(&crt, ROLE_CLIENT);
+	if (rc == 0)
+		rc = mbedtls_x509write_crt_pem(&crt, pem, sizeof pem, mbedtls_ctr_drbg_random, &r.drbg);
+	if (rc == 0)
+		rc = write_file_mode(out_crt_path, pem, strlen((const char *)pem), 0644);
+	else
+		th_err("th_sign_csr: signing %s: -0x%04x", csr_path, (unsigned)-rc);
+cleanup:
+	mbedtls_mpi_free(&serial);
+	mbedtls_x509write_crt_free(&crt);
+	mbedtls_pk_free(&ca_key);
+	mbedtls_x509_crt_free(&ca);
+	mbedtls_x509_csr_free(&csr);
 	rng_free(&r);
 	return rc == 0 ? 0 : -EIO;
 }
@@ -1118,6 +1228,31 @@ fail:
 	return NULL;
 }
 
+th_broker *th_broker_start_conf(const char *dir, int port, const char *conf)
+{
+	th_broker *b;
+
+	if (!dir || !conf || port <= 0) {
+		th_err("th_broker_start_conf: bad arguments");
+		return NULL;
+	}
+	b = calloc(1, sizeof *b);
+	if (!b)
+		return NULL;
+	b->pid = -1;
+	b->port = port;
+	snprintf(b->uri, sizeof b->uri, "ssl://127.0.0.1:%d", port);
+	b->dir = strdup(dir);
+	b->conf_path = path_join(dir, "mosquitto.conf");
+	b->log_path = path_join(dir, "mosquitto.log");
+	b->conf_text = strdup(conf);
+	if (!b->dir || !b->conf_path || !b->log_path || !b->conf_text || broker_launch(b) != 0) {
+		th_broker_free(b);
+		return NULL;
+	}
+	return b;
+}
+
 int th_broker_stop(th_broker *b)
 {
 	int rc;
@@ -1341,7 +1476,11 @@ static void on_req_fail(void *ctx, MQTTAsync_failureData5 *resp)
 {
 	int rc = resp ? resp->code : -1;
 
-	if (rc >= 0)
+	/* An MQTT 5 refusal (a PUBACK with reason >= 0x80, e.g. 0x87 Not
+	 * authorized) says more than Paho's generic failure code. */
+	if (resp && (int)resp->reasonCode >= 0x80)
+		rc = -(int)resp->reasonCode;
+	else if (rc >= 0)
 		rc = -(rc ? rc : 1);
 	req_complete(ctx, rc);
 }
@@ -1613,7 +1752,7 @@ int th_mqtt_subscribe(th_mqtt *m, const char *topic, int qos, int timeout_ms)
 }
 
 static int publish_common(th_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
-			  struct th_req *q)
+			  int retain, struct th_req *q)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
@@ -1624,6 +1763,7 @@ static int publish_common(th_mqtt *m, const char *topic, const void *payload, si
 	msg.payload = (void *)(uintptr_t)payload;
 	msg.payloadlen = (int)len;
 	msg.qos = qos;
+	msg.retained = retain;
 	ro.onSuccess5 = on_req_ok;
 	ro.onFailure5 = on_req_fail;
 	ro.context = q;
@@ -1638,6 +1778,12 @@ static int publish_common(th_mqtt *m, const char *topic, const void *payload, si
 int th_mqtt_publish(th_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
 		    int timeout_ms)
 {
+	return th_mqtt_publish_ex(m, topic, payload, len, qos, 0, timeout_ms);
+}
+
+int th_mqtt_publish_ex(th_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+		       int retain, int timeout_ms)
+{
 	struct th_req *q;
 	int rc;
 
@@ -1646,7 +1792,7 @@ int th_mqtt_publish(th_mqtt *m, const char *topic, const void *payload, size_t l
 	q = req_new(m, 0);
 	if (!q)
 		return -ENOMEM;
-	rc = publish_common(m, topic, payload, len, qos, q);
+	rc = publish_common(m, topic, payload, len, qos, retain, q);
 	if (rc != 0) {
 		req_drop(q);
 		return rc;
@@ -1676,7 +1822,7 @@ int th_mqtt_publish_window(th_mqtt *m, const char *topic, const void *payload, s
 	q = req_new(m, 1);
 	if (!q)
 		return -ENOMEM;
-	rc = publish_common(m, topic, payload, len, qos, q);
+	rc = publish_common(m, topic, payload, len, qos, 0, q);
 	if (rc != 0)
 		req_drop(q);
 	return rc;

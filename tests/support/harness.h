@@ -93,6 +93,15 @@ int th_certs_make(const char *dir);
  * devices when the broker requires client certificates. 0 or negative. */
 int th_certs_make_client(const char *dir, const char *name, const char *cn);
 
+/* Play the device CA: sign the CSR at csr_path (PEM, e.g. from
+ * `scrm-agent enroll`) with dir/<ca_name>.crt + .key ("ca" or "other-ca" of
+ * th_certs_make) and write the certificate (PEM, 0644) to out_crt_path.
+ * Subject and public key come from the CSR; a client certificate
+ * (clientAuth, digitalSignature). Valid from a day ago for `days` days; a
+ * negative `days` gives one that expired -days days ago. 0 or negative. */
+int th_sign_csr(const char *dir, const char *ca_name, const char *csr_path, const char *out_crt_path,
+		int days);
+
 /* ---- processes -------------------------------------------------------- */
 
 /* Start a host program (argv[0] looked up in PATH if it has no '/'), with
@@ -166,6 +175,12 @@ th_broker *th_broker_start(const char *dir, int port, const char *cert_name,
 th_broker *th_broker_start_ex(const char *dir, int port, const char *cert_name,
 			      int require_client_cert, const char *extra_conf);
 
+/* Start mosquitto with the caller's whole config text (borrowed), e.g. a
+ * deployment example adapted to the test: it must listen on
+ * 127.0.0.1:port with TLS and should log to dir/mosquitto.log. Written to
+ * dir/mosquitto.conf; waits for the port like th_broker_start. */
+th_broker *th_broker_start_conf(const char *dir, int port, const char *conf);
+
 /* SIGTERM and wait (5 s, then SIGKILL). 0 or -errno; no-op if stopped. */
 int th_broker_stop(th_broker *b);
 
@@ -220,12 +235,19 @@ typedef struct th_mqtt_msg {
  * new socket when its 1 s timeout expires); alone, about 60 ms. */
 th_mqtt *th_mqtt_connect(const th_mqtt_opts *opts, char *err, size_t errlen);
 
-/* Subscribe and wait for the SUBACK. 0, or negative (refused, timeout). */
+/* Subscribe and wait for the SUBACK. 0, or negative (-reason for a SUBACK
+ * refusal >= 0x80, e.g. -0x87; -ETIMEDOUT). */
 int th_mqtt_subscribe(th_mqtt *m, const char *topic, int qos, int timeout_ms);
 
-/* Publish and wait until it is complete (PUBACK for QoS 1). 0 or negative. */
+/* Publish and wait until it is complete (PUBACK for QoS 1). 0 or negative:
+ * -reason (e.g. -0x87, Not authorized) when the broker refused it with an
+ * MQTT 5 reason code. */
 int th_mqtt_publish(th_mqtt *m, const char *topic, const void *payload,
 		    size_t len, int qos, int timeout_ms);
+
+/* Same, with the RETAIN flag when retain != 0. */
+int th_mqtt_publish_ex(th_mqtt *m, const char *topic, const void *payload,
+		       size_t len, int qos, int retain, int timeout_ms);
 
 /* Publish without waiting for completion, but first wait (up to timeout_ms)
  * until fewer than window publishes are outstanding. Keep window below the

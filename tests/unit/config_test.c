@@ -58,12 +58,12 @@ static const char *build(const struct kv *over, size_t n_over, const char *probe
 		if (j == n)
 			n++;
 	}
-	static const char *const sections[] = {"", "broker", "sync", "log"};
+	static const char *const sections[] = {"", "broker", "sync", "log", "outbox"};
 	size_t o = 0;
 	int line = 1;
 	o += (size_t)snprintf(text + o, sizeof(text) - o, "{");
 	int first_top = 1;
-	for (size_t s = 0; s < 4; s++) {
+	for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++) {
 		size_t slen = strlen(sections[s]);
 		int opened = 0;
 		for (size_t i = 0; i < n; i++) {
@@ -158,6 +158,8 @@ static const struct {
 	{"sync.ack_timeout_ms", K_INT, 500, 3600000},
 	{"sync.backoff_min_ms", K_INT, 10, 600000},
 	{"sync.backoff_max_ms", K_INT, 100, 3600000},
+	{"outbox.max_bytes", K_INT, 16384, 1099511627776LL},
+	{"outbox.reserve_bytes", K_INT, -1, 549755813888LL},
 	{"log.level", K_STR, 0, 0},
 };
 #define NTABLE (sizeof(table) / sizeof(table[0]))
@@ -295,6 +297,8 @@ static void every_int_key_bounds(void **state)
 				o[n++] = (struct kv){"sync.backoff_max_ms", "3600000"};
 			if (strcmp(table[i].key, "sync.backoff_max_ms") == 0)
 				o[n++] = (struct kv){"sync.backoff_min_ms", "10"};
+			if (strcmp(table[i].key, "outbox.reserve_bytes") == 0)
+				o[n++] = (struct kv){"outbox.max_bytes", "1099511627776"};
 			if (parse_with(o, n) != SCRM_OK) {
 				print_error("%s = %s refused: %s\n", table[i].key, v, scrm_errmsg());
 				fail();
@@ -463,6 +467,32 @@ static void cross_key_checks(void **state)
 	assert_refused(parse_with(&l, 1), SCRM_E_CONFIG, "log.level");
 }
 
+/* outbox.reserve_bytes is the part of outbox.max_bytes kept for paid
+ * events: it must leave room for the rest. -1 (the default) means auto. */
+static void outbox_reserve_below_max(void **state)
+{
+	(void)state;
+	assert_int_equal(parse_with(NULL, 0), SCRM_OK);
+	assert_int_equal(cfg.outbox_max_bytes, 268435456);
+	assert_int_equal(cfg.outbox_reserve_bytes, -1);
+	config__free(&cfg);
+	struct kv ok[] = {{"outbox.max_bytes", "65536"}, {"outbox.reserve_bytes", "16384"}};
+	assert_int_equal(parse_with(ok, 2), SCRM_OK);
+	assert_int_equal(cfg.outbox_max_bytes, 65536);
+	assert_int_equal(cfg.outbox_reserve_bytes, 16384);
+	config__free(&cfg);
+	struct kv small[] = {{"outbox.max_bytes", "65536"}};
+	assert_int_equal(parse_with(small, 1), SCRM_OK); /* auto reserve */
+	config__free(&cfg);
+	struct kv equal[] = {{"outbox.max_bytes", "65536"}, {"outbox.reserve_bytes", "65536"}};
+	assert_refused(parse_with(equal, 2), SCRM_E_CONFIG, "outbox.reserve_bytes");
+	assert_errmsg_contains("outbox.max_bytes");
+	assert_errmsg_contains("65536");
+	/* the 8 MiB a default store keeps does not fit a 4 MiB cap */
+	struct kv above[] = {{"outbox.max_bytes", "4194304"}, {"outbox.reserve_bytes", "8388608"}};
+	assert_refused(parse_with(above, 2), SCRM_E_CONFIG, "outbox.reserve_bytes");
+}
+
 static void malformed_json(void **state)
 {
 	(void)state;
@@ -538,6 +568,7 @@ int main(int argc, char **argv)
 		T(uri_normalisation),
 		T(ids_make_a_safe_topic_prefix),
 		T(cross_key_checks),
+		T(outbox_reserve_below_max),
 		T(malformed_json),
 		T(failure_leaves_nothing_to_free),
 		T(load_from_file),

@@ -238,12 +238,17 @@ static void newer_schema_refused(void **state)
 	f->ob = NULL;
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 5", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
 	assert_null(f->ob);
-	/* "refusing to touch it": still version 4. */
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 4);
+	/* "refusing to touch it": still version 5, and not taken for damage
+	 * (an older agent must not quarantine a newer agent's store). */
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 5);
+	assert_refused(outbox__open_checked(f->store, "pos-01", 0, &f->ob), SCRM_E_CORRUPT, "outbox");
+	char *q = tu_join(f->store, "quarantine");
+	assert_false(exists(q));
+	free(q);
 }
 
 /* A store written by the previous release (schema v2: before the guide
@@ -260,18 +265,62 @@ static void schema_v2_store_upgrades(void **state)
 	assert_int_equal(sqlite3_exec(db,
 				      "DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
 				      " DROP TRIGGER outbox_attribution; DROP TABLE link; DROP TABLE settings;"
-				      " DROP TABLE reco_shown; DROP TABLE redemptions; PRAGMA user_version = 2",
+				      " DROP TABLE reco_shown; DROP TABLE redemptions;"
+				      " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
 				      NULL, NULL, NULL),
 			 SQLITE_OK);
 	sqlite3_close(db);
 	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 3);
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 4);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('link','settings',"
 					   "'reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
 					   "'outbox_attribution')"),
 			 7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
+}
+
+/* A store of the release before bounded storage (schema v3) upgrades in
+ * place: events and the counter are kept (including seqs already acked),
+ * the usage row starts from what the store holds, and the cap works. */
+static void schema_v3_store_upgrades(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(append_n(f->ob, 5, T0 + 1), 1);
+	const int64_t first_two[][2] = {{1, 2}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 2);
+	outbox__close(f->ob);
+	f->ob = NULL;
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+				      "DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 4);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('usage','dropped','alarms',"
+					   "'outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
+					   "'outbox_evictable')"),
+			 7);
+	assert_int_equal(stats_of(f->ob).pending, 3);
+	assert_int_equal(stats_of(f->ob).last_seq, 5);
+	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM usage"),
+			 tu_sql_int(f->db, "SELECT sum(length(CAST(body AS BLOB))) FROM outbox") + 3 * OUTBOX_ROW_OVERHEAD);
+	struct outbox__health h;
+	assert_int_equal(outbox__health(f->ob, &h), SCRM_OK);
+	assert_int_equal(h.pending, 3);
+	assert_int_equal(h.last_seq, 5);
+	assert_int_equal(h.last_ack_ms, T0 + 10);
+	/* the counter goes on: no seq reused */
+	assert_int_equal(append_n(f->ob, 1, T0 + 2), 6);
 }
 
 static void not_a_database_refused(void **state)
@@ -948,6 +997,7 @@ int main(int argc, char **argv)
 		T(invalid_device_id_refused_and_nothing_created),
 		T(newer_schema_refused),
 		T(schema_v2_store_upgrades),
+		T(schema_v3_store_upgrades),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),
 		T(two_handles_share_one_counter),

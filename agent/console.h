@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * console: `scrmctl fleet`, the central operations team's view of the fleet
+ * (docs/protocol.md, "Fleet management"). It connects to the broker as an
+ * operator identity, reads every agent's retained state and heartbeat, and
+ * sends commands as MQTT 5 requests, printing the reply. Its argument parser
+ * is separate from its I/O so it can be fuzzed.
+ */
+#ifndef SCRM_CONSOLE_H
+#define SCRM_CONSOLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum console__action { CON_NONE = 0, CON_LIST, CON_SHOW, CON_CMD, CON_HELP };
+
+typedef struct console__args {
+	enum console__action action;
+	/* connection; borrowed from argv or the environment */
+	const char *broker, *ca, *cert, *key, *username, *password_file, *client_id;
+	const char *tenant;
+	const char *sign_key; /* PEM private key: sign commands */
+	/* target: show / cmd */
+	const char *store, *device;
+	const char *command;  /* cmd: the name */
+	const char *args_json; /* cmd: the args object text, NULL = {} */
+	const char *filter_store; /* list --store */
+	int json;
+	int64_t wait_ms, timeout_ms, expires_s;
+} console__args;
+
+/* Parse `scrmctl fleet ...` (argv[0] = "fleet"). Environment variables
+ * SCRM_FLEET_BROKER, _CA, _CERT, _KEY, _USERNAME, _PASSWORD_FILE, _TENANT
+ * fill options not given. 0, or 2 with the reason in err (naming the option). */
+int console__parse(int argc, char **argv, console__args *a, char *err, size_t errlen);
+
+/* Run it: 0 ok, 1 the command was refused / nothing found, 2 usage,
+ * 3 no reply or no connection in time. */
+int console__main(int argc, char **argv);
+
+#endif

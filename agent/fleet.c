@@ -1,0 +1,355 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* fleet: presence payloads and command parsing (see fleet.h). */
+#include "fleet.h"
+
+#include <scrm/scrm.h>
+
+#include "platform.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Every command the agent knows; anything else is unknown_command. */
+static const char *const commands[] = {
+	"ping", "status", "resync", "flush", "config.get", "config.set", "log.level",
+	"member.forget", "cache.purge", "logs.recent",
+};
+
+int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)
+{
+	va_list ap;
+	snprintf(err->code, sizeof(err->code), "%s", code);
+	snprintf(err->field, sizeof(err->field), "%s", field ? field : "");
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+void fleet__cmd_free(fleet__cmd *cmd)
+{
+	if (!cmd)
+		return;
+	cJSON_Delete(cmd->root);
+	cmd->root = NULL;
+	cmd->args = NULL;
+}
+
+/* An id or a name: 1..max-1 printable ASCII without quotes or backslashes,
+ * so it can be echoed and logged as is. */
+static int token_ok(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n >= max)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x21 || c > 0x7e || c == '"' || c == '\\')
+			return 0;
+	}
+	return 1;
+}
+
+static int ms_of(const cJSON *it, int64_t *out)
+{
+	if (!cJSON_IsNumber(it))
+		return 0;
+	double d = it->valuedouble;
+	if (!isfinite(d) || d < 0 || d > 9007199254740992.0 || d != floor(d))
+		return 0;
+	*out = (int64_t)d;
+	return 1;
+}
+
+/* Fill cmd from the command object `o` (owned by cmd->root already). */
+static int read_command(fleet__cmd *cmd, const cJSON *o, fleet__error *err)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, "id");
+	if (it) {
+		if (!cJSON_IsString(it) || !token_ok(it->valuestring, sizeof(cmd->id)))
+			return fleet__fail(err, "bad_command", "id", "must be 1..64 printable characters");
+		snprintf(cmd->id, sizeof(cmd->id), "%s", it->valuestring);
+	}
+	it = cJSON_GetObjectItemCaseSensitive(o, "cmd");
+	if (cJSON_IsString(it) && token_ok(it->valuestring, sizeof(cmd->name)))
+		snprintf(cmd->name, sizeof(cmd->name), "%s", it->valuestring);
+	it = cJSON_GetObjectItemCaseSensitive(o, "v");
+	if (!cJSON_IsNumber(it) || it->valuedouble != 1)
+		return fleet__fail(err, "bad_version", "v", "unknown protocol version (expected 1)");
+	it = cJSON_GetObjectItemCaseSensitive(o, "cmd");
+	if (!cJSON_IsString(it))
+		return fleet__fail(err, "bad_command", "cmd", "required: the command name");
+	if (!cmd->name[0])
+		return fleet__fail(err, "unknown_command", "cmd", "not a command this agent knows");
+	int known = 0;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i], cmd->name) == 0)
+			known = 1;
+	if (!known)
+		return fleet__fail(err, "unknown_command", "cmd", "'%s' is not a command this agent knows", cmd->name);
+	it = cJSON_GetObjectItemCaseSensitive(o, "args");
+	if (it && !cJSON_IsObject(it) && !cJSON_IsNull(it))
+		return fleet__fail(err, "bad_args", "args", "must be an object");
+	cmd->args = cJSON_IsObject(it) ? it : NULL;
+	it = cJSON_GetObjectItemCaseSensitive(o, "expires_ms");
+	if (it && !ms_of(it, &cmd->expires_ms))
+		return fleet__fail(err, "bad_command", "expires_ms", "must be Unix milliseconds");
+	return 0;
+}
+
+static int seen_before(fleet__seen *seen, const char *id)
+{
+	for (int i = 0; i < FLEET_SEEN_IDS; i++)
+		if (seen->ids[i][0] && strcmp(seen->ids[i], id) == 0)
+			return 1;
+	return 0;
+}
+
+int fleet__parse_command(const char *payload, size_t len, const char *device_id, crypto__verifier *vf,
+			 int64_t now_ms, int clock_ok, fleet__seen *seen, fleet__cmd *cmd, fleet__error *err)
+{
+	cJSON *outer = NULL;
+	memset(cmd, 0, sizeof(*cmd));
+	memset(err, 0, sizeof(*err));
+	if (len > FLEET_MAX_COMMAND_BYTES)
+		return fleet__fail(err, "too_big", "", "command of %zu bytes; at most %d", len, FLEET_MAX_COMMAND_BYTES);
+	if (!(outer = cJSON_ParseWithLength(payload, len)) || !cJSON_IsObject(outer)) {
+		cJSON_Delete(outer);
+		return fleet__fail(err, "bad_json", "", "not a JSON object");
+	}
+	const cJSON *signed_text = cJSON_GetObjectItemCaseSensitive(outer, "signed");
+	if (!signed_text) {
+		cmd->root = outer;
+		if (read_command(cmd, outer, err))
+			return -1;
+		if (vf)
+			return fleet__fail(err, "unsigned", "sig", "this agent obeys only commands signed by central");
+		if (cmd->expires_ms && clock_ok && cmd->expires_ms <= now_ms)
+			return fleet__fail(err, "expired", "expires_ms", "expired %lld ms ago",
+					   (long long)(now_ms - cmd->expires_ms));
+		return 0;
+	}
+
+	/* Signed: {"signed":"<command JSON>","sig":"<base64 DER ECDSA P-256
+	 * over SHA-256 of the signed text's bytes>"} — the same scheme as
+	 * coupons, with its own key. */
+	const cJSON *sig = cJSON_GetObjectItemCaseSensitive(outer, "sig");
+	uint8_t der[160];
+	long n;
+	if (!cJSON_IsString(signed_text) || !cJSON_IsString(sig)) {
+		cJSON_Delete(outer);
+		return fleet__fail(err, "bad_command", cJSON_IsString(signed_text) ? "sig" : "signed",
+				   "a signed command is {\"signed\":\"<command JSON>\",\"sig\":\"<base64>\"}");
+	}
+	cmd->root = cJSON_Parse(signed_text->valuestring);
+	if (!cJSON_IsObject(cmd->root)) {
+		cJSON_Delete(outer);
+		return fleet__fail(err, "bad_json", "signed", "the signed text is not a JSON object");
+	}
+	int rc = read_command(cmd, cmd->root, err);
+	if (rc == 0 && !vf)
+		rc = fleet__fail(err, "bad_signature", "sig",
+				 "cannot check a signed command: no fleet.command_key_file on this agent");
+	if (rc == 0 && (n = crypto__b64_decode(sig->valuestring, strlen(sig->valuestring), 0, der, sizeof(der))) <= 0)
+		rc = fleet__fail(err, "bad_signature", "sig", "not base64 of a DER signature");
+	if (rc == 0 && crypto__verify(vf, signed_text->valuestring, strlen(signed_text->valuestring), der, (size_t)n) != SCRM_OK)
+		rc = fleet__fail(err, "bad_signature", "sig", "does not verify against central's command key");
+	cJSON_Delete(outer);
+	if (rc)
+		return rc;
+	cmd->is_signed = 1;
+	/* A signature proves who wrote it, not for whom or when: the signed
+	 * text must name this device, carry an id and expire soon. */
+	const cJSON *dev = cJSON_GetObjectItemCaseSensitive(cmd->root, "device");
+	if (!cJSON_IsString(dev) || strcmp(dev->valuestring, device_id) != 0)
+		return fleet__fail(err, "wrong_device", "device", "signed for another device");
+	if (!cmd->id[0])
+		return fleet__fail(err, "bad_command", "id", "required in a signed command");
+	if (!cmd->expires_ms)
+		return fleet__fail(err, "bad_command", "expires_ms", "required in a signed command");
+	if (clock_ok && cmd->expires_ms <= now_ms)
+		return fleet__fail(err, "expired", "expires_ms", "expired %lld ms ago", (long long)(now_ms - cmd->expires_ms));
+	if (clock_ok && cmd->expires_ms > now_ms + FLEET_MAX_EXPIRY_MS)
+		return fleet__fail(err, "bad_command", "expires_ms", "more than 24 h ahead");
+	if (seen) {
+		if (seen_before(seen, cmd->id))
+			return fleet__fail(err, "replayed", "id", "this command was already received");
+		snprintf(seen->ids[seen->next], sizeof(seen->ids[0]), "%s", cmd->id);
+		seen->next = (seen->next + 1) % FLEET_SEEN_IDS;
+	}
+	return 0;
+}
+
+const cJSON *fleet__arg(const fleet__cmd *cmd, const char *name)
+{
+	return cmd->args ? cJSON_GetObjectItemCaseSensitive(cmd->args, name) : NULL;
+}
+
+int fleet__arg_str(const fleet__cmd *cmd, const char *name, int required, size_t max_len, const char **out,
+		   fleet__error *err)
+{
+	char field[64];
+	const cJSON *it = fleet__arg(cmd, name);
+	snprintf(field, sizeof(field), "args.%s", name);
+	if (!it) {
+		if (required)
+			return fleet__fail(err, "bad_args", field, "required");
+		return 0;
+	}
+	if (!cJSON_IsString(it) || !it->valuestring[0])
+		return fleet__fail(err, "bad_args", field, "must be a non-empty string");
+	if (strlen(it->valuestring) > max_len)
+		return fleet__fail(err, "bad_args", field, "at most %zu characters", max_len);
+	*out = it->valuestring;
+	return 0;
+}
+
+int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_t lo, int64_t hi, int64_t *out,
+		   fleet__error *err)
+{
+	char field[64];
+	const cJSON *it = fleet__arg(cmd, name);
+	snprintf(field, sizeof(field), "args.%s", name);
+	if (!it) {
+		if (required)
+			return fleet__fail(err, "bad_args", field, "required");
+		return 0;
+	}
+	double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+	/* Bounds as integers: (double)INT64_MAX rounds up to 2^63. */
+	if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0 ||
+	    (int64_t)d < lo || (int64_t)d > hi)
+		return fleet__fail(err, "bad_args", field, "must be an integer between %lld and %lld", (long long)lo,
+				   (long long)hi);
+	*out = (int64_t)d;
+	return 0;
+}
+
+void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, const fleet__error *err,
+		  int64_t now_ms)
+{
+	sbuf__reset(out);
+	sbuf__puts(out, "{\"v\":1,\"id\":");
+	if (cmd && cmd->id[0])
+		sbuf__jstr(out, cmd->id);
+	else
+		sbuf__puts(out, "null");
+	sbuf__puts(out, ",\"cmd\":");
+	if (cmd && cmd->name[0])
+		sbuf__jstr(out, cmd->name);
+	else
+		sbuf__puts(out, "null");
+	sbuf__puts(out, ",\"ts\":");
+	sbuf__i64(out, now_ms);
+	if (result_json) {
+		sbuf__puts(out, ",\"ok\":true,\"result\":");
+		sbuf__puts(out, result_json);
+	} else {
+		sbuf__puts(out, ",\"ok\":false,\"error\":{\"code\":");
+		sbuf__jstr(out, err && err->code[0] ? err->code : "failed");
+		sbuf__puts(out, ",\"field\":");
+		sbuf__jstr(out, err ? err->field : "");
+		sbuf__puts(out, ",\"message\":");
+		sbuf__jstr(out, err ? err->message : "");
+		sbuf__puts(out, "}");
+	}
+	sbuf__puts(out, "}");
+}
+
+int fleet__reply_topic(const char *requested, const char *prefix, char *out, size_t n)
+{
+	size_t pl = strlen(prefix);
+	if (requested && strncmp(requested, prefix, pl) == 0 && strncmp(requested + pl, "up/reply", 8) == 0 &&
+	    (requested[pl + 8] == '\0' || requested[pl + 8] == '/') && !strpbrk(requested, "+#") &&
+	    strlen(requested) < n) {
+		snprintf(out, n, "%s", requested);
+		return 1;
+	}
+	snprintf(out, n, "%sup/reply", prefix);
+	return 0;
+}
+
+int64_t fleet__next_birth_seq(const char *dir, int64_t now_ms)
+{
+	char path[4200], *text = NULL, num[32];
+	size_t len = 0;
+	int64_t last = 0;
+	snprintf(path, sizeof(path), "%s/birth_seq", dir);
+	if (platform__read_file(path, 64, &text, &len) == 0) {
+		char *end = NULL;
+		errno = 0;
+		long long v = strtoll(text, &end, 10);
+		if (errno == 0 && end != text && v > 0 && v < (1LL << 53))
+			last = v;
+		free(text);
+	}
+	int64_t next = last + 1 > now_ms ? last + 1 : now_ms;
+	int k = snprintf(num, sizeof(num), "%lld\n", (long long)next);
+	/* Not fatal: a birth_seq that could not be stored is still larger
+	 * than every earlier one while the clock is sane. */
+	platform__write_file_atomic(path, num, (size_t)k, 0600);
+	return next;
+}
+
+const char *fleet__arch(void)
+{
+#if defined(__x86_64__)
+	return "x86_64";
+#elif defined(__aarch64__)
+	return "aarch64";
+#elif defined(__arm__)
+	return "armhf";
+#elif defined(__i386__)
+	return "i386";
+#else
+	return "unknown";
+#endif
+}
+
+void fleet__state_json(sbuf *out, const config *cfg, const char *state, const char *reason, int64_t birth_seq,
+		       int64_t now_ms, int64_t started_ms, const char *boot, const char *cache_json)
+{
+	sbuf__reset(out);
+	sbuf__puts(out, "{\"v\":1,\"state\":");
+	sbuf__jstr(out, state);
+	sbuf__puts(out, ",\"birth_seq\":");
+	sbuf__i64(out, birth_seq);
+	sbuf__puts(out, ",\"ts\":");
+	sbuf__i64(out, now_ms);
+	sbuf__puts(out, ",\"tenant\":");
+	sbuf__jstr(out, cfg->tenant);
+	sbuf__puts(out, ",\"store\":");
+	sbuf__jstr(out, cfg->store_id);
+	sbuf__puts(out, ",\"device\":");
+	sbuf__jstr(out, cfg->device_id);
+	if (reason) {
+		sbuf__puts(out, ",\"reason\":");
+		sbuf__jstr(out, reason);
+	}
+	if (strcmp(state, "online") == 0) {
+		sbuf__puts(out, ",\"version\":");
+		sbuf__jstr(out, scrm_version());
+		sbuf__puts(out, ",\"protocol\":1,\"arch\":");
+		sbuf__jstr(out, fleet__arch());
+		sbuf__puts(out, ",\"config_version\":");
+		sbuf__i64(out, cfg->config_version);
+		sbuf__puts(out, ",\"heartbeat_s\":");
+		sbuf__i64(out, cfg->heartbeat_s);
+		sbuf__puts(out, ",\"started_ms\":");
+		sbuf__i64(out, started_ms);
+		sbuf__puts(out, ",\"boot\":");
+		sbuf__jstr(out, boot);
+		sbuf__puts(out, ",\"signed_commands\":");
+		sbuf__puts(out, cfg->command_key_file ? "true" : "false");
+		if (cache_json) {
+			sbuf__puts(out, ",\"cache\":");
+			sbuf__puts(out, cache_json);
+		}
+	}
+	sbuf__puts(out, "}");
+}

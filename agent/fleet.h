@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * fleet: the device side of fleet management (docs/protocol.md, "Fleet
+ * management"): the presence messages (birth and will, retained on
+ * `up/state`), the persisted birth sequence, and fleet commands — parsing,
+ * signature and replay checks, argument checks and replies. Executing a
+ * command is the daemon loop's business (sync.c owns what commands act on);
+ * everything here is pure or touches only the birth-sequence file, so the
+ * parsers can be fuzzed alone.
+ */
+#ifndef SCRM_FLEET_H
+#define SCRM_FLEET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "crypto.h"
+#include "sbuf.h"
+
+/* Larger commands are refused unread (too_big). */
+#define FLEET_MAX_COMMAND_BYTES 65536
+/* A signed command must expire at most this far in the future. */
+#define FLEET_MAX_EXPIRY_MS (24LL * 3600 * 1000)
+/* Signed command ids remembered against replay. */
+#define FLEET_SEEN_IDS 128
+
+/* Why a command was not obeyed: `code` is one of protocol.md's error codes,
+ * `field` the offending field ("" if none), `message` for a human. */
+typedef struct fleet__error {
+	char code[24];
+	char field[64];
+	char message[240];
+} fleet__error;
+
+struct cJSON;
+
+typedef struct fleet__cmd {
+	char id[65];            /* "" when absent (unsigned commands only) */
+	char name[24];          /* "ping", "config.set", ... */
+	struct cJSON *root;     /* owned: the command object */
+	const struct cJSON *args; /* borrowed from root; an object, maybe empty */
+	int64_t expires_ms;     /* 0 = none */
+	int is_signed;
+} fleet__cmd;
+
+typedef struct fleet__seen {
+	char ids[FLEET_SEEN_IDS][65];
+	int next;
+} fleet__seen;
+
+/* Parse and check one `down/cmd` payload (borrowed, need not be
+ * NUL-terminated). `vf`: central's command key, or NULL to accept unsigned
+ * commands (a signed one is then refused: it cannot be checked). `seen` may
+ * be NULL (no replay guard). `now_ms`: wall clock; `clock_ok`: whether it
+ * can be trusted for the expiry check. On success *cmd is filled (release
+ * with fleet__cmd_free). Otherwise -1 with *err filled, and *cmd carries
+ * whatever id/name could be read (for the error reply). No I/O. */
+int fleet__parse_command(const char *payload, size_t len, const char *device_id, crypto__verifier *vf,
+			 int64_t now_ms, int clock_ok, fleet__seen *seen, fleet__cmd *cmd, fleet__error *err);
+void fleet__cmd_free(fleet__cmd *cmd);
+
+/* Fill *err; returns -1 so callers can `return fleet__fail(...)`. */
+int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* Argument readers: 0, or -1 with *err naming "args.<name>". `*out` is left
+ * untouched when an optional argument is absent. */
+int fleet__arg_str(const fleet__cmd *cmd, const char *name, int required, size_t max_len, const char **out,
+		   fleet__error *err);
+int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_t lo, int64_t hi, int64_t *out,
+		   fleet__error *err);
+/* The args object itself, serialised (caller frees), or NULL with *err. */
+const struct cJSON *fleet__arg(const fleet__cmd *cmd, const char *name);
+
+/* A reply: result_json (a JSON value, borrowed) on success, else *err. */
+void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, const fleet__error *err,
+		  int64_t now_ms);
+
+/* Where to answer: the request's Response Topic if it lies under
+ * `{prefix}up/reply` (a device may publish only under its own up/), else
+ * the default `{prefix}up/reply`. Returns 1 if the requested topic was
+ * used, 0 if the default was (out always filled). */
+int fleet__reply_topic(const char *requested, const char *prefix, char *out, size_t n);
+
+/* The next birth sequence number: max(stored + 1, now_ms), stored in
+ * `<dir>/birth_seq` atomically before it is used, so it only ever grows —
+ * across restarts, a quarantined outbox and a wall clock stepped back. */
+int64_t fleet__next_birth_seq(const char *dir, int64_t now_ms);
+
+/* The target the agent was built for: "x86_64", "aarch64", "armhf", ... */
+const char *fleet__arch(void);
+
+/* The `up/state` payloads. state "online" (the birth; `cache_json` the
+ * cache cursors, may be NULL) or "offline" (the will, or the clean
+ * shutdown's last word, with `reason`). */
+void fleet__state_json(sbuf *out, const config *cfg, const char *state, const char *reason, int64_t birth_seq,
+		       int64_t now_ms, int64_t started_ms, const char *boot, const char *cache_json);
+
+#endif
