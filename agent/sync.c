@@ -365,8 +365,13 @@ static void on_ack(struct sync *s, const char *payload, size_t len)
 		s->n_acked += deleted;
 		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", ack.n_acked, (long long)deleted);
 	}
+	int64_t backlog_before = s->base;
 	retire(s, (const int64_t(*)[2])ack.acked, ack.n_acked);
 	s->last_activity_ms = platform__mono_ms();
+	/* Caught up after a backlog: tell operations now rather than at the
+	 * next period (a second later, so a burst of acks makes one). */
+	if (backlog_before != 0 && s->base == 0 && s->next_heartbeat_ms > s->last_activity_ms + 1000)
+		s->next_heartbeat_ms = s->last_activity_ms + 1000;
 
 	/* resend_from: central has a hole and stored nothing past it. Act only
 	 * on acks for batches of the current round: after a go-back, the acks
@@ -694,7 +699,42 @@ static void health_json(struct sync *s, sbuf *out)
 	sbuf__i64(out, st.last_acked_seq);
 	sbuf__puts(out, ",\"rejected\":");
 	sbuf__i64(out, st.rejected);
+	{
+		/* Bounded storage: the cap, what it cost, paid captures refused. */
+		struct outbox__health h;
+		if (outbox__health(s->ob, &h) == SCRM_OK) {
+			sbuf__puts(out, ",\"stored_bytes\":");
+			sbuf__i64(out, h.bytes);
+			sbuf__puts(out, ",\"max_bytes\":");
+			sbuf__i64(out, h.max_bytes);
+			sbuf__puts(out, ",\"reserve_bytes\":");
+			sbuf__i64(out, h.reserve_bytes);
+			sbuf__puts(out, ",\"in_reserve\":");
+			sbuf__puts(out, h.in_reserve ? "true" : "false");
+			sbuf__puts(out, ",\"refused_paid\":");
+			sbuf__i64(out, h.refused_paid);
+			sbuf__puts(out, ",\"dropped\":{");
+			for (size_t i = 0; i < h.n_dropped; i++) {
+				if (i)
+					sbuf__puts(out, ",");
+				sbuf__jstr(out, h.dropped[i].kind);
+				sbuf__puts(out, ":");
+				sbuf__i64(out, h.dropped[i].count);
+			}
+			sbuf__puts(out, "}");
+		}
+	}
 	sbuf__puts(out, "}");
+	{
+		sbuf al;
+		sbuf__init(&al);
+		sbuf__puts(out, ",\"alarms\":");
+		if (outbox__alarms(s->ob, &al) == SCRM_OK && !al.oom && al.p)
+			sbuf__put(out, al.p, al.len);
+		else
+			sbuf__puts(out, "[]");
+		sbuf__free(&al);
+	}
 
 	sbuf__puts(out, ",\"cache\":");
 	put_cache_figures(s, out, now);
