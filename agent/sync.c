@@ -188,6 +188,13 @@ static void pump(struct sync *s)
 		sbuf__i64(&s->buf, now);
 		sbuf__puts(&s->buf, ",\"base\":");
 		sbuf__i64(&s->buf, base);
+		/* after: no unacknowledged event of this device lies between it
+		 * and this batch's first, nor between two events of the batch
+		 * (pump reads pending events in seq order past sent_upto). A seq
+		 * missing there was evicted under the outbox cap and will never
+		 * come, so central need not ask for it (protocol.md). */
+		sbuf__puts(&s->buf, ",\"after\":");
+		sbuf__i64(&s->buf, s->sent_upto > 0 ? s->sent_upto : b->first - 1);
 		sbuf__puts(&s->buf, ",\"events\":[");
 		sbuf__put(&s->buf, s->events.p, s->events.len);
 		sbuf__puts(&s->buf, "]}");

@@ -1197,7 +1197,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	size_t na = 0, nr = 0, n, idx = 0;
 	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0;
 	int64_t now = wall_ms();
-	int64_t contiguous = 0, base = 0, resend_from = 0;
+	int64_t contiguous = 0, base = 0, resend_from = 0, after = -1, prev;
 	int in_tx = 0;
 	char q1[200], q2[200];
 	struct verdict_batch vb = { 0 };
@@ -1272,6 +1272,13 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		       id.device, contiguous + 1, base - 1);
 		contiguous = base - 1;
 	}
+	/* after (protocol.md): the device holds nothing between `after` and the
+	 * first event, nor between two events of the batch; seqs missing there
+	 * were evicted and never come. Absent (older agents): -1, and every
+	 * hole is waited for. */
+	if (json_int64(cJSON_GetObjectItemCaseSensitive(root, "after"), &after) != 0 || after < 0)
+		after = -1;
+	prev = after;
 	cJSON_ArrayForEach(ev, events)
 	{
 		struct event_view ve;
@@ -1293,6 +1300,14 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			continue;
 		}
 		ve.seq = seq;
+		if (seq > contiguous + 1 && after >= 0 && prev >= 0 && prev <= contiguous) {
+			/* Not a hole: the device says nothing lies between the
+			 * event before (held here) and this one. */
+			log_at(LVL_DEBUG, "seqs skipped by the device (evicted)",
+			       "tenant=%s store=%s device=%s from_seq=%" PRId64 " to_seq=%" PRId64, id.tenant, id.store,
+			       id.device, contiguous + 1, seq - 1);
+			contiguous = seq - 1;
+		}
 		if (seq > contiguous + 1) {
 			/* A hole before this event: store nothing past it. */
 			resend_from = contiguous + 1;
@@ -1300,6 +1315,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		}
 		if (seq == contiguous + 1)
 			contiguous = seq;
+		prev = seq;
 		if (event_validate(ev, &ve, reason, sizeof reason) != 0) {
 			if (reject_store(&id, seq, reason, ev, now) != SQLITE_OK)
 				goto cleanup;
