@@ -408,6 +408,9 @@ static const struct {
 	{"fleet.commands", CFG_RESTART, 0},
 	{"fleet.command_key_file", CFG_RESTART, 0},
 	{"log.file", CFG_RESTART, 0},
+	/* The outbox cap decides when a sale is refused: the store's own
+	 * operator sets it, never a remote command. */
+	{"outbox.", CFG_LIVE, 0},
 };
 
 static const struct ckey *find_key(const char *key)
@@ -648,7 +651,7 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 		    sbuf *overlay_text, sbuf *changed, int *cls)
 {
 	cJSON *ch = cJSON_ParseWithLength(changes, len), *set = NULL, *prev = NULL;
-	int rc = SCRM_E_CONFIG, n = 0;
+	int rc = SCRM_E_CONFIG, n = 0, overlay_changed = 0;
 	memset(next, 0, sizeof(*next));
 	*cls = -1;
 	if (!cJSON_IsObject(ch)) {
@@ -671,6 +674,12 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 		}
 		if ((rc = check_remote_key(it->string)))
 			goto out;
+		/* A remote setting equal to the local value changes nothing
+		 * in effect, but its removal must still be written: the local
+		 * file may change later. */
+		const cJSON *had = cJSON_GetObjectItemCaseSensitive(set, it->string);
+		if (cJSON_IsNull(it) ? had != NULL : !had || !cJSON_Compare(had, it, 1))
+			overlay_changed = 1;
 		cJSON_DeleteItemFromObjectCaseSensitive(set, it->string);
 		if (!cJSON_IsNull(it)) {
 			cJSON *dup = cJSON_Duplicate(it, 1);
@@ -689,6 +698,8 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 		goto out;
 	if ((rc = config__diff(cur, next, changed, cls)))
 		goto out;
+	if (*cls < 0 && overlay_changed)
+		*cls = CFG_LIVE;
 	/* A broker change must prove itself: until the agent has connected
 	 * with it, the last confirmed set is kept to roll back to. */
 	if (cur->overlay_previous || config__needs_reconnect(cur, next)) {

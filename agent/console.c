@@ -563,7 +563,9 @@ static const char *status_of(const struct agent *a, int64_t now)
 {
 	const char *st = jtext(a->state, "state");
 	if (strcmp(st, "online") == 0) {
-		int64_t hb = jnum(a->state, "heartbeat_s") * 1000;
+		/* the heartbeat's own period first: it follows remote changes */
+		int64_t hb = (a->health && jnum(a->health, "heartbeat_s") ? jnum(a->health, "heartbeat_s")
+									  : jnum(a->state, "heartbeat_s")) * 1000;
 		int64_t last = a->health ? jnum(a->health, "ts") : jnum(a->state, "ts");
 		if (hb > 0 && now - last > 3 * hb)
 			return "silent";

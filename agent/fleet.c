@@ -176,6 +176,11 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 		return fleet__fail(err, "expired", "expires_ms", "expired %lld ms ago", (long long)(now_ms - cmd->expires_ms));
 	if (clock_ok && cmd->expires_ms > now_ms + FLEET_MAX_EXPIRY_MS)
 		return fleet__fail(err, "bad_command", "expires_ms", "more than 24 h ahead");
+	/* Without a trusted clock expiry cannot be checked, and a captured
+	 * command could be replayed: only the read-only ones are obeyed. */
+	if (!clock_ok && strcmp(cmd->name, "ping") != 0 && strcmp(cmd->name, "status") != 0)
+		return fleet__fail(err, "clock_untrusted", "expires_ms",
+				   "this agent's clock is not trusted; only ping and status are obeyed until it is");
 	if (seen) {
 		if (seen_before(seen, cmd->id))
 			return fleet__fail(err, "replayed", "id", "this command was already received");
@@ -183,6 +188,39 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 		seen->next = (seen->next + 1) % FLEET_SEEN_IDS;
 	}
 	return 0;
+}
+
+int fleet__seen_load(fleet__seen *seen, const char *path)
+{
+	char *text = NULL;
+	size_t len = 0;
+	memset(seen, 0, sizeof(*seen));
+	if (platform__read_file(path, FLEET_SEEN_IDS * 70, &text, &len) != 0)
+		return -1;
+	int n = 0;
+	for (char *p = text, *line; n < FLEET_SEEN_IDS && (line = strsep(&p, "\n"));)
+		if (token_ok(line, sizeof(seen->ids[0])))
+			snprintf(seen->ids[n++], sizeof(seen->ids[0]), "%s", line);
+	seen->next = n % FLEET_SEEN_IDS;
+	free(text);
+	return 0;
+}
+
+int fleet__seen_save(const fleet__seen *seen, const char *path)
+{
+	sbuf b;
+	sbuf__init(&b);
+	/* oldest first, so a reload continues the ring in order */
+	for (int i = 0; i < FLEET_SEEN_IDS; i++) {
+		const char *id = seen->ids[(seen->next + i) % FLEET_SEEN_IDS];
+		if (id[0]) {
+			sbuf__puts(&b, id);
+			sbuf__puts(&b, "\n");
+		}
+	}
+	int rc = b.oom ? -ENOMEM : platform__write_file_atomic(path, b.p ? b.p : "", b.len, 0600);
+	sbuf__free(&b);
+	return rc;
 }
 
 const cJSON *fleet__arg(const fleet__cmd *cmd, const char *name)

@@ -60,6 +60,12 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 			 int64_t now_ms, int clock_ok, fleet__seen *seen, fleet__cmd *cmd, fleet__error *err);
 void fleet__cmd_free(fleet__cmd *cmd);
 
+/* The replay guard on disk (one id per line, written atomically), so a
+ * restart does not forget which signed commands were obeyed. Load: 0, or
+ * -1 (missing or unreadable: *seen left empty). Save: 0 or -errno. */
+int fleet__seen_load(fleet__seen *seen, const char *path);
+int fleet__seen_save(const fleet__seen *seen, const char *path);
+
 /* Fill *err; returns -1 so callers can `return fleet__fail(...)`. */
 int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

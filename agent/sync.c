@@ -89,6 +89,10 @@ struct sync {
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
 	int64_t n_commands;
 	char last_rollback[300];
+	int cmd_level;              /* log.level command in force, -1 = none */
+	mqtt__event *deferred;      /* commands received while the client was being replaced */
+	int signed_only;            /* fleet.command_key_file as at start */
+	char seen_path[4200];       /* persisted replay guard of signed commands */
 };
 
 static uint32_t rand32(void)
@@ -671,6 +675,8 @@ static void health_json(struct sync *s, sbuf *out)
 	sbuf__jstr(out, scrm_version());
 	sbuf__puts(out, ",\"config_version\":");
 	sbuf__i64(out, s->cfg->config_version);
+	sbuf__puts(out, ",\"heartbeat_s\":");
+	sbuf__i64(out, s->cfg->heartbeat_s);
 	sbuf__puts(out, ",\"started_ms\":");
 	sbuf__i64(out, s->started_ms);
 	sbuf__puts(out, ",\"uptime_ms\":");
@@ -866,7 +872,14 @@ static void push_settings(struct sync *s)
 static void apply_log_settings(struct sync *s)
 {
 	const config *cfg = s->cfg;
-	log__set_level(log__parse_level(s->level_override ? s->level_override : cfg->log_level));
+	/* --log-level, then a log.level command (until restart, reload or a
+	 * change of log.level), then the config. */
+	if (s->level_override)
+		log__set_level(log__parse_level(s->level_override));
+	else if (s->cmd_level >= 0)
+		log__set_level(s->cmd_level);
+	else
+		log__set_level(log__parse_level(cfg->log_level));
 	log__configure(cfg->log_syslog, cfg->log_file, cfg->log_file_max_bytes);
 }
 
@@ -909,6 +922,9 @@ static int read_password(const config *cfg, char **out)
 	return SCRM_OK;
 }
 
+static void on_message(struct sync *s, const mqtt__event *e);
+static void probation_settle(struct sync *s, int rollback);
+
 /* New broker settings: a fresh client (Paho fixes the URI at create). */
 static int restart_mqtt(struct sync *s, const char *why)
 {
@@ -922,6 +938,12 @@ static int restart_mqtt(struct sync *s, const char *why)
 	free(password);
 	if (rc != SCRM_OK) {
 		LOG(LOG_ERROR, "sync", "cannot create the MQTT client with the new settings", "uri=%s", s->cfg->broker_uri);
+		/* The running client still uses the previous settings, which
+		 * is what a rollback restores: roll back at once. */
+		if (s->probation_ms) {
+			probation_settle(s, 1);
+			s->reconnect_pending = 0;
+		}
 		return rc;
 	}
 	if (s->connected) {
@@ -931,7 +953,27 @@ static int restart_mqtt(struct sync *s, const char *why)
 		if (!s->fb.oom)
 			mqtt__publish(s->mq, s->topic_state, s->fb.p, s->fb.len, 1, 1, NULL);
 	}
+	/* Paho acknowledged what is queued: handle it (acks, verdicts, cache
+	 * deltas are sent once), never drop it with the old client. Commands
+	 * that arrive while it disconnects are answered once the new client
+	 * is subscribed (a reply needs a connection). */
+	for (mqtt__event *e; (e = mqtt__next(s->mq)); mqtt__event_free(e))
+		if (e->type == MQ_MESSAGE)
+			on_message(s, e);
 	mqtt__disconnect(s->mq, 1000);
+	mqtt__event **tail = &s->deferred;
+	while (*tail)
+		tail = &(*tail)->next;
+	for (mqtt__event *e; (e = mqtt__next(s->mq));) {
+		if (e->type == MQ_MESSAGE && strcmp(e->topic, s->topic_cmd) == 0) {
+			*tail = e;
+			tail = &e->next;
+			continue;
+		}
+		if (e->type == MQ_MESSAGE)
+			on_message(s, e);
+		mqtt__event_free(e);
+	}
 	mqtt__destroy(s->mq);
 	s->mq = m;
 	s->connected = s->subscribed = s->connecting = 0;
@@ -955,7 +997,11 @@ static void apply_config(struct sync *s, config *next, int cls, const char *sour
 	set_window(s);
 	apply_log_settings(s);
 	push_settings(s);
-	s->next_heartbeat_ms = platform__mono_ms() + s->cfg->heartbeat_s * 1000;
+	/* Operations see the new config_version a second later, not a
+	 * period later. */
+	s->next_heartbeat_ms = platform__mono_ms() + 1000;
+	if (!s->cfg->overlay_previous)
+		s->probation_ms = 0;
 	if (cls == CFG_RESTART)
 		LOG(LOG_WARN, "sync", "some changed settings apply only at the next start", "source=%s", source);
 	if (reconnect)
@@ -1023,10 +1069,17 @@ static void reload(struct sync *s)
 	sbuf__free(&keys);
 	if (next.overlay_error)
 		LOG(LOG_ERROR, "sync", "remote config ignored", "reason=%s", log__q(q, sizeof(q), next.overlay_error));
-	if (cls >= 0)
-		apply_config(s, &next, cls, "sighup");
-	else
-		config__free(&next);
+	/* Applied even when no effective value changed: the overlay's
+	 * version or contents may have. */
+	s->cmd_level = -1;
+	if (next.command_key_file && s->cfg->command_key_file ? strcmp(next.command_key_file, s->cfg->command_key_file) != 0
+							    : next.command_key_file != s->cfg->command_key_file) {
+		/* The key in force stays what the running config shows. */
+		LOG(LOG_WARN, "fleet", "fleet.command_key_file changed: applies at the next start", NULL);
+		free(next.command_key_file);
+		next.command_key_file = s->cfg->command_key_file ? strdup(s->cfg->command_key_file) : NULL;
+	}
+	apply_config(s, &next, cls < 0 ? CFG_LIVE : cls, "sighup");
 }
 
 static int cmd_config_set(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__error *err)
@@ -1088,6 +1141,8 @@ static int cmd_config_set(struct sync *s, const fleet__cmd *cmd, sbuf *res, flee
 	LOG(LOG_INFO, "fleet", "remote config applied", "version=%lld changed=%s applies=%s", (long long)version,
 	    changed.p, applies[cls]);
 	int reconnect = config__needs_reconnect(s->cfg, &next);
+	if (strstr(changed.p, "\"log.level\""))
+		s->cmd_level = -1;
 	apply_config(s, &next, cls, "config.set");
 	/* A broker change (also one mixed with restart-class keys) starts a
 	 * probation; a later change made during one keeps its deadline. */
@@ -1243,6 +1298,7 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 		if (l < 0)
 			return fleet__fail(err, "bad_args", "args.level", "must be error, warn, info or debug");
 		log__set_level(l);
+		s->cmd_level = l;
 		sbuf__puts(res, "{\"level\":");
 		sbuf__jstr(res, lv[l]);
 		sbuf__puts(res, ",\"previous\":");
@@ -1294,13 +1350,16 @@ static void on_command(struct sync *s, const mqtt__event *e)
 	if (!s->cfg->commands_enabled) {
 		memset(&cmd, 0, sizeof(cmd));
 		fleet__fail(&err, "disabled", "", "fleet commands are turned off on this agent (fleet.commands)");
-	} else if (s->cfg->command_key_file && !s->cmd_key) {
+	} else if (s->signed_only && !s->cmd_key) {
 		/* Fail closed: a configured but unreadable key must not turn
 		 * into "unsigned commands accepted". */
 		memset(&cmd, 0, sizeof(cmd));
 		fleet__fail(&err, "unavailable", "", "fleet.command_key_file cannot be loaded; no command is obeyed");
 	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(now),
 					&s->seen, &cmd, &err) == 0) {
+		/* The replay guard outlives a restart: saved before acting. */
+		if (cmd.is_signed && fleet__seen_save(&s->seen, s->seen_path) != 0)
+			LOG(LOG_WARN, "fleet", "cannot save the signed command ids", "path=%s", s->seen_path);
 		ok = run_command(s, &cmd, &s->fr, &err) == 0;
 	}
 	if (s->fr.oom) {
@@ -1322,6 +1381,22 @@ static void on_command(struct sync *s, const mqtt__event *e)
 	if (s->fb.oom || mqtt__publish_reply(s->mq, topic, s->fb.p, s->fb.len, e->correlation, e->correlation_len) != SCRM_OK)
 		LOG(LOG_WARN, "fleet", "cannot publish the command reply", "topic=%s", topic);
 	fleet__cmd_free(&cmd);
+}
+
+static void on_message(struct sync *s, const mqtt__event *e)
+{
+	const char *stream = NULL;
+	if (strcmp(e->topic, s->topic_ack) == 0)
+		on_ack(s, e->payload, e->len);
+	else if (strcmp(e->topic, s->topic_verdict) == 0)
+		on_verdict(s, e->payload, e->len);
+	else if (strcmp(e->topic, s->topic_cmd) == 0)
+		on_command(s, e);
+	else if (s->cache && ((stream = cache_topic(e->topic, s->cfg->store_prefix)) ||
+			      (stream = cache_topic(e->topic, s->cfg->topic_prefix))))
+		on_cache(s, e->topic, stream, e->payload, e->len);
+	else
+		LOG(LOG_DEBUG, "sync", "ignoring message on unknown topic", "topic=%s", e->topic);
 }
 
 static void handle_mqtt(struct sync *s)
@@ -1398,13 +1473,28 @@ static void handle_mqtt(struct sync *s)
 				publish_health(s);
 				if (s->probation_ms)
 					probation_settle(s, 0);
+				while (s->deferred) {
+					mqtt__event *d = s->deferred;
+					s->deferred = d->next;
+					on_message(s, d);
+					mqtt__event_free(d);
+				}
 				cache_pump(s);
 			}
 			break;
 		case MQ_SUBSCRIBE_FAILED: {
 			char q[300];
-			LOG(LOG_ERROR, "sync", "subscribe refused; acks cannot arrive", "topic=%s reason=%s", s->topic_down,
-			    log__q(q, sizeof(q), e->text));
+			LOG(LOG_ERROR, "sync", "a subscription was refused by the broker (check its ACL); acks, commands or "
+				"cache deltas may not arrive", "device_topic=%s reason=%s", s->topic_down, log__q(q, sizeof(q), e->text));
+			outbox__alarm_raise(s->ob, "subscribe_refused", e->text ? e->text : "refused", platform__wall_ms());
+			/* Carry on with what was granted: presence and sales still
+			 * go out (sales are resent until acked). */
+			if (s->subs_pending > 0 && --s->subs_pending == 0 && !s->subscribed) {
+				s->subscribed = 1;
+				publish_birth(s);
+				publish_health(s);
+				cache_pump(s);
+			}
 			break;
 		}
 		case MQ_PUBLISHED:
@@ -1412,25 +1502,11 @@ static void handle_mqtt(struct sync *s)
 		case MQ_PUBLISH_FAILED:
 			LOG(LOG_WARN, "sync", "publish not acknowledged by the broker", "code=%d", e->code);
 			break;
-		case MQ_MESSAGE: {
-			const char *stream = NULL;
-			if (strcmp(e->topic, s->topic_ack) == 0)
-				on_ack(s, e->payload, e->len);
-			else if (strcmp(e->topic, s->topic_verdict) == 0)
-				on_verdict(s, e->payload, e->len);
-			else if (strcmp(e->topic, s->topic_cmd) == 0)
-				on_command(s, e);
-			else if (s->cache && ((stream = cache_topic(e->topic, s->cfg->store_prefix)) ||
-					      (stream = cache_topic(e->topic, s->cfg->topic_prefix))))
-				on_cache(s, e->topic, stream, e->payload, e->len);
-			else
-				LOG(LOG_DEBUG, "sync", "ignoring message on unknown topic", "topic=%s", e->topic);
+		case MQ_MESSAGE:
+			on_message(s, e);
 			break;
 		}
-		}
 		mqtt__event_free(e);
-		if (s->reconnect_pending)
-			break; /* the rest belongs to the connection being replaced */
 	}
 	if (s->reconnect_pending) {
 		s->reconnect_pending = 0;
@@ -1464,6 +1540,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	 * contents of s.cfg_own, never its address. */
 	const config *cfg = s.cfg;
 	s.recv_max = 65535;
+	s.cmd_level = -1;
 	s.started_ms = platform__wall_ms();
 	s.started_mono = platform__mono_ms();
 	platform__boot_id(s.boot);
@@ -1571,6 +1648,9 @@ int sync__run(config *cfg_in, const char *level_override)
 	    outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
 		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=\"%s\"", scrm_errmsg());
 	push_settings(&s);
+	s.signed_only = cfg->command_key_file != NULL;
+	snprintf(s.seen_path, sizeof(s.seen_path), "%s/fleet_seen_ids", cfg->store_dir);
+	fleet__seen_load(&s.seen, s.seen_path);
 	if (cfg->command_key_file) {
 		char q[600];
 		if (crypto__verifier_load(cfg->command_key_file, &s.cmd_key) != SCRM_OK) {
@@ -1613,7 +1693,7 @@ int sync__run(config *cfg_in, const char *level_override)
 			wake = s.link_refresh_ms;
 		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms < wake)
 			wake = s.next_heartbeat_ms;
-		if (s.probation_ms && s.probation_ms < wake)
+		if (s.probation_ms && !(s.connected && s.subscribed) && s.probation_ms < wake)
 			wake = s.probation_ms;
 		if (watchdog_ms > 0) {
 			if (now >= next_watchdog) {
@@ -1744,6 +1824,11 @@ cleanup:
 	sbuf__free(&s.fb);
 	sbuf__free(&s.fr);
 	crypto__verifier_free(s.cmd_key);
+	while (s.deferred) {
+		mqtt__event *d = s.deferred;
+		s.deferred = d->next;
+		mqtt__event_free(d);
+	}
 	config__free(&s.cfg_own);
 	return rc;
 }

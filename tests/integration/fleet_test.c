@@ -148,16 +148,23 @@ static int ctl(struct env *e, cJSON **out, const char *const *args)
 	int rc = th_run_target(argv, e->ctl_out, 60000 * scale);
 	if (out) {
 		char *text = th_read_file(e->ctl_out, NULL);
-		/* the JSON is the last line; stderr lines come first */
-		const char *start = text;
-		if (text) {
-			size_t len = strlen(text);
-			while (len && (text[len - 1] == '\n'))
-				text[--len] = '\0';
-			const char *nl = strrchr(text, '\n');
-			start = nl ? nl + 1 : text;
+		/* stdout and stderr share the file: the reply is the last line
+		 * that parses as a JSON object */
+		*out = NULL;
+		for (char *line = text, *next; line && *line; line = next) {
+			next = strchr(line, '\n');
+			if (next)
+				*next++ = '\0';
+			cJSON *o = line[0] == '{' ? cJSON_Parse(line) : NULL;
+			if (cJSON_IsObject(o)) {
+				cJSON_Delete(*out);
+				*out = o;
+			} else {
+				cJSON_Delete(o);
+			}
+			if (!next)
+				break;
 		}
-		*out = start ? cJSON_Parse(start) : NULL;
 		free(text);
 	}
 	return rc;
@@ -370,7 +377,8 @@ static int fleet_commands(struct env *e)
 	}
 
 	/* bad value: refused naming the key, the old config stays */
-	CHECK(cmd(e, &r, "config.set", "{\"set\":{\"sync.window\":100}}") == 1 && r, "bad value refused");
+	int brc = cmd(e, &r, "config.set", "{\"set\":{\"sync.window\":100}}");
+	CHECK(brc == 1 && r, "bad value refused (scrmctl exit %d)", brc);
 	CHECK(strcmp(jstr(r, "error.code"), "bad_args") == 0 && strstr(jstr(r, "error.message"), "sync.window") &&
 		      strstr(jstr(r, "error.field"), "sync.window"),
 	      "refusal names sync.window: %s", jstr(r, "error.message"));
@@ -432,6 +440,27 @@ static int fleet_commands(struct env *e)
 			th_mqtt_msg_free(msg);
 			CHECK(good, "malformed command %zu gets %s", i, want[i]);
 		}
+		/* A broker change recreates the MQTT client: commands queued
+		 * right behind it are still answered, none is lost. */
+		const char *burst[] = {"{\"v\":1,\"id\":\"b1\",\"cmd\":\"config.set\",\"args\":{\"set\":{\"broker.keepalive_s\":6}}}",
+				       "{\"v\":1,\"id\":\"b2\",\"cmd\":\"ping\"}", "{\"v\":1,\"id\":\"b3\",\"cmd\":\"status\"}"};
+		for (size_t i = 0; i < 3; i++)
+			CHECK(th_mqtt_publish(m, "scrm/v1/acme/s1/" DEVICE "/down/cmd", burst[i], strlen(burst[i]), 1, 10000) == 0,
+			      "publish burst");
+		int answered = 0;
+		for (int i = 0; i < 3; i++) {
+			th_mqtt_msg *msg = th_mqtt_recv(m, 20000 * scale);
+			if (!msg)
+				break;
+			cJSON *rr = cJSON_Parse(msg->payload);
+			if (rr && cJSON_IsTrue(jget(rr, "ok")))
+				answered++;
+			else
+				fprintf(stderr, "burst reply: %s\n", msg->payload);
+			cJSON_Delete(rr);
+			th_mqtt_msg_free(msg);
+		}
+		CHECK(answered == 3, "%d of 3 commands answered around a reconnect", answered);
 		th_mqtt_close(m);
 	}
 	CHECK(cmd(e, &r, "ping", NULL) == 0 && reply_ok(r), "agent alive after malformed commands");

@@ -433,6 +433,35 @@ static void propose_null_goes_back_to_local(void **state)
 	cJSON_Delete(o);
 }
 
+/* A remote setting equal to the local value: removing it changes nothing in
+ * effect, but must be written (review finding: the stale remote value would
+ * otherwise win over a later edit of the local file). */
+static void removing_a_remote_value_equal_to_local_is_written(void **state)
+{
+	struct fx *f = *state;
+	load(f);
+	assert_proposed(propose(f, "{\"sync.window\":8}"));
+	assert_int_equal(f->cls, CFG_LIVE); /* the overlay changed, the value did not */
+	assert_int_equal(f->next.config_version, 1);
+	assert_int_equal(config__write_overlay(&f->next, f->text.p), SCRM_OK);
+	load(f);
+	assert_json_eq(f->cur.overlay_set, "{\"sync.window\":8}");
+
+	assert_proposed(propose(f, "{\"sync.window\":null}"));
+	assert_int_equal(f->cls, CFG_LIVE);
+	assert_int_equal(f->next.config_version, 2);
+	assert_null(f->next.overlay_set);
+	assert_int_equal(config__write_overlay(&f->next, f->text.p), SCRM_OK);
+
+	/* the operator now edits the local file: it wins */
+	write_base(f, "\"guide\": {\"history_days\": 200}");
+	load(f);
+	assert_null(f->cur.overlay_set);
+	assert_int_equal(f->cur.config_version, 2);
+	assert_int_equal(f->cur.window, 8);
+	assert_int_equal(f->cur.history_days, 200);
+}
+
 static void propose_broker_change_is_on_probation(void **state)
 {
 	struct fx *f = *state;
@@ -801,8 +830,8 @@ static const struct {
 	{"lifecycle.sleeping_days", CFG_LIVE, 1},
 	{"lifecycle.lost_days", CFG_LIVE, 1},
 	{"lifecycle.churn_factor_pct", CFG_LIVE, 1},
-	{"outbox.max_bytes", CFG_LIVE, 1},
-	{"outbox.reserve_bytes", CFG_LIVE, 1},
+	{"outbox.max_bytes", CFG_LIVE, 0}, /* local only: it decides when a sale is refused */
+	{"outbox.reserve_bytes", CFG_LIVE, 0},
 	{"fleet.heartbeat_s", CFG_LIVE, 1},
 	{"fleet.commands", CFG_RESTART, 0},
 	{"fleet.command_key_file", CFG_RESTART, 0},
@@ -979,6 +1008,7 @@ int main(int argc, char **argv)
 		T(propose_unknown_and_malformed),
 		T(propose_too_many_keys_refused),
 		T(propose_null_goes_back_to_local),
+		T(removing_a_remote_value_equal_to_local_is_written),
 		T(propose_broker_change_is_on_probation),
 		T(settle_rollback_restores_previous),
 		T(settle_confirm_drops_probation),
