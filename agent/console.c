@@ -357,12 +357,20 @@ static int conn_open(const console__args *a, struct conn *c, int64_t timeout_ms)
 	}
 }
 
+/* The process ends right after: DISCONNECT (so the broker drops the
+ * session at once) and let exit() reclaim the client. Destroying a Paho
+ * client whose threads are still closing its TLS session is racy (seen as
+ * a rare crash under qemu and OpenSSL objects leaked); a handle kept
+ * reachable here is neither. Output is flushed first, whatever happens. */
+static mqtt *g_client;
+
 static void conn_close(struct conn *c)
 {
+	fflush(stdout);
 	if (!c->mq)
 		return;
-	mqtt__disconnect(c->mq, 500);
-	mqtt__destroy(c->mq);
+	g_client = c->mq;
+	mqtt__disconnect(c->mq, 1000);
 	c->mq = NULL;
 }
 

@@ -353,6 +353,7 @@ static int alarm_raise_db(sqlite3 *db, const char *code, const char *detail, int
 static int connect_db(outbox *ob, const char *device_id, int check)
 {
 	int bm = ob->busy_ms > 0 ? ob->busy_ms : 5000;
+	platform__precreate(ob->path, 0660); /* see platform.h; failure: SQLite's default mode */
 	int rc = sqlite3_open_v2(ob->path, &ob->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK)
 		return fail(ob, rc, ob->path);
@@ -548,6 +549,7 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 	}
 	snprintf(tmp, sizeof(tmp), "%s%s", ob->path, FRESH_SUFFIX);
 	unlink_db(tmp);
+	platform__precreate(tmp, 0660);
 	if ((rc = sqlite3_open_v2(tmp, &t.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)) !=
 	    SQLITE_OK) {
 		rc = fail(&t, rc, tmp);

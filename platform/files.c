@@ -178,8 +178,23 @@ int64_t platform__rss_bytes(void)
 
 int platform__lock_open(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	return fd < 0 ? -errno : fd;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+	if (fd < 0)
+		return -errno;
+	/* POS processes of the store's group take it too (shared): 0660
+	 * whatever the umask; fails harmlessly on a file someone else owns. */
+	(void)fchmod(fd, 0660);
+	return fd;
+}
+
+int platform__precreate(const char *path, unsigned mode)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+	if (fd < 0)
+		return errno == EEXIST ? 0 : -errno;
+	int rc = fchmod(fd, (mode_t)mode) == 0 ? 0 : -errno;
+	close(fd);
+	return rc;
 }
 
 int platform__lock_fd(int fd, int how)

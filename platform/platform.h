@@ -50,6 +50,11 @@ int platform__write_file_atomic(const char *path, const void *data, size_t len, 
 /* Bytes available to an unprivileged user and total, of the file system
  * holding `path`. 0 or -errno. */
 int platform__disk_space(const char *path, int64_t *avail, int64_t *total);
+/* Create an empty file with exactly `mode` (umask ignored) if none exists:
+ * SQLite then gives the database's -wal and -shm the same mode, so a store
+ * shared by the daemon and the POS (group scrm) stays writable by both.
+ * 0 (made or already there) or -errno. */
+int platform__precreate(const char *path, unsigned mode);
 /* Resident set size of this process in bytes, 0 if unknown. */
 int64_t platform__rss_bytes(void);
 /* A lock file of the store (created 0600), opened but not locked: fd or

@@ -180,6 +180,36 @@ static void created_directories_are_private(void **state)
 	free(nested);
 }
 
+static void files_are_group_writable_whatever_the_umask(void **state)
+{
+	fx *f = *state;
+	/* The package runs the daemon with UMask=0007 in a 2770 store shared
+	 * with the POS (group scrm): the outbox, its -wal/-shm and the lock
+	 * file must stay writable by the group whoever created them. The
+	 * directory (above) keeps others out. */
+	char *other = tu_join(f->dir, "shared");
+	mode_t old = umask(077);
+	outbox *ob = NULL;
+	assert_int_equal(outbox__open(other, "pos-01", 0, &ob), SCRM_OK);
+	rowbuf b;
+	outbox__row r;
+	make_row(&r, &b, 1, 1764000000000LL);
+	assert_int_equal(outbox__append(ob, &r, 1, 0), SCRM_OK);
+	const char *names[] = {"outbox.db", "outbox.db-wal", "outbox.db-shm", "outbox.lock"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char *p = tu_join(other, names[i]);
+		struct stat st;
+		assert_int_equal(stat(p, &st), 0);
+		if ((st.st_mode & 0777) != 0660)
+			print_error("%s: mode %o\n", names[i], (unsigned)(st.st_mode & 0777));
+		assert_int_equal(st.st_mode & 0777, 0660);
+		free(p);
+	}
+	outbox__close(ob);
+	umask(old);
+	free(other);
+}
+
 static void device_mismatch_refused(void **state)
 {
 	fx *f = *state;
@@ -992,6 +1022,7 @@ int main(int argc, char **argv)
 		T(create_then_reopen_keeps_device),
 		T(concurrent_creation_both_succeed),
 		T(created_directories_are_private),
+		T(files_are_group_writable_whatever_the_umask),
 		T(device_mismatch_refused),
 		T(open_missing_store_without_device_creates_nothing),
 		T(invalid_device_id_refused_and_nothing_created),
