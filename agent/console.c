@@ -35,7 +35,7 @@ static void usage(FILE *f)
 		"  show   one agent's health in detail\n"
 		"  cmd    send a command and print the reply: ping, status, resync, flush,\n"
 		"         config.get, config.set, log.level, member.forget, cache.purge,\n"
-		"         logs.recent. ARGS_JSON is the args object, e.g.\n"
+		"         logs.recent, alarm.clear. ARGS_JSON is the args object, e.g.\n"
 		"         '{\"stream\":\"coupons\"}' or '{\"set\":{\"sync.window\":4}}'\n"
 		"\n"
 		"CONNECTION (or the environment variable in brackets):\n"

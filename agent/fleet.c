@@ -17,7 +17,7 @@
 /* Every command the agent knows; anything else is unknown_command. */
 static const char *const commands[] = {
 	"ping", "status", "resync", "flush", "config.get", "config.set", "log.level",
-	"member.forget", "cache.purge", "logs.recent",
+	"member.forget", "cache.purge", "logs.recent", "alarm.clear",
 };
 
 int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)

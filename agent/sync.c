@@ -1335,6 +1335,35 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 		sbuf__puts(res, "}");
 		return 0;
 	}
+	if (strcmp(n, "alarm.clear") == 0) {
+		/* Operations acknowledge an alarm once they have followed it up
+		 * (a quarantined file collected, drops explained). */
+		static const char *const codes[] = {"outbox_quarantined", "cache_quarantined", "outbox_full", "events_dropped",
+						    "subscribe_refused"};
+		const char *code = NULL;
+		int known = 0;
+		if (fleet__arg_str(cmd, "code", 1, 32, &code, err))
+			return -1;
+		for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+			known |= strcmp(codes[i], code) == 0;
+		if (!known)
+			return fleet__fail(err, "bad_args", "args.code", "'%s' is not an alarm code", code);
+		if (outbox__alarm_clear(s->ob, code) != SCRM_OK)
+			return fleet__fail(err, "failed", "", "%s", scrm_errmsg());
+		LOG(LOG_INFO, "fleet", "alarm cleared by command", "code=%s", code);
+		sbuf__puts(res, "{\"cleared\":");
+		sbuf__jstr(res, code);
+		sbuf__puts(res, ",\"alarms\":");
+		sbuf al;
+		sbuf__init(&al);
+		if (outbox__alarms(s->ob, &al) == SCRM_OK && !al.oom && al.p)
+			sbuf__put(res, al.p, al.len);
+		else
+			sbuf__puts(res, "[]");
+		sbuf__free(&al);
+		sbuf__puts(res, "}");
+		return 0;
+	}
 	return fleet__fail(err, "unknown_command", "cmd", "'%s' is not a command this agent knows", n);
 }
 

@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 #include <mbedtls/pk.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,10 +322,31 @@ static int fleet_commands(struct env *e)
 	cJSON *r = NULL;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
 	CHECK(start_central(e) == 0, "central");
+	/* A damaged cache.db: quarantined at start, an alarm operations see
+	 * and clear. */
+	{
+		char junk[600];
+		CHECK(mkdir(e->store, 0700) == 0, "mkdir store");
+		snprintf(junk, sizeof(junk), "%s/cache.db", e->store);
+		CHECK(th_write_file(junk, "this is not a SQLite database, it is junk of sufficient length ..........") == 0,
+		      "junk cache");
+	}
 	CHECK(start_agent(e) == 0, "agent");
 	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
 	CHECK(o && is_status(o, "online"), "agent online");
+	{
+		const cJSON *al = jget(o, "health.alarms");
+		CHECK(cJSON_GetArraySize(al) == 1 && strcmp(jstr(cJSON_GetArrayItem(al, 0), "code"), "cache_quarantined") == 0,
+		      "the heartbeat shows the cache_quarantined alarm");
+	}
 	cJSON_Delete(o);
+	CHECK(cmd(e, &r, "alarm.clear", "{\"code\":\"nope\"}") == 1 && r && strcmp(jstr(r, "error.field"), "args.code") == 0,
+	      "alarm.clear of an unknown code refused");
+	cJSON_Delete(r);
+	CHECK(cmd(e, &r, "alarm.clear", "{\"code\":\"cache_quarantined\"}") == 0 && reply_ok(r) &&
+		      cJSON_GetArraySize(jget(r, "result.alarms")) == 0,
+	      "alarm.clear clears it");
+	cJSON_Delete(r);
 
 	/* a sale, so flush/status have something to show */
 	{
