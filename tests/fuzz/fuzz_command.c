@@ -203,7 +203,8 @@ static int parse_and_check(const char *p, size_t n, crypto__verifier *v, int clo
 	FUZZ_CHECK(rc == 0 || rc == -1, "rc %d", rc);
 	if (rc) {
 		FUZZ_CHECK(ONE_OF(err->code, "bad_json", "bad_version", "bad_command", "unknown_command", "bad_args",
-				  "too_big", "expired", "unsigned", "bad_signature", "wrong_device", "replayed"),
+				  "too_big", "expired", "unsigned", "bad_signature", "wrong_device", "replayed",
+				  "clock_untrusted"),
 			   "undocumented code %s", err->code);
 		FUZZ_CHECK(ONE_OF(err->field, "", "v", "id", "cmd", "args", "expires_ms", "sig", "signed", "device"),
 			   "unexpected field \"%s\" for %s", err->field, err->code);
