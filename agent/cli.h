@@ -7,6 +7,7 @@
 #define SCRM_CLI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum cli__command {
 	CLI_NONE = 0,
@@ -57,5 +58,8 @@ int cli__parse(int argc, char **argv, cli__args *out, char *err, size_t errlen);
  * without the newline or a trailing CR — and *p advanced past it. Returns 1
  * with a line, 0 at the end. *lineno counts physical lines (for messages). */
 int cli__next_line(const char **p, const char *end, const char **line, size_t *len, long *lineno);
+
+/* A duration for people: "42s", "3m05s", "2h10m", "4d03h" (negative = 0). */
+void cli__age(char *buf, size_t n, int64_t ms);
 
 #endif

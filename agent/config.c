@@ -115,7 +115,7 @@ static int line_of(const char *text, size_t len, const char *path)
 	return line;
 }
 
-static int id_ok(const char *s)
+int config__id_ok(const char *s)
 {
 	size_t n = strlen(s);
 	if (n == 0 || n > 64)
@@ -205,39 +205,43 @@ static int is_set(const struct ckey *k, const config *cfg)
 	return *(char *const *)(const void *)((const char *)cfg + k->off) != NULL;
 }
 
-/* Checks that span keys, once everything is read. */
-static int cross_check(config *cfg)
+int config__normalise_uri(const char *uri, char **out, int *plaintext)
 {
-	if (!id_ok(cfg->tenant))
-		return err__set(SCRM_E_CONFIG, "tenant: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!id_ok(cfg->store_id))
-		return err__set(SCRM_E_CONFIG, "store_id: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!id_ok(cfg->device_id))
-		return err__set(SCRM_E_CONFIG, "device_id: must be 1..64 of [A-Za-z0-9_.-]");
 	static const struct { const char *from, *to; int plain; } schemes[] = {
 		{"mqtts://", "ssl://", 0}, {"ssl://", "ssl://", 0}, {"mqtt://", "tcp://", 1}, {"tcp://", "tcp://", 1},
 	};
-	const char *uri = cfg->broker_uri;
-	int found = 0;
+	*out = NULL;
 	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
 		size_t n = strlen(schemes[i].from);
-		if (strncmp(uri, schemes[i].from, n) == 0) {
-			if (!uri[n])
-				return err__set(SCRM_E_CONFIG, "broker.uri: no host after %s", schemes[i].from);
-			size_t need = strlen(schemes[i].to) + strlen(uri + n) + 1;
-			char *norm = malloc(need);
-			if (!norm)
-				return err__set(SCRM_E_NOMEM, "out of memory");
-			snprintf(norm, need, "%s%s", schemes[i].to, uri + n);
-			free(cfg->broker_uri);
-			cfg->broker_uri = norm;
-			cfg->plaintext = schemes[i].plain;
-			found = 1;
-			break;
-		}
+		if (strncmp(uri, schemes[i].from, n) != 0)
+			continue;
+		if (!uri[n])
+			return err__set(SCRM_E_CONFIG, "broker.uri: no host after %s", schemes[i].from);
+		size_t need = strlen(schemes[i].to) + strlen(uri + n) + 1;
+		if (!(*out = malloc(need)))
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		snprintf(*out, need, "%s%s", schemes[i].to, uri + n);
+		*plaintext = schemes[i].plain;
+		return SCRM_OK;
 	}
-	if (!found)
-		return err__set(SCRM_E_CONFIG, "broker.uri: must start with mqtts:// (or mqtt:// with broker.allow_plaintext), got \"%.80s\"", uri);
+	return err__set(SCRM_E_CONFIG, "broker.uri: must start with mqtts:// (or mqtt:// with broker.allow_plaintext), got \"%.80s\"", uri);
+}
+
+/* Checks that span keys, once everything is read. */
+static int cross_check(config *cfg)
+{
+	if (!config__id_ok(cfg->tenant))
+		return err__set(SCRM_E_CONFIG, "tenant: must be 1..64 of [A-Za-z0-9_.-]");
+	if (!config__id_ok(cfg->store_id))
+		return err__set(SCRM_E_CONFIG, "store_id: must be 1..64 of [A-Za-z0-9_.-]");
+	if (!config__id_ok(cfg->device_id))
+		return err__set(SCRM_E_CONFIG, "device_id: must be 1..64 of [A-Za-z0-9_.-]");
+	char *norm = NULL;
+	int rc = config__normalise_uri(cfg->broker_uri, &norm, &cfg->plaintext);
+	if (rc)
+		return rc;
+	free(cfg->broker_uri);
+	cfg->broker_uri = norm;
 	if (cfg->plaintext && !cfg->allow_plaintext)
 		return err__set(SCRM_E_CONFIG, "broker.uri: plaintext mqtt:// refused; use mqtts://, or set broker.allow_plaintext to true to accept an unencrypted link");
 	if (!cfg->plaintext && !cfg->ca_file)
@@ -779,17 +783,7 @@ int config__diff(const config *a, const config *b, sbuf *out, int *cls)
 	sbuf__puts(out, "[");
 	for (size_t i = 0; i < NKEYS; i++) {
 		const struct ckey *k = &keys[i];
-		const char *pa = (const char *)a + k->off, *pb = (const char *)b + k->off;
-		int same;
-		if (k->type == C_STR) {
-			const char *sa = *(char *const *)(const void *)pa, *sb = *(char *const *)(const void *)pb;
-			same = (!sa && !sb) || (sa && sb && strcmp(sa, sb) == 0);
-		} else if (k->type == C_INT) {
-			same = *(const int64_t *)(const void *)pa == *(const int64_t *)(const void *)pb;
-		} else {
-			same = *(const int *)(const void *)pa == *(const int *)(const void *)pb;
-		}
-		if (same)
+		if (!key_differs(k, a, b))
 			continue;
 		int c = CFG_LIVE, remote;
 		config__key_info(k->key, &c, &remote);

@@ -60,6 +60,11 @@ typedef struct config {
 int config__parse(const char *text, size_t len, config *cfg);
 int config__load(const char *path, config *cfg);
 void config__free(config *cfg);
+/* 1 if s is a valid tenant, store or device id: [A-Za-z0-9_.-]{1,64}. */
+int config__id_ok(const char *s);
+/* mqtts:// / ssl:// → ssl://..., mqtt:// / tcp:// → tcp://... into *out
+ * (malloc'd), *plaintext set; SCRM_E_CONFIG naming broker.uri otherwise. */
+int config__normalise_uri(const char *uri, char **out, int *plaintext);
 /* Print the key table as documentation (scrm-agent --help-config). */
 void config__print_keys(void);
 

@@ -4,6 +4,8 @@
 
 #include <scrm/scrm.h>
 
+#include "cli.h"
+#include "config.h"
 #include "mqtt.h"
 #include "platform.h"
 #include "sbuf.h"
@@ -49,20 +51,6 @@ static void usage(FILE *f)
 		"Exit codes: 0 ok, 1 refused or not found, 2 usage, 3 no connection or no reply in time.\n");
 }
 
-static int id_ok(const char *s)
-{
-	size_t n = strlen(s);
-	if (n == 0 || n > 64)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-		      c == '.'))
-			return 0;
-	}
-	return 1;
-}
-
 static int num_arg(const char *v, int64_t lo, int64_t hi, int64_t *out)
 {
 	int64_t x = 0;
@@ -103,7 +91,7 @@ static int split_device(const char *spec, console__args *a, char *err, size_t er
 		a->tenant = p[0];
 	a->store = p[n - 2];
 	a->device = p[n - 1];
-	if (!id_ok(a->store) || !id_ok(a->device) || (n == 3 && !id_ok(a->tenant))) {
+	if (!config__id_ok(a->store) || !config__id_ok(a->device) || (n == 3 && !config__id_ok(a->tenant))) {
 		snprintf(err, errlen, "device '%s': ids are 1..64 of [A-Za-z0-9_.-]", spec);
 		return 2;
 	}
@@ -202,7 +190,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 			snprintf(err, errlen, "fleet list: unexpected argument '%s'", posv[1]);
 			return 2;
 		}
-		if (a->filter_store && !id_ok(a->filter_store)) {
+		if (a->filter_store && !config__id_ok(a->filter_store)) {
 			snprintf(err, errlen, "--store: 1..64 of [A-Za-z0-9_.-]");
 			return 2;
 		}
@@ -245,7 +233,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 		snprintf(err, errlen, "--broker: required (or SCRM_FLEET_BROKER)");
 		return 2;
 	}
-	if (!a->tenant || !id_ok(a->tenant)) {
+	if (!a->tenant || !config__id_ok(a->tenant)) {
 		snprintf(err, errlen, "--tenant: required, 1..64 of [A-Za-z0-9_.-] (or SCRM_FLEET_TENANT)");
 		return 2;
 	}
@@ -279,27 +267,28 @@ static mqtt__event *next_event(mqtt *m, int64_t until)
 	}
 }
 
-static int normalise_uri(const char *in, char *out, size_t n)
-{
-	if (strncmp(in, "mqtts://", 8) == 0)
-		snprintf(out, n, "ssl://%s", in + 8);
-	else if (strncmp(in, "mqtt://", 7) == 0)
-		snprintf(out, n, "tcp://%s", in + 7);
-	else
-		snprintf(out, n, "%s", in);
-	return strncmp(out, "ssl://", 6) == 0 || strncmp(out, "tcp://", 6) == 0 ? 0 : -1;
-}
+static int conn_connect(const console__args *a, struct conn *c, const char *uri, int plain, int64_t timeout_ms);
 
 static int conn_open(const console__args *a, struct conn *c, int64_t timeout_ms)
 {
-	char uri[512], *password = NULL;
-	uint32_t r = 0;
+	char *uri = NULL;
+	int plain = 0;
 	memset(c, 0, sizeof(*c));
-	if (normalise_uri(a->broker, uri, sizeof(uri)) != 0) {
-		fprintf(stderr, "scrmctl fleet: --broker: must start with mqtts:// (or mqtt://)\n");
+	if (config__normalise_uri(a->broker, &uri, &plain) != SCRM_OK) {
+		fprintf(stderr, "scrmctl fleet: --broker: must be mqtts://host:port (or mqtt:// for plaintext), got \"%.80s\"\n",
+			a->broker);
 		return 2;
 	}
-	if (strncmp(uri, "ssl://", 6) == 0 && !a->ca) {
+	int rc = conn_connect(a, c, uri, plain, timeout_ms);
+	free(uri);
+	return rc;
+}
+
+static int conn_connect(const console__args *a, struct conn *c, const char *uri, int plain, int64_t timeout_ms)
+{
+	char *password = NULL;
+	uint32_t r = 0;
+	if (!plain && !a->ca) {
 		fprintf(stderr, "scrmctl fleet: --ca: required with TLS (the CA of the broker's certificate)\n");
 		return 2;
 	}
@@ -425,8 +414,8 @@ static int parse_topic(const char *topic, char *t, char *s, char *d)
 	snprintf(buf, sizeof(buf), "%s", topic);
 	for (char *x = buf, *tok; n < 7 && (tok = strsep(&x, "/"));)
 		p[n++] = tok;
-	if (n != 7 || strcmp(p[0], "scrm") || strcmp(p[1], "v1") || strcmp(p[5], "up") || !id_ok(p[2]) || !id_ok(p[3]) ||
-	    !id_ok(p[4]))
+	if (n != 7 || strcmp(p[0], "scrm") || strcmp(p[1], "v1") || strcmp(p[5], "up") || !config__id_ok(p[2]) || !config__id_ok(p[3]) ||
+	    !config__id_ok(p[4]))
 		return 0;
 	snprintf(t, 65, "%s", p[2]);
 	snprintf(s, 65, "%s", p[3]);
@@ -552,20 +541,6 @@ static int collect(struct conn *c, const console__args *a, const char *store, co
 	return 0;
 }
 
-static void ago(char *buf, size_t n, int64_t ms)
-{
-	if (ms < 0)
-		ms = 0;
-	if (ms < 60000)
-		snprintf(buf, n, "%llds", (long long)(ms / 1000));
-	else if (ms < 3600000)
-		snprintf(buf, n, "%lldm%02llds", (long long)(ms / 60000), (long long)(ms / 1000 % 60));
-	else if (ms < 86400000)
-		snprintf(buf, n, "%lldh%02lldm", (long long)(ms / 3600000), (long long)(ms / 60000 % 60));
-	else
-		snprintf(buf, n, "%lldd%02lldh", (long long)(ms / 86400000), (long long)(ms / 3600000 % 24));
-}
-
 /* online, offline, silent (online but no heartbeat for 3 periods) or unknown. */
 static const char *status_of(const struct agent *a, int64_t now)
 {
@@ -676,12 +651,12 @@ static int do_list(const console__args *a, struct conn *c)
 			const char *st = status_of(ag, now);
 			online += strcmp(st, "online") == 0;
 			if (ag->state)
-				ago(since, sizeof(since), now - jnum(ag->state, "ts"));
+				cli__age(since, sizeof(since), now - jnum(ag->state, "ts"));
 			if (ag->health) {
-				ago(hb, sizeof(hb), now - jnum(ag->health, "ts"));
+				cli__age(hb, sizeof(hb), now - jnum(ag->health, "ts"));
 				snprintf(backlog, sizeof(backlog), "%lld", (long long)jnum(ag->health, "outbox.pending"));
 				if (jnum(ag->health, "outbox.oldest_pending_ms") > 0)
-					ago(behind, sizeof(behind), now - jnum(ag->health, "outbox.oldest_pending_ms"));
+					cli__age(behind, sizeof(behind), now - jnum(ag->health, "outbox.oldest_pending_ms"));
 			}
 			const cJSON *src = ag->health ? ag->health : ag->state;
 			if (src && cJSON_GetObjectItemCaseSensitive(src, "config_version"))
@@ -727,7 +702,7 @@ static int do_show(const console__args *a, struct conn *c)
 	const cJSON *s = ag->state, *h = ag->health;
 	printf("%s/%s/%s: %s\n", ag->tenant, ag->store, ag->device, status_of(ag, now));
 	if (s) {
-		ago(t1, sizeof(t1), now - jnum(s, "ts"));
+		cli__age(t1, sizeof(t1), now - jnum(s, "ts"));
 		printf("  state        %s %s ago (birth_seq %lld)%s%s\n", jtext(s, "state"), t1, (long long)jnum(s, "birth_seq"),
 		       jtext(s, "reason")[0] ? ", " : "", jtext(s, "reason"));
 		printf("  version      %s (%s), protocol %lld, config v%lld, heartbeat every %llds%s\n", jtext(s, "version"),
@@ -736,12 +711,12 @@ static int do_show(const console__args *a, struct conn *c)
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "signed_commands")) ? ", signed commands only" : "");
 	}
 	if (h) {
-		ago(t1, sizeof(t1), now - jnum(h, "ts"));
-		ago(t2, sizeof(t2), jnum(h, "uptime_ms"));
+		cli__age(t1, sizeof(t1), now - jnum(h, "ts"));
+		cli__age(t2, sizeof(t2), jnum(h, "uptime_ms"));
 		printf("  heartbeat    %s ago, up %s, RSS %.1f MiB, %lld commands\n", t1, t2,
 		       (double)jnum(h, "rss_bytes") / 1048576.0, (long long)jnum(h, "commands"));
 		if (jnum(h, "outbox.oldest_pending_ms"))
-			ago(t2, sizeof(t2), now - jnum(h, "outbox.oldest_pending_ms"));
+			cli__age(t2, sizeof(t2), now - jnum(h, "outbox.oldest_pending_ms"));
 		else
 			snprintf(t2, sizeof(t2), "-");
 		printf("  outbox       %lld pending (%lld bytes), oldest %s, last seq %lld, acked to %lld, %lld rejected\n",
@@ -749,7 +724,7 @@ static int do_show(const console__args *a, struct conn *c)
 		       (long long)jnum(h, "outbox.last_seq"), (long long)jnum(h, "outbox.last_acked_seq"),
 		       (long long)jnum(h, "outbox.rejected"));
 		if (jnum(h, "outbox.last_ack_ms"))
-			ago(t1, sizeof(t1), now - jnum(h, "outbox.last_ack_ms"));
+			cli__age(t1, sizeof(t1), now - jnum(h, "outbox.last_ack_ms"));
 		else
 			snprintf(t1, sizeof(t1), "never");
 		printf("  central      last ack %s%s; %lld published, %lld redeliveries\n", t1,
@@ -761,7 +736,7 @@ static int do_show(const console__args *a, struct conn *c)
 		cJSON_ArrayForEach(it, cache)
 		{
 			if (jnum(it, "applied_ms"))
-				ago(t1, sizeof(t1), jnum(it, "age_ms"));
+				cli__age(t1, sizeof(t1), jnum(it, "age_ms"));
 			else
 				snprintf(t1, sizeof(t1), "never");
 			printf("  cache        %-10s cursor %-8lld %9lld rows, changed %s%s\n", it->string,

@@ -64,47 +64,27 @@ cleanup:
 	return rc;
 }
 
-/* Write temp → fsync → rename → fsync the directory, so a power cut leaves
- * either no key or the whole key, never a torn one (a torn data key would
- * make every sealed record unreadable). */
+/* Atomically (platform__write_file_atomic), so a power cut leaves either no
+ * key or the whole key, never a torn one (a torn data key would make every
+ * sealed record unreadable). */
 static int write_key_file(const char *path, const uint8_t key[CRYPTO_KEY_BYTES])
 {
-	char tmp[4200], hex[2 * CRYPTO_KEY_BYTES + 2], dir[4200];
+	char hex[2 * CRYPTO_KEY_BYTES + 2], dir[4200];
 	static const char digits[] = "0123456789abcdef";
-	int fd, rc = SCRM_OK;
 	for (size_t i = 0; i < CRYPTO_KEY_BYTES; i++) {
 		hex[2 * i] = digits[key[i] >> 4];
 		hex[2 * i + 1] = digits[key[i] & 15];
 	}
 	hex[2 * CRYPTO_KEY_BYTES] = '\n';
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return err__set(SCRM_E_CONFIG, "%s: path too long", path);
 	snprintf(dir, sizeof(dir), "%s", path);
 	char *slash = strrchr(dir, '/');
 	if (slash && slash != dir) {
 		*slash = '\0';
 		platform__mkdirs(dir, 0700);
-	} else {
-		snprintf(dir, sizeof(dir), ".");
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return err__set(SCRM_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
-	if (write(fd, hex, 2 * CRYPTO_KEY_BYTES + 1) != 2 * CRYPTO_KEY_BYTES + 1 || fsync(fd) != 0)
-		rc = err__set(SCRM_E_IO, "%s: cannot write: %s", tmp, strerror(errno));
-	close(fd);
+	int e = platform__write_file_atomic(path, hex, 2 * CRYPTO_KEY_BYTES + 1, 0600);
 	memset(hex, 0, sizeof(hex));
-	if (rc == SCRM_OK && rename(tmp, path) != 0)
-		rc = err__set(SCRM_E_IO, "%s: cannot rename: %s", path, strerror(errno));
-	if (rc != SCRM_OK) {
-		unlink(tmp);
-		return rc;
-	}
-	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		fsync(fd);
-		close(fd);
-	}
-	return SCRM_OK;
+	return e ? err__set(SCRM_E_IO, "%s: cannot write: %s", path, strerror(-e)) : SCRM_OK;
 }
 
 int crypto__ensure_key(const char *path, uint8_t key[CRYPTO_KEY_BYTES])

@@ -142,21 +142,6 @@ static void usage_guide(FILE *f)
 		"redemptions: pending / accepted / rejected (with the reason) per redemption.\n");
 }
 
-static void age(char *buf, size_t n, int64_t ms)
-{
-	if (ms < 0)
-		ms = 0;
-	int64_t s = ms / 1000;
-	if (s < 60)
-		snprintf(buf, n, "%llds", (long long)s);
-	else if (s < 3600)
-		snprintf(buf, n, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
-	else if (s < 86400)
-		snprintf(buf, n, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
-	else
-		snprintf(buf, n, "%lldd%02lldh", (long long)(s / 86400), (long long)(s % 86400 / 3600));
-}
-
 static int open_store(const struct opts *o, scrm_store **st)
 {
 	scrm_store_options so = {.device_id = o->device, .busy_timeout_ms = 0};
@@ -339,14 +324,14 @@ static int cmd_status(struct opts *o)
 		printf("device       %s\n", scrm_store_device_id(st));
 		printf("pending      %" PRId64 " events, %.1f KiB\n", s.pending, (double)s.pending_bytes / 1024.0);
 		if (s.oldest_pending_ms) {
-			age(a, sizeof(a), now - s.oldest_pending_ms);
+			cli__age(a, sizeof(a), now - s.oldest_pending_ms);
 			printf("oldest       %s ago\n", a);
 		} else {
 			printf("oldest       -\n");
 		}
 		printf("last seq     %" PRId64 "\n", s.last_seq);
 		if (s.last_ack_ms) {
-			age(a, sizeof(a), now - s.last_ack_ms);
+			cli__age(a, sizeof(a), now - s.last_ack_ms);
 			printf("last ack     %s ago (up to seq %" PRId64 ")\n", a, s.last_acked_seq);
 		} else {
 			printf("last ack     never\n");
@@ -430,7 +415,7 @@ static void print_card(const char *json)
 		money(m, sizeof(m), jint(o, "spend"), jstr(o, "currency"));
 		printf("orders       %lld, spend %s\n", (long long)jint(o, "orders"), m);
 		if (jint(o, "last_purchase_ms")) {
-			age(a, sizeof(a), now - jint(o, "last_purchase_ms"));
+			cli__age(a, sizeof(a), now - jint(o, "last_purchase_ms"));
 			printf("last bought  %s ago\n", a);
 		}
 	}
@@ -443,7 +428,7 @@ static void print_card(const char *json)
 	{
 		if (k++ >= 5)
 			break;
-		age(a, sizeof(a), now - jint(e, "ts"));
+		cli__age(a, sizeof(a), now - jint(e, "ts"));
 		money(m, sizeof(m), jint(e, "total"), NULL);
 		printf("%-12s %s ago  %s %lld item(s)%s\n", k == 1 ? "recent" : "", a, m,
 		       (long long)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e, "skus")),
@@ -516,7 +501,7 @@ static int cmd_cache_status(const struct opts *o)
 			char a[32] = "never", snap[80] = "-";
 			const cJSON *sn = cJSON_GetObjectItemCaseSensitive(e, "snapshot");
 			if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "age_ms")))
-				age(a, sizeof(a), jint(e, "age_ms"));
+				cli__age(a, sizeof(a), jint(e, "age_ms"));
 			if (sn)
 				snprintf(snap, sizeof(snap), "receiving %lld/%lld chunks", (long long)jint(sn, "chunks_done"),
 					 (long long)jint(sn, "chunks"));
@@ -771,7 +756,7 @@ static int cmd_redemptions(const struct opts *o, const cli__args *a)
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "redemptions"))
 		{
 			money(m, sizeof(m), jint(e, "value"), jstr(e, "currency"));
-			age(t, sizeof(t), now - jint(e, "reserved_ms"));
+			cli__age(t, sizeof(t), now - jint(e, "reserved_ms"));
 			printf("  %-9s %-12s %-12s order %-10s %12s  %s ago %s%s%s\n", jstr(e, "verdict"),
 			       jstr(e, "coupon") ? jstr(e, "coupon") : "-", jstr(e, "campaign"), jstr(e, "order_id"), m, t,
 			       jstr(e, "mode"), jstr(e, "reason") ? "  " : "", jstr(e, "detail") ? jstr(e, "detail") : jstr(e, "reason") ? jstr(e, "reason") : "");

@@ -92,76 +92,14 @@ static void dir_of(const char *path, char *dir, size_t n)
 
 /* ---- files ---------------------------------------------------------------- */
 
-static int write_all(int fd, const void *data, size_t n)
-{
-	const char *p = data;
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-/* Write data to path so that a power cut leaves the old file or the new one,
- * never a torn one: a temp file next to it (mode set explicitly, whatever the
- * umask), fsync, then rename over path — or, with replace == 0, link() to
- * path, which fails with EEXIST instead of replacing a file someone else
- * created meanwhile — then fsync the directory. Returns 0, -EEXIST (only
- * with replace == 0) or another -errno, with detail set. */
+/* platform__write_file_ex, with the detail set for the user. Returns 0,
+ * -EEXIST (only with replace == 0) or another -errno. */
 static int write_atomic(const char *path, const void *data, size_t n, mode_t mode, int replace)
 {
-	char tmp[4200], dir[4200];
-	int fd, e = 0;
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", path, (long)getpid()) >= (int)sizeof(tmp)) {
-		err__set(SCRM_E_IO, "%s: path too long", path);
-		return -ENAMETOOLONG;
-	}
-	dir_of(path, dir, sizeof(dir));
-	(void)unlink(tmp); /* left by a crash of an earlier run with this pid */
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-	if (fd < 0) {
-		e = -errno;
-		err__set(SCRM_E_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-		return e;
-	}
-	if (fchmod(fd, mode) != 0 || (e = write_all(fd, data, n)) != 0 || fsync(fd) != 0) {
-		e = e ? e : -errno;
-		err__set(SCRM_E_IO, "%s: cannot write %s: %s", path, tmp, strerror(-e));
-		close(fd);
-		unlink(tmp);
-		return e;
-	}
-	if (close(fd) != 0) {
-		e = -errno;
-		err__set(SCRM_E_IO, "%s: cannot write %s: %s", path, tmp, strerror(errno));
-		unlink(tmp);
-		return e;
-	}
-	if (replace ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
-		e = -errno;
-		if (e != -EEXIST)
-			err__set(SCRM_E_IO, "%s: cannot %s it into place: %s", path, replace ? "rename" : "link", strerror(errno));
-		unlink(tmp);
-		return e;
-	}
-	if (!replace)
-		unlink(tmp);
-	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		if (fsync(fd) != 0)
-			e = -errno;
-		close(fd);
-		if (e) {
-			err__set(SCRM_E_IO, "%s: cannot sync directory %s: %s", path, dir, strerror(-e));
-			return e;
-		}
-	}
-	return 0;
+	int e = platform__write_file_ex(path, data, n, mode, replace);
+	if (e != 0 && e != -EEXIST)
+		err__set(SCRM_E_IO, "%s: cannot write it: %s", path, strerror(-e));
+	return e;
 }
 
 static int ensure_dir(const char *path, unsigned mode)

@@ -393,27 +393,10 @@ int mqtt__subscribe(mqtt *m, const char *topic, int qos)
 	return MQTTAsync_subscribe(m->client, topic, qos, &ro) == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
 }
 
-int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
-		  int *token)
-{
-	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	MQTTAsync_message msg = MQTTAsync_message_initializer;
-	ro.onSuccess5 = on_pub_ok;
-	ro.onFailure5 = on_pub_fail;
-	ro.context = m;
-	msg.payload = (void *)(uintptr_t)payload;
-	msg.payloadlen = (int)len;
-	msg.qos = qos;
-	msg.retained = retained;
-	int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
-	if (token)
-		*token = ro.token;
-	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
-}
 
-/* QoS 1 publish with optional Response Topic / Correlation Data. */
-static int publish_props(mqtt *m, const char *topic, const void *payload, size_t len, const char *response_topic,
-			 const void *corr, size_t corr_len)
+/* Every publish: optional MQTT 5 Response Topic / Correlation Data. */
+static int publish_props(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
+			 const char *response_topic, const void *corr, size_t corr_len, int *token)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
@@ -423,7 +406,8 @@ static int publish_props(mqtt *m, const char *topic, const void *payload, size_t
 	ro.context = m;
 	msg.payload = (void *)(uintptr_t)payload;
 	msg.payloadlen = (int)len;
-	msg.qos = 1;
+	msg.qos = qos;
+	msg.retained = retained;
 	if (response_topic) {
 		p.identifier = MQTTPROPERTY_CODE_RESPONSE_TOPIC;
 		p.value.data.data = (char *)(uintptr_t)response_topic;
@@ -438,19 +422,27 @@ static int publish_props(mqtt *m, const char *topic, const void *payload, size_t
 	}
 	int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
 	MQTTProperties_free(&msg.properties);
+	if (token)
+		*token = ro.token;
 	return rc == MQTTASYNC_SUCCESS ? SCRM_OK : SCRM_E_IO;
+}
+
+int mqtt__publish(mqtt *m, const char *topic, const void *payload, size_t len, int qos, int retained,
+		  int *token)
+{
+	return publish_props(m, topic, payload, len, qos, retained, NULL, NULL, 0, token);
 }
 
 int mqtt__publish_reply(mqtt *m, const char *topic, const void *payload, size_t len, const void *corr,
 			size_t corr_len)
 {
-	return publish_props(m, topic, payload, len, NULL, corr, corr_len);
+	return publish_props(m, topic, payload, len, 1, 0, NULL, corr, corr_len, NULL);
 }
 
 int mqtt__publish_request(mqtt *m, const char *topic, const void *payload, size_t len, const char *response_topic,
 			  const void *corr, size_t corr_len)
 {
-	return publish_props(m, topic, payload, len, response_topic, corr, corr_len);
+	return publish_props(m, topic, payload, len, 1, 0, response_topic, corr, corr_len, NULL);
 }
 
 int mqtt__set_will(mqtt *m, const char *topic, const char *payload, int delay_s)

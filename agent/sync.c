@@ -1627,9 +1627,8 @@ int sync__run(config *cfg_in, const char *level_override)
 			LOG(LOG_ERROR, "cache", "cannot open the customer cache; running without it", "dir=%s err=%s",
 			    cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
 			s.cache = NULL;
-		} else if (cache__set_identity(s.cache, cfg->tenant, cfg->phone_cc) != SCRM_OK) {
-			LOG(LOG_WARN, "cache", "cannot record the tenant in the cache", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
 		}
+		/* identity and policy: push_settings() below */
 		if (s.cache && cache__quarantined(s.cache)) {
 			LOG(LOG_ERROR, "cache", "the customer cache was damaged: moved to quarantine, fetching it again",
 			    "quarantined=%s", cache__quarantined(s.cache));
@@ -1673,9 +1672,8 @@ int sync__run(config *cfg_in, const char *level_override)
 			LOG(LOG_INFO, "sync", "started", "device=%s store_dir=%s pending=%lld last_seq=%lld uri=%s",
 			    cfg->device_id, cfg->store_dir, (long long)st.pending, (long long)st.last_seq, cfg->broker_uri);
 	}
-	if (outbox__setting_set(s.ob, "attribution_window_ms", cfg->attribution_window_ms) != SCRM_OK ||
-	    outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
-		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=\"%s\"", scrm_errmsg());
+	if (outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record the link state in the store", "err=\"%s\"", scrm_errmsg());
 	push_settings(&s);
 	s.signed_only = cfg->command_key_file != NULL;
 	snprintf(s.seen_path, sizeof(s.seen_path), "%s/fleet_seen_ids", cfg->store_dir);

@@ -98,35 +98,45 @@ int platform__lock_file(const char *path)
 	return fd;
 }
 
-int platform__write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+static int write_all(int fd, const void *data, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		ssize_t n = write(fd, (const char *)data + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+int platform__write_file_ex(const char *path, const void *data, size_t len, unsigned mode, int replace)
 {
 	char tmp[4200], dir[4096];
 	int fd, rc = 0;
 	const char *slash = strrchr(path, '/');
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", path, (long)getpid()) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
-	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode)) < 0)
+	(void)unlink(tmp); /* left by a crash of an earlier run with this pid */
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode)) < 0)
 		return -errno;
-	for (size_t off = 0; off < len;) {
-		ssize_t n = write(fd, (const char *)data + off, len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			rc = n < 0 ? -errno : -EIO;
-			break;
-		}
-		off += (size_t)n;
-	}
+	/* The mode exactly, whatever the umask. */
+	if (fchmod(fd, (mode_t)mode) != 0)
+		rc = -errno;
+	if (rc == 0)
+		rc = write_all(fd, data, len);
 	if (rc == 0 && fsync(fd) != 0)
 		rc = -errno;
 	if (close(fd) != 0 && rc == 0)
 		rc = -errno;
-	if (rc == 0 && rename(tmp, path) != 0)
+	/* link() refuses to replace a file someone created meanwhile. */
+	if (rc == 0 && (replace ? rename(tmp, path) : link(tmp, path)) != 0)
 		rc = -errno;
-	if (rc != 0) {
+	if (rc != 0 || !replace)
 		unlink(tmp);
+	if (rc != 0)
 		return rc;
-	}
 	/* The rename itself must survive a power cut. */
 	if (slash) {
 		size_t n = (size_t)(slash - path);
@@ -141,10 +151,16 @@ int platform__write_file_atomic(const char *path, const void *data, size_t len, 
 		dir[1] = '\0';
 	}
 	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		fsync(fd);
+		if (fsync(fd) != 0)
+			rc = -errno;
 		close(fd);
 	}
-	return 0;
+	return rc;
+}
+
+int platform__write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	return platform__write_file_ex(path, data, len, mode, 1);
 }
 
 int platform__disk_space(const char *path, int64_t *avail, int64_t *total)

@@ -44,9 +44,13 @@ int platform__read_file(const char *path, size_t max, char **out,
  * process holds it, or -errno. The kernel drops it when the process dies,
  * kill -9 included, so a crash never leaves a stale lock. */
 int platform__lock_file(const char *path);
-/* Replace `path` atomically: write path.tmp-<pid> (mode), fsync, rename,
- * fsync the directory, so a power cut leaves the old or the new file. */
+/* Replace `path` atomically: write path.tmp-<pid> with exactly `mode`
+ * (umask ignored), fsync, rename, fsync the directory, so a power cut leaves
+ * the old or the new file, never a torn one. 0 or -errno. */
 int platform__write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* The same; with replace == 0 the file is linked into place instead, which
+ * fails with -EEXIST rather than replace a file created meanwhile. */
+int platform__write_file_ex(const char *path, const void *data, size_t len, unsigned mode, int replace);
 /* Bytes available to an unprivileged user and total, of the file system
  * holding `path`. 0 or -errno. */
 int platform__disk_space(const char *path, int64_t *avail, int64_t *total);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fuzz_cli: scrmctl's own parsing (agent/cli.c). The input is split at NUL
- * bytes into argv for cli__parse(), and read whole as JSON Lines text for
+ * fuzz_cli: scrmctl's own parsing (agent/cli.c, and the fleet console's
+ * arguments in agent/console.c). The input is split at NUL bytes into argv
+ * for cli__parse() and console__parse(), and read whole as JSON Lines text for
  * cli__next_line(). (The JSON of each line is event__from_json's, fuzzed by
  * fuzz_event_json.) Invariants: a usage error always says why; what a parse
  * returns points into argv; every line lies inside the input, holds no
@@ -10,6 +11,8 @@
 #include "fuzz.h"
 
 #include "cli.h"
+#include "config.h"
+#include "console.h"
 
 #include <scrm/scrm.h>
 
@@ -45,6 +48,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (int k = 0; k < argc && !found; k++)
 			found = borrowed[i] == argv[k];
 		FUZZ_CHECK(found, "returned string %zu does not point into argv", i);
+	}
+
+	/* scrmctl fleet ...: argv[0] becomes "fleet" */
+	{
+		console__args ca;
+		argv[0] = (char *)"fleet";
+		rc = console__parse(argc, argv, &ca, err, sizeof(err));
+		FUZZ_CHECK(rc == 0 || rc == 2, "fleet rc %d", rc);
+		if (rc == 2)
+			FUZZ_CHECK(err[0] != '\0', "fleet usage error without a reason");
+		else
+			FUZZ_CHECK(ca.action != CON_NONE, "fleet success without an action");
+		if (rc == 0 && (ca.action == CON_SHOW || ca.action == CON_CMD))
+			FUZZ_CHECK(config__id_ok(ca.store) && config__id_ok(ca.device) && config__id_ok(ca.tenant),
+				   "fleet target not a valid id");
+		if (rc == 0 && ca.action == CON_CMD)
+			FUZZ_CHECK(ca.command && ca.command[0] && ca.timeout_ms >= 1, "fleet cmd without a name");
+		argv[0] = (char *)"scrmctl";
 	}
 
 	const char *p = (const char *)data, *end = p + size, *line;
