@@ -112,6 +112,12 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
 		e->session_present = r->alt.connect.sessionPresent;
 		if (MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
 			e->recv_max = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+		/* Absent: no limit beyond the protocol's (MQTT 5, 3.2.2.3.6). A
+		 * publish above it gets the connection closed with 0x95. */
+		if (MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE)) {
+			int mp = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+			e->max_packet = mp > 0 ? (size_t)mp : 0;
+		}
 	}
 	pthread_mutex_lock(&m->mu);
 	m->tls_error[0] = '\0';
@@ -166,6 +172,7 @@ static void on_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonCod
 	char buf[160];
 	snprintf(buf, sizeof(buf), "broker sent DISCONNECT: %s", MQTTReasonCode_toString(rc));
 	e->text = strdup(buf);
+	e->code = (int)rc;
 	push(m, e);
 }
 

@@ -15,7 +15,7 @@
 typedef enum mqtt__etype {
 	MQ_CONNECTED,      /* recv_max, session_present */
 	MQ_CONNECT_FAILED, /* code, text */
-	MQ_LOST,           /* text */
+	MQ_LOST,           /* text; code = the broker's DISCONNECT reason code, 0 if none */
 	MQ_SUBSCRIBED,     /* code = granted QoS or reason */
 	MQ_SUBSCRIBE_FAILED,
 	MQ_PUBLISHED,      /* token: the broker has it (PUBACK); proves nothing more */
@@ -29,6 +29,7 @@ typedef struct mqtt__event {
 	int code;
 	int token;
 	int recv_max;
+	size_t max_packet; /* MQ_CONNECTED: the broker's Maximum Packet Size, 0 = none */
 	int session_present;
 	char *text;    /* owned; may be NULL */
 	char *topic;   /* owned (MQ_MESSAGE) */

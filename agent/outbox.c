@@ -37,10 +37,12 @@
 #include "outbox.h"
 
 #include "dbcode.h"
+#include "json.h"
 #include "err.h"
 #include "platform.h"
 #include "quarantine.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -246,6 +248,34 @@ static const char schema_v4[] =
 	" detail TEXT NOT NULL) WITHOUT ROWID;"
 	"PRAGMA user_version = 4;";
 
+/* Schema v5: what the store owes central beyond the events themselves.
+ *   outbox.set_aside  NULL, or why the event cannot be sent as it is
+ *                     (protocol.md "Set-aside events"): the row stays in
+ *                     the queue as a marker so central learns the seq is
+ *                     set aside, not lost; its bytes are in dead_letter
+ *   dead_letter       events that could not be sent (a body that no longer
+ *                     parses, larger than the broker accepts), byte for
+ *                     byte as stored, kept until operations deal with them
+ *   orders            the receipt of each purchase (by order_id) and return
+ *                     (by return_id): a till retrying a sale gets the first
+ *                     receipt back, never a second sale (scrm.h)
+ *   recovered         events put back from a quarantined file (scrmctl
+ *                     outbox recover), so each is sent once */
+static const char schema_v5[] =
+	"ALTER TABLE outbox ADD COLUMN set_aside TEXT;"
+	"CREATE TABLE IF NOT EXISTS dead_letter("
+	" seq INTEGER PRIMARY KEY, id BLOB, kind BLOB, wall_ms INTEGER, mono_ms INTEGER, boot BLOB,"
+	" clock_ok INTEGER, body BLOB, reason TEXT NOT NULL, detail TEXT NOT NULL, set_aside_ms INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS orders("
+	" kind TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, wall_ms INTEGER NOT NULL,"
+	" digest BLOB NOT NULL, PRIMARY KEY(kind, key)) WITHOUT ROWID;"
+	"CREATE INDEX IF NOT EXISTS orders_time ON orders(wall_ms);"
+	"CREATE TABLE IF NOT EXISTS recovered("
+	" seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, recovered_ms INTEGER NOT NULL);"
+	"PRAGMA user_version = 5;";
+
+#define OUTBOX_SCHEMA_VERSION 5
+
 /* Create or upgrade the schema, and bind the store to its device. */
 static int migrate(outbox *ob, const char *device_id)
 {
@@ -267,8 +297,9 @@ static int migrate(outbox *ob, const char *device_id)
 	rc = SCRM_OK;
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver > 4) {
-		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (4); refusing to touch it", ver);
+	if (ver > OUTBOX_SCHEMA_VERSION) {
+		rc = err__set(SCRM_E_CORRUPT, "outbox: schema version %d is newer than this agent (%d); refusing to touch it",
+			      ver, OUTBOX_SCHEMA_VERSION);
 		goto cleanup;
 	}
 	if (ver == 0 && (rc = exec(ob, schema_v1)))
@@ -278,6 +309,8 @@ static int migrate(outbox *ob, const char *device_id)
 	if (ver < 3 && (rc = exec(ob, schema_v3)))
 		goto cleanup;
 	if (ver < 4 && (rc = exec(ob, schema_v4)))
+		goto cleanup;
+	if (ver < 5 && (rc = exec(ob, schema_v5)))
 		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
@@ -388,7 +421,7 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, max_wall_ms FROM device WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2 WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
-	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
+	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
 	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
 	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
@@ -1369,12 +1402,172 @@ int outbox__redemptions(outbox *ob, int limit, sbuf *out)
 	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }
 
-int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
+/* ---- reading batches: every event checked before it leaves ---- */
+
+static int uuid_ok(const unsigned char *t, int n)
+{
+	if (!t || n != 36)
+		return 0;
+	for (int i = 0; i < 36; i++) {
+		unsigned char c = t[i];
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return 0;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* kind: 1..32 of [a-z_]; boot: 1..64 printable ASCII without quotes or
+ * backslashes (it is written into the batch as is). */
+static int token_ok(const unsigned char *t, int n, int max, int kind)
+{
+	if (!t || n < 1 || n > max)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		unsigned char c = t[i];
+		if (kind ? !((c >= 'a' && c <= 'z') || c == '_') : (c < 0x21 || c > 0x7e || c == '"' || c == '\\'))
+			return 0;
+	}
+	return 1;
+}
+
+/* Why a stored row cannot be sent as it is (NULL: it can). A body is
+ * checked as a JSON object by the same strict parser central-facing input
+ * goes through, so one changed byte on disk never puts a batch central
+ * drops as "not JSON" at the head of the queue forever. */
+static const char *row_unsendable(sqlite3_stmt *st, char *detail, size_t cap)
+{
+	const unsigned char *id = sqlite3_column_text(st, 1), *kind = sqlite3_column_text(st, 2),
+			    *boot = sqlite3_column_text(st, 5);
+	if (!uuid_ok(id, sqlite3_column_bytes(st, 1))) {
+		snprintf(detail, cap, "the stored event id is damaged");
+		return "unreadable";
+	}
+	if (!token_ok(kind, sqlite3_column_bytes(st, 2), 32, 1)) {
+		snprintf(detail, cap, "the stored kind is damaged");
+		return "unreadable";
+	}
+	if (!token_ok(boot, sqlite3_column_bytes(st, 5), 64, 0) || sqlite3_column_type(st, 3) != SQLITE_INTEGER ||
+	    sqlite3_column_type(st, 4) != SQLITE_INTEGER || sqlite3_column_type(st, 6) != SQLITE_INTEGER) {
+		snprintf(detail, cap, "a stored time or boot id is damaged");
+		return "unreadable";
+	}
+	const char *body = (const char *)sqlite3_column_blob(st, 7);
+	int n = sqlite3_column_bytes(st, 7);
+	cJSON *o = NULL;
+	if (!body || n <= 0 || json__parse(body, (size_t)n, "body", &o) != SCRM_OK || !cJSON_IsObject(o)) {
+		snprintf(detail, cap, "the stored body no longer parses: %.200s", body && n > 0 && !o ? scrm_errmsg() : "not an object");
+		cJSON_Delete(o);
+		return "unreadable";
+	}
+	cJSON_Delete(o);
+	return NULL;
+}
+
+/* Move one event's bytes to dead_letter and leave its marker in the queue,
+ * in one transaction; raise events_set_aside. */
+static int set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes)
+{
+	static const char *const sql[] = {
+		"INSERT OR REPLACE INTO dead_letter(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, reason, detail,"
+		" set_aside_ms) SELECT seq, CAST(id AS BLOB), CAST(kind AS BLOB), wall_ms, mono_ms, CAST(boot AS BLOB),"
+		" clock_ok, CAST(body AS BLOB), ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
+		"UPDATE outbox SET body = '{}', set_aside = json_object('reason', ?2, 'detail', ?3, 'bytes', ?5)"
+		" WHERE seq = ?1",
+	};
+	int64_t now = platform__wall_ms();
+	char alarm[700];
+	int rc;
+	if ((rc = exec(ob, "BEGIN IMMEDIATE")))
+		return rc;
+	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
+		sqlite3_stmt *st = NULL;
+		if ((rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL)) != SQLITE_OK) {
+			rc = fail(ob, rc, "prepare set aside");
+			goto cleanup;
+		}
+		sqlite3_bind_int64(st, 1, seq);
+		sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
+		if (i == 0)
+			sqlite3_bind_int64(st, 4, now);
+		else
+			sqlite3_bind_int64(st, 5, bytes);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE) {
+			rc = fail(ob, rc, "set an event aside");
+			goto cleanup;
+		}
+	}
+	snprintf(alarm, sizeof(alarm), "event seq %lld set aside (%s: %.400s); kept in dead_letter, central told",
+		 (long long)seq, reason, detail);
+	if ((rc = raise_alarm(ob, "events_set_aside", alarm, now)) || (rc = exec(ob, "COMMIT")))
+		goto cleanup;
+	return SCRM_OK;
+cleanup:
+	rollback(ob);
+	return rc;
+}
+
+/* Write one row of `st` as a batch event (its marker when set aside). */
+static void put_event(sbuf *out, sqlite3_stmt *st)
+{
+	sbuf__puts(out, "{\"id\":\"");
+	sbuf__puts(out, (const char *)sqlite3_column_text(st, 1));
+	sbuf__puts(out, "\",\"seq\":");
+	sbuf__i64(out, sqlite3_column_int64(st, 0));
+	sbuf__puts(out, ",\"kind\":\"");
+	sbuf__puts(out, (const char *)sqlite3_column_text(st, 2));
+	sbuf__puts(out, "\",\"wall_ms\":");
+	sbuf__i64(out, sqlite3_column_int64(st, 3));
+	sbuf__puts(out, ",\"mono_ms\":");
+	sbuf__i64(out, sqlite3_column_int64(st, 4));
+	sbuf__puts(out, ",\"boot\":\"");
+	sbuf__puts(out, (const char *)sqlite3_column_text(st, 5));
+	sbuf__puts(out, sqlite3_column_int(st, 6) ? "\",\"clock_ok\":true" : "\",\"clock_ok\":false");
+	if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
+		sbuf__puts(out, ",\"set_aside\":");
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 8));
+	} else {
+		sbuf__puts(out, ",\"body\":");
+		sbuf__put(out, (const char *)sqlite3_column_text(st, 7), (size_t)sqlite3_column_bytes(st, 7));
+	}
+	sbuf__putc(out, '}');
+}
+
+/* A marker for an event whose stored id, kind or boot cannot be trusted
+ * any more: only what is still well-formed goes out with it. */
+static void put_marker_damaged(sbuf *out, sqlite3_stmt *st)
+{
+	const unsigned char *id = sqlite3_column_text(st, 1), *kind = sqlite3_column_text(st, 2);
+	sbuf__puts(out, "{\"seq\":");
+	sbuf__i64(out, sqlite3_column_int64(st, 0));
+	if (uuid_ok(id, sqlite3_column_bytes(st, 1))) {
+		sbuf__puts(out, ",\"id\":\"");
+		sbuf__puts(out, (const char *)id);
+		sbuf__puts(out, "\"");
+	}
+	if (token_ok(kind, sqlite3_column_bytes(st, 2), 32, 1)) {
+		sbuf__puts(out, ",\"kind\":\"");
+		sbuf__puts(out, (const char *)kind);
+		sbuf__puts(out, "\"");
+	}
+	sbuf__puts(out, ",\"set_aside\":");
+	sbuf__puts(out, (const char *)sqlite3_column_text(st, 8));
+	sbuf__putc(out, '}');
+}
+
+int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
 		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
 {
 	sqlite3_stmt *st;
 	size_t n = 0;
-	int rc;
+	int rc, rounds = 0;
+	int64_t from = after_seq;
 
 	follow(ob); /* a fresh outbox replaced a damaged one: send from it */
 	st = ob->read;
@@ -1382,38 +1575,62 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 	*last_seq = 0;
 	if (first_seq)
 		*first_seq = 0;
+again:
 	sqlite3_reset(st);
-	sqlite3_bind_int64(st, 1, after_seq);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)max_events);
+	sqlite3_bind_int64(st, 1, from);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(max_events - n));
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		size_t mark = out->len;
+		int64_t seq = sqlite3_column_int64(st, 0);
+		const char *why = NULL;
+		char detail[300] = "";
+		int aside = sqlite3_column_type(st, 8) != SQLITE_NULL;
 		if (n)
 			sbuf__putc(out, ',');
-		sbuf__puts(out, "{\"id\":\"");
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 1));
-		sbuf__puts(out, "\",\"seq\":");
-		sbuf__i64(out, sqlite3_column_int64(st, 0));
-		sbuf__puts(out, ",\"kind\":\"");
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 2));
-		sbuf__puts(out, "\",\"wall_ms\":");
-		sbuf__i64(out, sqlite3_column_int64(st, 3));
-		sbuf__puts(out, ",\"mono_ms\":");
-		sbuf__i64(out, sqlite3_column_int64(st, 4));
-		sbuf__puts(out, ",\"boot\":\"");
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 5));
-		sbuf__puts(out, sqlite3_column_int(st, 6) ? "\",\"clock_ok\":true" : "\",\"clock_ok\":false");
-		sbuf__puts(out, ",\"body\":");
-		sbuf__put(out, (const char *)sqlite3_column_text(st, 7), (size_t)sqlite3_column_bytes(st, 7));
-		sbuf__putc(out, '}');
+		if (aside && !uuid_ok(sqlite3_column_text(st, 1), sqlite3_column_bytes(st, 1)))
+			put_marker_damaged(out, st);
+		else if (aside && (!token_ok(sqlite3_column_text(st, 2), sqlite3_column_bytes(st, 2), 32, 1) ||
+				   !token_ok(sqlite3_column_text(st, 5), sqlite3_column_bytes(st, 5), 64, 0)))
+			put_marker_damaged(out, st);
+		else if (!aside && (why = row_unsendable(st, detail, sizeof(detail))) != NULL)
+			out->len = mark;
+		else
+			put_event(out, st);
+		if (!why && !aside && hard_bytes && out->len - mark - (n ? 1 : 0) > hard_bytes) {
+			/* Larger than the broker takes even alone: it would close
+			 * the connection on every try and hold up the queue. */
+			snprintf(detail, sizeof(detail),
+				 "the event is %zu bytes as sent; the broker accepts messages of at most %zu"
+				 " (its Maximum Packet Size, less the topic and batch envelope)",
+				 out->len - mark - (n ? 1 : 0), hard_bytes);
+			why = "too_big";
+		}
+		if (why) {
+			int64_t bytes = sqlite3_column_bytes(st, 7);
+			out->len = mark;
+			if (out->p)
+				out->p[mark] = '\0';
+			sqlite3_reset(st);
+			/* Set aside, then read on from the same place: the row
+			 * now gives its marker. A row that cannot even be set
+			 * aside is a store error, reported as such. */
+			if (++rounds > 1000)
+				return err__set(SCRM_E_INTERNAL, "outbox: read batch: too many events set aside in one read");
+			if ((rc = set_aside(ob, seq, why, detail, bytes)))
+				return rc;
+			from = seq - 1;
+			goto again;
+		}
 		if (n > 0 && out->len > max_bytes) {
 			/* This event would overflow the message: leave it for the next. */
 			out->len = mark;
 			out->p[mark] = '\0';
 			break;
 		}
-		*last_seq = sqlite3_column_int64(st, 0);
+		*last_seq = seq;
 		if (n == 0 && first_seq)
-			*first_seq = *last_seq;
+			*first_seq = seq;
+		from = seq;
 		n++;
 	}
 	sqlite3_reset(st);

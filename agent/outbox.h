@@ -123,10 +123,6 @@ int outbox__alarm_clear(outbox *ob, const char *code);
  * into `out` (reset first). */
 int outbox__alarms(outbox *ob, sbuf *out);
 
-/* Append events with seq > after_seq, in seq order, as JSON objects joined
- * by commas to `out`, until max_events or until the next event would push
- * out->len past max_bytes (at least one event is always taken). Sets
- * *count, *last_seq and, if first_seq is not NULL, *first_seq (0 if none). */
 /* Limits a redemption must respect, checked and recorded under one write
  * lock. A NULL coupon / campaign / member_id or a negative allowance skips
  * that check. Redemptions central rejected do not count. */
@@ -173,7 +169,17 @@ struct sqlite3 *outbox__db(outbox *ob);
 /* A value from the daemon's config that triggers read (settings table). */
 int outbox__setting_set(outbox *ob, const char *k, int64_t v);
 
-int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes,
+/* Append events with seq > after_seq, in seq order, as JSON objects joined
+ * by commas to `out`, until max_events or until the next event would push
+ * out->len past max_bytes (at least one event is always taken). Sets
+ * *count, *last_seq and, if first_seq is not NULL, *first_seq (0 if none).
+ * Each event is checked first: one whose stored row no longer parses
+ * ("unreadable") or that alone is larger than hard_bytes (0: no limit;
+ * "too_big") is set aside — its bytes kept in dead_letter, the
+ * events_set_aside alarm raised — and goes out as a marker with
+ * "set_aside" instead of "body" (protocol.md), so no event can hold up the
+ * queue. */
+int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
 		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq);
 
 /* Delete acknowledged seq ranges [first,last] in one transaction and record

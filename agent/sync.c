@@ -2,12 +2,10 @@
 /*
  * sync: outbox → MQTT → central ack (see sync.h and docs/protocol.md).
  *
- * Delivery state, all owned by the loop thread:
- *   sent_upto   highest seq published since the last go-back point
- *   win[]       published batches not yet acknowledged, oldest first
- * An event leaves the outbox only in outbox__ack(), i.e. when central's
- * down/ack names its seq. PUBACKs are only used to count messages the
- * broker holds; they never delete anything.
+ * The delivery state machine (window, go-back-N, acks) is delivery.c; this
+ * file runs it over the outbox and Paho. An event leaves the outbox only in
+ * outbox__ack(), i.e. when central's down/ack names its seq. PUBACKs are
+ * only used to count messages the broker holds; they never delete anything.
  */
 #include "sync.h"
 
@@ -19,6 +17,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "cache.h"
+#include "delivery.h"
 #include "fleet.h"
 #include "sbuf.h"
 #include "tlsprobe.h"
@@ -35,19 +34,11 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#define MAX_WINDOW 64
 #define IDLE_CHECKPOINT_MS 60000
 #define LINK_REFRESH_MS 30000
-#define MAX_ACK_RANGES 4096
 /* The broker holds the will this long after a connection dies: a network
  * blip the agent recovers from within it shows no offline flap. */
 #define WILL_DELAY_S 10
-
-struct batch {
-	char id[37];
-	int64_t first, last;
-	int64_t deadline_ms; /* monotonic */
-};
 
 struct sync {
 	config cfg_own;    /* the running config; replaced by reload / config.set */
@@ -61,16 +52,11 @@ struct sync {
 	cache *cache; /* NULL when cache.enabled is false or the cache failed to open */
 	sbuf req;
 	int window; /* effective: min(cfg window, Receive Maximum) */
+	delivery dl; /* the delivery state machine (delivery.h) over ob and mq */
+	size_t max_packet; /* the broker's Maximum Packet Size, 0 = none announced */
 	int64_t next_connect_ms; /* monotonic; 0 = none scheduled */
 	backoff bo;
-	int64_t sent_upto;
-	int64_t base; /* oldest unacknowledged seq, as last read from the outbox */
-	struct batch win[MAX_WINDOW];
-	int nwin;
-	sbuf buf, events; /* the batch message; its events, read first */
 	int64_t last_activity_ms; /* monotonic */
-	/* counters, for the shutdown summary */
-	int64_t n_published, n_acked, n_redeliveries;
 	unsigned fail_streak; /* connect failures since the last success */
 	int64_t link_refresh_ms; /* monotonic: next refresh of the link row */
 	char topic_verdict[340];
@@ -102,20 +88,6 @@ static uint32_t rand32(void)
 	return r;
 }
 
-static void go_back(struct sync *s, const char *why)
-{
-	int64_t oldest = 0;
-	outbox__oldest_seq(s->ob, &oldest);
-	s->base = oldest;
-	if (s->nwin > 0) {
-		s->n_redeliveries++;
-		LOG(LOG_WARN, "sync", "redelivering unacknowledged events", "reason=%s from_seq=%lld batches=%d", why,
-		    (long long)oldest, s->nwin);
-	}
-	s->nwin = 0;
-	s->sent_upto = 0; /* read from the oldest pending again */
-}
-
 static void schedule_reconnect(struct sync *s, int64_t now)
 {
 	int64_t ceil = backoff__ceiling(&s->bo);
@@ -143,261 +115,100 @@ static void start_connect(struct sync *s)
 	}
 }
 
-int64_t sync__batch_base(int64_t outbox_oldest, int64_t inflight_first, int64_t first)
+/* ---- delivery over the outbox and Paho (delivery.h) ---- */
+
+static int io_read(void *ctx, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes, sbuf *out,
+		   delivery__read *r)
 {
-	int64_t base = first;
-	if (inflight_first > 0 && inflight_first < base)
-		base = inflight_first;
-	if (outbox_oldest > 0 && outbox_oldest < base)
-		base = outbox_oldest;
-	return base;
+	struct sync *s = ctx;
+	return outbox__read_batch(s->ob, after_seq, max_events, max_bytes, hard_bytes, out, &r->count, &r->last, &r->first);
+}
+
+static int io_oldest(void *ctx, int64_t *seq)
+{
+	struct sync *s = ctx;
+	return outbox__oldest_seq(s->ob, seq);
+}
+
+static int io_ack(void *ctx, const int64_t (*ranges)[2], size_t n, int64_t *deleted)
+{
+	struct sync *s = ctx;
+	return outbox__ack(s->ob, ranges, n, platform__wall_ms(), deleted);
+}
+
+static int io_reject(void *ctx, int64_t seq, const char *reason)
+{
+	struct sync *s = ctx;
+	return outbox__reject(s->ob, seq, reason, platform__wall_ms());
+}
+
+static int io_publish(void *ctx, const char *payload, size_t len)
+{
+	struct sync *s = ctx;
+	s->last_activity_ms = platform__mono_ms();
+	return mqtt__publish(s->mq, s->topic_up, payload, len, 1, 0, NULL);
+}
+
+static int64_t io_mono(void *ctx)
+{
+	(void)ctx;
+	return platform__mono_ms();
+}
+
+static int64_t io_wall(void *ctx)
+{
+	(void)ctx;
+	return platform__wall_ms();
+}
+
+static int io_batch_id(void *ctx, int64_t wall_ms, char out[37])
+{
+	(void)ctx;
+	return uuid__v7(wall_ms, out) == 0 ? SCRM_OK : err__set(SCRM_E_CRYPTO, "batch id: random generator failed");
+}
+
+/* The delivery settings from the config and the broker's CONNACK. */
+static delivery__settings delivery_settings(const struct sync *s)
+{
+	delivery__settings ds = {
+		.window = s->window,
+		.batch_max_events = (size_t)s->cfg->batch_max_events,
+		.batch_max_bytes = (size_t)s->cfg->batch_max_bytes,
+		.ack_timeout_ms = s->cfg->ack_timeout_ms,
+	};
+	/* A PUBLISH carries the topic, a packet id and a few header bytes
+	 * besides the payload (MQTT 5, 3.3.2): keep them out of the limit. */
+	if (s->max_packet) {
+		size_t overhead = strlen(s->topic_up) + 16;
+		ds.max_payload = s->max_packet > overhead ? s->max_packet - overhead : 1;
+	}
+	return ds;
 }
 
 /* Publish batches while the window has room. */
 static void pump(struct sync *s)
 {
-	if (!s->connected || !s->subscribed)
-		return;
-	while (s->nwin < s->window) {
-		struct batch *b = &s->win[s->nwin];
-		size_t count = 0;
-		int64_t last = 0;
-		int64_t now = platform__wall_ms();
-		int64_t mono = platform__mono_ms();
-
-		if (uuid__v7(now, b->id) != 0)
-			return;
-		sbuf__reset(&s->events);
-		int rc = outbox__read_batch(s->ob, s->sent_upto, (size_t)s->cfg->batch_max_events,
-					    (size_t)s->cfg->batch_max_bytes - 256, &s->events, &count, &last, &b->first);
-		if (rc != SCRM_OK) {
-			LOG(LOG_ERROR, "sync", "cannot read the outbox", "err=\"%s\"", scrm_errmsg());
-			return;
-		}
-		if (count == 0) {
-			LOG(LOG_DEBUG, "sync", "nothing more to send", "after_seq=%lld window_used=%d", (long long)s->sent_upto, s->nwin);
-			return;
-		}
-		/* base: every seq below it is acknowledged; lets central tell a
-		 * hole it must wait for from events it already acknowledged.
-		 * s->base is 0 when the outbox was empty at the last ack: then the
-		 * oldest unacknowledged event is the first of the oldest batch still
-		 * in flight, never this batch's first (claiming that would let a
-		 * central that lost the earlier batch skip past it). */
-		int64_t base = sync__batch_base(s->base, s->nwin > 0 ? s->win[0].first : 0, b->first);
-		sbuf__reset(&s->buf);
-		sbuf__puts(&s->buf, "{\"v\":1,\"batch\":\"");
-		sbuf__puts(&s->buf, b->id);
-		sbuf__puts(&s->buf, "\",\"sent_ms\":");
-		sbuf__i64(&s->buf, now);
-		sbuf__puts(&s->buf, ",\"base\":");
-		sbuf__i64(&s->buf, base);
-		/* after: no unacknowledged event of this device lies between it
-		 * and this batch's first, nor between two events of the batch
-		 * (pump reads pending events in seq order past sent_upto). A seq
-		 * missing there was evicted under the outbox cap and will never
-		 * come, so central need not ask for it (protocol.md). */
-		sbuf__puts(&s->buf, ",\"after\":");
-		sbuf__i64(&s->buf, s->sent_upto > 0 ? s->sent_upto : b->first - 1);
-		sbuf__puts(&s->buf, ",\"events\":[");
-		sbuf__put(&s->buf, s->events.p, s->events.len);
-		sbuf__puts(&s->buf, "]}");
-		if (s->buf.oom)
-			return;
-		b->last = last;
-		b->deadline_ms = mono + s->cfg->ack_timeout_ms;
-		if (mqtt__publish(s->mq, s->topic_up, s->buf.p, s->buf.len, 1, 0, NULL) != SCRM_OK) {
-			LOG(LOG_WARN, "sync", "publish refused by client", "batch=%s", b->id);
-			return;
-		}
-		LOG(LOG_DEBUG, "sync", "batch published", "batch=%s first=%lld last=%lld events=%zu bytes=%zu", b->id,
-		    (long long)b->first, (long long)b->last, count, s->buf.len);
-		s->sent_upto = last;
-		s->nwin++;
-		s->n_published += (int64_t)count;
-		s->last_activity_ms = mono;
-	}
-}
-
-/* Drop window entries that are fully acknowledged. */
-static void retire(struct sync *s, const int64_t (*ranges)[2], size_t nr)
-{
-	int64_t oldest = 0;
-	outbox__oldest_seq(s->ob, &oldest);
-	s->base = oldest;
-	int j = 0;
-	for (int i = 0; i < s->nwin; i++) {
-		struct batch *b = &s->win[i];
-		int done = oldest == 0 ? b->last <= s->sent_upto : b->last < oldest;
-		for (size_t r = 0; !done && r < nr; r++)
-			if (ranges[r][0] <= b->first && b->last <= ranges[r][1])
-				done = 1;
-		if (!done)
-			s->win[j++] = *b;
-	}
-	s->nwin = j;
-}
-
-#define MAX_SEQ 9007199254740992.0 /* 2^53: exact in a JSON double */
-
-/* A seq in an ack: a JSON number that is an integer in [1, 2^53]. */
-static int seq_of(const cJSON *v, int64_t *out)
-{
-	if (!cJSON_IsNumber(v))
-		return 0;
-	double d = v->valuedouble;
-	if (!(d >= 1.0 && d <= MAX_SEQ) || d != floor(d))
-		return 0;
-	*out = (int64_t)d;
-	return 1;
-}
-
-void sync__ack_free(sync__ack *ack)
-{
-	if (!ack)
-		return;
-	for (size_t i = 0; i < ack->n_rejected; i++)
-		free(ack->rejected[i].reason);
-	free(ack->rejected);
-	free(ack->acked);
-	memset(ack, 0, sizeof(*ack));
-}
-
-int sync__parse_ack(const char *payload, size_t len, sync__ack *ack)
-{
-	int rc = SCRM_E_INVALID;
-	cJSON *o = cJSON_ParseWithLength(payload, len);
-	memset(ack, 0, sizeof(*ack));
-	if (!o || !cJSON_IsObject(o)) {
-		err__set(SCRM_E_INVALID, "ack: not a JSON object");
-		goto out;
-	}
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "v");
-	if (!cJSON_IsNumber(v) || v->valuedouble != 1) {
-		err__set(SCRM_E_INVALID, "v: unknown protocol version (expected 1)");
-		goto out;
-	}
-	const cJSON *batch = cJSON_GetObjectItemCaseSensitive(o, "batch");
-	if (batch && cJSON_IsString(batch))
-		snprintf(ack->batch, sizeof(ack->batch), "%s", batch->valuestring);
-	const cJSON *acked = cJSON_GetObjectItemCaseSensitive(o, "acked");
-	if (acked) {
-		if (!cJSON_IsArray(acked)) {
-			err__set(SCRM_E_INVALID, "acked: must be an array of [first,last]");
-			goto out;
-		}
-		int n = cJSON_GetArraySize(acked);
-		if (n > MAX_ACK_RANGES) {
-			err__set(SCRM_E_INVALID, "acked: %d ranges, at most %d", n, MAX_ACK_RANGES);
-			goto out;
-		}
-		if (n > 0 && !(ack->acked = calloc((size_t)n, sizeof(*ack->acked)))) {
-			rc = err__set(SCRM_E_NOMEM, "out of memory");
-			goto out;
-		}
-		for (const cJSON *it = acked->child; it; it = it->next) {
-			int64_t a, b;
-			if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !seq_of(cJSON_GetArrayItem(it, 0), &a) ||
-			    !seq_of(cJSON_GetArrayItem(it, 1), &b) || b < a) {
-				err__set(SCRM_E_INVALID, "acked[%zu]: must be [first,last], integers with 1 <= first <= last", ack->n_acked);
-				goto out;
-			}
-			ack->acked[ack->n_acked][0] = a;
-			ack->acked[ack->n_acked][1] = b;
-			ack->n_acked++;
-		}
-	}
-	const cJSON *rej = cJSON_GetObjectItemCaseSensitive(o, "rejected");
-	if (rej) {
-		if (!cJSON_IsArray(rej)) {
-			err__set(SCRM_E_INVALID, "rejected: must be an array");
-			goto out;
-		}
-		int n = cJSON_GetArraySize(rej);
-		if (n > MAX_ACK_RANGES) {
-			err__set(SCRM_E_INVALID, "rejected: %d entries, at most %d", n, MAX_ACK_RANGES);
-			goto out;
-		}
-		if (n > 0 && !(ack->rejected = calloc((size_t)n, sizeof(*ack->rejected)))) {
-			rc = err__set(SCRM_E_NOMEM, "out of memory");
-			goto out;
-		}
-		for (const cJSON *it = rej->child; it; it = it->next) {
-			int64_t seq;
-			const cJSON *why = cJSON_GetObjectItemCaseSensitive(it, "reason");
-			if (!cJSON_IsObject(it) || !seq_of(cJSON_GetObjectItemCaseSensitive(it, "seq"), &seq)) {
-				err__set(SCRM_E_INVALID, "rejected[%zu].seq: must be an integer >= 1", ack->n_rejected);
-				goto out;
-			}
-			sync__rejection *r = &ack->rejected[ack->n_rejected];
-			r->seq = seq;
-			r->reason = strdup(cJSON_IsString(why) ? why->valuestring : "unspecified");
-			if (!r->reason) {
-				rc = err__set(SCRM_E_NOMEM, "out of memory");
-				goto out;
-			}
-			ack->n_rejected++;
-		}
-	}
-	const cJSON *rf = cJSON_GetObjectItemCaseSensitive(o, "resend_from");
-	if (rf && !seq_of(rf, &ack->resend_from)) {
-		err__set(SCRM_E_INVALID, "resend_from: must be an integer >= 1");
-		goto out;
-	}
-	rc = SCRM_OK;
-out:
-	cJSON_Delete(o);
-	if (rc != SCRM_OK)
-		sync__ack_free(ack);
-	return rc;
+	delivery__pump(&s->dl);
 }
 
 static void on_ack(struct sync *s, const char *payload, size_t len)
 {
-	sync__ack ack;
-	int64_t now = platform__wall_ms();
+	delivery__ack ack;
 	char q[300];
 
-	if (sync__parse_ack(payload, len, &ack) != SCRM_OK) {
+	if (delivery__parse_ack(payload, len, &ack) != SCRM_OK) {
 		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=%s bytes=%zu", log__q(q, sizeof(q), scrm_errmsg()), len);
 		return;
 	}
-	for (size_t i = 0; i < ack.n_rejected; i++) {
-		if (outbox__reject(s->ob, ack.rejected[i].seq, ack.rejected[i].reason, now) == SCRM_OK)
-			LOG(LOG_ERROR, "sync", "central rejected an event; kept in the rejected table", "seq=%lld reason=%s",
-			    (long long)ack.rejected[i].seq, log__q(q, sizeof(q), ack.rejected[i].reason));
-	}
-	if (ack.n_acked) {
-		int64_t deleted = 0;
-		if (outbox__ack(s->ob, (const int64_t(*)[2])ack.acked, ack.n_acked, now, &deleted) != SCRM_OK) {
-			LOG(LOG_ERROR, "sync", "cannot apply ack", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
-			goto out;
-		}
-		s->n_acked += deleted;
-		LOG(LOG_DEBUG, "sync", "ack applied", "ranges=%zu deleted=%lld", ack.n_acked, (long long)deleted);
-	}
-	int64_t backlog_before = s->base;
-	retire(s, (const int64_t(*)[2])ack.acked, ack.n_acked);
+	int64_t backlog_before = s->dl.base;
+	delivery__on_ack(&s->dl, &ack);
 	s->last_activity_ms = platform__mono_ms();
 	/* Caught up after a backlog: tell operations now rather than at the
 	 * next period (a second later, so a burst of acks makes one). */
-	if (backlog_before != 0 && s->base == 0 && s->next_heartbeat_ms > s->last_activity_ms + 1000)
+	if (backlog_before != 0 && s->dl.base_known && s->dl.base == 0 &&
+	    s->next_heartbeat_ms > s->last_activity_ms + 1000)
 		s->next_heartbeat_ms = s->last_activity_ms + 1000;
-
-	/* resend_from: central has a hole and stored nothing past it. Act only
-	 * on acks for batches of the current round: after a go-back, the acks
-	 * still arriving for the old round's batches would ask for the same
-	 * hole again. */
-	if (ack.resend_from && ack.batch[0]) {
-		int current = 0;
-		for (int i = 0; i < s->nwin; i++)
-			if (strcmp(s->win[i].id, ack.batch) == 0)
-				current = 1;
-		if (current && ack.resend_from <= s->sent_upto)
-			go_back(s, "central_missing_events");
-	}
-out:
-	sync__ack_free(&ack);
+	delivery__ack_free(&ack);
 }
 
 /* ---- customer cache ---- */
@@ -687,13 +498,13 @@ static void health_json(struct sync *s, sbuf *out)
 	sbuf__puts(out, ",\"since_ms\":");
 	sbuf__i64(out, s->connected_since_ms);
 	sbuf__puts(out, ",\"window_used\":");
-	sbuf__i64(out, s->nwin);
+	sbuf__i64(out, s->dl.nwin);
 	sbuf__puts(out, ",\"published\":");
-	sbuf__i64(out, s->n_published);
+	sbuf__i64(out, s->dl.n_published);
 	sbuf__puts(out, ",\"acked\":");
-	sbuf__i64(out, s->n_acked);
+	sbuf__i64(out, s->dl.n_acked);
 	sbuf__puts(out, ",\"redeliveries\":");
-	sbuf__i64(out, s->n_redeliveries);
+	sbuf__i64(out, s->dl.n_redeliveries);
 	sbuf__puts(out, "}");
 
 	sbuf__puts(out, ",\"outbox\":{\"pending\":");
@@ -883,11 +694,17 @@ static void apply_log_settings(struct sync *s)
 	log__configure(cfg->log_syslog, cfg->log_file, cfg->log_file_max_bytes);
 }
 
+static delivery__settings delivery_settings(const struct sync *s);
+
+/* The window and batch limits in force: the config's, within what the
+ * broker announced in its CONNACK (Receive Maximum, Maximum Packet Size). */
 static void set_window(struct sync *s)
 {
 	s->window = (int)s->cfg->window < s->recv_max ? (int)s->cfg->window : s->recv_max;
 	if (s->window < 1)
 		s->window = 1;
+	delivery__settings ds = delivery_settings(s);
+	delivery__configure(&s->dl, &ds);
 }
 
 static mqtt__opts mqtt_opts(const config *cfg, const char *password)
@@ -978,7 +795,7 @@ static int restart_mqtt(struct sync *s, const char *why)
 	s->mq = m;
 	s->connected = s->subscribed = s->connecting = 0;
 	s->connected_since_ms = 0;
-	go_back(s, why);
+	delivery__link(&s->dl, 0, why);
 	link_note(s, 0);
 	backoff__reset(&s->bo);
 	LOG(LOG_INFO, "sync", "reconnecting with new broker settings", "uri=%s reason=%s", s->cfg->broker_uri, why);
@@ -1272,15 +1089,15 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 		memset(&st, 0, sizeof(st));
 		/* Now, not at the ack timeout: everything unacknowledged goes
 		 * out again from the oldest (central deduplicates). */
-		if (s->nwin > 0)
-			go_back(s, "flush_command");
+		if (s->dl.nwin > 0)
+			delivery__go_back(&s->dl, "flush_command");
 		pump(s);
 		outbox__checkpoint(s->ob);
 		outbox__stats(s->ob, &st);
 		sbuf__puts(res, "{\"pending\":");
 		sbuf__i64(res, st.pending);
 		sbuf__puts(res, ",\"in_flight_batches\":");
-		sbuf__i64(res, s->nwin);
+		sbuf__i64(res, s->dl.nwin);
 		sbuf__puts(res, "}");
 		return 0;
 	}
@@ -1439,13 +1256,17 @@ static void handle_mqtt(struct sync *s)
 			s->connected = 1;
 			s->subscribed = 0;
 			s->recv_max = e->recv_max;
+			s->max_packet = e->max_packet;
 			set_window(s);
 			s->connected_since_ms = platform__wall_ms();
 			backoff__reset(&s->bo);
 			s->fail_streak = 0;
-			LOG(LOG_INFO, "sync", "connected", "uri=%s session_present=%d receive_max=%d window=%d",
-			    s->cfg->broker_uri, e->session_present, e->recv_max, s->window);
-			go_back(s, "reconnect");
+			LOG(LOG_INFO, "sync", "connected",
+			    "uri=%s session_present=%d receive_max=%d max_packet=%zu window=%d", s->cfg->broker_uri,
+			    e->session_present, e->recv_max, s->max_packet, s->window);
+			/* Sent again from the oldest once subscribed (acks need
+			 * the subscription). */
+			delivery__link(&s->dl, 0, "reconnect");
 			link_note(s, 1);
 			s->subs_pending = 0;
 			if (mqtt__subscribe(s->mq, s->topic_down, 1) != SCRM_OK)
@@ -1486,8 +1307,8 @@ static void handle_mqtt(struct sync *s)
 			s->connecting = 0;
 			s->connected_since_ms = 0;
 			LOG(LOG_WARN, "sync", "connection lost", "reason=%s unacked_batches=%d", log__q(q, sizeof(q), e->text),
-			    s->nwin);
-			go_back(s, "connection_lost");
+			    s->dl.nwin);
+			delivery__link(&s->dl, 0, "connection_lost");
 			link_note(s, 0);
 			schedule_reconnect(s, now);
 			break;
@@ -1500,6 +1321,7 @@ static void handle_mqtt(struct sync *s)
 				LOG(LOG_DEBUG, "sync", "subscribed", "topic=%s", s->topic_down);
 				publish_birth(s);
 				publish_health(s);
+				delivery__link(&s->dl, 1, "subscribed");
 				if (s->probation_ms)
 					probation_settle(s, 0);
 				while (s->deferred) {
@@ -1522,6 +1344,7 @@ static void handle_mqtt(struct sync *s)
 				s->subscribed = 1;
 				publish_birth(s);
 				publish_health(s);
+				delivery__link(&s->dl, 1, "subscribed");
 				cache_pump(s);
 			}
 			break;
@@ -1579,8 +1402,6 @@ int sync__run(config *cfg_in, const char *level_override)
 	snprintf(s.topic_health, sizeof(s.topic_health), "%sup/health", cfg->topic_prefix);
 	snprintf(s.topic_cmd, sizeof(s.topic_cmd), "%sdown/cmd", cfg->topic_prefix);
 	apply_log_settings(&s);
-	sbuf__init(&s.buf);
-	sbuf__init(&s.events);
 	snprintf(s.topic_up, sizeof(s.topic_up), "%sup/events", cfg->topic_prefix);
 	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
@@ -1693,6 +1514,20 @@ int sync__run(config *cfg_in, const char *level_override)
 	}
 	if (cfg->overlay_previous) /* a broker change was on probation at the last stop */
 		s.probation_ms = platform__mono_ms() + cfg->probation_s * 1000;
+	{
+		delivery__io io = {.ctx = &s,
+				   .read = io_read,
+				   .oldest = io_oldest,
+				   .ack = io_ack,
+				   .reject = io_reject,
+				   .publish = io_publish,
+				   .mono_ms = io_mono,
+				   .wall_ms = io_wall,
+				   .batch_id = io_batch_id};
+		delivery__settings ds = delivery_settings(&s);
+		delivery__init(&s.dl, &io, &ds);
+		set_window(&s);
+	}
 	start_connect(&s);
 	s.last_activity_ms = platform__mono_ms();
 	/* systemd (Type=notify): ready once the outbox is open and capture
@@ -1714,8 +1549,8 @@ int sync__run(config *cfg_in, const char *level_override)
 		int64_t wake = now + IDLE_CHECKPOINT_MS;
 		if (!s.connected && !s.connecting && s.next_connect_ms && s.next_connect_ms < wake)
 			wake = s.next_connect_ms;
-		if (s.nwin > 0 && s.win[0].deadline_ms < wake)
-			wake = s.win[0].deadline_ms;
+		if (s.connected && delivery__deadline(&s.dl) && delivery__deadline(&s.dl) < wake)
+			wake = delivery__deadline(&s.dl);
 		if (s.link_refresh_ms && s.link_refresh_ms < wake)
 			wake = s.link_refresh_ms;
 		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms < wake)
@@ -1785,10 +1620,8 @@ int sync__run(config *cfg_in, const char *level_override)
 			s.reconnect_pending = 0;
 			restart_mqtt(&s, "reconfigure");
 		}
-		if (s.connected && s.nwin > 0 && s.win[0].deadline_ms <= now) {
-			go_back(&s, "ack_timeout");
-			pump(&s);
-		}
+		if (s.connected)
+			delivery__tick(&s.dl);
 		if (s.cache) {
 			int64_t d = cache__next_deadline(s.cache);
 			if (d && d <= now)
@@ -1810,7 +1643,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	rc = 0;
 	platform__sd_notify("STOPPING=1");
 	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
-	    (long long)s.n_published, (long long)s.n_acked, (long long)s.n_redeliveries, s.nwin);
+	    (long long)s.dl.n_published, (long long)s.dl.n_acked, (long long)s.dl.n_redeliveries, s.dl.nwin);
 cleanup:
 	if (s.ob)
 		outbox__link_set(s.ob, 0, platform__wall_ms());
@@ -1846,8 +1679,7 @@ cleanup:
 	if (lock_fd >= 0)
 		close(lock_fd);
 	free(password);
-	sbuf__free(&s.buf);
-	sbuf__free(&s.events);
+	delivery__free(&s.dl);
 	sbuf__free(&s.fb);
 	sbuf__free(&s.fr);
 	crypto__verifier_free(s.cmd_key);

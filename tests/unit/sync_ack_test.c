@@ -6,12 +6,12 @@
  * ignored as a whole — an ack must never delete an event central did not
  * name.
  *
- * The handler, on_ack(), is static in agent/sync.c and takes the loop's
- * state. Until it is split into a pure sync__parse_ack() (proposed in
- * tests/fuzz/fuzz_ack.c), this test compiles agent/sync.c into itself to
- * reach it, with a real outbox in a temp dir behind it; the rest of the
- * daemon (mqtt, log, backoff) comes from the scrm_daemon archive. If on_ack
- * is renamed, this is the one place to follow.
+ * The handler, on_ack(), is static in agent/sync.c: it parses with
+ * delivery__parse_ack() and applies with the delivery state machine over
+ * the daemon's outbox adapter (io_*). This test compiles agent/sync.c into
+ * itself to reach both, with a real outbox in a temp dir behind them; the
+ * rest of the daemon (mqtt, log, backoff) comes from the scrm_daemon
+ * archive. The state machine alone is tests/unit/delivery_test.c.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,6 +46,10 @@ static int setup(void **state)
 					.body_len = 32};
 	}
 	assert_int_equal(outbox__append(f->s.ob, rows, N_EVENTS, 0), SCRM_OK);
+	delivery__io io = {.ctx = &f->s, .read = io_read, .oldest = io_oldest, .ack = io_ack, .reject = io_reject,
+			   .publish = io_publish, .mono_ms = io_mono, .wall_ms = io_wall, .batch_id = io_batch_id};
+	delivery__settings ds = {.window = 8, .batch_max_events = 100, .batch_max_bytes = 65536, .ack_timeout_ms = 30000};
+	delivery__init(&f->s.dl, &io, &ds);
 	*state = f;
 	return 0;
 }
@@ -53,6 +57,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	fx *f = *state;
+	delivery__free(&f->s.dl);
 	outbox__close(f->s.ob);
 	tu_rmtree(f->dir);
 	free(f->db);
@@ -84,7 +89,7 @@ static void acked_ranges_leave_the_outbox(void **state)
 	fx *f = *state;
 	ack(f, "{\"v\":1,\"batch\":\"0193b3c2-7d4e-7a01-9c3e-2f5d8e1a4b60\",\"acked\":[[1,3],[5,5]]}");
 	assert_pending(f, "4,6,7,8,9,10");
-	assert_int_equal(f->s.n_acked, 4);
+	assert_int_equal(f->s.dl.n_acked, 4);
 	/* Redelivered ack: idempotent. An ack may cover several batches. */
 	ack(f, "{\"v\":1,\"batch\":\"x\",\"acked\":[[1,3],[5,5]]}");
 	assert_pending(f, "4,6,7,8,9,10");
@@ -183,8 +188,8 @@ static void huge_rejected_seq_is_ignored(void **state)
 	ack(f, "{\"v\":1,\"rejected\":[{\"seq\":1e300,\"reason\":\"x\"}]}");
 	assert_pending(f, "1,2,3,4,5,6,7,8,9,10");
 	/* The same conversion for "resend_from" on an ack of an in-flight batch. */
-	f->s.nwin = 1;
-	f->s.win[0] = (struct batch){.id = "b1", .first = 1, .last = 10};
+	f->s.dl.nwin = 1;
+	f->s.dl.win[0] = (struct delivery__batch){.id = "b1", .first = 1, .last = 10};
 	ack(f, "{\"v\":1,\"batch\":\"b1\",\"resend_from\":1e300}");
 	assert_pending(f, "1,2,3,4,5,6,7,8,9,10");
 }
@@ -197,16 +202,16 @@ static void batch_base_never_claims_in_flight_events(void **state)
 {
 	(void)state;
 	/* outbox empty at the last ack, [147] in flight, now [148] */
-	assert_int_equal(sync__batch_base(0, 147, 148), 147);
+	assert_int_equal(delivery__batch_base(0, 147, 148), 147);
 	/* nothing in flight, outbox empty at the last ack: the batch itself */
-	assert_int_equal(sync__batch_base(0, 0, 148), 148);
+	assert_int_equal(delivery__batch_base(0, 0, 148), 148);
 	/* the oldest pending as read wins when it is lower */
-	assert_int_equal(sync__batch_base(100, 147, 148), 100);
+	assert_int_equal(delivery__batch_base(100, 147, 148), 100);
 	/* after a go-back the window is empty: the outbox's oldest */
-	assert_int_equal(sync__batch_base(146, 0, 146), 146);
+	assert_int_equal(delivery__batch_base(146, 0, 146), 146);
 	/* a stale oldest above this batch never raises the base */
-	assert_int_equal(sync__batch_base(200, 0, 148), 148);
-	assert_int_equal(sync__batch_base(200, 150, 160), 150);
+	assert_int_equal(delivery__batch_base(200, 0, 148), 148);
+	assert_int_equal(delivery__batch_base(200, 150, 160), 150);
 }
 
 int main(int argc, char **argv)
