@@ -80,7 +80,8 @@
 #define RECONNECT_EVERY_MS 200
 #define PEER_WARN_PER_PERIOD 50 /* warnings caused by what devices send, per stats period */
 #define BATCH_ID_MAX 128
-#define SCHEMA_VERSION 3 /* 2: resync_requests, 3: redemptions */
+#define SCHEMA_VERSION 4 /* 2: resync_requests, 3: redemptions, 4: set_aside, duplicate_orders, late */
+#define ACK_MAX_ENTRIES 10000 /* protocol.md: per ack, in acked and in rejected */
 #define MAX_REJECT_KINDS 8
 
 /* customer cache publishing (run --cache-dir) */
@@ -338,6 +339,7 @@ struct run_opts {
 	int64_t snapshot_delay_ms;
 	int64_t drop_chunk; /* -1: none */
 	int64_t verdict_delay_ms;
+	int strict; /* --strict: a protocol violation by a device stops central (tests) */
 };
 
 struct stmts {
@@ -346,10 +348,12 @@ struct stmts {
 	sqlite3_stmt *sel_contig, *ins_gap, *ins_resync;
 	sqlite3_stmt *ins_redemption, *sel_redemption, *cnt_coupon, *last_coupon, *cnt_member,
 		*cnt_campaign;
+	sqlite3_stmt *ins_aside, *sel_order, *move_dup_order, *del_event, *ins_late, *sel_verdict_by_id;
 };
 
 struct counters {
 	uint64_t batches, batches_dropped, events_new, duplicates, conflicts, rejected, unackable;
+	uint64_t set_aside, duplicate_orders, late, violations, verdict_queries;
 	uint64_t acks_sent, acks_confirmed, acks_failed, acks_dropped;
 	uint64_t resync_requests, resync_dropped, chunks_sent, chunks_dropped, snapshots_sent;
 	uint64_t verdicts_accepted, verdicts_rejected, verdicts_redelivered, verdicts_sent,
@@ -515,7 +519,28 @@ static const char schema_sql[] =
 	" PRIMARY KEY(tenant, store, device, seq));"
 	"CREATE INDEX IF NOT EXISTS redemptions_coupon ON redemptions(tenant, coupon, verdict);"
 	"CREATE INDEX IF NOT EXISTS redemptions_campaign"
-	" ON redemptions(tenant, campaign, verdict, member_id);";
+	" ON redemptions(tenant, campaign, verdict, member_id);"
+	/* v4: set-aside markers (protocol.md "Set-aside events"): the seq is
+	 * settled, the event's data is on the device. */
+	"CREATE TABLE IF NOT EXISTS set_aside("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" id TEXT, kind TEXT, reason TEXT NOT NULL, detail TEXT, bytes INTEGER, received_ms INTEGER NOT NULL,"
+	" PRIMARY KEY(tenant, store, device, seq));"
+	/* v4: a second sale under an order_id (return_id) this device already
+	 * sent with another seq: kept aside, not counted as a sale. */
+	"CREATE TABLE IF NOT EXISTS duplicate_orders("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" id TEXT NOT NULL, kind TEXT NOT NULL, order_key TEXT NOT NULL, held_seq INTEGER NOT NULL,"
+	" body TEXT NOT NULL, received_ms INTEGER NOT NULL, PRIMARY KEY(tenant, store, device, seq));"
+	"CREATE INDEX IF NOT EXISTS events_order ON events(tenant, store, device, kind,"
+	" (CASE kind WHEN 'purchase' THEN json_extract(body, '$.order_id')"
+	" WHEN 'return' THEN json_extract(body, '$.return_id') END));"
+	/* v4: events stored with seq <= contiguous (settled on the device's
+	 * word): recovered ones are expected, others are the device's fault. */
+	"CREATE TABLE IF NOT EXISTS late("
+	" tenant TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+	" recovered INTEGER NOT NULL, received_ms INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS redemptions_id ON redemptions(tenant, store, device, id);";
 
 static int db_exec(const char *sql)
 {
@@ -548,7 +573,9 @@ static void db_close(void)
 				 &g.st.ins_rejected, &g.st.upsert_device, &g.st.add_stat,
 				 &g.st.sel_contig,   &g.st.ins_gap,       &g.st.ins_resync,
 				 &g.st.ins_redemption, &g.st.sel_redemption, &g.st.cnt_coupon,
-				 &g.st.last_coupon,  &g.st.cnt_member,    &g.st.cnt_campaign };
+				 &g.st.last_coupon,  &g.st.cnt_member,    &g.st.cnt_campaign,
+				 &g.st.ins_aside,    &g.st.sel_order,     &g.st.move_dup_order,
+				 &g.st.del_event,    &g.st.ins_late,      &g.st.sel_verdict_by_id };
 	size_t i;
 
 	for (i = 0; i < sizeof all / sizeof all[0]; i++) {
@@ -658,6 +685,24 @@ static int db_open(const char *path)
 	    (rc = db_prepare(&g.st.cnt_campaign,
 			     "SELECT count(*) FROM redemptions WHERE tenant=? AND campaign=? "
 			     "AND verdict='accepted'")) ||
+	    (rc = db_prepare(&g.st.ins_aside,
+			     "INSERT INTO set_aside(tenant,store,device,seq,id,kind,reason,detail,bytes,received_ms)"
+			     " VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")) ||
+	    (rc = db_prepare(&g.st.sel_order,
+			     "SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 AND kind=?4 AND"
+			     " (CASE kind WHEN 'purchase' THEN json_extract(body, '$.order_id')"
+			     " WHEN 'return' THEN json_extract(body, '$.return_id') END) = ?5 AND seq != ?6 LIMIT 1")) ||
+	    (rc = db_prepare(&g.st.move_dup_order,
+			     "INSERT OR IGNORE INTO duplicate_orders(tenant,store,device,seq,id,kind,order_key,held_seq,body,"
+			     "received_ms) SELECT tenant,store,device,seq,id,kind,?5,?6,body,?7 FROM events"
+			     " WHERE tenant=?1 AND store=?2 AND device=?3 AND seq=?4")) ||
+	    (rc = db_prepare(&g.st.del_event,
+			     "DELETE FROM events WHERE tenant=?1 AND store=?2 AND device=?3 AND seq=?4")) ||
+	    (rc = db_prepare(&g.st.ins_late,
+			     "INSERT INTO late(tenant,store,device,seq,recovered,received_ms) VALUES(?,?,?,?,?,?)")) ||
+	    (rc = db_prepare(&g.st.sel_verdict_by_id,
+			     "SELECT seq,campaign,coupon,verdict,reason,detail,decided_ms FROM redemptions"
+			     " WHERE tenant=? AND store=? AND device=? AND id=?")) ||
 	    (rc = db_prepare(&g.st.add_stat,
 			     "INSERT INTO stats(key,value) VALUES(?,?) ON CONFLICT DO UPDATE SET "
 			     "value=value+excluded.value")))
@@ -1095,13 +1140,6 @@ static int reject_store(const struct ident *id, int64_t seq, const char *reason,
 	return rc;
 }
 
-static int cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-	return (x > y) - (x < y);
-}
-
 struct rejection {
 	int64_t seq;
 	char reason[REASON_MAX];
@@ -1121,45 +1159,68 @@ static int redemption_handle(const struct ident *id, const struct event_view *v,
 static void verdicts_enqueue(struct verdict_batch *vb);
 static void verdict_list_free(struct pending_verdict *pv);
 
+static int cmp_range(const void *a, const void *b)
+{
+	const int64_t *x = a, *y = b;
+
+	return (x[0] > y[0]) - (x[0] < y[0]);
+}
+
 /* Ack: {"v":1,"batch":...,"acked":[[first,last],...],"rejected":[...]
- * [,"resend_from":N]} with consecutive seqs compressed into ranges. */
-static void ack_build(const struct ident *id, const char *batch, int64_t *acked, size_t na,
+ * [,"resend_from":N]}. `ranges` (sorted and merged here) already coalesce
+ * what the batch's `after` allows (batch_handle). protocol.md caps each list
+ * at ACK_MAX_ENTRIES: longer ones go out as several acks. */
+static void ack_build(const struct ident *id, const char *batch, int64_t (*ranges)[2], size_t na,
 		      const struct rejection *rej, size_t nr, int64_t resend_from)
 {
-	struct sbuf b = { 0 };
 	char topic[3 * IDENT_MAX + 32];
-	size_t i, j;
+	size_t i, j, m = 0, ra = 0, rr = 0;
 
-	qsort(acked, na, sizeof acked[0], cmp_i64);
-	sb_add(&b, "{\"v\":1,\"batch\":");
-	sb_json_str(&b, batch);
-	sb_add(&b, ",\"acked\":[");
+	qsort(ranges, na, sizeof ranges[0], cmp_range);
 	for (i = 0; i < na; i = j) {
-		int64_t last = acked[i];
+		int64_t first = ranges[i][0], last = ranges[i][1];
 
 		/* also swallows a seq listed twice */
-		for (j = i + 1; j < na && acked[j] <= last + 1; j++)
-			last = acked[j];
-		sb_add(&b, "%s[%" PRId64 ",%" PRId64 "]", i ? "," : "", acked[i], last);
-	}
-	sb_add(&b, "],\"rejected\":[");
-	for (i = 0; i < nr; i++) {
-		sb_add(&b, "%s{\"seq\":%" PRId64 ",\"reason\":", i ? "," : "", rej[i].seq);
-		sb_json_str(&b, rej[i].reason);
-		sb_add(&b, "}");
-	}
-	sb_add(&b, "]");
-	if (resend_from > 0)
-		sb_add(&b, ",\"resend_from\":%" PRId64, resend_from);
-	sb_add(&b, "}");
-	if (b.oom) {
-		free(b.p);
-		log_at(LVL_ERROR, "out of memory building ack", NULL);
-		return;
+		for (j = i + 1; j < na && ranges[j][0] <= last + 1; j++)
+			if (ranges[j][1] > last)
+				last = ranges[j][1];
+		ranges[m][0] = first;
+		ranges[m][1] = last;
+		m++;
 	}
 	snprintf(topic, sizeof topic, "scrm/v1/%s/%s/%s/down/ack", id->tenant, id->store,
 		 id->device);
-	ack_queue(strdup(topic), &b);
+	do {
+		struct sbuf b = { 0 };
+		size_t ea = m - ra > ACK_MAX_ENTRIES ? ACK_MAX_ENTRIES : m - ra;
+		size_t er = nr - rr > ACK_MAX_ENTRIES ? ACK_MAX_ENTRIES : nr - rr;
+
+		sb_add(&b, "{\"v\":1,\"batch\":");
+		sb_json_str(&b, batch);
+		sb_add(&b, ",\"acked\":[");
+		for (i = 0; i < ea; i++)
+			sb_add(&b, "%s[%" PRId64 ",%" PRId64 "]", i ? "," : "", ranges[ra + i][0],
+			       ranges[ra + i][1]);
+		sb_add(&b, "],\"rejected\":[");
+		for (i = 0; i < er; i++) {
+			sb_add(&b, "%s{\"seq\":%" PRId64 ",\"reason\":", i ? "," : "", rej[rr + i].seq);
+			sb_json_str(&b, rej[rr + i].reason);
+			sb_add(&b, "}");
+		}
+		sb_add(&b, "]");
+		ra += ea;
+		rr += er;
+		/* resend_from goes with the last part: the agent acts on it once */
+		if (resend_from > 0 && ra == m && rr == nr)
+			sb_add(&b, ",\"resend_from\":%" PRId64, resend_from);
+		sb_add(&b, "}");
+		if (b.oom) {
+			free(b.p);
+			log_at(LVL_ERROR, "out of memory building ack", NULL);
+			return;
+		}
+		ack_queue(strdup(topic), &b);
+	} while (ra < m || rr < nr);
 }
 
 /* A misbehaving device must not flood the log: warnings about what devices
@@ -1174,6 +1235,80 @@ static int peer_warns_left(void)
 		log_at(LVL_WARN, "more device input warnings suppressed until the next stats line",
 		       NULL);
 	return 0;
+}
+
+static int cmp_child_name(const void *a, const void *b)
+{
+	const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+
+	return strcmp(x->string ? x->string : "", y->string ? y->string : "");
+}
+
+/* The first duplicate key in any object of the tree, or NULL. Objects are
+ * sorted by name when large, so a hostile object is n log n, not n^2. */
+static const char *json_duplicate_key(const cJSON *o)
+{
+	const cJSON *c;
+	const char *dup = NULL;
+	size_t n = 0, i;
+
+	if (!o)
+		return NULL;
+	for (c = o->child; c; c = c->next) {
+		n++;
+		if ((dup = json_duplicate_key(c)))
+			return dup;
+	}
+	if (!cJSON_IsObject(o) || n < 2)
+		return NULL;
+	if (n <= 16) {
+		for (c = o->child; c; c = c->next)
+			for (const cJSON *d = c->next; d; d = d->next)
+				if (c->string && d->string && strcmp(c->string, d->string) == 0)
+					return c->string;
+		return NULL;
+	}
+	const cJSON **v = malloc(n * sizeof *v);
+	if (!v)
+		return NULL;
+	for (i = 0, c = o->child; c; c = c->next)
+		v[i++] = c;
+	qsort(v, n, sizeof *v, cmp_child_name);
+	for (i = 1; i < n && !dup; i++)
+		if (v[i]->string && v[i - 1]->string && strcmp(v[i]->string, v[i - 1]->string) == 0)
+			dup = v[i]->string;
+	free(v);
+	return dup;
+}
+
+/* Parse a device's payload as protocol.md requires: one JSON value, nothing
+ * after it, no object repeating a key (two parsers that disagree on which
+ * copy counts are a known attack). 0, or -1 with the reason in why. */
+static int json_parse_strict(const char *payload, size_t len, cJSON **out, char *why, size_t wlen)
+{
+	const char *end = NULL;
+	const char *dup;
+
+	*out = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
+	if (!*out) {
+		snprintf(why, wlen, "payload is not valid JSON");
+		return -1;
+	}
+	while (end && end < payload + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+		end++;
+	if (end != payload + len) {
+		snprintf(why, wlen, "payload has characters after the JSON value");
+		goto bad;
+	}
+	if ((dup = json_duplicate_key(*out))) {
+		snprintf(why, wlen, "payload repeats the key \"%.60s\"", dup);
+		goto bad;
+	}
+	return 0;
+bad:
+	cJSON_Delete(*out);
+	*out = NULL;
+	return -1;
 }
 
 static void batch_drop(const char *topic, const char *why)
@@ -1192,10 +1327,12 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	struct ident id;
 	cJSON *root = NULL;
 	const cJSON *batch, *v, *events, *ev;
-	int64_t *acked = NULL;
+	int64_t (*acked)[2] = NULL;
 	struct rejection *rej = NULL;
 	size_t na = 0, nr = 0, n, idx = 0;
-	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0;
+	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0, n_aside = 0, n_dup_orders = 0, n_late = 0;
+	uint64_t n_violations = 0;
+	int prev_acked = 0; /* the event before this one in the batch was acked */
 	int64_t now = wall_ms();
 	int64_t contiguous = 0, base = 0, resend_from = 0, after = -1, prev;
 	int in_tx = 0;
@@ -1207,7 +1344,14 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/events");
 		return;
 	}
-	root = cJSON_ParseWithLength(payload, len);
+	{
+		char why[300];
+
+		if (json_parse_strict(payload, len, &root, why, sizeof why) != 0) {
+			batch_drop(topic, why);
+			goto cleanup;
+		}
+	}
 	if (!cJSON_IsObject(root)) {
 		batch_drop(topic, "payload is not a JSON object");
 		goto cleanup;
@@ -1293,6 +1437,7 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		if (!cJSON_IsObject(ev) ||
 		    json_int64(cJSON_GetObjectItemCaseSensitive(ev, "seq"), &seq) != 0 || seq < 1) {
 			n_unackable++;
+			prev_acked = 0;
 			if (peer_warns_left())
 				log_at(LVL_WARN, "event without a valid seq ignored",
 				       "tenant=%s store=%s device=%s batch=%s index=%zu", id.tenant, id.store,
@@ -1313,15 +1458,81 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			resend_from = contiguous + 1;
 			break;
 		}
+		/* settled before: by an earlier event, or on the device's word
+		 * (base, after); a new copy of it is a late event (below). */
+		int settled = seq <= contiguous;
+		const cJSON *rec = cJSON_GetObjectItemCaseSensitive(ev, "recovered");
+		int recovered = cJSON_IsTrue(rec);
 		if (seq == contiguous + 1)
 			contiguous = seq;
 		prev = seq;
+		/* The acked ranges: consecutive seqs, and with `after` also the
+		 * seqs between two consecutive events of the batch, which the
+		 * device says it does not hold (protocol.md). Anything not acked
+		 * in between (rejected, unackable) breaks the range. */
+#define ACK_SEQ(q)                                                                                  \
+	do {                                                                                        \
+		if (na > 0 && (q) > acked[na - 1][1] &&                                             \
+		    ((q) == acked[na - 1][1] + 1 || (after >= 0 && prev_acked)))                   \
+			acked[na - 1][1] = (q);                                                     \
+		else {                                                                              \
+			acked[na][0] = acked[na][1] = (q);                                          \
+			na++;                                                                       \
+		}                                                                                   \
+		prev_acked = 1;                                                                     \
+	} while (0)
+		const cJSON *aside = cJSON_GetObjectItemCaseSensitive(ev, "set_aside");
+		if (aside) {
+			/* A set-aside marker settles its seq: no body, nothing to
+			 * validate but the marker itself. */
+			const cJSON *r = cJSON_IsObject(aside) ? cJSON_GetObjectItemCaseSensitive(aside, "reason") : NULL;
+			const cJSON *d = cJSON_IsObject(aside) ? cJSON_GetObjectItemCaseSensitive(aside, "detail") : NULL;
+			const cJSON *by = cJSON_IsObject(aside) ? cJSON_GetObjectItemCaseSensitive(aside, "bytes") : NULL;
+			const cJSON *eid = cJSON_GetObjectItemCaseSensitive(ev, "id");
+			const cJSON *ek = cJSON_GetObjectItemCaseSensitive(ev, "kind");
+			sqlite3_stmt *s = g.st.ins_aside;
+			int64_t bytes = 0;
+
+			if (!cJSON_IsString(r)) {
+				snprintf(reason, sizeof reason, "set_aside.reason: missing or not a string");
+				goto reject;
+			}
+			bind_ident(s, &id, seq);
+			if (cJSON_IsString(eid))
+				sqlite3_bind_text(s, 5, eid->valuestring, -1, SQLITE_STATIC);
+			if (cJSON_IsString(ek))
+				sqlite3_bind_text(s, 6, ek->valuestring, -1, SQLITE_STATIC);
+			sqlite3_bind_text(s, 7, r->valuestring, -1, SQLITE_STATIC);
+			if (cJSON_IsString(d))
+				sqlite3_bind_text(s, 8, d->valuestring, -1, SQLITE_STATIC);
+			if (json_int64(by, &bytes) == 0)
+				sqlite3_bind_int64(s, 9, bytes);
+			sqlite3_bind_int64(s, 10, now);
+			if (db_step(s) != SQLITE_OK) {
+				sqlite3_clear_bindings(s);
+				goto cleanup;
+			}
+			sqlite3_clear_bindings(s);
+			if (sqlite3_changes(g.db) == 1) {
+				n_aside++;
+				if (settled && !recovered)
+					n_violations++;
+				log_at(LVL_WARN, "event set aside by the device; its data stays there",
+				       "tenant=%s store=%s device=%s seq=%" PRId64 " kind=%s reason=%s", id.tenant,
+				       id.store, id.device, seq, cJSON_IsString(ek) ? lq(q1, sizeof q1, ek->valuestring) : "?",
+				       lq(q2, sizeof q2, r->valuestring));
+			}
+			ACK_SEQ(seq);
+			continue;
+		}
 		if (event_validate(ev, &ve, reason, sizeof reason) != 0) {
+		reject:
 			if (reject_store(&id, seq, reason, ev, now) != SQLITE_OK)
 				goto cleanup;
 			rej[nr].seq = seq;
 			snprintf(rej[nr].reason, sizeof rej[nr].reason, "%s", reason);
 			nr++;
+			prev_acked = 0;
 			if (peer_warns_left())
 				log_at(LVL_WARN, "event rejected",
 				       "tenant=%s store=%s device=%s seq=%" PRId64 " reason=%s",
@@ -1330,6 +1541,67 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			continue;
 		}
 		res = event_store(&id, &ve, g.next_arrival + (int64_t)n_new, now);
+		if (res == STORED_NEW && settled) {
+			/* protocol.md: a seq settled on the device's word, yet the
+			 * event exists: stored (never dropped for its seq), and a
+			 * fault of the device unless it says it recovered it. */
+			sqlite3_stmt *s = g.st.ins_late;
+
+			bind_ident(s, &id, seq);
+			sqlite3_bind_int(s, 5, recovered);
+			sqlite3_bind_int64(s, 6, now);
+			if (db_step(s) != SQLITE_OK)
+				goto cleanup;
+			n_late++;
+			if (!recovered) {
+				n_violations++;
+				log_at(LVL_ERROR, "PROTOCOL VIOLATION: event below the settled seq the device claimed; stored",
+				       "tenant=%s store=%s device=%s seq=%" PRId64 " contiguous=%" PRId64, id.tenant,
+				       id.store, id.device, seq, contiguous);
+			}
+		}
+		if (res == STORED_NEW && (strcmp(ve.kind, "purchase") == 0 || strcmp(ve.kind, "return") == 0)) {
+			/* Second guard against a sale recorded twice (protocol.md):
+			 * the same order under another seq is kept aside. */
+			const cJSON *k = cJSON_GetObjectItemCaseSensitive(
+				ve.body, strcmp(ve.kind, "purchase") == 0 ? "order_id" : "return_id");
+			sqlite3_stmt *s = g.st.sel_order;
+			int64_t held = 0;
+
+			if (cJSON_IsString(k)) {
+				sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+				sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+				sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+				sqlite3_bind_text(s, 4, ve.kind, -1, SQLITE_STATIC);
+				sqlite3_bind_text(s, 5, k->valuestring, -1, SQLITE_STATIC);
+				sqlite3_bind_int64(s, 6, seq);
+				if (sqlite3_step(s) == SQLITE_ROW)
+					held = sqlite3_column_int64(s, 0);
+				sqlite3_reset(s);
+				sqlite3_clear_bindings(s);
+			}
+			if (held) {
+				s = g.st.move_dup_order;
+				bind_ident(s, &id, seq);
+				sqlite3_bind_text(s, 5, k->valuestring, -1, SQLITE_STATIC);
+				sqlite3_bind_int64(s, 6, held);
+				sqlite3_bind_int64(s, 7, now);
+				if (db_step(s) != SQLITE_OK)
+					goto cleanup;
+				sqlite3_clear_bindings(s);
+				s = g.st.del_event;
+				bind_ident(s, &id, seq);
+				if (db_step(s) != SQLITE_OK)
+					goto cleanup;
+				n_dup_orders++;
+				log_at(LVL_WARN, "the same sale under another seq; kept aside as a duplicate",
+				       "tenant=%s store=%s device=%s seq=%" PRId64 " held_seq=%" PRId64 " %s=%s", id.tenant,
+				       id.store, id.device, seq, held, strcmp(ve.kind, "purchase") == 0 ? "order_id" : "return_id",
+				       lq(q1, sizeof q1, k->valuestring));
+				ACK_SEQ(seq);
+				continue;
+			}
+		}
 		switch (res) {
 		case STORED_NEW:
 			n_new++;
@@ -1346,8 +1618,9 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		if (strcmp(ve.kind, "coupon_redeem") == 0 &&
 		    redemption_handle(&id, &ve, res, now, &vb) != SQLITE_OK)
 			goto cleanup;
-		acked[na++] = seq;
+		ACK_SEQ(seq);
 	}
+#undef ACK_SEQ
 
 	{
 		sqlite3_stmt *s = g.st.upsert_device;
@@ -1378,6 +1651,23 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	g.c.conflicts += n_conf;
 	g.c.rejected += nr;
 	g.c.unackable += n_unackable;
+	g.c.set_aside += n_aside;
+	g.c.duplicate_orders += n_dup_orders;
+	g.c.late += n_late;
+	g.c.violations += n_violations;
+	if (n_late)
+		db_add_stat("late", (int64_t)n_late);
+	if (n_violations) {
+		db_add_stat("violations", (int64_t)n_violations);
+		if (g.opt.strict) {
+			/* Tests run central --strict: a device that over-claims must
+			 * fail them loudly, not be papered over. */
+			log_at(LVL_ERROR, "stopping: protocol violation by a device (--strict)",
+			       "tenant=%s store=%s device=%s violations=%" PRIu64, id.tenant, id.store, id.device,
+			       n_violations);
+			exit(3);
+		}
+	}
 	log_at(LVL_DEBUG, "batch stored",
 	       "tenant=%s store=%s device=%s batch=%s events=%zu new=%" PRIu64 " dup=%" PRIu64
 	       " conflicts=%" PRIu64 " rejected=%zu",
@@ -3057,6 +3347,66 @@ static void verdicts_enqueue(struct verdict_batch *vb)
 	vb->tail = &vb->head;
 }
 
+/* up/verdict/query (protocol.md "Verdict query"): publish again the
+ * verdict of every redemption asked about that this central has decided;
+ * ids it does not know are not answered (their event has not arrived). */
+static void verdict_query_handle(const char *topic, const char *payload, size_t len)
+{
+	struct ident id;
+	cJSON *root = NULL;
+	const cJSON *v, *ids, *it;
+	struct verdict_batch vb = { 0 };
+	char why[300], q[200];
+	int n = 0, answered = 0;
+
+	vb.tail = &vb.head;
+	g.c.verdict_queries++;
+	if (parse_topic(topic, &id, "up/verdict/query") != 0) {
+		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/verdict/query");
+		return;
+	}
+	if (json_parse_strict(payload, len, &root, why, sizeof why) != 0) {
+		batch_drop(topic, why);
+		return;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "v");
+	ids = cJSON_GetObjectItemCaseSensitive(root, "redemptions");
+	if (!cJSON_IsObject(root) || !cJSON_IsNumber(v) || v->valuedouble != 1.0 || !cJSON_IsArray(ids) ||
+	    (n = cJSON_GetArraySize(ids)) < 1 || n > 100) {
+		batch_drop(topic, "verdict query: needs \"v\":1 and \"redemptions\": 1..100 ids");
+		goto out;
+	}
+	cJSON_ArrayForEach(it, ids)
+	{
+		sqlite3_stmt *s = g.st.sel_verdict_by_id;
+
+		if (!cJSON_IsString(it) || strlen(it->valuestring) > EVENT_ID_MAX)
+			continue;
+		sqlite3_bind_text(s, 1, id.tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, id.store, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, id.device, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 4, it->valuestring, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 1) && sqlite3_column_text(s, 3)) {
+			const char *verdict = (const char *)sqlite3_column_text(s, 3);
+
+			if (verdict_add(&vb, &id, sqlite3_column_int64(s, 0), it->valuestring,
+					(const char *)sqlite3_column_text(s, 2), (const char *)sqlite3_column_text(s, 1),
+					strcmp(verdict, "accepted") == 0, (const char *)sqlite3_column_text(s, 4),
+					(const char *)sqlite3_column_text(s, 5), sqlite3_column_int64(s, 6)) == SQLITE_OK)
+				answered++;
+		}
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+	}
+	vb.redelivered = (uint64_t)answered;
+	log_at(LVL_INFO, "verdict query answered", "tenant=%s store=%s device=%s asked=%d answered=%d", id.tenant,
+	       id.store, lq(q, sizeof q, id.device), n, answered);
+	verdicts_enqueue(&vb);
+out:
+	verdict_list_free(vb.head);
+	cJSON_Delete(root);
+}
+
 static void on_verdict_ok(void *ctx, MQTTAsync_successData5 *resp)
 {
 	(void)resp;
@@ -3372,11 +3722,11 @@ static int mqtt_connect(void)
 static void mqtt_subscribe(void)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	static const char *const suffixes[] = { "up/events", "up/cache/resync" };
-	char topics[2][256];
-	char *tp[2];
-	int qos[2] = { 1, 1 };
-	int rc, i, n = g.opt.cache_dir ? 2 : 1;
+	static const char *const suffixes[] = { "up/events", "up/verdict/query", "up/cache/resync" };
+	char topics[3][256];
+	char *tp[3];
+	int qos[3] = { 1, 1, 1 };
+	int rc, i, n = g.opt.cache_dir ? 3 : 2;
 
 	for (i = 0; i < n; i++) {
 		if (g.opt.share)
@@ -3469,6 +3819,8 @@ static void inbound_drain(void)
 		list = in->next;
 		if (topic_ends_with(in->topic, "/up/cache/resync"))
 			resync_handle(in->topic, in->payload, in->len);
+		else if (topic_ends_with(in->topic, "/up/verdict/query"))
+			verdict_query_handle(in->topic, in->payload, in->len);
 		else
 			batch_handle(in->topic, in->payload, in->len);
 		acks_flush(); /* keep ack latency low under a backlog */
@@ -3719,6 +4071,7 @@ struct dev_report {
 	const char *tenant, *store, *device;
 	int64_t events, min_seq, max_seq, missing, duplicates, conflicts, rejected, batches;
 	int64_t out_of_order, unackable;
+	int64_t set_aside, duplicate_orders, late, violations; /* schema 4; 0 in older databases */
 	int64_t ranges[MISSING_RANGES_MAX][2];
 	int nranges;
 };
@@ -3735,18 +4088,38 @@ static int report_device(sqlite3 *db, struct dev_report *r)
 	/* Rejected seqs are accounted for: not lost. */
 	static const char *const sql_seqs =
 		"SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 UNION "
+		"SELECT seq FROM rejected WHERE tenant=?1 AND store=?2 AND device=?3 UNION "
+		"SELECT seq FROM set_aside WHERE tenant=?1 AND store=?2 AND device=?3 UNION "
+		"SELECT seq FROM duplicate_orders WHERE tenant=?1 AND store=?2 AND device=?3 ORDER BY 1";
+	static const char *const sql_seqs_v3 =
+		"SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 UNION "
 		"SELECT seq FROM rejected WHERE tenant=?1 AND store=?2 AND device=?3 ORDER BY 1";
+	static const char *const sql_v4 =
+		"SELECT (SELECT count(*) FROM set_aside WHERE tenant=?1 AND store=?2 AND device=?3),"
+		" (SELECT count(*) FROM duplicate_orders WHERE tenant=?1 AND store=?2 AND device=?3),"
+		" (SELECT count(*) FROM late WHERE tenant=?1 AND store=?2 AND device=?3),"
+		" (SELECT count(*) FROM late WHERE tenant=?1 AND store=?2 AND device=?3 AND recovered=0)";
 	static const char *const sql_order =
 		"SELECT seq FROM events WHERE tenant=?1 AND store=?2 AND device=?3 ORDER BY arrival";
-	const char *const sqls[] = { sql_counts, sql_conf, sql_rej, sql_seqs, sql_order };
+	const char *sqls[] = { sql_counts, sql_conf, sql_rej, sql_seqs, sql_order, sql_v4 };
 	sqlite3_stmt *s = NULL;
 	size_t q;
 	int rc = SQLITE_OK;
+	int v4 = sqlite3_prepare_v2(db, sql_v4, -1, &s, NULL) == SQLITE_OK;
 
+	sqlite3_finalize(s);
+	s = NULL;
+	if (!v4) {
+		/* a database of schema 3 or older: no set-aside, late, ... tables */
+		sqls[3] = sql_seqs_v3;
+		sqls[5] = NULL;
+	}
 	for (q = 0; q < sizeof sqls / sizeof sqls[0]; q++) {
 		int64_t prev = 0;
 		int first = 1;
 
+		if (!sqls[q])
+			continue;
 		rc = sqlite3_prepare_v2(db, sqls[q], -1, &s, NULL);
 		if (rc != SQLITE_OK)
 			return rc;
@@ -3785,6 +4158,12 @@ static int report_device(sqlite3 *db, struct dev_report *r)
 				if (!first && seq < prev)
 					r->out_of_order++;
 				prev = seq;
+				break;
+			case 5:
+				r->set_aside = sqlite3_column_int64(s, 0);
+				r->duplicate_orders = sqlite3_column_int64(s, 1);
+				r->late = sqlite3_column_int64(s, 2);
+				r->violations = sqlite3_column_int64(s, 3);
 				break;
 			}
 			first = 0;
@@ -3883,6 +4262,10 @@ static int cmd_report(const char *path, int as_json)
 			cJSON_AddNumberToObject(d, "batches", (double)r.batches);
 			cJSON_AddBoolToObject(d, "in_order", r.out_of_order == 0);
 			cJSON_AddNumberToObject(d, "out_of_order", (double)r.out_of_order);
+			cJSON_AddNumberToObject(d, "set_aside", (double)r.set_aside);
+			cJSON_AddNumberToObject(d, "duplicate_orders", (double)r.duplicate_orders);
+			cJSON_AddNumberToObject(d, "late", (double)r.late);
+			cJSON_AddNumberToObject(d, "violations", (double)r.violations);
 		} else {
 			char minb[24] = "none", maxb[24] = "none";
 
@@ -3893,10 +4276,12 @@ static int cmd_report(const char *path, int as_json)
 			printf("tenant=%s store=%s device=%s events=%" PRId64 " min_seq=%s max_seq=%s"
 			       " missing=%" PRId64 " duplicates=%" PRId64 " conflicts=%" PRId64
 			       " rejected=%" PRId64 " unackable=%" PRId64 " batches=%" PRId64
-			       " in_order=%s out_of_order=%" PRId64 "\n",
+			       " in_order=%s out_of_order=%" PRId64 " set_aside=%" PRId64
+			       " duplicate_orders=%" PRId64 " late=%" PRId64 " violations=%" PRId64 "\n",
 			       r.tenant, r.store, r.device, r.events, minb, maxb, r.missing,
 			       r.duplicates, r.conflicts, r.rejected, r.unackable, r.batches,
-			       r.out_of_order == 0 ? "yes" : "no", r.out_of_order);
+			       r.out_of_order == 0 ? "yes" : "no", r.out_of_order, r.set_aside,
+			       r.duplicate_orders, r.late, r.violations);
 		}
 	}
 	if (rc != SQLITE_DONE) {
@@ -4325,6 +4710,9 @@ static const char usage_run[] =
 	"  --client-id ID      MQTT client id (default scrm-central-<pid>)\n"
 	"  --ready-file FILE   written (\"ready ...\") once the subscription is granted\n"
 	"  --reject-kind KIND  reject every event of KIND (test hook; repeatable, max 8)\n"
+	"  --strict            exit with status 3 on a protocol violation by a device (an event\n"
+	"                      below a seq the device said was settled, not marked recovered);\n"
+	"                      without it such an event is stored, counted and logged\n"
 	"  --ack-window N      max publishes (acks and snapshot chunks) in flight, 1..64\n"
 	"                      (default 10; also capped by the broker's Receive Maximum;\n"
 	"                      chunks never take the last free one, acks go first)\n"
@@ -4522,6 +4910,9 @@ static int cmd_run(int argc, char **argv)
 			return 0;
 		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
 			g_log_min = LVL_DEBUG;
+			continue;
+		} else if (!strcmp(a, "--strict")) {
+			o->strict = 1;
 			continue;
 		} else if (!strcmp(a, "--db")) {
 			dst = &o->db;

@@ -19,6 +19,13 @@
  * --drop-chunk skips a chunk once; `push` delivers a delta to the store
  * topic and refuses a file that is not a delta; report counts the requests.
  *
+ * The protocol's safety rules (issue 11): an event below a seq the device
+ * said was settled is stored, never dropped, and counted as a violation
+ * unless "recovered" (--strict stops central on one); set-aside markers
+ * settle their seq; a second sale under one order_id is kept aside; seqs an
+ * `after` declares missing are coalesced into one ack range; a payload
+ * repeating a key is dropped; a verdict query gets the held verdicts again.
+ *
  * Exits 0 if every check passed, 1 otherwise; each failure prints a line
  * starting with "FAIL".
  */
@@ -709,6 +716,158 @@ static void check_drop_chunk(th_mqtt *dev)
 	expect_nothing(dev, "the resumed snapshot is complete, chunk 0 sent this time");
 }
 
+/* ---- protocol additions (issue 11): another device, pos-02 ---- */
+
+#define P2 "scrm/v1/acme/s1/pos-02/"
+#define EV2(seq, id, kind, extra, body)                                                          \
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-0000000002" id "\",\"seq\":" #seq ",\"kind\":\"" kind "\"," \
+	"\"wall_ms\":1764000100000,\"mono_ms\":1,\"boot\":\"b\",\"clock_ok\":true" extra ",\"body\":" body "}"
+#define PURCHASE2(order) \
+	"{\"order_id\":\"" order "\",\"lines\":[{\"sku\":\"S\",\"qty\":1,\"unit_price\":100,\"discount\":0}]," \
+	"\"discount\":0,\"total\":100,\"currency\":\"GBP\",\"payment\":\"card\"}"
+
+/* Publish a pos-02 batch and return the ack (caller frees), or NULL. */
+static cJSON *p2_batch(th_mqtt *d, const char *id, const char *head, const char *events)
+{
+	char buf[8192];
+	th_mqtt_msg *msg;
+	cJSON *o = NULL;
+
+	snprintf(buf, sizeof buf, "{\"v\":1,\"batch\":\"%s\",\"sent_ms\":1%s,\"events\":[%s]}", id, head, events);
+	if (th_mqtt_publish(d, P2 "up/events", buf, strlen(buf), 1, 10000) != 0)
+		return NULL;
+	while ((msg = th_mqtt_recv(d, 10000))) {
+		if (strcmp(msg->topic, P2 "down/ack") == 0) {
+			o = cJSON_Parse(msg->payload);
+			th_mqtt_msg_free(msg);
+			break;
+		}
+		th_mqtt_msg_free(msg);
+	}
+	return o;
+}
+
+static int p2_acked(cJSON *ack, const char *want)
+{
+	int ok = ack && ranges_equal(cJSON_GetObjectItemCaseSensitive(ack, "acked"), want);
+
+	cJSON_Delete(ack);
+	return ok;
+}
+
+static void check_protocol_additions(struct ctx *c)
+{
+	th_mqtt_opts o;
+	char err[512];
+	th_mqtt *d;
+	th_mqtt_msg *msg;
+	cJSON *rep;
+	int st = 0;
+
+	memset(&o, 0, sizeof o);
+	o.uri = th_broker_uri(c->broker);
+	o.client_id = "pos-02";
+	o.ca_file = c->path_ca;
+	d = th_mqtt_connect(&o, err, sizeof err);
+	if (!check(d != NULL, "pos-02 connects (%s)", err))
+		return;
+	if (!check(th_mqtt_subscribe(d, P2 "down/#", 1, 10000) == 0, "pos-02 subscribes to its down/#"))
+		goto out;
+	if (central_start(c, NULL) != 0)
+		goto out;
+	/* base 5: seqs 1..4 settled on the device's word (a gap). */
+	check(p2_acked(p2_batch(d, "p2-1", ",\"base\":5,\"after\":4", EV2(5, "05", "purchase", "", PURCHASE2("P-5"))),
+		       "[[5,5]]"),
+	      "base 5: seq 5 stored and acked");
+	/* A device bug: seq 3 after it said every seq below 5 was settled.
+	 * Stored anyway (never dropped for its seq), counted as a violation. */
+	check(p2_acked(p2_batch(d, "p2-2", ",\"base\":3", EV2(3, "03", "purchase", "", PURCHASE2("P-3"))), "[[3,3]]"),
+	      "an event below the settled seq is stored and acked, not dropped");
+	check(p2_acked(p2_batch(d, "p2-3", ",\"base\":2",
+				EV2(2, "02", "purchase", ",\"recovered\":true", PURCHASE2("P-2"))),
+		       "[[2,2]]"),
+	      "a recovered event below the settled seq is stored");
+	/* A set-aside marker settles its seq; a second sale under P-5 is kept aside. */
+	check(p2_acked(p2_batch(d, "p2-4", ",\"base\":6,\"after\":5",
+				"{\"id\":\"0193b3c2-7a10-7f3e-8d21-000000000206\",\"seq\":6,\"kind\":\"purchase\","
+				"\"set_aside\":{\"reason\":\"too_big\",\"detail\":\"x\",\"bytes\":70000}},"
+				EV2(7, "07", "purchase", "", PURCHASE2("P-5"))),
+		       "[[6,7]]"),
+	      "a set-aside marker and a duplicate order are acked");
+	/* after: seq 9 evicted on the device; 8, 10, 11 are acked as one range. */
+	check(p2_acked(p2_batch(d, "p2-5", ",\"base\":8,\"after\":7",
+				EV2(8, "08", "member_scan", "", "{\"member_id\":\"1\",\"method\":\"qr\"}") "," EV2(
+					10, "10", "member_scan", "", "{\"member_id\":\"1\",\"method\":\"qr\"}") "," EV2(11, "11", "member_scan", "", "{\"member_id\":\"1\",\"method\":\"qr\"}")),
+		       "[[8,11]]"),
+	      "seqs the device says it does not hold are coalesced into one range");
+	/* A repeated key: dropped unread, no ack (the next ack is p2-6's). */
+	{
+		static const char dup[] = "{\"v\":1,\"batch\":\"p2-dup\",\"batch\":\"p2-x\",\"base\":12,\"events\":[]}";
+
+		check(th_mqtt_publish(d, P2 "up/events", dup, strlen(dup), 1, 10000) == 0, "a batch repeating a key published");
+	}
+	/* A coupon redemption: central decides, then answers a verdict query. */
+	{
+		cJSON *a = p2_batch(d, "p2-6", ",\"base\":12,\"after\":11",
+				    EV2(12, "12", "coupon_redeem", "",
+					"{\"campaign\":\"C1\",\"order_id\":\"P-12\",\"value\":50,\"currency\":\"GBP\",\"mode\":\"offline\"}"));
+		const cJSON *b = a ? cJSON_GetObjectItemCaseSensitive(a, "batch") : NULL;
+
+		check(cJSON_IsString(b) && strcmp(b->valuestring, "p2-6") == 0, "the batch repeating a key got no ack");
+		check(p2_acked(a, "[[12,12]]"), "coupon_redeem stored");
+		msg = th_mqtt_recv(d, 10000);
+		check(msg && strcmp(msg->topic, P2 "down/verdict") == 0, "its verdict arrives");
+		th_mqtt_msg_free(msg);
+		static const char q[] = "{\"v\":1,\"redemptions\":[\"0193b3c2-7a10-7f3e-8d21-000000000212\","
+					"\"0193b3c2-7a10-7f3e-8d21-0000000002ff\"]}";
+		check(th_mqtt_publish(d, P2 "up/verdict/query", q, strlen(q), 1, 10000) == 0, "verdict query published");
+		msg = th_mqtt_recv(d, 10000);
+		check(msg && strcmp(msg->topic, P2 "down/verdict") == 0 &&
+			      strstr(msg->payload, "\"redemption\":\"0193b3c2-7a10-7f3e-8d21-000000000212\""),
+		      "the verdict is sent again for the known redemption (%s)", msg ? msg->payload : "none");
+		th_mqtt_msg_free(msg);
+		msg = th_mqtt_recv(d, 1500);
+		check(!msg, "nothing for the unknown redemption");
+		th_mqtt_msg_free(msg);
+	}
+	st = th_stop(c->central, 10000);
+	c->central = -1;
+	check(st == 0, "central exits 0 (got %d)", st);
+	rep = report_json(c, "report_pos02.json");
+	if (rep) {
+		const cJSON *devs = cJSON_GetObjectItemCaseSensitive(rep, "devices"), *it, *dv = NULL;
+
+		cJSON_ArrayForEach(it, devs)
+		{
+			const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "device");
+			if (cJSON_IsString(n) && strcmp(n->valuestring, "pos-02") == 0)
+				dv = it;
+		}
+		check(dv != NULL, "report has pos-02");
+		check(num(dv, "late") == 2 && num(dv, "violations") == 1, "late 2, violations 1 (got %g, %g)",
+		      num(dv, "late"), num(dv, "violations"));
+		check(num(dv, "set_aside") == 1 && num(dv, "duplicate_orders") == 1, "set_aside 1, duplicate_orders 1");
+		check(num(dv, "events") == 7, "7 events stored (2,3,5,8,10,11,12; got %g)", num(dv, "events"));
+	}
+	cJSON_Delete(rep);
+	/* --strict: the same kind of over-claim stops central with status 3. */
+	{
+		const char *extra[] = { "--strict", NULL };
+		char buf[2048];
+
+		if (central_start(c, extra) != 0)
+			goto out;
+		snprintf(buf, sizeof buf, "{\"v\":1,\"batch\":\"p2-7\",\"base\":1,\"events\":[%s]}",
+			 EV2(1, "01", "purchase", "", PURCHASE2("P-1")));
+		th_mqtt_publish(d, P2 "up/events", buf, strlen(buf), 1, 10000);
+		check(th_wait(c->central, 15000, &st) == 0 && th_exit_code(st) == 3,
+		      "--strict: central stops with status 3 on the over-claim (got %d)", st);
+		c->central = -1;
+	}
+out:
+	th_mqtt_close(d);
+}
+
 int main(void)
 {
 	struct ctx c;
@@ -883,6 +1042,7 @@ int main(void)
 	 * this process takes ~2 s (see th_mqtt_connect). */
 	th_mqtt_close(dev);
 	dev = NULL;
+	check_protocol_additions(&c);
 	check_tls_refusals(&c);
 
 done:

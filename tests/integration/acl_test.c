@@ -220,7 +220,7 @@ static int start_central(struct env *e)
 	path(ready, sizeof(ready), e->dir, "central.ready");
 	path(cert, sizeof(cert), e->dir, "central-id.crt");
 	path(key, sizeof(key), e->dir, "central-id.key");
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
 			      "--share", "scrm-central", "--ready-file", ready, "--cert", cert, "--key", key, NULL};
 	e->central = th_spawn_target(argv, e->central_log);
 	CHECK(e->central > 0, "spawn central");

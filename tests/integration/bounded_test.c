@@ -130,7 +130,7 @@ static int start_broker_and_central(struct env *e)
 	snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", e->port);
 	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
 	unlink(ready);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", uri, "--ca", ca, "--db", e->central_db,
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", uri, "--ca", ca, "--db", e->central_db,
 			      "--share", "scrm-central", "--ready-file", ready, NULL};
 	e->central = th_spawn_target(argv, e->central_log);
 	CHECK(e->central > 0, "spawn central");

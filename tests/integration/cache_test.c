@@ -219,7 +219,7 @@ static int start_central(struct env *e, const char *chunk_records, const char *d
 	char ready[600];
 	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
 	unlink(ready);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", e->uri, "--ca", e->ca, "--db",
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db",
 			      e->central_db, "--share", "scrm-central", "--ready-file", ready, "--cache-dir", e->fx,
 			      "--chunk-records", chunk_records, "--snapshot-delay-ms", delay_ms, NULL};
 	e->central = th_spawn_target(argv, e->central_log);

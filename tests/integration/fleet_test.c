@@ -117,7 +117,7 @@ static int start_central(struct env *e)
 {
 	char ready[600];
 	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
 			      "--share", "scrm-central", "--ready-file", ready, NULL};
 	e->central = th_spawn_target(argv, e->central_log);
 	CHECK(e->central > 0, "spawn central");

@@ -125,7 +125,7 @@ static int start_central(struct env *e)
 	char cert[600], key[600];
 	snprintf(cert, sizeof(cert), "%s/central.crt", e->dir);
 	snprintf(key, sizeof(key), "%s/central.key", e->dir);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--broker", uri, "--ca", ca, "--db", e->central_db,
+	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", uri, "--ca", ca, "--db", e->central_db,
 			      "--share", "scrm-central", "--ready-file", ready,
 			      e->mtls ? "--cert" : NULL, cert, "--key", key, NULL};
 	e->central = th_spawn_target(argv, e->central_log);
