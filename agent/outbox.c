@@ -25,6 +25,10 @@
  *     under outbox.max_bytes, per kind, for the heartbeat
  *   alarms(code PK, since_ms, last_ms, count, detail)
  *
+ * Schema v5 adds the clock anchor to `device` (clock_* columns; the rule is
+ * at "clock trust" below). max_wall_ms keeps its v1 name and now means the
+ * newest trusted wall clock since the anchor was last adopted.
+ *
  * The sequence counter lives in `device`, not in max(seq), because acked
  * events are deleted: a seq must never be reused even when the outbox empties.
  * A fresh outbox replacing a quarantined one starts it at
@@ -51,8 +55,14 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A wall clock this far behind the newest trusted capture is "not trusted". */
-#define CLOCK_BACKSTEP_MS 60000
+/* Clock trust (see "clock trust" below and docs/protocol.md, clock_ok). */
+#define CLOCK_STEP_MS 60000              /* offset change tolerated, and the floor after a reboot */
+#define CLOCK_DRIFT_PPM 500              /* plus this share of the mono time elapsed (the kernel's slew limit) */
+#define CLOCK_CONFIRM_MS (10LL * 60000)  /* a new offset kept this long (mono) is a correction */
+#define CLOCK_MAX_MS (1LL << 53)         /* wall and mono beyond this are nonsense: never trusted */
+/* The clock state in `device`, in struct clock_state's order. */
+#define CLOCK_COLUMNS "max_wall_ms, clock_boot, clock_offset_ms, clock_mono_ms, clock_cand_boot," \
+		      " clock_cand_offset_ms, clock_cand_mono_ms"
 
 /* Outside the libscrm target (unit tests compiling outbox.c alone). */
 #ifndef SCRM_BUILD_EPOCH
@@ -248,7 +258,18 @@ static const char schema_v4[] =
 	" detail TEXT NOT NULL) WITHOUT ROWID;"
 	"PRAGMA user_version = 4;";
 
-/* Schema v5: what the store owes central beyond the events themselves.
+/* Schema v5: the clock anchor (see "clock trust" below). Only these
+ * columns: a later version adds its own statements after them. */
+static const char schema_v5[] =
+	"ALTER TABLE device ADD COLUMN clock_boot TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE device ADD COLUMN clock_offset_ms INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE device ADD COLUMN clock_mono_ms INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE device ADD COLUMN clock_cand_boot TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE device ADD COLUMN clock_cand_offset_ms INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE device ADD COLUMN clock_cand_mono_ms INTEGER NOT NULL DEFAULT 0;"
+	"PRAGMA user_version = 5;";
+
+/* Schema v6: what the store owes central beyond the events themselves.
  *   outbox.set_aside  NULL, or why the event cannot be sent as it is
  *                     (protocol.md "Set-aside events"): the row stays in
  *                     the queue as a marker so central learns the seq is
@@ -261,7 +282,7 @@ static const char schema_v4[] =
  *                     receipt back, never a second sale (scrm.h)
  *   recovered         events put back from a quarantined file (scrmctl
  *                     outbox recover), so each is sent once */
-static const char schema_v5[] =
+static const char schema_v6[] =
 	"ALTER TABLE outbox ADD COLUMN set_aside TEXT;"
 	"CREATE TABLE IF NOT EXISTS dead_letter("
 	" seq INTEGER PRIMARY KEY, id BLOB, kind BLOB, wall_ms INTEGER, mono_ms INTEGER, boot BLOB,"
@@ -272,9 +293,9 @@ static const char schema_v5[] =
 	"CREATE INDEX IF NOT EXISTS orders_time ON orders(wall_ms);"
 	"CREATE TABLE IF NOT EXISTS recovered("
 	" seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, recovered_ms INTEGER NOT NULL);"
-	"PRAGMA user_version = 5;";
+	"PRAGMA user_version = 6;";
 
-#define OUTBOX_SCHEMA_VERSION 5
+#define OUTBOX_SCHEMA_VERSION 6
 
 /* Create or upgrade the schema, and bind the store to its device. */
 static int migrate(outbox *ob, const char *device_id)
@@ -311,6 +332,8 @@ static int migrate(outbox *ob, const char *device_id)
 	if (ver < 4 && (rc = exec(ob, schema_v4)))
 		goto cleanup;
 	if (ver < 5 && (rc = exec(ob, schema_v5)))
+		goto cleanup;
+	if (ver < 6 && (rc = exec(ob, schema_v6)))
 		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
@@ -418,8 +441,10 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	}
 	if ((rc = migrate(ob, device_id)))
 		return rc;
-	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, max_wall_ms FROM device WHERE id = 1")) ||
-	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2 WHERE id = 1")) ||
+	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, " CLOCK_COLUMNS " FROM device WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2, clock_boot = ?3,"
+					 " clock_offset_ms = ?4, clock_mono_ms = ?5, clock_cand_boot = ?6,"
+					 " clock_cand_offset_ms = ?7, clock_cand_mono_ms = ?8 WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
 	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
 	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
@@ -471,9 +496,10 @@ static int64_t probe_int(sqlite3 *db, const char *sql)
 	return v;
 }
 
-/* Copy the pending events (and the daemon's settings) still readable in the
- * damaged file, in seq order, stopping at the first unreadable page; rows
- * that no longer make sense (a NULL, malformed JSON) are skipped. */
+/* Copy the pending events (and the daemon's settings and the clock anchor)
+ * still readable in the damaged file, in seq order, stopping at the first
+ * unreadable page; rows that no longer make sense (a NULL, malformed JSON)
+ * are skipped. */
 static int64_t salvage(sqlite3 *old, sqlite3 *fresh)
 {
 	sqlite3_stmt *rd = NULL, *wr = NULL;
@@ -505,6 +531,24 @@ static int64_t salvage(sqlite3 *old, sqlite3 *fresh)
 			sqlite3_step(wr);
 			sqlite3_reset(wr);
 		}
+	}
+	sqlite3_finalize(rd);
+	sqlite3_finalize(wr);
+	rd = wr = NULL;
+	/* Trust goes on across the quarantine (from a v4 file: its max_wall_ms). */
+	if (sqlite3_prepare_v2(old, "SELECT " CLOCK_COLUMNS " FROM device WHERE id = 1", -1, &rd, NULL) != SQLITE_OK) {
+		sqlite3_finalize(rd);
+		rd = NULL;
+		sqlite3_prepare_v2(old, "SELECT max_wall_ms, '', 0, 0, '', 0, 0 FROM device WHERE id = 1", -1, &rd, NULL);
+	}
+	if (rd && sqlite3_step(rd) == SQLITE_ROW &&
+	    sqlite3_prepare_v2(fresh,
+			       "UPDATE device SET max_wall_ms = ?1, clock_boot = ?2, clock_offset_ms = ?3, clock_mono_ms = ?4,"
+			       " clock_cand_boot = ?5, clock_cand_offset_ms = ?6, clock_cand_mono_ms = ?7 WHERE id = 1",
+			       -1, &wr, NULL) == SQLITE_OK) {
+		for (int i = 0; i < 7; i++)
+			sqlite3_bind_value(wr, i + 1, sqlite3_column_value(rd, i));
+		sqlite3_step(wr); /* best effort: a NULL fails the NOT NULL, nothing is copied */
 	}
 	sqlite3_finalize(rd);
 	sqlite3_finalize(wr);
@@ -959,12 +1003,177 @@ static void central_state(outbox *ob, char *out, size_t cap)
 		 last_ack ? b : "");
 }
 
+/* ---- clock trust ----
+ *
+ * Each event carries its wall clock and CLOCK_BOOTTIME (mono). Their
+ * difference, the offset, stays put while the wall clock is sound: it moves
+ * only by drift and NTP slewing. A step of the wall clock (a glitch, an RTC
+ * that lost power, someone's `date -s`, or a real correction) is a jump of
+ * the offset. The anchor is the boot and offset of the last trusted event:
+ *
+ *  1. wall before trusted_after_ms (the build date): not trusted, nothing
+ *     changes (such a clock is never adopted, whatever NTP says).
+ *  2. Same boot as the anchor, and |offset - anchor offset| <=
+ *     CLOCK_STEP_MS + CLOCK_DRIFT_PPM of the mono time since the anchor:
+ *     trusted; the anchor follows (drift), any pending step is forgotten.
+ *  3. Another boot (or no anchor yet, or mono far behind the anchor's: a
+ *     reboot behind an unreadable, all-zero boot id): mono restarted, so
+ *     only wall >= max_wall_ms - CLOCK_STEP_MS can be checked: trusted and
+ *     re-anchored if so.
+ *  4. Otherwise it is a step: not trusted, the anchor stays. The step is
+ *     adopted (this event trusted, anchor and max_wall_ms moved to it) if
+ *     the kernel reports the clock NTP-synchronized, or if its offset was
+ *     first seen, in this boot, at least CLOCK_CONFIRM_MS of mono earlier
+ *     and every event since had it too (within the same tolerance); a step
+ *     seen for the first time (or another one) becomes that candidate.
+ *
+ * So a one-off glitch, forward or backward, flags the glitched events only,
+ * and a correction costs at most CLOCK_CONFIRM_MS of untrusted events. The
+ * offset is exact whatever the commit order: both clocks are read at capture.
+ * The state lives in `device` (schema v5), read and written in each append's
+ * transaction, so every process and handle on the file shares it. */
+
+#define CLOCK_BOOT_CAP 40 /* a boot id is 36 characters */
+struct clock_state {
+	int64_t last_wall;            /* device.max_wall_ms */
+	char boot[CLOCK_BOOT_CAP];    /* the anchor's boot id, "" = none yet */
+	int64_t offset, mono;         /* its wall - mono, and its mono */
+	char cand_boot[CLOCK_BOOT_CAP]; /* a step waiting for confirmation, "" = none */
+	int64_t cand_offset, cand_mono; /* its offset, and the mono it was first seen at */
+	int synced;                   /* platform__clock_synced(), asked at most once; CLOCK_UNASKED */
+};
+#define CLOCK_UNASKED 2
+
+/* Columns `col`.. of a row holding CLOCK_COLUMNS. */
+static void clock_load(sqlite3_stmt *q, int col, struct clock_state *c)
+{
+	const char *b = (const char *)sqlite3_column_text(q, col + 1);
+	const char *cb = (const char *)sqlite3_column_text(q, col + 4);
+	memset(c, 0, sizeof(*c));
+	c->last_wall = sqlite3_column_int64(q, col);
+	snprintf(c->boot, sizeof(c->boot), "%s", b ? b : "");
+	c->offset = sqlite3_column_int64(q, col + 2);
+	c->mono = sqlite3_column_int64(q, col + 3);
+	snprintf(c->cand_boot, sizeof(c->cand_boot), "%s", cb ? cb : "");
+	c->cand_offset = sqlite3_column_int64(q, col + 5);
+	c->cand_mono = sqlite3_column_int64(q, col + 6);
+	c->synced = CLOCK_UNASKED;
+	/* Values no capture can produce (a hand-edited or salvaged file) are
+	 * dropped: the arithmetic below relies on the bounds. */
+	if (c->offset < -CLOCK_MAX_MS || c->offset > CLOCK_MAX_MS || c->mono < 0 || c->mono > CLOCK_MAX_MS)
+		c->boot[0] = '\0';
+	if (c->cand_offset < -CLOCK_MAX_MS || c->cand_offset > CLOCK_MAX_MS || c->cand_mono < 0 ||
+	    c->cand_mono > CLOCK_MAX_MS)
+		c->cand_boot[0] = '\0';
+}
+
+/* A boot id as stored: one that would not fit never matches. */
+static int same_boot(const char *stored, const char *boot)
+{
+	return stored[0] && strlen(boot) < CLOCK_BOOT_CAP && strcmp(stored, boot) == 0;
+}
+
+/* |a - b| <= CLOCK_STEP_MS + CLOCK_DRIFT_PPM of `elapsed` (all bounded by
+ * CLOCK_MAX_MS, so nothing overflows). */
+static int within(int64_t a, int64_t b, int64_t elapsed)
+{
+	int64_t d = a > b ? a - b : b - a;
+	if (elapsed < 0)
+		elapsed = -elapsed;
+	return d <= CLOCK_STEP_MS + elapsed / 1000000 * CLOCK_DRIFT_PPM + elapsed % 1000000 * CLOCK_DRIFT_PPM / 1000000;
+}
+
+static void clock_anchor(struct clock_state *c, const char *boot, int64_t offset, int64_t mono)
+{
+	snprintf(c->boot, sizeof(c->boot), "%s", boot);
+	c->offset = offset;
+	c->mono = mono;
+	c->cand_boot[0] = '\0';
+	c->cand_offset = c->cand_mono = 0;
+}
+
+/* One event's clock_ok under the rule above; moves `c` as it says. */
+static int clock_judge(struct clock_state *c, int64_t wall, int64_t mono, const char *boot, int64_t trusted_after_ms)
+{
+	if (!boot)
+		boot = "";
+	if (wall < trusted_after_ms || wall > CLOCK_MAX_MS || mono < 0 || mono > CLOCK_MAX_MS)
+		return 0;
+	const int64_t offset = wall - mono;
+	if (same_boot(c->boot, boot) && mono + CLOCK_STEP_MS >= c->mono) {
+		if (within(offset, c->offset, mono - c->mono)) {
+			clock_anchor(c, boot, offset, mono);
+			if (wall > c->last_wall)
+				c->last_wall = wall;
+			return 1;
+		}
+	} else if (wall + CLOCK_STEP_MS >= c->last_wall) {
+		clock_anchor(c, boot, offset, mono);
+		if (wall > c->last_wall)
+			c->last_wall = wall;
+		return 1;
+	}
+	/* A step. */
+	if (c->synced == CLOCK_UNASKED)
+		c->synced = platform__clock_synced();
+	int adopt = c->synced == 1;
+	if (!adopt && same_boot(c->cand_boot, boot) && mono + CLOCK_STEP_MS >= c->cand_mono &&
+	    within(offset, c->cand_offset, mono - c->cand_mono)) {
+		if (mono - c->cand_mono < CLOCK_CONFIRM_MS)
+			return 0; /* still the candidate, not yet confirmed */
+		adopt = 1;
+	}
+	if (adopt) {
+		clock_anchor(c, boot, offset, mono);
+		c->last_wall = wall;
+		return 1;
+	}
+	snprintf(c->cand_boot, sizeof(c->cand_boot), "%s", boot);
+	c->cand_offset = offset;
+	c->cand_mono = mono;
+	return 0;
+}
+
+int outbox__clock_state(outbox *ob, int64_t wall_ms, int64_t mono_ms, const char *boot, int64_t trusted_after_ms,
+			struct outbox__clock *out)
+{
+	struct clock_state c;
+	int rc;
+	memset(out, 0, sizeof(*out));
+	follow(ob);
+	sqlite3_reset(ob->get_dev);
+	if ((rc = sqlite3_step(ob->get_dev)) != SQLITE_ROW) {
+		rc = fail(ob, rc, "read clock state");
+		sqlite3_reset(ob->get_dev);
+		return rc;
+	}
+	clock_load(ob->get_dev, 1, &c);
+	sqlite3_reset(ob->get_dev);
+	if (!boot)
+		boot = "";
+	out->synced = c.synced = platform__clock_synced();
+	out->last_wall_ms = c.last_wall;
+	out->same_boot = same_boot(c.boot, boot);
+	if (out->same_boot && wall_ms >= -CLOCK_MAX_MS && wall_ms <= CLOCK_MAX_MS && mono_ms >= 0 && mono_ms <= CLOCK_MAX_MS)
+		out->step_ms = (wall_ms - mono_ms) - c.offset;
+	if (same_boot(c.cand_boot, boot)) {
+		out->pending = 1;
+		out->pending_since_mono_ms = c.cand_mono;
+		if (out->same_boot)
+			out->pending_step_ms = c.cand_offset - c.offset;
+	}
+	/* Judged on a copy: asking records nothing. */
+	out->trusted = clock_judge(&c, wall_ms, mono_ms, boot, trusted_after_ms);
+	return SCRM_OK;
+}
+
 /* Insert rows inside an open write transaction, each decided on its own
  * under outbox.max_bytes (outbox.h). */
 static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
 {
 	int rc;
-	int64_t next, max_wall, first, max_bytes, reserve, used, now = platform__wall_ms();
+	int64_t next, first, max_bytes, reserve, used, now = platform__wall_ms();
+	struct clock_state clock;
 
 	sqlite3_reset(ob->get_dev);
 	if ((rc = sqlite3_step(ob->get_dev)) != SQLITE_ROW) {
@@ -973,7 +1182,7 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		return rc;
 	}
 	next = sqlite3_column_int64(ob->get_dev, 0);
-	max_wall = sqlite3_column_int64(ob->get_dev, 1);
+	clock_load(ob->get_dev, 1, &clock);
 	sqlite3_reset(ob->get_dev);
 	first = next;
 	if ((rc = read_limits(ob, &max_bytes, &reserve)) || (rc = read_usage(ob, &used)))
@@ -1024,9 +1233,9 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			continue;
 		}
 		r->seq = next++;
-		r->clock_ok = r->wall_ms >= trusted_after_ms && r->wall_ms + CLOCK_BACKSTEP_MS >= max_wall;
-		if (r->clock_ok && r->wall_ms > max_wall)
-			max_wall = r->wall_ms;
+		/* Rows of one group are judged in order, each against the state
+		 * the previous left. */
+		r->clock_ok = clock_judge(&clock, r->wall_ms, r->mono_ms, r->boot, trusted_after_ms);
 		sqlite3_stmt *st = ob->ins;
 		sqlite3_reset(st);
 		sqlite3_bind_int64(st, 1, r->seq);
@@ -1061,7 +1270,13 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		return SCRM_OK;
 	sqlite3_reset(ob->put_dev);
 	sqlite3_bind_int64(ob->put_dev, 1, next);
-	sqlite3_bind_int64(ob->put_dev, 2, max_wall);
+	sqlite3_bind_int64(ob->put_dev, 2, clock.last_wall);
+	sqlite3_bind_text(ob->put_dev, 3, clock.boot, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(ob->put_dev, 4, clock.offset);
+	sqlite3_bind_int64(ob->put_dev, 5, clock.mono);
+	sqlite3_bind_text(ob->put_dev, 6, clock.cand_boot, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(ob->put_dev, 7, clock.cand_offset);
+	sqlite3_bind_int64(ob->put_dev, 8, clock.cand_mono);
 	rc = sqlite3_step(ob->put_dev);
 	sqlite3_reset(ob->put_dev);
 	if (rc != SQLITE_DONE)

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * outbox: the durable SQLite queue of captured events, `<store>/outbox.db`.
- * It owns the schema, the per-device sequence counter and the "clock
- * trusted" watermark. Capture appends in one IMMEDIATE transaction per group
+ * It owns the schema, the per-device sequence counter and the clock anchor
+ * that decides each event's clock_ok. Capture appends in one IMMEDIATE transaction per group
  * (WAL, synchronous=FULL: committed means on disk); the daemon reads batches
  * in seq order and deletes events only when central acknowledges them.
  *
@@ -82,13 +82,31 @@ void outbox__close(outbox *ob);
 const char *outbox__device_id(const outbox *ob);
 
 /* Append rows in one durable transaction; assigns consecutive seqs to the
- * rows stored. `trusted_after_ms`: wall clocks before it are flagged not
- * trusted. Under outbox.max_bytes each row is decided on its own (evicting
+ * rows stored, and clock_ok under the rule of docs/protocol.md (clock_ok),
+ * judging the rows in order. `trusted_after_ms`: wall clocks before it (the
+ * build date) are never trusted. Under outbox.max_bytes each row is decided on its own (evicting
  * older evictable events first; rows of this call are never evicted by it):
  * rows[i].refused says which were not stored. Returns SCRM_OK when every row
  * was stored, else the first refusal's code (its message set) — rows stored
  * alongside are committed all the same. */
 int outbox__append(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms);
+
+/* The wall clock's trust for the daemon's heartbeat: what an event captured
+ * now, at (wall_ms, mono_ms, boot: borrowed), would get as clock_ok, and the
+ * state behind it. Read only: nothing is adopted or recorded (the next
+ * append does that). Asks platform__clock_synced() once. */
+struct outbox__clock {
+	int trusted;                   /* such an event would be clock_ok */
+	int synced;                    /* platform__clock_synced(): 1, 0, < 0 unknown */
+	int same_boot;                 /* the last trusted event was captured in this boot */
+	int64_t step_ms;               /* same_boot: (wall_ms - mono_ms) minus its offset; else 0 */
+	int64_t last_wall_ms;          /* newest trusted wall clock (the floor after a reboot), 0 if none */
+	int pending;                   /* a step in this boot is waiting for confirmation */
+	int64_t pending_step_ms;       /* its offset minus the trusted one (0 unless same_boot) */
+	int64_t pending_since_mono_ms; /* the mono_ms it was first seen at (adopted 10 min later if kept) */
+};
+int outbox__clock_state(outbox *ob, int64_t wall_ms, int64_t mono_ms, const char *boot, int64_t trusted_after_ms,
+			struct outbox__clock *out);
 
 /* The daemon's outbox.max_bytes / outbox.reserve_bytes (reserve < 0: auto,
  * max/8 at most 8 MiB), stored for every capturing process. */

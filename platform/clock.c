@@ -1,17 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Clocks and the boot id. Times leave this module as int64 milliseconds so
- * that armhf's 32-bit time_t never reaches the wire or the disk.
+ * Clocks, the kernel's NTP state and the boot id. Times leave this module as
+ * int64 milliseconds so that armhf's 32-bit time_t never reaches the wire or
+ * the disk.
  */
 #include "platform.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <errno.h>
+#include <sys/timex.h>
 #include <time.h>
 
 static platform__clock_fn fake_wall, fake_mono;
 static void *fake_ctx;
+static platform__synced_fn fake_synced;
+static void *fake_synced_ctx;
 
 void platform__clock_override(platform__clock_fn wall, platform__clock_fn mono,
 			      void *ctx)
@@ -37,6 +41,30 @@ int64_t platform__wall_ms(void)
 int64_t platform__mono_ms(void)
 {
 	return fake_mono ? fake_mono(fake_ctx) : ms_of(CLOCK_BOOTTIME);
+}
+
+void platform__clock_synced_override(platform__synced_fn fn, void *ctx)
+{
+	fake_synced = fn;
+	fake_synced_ctx = ctx;
+}
+
+int platform__clock_synced(void)
+{
+	struct timex tx;
+	if (fake_synced)
+		return fake_synced(fake_synced_ctx);
+	/* The kernel's state describes the real clock, not a test's. */
+	if (fake_wall)
+		return -ENOTSUP;
+	/* modes = 0 only reads: no CAP_SYS_TIME needed. settimeofday() and
+	 * clock steps set STA_UNSYNC; an NTP client clears it once it has
+	 * disciplined the clock (chrony, ntpd, systemd-timesyncd). */
+	memset(&tx, 0, sizeof(tx));
+	int state = adjtimex(&tx);
+	if (state < 0)
+		return errno ? -errno : -EIO; /* e.g. ENOSYS under an emulator */
+	return state != TIME_ERROR && !(tx.status & STA_UNSYNC);
 }
 
 void platform__boot_id(char out[37])

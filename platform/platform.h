@@ -26,6 +26,16 @@ void platform__boot_id(char out[37]);
 typedef int64_t (*platform__clock_fn)(void *ctx);
 void platform__clock_override(platform__clock_fn wall, platform__clock_fn mono,
 			      void *ctx);
+/* Whether the kernel reports the wall clock NTP-synchronized (adjtimex(),
+ * read only): 1 synchronized, 0 not (TIME_ERROR or STA_UNSYNC: no NTP
+ * client has disciplined it since boot or since the last step), negative
+ * (-errno) unknown — unsupported (an emulator), or a fake wall clock is
+ * installed (platform__clock_override). Any thread; one system call. */
+int platform__clock_synced(void);
+/* Tests replace it (fn returns what platform__clock_synced should); NULL
+ * restores the kernel's answer. */
+typedef int (*platform__synced_fn)(void *ctx);
+void platform__clock_synced_override(platform__synced_fn fn, void *ctx);
 
 /* ---- randomness (mbedTLS CTR-DRBG seeded from the OS entropy source) ---- */
 

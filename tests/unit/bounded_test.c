@@ -856,6 +856,11 @@ static void damaged_outbox_checked_open(void **state)
 		free(id);
 	}
 	assert_int_equal(sql_int(f, "SELECT v FROM settings WHERE k = 'attribution_window_ms'"), 60000);
+	/* so did the clock anchor (make_row: wall T0 + n, mono 1000 + n) */
+	char *anchor = tu_sql_text(f->db, "SELECT clock_boot FROM device");
+	assert_string_equal(anchor, BOOT);
+	free(anchor);
+	assert_int_equal(sql_int(f, "SELECT clock_offset_ms FROM device"), T0 - 1000);
 	usage_exact(f);
 	char detail[480];
 	assert_int_equal(alarm_count(f->ob, "outbox_quarantined", detail, sizeof(detail)), 1);

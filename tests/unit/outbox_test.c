@@ -3,8 +3,8 @@
  * outbox_test: the durable SQLite queue (agent/outbox.c) in a throw-away
  * directory: creation and device binding, the sequence counter (consecutive,
  * shared by every handle on the file, never reused after acks), batches for
- * the wire, acks, rejections, the statistics scrmctl prints, the "clock
- * trusted" flag, and what happens when the disk fills up.
+ * the wire, acks, rejections, the statistics scrmctl prints, and what
+ * happens when the disk fills up (the clock_ok rule: outbox_clock_test.c).
  *
  * Links the real outbox.c with its real neighbours: SQLite, err.c, sbuf.c
  * and platform/ (mkdir). Rows are appended with chosen wall clocks, so no
@@ -261,10 +261,10 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 	free(fresh);
 }
 
-/* The objects of schema v5 (set-aside events, receipts by order, recovered
+/* The objects of schema v6 (set-aside events, receipts by order, recovered
  * events): dropped to make a store of an older release. */
-#define DROP_V5 "DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered; ALTER TABLE outbox DROP COLUMN set_aside;"
-#define CURRENT_SCHEMA 5
+#define DROP_V6 "DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered; ALTER TABLE outbox DROP COLUMN set_aside;"
+#define CURRENT_SCHEMA 6
 
 static void newer_schema_refused(void **state)
 {
@@ -289,6 +289,13 @@ static void newer_schema_refused(void **state)
 /* A store written by the previous release (schema v2: before the guide
  * tablet) upgrades in place: its events and counter are kept and the v3
  * tables and triggers appear. */
+/* Undo schema v5 (the clock anchor columns, SQLite >= 3.35), to make an
+ * older store out of a new one. */
+#define UNDO_V5 \
+	"ALTER TABLE device DROP COLUMN clock_boot; ALTER TABLE device DROP COLUMN clock_offset_ms;" \
+	" ALTER TABLE device DROP COLUMN clock_mono_ms; ALTER TABLE device DROP COLUMN clock_cand_boot;" \
+	" ALTER TABLE device DROP COLUMN clock_cand_offset_ms; ALTER TABLE device DROP COLUMN clock_cand_mono_ms;"
+
 static void schema_v2_store_upgrades(void **state)
 {
 	fx *f = *state;
@@ -298,7 +305,7 @@ static void schema_v2_store_upgrades(void **state)
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db,
-				      DROP_V5 "DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
+				      DROP_V6 UNDO_V5 " DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
 				      " DROP TRIGGER outbox_attribution; DROP TABLE link; DROP TABLE settings;"
 				      " DROP TABLE reco_shown; DROP TABLE redemptions;"
 				      " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
@@ -333,7 +340,7 @@ static void schema_v3_store_upgrades(void **state)
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db,
-				      DROP_V5 "DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+				      DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
 				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
 				      NULL, NULL, NULL),
@@ -716,65 +723,7 @@ static void stats_pending_bytes_counts_bytes(void **state)
 	}
 }
 
-/* ---- clock trust ----------------------------------------------------- */
-
-static int append_one_at(outbox *ob, int64_t wall_ms)
-{
-	outbox__row r;
-	rowbuf b;
-	make_row(&r, &b, 1, wall_ms);
-	assert_int_equal(outbox__append(ob, &r, 1, T0), SCRM_OK);
-	return r.clock_ok;
-}
-
-static void clock_ok_flags_untrusted_wall_clocks(void **state)
-{
-	fx *f = *state;
-	/* Before the build date: not trusted. */
-	assert_false(append_one_at(f->ob, T0 - 1));
-	assert_true(append_one_at(f->ob, T0));
-	assert_true(append_one_at(f->ob, T0 + 100000));
-	/* Stepping back up to 60 s is tolerated (NTP slew, two POS clocks). */
-	assert_true(append_one_at(f->ob, T0 + 100000 - 60000));
-	/* More than 60 s behind the newest trusted capture is not. */
-	assert_false(append_one_at(f->ob, T0 + 100000 - 60001));
-	assert_false(append_one_at(f->ob, T0 + 1));
-	/* An untrusted capture does not move the watermark. */
-	assert_true(append_one_at(f->ob, T0 + 100000 - 59000));
-
-	/* The watermark is in the file: another handle sees it. */
-	outbox *b = NULL;
-	assert_int_equal(outbox__open(f->store, NULL, 0, &b), SCRM_OK);
-	assert_false(append_one_at(b, T0 + 20000));
-	outbox__close(b);
-
-	/* The flag reaches the wire. */
-	size_t count = 0;
-	int64_t last = 0;
-	cJSON *arr = read_events(f->ob, 0, 100, (size_t)1 << 20, &count, &last);
-	static const int expect[] = {0, 1, 1, 1, 0, 0, 1, 0};
-	assert_int_equal(count, 8);
-	int i = 0;
-	for (const cJSON *e = arr->child; e; e = e->next, i++)
-		assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "clock_ok")), expect[i]);
-	cJSON_Delete(arr);
-}
-
-static void clock_ok_within_one_group(void **state)
-{
-	fx *f = *state;
-	/* One transaction holding a clock step: later rows are judged against
-	 * earlier rows of the same group. */
-	static const int64_t walls[] = {T0 + 500000, T0 + 300000, T0 + 460000, T0 + 500001};
-	static const int expect[] = {1, 0, 1, 1};
-	outbox__row rows[4];
-	rowbuf b[4];
-	for (int i = 0; i < 4; i++)
-		make_row(&rows[i], &b[i], i, walls[i]);
-	assert_int_equal(outbox__append(f->ob, rows, 4, T0), SCRM_OK);
-	for (int i = 0; i < 4; i++)
-		assert_int_equal(rows[i].clock_ok, expect[i]);
-}
+/* ---- clock trust: outbox_clock_test.c ------------------------------- */
 
 /* ---- disk full ------------------------------------------------------- */
 
@@ -1046,8 +995,6 @@ int main(int argc, char **argv)
 		T(reject_moves_event_to_rejected_table),
 		T(stats_figures),
 		T(stats_pending_bytes_counts_bytes),
-		T(clock_ok_flags_untrusted_wall_clocks),
-		T(clock_ok_within_one_group),
 		T(disk_full_on_a_full_filesystem),
 		T(disk_full_via_max_page_count),
 	};
