@@ -53,6 +53,7 @@ static const struct ckey keys[] = {
 	I("sync.ack_timeout_ms", ack_timeout_ms, 30000, 500, 3600000, "Redeliver from the oldest unacknowledged event after this long without an ack"),
 	I("sync.backoff_min_ms", backoff_min_ms, 500, 10, 600000, "First reconnect delay ceiling; doubles per failure (full jitter)"),
 	I("sync.backoff_max_ms", backoff_max_ms, 60000, 100, 3600000, "Reconnect delay ceiling cap"),
+	I("sync.verdict_query_s", verdict_query_s, 900, 10, 86400, "Ask central again for coupon verdicts still missing (redemptions central has acknowledged) every this many seconds"),
 	B("cache.enabled", cache_enabled, 1, "Keep the offline customer cache (cache.db) in sync with central"),
 	S("cache.keys_dir", keys_dir, NULL, 0, "Directory of data.key (made on first start), tenant.key and central.pub; default <store_dir>/keys"),
 	S("cache.phone_country_code", phone_cc, "", 0, "Country calling code replacing a local number's leading 0 (e.g. 44); empty = none"),

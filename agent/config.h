@@ -24,6 +24,7 @@ typedef struct config {
 	int64_t keepalive_s, session_expiry_s, connect_timeout_s;
 	/* sync */
 	int64_t batch_max_events, batch_max_bytes, window, ack_timeout_ms;
+	int64_t verdict_query_s;
 	int64_t backoff_min_ms, backoff_max_ms;
 	/* cache */
 	int cache_enabled;

@@ -48,6 +48,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <mbedtls/sha256.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,11 @@
 /* Eviction order: browsing, then scans, then any other kind not paid for. */
 #define EVICT_CLASS "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END"
 #define FRESH_SUFFIX ".fresh"
+/* What identifies a sale for retries: a purchase's order_id, a return's
+ * return_id, read from the canonical body (kind and body as SQL params). */
+#define ORDER_KEY(kind, body) \
+	"json_extract(" body ", CASE " kind " WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)"
+#define ORDER_DIGEST_BYTES 16
 
 struct outbox {
 	sqlite3 *db;
@@ -85,9 +91,9 @@ struct outbox {
 	uint64_t dev, ino;      /* the file this connection opened */
 	int corrupt;            /* a SQLite call reported the file damaged */
 	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
-	char full_msg[480], drop_msg[480];
+	char full_msg[480], drop_msg[480], conflict_msg[480];
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
-		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up;
+		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
 };
 
 int outbox__sqlite_err(int rc, const char *what, const char *detail)
@@ -463,7 +469,12 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 					  " last_ms = excluded.last_ms")) ||
 	    (rc = prep(ob, &ob->alarm_up, "INSERT INTO alarms(code, since_ms, last_ms, count, detail) VALUES (?1, ?3, ?3, 1, ?2)"
 					  " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
-					  " detail = excluded.detail")))
+					  " detail = excluded.detail")) ||
+	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = "
+					   ORDER_KEY("?1", "?2"))) ||
+	    (rc = prep(ob, &ob->order_put, "INSERT OR REPLACE INTO orders(kind, key, seq, id, wall_ms, digest)"
+					   " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT " ORDER_KEY("?1", "?2") " AS k)"
+					   " WHERE k IS NOT NULL")))
 		return rc;
 	return SCRM_OK;
 }
@@ -474,7 +485,8 @@ static void disconnect(outbox *ob, int detached)
 {
 	sqlite3_stmt **all[] = {&ob->get_dev, &ob->put_dev,   &ob->ins,      &ob->read,      &ob->del,
 				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->rej_reason, &ob->usage,
-				&ob->limits,  &ob->evict,    &ob->evict_del, &ob->drop_add, &ob->alarm_up};
+				&ob->limits,  &ob->evict,    &ob->evict_del, &ob->drop_add, &ob->alarm_up,
+				&ob->order_get, &ob->order_put};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		sqlite3_finalize(*all[i]);
 		*all[i] = NULL;
@@ -1167,6 +1179,48 @@ int outbox__clock_state(outbox *ob, int64_t wall_ms, int64_t mono_ms, const char
 	return SCRM_OK;
 }
 
+/* The receipt of a sale this device already recorded under r's order_id
+ * (return_id): *found = 1 with r's existing fields set when the content is
+ * the same, or with r refused (SCRM_E_CONFLICT) when it differs. */
+static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[32], int *found)
+{
+	sqlite3_stmt *st = ob->order_get;
+	int rc;
+	*found = 0;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_DONE) {
+		sqlite3_reset(st);
+		return SCRM_OK;
+	}
+	if (rc != SQLITE_ROW) {
+		rc = fail(ob, rc, "look up the receipt");
+		sqlite3_reset(st);
+		return rc;
+	}
+	*found = 1;
+	const void *held = sqlite3_column_blob(st, 3);
+	if (held && sqlite3_column_bytes(st, 3) == ORDER_DIGEST_BYTES && memcmp(held, digest, ORDER_DIGEST_BYTES) == 0) {
+		r->existing = 1;
+		r->seq = sqlite3_column_int64(st, 0);
+		snprintf(r->existing_id, sizeof(r->existing_id), "%s", (const char *)sqlite3_column_text(st, 1));
+		r->existing_wall_ms = sqlite3_column_int64(st, 2);
+	} else {
+		const char *field = strcmp(r->kind, "purchase") == 0 ? "order_id" : "return_id";
+		snprintf(ob->conflict_msg, sizeof(ob->conflict_msg),
+			 "%s: \"%.64s\" was already recorded on this device (seq %lld, event %.36s) with different"
+			 " content; a retry must send the same %s, a new %s needs a new %s; nothing was recorded",
+			 field, (const char *)sqlite3_column_text(st, 4), (long long)sqlite3_column_int64(st, 0),
+			 (const char *)sqlite3_column_text(st, 1), r->kind, r->kind, field);
+		r->refused = SCRM_E_CONFLICT;
+		r->why = ob->conflict_msg;
+	}
+	sqlite3_reset(st);
+	return SCRM_OK;
+}
+
 /* Insert rows inside an open write transaction, each decided on its own
  * under outbox.max_bytes (outbox.h). */
 static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
@@ -1193,9 +1247,24 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		outbox__row *r = &rows[i];
 		const int64_t need = (int64_t)r->body_len + OUTBOX_ROW_OVERHEAD;
 		const int paid = is_paid(r->kind);
+		const int keyed = strcmp(r->kind, "purchase") == 0 || strcmp(r->kind, "return") == 0;
+		unsigned char digest[32];
 		r->seq = 0;
 		r->refused = 0;
 		r->why = NULL;
+		r->existing = 0;
+		/* A sale already recorded (a till retrying after a timeout or a
+		 * crash) gets its first receipt back, before anything else could
+		 * be evicted or refused for it. */
+		if (keyed) {
+			int found;
+			if (mbedtls_sha256_ret((const unsigned char *)r->body, r->body_len, digest, 0) != 0)
+				return err__set(SCRM_E_CRYPTO, "outbox: cannot hash the event");
+			if ((rc = order_find(ob, r, digest, &found)))
+				return rc;
+			if (found)
+				continue;
+		}
 		/* Older evictable events make room first (never this call's own
 		 * rows: a receipt just given stays true until commit). Room for
 		 * an evictable event is made only if it then fits; a paid event
@@ -1252,6 +1321,20 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			return rc;
 		}
 		sqlite3_reset(st);
+		if (keyed) {
+			st = ob->order_put;
+			sqlite3_reset(st);
+			sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 3, r->seq);
+			sqlite3_bind_text(st, 4, r->id, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 5, r->wall_ms);
+			sqlite3_bind_blob(st, 6, digest, ORDER_DIGEST_BYTES, SQLITE_STATIC);
+			rc = sqlite3_step(st);
+			sqlite3_reset(st);
+			if (rc != SQLITE_DONE)
+				return fail(ob, rc, "record the receipt");
+		}
 		/* Triggers may have grown the body (attribution). */
 		if ((rc = read_usage(ob, &used)))
 			return rc;
@@ -1587,6 +1670,36 @@ int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char 
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	return rc == SQLITE_ROW ? SCRM_OK : err__set(SCRM_E_NOT_FOUND, "redemption: no redemption %s on this device", id);
+}
+
+int outbox__pending_verdicts(outbox *ob, int max, sbuf *out, int *n)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	sbuf__reset(out);
+	*n = 0;
+	follow(ob);
+	/* Central holds the event (acknowledged: no longer pending, not
+	 * rejected, not set aside) yet no verdict was recorded here. */
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT json_group_array(id), count(*) FROM (SELECT id FROM redemptions r WHERE verdict IS NULL"
+				" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.seq)"
+				" AND NOT EXISTS (SELECT 1 FROM rejected j WHERE j.seq = r.seq)"
+				" AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = r.seq)"
+				" ORDER BY reserved_ms, seq LIMIT ?1)",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare pending verdicts");
+	sqlite3_bind_int(st, 1, max > 0 ? max : 100);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
+		*n = sqlite3_column_int(st, 1);
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, "read pending verdicts");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }
 
 int outbox__redemptions(outbox *ob, int limit, sbuf *out)
@@ -2048,10 +2161,12 @@ int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 		"DELETE FROM member_activity WHERE wall_ms < ?1",
 		"DELETE FROM reco_shown WHERE shown_ms < ?1",
 		"DELETE FROM redemptions WHERE reserved_ms < ?1 AND verdict IS NOT NULL",
+		"DELETE FROM orders WHERE wall_ms < ?1",
 	};
 	const int64_t day = 86400000;
-	int64_t cut[3] = {before_ms, before_ms < now_ms - 8 * day ? before_ms : now_ms - 8 * day,
-			  before_ms < now_ms - 400 * day ? before_ms : now_ms - 400 * day};
+	int64_t cut[4] = {before_ms, before_ms < now_ms - 8 * day ? before_ms : now_ms - 8 * day,
+			  before_ms < now_ms - 400 * day ? before_ms : now_ms - 400 * day,
+			  now_ms - OUTBOX_ORDERS_RETENTION_MS};
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 		sqlite3_stmt *st = NULL;
 		int rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL);

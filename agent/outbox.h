@@ -50,7 +50,17 @@ typedef struct outbox__row {
 	 * NULL: scrm_errmsg()). */
 	int refused;
 	const char *why;
+	/* out: a purchase (return) whose order_id (return_id) this device
+	 * already holds with the same content: nothing was written and these
+	 * are the first capture's receipt (seq above too). A different content
+	 * is refused with SCRM_E_CONFLICT instead. */
+	int existing;
+	char existing_id[37];
+	int64_t existing_wall_ms;
 } outbox__row;
+
+/* How long the receipt of each purchase and return is kept for retries. */
+#define OUTBOX_ORDERS_RETENTION_MS (90LL * 86400000)
 
 #define OUTBOX_FILE "outbox.db"
 
@@ -172,6 +182,11 @@ int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by
  * SCRM_E_NOT_FOUND: no such redemption here. */
 int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
 		    int64_t ms, int *changed);
+/* The ids of redemptions central has acknowledged (their event is no
+ * longer pending, nor rejected or set aside) but whose verdict this device
+ * has not recorded, oldest first, at most `max`: a JSON array of strings
+ * into `out` (reset first), *n of them. For up/verdict/query. */
+int outbox__pending_verdicts(outbox *ob, int max, sbuf *out, int *n);
 /* {"pending":N,"accepted":N,"rejected":N,"redemptions":[...newest first]} */
 int outbox__redemptions(outbox *ob, int limit, sbuf *out);
 

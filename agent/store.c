@@ -123,6 +123,9 @@ static void lead(scrm_store *s)
 		for (size_t i = 0; i < n; i++) {
 			batch[i]->row.seq = rows[i].seq;
 			batch[i]->row.clock_ok = rows[i].clock_ok;
+			batch[i]->row.existing = rows[i].existing;
+			memcpy(batch[i]->row.existing_id, rows[i].existing_id, sizeof(rows[i].existing_id));
+			batch[i]->row.existing_wall_ms = rows[i].existing_wall_ms;
 			batch[i]->rc = rows[i].refused;
 			if (rows[i].refused)
 				snprintf(batch[i]->errmsg, sizeof(batch[i]->errmsg), "%s",
@@ -179,9 +182,10 @@ int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 		return rc;
 	}
 	if (receipt) {
-		memcpy(receipt->event_id, id, sizeof(receipt->event_id));
+		/* A retried sale: the first capture's receipt (scrm.h). */
+		memcpy(receipt->event_id, p.row.existing ? p.row.existing_id : id, sizeof(receipt->event_id));
 		receipt->seq = p.row.seq;
-		receipt->wall_ms = p.row.wall_ms;
+		receipt->wall_ms = p.row.existing ? p.row.existing_wall_ms : p.row.wall_ms;
 	}
 	return SCRM_OK;
 }

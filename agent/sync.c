@@ -39,6 +39,8 @@
 /* The broker holds the will this long after a connection dies: a network
  * blip the agent recovers from within it shows no offline flap. */
 #define WILL_DELAY_S 10
+/* A verdict that could not be recorded is asked for again this soon. */
+#define VERDICT_RETRY_MS 5000
 
 struct sync {
 	config cfg_own;    /* the running config; replaced by reload / config.set */
@@ -59,7 +61,8 @@ struct sync {
 	int64_t last_activity_ms; /* monotonic */
 	unsigned fail_streak; /* connect failures since the last success */
 	int64_t link_refresh_ms; /* monotonic: next refresh of the link row */
-	char topic_verdict[340];
+	char topic_verdict[340], topic_verdict_query[340];
+	int64_t next_verdict_query_ms; /* monotonic; 0 = none scheduled */
 	/* fleet */
 	char topic_state[340], topic_health[340], topic_cmd[340];
 	int64_t birth_seq;          /* of the current/next connection */
@@ -403,8 +406,11 @@ static void on_verdict(struct sync *s, const char *payload, size_t len)
 		return;
 	}
 	if (rc) {
-		LOG(LOG_ERROR, "sync", "cannot record a coupon verdict", "redemption=%s err=%s", v.redemption,
-		    log__q(q, sizeof(q), scrm_errmsg()));
+		/* The broker counts it delivered: ask central for it again soon
+		 * rather than at the next period (protocol.md "Verdict query"). */
+		LOG(LOG_ERROR, "sync", "cannot record a coupon verdict; asking central for it again", "redemption=%s err=%s",
+		    v.redemption, log__q(q, sizeof(q), scrm_errmsg()));
+		s->next_verdict_query_ms = platform__mono_ms() + VERDICT_RETRY_MS;
 		return;
 	}
 	if (!changed)
@@ -415,6 +421,35 @@ static void on_verdict(struct sync *s, const char *payload, size_t len)
 		LOG(LOG_WARN, "sync", "coupon redemption REJECTED by central; the store must follow up",
 		    "redemption=%s reason=%s detail=%s", v.redemption, log__q(q, sizeof(q), v.reason),
 		    log__q(q2, sizeof(q2), v.detail));
+}
+
+/* Ask central for the verdicts of redemptions it holds that this device
+ * has none for (a verdict lost between the broker and the store), then
+ * again every sync.verdict_query_s. */
+static void verdict_query(struct sync *s)
+{
+	sbuf ids;
+	int n = 0;
+	char q[300];
+	s->next_verdict_query_ms = platform__mono_ms() + s->cfg->verdict_query_s * 1000;
+	if (!s->connected || !s->subscribed)
+		return;
+	sbuf__init(&ids);
+	if (outbox__pending_verdicts(s->ob, 100, &ids, &n) != SCRM_OK) {
+		LOG(LOG_WARN, "sync", "cannot read the redemptions awaiting a verdict", "err=%s",
+		    log__q(q, sizeof(q), scrm_errmsg()));
+		s->next_verdict_query_ms = platform__mono_ms() + VERDICT_RETRY_MS;
+	} else if (n > 0) {
+		sbuf__reset(&s->req);
+		sbuf__puts(&s->req, "{\"v\":1,\"redemptions\":");
+		sbuf__put(&s->req, ids.p, ids.len);
+		sbuf__puts(&s->req, "}");
+		if (s->req.oom || mqtt__publish(s->mq, s->topic_verdict_query, s->req.p, s->req.len, 1, 0, NULL) != SCRM_OK)
+			LOG(LOG_WARN, "sync", "cannot ask central for missing verdicts; will retry", "count=%d", n);
+		else
+			LOG(LOG_INFO, "sync", "asked central for missing coupon verdicts", "count=%d", n);
+	}
+	sbuf__free(&ids);
 }
 
 /* ---- fleet management: presence, heartbeat, commands (protocol.md) ---- */
@@ -1322,6 +1357,7 @@ static void handle_mqtt(struct sync *s)
 				publish_birth(s);
 				publish_health(s);
 				delivery__link(&s->dl, 1, "subscribed");
+				verdict_query(s);
 				if (s->probation_ms)
 					probation_settle(s, 0);
 				while (s->deferred) {
@@ -1345,6 +1381,7 @@ static void handle_mqtt(struct sync *s)
 				publish_birth(s);
 				publish_health(s);
 				delivery__link(&s->dl, 1, "subscribed");
+				verdict_query(s);
 				cache_pump(s);
 			}
 			break;
@@ -1406,6 +1443,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	snprintf(s.topic_down, sizeof(s.topic_down), "%sdown/#", cfg->topic_prefix);
 	snprintf(s.topic_ack, sizeof(s.topic_ack), "%sdown/ack", cfg->topic_prefix);
 	snprintf(s.topic_verdict, sizeof(s.topic_verdict), "%sdown/verdict", cfg->topic_prefix);
+	snprintf(s.topic_verdict_query, sizeof(s.topic_verdict_query), "%sup/verdict/query", cfg->topic_prefix);
 	snprintf(s.topic_store_cache, sizeof(s.topic_store_cache), "%sdown/cache/+", cfg->store_prefix);
 	snprintf(s.topic_resync, sizeof(s.topic_resync), "%sup/cache/resync", cfg->topic_prefix);
 	sbuf__init(&s.req);
@@ -1555,6 +1593,8 @@ int sync__run(config *cfg_in, const char *level_override)
 			wake = s.link_refresh_ms;
 		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms < wake)
 			wake = s.next_heartbeat_ms;
+		if (s.connected && s.subscribed && s.next_verdict_query_ms && s.next_verdict_query_ms < wake)
+			wake = s.next_verdict_query_ms;
 		if (s.probation_ms && !(s.connected && s.subscribed) && s.probation_ms < wake)
 			wake = s.probation_ms;
 		if (watchdog_ms > 0) {
@@ -1614,6 +1654,8 @@ int sync__run(config *cfg_in, const char *level_override)
 			link_note(&s, 1);
 		if (s.connected && s.subscribed && s.next_heartbeat_ms && s.next_heartbeat_ms <= now)
 			publish_health(&s);
+		if (s.connected && s.subscribed && s.next_verdict_query_ms && s.next_verdict_query_ms <= now)
+			verdict_query(&s);
 		if (s.probation_ms && s.probation_ms <= now && !(s.connected && s.subscribed))
 			probation_settle(&s, 1);
 		if (s.reconnect_pending) {
@@ -1631,11 +1673,11 @@ int sync__run(config *cfg_in, const char *level_override)
 			/* Idle: checkpoint, and catch events whose notification was
 			 * lost (e.g. captured by a tool that cannot reach the socket). */
 			outbox__checkpoint(s.ob);
-			if (s.cache) {
+			if (s.cache)
 				cache__checkpoint(s.cache);
-				outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL,
-						       platform__wall_ms());
-			}
+			/* local history, shown lists, settled redemptions, receipts */
+			outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL,
+					       platform__wall_ms());
 			pump(&s);
 			s.last_activity_ms = now;
 		}

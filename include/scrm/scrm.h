@@ -52,7 +52,8 @@ extern "C" {
 	X(E_CONFIG, -11, "invalid configuration")                             \
 	X(E_CLOSED, -12, "store is closed")                                   \
 	X(E_INTERNAL, -13, "internal error")                                  \
-	X(E_REFUSED, -14, "refused by a business rule")
+	X(E_REFUSED, -14, "refused by a business rule")                       \
+	X(E_CONFLICT, -15, "conflicts with an event already recorded")
 
 typedef enum scrm_err {
 #define SCRM__ENUM(name, val, text) SCRM_##name = val,
@@ -154,7 +155,17 @@ typedef struct scrm_member_scan {
 } scrm_member_scan;
 
 /* Record an event. Returns after the event is durably committed, filling
- * *receipt (may be NULL). On failure nothing is written. Any thread. */
+ * *receipt (may be NULL). On failure nothing is written. Any thread.
+ *
+ * Retries are safe: a purchase is identified by its order_id and a return by
+ * its return_id on this device. Recording one again with the same content
+ * (a till that timed out or crashed after the commit and retries) writes
+ * nothing and returns SCRM_OK with the FIRST receipt (same event id, seq and
+ * wall_ms), so one sale is never two. The same order_id (return_id) with
+ * different content is refused with SCRM_E_CONFLICT ("order_id: ... was
+ * already recorded ... with different content"), nothing written: a new sale
+ * needs a new order_id. Receipts are kept 90 days; order_id and return_id
+ * must be unique per device at least that long. */
 SCRM_API int scrm_record_purchase(scrm_store *store, const scrm_purchase *p,
 				  scrm_receipt *receipt);
 SCRM_API int scrm_record_return(scrm_store *store, const scrm_return *r,

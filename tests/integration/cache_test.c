@@ -214,20 +214,26 @@ static int start_agent(struct env *e)
 	return 0;
 }
 
-static int start_central(struct env *e, const char *chunk_records, const char *delay_ms)
+static int start_central_ex(struct env *e, const char *chunk_records, const char *delay_ms, const char *verdict_delay_ms)
 {
 	char ready[600];
 	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
 	unlink(ready);
 	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db",
 			      e->central_db, "--share", "scrm-central", "--ready-file", ready, "--cache-dir", e->fx,
-			      "--chunk-records", chunk_records, "--snapshot-delay-ms", delay_ms, NULL};
+			      "--chunk-records", chunk_records, "--snapshot-delay-ms", delay_ms,
+			      "--verdict-delay-ms", verdict_delay_ms ? verdict_delay_ms : "0", NULL};
 	e->central = th_spawn_target(argv, e->central_log);
 	CHECK(e->central > 0, "spawn central");
 	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
 		th_sleep_ms(100);
 	CHECK(access(ready, F_OK) == 0, "central not ready");
 	return 0;
+}
+
+static int start_central(struct env *e, const char *chunk_records, const char *delay_ms)
+{
+	return start_central_ex(e, chunk_records, delay_ms, NULL);
 }
 
 static int push(struct env *e, const char *delta)
@@ -864,10 +870,85 @@ static int t_guide_offline(struct env *e)
 	return 0;
 }
 
+/* Issue 11, hole 6: a coupon verdict the broker delivered but the store
+ * could not record (its database locked past the busy timeout, then the
+ * agent killed) used to be lost for good: central resends a verdict only
+ * with a redelivered event, and this one was acknowledged. Now the agent
+ * asks central for the verdicts it is missing (up/verdict/query) soon after
+ * the failure and after every connect. */
+static int t_verdict_lost(struct env *e)
+{
+	char id[1][48], member[1][32], code[1][32];
+	scrm_cache *c = NULL;
+	scrm_store *st = NULL;
+	scrm_redemption red;
+	sqlite3 *lock = NULL;
+	int64_t pend = -1, acc = -1, rej = -1;
+	char outbox_db[600];
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons(e, "GOLD5", 1, id, member, code))
+		return -1;
+	e->broker = th_broker_start(e->dir, e->port, "server", 0);
+	CHECK(e->broker, "broker");
+	/* the verdict leaves central 3 s after the ack: time to lock the store */
+	if (start_central_ex(e, "1000", "0", "3000") || start_agent(e) || wait_all_streams(e, 120))
+		return -1;
+	CHECK(scrm_cache_open(e->store, NULL, &c) == SCRM_OK, "cache: %s", scrm_errmsg());
+	CHECK(scrm_store_open(e->store, NULL, &st) == SCRM_OK, "store: %s", scrm_errmsg());
+	scrm_line basket[1] = {{.sku = "22423", .qty = 2, .unit_price = 1275}};
+	scrm_redeem_request rq = {.member_id = member[0], .coupon = code[0], .basket = basket, .n_basket = 1,
+				  .currency = "GBP", .order_id = "V-1"};
+	CHECK(scrm_redeem(c, st, &rq, &red, NULL) == SCRM_OK, "redeem: %s", scrm_errmsg());
+	scrm_store_close(st);
+	st = NULL;
+	scrm_cache_close(c);
+	c = NULL;
+	/* acknowledged: no longer pending */
+	for (int i = 0; i < 300 * scale; i++) {
+		scrm_store *s2 = NULL;
+		scrm_outbox_stats ost = {.pending = -1};
+		if (scrm_store_open(e->store, NULL, &s2) == SCRM_OK) {
+			scrm_outbox_get_stats(s2, &ost);
+			scrm_store_close(s2);
+		}
+		if (ost.pending == 0)
+			break;
+		th_sleep_ms(50);
+	}
+	/* Another process holds the store's write lock past the agent's busy
+	 * timeout while the verdict arrives. */
+	snprintf(outbox_db, sizeof(outbox_db), "%s/outbox.db", e->store);
+	CHECK(sqlite3_open(outbox_db, &lock) == SQLITE_OK, "open outbox.db");
+	CHECK(sqlite3_exec(lock, "BEGIN EXCLUSIVE", NULL, NULL, NULL) == SQLITE_OK, "lock outbox.db");
+	int failed = th_wait_log(e->agent_log, "cannot record a coupon verdict", 20000 * scale) == 0;
+	/* ...and the agent dies before it tries again. */
+	th_kill(e->agent, SIGKILL);
+	th_wait(e->agent, 10000, NULL);
+	e->agent = -1;
+	sqlite3_exec(lock, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_close(lock);
+	CHECK(failed, "the verdict arrived while the store was locked (agent log: 'cannot record a coupon verdict')");
+	CHECK(redemptions_state(e, &pend, &acc, &rej, NULL) == 0 && pend == 1, "the verdict was not recorded (pending %" PRId64 ")",
+	      pend);
+	/* Restart: the agent asks for it and records it. */
+	if (start_agent(e))
+		return -1;
+	for (int i = 0; i < 600 * scale; i++) {
+		redemptions_state(e, &pend, &acc, &rej, NULL);
+		if (pend == 0)
+			break;
+		th_sleep_ms(100);
+	}
+	CHECK(pend == 0 && acc == 1, "after the restart: pending %" PRId64 " accepted %" PRId64, pend, acc);
+	CHECK(th_wait_log(e->agent_log, "asked central for missing coupon verdicts", 1000) == 0, "no verdict query in the log");
+	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 1, "redemption not at central");
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct env *);
 } scenarios[] = {
+	{"verdict_lost", t_verdict_lost},
 	{"guide_offline", t_guide_offline},
 	{"cache_sync", t_cache_sync},
 	{"cache_kill9", t_cache_kill9},

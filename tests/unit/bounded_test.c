@@ -916,7 +916,10 @@ static void concurrent_opens_quarantine_once(void **state)
 			if (rc == SCRM_OK) {
 				outbox__row r;
 				rowbuf b;
-				make_row(&r, &b, "purchase");
+				/* each child its own sale (a repeated order_id would be
+				 * one sale, retried) */
+				for (int k = 0; k <= i; k++)
+					make_row(&r, &b, "purchase");
 				rc = outbox__append(ob, &r, 1, T0);
 			}
 			if (rc != SCRM_OK)

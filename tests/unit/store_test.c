@@ -728,6 +728,117 @@ static void event_ids_unique_across_fork(void **state)
 	}
 }
 
+/* Issue 11, hole 9: a POS that times out or crashes after the commit and
+ * retries must not record the sale twice. Fails on the main the issue
+ * started from (seq 1 and 2, two sales "A-1"). */
+static void retried_sale_returns_the_first_receipt(void **state)
+{
+	fx *f = *state;
+	scrm_receipt r1, r2, r3;
+	assert_int_equal(record_purchase(f->s, "A-1", &r1), SCRM_OK);
+	/* the same sale again: same handle, then a new process's handle */
+	assert_int_equal(record_purchase(f->s, "A-1", &r2), SCRM_OK);
+	assert_string_equal(r2.event_id, r1.event_id);
+	assert_int_equal(r2.seq, r1.seq);
+	assert_int_equal(r2.wall_ms, r1.wall_ms);
+	scrm_store_close(f->s);
+	assert_int_equal(scrm_store_open(f->store, NULL, &f->s), SCRM_OK);
+	static const char json[] = "{\"kind\":\"purchase\",\"order_id\":\"A-1\",\"lines\":[{\"sku\":\"85123A\",\"qty\":6,"
+				   "\"unit_price\":255}],\"total\":1530,\"currency\":\"GBP\",\"payment\":\"card\"}";
+	assert_int_equal(scrm_record_json(f->s, json, strlen(json), &r3), SCRM_OK);
+	assert_string_equal(r3.event_id, r1.event_id);
+	assert_int_equal(r3.seq, 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 1);
+	assert_int_equal(stats_of(f->s).last_seq, 1);
+
+	/* The same order_id with other content: refused, naming order_id. */
+	scrm_line line = {.sku = "85123A", .qty = 1, .unit_price = 255, .discount = 0};
+	scrm_purchase p = {.order_id = "A-1", .lines = &line, .n_lines = 1, .total = 255, .currency = "GBP",
+			   .payment = "card"};
+	assert_refused(scrm_record_purchase(f->s, &p, &r2), SCRM_E_CONFLICT, "order_id");
+	assert_non_null(strstr(scrm_errmsg(), "different content"));
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 1);
+
+	/* Returns are keyed by return_id (several returns per order). */
+	static const char ret[] = "{\"kind\":\"return\",\"return_id\":\"R-1\",\"order_id\":\"A-1\",\"lines\":[{\"sku\":"
+				  "\"85123A\",\"qty\":1,\"unit_price\":255}],\"total\":255,\"currency\":\"GBP\","
+				  "\"refund_method\":\"card\"}";
+	static const char ret2[] = "{\"kind\":\"return\",\"return_id\":\"R-2\",\"order_id\":\"A-1\",\"lines\":[{\"sku\":"
+				   "\"85123A\",\"qty\":1,\"unit_price\":255}],\"total\":255,\"currency\":\"GBP\","
+				   "\"refund_method\":\"card\"}";
+	static const char ret1b[] = "{\"kind\":\"return\",\"return_id\":\"R-1\",\"order_id\":\"A-1\",\"lines\":[{\"sku\":"
+				    "\"85123A\",\"qty\":1,\"unit_price\":255}],\"total\":255,\"currency\":\"GBP\","
+				    "\"refund_method\":\"cash\"}";
+	assert_int_equal(scrm_record_json(f->s, ret, strlen(ret), &r1), SCRM_OK);
+	assert_int_equal(scrm_record_json(f->s, ret, strlen(ret), &r2), SCRM_OK);
+	assert_int_equal(r2.seq, r1.seq);
+	assert_int_equal(scrm_record_json(f->s, ret2, strlen(ret2), &r3), SCRM_OK);
+	assert_int_equal(r3.seq, r1.seq + 1);
+	assert_refused(scrm_record_json(f->s, ret1b, strlen(ret1b), &r2), SCRM_E_CONFLICT, "return_id");
+	/* A scan has no such key: two scans are two events. */
+	assert_int_equal(record_scan_json(f->s, "17850", &r1), SCRM_OK);
+	assert_int_equal(record_scan_json(f->s, "17850", &r2), SCRM_OK);
+	assert_int_equal(r2.seq, r1.seq + 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 5);
+}
+
+struct retrier {
+	scrm_store *s;
+	scrm_receipt r[20];
+	int failures;
+};
+
+static void *retrier_main(void *arg)
+{
+	struct retrier *t = arg;
+	for (int i = 0; i < 20; i++) {
+		char key[16];
+		snprintf(key, sizeof(key), "O-%d", i);
+		if (record_purchase(t->s, key, &t->r[i]) != SCRM_OK)
+			t->failures++;
+	}
+	return NULL;
+}
+
+/* Tills retrying the same 20 sales at once, in one group commit and across
+ * two processes: 20 events, and every caller holds the same receipts. */
+static void concurrent_retries_make_one_sale_each(void **state)
+{
+	fx *f = *state;
+	static struct retrier t[6];
+	pthread_t th[6];
+	pid_t child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		scrm_store *s = NULL;
+		struct retrier c = {0};
+		if (scrm_store_open(f->store, NULL, &s) != SCRM_OK)
+			_exit(2);
+		c.s = s;
+		retrier_main(&c);
+		scrm_store_close(s);
+		_exit(c.failures ? 1 : 0);
+	}
+	for (int i = 0; i < 6; i++) {
+		t[i].s = f->s;
+		assert_int_equal(pthread_create(&th[i], NULL, retrier_main, &t[i]), 0);
+	}
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	int status = 0;
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	for (int i = 0; i < 6; i++) {
+		assert_int_equal(t[i].failures, 0);
+		for (int k = 0; k < 20; k++) {
+			assert_int_equal(t[i].r[k].seq, t[0].r[k].seq);
+			assert_string_equal(t[i].r[k].event_id, t[0].r[k].event_id);
+		}
+	}
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 20);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(DISTINCT json_extract(body, '$.order_id')) FROM outbox"), 20);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -744,6 +855,8 @@ int main(int argc, char **argv)
 		T(two_processes_capture_concurrently),
 		T(sigkill_mid_capture_loses_nothing_reported),
 		T(event_ids_unique_across_fork),
+		T(retried_sale_returns_the_first_receipt),
+		T(concurrent_retries_make_one_sale_each),
 	};
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
