@@ -263,7 +263,10 @@ static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r)
 	if (!e)
 		return;
 	e->token = r ? r->token : 0;
-	e->code = r ? r->code : -1;
+	/* A PUBACK with a failure reason arrives here with the MQTT 5 reason
+	 * code (0x95 packet too large, 0x87 not authorized, ...) beside Paho's
+	 * own code: the reason is what the caller can act on. */
+	e->code = r ? (r->reasonCode ? (int)r->reasonCode : r->code) : -1;
 	push(m, e);
 }
 

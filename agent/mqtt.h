@@ -19,7 +19,7 @@ typedef enum mqtt__etype {
 	MQ_SUBSCRIBED,     /* code = granted QoS or reason */
 	MQ_SUBSCRIBE_FAILED,
 	MQ_PUBLISHED,      /* token: the broker has it (PUBACK); proves nothing more */
-	MQ_PUBLISH_FAILED, /* token */
+	MQ_PUBLISH_FAILED, /* token; code = the PUBACK's reason code (>= 0x80), else Paho's error code */
 	MQ_MESSAGE,        /* topic, payload, len */
 } mqtt__etype;
 

@@ -23,6 +23,7 @@
 #include "tlsprobe.h"
 #include "uuid.h"
 
+#include <MQTTReasonCodes.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -56,6 +57,12 @@ struct sync {
 	int window; /* effective: min(cfg window, Receive Maximum) */
 	delivery dl; /* the delivery state machine (delivery.h) over ob and mq */
 	size_t max_packet; /* the broker's Maximum Packet Size, 0 = none announced */
+	size_t learned_packet; /* a limit the broker enforced without announcing it, 0 = none */
+	struct {
+		int token;
+		size_t bytes;
+	} pubs[2 * DELIVERY_MAX_WINDOW]; /* recent batch publishes, for a PUBACK refusing one */
+	unsigned npubs;
 	int64_t next_connect_ms; /* monotonic; 0 = none scheduled */
 	backoff bo;
 	int64_t last_activity_ms; /* monotonic */
@@ -76,6 +83,7 @@ struct sync {
 	sbuf fb, fr;                /* fleet scratch: payload, result */
 	int64_t probation_ms;       /* monotonic deadline of a broker change; 0 = none */
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
+	int recreate_pending;       /* the same, keeping the connection's backoff (packet too large) */
 	int64_t n_commands;
 	char last_rollback[300];
 	int cmd_level;              /* log.level command in force, -1 = none */
@@ -148,8 +156,33 @@ static int io_reject(void *ctx, int64_t seq, const char *reason)
 static int io_publish(void *ctx, const char *payload, size_t len)
 {
 	struct sync *s = ctx;
+	int token = 0;
 	s->last_activity_ms = platform__mono_ms();
-	return mqtt__publish(s->mq, s->topic_up, payload, len, 1, 0, NULL);
+	int rc = mqtt__publish(s->mq, s->topic_up, payload, len, 1, 0, &token);
+	if (rc == SCRM_OK) {
+		unsigned i = s->npubs++ % (sizeof(s->pubs) / sizeof(s->pubs[0]));
+		s->pubs[i].token = token;
+		s->pubs[i].bytes = len;
+	}
+	return rc;
+}
+
+static void set_window(struct sync *s);
+
+/* A packet the broker refused as too large without having announced a
+ * limit (a PUBACK 0x95, a DISCONNECT 0x95): learn one below it, halving on
+ * each refusal, so batches and events are cut to it. */
+static void learn_packet_limit(struct sync *s, size_t refused)
+{
+	if (s->max_packet || refused <= 1024)
+		return;
+	size_t guess = refused / 2 + strlen(s->topic_up) + 16;
+	if (!s->learned_packet || guess < s->learned_packet) {
+		s->learned_packet = guess;
+		LOG(LOG_WARN, "sync", "the broker refuses packets this large without announcing a limit; using a lower one",
+		    "refused_bytes=%zu limit=%zu", refused, guess);
+	}
+	set_window(s);
 }
 
 static int64_t io_mono(void *ctx)
@@ -181,9 +214,10 @@ static delivery__settings delivery_settings(const struct sync *s)
 	};
 	/* A PUBLISH carries the topic, a packet id and a few header bytes
 	 * besides the payload (MQTT 5, 3.3.2): keep them out of the limit. */
-	if (s->max_packet) {
+	size_t limit = s->max_packet ? s->max_packet : s->learned_packet;
+	if (limit) {
 		size_t overhead = strlen(s->topic_up) + 16;
-		ds.max_payload = s->max_packet > overhead ? s->max_packet - overhead : 1;
+		ds.max_payload = limit > overhead ? limit - overhead : 1;
 	}
 	return ds;
 }
@@ -832,6 +866,12 @@ static int restart_mqtt(struct sync *s, const char *why)
 	s->connected_since_ms = 0;
 	delivery__link(&s->dl, 0, why);
 	link_note(s, 0);
+	if (strcmp(why, "packet_too_large") == 0) {
+		/* Same settings, a client without the refused packet: connect
+		 * at the pace of the failures, not at once. */
+		schedule_reconnect(s, platform__mono_ms());
+		return SCRM_OK;
+	}
 	backoff__reset(&s->bo);
 	LOG(LOG_INFO, "sync", "reconnecting with new broker settings", "uri=%s reason=%s", s->cfg->broker_uri, why);
 	start_connect(s);
@@ -1345,6 +1385,18 @@ static void handle_mqtt(struct sync *s)
 			    s->dl.nwin);
 			delivery__link(&s->dl, 0, "connection_lost");
 			link_note(s, 0);
+			if (e->code == MQTTREASONCODE_PACKET_TOO_LARGE) {
+				/* Paho keeps unacknowledged publishes in its session and
+				 * resends them on every reconnect: the same packet would
+				 * close every connection. A fresh client starts without
+				 * them; the outbox resends what matters, cut to the
+				 * limit the next CONNACK announces. */
+				LOG(LOG_ERROR, "sync", "the broker refused a packet as too large; dropping the MQTT client's"
+				    " in-flight copies", "inflight_max_bytes=%zu max_packet=%zu",
+				    delivery__inflight_max_bytes(&s->dl), s->max_packet);
+				s->recreate_pending = 1;
+				learn_packet_limit(s, delivery__inflight_max_bytes(&s->dl));
+			}
 			schedule_reconnect(s, now);
 			break;
 		}
@@ -1388,9 +1440,28 @@ static void handle_mqtt(struct sync *s)
 		}
 		case MQ_PUBLISHED:
 			break;
-		case MQ_PUBLISH_FAILED:
-			LOG(LOG_WARN, "sync", "publish not acknowledged by the broker", "code=%d", e->code);
+		case MQ_PUBLISH_FAILED: {
+			size_t bytes = 0;
+			int batch = 0;
+			for (size_t i = 0; i < sizeof(s->pubs) / sizeof(s->pubs[0]); i++)
+				if (s->pubs[i].token == e->token && e->token) {
+					bytes = s->pubs[i].bytes;
+					batch = 1;
+				}
+			LOG(LOG_WARN, "sync", "publish not acknowledged by the broker", "code=0x%x batch=%d bytes=%zu", e->code,
+			    batch, bytes);
+			if (batch && e->code == MQTTREASONCODE_PACKET_TOO_LARGE) {
+				/* The same batch would be refused at every redelivery:
+				 * cut them smaller and go again now. */
+				learn_packet_limit(s, bytes);
+				delivery__go_back(&s->dl, "packet_too_large");
+			} else if (batch && e->code == MQTTREASONCODE_NOT_AUTHORIZED) {
+				outbox__alarm_raise(s->ob, "publish_refused",
+						    "the broker refuses this device's events (PUBACK 0x87 not authorized): check its ACL",
+						    platform__wall_ms());
+			}
 			break;
+		}
 		case MQ_MESSAGE:
 			on_message(s, e);
 			break;
@@ -1400,6 +1471,9 @@ static void handle_mqtt(struct sync *s)
 	if (s->reconnect_pending) {
 		s->reconnect_pending = 0;
 		restart_mqtt(s, "reconfigure");
+	} else if (s->recreate_pending) {
+		s->recreate_pending = 0;
+		restart_mqtt(s, "packet_too_large");
 	}
 	pump(s);
 }
