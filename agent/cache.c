@@ -745,10 +745,8 @@ static int scrub(cache *c)
 	rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
 	if (rc == SQLITE_BUSY)
 		return err__set(SCRM_E_BUSY,
-				"cache: the member is removed, but readers of cache.db kept its WAL in use for more than"
-				" %d ms, so copies of the old pages are still in cache.db-wal (%d of %d frames copied back);"
-				" the agent finishes the erasure when they let go (at its next idle checkpoint, next"
-				" erasure or next start)",
+				"cache: member removed, but readers kept cache.db-wal busy over %d ms: its old pages are"
+				" still on disk (%d of %d frames checkpointed); scrubbed once readers let go",
 				c->busy_ms, done, log);
 	if (rc != SQLITE_OK)
 		return fail(c, rc, "checkpoint after an erasure");

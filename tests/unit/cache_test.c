@@ -1623,7 +1623,7 @@ static void erasure_reaches_the_files_bytes(void **state)
 	t0 = real_ms();
 	assert_int_equal(cache__forget(f->c, "M-GONE-3", NULL, NULL), SCRM_E_BUSY);
 	t1 = real_ms();
-	assert_errmsg_contains("readers of cache.db kept its WAL in use");
+	assert_errmsg_contains("readers kept cache.db-wal busy");
 	print_message("erasure with a reader holding a snapshot: %.1f ms, then SCRM_E_BUSY\n", t1 - t0);
 	assert_false(has_member(f, "M-GONE-3"));
 	assert_true(erasure_pending_in_status(f));
