@@ -685,7 +685,7 @@ static int erasure_pending(cache *c)
 /* Pages freed by an agent that ran with secure_delete=FAST still hold what
  * was on them. Once per file: allocate the whole freelist to a table of
  * zeros (overflow pages come off the freelist before the file grows) and
- * drop it. Costs a write of the freelist's size, once. */
+ * drop it. Costs writing the freelist twice (and as much WAL), once. */
 static int zero_freelist_once(cache *c)
 {
 	sqlite3_stmt *st = NULL;
@@ -722,6 +722,9 @@ static int zero_freelist_once(cache *c)
 		}
 		sqlite3_finalize(st);
 		st = NULL;
+		/* Dropped with secure_delete=ON: each page is written as it is
+		 * freed (FAST may leave a page freed in the same transaction
+		 * unwritten, and with it the old content). */
 		if (rc || (rc = exec(c, "DROP TABLE erasure_fill")))
 			goto cleanup;
 	}
