@@ -19,6 +19,28 @@
  * moves the cursor — readers (WAL) see the old complete view until that
  * commit. Index names carry a generation number (members_card_g7) because
  * SQLite keeps an index's name across a table rename.
+ *
+ * Erasure (a `forget` op, a snapshot's `forgotten`, cache__forget) must
+ * reach the file's bytes, not only the view:
+ *   - every write runs with secure_delete=ON (not FAST): a deleted cell is
+ *     zeroed in its page (index cells too: card and phone), and so is every
+ *     page freed to the freelist — overflow chains of replaced records, the
+ *     view a swap replaced (drop_old), a dropped stage. A file written by an
+ *     agent that used FAST has its freelist zeroed once, at its first
+ *     erasure (meta "freelist_zeroed");
+ *   - the member's rows go from the live tables, the stages being built,
+ *     a replaced view not dropped yet (`<stream>__old`), and the buffered
+ *     deltas (rewritten without the member's ops, sealed again);
+ *   - then a TRUNCATE checkpoint: the WAL frames that held the old pages are
+ *     copied over and the -wal cut to 0 bytes. It waits for readers (tills,
+ *     guide tablets) to leave the WAL for at most the busy timeout; if they
+ *     do not, the erasure stays pending (meta "erasure_pending", shown in
+ *     cache__status) and is finished by the next erasure, the daemon's idle
+ *     checkpoint or its next start. The -shm holds page numbers, no content.
+ * Not reached: copies of a record that SQLite's b-tree balancing left in the
+ * unused space of pages that are still live (a page rebuilt around cells
+ * that moved to a sibling is not cleared); only rewriting the table (a
+ * snapshot swap, VACUUM) removes those.
  */
 #include "cache.h"
 
@@ -148,12 +170,17 @@ struct cache {
 	char quarantine_detail[1000];
 	char policy[1024];        /* the daemon's guide/lifecycle settings (JSON), "" = defaults */
 	sqlite3_stmt *q_profile;
+	int busy_ms;              /* the connection's busy timeout */
+	int erased;               /* this call forgot a member: scrub after commit */
+	int replaying;            /* replay_buffered: delta_buf is being read */
 	sqlite3_stmt *slots[CACHE_STMT_SLOTS]; /* cache__stmt */
 	void *ext;                             /* cache__set_ext */
 	void (*ext_free)(void *);
 };
 
 static void drop_old(cache *c, int st);
+static int scrub(cache *c);
+static int erasure_pending(cache *c);
 
 static int fail(cache *c, int rc, const char *what)
 {
@@ -262,7 +289,9 @@ static int migrate(cache *c)
 			if ((rc = exec(c, sql)))
 				goto cleanup;
 		}
-		if ((rc = exec(c, "PRAGMA user_version = 2")))
+		/* A new file has only ever freed pages with secure_delete=ON. */
+		if ((rc = exec(c, "PRAGMA user_version = 2;"
+				  " INSERT OR REPLACE INTO meta(k, v) VALUES ('freelist_zeroed', '1')")))
 			goto cleanup;
 	} else if (ver == 1) {
 		/* v2: the rules index that SQLite could use (struct index_def). */
@@ -313,13 +342,16 @@ static int connect_cache(cache *c, const cache__options *opts, int *damaged)
 	if (rc != SQLITE_OK)
 		return fail(c, rc, "open");
 	sqlite3_busy_timeout(c->db, bm);
+	c->busy_ms = bm;
 	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
 	 * deltas, never consistency; the cursor moves with the data). */
 	if ((rc = db__set_wal(c->db, bm, "cache"))) {
 		*damaged = rc == SCRM_E_CORRUPT;
 		return rc;
 	}
-	if ((rc = exec(c, "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;"
+	/* secure_delete=ON: an erasure must not leave the member in freed
+	 * pages (see the file comment). */
+	if ((rc = exec(c, "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;"
 			  "PRAGMA cache_size=-16384; PRAGMA foreign_keys=OFF")))
 		return rc;
 	/* The schema must be readable before anything else is asked of it. */
@@ -486,9 +518,12 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 		goto fail;
 	}
 	c->data_key_new = new_key;
-	if (opts->create)
-		for (int i = 0; i < ST_COUNT; i++)
-			drop_old(c, i);
+	if (opts->create) {
+		drop_old(c, -1);
+		/* An erasure a power cut or a reader interrupted. */
+		if (erasure_pending(c))
+			scrub(c);
+	}
 	meta_get(c, "tenant", c->tenant, sizeof(c->tenant));
 	meta_get(c, "phone_cc", c->phone_cc, sizeof(c->phone_cc));
 	meta_get(c, "policy", c->policy, sizeof(c->policy));
@@ -640,9 +675,101 @@ int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, s
 	return SCRM_OK;
 }
 
+/* An erasure committed whose bytes may still be in the files. */
+static int erasure_pending(cache *c)
+{
+	char v[24];
+	return meta_get(c, "erasure_pending", v, sizeof(v)) == SCRM_OK && v[0];
+}
+
+/* Pages freed by an agent that ran with secure_delete=FAST still hold what
+ * was on them. Once per file: allocate the whole freelist to a table of
+ * zeros (overflow pages come off the freelist before the file grows) and
+ * drop it. Costs writing the freelist twice (and as much WAL), once. */
+static int zero_freelist_once(cache *c)
+{
+	sqlite3_stmt *st = NULL;
+	char v[8];
+	int64_t free_pages = 0, page_size = 4096;
+	int rc;
+	if ((rc = meta_get(c, "freelist_zeroed", v, sizeof(v))) || strcmp(v, "1") == 0)
+		return rc;
+	if ((rc = exec(c, "BEGIN IMMEDIATE")))
+		return rc;
+	if ((rc = prep(c, c->db, &st, "SELECT freelist_count, page_size FROM pragma_freelist_count, pragma_page_size", 0)))
+		goto cleanup;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		free_pages = sqlite3_column_int64(st, 0);
+		page_size = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (free_pages > 0) {
+		/* 16 MiB a row: each overflow page carries page_size - 4 bytes.
+		 * A row's first bytes stay in its leaf: a page more a row (the
+		 * few pages this adds to the file end up zeroed too). */
+		const int64_t per_row = (16 << 20) / (page_size - 4);
+		free_pages += free_pages / per_row + 2;
+		if ((rc = exec(c, "CREATE TABLE erasure_fill(b BLOB)")) ||
+		    (rc = prep(c, c->db, &st, "INSERT INTO erasure_fill(b) VALUES (zeroblob(?1))", 0)))
+			goto cleanup;
+		for (int64_t left = free_pages; left > 0 && rc == SCRM_OK; left -= per_row) {
+			sqlite3_reset(st);
+			sqlite3_bind_int64(st, 1, (left < per_row ? left : per_row) * (page_size - 4));
+			int e = sqlite3_step(st);
+			if (e != SQLITE_DONE)
+				rc = fail(c, e, "zero the freelist");
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+		/* Dropped with secure_delete=ON: each page is written as it is
+		 * freed (FAST may leave a page freed in the same transaction
+		 * unwritten, and with it the old content). */
+		if (rc || (rc = exec(c, "DROP TABLE erasure_fill")))
+			goto cleanup;
+	}
+	rc = exec(c, "INSERT OR REPLACE INTO meta(k, v) VALUES ('freelist_zeroed', '1'); COMMIT");
+cleanup:
+	sqlite3_finalize(st);
+	if (rc)
+		rollback(c);
+	return rc;
+}
+
+/* Finish an erasure (see the file comment): the freelist once, then the WAL
+ * checkpointed into cache.db and cut to 0 bytes, waiting at most the busy
+ * timeout for readers. SCRM_E_BUSY (reason set) if they did not let go: the
+ * erasure stays pending. */
+static int scrub(cache *c)
+{
+	int log = -1, done = -1, rc;
+	if ((rc = zero_freelist_once(c)))
+		return rc;
+	rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+	if (rc == SQLITE_BUSY)
+		return err__set(SCRM_E_BUSY,
+				"cache: member removed, but readers kept cache.db-wal busy over %d ms: its old pages are"
+				" still on disk (%d of %d frames checkpointed); scrubbed once readers let go",
+				c->busy_ms, done, log);
+	if (rc != SQLITE_OK)
+		return fail(c, rc, "checkpoint after an erasure");
+	/* Done. Clearing the mark writes a frame (no personal data); truncate
+	 * again if nobody is reading, without waiting. */
+	if ((rc = exec(c, "DELETE FROM meta WHERE k = 'erasure_pending'")))
+		return rc;
+	sqlite3_busy_timeout(c->db, 0);
+	sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+	sqlite3_busy_timeout(c->db, c->busy_ms);
+	return SCRM_OK;
+}
+
 void cache__checkpoint(cache *c)
 {
-	sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	drop_old(c, -1);
+	if (erasure_pending(c))
+		scrub(c); /* still busy: copies what it can, like PASSIVE */
+	else
+		sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 /* ---- JSON field checks (every refusal names the field) --------------- */
@@ -1143,43 +1270,59 @@ static int has_table(cache *c, const char *name)
 
 /* Remove a member from the live tables (and the stages being built: a
  * recos or coupons snapshot made before the erasure must not bring the
- * member's data back when it is swapped in). */
+ * member's data back when it is swapped in; and a replaced view that
+ * drop_old has not emptied yet). */
 static int forget_rows_(cache *c, const char *member_id, int staging_members);
+static int forget_buffered(cache *c, const char *member_id);
 
-/* secure_delete=ON while erasing: FAST leaves freed overflow pages (a
- * member's doc and sealed fields span them) unwritten. */
+/* Inside the caller's transaction: the rows (secure_delete is on for the
+ * connection, see the file comment), the buffered deltas, and the mark that
+ * the bytes still have to be scrubbed (cleared by scrub()). */
 static int forget_rows(cache *c, const char *member_id, int staging_members)
 {
-	sqlite3_exec(c->db, "PRAGMA secure_delete=ON", NULL, NULL, NULL);
+	sqlite3_stmt *st = NULL;
 	int rc = forget_rows_(c, member_id, staging_members);
-	sqlite3_exec(c->db, "PRAGMA secure_delete=FAST", NULL, NULL, NULL);
+	if (rc == SCRM_OK && !c->replaying)
+		rc = forget_buffered(c, member_id);
+	if (rc == SCRM_OK && (rc = prep(c, c->db, &st, "INSERT OR REPLACE INTO meta(k, v) VALUES ('erasure_pending', ?1)",
+					0)) == SCRM_OK) {
+		char ms[24];
+		snprintf(ms, sizeof(ms), "%lld", (long long)platform__wall_ms());
+		sqlite3_bind_text(st, 1, ms, -1, SQLITE_TRANSIENT);
+		int e = sqlite3_step(st);
+		sqlite3_finalize(st);
+		rc = e == SQLITE_DONE ? SCRM_OK : fail(c, e, "mark erasure");
+	}
+	if (rc == SCRM_OK)
+		c->erased = 1;
 	return rc;
 }
 
 static int forget_rows_(cache *c, const char *member_id, int staging_members)
 {
-	static const char *const sql[] = {
-		"DELETE FROM members WHERE key = ?1",
-		"DELETE FROM recos WHERE key = ?1",
-		"DELETE FROM coupons WHERE member_id = ?1",
-		"DELETE FROM members__stage WHERE key = ?1",
-		"DELETE FROM recos__stage WHERE key = ?1",
-		"DELETE FROM coupons__stage WHERE member_id = ?1",
-	};
-	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
-		sqlite3_stmt *st = NULL;
-		if (i == 3 && !staging_members)
-			continue;
-		if (i > 3 && !has_table(c, i == 4 ? "recos__stage" : "coupons__stage"))
-			continue;
-		int rc = prep(c, c->db, &st, sql[i], 0);
-		if (rc)
-			return rc;
-		sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
-		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
-		if (rc != SQLITE_DONE)
-			return fail(c, rc, "forget member");
+	static const struct {
+		const char *table, *column;
+	} holders[] = {{"members", "key"}, {"recos", "key"}, {"coupons", "member_id"}};
+	static const char *const views[] = {"", "__stage", "__old"};
+	for (size_t v = 0; v < sizeof(views) / sizeof(views[0]); v++) {
+		for (size_t i = 0; i < sizeof(holders) / sizeof(holders[0]); i++) {
+			sqlite3_stmt *st = NULL;
+			char table[64], sql[200];
+			snprintf(table, sizeof(table), "%s%s", holders[i].table, views[v]);
+			if (v == 1 && i == 0 && !staging_members)
+				continue;
+			if (v > 0 && !has_table(c, table))
+				continue;
+			snprintf(sql, sizeof(sql), "DELETE FROM \"%s\" WHERE %s = ?1", table, holders[i].column);
+			int rc = prep(c, c->db, &st, sql, 0);
+			if (rc)
+				return rc;
+			sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
+			rc = sqlite3_step(st);
+			sqlite3_finalize(st);
+			if (rc != SQLITE_DONE)
+				return fail(c, rc, "forget member");
+		}
 	}
 	return SCRM_OK;
 }
@@ -1469,6 +1612,29 @@ static int buffer_delta(cache *c, const struct msg *m, const char *payload, size
 	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "buffer delta");
 }
 
+/* The forget ops of a delta that is not applied now (kept for after a
+ * swap, or after a gap), applied now all the same: to the view readers see
+ * and the stages. A forget is final and idempotent, so applying it early is
+ * always right; the rest of the delta waits for the replay or the resync. */
+static int forget_now(cache *c, const struct msg *m, cache__forget_fn fn, void *ctx)
+{
+	const cJSON *op;
+	if (m->st != ST_MEMBERS)
+		return SCRM_OK;
+	cJSON_ArrayForEach(op, m->ops)
+	{
+		const cJSON *k = cJSON_GetObjectItemCaseSensitive(op, "key");
+		const cJSON *o = cJSON_GetObjectItemCaseSensitive(op, "op");
+		int rc;
+		if (!cJSON_IsString(o) || strcmp(o->valuestring, "forget") != 0 || !cJSON_IsString(k) ||
+		    !key_ok(k->valuestring))
+			continue; /* a bad op ends the replay as a gap */
+		if ((fn && (rc = fn(ctx, k->valuestring))) || (rc = forget_rows(c, k->valuestring, 1)))
+			return rc;
+	}
+	return SCRM_OK;
+}
+
 static int apply_delta(cache *c, const struct msg *m, const char *payload, size_t len, cache__forget_fn fn, void *ctx,
 		       cache__outcome *out)
 {
@@ -1489,11 +1655,15 @@ static int apply_delta(cache *c, const struct msg *m, const char *payload, size_
 		if ((rc = buffer_delta(c, m, payload, len)))
 			goto cleanup;
 		out->what = CA_BUFFERED;
-		if (m->base != r.cursor)
+		if (m->base != r.cursor) {
+			/* An erasure does not wait for the swap. */
+			rc = forget_now(c, m, fn, ctx);
 			goto cleanup;
+		}
 	} else if (m->base != r.cursor) {
 		out->what = CA_GAP;
 		want(c, m->st, "gap");
+		rc = forget_now(c, m, fn, ctx);
 		goto cleanup;
 	} else {
 		out->what = CA_APPLIED;
@@ -1560,6 +1730,103 @@ static cJSON *open_buffered(cache *c, int st, sqlite3_stmt *q, int col)
 	return root;
 }
 
+/* Does this buffered op carry the member (its key, or a coupon it holds)? */
+static int op_names_member(const cJSON *op, int st, const char *member_id)
+{
+	const cJSON *k = cJSON_GetObjectItemCaseSensitive(op, "key");
+	if (st != ST_COUPONS)
+		return cJSON_IsString(k) && strcmp(k->valuestring, member_id) == 0;
+	const cJSON *sig = cJSON_GetObjectItemCaseSensitive(op, "signed");
+	if (!cJSON_IsString(sig) || !strstr(sig->valuestring, member_id))
+		return 0;
+	cJSON *rec = cJSON_Parse(sig->valuestring);
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(rec, "member_id");
+	int yes = cJSON_IsString(m) && strcmp(m->valuestring, member_id) == 0;
+	cJSON_Delete(rec);
+	return yes;
+}
+
+static int reseal_buffered(cache *c, sqlite3_stmt *up, int st, int64_t base, int64_t version, const cJSON *root)
+{
+	char *text = cJSON_PrintUnformatted(root);
+	if (!text)
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	size_t n = strlen(text);
+	uint8_t *sealed = malloc(n + CRYPTO_SEAL_OVERHEAD);
+	int rc = sealed ? crypto__seal(c->sealer, streams[st].name, strlen(streams[st].name), text, n, sealed)
+			: err__set(SCRM_E_NOMEM, "out of memory");
+	memset(text, 0, n);
+	free(text);
+	if (rc) {
+		free(sealed);
+		return rc;
+	}
+	sqlite3_reset(up);
+	sqlite3_bind_text(up, 1, streams[st].name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(up, 2, base);
+	sqlite3_bind_int64(up, 3, version);
+	sqlite3_bind_blob(up, 4, sealed, (int)(n + CRYPTO_SEAL_OVERHEAD), free);
+	rc = sqlite3_step(up);
+	sqlite3_reset(up);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(c, rc, "rewrite a buffered delta");
+}
+
+/* Deltas kept during a build may hold the member's record (sealed, but the
+ * device can open them, and the replay would bring the member back): each
+ * is rewritten without the ops that name the member and sealed again; the
+ * old blob is overwritten in place (secure_delete). One row at a time, so
+ * the table is never written under an open scan of it. */
+static int forget_buffered(cache *c, const char *member_id)
+{
+	static const int holders[] = {ST_MEMBERS, ST_RECOS, ST_COUPONS};
+	sqlite3_stmt *q = NULL, *up = NULL;
+	int rc = prep(c, c->db, &q,
+		      "SELECT base, version, body FROM delta_buf WHERE stream = ?1 AND (base, version) > (?2, ?3)"
+		      " ORDER BY base, version LIMIT 1",
+		      0);
+	if (rc == SCRM_OK)
+		rc = prep(c, c->db, &up, "UPDATE delta_buf SET body = ?4 WHERE stream = ?1 AND base = ?2 AND version = ?3",
+			  0);
+	for (size_t h = 0; rc == SCRM_OK && h < sizeof(holders) / sizeof(holders[0]); h++) {
+		int st = holders[h];
+		int64_t base = -1, version = -1;
+		for (;;) {
+			sqlite3_reset(q);
+			sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(q, 2, base);
+			sqlite3_bind_int64(q, 3, version);
+			int e = sqlite3_step(q);
+			if (e != SQLITE_ROW) {
+				if (e != SQLITE_DONE)
+					rc = fail(c, e, "read buffered deltas");
+				break;
+			}
+			base = sqlite3_column_int64(q, 0);
+			version = sqlite3_column_int64(q, 1);
+			/* Unreadable: nobody can open it, and the replay ends there. */
+			cJSON *root = open_buffered(c, st, q, 2);
+			sqlite3_reset(q);
+			cJSON *ops = cJSON_GetObjectItemCaseSensitive(root, "ops");
+			int dropped = 0;
+			for (cJSON *op = cJSON_IsArray(ops) ? ops->child : NULL, *next; op; op = next) {
+				next = op->next;
+				if (op_names_member(op, st, member_id)) {
+					cJSON_Delete(cJSON_DetachItemViaPointer(ops, op));
+					dropped++;
+				}
+			}
+			if (dropped)
+				rc = reseal_buffered(c, up, st, base, version, root);
+			cJSON_Delete(root);
+			if (rc)
+				break;
+		}
+	}
+	sqlite3_finalize(q);
+	sqlite3_finalize(up);
+	return rc;
+}
+
 /* Deltas that arrived during the build, in order; stops at a gap. */
 static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn fn, void *ctx)
 {
@@ -1569,6 +1836,9 @@ static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn f
 	if (rc)
 		return rc;
 	sqlite3_bind_text(q, 1, streams[st].name, -1, SQLITE_STATIC);
+	/* A forget replayed here needs no rewrite of delta_buf (q reads it):
+	 * the rows are all deleted below. */
+	c->replaying = 1;
 	while (sqlite3_step(q) == SQLITE_ROW) {
 		int64_t base = sqlite3_column_int64(q, 0), version = sqlite3_column_int64(q, 1);
 		if (version <= *cursor)
@@ -1605,6 +1875,7 @@ static int replay_buffered(cache *c, int st, int64_t *cursor, cache__forget_fn f
 			break;
 		*cursor = version;
 	}
+	c->replaying = 0;
 	sqlite3_finalize(q);
 	if (rc)
 		return rc;
@@ -1729,12 +2000,44 @@ cleanup:
 	return rc;
 }
 
-/* The view a swap replaced (or one left by a crash right after a swap). */
+/* The view a swap replaced (or one left by a crash right after a swap).
+ * secure_delete zeroes each of its pages as it is freed, so it is emptied
+ * in slices, each a transaction of its own followed by a passive
+ * checkpoint: the WAL does not grow to the table's size and the daemon's
+ * loop is not held for long. What is left after DROP_BUDGET_MS goes at the
+ * next call (idle checkpoint, next swap, next start); an erasure deletes
+ * the member from it meanwhile. */
+#define DROP_SLICE_ROWS 2000
+#define DROP_BUDGET_MS 2000
+static void drop_old_until(cache *c, int st, int64_t until)
+{
+	char old[64], sql[300];
+	snprintf(old, sizeof(old), "%s__old", streams[st].name);
+	if (!has_table(c, old))
+		return;
+	snprintf(sql, sizeof(sql), "DELETE FROM \"%s\" WHERE key IN (SELECT key FROM \"%s\" LIMIT %d)", old, old,
+		 DROP_SLICE_ROWS);
+	for (;;) {
+		if (sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+			return;
+		int n = sqlite3_changes(c->db);
+		sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		if (n == 0)
+			break;
+		if (platform__mono_ms() >= until)
+			return;
+	}
+	snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s\"", old);
+	sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+}
+
+/* Every stream's (st < 0) or one's, within one budget. */
 static void drop_old(cache *c, int st)
 {
-	char sql[120];
-	snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s__old\"", streams[st].name);
-	sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	int64_t until = platform__mono_ms() + DROP_BUDGET_MS;
+	for (int i = 0; i < ST_COUNT; i++)
+		if (st < 0 || st == i)
+			drop_old_until(c, i, until);
 }
 
 int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t len, cache__forget_fn fn, void *ctx,
@@ -1746,6 +2049,7 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 	out->stream = -1;
 	c->refused_detail[0] = '\0';
 	c->replay_gap = 0;
+	c->erased = 0;
 	rc = parse_msg(c, topic_stream, payload, len, &m);
 	out->stream = m.st;
 	out->version = m.version;
@@ -1777,6 +2081,11 @@ int cache__apply(cache *c, const char *topic_stream, const char *payload, size_t
 		}
 	}
 	cJSON_Delete(m.root);
+	/* The delta is applied either way; an erasure whose bytes could not
+	 * be scrubbed yet stays pending (cache__checkpoint). */
+	if (rc == SCRM_OK && c->erased)
+		scrub(c);
+	c->erased = 0;
 	return rc;
 }
 
@@ -1983,11 +2292,14 @@ int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ct
 		return rc;
 	if (!(rc = read_stream(c, ST_MEMBERS, &r)) && !(rc = fn ? fn(ctx, member_id) : SCRM_OK))
 		rc = forget_rows(c, member_id, r.staging);
+	c->erased = 0;
 	if (rc == SCRM_OK)
 		rc = exec(c, "COMMIT");
-	if (rc)
+	if (rc) {
 		rollback(c);
-	return rc;
+		return rc;
+	}
+	return scrub(c);
 }
 
 /* ---- members at the counter ----------------------------------------- */
@@ -2422,6 +2734,8 @@ int cache__status(cache *c, sbuf *out)
 	sbuf__i64(out, c->unhashed_phones);
 	sbuf__puts(out, ",\"central_key\":");
 	sbuf__puts(out, c->central ? "true" : "false");
+	sbuf__puts(out, ",\"erasure_pending\":");
+	sbuf__puts(out, erasure_pending(c) ? "true" : "false");
 	sbuf__putc(out, '}');
 	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }

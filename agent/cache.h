@@ -125,7 +125,16 @@ int64_t cache__next_deadline(cache *c);
 /* Empty one stream (or all with st = -1) in one transaction, cursor back to
  * 0, and ask central for a fresh snapshot (fleet command cache.purge). */
 int cache__purge(cache *c, int st);
-/* Remove a member (profile, recommendations, coupons) in one transaction. */
+/* Remove a member (profile, recommendations, coupons, from the live view,
+ * snapshots being built and buffered deltas) in one transaction, then make
+ * it reach the file's bytes (see cache.c, "Erasure"): SCRM_OK only once the
+ * WAL has been checkpointed and cut to 0 bytes. SCRM_E_BUSY (reason set)
+ * when readers held the WAL for longer than the busy timeout: the member
+ * is gone from the view and the outbox is redacted, but the erasure is
+ * pending — finished by cache__checkpoint, the next erasure, the next
+ * start, or calling this again. Other errors: nothing was changed.
+ * (cache__apply finishes a `forget` the same way after its commit, and
+ * leaves it pending just as silently: the delta is applied either way.) */
 int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ctx);
 
 /* Profile card of a member as JSON into `out` (protocol.md "Member card").
@@ -134,7 +143,8 @@ int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ct
 int cache__member_card(cache *c, scrm_member_key by, const char *value, sbuf *out, char member_id[65],
 		       int *tracking);
 
-/* Per-stream status as JSON: {"streams":[{"stream","cursor","rows",...}]}. */
+/* Per-stream status as JSON: {"streams":[{"stream","cursor","rows",...}],
+ * ..., "erasure_pending": an erasure's bytes are not scrubbed yet}. */
 int cache__status(cache *c, sbuf *out);
 
 /* The guide/lifecycle policy (JSON object, see guide.h) the daemon copies
@@ -169,7 +179,9 @@ void cache__set_ext(cache *c, void *ext, void (*free_fn)(void *));
 /* Verify central's signature over msg (DER sig). SCRM_E_CRYPTO / _CONFIG. */
 int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, size_t sig_len);
 
-/* Passive WAL checkpoint (daemon idle). */
+/* Daemon idle: finish a pending erasure (TRUNCATE checkpoint, waiting up
+ * to the busy timeout for readers), else a passive WAL checkpoint; and go
+ * on emptying a view a swap replaced. */
 void cache__checkpoint(cache *c);
 
 /* Normalise a phone typed at the counter (protocol.md); 0 or -1. */

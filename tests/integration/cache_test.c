@@ -46,8 +46,8 @@ struct env {
 	th_broker *broker;
 	int port;
 	pid_t agent, central;
-	/* first two members of the fixture: id, card, phone */
-	char m_id[2][32], m_card[2][32], m_phone[2][32];
+	/* first four members of the fixture: id, card, phone */
+	char m_id[4][32], m_card[4][32], m_phone[4][32];
 };
 
 static int setup(struct env *e, const char *name)
@@ -122,7 +122,7 @@ static int read_index(struct env *e)
 	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
 	char *t = th_read_file(p, NULL), *line = t;
 	CHECK(t, "no %s", p);
-	for (int i = 0; i < 2 && line && *line; i++) {
+	for (int i = 0; i < 4 && line && *line; i++) {
 		char *nl = strchr(line, '\n');
 		if (nl)
 			*nl = '\0';
@@ -542,8 +542,133 @@ static int record_purchase(scrm_store *st, const char *order, const char *member
 	return 0;
 }
 
+/* The store's databases, read while the agent runs: where the member's id
+ * or card number still is ("" if nowhere). Retail member ids appear in the
+ * fixture only in the member's own records (profile, card, its coupons). */
+static int member_bytes(struct env *e, const char *id, const char *cardno, char *where, size_t cap)
+{
+	static const char *const files[] = {"cache.db", "cache.db-wal", "cache.db-shm",
+					    "outbox.db", "outbox.db-wal", "outbox.db-shm"};
+	where[0] = '\0';
+	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+		char p[600];
+		size_t n = 0;
+		snprintf(p, sizeof(p), "%s/%s", e->store, files[f]);
+		char *bytes = th_read_file(p, &n);
+		if (!bytes)
+			continue;
+		int has_id = memmem(bytes, n, id, strlen(id)) != NULL;
+		int has_card = memmem(bytes, n, cardno, strlen(cardno)) != NULL;
+		free(bytes);
+		if (has_id || has_card) {
+			size_t used = strlen(where);
+			snprintf(where + used, cap - used, "%s%s (%s)", used ? ", " : "", files[f],
+				 has_card ? "card number" : "member id");
+		}
+	}
+	return where[0] != '\0';
+}
+
+/* The agent finished an erasure's scrub (cache status, read through
+ * libscrm): cache.db-wal is truncated. */
+static int wait_erasure_done(struct env *e, int timeout_s)
+{
+	for (int i = 0; i < timeout_s * 10 * scale; i++) {
+		char *j = status_json(e);
+		int done = j && strstr(j, "\"erasure_pending\":false");
+		scrm_free(j);
+		if (done)
+			return 0;
+		th_sleep_ms(100);
+	}
+	CHECK(0, "the agent still reports erasure_pending after %d s", timeout_s);
+	return -1;
+}
+
+/* `scrmctl fleet cmd s1/tab-01 member.forget`: the reply (the last line of
+ * the console's output that is a JSON object), malloc'd, or NULL. */
+static char *forget_command(struct env *e, const char *member)
+{
+	char args[128], timeout[32], out[600];
+	snprintf(args, sizeof(args), "{\"member_id\":\"%s\"}", member);
+	snprintf(timeout, sizeof(timeout), "%d", 20000 * scale);
+	snprintf(out, sizeof(out), "%s/ctl.out", e->dir);
+	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "fleet", "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
+			      "cmd", "s1/" DEVICE, "member.forget", args, "--timeout-ms", timeout, "--json", NULL};
+	unlink(out);
+	th_run_target(argv, out, 60000 * scale);
+	char *text = th_read_file(out, NULL), *reply = NULL;
+	for (char *line = text, *next; line && *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		if (line[0] == '{') {
+			free(reply);
+			reply = strdup(line);
+		}
+		if (!next)
+			break;
+	}
+	if (!reply)
+		th_dump_log(out, 2000);
+	free(text);
+	return reply;
+}
+
+/* member.forget while a till keeps its connection open: the reply comes
+ * once the bytes are gone. Then with a reader holding a snapshot. */
+static int erasure_commands(struct env *e, scrm_cache *till)
+{
+	char where[200], *j = NULL;
+	char *reply = forget_command(e, e->m_id[2]);
+	CHECK(reply && strstr(reply, "\"ok\":true") && strstr(reply, "\"forgotten\":true"), "member.forget: %s",
+	      reply ? reply : "no reply");
+	free(reply);
+	CHECK(!member_bytes(e, e->m_id[2], e->m_card[2], where, sizeof(where)),
+	      "member %s still on disk when member.forget replied ok: %s", e->m_id[2], where);
+	CHECK(scrm_member_get(till, SCRM_MEMBER_CARD, e->m_card[2], &j) == SCRM_E_NOT_FOUND, "the till still finds %s",
+	      e->m_id[2]);
+
+	/* A reader in the middle of a read (a guide tablet's long query). */
+	char p[600];
+	sqlite3 *reader = NULL;
+	snprintf(p, sizeof(p), "%s/cache.db", e->store);
+	CHECK(sqlite3_open_v2(p, &reader, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+		      sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL) == SQLITE_OK,
+	      "reader");
+	int64_t t0 = th_now_ms();
+	reply = forget_command(e, e->m_id[3]);
+	int64_t waited = th_now_ms() - t0;
+	int left = member_bytes(e, e->m_id[3], e->m_card[3], where, sizeof(where));
+	char *st = status_json(e);
+	int pending = st && strstr(st, "\"erasure_pending\":true");
+	scrm_free(st);
+	sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
+	sqlite3_close(reader);
+	fprintf(stderr, "member.forget with a reader holding a snapshot: replied after %.1f s: %s; left on disk: %s\n",
+		(double)waited / 1000.0, reply ? reply : "no reply", left ? where : "nothing");
+	CHECK(reply && strstr(reply, "\"ok\":false") && strstr(reply, "readers kept cache.db-wal busy"),
+	      "member.forget must not report done while the WAL cannot be truncated: %s", reply ? reply : "no reply");
+	free(reply);
+	CHECK(pending, "the cache status does not show the pending erasure");
+	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[3], &j) == SCRM_E_NOT_FOUND, "member %s still found", e->m_id[3]);
+	/* Sent again once the reader has let go: done. */
+	reply = forget_command(e, e->m_id[3]);
+	CHECK(reply && strstr(reply, "\"ok\":true"), "member.forget again: %s", reply ? reply : "no reply");
+	free(reply);
+	CHECK(!member_bytes(e, e->m_id[3], e->m_card[3], where, sizeof(where)),
+	      "member %s still on disk when member.forget replied ok: %s", e->m_id[3], where);
+	return wait_erasure_done(e, 1);
+}
+
 /* Seeding by file, offline purchases on the card at once, then a "forget"
- * from central: member gone, pending events redacted before they leave. */
+ * from central: member gone, pending events redacted before they leave.
+ * Then member.forget commands. After each erasure the member's id and card
+ * number are gone from cache.db, outbox.db and their WALs at once — read
+ * while the agent runs (a power cut must not find them), with a till's
+ * connection open; a reader holding a snapshot makes the command fail
+ * honestly, and sending it again once the reader has let go finishes it. */
+
 static int t_cache_erasure(struct env *e)
 {
 	char *j = NULL, delta[512], files[7][600];
@@ -574,17 +699,40 @@ static int t_cache_erasure(struct env *e)
 	      "offline purchases not on the card: %.600s", j ? j : "");
 	scrm_free(j);
 
+	char where[200];
+	for (int i = 0; i < 4; i++)
+		CHECK(member_bytes(e, e->m_id[i], e->m_card[i], where, sizeof(where)) &&
+			      strstr(where, "cache.db (card number)"),
+		      "the scan cannot see member %s before the erasure (found: %s)", e->m_id[i], where);
+
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
 	if (start_agent(e))
 		return -1;
 	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+	/* A till that has just looked a member up keeps its connection open. */
+	scrm_cache *till = NULL;
+	CHECK(scrm_cache_open(e->store, NULL, &till) == SCRM_OK, "till: %s", scrm_errmsg());
+	rc = scrm_member_get(till, SCRM_MEMBER_CARD, e->m_card[2], &j);
+	scrm_free(j);
+	j = NULL;
+	if (rc != SCRM_OK)
+		scrm_cache_close(till);
+	CHECK(rc == SCRM_OK, "till look-up by card");
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
 		 "\"ops\":[{\"op\":\"forget\",\"key\":\"%s\"}]}",
 		 e->m_id[0]);
-	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
+	rc = push(e, delta) || wait_cursor(e, "members", 2, 60) || wait_erasure_done(e, 30);
+	if (rc == 0 && member_bytes(e, e->m_id[0], e->m_card[0], where, sizeof(where))) {
+		scrm_cache_close(till);
+		CHECK(0, "forgotten member %s still on disk after the delta was applied: %s", e->m_id[0], where);
+	}
+	rc = rc || erasure_commands(e, till);
+	scrm_cache_close(till);
+	if (rc)
 		return -1;
+
 	CHECK(th_wait_log(e->agent_log, "pending_events_redacted=3", 100) == 0, "agent did not report 3 redactions");
 	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_E_NOT_FOUND, "forgotten member still in the cache");
 	char like[64];

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NOW_MS 1800000000000LL  /* fake wall clock: 2027-01-15 */
@@ -1437,6 +1438,243 @@ static void forget_during_builds_stays_forgotten(void **state)
 	free(p);
 }
 
+/* ---- erasure down to the bytes -------------------------------------- */
+
+/* A profile big enough to spill into overflow pages (20 recent purchases). */
+static char *big_member_rec(const char *id, const char *tier)
+{
+	sbuf b;
+	sbuf__init(&b);
+	for (int i = 0; i < 20; i++) {
+		char one[200];
+		snprintf(one, sizeof(one), "%s{\"ts\":%lld,\"order_id\":\"O-%s-%02d\",\"total\":%d,\"skus\":[\"22423\",\"22697\"]}",
+			 i ? "," : "", (long long)(NOW_MS - (i + 2) * 86400000LL), id, i, 100 + i);
+		sbuf__puts(&b, one);
+	}
+	sbuf__putc(&b, '\0');
+	assert_false(b.oom);
+	char *rec = fmt("{\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"card\":\"CARD-%s\",\"tier\":\"%s\","
+			"\"consent\":{\"marketing\":true,\"tracking\":true},"
+			"\"stats\":{\"orders\":20,\"spend\":2190,\"currency\":\"GBP\",\"as_of_ms\":%lld},\"recent\":[%s],"
+			"\"pii\":{\"name\":\"Name of %s\",\"phone\":\"447700900%03d\",\"birthday\":\"1980-04-01\"}}}",
+			id, id, id, tier, (long long)(NOW_MS - 86400000LL), b.p, id, (int)(strlen(id) * 7 % 1000));
+	sbuf__free(&b);
+	return rec;
+}
+
+static char *big_member_recs(const char *const *ids, const char *tier)
+{
+	sbuf b;
+	sbuf__init(&b);
+	for (size_t i = 0; ids[i]; i++) {
+		char *rec = big_member_rec(ids[i], tier);
+		if (i)
+			sbuf__putc(&b, ',');
+		sbuf__puts(&b, rec);
+		free(rec);
+	}
+	sbuf__putc(&b, '\0');
+	assert_false(b.oom);
+	return sbuf__take(&b, NULL);
+}
+
+static int64_t wal_bytes(fx *f)
+{
+	char *wal = fmt("%s-wal", f->cache_db);
+	struct stat st;
+	int64_t n = stat(wal, &st) == 0 ? (int64_t)st.st_size : 0;
+	free(wal);
+	return n;
+}
+
+static int erasure_pending_in_status(fx *f)
+{
+	sbuf b;
+	sbuf__init(&b);
+	assert_int_equal(cache__status(f->c, &b), SCRM_OK);
+	cJSON *j = cJSON_ParseWithLength(b.p, b.len);
+	sbuf__free(&b);
+	const cJSON *p = jget(j, "erasure_pending");
+	assert_true(cJSON_IsBool(p));
+	int yes = cJSON_IsTrue(p);
+	cJSON_Delete(j);
+	return yes;
+}
+
+static double real_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* The member's id and card (the card holds the id) nowhere in the store's
+ * files — cache.db, its WAL, outbox.db and its WAL; right after the erasure
+ * (`just_erased`) the cache's WAL is also cut to 0 bytes. */
+static void assert_erased_from_files(fx *f, const char *member_id, int just_erased)
+{
+	const char *needles[] = {member_id, NULL};
+	assert_nowhere_in_clear(f->store, needles);
+	if (just_erased)
+		assert_int_equal(wal_bytes(f), 0);
+	assert_false(erasure_pending_in_status(f));
+}
+
+/* Every copy a member leaves in cache.db goes at the erasure, before it
+ * returns: the live record and its card/phone index entries, the overflow
+ * pages of an older version, the view a snapshot replaced, a build in
+ * progress, a delta kept aside for after it — and the WAL's frames. */
+static void erasure_reaches_the_files_bytes(void **state)
+{
+	fx *f = *state;
+	cache__outcome o;
+	static const char *const ids[] = {"M-KEEP-A", "M-GONE-1", "M-GONE-2", "M-GONE-3", "M-GONE-4", "M-KEEP-B", NULL};
+	open_store(f);
+	outbox *ob = NULL;
+	assert_int_equal(outbox__open(f->store, NULL, 2000, &ob), SCRM_OK);
+	/* Two generations: the first one's pages are freed by the swap. */
+	char *recs = big_member_recs(ids, "gold");
+	assert_int_equal(apply_ok(f, chunk("members", "m-5", 5, 0, 1, recs), &o), CA_SWAPPED);
+	assert_int_equal(apply_ok(f, chunk("members", "m-6", 6, 0, 1, recs), &o), CA_SWAPPED);
+	free(recs);
+	/* A newer version: the old one's overflow chain is freed. */
+	char *rec = big_member_rec("M-GONE-1", "silver");
+	char *op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	assert_int_equal(apply_ok(f, delta("members", 6, 7, op), &o), CA_APPLIED);
+	free(op);
+	free(rec);
+	assert_int_equal(apply_ok(f, delta("recos", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"M-GONE-1\",\"data\":{\"member_id\":\"M-GONE-1\",\"items\":"
+					   "[{\"sku\":\"22423\",\"score\":0.83,\"reason\":\"bought_with\"}]}}"),
+				  &o),
+			 CA_APPLIED);
+	char *p = coupon_payload("C-91", "M-GONE-1", NOW_MS + 86400000LL);
+	op = signed_op(p);
+	assert_int_equal(apply_ok(f, delta("coupons", 0, 1, op), &o), CA_APPLIED);
+	free(op);
+	free(p);
+	purchase_for(f, "G-1", "M-GONE-1", 1200);
+	/* A build in progress that holds the member, and a delta kept aside
+	 * for after it (it does not follow the view) that upserts it again. */
+	recs = big_member_recs(ids, "bronze");
+	assert_int_equal(apply_ok(f, chunk("members", "m-8", 8, 0, 2, recs), &o), CA_CHUNK);
+	free(recs);
+	rec = big_member_rec("M-GONE-1", "platinum");
+	op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	assert_int_equal(apply_ok(f, delta("members", 8, 9, op), &o), CA_BUFFERED);
+	free(op);
+	free(rec);
+	cache__checkpoint(f->c); /* some of it in cache.db, some in the WAL */
+	assert_true(has_member(f, "M-GONE-1"));
+
+	/* 1. The fleet command's path, nobody else reading. */
+	double t0 = real_ms();
+	assert_int_equal(cache__forget(f->c, "M-GONE-1", redact_in_outbox, ob), SCRM_OK);
+	double t1 = real_ms();
+	assert_erased_from_files(f, "M-GONE-1", 1);
+	print_message("erasure, no other reader: %.1f ms (cache.db %lld KiB)\n", t1 - t0,
+		      (long long)tu_sql_int(f->cache_db, "SELECT page_count * page_size / 1024 FROM pragma_page_count, "
+							 "pragma_page_size"));
+	/* The build and the delta kept aside do not bring the member back. */
+	assert_int_equal(apply_ok(f, chunk("members", "m-8", 8, 1, 2, ""), &o), CA_SWAPPED);
+	assert_int_equal(o.cursor, 9);
+	assert_false(has_member(f, "M-GONE-1"));
+	assert_true(has_member(f, "M-KEEP-A"));
+	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM members"), 5);
+	assert_erased_from_files(f, "M-GONE-1", 0);
+
+	/* 2. A forget op in a delta kept aside during a build applies at once,
+	 * with a second connection open that has just read (a till). */
+	scrm_cache *till = NULL;
+	char *json = NULL;
+	assert_int_equal(scrm_cache_open(f->store, NULL, &till), SCRM_OK);
+	assert_int_equal(scrm_member_get(till, SCRM_MEMBER_CARD, "CARD-M-GONE-2", &json), SCRM_OK);
+	scrm_free(json);
+	recs = big_member_recs(ids + 2, "gold"); /* M-GONE-2 onwards */
+	assert_int_equal(apply_ok(f, chunk("members", "m-12", 12, 0, 2, recs), &o), CA_CHUNK);
+	free(recs);
+	t0 = real_ms();
+	assert_int_equal(apply_ok(f, delta("members", 10, 11, "{\"op\":\"forget\",\"key\":\"M-GONE-2\"}"), &o), CA_BUFFERED);
+	t1 = real_ms();
+	assert_false(has_member(f, "M-GONE-2"));
+	assert_erased_from_files(f, "M-GONE-2", 1);
+	print_message("erasure by a delta, a till's connection open: %.1f ms\n", t1 - t0);
+	assert_int_equal(scrm_member_get(till, SCRM_MEMBER_CARD, "CARD-M-GONE-2", &json), SCRM_E_NOT_FOUND);
+	assert_int_equal(apply_ok(f, chunk("members", "m-12", 12, 1, 2, ""), &o), CA_SWAPPED);
+	assert_false(has_member(f, "M-GONE-2"));
+	assert_erased_from_files(f, "M-GONE-2", 0);
+	/* ... and in a delta that does not follow the cursor (a gap). */
+	assert_int_equal(apply_ok(f, delta("members", 20, 21, "{\"op\":\"forget\",\"key\":\"M-GONE-4\"}"), &o), CA_GAP);
+	assert_int_equal(o.cursor, 12);
+	assert_false(has_member(f, "M-GONE-4"));
+	assert_erased_from_files(f, "M-GONE-4", 1);
+
+	/* 3. A reader in the middle of a read (a guide tablet's query): the
+	 * WAL cannot be cut under it. The member is gone from the view, the
+	 * call says the bytes are not scrubbed yet, and the next checkpoint
+	 * once the reader has let go finishes the job. */
+	cache__close(f->c);
+	cache__options short_wait = {.create = 1, .max_message_bytes = MAX_MSG, .snapshot_timeout_ms = TIMEOUT_MS,
+				     .busy_timeout_ms = 300};
+	assert_int_equal(cache__open(f->store, &short_wait, &f->c), SCRM_OK);
+	sqlite3 *reader = NULL;
+	assert_int_equal(sqlite3_open_v2(f->cache_db, &reader, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL), SQLITE_OK);
+	t0 = real_ms();
+	assert_int_equal(cache__forget(f->c, "M-GONE-3", NULL, NULL), SCRM_E_BUSY);
+	t1 = real_ms();
+	assert_errmsg_contains("readers kept cache.db-wal busy");
+	print_message("erasure with a reader holding a snapshot: %.1f ms, then SCRM_E_BUSY\n", t1 - t0);
+	assert_false(has_member(f, "M-GONE-3"));
+	assert_true(erasure_pending_in_status(f));
+	assert_true(wal_bytes(f) > 0);
+	assert_int_equal(sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	t0 = real_ms();
+	cache__checkpoint(f->c); /* the daemon's idle checkpoint */
+	t1 = real_ms();
+	assert_erased_from_files(f, "M-GONE-3", 1);
+	print_message("pending erasure finished by the idle checkpoint: %.1f ms\n", t1 - t0);
+	sqlite3_close(reader);
+	scrm_cache_close(till);
+	assert_true(has_member(f, "M-KEEP-B"));
+	outbox__close(ob);
+}
+
+/* A cache.db written by an agent that freed pages with secure_delete=FAST:
+ * the records it freed are still on its freelist, and the first erasure
+ * zeroes them. */
+static void erasure_zeroes_a_freelist_left_by_fast(void **state)
+{
+	fx *f = *state;
+	static const char *const ids[] = {"M-OLD-1", "M-OLD-2", "M-OLD-3", NULL};
+	char *recs = big_member_recs(ids, "gold");
+	assert_int_equal(apply_ok(f, chunk("members", "m-5", 5, 0, 1, recs), NULL), CA_SWAPPED);
+	free(recs);
+	cache__close(f->c);
+	f->c = NULL;
+	/* What the old agent did: FAST, delete, and no freelist mark. */
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+				      "PRAGMA secure_delete=FAST; DELETE FROM meta WHERE k = 'freelist_zeroed';"
+				      " DELETE FROM members WHERE key = 'M-OLD-2'; PRAGMA wal_checkpoint(TRUNCATE)",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	const char *needles[] = {"O-M-OLD-2-", NULL};
+	char *bytes = NULL;
+	size_t n = 0;
+	assert_int_equal(platform__read_file(f->cache_db, 64u << 20, &bytes, &n), 0);
+	assert_non_null(memmem(bytes, n, needles[0], strlen(needles[0]))); /* the premise: FAST left them */
+	free(bytes);
+	open_cache(f);
+	assert_int_equal(cache__forget(f->c, "M-OLD-1", NULL, NULL), SCRM_OK);
+	assert_erased_from_files(f, "M-OLD-1", 1);
+	assert_nowhere_in_clear(f->store, needles);
+	assert_true(has_member(f, "M-OLD-3"));
+	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM meta WHERE k = 'freelist_zeroed' AND v = '1'"), 1);
+}
+
 /* ---- refused messages ----------------------------------------------- */
 
 static void malformed_messages_refused_whole(void **state)
@@ -1926,6 +2164,8 @@ int main(int argc, char **argv)
 		T(erasure_reaches_cache_and_outbox),
 		T(forget_callback_failure_aborts),
 		T(forget_during_builds_stays_forgotten),
+		T(erasure_reaches_the_files_bytes),
+		T(erasure_zeroes_a_freelist_left_by_fast),
 		T(malformed_messages_refused_whole),
 		T(scan_honours_tracking_consent),
 		T(load_snapshot_files),
