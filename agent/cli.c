@@ -85,6 +85,45 @@ static int parse_cache_cmds(const char *cmd, int argc, char **argv, int i, cli__
 	return 0;
 }
 
+/* outbox set-aside / outbox recover FILE */
+static int parse_outbox_cmds(int argc, char **argv, int i, cli__args *a, char *err, size_t n)
+{
+	const char *sub = i < argc && argv[i] ? argv[i] : NULL;
+	if (!sub)
+		return usage_err(err, n, "outbox: a subcommand is needed (set-aside, recover)%s", NULL);
+	if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
+		a->cmd = CLI_HELP;
+		a->topic = "outbox";
+		return 0;
+	}
+	i++;
+	if (strcmp(sub, "set-aside") == 0)
+		a->cmd = CLI_OUTBOX_SET_ASIDE;
+	else if (strcmp(sub, "recover") == 0)
+		a->cmd = CLI_OUTBOX_RECOVER;
+	else
+		return usage_err(err, n, "outbox: unknown subcommand '%.64s' (set-aside, recover)", sub);
+	for (; i < argc && argv[i]; i++) {
+		const char *o = argv[i];
+		if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
+			a->cmd = CLI_HELP;
+			a->topic = "outbox";
+			return 0;
+		} else if (strcmp(o, "--json") == 0) {
+			a->json = 1;
+		} else if (a->cmd == CLI_OUTBOX_RECOVER && o[0] != '-' && !a->path) {
+			a->path = o;
+		} else {
+			snprintf(err, n, "outbox %s: unknown argument '%.64s'", sub, o);
+			return 2;
+		}
+	}
+	if (a->cmd == CLI_OUTBOX_RECOVER && !a->path)
+		return usage_err(err, n, "outbox recover: the quarantined file is needed (<store>/quarantine/outbox-*.db)%s",
+				 NULL);
+	return 0;
+}
+
 static int parse_num(const char *s, long lo, long hi, long *out)
 {
 	char *end;
@@ -247,7 +286,7 @@ int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
 		}
 	}
 	if (i >= argc || !argv[i])
-		return usage_err(err, n, "a command is needed (record, status, member, cache, reco, coupons, redeem, redemptions, help)%s", NULL);
+		return usage_err(err, n, "a command is needed (record, status, outbox, member, cache, reco, coupons, redeem, redemptions, help)%s", NULL);
 	const char *cmd = argv[i++];
 	if (strcmp(cmd, "help") == 0) {
 		a->cmd = CLI_HELP;
@@ -255,12 +294,14 @@ int cli__parse(int argc, char **argv, cli__args *a, char *err, size_t n)
 		if (*a->topic && strcmp(a->topic, "record") != 0 && strcmp(a->topic, "status") != 0 &&
 		    strcmp(a->topic, "member") != 0 && strcmp(a->topic, "cache") != 0 && strcmp(a->topic, "reco") != 0 &&
 		    strcmp(a->topic, "coupons") != 0 && strcmp(a->topic, "redeem") != 0 &&
-		    strcmp(a->topic, "redemptions") != 0)
+		    strcmp(a->topic, "redemptions") != 0 && strcmp(a->topic, "outbox") != 0)
 			return usage_err(err, n, "help: unknown command '%.64s'", a->topic);
 		return 0;
 	}
 	if (strcmp(cmd, "member") == 0 || strcmp(cmd, "cache") == 0)
 		return parse_cache_cmds(cmd, argc, argv, i, a, err, n);
+	if (strcmp(cmd, "outbox") == 0)
+		return parse_outbox_cmds(argc, argv, i, a, err, n);
 	if (strcmp(cmd, "reco") == 0 || strcmp(cmd, "coupons") == 0 || strcmp(cmd, "redeem") == 0 ||
 	    strcmp(cmd, "redemptions") == 0)
 		return parse_guide_cmds(cmd, argc, argv, i, a, err, n);

@@ -22,13 +22,15 @@ typedef enum cli__command {
 	CLI_COUPONS,      /* coupons [--member ID] [--basket B] [--currency C] */
 	CLI_REDEEM,       /* redeem --coupon C --order O --basket B --currency C [--member ID] [--guide G] */
 	CLI_REDEMPTIONS,  /* redemptions [--limit N] */
+	CLI_OUTBOX_SET_ASIDE, /* outbox set-aside: events that could not be sent as stored */
+	CLI_OUTBOX_RECOVER,   /* outbox recover FILE: events of a quarantined file, sent again */
 } cli__command;
 
 typedef struct cli__args {
 	cli__command cmd;
 	const char *store;  /* --store, NULL if not given (borrowed from argv) */
 	const char *device; /* --device */
-	const char *path;   /* record: input file, NULL = stdin */
+	const char *path;   /* record: input file, NULL = stdin; outbox recover: the file */
 	const char *topic;  /* help: "", "record", "status", "member" or "cache" */
 	const char *keys;   /* --keys DIR */
 	int json, lines;

@@ -12,6 +12,7 @@
 #include "console.h"
 #include "outbox.h"
 #include "platform.h"
+#include "salvage.h"
 #include "sbuf.h"
 #include "store.h"
 
@@ -40,6 +41,8 @@ static void usage_main(FILE *f)
 		"Commands:\n"
 		"  record [--lines] [--json] [FILE|-]   record event(s) from JSON (default stdin)\n"
 		"  status [--json]                      outbox state: pending, oldest, bytes, last ack\n"
+		"  outbox set-aside [--json]            events that could not be sent as stored\n"
+		"  outbox recover FILE [--json]         send again the events of a quarantined outbox file\n"
 		"  member show --id|--card|--phone|--qr VALUE [--scan [--guide G]] [--json]\n"
 		"                                       a member's profile card from the offline cache\n"
 		"  cache status [--json]                cache streams: cursor, rows, age, snapshot progress\n"
@@ -85,6 +88,24 @@ static void usage_status(FILE *f)
 		"bytes, the age of the oldest, the last sequence number, the last ack and\n"
 		"events central rejected; the storage used against outbox.max_bytes, events\n"
 		"dropped under it per kind, paid events refused, and the store's alarms.\n");
+}
+
+static void usage_outbox(FILE *f)
+{
+	fprintf(f,
+		"Usage: scrmctl [--store DIR] outbox set-aside [--json]\n"
+		"       scrmctl [--store DIR] outbox recover FILE [--json]\n"
+		"\n"
+		"set-aside: events the agent could not send as they are stored - their row no\n"
+		"longer parses (damage on the device) or they are larger than the broker takes\n"
+		"in one message - kept here byte for byte (central was sent a marker in their\n"
+		"place, and the events_set_aside alarm is up). --json prints each with its\n"
+		"body as stored, for follow-up.\n"
+		"recover: when the agent finds outbox.db damaged it moves it to\n"
+		"<store>/quarantine/outbox-<ms>.db and copies every event it can still read\n"
+		"into a fresh outbox. This reads such a file again and puts back the events\n"
+		"the store neither holds nor took from it before, with their original seq and\n"
+		"id, to be sent once more (central stores each once). The file is not changed.\n");
 }
 
 static void usage_member(FILE *f)
@@ -767,6 +788,75 @@ static int cmd_redemptions(const struct opts *o, const cli__args *a)
 	return 0;
 }
 
+static int cmd_outbox_set_aside(const struct opts *o)
+{
+	outbox *ob = NULL;
+	sbuf out;
+	int rc = outbox__open(o->store, o->device, 0, &ob);
+	if (rc != SCRM_OK) {
+		fail_msg("outbox set-aside", rc);
+		return 1;
+	}
+	sbuf__init(&out);
+	rc = outbox__set_aside_list(ob, &out);
+	outbox__close(ob);
+	if (rc != SCRM_OK || out.oom) {
+		fail_msg("outbox set-aside", rc ? rc : SCRM_E_NOMEM);
+		sbuf__free(&out);
+		return 1;
+	}
+	if (o->json) {
+		puts(out.p);
+	} else {
+		cJSON *r = cJSON_Parse(out.p), *e;
+		char t[32];
+		int64_t now = platform__wall_ms(), n = 0;
+		cJSON_ArrayForEach(e, r)
+		{
+			cli__age(t, sizeof(t), now - jint(e, "set_aside_ms"));
+			printf("seq %-12lld %-13s %-10s %7lld bytes  %s ago  %s\n", (long long)jint(e, "seq"),
+			       jstr(e, "kind") ? jstr(e, "kind") : "?", jstr(e, "reason"), (long long)jint(e, "bytes"), t,
+			       jstr(e, "detail") ? jstr(e, "detail") : "");
+			n++;
+		}
+		printf("%lld event(s) set aside%s\n", (long long)n,
+		       n ? " (--json prints their bodies; central holds a marker for each)" : "");
+		cJSON_Delete(r);
+	}
+	sbuf__free(&out);
+	return 0;
+}
+
+static int cmd_outbox_recover(const struct opts *o, const cli__args *a)
+{
+	outbox *ob = NULL;
+	salvage__report r;
+	int rc = outbox__open(o->store, o->device, 0, &ob);
+	if (rc == SCRM_OK) {
+		rc = outbox__recover_file(ob, a->path, &r);
+		outbox__close(ob);
+	}
+	if (rc != SCRM_OK) {
+		fail_msg("outbox recover", rc);
+		return 1;
+	}
+	/* The agent sends them at its next turn (a capture or its idle check
+	 * pokes it; so does this). */
+	platform__notifier *n = platform__notifier_open(o->store);
+	platform__notifier_send(n);
+	platform__notifier_close(n);
+	if (o->json)
+		printf("{\"recovered\":%lld,\"already_held\":%lld,\"unreadable\":%lld,\"damaged_ranges\":%lld,"
+		       "\"ledger_rows\":%lld}\n",
+		       (long long)r.events, (long long)r.skipped, (long long)r.unreadable_rows, (long long)r.skipped_ranges,
+		       (long long)r.ledger_rows);
+	else
+		printf("%lld event(s) put back to be sent again; %lld already held or taken before; %lld unreadable;"
+		       " %lld damaged range(s) stepped over\n",
+		       (long long)r.events, (long long)r.skipped, (long long)r.unreadable_rows, (long long)r.skipped_ranges);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cli__args a;
@@ -791,6 +881,8 @@ int main(int argc, char **argv)
 			usage_record(stdout);
 		else if (strcmp(a.topic, "status") == 0)
 			usage_status(stdout);
+		else if (strcmp(a.topic, "outbox") == 0)
+			usage_outbox(stdout);
 		else if (strcmp(a.topic, "member") == 0)
 			usage_member(stdout);
 		else if (strcmp(a.topic, "cache") == 0)
@@ -819,6 +911,10 @@ int main(int argc, char **argv)
 		return cmd_redeem(&o, &a);
 	case CLI_REDEMPTIONS:
 		return cmd_redemptions(&o, &a);
+	case CLI_OUTBOX_SET_ASIDE:
+		return cmd_outbox_set_aside(&o);
+	case CLI_OUTBOX_RECOVER:
+		return cmd_outbox_recover(&o, &a);
 	case CLI_NONE:
 		break;
 	}

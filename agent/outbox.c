@@ -45,6 +45,7 @@
 #include "err.h"
 #include "platform.h"
 #include "quarantine.h"
+#include "salvage.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -157,6 +158,52 @@ static const char schema_v1[] =
 	" rejected_ms INTEGER NOT NULL);"
 	"PRAGMA user_version = 1;";
 
+/* The triggers that keep the local ledgers from the events (schema v2, v3).
+ * W is a condition prefix: schema v6 adds "NEW.recovered = 0 AND " so
+ * events copied from a quarantined file keep the ledgers they had (copied
+ * with them) and are never attributed a second time. */
+#define TRG_MEMBER_ACTIVITY(W) \
+	"CREATE TRIGGER IF NOT EXISTS outbox_member_activity AFTER INSERT ON outbox" \
+	" WHEN " W "NEW.kind IN ('purchase', 'return') AND json_extract(NEW.body, '$.member_id') IS NOT NULL" \
+	" BEGIN" \
+	"  INSERT OR REPLACE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)" \
+	"  VALUES (NEW.seq, json_extract(NEW.body, '$.member_id'), NEW.wall_ms, NEW.kind," \
+	"   CASE NEW.kind WHEN 'return' THEN -json_extract(NEW.body, '$.total') ELSE json_extract(NEW.body, '$.total') END," \
+	"   (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(NEW.body, '$.lines')));" \
+	" END;"
+#define TRG_RECO_SHOWN(W) \
+	"CREATE TRIGGER IF NOT EXISTS outbox_reco_shown AFTER INSERT ON outbox WHEN " W "NEW.kind = 'reco_shown'" \
+	" BEGIN" \
+	"  INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)" \
+	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.guide_id'), NEW.wall_ms);" \
+	" END;"
+#define TRG_REDEMPTION(W) \
+	"CREATE TRIGGER IF NOT EXISTS outbox_redemption AFTER INSERT ON outbox WHEN " W "NEW.kind = 'coupon_redeem'" \
+	" BEGIN" \
+	"  INSERT OR REPLACE INTO redemptions(id, seq, coupon, campaign, member_id, order_id, value, currency, mode, reserved_ms)" \
+	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.coupon'), json_extract(NEW.body, '$.campaign')," \
+	"   json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.order_id'), json_extract(NEW.body, '$.value')," \
+	"   json_extract(NEW.body, '$.currency'), json_extract(NEW.body, '$.mode'), NEW.wall_ms);" \
+	" END;"
+#define TRG_ATTRIBUTION(W) \
+	"CREATE TRIGGER IF NOT EXISTS outbox_attribution AFTER INSERT ON outbox" \
+	" WHEN " W "NEW.kind = 'purchase' AND json_extract(NEW.body, '$.member_id') IS NOT NULL" \
+	"  AND json_extract(NEW.body, '$.reco_id') IS NULL" \
+	"  AND coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000) > 0" \
+	" BEGIN" \
+	"  UPDATE outbox SET body = (SELECT json_set(NEW.body, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id," \
+	"    '$.attributed', 'auto')" \
+	"   FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')" \
+	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))" \
+	"    AND r.shown_ms <= NEW.wall_ms" \
+	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000)" \
+	"   ORDER BY r.shown_ms DESC, r.seq DESC LIMIT 1)" \
+	"  WHERE seq = NEW.seq AND EXISTS (SELECT 1 FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')" \
+	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))" \
+	"    AND r.shown_ms <= NEW.wall_ms" \
+	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000));" \
+	" END;"
+
 /* SQLite's JSON functions read the canonical body the capture path just
  * wrote: no second encoder in C, and any insert path gets it. */
 static const char schema_v2[] =
@@ -164,14 +211,7 @@ static const char schema_v2[] =
 	" seq INTEGER PRIMARY KEY, member_id TEXT NOT NULL, wall_ms INTEGER NOT NULL,"
 	" kind TEXT NOT NULL, amount INTEGER NOT NULL, skus TEXT NOT NULL);"
 	"CREATE INDEX IF NOT EXISTS member_activity_member ON member_activity(member_id, wall_ms);"
-	"CREATE TRIGGER IF NOT EXISTS outbox_member_activity AFTER INSERT ON outbox"
-	" WHEN NEW.kind IN ('purchase', 'return') AND json_extract(NEW.body, '$.member_id') IS NOT NULL"
-	" BEGIN"
-	"  INSERT OR REPLACE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
-	"  VALUES (NEW.seq, json_extract(NEW.body, '$.member_id'), NEW.wall_ms, NEW.kind,"
-	"   CASE NEW.kind WHEN 'return' THEN -json_extract(NEW.body, '$.total') ELSE json_extract(NEW.body, '$.total') END,"
-	"   (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(NEW.body, '$.lines')));"
-	" END;"
+	TRG_MEMBER_ACTIVITY("")
 	"PRAGMA user_version = 2;";
 
 /* Schema v3: the guide tablet's bookkeeping, all filled by triggers from
@@ -201,35 +241,9 @@ static const char schema_v3[] =
 	"CREATE INDEX IF NOT EXISTS redemptions_coupon ON redemptions(coupon);"
 	"CREATE INDEX IF NOT EXISTS redemptions_campaign ON redemptions(campaign, member_id);"
 	"CREATE INDEX IF NOT EXISTS redemptions_time ON redemptions(reserved_ms);"
-	"CREATE TRIGGER IF NOT EXISTS outbox_reco_shown AFTER INSERT ON outbox WHEN NEW.kind = 'reco_shown'"
-	" BEGIN"
-	"  INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)"
-	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.guide_id'), NEW.wall_ms);"
-	" END;"
-	"CREATE TRIGGER IF NOT EXISTS outbox_redemption AFTER INSERT ON outbox WHEN NEW.kind = 'coupon_redeem'"
-	" BEGIN"
-	"  INSERT OR REPLACE INTO redemptions(id, seq, coupon, campaign, member_id, order_id, value, currency, mode, reserved_ms)"
-	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.coupon'), json_extract(NEW.body, '$.campaign'),"
-	"   json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.order_id'), json_extract(NEW.body, '$.value'),"
-	"   json_extract(NEW.body, '$.currency'), json_extract(NEW.body, '$.mode'), NEW.wall_ms);"
-	" END;"
-	"CREATE TRIGGER IF NOT EXISTS outbox_attribution AFTER INSERT ON outbox"
-	" WHEN NEW.kind = 'purchase' AND json_extract(NEW.body, '$.member_id') IS NOT NULL"
-	"  AND json_extract(NEW.body, '$.reco_id') IS NULL"
-	"  AND coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000) > 0"
-	" BEGIN"
-	"  UPDATE outbox SET body = (SELECT json_set(NEW.body, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id,"
-	"    '$.attributed', 'auto')"
-	"   FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')"
-	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))"
-	"    AND r.shown_ms <= NEW.wall_ms"
-	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000)"
-	"   ORDER BY r.shown_ms DESC, r.seq DESC LIMIT 1)"
-	"  WHERE seq = NEW.seq AND EXISTS (SELECT 1 FROM reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id')"
-	"    AND (json_extract(NEW.body, '$.guide_id') IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id'))"
-	"    AND r.shown_ms <= NEW.wall_ms"
-	"    AND r.shown_ms >= NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000));"
-	" END;"
+	TRG_RECO_SHOWN("")
+	TRG_REDEMPTION("")
+	TRG_ATTRIBUTION("")
 	"PRAGMA user_version = 3;";
 
 /* Schema v4: bounded storage and alarms (see the top of this file). The
@@ -286,10 +300,24 @@ static const char schema_v5[] =
  *   orders            the receipt of each purchase (by order_id) and return
  *                     (by return_id): a till retrying a sale gets the first
  *                     receipt back, never a second sale (scrm.h)
- *   recovered         events put back from a quarantined file (scrmctl
- *                     outbox recover), so each is sent once */
+ *   recovered         the seqs taken from quarantined files (at the
+ *                     quarantine or later by scrmctl outbox recover), so
+ *                     each is taken once
+ *   outbox.recovered  0 = captured here; 2 = copied into a fresh outbox at
+ *                     a quarantine; 1 = recovered later (sent with
+ *                     "recovered":true, protocol.md). The ledger triggers
+ *                     skip copied events: their ledgers are copied too. */
 static const char schema_v6[] =
 	"ALTER TABLE outbox ADD COLUMN set_aside TEXT;"
+	"ALTER TABLE outbox ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;"
+	"DROP TRIGGER IF EXISTS outbox_member_activity;"
+	"DROP TRIGGER IF EXISTS outbox_reco_shown;"
+	"DROP TRIGGER IF EXISTS outbox_redemption;"
+	"DROP TRIGGER IF EXISTS outbox_attribution;"
+	TRG_MEMBER_ACTIVITY("NEW.recovered = 0 AND ")
+	TRG_RECO_SHOWN("NEW.recovered = 0 AND ")
+	TRG_REDEMPTION("NEW.recovered = 0 AND ")
+	TRG_ATTRIBUTION("NEW.recovered = 0 AND ")
 	"CREATE TABLE IF NOT EXISTS dead_letter("
 	" seq INTEGER PRIMARY KEY, id BLOB, kind BLOB, wall_ms INTEGER, mono_ms INTEGER, boot BLOB,"
 	" clock_ok INTEGER, body BLOB, reason TEXT NOT NULL, detail TEXT NOT NULL, set_aside_ms INTEGER NOT NULL);"
@@ -452,7 +480,7 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 					 " clock_offset_ms = ?4, clock_mono_ms = ?5, clock_cand_boot = ?6,"
 					 " clock_cand_offset_ms = ?7, clock_cand_mono_ms = ?8 WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
-	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
+	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside, recovered FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
 	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
 	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
@@ -508,69 +536,6 @@ static int64_t probe_int(sqlite3 *db, const char *sql)
 	return v;
 }
 
-/* Copy the pending events (and the daemon's settings and the clock anchor)
- * still readable in the damaged file, in seq order, stopping at the first
- * unreadable page; rows that no longer make sense (a NULL, malformed JSON)
- * are skipped. */
-static int64_t salvage(sqlite3 *old, sqlite3 *fresh)
-{
-	sqlite3_stmt *rd = NULL, *wr = NULL;
-	int64_t n = 0;
-	if (sqlite3_exec(fresh, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-		return 0;
-	if (sqlite3_prepare_v2(old, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body FROM outbox ORDER BY seq", -1,
-			       &rd, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(fresh,
-			       "INSERT OR IGNORE INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body)"
-			       " VALUES (?,?,?,?,?,?,?,?)",
-			       -1, &wr, NULL) == SQLITE_OK) {
-		while (sqlite3_step(rd) == SQLITE_ROW) {
-			for (int i = 0; i < 8; i++)
-				sqlite3_bind_value(wr, i + 1, sqlite3_column_value(rd, i));
-			if (sqlite3_step(wr) == SQLITE_DONE && sqlite3_changes(fresh) > 0)
-				n++;
-			sqlite3_reset(wr);
-		}
-	}
-	sqlite3_finalize(rd);
-	sqlite3_finalize(wr);
-	rd = wr = NULL;
-	if (sqlite3_prepare_v2(old, "SELECT k, v FROM settings", -1, &rd, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(fresh, "INSERT OR REPLACE INTO settings(k, v) VALUES (?, ?)", -1, &wr, NULL) == SQLITE_OK) {
-		while (sqlite3_step(rd) == SQLITE_ROW) {
-			sqlite3_bind_value(wr, 1, sqlite3_column_value(rd, 0));
-			sqlite3_bind_value(wr, 2, sqlite3_column_value(rd, 1));
-			sqlite3_step(wr);
-			sqlite3_reset(wr);
-		}
-	}
-	sqlite3_finalize(rd);
-	sqlite3_finalize(wr);
-	rd = wr = NULL;
-	/* Trust goes on across the quarantine (from a v4 file: its max_wall_ms). */
-	if (sqlite3_prepare_v2(old, "SELECT " CLOCK_COLUMNS " FROM device WHERE id = 1", -1, &rd, NULL) != SQLITE_OK) {
-		sqlite3_finalize(rd);
-		rd = NULL;
-		sqlite3_prepare_v2(old, "SELECT max_wall_ms, '', 0, 0, '', 0, 0 FROM device WHERE id = 1", -1, &rd, NULL);
-	}
-	if (rd && sqlite3_step(rd) == SQLITE_ROW &&
-	    sqlite3_prepare_v2(fresh,
-			       "UPDATE device SET max_wall_ms = ?1, clock_boot = ?2, clock_offset_ms = ?3, clock_mono_ms = ?4,"
-			       " clock_cand_boot = ?5, clock_cand_offset_ms = ?6, clock_cand_mono_ms = ?7 WHERE id = 1",
-			       -1, &wr, NULL) == SQLITE_OK) {
-		for (int i = 0; i < 7; i++)
-			sqlite3_bind_value(wr, i + 1, sqlite3_column_value(rd, i));
-		sqlite3_step(wr); /* best effort: a NULL fails the NOT NULL, nothing is copied */
-	}
-	sqlite3_finalize(rd);
-	sqlite3_finalize(wr);
-	if (sqlite3_exec(fresh, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-		sqlite3_exec(fresh, "ROLLBACK", NULL, NULL, NULL);
-		return 0;
-	}
-	return n;
-}
-
 static void unlink_db(const char *path)
 {
 	char p[4400];
@@ -590,10 +555,11 @@ static void unlink_db(const char *path)
 static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 {
 	int64_t now = platform__wall_ms();
-	char old_dev[65] = "", dest[4200], tmp[4300], detail[1700];
+	char old_dev[65] = "", dest[4200], tmp[4300], detail[2200];
 	sqlite3 *old = NULL;
 	outbox t;
-	int64_t floor, salvaged = 0;
+	int64_t floor;
+	salvage__report sr;
 	int rc;
 
 	memset(&t, 0, sizeof(t));
@@ -648,18 +614,25 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 	if ((rc = db__set_wal(t.db, 5000, "outbox")) || (rc = exec(&t, "PRAGMA synchronous=FULL")) ||
 	    (rc = migrate(&t, dev)))
 		goto out;
+	memset(&sr, 0, sizeof(sr));
+	/* Every row still readable, past damaged pages (salvage.h); a failure
+	 * here leaves the fresh file without them, never a half copy. */
+	if (old && salvage__copy(old, t.db, SALVAGE_QUARANTINE, dest, now, &sr) != SCRM_OK)
+		memset(&sr, 0, sizeof(sr));
+	if (sr.max_seq >= floor)
+		floor = sr.max_seq + 1;
 	{
 		char sql[160];
 		snprintf(sql, sizeof(sql), "UPDATE device SET next_seq = %lld WHERE id = 1", (long long)floor);
 		if ((rc = exec(&t, sql)))
 			goto out;
 	}
-	if (old)
-		salvaged = salvage(old, t.db);
 	snprintf(detail, sizeof(detail),
-		 "%.600s could not be used (%.300s); moved to %.600s; %lld pending events recovered from it;"
-		 " sequence numbers continue at %lld",
-		 ob->path, why, dest, (long long)salvaged, (long long)floor);
+		 "%.600s could not be used (%.300s); moved to %.600s; %lld pending events recovered from it"
+		 " (%lld unreadable, %lld damaged ranges stepped over; `scrmctl outbox recover` can try it again later),"
+		 " %lld ledger rows; sequence numbers continue at %lld",
+		 ob->path, why, dest, (long long)sr.events, (long long)sr.unreadable_rows, (long long)sr.skipped_ranges,
+		 (long long)sr.ledger_rows, (long long)floor);
 	if ((rc = alarm_raise_db(t.db, "outbox_quarantined", detail, now)) != SQLITE_OK) {
 		rc = fail(&t, rc, "raise alarm");
 		goto out;
@@ -783,6 +756,47 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, outbox **out)
 {
 	return open_impl(dir, device_id, busy_ms, 1, out);
+}
+
+static int hold(outbox *ob);
+
+int outbox__recover_file(outbox *ob, const char *path, salvage__report *r)
+{
+	sqlite3 *old = NULL;
+	int rc;
+	memset(r, 0, sizeof(*r));
+	if (access(path, R_OK) != 0)
+		return err__set(SCRM_E_NOT_FOUND, "file: cannot read %s: %s", path, strerror(errno));
+	/* Read-only, and never checkpointed into on close: the quarantined
+	 * file stays byte for byte what it was. */
+	if ((rc = sqlite3_open_v2(path, &old, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL)) != SQLITE_OK) {
+		rc = outbox__sqlite_err(rc, "open the quarantined file", old ? sqlite3_errmsg(old) : NULL);
+		sqlite3_close(old);
+		return rc;
+	}
+	sqlite3_busy_timeout(old, 1000);
+	sqlite3_db_config(old, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+	{
+		/* Only this device's events: a file of another device would
+		 * collide on seqs (same test as the quarantine's). */
+		sqlite3_stmt *st = NULL;
+		char dev[65] = "";
+		if (sqlite3_prepare_v2(old, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL) == SQLITE_OK &&
+		    sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+			snprintf(dev, sizeof(dev), "%s", (const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+		if (dev[0] && strcmp(dev, ob->device_id) != 0) {
+			quarantine__close_detached(old);
+			return err__set(SCRM_E_MISMATCH, "file: %s belongs to device \"%s\", this store to \"%s\"", path, dev,
+					ob->device_id);
+		}
+	}
+	if ((rc = hold(ob)) == SCRM_OK) {
+		rc = salvage__copy(old, ob->db, SALVAGE_RECOVER, path, platform__wall_ms(), r);
+		quarantine__lock(ob->lock_fd, 0);
+	}
+	quarantine__close_detached(old);
+	return rc;
 }
 
 const char *outbox__quarantined(const outbox *ob)
@@ -1672,6 +1686,30 @@ int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char 
 	return rc == SQLITE_ROW ? SCRM_OK : err__set(SCRM_E_NOT_FOUND, "redemption: no redemption %s on this device", id);
 }
 
+int outbox__set_aside_list(outbox *ob, sbuf *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	sbuf__reset(out);
+	follow(ob);
+	/* The stored bytes may not be text or JSON any more: the body goes out
+	 * as a JSON string of what can be shown (invalid UTF-8 replaced). */
+	rc = sqlite3_prepare_v2(ob->db,
+				"SELECT json_group_array(json_object('seq', seq, 'id', CAST(id AS TEXT), 'kind', CAST(kind AS TEXT),"
+				" 'wall_ms', wall_ms, 'reason', reason, 'detail', detail, 'set_aside_ms', set_aside_ms,"
+				" 'bytes', length(body), 'body', CAST(body AS TEXT))) FROM (SELECT * FROM dead_letter ORDER BY seq)",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare set-aside list");
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, "read set-aside events");
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
 int outbox__pending_verdicts(outbox *ob, int max, sbuf *out, int *n)
 {
 	sqlite3_stmt *st = NULL;
@@ -1857,6 +1895,8 @@ static void put_event(sbuf *out, sqlite3_stmt *st)
 	sbuf__puts(out, ",\"boot\":\"");
 	sbuf__puts(out, (const char *)sqlite3_column_text(st, 5));
 	sbuf__puts(out, sqlite3_column_int(st, 6) ? "\",\"clock_ok\":true" : "\",\"clock_ok\":false");
+	if (sqlite3_column_int(st, 9) == 1)
+		sbuf__puts(out, ",\"recovered\":true");
 	if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
 		sbuf__puts(out, ",\"set_aside\":");
 		sbuf__puts(out, (const char *)sqlite3_column_text(st, 8));
@@ -2141,14 +2181,40 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 	}
 	rc = exec(ob, "COMMIT");
 	/* The old bodies also sit in WAL frames until they are overwritten:
-	 * checkpoint and truncate the WAL (best effort: readers may hold it). */
+	 * the erasure is done only once the WAL is checkpointed and cut to
+	 * nothing (protocol.md "Erasure"). */
 	if (rc == SCRM_OK && changed)
-		sqlite3_exec(ob->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+		rc = outbox__scrub_wal(ob);
 cleanup:
 	if (rc)
 		rollback(ob);
 	sqlite3_exec(ob->db, "PRAGMA secure_delete=FAST", NULL, NULL, NULL);
 	return rc;
+}
+
+int outbox__scrub_wal(outbox *ob)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, busy = 1;
+	char wal[4300];
+	int64_t size = -1;
+	/* TRUNCATE waits (busy handler) for readers to leave the WAL. */
+	if ((rc = sqlite3_prepare_v2(ob->db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL)) != SQLITE_OK)
+		return fail(ob, rc, "prepare checkpoint");
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		busy = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_BUSY)
+		return fail(ob, rc, "checkpoint");
+	snprintf(wal, sizeof(wal), "%s-wal", ob->path);
+	if (platform__file_size(wal, &size) != 0)
+		size = 0; /* no WAL file: nothing left in one */
+	if (busy || size != 0)
+		return err__set(SCRM_E_BUSY,
+				"outbox: the erased data is gone from every table, but older copies stay in %s until"
+				" the processes reading the store let go of it (%lld bytes)",
+				wal, (long long)size);
+	return SCRM_OK;
 }
 
 int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)

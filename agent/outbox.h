@@ -86,6 +86,15 @@ int outbox__open(const char *dir, const char *device_id, int busy_ms, outbox **o
 /* The same, also running PRAGMA quick_check before use (it reads the whole
  * file: the daemon does it once at start, capture processes do not). */
 int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, outbox **out);
+/* Events of a quarantined outbox file (`<store>/quarantine/outbox-*.db`,
+ * read-only, never changed) that this store neither holds nor took from a
+ * quarantined file before: copied with their seq and id, sent again with
+ * "recovered":true (protocol.md "Recovered events"), each once however
+ * often this is run. Their ledger rows come along. *r says what was found.
+ * SCRM_E_MISMATCH: the file is another device's. */
+struct salvage__report;
+int outbox__recover_file(outbox *ob, const char *path, struct salvage__report *r);
+
 /* Where this handle's open moved a damaged outbox.db, NULL if it did not. */
 const char *outbox__quarantined(const outbox *ob);
 void outbox__close(outbox *ob);
@@ -182,6 +191,11 @@ int outbox__redemption_counts(outbox *ob, const outbox__limits *lim, int64_t *by
  * SCRM_E_NOT_FOUND: no such redemption here. */
 int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
 		    int64_t ms, int *changed);
+/* The events set aside (dead_letter), oldest seq first, as a JSON array of
+ * {"seq","id","kind","wall_ms","reason","detail","set_aside_ms","bytes",
+ * "body"} into `out` (reset first): scrmctl outbox set-aside. */
+int outbox__set_aside_list(outbox *ob, sbuf *out);
+
 /* The ids of redemptions central has acknowledged (their event is no
  * longer pending, nor rejected or set aside) but whose verdict this device
  * has not recorded, oldest first, at most `max`: a JSON array of strings
@@ -229,9 +243,16 @@ int outbox__stats(outbox *ob, scrm_outbox_stats *st);
 
 /* Erasure: in one transaction, strip member_id (and a return's reason) from
  * the member's pending and rejected events, marking them "redacted", and
- * delete the member's local purchase history. *redacted = pending events
- * changed. Idempotent. */
+ * delete the member's local purchase history (secure_delete: the freed
+ * bytes are zeroed); then outbox__scrub_wal. *redacted = pending events
+ * changed. Idempotent. SCRM_E_BUSY: done in every table, but older copies
+ * are still in the WAL (readers held it past the busy timeout): call
+ * outbox__scrub_wal again later. */
 int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted);
+/* Checkpoint the WAL into the file and cut it to 0 bytes, waiting for
+ * readers up to the busy timeout: SCRM_OK when nothing is left in it,
+ * SCRM_E_BUSY (reason set) when readers still hold it. */
+int outbox__scrub_wal(outbox *ob);
 
 /* Drop local purchase history older than before_ms (wall). */
 int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms);

@@ -84,6 +84,7 @@ struct sync {
 	int64_t probation_ms;       /* monotonic deadline of a broker change; 0 = none */
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
 	int recreate_pending;       /* the same, keeping the connection's backoff (packet too large) */
+	int erasure_pending;        /* an erasure's old bytes are still in outbox.db-wal */
 	int64_t n_commands;
 	char last_rollback[300];
 	int cmd_level;              /* log.level command in force, -1 = none */
@@ -268,6 +269,12 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 	int rc = outbox__redact_member(s->ob, member_id, &n);
 	/* The erased person's id is not written to the log. */
 	(void)member_id;
+	if (rc == SCRM_E_BUSY) {
+		/* Redacted in every table; the WAL's old copies are scrubbed
+		 * once readers let go (idle, or the command's reply). */
+		s->erasure_pending = 1;
+		rc = SCRM_OK;
+	}
 	if (rc == SCRM_OK)
 		LOG(LOG_INFO, "cache", "member forgotten", "pending_events_redacted=%lld", (long long)n);
 	else
@@ -1206,8 +1213,18 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 			return -1;
 		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s)
 				  : outbox__redact_member(s->ob, member, &redacted);
+		if (rc == SCRM_OK && s->erasure_pending) /* the outbox's part, done inside the cache's */
+			rc = outbox__scrub_wal(s->ob);
+		if (rc == SCRM_E_BUSY) {
+			/* Gone from every table; old copies wait for readers to let
+			 * go of a WAL. Not "done": retried at idle, and the reply
+			 * says so (protocol.md "Erasure"). */
+			s->erasure_pending = 1;
+			return fleet__fail(err, "failed", "", "%.160s; send it again to confirm", scrm_errmsg());
+		}
 		if (rc != SCRM_OK)
 			return fleet__fail(err, "failed", "", "%s; nothing was changed, send it again", scrm_errmsg());
+		s->erasure_pending = 0;
 		sbuf__puts(res, "{\"forgotten\":true,\"cache\":");
 		sbuf__puts(res, s->cache ? "true" : "false");
 		sbuf__puts(res, "}");
@@ -1746,7 +1763,12 @@ int sync__run(config *cfg_in, const char *level_override)
 		if (now - s.last_activity_ms >= IDLE_CHECKPOINT_MS) {
 			/* Idle: checkpoint, and catch events whose notification was
 			 * lost (e.g. captured by a tool that cannot reach the socket). */
-			outbox__checkpoint(s.ob);
+			if (s.erasure_pending && outbox__scrub_wal(s.ob) == SCRM_OK) {
+				s.erasure_pending = 0;
+				LOG(LOG_INFO, "sync", "erasure finished: the outbox's WAL is scrubbed", NULL);
+			} else {
+				outbox__checkpoint(s.ob);
+			}
 			if (s.cache)
 				cache__checkpoint(s.cache);
 			/* local history, shown lists, settled redemptions, receipts */

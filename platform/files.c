@@ -232,6 +232,15 @@ int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino)
 	return 0;
 }
 
+int platform__file_size(const char *path, int64_t *size)
+{
+	struct stat st;
+	if (stat(path, &st) != 0)
+		return -errno;
+	*size = (int64_t)st.st_size;
+	return 0;
+}
+
 int platform__fsync_dir(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

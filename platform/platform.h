@@ -79,6 +79,8 @@ int platform__lock_open(const char *path);
 int platform__lock_fd(int fd, int how);
 /* Identity (device, inode) of the file at path; -ENOENT if none. */
 int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino);
+/* Size of a file in bytes. 0 or -errno (-ENOENT: no such file). */
+int platform__file_size(const char *path, int64_t *size);
 /* fsync a directory: the renames and links made in it survive a power cut. */
 int platform__fsync_dir(const char *dir);
 

@@ -326,9 +326,11 @@ static void v4_store_upgrades_to_v5(void **state)
 	if (sqlite3_libversion_number() < 3035000)
 		skip(); /* DROP COLUMN */
 	sqlite3 *db = NULL;
-	char sql[1100];
+	char sql[1600];
 	snprintf(sql, sizeof(sql),
-		 "DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered; ALTER TABLE outbox DROP COLUMN set_aside;"
+		 "DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
+		 " DROP TRIGGER outbox_attribution; DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered;"
+		 " ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
 		 " ALTER TABLE device DROP COLUMN clock_boot; ALTER TABLE device DROP COLUMN clock_offset_ms;"
 		 " ALTER TABLE device DROP COLUMN clock_mono_ms; ALTER TABLE device DROP COLUMN clock_cand_boot;"
 		 " ALTER TABLE device DROP COLUMN clock_cand_offset_ms; ALTER TABLE device DROP COLUMN clock_cand_mono_ms;"

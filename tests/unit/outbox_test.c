@@ -263,7 +263,9 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 
 /* The objects of schema v6 (set-aside events, receipts by order, recovered
  * events): dropped to make a store of an older release. */
-#define DROP_V6 "DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered; ALTER TABLE outbox DROP COLUMN set_aside;"
+#define DROP_V6 "DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;" \
+	" DROP TRIGGER outbox_attribution; DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered;" \
+	" ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
 #define CURRENT_SCHEMA 6
 
 static void newer_schema_refused(void **state)
@@ -305,8 +307,7 @@ static void schema_v2_store_upgrades(void **state)
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db,
-				      DROP_V6 UNDO_V5 " DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
-				      " DROP TRIGGER outbox_attribution; DROP TABLE link; DROP TABLE settings;"
+				      DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
 				      " DROP TABLE reco_shown; DROP TABLE redemptions;"
 				      " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
