@@ -308,8 +308,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		else
 			FUZZ_CHECK(s2 == -1 && strcmp(e1.code, e2.code) == 0, "refused as %s, then %s", e1.code,
 				   s2 ? e2.code : "accepted");
-		/* The harness's own envelope is well-formed and its signature good. */
-		if (s1)
+		/* The harness's own envelope is well-formed and its signature good
+		 * (but bytes that are not UTF-8 make its "signed" string invalid
+		 * JSON text, refused as such). */
+		int not_utf8 = strcmp(e1.code, "bad_json") == 0 && !e1.field[0] &&
+			       strstr(e1.message, "invalid UTF-8 in a string at $.signed");
+		if (s1 && !not_utf8)
 			FUZZ_CHECK(strcmp(e1.code, "bad_signature") != 0 && strcmp(e1.code, "unsigned") != 0 &&
 					   strcmp(e1.code, "too_big") != 0 && strcmp(e1.code, "replayed") != 0 &&
 					   (strcmp(e1.code, "bad_json") != 0 || strcmp(e1.field, "signed") == 0),
