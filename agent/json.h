@@ -32,9 +32,9 @@ struct cJSON;
 
 /* Parse `len` bytes of `text` (borrowed; need not be NUL-terminated) as
  * exactly one JSON value. `what` names the input in messages ("config",
- * "command", a file's path; NULL = "json"). Returns SCRM_OK with *out
- * owning the tree (cJSON_Delete), or SCRM_E_INVALID with *out = NULL and
- * scrm_errmsg() saying why, e.g.
+ * "command", a file's path; NULL = "json"; borrowed). `out` must not be
+ * NULL. Returns SCRM_OK with *out owning the tree (cJSON_Delete), or
+ * SCRM_E_INVALID with *out = NULL and scrm_errmsg() saying why, e.g.
  *   config: not valid JSON at line 3, column 17 (expected ',' or '}')
  *   json: duplicate key "total" at $.lines[0] (line 1, column 63)
  *   json: nested too deeply (more than 64 levels) at line 1, column 65
