@@ -47,6 +47,7 @@
 #include "crypto.h"
 #include "dbcode.h"
 #include "err.h"
+#include "json.h"
 #include "platform.h"
 #include "quarantine.h"
 
@@ -1166,7 +1167,12 @@ static int bind_coupon(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 		return err__set(SCRM_E_CRYPTO, "%s: cannot verify: %s", key, c->central_err);
 	if (crypto__verify(c->central, signed_it->valuestring, strlen(signed_it->valuestring), sig, (size_t)sig_len))
 		return err__set(SCRM_E_CRYPTO, "%s: signature does not verify (tampered or not signed by central)", key);
-	if (!(p = cJSON_Parse(signed_it->valuestring)) || !cJSON_IsObject(p)) {
+	/* The signature vouches for bytes; the reading of them must be the
+	 * one central meant, so a repeated key is refused (json.h). */
+	snprintf(p2, sizeof(p2), "%ssigned", path);
+	if ((rc = json__parse(signed_it->valuestring, strlen(signed_it->valuestring), p2, &p)) != SCRM_OK)
+		goto refuse;
+	if (!cJSON_IsObject(p)) {
 		rc = err__set(SCRM_E_CRYPTO, "%s: signed: not a JSON object", key);
 		goto refuse;
 	}
@@ -1506,7 +1512,7 @@ struct msg {
 
 static int parse_msg(cache *c, const char *topic_stream, const char *payload, size_t len, struct msg *m)
 {
-	const char *end = NULL, *s;
+	const char *s;
 	const cJSON *it;
 	int64_t v;
 	int rc;
@@ -1515,12 +1521,12 @@ static int parse_msg(cache *c, const char *topic_stream, const char *payload, si
 	m->st = -1;
 	if (len > c->max_msg)
 		return err__set(SCRM_E_TOO_BIG, "message: %zu bytes, more than cache.max_message_bytes (%zu)", len, c->max_msg);
-	if (memchr(payload, '\0', len))
-		return err__set(SCRM_E_INVALID, "message: contains a NUL byte");
-	m->root = cJSON_ParseWithLengthOpts(payload, len, &end, 0);
-	if (!m->root || !cJSON_IsObject(m->root))
-		return err__set(SCRM_E_INVALID, "message: not a JSON object (near byte %zu)",
-				end ? (size_t)(end - payload) : (size_t)0);
+	/* Strict (json.h): NULs, repeated keys ("version" twice, "key" twice
+	 * in an op), invalid UTF-8 are refused with their place. */
+	if ((rc = json__parse(payload, len, "message", &m->root)) != SCRM_OK)
+		return rc;
+	if (!cJSON_IsObject(m->root))
+		return err__set(SCRM_E_INVALID, "message: not a JSON object");
 	if ((rc = get_int(m->root, "v", 0, 1000, 1, 0, "", &v)))
 		return rc;
 	if (v != 1)
@@ -2125,7 +2131,17 @@ int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx,
 		return err__set(SCRM_E_NOT_FOUND, "%s: %s", path, strerror(errno));
 	sbuf__init(&line);
 	sbuf__init(&chunk);
-	if (read_line(f, &line) != 0 || !(hdr = cJSON_ParseWithLength(line.p, line.len))) {
+	if (read_line(f, &line) != 0) {
+		rc = err__set(SCRM_E_INVALID, "%s:1: header: missing", path);
+		goto cleanup;
+	}
+	if ((rc = json__parse(line.p, line.len, "header", &hdr)) != SCRM_OK) {
+		char detail[400];
+		snprintf(detail, sizeof(detail), "%s", scrm_errmsg());
+		rc = err__set(rc, "%s:1: %s", path, detail);
+		goto cleanup;
+	}
+	if (!cJSON_IsObject(hdr)) {
 		rc = err__set(SCRM_E_INVALID, "%s:1: header: not a JSON object", path);
 		goto cleanup;
 	}
@@ -2362,7 +2378,9 @@ static int qr_member(cache *c, const char *tok, char member[65])
 	if (crypto__verify(c->central, payload, (size_t)plen, sig, (size_t)slen) != SCRM_OK)
 		return err__set(SCRM_E_INVALID, "qr: signature: does not verify (forged or altered token)");
 	payload[plen] = '\0';
-	if (!(o = cJSON_ParseWithLength((const char *)payload, (size_t)plen)) || !cJSON_IsObject(o)) {
+	if ((rc = json__parse((const char *)payload, (size_t)plen, "qr: format: payload", &o)) != SCRM_OK)
+		goto cleanup;
+	if (!cJSON_IsObject(o)) {
 		rc = err__set(SCRM_E_INVALID, "qr: format: payload is not a JSON object");
 		goto cleanup;
 	}

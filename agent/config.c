@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "err.h"
+#include "json.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -311,27 +312,24 @@ cleanup:
 	return rc;
 }
 
-static cJSON *parse_text(const char *text, size_t len)
+/* Strict (json.h): a key written twice is refused, not resolved. With
+ * cJSON alone the config kept the last "allow_plaintext" and scrmctl the
+ * first "kind" — two readers of one file must never disagree. Syntax errors
+ * give the line and column. */
+static int parse_text(const char *text, size_t len, cJSON **root)
 {
-	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-	if (!root) {
-		int line = 1;
-		for (const char *p = text; end && p < end && p < text + len; p++)
-			if (*p == '\n')
-				line++;
-		err__set(SCRM_E_CONFIG, "config: malformed JSON near line %d", line);
-	}
-	return root;
+	int rc = json__parse(text, len, "config", root);
+	return rc == SCRM_E_INVALID ? SCRM_E_CONFIG : rc;
 }
 
 int config__parse(const char *text, size_t len, config *cfg)
 {
+	cJSON *root = NULL;
 	memset(cfg, 0, sizeof(*cfg));
-	cJSON *root = parse_text(text, len);
-	if (!root)
-		return SCRM_E_CONFIG;
-	int rc = apply_root(root, text, len, cfg);
+	int rc = parse_text(text, len, &root);
+	if (rc)
+		return rc;
+	rc = apply_root(root, text, len, cfg);
 	cJSON_Delete(root);
 	return rc;
 }
@@ -513,7 +511,8 @@ static cJSON *read_base(const char *path)
 		err__set(SCRM_E_CONFIG, "config: cannot read %s: %s", path, strerror(-e));
 		return NULL;
 	}
-	cJSON *root = parse_text(text, len);
+	cJSON *root = NULL;
+	parse_text(text, len, &root);
 	free(text);
 	return root;
 }
@@ -578,7 +577,9 @@ int config__load_all(const char *path, config *cfg)
 	why[0] = '\0';
 	if (e != 0) {
 		snprintf(why, sizeof(why), "%.300s: cannot read: %s", opath, strerror(-e));
-	} else if (!(ov = cJSON_ParseWithLength(otext, olen)) || !cJSON_IsObject(ov)) {
+	} else if (json__parse(otext, olen, opath, &ov) != SCRM_OK) {
+		snprintf(why, sizeof(why), "%s", scrm_errmsg());
+	} else if (!cJSON_IsObject(ov)) {
 		snprintf(why, sizeof(why), "%.300s: not a JSON object", opath);
 	} else {
 		const cJSON *v = cJSON_GetObjectItemCaseSensitive(ov, "v");
@@ -655,10 +656,16 @@ int config__needs_reconnect(const config *a, const config *b)
 int config__propose(const config *cur, const char *changes, size_t len, int64_t now_ms, config *next,
 		    sbuf *overlay_text, sbuf *changed, int *cls)
 {
-	cJSON *ch = cJSON_ParseWithLength(changes, len), *set = NULL, *prev = NULL;
+	cJSON *ch = NULL, *set = NULL, *prev = NULL;
 	int rc = SCRM_E_CONFIG, n = 0, overlay_changed = 0;
 	memset(next, 0, sizeof(*next));
 	*cls = -1;
+	if ((rc = json__parse(changes, len, "set", &ch)) != SCRM_OK) {
+		if (rc == SCRM_E_INVALID)
+			rc = SCRM_E_CONFIG;
+		goto out;
+	}
+	rc = SCRM_E_CONFIG;
 	if (!cJSON_IsObject(ch)) {
 		err__set(SCRM_E_CONFIG, "set: must be an object of \"section.key\": value");
 		goto out;
@@ -667,16 +674,19 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 		err__set(SCRM_E_CONFIG, "config: loaded without a file; cannot change it");
 		goto out;
 	}
+	/* Counted before any key is looked at: each key is distinct (json.h),
+	 * so the cap is on what a command asks, not on what it repeats. */
+	if (cJSON_GetArraySize(ch) > OVERLAY_MAX_KEYS) {
+		err__set(SCRM_E_CONFIG, "set: %d keys, at most %d at once", cJSON_GetArraySize(ch), OVERLAY_MAX_KEYS);
+		goto out;
+	}
 	set = cur->overlay_set ? cJSON_Parse(cur->overlay_set) : cJSON_CreateObject();
 	if (!set) {
 		rc = err__set(SCRM_E_NOMEM, "out of memory");
 		goto out;
 	}
 	for (const cJSON *it = ch->child; it; it = it->next) {
-		if (++n > OVERLAY_MAX_KEYS) {
-			rc = err__set(SCRM_E_CONFIG, "set: at most %d keys at once", OVERLAY_MAX_KEYS);
-			goto out;
-		}
+		n++;
 		if ((rc = check_remote_key(it->string)))
 			goto out;
 		/* A remote setting equal to the local value changes nothing

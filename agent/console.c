@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "json.h"
 #include "mqtt.h"
 #include "platform.h"
 #include "sbuf.h"
@@ -215,7 +216,13 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 			return 2;
 		}
 		if (!rc && a->args_json) {
-			cJSON *o = cJSON_Parse(a->args_json);
+			/* Sent as typed: checked as strictly as the agent will
+			 * (a repeated key would be refused there, less visibly). */
+			cJSON *o = NULL;
+			if (json__parse(a->args_json, strlen(a->args_json), "ARGS_JSON", &o) != SCRM_OK) {
+				snprintf(err, errlen, "fleet cmd: %s", scrm_errmsg());
+				return 2;
+			}
 			int ok = cJSON_IsObject(o);
 			cJSON_Delete(o);
 			if (!ok) {
@@ -468,8 +475,10 @@ static void take(struct fleet *f, const mqtt__event *e)
 	int kind = parse_topic(e->topic, t, s, d);
 	if (!kind || e->len == 0)
 		return;
-	cJSON *o = cJSON_ParseWithLength(e->payload, e->len);
-	if (!cJSON_IsObject(o)) {
+	/* Read as strictly as central reads it: a state or heartbeat with a
+	 * repeated key shows as nothing rather than as one of its readings. */
+	cJSON *o = NULL;
+	if (json__parse(e->payload, e->len, "state", &o) != SCRM_OK || !cJSON_IsObject(o)) {
 		cJSON_Delete(o);
 		return;
 	}
@@ -864,7 +873,14 @@ static int do_cmd(const console__args *a, struct conn *c)
 			mqtt__event_free(e);
 			continue;
 		}
-		cJSON *r = cJSON_ParseWithLength(e->payload, e->len);
+		cJSON *r = NULL;
+		if (json__parse(e->payload, e->len, "reply", &r) != SCRM_OK && e->correlation) {
+			/* Our correlation data: the answer, but unreadable. */
+			fprintf(stderr, "scrmctl fleet: %s/%s answered, but %s\n", a->store, a->device, scrm_errmsg());
+			mqtt__event_free(e);
+			rc = 1;
+			break;
+		}
 		if (!cJSON_IsObject(r) || (!e->correlation && strcmp(jtext(r, "id"), id) != 0)) {
 			cJSON_Delete(r);
 			mqtt__event_free(e);

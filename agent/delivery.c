@@ -12,6 +12,7 @@
 #include "delivery.h"
 
 #include "err.h"
+#include "json.h"
 #include "log.h"
 
 #include <cjson/cJSON.h>
@@ -312,9 +313,14 @@ void delivery__ack_free(delivery__ack *ack)
 int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack)
 {
 	int rc = SCRM_E_INVALID;
-	cJSON *o = cJSON_ParseWithLength(payload, len);
+	cJSON *o = NULL;
 	memset(ack, 0, sizeof(*ack));
-	if (!o || !cJSON_IsObject(o)) {
+	/* strict: a repeated key is refused, never read one way here and
+	 * another at central */
+	if ((rc = json__parse(payload, len, "ack", &o)) != SCRM_OK)
+		goto out;
+	rc = SCRM_E_INVALID;
+	if (!cJSON_IsObject(o)) {
 		err__set(SCRM_E_INVALID, "ack: not a JSON object");
 		goto out;
 	}

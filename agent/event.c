@@ -9,6 +9,7 @@
 #include "event.h"
 
 #include "err.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -22,6 +23,8 @@
 #define MAX_REASON 200
 #define MAX_QTY 1000000
 #define MAX_PRICE 1000000000000LL /* 10^12 minor units */
+/* Integers a JSON number carries exactly (a double's 53-bit mantissa). */
+#define MAX_EXACT 9007199254740992LL
 
 const char *event__kind_name(event__kind k)
 {
@@ -97,7 +100,7 @@ static int check_str(const char *field, const char *v, int required, size_t max)
 	if (n == 0)
 		return err__set(SCRM_E_INVALID, "%s: must not be empty", field);
 	if (n > max)
-		return err__set(SCRM_E_INVALID, "%s: longer than %zu bytes", field, max);
+		return err__set(SCRM_E_INVALID, "%s: too long: %zu bytes, at most %zu", field, n, max);
 	return SCRM_OK;
 }
 
@@ -142,9 +145,11 @@ static int check_lines(const scrm_line *lines, size_t n, int64_t *sum)
 		if (l->qty <= 0)
 			return err__set(SCRM_E_INVALID, "lines[%zu].qty: must be > 0, got %lld", i, (long long)l->qty);
 		if (l->qty > MAX_QTY)
-			return err__set(SCRM_E_INVALID, "lines[%zu].qty: at most %d", i, MAX_QTY);
+			return err__set(SCRM_E_INVALID, "lines[%zu].qty: out of range: at most %d items, got %lld", i, MAX_QTY,
+					(long long)l->qty);
 		if (l->unit_price < 0 || l->unit_price > MAX_PRICE)
-			return err__set(SCRM_E_INVALID, "lines[%zu].unit_price: must be between 0 and %lld minor units", i, MAX_PRICE);
+			return err__set(SCRM_E_INVALID, "lines[%zu].unit_price: out of range: must be between 0 and %lld minor units, got %lld",
+					i, MAX_PRICE, (long long)l->unit_price);
 		int64_t gross = l->qty * l->unit_price; /* bounded: < 2^60 */
 		if (l->discount < 0 || l->discount > gross)
 			return err__set(SCRM_E_INVALID, "lines[%zu].discount: must be between 0 and qty*unit_price (%lld)", i, (long long)gross);
@@ -348,8 +353,16 @@ static int get_str(const cJSON *obj, const char *key, const char *where, const c
 	return SCRM_OK;
 }
 
-/* Integer in ±2^53 (exact in a double); absent → dflt, or error if required. */
-static int get_int(const cJSON *obj, const char *key, const char *where, int required, int64_t dflt, int64_t *out)
+/* What an integer field counts, for its messages. */
+enum unit { U_MONEY, U_ITEMS };
+
+/* Integer in ±2^53 (exact in a double); absent → dflt, or error if required.
+ * Only what cannot be carried is refused here: the field's own bounds are
+ * checked on the struct (check_lines, ...), so the C API and JSON refuse
+ * the same values with the same words. lo..hi are those bounds, quoted
+ * when a number is too large either way to be one. */
+static int get_int(const cJSON *obj, const char *key, const char *where, int required, int64_t dflt,
+		   enum unit unit, int64_t lo, int64_t hi, int64_t *out)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
 	if (!v) {
@@ -361,8 +374,14 @@ static int get_int(const cJSON *obj, const char *key, const char *where, int req
 	if (!cJSON_IsNumber(v))
 		return err__set(SCRM_E_INVALID, "%s%s: must be a number", where, key);
 	double d = v->valuedouble;
-	if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != floor(d))
-		return err__set(SCRM_E_INVALID, "%s%s: must be an integer (money in minor units, e.g. 255 for 2.55)", where, key);
+	if (!(d >= -(double)MAX_EXACT && d <= (double)MAX_EXACT))
+		return err__set(SCRM_E_INVALID, "%s%s: out of range: %g, must be between %lld and %lld%s", where, key, d,
+				(long long)lo, (long long)hi, unit == U_ITEMS ? " items" : " minor units");
+	if (d != floor(d))
+		return err__set(SCRM_E_INVALID, unit == U_ITEMS
+					? "%s%s: must be a whole number (a count of items)"
+					: "%s%s: must be an integer (money in minor units, e.g. 255 for 2.55)",
+				where, key);
 	*out = (int64_t)d;
 	return SCRM_OK;
 }
@@ -395,9 +414,9 @@ static int get_lines(const cJSON *obj, scrm_line **out, size_t *n)
 		}
 		if ((rc = check_keys(it, line_keys, where)) ||
 		    (rc = get_str(it, "sku", where, &lines[i].sku)) ||
-		    (rc = get_int(it, "qty", where, 1, 0, &lines[i].qty)) ||
-		    (rc = get_int(it, "unit_price", where, 1, 0, &lines[i].unit_price)) ||
-		    (rc = get_int(it, "discount", where, 0, 0, &lines[i].discount)))
+		    (rc = get_int(it, "qty", where, 1, 0, U_ITEMS, 1, MAX_QTY, &lines[i].qty)) ||
+		    (rc = get_int(it, "unit_price", where, 1, 0, U_MONEY, 0, MAX_PRICE, &lines[i].unit_price)) ||
+		    (rc = get_int(it, "discount", where, 0, 0, U_MONEY, 0, MAX_EXACT, &lines[i].discount)))
 			break;
 	}
 	if (rc) {
@@ -419,8 +438,8 @@ static int parse_purchase(const cJSON *o, sbuf *out)
 	if ((rc = check_keys(o, purchase_keys, "")) ||
 	    (rc = get_str(o, "order_id", "", &p.order_id)) ||
 	    (rc = get_lines(o, &lines, &p.n_lines)) ||
-	    (rc = get_int(o, "discount", "", 0, 0, &p.discount)) ||
-	    (rc = get_int(o, "total", "", 1, 0, &p.total)) ||
+	    (rc = get_int(o, "discount", "", 0, 0, U_MONEY, 0, MAX_EXACT, &p.discount)) ||
+	    (rc = get_int(o, "total", "", 1, 0, U_MONEY, 0, MAX_EXACT, &p.total)) ||
 	    (rc = get_str(o, "currency", "", &p.currency)) ||
 	    (rc = get_str(o, "payment", "", &p.payment)) ||
 	    (rc = get_str(o, "member_id", "", &p.member_id)) ||
@@ -472,7 +491,7 @@ static int parse_return(const cJSON *o, sbuf *out)
 	    (rc = get_str(o, "return_id", "", &r.return_id)) ||
 	    (rc = get_str(o, "order_id", "", &r.order_id)) ||
 	    (rc = get_lines(o, &lines, &r.n_lines)) ||
-	    (rc = get_int(o, "total", "", 1, 0, &r.total)) ||
+	    (rc = get_int(o, "total", "", 1, 0, U_MONEY, 0, MAX_EXACT, &r.total)) ||
 	    (rc = get_str(o, "currency", "", &r.currency)) ||
 	    (rc = get_str(o, "refund_method", "", &r.refund_method)) ||
 	    (rc = get_str(o, "reason", "", &r.reason)) ||
@@ -508,24 +527,8 @@ static int parse_scan(const cJSON *o, sbuf *out)
 	return event__encode_scan_consent(&s, tracking, out);
 }
 
-/* Line and column of a byte offset, for parse errors. */
-static void locate(const char *text, size_t off, int *line, int *col)
-{
-	*line = 1;
-	*col = 1;
-	for (size_t i = 0; i < off; i++) {
-		if (text[i] == '\n') {
-			(*line)++;
-			*col = 1;
-		} else {
-			(*col)++;
-		}
-	}
-}
-
 int event__from_json(const char *json, size_t len, event__kind *kind, sbuf *out)
 {
-	const char *end = NULL;
 	cJSON *o = NULL;
 	int rc;
 	sbuf__reset(out);
@@ -533,36 +536,11 @@ int event__from_json(const char *json, size_t len, event__kind *kind, sbuf *out)
 		return err__set(SCRM_E_INVALID, "json: NULL");
 	if (len > EVENT_MAX_JSON_BYTES)
 		return err__set(SCRM_E_TOO_BIG, "json: %zu bytes, at most %d", len, EVENT_MAX_JSON_BYTES);
-	/* cJSON's strings end at a NUL: "A\u0000B" would be stored as "A".
-	 * Refuse a raw NUL byte, and \u0000 escapes (an odd number of
-	 * backslashes before the u means it is an escape, not literal text). */
-	if (memchr(json, 0, len))
-		return err__set(SCRM_E_INVALID, "json: contains a NUL byte");
-	for (size_t i = 0; i + 6 <= len; i++) {
-		if (json[i] != '\\' || json[i + 1] != 'u' || memcmp(json + i + 2, "000", 3) != 0 || json[i + 5] != '0')
-			continue;
-		size_t k = 0;
-		while (k <= i && json[i - k] == '\\')
-			k++;
-		if (k % 2 == 1)
-			return err__set(SCRM_E_INVALID, "json: \\u0000 (NUL) is not allowed in strings");
-	}
-	o = cJSON_ParseWithLengthOpts(json, len, &end, 0);
-	if (!o) {
-		int line, col;
-		size_t off = end && end >= json ? (size_t)(end - json) : 0;
-		if (off > len)
-			off = len;
-		locate(json, off, &line, &col);
-		return err__set(SCRM_E_INVALID, "json: malformed at line %d column %d", line, col);
-	}
-	/* Only whitespace may follow the object. */
-	for (const char *p = end; p && p < json + len; p++) {
-		if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-			rc = err__set(SCRM_E_INVALID, "json: unexpected text after the object");
-			goto cleanup;
-		}
-	}
+	/* Strict: a repeated key ("kind" twice) is refused, not resolved one
+	 * way here and another at central; so are NULs, which would cut a
+	 * cJSON string short. */
+	if ((rc = json__parse(json, len, "json", &o)) != SCRM_OK)
+		return rc;
 	if (!cJSON_IsObject(o)) {
 		rc = err__set(SCRM_E_INVALID, "json: must be an object");
 		goto cleanup;

@@ -4,6 +4,7 @@
 
 #include <scrm/scrm.h>
 
+#include "json.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -117,10 +118,14 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 	memset(cmd, 0, sizeof(*cmd));
 	memset(err, 0, sizeof(*err));
 	if (len > FLEET_MAX_COMMAND_BYTES)
-		return fleet__fail(err, "too_big", "", "command of %zu bytes; at most %d", len, FLEET_MAX_COMMAND_BYTES);
-	if (!(outer = cJSON_ParseWithLength(payload, len)) || !cJSON_IsObject(outer)) {
+		return fleet__fail(err, "too_big", NULL, "command of %zu bytes; at most %d", len, FLEET_MAX_COMMAND_BYTES);
+	/* Strict (json.h): {"cmd":"ping","cmd":"cache.purge"} must not be one
+	 * command here and another in central's log. */
+	if (json__parse(payload, len, "command", &outer) != SCRM_OK)
+		return fleet__fail(err, "bad_json", NULL, "%s", scrm_errmsg());
+	if (!cJSON_IsObject(outer)) {
 		cJSON_Delete(outer);
-		return fleet__fail(err, "bad_json", "", "not a JSON object");
+		return fleet__fail(err, "bad_json", NULL, "not a JSON object");
 	}
 	const cJSON *signed_text = cJSON_GetObjectItemCaseSensitive(outer, "signed");
 	if (!signed_text) {
@@ -146,7 +151,12 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 		return fleet__fail(err, "bad_command", cJSON_IsString(signed_text) ? "sig" : "signed",
 				   "a signed command is {\"signed\":\"<command JSON>\",\"sig\":\"<base64>\"}");
 	}
-	cmd->root = cJSON_Parse(signed_text->valuestring);
+	/* The signature covers the text's bytes, not a meaning: a signed
+	 * text with a repeated key is refused like any other. */
+	if (json__parse(signed_text->valuestring, strlen(signed_text->valuestring), "signed", &cmd->root) != SCRM_OK) {
+		cJSON_Delete(outer);
+		return fleet__fail(err, "bad_json", "signed", "%s", scrm_errmsg());
+	}
 	if (!cJSON_IsObject(cmd->root)) {
 		cJSON_Delete(outer);
 		return fleet__fail(err, "bad_json", "signed", "the signed text is not a JSON object");
@@ -268,15 +278,18 @@ int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_
 	return 0;
 }
 
+/* What a reply has not got, it leaves out: no "id" when the command had
+ * none (or it could not be read), no "field" when no single field is at
+ * fault. A requester tests presence, never an empty string. */
 void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, const fleet__error *err,
 		  int64_t now_ms)
 {
 	sbuf__reset(out);
-	sbuf__puts(out, "{\"v\":1,\"id\":");
-	if (cmd && cmd->id[0])
+	sbuf__puts(out, "{\"v\":1");
+	if (cmd && cmd->id[0]) {
+		sbuf__puts(out, ",\"id\":");
 		sbuf__jstr(out, cmd->id);
-	else
-		sbuf__puts(out, "null");
+	}
 	sbuf__puts(out, ",\"cmd\":");
 	if (cmd && cmd->name[0])
 		sbuf__jstr(out, cmd->name);
@@ -290,8 +303,10 @@ void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, con
 	} else {
 		sbuf__puts(out, ",\"ok\":false,\"error\":{\"code\":");
 		sbuf__jstr(out, err && err->code[0] ? err->code : "failed");
-		sbuf__puts(out, ",\"field\":");
-		sbuf__jstr(out, err ? err->field : "");
+		if (err && err->field[0]) {
+			sbuf__puts(out, ",\"field\":");
+			sbuf__jstr(out, err->field);
+		}
 		sbuf__puts(out, ",\"message\":");
 		sbuf__jstr(out, err ? err->message : "");
 		sbuf__puts(out, "}");

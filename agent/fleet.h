@@ -79,7 +79,9 @@ int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_
 /* The args object itself, serialised (caller frees), or NULL with *err. */
 const struct cJSON *fleet__arg(const fleet__cmd *cmd, const char *name);
 
-/* A reply: result_json (a JSON value, borrowed) on success, else *err. */
+/* A reply: result_json (a JSON value, borrowed) on success, else *err.
+ * "id" is left out when the command had none, "error.field" when err's
+ * field is "" (docs/protocol.md, "Commands"). */
 void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, const fleet__error *err,
 		  int64_t now_ms);
 

@@ -25,7 +25,7 @@ struct mqtt {
 	int fd;
 	pthread_mutex_t mu;
 	mqtt__event *head, **tail;
-	char tls_error[256]; /* last OpenSSL error reported during a handshake */
+	char tls_error[256]; /* OpenSSL's reasons for the last failed handshake, "; "-separated */
 	char *uri, *client_id, *ca_file, *cert_file, *key_file, *username, *password;
 	int keepalive_s, connect_timeout_s, clean_start;
 	int64_t session_expiry_s;
@@ -88,15 +88,43 @@ int mqtt__fd(const mqtt *m)
 
 /* ---- Paho callbacks: Paho's threads; copy, enqueue, signal ---- */
 
+/* The words of one OpenSSL error line into out: ERR_print_errors_cb
+ * writes "<thread>:error:<code>:<library>:<function>:<reason>:<file>:<line>:
+ * <data>", of which a reader wants the reason (and the data, if any), not
+ * the thread id or the source location. Unexpected shapes are kept whole. */
+static void openssl_reason(const char *line, size_t len, char *out, size_t n)
+{
+	const char *f[9];
+	size_t k = 0;
+	f[k++] = line;
+	for (size_t i = 0; i < len && k < 9; i++)
+		if (line[i] == ':')
+			f[k++] = line + i + 1;
+	size_t end = len;
+	while (end && (line[end - 1] == '\n' || line[end - 1] == '\r'))
+		end--;
+	if (k < 7 || strncmp(f[1], "error:", 6) != 0) {
+		snprintf(out, n, "%.*s", (int)(end > 250 ? 250 : end), line);
+		return;
+	}
+	int rlen = (int)(f[6] - f[5] - 1);
+	const char *data = k == 9 ? f[8] : NULL;
+	int dlen = data ? (int)(line + end - data) : 0;
+	if (dlen > 0)
+		snprintf(out, n, "%.*s (%.*s)", rlen, f[5], dlen, data);
+	else
+		snprintf(out, n, "%.*s", rlen, f[5]);
+}
+
 static int on_ssl_error(const char *str, size_t len, void *ctx)
 {
 	mqtt *m = ctx;
+	char reason[256];
+	openssl_reason(str, len, reason, sizeof(reason));
 	pthread_mutex_lock(&m->mu);
-	snprintf(m->tls_error, sizeof(m->tls_error), "%.*s", (int)(len > 250 ? 250 : len), str);
-	/* Strip the trailing newline OpenSSL leaves. */
-	size_t n = strlen(m->tls_error);
-	while (n && (m->tls_error[n - 1] == '\n' || m->tls_error[n - 1] == '\r'))
-		m->tls_error[--n] = '\0';
+	size_t used = strlen(m->tls_error);
+	if (!strstr(m->tls_error, reason))
+		snprintf(m->tls_error + used, sizeof(m->tls_error) - used, "%s%s", used ? "; " : "", reason);
 	pthread_mutex_unlock(&m->mu);
 	return 0;
 }
@@ -135,7 +163,14 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
 	pthread_mutex_lock(&m->mu);
 	const char *paho = r && r->message ? r->message : NULL;
 	int code = r ? r->code : -1;
-	if (m->tls_error[0])
+	/* "TLS: <OpenSSL's words>" tells sync.c the reason is known; other
+	 * texts make it ask tlsprobe for one. "certificate verify failed" is
+	 * not a reason: OpenSSL keeps the verify result (untrusted issuer,
+	 * expired, ...) in the SSL object, which Paho does not expose; the
+	 * probe verifies the broker's chain again and names it. */
+	if (m->tls_error[0] && strstr(m->tls_error, "certificate verify failed"))
+		snprintf(buf, sizeof(buf), "broker certificate not accepted (OpenSSL: %s)", m->tls_error);
+	else if (m->tls_error[0])
 		snprintf(buf, sizeof(buf), "TLS: %s", m->tls_error);
 	else if (paho)
 		snprintf(buf, sizeof(buf), "%s", paho);
@@ -388,6 +423,10 @@ int mqtt__connect(mqtt *m)
 		ssl.ssl_error_context = m;
 		c.ssl = &ssl;
 	}
+	/* Reasons are collected per attempt: none from an earlier session. */
+	pthread_mutex_lock(&m->mu);
+	m->tls_error[0] = '\0';
+	pthread_mutex_unlock(&m->mu);
 	rc = MQTTAsync_connect(m->client, &c);
 	MQTTProperties_free(&props);
 	MQTTProperties_free(&wprops);

@@ -12,6 +12,7 @@
 #include "backoff.h"
 #include "err.h"
 #include "guide.h"
+#include "json.h"
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
@@ -376,9 +377,12 @@ static void utf8_copy(char *out, size_t cap, const char *s)
 int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v)
 {
 	int rc = SCRM_E_INVALID;
-	cJSON *o = cJSON_ParseWithLength(payload, len);
+	cJSON *o = NULL;
 	const cJSON *it;
 	memset(v, 0, sizeof(*v));
+	if ((rc = json__parse(payload, len, "verdict", &o)) != SCRM_OK)
+		goto out;
+	rc = SCRM_E_INVALID;
 	if (!cJSON_IsObject(o)) {
 		err__set(SCRM_E_INVALID, "verdict: not a JSON object");
 		goto out;

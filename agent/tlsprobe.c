@@ -1,5 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* tlsprobe: diagnose a failed broker connection with mbedTLS (tlsprobe.h). */
+/*
+ * tlsprobe: diagnose a failed broker connection (tlsprobe.h). mbedTLS makes
+ * the connection and the handshake; a rejected certificate chain is then
+ * verified again with OpenSSL, the library Paho connects with, so the
+ * diagnosis quotes OpenSSL's verify result ("unable to get local issuer
+ * certificate") — the words openssl s_client and broker guides use, and
+ * the one thing Paho's error ("certificate verify failed") leaves out.
+ */
 #include "tlsprobe.h"
 
 #include "platform.h"
@@ -12,6 +19,8 @@
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -63,6 +72,53 @@ static int cert_has_ip(const mbedtls_x509_crt *crt, const unsigned char *ip, siz
 		p = ext_end;
 	}
 	return 0;
+}
+
+/* OpenSSL's verdict on the chain the broker sent (leaf first), against
+ * ca_file (or the system's CAs without one, as Paho does), for `host` (an
+ * IP address when is_ip): the words of its verify result and the depth in
+ * the chain, or NULL if OpenSSL accepts the chain or cannot tell. */
+static const char *openssl_verdict(const mbedtls_x509_crt *chain, const char *ca_file, const char *host, int is_ip,
+				   int *depth)
+{
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+	STACK_OF(X509) *untrusted = sk_X509_new_null();
+	X509 *leaf = NULL;
+	const char *words = NULL;
+	if (!store || !ctx || !untrusted || !chain)
+		goto cleanup;
+	if (ca_file ? X509_STORE_load_locations(store, ca_file, NULL) != 1 : X509_STORE_set_default_paths(store) != 1)
+		goto cleanup;
+	for (const mbedtls_x509_crt *c = chain; c && c->raw.p; c = c->next) {
+		const unsigned char *p = c->raw.p;
+		X509 *x = d2i_X509(NULL, &p, (long)c->raw.len);
+		if (!x)
+			goto cleanup;
+		if (!leaf) {
+			leaf = x;
+		} else if (!sk_X509_push(untrusted, x)) {
+			X509_free(x);
+			goto cleanup;
+		}
+	}
+	/* What an OpenSSL client checks: a server certificate for this name. */
+	if (!leaf || X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1 ||
+	    X509_STORE_CTX_set_default(ctx, "ssl_server") != 1)
+		goto cleanup;
+	X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(ctx);
+	if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) : X509_VERIFY_PARAM_set1_host(vp, host, 0)) != 1)
+		goto cleanup;
+	if (X509_verify_cert(ctx) != 1 && X509_STORE_CTX_get_error(ctx) != X509_V_OK) {
+		words = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)); /* static text */
+		*depth = X509_STORE_CTX_get_error_depth(ctx);
+	}
+cleanup:
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	sk_X509_pop_free(untrusted, X509_free);
+	X509_free(leaf);
+	return words;
 }
 
 /* Split "ssl://host:port" (IPv6 "[::1]:port" too). */
@@ -137,7 +193,10 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 		goto cleanup;
 	}
 	mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
-	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+	/* OPTIONAL, not REQUIRED: mbedTLS frees a chain that fails REQUIRED
+	 * verification, and OpenSSL's verdict needs it. The flags are checked
+	 * below before anything else counts. */
+	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
 	mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
 	mbedtls_ssl_conf_rng(&conf, rng, NULL);
 	mbedtls_ssl_conf_read_timeout(&conf, (uint32_t)timeout_ms);
@@ -159,9 +218,33 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 	mbedtls_ssl_set_bio(&ssl, &net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
 	while ((rc = mbedtls_ssl_handshake(&ssl)) == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		;
-	if (rc == 0 && iplen && !cert_has_ip(mbedtls_ssl_get_peer_cert(&ssl), ip, iplen)) {
-		snprintf(out, n, "server certificate of %s:%s rejected: it does not list the IP address %s (host name mismatch: the broker's certificate does not name this host)",
-			 host, port, host);
+	/* The chain as received: in the session once the handshake is done,
+	 * in the one being negotiated if it failed later on. */
+	const mbedtls_x509_crt *peer = ssl.session		  ? ssl.session->peer_cert
+				       : ssl.session_negotiate ? ssl.session_negotiate->peer_cert
+							       : NULL;
+	uint32_t flags = mbedtls_ssl_get_verify_result(&ssl);
+	if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED || (peer && flags != 0 && flags != UINT32_MAX)) {
+		char info[256];
+		int depth = 0;
+		const char *words = openssl_verdict(peer, ca_file, host, iplen > 0, &depth);
+		const char *mismatch = (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH)
+					       ? " (host name mismatch: the broker's certificate does not name this host)"
+					       : "";
+		mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
+		for (char *c = info; *c; c++)
+			if (*c == '\n')
+				*c = (c[1] ? ';' : '\0');
+		if (words)
+			snprintf(out, n, "server certificate of %s:%s rejected: %s (OpenSSL, at depth %d; mbedTLS: %s)%s",
+				 host, port, words, depth, info, mismatch);
+		else
+			snprintf(out, n, "server certificate of %s:%s rejected: %s%s", host, port, info, mismatch);
+	} else if (rc == 0 && iplen && !cert_has_ip(peer, ip, iplen)) {
+		int depth = 0;
+		const char *words = openssl_verdict(peer, ca_file, host, 1, &depth);
+		snprintf(out, n, "server certificate of %s:%s rejected: %s%sit does not list the IP address %s (host name mismatch: the broker's certificate does not name this host)",
+			 host, port, words ? words : "", words ? " (OpenSSL); " : "", host);
 	} else if (rc == 0) {
 		snprintf(out, n, "TLS to %s:%s verifies with this CA, host name and client certificate; the failure is at the MQTT level",
 			 host, port);
@@ -169,15 +252,6 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 	} else if (ssl.client_auth && !(cert_file && key_file)) {
 		/* 2.x exposes the flag set by the server's CertificateRequest. */
 		snprintf(out, n, "the broker %s:%s requires a client certificate (set broker.cert_file and broker.key_file)", host, port);
-	} else if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
-		char info[256];
-		uint32_t flags = mbedtls_ssl_get_verify_result(&ssl);
-		mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
-		for (char *c = info; *c; c++)
-			if (*c == '\n')
-				*c = (c[1] ? ';' : '\0');
-		snprintf(out, n, "server certificate of %s:%s rejected: %s%s", host, port, info,
-			 (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) ? " (host name mismatch: the broker's certificate does not name this host)" : "");
 	} else if (rc == MBEDTLS_ERR_SSL_TIMEOUT) {
 		snprintf(out, n, "TLS handshake with %s:%s timed out", host, port);
 	} else {

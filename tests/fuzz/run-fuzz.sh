@@ -5,8 +5,8 @@
 #
 #   tests/fuzz/run-fuzz.sh [SECONDS] [HARNESS...]
 #
-# SECONDS per harness (default 60); HARNESS among event_json config ack cli cache
-# command config_remote
+# SECONDS per harness (default 60); HARNESS among json event_json config ack cli
+# cache command config_remote
 # (default: all). Configures a clang build with SCRM_FUZZ=ON in build/fuzz
 # (override with SCRM_FUZZ_BUILD=dir; SCRM_FUZZ_SOURCE=dir fuzzes another
 # checkout), builds the harnesses only, and runs each on a work corpus
@@ -24,7 +24,7 @@ if [ $# -gt 0 ]; then
 	secs=$1
 	shift
 fi
-harnesses=${*:-event_json config ack cli cache command config_remote}
+harnesses=${*:-json event_json config ack cli cache command config_remote}
 jobs=$(nproc 2>/dev/null || echo 2)
 
 mkdir -p "$build"

@@ -33,6 +33,7 @@
 
 #include <cjson/cJSON.h>
 #include <ftw.h>
+#include <mbedtls/base64.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -983,6 +984,17 @@ static void coupons_signed_and_refused_alone(void **state)
 	assert_int_equal(status_int(f, "coupons", "refused"), 5);
 	assert_int_equal(status_int(f, "coupons", "cursor"), cursor);
 
+	/* Signed by central, but a key given twice: which "valid_to" counts
+	 * would depend on the reader. Refused alone, naming the key. */
+	char *dupp = fmt("{\"type\":\"coupon\",\"id\":\"C-4\",\"member_id\":\"M1\",\"code\":\"X\","
+			 "\"valid_from\":1733050000000,\"valid_to\":1,\"uses\":1,\"valid_to\":%lld}",
+			 (long long)(NOW_MS + 86400000LL));
+	char *dup = signed_op(dupp);
+	refused_alone(f, &cursor, dup, camp, "coupon:C-4", "ops[0].signed: duplicate key \"valid_to\" at $ (line 1, column ");
+	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM coupons WHERE key = 'coupon:C-4'"), 0);
+	free(dup);
+	free(dupp);
+
 	/* In a snapshot too: dropped alone, counted. Records are ops without
 	 * "op" (both texts start with {"op":"upsert",). */
 	char *tam = edit_op(good2, tamper_signed);
@@ -1015,6 +1027,37 @@ static char *mint(const char *tenant, const char *member, int64_t iat, int64_t e
 	char *tok = NULL;
 	assert_int_equal(cg_qr_mint(g_signer, tenant, member, iat, exp, &tok), 0);
 	return tok;
+}
+
+/* Standard base64 (from `b64`, or of n bytes at `raw`) as base64url
+ * without padding, appended to out. */
+static void put_b64url(sbuf *out, const char *b64, const void *raw, size_t n)
+{
+	unsigned char buf[1024];
+	size_t olen = 0;
+	if (!b64) {
+		assert_int_equal(mbedtls_base64_encode(buf, sizeof(buf), &olen, raw, n), 0);
+		buf[olen] = '\0';
+		b64 = (const char *)buf;
+	}
+	for (const char *c = b64; *c && *c != '='; c++)
+		sbuf__putc(out, *c == '+' ? '-' : *c == '/' ? '_' : *c);
+}
+
+/* A token over any payload text, signed by central (malloc'd). */
+static char *mint_raw(const char *payload)
+{
+	char *sig = NULL;
+	sbuf t;
+	assert_int_equal(cg_sign_b64(g_signer, payload, strlen(payload), &sig), 0);
+	sbuf__init(&t);
+	sbuf__puts(&t, "SCRM1.");
+	put_b64url(&t, NULL, payload, strlen(payload));
+	sbuf__putc(&t, '.');
+	put_b64url(&t, sig, NULL, 0);
+	free(sig);
+	assert_false(t.oom);
+	return sbuf__take(&t, NULL);
 }
 
 static void qr_refused(fx *f, const char *tok, const char *reason)
@@ -1057,6 +1100,23 @@ static void qr_tokens(void **state)
 	j = card_by(f, SCRM_MEMBER_QR, ahead, &rc);
 	assert_int_equal(rc, SCRM_OK);
 	cJSON_Delete(j);
+
+	/* The raw minter makes the same tokens the library does. */
+	char *p = fmt("{\"t\":\"acme\",\"m\":\"17850\",\"iat\":%lld,\"exp\":%lld}", (long long)(NOW_MS - 1000),
+		      (long long)(NOW_MS + 300000));
+	char *raw = mint_raw(p);
+	j = card_by(f, SCRM_MEMBER_QR, raw, &rc);
+	assert_int_equal(rc, SCRM_OK);
+	cJSON_Delete(j);
+	free(raw);
+	free(p);
+	/* Signed, but "m" twice: which member is it? Refused, naming the key. */
+	p = fmt("{\"t\":\"acme\",\"m\":\"99999\",\"iat\":%lld,\"exp\":%lld,\"m\":\"17850\"}",
+		(long long)(NOW_MS - 1000), (long long)(NOW_MS + 300000));
+	raw = mint_raw(p);
+	qr_refused(f, raw, "qr: format: payload: duplicate key \"m\" at $ (line 1, column ");
+	free(raw);
+	free(p);
 
 	char *bad = flip(ok, 1);
 	qr_refused(f, bad, "signature");
@@ -1827,6 +1887,51 @@ static void malformed_messages_refused_whole(void **state)
 		const char m[] = "{\"v\":1,\"type\":\"delta\"\0,\"stream\":\"members\"}";
 		cache__outcome o;
 		assert_refused(cache__apply(f->c, NULL, m, sizeof(m) - 1, NULL, NULL, &o), SCRM_E_INVALID, "message");
+		assert_errmsg_contains("message: NUL byte at line 1, column 22");
+	}
+	/* Strict JSON (agent/json.c): refused whole, the message says what and
+	 * where; a key given twice is named with the path of its object. */
+	{
+		const struct {
+			char *msg;
+			const char *says;
+		} strict[] = {
+			{fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"version\":7,"
+			     "\"ops\":[%s]}", tier_op),
+			 "message: duplicate key \"version\" at $ (line 1, column 63)"},
+			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M2\",\"key\":\"M1\"}"),
+			 "message: duplicate key \"key\" at $.ops[0] (line 1, column "},
+			{delta("members", 5, 6,
+			       "{\"op\":\"upsert\",\"key\":\"M1\",\"data\":{\"member_id\":\"M1\",\"tier\":\"gold\","
+			       "\"tier\":\"bronze\"}}"),
+			 "message: duplicate key \"tier\" at $.ops[0].data (line 1, column "},
+			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M\xff\"}"),
+			 "message: invalid UTF-8 in a string at $.ops[0].key"},
+			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M1\"},"), "message: not valid JSON at line 1, column "},
+			{fmt(" \n"), "message: empty input"},
+		};
+		for (size_t i = 0; i < sizeof(strict) / sizeof(strict[0]); i++) {
+			cache__outcome o;
+			assert_refused(cache__apply(f->c, NULL, strict[i].msg, strlen(strict[i].msg), NULL, NULL, &o),
+				       SCRM_E_INVALID, "message");
+			assert_errmsg_contains(strict[i].says);
+			free(strict[i].msg);
+		}
+		/* 10,000 levels: refused before cJSON recurses into them. */
+		size_t depth = 10000;
+		char *deep = malloc(2 * depth + 256);
+		assert_non_null(deep);
+		size_t k = (size_t)sprintf(deep, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,"
+						 "\"version\":6,\"ops\":[{\"op\":\"delete\",\"key\":\"M1\",\"x\":");
+		memset(deep + k, '[', depth);
+		k += depth;
+		memset(deep + k, ']', depth);
+		k += depth;
+		k += (size_t)sprintf(deep + k, "}]}");
+		cache__outcome o;
+		assert_refused(cache__apply(f->c, NULL, deep, k, NULL, NULL, &o), SCRM_E_INVALID, "message");
+		assert_errmsg_contains("nested too deeply (more than 64 levels)");
+		free(deep);
 	}
 	/* The cache still takes the next good delta. */
 	assert_int_equal(apply_ok(f, delta("members", 5, 6, tier_op), NULL), CA_APPLIED);
@@ -1953,6 +2058,25 @@ static void load_snapshot_files(void **state)
 			assert_errmsg_contains("version");
 		free(path);
 	}
+	/* A header with a key twice: which version would it be? */
+	path = write_file(f, "dup.jsonl",
+			  "{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":42,\"version\":7}\n");
+	assert_int_equal(cache__load_file(f->c, path, NULL, NULL, &n, &refused, &st), SCRM_E_INVALID);
+	text = fmt("%s:1: header: duplicate key \"version\" at $ (line 1, column 63)", path);
+	assert_errmsg_contains(text);
+	free(text);
+	free(path);
+	/* A record with a key twice: refused whole, like any bad record. */
+	text = fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
+		   "{\"key\":\"F9\",\"data\":{\"member_id\":\"F9\",\"tier\":\"gold\",\"tier\":\"silver\"}}\n",
+		   r1);
+	path = write_file(f, "members3.jsonl", text);
+	free(text);
+	assert_int_equal(cache__load_file(f->c, path, NULL, NULL, &n, &refused, &st), SCRM_E_INVALID);
+	assert_errmsg_contains("records 1..2");
+	assert_errmsg_contains("duplicate key \"tier\" at $.records[1].data");
+	free(path);
+	assert_int_equal(status_int(f, "members", "cursor"), 42);
 	/* A bad record: refused whole, named by its record range and field. */
 	text = fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
 		   "{\"key\":\"F9\",\"data\":{\"member_id\":\"F9\",\"tier\":1}}\n%s\n",

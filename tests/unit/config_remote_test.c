@@ -246,14 +246,35 @@ static void propose_live_key(void **state)
 	/* Nothing is written by a proposal. */
 	assert_false(file_exists(f->overlay));
 
-	/* Several keys at once; the last of a duplicated key wins. */
-	assert_proposed(propose(f, "{\"sync.window\":2,\"guide.history_days\":100,\"log.level\":\"debug\","
-				   "\"sync.window\":3}"));
+	/* Several keys at once. */
+	assert_proposed(propose(f, "{\"sync.window\":3,\"guide.history_days\":100,\"log.level\":\"debug\"}"));
 	assert_int_equal(f->next.window, 3);
 	assert_int_equal(f->next.history_days, 100);
 	assert_string_equal(f->next.log_level, "debug");
 	assert_int_equal(f->cls, CFG_LIVE);
 	assert_json_eq(f->changed.p, "[\"sync.window\",\"guide.history_days\",\"log.level\"]");
+}
+
+/* A key given twice is refused by name, at any depth: which of the two
+ * values a reader keeps must never matter (it did: cJSON's lookup took the
+ * first copy, the overlay merge the last). */
+static void propose_duplicate_key_refused(void **state)
+{
+	struct fx *f = *state;
+	load(f);
+	assert_refused_key(f, propose(f, "{\"sync.window\":2,\"guide.history_days\":100,\"sync.window\":3}"), "set");
+	assert_errmsg_contains("duplicate key \"sync.window\" at $ (line 1, column 43)");
+	assert_refused_key(f, propose(f, "{\"sync.window\":2,\"sync.window\":2}"), "set");
+	assert_errmsg_contains("duplicate key \"sync.window\"");
+	/* In a value too: config values are not objects, but the text is
+	 * refused before any key is looked at. */
+	assert_refused_key(f, propose(f, "{\"log.level\":{\"a\":1,\"a\":2}}"), "set");
+	assert_errmsg_contains("duplicate key \"a\" at $[\"log.level\"]");
+	/* Empty input and syntax errors name the place. */
+	assert_refused_key(f, propose(f, " "), "set");
+	assert_errmsg_contains("set: empty input");
+	assert_refused_key(f, propose(f, "{\"sync.window\":4,}"), "set");
+	assert_errmsg_contains("not valid JSON at line 1, column 18");
 }
 
 static void propose_bad_value_names_key(void **state)
@@ -377,25 +398,32 @@ static void propose_too_many_keys_refused(void **state)
 	load(f);
 	sbuf b;
 	sbuf__init(&b);
-	sbuf__puts(&b, "{");
-	for (int i = 0; i < 65; i++)
-		sbuf__puts(&b, i ? ",\"sync.window\":4" : "\"sync.window\":4");
+	char k[32];
+	sbuf__puts(&b, "{\"sync.window\":4");
+	for (int i = 1; i < 65; i++) {
+		snprintf(k, sizeof(k), ",\"x.k%02d\":4", i);
+		sbuf__puts(&b, k);
+	}
 	sbuf__puts(&b, "}");
 	assert_false(b.oom);
 	int rc = propose(f, b.p);
 	sbuf__free(&b);
 	assert_refused_key(f, rc, "set");
-	assert_errmsg_contains("64");
-	/* 64 are fine. */
+	assert_errmsg_contains("65 keys, at most 64");
+	/* 64 are not refused for their number: here, for the first unknown
+	 * key. (The table has fewer than 64 keys central may set, and a key
+	 * cannot be given twice.) */
 	sbuf__init(&b);
-	sbuf__puts(&b, "{");
-	for (int i = 0; i < 64; i++)
-		sbuf__puts(&b, i ? ",\"sync.window\":4" : "\"sync.window\":4");
+	sbuf__puts(&b, "{\"sync.window\":4");
+	for (int i = 1; i < 64; i++) {
+		snprintf(k, sizeof(k), ",\"x.k%02d\":4", i);
+		sbuf__puts(&b, k);
+	}
 	sbuf__puts(&b, "}");
 	rc = propose(f, b.p);
 	sbuf__free(&b);
-	assert_proposed(rc);
-	assert_int_equal(f->next.window, 4);
+	assert_refused_key(f, rc, "x.k01");
+	assert_errmsg_contains("unknown key");
 }
 
 static void propose_null_goes_back_to_local(void **state)
@@ -653,10 +681,18 @@ static void expect_overlay_ignored(struct fx *f, const char *text, const char *w
 static void bad_overlay_never_stops_the_daemon(void **state)
 {
 	struct fx *f = *state;
-	expect_overlay_ignored(f, "", "not a JSON object");
-	expect_overlay_ignored(f, "garbage\x01\xff", "not a JSON object");
+	expect_overlay_ignored(f, "", "config.remote.json: empty input");
+	expect_overlay_ignored(f, "garbage\x01\xff", "config.remote.json: not valid JSON at line 1, column 1");
 	expect_overlay_ignored(f, "[1,2]", "not a JSON object");
-	expect_overlay_ignored(f, "{\"v\":1,\"version\":1,\"set\":{\"sync.window\":4}", "not a JSON object");
+	expect_overlay_ignored(f, "{\"v\":1,\"version\":1,\"set\":{\"sync.window\":4}",
+			       "not valid JSON at line 1, column 43 (the text ends inside an object");
+	/* A key given twice: the overlay is ignored, naming it. */
+	expect_overlay_ignored(f, "{\"v\":1,\"version\":1,\"set\":{\"sync.window\":4,\"sync.window\":64}}",
+			       "duplicate key \"sync.window\" at $.set (line 1, column 43)");
+	expect_overlay_ignored(f, "{\"v\":1,\"version\":1,\"set\":{\"sync.window\":4},\"version\":2}",
+			       "duplicate key \"version\" at $");
+	expect_overlay_ignored(f, "{\"v\":1,\"version\":1,\"set\":{\"sync.window\":\"\xff\"}}",
+			       "invalid UTF-8 in a string at $.set[\"sync.window\"]");
 	expect_overlay_ignored(f, "{\"version\":1,\"set\":{\"sync.window\":4}}", "v:");
 	expect_overlay_ignored(f, "{\"v\":2,\"version\":1,\"set\":{\"sync.window\":4}}", "v:");
 	expect_overlay_ignored(f, "{\"v\":1,\"set\":{\"sync.window\":4}}", "version:");
@@ -1007,6 +1043,7 @@ int main(int argc, char **argv)
 		T(propose_bad_value_names_key),
 		T(propose_local_only_keys_refused),
 		T(propose_unknown_and_malformed),
+		T(propose_duplicate_key_refused),
 		T(propose_too_many_keys_refused),
 		T(propose_null_goes_back_to_local),
 		T(removing_a_remote_value_equal_to_local_is_written),

@@ -498,12 +498,94 @@ static void malformed_json(void **state)
 	(void)state;
 	static const char text[] = "{\n  \"tenant\": \"acme\",\n  \"store_id\": s0042,\n  \"device_id\": \"d\"\n}";
 	assert_refused(config__parse(text, sizeof(text) - 1, &cfg), SCRM_E_CONFIG, "config");
-	assert_errmsg_contains("line 3");
+	assert_errmsg_contains("config: not valid JSON at line 3, column 15 (expected a value");
 	assert_refused(config__parse("[]", 2, &cfg), SCRM_E_CONFIG, "config");
 	assert_refused(config__parse("", 0, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: empty input");
+	assert_refused(config__parse("\n  \n", 4, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: empty input");
+	/* The editor's favourite mistakes, with line and column. */
+	static const char comma[] = "{\n  \"tenant\": \"acme\",\n}\n";
+	assert_refused(config__parse(comma, sizeof(comma) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: not valid JSON at line 3, column 1 (a comma before '}': expected another key)");
+	static const char quote[] = "{\n  \"broker\": {\n    \"uri\": \"mqtts://b:8883,\n  }\n}\n";
+	assert_refused(config__parse(quote, sizeof(quote) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("line 3, column 28 (a string runs past the end of the line: a missing '\"'?");
+	static const char bom[] = "\xef\xbb\xbf{}";
+	assert_refused(config__parse(bom, sizeof(bom) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("byte order mark");
 	/* The text need not be NUL-terminated: a cut-off view is malformed. */
 	const char *t = build(NULL, 0, NULL, NULL);
 	assert_refused(config__parse(t, strlen(t) - 4, &cfg), SCRM_E_CONFIG, "config");
+}
+
+/* A key written twice is refused, naming it and where the second one is:
+ * the config used to keep the last, so "allow_plaintext": false followed by
+ * "allow_plaintext": true started in plaintext (and --check-config said ok)
+ * while a reader keeping the first saw TLS. */
+static void duplicate_keys_refused(void **state)
+{
+	(void)state;
+	static const char plain[] = "{\n"
+				    "  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"d1\",\n"
+				    "  \"broker\": {\n"
+				    "    \"uri\": \"mqtt://broker.example:1883\",\n"
+				    "    \"allow_plaintext\": false,\n"
+				    "    \"allow_plaintext\": true\n"
+				    "  }\n"
+				    "}\n";
+	assert_refused(config__parse(plain, sizeof(plain) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: duplicate key \"allow_plaintext\" at $.broker (line 6, column 5)");
+	/* At the top level, and a section given twice. */
+	struct kv top[] = {{"tenant", "\"acme\", \"tenant\": \"evil\""}};
+	assert_refused(parse_with(top, 1), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("duplicate key \"tenant\" at $ (line ");
+	static const char sect[] = "{\"tenant\":\"a\",\"store_id\":\"s\",\"device_id\":\"d\","
+				   "\"broker\":{\"uri\":\"mqtts://b\",\"ca_file\":\"/ca\"},"
+				   "\"sync\":{\"window\":4},\"sync\":{\"window\":64}}";
+	assert_refused(config__parse(sect, sizeof(sect) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("duplicate key \"sync\" at $ (line 1, column 111)");
+	/* Through the file and config__load_all, as --check-config reads it. */
+	char *dir = tu_tmpdir("config-dup");
+	char *path = tu_join(dir, "agent.json");
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(plain, fp);
+	fclose(fp);
+	assert_refused(config__load_all(path, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("duplicate key \"allow_plaintext\"");
+	assert_int_equal(cfg.allow_plaintext, 0);
+	assert_null(cfg.broker_uri);
+	free(path);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Not UTF-8, NULs, absurd nesting: refused by the reader, never half-read. */
+static void hostile_text_refused(void **state)
+{
+	(void)state;
+	struct kv bad_utf8[] = {{"log.file", "\"/var/log/scrm\xff.log\""}};
+	assert_refused(parse_with(bad_utf8, 1), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("invalid UTF-8 in a string at $.log.file (line ");
+	static const char nul[] = "{\"tenant\":\"a\\u0000b\"}";
+	assert_refused(config__parse(nul, sizeof(nul) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("\\u0000 (NUL)");
+	static const char raw_nul[] = "{\"tenant\":\"a\0b\"}";
+	assert_refused(config__parse(raw_nul, sizeof(raw_nul) - 1, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: NUL byte at line 1, column 13");
+	size_t depth = 10000, o = 0;
+	char *deep = malloc(2 * depth + 32);
+	assert_non_null(deep);
+	o += (size_t)sprintf(deep, "{\"tenant\":");
+	memset(deep + o, '[', depth);
+	o += depth;
+	memset(deep + o, ']', depth);
+	o += depth;
+	deep[o++] = '}';
+	assert_refused(config__parse(deep, o, &cfg), SCRM_E_CONFIG, "config");
+	assert_errmsg_contains("config: nested too deeply (more than 64 levels) at line 1, column 74");
+	free(deep);
 }
 
 static void failure_leaves_nothing_to_free(void **state)
@@ -570,6 +652,8 @@ int main(int argc, char **argv)
 		T(cross_key_checks),
 		T(outbox_reserve_below_max),
 		T(malformed_json),
+		T(duplicate_keys_refused),
+		T(hostile_text_refused),
 		T(failure_leaves_nothing_to_free),
 		T(load_from_file),
 	};

@@ -225,6 +225,52 @@ static void bad_json(void **state)
 	/* Cut one byte short: the closing brace is outside the payload. */
 	static const char cut[] = "{\"v\":1,\"cmd\":\"ping\"}";
 	assert_fleet_err(parse_ex(cut, sizeof(cut) - 2, NULL, NOW, 1, NULL), "bad_json", "");
+	/* The message says what and where. */
+	assert_fleet_err(parse("{\"v\":1,}"), "bad_json", "");
+	assert_string_equal(err.message, "command: not valid JSON at line 1, column 8 (a comma before '}': expected another key)");
+	assert_fleet_err(parse(""), "bad_json", "");
+	assert_string_equal(err.message, "command: empty input");
+	/* 10,000 levels never reach cJSON. */
+	char *deep = malloc(20000 + 64);
+	assert_non_null(deep);
+	size_t o = (size_t)sprintf(deep, "{\"v\":1,\"cmd\":\"ping\",\"args\":{\"x\":");
+	memset(deep + o, '[', 10000);
+	o += 10000;
+	memset(deep + o, ']', 10000);
+	o += 10000;
+	o += (size_t)sprintf(deep + o, "}}");
+	assert_fleet_err(parse_ex(deep, o, NULL, NOW, 1, NULL), "bad_json", "");
+	assert_non_null(strstr(err.message, "nested too deeply (more than 64 levels)"));
+	free(deep);
+}
+
+/* A key given twice is refused, naming it, in the envelope and in the
+ * signed text: {"cmd":"ping","cmd":"cache.purge"} must not be one command
+ * to the agent and another to whoever logged it. */
+static void duplicate_keys_refused(void **state)
+{
+	(void)state;
+	assert_fleet_err(parse("{\"v\":1,\"id\":\"c-1\",\"cmd\":\"ping\",\"cmd\":\"cache.purge\"}"), "bad_json", "");
+	assert_string_equal(err.message, "command: duplicate key \"cmd\" at $ (line 1, column 32)");
+	assert_string_equal(cmd.name, "");
+	assert_fleet_err(parse("{\"v\":1,\"cmd\":\"resync\",\"args\":{\"stream\":\"members\",\"stream\":\"all\"}}"),
+			 "bad_json", "");
+	assert_non_null(strstr(err.message, "duplicate key \"stream\" at $.args"));
+	/* The signed text, even with a valid signature. */
+	char t[256];
+	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"c-2\",\"device\":\"" DEVICE "\",\"cmd\":\"ping\",\"expires_ms\":%lld,"
+		 "\"device\":\"pos-99\"}", (long long)(NOW + 60000));
+	assert_fleet_err(parse_signed(central, t, NOW, 1, NULL), "bad_json", "signed");
+	assert_non_null(strstr(err.message, "signed: duplicate key \"device\" at $"));
+	/* And the envelope around it. */
+	char *env = envelope(central, cmd_text("c-3", "ping", NOW + 60000));
+	char *two = malloc(strlen(env) + 32);
+	assert_non_null(two);
+	sprintf(two, "{\"sig\":\"AAAA\",%s", env + 1);
+	assert_fleet_err(parse_ex(two, strlen(two), vf, NOW, 1, NULL), "bad_json", "");
+	assert_non_null(strstr(err.message, "duplicate key \"sig\" at $"));
+	free(two);
+	free(env);
 }
 
 static void bad_version_echoes_id_and_name(void **state)
@@ -274,9 +320,11 @@ static void bad_command_id(void **state)
 	id[65] = '\0';
 	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"%s\",\"cmd\":\"ping\"}", id);
 	assert_fleet_err(parse(t), "bad_command", "id");
-	/* cJSON ends a string at an escaped NUL: the id read is what precedes it. */
-	assert_parsed(parse("{\"v\":1,\"id\":\"c\\u00001\",\"cmd\":\"ping\"}"));
-	assert_string_equal(cmd.id, "c");
+	/* cJSON would end the string at an escaped NUL ("c\u00001" read as
+	 * "c"): the command is refused unread instead. */
+	assert_fleet_err(parse("{\"v\":1,\"id\":\"c\\u00001\",\"cmd\":\"ping\"}"), "bad_json", "");
+	assert_non_null(strstr(err.message, "\\u0000 (NUL)"));
+	assert_string_equal(cmd.id, "");
 	/* Printable ASCII edges: '!' and '~'. */
 	assert_parsed(parse("{\"v\":1,\"id\":\"!~\",\"cmd\":\"ping\"}"));
 }
@@ -788,11 +836,11 @@ static void reply_ok_shape(void **state)
 	assert_true(cJSON_IsArray(cJSON_GetObjectItem(j, "result")));
 	cJSON_Delete(j);
 
-	/* Without an id the reply says null. */
+	/* Without an id the reply has none (not null, not ""). */
 	assert_parsed(parse("{\"v\":1,\"cmd\":\"status\"}"));
 	fleet__reply(&b, &cmd, "{}", NULL, NOW);
 	j = reply_json(&b);
-	assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "id")));
+	assert_null(cJSON_GetObjectItem(j, "id"));
 	assert_string_equal(cJSON_GetObjectItem(j, "cmd")->valuestring, "status");
 	cJSON_Delete(j);
 	sbuf__free(&b);
@@ -818,21 +866,34 @@ static void reply_error_shape(void **state)
 	assert_string_equal(cJSON_GetObjectItem(e, "message")->valuestring, err.message);
 	cJSON_Delete(j);
 
-	/* Nothing readable: null id and cmd, field "". */
+	/* Nothing readable: no id, cmd null, no field; the message says
+	 * where the text went wrong. */
 	assert_fleet_err(parse("garbage"), "bad_json", "");
 	fleet__reply(&b, &cmd, NULL, &err, NOW);
 	j = reply_json(&b);
-	assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "id")));
+	assert_null(cJSON_GetObjectItem(j, "id"));
 	assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "cmd")));
 	e = cJSON_GetObjectItem(j, "error");
 	assert_string_equal(cJSON_GetObjectItem(e, "code")->valuestring, "bad_json");
-	assert_string_equal(cJSON_GetObjectItem(e, "field")->valuestring, "");
+	assert_null(cJSON_GetObjectItem(e, "field"));
+	assert_string_equal(cJSON_GetObjectItem(e, "message")->valuestring,
+			    "command: not valid JSON at line 1, column 1 (expected a value (object, array, string, "
+			    "number, true, false or null))");
+	cJSON_Delete(j);
+	/* An id but no field at fault: the id, still no field. */
+	assert_parsed(parse("{\"v\":1,\"id\":\"c-9\",\"cmd\":\"ping\"}"));
+	fleet__fail(&err, "failed", "", "out of memory");
+	fleet__reply(&b, &cmd, NULL, &err, NOW);
+	j = reply_json(&b);
+	assert_string_equal(cJSON_GetObjectItem(j, "id")->valuestring, "c-9");
+	assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "field"));
 	cJSON_Delete(j);
 
 	/* No command at all (fleet.commands off) and no error: "failed". */
 	fleet__reply(&b, NULL, NULL, NULL, NOW);
 	j = reply_json(&b);
-	assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "id")));
+	assert_null(cJSON_GetObjectItem(j, "id"));
+	assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "field"));
 	assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "code")->valuestring, "failed");
 	cJSON_Delete(j);
 
@@ -1107,6 +1168,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(unsigned_command_accepted, per_test_teardown),
 		cmocka_unit_test_teardown(bad_json, per_test_teardown),
+		cmocka_unit_test_teardown(duplicate_keys_refused, per_test_teardown),
 		cmocka_unit_test_teardown(bad_version_echoes_id_and_name, per_test_teardown),
 		cmocka_unit_test_teardown(bad_command_id, per_test_teardown),
 		cmocka_unit_test_teardown(bad_command_cmd_and_expires, per_test_teardown),
