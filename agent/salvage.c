@@ -40,7 +40,10 @@ static int key_after(sqlite3_stmt *q, int64_t k, int64_t *next)
 }
 
 /* After key_after(k) failed: the smallest k' > k from which the walk can go
- * on (key_after(k') works), or -1 if none up to the largest key. */
+ * on (key_after(k') works), or -1 if none up to the largest key. SQLite
+ * seeks "rowid > k'" by landing on k' first, so a row with rowid k' itself
+ * (the first past the damage) is not returned by key_after(k'): the caller
+ * tries it alone. */
 static int64_t skip_damage(sqlite3_stmt *q, int64_t k)
 {
 	int64_t bad = k, good = -1, next;
@@ -129,8 +132,15 @@ static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, con
 			r->skipped_ranges++;
 			if (resume < 0)
 				break;
+			/* the row at the resume point, if there is one */
+			sqlite3_reset(row);
+			sqlite3_bind_int64(row, 1, resume);
+			f = sqlite3_step(row);
+			sqlite3_reset(row);
 			k = resume;
-			continue;
+			if (f != SQLITE_ROW)
+				continue;
+			next = resume;
 		}
 		k = next;
 		if (next > r->max_seq)
@@ -220,8 +230,14 @@ static int copy_rowid_table(sqlite3 *old, sqlite3 *into, const char *table, cons
 			r->ledger_errors++;
 			if (resume < 0)
 				break;
+			sqlite3_reset(row);
+			sqlite3_bind_int64(row, 1, resume);
+			f = sqlite3_step(row);
+			sqlite3_reset(row);
 			k = resume;
-			continue;
+			if (f != SQLITE_ROW)
+				continue;
+			next = resume;
 		}
 		k = next;
 		sqlite3_reset(row);
