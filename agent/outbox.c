@@ -92,6 +92,7 @@ struct outbox {
 	uint64_t dev, ino;      /* the file this connection opened */
 	int corrupt;            /* a SQLite call reported the file damaged */
 	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
+	unsigned generation;    /* files this handle has followed (outbox__generation) */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
 		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
@@ -759,6 +760,7 @@ int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, ou
 }
 
 static int hold(outbox *ob);
+static int recover(outbox *ob);
 
 int outbox__recover_file(outbox *ob, const char *path, salvage__report *r)
 {
@@ -830,8 +832,17 @@ static int follow(outbox *ob)
 	t = *ob;
 	*ob = *fresh;
 	*fresh = t;
+	/* what this handle has seen goes on with it */
+	ob->generation = fresh->generation + 1;
+	if (!ob->quarantined[0])
+		memcpy(ob->quarantined, fresh->quarantined, sizeof(ob->quarantined));
 	outbox__close(fresh); /* the old connection, detached */
 	return SCRM_OK;
+}
+
+unsigned outbox__generation(const outbox *ob)
+{
+	return ob->generation;
 }
 
 sqlite3 *outbox__db(outbox *ob)
@@ -1686,6 +1697,19 @@ int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char 
 	return rc == SQLITE_ROW ? SCRM_OK : err__set(SCRM_E_NOT_FOUND, "redemption: no redemption %s on this device", id);
 }
 
+int outbox__set_aside_count(outbox *ob, int64_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "SELECT count(*) FROM dead_letter", -1, &st, NULL);
+	*n = 0;
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare set-aside count");
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		*n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? SCRM_OK : fail(ob, rc, "count set-aside events");
+}
+
 int outbox__set_aside_list(outbox *ob, sbuf *out)
 {
 	sqlite3_stmt *st = NULL;
@@ -1929,8 +1953,8 @@ static void put_marker_damaged(sbuf *out, sqlite3_stmt *st)
 	sbuf__putc(out, '}');
 }
 
-int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
-		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
+static int read_batch_once(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
+			   sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
 {
 	sqlite3_stmt *st;
 	size_t n = 0;
@@ -2010,7 +2034,7 @@ again:
 	return SCRM_OK;
 }
 
-int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
+static int ack_once(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
 {
 	int rc;
 	int64_t del = 0, hi = 0, used = 0, max_bytes = 0, reserve = 0;
@@ -2091,7 +2115,7 @@ cleanup:
 	return rc;
 }
 
-int outbox__oldest_seq(outbox *ob, int64_t *seq)
+static int oldest_once(outbox *ob, int64_t *seq)
 {
 	int rc;
 	follow(ob);
@@ -2102,7 +2126,7 @@ int outbox__oldest_seq(outbox *ob, int64_t *seq)
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "oldest");
 }
 
-int outbox__stats(outbox *ob, scrm_outbox_stats *st)
+static int stats_once(outbox *ob, scrm_outbox_stats *st)
 {
 	sqlite3_stmt *q = NULL;
 	int rc;
@@ -2267,7 +2291,7 @@ int outbox__set_limits(outbox *ob, int64_t max_bytes, int64_t reserve_bytes)
 	return rc;
 }
 
-int outbox__health(outbox *ob, struct outbox__health *h)
+static int health_once(outbox *ob, struct outbox__health *h)
 {
 	sqlite3_stmt *q = NULL;
 	int rc;
@@ -2362,4 +2386,72 @@ int outbox__alarms(outbox *ob, sbuf *out)
 	if (rc != SQLITE_ROW)
 		return fail(ob, rc, "read alarms");
 	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+/* ---- reads that heal: a damaged file found while reading ----
+ * The daemon mostly reads (batches, the oldest seq, stats for the
+ * heartbeat) and deletes (acks): a page that went bad under it must not
+ * stall delivery behind "cannot read the outbox" forever. As capture does,
+ * a read that finds the file damaged moves it to quarantine/ (salvaging
+ * every row still readable) and is tried once more on the fresh file. */
+
+static int healed(outbox *ob, int rc)
+{
+	if (rc == SCRM_OK || !ob->corrupt || ob->lock_fd < 0)
+		return 0;
+	ob->corrupt = 0;
+	if (sqlite3_get_autocommit(ob->db) == 0)
+		sqlite3_exec(ob->db, "ROLLBACK", NULL, NULL, NULL);
+	return recover(ob) == SCRM_OK;
+}
+
+int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
+		       sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
+{
+	size_t mark = out->len;
+	ob->corrupt = 0;
+	int rc = read_batch_once(ob, after_seq, max_events, max_bytes, hard_bytes, out, count, last_seq, first_seq);
+	if (healed(ob, rc)) {
+		out->len = mark;
+		if (out->p)
+			out->p[mark] = '\0';
+		rc = read_batch_once(ob, after_seq, max_events, max_bytes, hard_bytes, out, count, last_seq, first_seq);
+	}
+	return rc;
+}
+
+int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
+{
+	ob->corrupt = 0;
+	int rc = ack_once(ob, ranges, n, now_ms, deleted);
+	if (healed(ob, rc))
+		rc = ack_once(ob, ranges, n, now_ms, deleted);
+	return rc;
+}
+
+int outbox__oldest_seq(outbox *ob, int64_t *seq)
+{
+	ob->corrupt = 0;
+	int rc = oldest_once(ob, seq);
+	if (healed(ob, rc))
+		rc = oldest_once(ob, seq);
+	return rc;
+}
+
+int outbox__stats(outbox *ob, scrm_outbox_stats *st)
+{
+	ob->corrupt = 0;
+	int rc = stats_once(ob, st);
+	if (healed(ob, rc))
+		rc = stats_once(ob, st);
+	return rc;
+}
+
+int outbox__health(outbox *ob, struct outbox__health *h)
+{
+	ob->corrupt = 0;
+	int rc = health_once(ob, h);
+	if (healed(ob, rc))
+		rc = health_once(ob, h);
+	return rc;
 }

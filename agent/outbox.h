@@ -95,8 +95,13 @@ int outbox__open_checked(const char *dir, const char *device_id, int busy_ms, ou
 struct salvage__report;
 int outbox__recover_file(outbox *ob, const char *path, struct salvage__report *r);
 
-/* Where this handle's open moved a damaged outbox.db, NULL if it did not. */
+/* Where this handle moved a damaged outbox.db (at open, or when a read or
+ * a write found it damaged), NULL if it did not. */
 const char *outbox__quarantined(const outbox *ob);
+/* Changes whenever this handle moved on to another file (a damaged one
+ * quarantined here or by another process): seqs below the new file's may
+ * be gone, so a reader of batches starts a new round. */
+unsigned outbox__generation(const outbox *ob);
 void outbox__close(outbox *ob);
 const char *outbox__device_id(const outbox *ob);
 
@@ -195,6 +200,8 @@ int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char 
  * {"seq","id","kind","wall_ms","reason","detail","set_aside_ms","bytes",
  * "body"} into `out` (reset first): scrmctl outbox set-aside. */
 int outbox__set_aside_list(outbox *ob, sbuf *out);
+/* How many events are set aside (for the heartbeat). */
+int outbox__set_aside_count(outbox *ob, int64_t *n);
 
 /* The ids of redemptions central has acknowledged (their event is no
  * longer pending, nor rejected or set aside) but whose verdict this device

@@ -86,6 +86,7 @@ struct sync {
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
 	int recreate_pending;       /* the same, keeping the connection's backoff (packet too large) */
 	int erasure_pending;        /* an erasure's old bytes are still in outbox.db-wal */
+	unsigned outbox_gen;        /* outbox__generation last seen */
 	int64_t n_commands;
 	char last_rollback[300];
 	int cmd_level;              /* log.level command in force, -1 = none */
@@ -228,6 +229,25 @@ static delivery__settings delivery_settings(const struct sync *s)
 static void pump(struct sync *s)
 {
 	delivery__pump(&s->dl);
+}
+
+static void publish_health(struct sync *s);
+
+/* A read or an ack found outbox.db damaged and moved it to quarantine/
+ * (outbox.c: reads that heal): say so at once and start a new round from
+ * the fresh file's oldest event. */
+static void check_outbox(struct sync *s)
+{
+	unsigned gen = outbox__generation(s->ob);
+	if (gen == s->outbox_gen)
+		return;
+	s->outbox_gen = gen;
+	LOG(LOG_ERROR, "sync", "the outbox was found damaged while running: moved to quarantine, sending from the fresh one",
+	    "quarantined=%s", outbox__quarantined(s->ob) ? outbox__quarantined(s->ob) : "-");
+	delivery__go_back(&s->dl, "outbox_replaced");
+	pump(s);
+	if (s->connected && s->subscribed)
+		publish_health(s);
 }
 
 static void on_ack(struct sync *s, const char *payload, size_t len)
@@ -554,8 +574,14 @@ static void health_json(struct sync *s, sbuf *out)
 {
 	int64_t now = platform__wall_ms();
 	scrm_outbox_stats st;
+	char stats_err[300] = "";
 	memset(&st, 0, sizeof(st));
-	outbox__stats(s->ob, &st);
+	/* An outbox that cannot be read is shown as an error, never as zeros
+	 * ("nothing pending") that would hide a store that stopped sending. */
+	if (outbox__stats(s->ob, &st) != SCRM_OK)
+		snprintf(stats_err, sizeof(stats_err), "%s", scrm_errmsg());
+	else if (s->dl.last_error_ms)
+		snprintf(stats_err, sizeof(stats_err), "%s", s->dl.last_error);
 	sbuf__puts(out, "{\"v\":1,\"ts\":");
 	sbuf__i64(out, now);
 	sbuf__puts(out, ",\"device\":");
@@ -587,6 +613,14 @@ static void health_json(struct sync *s, sbuf *out)
 	sbuf__i64(out, s->dl.n_redeliveries);
 	sbuf__puts(out, "}");
 
+	if (stats_err[0] && !st.last_seq) {
+		sbuf__puts(out, ",\"outbox\":{\"error\":");
+		sbuf__jstr(out, stats_err);
+		sbuf__puts(out, ",\"error_since_ms\":");
+		sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
+		sbuf__puts(out, "}");
+		goto alarms;
+	}
 	sbuf__puts(out, ",\"outbox\":{\"pending\":");
 	sbuf__i64(out, st.pending);
 	sbuf__puts(out, ",\"bytes\":");
@@ -627,8 +661,23 @@ static void health_json(struct sync *s, sbuf *out)
 			}
 			sbuf__puts(out, "}");
 		}
+		{
+			/* events kept in dead_letter, central sent a marker */
+			int64_t aside = 0;
+			if (outbox__set_aside_count(s->ob, &aside) == SCRM_OK) {
+				sbuf__puts(out, ",\"set_aside\":");
+				sbuf__i64(out, aside);
+			}
+		}
+	}
+	if (stats_err[0]) {
+		sbuf__puts(out, ",\"error\":");
+		sbuf__jstr(out, stats_err);
+		sbuf__puts(out, ",\"error_since_ms\":");
+		sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
 	}
 	sbuf__puts(out, "}");
+alarms:
 	{
 		sbuf al;
 		sbuf__init(&al);
@@ -637,8 +686,26 @@ static void health_json(struct sync *s, sbuf *out)
 			sbuf__put(out, al.p, al.len);
 		else
 			sbuf__puts(out, "[]");
+		if (stats_err[0]) {
+			/* Raised here, not in the store: the store may be what
+			 * cannot be written. */
+			if (out->len && out->p[out->len - 1] == ']') {
+				out->len--;
+				if (out->p[out->len - 1] != '[')
+					sbuf__putc(out, ',');
+				sbuf__puts(out, "{\"code\":\"outbox_unreadable\",\"since_ms\":");
+				sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
+				sbuf__puts(out, ",\"last_ms\":");
+				sbuf__i64(out, now);
+				sbuf__puts(out, ",\"count\":1,\"detail\":");
+				sbuf__jstr(out, stats_err);
+				sbuf__puts(out, "}]");
+			}
+		}
 		sbuf__free(&al);
 	}
+	if (s->erasure_pending)
+		sbuf__puts(out, ",\"erasure_pending\":true");
 
 	sbuf__puts(out, ",\"cache\":");
 	put_cache_figures(s, out, now);
@@ -1252,7 +1319,7 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 		/* Operations acknowledge an alarm once they have followed it up
 		 * (a quarantined file collected, drops explained). */
 		static const char *const codes[] = {"outbox_quarantined", "cache_quarantined", "outbox_full", "events_dropped",
-						    "subscribe_refused"};
+						    "subscribe_refused", "events_set_aside", "publish_refused"};
 		const char *code = NULL;
 		int known = 0;
 		if (fleet__arg_str(cmd, "code", 1, 32, &code, err))
@@ -1629,6 +1696,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	if (outbox__link_set(s.ob, 0, platform__wall_ms()) != SCRM_OK)
 		LOG(LOG_WARN, "sync", "cannot record the link state in the store", "err=\"%s\"", scrm_errmsg());
 	push_settings(&s);
+	s.outbox_gen = outbox__generation(s.ob);
 	s.signed_only = cfg->command_key_file != NULL;
 	snprintf(s.seen_path, sizeof(s.seen_path), "%s/fleet_seen_ids", cfg->store_dir);
 	fleet__seen_load(&s.seen, s.seen_path);
@@ -1764,6 +1832,7 @@ int sync__run(config *cfg_in, const char *level_override)
 			if (d && d <= now)
 				cache_pump(&s);
 		}
+		check_outbox(&s);
 		if (now - s.last_activity_ms >= IDLE_CHECKPOINT_MS) {
 			/* Idle: checkpoint, and catch events whose notification was
 			 * lost (e.g. captured by a tool that cannot reach the socket). */

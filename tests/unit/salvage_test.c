@@ -337,6 +337,40 @@ static void recover_file_puts_back_once(void **state)
 	assert_refused(outbox__recover_file(f->ob, "/nonexistent/outbox-1.db", &r), SCRM_E_NOT_FOUND, "file");
 }
 
+/* Hole 2: a page goes bad under a running daemon. Its next read (a batch,
+ * the oldest seq, an ack) finds the damage, moves the file to quarantine
+ * with every row still readable, and reads again from the fresh file. */
+static void a_read_heals_a_file_damaged_while_open(void **state)
+{
+	fx *f = *state;
+	const int n = 303;
+	for (int i = 1; i <= n; i++)
+		add_purchase(f->ob, i, NULL);
+	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	int64_t page[64], ncell[64];
+	int nl = leaves(f->db, page, ncell, 64);
+	/* the daemon's handle, opened before the damage (no check at open) */
+	outbox__close(f->ob);
+	assert_int_equal(outbox__open(f->dir, "pos-01", 0, &f->ob), SCRM_OK);
+	unsigned gen = outbox__generation(f->ob);
+	damage_page(f->db, page[nl / 2], NULL);
+	sbuf out;
+	size_t cnt = 0;
+	int64_t last = 0, first = 0;
+	sbuf__init(&out);
+	assert_int_equal(outbox__read_batch(f->ob, 0, 1000, 1 << 24, 0, &out, &cnt, &last, &first), SCRM_OK);
+	assert_int_equal((int64_t)cnt, n - ncell[nl / 2]);
+	sbuf__free(&out);
+	assert_non_null(outbox__quarantined(f->ob));
+	assert_true(outbox__generation(f->ob) != gen);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM alarms WHERE code = 'outbox_quarantined'"), 1);
+	/* acks go on against the fresh file */
+	const int64_t all[][2] = {{1, n}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(f->ob, all, 1, T0 + 1, &deleted), SCRM_OK);
+	assert_int_equal(deleted, n - ncell[nl / 2]);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -347,6 +381,7 @@ int main(int argc, char **argv)
 		T(two_damaged_leaves),
 		T(ledgers_and_attribution_kept),
 		T(recover_file_puts_back_once),
+		T(a_read_heals_a_file_damaged_while_open),
 	};
 	return cmocka_run_group_tests_name("salvage", tests, NULL, NULL);
 }

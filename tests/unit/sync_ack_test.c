@@ -20,6 +20,8 @@
 
 #include "sync.c"
 
+#include <sqlite3.h>
+
 #include "testutil.h"
 
 typedef struct fx {
@@ -214,6 +216,50 @@ static void batch_base_never_claims_in_flight_events(void **state)
 	assert_int_equal(delivery__batch_base(200, 150, 160), 150);
 }
 
+/* Issue 11, hole 2: the heartbeat (and the status command) shows an outbox
+ * it cannot read as an error with the outbox_unreadable alarm, never as
+ * "pending 0" (which on the main the issue started from hid a store that had
+ * stopped sending). */
+static void heartbeat_shows_an_unreadable_outbox(void **state)
+{
+	fx *f = *state;
+	config c;
+	memset(&c, 0, sizeof(c));
+	c.device_id = "pos-01";
+	c.store_dir = f->dir;
+	c.heartbeat_s = 60;
+	f->s.cfg = &c;
+	sbuf out;
+	sbuf__init(&out);
+	health_json(&f->s, &out);
+	assert_non_null(strstr(out.p, "\"pending\":10,"));
+	assert_null(strstr(out.p, "outbox_unreadable"));
+	/* a read that failed (I/O error: not damage, nothing to quarantine) */
+	f->s.dl.last_error_ms = 1764000000000LL;
+	snprintf(f->s.dl.last_error, sizeof(f->s.dl.last_error), "read batch: outbox: read batch: disk I/O error");
+	sbuf__reset(&out);
+	health_json(&f->s, &out);
+	assert_non_null(strstr(out.p, "\"error\":\"read batch: outbox: read batch: disk I/O error\""));
+	assert_non_null(strstr(out.p, "{\"code\":\"outbox_unreadable\""));
+	/* the figures it could read are still there, the error beside them */
+	assert_non_null(strstr(out.p, "\"pending\":10,"));
+	/* stats themselves unreadable: an error, never zeros */
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "DROP TABLE usage", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	sbuf__reset(&out);
+	health_json(&f->s, &out);
+	assert_null(strstr(out.p, "\"outbox\":{\"pending\""));
+	assert_non_null(strstr(out.p, "\"outbox\":{\"error\":"));
+	assert_non_null(strstr(out.p, "outbox_unreadable"));
+	cJSON *o = cJSON_Parse(out.p);
+	assert_non_null(o); /* well-formed */
+	cJSON_Delete(o);
+	sbuf__free(&out);
+	f->s.cfg = NULL;
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -225,6 +271,7 @@ int main(int argc, char **argv)
 		T(fractional_seqs_are_malformed),
 		T(huge_rejected_seq_is_ignored),
 		cmocka_unit_test(batch_base_never_claims_in_flight_events),
+		T(heartbeat_shows_an_unreadable_outbox),
 	};
 	return cmocka_run_group_tests_name("sync_ack", tests, NULL, NULL);
 }
