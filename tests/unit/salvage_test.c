@@ -23,6 +23,7 @@
 #include "salvage.h"
 #include "testutil.h"
 
+#include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -371,6 +372,88 @@ static void a_read_heals_a_file_damaged_while_open(void **state)
 	assert_int_equal(deleted, n - ncell[nl / 2]);
 }
 
+/* Hole 4: one byte changed inside a stored body (quick_check still says
+ * ok: it does not read the content) made the event unsendable; it went
+ * into every batch, central dropped each as not JSON, and go-back-N
+ * restarted at the same event forever. Now the read sets it aside: its
+ * bytes to dead_letter, a marker in its place, the alarm up, the queue
+ * moving. */
+static void a_poison_event_is_set_aside(void **state)
+{
+	fx *f = *state;
+	for (int i = 1; i <= 10; i++)
+		add_purchase(f->ob, i, NULL);
+	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	outbox__close(f->ob);
+	f->ob = NULL;
+	{
+		/* flip the quote before order_id in the stored row of O-5 */
+		size_t len = 0;
+		FILE *fp = fopen(f->db, "r+b");
+		assert_non_null(fp);
+		fseek(fp, 0, SEEK_END);
+		len = (size_t)ftell(fp);
+		char *buf = malloc(len);
+		fseek(fp, 0, SEEK_SET);
+		assert_int_equal(fread(buf, 1, len, fp), len);
+		const char *needle = "\"order_id\":\"O-5\"";
+		char *hit = memmem(buf, len, needle, strlen(needle));
+		assert_non_null(hit);
+		fseek(fp, (long)(hit - buf), SEEK_SET);
+		fputc('{', fp);
+		fclose(fp);
+		free(buf);
+	}
+	char *qc = tu_sql_text(f->db, "PRAGMA quick_check");
+	assert_string_equal(qc, "ok"); /* quick_check does not read the content */
+	free(qc);
+	assert_int_equal(outbox__open_checked(f->dir, "pos-01", 0, &f->ob), SCRM_OK);
+	assert_null(outbox__quarantined(f->ob));
+	for (int round = 0; round < 2; round++) {
+		sbuf out;
+		size_t cnt = 0;
+		int64_t last = 0, first = 0;
+		sbuf__init(&out);
+		assert_int_equal(outbox__read_batch(f->ob, 0, 100, 1 << 20, 0, &out, &cnt, &last, &first), SCRM_OK);
+		assert_int_equal(cnt, 10);
+		assert_int_equal(last, 10);
+		/* every event but the marker is a parsable event; the marker has no body */
+		char *text = malloc(out.len + 3);
+		snprintf(text, out.len + 3, "[%s]", out.p);
+		cJSON *arr = cJSON_Parse(text);
+		assert_non_null(arr);
+		const cJSON *e5 = cJSON_GetArrayItem(arr, 4);
+		assert_int_equal(cJSON_GetObjectItemCaseSensitive(e5, "seq")->valuedouble, 5);
+		assert_null(cJSON_GetObjectItemCaseSensitive(e5, "body"));
+		const cJSON *sa = cJSON_GetObjectItemCaseSensitive(e5, "set_aside");
+		assert_string_equal(cJSON_GetObjectItemCaseSensitive(sa, "reason")->valuestring, "unreadable");
+		assert_non_null(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, 5), "body"));
+		cJSON_Delete(arr);
+		free(text);
+		sbuf__free(&out);
+	}
+	/* the bytes as stored, kept for follow-up; the alarm */
+	char *kept = tu_sql_text(f->db, "SELECT CAST(body AS TEXT) FROM dead_letter WHERE seq = 5");
+	assert_non_null(strstr(kept, "{order_id\":\"O-5\""));
+	free(kept);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM alarms WHERE code = 'events_set_aside'"), 1);
+	int64_t n = -1;
+	assert_int_equal(outbox__set_aside_count(f->ob, &n), SCRM_OK);
+	assert_int_equal(n, 1);
+	/* too big for the broker: set aside the same way, with that reason */
+	sbuf out;
+	size_t cnt = 0;
+	int64_t last = 0, first = 0;
+	sbuf__init(&out);
+	assert_int_equal(outbox__read_batch(f->ob, 5, 100, 1 << 20, 200, &out, &cnt, &last, &first), SCRM_OK);
+	assert_int_equal(cnt, 5);
+	assert_non_null(strstr(out.p, "\"reason\":\"too_big\""));
+	assert_null(strstr(out.p, "\"body\""));
+	sbuf__free(&out);
+	assert_int_equal(outbox__set_aside_count(f->ob, &n), SCRM_OK);
+	assert_int_equal(n, 6);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -382,6 +465,7 @@ int main(int argc, char **argv)
 		T(ledgers_and_attribution_kept),
 		T(recover_file_puts_back_once),
 		T(a_read_heals_a_file_damaged_while_open),
+		T(a_poison_event_is_set_aside),
 	};
 	return cmocka_run_group_tests_name("salvage", tests, NULL, NULL);
 }

@@ -260,6 +260,52 @@ static void heartbeat_shows_an_unreadable_outbox(void **state)
 	f->s.cfg = NULL;
 }
 
+/* Issue 11, hole 5: an ack with more than 4,096 ranges was discarded as
+ * malformed, forever, while sync.batch_max_events goes up to 10,000 and
+ * eviction can leave every other seq. The parser takes what the config can
+ * produce (one range per event of a batch) and refuses one more, saying
+ * central must coalesce. */
+static void ack_with_as_many_ranges_as_a_batch_has_events(void **state)
+{
+	(void)state;
+	sbuf b;
+	delivery__ack ack;
+	sbuf__init(&b);
+	for (int n = DELIVERY_ACK_MAX_RANGES; n <= DELIVERY_ACK_MAX_RANGES + 1; n++) {
+		sbuf__reset(&b);
+		sbuf__puts(&b, "{\"v\":1,\"batch\":\"b\",\"acked\":[");
+		for (int i = 0; i < n; i++) {
+			if (i)
+				sbuf__putc(&b, ',');
+			sbuf__putc(&b, '[');
+			sbuf__i64(&b, 2 * i + 1);
+			sbuf__putc(&b, ',');
+			sbuf__i64(&b, 2 * i + 1);
+			sbuf__putc(&b, ']');
+		}
+		sbuf__puts(&b, "]}");
+		int rc = delivery__parse_ack(b.p, b.len, &ack);
+		if (n == DELIVERY_ACK_MAX_RANGES) {
+			assert_int_equal(rc, SCRM_OK);
+			assert_int_equal(ack.n_acked, (size_t)n);
+			delivery__ack_free(&ack);
+		} else {
+			assert_refused(rc, SCRM_E_INVALID, "acked");
+			assert_errmsg_contains("coalesce");
+		}
+	}
+	sbuf__free(&b);
+	/* the config cannot ask for batches an ack could not answer */
+	int cls = 0, remote = 0;
+	assert_int_equal(config__key_info("sync.batch_max_events", &cls, &remote), 0);
+	config c;
+	static const char cfg[] = "{\"tenant\":\"t\",\"store_id\":\"s\",\"device_id\":\"d\",\"store_dir\":\"/x\","
+				  "\"broker\":{\"uri\":\"mqtts://h:1\",\"ca_file\":\"/c\"},"
+				  "\"sync\":{\"batch_max_events\":10001}}";
+	assert_refused(config__parse(cfg, strlen(cfg), &c), SCRM_E_CONFIG, "sync.batch_max_events");
+	assert_int_equal(DELIVERY_MAX_BATCH_EVENTS, 10000);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -272,6 +318,7 @@ int main(int argc, char **argv)
 		T(huge_rejected_seq_is_ignored),
 		cmocka_unit_test(batch_base_never_claims_in_flight_events),
 		T(heartbeat_shows_an_unreadable_outbox),
+		cmocka_unit_test(ack_with_as_many_ranges_as_a_batch_has_events),
 	};
 	return cmocka_run_group_tests_name("sync_ack", tests, NULL, NULL);
 }
