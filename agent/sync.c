@@ -519,9 +519,23 @@ static void verdict_query(struct sync *s)
 
 /* ---- fleet management: presence, heartbeat, commands (protocol.md) ---- */
 
-static int clock_trusted(int64_t wall)
+/* Whether an event captured now would be clock_ok (outbox.c's rule: the
+ * build date, steps against the trusted offset, NTP), *ck its detail; the
+ * build date alone if the store cannot be read. */
+static int clock_trusted_ex(struct sync *s, int64_t wall, struct outbox__clock *ck)
 {
+	memset(ck, 0, sizeof(*ck));
+	ck->synced = -1;
+	if (s->ob && outbox__clock_state(s->ob, wall, platform__mono_ms(), s->boot, (int64_t)SCRM_BUILD_EPOCH * 1000, ck) ==
+			     SCRM_OK)
+		return ck->trusted;
 	return wall >= (int64_t)SCRM_BUILD_EPOCH * 1000;
+}
+
+static int clock_trusted(struct sync *s, int64_t wall)
+{
+	struct outbox__clock ck;
+	return clock_trusted_ex(s, wall, &ck);
 }
 
 /* Cursor, rows and age per cache stream, from cache__status. */
@@ -744,11 +758,22 @@ alarms:
 	} else {
 		sbuf__puts(out, ",\"disk\":null");
 	}
-	sbuf__puts(out, ",\"clock\":{\"trusted\":");
-	sbuf__puts(out, clock_trusted(now) ? "true" : "false");
-	sbuf__puts(out, ",\"wall_ms\":");
-	sbuf__i64(out, now);
-	sbuf__puts(out, "},\"rss_bytes\":");
+	{
+		struct outbox__clock ck;
+		int trusted = clock_trusted_ex(s, now, &ck);
+		sbuf__puts(out, ",\"clock\":{\"trusted\":");
+		sbuf__puts(out, trusted ? "true" : "false");
+		sbuf__puts(out, ",\"wall_ms\":");
+		sbuf__i64(out, now);
+		/* a step of the wall clock against the trusted offset, waiting
+		 * to be confirmed (protocol.md, clock_ok) */
+		sbuf__puts(out, ",\"step_ms\":");
+		sbuf__i64(out, ck.step_ms);
+		sbuf__puts(out, ",\"ntp_synced\":");
+		sbuf__puts(out, ck.synced < 0 ? "null" : ck.synced ? "true" : "false");
+		sbuf__puts(out, "}");
+	}
+	sbuf__puts(out, ",\"rss_bytes\":");
 	sbuf__i64(out, platform__rss_bytes());
 	sbuf__puts(out, ",\"log_level\":");
 	{
@@ -1364,7 +1389,7 @@ static void on_command(struct sync *s, const mqtt__event *e)
 		 * into "unsigned commands accepted". */
 		memset(&cmd, 0, sizeof(cmd));
 		fleet__fail(&err, "unavailable", "", "fleet.command_key_file cannot be loaded; no command is obeyed");
-	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(now),
+	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(s, now),
 					&s->seen, &cmd, &err) == 0) {
 		/* The replay guard outlives a restart: saved before acting. */
 		if (cmd.is_signed && fleet__seen_save(&s->seen, s->seen_path) != 0)
