@@ -62,6 +62,7 @@ static const struct ckey keys[] = {
 	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
 	I("cache.activity_days", activity_days, 90, 1, 3650, "Keep this device's record of members' purchases this many days"),
 	I("outbox.max_bytes", outbox_max_bytes, 268435456, 16384, 1099511627776LL, "Cap on the pending events' stored size (body + 128 B each); scans and browsing events are evicted oldest first to stay under it, purchases, returns and redemptions never"),
+	I("outbox.disk_reserve_bytes", disk_reserve_bytes, 4194304, 0, 1073741824, "Disk space kept allocated beside the outbox (outbox.reserve) and released when the disk fills, so central's acks can still delete what was sent; while it is released only purchases, returns and redemptions are recorded (0 = none)"),
 	I("outbox.reserve_bytes", outbox_reserve_bytes, -1, -1, 549755813888LL, "The last bytes under outbox.max_bytes, kept for purchases, returns and redemptions; -1 = max_bytes/8, at most 8 MiB; must be < outbox.max_bytes"),
 	I("guide.just_bought_days", just_bought_days, 14, 0, 3650, "Do not suggest what the member bought this recently (0 = never filter)"),
 	I("guide.history_days", history_days, 365, 1, 3650, "Purchases this recent feed the member's suggestions"),

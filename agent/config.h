@@ -25,6 +25,7 @@ typedef struct config {
 	/* sync */
 	int64_t batch_max_events, batch_max_bytes, window, ack_timeout_ms;
 	int64_t verdict_query_s;
+	int64_t disk_reserve_bytes;
 	int64_t backoff_min_ms, backoff_max_ms;
 	/* cache */
 	int cache_enabled;

@@ -87,12 +87,14 @@ struct outbox {
 	sqlite3 *db;
 	char device_id[65];
 	char *dir, *path;       /* owned */
+	char *reserve;          /* owned: <dir>/outbox.reserve (outbox__reserve_ensure) */
 	int busy_ms;
 	int lock_fd;            /* <dir>/outbox.lock (quarantine.h), -1 if unavailable */
 	uint64_t dev, ino;      /* the file this connection opened */
 	int corrupt;            /* a SQLite call reported the file damaged */
 	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
 	unsigned generation;    /* files this handle has followed (outbox__generation) */
+	int reserve_released;   /* released by this handle, disk_full not raised yet */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
 		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
@@ -698,10 +700,12 @@ static int open_impl(const char *dir, const char *device_id, int busy_ms, int ch
 		return err__set(SCRM_E_NOT_FOUND, "dir: no store at %s (a device_id is needed to create one)", dir);
 	if ((rc = platform__mkdirs(dir, 0700)) != 0)
 		return err__set(SCRM_E_IO, "dir: cannot create %s: %s", dir, strerror(-rc));
-	if (!(ob = calloc(1, sizeof(*ob))) || !(ob->dir = strdup(dir)) || !(ob->path = strdup(path))) {
+	if (!(ob = calloc(1, sizeof(*ob))) || !(ob->dir = strdup(dir)) || !(ob->path = strdup(path)) ||
+	    !(ob->reserve = malloc(strlen(dir) + sizeof("/" OUTBOX_RESERVE_FILE)))) {
 		rc = err__set(SCRM_E_NOMEM, "out of memory");
 		goto cleanup;
 	}
+	sprintf(ob->reserve, "%s/%s", dir, OUTBOX_RESERVE_FILE);
 	ob->busy_ms = busy_ms;
 	/* Without the lock file (a read-only directory) there is no
 	 * quarantine to coordinate with: open as before. */
@@ -816,6 +820,7 @@ void outbox__close(outbox *ob)
 		close(ob->lock_fd);
 	free(ob->dir);
 	free(ob->path);
+	free(ob->reserve);
 	free(ob);
 }
 
@@ -1204,6 +1209,34 @@ int outbox__clock_state(outbox *ob, int64_t wall_ms, int64_t mono_ms, const char
 	return SCRM_OK;
 }
 
+/* WAL bytes beyond what checkpoints normally leave (SQLite checkpoints at
+ * 1000 pages): growth a stuck reader causes, counted against the cap. */
+#define WAL_NORMAL_BYTES (8LL * 1024 * 1024)
+static int64_t wal_growth(outbox *ob)
+{
+	char wal[4300];
+	int64_t size = 0;
+	snprintf(wal, sizeof(wal), "%s-wal", ob->path);
+	if (platform__file_size(wal, &size) != 0 || size <= WAL_NORMAL_BYTES)
+		return 0;
+	return size - WAL_NORMAL_BYTES;
+}
+
+/* The daemon keeps a disk reserve (setting disk_reserve_bytes) and it is
+ * gone, and the disk has less than that left: the disk is nearly full. */
+static int disk_nearly_full(outbox *ob)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t want = 0, avail = 0, total = 0;
+	if (access(ob->reserve, F_OK) == 0)
+		return 0;
+	if (sqlite3_prepare_v2(ob->db, "SELECT v FROM settings WHERE k = 'disk_reserve_bytes'", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		want = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return want > 0 && platform__disk_space(ob->dir, &avail, &total) == 0 && avail < want;
+}
+
 /* The receipt of a sale this device already recorded under r's order_id
  * (return_id): *found = 1 with r's existing fields set when the content is
  * the same, or with r refused (SCRM_E_CONFLICT) when it differs. */
@@ -1267,6 +1300,14 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 	if ((rc = read_limits(ob, &max_bytes, &reserve)) || (rc = read_usage(ob, &used)))
 		return rc;
 	const int64_t soft = max_bytes - reserve; /* the reserve is for paid events */
+	/* The cap counts what the store really takes on disk beyond the
+	 * events: a WAL that readers keep from being checkpointed grows
+	 * without bound otherwise. Read once per transaction. */
+	const int64_t wal_extra = wal_growth(ob);
+	used += wal_extra;
+	/* The daemon's disk reserve was released (the disk is full): only
+	 * what a customer paid for may take what is left. */
+	const int disk_low = disk_nearly_full(ob);
 
 	for (size_t i = 0; i < n; i++) {
 		outbox__row *r = &rows[i];
@@ -1298,6 +1339,18 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			int64_t freed = 0;
 			if ((rc = evict(ob, used + need - soft, first, !paid, now, &freed)) || (rc = read_usage(ob, &used)))
 				return rc;
+			used += wal_extra;
+		}
+		if (disk_low && !paid) {
+			snprintf(ob->drop_msg, sizeof(ob->drop_msg),
+				 "disk nearly full: %s not recorded; the space left on %.200s is kept for purchases, returns"
+				 " and redemptions and for central's acks (the disk_full alarm is up)",
+				 r->kind, ob->dir);
+			r->refused = SCRM_E_DISK_FULL;
+			r->why = ob->drop_msg;
+			if ((rc = count_dropped(ob, r->kind, need, now)))
+				return rc;
+			continue;
 		}
 		if (used + need > (paid ? max_bytes : soft)) {
 			char state[200];
@@ -1363,6 +1416,7 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		/* Triggers may have grown the body (attribution). */
 		if ((rc = read_usage(ob, &used)))
 			return rc;
+		used += wal_extra;
 		if (paid && used > soft) {
 			char detail[400];
 			snprintf(detail, sizeof(detail),
@@ -1663,8 +1717,8 @@ int outbox__setting_set(outbox *ob, const char *k, int64_t v)
 	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "write setting");
 }
 
-int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
-		    int64_t ms, int *changed)
+static int verdict_once(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
+			int64_t ms, int *changed)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = sqlite3_prepare_v2(ob->db,
@@ -1828,6 +1882,8 @@ static int token_ok(const unsigned char *t, int n, int max, int kind)
  * checked as a JSON object by the same strict parser central-facing input
  * goes through, so one changed byte on disk never puts a batch central
  * drops as "not JSON" at the head of the queue forever. */
+static int set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes);
+
 static const char *row_unsendable(sqlite3_stmt *st, char *detail, size_t cap)
 {
 	const unsigned char *id = sqlite3_column_text(st, 1), *kind = sqlite3_column_text(st, 2),
@@ -1859,7 +1915,7 @@ static const char *row_unsendable(sqlite3_stmt *st, char *detail, size_t cap)
 
 /* Move one event's bytes to dead_letter and leave its marker in the queue,
  * in one transaction; raise events_set_aside. */
-static int set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes)
+static int set_aside_once(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes)
 {
 	static const char *const sql[] = {
 		"INSERT OR REPLACE INTO dead_letter(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, reason, detail,"
@@ -2082,7 +2138,7 @@ cleanup:
 	return rc;
 }
 
-int outbox__reject(outbox *ob, int64_t seq, const char *reason, int64_t now_ms)
+static int reject_once(outbox *ob, int64_t seq, const char *reason, int64_t now_ms)
 {
 	int rc;
 	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
@@ -2388,6 +2444,67 @@ int outbox__alarms(outbox *ob, sbuf *out)
 	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }
 
+/* ---- the disk reserve: room for acks when the disk fills ----
+ * A full disk makes even an ack's DELETE fail (the WAL must grow to record
+ * it), so a draining store resent everything at every ack timeout until an
+ * operator freed space. The daemon keeps `outbox.reserve`, a file of
+ * allocated blocks; a daemon-side write (ack, reject, verdict, set-aside)
+ * that finds the disk full releases it and tries again, raising disk_full;
+ * captures of events that are not paid for are refused while it is
+ * released and the disk is nearly full, so the room goes to sales and to
+ * the acks that make room. The daemon makes it again once space returns. */
+
+int outbox__reserve_ensure(outbox *ob, int64_t bytes, int *in_place)
+{
+	int64_t have = -1, avail = 0, total = 0;
+	*in_place = 0;
+	if (bytes <= 0) {
+		unlink(ob->reserve);
+		return SCRM_OK;
+	}
+	if (platform__file_size(ob->reserve, &have) == 0 && have >= bytes) {
+		*in_place = 1;
+		return SCRM_OK;
+	}
+	/* Only from space to spare: never the last bytes a sale needs. */
+	if (platform__disk_space(ob->dir, &avail, &total) != 0 || avail < 2 * bytes + (have > 0 ? have : 0))
+		return SCRM_OK;
+	int e = platform__reserve_file(ob->reserve, bytes);
+	if (e != 0)
+		return err__set(SCRM_E_IO, "outbox: cannot make the disk reserve %s: %s", ob->reserve, strerror(-e));
+	platform__fsync_dir(ob->dir);
+	*in_place = 1;
+	outbox__alarm_clear(ob, "disk_full");
+	return SCRM_OK;
+}
+
+/* After a daemon write failed for a full disk: release the reserve (1 if
+ * there was one to release: try the write again). */
+static int release_reserve(outbox *ob, int rc)
+{
+	if (rc != SCRM_E_DISK_FULL || access(ob->reserve, F_OK) != 0)
+		return 0;
+	int64_t size = 0;
+	platform__file_size(ob->reserve, &size);
+	if (unlink(ob->reserve) != 0)
+		return 0;
+	platform__fsync_dir(ob->dir);
+	snprintf(ob->full_msg, sizeof(ob->full_msg),
+		 "the disk holding %.200s is full: its reserve of %lld bytes was released so central's acks can delete"
+		 " what was sent; scans and recommendations are not recorded until space returns",
+		 ob->dir, (long long)size);
+	ob->reserve_released = 1;
+	return 1;
+}
+
+static void note_reserve_released(outbox *ob)
+{
+	if (ob->reserve_released) {
+		ob->reserve_released = 0;
+		alarm_raise_db(ob->db, "disk_full", ob->full_msg, platform__wall_ms());
+	}
+}
+
 /* ---- reads that heal: a damaged file found while reading ----
  * The daemon mostly reads (batches, the oldest seq, stats for the
  * heartbeat) and deletes (acks): a page that went bad under it must not
@@ -2426,6 +2543,9 @@ int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms
 	int rc = ack_once(ob, ranges, n, now_ms, deleted);
 	if (healed(ob, rc))
 		rc = ack_once(ob, ranges, n, now_ms, deleted);
+	if (release_reserve(ob, rc))
+		rc = ack_once(ob, ranges, n, now_ms, deleted);
+	note_reserve_released(ob);
 	return rc;
 }
 
@@ -2453,5 +2573,33 @@ int outbox__health(outbox *ob, struct outbox__health *h)
 	int rc = health_once(ob, h);
 	if (healed(ob, rc))
 		rc = health_once(ob, h);
+	return rc;
+}
+
+int outbox__reject(outbox *ob, int64_t seq, const char *reason, int64_t now_ms)
+{
+	int rc = reject_once(ob, seq, reason, now_ms);
+	if (release_reserve(ob, rc))
+		rc = reject_once(ob, seq, reason, now_ms);
+	note_reserve_released(ob);
+	return rc;
+}
+
+int outbox__verdict(outbox *ob, const char *id, const char *verdict, const char *reason, const char *detail,
+		    int64_t ms, int *changed)
+{
+	int rc = verdict_once(ob, id, verdict, reason, detail, ms, changed);
+	if (release_reserve(ob, rc))
+		rc = verdict_once(ob, id, verdict, reason, detail, ms, changed);
+	note_reserve_released(ob);
+	return rc;
+}
+
+static int set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes)
+{
+	int rc = set_aside_once(ob, seq, reason, detail, bytes);
+	if (release_reserve(ob, rc))
+		rc = set_aside_once(ob, seq, reason, detail, bytes);
+	note_reserve_released(ob);
 	return rc;
 }

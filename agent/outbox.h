@@ -63,6 +63,8 @@ typedef struct outbox__row {
 #define OUTBOX_ORDERS_RETENTION_MS (90LL * 86400000)
 
 #define OUTBOX_FILE "outbox.db"
+/* Allocated free space the daemon keeps beside it (outbox__reserve_ensure). */
+#define OUTBOX_RESERVE_FILE "outbox.reserve"
 
 /* An event's stored size for outbox.max_bytes: length(body) plus this, an
  * estimate of the rest of its row (UUID id 36 B, boot id 36 B, kind, four
@@ -131,6 +133,13 @@ struct outbox__clock {
 };
 int outbox__clock_state(outbox *ob, int64_t wall_ms, int64_t mono_ms, const char *boot, int64_t trusted_after_ms,
 			struct outbox__clock *out);
+
+/* Keep `bytes` of allocated disk space beside the outbox (0 = none): taken
+ * only from space to spare (free >= 2 x bytes), and released by a daemon-side
+ * write (ack, reject, verdict, set-aside) that finds the disk full, which
+ * then tries again and raises "disk_full". Made again (and the alarm
+ * cleared) by a later call once space returns. *in_place: it exists now. */
+int outbox__reserve_ensure(outbox *ob, int64_t bytes, int *in_place);
 
 /* The daemon's outbox.max_bytes / outbox.reserve_bytes (reserve < 0: auto,
  * max/8 at most 8 MiB), stored for every capturing process. */

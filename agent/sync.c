@@ -819,6 +819,19 @@ static void publish_birth(struct sync *s)
 		    (long long)s->cfg->config_version);
 }
 
+/* The disk reserve (outbox.reserve): made at start and again once space
+ * returns after a full disk released it. */
+static void keep_reserve(struct sync *s)
+{
+	int in_place = 0;
+	char q[300];
+	if (outbox__reserve_ensure(s->ob, s->cfg->disk_reserve_bytes, &in_place) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot keep the disk reserve", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	else if (!in_place && s->cfg->disk_reserve_bytes > 0)
+		LOG(LOG_WARN, "sync", "no disk reserve: the disk has too little free space for it",
+		    "reserve_bytes=%lld", (long long)s->cfg->disk_reserve_bytes);
+}
+
 /* Settings capture-side code reads from the store and the cache. */
 static void push_settings(struct sync *s)
 {
@@ -828,6 +841,9 @@ static void push_settings(struct sync *s)
 		LOG(LOG_WARN, "sync", "cannot record settings in the store", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
 	if (outbox__set_limits(s->ob, cfg->outbox_max_bytes, cfg->outbox_reserve_bytes) != SCRM_OK)
 		LOG(LOG_WARN, "sync", "cannot record the outbox limits in the store", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	if (outbox__setting_set(s->ob, "disk_reserve_bytes", cfg->disk_reserve_bytes) != SCRM_OK)
+		LOG(LOG_WARN, "sync", "cannot record the disk reserve in the store", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+	keep_reserve(s);
 	if (s->cache) {
 		guide__policy pol = {
 			.just_bought_ms = cfg->just_bought_days * 86400000LL,
@@ -1344,7 +1360,7 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 		/* Operations acknowledge an alarm once they have followed it up
 		 * (a quarantined file collected, drops explained). */
 		static const char *const codes[] = {"outbox_quarantined", "cache_quarantined", "outbox_full", "events_dropped",
-						    "subscribe_refused", "events_set_aside", "publish_refused"};
+						    "subscribe_refused", "events_set_aside", "publish_refused", "disk_full"};
 		const char *code = NULL;
 		int known = 0;
 		if (fleet__arg_str(cmd, "code", 1, 32, &code, err))
@@ -1869,6 +1885,7 @@ int sync__run(config *cfg_in, const char *level_override)
 			}
 			if (s.cache)
 				cache__checkpoint(s.cache);
+			keep_reserve(&s);
 			/* local history, shown lists, settled redemptions, receipts */
 			outbox__prune_activity(s.ob, platform__wall_ms() - cfg->activity_days * 86400000LL,
 					       platform__wall_ms());

@@ -232,6 +232,36 @@ int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino)
 	return 0;
 }
 
+int platform__reserve_file(const char *path, int64_t bytes)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0660);
+	if (fd < 0)
+		return -errno;
+	/* Blocks really taken now, so releasing them later frees that much
+	 * (a sparse file would free nothing). */
+	int e = posix_fallocate(fd, 0, (off_t)bytes);
+	if (e == EOPNOTSUPP || e == EINVAL) {
+		static char zero[65536];
+		e = 0;
+		for (int64_t done = 0; done < bytes && !e;) {
+			size_t n = bytes - done < (int64_t)sizeof(zero) ? (size_t)(bytes - done) : sizeof(zero);
+			ssize_t w = pwrite(fd, zero, n, (off_t)done);
+			if (w < 0)
+				e = errno;
+			else
+				done += w;
+		}
+	}
+	if (!e && fsync(fd) != 0)
+		e = errno;
+	close(fd);
+	if (e) {
+		unlink(path);
+		return -e;
+	}
+	return 0;
+}
+
 int platform__file_size(const char *path, int64_t *size)
 {
 	struct stat st;

@@ -79,6 +79,10 @@ int platform__lock_open(const char *path);
 int platform__lock_fd(int fd, int how);
 /* Identity (device, inode) of the file at path; -ENOENT if none. */
 int platform__file_id(const char *path, uint64_t *dev, uint64_t *ino);
+/* Make `path` a file of `bytes` bytes whose blocks are allocated (kept free
+ * space, released by unlinking it). 0 or -errno (-ENOSPC); nothing is left
+ * behind on failure. */
+int platform__reserve_file(const char *path, int64_t bytes);
 /* Size of a file in bytes. 0 or -errno (-ENOENT: no such file). */
 int platform__file_size(const char *path, int64_t *size);
 /* fsync a directory: the renames and links made in it survive a power cut. */

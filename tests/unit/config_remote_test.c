@@ -850,6 +850,7 @@ static const struct {
 	{"sync.window", CFG_LIVE, 1},
 	{"sync.ack_timeout_ms", CFG_LIVE, 1},
 	{"sync.verdict_query_s", CFG_LIVE, 1},
+	{"outbox.disk_reserve_bytes", CFG_LIVE, 0},
 	{"sync.backoff_min_ms", CFG_LIVE, 1},
 	{"sync.backoff_max_ms", CFG_LIVE, 1},
 	{"cache.enabled", CFG_RESTART, 1},
