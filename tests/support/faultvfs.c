@@ -72,6 +72,7 @@ static struct {
 	int persistent;
 	int powered_off;
 	int real_sync;
+	unsigned sync_delay_us;
 	char quota_dir[512];
 	int64_t quota;
 	char last_fault[700];
@@ -447,6 +448,15 @@ static int fv_sync(sqlite3_file *file, int flags)
 	fv_file *f = (fv_file *)file;
 	pthread_mutex_lock(&g.mu);
 	int rc = account(FAULTVFS_SYNC, f->path, 0, 0);
+	unsigned delay = g.sync_delay_us;
+	if (rc == 0 && delay) {
+		/* a disk's fsync takes time: let other threads queue meanwhile */
+		pthread_mutex_unlock(&g.mu);
+		usleep(delay);
+		pthread_mutex_lock(&g.mu);
+		if (g.powered_off) /* cut meanwhile: this sync never finished */
+			rc = SQLITE_IOERR_FSYNC;
+	}
 	if (rc == 0 && g.real_sync)
 		rc = f->real->pMethods->xSync(f->real, flags);
 	if (rc == SQLITE_OK && f->node)
@@ -760,6 +770,7 @@ void faultvfs_reset(void)
 	g.powered_off = 0;
 	g.quota_dir[0] = '\0';
 	g.quota = -1;
+	g.sync_delay_us = 0;
 	g.last_fault[0] = '\0';
 	g.cut_apply = 0;
 	g.cut_fn = NULL;
@@ -830,6 +841,13 @@ void faultvfs_real_sync(int on)
 {
 	pthread_mutex_lock(&g.mu);
 	g.real_sync = on;
+	pthread_mutex_unlock(&g.mu);
+}
+
+void faultvfs_sync_delay(unsigned us)
+{
+	pthread_mutex_lock(&g.mu);
+	g.sync_delay_us = us;
 	pthread_mutex_unlock(&g.mu);
 }
 

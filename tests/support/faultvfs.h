@@ -83,7 +83,8 @@ int faultvfs_install(int make_default);
 /* Make the shim (1) or the VFS it wraps (0) the default for new connections. */
 void faultvfs_set_default(int on);
 
-/* Disarm, clear the power cut, the quota and faultvfs_on_power_cut, zero
+/* Disarm, clear the power cut, the quota, the sync delay and
+ * faultvfs_on_power_cut, zero
  * the counters and forget every file (nothing is rewritten). Call with no
  * connection open through the shim. */
 void faultvfs_reset(void);
@@ -106,6 +107,10 @@ void faultvfs_set_quota(const char *dir, int64_t max_bytes);
 
 /* Whether xSync also syncs for real (default 0). */
 void faultvfs_real_sync(int on);
+/* Each successful xSync first sleeps `us` microseconds without holding the
+ * shim's mutex, as a disk's fsync would (group commit gets something to
+ * group). 0 (the default, and after faultvfs_reset): no delay. */
+void faultvfs_sync_delay(unsigned us);
 
 void faultvfs_get_counts(faultvfs_counts *out);
 /* One line about the first call the shim failed ("xSync #12 .../outbox.db-wal"),
