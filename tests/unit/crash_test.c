@@ -49,8 +49,13 @@
  *     salvage). Until the salvage reads past a damaged page this is a
  *     KNOWN HOLE, printed, not failed: SALVAGE_KEEPS_READABLE is the switch.
  *
- * `unit_crash` runs the shim's own tests, the clean cycle and the matrix
- * (every point of every default kind); `unit_crash EIO 37` replays one run
+ * A second scenario, group commit: four tills share one scrm_store and
+ * capture at once (the shim's fsync made slow so they queue), a fault in a
+ * group's transaction failing them all; same kinds, same checks, every
+ * GROUP_STRIDE-th point (the grouping, hence the points, vary by timing).
+ *
+ * `unit_crash` runs the shim's own tests, the clean cycle and both matrices;
+ * `unit_crash EIO 37` (or `unit_crash EIO 37 group`) replays one run
  * verbosely and keeps its directory. Environment: SCRM_CRASH_STRIDE=k (every
  * k-th point and the last; cross builds under qemu set it),
  * SCRM_CRASH_KINDS=EIO,POWER,... , SCRM_CRASH_VERBOSE=1, SCRM_CRASH_FORK=1,
@@ -74,6 +79,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -138,6 +144,7 @@ static struct {
 	int replay_kind;      /* -1: the full matrix */
 	int64_t replay_point;
 	int verbose, strict, stride, fork;
+	int group;        /* the scenario: 0 the cycle, 1 group commit */
 	int enabled[K_COUNT];
 	char current[64]; /* the run in progress, for a crash report */
 } opt = {.replay_kind = -1, .stride = 1};
@@ -148,14 +155,14 @@ static void report_crash(void)
 {
 	static const char a[] = "\nunit_crash: crashed during run [", b[] = "]: replay it with `unit_crash ",
 			  c[] = "`\n";
-	const char *sp = strchr(opt.current, ' ');
+	const char *clean = opt.group ? "group_commit_matrix" : "clean_cycle";
 	ssize_t w = write(2, a, sizeof(a) - 1);
 	w += write(2, opt.current, strlen(opt.current));
 	w += write(2, b, sizeof(b) - 1);
-	if (sp)
+	if (strncmp(opt.current, "clean", 5) != 0)
 		w += write(2, opt.current, strlen(opt.current));
 	else
-		w += write(2, "clean_cycle", 11);
+		w += write(2, clean, strlen(clean));
 	w += write(2, c, sizeof(c) - 1);
 	(void)w;
 }
@@ -353,31 +360,30 @@ static void shutdown_all(cycle *c)
 	note_peak(c);
 }
 
-/* One capture: odd ones are purchases (typed API, 4 lines), even ones member
- * scans (JSON API). The tag (order_id / member_id) finds a capture at
- * central when it has no receipt. */
-static void capture(cycle *c)
+/* Open the POS's store if it is not open. */
+static int pos_up(cycle *c)
 {
-	if (dead())
-		return;
-	int n = ++c->n;
-	int purchase = n % 2 == 1;
+	if (c->pos)
+		return SCRM_OK;
+	scrm_store_options o = {.device_id = DEV};
+	return scrm_store_open(c->store, &o, &c->pos);
+}
+
+/* Capture number n, a purchase (typed API, PURCHASE_LINES lines) or a member
+ * scan (JSON API). The tag (order_id / member_id) finds a capture at central
+ * when it has no receipt. Any thread, once the store is open. */
+static void capture_n(cycle *c, int n, int purchase)
+{
 	char tag[32];
 	scrm_receipt r;
-	int rc;
 
+	if (dead())
+		return;
 	memset(&r, 0, sizeof(r));
 	snprintf(tag, sizeof(tag), purchase ? "O-%04d" : "M-%04d", n);
 	logline(c->log, "T %d %s %s", n, purchase ? "purchase" : "member_scan", tag);
-	if (!c->pos) {
-		scrm_store_options o = {.device_id = DEV};
-		rc = scrm_store_open(c->store, &o, &c->pos);
-		if (rc) {
-			logline(c->log, "C %d %d - 0 %s", n, rc, scrm_errmsg());
-			return;
-		}
-	}
-	if (purchase) {
+	int rc = pos_up(c);
+	if (rc == SCRM_OK && purchase) {
 		static const char *const skus[PURCHASE_LINES] = {
 			"85123A-WHITE-HANGING-HEART-T-LIGHT", "71053-WHITE-METAL-LANTERN-LARGE",
 			"84406B-CREAM-CUPID-HEARTS-COAT-HANGER", "84029G-KNITTED-UNION-FLAG-HOT-WATER",
@@ -393,21 +399,31 @@ static void capture(cycle *c)
 		scrm_purchase p = {.order_id = tag, .lines = lines, .n_lines = PURCHASE_LINES, .total = total,
 				   .currency = "GBP", .payment = "card"};
 		rc = scrm_record_purchase(c->pos, &p, &r);
-	} else {
+	} else if (rc == SCRM_OK) {
 		char json[200];
 		int len = snprintf(json, sizeof(json),
 				   "{\"kind\":\"member_scan\",\"member_id\":\"%s\",\"method\":\"card\",\"guide_id\":\"g-07\"}",
 				   tag);
 		rc = scrm_record_json(c->pos, json, (size_t)len, &r);
 	}
-	/* The power went off during the call: the POS never saw its answer
-	 * (the capture stays "in flight", as in a forked child that died). */
-	if (dead())
+	/* A failure with the power off: the POS never saw that answer (the
+	 * capture stays "in flight", as in a forked child that died). A
+	 * success was committed before the cut: it must survive it. */
+	if (rc != SCRM_OK && dead())
 		return;
 	if (rc)
 		logline(c->log, "C %d %d - 0 %s", n, rc, scrm_errmsg());
 	else
 		logline(c->log, "C %d 0 %s %lld", n, r.event_id, (long long)r.seq);
+}
+
+/* The next capture of the cycle: odd ones purchases, even ones scans. */
+static void capture(cycle *c)
+{
+	if (dead())
+		return;
+	int n = ++c->n;
+	capture_n(c, n, n % 2 == 1);
 }
 
 /* The tag of an event body (order_id, else member_id). */
@@ -598,6 +614,60 @@ static void run_cycle(cycle *c)
 	mark(c, "both closed");
 }
 
+/* Group commit: GROUP_THREADS tills share one scrm_store and capture at
+ * once, so one transaction (one fsync) carries several of them and a fault
+ * there fails them all; the same promises hold for each. Not deterministic
+ * (how the captures group depends on timing), so the points of the clean
+ * run only approximate those of the next. */
+#define GROUP_THREADS 4
+#define GROUP_EACH 6
+
+#define GROUP_SYNC_US 2000 /* a slowish fsync, so the tills queue behind it */
+#define GROUP_STRIDE 3      /* every 3rd point (times SCRM_CRASH_STRIDE): the
+			     * points move from run to run anyway */
+
+typedef struct till {
+	cycle *c;
+	int t;
+	pthread_barrier_t *go;
+} till;
+
+static void *till_run(void *arg)
+{
+	till *w = arg;
+	pthread_barrier_wait(w->go);
+	for (int k = 0; k < GROUP_EACH; k++)
+		capture_n(w->c, 1 + w->t + GROUP_THREADS * k, k % 2 == 0);
+	return NULL;
+}
+
+static void run_group(cycle *c)
+{
+	pthread_t th[GROUP_THREADS];
+	till w[GROUP_THREADS];
+	pthread_barrier_t go;
+	daemon_up(c);
+	if (!dead())
+		pos_up(c); /* a failure shows in each capture */
+	mark(c, "opened");
+	faultvfs_sync_delay(GROUP_SYNC_US);
+	pthread_barrier_init(&go, NULL, GROUP_THREADS);
+	for (int t = 0; t < GROUP_THREADS; t++) {
+		w[t] = (till){.c = c, .t = t, .go = &go};
+		if (pthread_create(&th[t], NULL, till_run, &w[t]) != 0)
+			abort();
+	}
+	for (int t = 0; t < GROUP_THREADS; t++)
+		pthread_join(th[t], NULL);
+	pthread_barrier_destroy(&go);
+	faultvfs_sync_delay(0);
+	mark(c, "captured");
+	daemon_pass(c, 30, 12);
+	mark(c, "read all, acked 12");
+	shutdown_all(c);
+	mark(c, "both closed");
+}
+
 static void cut_exit(const char *what, void *ctx)
 {
 	cycle *c = ctx;
@@ -633,7 +703,10 @@ static void child_body(const char *store, const char *logpath, int kind, int64_t
 		faultvfs_on_power_cut(opt.fork ? cut_exit : NULL, &c,
 				      kind == K_TORN ? FAULTVFS_KEEP_PREFIX : FAULTVFS_DROP_UNSYNCED,
 				      (uint32_t)point * 2654435761u);
-	run_cycle(&c);
+	if (opt.group)
+		run_group(&c);
+	else
+		run_cycle(&c);
 	shutdown_all(&c); /* what a power cut left open */
 	char what[700];
 	faultvfs_last_fault(what, sizeof(what));
@@ -682,9 +755,9 @@ typedef struct run {
 static void run_label(const run *r, char *out, size_t cap)
 {
 	if (r->kind < 0)
-		snprintf(out, cap, "clean");
+		snprintf(out, cap, "clean%s", opt.group ? " group" : "");
 	else
-		snprintf(out, cap, "%s %lld", kinds[r->kind].name, (long long)r->point);
+		snprintf(out, cap, "%s %lld%s", kinds[r->kind].name, (long long)r->point, opt.group ? " group" : "");
 }
 
 static void failure(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1125,8 +1198,8 @@ static void run_one(int kind, int64_t point, run *r, totals *t)
 		print_message("  [%s] fault: %s\n", label, r->fault[0] ? r->fault : "(never fired)");
 	}
 	if (r->failures && kind >= 0)
-		print_message("  replay: %s %s %lld   (directory kept: %s)\n", opt.argv0, kinds[kind].name, (long long)point,
-			      dir);
+		print_message("  replay: %s %s %lld%s   (directory kept: %s)\n", opt.argv0, kinds[kind].name,
+			      (long long)point, opt.group ? " group" : "", dir);
 	else if (r->failures || opt.replay_kind >= 0)
 		print_message("  directory kept: %s\n", dir);
 	if (t) {
@@ -1299,10 +1372,11 @@ static void clean_cycle(void **state)
 	assert_true(ok >= 18);
 }
 
-static void fault_matrix(void **state)
+/* The clean run counts the points; then every point of every kind. */
+static void matrix(int group)
 {
-	(void)state;
 	crash_reports_on();
+	opt.group = group;
 	run *r = &the_run;
 	totals t;
 	memset(&t, 0, sizeof(t));
@@ -1312,23 +1386,25 @@ static void fault_matrix(void **state)
 	assert_int_equal(r->failures, 0);
 	assert_true(r->have_counts);
 	run clean = *r;
-	print_message("clean cycle: %lld reads, %lld writes, %lld truncates, %lld fsyncs (%lld write points),"
+	print_message("clean %s: %lld reads, %lld writes, %lld truncates, %lld fsyncs (%lld write points),"
 		      " store directory up to %lld bytes\n",
-		      (long long)clean.counts[0], (long long)clean.counts[1], (long long)clean.counts[2],
-		      (long long)clean.counts[3], (long long)clean.counts[4], (long long)clean.counts[5]);
+		      group ? "group commit" : "cycle", (long long)clean.counts[0], (long long)clean.counts[1],
+		      (long long)clean.counts[2], (long long)clean.counts[3], (long long)clean.counts[4],
+		      (long long)clean.counts[5]);
+	const int stride = opt.stride * (group ? GROUP_STRIDE : 1);
 	for (int k = 0; k < K_COUNT; k++) {
 		if (!opt.enabled[k])
 			continue;
 		int64_t n = points_of(k, &clean);
 		int64_t k0 = mono_ms();
 		int failed0 = t.failed_runs;
-		for (int64_t i = 1; i <= n; i += opt.stride) {
+		for (int64_t i = 1; i <= n; i += stride) {
 			run_one(k, i, r, &t);
-			if (i + opt.stride > n && i != n)
+			if (i + stride > n && i != n)
 				run_one(k, n, r, &t); /* always the last point */
 		}
 		print_message("%-6s %4lld points (stride %d): %d failed runs, %.1f s — %s\n", kinds[k].name, (long long)n,
-			      opt.stride, t.failed_runs - failed0, (double)(mono_ms() - k0) / 1000.0, kinds[k].what);
+			      stride, t.failed_runs - failed0, (double)(mono_ms() - k0) / 1000.0, kinds[k].what);
 	}
 	print_message("(cycles %.1f s, restarts and checks %.1f s; %d captures cut by the power during the call"
 		      " committed all the same)\n",
@@ -1337,7 +1413,22 @@ static void fault_matrix(void **state)
 		      " SALVAGE_KEEPS_READABLE when it no longer does), %d FAILED-BUT-COMMITTED captures%s\n",
 		      t.runs, (double)(mono_ms() - t0) / 1000.0, t.failed_runs, t.holes, t.failed_committed,
 		      opt.strict ? "" : " (SCRM_CRASH_STRICT=0: not failures)");
+	opt.group = 0;
 	assert_int_equal(t.failed_runs, 0);
+}
+
+static void fault_matrix(void **state)
+{
+	(void)state;
+	matrix(0);
+}
+
+/* The same kinds under group commit: a clean run, then every
+ * GROUP_STRIDE-th point. */
+static void group_commit_matrix(void **state)
+{
+	(void)state;
+	matrix(1);
 }
 
 static void replay(void **state)
@@ -1388,13 +1479,15 @@ int main(int argc, char **argv)
 			opt.enabled[k] = 1;
 		}
 	}
-	if (argc == 3) {
+	if (argc == 3 || (argc == 4 && strcmp(argv[3], "group") == 0)) {
 		char *end = NULL;
+		opt.group = argc == 4;
 		opt.replay_kind = kind_by_name(argv[1]);
 		errno = 0;
 		opt.replay_point = strtoll(argv[2], &end, 10);
 		if (opt.replay_kind < 0 || errno || !end || *end || opt.replay_point < 1) {
-			fprintf(stderr, "usage: %s [KIND POINT]   KIND: EIO FSYNC ENOSPC POWER TORN READ QUOTA\n", argv[0]);
+			fprintf(stderr, "usage: %s [KIND POINT [group]]   KIND: EIO FSYNC ENOSPC POWER TORN READ QUOTA\n",
+				argv[0]);
 			return 2;
 		}
 		opt.verbose = 1;
@@ -1406,6 +1499,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(shim_power_cut),
 		cmocka_unit_test(clean_cycle),
 		cmocka_unit_test(fault_matrix),
+		cmocka_unit_test(group_commit_matrix),
 	};
 	tu_select(argc, argv);
 	return cmocka_run_group_tests(tests, NULL, NULL);
