@@ -70,6 +70,7 @@ static struct {
 	int64_t nth, seen;
 	faultvfs_fault fault;
 	int persistent;
+	int die_after_fault, die_pending; /* faultvfs_die_after_fault */
 	int powered_off;
 	int real_sync;
 	unsigned sync_delay_us;
@@ -299,6 +300,20 @@ static void note_fault(unsigned c, const char *path, int64_t off, size_t len, in
 		 (long long)off, len, sqlite3_errstr(rc), why);
 }
 
+/* The power goes off (or the process dies): every later call fails; with
+ * faultvfs_on_power_cut, the files become what survives at once and the
+ * hook runs. Mutex held. */
+static void cut_locked(void)
+{
+	g.powered_off = 1;
+	g.counts.powered_off = 1;
+	if (g.cut_apply) {
+		apply_locked(g.cut_mode, g.cut_seed);
+		if (g.cut_fn)
+			g.cut_fn(g.last_fault, g.cut_ctx);
+	}
+}
+
 /* Count a call of class c; the error it must fail with, or 0. Mutex held. */
 static int account(unsigned c, const char *path, int64_t off, size_t len)
 {
@@ -323,6 +338,15 @@ static int account(unsigned c, const char *path, int64_t off, size_t len)
 		note_fault(c, path, off, len, rc, "power is off");
 		return rc;
 	}
+	if (g.die_pending && c != FAULTVFS_READ) {
+		/* faultvfs_die_after_fault: the process carried on after the
+		 * fault up to its next write; it dies there */
+		g.die_pending = 0;
+		int rc = error_code(c, FAULTVFS_EIO);
+		cut_locked();
+		g.counts.faults++;
+		return rc;
+	}
 	if (g.fault == FAULTVFS_NONE || !(g.mask & c))
 		return 0;
 	g.seen++;
@@ -330,16 +354,12 @@ static int account(unsigned c, const char *path, int64_t off, size_t len)
 		return 0;
 	int rc = error_code(c, g.fault);
 	if (g.fault == FAULTVFS_POWER_CUT) {
-		g.powered_off = 1;
-		g.counts.powered_off = 1;
 		note_fault(c, path, off, len, rc, "power cut");
-		if (g.cut_apply) {
-			apply_locked(g.cut_mode, g.cut_seed);
-			if (g.cut_fn)
-				g.cut_fn(g.last_fault, g.cut_ctx);
-		}
+		cut_locked();
 	} else {
 		note_fault(c, path, off, len, rc, g.fault == FAULTVFS_EIO ? "EIO injected" : "ENOSPC injected");
+		if (g.die_after_fault)
+			g.die_pending = 1;
 	}
 	return rc;
 }
@@ -768,6 +788,7 @@ void faultvfs_reset(void)
 	g.fault = FAULTVFS_NONE;
 	g.persistent = 0;
 	g.powered_off = 0;
+	g.die_after_fault = g.die_pending = 0;
 	g.quota_dir[0] = '\0';
 	g.quota = -1;
 	g.sync_delay_us = 0;
@@ -800,16 +821,18 @@ void faultvfs_disarm(void)
 void faultvfs_power_cut(void)
 {
 	pthread_mutex_lock(&g.mu);
-	g.powered_off = 1;
-	g.counts.powered_off = 1;
 	if (!g.last_fault[0])
 		snprintf(g.last_fault, sizeof(g.last_fault), "power cut after write-class call #%lld",
 			 (long long)g.counts.write_class);
-	if (g.cut_apply) {
-		apply_locked(g.cut_mode, g.cut_seed);
-		if (g.cut_fn)
-			g.cut_fn(g.last_fault, g.cut_ctx);
-	}
+	cut_locked();
+	pthread_mutex_unlock(&g.mu);
+}
+
+void faultvfs_die_after_fault(int on)
+{
+	pthread_mutex_lock(&g.mu);
+	g.die_after_fault = on;
+	g.die_pending = 0;
 	pthread_mutex_unlock(&g.mu);
 }
 
@@ -883,7 +906,9 @@ static int apply_locked(faultvfs_cut_mode mode, uint32_t seed)
 	uint32_t rnd = seed;
 	for (node **pp = &g.nodes; *pp;) {
 		node *n = *pp;
-		if (!n->deleted && n->n_ops && n->fd >= 0) {
+		if (mode == FAULTVFS_KEEP_ALL) {
+			drop_ops(n); /* a process crash: the kernel keeps every write */
+		} else if (!n->deleted && n->n_ops && n->fd >= 0) {
 			size_t keep = 0, torn = 0;
 			if (mode == FAULTVFS_KEEP_PREFIX) {
 				keep = next_rand(&rnd) % (n->n_ops + 1);

@@ -68,6 +68,7 @@ typedef enum faultvfs_fault {
 typedef enum faultvfs_cut_mode {
 	FAULTVFS_DROP_UNSYNCED = 0, /* none: each file is its durable image */
 	FAULTVFS_KEEP_PREFIX,       /* a random prefix per file, the last write maybe torn */
+	FAULTVFS_KEEP_ALL,          /* all: the process crashed, the kernel kept its writes */
 } faultvfs_cut_mode;
 
 typedef struct faultvfs_counts {
@@ -96,6 +97,12 @@ void faultvfs_arm(unsigned calls, int64_t nth, faultvfs_fault fault, int persist
 void faultvfs_disarm(void);
 /* Cut the power now. */
 void faultvfs_power_cut(void);
+/* After the armed EIO/ENOSPC fault fires, the process goes on until its
+ * next write-class call and dies there: that call and every later one fail
+ * as after a power cut (faultvfs_on_power_cut applies, FAULTVFS_KEEP_ALL for
+ * a crash that loses nothing the kernel had). Models "the fsync failed, the
+ * caller saw the error, then the process was killed". */
+void faultvfs_die_after_fault(int on);
 /* Whether the power is off (a cut happened, not yet applied): for wrappers
  * that make the code's own POSIX calls fail after a cut too. */
 int faultvfs_power_is_off(void);
