@@ -558,7 +558,7 @@ static void unlink_db(const char *path)
 static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 {
 	int64_t now = platform__wall_ms();
-	char old_dev[65] = "", dest[4200], tmp[4300], detail[2200];
+	char old_dev[65] = "", dest[4200], tmp[4300], wal[4310], detail[2200];
 	sqlite3 *old = NULL;
 	outbox t;
 	int64_t floor;
@@ -620,8 +620,8 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 	memset(&sr, 0, sizeof(sr));
 	/* Every row still readable, past damaged pages (salvage.h); a failure
 	 * here leaves the fresh file without them, never a half copy. */
-	if (old && salvage__copy(old, t.db, SALVAGE_QUARANTINE, dest, now, &sr) != SCRM_OK)
-		memset(&sr, 0, sizeof(sr));
+	if (old && (rc = salvage__copy(old, t.db, SALVAGE_QUARANTINE, dest, now, &sr)) != SCRM_OK)
+		goto out; /* never swap in a fresh file without what could be read: the next open starts over */
 	if (sr.max_seq >= floor)
 		floor = sr.max_seq + 1;
 	{
@@ -647,6 +647,14 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 		goto out;
 	}
 	t.db = NULL;
+	/* sqlite3_close() does not report a checkpoint it could not make (an
+	 * I/O error, a full disk): the fresh content is then still in the
+	 * -wal, which the rename below would leave behind (unit_crash EIO 313). */
+	snprintf(wal, sizeof(wal), "%s-wal", tmp);
+	if (access(wal, F_OK) == 0) {
+		rc = err__set(SCRM_E_IO, "outbox: cannot checkpoint %s: its -wal is still there", tmp);
+		goto out;
+	}
 	quarantine__close_detached(old);
 	old = NULL;
 	if ((rc = platform__fsync_dir(ob->dir)) != 0 || (rc = quarantine__move(ob->path, dest, 1)) != 0 ||

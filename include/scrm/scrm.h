@@ -165,7 +165,13 @@ typedef struct scrm_member_scan {
  * different content is refused with SCRM_E_CONFLICT ("order_id: ... was
  * already recorded ... with different content"), nothing written: a new sale
  * needs a new order_id. Receipts are kept 90 days; order_id and return_id
- * must be unique per device at least that long. */
+ * must be unique per device at least that long.
+ *
+ * When the commit itself fails (SCRM_E_IO: the disk refused the fsync) the
+ * outcome is unknown: the event may be on disk all the same and be sent
+ * after a restart. Retry the sale with the same order_id (return_id): if it
+ * was committed, the retry returns its receipt; if not, it records it now.
+ * Either way central gets it once. */
 SCRM_API int scrm_record_purchase(scrm_store *store, const scrm_purchase *p,
 				  scrm_receipt *receipt);
 SCRM_API int scrm_record_return(scrm_store *store, const scrm_return *r,
