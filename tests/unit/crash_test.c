@@ -1469,10 +1469,10 @@ static void matrix(int group)
 	print_message("(cycles %.1f s, restarts and checks %.1f s; %d captures cut by the power during the call"
 		      " committed all the same)\n",
 		      (double)t.cycle_ms / 1000.0, (double)t.check_ms / 1000.0, t.inflight_committed);
-	print_message("%d runs in %.1f s: %d failed, %d with a KNOWN HOLE (salvage lost readable events; flip"
-		      " SALVAGE_KEEPS_READABLE when it no longer does), %d FAILED-BUT-COMMITTED captures%s\n",
+	print_message("%d runs in %.1f s: %d failed, %d with salvage losing a readable event, %d FAILED-BUT-COMMITTED captures%s\n",
 		      t.runs, (double)(mono_ms() - t0) / 1000.0, t.failed_runs, t.holes, t.failed_committed,
-		      opt.strict ? "" : " (SCRM_CRASH_STRICT=1 fails them; scrm.h says a failure writes nothing)");
+		      opt.strict ? "" : " (an I/O error at commit leaves the outcome unknown, scrm.h: the sales among them"
+					" were retried and arrived once)");
 	opt.group = 0;
 	assert_int_equal(t.failed_runs, 0);
 }
