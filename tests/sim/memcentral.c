@@ -46,6 +46,8 @@ void memcentral__free(memcentral *c)
 		free(d->jumps);
 		free(d->conflicts);
 		free(d->violations);
+		free(d->orders);
+		free(d->order_map);
 	}
 	free(c->dev);
 	memset(c, 0, sizeof(*c));
@@ -109,6 +111,45 @@ static void map_put(memcentral_device *d, int64_t seq, size_t idx)
 	while (d->map[i])
 		i = (i + 1) & (d->map_cap - 1);
 	d->map[i] = idx + 1;
+}
+
+static uint64_t str_hash(const char *k)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 1099511628211ULL;
+	return h;
+}
+
+/* "Duplicate sales, second guard": add the sale's key; 0 if it was new,
+ * 1 if central already holds it. */
+static int order_seen(memcentral_device *d, const char *key)
+{
+	if (2 * (d->n_orders + 1) > d->order_map_cap) {
+		size_t ncap = d->order_map_cap ? d->order_map_cap * 2 : 64;
+		size_t *nm = calloc(ncap, sizeof(*nm));
+		if (!nm) {
+			fprintf(stderr, "memcentral: out of memory\n");
+			abort();
+		}
+		for (size_t k = 0; k < d->n_orders; k++) {
+			size_t i = (size_t)(str_hash(d->orders[k]) & (ncap - 1));
+			while (nm[i])
+				i = (i + 1) & (ncap - 1);
+			nm[i] = k + 1;
+		}
+		free(d->order_map);
+		d->order_map = nm;
+		d->order_map_cap = ncap;
+	}
+	size_t i = (size_t)(str_hash(key) & (d->order_map_cap - 1));
+	for (; d->order_map[i]; i = (i + 1) & (d->order_map_cap - 1))
+		if (strcmp(d->orders[d->order_map[i] - 1], key) == 0)
+			return 1;
+	d->orders = grow(d->orders, &d->cap_orders, d->n_orders + 1, sizeof(*d->orders));
+	snprintf(d->orders[d->n_orders], sizeof(d->orders[0]), "%s", key);
+	d->order_map[i] = ++d->n_orders;
+	return 0;
 }
 
 /* An int64 from a JSON number that is an integer in [0, 2^53]. */
@@ -317,10 +358,22 @@ static void settle_new(memcentral *c, memcentral_device *d, const cJSON *ev, int
 		d->n_rejected++;
 		ack_reject(a, seq, r->reason);
 	} else {
-		if (marker)
+		const cJSON *body = cJSON_GetObjectItemCaseSensitive(ev, "body");
+		const char *order = strcmp(r->kind, "purchase") == 0 ? str_field(body, "order_id") :
+				    strcmp(r->kind, "return") == 0 ? str_field(body, "return_id") : NULL;
+		char key[80];
+		snprintf(key, sizeof(key), "%s:%s", r->kind, order ? order : "");
+		if (!marker && order && order_seen(d, key)) {
+			/* "an event with a new seq but a key central already holds
+			 * is kept aside, acknowledged, alerted, and not counted as
+			 * a sale" */
+			r->type = MC_DUPLICATE_ORDER;
+			d->n_duplicate_orders++;
+		} else if (marker) {
 			d->n_markers++;
-		else
+		} else {
 			d->n_new++;
+		}
 		ack_seq(a, seq);
 	}
 	if (late) {

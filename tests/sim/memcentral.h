@@ -6,7 +6,7 @@
  * reference central (tests/central), which is more lenient. Per device it
  * keeps `contiguous`, every settled seq (stored event, set-aside marker,
  * rejected event), the jumps it made (`base` gaps, `after` step-overs), the
- * conflicts it kept aside and the protocol violations it saw (an event
+ * conflicts and duplicate sales it kept aside and the protocol violations it saw (an event
  * stored below `contiguous` that central did not hold and that is not
  * marked "recovered": the device claimed something it did not have).
  *
@@ -25,7 +25,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum memcentral_settled { MC_STORED, MC_MARKER, MC_REJECTED };
+enum memcentral_settled {
+	MC_STORED,
+	MC_MARKER,
+	MC_REJECTED,
+	MC_DUPLICATE_ORDER, /* a new seq with an order_id / return_id already held: kept aside, acked, not a sale */
+};
 
 typedef struct memcentral_record {
 	int64_t seq;
@@ -56,7 +61,11 @@ typedef struct memcentral_device {
 	size_t n_conflicts, cap_conflicts;
 	int64_t *violations; /* seqs stored below contiguous, not held, not recovered */
 	size_t n_violations, cap_violations;
-	int64_t n_batches, n_new, n_markers, n_dup, n_rejected, n_late, n_holes, n_unackable;
+	char (*orders)[80]; /* "purchase:<order_id>", "return:<return_id>" held */
+	size_t n_orders, cap_orders;
+	size_t *order_map; /* open addressing: hash -> index + 1 into orders */
+	size_t order_map_cap;
+	int64_t n_batches, n_new, n_markers, n_dup, n_rejected, n_late, n_holes, n_unackable, n_duplicate_orders;
 } memcentral_device;
 
 typedef struct memcentral_opts {

@@ -429,10 +429,12 @@ static void capture(struct sim *s, int concurrent)
 	char *body = malloc(pad + 128);
 	if (!body)
 		abort();
-	int n = snprintf(body, 128, "{\"ref\":\"%016llx\",\"%s\":\"x-%lld\",\"pad\":\"",
-			 (unsigned long long)rng_next(&s->r),
+	/* ref: the checker's token for this body; order_id / return_id
+	 * unique per sale, as the POS makes them */
+	unsigned long long ref = (unsigned long long)rng_next(&s->r);
+	int n = snprintf(body, 128, "{\"ref\":\"%016llx\",\"%s\":\"x-%llx\",\"pad\":\"", ref,
 			 kind == MO_PURCHASE || kind == MO_COUPON_REDEEM ? "order_id" : kind == MO_RETURN ? "return_id" : "member_id",
-			 (long long)s->now);
+			 ref);
 	memset(body + n, 'a', pad);
 	memcpy(body + (size_t)n + pad, "\"}", 3);
 	int64_t seq = memoutbox__capture(&s->ob, kind, NULL, WALL0 + s->now, s->now, 1, body, damage);
@@ -1143,6 +1145,8 @@ static void check_end(struct sim *s)
 				fail(s, "%s seq %lld acknowledged, but central does not hold it: lost", kind, q);
 			else if (r->type == MC_REJECTED)
 				fail(s, "%s seq %lld rejected by central but deleted as acknowledged", kind, q);
+			else if (r->type == MC_DUPLICATE_ORDER)
+				fail(s, "%s seq %lld, captured once, kept aside by central as a duplicate sale", kind, q);
 			else if (r->type == MC_MARKER && !e->aside)
 				fail(s, "central settled %s seq %lld with a set-aside marker, but it was never set aside", kind, q);
 			else if (r->type == MC_STORED && (strcmp(r->kind, kind) != 0 || strncmp(r->ref, e->body + 8, 16) != 0))
