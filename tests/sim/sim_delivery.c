@@ -23,7 +23,8 @@
  *     optionally a crash between store and ack), agent restarts with a
  *     quarantined outbox (some events hidden, the seq counter jumped) and
  *     the hidden events recovered later with "recovered":true, a lowered
- *     broker packet limit, flush commands;
+ *     broker packet limit, flush commands, settings reloaded with batches
+ *     in flight (a smaller window keeps them), batch id failures;
  *   - a quiet phase: no faults, one consumer, FIFO links. Everything must
  *     then be delivered within a bound (see progress_bound()).
  *
@@ -181,6 +182,8 @@ enum fault {
 	F_LIMIT_LOWERED,
 	F_FLUSH,
 	F_CENTRAL_REJECT,
+	F_RECONFIGURE,
+	F_BATCH_ID_FAIL,
 	F_N
 };
 
@@ -190,6 +193,7 @@ static const char *const fault_names[F_N] = {
 	"ack_delete_fail", "reject_fail",   "link_lost",  "broker_restart", "central_restart",
 	"crash_after_store", "agent_restart", "quarantine", "evicted",     "unreadable",
 	"too_big",      "concurrent_capture", "limit_lowered", "flush",    "central_reject",
+	"reconfigure",  "batch_id_fail",
 };
 
 struct totals {
@@ -211,7 +215,8 @@ struct params {
 	int p_ack_lost, p_ack_dup, p_ack_delay;
 	int p_read_fail, p_oldest_fail, p_ack_fail, p_reject_fail;
 	int p_unreadable, p_big, p_crash_after_store, p_concurrent, p_notify_lost;
-	int n_link_drops, n_broker_restarts, n_central_restarts, n_agent_restarts, n_evictions, n_flushes;
+	int n_link_drops, n_broker_restarts, n_central_restarts, n_agent_restarts, n_evictions, n_flushes, n_reconfigures;
+	int p_batch_id_fail;
 	int limit_changes;
 	int bursts; /* captures come in this many bursts, 0 = spread evenly */
 	int64_t latency_max;
@@ -235,11 +240,12 @@ enum ev_type {
 	EV_RECOVER,
 	EV_IDLE,
 	EV_QUIET,
+	EV_RECONFIGURE,
 };
 
 static const char *const ev_names[] = {"capture", "batch", "ack_send", "ack", "link_lost", "connected", "subscribed",
 				       "broker_restart", "central_restart", "agent_restart", "evict", "flush",
-				       "recover", "idle", "quiet"};
+				       "recover", "idle", "quiet", "reconfigure"};
 
 struct sev {
 	int64_t t;
@@ -334,6 +340,8 @@ struct sim {
 	sbuf ackbuf;
 	/* figures of this schedule */
 	int64_t batch_counter, extra_captures, captures_left;
+	int win_allow;          /* batches the window may hold: more than `window` after it shrank */
+	int64_t max_ack_timeout; /* the longest ack timeout in force so far */
 	int64_t read_seqs[SIM_MAX_BATCH_EVENTS]; /* the last outbox read's seqs */
 	size_t n_read;
 	int limit_changes_left;
@@ -502,6 +510,10 @@ static int64_t io_wall(void *ctx)
 static int io_batch_id(void *ctx, int64_t wall_ms, char out[37])
 {
 	struct sim *s = ((memoutbox *)ctx)->hook_ctx;
+	if (faulty(s, s->p.p_batch_id_fail, F_BATCH_ID_FAIL)) {
+		trace(s, "  batch id: random source fails (injected)");
+		return err__set(SCRM_E_CRYPTO, "batch id: injected failure");
+	}
 	uint64_t n = (uint64_t)++s->batch_counter;
 	snprintf(out, 37, "%08llx-%04llx-7%03llx-9%03llx-%012llx", (unsigned long long)((uint64_t)wall_ms >> 16 & 0xffffffffULL),
 		 (unsigned long long)((uint64_t)wall_ms & 0xffff), (unsigned long long)(s->seed & 0xfff),
@@ -689,8 +701,11 @@ static int in_window(const struct win_snap *w, const char *id)
 static void check_window(struct sim *s)
 {
 	const delivery *d = &s->dl;
-	if (d->nwin < 0 || d->nwin > d->set.window)
-		fail(s, "window holds %d batches, limit %d", d->nwin, d->set.window);
+	/* "A window made smaller keeps the batches already in flight" */
+	if (d->nwin <= d->set.window)
+		s->win_allow = d->set.window;
+	if (d->nwin < 0 || d->nwin > s->win_allow)
+		fail(s, "window holds %d batches, limit %d", d->nwin, s->win_allow);
 	for (int i = 1; i < d->nwin; i++)
 		if (d->win[i].first <= d->win[i - 1].last)
 			fail(s, "window batches overlap or out of order");
@@ -901,6 +916,8 @@ static void draw(struct sim *s)
 	MAYBE(n_evictions, 1, 6);
 	MAYBE(n_flushes, 1, 3);
 	MAYBE(limit_changes, 1, 3);
+	MAYBE(n_reconfigures, 1, 3);
+	MAYBE(p_batch_id_fail, 5, 50);
 #undef MAYBE
 }
 
@@ -915,11 +932,13 @@ static void describe(const struct sim *s)
 	       (long long)p->cap_bytes, p->two_consumers ? 2 : 1, p->recovery, p->coalesce_gaps, p->reject_permille, p->bursts);
 	printf("  faults ‰: publish=%d batch lost/dup/delay=%d/%d/%d ack lost/dup/delay=%d/%d/%d read=%d oldest=%d "
 	       "delete=%d reject=%d unreadable=%d big=%d crash=%d concurrent=%d; link_drops=%d broker_restarts=%d "
-	       "central_restarts=%d agent_restarts=%d evictions=%d flushes=%d limit_changes=%d\n",
+	       "central_restarts=%d agent_restarts=%d evictions=%d flushes=%d limit_changes=%d reconfigures=%d "
+	       "batch_id=%d\n",
 	       p->p_pub_fail, p->p_batch_lost, p->p_batch_dup, p->p_batch_delay, p->p_ack_lost, p->p_ack_dup,
 	       p->p_ack_delay, p->p_read_fail, p->p_oldest_fail, p->p_ack_fail, p->p_reject_fail, p->p_unreadable,
 	       p->p_big, p->p_crash_after_store, p->p_concurrent, p->n_link_drops, p->n_broker_restarts,
-	       p->n_central_restarts, p->n_agent_restarts, p->n_evictions, p->n_flushes, p->limit_changes);
+	       p->n_central_restarts, p->n_agent_restarts, p->n_evictions, p->n_flushes, p->limit_changes,
+	       p->n_reconfigures, p->p_batch_id_fail);
 }
 
 static void plan(struct sim *s)
@@ -945,6 +964,8 @@ static void plan(struct sim *s)
 		schedule(s, rng_range(r, 1, p->fault_ms), EV_EVICT, 0, 0, NULL, 0);
 	for (int i = 0; i < p->n_flushes; i++)
 		schedule(s, rng_range(r, 1, p->fault_ms), EV_FLUSH, 0, 0, NULL, 0);
+	for (int i = 0; i < p->n_reconfigures; i++)
+		schedule(s, rng_range(r, 1, p->fault_ms), EV_RECONFIGURE, 0, 0, NULL, 0);
 	schedule(s, IDLE_MS, EV_IDLE, 0, 0, NULL, 0);
 	schedule(s, p->fault_ms + 1, EV_QUIET, 0, 0, NULL, 0);
 	/* the device starts: connect, subscribe */
@@ -972,8 +993,7 @@ static int64_t progress_bound(const struct sim *s)
 	int64_t backlog = (int64_t)s->ob.n_pending + (int64_t)memoutbox__hidden_count(&s->ob);
 	int64_t rtt = 2 * QUIET_LATENCY_MS + 2;
 	int64_t rounds = backlog / s->p.set.window + 2;
-	int64_t b = RECONNECT_MAX_MS + SUBSCRIBE_MAX_MS + 3 * s->p.set.ack_timeout_ms + 2 * s->p.set.ack_timeout_ms +
-		    IDLE_MS + rounds * rtt;
+	int64_t b = RECONNECT_MAX_MS + SUBSCRIBE_MAX_MS + 5 * s->max_ack_timeout + IDLE_MS + rounds * rtt;
 	return 2 * b + 1000;
 }
 
@@ -1093,6 +1113,25 @@ static void handle(struct sim *s, struct sev *e)
 		delivery__pump(&s->dl);
 		schedule(s, s->now + IDLE_MS, EV_IDLE, 0, 0, NULL, 0);
 		break;
+	case EV_RECONFIGURE: {
+		/* SIGHUP or a fleet config.set: new sync.* settings, batches
+		 * in flight kept */
+		delivery__settings *set = &s->p.set;
+		count(s, F_RECONFIGURE);
+		set->window = (int)rng_range(&s->r, 1, 8);
+		set->batch_max_events = (size_t)rng_log(&s->r, 1, SIM_MAX_BATCH_EVENTS);
+		set->batch_max_bytes = (size_t)rng_log(&s->r, 512, 16384);
+		set->ack_timeout_ms = rng_log(&s->r, 20, 5000);
+		if (set->ack_timeout_ms > s->max_ack_timeout)
+			s->max_ack_timeout = set->ack_timeout_ms;
+		delivery__configure(&s->dl, set);
+		if (s->dl.nwin > s->win_allow)
+			s->win_allow = s->dl.nwin;
+		trace(s, "  window=%d batch_max_events=%zu batch_max_bytes=%zu ack_timeout_ms=%lld (%d in flight)", set->window,
+		      set->batch_max_events, set->batch_max_bytes, (long long)set->ack_timeout_ms, s->dl.nwin);
+		delivery__pump(&s->dl);
+		break;
+	}
 	case EV_QUIET:
 		s->quiet = 1;
 		s->quiet_at = s->now;
@@ -1222,6 +1261,8 @@ static int run(uint64_t seed, int verbose, int recovery_gap_acks, struct totals 
 	sbuf__init(&s->ackbuf);
 	s->extra_captures = s->p.n_captures / 2 + 1;
 	s->limit_changes_left = s->p.set.max_payload ? s->p.limit_changes : 0;
+	s->win_allow = s->p.set.window;
+	s->max_ack_timeout = s->p.set.ack_timeout_ms;
 	device_start(s);
 	plan(s);
 
