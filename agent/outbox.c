@@ -2017,6 +2017,25 @@ static void put_marker_damaged(sbuf *out, sqlite3_stmt *st)
 	sbuf__putc(out, '}');
 }
 
+/* A marker larger than the broker takes (a tiny Maximum Packet Size, a
+ * 16-digit seq after a quarantine): only seq and the reason, rewritten in
+ * place from `at`, so the marker itself can never hold up the queue. */
+static void put_marker_bare(sbuf *out, sqlite3_stmt *st, size_t at)
+{
+	char reason[40] = "unreadable";
+	cJSON *o = cJSON_Parse((const char *)sqlite3_column_text(st, 8)); /* our own json_object() */
+	const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "reason");
+	if (cJSON_IsString(r))
+		snprintf(reason, sizeof(reason), "%s", r->valuestring);
+	cJSON_Delete(o);
+	out->len = at;
+	sbuf__puts(out, "{\"seq\":");
+	sbuf__i64(out, sqlite3_column_int64(st, 0));
+	sbuf__puts(out, ",\"set_aside\":{\"reason\":");
+	sbuf__jstr(out, reason);
+	sbuf__puts(out, sqlite3_column_int(st, 9) == 1 ? "},\"recovered\":true}" : "}}");
+}
+
 static int read_batch_once(outbox *ob, int64_t after_seq, size_t max_events, size_t max_bytes, size_t hard_bytes,
 			   sbuf *out, size_t *count, int64_t *last_seq, int64_t *first_seq)
 {
@@ -2052,6 +2071,8 @@ again:
 			out->len = mark;
 		else
 			put_event(out, st);
+		if (aside && hard_bytes && out->len - mark - (n ? 1 : 0) > hard_bytes)
+			put_marker_bare(out, st, mark + (n ? 1 : 0));
 		if (!why && !aside && hard_bytes && out->len - mark - (n ? 1 : 0) > hard_bytes) {
 			/* Larger than the broker takes even alone: it would close
 			 * the connection on every try and hold up the queue. */

@@ -1332,7 +1332,6 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	size_t na = 0, nr = 0, n, idx = 0;
 	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0, n_aside = 0, n_dup_orders = 0, n_late = 0;
 	uint64_t n_violations = 0;
-	int prev_acked = 0; /* the event before this one in the batch was acked */
 	int64_t now = wall_ms();
 	int64_t contiguous = 0, base = 0, resend_from = 0, after = -1, prev;
 	int in_tx = 0;
@@ -1437,7 +1436,6 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		if (!cJSON_IsObject(ev) ||
 		    json_int64(cJSON_GetObjectItemCaseSensitive(ev, "seq"), &seq) != 0 || seq < 1) {
 			n_unackable++;
-			prev_acked = 0;
 			if (peer_warns_left())
 				log_at(LVL_WARN, "event without a valid seq ignored",
 				       "tenant=%s store=%s device=%s batch=%s index=%zu", id.tenant, id.store,
@@ -1466,20 +1464,18 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 		if (seq == contiguous + 1)
 			contiguous = seq;
 		prev = seq;
-		/* The acked ranges: consecutive seqs, and with `after` also the
-		 * seqs between two consecutive events of the batch, which the
-		 * device says it does not hold (protocol.md). Anything not acked
-		 * in between (rejected, unackable) breaks the range. */
+		/* The acked ranges: consecutive seqs only. Never over a seq
+		 * central does not hold, even one `after` says the device does
+		 * not hold: it may hold it again by the time the ack arrives (an
+		 * event recovered from a quarantined file), and an ack deletes. */
 #define ACK_SEQ(q)                                                                                  \
 	do {                                                                                        \
-		if (na > 0 && (q) > acked[na - 1][1] &&                                             \
-		    ((q) == acked[na - 1][1] + 1 || (after >= 0 && prev_acked)))                   \
+		if (na > 0 && (q) == acked[na - 1][1] + 1)                                          \
 			acked[na - 1][1] = (q);                                                     \
 		else {                                                                              \
 			acked[na][0] = acked[na][1] = (q);                                          \
 			na++;                                                                       \
 		}                                                                                   \
-		prev_acked = 1;                                                                     \
 	} while (0)
 		const cJSON *aside = cJSON_GetObjectItemCaseSensitive(ev, "set_aside");
 		if (aside) {
@@ -1532,7 +1528,6 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 			rej[nr].seq = seq;
 			snprintf(rej[nr].reason, sizeof rej[nr].reason, "%s", reason);
 			nr++;
-			prev_acked = 0;
 			if (peer_warns_left())
 				log_at(LVL_WARN, "event rejected",
 				       "tenant=%s store=%s device=%s seq=%" PRId64 " reason=%s",

@@ -452,6 +452,15 @@ static void a_poison_event_is_set_aside(void **state)
 	sbuf__free(&out);
 	assert_int_equal(outbox__set_aside_count(f->ob, &n), SCRM_OK);
 	assert_int_equal(n, 6);
+	/* a broker limit below even a marker's size: the bare marker, seq and
+	 * reason (the simulator found a 16-digit seq's marker over a tiny
+	 * limit wedging the queue) */
+	sbuf__init(&out);
+	assert_int_equal(outbox__read_batch(f->ob, 4, 100, 1 << 20, 60, &out, &cnt, &last, &first), SCRM_OK);
+	assert_int_equal(cnt, 6);
+	assert_non_null(strstr(out.p, "{\"seq\":5,\"set_aside\":{\"reason\":\"unreadable\"}}"));
+	assert_null(strstr(out.p, "\"detail\""));
+	sbuf__free(&out);
 }
 
 int main(int argc, char **argv)
