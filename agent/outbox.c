@@ -95,6 +95,7 @@ struct outbox {
 	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
 	unsigned generation;    /* files this handle has followed (outbox__generation) */
 	int reserve_released;   /* released by this handle, disk_full not raised yet */
+	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
 		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
@@ -327,7 +328,6 @@ static const char schema_v6[] =
 	"CREATE TABLE IF NOT EXISTS orders("
 	" kind TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, wall_ms INTEGER NOT NULL,"
 	" digest BLOB NOT NULL, PRIMARY KEY(kind, key)) WITHOUT ROWID;"
-	"CREATE INDEX IF NOT EXISTS orders_time ON orders(wall_ms);"
 	"CREATE TABLE IF NOT EXISTS recovered("
 	" seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, recovered_ms INTEGER NOT NULL);"
 	"PRAGMA user_version = 6;";
@@ -491,7 +491,8 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->rej_reason, "DELETE FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM usage WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
-					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes')")) ||
+					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
+					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes')")) ||
 	    (rc = prep(ob, &ob->evict, "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox"
 				       " WHERE kind NOT IN " PAID_KINDS " AND seq < ?1 ORDER BY " EVICT_CLASS ", seq")) ||
 	    (rc = prep(ob, &ob->evict_del, "DELETE FROM outbox WHERE seq = ?1")) ||
@@ -503,7 +504,7 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 					  " detail = excluded.detail")) ||
 	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = "
 					   ORDER_KEY("?1", "?2"))) ||
-	    (rc = prep(ob, &ob->order_put, "INSERT OR REPLACE INTO orders(kind, key, seq, id, wall_ms, digest)"
+	    (rc = prep(ob, &ob->order_put, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
 					   " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT " ORDER_KEY("?1", "?2") " AS k)"
 					   " WHERE k IS NOT NULL")))
 		return rc;
@@ -902,6 +903,7 @@ static int read_limits(outbox *ob, int64_t *max, int64_t *reserve)
 		return rc;
 	}
 	limits_of(ob->limits, 0, max, reserve);
+	ob->disk_reserve = sqlite3_column_int64(ob->limits, 2);
 	sqlite3_reset(ob->limits);
 	return SCRM_OK;
 }
@@ -1234,15 +1236,11 @@ static int64_t wal_growth(outbox *ob)
  * gone, and the disk has less than that left: the disk is nearly full. */
 static int disk_nearly_full(outbox *ob)
 {
-	sqlite3_stmt *st = NULL;
-	int64_t want = 0, avail = 0, total = 0;
-	if (access(ob->reserve, F_OK) == 0)
+	int64_t avail = 0, total = 0;
+	/* after read_limits: no reserve wanted, no system calls */
+	if (ob->disk_reserve <= 0 || access(ob->reserve, F_OK) == 0)
 		return 0;
-	if (sqlite3_prepare_v2(ob->db, "SELECT v FROM settings WHERE k = 'disk_reserve_bytes'", -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		want = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	return want > 0 && platform__disk_space(ob->dir, &avail, &total) == 0 && avail < want;
+	return platform__disk_space(ob->dir, &avail, &total) == 0 && avail < ob->disk_reserve;
 }
 
 /* The receipt of a sale this device already recorded under r's order_id
@@ -1285,6 +1283,21 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[32]
 	}
 	sqlite3_reset(st);
 	return SCRM_OK;
+}
+
+/* Take back the receipt recorded for a row then refused for room. */
+static int order_forget(outbox *ob, const outbox__row *r)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db, "DELETE FROM orders WHERE kind = ?1 AND key = " ORDER_KEY("?1", "?2"), -1, &st,
+				    NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, "prepare receipt removal");
+	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : fail(ob, rc, "remove a receipt");
 }
 
 /* Insert rows inside an open write transaction, each decided on its own
@@ -1331,10 +1344,26 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		 * crash) gets its first receipt back, before anything else could
 		 * be evicted or refused for it. */
 		if (keyed) {
-			int found;
+			/* The receipt first, for the seq this row would get: one
+			 * insert in the usual case; a conflict means a retry (or
+			 * another sale under the same key). Taken back below if
+			 * the row is refused for room. */
+			int found = 0;
 			if (mbedtls_sha256_ret((const unsigned char *)r->body, r->body_len, digest, 0) != 0)
 				return err__set(SCRM_E_CRYPTO, "outbox: cannot hash the event");
-			if ((rc = order_find(ob, r, digest, &found)))
+			sqlite3_stmt *op = ob->order_put;
+			sqlite3_reset(op);
+			sqlite3_bind_text(op, 1, r->kind, -1, SQLITE_STATIC);
+			sqlite3_bind_text(op, 2, r->body, (int)r->body_len, SQLITE_STATIC);
+			sqlite3_bind_int64(op, 3, next);
+			sqlite3_bind_text(op, 4, r->id, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(op, 5, r->wall_ms);
+			sqlite3_bind_blob(op, 6, digest, ORDER_DIGEST_BYTES, SQLITE_STATIC);
+			rc = sqlite3_step(op);
+			sqlite3_reset(op);
+			if (rc != SQLITE_DONE)
+				return fail(ob, rc, "record the receipt");
+			if (sqlite3_changes(ob->db) == 0 && (rc = order_find(ob, r, digest, &found)))
 				return rc;
 			if (found)
 				continue;
@@ -1372,7 +1401,8 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 				r->refused = SCRM_E_DISK_FULL;
 				r->why = ob->full_msg;
 				if ((rc = exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
-				    (rc = raise_alarm(ob, "outbox_full", ob->full_msg, now)))
+				    (rc = raise_alarm(ob, "outbox_full", ob->full_msg, now)) ||
+				    (keyed && (rc = order_forget(ob, r))))
 					return rc;
 			} else {
 				snprintf(ob->drop_msg, sizeof(ob->drop_msg),
@@ -1407,20 +1437,6 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			return rc;
 		}
 		sqlite3_reset(st);
-		if (keyed) {
-			st = ob->order_put;
-			sqlite3_reset(st);
-			sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
-			sqlite3_bind_int64(st, 3, r->seq);
-			sqlite3_bind_text(st, 4, r->id, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(st, 5, r->wall_ms);
-			sqlite3_bind_blob(st, 6, digest, ORDER_DIGEST_BYTES, SQLITE_STATIC);
-			rc = sqlite3_step(st);
-			sqlite3_reset(st);
-			if (rc != SQLITE_DONE)
-				return fail(ob, rc, "record the receipt");
-		}
 		/* Triggers may have grown the body (attribution). */
 		if ((rc = read_usage(ob, &used)))
 			return rc;
@@ -2336,6 +2352,8 @@ int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 		"DELETE FROM member_activity WHERE wall_ms < ?1",
 		"DELETE FROM reco_shown WHERE shown_ms < ?1",
 		"DELETE FROM redemptions WHERE reserved_ms < ?1 AND verdict IS NOT NULL",
+		/* no index on wall_ms (one more page written per sale): a scan of
+		 * 90 days of receipts, at idle */
 		"DELETE FROM orders WHERE wall_ms < ?1",
 	};
 	const int64_t day = 86400000;
