@@ -1775,6 +1775,29 @@ static int verdict_once(outbox *ob, const char *id, const char *verdict, const c
 	return rc == SQLITE_ROW ? SCRM_OK : err__set(SCRM_E_NOT_FOUND, "redemption: no redemption %s on this device", id);
 }
 
+/* One JSON document a query builds (its first column), into `out` (reset
+ * first); `bind` >= 0 is bound as ?1; *n (may be NULL) = its second column. */
+static int query_json(outbox *ob, const char *sql, int bind, sbuf *out, int64_t *n, const char *what)
+{
+	sqlite3_stmt *st = NULL;
+	sbuf__reset(out);
+	follow(ob);
+	int rc = sqlite3_prepare_v2(ob->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return fail(ob, rc, what);
+	if (bind >= 0)
+		sqlite3_bind_int(st, 1, bind);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
+		if (n)
+			*n = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW)
+		return fail(ob, rc, what);
+	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
 int outbox__set_aside_count(outbox *ob, int64_t *n)
 {
 	sqlite3_stmt *st = NULL;
@@ -1790,84 +1813,44 @@ int outbox__set_aside_count(outbox *ob, int64_t *n)
 
 int outbox__set_aside_list(outbox *ob, sbuf *out)
 {
-	sqlite3_stmt *st = NULL;
-	int rc;
-	sbuf__reset(out);
-	follow(ob);
 	/* The stored bytes may not be text or JSON any more: the body goes out
 	 * as a JSON string of what can be shown (invalid UTF-8 replaced). */
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT json_group_array(json_object('seq', seq, 'id', CAST(id AS TEXT), 'kind', CAST(kind AS TEXT),"
-				" 'wall_ms', wall_ms, 'reason', reason, 'detail', detail, 'set_aside_ms', set_aside_ms,"
-				" 'bytes', length(body), 'body', CAST(body AS TEXT))) FROM (SELECT * FROM dead_letter ORDER BY seq)",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return fail(ob, rc, "prepare set-aside list");
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	if (rc != SQLITE_ROW)
-		return fail(ob, rc, "read set-aside events");
-	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+	return query_json(ob,
+			  "SELECT json_group_array(json_object('seq', seq, 'id', CAST(id AS TEXT), 'kind', CAST(kind AS TEXT),"
+			  " 'wall_ms', wall_ms, 'reason', reason, 'detail', detail, 'set_aside_ms', set_aside_ms,"
+			  " 'bytes', length(body), 'body', CAST(body AS TEXT))) FROM (SELECT * FROM dead_letter ORDER BY seq)",
+			  -1, out, NULL, "read set-aside events");
 }
 
 int outbox__pending_verdicts(outbox *ob, int max, sbuf *out, int *n)
 {
-	sqlite3_stmt *st = NULL;
-	int rc;
-	sbuf__reset(out);
-	*n = 0;
-	follow(ob);
+	int64_t count = 0;
 	/* Central holds the event (acknowledged: no longer pending, not
 	 * rejected, not set aside) yet no verdict was recorded here. */
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT json_group_array(id), count(*) FROM (SELECT id FROM redemptions r WHERE verdict IS NULL"
-				" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.seq)"
-				" AND NOT EXISTS (SELECT 1 FROM rejected j WHERE j.seq = r.seq)"
-				" AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = r.seq)"
-				" ORDER BY reserved_ms, seq LIMIT ?1)",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return fail(ob, rc, "prepare pending verdicts");
-	sqlite3_bind_int(st, 1, max > 0 ? max : 100);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
-		*n = sqlite3_column_int(st, 1);
-	}
-	sqlite3_finalize(st);
-	if (rc != SQLITE_ROW)
-		return fail(ob, rc, "read pending verdicts");
-	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+	int rc = query_json(ob,
+			    "SELECT json_group_array(id), count(*) FROM (SELECT id FROM redemptions r WHERE verdict IS NULL"
+			    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.seq)"
+			    " AND NOT EXISTS (SELECT 1 FROM rejected j WHERE j.seq = r.seq)"
+			    " AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.seq = r.seq)"
+			    " ORDER BY reserved_ms, seq LIMIT ?1)",
+			    max > 0 ? max : 100, out, &count, "read pending verdicts");
+	*n = (int)count;
+	return rc;
 }
 
 int outbox__redemptions(outbox *ob, int limit, sbuf *out)
 {
-	sqlite3_stmt *st = NULL;
-	int rc;
-	sbuf__reset(out);
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT json_object('pending', count(*) FILTER (WHERE verdict IS NULL),"
-				" 'accepted', count(*) FILTER (WHERE verdict = 'accepted'),"
-				" 'rejected', count(*) FILTER (WHERE verdict = 'rejected'),"
-				" 'redemptions', (SELECT json_group_array(json(j)) FROM (SELECT json_object('id', id, 'seq', seq,"
-				"  'coupon', coupon, 'campaign', campaign, 'member_id', member_id, 'order_id', order_id,"
-				"  'value', value, 'currency', currency, 'mode', mode, 'reserved_ms', reserved_ms,"
-				"  'verdict', coalesce(verdict, 'pending'), 'reason', reason, 'detail', detail,"
-				"  'verdict_ms', verdict_ms) AS j FROM redemptions ORDER BY reserved_ms DESC, seq DESC LIMIT ?1)))"
-				" FROM redemptions",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return fail(ob, rc, "prepare redemptions");
-	sqlite3_bind_int(st, 1, limit > 0 ? limit : 100);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	if (rc != SQLITE_ROW)
-		return fail(ob, rc, "read redemptions");
-	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+	return query_json(ob,
+			  "SELECT json_object('pending', count(*) FILTER (WHERE verdict IS NULL),"
+			  " 'accepted', count(*) FILTER (WHERE verdict = 'accepted'),"
+			  " 'rejected', count(*) FILTER (WHERE verdict = 'rejected'),"
+			  " 'redemptions', (SELECT json_group_array(json(j)) FROM (SELECT json_object('id', id, 'seq', seq,"
+			  "  'coupon', coupon, 'campaign', campaign, 'member_id', member_id, 'order_id', order_id,"
+			  "  'value', value, 'currency', currency, 'mode', mode, 'reserved_ms', reserved_ms,"
+			  "  'verdict', coalesce(verdict, 'pending'), 'reason', reason, 'detail', detail,"
+			  "  'verdict_ms', verdict_ms) AS j FROM redemptions ORDER BY reserved_ms DESC, seq DESC LIMIT ?1)))"
+			  " FROM redemptions",
+			  limit > 0 ? limit : 100, out, NULL, "read redemptions");
 }
 
 /* ---- reading batches: every event checked before it leaves ---- */
@@ -2472,23 +2455,10 @@ int outbox__alarm_clear(outbox *ob, const char *code)
 
 int outbox__alarms(outbox *ob, sbuf *out)
 {
-	sqlite3_stmt *st = NULL;
-	int rc;
-	sbuf__reset(out);
-	follow(ob);
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT json_group_array(json_object('code', code, 'since_ms', since_ms, 'last_ms', last_ms,"
-				" 'count', count, 'detail', detail)) FROM (SELECT * FROM alarms ORDER BY since_ms, code)",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return fail(ob, rc, "prepare alarms");
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		sbuf__puts(out, (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	if (rc != SQLITE_ROW)
-		return fail(ob, rc, "read alarms");
-	return out->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+	return query_json(ob,
+			  "SELECT json_group_array(json_object('code', code, 'since_ms', since_ms, 'last_ms', last_ms,"
+			  " 'count', count, 'detail', detail)) FROM (SELECT * FROM alarms ORDER BY since_ms, code)",
+			  -1, out, NULL, "read alarms");
 }
 
 /* ---- the disk reserve: room for acks when the disk fills ----

@@ -70,6 +70,35 @@ static int64_t skip_damage(sqlite3_stmt *q, int64_t k)
 	return good;
 }
 
+/* The walk: the next key above *k whose row `row` (bound to the key as ?1)
+ * can be looked at: 1 with *k = that key, 0 at the end. Damaged ranges on
+ * the way are stepped over (counted in *skipped). */
+static int walk_next(sqlite3_stmt *keys, sqlite3_stmt *row, int64_t *k, int64_t *skipped)
+{
+	int64_t next;
+	for (;;) {
+		int f = key_after(keys, *k, &next);
+		if (f == 0)
+			return 0;
+		if (f > 0) {
+			*k = next;
+			return 1;
+		}
+		int64_t resume = skip_damage(keys, *k);
+		(*skipped)++;
+		if (resume < 0)
+			return 0;
+		/* the row at the resume point itself, if there is one */
+		sqlite3_reset(row);
+		sqlite3_bind_int64(row, 1, resume);
+		f = sqlite3_step(row);
+		sqlite3_reset(row);
+		*k = resume;
+		if (f == SQLITE_ROW)
+			return 1;
+	}
+}
+
 static int table_exists(sqlite3 *db, const char *table)
 {
 	sqlite3_stmt *q = NULL;
@@ -99,7 +128,7 @@ static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, con
 {
 	sqlite3_stmt *keys = NULL, *row = NULL, *held = NULL, *ins = NULL, *mark = NULL;
 	int rc = SQLITE_OK;
-	int64_t k = 0, next;
+	int64_t k = 0;
 	char sql[400];
 	snprintf(sql, sizeof(sql), "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, %s FROM outbox WHERE seq = ?1",
 		 column_exists(old, "outbox", "set_aside") ? "set_aside" : "NULL");
@@ -123,26 +152,8 @@ static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, con
 				     "INSERT OR IGNORE INTO recovered(seq, id, source, recovered_ms) VALUES (?1, ?2, ?3, ?4)",
 				     -1, &mark, NULL)) != SQLITE_OK)
 		goto out;
-	for (;;) {
-		int f = key_after(keys, k, &next);
-		if (f == 0)
-			break;
-		if (f < 0) {
-			int64_t resume = skip_damage(keys, k);
-			r->skipped_ranges++;
-			if (resume < 0)
-				break;
-			/* the row at the resume point, if there is one */
-			sqlite3_reset(row);
-			sqlite3_bind_int64(row, 1, resume);
-			f = sqlite3_step(row);
-			sqlite3_reset(row);
-			k = resume;
-			if (f != SQLITE_ROW)
-				continue;
-			next = resume;
-		}
-		k = next;
+	while (walk_next(keys, row, &k, &r->skipped_ranges)) {
+		int64_t next = k;
 		if (next > r->max_seq)
 			r->max_seq = next;
 		sqlite3_reset(row);
@@ -202,7 +213,7 @@ static int copy_rowid_table(sqlite3 *old, sqlite3 *into, const char *table, cons
 	sqlite3_stmt *keys = NULL, *row = NULL, *ins = NULL;
 	char sql[600];
 	int rc = SQLITE_OK, ncols = 1;
-	int64_t k = 0, next;
+	int64_t k = 0;
 	for (const char *c = cols; *c; c++)
 		ncols += *c == ',';
 	if (!table_exists(old, table))
@@ -221,27 +232,9 @@ static int copy_rowid_table(sqlite3 *old, sqlite3 *into, const char *table, cons
 	}
 	if ((rc = sqlite3_prepare_v2(into, sql, -1, &ins, NULL)) != SQLITE_OK)
 		goto out;
-	for (;;) {
-		int f = key_after(keys, k, &next);
-		if (f == 0)
-			break;
-		if (f < 0) {
-			int64_t resume = skip_damage(keys, k);
-			r->ledger_errors++;
-			if (resume < 0)
-				break;
-			sqlite3_reset(row);
-			sqlite3_bind_int64(row, 1, resume);
-			f = sqlite3_step(row);
-			sqlite3_reset(row);
-			k = resume;
-			if (f != SQLITE_ROW)
-				continue;
-			next = resume;
-		}
-		k = next;
+	while (walk_next(keys, row, &k, &r->ledger_errors)) {
 		sqlite3_reset(row);
-		sqlite3_bind_int64(row, 1, next);
+		sqlite3_bind_int64(row, 1, k);
 		if (sqlite3_step(row) != SQLITE_ROW) {
 			r->ledger_errors++;
 			continue;
