@@ -886,7 +886,7 @@ static void read_log(run *r, const char *path)
 			r->quarantined = 1;
 			break;
 		case 'F':
-			snprintf(r->fault, sizeof(r->fault), "%s", line + 2);
+			snprintf(r->fault, sizeof(r->fault), "%.690s", line + 2);
 			break;
 		case 'E':
 			failure(r, "child: %s", line + 2);
