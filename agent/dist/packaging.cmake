@@ -101,10 +101,11 @@ set(CPACK_DEBIAN_COMPRESSION_TYPE xz)
 
 set(CPACK_DEBIAN_SCRM-AGENT_PACKAGE_NAME scrm-agent)
 set(CPACK_DEBIAN_SCRM-AGENT_PACKAGE_SECTION net)
-# libssl3 is not listed: nothing here links it; Paho's TLS pulls it in through
-# libpaho-mqtt1.3.
+# libssl3: the daemon's TLS diagnosis (tlsprobe) quotes OpenSSL's verify
+# result for a rejected broker chain, so scrm-agent links libcrypto itself
+# (Paho's TLS needs the same package anyway).
 set(CPACK_DEBIAN_SCRM-AGENT_PACKAGE_DEPENDS
-    "adduser, libc6 (>= 2.34), libcjson1 (>= 1.7.13), libmbedcrypto7 (>= 2.28.0), libmbedtls14 (>= 2.28.0), libmbedx509-1 (>= 2.28.0), libpaho-mqtt1.3 (>= 1.3.0), libsqlite3-0 (>= 3.20.0)")
+    "adduser, libc6 (>= 2.34), libcjson1 (>= 1.7.13), libmbedcrypto7 (>= 2.28.0), libmbedtls14 (>= 2.28.0), libmbedx509-1 (>= 2.28.0), libpaho-mqtt1.3 (>= 1.3.0), libsqlite3-0 (>= 3.20.0), libssl3 (>= 3.0.0)")
 set(CPACK_DEBIAN_SCRM-AGENT_PACKAGE_CONTROL_EXTRA
     ${SCRM_DIST_DIR}/debian/postinst ${SCRM_DIST_DIR}/debian/prerm ${SCRM_DIST_DIR}/debian/postrm
     ${SCRM_DIST_DIR}/debian/conffiles ${SCRM_DIST_DIR}/debian/triggers)
