@@ -49,7 +49,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <mbedtls/sha256.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +80,7 @@
  * return_id, read from the canonical body (kind and body as SQL params). */
 #define ORDER_KEY(kind, body) \
 	"json_extract(" body ", CASE " kind " WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)"
-#define ORDER_DIGEST_BYTES 16
+
 
 struct outbox {
 	sqlite3 *db;
@@ -502,10 +501,11 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->alarm_up, "INSERT INTO alarms(code, since_ms, last_ms, count, detail) VALUES (?1, ?3, ?3, 1, ?2)"
 					  " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
 					  " detail = excluded.detail")) ||
+	    /* the key as the caller knows it (?3 / ?7), else read from the body */
 	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = "
-					   ORDER_KEY("?1", "?2"))) ||
+					   "coalesce(?3, " ORDER_KEY("?1", "?2") ")")) ||
 	    (rc = prep(ob, &ob->order_put, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
-					   " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT " ORDER_KEY("?1", "?2") " AS k)"
+					   " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT coalesce(?7, " ORDER_KEY("?1", "?2") ") AS k)"
 					   " WHERE k IS NOT NULL")))
 		return rc;
 	return SCRM_OK;
@@ -1243,10 +1243,27 @@ static int disk_nearly_full(outbox *ob)
 	return platform__disk_space(ob->dir, &avail, &total) == 0 && avail < ob->disk_reserve;
 }
 
+void outbox__digest(const char *body, size_t len, unsigned char out[OUTBOX_DIGEST_BYTES])
+{
+	/* Two FNV-1a 64 runs from different offset bases: it only has to tell
+	 * a retried sale from a different sale under the same order_id (an
+	 * accident, not an attack: the POS is trusted), at a few instructions
+	 * a byte (SHA-256 was 5% of a capture's CPU). */
+	uint64_t a = 14695981039346656037ULL, b = 0x6c62272e07bb0142ULL;
+	for (size_t i = 0; i < len; i++) {
+		a = (a ^ (unsigned char)body[i]) * 1099511628211ULL;
+		b = (b ^ (unsigned char)body[len - 1 - i]) * 1099511628211ULL;
+	}
+	for (int i = 0; i < 8; i++) {
+		out[i] = (unsigned char)(a >> (8 * i));
+		out[8 + i] = (unsigned char)(b >> (8 * i));
+	}
+}
+
 /* The receipt of a sale this device already recorded under r's order_id
  * (return_id): *found = 1 with r's existing fields set when the content is
  * the same, or with r refused (SCRM_E_CONFLICT) when it differs. */
-static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[32], int *found)
+static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[OUTBOX_DIGEST_BYTES], int *found)
 {
 	sqlite3_stmt *st = ob->order_get;
 	int rc;
@@ -1254,6 +1271,10 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[32]
 	sqlite3_reset(st);
 	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
+	if (r->key)
+		sqlite3_bind_text(st, 3, r->key, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 3);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_DONE) {
 		sqlite3_reset(st);
@@ -1266,7 +1287,7 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[32]
 	}
 	*found = 1;
 	const void *held = sqlite3_column_blob(st, 3);
-	if (held && sqlite3_column_bytes(st, 3) == ORDER_DIGEST_BYTES && memcmp(held, digest, ORDER_DIGEST_BYTES) == 0) {
+	if (held && sqlite3_column_bytes(st, 3) == OUTBOX_DIGEST_BYTES && memcmp(held, digest, OUTBOX_DIGEST_BYTES) == 0) {
 		r->existing = 1;
 		r->seq = sqlite3_column_int64(st, 0);
 		snprintf(r->existing_id, sizeof(r->existing_id), "%s", (const char *)sqlite3_column_text(st, 1));
@@ -1335,7 +1356,7 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 		const int64_t need = (int64_t)r->body_len + OUTBOX_ROW_OVERHEAD;
 		const int paid = is_paid(r->kind);
 		const int keyed = strcmp(r->kind, "purchase") == 0 || strcmp(r->kind, "return") == 0;
-		unsigned char digest[32];
+		unsigned char digest[OUTBOX_DIGEST_BYTES];
 		r->seq = 0;
 		r->refused = 0;
 		r->why = NULL;
@@ -1349,8 +1370,7 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			 * another sale under the same key). Taken back below if
 			 * the row is refused for room. */
 			int found = 0;
-			if (mbedtls_sha256_ret((const unsigned char *)r->body, r->body_len, digest, 0) != 0)
-				return err__set(SCRM_E_CRYPTO, "outbox: cannot hash the event");
+			outbox__digest(r->body, r->body_len, digest);
 			sqlite3_stmt *op = ob->order_put;
 			sqlite3_reset(op);
 			sqlite3_bind_text(op, 1, r->kind, -1, SQLITE_STATIC);
@@ -1358,7 +1378,11 @@ static int append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t truste
 			sqlite3_bind_int64(op, 3, next);
 			sqlite3_bind_text(op, 4, r->id, -1, SQLITE_STATIC);
 			sqlite3_bind_int64(op, 5, r->wall_ms);
-			sqlite3_bind_blob(op, 6, digest, ORDER_DIGEST_BYTES, SQLITE_STATIC);
+			sqlite3_bind_blob(op, 6, digest, OUTBOX_DIGEST_BYTES, SQLITE_STATIC);
+			if (r->key)
+				sqlite3_bind_text(op, 7, r->key, -1, SQLITE_STATIC);
+			else
+				sqlite3_bind_null(op, 7);
 			rc = sqlite3_step(op);
 			sqlite3_reset(op);
 			if (rc != SQLITE_DONE)

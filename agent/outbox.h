@@ -41,6 +41,9 @@ typedef struct outbox__row {
 	const char *boot;  /* boot id */
 	const char *body;  /* canonical JSON body */
 	size_t body_len;
+	/* a purchase's order_id, a return's return_id (its receipt key), when
+	 * the caller has it at hand; NULL: read from the body (slower) */
+	const char *key;
 	int64_t seq;       /* out */
 	int clock_ok;      /* out */
 	/* out: 0 when the row was stored, else why not — SCRM_E_DISK_FULL (a
@@ -58,6 +61,12 @@ typedef struct outbox__row {
 	char existing_id[37];
 	int64_t existing_wall_ms;
 } outbox__row;
+
+/* What a receipt keeps of the sale's content to tell a retry (the same
+ * content) from another sale under the same order_id: a 128-bit hash of the
+ * canonical body. */
+#define OUTBOX_DIGEST_BYTES 16
+void outbox__digest(const char *body, size_t len, unsigned char out[OUTBOX_DIGEST_BYTES]);
 
 /* How long the receipt of each purchase and return is kept for retries. */
 #define OUTBOX_ORDERS_RETENTION_MS (90LL * 86400000)

@@ -16,8 +16,8 @@
 #include "salvage.h"
 
 #include "err.h"
+#include "outbox.h"
 
-#include <mbedtls/sha256.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -343,8 +343,8 @@ static const char *const fill_ledgers[] = {
 	"  AND json_type(body, '$.currency') = 'text' AND json_type(body, '$.mode') = 'text'",
 };
 
-/* The receipts of copied sales whose receipt row was lost: the digest of
- * the body as stored (attribution may have added to it; a retry of such a
+/* The receipts of copied sales whose receipt row was lost: the digest
+ * (outbox__digest) of the body as stored (attribution may have added to it; a retry of such a
  * sale is then refused as a conflict rather than recorded twice). */
 static int fill_receipts(sqlite3 *into, salvage__report *r)
 {
@@ -361,15 +361,14 @@ static int fill_receipts(sqlite3 *into, salvage__report *r)
 				     -1, &ins, NULL)) != SQLITE_OK)
 		goto out;
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-		unsigned char digest[32];
-		const unsigned char *body = sqlite3_column_text(q, 1);
+		unsigned char digest[OUTBOX_DIGEST_BYTES];
+		const char *body = (const char *)sqlite3_column_text(q, 1);
 		int n = sqlite3_column_bytes(q, 1);
-		if (mbedtls_sha256_ret(body, (size_t)n, digest, 0) != 0)
-			continue;
+		outbox__digest(body, (size_t)n, digest);
 		sqlite3_reset(ins);
 		for (int i = 0; i < 5; i++)
 			sqlite3_bind_value(ins, i + 1, sqlite3_column_value(q, i));
-		sqlite3_bind_blob(ins, 6, digest, 16, SQLITE_TRANSIENT);
+		sqlite3_bind_blob(ins, 6, digest, OUTBOX_DIGEST_BYTES, SQLITE_TRANSIENT);
 		if ((rc = sqlite3_step(ins)) != SQLITE_DONE)
 			goto out;
 		r->ledger_rows += sqlite3_changes(into);

@@ -147,7 +147,9 @@ static void lead_round(scrm_store *s)
 	pthread_cond_broadcast(&s->cv);
 }
 
-int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
+/* `key`: a purchase's order_id or a return's return_id (borrowed), the
+ * receipt's key; NULL for other kinds or when not at hand. */
+static int record_keyed(scrm_store *s, event__kind kind, sbuf *body, const char *key, scrm_receipt *receipt)
 {
 	struct pending p;
 	int rc;
@@ -163,6 +165,7 @@ int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 	p.row.boot = s->boot;
 	p.row.body = body->p;
 	p.row.body_len = body->len;
+	p.row.key = key;
 
 	pthread_mutex_lock(&s->mu);
 	*s->tail = &p;
@@ -190,6 +193,11 @@ int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 	return SCRM_OK;
 }
 
+int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *receipt)
+{
+	return record_keyed(s, kind, body, NULL, receipt);
+}
+
 static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_receipt *receipt)
 {
 	sbuf body;
@@ -211,7 +219,11 @@ static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_re
 		break;
 	}
 	if (rc == SCRM_OK)
-		rc = store__record(s, kind, &body, receipt);
+		rc = record_keyed(s, kind, &body,
+				  kind == EVENT_PURCHASE ? ((const scrm_purchase *)in)->order_id
+				  : kind == EVENT_RETURN ? ((const scrm_return *)in)->return_id
+							 : NULL,
+				  receipt);
 	sbuf__free(&body);
 	return rc;
 }
