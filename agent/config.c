@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "err.h"
+#include "ident.h"
 #include "json.h"
 #include "platform.h"
 
@@ -34,9 +35,9 @@ struct ckey {
 #define B(k, f, d, doc) {k, C_BOOL, offsetof(config, f), NULL, d, 0, 1, 0, doc}
 
 static const struct ckey keys[] = {
-	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}"),
-	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}"),
-	S("device_id", device_id, NULL, 1, "This device's id, unique in the tenant; also the MQTT client id"),
+	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}, not up or down"),
+	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}, not up or down"),
+	S("device_id", device_id, NULL, 1, "This device's id (same rule), unique in the tenant; also the MQTT client id"),
 	S("store_dir", store_dir, "/var/lib/scrm", 0, "Directory holding outbox.db (shared with the POS via libscrm)"),
 	S("broker.uri", broker_uri, NULL, 1, "mqtts://host:port (TLS) or mqtt://host:port (plaintext, needs broker.allow_plaintext)"),
 	S("broker.ca_file", ca_file, NULL, 0, "CA certificate(s) that sign the broker's certificate (PEM); required for TLS"),
@@ -120,16 +121,7 @@ static int line_of(const char *text, size_t len, const char *path)
 
 int config__id_ok(const char *s)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > 64)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '-' || c == '_' || c == '.'))
-			return 0;
-	}
-	return 1;
+	return ident__ok(s);
 }
 
 static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char *text, size_t len)
@@ -233,12 +225,14 @@ int config__normalise_uri(const char *uri, char **out, int *plaintext)
 /* Checks that span keys, once everything is read. */
 static int cross_check(config *cfg)
 {
-	if (!config__id_ok(cfg->tenant))
-		return err__set(SCRM_E_CONFIG, "tenant: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!config__id_ok(cfg->store_id))
-		return err__set(SCRM_E_CONFIG, "store_id: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!config__id_ok(cfg->device_id))
-		return err__set(SCRM_E_CONFIG, "device_id: must be 1..64 of [A-Za-z0-9_.-]");
+	const struct {
+		const char *key, *value;
+	} ids[] = {{"tenant", cfg->tenant}, {"store_id", cfg->store_id}, {"device_id", cfg->device_id}};
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		const char *why = ident__problem(ids[i].value);
+		if (why)
+			return err__set(SCRM_E_CONFIG, "%s: %s", ids[i].key, why);
+	}
 	char *norm = NULL;
 	int rc = config__normalise_uri(cfg->broker_uri, &norm, &cfg->plaintext);
 	if (rc)

@@ -62,7 +62,8 @@ typedef struct config {
 int config__parse(const char *text, size_t len, config *cfg);
 int config__load(const char *path, config *cfg);
 void config__free(config *cfg);
-/* 1 if s is a valid tenant, store or device id: [A-Za-z0-9_.-]{1,64}. */
+/* 1 if s is a valid tenant, store or device id (ident.h: [A-Za-z0-9_.-]{1,64},
+ * not a word of the topic tree). */
 int config__id_ok(const char *s);
 /* mqtts:// / ssl:// → ssl://..., mqtt:// / tcp:// → tcp://... into *out
  * (malloc'd), *plaintext set; SCRM_E_CONFIG naming broker.uri otherwise. */

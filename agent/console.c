@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "ident.h"
 #include "json.h"
 #include "mqtt.h"
 #include "platform.h"
@@ -93,7 +94,7 @@ static int split_device(const char *spec, console__args *a, char *err, size_t er
 	a->store = p[n - 2];
 	a->device = p[n - 1];
 	if (!config__id_ok(a->store) || !config__id_ok(a->device) || (n == 3 && !config__id_ok(a->tenant))) {
-		snprintf(err, errlen, "device '%s': ids are 1..64 of [A-Za-z0-9_.-]", spec);
+		snprintf(err, errlen, "device '%s': ids are " IDENT_RULE, spec);
 		return 2;
 	}
 	return 0;
@@ -192,7 +193,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 			return 2;
 		}
 		if (a->filter_store && !config__id_ok(a->filter_store)) {
-			snprintf(err, errlen, "--store: 1..64 of [A-Za-z0-9_.-]");
+			snprintf(err, errlen, "--store: " IDENT_RULE);
 			return 2;
 		}
 	} else if (strcmp(posv[0], "show") == 0) {
@@ -241,7 +242,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 		return 2;
 	}
 	if (!a->tenant || !config__id_ok(a->tenant)) {
-		snprintf(err, errlen, "--tenant: required, 1..64 of [A-Za-z0-9_.-] (or SCRM_FLEET_TENANT)");
+		snprintf(err, errlen, "--tenant: required, " IDENT_RULE " (or SCRM_FLEET_TENANT)");
 		return 2;
 	}
 	if (!!a->cert != !!a->key) {

@@ -77,7 +77,8 @@ SCRM_API const char *scrm_version(void);
 typedef struct scrm_store scrm_store;
 
 typedef struct scrm_store_options {
-	/* Device id this store belongs to: [A-Za-z0-9_.-], 1..64 chars.
+	/* Device id this store belongs to: [A-Za-z0-9_.-], 1..64 chars, not
+	 * "up" or "down" (words of the topic tree, docs/protocol.md).
 	 * Required when the store is created; when opening an existing store
 	 * it may be NULL, otherwise it must match (SCRM_E_MISMATCH). Copied. */
 	const char *device_id;
