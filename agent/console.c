@@ -93,8 +93,15 @@ static int split_device(const char *spec, console__args *a, char *err, size_t er
 		a->tenant = p[0];
 	a->store = p[n - 2];
 	a->device = p[n - 1];
-	if (!config__id_ok(a->store) || !config__id_ok(a->device) || (n == 3 && !config__id_ok(a->tenant))) {
-		snprintf(err, errlen, "device '%s': ids are " IDENT_RULE, spec);
+	const char *part = NULL, *why = NULL;
+	if (n == 3 && (why = ident__problem(a->tenant)))
+		part = "tenant";
+	else if ((why = ident__problem(a->store)))
+		part = "store";
+	else if ((why = ident__problem(a->device)))
+		part = "device";
+	if (part) {
+		snprintf(err, errlen, "device '%s': %s: %s", spec, part, why);
 		return 2;
 	}
 	return 0;
@@ -193,7 +200,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 			return 2;
 		}
 		if (a->filter_store && !config__id_ok(a->filter_store)) {
-			snprintf(err, errlen, "--store: " IDENT_RULE);
+			snprintf(err, errlen, "--store: %s", ident__problem(a->filter_store));
 			return 2;
 		}
 	} else if (strcmp(posv[0], "show") == 0) {
@@ -242,7 +249,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 		return 2;
 	}
 	if (!a->tenant || !config__id_ok(a->tenant)) {
-		snprintf(err, errlen, "--tenant: required, " IDENT_RULE " (or SCRM_FLEET_TENANT)");
+		snprintf(err, errlen, "--tenant: %s", a->tenant ? ident__problem(a->tenant) : "required (or SCRM_FLEET_TENANT)");
 		return 2;
 	}
 	if (!!a->cert != !!a->key) {

@@ -12,9 +12,6 @@
 #ifndef SCRM_IDENT_H
 #define SCRM_IDENT_H
 
-/* The rule in words, for error messages ("store_id: must be " IDENT_RULE). */
-#define IDENT_RULE "1..64 of [A-Za-z0-9_.-], and not \"up\" or \"down\" (words of the topic tree)"
-
 /* NULL if s (borrowed, NUL-terminated) is a valid id; otherwise why not, as
  * a static string that completes "<key>: ": "must be 1..64 of ..." or
  * "\"down\" is reserved: ...". Any thread. */

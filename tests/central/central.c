@@ -65,6 +65,8 @@
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
 
+#include "ident.h" /* the id rule, shared with the agent (agent/ident.c) */
+
 #define IDENT_MAX 64               /* tenant / store / device: [A-Za-z0-9_.-]{1,64} */
 #define EVENT_ID_MAX 128           /* generous: ids are UUIDv7 (36 chars) */
 #define KIND_MAX 64
@@ -769,19 +771,34 @@ static const char *take_ident(const char *p, char *out)
 
 /* The broker confines each device to its own topics, so identity comes from
  * the topic, never from the payload. 0 if topic is
- * scrm/v1/{tenant}/{store}/{device}/<suffix>. */
-static int parse_topic(const char *topic, struct ident *id, const char *suffix)
+ * scrm/v1/{tenant}/{store}/{device}/<suffix> with three valid ids; otherwise
+ * -1 and why in why[n]. An id that is a word of the topic tree is refused
+ * too: a device "down" would publish and receive under its store's
+ * scrm/v1/{tenant}/{store}/down/#, which every device of the store reads. */
+static int parse_topic(const char *topic, struct ident *id, const char *suffix, char *why, size_t n)
 {
 	static const char prefix[] = "scrm/v1/";
-	const char *p;
+	const char *p, *bad = NULL, *level = NULL;
 
 	if (strncmp(topic, prefix, sizeof prefix - 1) != 0)
-		return -1;
+		goto shape;
 	p = topic + sizeof prefix - 1;
 	if (!(p = take_ident(p, id->tenant)) || !(p = take_ident(p, id->store)) ||
-	    !(p = take_ident(p, id->device)))
-		return -1;
-	return strcmp(p, suffix) == 0 ? 0 : -1;
+	    !(p = take_ident(p, id->device)) || strcmp(p, suffix) != 0)
+		goto shape;
+	if ((bad = ident__problem(id->tenant)))
+		level = "tenant";
+	else if ((bad = ident__problem(id->store)))
+		level = "store";
+	else if ((bad = ident__problem(id->device)))
+		level = "device";
+	if (!bad)
+		return 0;
+	snprintf(why, n, "%s: %s", level, bad);
+	return -1;
+shape:
+	snprintf(why, n, "topic is not scrm/v1/{tenant}/{store}/{device}/%s", suffix);
+	return -1;
 }
 
 static int topic_ends_with(const char *topic, const char *suffix)
@@ -1339,9 +1356,13 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	struct verdict_batch vb = { 0 };
 
 	vb.tail = &vb.head;
-	if (parse_topic(topic, &id, "up/events") != 0) {
-		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/events");
-		return;
+	{
+		char why[300];
+
+		if (parse_topic(topic, &id, "up/events", why, sizeof why) != 0) {
+			batch_drop(topic, why);
+			return;
+		}
 	}
 	{
 		char why[300];
@@ -2598,9 +2619,13 @@ static void resync_handle(const char *topic, const char *payload, size_t len)
 	int stream = -1;
 	char q1[200], q2[200];
 
-	if (parse_topic(topic, &id, "up/cache/resync") != 0) {
-		resync_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/cache/resync");
-		return;
+	{
+		char why[300];
+
+		if (parse_topic(topic, &id, "up/cache/resync", why, sizeof why) != 0) {
+			resync_drop(topic, why);
+			return;
+		}
 	}
 	root = cJSON_ParseWithLength(payload, len);
 	if (!cJSON_IsObject(root)) {
@@ -3356,8 +3381,8 @@ static void verdict_query_handle(const char *topic, const char *payload, size_t 
 
 	vb.tail = &vb.head;
 	g.c.verdict_queries++;
-	if (parse_topic(topic, &id, "up/verdict/query") != 0) {
-		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/verdict/query");
+	if (parse_topic(topic, &id, "up/verdict/query", why, sizeof why) != 0) {
+		batch_drop(topic, why);
 		return;
 	}
 	if (json_parse_strict(payload, len, &root, why, sizeof why) != 0) {
@@ -4437,7 +4462,8 @@ static int push_wait(const int *flag, const int *fail_a, const int *fail_b, int6
 	return done;
 }
 
-/* [A-Za-z0-9_.-]{1,64}: a tenant, store or stream as a topic level. */
+/* [A-Za-z0-9_.-]{1,64}: a stream as a topic level (tenants and stores also
+ * follow ident__problem). */
 static int ident_ok(const char *s)
 {
 	char seg[IDENT_MAX + 2];
@@ -5047,12 +5073,10 @@ static int cmd_push(int argc, char **argv)
 		if (!(*dst = flag_value(argc, argv, &i, "push")))
 			return 2;
 	}
-	if (!tenant || !ident_ok(tenant))
-		return usage_error("push", "--tenant: %s", tenant ? "must be [A-Za-z0-9_.-]{1,64}"
-								  : "is required");
-	if (!store || !ident_ok(store))
-		return usage_error("push", "--store: %s", store ? "must be [A-Za-z0-9_.-]{1,64}"
-								: "is required");
+	if (!tenant || ident__problem(tenant))
+		return usage_error("push", "--tenant: %s", tenant ? ident__problem(tenant) : "is required");
+	if (!store || ident__problem(store))
+		return usage_error("push", "--store: %s", store ? ident__problem(store) : "is required");
 	if (broker_opts_check("push", o, "scrm-central-push"))
 		return 2;
 	return cmd_push_main(file ? file : "-", tenant, store, timeout_ms);

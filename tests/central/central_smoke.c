@@ -830,6 +830,20 @@ static void check_protocol_additions(struct ctx *c)
 		check(!msg, "nothing for the unknown redemption");
 		th_mqtt_msg_free(msg);
 	}
+	/* A device id that is a word of the topic tree: a device "down" lives
+	 * under its store's scrm/v1/acme/s1/down/#, which every device of the
+	 * store reads. Central drops its batch, naming the level and why. */
+	{
+		char buf[2048];
+
+		snprintf(buf, sizeof buf, "{\"v\":1,\"batch\":\"down-1\",\"sent_ms\":1,\"base\":1,\"events\":[%s]}",
+			 EV2(1, "f1", "purchase", "", PURCHASE2("D-1")));
+		check(th_mqtt_publish(d, "scrm/v1/acme/s1/down/up/events", buf, strlen(buf), 1, 10000) == 0,
+		      "a batch published as device \"down\"");
+		check(th_wait_log(c->path_central_log, "reason=\"device: ", 5000) == 0 &&
+			      th_wait_log(c->path_central_log, "is reserved", 1) == 0,
+		      "central drops the batch of device \"down\": the id is reserved");
+	}
 	st = th_stop(c->central, 10000);
 	c->central = -1;
 	check(st == 0, "central exits 0 (got %d)", st);
@@ -844,6 +858,11 @@ static void check_protocol_additions(struct ctx *c)
 				dv = it;
 		}
 		check(dv != NULL, "report has pos-02");
+		cJSON_ArrayForEach(it, devs)
+		{
+			const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "device");
+			check(!cJSON_IsString(n) || strcmp(n->valuestring, "down") != 0, "report has no device \"down\"");
+		}
 		check(num(dv, "late") == 2 && num(dv, "violations") == 1, "late 2, violations 1 (got %g, %g)",
 		      num(dv, "late"), num(dv, "violations"));
 		check(num(dv, "set_aside") == 1 && num(dv, "duplicate_orders") == 1, "set_aside 1, duplicate_orders 1");

@@ -322,6 +322,28 @@ static int fleet_commands(struct env *e)
 	cJSON *r = NULL;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
 	CHECK(start_central(e) == 0, "central");
+	/* Target ids follow the agent's id rule: a device "down" would be its
+	 * store's downlink (scrm/v1/acme/s1/down/...), a store "up" no store.
+	 * Refused before connecting (exit 2), naming the part and why. */
+	{
+		static const struct {
+			const char *target, *says;
+		} bad[] = {
+			{"s1/down", "device 's1/down': device: \"down\" is reserved"},
+			{"up/" DEVICE, "device 'up/" DEVICE "': store: \"up\" is reserved"},
+			{"down/s1/" DEVICE, "device 'down/s1/" DEVICE "': tenant: \"down\" is reserved"},
+		};
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			const char *a[] = {"cmd", bad[i].target, "ping", "--timeout-ms", "3000", NULL};
+			int rc = ctl(e, NULL, a);
+			char *text = th_read_file(e->ctl_out, NULL);
+			int named = text && strstr(text, bad[i].says) != NULL;
+			if (rc != 2 || !named)
+				fprintf(stderr, "scrmctl fleet cmd %s: exit %d, said: %s\n", bad[i].target, rc, text ? text : "");
+			free(text);
+			CHECK(rc == 2 && named, "scrmctl fleet cmd %s: not refused with \"%s\"", bad[i].target, bad[i].says);
+		}
+	}
 	/* A damaged cache.db: quarantined at start, an alarm operations see
 	 * and clear. */
 	{
