@@ -19,7 +19,9 @@
  *                  and cannot take over d2's session by choosing its client
  *                  id; tenant t1's operations console may command t1's
  *                  devices but not forge their events, and can neither
- *                  command nor watch tenant t2's.
+ *                  command nor watch tenant t2's; gen-acl.sh refuses a
+ *                  registry with a reserved id (device "down", store "up")
+ *                  and a console identity without a tenant.
  *   revocation     d1 is replaced (a new certificate for CN d1) and its old
  *                  certificate revoked in the CRL: the broker refuses the old
  *                  one in the TLS handshake, so it can neither connect nor
