@@ -903,6 +903,7 @@ static mqtt__opts mqtt_opts(const config *cfg, const char *password)
 		.ca_file = cfg->ca_file,
 		.cert_file = cfg->cert_file,
 		.key_file = cfg->key_file,
+		.crl_file = cfg->crl_file,
 		.username = cfg->username,
 		.password = password,
 		.keepalive_s = (int)cfg->keepalive_s,
