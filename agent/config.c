@@ -43,6 +43,7 @@ static const struct ckey keys[] = {
 	S("broker.ca_file", ca_file, NULL, 0, "CA certificate(s) that sign the broker's certificate (PEM); required for TLS"),
 	S("broker.cert_file", cert_file, NULL, 0, "Client certificate for mutual TLS (PEM)"),
 	S("broker.key_file", key_file, NULL, 0, "Client private key for mutual TLS (PEM)"),
+	S("broker.crl_file", crl_file, NULL, 0, "CRL(s) of the broker's CA (PEM): a revoked broker certificate is refused; read at every connect; an unreadable or expired CRL refuses every broker (fail closed)"),
 	S("broker.username", username, NULL, 0, "MQTT user name"),
 	S("broker.password_file", password_file, NULL, 0, "File holding the MQTT password (kept out of the config)"),
 	B("broker.allow_plaintext", allow_plaintext, 0, "Permit an unencrypted mqtt:// URI (logs a warning at every start)"),
@@ -243,6 +244,8 @@ static int cross_check(config *cfg)
 		return err__set(SCRM_E_CONFIG, "broker.uri: plaintext mqtt:// refused; use mqtts://, or set broker.allow_plaintext to true to accept an unencrypted link");
 	if (!cfg->plaintext && !cfg->ca_file)
 		return err__set(SCRM_E_CONFIG, "broker.ca_file: required with TLS (the CA that signs the broker's certificate)");
+	if (cfg->plaintext && cfg->crl_file)
+		return err__set(SCRM_E_CONFIG, "broker.crl_file: only applies to mqtts:// (TLS)");
 	if (!!cfg->cert_file != !!cfg->key_file)
 		return err__set(SCRM_E_CONFIG, "%s: broker.cert_file and broker.key_file go together", cfg->cert_file ? "broker.key_file" : "broker.cert_file");
 	if (cfg->outbox_reserve_bytes >= cfg->outbox_max_bytes)
@@ -395,6 +398,7 @@ static const struct {
 	{"broker.ca_file", CFG_RECONNECT, 0},
 	{"broker.cert_file", CFG_RECONNECT, 0},
 	{"broker.key_file", CFG_RECONNECT, 0},
+	{"broker.crl_file", CFG_RECONNECT, 0},
 	{"broker.username", CFG_RECONNECT, 0},
 	{"broker.password_file", CFG_RECONNECT, 0},
 	{"broker.allow_plaintext", CFG_RECONNECT, 0},

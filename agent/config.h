@@ -19,7 +19,7 @@ typedef struct config {
 	char *store_dir;
 	/* broker */
 	char *broker_uri; /* normalised to ssl:// or tcp:// */
-	char *ca_file, *cert_file, *key_file, *username, *password_file;
+	char *ca_file, *cert_file, *key_file, *crl_file, *username, *password_file;
 	int allow_plaintext;
 	int64_t keepalive_s, session_expiry_s, connect_timeout_s;
 	/* sync */

@@ -21,6 +21,7 @@
 #include "delivery.h"
 #include "fleet.h"
 #include "sbuf.h"
+#include "quarantine.h"
 #include "tlsprobe.h"
 #include "uuid.h"
 
@@ -287,7 +288,17 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 {
 	struct sync *s = ctx;
 	int64_t n = 0;
+	int q = 0;
 	int rc = outbox__redact_member(s->ob, member_id, &n);
+	/* Damaged files set aside under quarantine/ hold copies too; a
+	 * failure there fails the erasure (retried when sent again). */
+	int e = quarantine__erase_member(s->cfg->store_dir, member_id, &q);
+	if (e != 0 && (rc == SCRM_OK || rc == SCRM_E_BUSY)) {
+		LOG(LOG_ERROR, "cache", "cannot erase a member from the quarantined files", "dir=%s/%s err=\"%s\"",
+		    s->cfg->store_dir, QUARANTINE_DIR, strerror(-e));
+		return err__set(SCRM_E_IO, "erasure: cannot redact %s/%s: %s", s->cfg->store_dir, QUARANTINE_DIR,
+				strerror(-e));
+	}
 	/* The erased person's id is not written to the log. */
 	(void)member_id;
 	if (rc == SCRM_E_BUSY) {
@@ -297,7 +308,8 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 		rc = SCRM_OK;
 	}
 	if (rc == SCRM_OK)
-		LOG(LOG_INFO, "cache", "member forgotten", "pending_events_redacted=%lld", (long long)n);
+		LOG(LOG_INFO, "cache", "member forgotten", "pending_events_redacted=%lld quarantined_files=%d", (long long)n,
+		    q);
 	else
 		LOG(LOG_ERROR, "cache", "cannot redact the outbox for an erasure", "err=\"%s\"", scrm_errmsg());
 	return rc;
@@ -903,6 +915,7 @@ static mqtt__opts mqtt_opts(const config *cfg, const char *password)
 		.ca_file = cfg->ca_file,
 		.cert_file = cfg->cert_file,
 		.key_file = cfg->key_file,
+		.crl_file = cfg->crl_file,
 		.username = cfg->username,
 		.password = password,
 		.keepalive_s = (int)cfg->keepalive_s,
@@ -1320,11 +1333,9 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 	}
 	if (strcmp(n, "member.forget") == 0) {
 		const char *member = NULL;
-		int64_t redacted = 0;
 		if (fleet__arg_str(cmd, "member_id", 1, 64, &member, err))
 			return -1;
-		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s)
-				  : outbox__redact_member(s->ob, member, &redacted);
+		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s) : forget_in_outbox(s, member);
 		if (rc == SCRM_OK && s->erasure_pending) /* the outbox's part, done inside the cache's */
 			rc = outbox__scrub_wal(s->ob);
 		if (rc == SCRM_E_BUSY) {

@@ -320,6 +320,7 @@ static void propose_local_only_keys_refused(void **state)
 		{"device_id", "\"pos-99\""},
 		{"store_dir", "\"/tmp\""},
 		{"broker.ca_file", "\"/tmp/evil-ca.pem\""},
+		{"broker.crl_file", "\"/dev/null\""}, /* turning revocation off, or every broker away */
 		{"broker.cert_file", "\"/tmp/c.pem\""},
 		{"broker.key_file", "\"/tmp/k.pem\""},
 		{"broker.username", "\"u\""},
@@ -839,6 +840,7 @@ static const struct {
 	{"broker.ca_file", CFG_RECONNECT, 0},
 	{"broker.cert_file", CFG_RECONNECT, 0},
 	{"broker.key_file", CFG_RECONNECT, 0},
+	{"broker.crl_file", CFG_RECONNECT, 0},
 	{"broker.username", CFG_RECONNECT, 0},
 	{"broker.password_file", CFG_RECONNECT, 0},
 	{"broker.allow_plaintext", CFG_RECONNECT, 0},

@@ -146,6 +146,7 @@ static const struct {
 	{"broker.ca_file", K_STR, 0, 0},
 	{"broker.cert_file", K_STR, 0, 0},
 	{"broker.key_file", K_STR, 0, 0},
+	{"broker.crl_file", K_STR, 0, 0},
 	{"broker.username", K_STR, 0, 0},
 	{"broker.password_file", K_STR, 0, 0},
 	{"broker.allow_plaintext", K_BOOL, 0, 1},
