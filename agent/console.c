@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "crypto.h"
 #include "json.h"
 #include "mqtt.h"
 #include "platform.h"
@@ -786,6 +787,8 @@ static int sign_envelope(const char *key_path, const char *text, sbuf *out)
 	}
 	if (mbedtls_sha256_ret((const unsigned char *)text, strlen(text), hash, 0) != 0 ||
 	    mbedtls_pk_sign(&pk, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len, drbg, NULL) != 0 ||
+	    /* the agent accepts only low s (docs/protocol.md, "Signatures") */
+	    crypto__sig_low_s(sig, &sig_len, sizeof(sig)) != SCRM_OK ||
 	    mbedtls_base64_encode(b64, sizeof(b64), &b64_len, sig, sig_len) != 0) {
 		fprintf(stderr, "scrmctl fleet: cannot sign with %s\n", key_path);
 		goto out;
