@@ -825,7 +825,13 @@ static int do_cmd(const console__args *a, struct conn *c)
 	sbuf__init(&env);
 	sbuf__puts(&body, "{\"v\":1,\"id\":\"");
 	sbuf__puts(&body, id);
-	sbuf__puts(&body, "\",\"device\":");
+	/* tenant, store and device: a signed command is for this one device
+	 * only (device ids repeat across stores) */
+	sbuf__puts(&body, "\",\"tenant\":");
+	sbuf__jstr(&body, a->tenant);
+	sbuf__puts(&body, ",\"store\":");
+	sbuf__jstr(&body, a->store);
+	sbuf__puts(&body, ",\"device\":");
 	sbuf__jstr(&body, a->device);
 	sbuf__puts(&body, ",\"cmd\":");
 	sbuf__jstr(&body, a->command);
