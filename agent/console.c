@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "crypto.h"
 #include "ident.h"
 #include "json.h"
 #include "mqtt.h"
@@ -794,6 +795,8 @@ static int sign_envelope(const char *key_path, const char *text, sbuf *out)
 	}
 	if (mbedtls_sha256_ret((const unsigned char *)text, strlen(text), hash, 0) != 0 ||
 	    mbedtls_pk_sign(&pk, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len, drbg, NULL) != 0 ||
+	    /* the agent accepts only low s (docs/protocol.md, "Signatures") */
+	    crypto__sig_low_s(sig, &sig_len, sizeof(sig)) != SCRM_OK ||
 	    mbedtls_base64_encode(b64, sizeof(b64), &b64_len, sig, sig_len) != 0) {
 		fprintf(stderr, "scrmctl fleet: cannot sign with %s\n", key_path);
 		goto out;
@@ -830,7 +833,13 @@ static int do_cmd(const console__args *a, struct conn *c)
 	sbuf__init(&env);
 	sbuf__puts(&body, "{\"v\":1,\"id\":\"");
 	sbuf__puts(&body, id);
-	sbuf__puts(&body, "\",\"device\":");
+	/* tenant, store and device: a signed command is for this one device
+	 * only (device ids repeat across stores) */
+	sbuf__puts(&body, "\",\"tenant\":");
+	sbuf__jstr(&body, a->tenant);
+	sbuf__puts(&body, ",\"store\":");
+	sbuf__jstr(&body, a->store);
+	sbuf__puts(&body, ",\"device\":");
 	sbuf__jstr(&body, a->device);
 	sbuf__puts(&body, ",\"cmd\":");
 	sbuf__jstr(&body, a->command);

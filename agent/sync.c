@@ -93,7 +93,6 @@ struct sync {
 	int cmd_level;              /* log.level command in force, -1 = none */
 	mqtt__event *deferred;      /* commands received while the client was being replaced */
 	int signed_only;            /* fleet.command_key_file as at start */
-	char seen_path[4200];       /* persisted replay guard of signed commands */
 };
 
 static uint32_t rand32(void)
@@ -1416,11 +1415,10 @@ static void on_command(struct sync *s, const mqtt__event *e)
 		 * into "unsigned commands accepted". */
 		memset(&cmd, 0, sizeof(cmd));
 		fleet__fail(&err, "unavailable", "", "fleet.command_key_file cannot be loaded; no command is obeyed");
-	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(s, now),
-					&s->seen, &cmd, &err) == 0) {
-		/* The replay guard outlives a restart: saved before acting. */
-		if (cmd.is_signed && fleet__seen_save(&s->seen, s->seen_path) != 0)
-			LOG(LOG_WARN, "fleet", "cannot save the signed command ids", "path=%s", s->seen_path);
+	} else if (fleet__parse_command(e->payload, e->len, s->cfg->tenant, s->cfg->store_id, s->cfg->device_id,
+					s->cmd_key, now, clock_trusted(s, now), &s->seen, &cmd, &err) == 0) {
+		/* A signed command's id is saved by now (the replay guard
+		 * outlives a restart); one that could not be saved was refused. */
 		ok = run_command(s, &cmd, &s->fr, &err) == 0;
 	}
 	if (s->fr.oom) {
@@ -1750,8 +1748,13 @@ int sync__run(config *cfg_in, const char *level_override)
 	push_settings(&s);
 	s.outbox_gen = outbox__generation(s.ob);
 	s.signed_only = cfg->command_key_file != NULL;
-	snprintf(s.seen_path, sizeof(s.seen_path), "%s/fleet_seen_ids", cfg->store_dir);
-	fleet__seen_load(&s.seen, s.seen_path);
+	{
+		char path[4200];
+		snprintf(path, sizeof(path), "%s/fleet_seen_ids", cfg->store_dir);
+		if (fleet__seen_open(&s.seen, path, platform__wall_ms()) != 0)
+			LOG(LOG_ERROR, "fleet", "cannot read the signed command ids; every signed command will be refused",
+			    "path=%s", path);
+	}
 	if (cfg->command_key_file) {
 		char q[600];
 		if (crypto__verifier_load(cfg->command_key_file, &s.cmd_key) != SCRM_OK) {
@@ -1947,6 +1950,7 @@ cleanup:
 	sbuf__free(&s.fb);
 	sbuf__free(&s.fr);
 	crypto__verifier_free(s.cmd_key);
+	fleet__seen_free(&s.seen);
 	while (s.deferred) {
 		mqtt__event *d = s.deferred;
 		s.deferred = d->next;

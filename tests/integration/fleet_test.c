@@ -598,6 +598,20 @@ static int fleet_signed(struct env *e)
 	const char *a[] = {"cmd", "s1/" DEVICE, "ping", "--sign-key", key, "--timeout-ms", timeout, NULL};
 	CHECK(ctl(e, &r, a) == 0 && reply_ok(r), "signed ping obeyed");
 	cJSON_Delete(r);
+	/* Fail closed: when the agent cannot save the command's id (a
+	 * directory where its replay-guard file goes: the atomic rename
+	 * fails, root or not), the command is refused, not run unrecorded. */
+	char seen[600];
+	snprintf(seen, sizeof(seen), "%s/fleet_seen_ids", e->store);
+	CHECK(unlink(seen) == 0 && mkdir(seen, 0700) == 0, "replace %s by a directory", seen);
+	const char *c[] = {"cmd", "s1/" DEVICE, "flush", "--sign-key", key, "--timeout-ms", timeout, NULL};
+	CHECK(ctl(e, &r, c) == 1 && r && strcmp(jstr(r, "error.code"), "failed") == 0 &&
+		      strstr(jstr(r, "error.message"), "not executed"),
+	      "a command whose id cannot be saved is refused");
+	cJSON_Delete(r);
+	CHECK(rmdir(seen) == 0, "rmdir %s", seen);
+	CHECK(ctl(e, &r, c) == 0 && reply_ok(r), "obeyed once its id can be saved");
+	cJSON_Delete(r);
 	/* signed with another key */
 	char other[600];
 	snprintf(other, sizeof(other), "%s/client.key", e->dir);
