@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #define DEVICE "pos-01"
+#define STARTED "msg=\"started\""
 
 static int scale = 1;
 static int failures;
@@ -722,7 +723,8 @@ static int fleet_probe_blackhole(struct env *e)
 }
 
 /* Start (another) agent on the same store, logging to agent-<n>.log, and
- * wait until it has read its probation state. */
+ * wait for `expect` in its log (msg="started": it has read its probation
+ * state and opened the store). */
 static int restart_on_probation(struct env *e, int n, const char *expect)
 {
 	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-%d.log", e->dir, n);
@@ -769,10 +771,10 @@ static int fleet_probation_restart(struct env *e)
 	cJSON_Delete(r);
 	th_sleep_ms(8000);
 	CHECK(kill9(e) == 0, "kill");
-	CHECK(restart_on_probation(e, 2, "still on probation") == 0, "restart 2");
+	CHECK(restart_on_probation(e, 2, STARTED) == 0, "restart 2");
 	th_sleep_ms(8000);
 	CHECK(kill9(e) == 0, "kill");
-	CHECK(restart_on_probation(e, 3, "still on probation") == 0, "restart 3");
+	CHECK(restart_on_probation(e, 3, STARTED) == 0, "restart 3");
 	/* Re-armed at each start it would end 30 s after this one (~46 s). */
 	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 60000 * scale) == 0, "no rollback");
 	int64_t at = th_now_ms() - t_change;
@@ -793,12 +795,18 @@ static int fleet_probation_restart(struct env *e)
 	t_change = th_now_ms();
 	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * scale) == 0, "reconnects");
 	CHECK(kill9(e) == 0, "kill");
-	CHECK(restart_on_probation(e, 4, "start=1 of 2") == 0, "restart 4");
+	CHECK(restart_on_probation(e, 4, STARTED) == 0, "restart 4");
 	CHECK(kill9(e) == 0, "kill");
-	CHECK(restart_on_probation(e, 5, "start=2 of 2") == 0, "restart 5");
+	CHECK(restart_on_probation(e, 5, STARTED) == 0, "restart 5");
 	CHECK(kill9(e) == 0, "kill");
-	CHECK(restart_on_probation(e, 6, "ROLLED BACK") == 0, "restart 6 rolls back");
+	CHECK(restart_on_probation(e, 6, STARTED) == 0, "restart 6");
+	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 3000 * scale) == 0, "the 3rd start on a probation did not roll back");
 	CHECK(th_wait_log(e->agent_log, "started 3 times on it", 0) == 0, "the rollback names the crash loop");
+	{
+		char log5[600];
+		snprintf(log5, sizeof(log5), "%s/agent-5.log", e->dir);
+		CHECK(th_wait_log(log5, "start=2 of 2", 0) == 0, "the 2nd start on the probation was not counted");
+	}
 	CHECK(th_now_ms() - t_change < 25000, "the crash loop was rolled back only at the deadline");
 	o = show_until(e, is_status, "online", 30000 * scale);
 	CHECK(o && is_status(o, "online"), "back online after the crash-loop rollback");
