@@ -44,6 +44,8 @@
 #define WILL_DELAY_S 10
 /* A verdict that could not be recorded is asked for again this soon. */
 #define VERDICT_RETRY_MS 5000
+/* The whole diagnosis of a failed connect: TCP connect + TLS handshake. */
+#define PROBE_TIMEOUT_MS 3000
 
 struct sync {
 	config cfg_own;    /* the running config; replaced by reload / config.set */
@@ -84,6 +86,7 @@ struct sync {
 	crypto__verifier *cmd_key;  /* NULL: unsigned commands accepted */
 	sbuf fb, fr;                /* fleet scratch: payload, result */
 	int64_t probation_ms;       /* monotonic deadline of a broker change; 0 = none */
+	tlsprobe *probe;            /* a diagnosis of a failed connect running in a thread; NULL = none */
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
 	int recreate_pending;       /* the same, keeping the connection's backoff (packet too large) */
 	int erasure_pending;        /* an erasure's old bytes are still in outbox.db-wal */
@@ -1066,6 +1069,63 @@ static void probation_settle(struct sync *s, int rollback)
 	apply_config(s, &next, CFG_RECONNECT, "rollback");
 }
 
+/* At start, a broker change still on probation (the agent stopped, crashed
+ * or was killed by the watchdog before confirming it): keep the deadline set
+ * when the change was applied — re-arming it at every start let a change
+ * that gets the agent killed within the probation never be rolled back —
+ * count this start, and roll back at once if the deadline has passed or the
+ * agent has now started CONFIG_PROBATION_MAX_STARTS times on it. Runs
+ * before anything uses the broker settings. */
+static void probation_at_start(struct sync *s)
+{
+	config *cfg = &s->cfg_own;
+	sbuf text;
+	char q[400], why[120];
+	if (!cfg->overlay_previous)
+		return;
+	int64_t wall = platform__wall_ms(), full = cfg->probation_s * 1000;
+	int64_t starts = cfg->probation_starts + 1;
+	int64_t left = cfg->probation_deadline_ms ? cfg->probation_deadline_ms - wall : full;
+	why[0] = '\0';
+	if (left <= 0)
+		snprintf(why, sizeof(why), "its deadline passed %llds ago", (long long)(-left / 1000));
+	else if (starts >= CONFIG_PROBATION_MAX_STARTS)
+		snprintf(why, sizeof(why), "the agent started %lld times on it without connecting", (long long)starts);
+	/* A wall clock stepped back (or a device that boots in 1970 until NTP
+	 * answers) must not stretch it: at most a full probation from now. */
+	if (left > full)
+		left = full;
+	sbuf__init(&text);
+	if (!why[0]) {
+		cfg->probation_deadline_ms = wall + left;
+		cfg->probation_starts = starts;
+		if (config__overlay_restate(cfg, starts, &text) != SCRM_OK || config__write_overlay(cfg, text.p) != SCRM_OK)
+			LOG(LOG_WARN, "fleet", "cannot record this start in the remote config", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+		s->probation_ms = platform__mono_ms() + left;
+		LOG(LOG_WARN, "fleet", "remote broker settings still on probation", "config_version=%lld left_ms=%lld start=%lld of %d",
+		    (long long)cfg->config_version, (long long)left, (long long)starts, CONFIG_PROBATION_MAX_STARTS - 1);
+		sbuf__free(&text);
+		return;
+	}
+	config next;
+	if (config__overlay_settle(cfg, 1, wall, &text) != SCRM_OK || config__write_overlay(cfg, text.p) != SCRM_OK ||
+	    config__load_all(cfg->path, &next) != SCRM_OK) {
+		LOG(LOG_ERROR, "fleet", "cannot roll back the remote config", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		s->probation_ms = platform__mono_ms(); /* the loop tries again */
+		sbuf__free(&text);
+		return;
+	}
+	sbuf__free(&text);
+	snprintf(s->last_rollback, sizeof(s->last_rollback),
+		 "config_version %lld not connected within %llds (%s); back to the previous settings as version %lld",
+		 (long long)cfg->config_version, (long long)cfg->probation_s, why, (long long)next.config_version);
+	LOG(LOG_ERROR, "fleet", "remote broker settings ROLLED BACK: no connection with them", "detail=%s",
+	    log__q(q, sizeof(q), s->last_rollback));
+	config__free(cfg);
+	*cfg = next;
+}
+
 /* SIGHUP: the local file (and overlay) again. */
 static void reload(struct sync *s)
 {
@@ -1495,19 +1555,24 @@ static void handle_mqtt(struct sync *s)
 			}
 			break;
 		case MQ_CONNECT_FAILED: {
-			char q[600], why[400], q2[450];
+			char q[600];
 			s->connecting = 0;
 			s->connected = 0;
+			LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
+			    log__q(q, sizeof(q), e->text));
 			/* Paho's generic words explain nothing; the first failure of
-			 * a streak (and every 20th) gets a diagnosis by mbedTLS. */
-			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0) {
-				tlsprobe__diagnose(s->cfg->broker_uri, s->cfg->ca_file, s->cfg->cert_file, s->cfg->key_file, 3000,
-						   why, sizeof(why));
-				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s diagnosis=%s",
-				    s->cfg->broker_uri, log__q(q, sizeof(q), e->text), log__q(q2, sizeof(q2), why));
-			} else {
-				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
-				    log__q(q, sizeof(q), e->text));
+			 * a streak (and every 20th) gets a diagnosis by mbedTLS. It
+			 * runs in a thread, bounded (PROBE_TIMEOUT_MS): nothing on
+			 * this loop may block, or the watchdog kills the agent (an
+			 * address that drops SYNs held a blocking connect ~127 s)
+			 * and SIGTERM waits. */
+			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0 && !s->probe) {
+				int prc = tlsprobe__start(&s->probe, s->cfg->broker_uri, s->cfg->ca_file, s->cfg->cert_file,
+							  s->cfg->key_file, PROBE_TIMEOUT_MS);
+				if (prc == 0)
+					LOG(LOG_INFO, "sync", "diagnosing the failed broker connection", "uri=%s", s->cfg->broker_uri);
+				else
+					LOG(LOG_WARN, "sync", "cannot start the connection diagnosis", "err=\"%s\"", strerror(-prc));
 			}
 			s->fail_streak++;
 			schedule_reconnect(s, now);
@@ -1675,6 +1740,10 @@ int sync__run(config *cfg_in, const char *level_override)
 			goto cleanup;
 		}
 	}
+	/* Before the outbox and the client: a rollback changes the config. */
+	probation_at_start(&s);
+	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
+	apply_log_settings(&s);
 	/* Checked at start: a damaged outbox is moved to quarantine/ and a
 	 * fresh one opened (alarm "outbox_quarantined" raised in it). */
 	if (outbox__open_checked(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
@@ -1768,8 +1837,6 @@ int sync__run(config *cfg_in, const char *level_override)
 		LOG(LOG_ERROR, "fleet", "remote config ignored; running on the local file", "reason=%s",
 		    log__q(q, sizeof(q), cfg->overlay_error));
 	}
-	if (cfg->overlay_previous) /* a broker change was on probation at the last stop */
-		s.probation_ms = platform__mono_ms() + cfg->probation_s * 1000;
 	{
 		delivery__io io = {.ctx = &s,
 				   .read = io_read,
@@ -1793,11 +1860,13 @@ int sync__run(config *cfg_in, const char *level_override)
 	platform__sd_notify("READY=1\nSTATUS=running");
 
 	for (;;) {
-		struct pollfd pf[4] = {
+		/* poll() skips entries whose fd is negative. */
+		struct pollfd pf[5] = {
 			{.fd = sig_fd, .events = POLLIN},
 			{.fd = mqtt__fd(s.mq), .events = POLLIN},
 			{.fd = note_fd, .events = POLLIN},
 			{.fd = net_fd, .events = POLLIN},
+			{.fd = s.probe ? tlsprobe__fd(s.probe) : -1, .events = POLLIN},
 		};
 		/* Timers run on the monotonic clock: an NTP step of the wall
 		 * clock must neither stall reconnects nor fire ack timeouts. */
@@ -1829,7 +1898,7 @@ int sync__run(config *cfg_in, const char *level_override)
 				wake = d;
 		}
 		int timeout = wake <= now ? 0 : (int)(wake - now);
-		int n = poll(pf, net_fd >= 0 ? 4 : 3, timeout);
+		int n = poll(pf, 5, timeout);
 		if (n < 0 && errno != EINTR) {
 			LOG(LOG_ERROR, "sync", "poll failed", "err=\"%s\"", strerror(errno));
 			goto cleanup;
@@ -1857,6 +1926,13 @@ int sync__run(config *cfg_in, const char *level_override)
 		if (n > 0 && (pf[2].revents & POLLIN)) {
 			platform__notify_drain(note_fd);
 			pump(&s);
+		}
+		if (n > 0 && s.probe && (pf[4].revents & POLLIN)) {
+			char why[400], q[450];
+			tlsprobe__finish(s.probe, why, sizeof(why));
+			s.probe = NULL;
+			LOG(LOG_ERROR, "sync", "broker connection diagnosis", "uri=%s diagnosis=%s", cfg->broker_uri,
+			    log__q(q, sizeof(q), why));
 		}
 		if (n > 0 && net_fd >= 0 && (pf[3].revents & POLLIN)) {
 			platform__netwatch_drain(net_fd);
@@ -1912,6 +1988,9 @@ int sync__run(config *cfg_in, const char *level_override)
 	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
 	    (long long)s.dl.n_published, (long long)s.dl.n_acked, (long long)s.dl.n_redeliveries, s.dl.nwin);
 cleanup:
+	/* A diagnosis still running is abandoned, not waited for. */
+	tlsprobe__cancel(s.probe);
+	s.probe = NULL;
 	if (s.ob)
 		outbox__link_set(s.ob, 0, platform__wall_ms());
 	if (s.mq && s.connected) {
