@@ -88,6 +88,15 @@ int platform__file_size(const char *path, int64_t *size);
 /* fsync a directory: the renames and links made in it survive a power cut. */
 int platform__fsync_dir(const char *dir);
 
+/* ---- process ---- */
+
+/* Keep this process's memory (data key, decrypted personal data) off the
+ * disk and away from other processes: RLIMIT_CORE 0 (soft and hard) and, on
+ * Linux, not dumpable (PR_SET_DUMPABLE 0: no core even through a piped
+ * core_pattern, no ptrace or /proc/<pid>/mem by the same user). Called first
+ * thing by scrm-agent and scrmctl. 0, or the first -errno (both are tried). */
+int platform__no_core_dumps(void);
+
 /* ---- syslog (kept here: <syslog.h> macros clash with agent names) ---- */
 
 /* Open (on != 0, ident borrowed for the process life) or close syslog. */

@@ -300,12 +300,14 @@ struct pending_verdict {
 struct coupon_def {
 	char *id, *campaign; /* campaign NULL if the record has none */
 	int64_t uses;        /* absent: 1 */
+	int64_t valid_from, valid_to; /* Unix ms, 0: open (valid_to exclusive) */
 	int64_t line;        /* a later line for the same id wins */
 };
 
 struct campaign_def {
 	char *id;
 	int64_t per_member_limit, total_limit; /* 0: unlimited */
+	int64_t valid_from, valid_to;          /* as a coupon's */
 	int64_t line;
 };
 
@@ -2813,8 +2815,10 @@ static int catalogue_add(struct coupon_catalogue *c, size_t *cap_coupons, size_t
 		struct coupon_def d = { 0 };
 		const char *campaign = NULL;
 
-		*why = "coupon: uses or campaign malformed";
+		*why = "coupon: uses, valid_from, valid_to or campaign malformed";
 		if (record_count(rec, "uses", 1, &d.uses) != 0 ||
+		    record_count(rec, "valid_from", 0, &d.valid_from) != 0 ||
+		    record_count(rec, "valid_to", 0, &d.valid_to) != 0 ||
 		    opt_string(rec, "campaign", CACHE_KEY_MAX, &campaign) < 0)
 			goto out;
 		rc = -2;
@@ -2839,9 +2843,11 @@ static int catalogue_add(struct coupon_catalogue *c, size_t *cap_coupons, size_t
 	} else {
 		struct campaign_def d = { 0 };
 
-		*why = "campaign: per_member_limit or total_limit not an integer >= 0";
+		*why = "campaign: per_member_limit, total_limit, valid_from or valid_to not an integer >= 0";
 		if (record_count(rec, "per_member_limit", 0, &d.per_member_limit) != 0 ||
-		    record_count(rec, "total_limit", 0, &d.total_limit) != 0)
+		    record_count(rec, "total_limit", 0, &d.total_limit) != 0 ||
+		    record_count(rec, "valid_from", 0, &d.valid_from) != 0 ||
+		    record_count(rec, "valid_to", 0, &d.valid_to) != 0)
 			goto out;
 		rc = -2;
 		if (c->n_campaigns == *cap_campaigns) {
@@ -3107,6 +3113,37 @@ static int verdict_add(struct verdict_batch *vb, const struct ident *id, int64_t
 	return SQLITE_OK;
 }
 
+/* The validity window [from, to) of a coupon or campaign (0: open) at `at`:
+ * NULL, or the reason with its detail written. Same codes as the agent's. */
+static const char *window_check(const char *what, const char *id, int64_t from, int64_t to, int64_t at,
+				char *detail, size_t cap)
+{
+	if (from > 0 && at < from) {
+		snprintf(detail, cap, "%s %s valid from %" PRId64 " (Unix ms), redeemed at %" PRId64, what, id,
+			 from, at);
+		return "not_yet_valid";
+	}
+	if (to > 0 && at >= to) {
+		snprintf(detail, cap, "%s %s expired at %" PRId64 " (Unix ms), redeemed at %" PRId64, what, id, to,
+			 at);
+		return "expired";
+	}
+	return NULL;
+}
+
+/* When a redemption happened, for its validity check (protocol.md, "Verdict"):
+ * the event's capture time (wall_ms: an offline redemption arrives late, and
+ * is judged at the sale), but never later than central received it (a clock
+ * ahead cannot make a coupon valid early), and central's receive time when
+ * the device said its clock is not trusted (clock_ok false: it may be far
+ * behind, and would make every coupon look unexpired). */
+static int64_t redemption_time(const struct event_view *v, int64_t now)
+{
+	if (v->clock_ok == 0)
+		return now;
+	return v->wall_ms < now ? v->wall_ms : now;
+}
+
 /* A new redemption: decide, record in redemptions, queue the verdict. */
 static int verdict_decide(const struct ident *id, const struct event_view *v, int64_t now,
 			  struct verdict_batch *vb)
@@ -3116,7 +3153,7 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 	const char *reason = NULL;
 	char detail[VERDICT_DETAIL_MAX] = "";
 	char q1[200], q2[200], q3[200], q4[VERDICT_DETAIL_MAX + 16];
-	int64_t value = 0, count = 0;
+	int64_t value = 0, count = 0, at = redemption_time(v, now);
 	sqlite3_stmt *s;
 	int rc;
 
@@ -3142,9 +3179,16 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 		const struct coupon_def *cd = coupon_find(coupon);
 		const char *params[] = { id->tenant, coupon };
 
+		const struct campaign_def *cpd = cd && cd->campaign ? campaign_find(cd->campaign) : NULL;
+
 		if (!cd) {
 			reason = "unknown_coupon";
 			snprintf(detail, sizeof detail, "coupon %s is not known to central", coupon);
+		} else if ((reason = window_check("coupon", coupon, cd->valid_from, cd->valid_to, at, detail,
+						  sizeof detail)) ||
+			   (cpd && (reason = window_check("campaign", cpd->id, cpd->valid_from, cpd->valid_to,
+							  at, detail, sizeof detail)))) {
+			/* outside its validity: reason and detail set */
 		} else if ((rc = db_count(g.st.cnt_coupon, params, 2, &count)) != SQLITE_OK) {
 			return rc;
 		} else if (count >= cd->uses) {
@@ -3194,6 +3238,9 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 			reason = "unknown_campaign";
 			snprintf(detail, sizeof detail, "campaign %s is not known to central",
 				 campaign);
+		} else if ((reason = window_check("campaign", campaign, cd->valid_from, cd->valid_to, at,
+						  detail, sizeof detail))) {
+			/* outside its validity: reason and detail set */
 		} else if (cd->per_member_limit > 0 && member &&
 			   (rc = db_count(g.st.cnt_member, params, 3, &count)) != SQLITE_OK) {
 			return rc;

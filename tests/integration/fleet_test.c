@@ -17,6 +17,9 @@
  *                   its deadline; a crash loop rolls back at the 3rd start
  *   fleet_broker_allowlist  config.set broker.uri is refused for a host not
  *                   in the local broker.remote_hosts, nothing changed
+ *   fleet_escapes   a retained state and heartbeat full of terminal escape
+ *                   sequences: `fleet list` and `show` print them as visible
+ *                   text, --json keeps them as JSON escapes (no agent needed)
  *
  * Usage: fleet_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
  * SCRM_CTL_BIN, SCRM_POSSIM_BIN (and SCRM_TEST_EMULATOR for cross runs).
@@ -144,9 +147,8 @@ static int start_central(struct env *e)
 	return 0;
 }
 
-/* Run `scrmctl fleet ARGS... --json` and parse its output. Returns the exit
- * code; *out = the parsed JSON (caller deletes) or NULL. */
-static int ctl(struct env *e, cJSON **out, const char *const *args)
+/* Run `scrmctl fleet ARGS...` (with --json if json) into e->ctl_out. */
+static int ctl_run(struct env *e, const char *const *args, int json)
 {
 	const char *argv[32];
 	int n = 0;
@@ -160,10 +162,18 @@ static int ctl(struct env *e, cJSON **out, const char *const *args)
 	argv[n++] = "acme";
 	for (; *args && n < 26; args++)
 		argv[n++] = *args;
-	argv[n++] = "--json";
+	if (json)
+		argv[n++] = "--json";
 	argv[n] = NULL;
 	unlink(e->ctl_out);
-	int rc = th_run_target(argv, e->ctl_out, 60000 * scale);
+	return th_run_target(argv, e->ctl_out, 60000 * scale);
+}
+
+/* Run `scrmctl fleet ARGS... --json` and parse its output. Returns the exit
+ * code; *out = the parsed JSON (caller deletes) or NULL. */
+static int ctl(struct env *e, cJSON **out, const char *const *args)
+{
+	int rc = ctl_run(e, args, 1);
 	if (out) {
 		char *text = th_read_file(e->ctl_out, NULL);
 		/* stdout and stderr share the file: the reply is the last line
@@ -955,6 +965,75 @@ static int fleet_signed(struct env *e)
 	return 0;
 }
 
+/* ---- hostile device text ---- */
+
+/* The first byte a terminal would act on (C0 other than newline, DEL, C1 as
+ * UTF-8 or raw), or -1. */
+static long first_control(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < n; i++)
+		if ((p[i] < 0x20 && p[i] != '\n') || p[i] == 0x7f || (p[i] >= 0x80 && p[i] <= 0x9f && (i == 0 || p[i - 1] == 0xc2)))
+			return (long)i;
+	return -1;
+}
+
+static int fleet_escapes(struct env *e)
+{
+	char err[256], state[1024], health[1024];
+	th_mqtt_opts o = {.uri = e->uri, .client_id = "pos-evil", .ca_file = e->ca};
+	th_mqtt *m = th_mqtt_connect(&o, err, sizeof(err));
+	CHECK(m, "connect: %s", err);
+	/* JSON escapes reach the console as the raw bytes (ESC, BEL); the C1
+	 * CSI (U+009B) is sent as raw UTF-8, which is valid JSON too. */
+	int64_t now = th_now_ms();
+	snprintf(state, sizeof(state),
+		 "{\"v\":1,\"state\":\"\\u001b[2Joffline\",\"reason\":\"\\u001b[1;1Hall good\\u001b[K\","
+		 "\"version\":\"1.0\\u001b]0;pwned\\u0007\",\"arch\":\"x\xc2\x9b" "2J\\u007f\",\"protocol\":1,"
+		 "\"birth_seq\":%lld,\"ts\":%lld,\"heartbeat_s\":5}",
+		 (long long)now, (long long)now);
+	snprintf(health, sizeof(health),
+		 "{\"v\":1,\"ts\":%lld,\"alarms\":[{\"code\":\"\\u001b[31mRED\\u202e\"}],"
+		 "\"cache\":{\"m\\u001b[2J\":{\"cursor\":1,\"rows\":2}},\"outbox\":{\"pending\":3}}",
+		 (long long)now);
+	int rc1 = th_mqtt_publish_ex(m, "scrm/v1/acme/s1/pos-evil/up/state", state, strlen(state), 1, 1, 10000);
+	int rc2 = th_mqtt_publish_ex(m, "scrm/v1/acme/s1/pos-evil/up/health", health, strlen(health), 1, 1, 10000);
+	th_mqtt_close(m);
+	CHECK(rc1 == 0 && rc2 == 0, "retained state/health published");
+
+	static const char *const list[] = {"list", NULL};
+	static const char *const show[] = {"show", "s1/pos-evil", NULL};
+	static const char *const *const human[] = {list, show};
+	for (int i = 0; i < 2; i++) {
+		CHECK(ctl_run(e, human[i], 0) == 0, "fleet %s exits 0", human[i][0]);
+		size_t n = 0;
+		char *out = th_read_file(e->ctl_out, &n);
+		CHECK(out, "fleet %s: no output", human[i][0]);
+		long at = first_control(out, n);
+		int shown = strstr(out, "\\x1b[2J") != NULL && strstr(out, "pos-evil") != NULL;
+		if (at >= 0 || !shown)
+			fprintf(stderr, "fleet %s printed:\n%s\n", human[i][0], out);
+		free(out);
+		CHECK(at < 0, "fleet %s: a control byte reached the terminal at offset %ld", human[i][0], at);
+		CHECK(shown, "fleet %s: the escape is not shown as text (\\x1b[2J)", human[i][0]);
+	}
+
+	/* --json: valid, terminal-safe, and the data unchanged */
+	cJSON *l = NULL;
+	CHECK(ctl(e, &l, list) == 0 && l, "fleet list --json");
+	size_t n = 0;
+	char *out = th_read_file(e->ctl_out, &n);
+	long at = out ? first_control(out, n) : 0;
+	free(out);
+	const cJSON *ag = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "agents"), 0);
+	int same = strcmp(jstr(ag, "state.version"), "1.0\x1b]0;pwned\x07") == 0 &&
+		   strcmp(jstr(ag, "state.arch"), "x\xc2\x9b" "2J\x7f") == 0 && strcmp(jstr(ag, "status"), "\x1b[2Joffline") == 0;
+	cJSON_Delete(l);
+	CHECK(at < 0, "fleet list --json: a control byte at offset %ld", at);
+	CHECK(same, "fleet list --json: the device's strings changed");
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct env *);
@@ -966,6 +1045,7 @@ static const struct {
 	{"fleet_probe_blackhole", fleet_probe_blackhole},
 	{"fleet_probation_restart", fleet_probation_restart},
 	{"fleet_broker_allowlist", fleet_broker_allowlist},
+	{"fleet_escapes", fleet_escapes},
 };
 
 int main(int argc, char **argv)
