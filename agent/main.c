@@ -9,6 +9,7 @@
 #include "config.h"
 #include "enroll.h"
 #include "log.h"
+#include "paths.h"
 #include "sync.h"
 
 #include <signal.h>
@@ -93,6 +94,24 @@ int main(int argc, char **argv)
 			printf("  remote settings IGNORED: %s\n", cfg.overlay_error);
 		config__free(&cfg);
 		return 0;
+	}
+	{
+		/* Before anything reads them: an older agent's keys, cache and
+		 * remote settings move into the private directory (paths.h), and
+		 * remote settings that moved are read again from there. */
+		char moved[600];
+		if (paths__prepare(cfg.store_dir, cfg.keys_dir, moved, sizeof(moved)) != SCRM_OK) {
+			fprintf(stderr, "scrm-agent: %s\n", scrm_errmsg());
+			config__free(&cfg);
+			return 1;
+		}
+		if (strstr(moved, PATHS_OVERLAY)) {
+			config__free(&cfg);
+			if (config__load_all(path, &cfg) != SCRM_OK) {
+				fprintf(stderr, "scrm-agent: %s: %s\n", path, scrm_errmsg());
+				return 1;
+			}
+		}
 	}
 	log__set_level(log__parse_level(level ? level : cfg.log_level));
 

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
+#include "paths.h"
 #include "platform.h"
 #include "cache.h"
 #include "delivery.h"
@@ -117,7 +118,11 @@ static void start_connect(struct sync *s)
 	/* Each connection gets a new birth_seq, and its will carries it: a
 	 * will that overtakes a newer birth is recognisably older. */
 	int64_t wall = platform__wall_ms();
-	s->birth_seq = fleet__next_birth_seq(s->cfg->store_dir, wall);
+	{
+		char priv[4096];
+		paths__private(s->cfg->store_dir, NULL, priv, sizeof(priv));
+		s->birth_seq = fleet__next_birth_seq(priv, wall);
+	}
 	fleet__state_json(&s->fb, s->cfg, "offline", "connection_lost", s->birth_seq, wall, s->started_ms, s->boot, NULL);
 	if (s->fb.oom || mqtt__set_will(s->mq, s->topic_state, s->fb.p, WILL_DELAY_S) != SCRM_OK)
 		LOG(LOG_WARN, "fleet", "cannot set the last will; central will not see this device go offline", NULL);
@@ -1666,6 +1671,20 @@ int sync__run(config *cfg_in, const char *level_override)
 			goto cleanup;
 		}
 	}
+	{
+		/* Keys, cache, remote settings and the replay guard live where
+		 * only this user can write (paths.h); an older agent's files are
+		 * moved there, a planted or foreign one refused. */
+		char moved[600], q[600];
+		if (paths__prepare(cfg->store_dir, cfg->keys_dir, moved, sizeof(moved)) != SCRM_OK) {
+			LOG(LOG_ERROR, "sync", "refusing the store's private directory", "dir=%s err=%s", cfg->store_dir,
+			    log__q(q, sizeof(q), scrm_errmsg()));
+			goto cleanup;
+		}
+		if (moved[0])
+			LOG(LOG_WARN, "sync", "moved an older agent's files into the private directory", "dir=%s/%s moved=%s",
+			    cfg->store_dir, PATHS_PRIVATE_DIR, log__q(q, sizeof(q), moved));
+	}
 	/* Checked at start: a damaged outbox is moved to quarantine/ and a
 	 * fresh one opened (alarm "outbox_quarantined" raised in it). */
 	if (outbox__open_checked(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
@@ -1739,7 +1758,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	push_settings(&s);
 	s.outbox_gen = outbox__generation(s.ob);
 	s.signed_only = cfg->command_key_file != NULL;
-	snprintf(s.seen_path, sizeof(s.seen_path), "%s/fleet_seen_ids", cfg->store_dir);
+	paths__private(cfg->store_dir, PATHS_SEEN_IDS, s.seen_path, sizeof(s.seen_path));
 	fleet__seen_load(&s.seen, s.seen_path);
 	if (cfg->command_key_file) {
 		char q[600];
