@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -94,7 +95,7 @@ static int copy_file(const char *from, const char *to)
 	CHECK(t, "read %s", from);
 	int rc = th_write_file(to, t);
 	free(t);
-	CHECK(rc == 0, "write %s", to);
+	CHECK(rc == 0 && chmod(to, 0600) == 0, "write %s", to); /* keys: the agent's user only */
 	return 0;
 }
 
@@ -105,8 +106,8 @@ static int make_keys(struct env *e)
 	char kd[600], a[700], b[700];
 	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "keys", e->keys, "--seed", "7", NULL};
 	CHECK(th_run_target(argv, NULL, 120000 * scale) == 0, "scrm-cachegen keys");
-	snprintf(kd, sizeof(kd), "%s/keys", e->store);
-	CHECK(th_run((const char *const[]){"mkdir", "-p", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
+	snprintf(kd, sizeof(kd), "%s/private/keys", e->store);
+	CHECK(th_run((const char *const[]){"mkdir", "-p", "-m", "0700", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
 	snprintf(a, sizeof(a), "%s/tenant.key", e->keys);
 	snprintf(b, sizeof(b), "%s/tenant.key", kd);
 	if (copy_file(a, b))
@@ -349,7 +350,7 @@ static int wait_all_streams(struct env *e, int timeout_s)
 static int scan_store_for_phones(struct env *e, int *scanned)
 {
 	char p[600], *idx;
-	const char *files[] = {"cache.db", "cache.db-wal", "cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
+	const char *files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
 	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
 	CHECK((idx = th_read_file(p, NULL)), "index");
 	*scanned = 0;
@@ -547,7 +548,7 @@ static int record_purchase(scrm_store *st, const char *order, const char *member
  * fixture only in the member's own records (profile, card, its coupons). */
 static int member_bytes(struct env *e, const char *id, const char *cardno, char *where, size_t cap)
 {
-	static const char *const files[] = {"cache.db", "cache.db-wal", "cache.db-shm",
+	static const char *const files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm",
 					    "outbox.db", "outbox.db-wal", "outbox.db-shm"};
 	where[0] = '\0';
 	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
@@ -632,7 +633,7 @@ static int erasure_commands(struct env *e, scrm_cache *till)
 	/* A reader in the middle of a read (a guide tablet's long query). */
 	char p[600];
 	sqlite3 *reader = NULL;
-	snprintf(p, sizeof(p), "%s/cache.db", e->store);
+	snprintf(p, sizeof(p), "%s/private/cache.db", e->store);
 	CHECK(sqlite3_open_v2(p, &reader, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
 		      sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL) == SQLITE_OK,
 	      "reader");

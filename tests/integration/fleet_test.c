@@ -327,7 +327,9 @@ static int fleet_commands(struct env *e)
 	{
 		char junk[600];
 		CHECK(mkdir(e->store, 0700) == 0, "mkdir store");
-		snprintf(junk, sizeof(junk), "%s/cache.db", e->store);
+		snprintf(junk, sizeof(junk), "%s/private", e->store);
+		CHECK(mkdir(junk, 0700) == 0, "mkdir private");
+		snprintf(junk, sizeof(junk), "%s/private/cache.db", e->store);
 		CHECK(th_write_file(junk, "this is not a SQLite database, it is junk of sufficient length ..........") == 0,
 		      "junk cache");
 	}
@@ -392,7 +394,7 @@ static int fleet_commands(struct env *e)
 	cJSON_Delete(r);
 	{
 		char path[600];
-		snprintf(path, sizeof(path), "%s/config.remote.json", e->store);
+		snprintf(path, sizeof(path), "%s/private/config.remote.json", e->store);
 		char *t = th_read_file(path, NULL);
 		CHECK(t && strstr(t, "\"sync.window\":4") && strstr(t, "\"version\":1"), "overlay persisted: %s", t ? t : "(none)");
 		free(t);
