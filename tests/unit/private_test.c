@@ -256,6 +256,35 @@ static void planted_private_dir_is_refused(void **state)
 	assert_null(h);
 }
 
+/* The daemon itself (scrm-agent, as systemd starts it) stops at once on a
+ * planted private/, naming it, instead of running with a key someone else
+ * knows. */
+static void agent_refuses_to_start_on_planted_private(void **state)
+{
+	struct fx *f = *state;
+	if (!root()) {
+		skip();
+		return;
+	}
+	agent_start(f);
+	assert_int_equal(as_pos(plant_private, f), 0);
+	char *cfgp = tu_join(f->dir, "agent.json"), *log = tu_join(f->dir, "agent.log"), text[1200];
+	snprintf(text, sizeof(text),
+		 "{\"tenant\":\"acme\",\"store_id\":\"s1\",\"device_id\":\"pos-01\",\"store_dir\":\"%s\","
+		 "\"broker\":{\"uri\":\"mqtts://127.0.0.1:9\",\"ca_file\":\"/etc/scrm/ca.pem\"}}",
+		 f->store);
+	write_mode(cfgp, text, 0644);
+	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", cfgp, NULL};
+	assert_int_equal(th_run_target(argv, log, 60000), 1);
+	char *out = th_read_file(log, NULL);
+	assert_non_null(out);
+	if (!strstr(out, "private: owner uid 4242, expected 0"))
+		fail_msg("scrm-agent's output does not name the planted directory: %s", out);
+	free(out);
+	free(cfgp);
+	free(log);
+}
+
 /* ---- (b) planted or loosened keys: refused, with the reason ---- */
 
 static void planted_keys_refused_with_reason(void **state)
@@ -674,6 +703,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(pos_user_cannot_touch_private_dir, setup, teardown),
 		cmocka_unit_test_setup_teardown(planted_private_dir_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(agent_refuses_to_start_on_planted_private, setup, teardown),
 		cmocka_unit_test_setup_teardown(planted_keys_refused_with_reason, setup, teardown),
 		cmocka_unit_test_setup_teardown(state_files_refused_unless_own, setup, teardown),
 		cmocka_unit_test_setup_teardown(old_layout_moved_in, setup, teardown),
