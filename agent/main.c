@@ -105,6 +105,9 @@ int main(int argc, char **argv)
 			config__free(&cfg);
 			return 1;
 		}
+		if (moved[0]) /* stderr: the journal keeps it (the log is not set up yet) */
+			fprintf(stderr, "scrm-agent: moved an older agent's files into %s/%s: %s\n", cfg.store_dir,
+				PATHS_PRIVATE_DIR, moved);
 		if (strstr(moved, PATHS_OVERLAY)) {
 			config__free(&cfg);
 			if (config__load_all(path, &cfg) != SCRM_OK) {
