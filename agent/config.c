@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "err.h"
+#include "ident.h"
 #include "json.h"
 #include "paths.h"
 #include "platform.h"
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum ctype { C_STR, C_INT, C_BOOL };
 
@@ -35,20 +37,22 @@ struct ckey {
 #define B(k, f, d, doc) {k, C_BOOL, offsetof(config, f), NULL, d, 0, 1, 0, doc}
 
 static const struct ckey keys[] = {
-	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}"),
-	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}"),
-	S("device_id", device_id, NULL, 1, "This device's id, unique in the tenant; also the MQTT client id"),
+	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}, not up or down"),
+	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}, not up or down"),
+	S("device_id", device_id, NULL, 1, "This device's id (same rule), unique in the tenant; also the MQTT client id"),
 	S("store_dir", store_dir, "/var/lib/scrm", 0, "Directory holding outbox.db (shared with the POS via libscrm)"),
 	S("broker.uri", broker_uri, NULL, 1, "mqtts://host:port (TLS) or mqtt://host:port (plaintext, needs broker.allow_plaintext)"),
 	S("broker.ca_file", ca_file, NULL, 0, "CA certificate(s) that sign the broker's certificate (PEM); required for TLS"),
 	S("broker.cert_file", cert_file, NULL, 0, "Client certificate for mutual TLS (PEM)"),
 	S("broker.key_file", key_file, NULL, 0, "Client private key for mutual TLS (PEM)"),
+	S("broker.crl_file", crl_file, NULL, 0, "CRL(s) of the broker's CA (PEM): a revoked broker certificate is refused; read at every connect; an unreadable or expired CRL refuses every broker (fail closed)"),
 	S("broker.username", username, NULL, 0, "MQTT user name"),
 	S("broker.password_file", password_file, NULL, 0, "File holding the MQTT password (kept out of the config)"),
 	B("broker.allow_plaintext", allow_plaintext, 0, "Permit an unencrypted mqtt:// URI (logs a warning at every start)"),
 	I("broker.keepalive_s", keepalive_s, 30, 5, 3600, "MQTT keep-alive, seconds"),
 	I("broker.session_expiry_s", session_expiry_s, 604800, 0, 4294967295LL, "MQTT 5 session expiry: how long the broker queues acks while offline"),
 	I("broker.connect_timeout_s", connect_timeout_s, 10, 1, 300, "Give up a connection attempt after this many seconds"),
+	S("broker.remote_hosts", remote_hosts, NULL, 0, "Brokers central may move this device to with config.set broker.uri: host or host:port, comma-separated (local only; empty = broker.uri cannot be changed remotely)"),
 	I("sync.batch_max_events", batch_max_events, 500, 1, 10000, "Events per MQTT message at most"),
 	I("sync.batch_max_bytes", batch_max_bytes, 262144, 4096, 16777216, "Bytes per MQTT message at most (one event may exceed it alone)"),
 	I("sync.window", window, 8, 1, 64, "Batches published but not yet acknowledged by central, at most (also capped by the broker's Receive Maximum)"),
@@ -121,16 +125,7 @@ static int line_of(const char *text, size_t len, const char *path)
 
 int config__id_ok(const char *s)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > 64)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '-' || c == '_' || c == '.'))
-			return 0;
-	}
-	return 1;
+	return ident__ok(s);
 }
 
 static int set_key(const struct ckey *k, const cJSON *v, config *cfg, const char *text, size_t len)
@@ -234,12 +229,14 @@ int config__normalise_uri(const char *uri, char **out, int *plaintext)
 /* Checks that span keys, once everything is read. */
 static int cross_check(config *cfg)
 {
-	if (!config__id_ok(cfg->tenant))
-		return err__set(SCRM_E_CONFIG, "tenant: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!config__id_ok(cfg->store_id))
-		return err__set(SCRM_E_CONFIG, "store_id: must be 1..64 of [A-Za-z0-9_.-]");
-	if (!config__id_ok(cfg->device_id))
-		return err__set(SCRM_E_CONFIG, "device_id: must be 1..64 of [A-Za-z0-9_.-]");
+	const struct {
+		const char *key, *value;
+	} ids[] = {{"tenant", cfg->tenant}, {"store_id", cfg->store_id}, {"device_id", cfg->device_id}};
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		const char *why = ident__problem(ids[i].value);
+		if (why)
+			return err__set(SCRM_E_CONFIG, "%s: %s", ids[i].key, why);
+	}
 	char *norm = NULL;
 	int rc = config__normalise_uri(cfg->broker_uri, &norm, &cfg->plaintext);
 	if (rc)
@@ -250,6 +247,8 @@ static int cross_check(config *cfg)
 		return err__set(SCRM_E_CONFIG, "broker.uri: plaintext mqtt:// refused; use mqtts://, or set broker.allow_plaintext to true to accept an unencrypted link");
 	if (!cfg->plaintext && !cfg->ca_file)
 		return err__set(SCRM_E_CONFIG, "broker.ca_file: required with TLS (the CA that signs the broker's certificate)");
+	if (cfg->plaintext && cfg->crl_file)
+		return err__set(SCRM_E_CONFIG, "broker.crl_file: only applies to mqtts:// (TLS)");
 	if (!!cfg->cert_file != !!cfg->key_file)
 		return err__set(SCRM_E_CONFIG, "%s: broker.cert_file and broker.key_file go together", cfg->cert_file ? "broker.key_file" : "broker.cert_file");
 	if (cfg->outbox_reserve_bytes >= cfg->outbox_max_bytes)
@@ -402,9 +401,13 @@ static const struct {
 	{"broker.ca_file", CFG_RECONNECT, 0},
 	{"broker.cert_file", CFG_RECONNECT, 0},
 	{"broker.key_file", CFG_RECONNECT, 0},
+	{"broker.crl_file", CFG_RECONNECT, 0},
 	{"broker.username", CFG_RECONNECT, 0},
 	{"broker.password_file", CFG_RECONNECT, 0},
 	{"broker.allow_plaintext", CFG_RECONNECT, 0},
+	/* Where central may send the device: a console credential alone must
+	 * not be able to move it to any broker the CA happens to sign. */
+	{"broker.remote_hosts", CFG_LIVE, 0},
 	{"broker.", CFG_RECONNECT, 1},
 	{"cache.enabled", CFG_RESTART, 1},
 	{"cache.keys_dir", CFG_RESTART, 0},
@@ -521,12 +524,84 @@ static cJSON *read_base(const char *path)
 	return root;
 }
 
+/* "host:port" of a normalised URI ("ssl://h:p/..." or "ssl://[v6]:p"):
+ * host into `host`, port into `port` ("" if none). */
+static void uri_host_port(const char *uri, char *host, size_t hn, char *port, size_t pn)
+{
+	const char *p = strstr(uri, "://");
+	p = p ? p + 3 : uri;
+	size_t n = strcspn(p, "/");
+	const char *end = p + n, *colon = NULL;
+	if (*p == '[') {
+		const char *close = memchr(p, ']', n);
+		if (!close)
+			close = end;
+		snprintf(host, hn, "%.*s", (int)(close - p - 1), p + 1);
+		colon = close < end && close[1] == ':' ? close + 1 : NULL;
+	} else {
+		for (const char *c = p; c < end; c++)
+			if (*c == ':')
+				colon = c;
+		snprintf(host, hn, "%.*s", (int)((colon ? colon : end) - p), p);
+	}
+	snprintf(port, pn, "%.*s", colon ? (int)(end - colon - 1) : 0, colon ? colon + 1 : "");
+}
+
+/* Is host:port listed in broker.remote_hosts ("a.example, b.example:8883,
+ * [fd00::1]:8883")? An entry without a port allows every port of the host.
+ * Host names compare case-insensitively, as DNS does. */
+static int remote_host_allowed(const char *list, const char *host, const char *port)
+{
+	const char *p = list ? list : "";
+	for (;;) {
+		p += strspn(p, ", \t");
+		if (!*p)
+			return 0;
+		size_t n = strcspn(p, ", \t");
+		char entry[300], eh[300], ep[16];
+		snprintf(entry, sizeof(entry), "%.*s", (int)n, p);
+		p += n;
+		const char *colon = strchr(entry, ':');
+		if (entry[0] != '[' && colon && strchr(colon + 1, ':')) {
+			/* a bare IPv6 address: no port */
+			snprintf(eh, sizeof(eh), "%s", entry);
+			ep[0] = '\0';
+		} else {
+			char u[320];
+			snprintf(u, sizeof(u), "x://%s", entry);
+			uri_host_port(u, eh, sizeof(eh), ep, sizeof(ep));
+		}
+		if (strcasecmp(eh, host) == 0 && (!ep[0] || strcmp(ep, port) == 0))
+			return 1;
+	}
+}
+
+/* A remote broker.uri must name a host the local operator listed in
+ * broker.remote_hosts (or be the local file's own URI): a console
+ * credential alone must not move the device to any broker whose
+ * certificate chains to the CA, where every event could be read and acked. */
+static int check_remote_broker(const config *out, const char *base_uri)
+{
+	char host[300], port[16];
+	if (base_uri && strcmp(base_uri, out->broker_uri) == 0)
+		return SCRM_OK;
+	uri_host_port(out->broker_uri, host, sizeof(host), port, sizeof(port));
+	if (remote_host_allowed(out->remote_hosts, host, port))
+		return SCRM_OK;
+	if (!out->remote_hosts || !out->remote_hosts[strspn(out->remote_hosts, ", \t")])
+		return err__set(SCRM_E_CONFIG, "broker.uri: cannot be changed remotely: broker.remote_hosts is empty "
+				"(a local-only list of the brokers central may move this device to)");
+	return err__set(SCRM_E_CONFIG, "broker.uri: host %.200s%s%.15s is not in broker.remote_hosts (\"%.200s\", set "
+			"in the local config file only)", host, port[0] ? ":" : "", port, out->remote_hosts);
+}
+
 /* base tree + set → a validated config carrying the overlay's bookkeeping. */
 static int build(const char *path, const cJSON *set, const cJSON *previous, int64_t version, int64_t updated,
 		 config *out)
 {
 	cJSON *root = read_base(path);
-	int rc;
+	char *base_uri = NULL;
+	int rc, plain;
 	if (!root)
 		return SCRM_E_CONFIG;
 	for (const cJSON *it = set ? set->child : NULL; it; it = it->next)
@@ -534,11 +609,21 @@ static int build(const char *path, const cJSON *set, const cJSON *previous, int6
 			cJSON_Delete(root);
 			return rc;
 		}
+	const cJSON *bu = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "broker"), "uri");
+	if (cJSON_IsString(bu) && config__normalise_uri(bu->valuestring, &base_uri, &plain) != SCRM_OK)
+		base_uri = NULL; /* apply_root reports it */
 	if ((rc = merge_set(root, set)) || (rc = apply_root(root, NULL, 0, out))) {
 		cJSON_Delete(root);
+		free(base_uri);
 		return rc;
 	}
 	cJSON_Delete(root);
+	rc = cJSON_GetObjectItemCaseSensitive(set, "broker.uri") ? check_remote_broker(out, base_uri) : SCRM_OK;
+	free(base_uri);
+	if (rc) {
+		config__free(out);
+		return rc;
+	}
 	out->path = strdup(path);
 	out->config_version = version;
 	out->overlay_updated_ms = updated;
@@ -609,6 +694,12 @@ int config__load_all(const char *path, config *cfg)
 			} else {
 				config__free(cfg);
 				*cfg = next;
+				if (prev) {
+					/* absent (an overlay written before deadlines
+					 * were kept): 0, the daemon sets one at start */
+					int_field(ov, "deadline_ms", &cfg->probation_deadline_ms);
+					int_field(ov, "starts", &cfg->probation_starts);
+				}
 			}
 		}
 	}
@@ -621,7 +712,10 @@ int config__load_all(const char *path, config *cfg)
 	return rc;
 }
 
-static void put_overlay(sbuf *out, int64_t version, int64_t now, const char *set, const char *previous)
+/* deadline/starts: of the probation, written only with `previous`. The
+ * deadline is wall-clock so that it means the same after a restart. */
+static void put_overlay(sbuf *out, int64_t version, int64_t now, const char *set, const char *previous,
+			int64_t deadline, int64_t starts)
 {
 	sbuf__puts(out, "{\"v\":1,\"version\":");
 	sbuf__i64(out, version);
@@ -630,7 +724,11 @@ static void put_overlay(sbuf *out, int64_t version, int64_t now, const char *set
 	sbuf__puts(out, ",\"set\":");
 	sbuf__puts(out, set ? set : "{}");
 	if (previous) {
-		sbuf__puts(out, ",\"probation\":true,\"previous\":");
+		sbuf__puts(out, ",\"probation\":true,\"deadline_ms\":");
+		sbuf__i64(out, deadline);
+		sbuf__puts(out, ",\"starts\":");
+		sbuf__i64(out, starts);
+		sbuf__puts(out, ",\"previous\":");
 		sbuf__puts(out, previous);
 	}
 	sbuf__puts(out, "}\n");
@@ -729,9 +827,19 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 			rc = err__set(SCRM_E_NOMEM, "out of memory");
 			goto out;
 		}
+		/* A new broker change gets the full probation; any other change
+		 * made during one keeps its deadline and start count. */
+		if (config__needs_reconnect(cur, next) || !cur->probation_deadline_ms) {
+			next->probation_deadline_ms = now_ms + next->probation_s * 1000;
+			next->probation_starts = 0;
+		} else {
+			next->probation_deadline_ms = cur->probation_deadline_ms;
+			next->probation_starts = cur->probation_starts;
+		}
 	}
 	sbuf__reset(overlay_text);
-	put_overlay(overlay_text, next->config_version, now_ms, next->overlay_set, next->overlay_previous);
+	put_overlay(overlay_text, next->config_version, now_ms, next->overlay_set, next->overlay_previous,
+		    next->probation_deadline_ms, next->probation_starts);
 	if (overlay_text->oom)
 		rc = err__set(SCRM_E_NOMEM, "out of memory");
 out:
@@ -748,10 +856,18 @@ int config__overlay_settle(const config *cfg, int rollback, int64_t now_ms, sbuf
 	sbuf__reset(overlay_text);
 	if (rollback)
 		put_overlay(overlay_text, cfg->config_version + 1, now_ms,
-			    cfg->overlay_previous ? cfg->overlay_previous : "{}", NULL);
+			    cfg->overlay_previous ? cfg->overlay_previous : "{}", NULL, 0, 0);
 	else
 		put_overlay(overlay_text, cfg->config_version, cfg->overlay_updated_ms ? cfg->overlay_updated_ms : now_ms,
-			    cfg->overlay_set, NULL);
+			    cfg->overlay_set, NULL, 0, 0);
+	return overlay_text->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
+}
+
+int config__overlay_restate(const config *cfg, int64_t starts, sbuf *overlay_text)
+{
+	sbuf__reset(overlay_text);
+	put_overlay(overlay_text, cfg->config_version, cfg->overlay_updated_ms, cfg->overlay_set, cfg->overlay_previous,
+		    cfg->probation_deadline_ms, starts);
 	return overlay_text->oom ? err__set(SCRM_E_NOMEM, "out of memory") : SCRM_OK;
 }
 

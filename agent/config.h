@@ -19,9 +19,10 @@ typedef struct config {
 	char *store_dir;
 	/* broker */
 	char *broker_uri; /* normalised to ssl:// or tcp:// */
-	char *ca_file, *cert_file, *key_file, *username, *password_file;
+	char *ca_file, *cert_file, *key_file, *crl_file, *username, *password_file;
 	int allow_plaintext;
 	int64_t keepalive_s, session_expiry_s, connect_timeout_s;
+	char *remote_hosts; /* broker.remote_hosts: local only; NULL/"" = no remote broker.uri */
 	/* sync */
 	int64_t batch_max_events, batch_max_bytes, window, ack_timeout_ms;
 	int64_t verdict_query_s;
@@ -49,6 +50,10 @@ typedef struct config {
 	char *overlay_set;       /* JSON object text of the overlay's "set"; NULL = none */
 	char *overlay_previous;  /* the "set" before a change still on probation; NULL = none */
 	int64_t overlay_updated_ms;
+	/* A change on probation: its wall-clock deadline (fixed when the change
+	 * was applied, never re-armed by a restart) and how many times the
+	 * agent has started since. 0 = none. */
+	int64_t probation_deadline_ms, probation_starts;
 	char *overlay_error;     /* why an overlay on disk was ignored; NULL = none */
 	/* derived */
 	int plaintext;      /* URI is tcp:// */
@@ -62,7 +67,8 @@ typedef struct config {
 int config__parse(const char *text, size_t len, config *cfg);
 int config__load(const char *path, config *cfg);
 void config__free(config *cfg);
-/* 1 if s is a valid tenant, store or device id: [A-Za-z0-9_.-]{1,64}. */
+/* 1 if s is a valid tenant, store or device id (ident.h: [A-Za-z0-9_.-]{1,64},
+ * not a word of the topic tree). */
 int config__id_ok(const char *s);
 /* mqtts:// / ssl:// → ssl://..., mqtt:// / tcp:// → tcp://... into *out
  * (malloc'd), *plaintext set; SCRM_E_CONFIG naming broker.uri otherwise. */
@@ -103,6 +109,13 @@ int config__propose(const config *cur, const char *changes, size_t len, int64_t 
 /* The overlay text for `cfg` with the probation marks removed (confirmed),
  * or the previous set restored (rolled back; version still moves on). */
 int config__overlay_settle(const config *cfg, int rollback, int64_t now_ms, sbuf *overlay_text);
+/* The overlay text for `cfg` as it is (still on probation), with its
+ * probation start count set to `starts`: written at each start so a crash
+ * loop during probation is counted across restarts. */
+int config__overlay_restate(const config *cfg, int64_t starts, sbuf *overlay_text);
+/* How many starts of the agent one probation survives without a
+ * connection: the next start rolls back. */
+#define CONFIG_PROBATION_MAX_STARTS 3
 /* Write the overlay atomically (temp, fsync, rename, fsync dir). */
 int config__write_overlay(const config *cfg, const char *text);
 /* Every key with its effective value, as one flat JSON object. */

@@ -6,6 +6,8 @@
 
 #include "cli.h"
 #include "config.h"
+#include "crypto.h"
+#include "ident.h"
 #include "json.h"
 #include "mqtt.h"
 #include "platform.h"
@@ -52,6 +54,130 @@ static void usage(FILE *f)
 		"Exit codes: 0 ok, 1 refused or not found, 2 usage, 3 no connection or no reply in time.\n");
 }
 
+/* ---- device text on the operator's terminal ---- */
+
+/* Length of the valid UTF-8 sequence at p (n bytes available) and its code
+ * point, or 0: RFC 3629, no overlong forms, no surrogates, <= U+10FFFF. */
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
+{
+	size_t len;
+	uint32_t c, min;
+	if (p[0] < 0x80) {
+		*cp = p[0];
+		return 1;
+	}
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		len = 2, c = p[0] & 0x1fu, min = 0x80;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		len = 3, c = p[0] & 0x0fu, min = 0x800;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		len = 4, c = p[0] & 0x07u, min = 0x10000;
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		c = (c << 6) | (p[i] & 0x3fu);
+	}
+	if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return len;
+}
+
+/* Characters a terminal acts on or that change how the line reads. */
+static int unsafe_cp(uint32_t c)
+{
+	return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x061c || c == 0x200e || c == 0x200f ||
+	       (c >= 0x2028 && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+void console__term_text(sbuf *out, const char *s, size_t len, int json)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0;
+	while (i < len) {
+		uint32_t c = 0;
+		size_t k = utf8_decode(p + i, len - i, &c);
+		char e[8];
+		if (k == 0) {
+			/* not UTF-8: one byte at a time */
+			if (json) {
+				sbuf__puts(out, "\\ufffd");
+			} else {
+				memcpy(e, "\\x", 2);
+				e[2] = hex[p[i] >> 4];
+				e[3] = hex[p[i] & 15];
+				sbuf__put(out, e, 4);
+			}
+			i++;
+			continue;
+		}
+		if (json && c == '\r') {
+			/* whitespace between tokens (valid JSON has no raw CR in
+			 * a string), but it would send the cursor back over the
+			 * line: a space means the same */
+			sbuf__putc(out, ' ');
+		} else if (json ? unsafe_cp(c) && c != '\t' && c != '\n' : unsafe_cp(c) || c == '\\') {
+			if (!json && (c == '\n' || c == '\r' || c == '\t' || c == '\\')) {
+				e[0] = '\\';
+				e[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
+				sbuf__put(out, e, 2);
+			} else if (!json && c < 0x80) {
+				memcpy(e, "\\x", 2);
+				e[2] = hex[c >> 4];
+				e[3] = hex[c & 15];
+				sbuf__put(out, e, 4);
+			} else {
+				memcpy(e, "\\u", 2);
+				e[2] = hex[(c >> 12) & 15];
+				e[3] = hex[(c >> 8) & 15];
+				e[4] = hex[(c >> 4) & 15];
+				e[5] = hex[c & 15];
+				sbuf__put(out, e, 6);
+			}
+		} else {
+			sbuf__put(out, s + i, k);
+		}
+		i += k;
+	}
+}
+
+/* s (NULL = "") made safe to print (console__term_text), in buf: cut at a
+ * character boundary if it does not fit. Returns buf. */
+static const char *shown(char *buf, size_t cap, const char *s)
+{
+	sbuf b;
+	sbuf__init(&b);
+	console__term_text(&b, s ? s : "", s ? strlen(s) : 0, 0);
+	size_t n = b.oom ? 0 : b.len;
+	if (n >= cap) {
+		n = cap - 1;
+		while (n > 0 && ((unsigned char)b.p[n] & 0xc0) == 0x80)
+			n--; /* not inside a UTF-8 sequence (escapes are ASCII) */
+	}
+	if (n)
+		memcpy(buf, b.p, n);
+	buf[n] = '\0';
+	sbuf__free(&b);
+	return buf;
+}
+
+/* JSON text (cJSON's or a checked payload) to stdout, terminal-safe. */
+static void put_json(const char *text, size_t len)
+{
+	sbuf b;
+	sbuf__init(&b);
+	console__term_text(&b, text, len, 1);
+	if (!b.oom && b.len)
+		fwrite(b.p, 1, b.len, stdout);
+	sbuf__free(&b);
+}
+
 static int num_arg(const char *v, int64_t lo, int64_t hi, int64_t *out)
 {
 	int64_t x = 0;
@@ -92,8 +218,15 @@ static int split_device(const char *spec, console__args *a, char *err, size_t er
 		a->tenant = p[0];
 	a->store = p[n - 2];
 	a->device = p[n - 1];
-	if (!config__id_ok(a->store) || !config__id_ok(a->device) || (n == 3 && !config__id_ok(a->tenant))) {
-		snprintf(err, errlen, "device '%s': ids are 1..64 of [A-Za-z0-9_.-]", spec);
+	const char *part = NULL, *why = NULL;
+	if (n == 3 && (why = ident__problem(a->tenant)))
+		part = "tenant";
+	else if ((why = ident__problem(a->store)))
+		part = "store";
+	else if ((why = ident__problem(a->device)))
+		part = "device";
+	if (part) {
+		snprintf(err, errlen, "device '%s': %s: %s", spec, part, why);
 		return 2;
 	}
 	return 0;
@@ -192,7 +325,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 			return 2;
 		}
 		if (a->filter_store && !config__id_ok(a->filter_store)) {
-			snprintf(err, errlen, "--store: 1..64 of [A-Za-z0-9_.-]");
+			snprintf(err, errlen, "--store: %s", ident__problem(a->filter_store));
 			return 2;
 		}
 	} else if (strcmp(posv[0], "show") == 0) {
@@ -241,7 +374,7 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
 		return 2;
 	}
 	if (!a->tenant || !config__id_ok(a->tenant)) {
-		snprintf(err, errlen, "--tenant: required, 1..64 of [A-Za-z0-9_.-] (or SCRM_FLEET_TENANT)");
+		snprintf(err, errlen, "--tenant: %s", a->tenant ? ident__problem(a->tenant) : "required (or SCRM_FLEET_TENANT)");
 		return 2;
 	}
 	if (!!a->cert != !!a->key) {
@@ -343,8 +476,11 @@ static int conn_connect(const console__args *a, struct conn *c, const char *uri,
 			return 3;
 		}
 		int t = e->type;
-		if (t == MQ_CONNECT_FAILED)
-			fprintf(stderr, "scrmctl fleet: cannot connect to %s: %s\n", uri, e->text ? e->text : "refused");
+		if (t == MQ_CONNECT_FAILED) {
+			char why[300]; /* the broker's words */
+			fprintf(stderr, "scrmctl fleet: cannot connect to %s: %s\n", uri,
+				e->text ? shown(why, sizeof(why), e->text) : "refused");
+		}
 		mqtt__event_free(e);
 		if (t == MQ_CONNECTED)
 			return 0;
@@ -382,9 +518,11 @@ static int subscribe_wait(struct conn *c, const char *topic, int64_t timeout_ms)
 			return 3;
 		}
 		int t = e->type;
-		if (t == MQ_SUBSCRIBE_FAILED)
+		if (t == MQ_SUBSCRIBE_FAILED) {
+			char why[300];
 			fprintf(stderr, "scrmctl fleet: subscription to %s refused: %s (is this identity allowed to read it?)\n",
-				topic, e->text ? e->text : "");
+				topic, shown(why, sizeof(why), e->text));
+		}
 		if (t == MQ_SUBSCRIBED || t == MQ_SUBSCRIBE_FAILED) {
 			mqtt__event_free(e);
 			return t == MQ_SUBSCRIBED ? 0 : 1;
@@ -536,8 +674,9 @@ static int collect(struct conn *c, const console__args *a, const char *store, co
 		} else if (e->type == MQ_SUBSCRIBED) {
 			subs++;
 		} else if (e->type == MQ_SUBSCRIBE_FAILED) {
+			char why[300];
 			fprintf(stderr, "scrmctl fleet: subscription refused: %s (is this identity allowed to read up/state and up/health?)\n",
-				e->text ? e->text : "");
+				shown(why, sizeof(why), e->text));
 			mqtt__event_free(e);
 			return 1;
 		} else if (e->type == MQ_LOST) {
@@ -645,7 +784,8 @@ static int do_list(const console__args *a, struct conn *c)
 			cJSON_free(h);
 		}
 		sbuf__puts(&out, "]}\n");
-		fputs(out.p ? out.p : "", stdout);
+		if (!out.oom)
+			put_json(out.p, out.len);
 		sbuf__free(&out);
 	} else if (f.n == 0) {
 		printf("no agents of tenant %s have reported%s%s\n", a->tenant, a->filter_store ? " in store " : "",
@@ -657,6 +797,7 @@ static int do_list(const console__args *a, struct conn *c)
 		for (size_t i = 0; i < f.n; i++) {
 			const struct agent *ag = &f.a[i];
 			char since[32] = "-", hb[32] = "-", behind[32] = "-", backlog[24] = "-", cfgv[16] = "-", nb[300];
+			char st_s[80], ver_s[80], arch_s[80], nb_s[600];
 			const char *st = status_of(ag, now);
 			online += strcmp(st, "online") == 0;
 			if (ag->state)
@@ -674,9 +815,13 @@ static int do_list(const console__args *a, struct conn *c)
 			const char *ver = jtext(ag->state, "version");
 			if (!ver[0])
 				ver = jtext(ag->health, "version");
-			printf("%-12s %-14s %-8s %-9s %-9s %8s %-9s %-8s %-8s %4s  %s\n", ag->store, ag->device, st, since, hb,
-			       backlog, behind, ver[0] ? ver : "-", jtext(ag->state, "arch")[0] ? jtext(ag->state, "arch") : "-",
-			       cfgv, nb);
+			const char *arch = jtext(ag->state, "arch");
+			/* store and device are ids (the topic's, checked); the
+			 * rest is what the device said: escaped */
+			printf("%-12s %-14s %-8s %-9s %-9s %8s %-9s %-8s %-8s %4s  %s\n", ag->store, ag->device,
+			       shown(st_s, sizeof(st_s), st), since, hb, backlog, behind,
+			       ver[0] ? shown(ver_s, sizeof(ver_s), ver) : "-", arch[0] ? shown(arch_s, sizeof(arch_s), arch) : "-",
+			       cfgv, shown(nb_s, sizeof(nb_s), nb));
 		}
 		printf("%zu agents, %d online\n", f.n, online);
 	}
@@ -700,22 +845,38 @@ static int do_show(const console__args *a, struct conn *c)
 	if (a->json) {
 		char *st = ag->state ? cJSON_PrintUnformatted(ag->state) : NULL;
 		char *h = ag->health ? cJSON_PrintUnformatted(ag->health) : NULL;
-		printf("{\"store\":\"%s\",\"device\":\"%s\",\"status\":\"%s\",\"state\":%s,\"health\":%s}\n", ag->store,
-		       ag->device, status_of(ag, now), st ? st : "null", h ? h : "null");
+		sbuf out;
+		sbuf__init(&out);
+		sbuf__puts(&out, "{\"store\":");
+		sbuf__jstr(&out, ag->store);
+		sbuf__puts(&out, ",\"device\":");
+		sbuf__jstr(&out, ag->device);
+		sbuf__puts(&out, ",\"status\":"); /* the device's own word when not online */
+		sbuf__jstr(&out, status_of(ag, now));
+		sbuf__puts(&out, ",\"state\":");
+		sbuf__puts(&out, st ? st : "null");
+		sbuf__puts(&out, ",\"health\":");
+		sbuf__puts(&out, h ? h : "null");
+		sbuf__puts(&out, "}\n");
+		if (!out.oom)
+			put_json(out.p, out.len);
+		sbuf__free(&out);
 		cJSON_free(st);
 		cJSON_free(h);
 		fleet_free(&f);
 		return 0;
 	}
-	char t1[32], t2[32], nb[300];
+	char t1[32], t2[32], nb[300], x1[80], x2[200], nb_s[600];
 	const cJSON *s = ag->state, *h = ag->health;
-	printf("%s/%s/%s: %s\n", ag->tenant, ag->store, ag->device, status_of(ag, now));
+	printf("%s/%s/%s: %s\n", ag->tenant, ag->store, ag->device, shown(x1, sizeof(x1), status_of(ag, now)));
 	if (s) {
 		cli__age(t1, sizeof(t1), now - jnum(s, "ts"));
-		printf("  state        %s %s ago (birth_seq %lld)%s%s\n", jtext(s, "state"), t1, (long long)jnum(s, "birth_seq"),
-		       jtext(s, "reason")[0] ? ", " : "", jtext(s, "reason"));
-		printf("  version      %s (%s), protocol %lld, config v%lld, heartbeat every %llds%s\n", jtext(s, "version"),
-		       jtext(s, "arch"), (long long)jnum(s, "protocol"), (long long)jnum(s, "config_version"),
+		printf("  state        %s %s ago (birth_seq %lld)%s%s\n", shown(x1, sizeof(x1), jtext(s, "state")), t1,
+		       (long long)jnum(s, "birth_seq"), jtext(s, "reason")[0] ? ", " : "",
+		       shown(x2, sizeof(x2), jtext(s, "reason")));
+		printf("  version      %s (%s), protocol %lld, config v%lld, heartbeat every %llds%s\n",
+		       shown(x1, sizeof(x1), jtext(s, "version")), shown(x2, sizeof(x2), jtext(s, "arch")),
+		       (long long)jnum(s, "protocol"), (long long)jnum(s, "config_version"),
 		       (long long)jnum(s, "heartbeat_s"),
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "signed_commands")) ? ", signed commands only" : "");
 	}
@@ -748,7 +909,7 @@ static int do_show(const console__args *a, struct conn *c)
 				cli__age(t1, sizeof(t1), jnum(it, "age_ms"));
 			else
 				snprintf(t1, sizeof(t1), "never");
-			printf("  cache        %-10s cursor %-8lld %9lld rows, changed %s%s\n", it->string,
+			printf("  cache        %-10s cursor %-8lld %9lld rows, changed %s%s\n", shown(x1, sizeof(x1), it->string),
 			       (long long)jnum(it, "cursor"), (long long)jnum(it, "rows"), t1, strcmp(t1, "never") ? " ago" : "");
 		}
 		printf("  disk         %.1f GiB free of %.1f GiB; clock %s\n", (double)jnum(h, "disk.free_bytes") / 1073741824.0,
@@ -759,7 +920,7 @@ static int do_show(const console__args *a, struct conn *c)
 	}
 	notes(ag, nb, sizeof(nb));
 	if (nb[0])
-		printf("  notes        %s\n", nb);
+		printf("  notes        %s\n", shown(nb_s, sizeof(nb_s), nb));
 	fleet_free(&f);
 	return 0;
 }
@@ -786,6 +947,8 @@ static int sign_envelope(const char *key_path, const char *text, sbuf *out)
 	}
 	if (mbedtls_sha256_ret((const unsigned char *)text, strlen(text), hash, 0) != 0 ||
 	    mbedtls_pk_sign(&pk, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len, drbg, NULL) != 0 ||
+	    /* the agent accepts only low s (docs/protocol.md, "Signatures") */
+	    crypto__sig_low_s(sig, &sig_len, sizeof(sig)) != SCRM_OK ||
 	    mbedtls_base64_encode(b64, sizeof(b64), &b64_len, sig, sig_len) != 0) {
 		fprintf(stderr, "scrmctl fleet: cannot sign with %s\n", key_path);
 		goto out;
@@ -822,7 +985,13 @@ static int do_cmd(const console__args *a, struct conn *c)
 	sbuf__init(&env);
 	sbuf__puts(&body, "{\"v\":1,\"id\":\"");
 	sbuf__puts(&body, id);
-	sbuf__puts(&body, "\",\"device\":");
+	/* tenant, store and device: a signed command is for this one device
+	 * only (device ids repeat across stores) */
+	sbuf__puts(&body, "\",\"tenant\":");
+	sbuf__jstr(&body, a->tenant);
+	sbuf__puts(&body, ",\"store\":");
+	sbuf__jstr(&body, a->store);
+	sbuf__puts(&body, ",\"device\":");
 	sbuf__jstr(&body, a->device);
 	sbuf__puts(&body, ",\"cmd\":");
 	sbuf__jstr(&body, a->command);
@@ -876,7 +1045,9 @@ static int do_cmd(const console__args *a, struct conn *c)
 		cJSON *r = NULL;
 		if (json__parse(e->payload, e->len, "reply", &r) != SCRM_OK && e->correlation) {
 			/* Our correlation data: the answer, but unreadable. */
-			fprintf(stderr, "scrmctl fleet: %s/%s answered, but %s\n", a->store, a->device, scrm_errmsg());
+			char why[600];
+			fprintf(stderr, "scrmctl fleet: %s/%s answered, but %s\n", a->store, a->device,
+				shown(why, sizeof(why), scrm_errmsg()));
 			mqtt__event_free(e);
 			rc = 1;
 			break;
@@ -888,15 +1059,24 @@ static int do_cmd(const console__args *a, struct conn *c)
 		}
 		int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok"));
 		if (a->json) {
-			printf("%.*s\n", (int)e->len, e->payload);
+			/* as sent (it parsed strictly: valid JSON), terminal-safe */
+			put_json(e->payload, e->len);
+			putchar('\n');
 		} else if (ok) {
+			/* cJSON escapes C0 controls; put_json the rest (logs.recent
+			 * lines, config values: anything the device says) */
 			char *pretty = cJSON_Print(cJSON_GetObjectItemCaseSensitive(r, "result"));
-			printf("%s/%s %s: ok\n%s\n", a->store, a->device, a->command, pretty ? pretty : "");
+			printf("%s/%s %s: ok\n", a->store, a->device, a->command);
+			if (pretty)
+				put_json(pretty, strlen(pretty));
+			putchar('\n');
 			cJSON_free(pretty);
 		} else {
 			const cJSON *er = cJSON_GetObjectItemCaseSensitive(r, "error");
-			printf("%s/%s %s: REFUSED %s%s%s: %s\n", a->store, a->device, a->command, jtext(er, "code"),
-			       jtext(er, "field")[0] ? " " : "", jtext(er, "field"), jtext(er, "message"));
+			char code[80], field[80], msg[600];
+			printf("%s/%s %s: REFUSED %s%s%s: %s\n", a->store, a->device, a->command,
+			       shown(code, sizeof(code), jtext(er, "code")), jtext(er, "field")[0] ? " " : "",
+			       shown(field, sizeof(field), jtext(er, "field")), shown(msg, sizeof(msg), jtext(er, "message")));
 		}
 		rc = ok ? 0 : 1;
 		cJSON_Delete(r);

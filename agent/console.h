@@ -9,6 +9,8 @@
 #ifndef SCRM_CONSOLE_H
 #define SCRM_CONSOLE_H
 
+#include "sbuf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +35,23 @@ typedef struct console__args {
  * SCRM_FLEET_BROKER, _CA, _CERT, _KEY, _USERNAME, _PASSWORD_FILE, _TENANT
  * fill options not given. 0, or 2 with the reason in err (naming the option). */
 int console__parse(int argc, char **argv, console__args *a, char *err, size_t errlen);
+
+/* Append text a device (or the broker) sent — `len` bytes of s, NUL bytes
+ * included — to out, safe to print on an operator's terminal: nothing in it
+ * can move the cursor, clear the screen, retitle the window, reorder the line
+ * or pass for other text. Escaped: C0 controls and DEL (\n \r \t, others
+ * \x1b), C1 controls U+0080..U+009F (\u009b), the bidirectional and line
+ * formatting characters U+061C, U+200E/F, U+2028..U+202E, U+2066..U+2069
+ * (\u202e), each byte that is not part of valid UTF-8 (\xff), and the
+ * backslash itself (\\), so an escape in the output always means one.
+ * json != 0: s is JSON text (cJSON's output, or a payload the strict parser
+ * accepted), where such characters stand only inside strings: they become
+ * JSON escapes instead (\u001b, \u007f, \u009b, \u202e; \ufffd for a
+ * byte that is not UTF-8), tab, newline (whitespace between tokens) and
+ * backslashes are kept, a carriage return (whitespace too, but it moves the
+ * cursor back over the line) becomes a space, and the text stays valid JSON
+ * with the same meaning. Sets out->oom on allocation failure. */
+void console__term_text(sbuf *out, const char *s, size_t len, int json);
 
 /* Run it: 0 ok, 1 the command was refused / nothing found, 2 usage,
  * 3 no reply or no connection in time. */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <mbedtls/asn1.h>
+#include <mbedtls/asn1write.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/gcm.h>
 #include <mbedtls/md.h>
@@ -250,12 +251,61 @@ void crypto__verifier_free(crypto__verifier *v)
 	free(v);
 }
 
+/* One DER INTEGER at *p (before end), positive and minimally encoded, of at
+ * most 32 bytes of magnitude: read into x. 0, or -1 for anything else. */
+static int der_uint(const uint8_t **p, const uint8_t *end, mbedtls_mpi *x)
+{
+	const uint8_t *q = *p;
+	if (end - q < 2 || q[0] != MBEDTLS_ASN1_INTEGER || q[1] >= 0x80) /* short-form length only */
+		return -1;
+	size_t len = q[1];
+	q += 2;
+	if (len == 0 || len > 33 || (size_t)(end - q) < len)
+		return -1;
+	if (q[0] & 0x80) /* negative */
+		return -1;
+	/* a leading 0x00 only where the next byte's top bit needs it */
+	if (q[0] == 0 && len > 1 && !(q[1] & 0x80))
+		return -1;
+	if (len == 33 && q[0] != 0)
+		return -1;
+	if (mbedtls_mpi_read_binary(x, q, len) != 0)
+		return -1;
+	*p = q + len;
+	return 0;
+}
+
+/* The one spelling accepted (docs/protocol.md, "Signatures"): DER
+ * SEQUENCE { INTEGER r, INTEGER s } with short-form lengths (a P-256
+ * signature is at most 72 bytes), minimal positive INTEGERs, nothing after
+ * it; 1 <= r < n and 1 <= s <= n/2 ("low s"). mbedTLS's reader accepts
+ * long-form lengths, zero padding and negative INTEGERs, and ECDSA itself
+ * accepts (r, n - s) for (r, s): each would give a second, different string
+ * for the same signed text — a coupon or token anyone could re-spell. */
+static int sig_parse(const crypto__verifier *v, const uint8_t *sig, size_t sig_len, mbedtls_mpi *r, mbedtls_mpi *s)
+{
+	const uint8_t *p = sig, *end = sig + sig_len;
+	mbedtls_mpi half;
+	int ok = 0;
+	if (sig_len < 2 || sig[0] != (MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) || sig[1] >= 0x80 ||
+	    (size_t)sig[1] != sig_len - 2)
+		return -1;
+	p += 2;
+	if (der_uint(&p, end, r) != 0 || der_uint(&p, end, s) != 0 || p != end)
+		return -1;
+	mbedtls_mpi_init(&half);
+	/* n is odd: s <= n/2 is s <= (n - 1) / 2 = n >> 1 */
+	if (mbedtls_mpi_copy(&half, &v->grp.N) == 0 && mbedtls_mpi_shift_r(&half, 1) == 0 &&
+	    mbedtls_mpi_cmp_int(r, 1) >= 0 && mbedtls_mpi_cmp_mpi(r, &v->grp.N) < 0 && mbedtls_mpi_cmp_int(s, 1) >= 0 &&
+	    mbedtls_mpi_cmp_mpi(s, &half) <= 0)
+		ok = 1;
+	mbedtls_mpi_free(&half);
+	return ok ? 0 : -1;
+}
+
 int crypto__verify(crypto__verifier *v, const void *msg, size_t n, const uint8_t *sig, size_t sig_len)
 {
 	uint8_t h[32];
-	unsigned char *p = (unsigned char *)(uintptr_t)sig;
-	const unsigned char *end = sig + sig_len;
-	size_t len;
 	mbedtls_mpi r, s, e, sinv, u1, u2, x;
 	mbedtls_ecp_point r1, r2, R;
 	int ok = 0;
@@ -274,14 +324,7 @@ int crypto__verify(crypto__verifier *v, const void *msg, size_t n, const uint8_t
 	mbedtls_ecp_point_init(&r1);
 	mbedtls_ecp_point_init(&r2);
 	mbedtls_ecp_point_init(&R);
-	/* DER: SEQUENCE { INTEGER r, INTEGER s }, nothing after it */
-	if (mbedtls_asn1_get_tag(&p, end, &len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0 ||
-	    p + len != end || mbedtls_asn1_get_mpi(&p, end, &r) != 0 || mbedtls_asn1_get_mpi(&p, end, &s) != 0 ||
-	    p != end)
-		goto cleanup;
-	/* 1 <= r, s < n */
-	if (mbedtls_mpi_cmp_int(&r, 1) < 0 || mbedtls_mpi_cmp_mpi(&r, &v->grp.N) >= 0 || mbedtls_mpi_cmp_int(&s, 1) < 0 ||
-	    mbedtls_mpi_cmp_mpi(&s, &v->grp.N) >= 0)
+	if (sig_parse(v, sig, sig_len, &r, &s) != 0)
 		goto cleanup;
 	/* e = H (P-256: the hash is exactly as long as n); u1 = e/s, u2 = r/s */
 	if (mbedtls_mpi_read_binary(&e, h, sizeof(h)) != 0 || mbedtls_mpi_inv_mod(&sinv, &s, &v->grp.N) != 0 ||
@@ -311,6 +354,51 @@ cleanup:
 	mbedtls_ecp_point_free(&r2);
 	mbedtls_ecp_point_free(&R);
 	return ok ? SCRM_OK : err__set(SCRM_E_CRYPTO, "signature does not verify");
+}
+
+int crypto__sig_low_s(uint8_t *der, size_t *len, size_t cap)
+{
+	unsigned char *p = der, buf[80], *w = buf + sizeof(buf);
+	const unsigned char *end = der + *len;
+	size_t l = 0, seq;
+	mbedtls_mpi r, s, half;
+	mbedtls_ecp_group grp;
+	int e = 0, rc = SCRM_E_CRYPTO;
+	mbedtls_mpi_init(&r);
+	mbedtls_mpi_init(&s);
+	mbedtls_mpi_init(&half);
+	mbedtls_ecp_group_init(&grp);
+	if (mbedtls_asn1_get_tag(&p, end, &seq, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0 ||
+	    mbedtls_asn1_get_mpi(&p, end, &r) != 0 || mbedtls_asn1_get_mpi(&p, end, &s) != 0 || p != end ||
+	    mbedtls_ecp_group_load(&grp, MBEDTLS_ECP_DP_SECP256R1) != 0 || mbedtls_mpi_copy(&half, &grp.N) != 0 ||
+	    mbedtls_mpi_shift_r(&half, 1) != 0)
+		goto cleanup;
+	if (mbedtls_mpi_cmp_mpi(&s, &half) > 0 && mbedtls_mpi_sub_mpi(&s, &grp.N, &s) != 0)
+		goto cleanup;
+	/* written backwards, as mbedTLS writes its own signatures */
+	if ((e = mbedtls_asn1_write_mpi(&w, buf, &s)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_mpi(&w, buf, &r)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_len(&w, buf, l)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_tag(&w, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if (l > cap)
+		goto cleanup;
+	memcpy(der, w, l);
+	*len = l;
+	rc = SCRM_OK;
+cleanup:
+	mbedtls_mpi_free(&r);
+	mbedtls_mpi_free(&s);
+	mbedtls_mpi_free(&half);
+	mbedtls_ecp_group_free(&grp);
+	return rc == SCRM_OK ? rc : err__set(SCRM_E_CRYPTO, "not a P-256 ECDSA signature to normalise");
 }
 
 static int b64val(unsigned char c, int url)

@@ -45,6 +45,14 @@ void crypto__verifier_free(crypto__verifier *v);
  * SCRM_E_CRYPTO. One thread at a time per verifier (mbedTLS caches a
  * precomputed table in it on first use). */
 int crypto__verify(crypto__verifier *v, const void *msg, size_t n, const uint8_t *sig, size_t sig_len);
+/* Strict: only DER (short-form lengths, minimal positive INTEGERs, nothing
+ * after the SEQUENCE) with 1 <= r < n and 1 <= s <= n/2 (docs/protocol.md,
+ * "Signatures"); any other spelling is SCRM_E_CRYPTO even if ECDSA holds. */
+
+/* A signer's side: rewrite the DER ECDSA P-256 signature der[0..*len) with
+ * s replaced by n - s when s > n/2 (the same signature, "low s", the only
+ * form crypto__verify accepts). cap: der's size. SCRM_OK or SCRM_E_CRYPTO. */
+int crypto__sig_low_s(uint8_t *der, size_t *len, size_t cap);
 
 /* Base64 decode (standard alphabet with padding, or base64url without when
  * url != 0). Returns decoded length or -1 if malformed or > cap. */

@@ -861,6 +861,12 @@ int main(int argc, char **argv)
 {
 	cli__args a;
 	char err[200];
+	/* Every path, before anything is read: member look-ups hold the data
+	 * key and decrypted personal data, the fleet console its client key
+	 * and password; a core dump would write them to disk. */
+	int nc = platform__no_core_dumps();
+	if (nc)
+		fprintf(stderr, "scrmctl: warning: cannot disable core dumps: %s\n", strerror(-nc));
 	if (argc > 1 && strcmp(argv[1], "fleet") == 0)
 		return console__main(argc - 1, argv + 1);
 	if (cli__parse(argc, argv, &a, err, sizeof(err)) != 0) {

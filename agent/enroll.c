@@ -7,6 +7,7 @@
 #include "enroll.h"
 
 #include "err.h"
+#include "ident.h"
 #include "paths.h"
 #include "platform.h"
 
@@ -542,6 +543,19 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 	struct stat st;
 	wdir wk = {.fd = -1}, wc = {.fd = -1};
 	int rc, e;
+
+	/* The ids go into the subject string below, and the CN becomes the
+	 * broker-wide identity: config__load has checked them, but a config made
+	 * another way must not turn a ',' into a DN attribute or a topic word
+	 * ("down") into a device. */
+	const struct {
+		const char *key, *value;
+	} ids[] = {{"tenant", cfg->tenant}, {"store_id", cfg->store_id}, {"device_id", cfg->device_id}};
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		const char *bad = ids[i].value ? ident__problem(ids[i].value) : "required";
+		if (bad)
+			return err__set(SCRM_E_CONFIG, "%s: %s", ids[i].key, bad);
+	}
 
 	mbedtls_pk_init(&pk);
 	mbedtls_x509write_csr_init(&req);

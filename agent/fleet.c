@@ -103,16 +103,76 @@ static int read_command(fleet__cmd *cmd, const cJSON *o, fleet__error *err)
 	return 0;
 }
 
-static int seen_before(fleet__seen *seen, const char *id)
+static int seen_before(const fleet__seen *seen, const char *id)
 {
-	for (int i = 0; i < FLEET_SEEN_IDS; i++)
-		if (seen->ids[i][0] && strcmp(seen->ids[i], id) == 0)
+	for (size_t i = 0; i < seen->n; i++)
+		if (strcmp(seen->ids[i].id, id) == 0)
 			return 1;
 	return 0;
 }
 
-int fleet__parse_command(const char *payload, size_t len, const char *device_id, crypto__verifier *vf,
-			 int64_t now_ms, int clock_ok, fleet__seen *seen, fleet__cmd *cmd, fleet__error *err)
+/* Forget the ids whose command has expired: it would be refused as
+ * `expired` anyway. Only with a trusted clock (an untrusted one may lag, so
+ * it never forgets too early either). */
+static void seen_prune(fleet__seen *seen, int64_t now_ms)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < seen->n; i++)
+		if (seen->ids[i].expires_ms > now_ms)
+			seen->ids[k++] = seen->ids[i];
+	seen->n = k;
+}
+
+static int seen_add(fleet__seen *seen, const char *id, int64_t expires_ms)
+{
+	if (seen->n == seen->cap) {
+		size_t cap = seen->cap ? 2 * seen->cap : 64;
+		fleet__seen_id *p = realloc(seen->ids, cap * sizeof(*p));
+		if (!p)
+			return -1;
+		seen->ids = p;
+		seen->cap = cap;
+	}
+	snprintf(seen->ids[seen->n].id, sizeof(seen->ids[0].id), "%s", id);
+	seen->ids[seen->n].expires_ms = expires_ms;
+	seen->n++;
+	return 0;
+}
+
+/* The replay check and record of a signed command that passed every other
+ * check: 0 when it may run (its id recorded, and saved if seen has a path). */
+static int seen_record(fleet__seen *seen, const fleet__cmd *cmd, int64_t now_ms, int clock_ok, fleet__error *err)
+{
+	if (seen->broken)
+		return fleet__fail(err, "unavailable", "id",
+				   "the record of obeyed signed commands (%s) cannot be read; no signed command is "
+				   "obeyed until it is repaired or removed",
+				   seen->path);
+	if (clock_ok)
+		seen_prune(seen, now_ms);
+	if (seen_before(seen, cmd->id))
+		return fleet__fail(err, "replayed", "id", "this command was already received");
+	if (seen->n >= FLEET_SEEN_MAX)
+		return fleet__fail(err, "unavailable", "id",
+				   "%d signed commands are still unexpired on this agent; no new one is accepted until "
+				   "some expire",
+				   FLEET_SEEN_MAX);
+	if (seen_add(seen, cmd->id, cmd->expires_ms) != 0)
+		return fleet__fail(err, "failed", "id", "out of memory recording the command id; not executed");
+	/* Fail closed: a command obeyed but not recorded could be replayed
+	 * after a restart. */
+	int e = seen->path[0] ? fleet__seen_save(seen) : 0;
+	if (e != 0) {
+		seen->n--;
+		return fleet__fail(err, "failed", "id", "cannot record the command id in %s (%s); not executed",
+				   seen->path, strerror(-e));
+	}
+	return 0;
+}
+
+int fleet__parse_command(const char *payload, size_t len, const char *tenant, const char *store,
+			 const char *device_id, crypto__verifier *vf, int64_t now_ms, int clock_ok, fleet__seen *seen,
+			 fleet__cmd *cmd, fleet__error *err)
 {
 	cJSON *outer = NULL;
 	memset(cmd, 0, sizeof(*cmd));
@@ -174,10 +234,17 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 		return rc;
 	cmd->is_signed = 1;
 	/* A signature proves who wrote it, not for whom or when: the signed
-	 * text must name this device, carry an id and expire soon. */
-	const cJSON *dev = cJSON_GetObjectItemCaseSensitive(cmd->root, "device");
-	if (!cJSON_IsString(dev) || strcmp(dev->valuestring, device_id) != 0)
-		return fleet__fail(err, "wrong_device", "device", "signed for another device");
+	 * text must name this device — by tenant, store and device id, since
+	 * device ids are unique only within a store ("pos-01" is in every
+	 * store) — carry an id and expire soon. */
+	static const char *const whom[] = {"tenant", "store", "device"};
+	const char *mine[] = {tenant, store, device_id};
+	for (size_t i = 0; i < 3; i++) {
+		const cJSON *w = cJSON_GetObjectItemCaseSensitive(cmd->root, whom[i]);
+		if (!cJSON_IsString(w) || !mine[i] || strcmp(w->valuestring, mine[i]) != 0)
+			return fleet__fail(err, "wrong_device", whom[i], "signed for another %s%s", whom[i],
+					   cJSON_IsString(w) ? "" : " (required in a signed command)");
+	}
 	if (!cmd->id[0])
 		return fleet__fail(err, "bad_command", "id", "required in a signed command");
 	if (!cmd->expires_ms)
@@ -191,49 +258,71 @@ int fleet__parse_command(const char *payload, size_t len, const char *device_id,
 	if (!clock_ok && strcmp(cmd->name, "ping") != 0 && strcmp(cmd->name, "status") != 0)
 		return fleet__fail(err, "clock_untrusted", "expires_ms",
 				   "this agent's clock is not trusted; only ping and status are obeyed until it is");
-	if (seen) {
-		if (seen_before(seen, cmd->id))
-			return fleet__fail(err, "replayed", "id", "this command was already received");
-		snprintf(seen->ids[seen->next], sizeof(seen->ids[0]), "%s", cmd->id);
-		seen->next = (seen->next + 1) % FLEET_SEEN_IDS;
-	}
-	return 0;
+	return seen ? seen_record(seen, cmd, now_ms, clock_ok, err) : 0;
 }
 
-int fleet__seen_load(fleet__seen *seen, const char *path)
+int fleet__seen_open(fleet__seen *seen, const char *path, int64_t now_ms)
 {
 	char *text = NULL;
 	size_t len = 0;
 	char why[200];
 	memset(seen, 0, sizeof(*seen));
-	/* Only the agent's own file (paths.h): a planted one could drop ids
-	 * and let a recorded command run again. */
-	if (platform__read_trusted(path, FLEET_SEEN_IDS * 70, 0, &text, &len, why, sizeof(why)) != 0)
+	snprintf(seen->path, sizeof(seen->path), "%s", path);
+	/* FLEET_SEEN_MAX lines of at most 64 + 1 + 16 + 1 characters. Only
+	 * the agent's own file (paths.h, platform__read_trusted): a planted one
+	 * could drop ids and let a recorded command run again; one that is not
+	 * the agent's counts as unreadable (fail closed). */
+	int e = platform__read_trusted(path, (size_t)FLEET_SEEN_MAX * 84, 0, &text, &len, why, sizeof(why));
+	if (e == -ENOENT)
+		return 0;
+	if (e != 0) {
+		seen->broken = 1;
 		return -1;
-	int n = 0;
-	for (char *p = text, *line; n < FLEET_SEEN_IDS && (line = strsep(&p, "\n"));)
-		if (token_ok(line, sizeof(seen->ids[0])))
-			snprintf(seen->ids[n++], sizeof(seen->ids[0]), "%s", line);
-	seen->next = n % FLEET_SEEN_IDS;
+	}
+	for (char *p = text, *line; (line = strsep(&p, "\n"));) {
+		char *sp = strchr(line, ' ');
+		int64_t exp = now_ms + FLEET_MAX_EXPIRY_MS;
+		if (sp) {
+			char *end = NULL;
+			*sp = '\0';
+			errno = 0;
+			long long v = strtoll(sp + 1, &end, 10);
+			if (errno || end == sp + 1 || *end || v <= 0)
+				continue; /* not written by us: the atomic save never tears a line */
+			exp = v;
+		}
+		if (token_ok(line, sizeof(seen->ids[0].id)) && !seen_before(seen, line) && seen->n < FLEET_SEEN_MAX &&
+		    seen_add(seen, line, exp) != 0) {
+			seen->broken = 1;
+			break;
+		}
+	}
 	free(text);
-	return 0;
+	return seen->broken ? -1 : 0;
 }
 
-int fleet__seen_save(const fleet__seen *seen, const char *path)
+int fleet__seen_save(const fleet__seen *seen)
 {
 	sbuf b;
 	sbuf__init(&b);
-	/* oldest first, so a reload continues the ring in order */
-	for (int i = 0; i < FLEET_SEEN_IDS; i++) {
-		const char *id = seen->ids[(seen->next + i) % FLEET_SEEN_IDS];
-		if (id[0]) {
-			sbuf__puts(&b, id);
-			sbuf__puts(&b, "\n");
-		}
+	for (size_t i = 0; i < seen->n; i++) {
+		sbuf__puts(&b, seen->ids[i].id);
+		sbuf__puts(&b, " ");
+		sbuf__i64(&b, seen->ids[i].expires_ms);
+		sbuf__puts(&b, "\n");
 	}
-	int rc = b.oom ? -ENOMEM : platform__write_file_atomic(path, b.p ? b.p : "", b.len, 0600);
+	int rc = b.oom ? -ENOMEM : platform__write_file_atomic(seen->path, b.p ? b.p : "", b.len, 0600);
 	sbuf__free(&b);
 	return rc;
+}
+
+void fleet__seen_free(fleet__seen *seen)
+{
+	if (!seen)
+		return;
+	free(seen->ids);
+	seen->ids = NULL;
+	seen->n = seen->cap = 0;
 }
 
 const cJSON *fleet__arg(const fleet__cmd *cmd, const char *name)

@@ -22,8 +22,10 @@
 #define FLEET_MAX_COMMAND_BYTES 65536
 /* A signed command must expire at most this far in the future. */
 #define FLEET_MAX_EXPIRY_MS (24LL * 3600 * 1000)
-/* Signed command ids remembered against replay. */
-#define FLEET_SEEN_IDS 128
+/* Unexpired signed command ids the replay guard holds at most: beyond it
+ * new signed commands are refused (`unavailable`) rather than an id
+ * forgotten before its command expires. */
+#define FLEET_SEEN_MAX 10000
 
 /* Why a command was not obeyed: `code` is one of protocol.md's error codes,
  * `field` the offending field ("" if none), `message` for a human. */
@@ -44,27 +46,49 @@ typedef struct fleet__cmd {
 	int is_signed;
 } fleet__cmd;
 
+/* The replay guard: every signed command id obeyed (or about to be) whose
+ * command has not expired yet — a signed command carries expires_ms at most
+ * FLEET_MAX_EXPIRY_MS ahead, so an id is kept exactly as long as its
+ * command could still be accepted, and dropped after (not after a count).
+ * Zero-initialised = empty and in memory only. */
+typedef struct fleet__seen_id {
+	char id[65];
+	int64_t expires_ms;
+} fleet__seen_id;
+
 typedef struct fleet__seen {
-	char ids[FLEET_SEEN_IDS][65];
-	int next;
+	fleet__seen_id *ids; /* unordered */
+	size_t n, cap;
+	char path[4200];     /* the file it is saved to; "" = memory only */
+	int broken;          /* the file exists but cannot be read: no signed command is obeyed */
 } fleet__seen;
 
 /* Parse and check one `down/cmd` payload (borrowed, need not be
- * NUL-terminated). `vf`: central's command key, or NULL to accept unsigned
+ * NUL-terminated). A signed command must name this `tenant`, `store` and
+ * `device_id`. `vf`: central's command key, or NULL to accept unsigned
  * commands (a signed one is then refused: it cannot be checked). `seen` may
  * be NULL (no replay guard). `now_ms`: wall clock; `clock_ok`: whether it
  * can be trusted for the expiry check. On success *cmd is filled (release
- * with fleet__cmd_free). Otherwise -1 with *err filled, and *cmd carries
- * whatever id/name could be read (for the error reply). No I/O. */
-int fleet__parse_command(const char *payload, size_t len, const char *device_id, crypto__verifier *vf,
-			 int64_t now_ms, int clock_ok, fleet__seen *seen, fleet__cmd *cmd, fleet__error *err);
+ * with fleet__cmd_free) and may be executed: a signed command's id is then
+ * in `seen` and, when `seen` has a path, already saved — if it cannot be
+ * saved the command is refused (`failed`), never run unrecorded. Otherwise
+ * -1 with *err filled, and *cmd carries whatever id/name could be read (for
+ * the error reply). No other I/O. */
+int fleet__parse_command(const char *payload, size_t len, const char *tenant, const char *store,
+			 const char *device_id, crypto__verifier *vf, int64_t now_ms, int clock_ok, fleet__seen *seen,
+			 fleet__cmd *cmd, fleet__error *err);
 void fleet__cmd_free(fleet__cmd *cmd);
 
-/* The replay guard on disk (one id per line, written atomically), so a
- * restart does not forget which signed commands were obeyed. Load: 0, or
- * -1 (missing or unreadable: *seen left empty). Save: 0 or -errno. */
-int fleet__seen_load(fleet__seen *seen, const char *path);
-int fleet__seen_save(const fleet__seen *seen, const char *path);
+/* The replay guard's file (`<id> <expires_ms>` per line, written
+ * atomically, mode 0600), so a restart does not forget which signed
+ * commands were obeyed. Open: 0 (read, or no file yet: empty), or -1 with
+ * seen->broken set (the file exists but cannot be read or is too big: every
+ * signed command is then refused until it is repaired or removed). A line
+ * holding only an id (the file of earlier agents kept no expiry) is kept
+ * for FLEET_MAX_EXPIRY_MS from now_ms. Save: 0 or -errno. */
+int fleet__seen_open(fleet__seen *seen, const char *path, int64_t now_ms);
+int fleet__seen_save(const fleet__seen *seen);
+void fleet__seen_free(fleet__seen *seen);
 
 /* Fill *err; returns -1 so callers can `return fleet__fail(...)`. */
 int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)

@@ -10,6 +10,7 @@
 #include "enroll.h"
 #include "log.h"
 #include "paths.h"
+#include "platform.h"
 #include "sync.h"
 
 #include <signal.h>
@@ -51,6 +52,11 @@ int main(int argc, char **argv)
 	int check = 0;
 	config cfg;
 
+	/* Before any key is read or made (enroll makes the device key): a core
+	 * dump would put the data key and decrypted member data on disk. */
+	int nc = platform__no_core_dumps();
+	if (nc)
+		fprintf(stderr, "scrm-agent: warning: cannot disable core dumps: %s\n", strerror(-nc));
 	if (argc >= 2 && strcmp(argv[1], "enroll") == 0)
 		return enroll__main(argc - 1, argv + 1, DEFAULT_CONFIG);
 	for (int i = 1; i < argc; i++) {

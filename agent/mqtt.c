@@ -11,6 +11,7 @@
 #include <scrm/scrm.h>
 
 #include "platform.h"
+#include "tlspolicy.h"
 
 #include <MQTTAsync.h>
 #include <errno.h>
@@ -31,6 +32,7 @@ struct mqtt {
 	int64_t session_expiry_s;
 	char *will_topic, *will_payload; /* owning thread only */
 	int will_delay_s;
+	unsigned long policy_mark; /* tlspolicy__applied() when the attempt began */
 };
 
 static char *dup_or_null(const char *s)
@@ -132,6 +134,20 @@ static int on_ssl_error(const char *str, size_t len, void *ctx)
 static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
 {
 	mqtt *m = ctx;
+	if (strncmp(m->uri, "ssl://", 6) == 0 && tlspolicy__applied() == m->policy_mark) {
+		/* A session the TLS floor never saw (a Paho or OpenSSL linked so
+		 * that SSL_new is not ours): it may be TLS 1.0 with a 1024-bit
+		 * key. Nothing is sent on it. */
+		mqtt__event *f = ev_new(MQ_CONNECT_FAILED);
+		MQTTAsync_disconnect(m->client, NULL);
+		if (!f)
+			return;
+		f->code = -1;
+		f->text = strdup("TLS: the agent's TLS policy (TLS >= 1.2, security level 2, CRL) was not applied to this "
+				 "connection by the linked Paho/OpenSSL; refusing it");
+		push(m, f);
+		return;
+	}
 	mqtt__event *e = ev_new(MQ_CONNECTED);
 	if (!e)
 		return;
@@ -156,10 +172,12 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
 static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
 {
 	mqtt *m = ctx;
-	char buf[512];
+	char buf[640], policy[320];
+	int crl = 0;
 	mqtt__event *e = ev_new(MQ_CONNECT_FAILED);
 	if (!e)
 		return;
+	tlspolicy__take_reason(policy, sizeof(policy), &crl);
 	pthread_mutex_lock(&m->mu);
 	const char *paho = r && r->message ? r->message : NULL;
 	int code = r ? r->code : -1;
@@ -168,8 +186,12 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
 	 * not a reason: OpenSSL keeps the verify result (untrusted issuer,
 	 * expired, ...) in the SSL object, which Paho does not expose; the
 	 * probe verifies the broker's chain again and names it. */
-	if (m->tls_error[0] && strstr(m->tls_error, "certificate verify failed"))
-		snprintf(buf, sizeof(buf), "broker certificate not accepted (OpenSSL: %s)", m->tls_error);
+	if (crl) /* revocation: the probe does not read the CRL, so the reason is final */
+		snprintf(buf, sizeof(buf), "TLS: broker certificate not accepted: %s (OpenSSL: %s)", policy,
+			 m->tls_error[0] ? m->tls_error : "handshake failed");
+	else if (m->tls_error[0] && strstr(m->tls_error, "certificate verify failed"))
+		snprintf(buf, sizeof(buf), "broker certificate not accepted%s%s (OpenSSL: %s)", policy[0] ? ": " : "",
+			 policy, m->tls_error);
 	else if (m->tls_error[0])
 		snprintf(buf, sizeof(buf), "TLS: %s", m->tls_error);
 	else if (paho)
@@ -335,6 +357,10 @@ int mqtt__create(const mqtt__opts *o, mqtt **out)
 	m->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
 	m->clean_start = o->clean_start;
 	m->session_expiry_s = o->session_expiry_s;
+	if (m->uri && strncmp(m->uri, "ssl://", 6) == 0 && tlspolicy__set_crl_file(o->crl_file) != SCRM_OK) {
+		mqtt__destroy(m);
+		return SCRM_E_NOMEM;
+	}
 
 	co.MQTTVersion = MQTTVERSION_5;
 	co.sendWhileDisconnected = 0;
@@ -418,7 +444,9 @@ int mqtt__connect(mqtt *m)
 		ssl.enableServerCertAuth = 1;
 		ssl.verify = 1; /* check the host name against the certificate */
 		ssl.disableDefaultTrustStore = m->ca_file ? 1 : 0;
+		/* Ignored by Paho 1.3.12 with OpenSSL 3: tlspolicy enforces it. */
 		ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+		ssl.enabledCipherSuites = TLSPOLICY_CIPHERS;
 		ssl.ssl_error_cb = on_ssl_error;
 		ssl.ssl_error_context = m;
 		c.ssl = &ssl;
@@ -426,7 +454,9 @@ int mqtt__connect(mqtt *m)
 	/* Reasons are collected per attempt: none from an earlier session. */
 	pthread_mutex_lock(&m->mu);
 	m->tls_error[0] = '\0';
+	m->policy_mark = tlspolicy__applied();
 	pthread_mutex_unlock(&m->mu);
+	tlspolicy__take_reason(NULL, 0, NULL);
 	rc = MQTTAsync_connect(m->client, &c);
 	MQTTProperties_free(&props);
 	MQTTProperties_free(&wprops);

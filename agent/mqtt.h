@@ -45,6 +45,7 @@ typedef struct mqtt__opts {
 	const char *uri;        /* ssl://host:port or tcp://host:port */
 	const char *client_id;
 	const char *ca_file, *cert_file, *key_file; /* TLS; cert/key optional */
+	const char *crl_file; /* TLS: the broker certificate must not be revoked in it; NULL = no CRL check */
 	const char *username, *password;
 	int keepalive_s;
 	int connect_timeout_s;

@@ -43,6 +43,7 @@
 #include "dbcode.h"
 #include "json.h"
 #include "err.h"
+#include "ident.h"
 #include "platform.h"
 #include "quarantine.h"
 #include "salvage.h"
@@ -129,20 +130,6 @@ static void rollback(outbox *ob)
 {
 	if (!sqlite3_get_autocommit(ob->db))
 		sqlite3_exec(ob->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-static int device_id_ok(const char *s)
-{
-	size_t n = strlen(s);
-	if (n == 0 || n > 64)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '-' || c == '_' || c == '.'))
-			return 0;
-	}
-	return 1;
 }
 
 static const char schema_v1[] =
@@ -576,7 +563,7 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 		    sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
 			snprintf(old_dev, sizeof(old_dev), "%s", (const char *)sqlite3_column_text(st, 0));
 		sqlite3_finalize(st);
-		if (old_dev[0] && !device_id_ok(old_dev))
+		if (old_dev[0] && !ident__ok(old_dev))
 			old_dev[0] = '\0';
 	}
 	const char *dev = device_id ? device_id : old_dev[0] ? old_dev : NULL;
@@ -699,8 +686,8 @@ static int open_impl(const char *dir, const char *device_id, int busy_ms, int ch
 	*out = NULL;
 	if (!dir || !*dir)
 		return err__set(SCRM_E_INVALID, "dir: required");
-	if (device_id && !device_id_ok(device_id))
-		return err__set(SCRM_E_INVALID, "device_id: must be 1..64 of [A-Za-z0-9_.-], got \"%.80s\"", device_id);
+	if (device_id && !ident__ok(device_id))
+		return err__set(SCRM_E_INVALID, "device_id: %s, got \"%.80s\"", ident__problem(device_id), device_id);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, OUTBOX_FILE) >= (int)sizeof(path))
 		return err__set(SCRM_E_INVALID, "dir: path too long");
 	/* Opening without a device id means "an existing store": never leave

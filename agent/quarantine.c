@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -169,4 +171,89 @@ int quarantine__find_link(const char *dir, const char *path, char *dest, size_t 
 	}
 	closedir(d);
 	return found;
+}
+
+/* ---- erasure ---------------------------------------------------------- */
+
+static int id_char(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == '.' ||
+	       c == '-' || c == '@' || c == '+';
+}
+
+/* Overwrite the whole-token occurrences of id in one file; *changed = 1
+ * if any. 0 or -errno. */
+static int scrub_file(const char *path, const char *id, int *changed)
+{
+	size_t len = strlen(id);
+	struct stat st;
+	int rc = 0;
+	*changed = 0;
+	int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (fstat(fd, &st) != 0) {
+		rc = -errno;
+		goto cleanup;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size < (off_t)len || len == 0)
+		goto cleanup;
+	unsigned char *b = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (b == MAP_FAILED) {
+		rc = -errno;
+		goto cleanup;
+	}
+	size_t n = (size_t)st.st_size;
+	for (unsigned char *p = b; (p = memmem(p, n - (size_t)(p - b), id, len)) != NULL; p += len) {
+		int before = p > b && id_char(p[-1]);
+		int after = (size_t)(p - b) + len < n && id_char(p[len]);
+		if (before || after)
+			continue;
+		memset(p, '*', len);
+		*changed = 1;
+	}
+	if (*changed && msync(b, n, MS_SYNC) != 0)
+		rc = -errno;
+	munmap(b, n);
+	if (rc == 0 && *changed && fsync(fd) != 0)
+		rc = -errno;
+cleanup:
+	close(fd);
+	return rc;
+}
+
+int quarantine__erase_member(const char *dir, const char *member_id, int *touched)
+{
+	char qdir[4200], p[4500];
+	DIR *d;
+	struct dirent *e;
+	int rc = 0, removed = 0;
+	*touched = 0;
+	if (snprintf(qdir, sizeof(qdir), "%s/%s", dir, QUARANTINE_DIR) >= (int)sizeof(qdir))
+		return -ENAMETOOLONG;
+	if (!(d = opendir(qdir)))
+		return errno == ENOENT ? 0 : -errno;
+	while ((e = readdir(d))) {
+		int r = 0, changed = 0;
+		if (snprintf(p, sizeof(p), "%s/%s", qdir, e->d_name) >= (int)sizeof(p))
+			continue;
+		if (strncmp(e->d_name, "cache-", 6) == 0) {
+			if (unlink(p) == 0)
+				removed = changed = 1;
+			else if (errno != ENOENT)
+				r = -errno;
+		} else if (strncmp(e->d_name, "outbox-", 7) == 0) {
+			r = scrub_file(p, member_id, &changed);
+		}
+		*touched += changed;
+		if (r && !rc)
+			rc = r;
+	}
+	closedir(d);
+	if (removed) {
+		int r = platform__fsync_dir(qdir);
+		if (r && !rc)
+			rc = r;
+	}
+	return rc;
 }

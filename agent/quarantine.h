@@ -55,6 +55,19 @@ int quarantine__dest(const char *dir, const char *prefix, int64_t ms, char *dest
  * (so `src` still names it until the caller renames a fresh file over it).
  * Missing -wal / -shm are fine. Both directories are fsynced. 0 or -errno. */
 int quarantine__move(const char *src, const char *dest, int link_db);
+/* Erasure reaches the quarantine (protocol.md "Erasure"): in
+ * `<dir>/quarantine/`, every cache file (`cache-*`: central's data, sealed
+ * personal data, card numbers, tags; fetched again from central) is
+ * removed, and in every outbox file (`outbox-*.db`, -wal, -shm: damaged
+ * copies whose readable rows were salvaged when they were set aside)
+ * every occurrence of member_id as a whole token — not inside a longer run
+ * of letters, digits or "_.-@+" — is overwritten in place with as many '*'
+ * (same length, so the pages keep their shape). Files are synced before
+ * this returns. *touched = files removed or changed. No quarantine
+ * directory: 0. 0 or -errno (the first failure; the others are still
+ * done). */
+int quarantine__erase_member(const char *dir, const char *member_id, int *touched);
+
 /* Only the -wal / -shm part of quarantine__move (no fsync). 0 or -errno. */
 int quarantine__move_sidecars(const char *src, const char *dest);
 

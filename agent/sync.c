@@ -22,6 +22,7 @@
 #include "delivery.h"
 #include "fleet.h"
 #include "sbuf.h"
+#include "quarantine.h"
 #include "tlsprobe.h"
 #include "uuid.h"
 
@@ -44,6 +45,8 @@
 #define WILL_DELAY_S 10
 /* A verdict that could not be recorded is asked for again this soon. */
 #define VERDICT_RETRY_MS 5000
+/* The whole diagnosis of a failed connect: TCP connect + TLS handshake. */
+#define PROBE_TIMEOUT_MS 3000
 
 struct sync {
 	config cfg_own;    /* the running config; replaced by reload / config.set */
@@ -84,6 +87,7 @@ struct sync {
 	crypto__verifier *cmd_key;  /* NULL: unsigned commands accepted */
 	sbuf fb, fr;                /* fleet scratch: payload, result */
 	int64_t probation_ms;       /* monotonic deadline of a broker change; 0 = none */
+	tlsprobe *probe;            /* a diagnosis of a failed connect running in a thread; NULL = none */
 	int reconnect_pending;      /* recreate the MQTT client after this turn */
 	int recreate_pending;       /* the same, keeping the connection's backoff (packet too large) */
 	int erasure_pending;        /* an erasure's old bytes are still in outbox.db-wal */
@@ -93,7 +97,6 @@ struct sync {
 	int cmd_level;              /* log.level command in force, -1 = none */
 	mqtt__event *deferred;      /* commands received while the client was being replaced */
 	int signed_only;            /* fleet.command_key_file as at start */
-	char seen_path[4200];       /* persisted replay guard of signed commands */
 };
 
 static uint32_t rand32(void)
@@ -292,7 +295,26 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 {
 	struct sync *s = ctx;
 	int64_t n = 0;
+	int q = 0;
 	int rc = outbox__redact_member(s->ob, member_id, &n);
+	/* Damaged files set aside under quarantine/ hold copies too; a
+	 * failure there fails the erasure (retried when sent again). */
+	int e = quarantine__erase_member(s->cfg->store_dir, member_id, &q);
+	if (e == 0) {
+		/* A damaged cache is set aside in the private directory's own
+		 * quarantine/ (paths.h): its copies go too. */
+		char priv[4096];
+		int q2 = 0;
+		if (paths__private(s->cfg->store_dir, NULL, priv, sizeof(priv)) == SCRM_OK)
+			e = quarantine__erase_member(priv, member_id, &q2);
+		q += q2;
+	}
+	if (e != 0 && (rc == SCRM_OK || rc == SCRM_E_BUSY)) {
+		LOG(LOG_ERROR, "cache", "cannot erase a member from the quarantined files", "dir=%s/%s err=\"%s\"",
+		    s->cfg->store_dir, QUARANTINE_DIR, strerror(-e));
+		return err__set(SCRM_E_IO, "erasure: cannot redact %s/%s: %s", s->cfg->store_dir, QUARANTINE_DIR,
+				strerror(-e));
+	}
 	/* The erased person's id is not written to the log. */
 	(void)member_id;
 	if (rc == SCRM_E_BUSY) {
@@ -302,7 +324,8 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 		rc = SCRM_OK;
 	}
 	if (rc == SCRM_OK)
-		LOG(LOG_INFO, "cache", "member forgotten", "pending_events_redacted=%lld", (long long)n);
+		LOG(LOG_INFO, "cache", "member forgotten", "pending_events_redacted=%lld quarantined_files=%d", (long long)n,
+		    q);
 	else
 		LOG(LOG_ERROR, "cache", "cannot redact the outbox for an erasure", "err=\"%s\"", scrm_errmsg());
 	return rc;
@@ -908,6 +931,7 @@ static mqtt__opts mqtt_opts(const config *cfg, const char *password)
 		.ca_file = cfg->ca_file,
 		.cert_file = cfg->cert_file,
 		.key_file = cfg->key_file,
+		.crl_file = cfg->crl_file,
 		.username = cfg->username,
 		.password = password,
 		.keepalive_s = (int)cfg->keepalive_s,
@@ -1057,6 +1081,63 @@ static void probation_settle(struct sync *s, int rollback)
 	LOG(LOG_ERROR, "fleet", "remote broker settings ROLLED BACK: no connection with them", "detail=%s",
 	    log__q(q, sizeof(q), s->last_rollback));
 	apply_config(s, &next, CFG_RECONNECT, "rollback");
+}
+
+/* At start, a broker change still on probation (the agent stopped, crashed
+ * or was killed by the watchdog before confirming it): keep the deadline set
+ * when the change was applied — re-arming it at every start let a change
+ * that gets the agent killed within the probation never be rolled back —
+ * count this start, and roll back at once if the deadline has passed or the
+ * agent has now started CONFIG_PROBATION_MAX_STARTS times on it. Runs
+ * before anything uses the broker settings. */
+static void probation_at_start(struct sync *s)
+{
+	config *cfg = &s->cfg_own;
+	sbuf text;
+	char q[400], why[120];
+	if (!cfg->overlay_previous)
+		return;
+	int64_t wall = platform__wall_ms(), full = cfg->probation_s * 1000;
+	int64_t starts = cfg->probation_starts + 1;
+	int64_t left = cfg->probation_deadline_ms ? cfg->probation_deadline_ms - wall : full;
+	why[0] = '\0';
+	if (left <= 0)
+		snprintf(why, sizeof(why), "its deadline passed %llds ago", (long long)(-left / 1000));
+	else if (starts >= CONFIG_PROBATION_MAX_STARTS)
+		snprintf(why, sizeof(why), "the agent started %lld times on it without connecting", (long long)starts);
+	/* A wall clock stepped back (or a device that boots in 1970 until NTP
+	 * answers) must not stretch it: at most a full probation from now. */
+	if (left > full)
+		left = full;
+	sbuf__init(&text);
+	if (!why[0]) {
+		cfg->probation_deadline_ms = wall + left;
+		cfg->probation_starts = starts;
+		if (config__overlay_restate(cfg, starts, &text) != SCRM_OK || config__write_overlay(cfg, text.p) != SCRM_OK)
+			LOG(LOG_WARN, "fleet", "cannot record this start in the remote config", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+		s->probation_ms = platform__mono_ms() + left;
+		LOG(LOG_WARN, "fleet", "remote broker settings still on probation", "config_version=%lld left_ms=%lld start=%lld of %d",
+		    (long long)cfg->config_version, (long long)left, (long long)starts, CONFIG_PROBATION_MAX_STARTS - 1);
+		sbuf__free(&text);
+		return;
+	}
+	config next;
+	if (config__overlay_settle(cfg, 1, wall, &text) != SCRM_OK || config__write_overlay(cfg, text.p) != SCRM_OK ||
+	    config__load_all(cfg->path, &next) != SCRM_OK) {
+		LOG(LOG_ERROR, "fleet", "cannot roll back the remote config", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
+		s->probation_ms = platform__mono_ms(); /* the loop tries again */
+		sbuf__free(&text);
+		return;
+	}
+	sbuf__free(&text);
+	snprintf(s->last_rollback, sizeof(s->last_rollback),
+		 "config_version %lld not connected within %llds (%s); back to the previous settings as version %lld",
+		 (long long)cfg->config_version, (long long)cfg->probation_s, why, (long long)next.config_version);
+	LOG(LOG_ERROR, "fleet", "remote broker settings ROLLED BACK: no connection with them", "detail=%s",
+	    log__q(q, sizeof(q), s->last_rollback));
+	config__free(cfg);
+	*cfg = next;
 }
 
 /* SIGHUP: the local file (and overlay) again. */
@@ -1325,11 +1406,9 @@ static int run_command(struct sync *s, const fleet__cmd *cmd, sbuf *res, fleet__
 	}
 	if (strcmp(n, "member.forget") == 0) {
 		const char *member = NULL;
-		int64_t redacted = 0;
 		if (fleet__arg_str(cmd, "member_id", 1, 64, &member, err))
 			return -1;
-		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s)
-				  : outbox__redact_member(s->ob, member, &redacted);
+		int rc = s->cache ? cache__forget(s->cache, member, forget_in_outbox, s) : forget_in_outbox(s, member);
 		if (rc == SCRM_OK && s->erasure_pending) /* the outbox's part, done inside the cache's */
 			rc = outbox__scrub_wal(s->ob);
 		if (rc == SCRM_E_BUSY) {
@@ -1410,11 +1489,10 @@ static void on_command(struct sync *s, const mqtt__event *e)
 		 * into "unsigned commands accepted". */
 		memset(&cmd, 0, sizeof(cmd));
 		fleet__fail(&err, "unavailable", "", "fleet.command_key_file cannot be loaded; no command is obeyed");
-	} else if (fleet__parse_command(e->payload, e->len, s->cfg->device_id, s->cmd_key, now, clock_trusted(s, now),
-					&s->seen, &cmd, &err) == 0) {
-		/* The replay guard outlives a restart: saved before acting. */
-		if (cmd.is_signed && fleet__seen_save(&s->seen, s->seen_path) != 0)
-			LOG(LOG_WARN, "fleet", "cannot save the signed command ids", "path=%s", s->seen_path);
+	} else if (fleet__parse_command(e->payload, e->len, s->cfg->tenant, s->cfg->store_id, s->cfg->device_id,
+					s->cmd_key, now, clock_trusted(s, now), &s->seen, &cmd, &err) == 0) {
+		/* A signed command's id is saved by now (the replay guard
+		 * outlives a restart); one that could not be saved was refused. */
 		ok = run_command(s, &cmd, &s->fr, &err) == 0;
 	}
 	if (s->fr.oom) {
@@ -1491,19 +1569,24 @@ static void handle_mqtt(struct sync *s)
 			}
 			break;
 		case MQ_CONNECT_FAILED: {
-			char q[600], why[400], q2[450];
+			char q[600];
 			s->connecting = 0;
 			s->connected = 0;
+			LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
+			    log__q(q, sizeof(q), e->text));
 			/* Paho's generic words explain nothing; the first failure of
-			 * a streak (and every 20th) gets a diagnosis by mbedTLS. */
-			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0) {
-				tlsprobe__diagnose(s->cfg->broker_uri, s->cfg->ca_file, s->cfg->cert_file, s->cfg->key_file, 3000,
-						   why, sizeof(why));
-				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s diagnosis=%s",
-				    s->cfg->broker_uri, log__q(q, sizeof(q), e->text), log__q(q2, sizeof(q2), why));
-			} else {
-				LOG(LOG_ERROR, "sync", "broker connection failed", "uri=%s reason=%s", s->cfg->broker_uri,
-				    log__q(q, sizeof(q), e->text));
+			 * a streak (and every 20th) gets a diagnosis by mbedTLS. It
+			 * runs in a thread, bounded (PROBE_TIMEOUT_MS): nothing on
+			 * this loop may block, or the watchdog kills the agent (an
+			 * address that drops SYNs held a blocking connect ~127 s)
+			 * and SIGTERM waits. */
+			if (e->text && strstr(e->text, "TLS: ") != e->text && s->fail_streak % 20 == 0 && !s->probe) {
+				int prc = tlsprobe__start(&s->probe, s->cfg->broker_uri, s->cfg->ca_file, s->cfg->cert_file,
+							  s->cfg->key_file, PROBE_TIMEOUT_MS);
+				if (prc == 0)
+					LOG(LOG_INFO, "sync", "diagnosing the failed broker connection", "uri=%s", s->cfg->broker_uri);
+				else
+					LOG(LOG_WARN, "sync", "cannot start the connection diagnosis", "err=\"%s\"", strerror(-prc));
 			}
 			s->fail_streak++;
 			schedule_reconnect(s, now);
@@ -1685,6 +1768,10 @@ int sync__run(config *cfg_in, const char *level_override)
 			LOG(LOG_WARN, "sync", "moved an older agent's files into the private directory", "dir=%s/%s moved=%s",
 			    cfg->store_dir, PATHS_PRIVATE_DIR, log__q(q, sizeof(q), moved));
 	}
+	/* Before the outbox and the client: a rollback changes the config. */
+	probation_at_start(&s);
+	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
+	apply_log_settings(&s);
 	/* Checked at start: a damaged outbox is moved to quarantine/ and a
 	 * fresh one opened (alarm "outbox_quarantined" raised in it). */
 	if (outbox__open_checked(cfg->store_dir, cfg->device_id, 5000, &s.ob) != SCRM_OK) {
@@ -1758,8 +1845,13 @@ int sync__run(config *cfg_in, const char *level_override)
 	push_settings(&s);
 	s.outbox_gen = outbox__generation(s.ob);
 	s.signed_only = cfg->command_key_file != NULL;
-	paths__private(cfg->store_dir, PATHS_SEEN_IDS, s.seen_path, sizeof(s.seen_path));
-	fleet__seen_load(&s.seen, s.seen_path);
+	{
+		char path[4200];
+		paths__private(cfg->store_dir, PATHS_SEEN_IDS, path, sizeof(path));
+		if (fleet__seen_open(&s.seen, path, platform__wall_ms()) != 0)
+			LOG(LOG_ERROR, "fleet", "cannot read the signed command ids; every signed command will be refused",
+			    "path=%s", path);
+	}
 	if (cfg->command_key_file) {
 		char q[600];
 		if (crypto__verifier_load(cfg->command_key_file, &s.cmd_key) != SCRM_OK) {
@@ -1773,8 +1865,6 @@ int sync__run(config *cfg_in, const char *level_override)
 		LOG(LOG_ERROR, "fleet", "remote config ignored; running on the local file", "reason=%s",
 		    log__q(q, sizeof(q), cfg->overlay_error));
 	}
-	if (cfg->overlay_previous) /* a broker change was on probation at the last stop */
-		s.probation_ms = platform__mono_ms() + cfg->probation_s * 1000;
 	{
 		delivery__io io = {.ctx = &s,
 				   .read = io_read,
@@ -1798,11 +1888,13 @@ int sync__run(config *cfg_in, const char *level_override)
 	platform__sd_notify("READY=1\nSTATUS=running");
 
 	for (;;) {
-		struct pollfd pf[4] = {
+		/* poll() skips entries whose fd is negative. */
+		struct pollfd pf[5] = {
 			{.fd = sig_fd, .events = POLLIN},
 			{.fd = mqtt__fd(s.mq), .events = POLLIN},
 			{.fd = note_fd, .events = POLLIN},
 			{.fd = net_fd, .events = POLLIN},
+			{.fd = s.probe ? tlsprobe__fd(s.probe) : -1, .events = POLLIN},
 		};
 		/* Timers run on the monotonic clock: an NTP step of the wall
 		 * clock must neither stall reconnects nor fire ack timeouts. */
@@ -1834,7 +1926,7 @@ int sync__run(config *cfg_in, const char *level_override)
 				wake = d;
 		}
 		int timeout = wake <= now ? 0 : (int)(wake - now);
-		int n = poll(pf, net_fd >= 0 ? 4 : 3, timeout);
+		int n = poll(pf, 5, timeout);
 		if (n < 0 && errno != EINTR) {
 			LOG(LOG_ERROR, "sync", "poll failed", "err=\"%s\"", strerror(errno));
 			goto cleanup;
@@ -1862,6 +1954,13 @@ int sync__run(config *cfg_in, const char *level_override)
 		if (n > 0 && (pf[2].revents & POLLIN)) {
 			platform__notify_drain(note_fd);
 			pump(&s);
+		}
+		if (n > 0 && s.probe && (pf[4].revents & POLLIN)) {
+			char why[400], q[450];
+			tlsprobe__finish(s.probe, why, sizeof(why));
+			s.probe = NULL;
+			LOG(LOG_ERROR, "sync", "broker connection diagnosis", "uri=%s diagnosis=%s", cfg->broker_uri,
+			    log__q(q, sizeof(q), why));
 		}
 		if (n > 0 && net_fd >= 0 && (pf[3].revents & POLLIN)) {
 			platform__netwatch_drain(net_fd);
@@ -1917,6 +2016,9 @@ int sync__run(config *cfg_in, const char *level_override)
 	LOG(LOG_INFO, "sync", "stopping", "published=%lld acked=%lld redeliveries=%lld unacked_batches=%d",
 	    (long long)s.dl.n_published, (long long)s.dl.n_acked, (long long)s.dl.n_redeliveries, s.dl.nwin);
 cleanup:
+	/* A diagnosis still running is abandoned, not waited for. */
+	tlsprobe__cancel(s.probe);
+	s.probe = NULL;
 	if (s.ob)
 		outbox__link_set(s.ob, 0, platform__wall_ms());
 	if (s.mq && s.connected) {
@@ -1955,6 +2057,7 @@ cleanup:
 	sbuf__free(&s.fb);
 	sbuf__free(&s.fr);
 	crypto__verifier_free(s.cmd_key);
+	fleet__seen_free(&s.seen);
 	while (s.deferred) {
 		mqtt__event *d = s.deferred;
 		s.deferred = d->next;

@@ -21,8 +21,14 @@
 #include <mbedtls/x509_crt.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 static int rng(void *ctx, unsigned char *buf, size_t n)
 {
@@ -149,12 +155,76 @@ static int split_uri(const char *uri, char *host, size_t hn, char *port, size_t 
 	return 0;
 }
 
+/* The probe's own clock: the real monotonic one (a test's fake clock
+ * must not stretch a network deadline). */
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* mbedTLS I/O on the non-blocking socket, every wait bounded by the one
+ * deadline of the whole probe and abandoned when cancel_fd is readable. */
+struct bio {
+	int fd, cancel_fd;
+	int64_t deadline;
+	int cancelled;
+};
+
+static int bio_wait(struct bio *b, int for_write)
+{
+	int64_t left = b->deadline - mono_ms();
+	int w = left > 0 ? platform__fd_wait(b->fd, for_write, (int)left, b->cancel_fd) : 0;
+	if (w == 0)
+		return MBEDTLS_ERR_SSL_TIMEOUT;
+	if (w == -ECANCELED)
+		b->cancelled = 1;
+	return w < 0 ? (for_write ? MBEDTLS_ERR_NET_SEND_FAILED : MBEDTLS_ERR_NET_RECV_FAILED) : 0;
+}
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+	struct bio *b = ctx;
+	for (;;) {
+		ssize_t k = send(b->fd, buf, len, MSG_NOSIGNAL);
+		if (k >= 0)
+			return (int)k;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_SEND_FAILED;
+		int rc = bio_wait(b, 1);
+		if (rc)
+			return rc;
+	}
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+	struct bio *b = ctx;
+	for (;;) {
+		ssize_t k = recv(b->fd, buf, len, 0);
+		if (k > 0)
+			return (int)k;
+		if (k == 0)
+			return MBEDTLS_ERR_NET_CONN_RESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
+		int rc = bio_wait(b, 0);
+		if (rc)
+			return rc;
+	}
+}
+
 int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_file, const char *key_file,
-		       int timeout_ms, char *out, size_t n)
+		       int timeout_ms, int cancel_fd, char *out, size_t n)
 {
 	char host[256], port[16], err[160];
 	int tls = 0, rc, found = 1;
-	mbedtls_net_context net;
+	struct bio bio = {.fd = -1, .cancel_fd = cancel_fd};
 	mbedtls_ssl_context ssl;
 	mbedtls_ssl_config conf;
 	mbedtls_x509_crt ca, own;
@@ -166,7 +236,6 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 		snprintf(out, n, "cannot parse broker URI %s", uri);
 		return 1;
 	}
-	mbedtls_net_init(&net);
 	mbedtls_ssl_init(&ssl);
 	mbedtls_ssl_config_init(&conf);
 	mbedtls_x509_crt_init(&ca);
@@ -177,9 +246,23 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 	else if (inet_pton(AF_INET6, host, ip) == 1)
 		iplen = 16;
 
-	if ((rc = mbedtls_net_connect(&net, host, port, MBEDTLS_NET_PROTO_TCP)) != 0) {
-		snprintf(out, n, "TCP connect to %s:%s failed (%s): broker down, wrong address, or blocked",
-			 host, port, rc == MBEDTLS_ERR_NET_UNKNOWN_HOST ? "unknown host" : "connection refused or unreachable");
+	/* The name look-up comes first and is not bounded here (the caller
+	 * runs this in a thread); the deadline covers connect + handshake. */
+	bio.fd = platform__tcp_connect(host, port, timeout_ms, cancel_fd);
+	bio.deadline = mono_ms() + timeout_ms;
+	if (bio.fd == -ECANCELED) {
+		snprintf(out, n, "TCP connect to %s:%s abandoned (the agent is stopping)", host, port);
+		goto cleanup;
+	}
+	if (bio.fd == -ETIMEDOUT) {
+		snprintf(out, n, "TCP connect to %s:%s failed (no answer within %d ms: packets dropped by a firewall, or a wrong address)",
+			 host, port, timeout_ms);
+		goto cleanup;
+	}
+	if (bio.fd < 0) {
+		snprintf(out, n, "TCP connect to %s:%s failed (%s: %s): broker down, wrong address, or blocked", host, port,
+			 bio.fd == -ENOENT || bio.fd == -EAGAIN ? "unknown host" : "connection refused or unreachable",
+			 strerror(-bio.fd));
 		goto cleanup;
 	}
 	if (!tls) {
@@ -199,7 +282,6 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
 	mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
 	mbedtls_ssl_conf_rng(&conf, rng, NULL);
-	mbedtls_ssl_conf_read_timeout(&conf, (uint32_t)timeout_ms);
 	if (cert_file && key_file) {
 		if ((rc = mbedtls_x509_crt_parse_file(&own, cert_file)) != 0 ||
 		    (rc = mbedtls_pk_parse_keyfile(&key, key_file, NULL)) != 0 ||
@@ -215,7 +297,7 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 		snprintf(out, n, "TLS probe setup failed");
 		goto cleanup;
 	}
-	mbedtls_ssl_set_bio(&ssl, &net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
+	mbedtls_ssl_set_bio(&ssl, &bio, bio_send, bio_recv, NULL);
 	while ((rc = mbedtls_ssl_handshake(&ssl)) == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
 		;
 	/* The chain as received: in the session once the handshake is done,
@@ -252,8 +334,10 @@ int tlsprobe__diagnose(const char *uri, const char *ca_file, const char *cert_fi
 	} else if (ssl.client_auth && !(cert_file && key_file)) {
 		/* 2.x exposes the flag set by the server's CertificateRequest. */
 		snprintf(out, n, "the broker %s:%s requires a client certificate (set broker.cert_file and broker.key_file)", host, port);
+	} else if (bio.cancelled) {
+		snprintf(out, n, "TLS handshake with %s:%s abandoned (the agent is stopping)", host, port);
 	} else if (rc == MBEDTLS_ERR_SSL_TIMEOUT) {
-		snprintf(out, n, "TLS handshake with %s:%s timed out", host, port);
+		snprintf(out, n, "TLS handshake with %s:%s timed out (no answer within %d ms)", host, port, timeout_ms);
 	} else {
 		mbedtls_strerror(rc, err, sizeof(err));
 		snprintf(out, n, "TLS handshake with %s:%s failed: %s", host, port, err);
@@ -264,6 +348,124 @@ cleanup:
 	mbedtls_x509_crt_free(&ca);
 	mbedtls_x509_crt_free(&own);
 	mbedtls_pk_free(&key);
-	mbedtls_net_free(&net);
+	if (bio.fd >= 0)
+		close(bio.fd);
 	return found;
+}
+
+/* ---- in a thread ---- */
+
+struct tlsprobe {
+	char *uri, *ca_file, *cert_file, *key_file;
+	int timeout_ms, found;
+	int done[2];   /* the thread writes a byte when out/found are set */
+	int cancel[2]; /* the loop writes a byte to abandon the probe */
+	int refs;      /* the loop and the thread: the last one frees */
+	platform__thread *thread;
+	char out[400];
+};
+
+static void probe_release(tlsprobe *p)
+{
+	if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	for (int i = 0; i < 2; i++) {
+		if (p->done[i] >= 0)
+			close(p->done[i]);
+		if (p->cancel[i] >= 0)
+			close(p->cancel[i]);
+	}
+	free(p->uri);
+	free(p->ca_file);
+	free(p->cert_file);
+	free(p->key_file);
+	free(p);
+}
+
+static void *probe_main(void *arg)
+{
+	tlsprobe *p = arg;
+	p->found = tlsprobe__diagnose(p->uri, p->ca_file, p->cert_file, p->key_file, p->timeout_ms, p->cancel[0],
+				      p->out, sizeof(p->out));
+	ssize_t w;
+	do
+		w = write(p->done[1], "x", 1);
+	while (w < 0 && errno == EINTR);
+	probe_release(p);
+	return NULL;
+}
+
+static char *dup_or_null(const char *s, int *oom)
+{
+	char *d = s ? strdup(s) : NULL;
+	if (s && !d)
+		*oom = 1;
+	return d;
+}
+
+int tlsprobe__start(tlsprobe **out, const char *uri, const char *ca_file, const char *cert_file, const char *key_file,
+		    int timeout_ms)
+{
+	int oom = 0, rc;
+	tlsprobe *p = calloc(1, sizeof(*p));
+	*out = NULL;
+	if (!p)
+		return -ENOMEM;
+	p->done[0] = p->done[1] = p->cancel[0] = p->cancel[1] = -1;
+	p->refs = 1;
+	p->timeout_ms = timeout_ms;
+	p->uri = dup_or_null(uri, &oom);
+	p->ca_file = dup_or_null(ca_file, &oom);
+	p->cert_file = dup_or_null(cert_file, &oom);
+	p->key_file = dup_or_null(key_file, &oom);
+	if (oom || !uri) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (pipe2(p->done, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(p->cancel, O_CLOEXEC | O_NONBLOCK) != 0) {
+		rc = -errno;
+		goto fail;
+	}
+	p->refs = 2;
+	if ((rc = platform__thread_start(&p->thread, probe_main, p)) != 0) {
+		p->refs = 1;
+		goto fail;
+	}
+	*out = p;
+	return 0;
+fail:
+	probe_release(p);
+	return rc;
+}
+
+int tlsprobe__fd(const tlsprobe *p)
+{
+	return p->done[0];
+}
+
+int tlsprobe__finish(tlsprobe *p, char *out, size_t n)
+{
+	/* The thread has written its byte, so it is past the diagnosis. */
+	platform__thread_join(p->thread);
+	snprintf(out, n, "%s", p->out);
+	int found = p->found;
+	probe_release(p);
+	return found;
+}
+
+void tlsprobe__cancel(tlsprobe *p)
+{
+	if (!p)
+		return;
+	ssize_t w;
+	do
+		w = write(p->cancel[1], "x", 1);
+	while (w < 0 && errno == EINTR);
+	/* Connect and handshake end at once; only a name look-up in progress
+	 * can hold the thread, and then it is left to finish alone. */
+	if (platform__fd_wait(p->done[0], 0, 500, -1) == 1)
+		platform__thread_join(p->thread);
+	else
+		platform__thread_detach(p->thread);
+	probe_release(p);
 }

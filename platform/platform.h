@@ -119,6 +119,15 @@ int platform__openat_trusted(int dirfd, const char *name, int flags, int secret,
 int platform__read_trusted(const char *path, size_t max, int secret, char **out, size_t *len, char *why,
 			   size_t n);
 
+/* ---- process ---- */
+
+/* Keep this process's memory (data key, decrypted personal data) off the
+ * disk and away from other processes: RLIMIT_CORE 0 (soft and hard) and, on
+ * Linux, not dumpable (PR_SET_DUMPABLE 0: no core even through a piped
+ * core_pattern, no ptrace or /proc/<pid>/mem by the same user). Called first
+ * thing by scrm-agent and scrmctl. 0, or the first -errno (both are tried). */
+int platform__no_core_dumps(void);
+
 /* ---- syslog (kept here: <syslog.h> macros clash with agent names) ---- */
 
 /* Open (on != 0, ident borrowed for the process life) or close syslog. */
@@ -155,6 +164,35 @@ void platform__netwatch_drain(int fd);
 int platform__waker_open(void);
 void platform__waker_signal(int fd);
 void platform__waker_drain(int fd);
+
+/* ---- sockets and threads, for work kept off the poll loop (platform/net.c) ---- */
+
+/* Wait until fd is readable (for_write 0) or writable (1), at most
+ * timeout_ms. cancel_fd (-1 = none): readable means give up at once.
+ * 1 ready (or an error on fd the next call reports), 0 timed out,
+ * -ECANCELED, or -errno. Signals are retried. */
+int platform__fd_wait(int fd, int for_write, int timeout_ms, int cancel_fd);
+/* A TCP connection to host:port (a name or an address) made with a
+ * non-blocking connect(), so it takes at most timeout_ms however the network
+ * behaves (an address that drops SYNs would otherwise block ~127 s). Returns
+ * the connected socket (non-blocking, close-on-exec; caller closes) or
+ * -errno: -ETIMEDOUT (no answer in time: packets dropped by a firewall, or a
+ * wrong address), -ECONNREFUSED, -EHOSTUNREACH / -ENETUNREACH, -ENOENT (the
+ * name does not resolve), -EAGAIN (name resolution failed for now),
+ * -ECANCELED (cancel_fd became readable; -1 = none). The name look-up
+ * (getaddrinfo) is not bounded by timeout_ms: call this off the poll loop.
+ * Any thread. */
+int platform__tcp_connect(const char *host, const char *port, int timeout_ms, int cancel_fd);
+
+/* A thread running fn(arg), with every signal blocked in it (signals stay
+ * with the thread that handles them, the daemon's signalfd). *out owned:
+ * released by exactly one of join or detach. 0 or -errno. */
+typedef struct platform__thread platform__thread;
+int platform__thread_start(platform__thread **out, void *(*fn)(void *), void *arg);
+/* Wait for the thread to end, and free t. NULL: no-op. 0 or -errno. */
+int platform__thread_join(platform__thread *t);
+/* Let the thread end on its own (it frees what it owns), and free t. */
+int platform__thread_detach(platform__thread *t);
 
 /* ---- systemd service notifications (no libsystemd; platform/sdnotify.c) ---- */
 

@@ -77,7 +77,8 @@ SCRM_API const char *scrm_version(void);
 typedef struct scrm_store scrm_store;
 
 typedef struct scrm_store_options {
-	/* Device id this store belongs to: [A-Za-z0-9_.-], 1..64 chars.
+	/* Device id this store belongs to: [A-Za-z0-9_.-], 1..64 chars, not
+	 * "up" or "down" (words of the topic tree, docs/protocol.md).
 	 * Required when the store is created; when opening an existing store
 	 * it may be NULL, otherwise it must match (SCRM_E_MISMATCH). Copied. */
 	const char *device_id;
@@ -256,7 +257,10 @@ SCRM_API int scrm_cache_status(scrm_cache *cache, char **json);
  * device's purchases central has not reflected yet) and works offline. All
  * JSON results are owned by the caller (scrm_free()); their shapes are in
  * docs/protocol.md, "Guide tablet". `now_ms` = 0 means the wall clock; tests
- * and replays pass their own. */
+ * and replays pass their own to the read-only calls (scrm_recommend,
+ * scrm_coupons_for). scrm_redeem always judges by the device's wall clock:
+ * its `now_ms` is ignored (kept so the struct and ABI stay the same), so a
+ * caller cannot name a past time and spend an expired coupon. */
 
 typedef struct scrm_reco_request {
 	const char *member_id;     /* NULL: anonymous basket (rules only) */
@@ -297,7 +301,7 @@ typedef struct scrm_redeem_request {
 	const char *currency;      /* required */
 	const char *order_id;      /* the sale the coupon is spent on, required */
 	const char *guide_id;      /* optional */
-	int64_t now_ms;
+	int64_t now_ms;            /* IGNORED: the device's wall clock decides */
 } scrm_redeem_request;
 
 typedef struct scrm_redemption {

@@ -65,6 +65,8 @@
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
 
+#include "ident.h" /* the id rule, shared with the agent (agent/ident.c) */
+
 #define IDENT_MAX 64               /* tenant / store / device: [A-Za-z0-9_.-]{1,64} */
 #define EVENT_ID_MAX 128           /* generous: ids are UUIDv7 (36 chars) */
 #define KIND_MAX 64
@@ -298,12 +300,14 @@ struct pending_verdict {
 struct coupon_def {
 	char *id, *campaign; /* campaign NULL if the record has none */
 	int64_t uses;        /* absent: 1 */
+	int64_t valid_from, valid_to; /* Unix ms, 0: open (valid_to exclusive) */
 	int64_t line;        /* a later line for the same id wins */
 };
 
 struct campaign_def {
 	char *id;
 	int64_t per_member_limit, total_limit; /* 0: unlimited */
+	int64_t valid_from, valid_to;          /* as a coupon's */
 	int64_t line;
 };
 
@@ -769,19 +773,34 @@ static const char *take_ident(const char *p, char *out)
 
 /* The broker confines each device to its own topics, so identity comes from
  * the topic, never from the payload. 0 if topic is
- * scrm/v1/{tenant}/{store}/{device}/<suffix>. */
-static int parse_topic(const char *topic, struct ident *id, const char *suffix)
+ * scrm/v1/{tenant}/{store}/{device}/<suffix> with three valid ids; otherwise
+ * -1 and why in why[n]. An id that is a word of the topic tree is refused
+ * too: a device "down" would publish and receive under its store's
+ * scrm/v1/{tenant}/{store}/down/#, which every device of the store reads. */
+static int parse_topic(const char *topic, struct ident *id, const char *suffix, char *why, size_t n)
 {
 	static const char prefix[] = "scrm/v1/";
-	const char *p;
+	const char *p, *bad = NULL, *level = NULL;
 
 	if (strncmp(topic, prefix, sizeof prefix - 1) != 0)
-		return -1;
+		goto shape;
 	p = topic + sizeof prefix - 1;
 	if (!(p = take_ident(p, id->tenant)) || !(p = take_ident(p, id->store)) ||
-	    !(p = take_ident(p, id->device)))
-		return -1;
-	return strcmp(p, suffix) == 0 ? 0 : -1;
+	    !(p = take_ident(p, id->device)) || strcmp(p, suffix) != 0)
+		goto shape;
+	if ((bad = ident__problem(id->tenant)))
+		level = "tenant";
+	else if ((bad = ident__problem(id->store)))
+		level = "store";
+	else if ((bad = ident__problem(id->device)))
+		level = "device";
+	if (!bad)
+		return 0;
+	snprintf(why, n, "%s: %s", level, bad);
+	return -1;
+shape:
+	snprintf(why, n, "topic is not scrm/v1/{tenant}/{store}/{device}/%s", suffix);
+	return -1;
 }
 
 static int topic_ends_with(const char *topic, const char *suffix)
@@ -1339,9 +1358,13 @@ static void batch_handle(const char *topic, const char *payload, size_t len)
 	struct verdict_batch vb = { 0 };
 
 	vb.tail = &vb.head;
-	if (parse_topic(topic, &id, "up/events") != 0) {
-		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/events");
-		return;
+	{
+		char why[300];
+
+		if (parse_topic(topic, &id, "up/events", why, sizeof why) != 0) {
+			batch_drop(topic, why);
+			return;
+		}
 	}
 	{
 		char why[300];
@@ -2598,9 +2621,13 @@ static void resync_handle(const char *topic, const char *payload, size_t len)
 	int stream = -1;
 	char q1[200], q2[200];
 
-	if (parse_topic(topic, &id, "up/cache/resync") != 0) {
-		resync_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/cache/resync");
-		return;
+	{
+		char why[300];
+
+		if (parse_topic(topic, &id, "up/cache/resync", why, sizeof why) != 0) {
+			resync_drop(topic, why);
+			return;
+		}
 	}
 	root = cJSON_ParseWithLength(payload, len);
 	if (!cJSON_IsObject(root)) {
@@ -2788,8 +2815,10 @@ static int catalogue_add(struct coupon_catalogue *c, size_t *cap_coupons, size_t
 		struct coupon_def d = { 0 };
 		const char *campaign = NULL;
 
-		*why = "coupon: uses or campaign malformed";
+		*why = "coupon: uses, valid_from, valid_to or campaign malformed";
 		if (record_count(rec, "uses", 1, &d.uses) != 0 ||
+		    record_count(rec, "valid_from", 0, &d.valid_from) != 0 ||
+		    record_count(rec, "valid_to", 0, &d.valid_to) != 0 ||
 		    opt_string(rec, "campaign", CACHE_KEY_MAX, &campaign) < 0)
 			goto out;
 		rc = -2;
@@ -2814,9 +2843,11 @@ static int catalogue_add(struct coupon_catalogue *c, size_t *cap_coupons, size_t
 	} else {
 		struct campaign_def d = { 0 };
 
-		*why = "campaign: per_member_limit or total_limit not an integer >= 0";
+		*why = "campaign: per_member_limit, total_limit, valid_from or valid_to not an integer >= 0";
 		if (record_count(rec, "per_member_limit", 0, &d.per_member_limit) != 0 ||
-		    record_count(rec, "total_limit", 0, &d.total_limit) != 0)
+		    record_count(rec, "total_limit", 0, &d.total_limit) != 0 ||
+		    record_count(rec, "valid_from", 0, &d.valid_from) != 0 ||
+		    record_count(rec, "valid_to", 0, &d.valid_to) != 0)
 			goto out;
 		rc = -2;
 		if (c->n_campaigns == *cap_campaigns) {
@@ -3082,6 +3113,37 @@ static int verdict_add(struct verdict_batch *vb, const struct ident *id, int64_t
 	return SQLITE_OK;
 }
 
+/* The validity window [from, to) of a coupon or campaign (0: open) at `at`:
+ * NULL, or the reason with its detail written. Same codes as the agent's. */
+static const char *window_check(const char *what, const char *id, int64_t from, int64_t to, int64_t at,
+				char *detail, size_t cap)
+{
+	if (from > 0 && at < from) {
+		snprintf(detail, cap, "%s %s valid from %" PRId64 " (Unix ms), redeemed at %" PRId64, what, id,
+			 from, at);
+		return "not_yet_valid";
+	}
+	if (to > 0 && at >= to) {
+		snprintf(detail, cap, "%s %s expired at %" PRId64 " (Unix ms), redeemed at %" PRId64, what, id, to,
+			 at);
+		return "expired";
+	}
+	return NULL;
+}
+
+/* When a redemption happened, for its validity check (protocol.md, "Verdict"):
+ * the event's capture time (wall_ms: an offline redemption arrives late, and
+ * is judged at the sale), but never later than central received it (a clock
+ * ahead cannot make a coupon valid early), and central's receive time when
+ * the device said its clock is not trusted (clock_ok false: it may be far
+ * behind, and would make every coupon look unexpired). */
+static int64_t redemption_time(const struct event_view *v, int64_t now)
+{
+	if (v->clock_ok == 0)
+		return now;
+	return v->wall_ms < now ? v->wall_ms : now;
+}
+
 /* A new redemption: decide, record in redemptions, queue the verdict. */
 static int verdict_decide(const struct ident *id, const struct event_view *v, int64_t now,
 			  struct verdict_batch *vb)
@@ -3091,7 +3153,7 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 	const char *reason = NULL;
 	char detail[VERDICT_DETAIL_MAX] = "";
 	char q1[200], q2[200], q3[200], q4[VERDICT_DETAIL_MAX + 16];
-	int64_t value = 0, count = 0;
+	int64_t value = 0, count = 0, at = redemption_time(v, now);
 	sqlite3_stmt *s;
 	int rc;
 
@@ -3117,9 +3179,16 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 		const struct coupon_def *cd = coupon_find(coupon);
 		const char *params[] = { id->tenant, coupon };
 
+		const struct campaign_def *cpd = cd && cd->campaign ? campaign_find(cd->campaign) : NULL;
+
 		if (!cd) {
 			reason = "unknown_coupon";
 			snprintf(detail, sizeof detail, "coupon %s is not known to central", coupon);
+		} else if ((reason = window_check("coupon", coupon, cd->valid_from, cd->valid_to, at, detail,
+						  sizeof detail)) ||
+			   (cpd && (reason = window_check("campaign", cpd->id, cpd->valid_from, cpd->valid_to,
+							  at, detail, sizeof detail)))) {
+			/* outside its validity: reason and detail set */
 		} else if ((rc = db_count(g.st.cnt_coupon, params, 2, &count)) != SQLITE_OK) {
 			return rc;
 		} else if (count >= cd->uses) {
@@ -3169,6 +3238,9 @@ static int verdict_decide(const struct ident *id, const struct event_view *v, in
 			reason = "unknown_campaign";
 			snprintf(detail, sizeof detail, "campaign %s is not known to central",
 				 campaign);
+		} else if ((reason = window_check("campaign", campaign, cd->valid_from, cd->valid_to, at,
+						  detail, sizeof detail))) {
+			/* outside its validity: reason and detail set */
 		} else if (cd->per_member_limit > 0 && member &&
 			   (rc = db_count(g.st.cnt_member, params, 3, &count)) != SQLITE_OK) {
 			return rc;
@@ -3356,8 +3428,8 @@ static void verdict_query_handle(const char *topic, const char *payload, size_t 
 
 	vb.tail = &vb.head;
 	g.c.verdict_queries++;
-	if (parse_topic(topic, &id, "up/verdict/query") != 0) {
-		batch_drop(topic, "topic is not scrm/v1/{tenant}/{store}/{device}/up/verdict/query");
+	if (parse_topic(topic, &id, "up/verdict/query", why, sizeof why) != 0) {
+		batch_drop(topic, why);
 		return;
 	}
 	if (json_parse_strict(payload, len, &root, why, sizeof why) != 0) {
@@ -4437,7 +4509,8 @@ static int push_wait(const int *flag, const int *fail_a, const int *fail_b, int6
 	return done;
 }
 
-/* [A-Za-z0-9_.-]{1,64}: a tenant, store or stream as a topic level. */
+/* [A-Za-z0-9_.-]{1,64}: a stream as a topic level (tenants and stores also
+ * follow ident__problem). */
 static int ident_ok(const char *s)
 {
 	char seg[IDENT_MAX + 2];
@@ -5047,12 +5120,10 @@ static int cmd_push(int argc, char **argv)
 		if (!(*dst = flag_value(argc, argv, &i, "push")))
 			return 2;
 	}
-	if (!tenant || !ident_ok(tenant))
-		return usage_error("push", "--tenant: %s", tenant ? "must be [A-Za-z0-9_.-]{1,64}"
-								  : "is required");
-	if (!store || !ident_ok(store))
-		return usage_error("push", "--store: %s", store ? "must be [A-Za-z0-9_.-]{1,64}"
-								: "is required");
+	if (!tenant || ident__problem(tenant))
+		return usage_error("push", "--tenant: %s", tenant ? ident__problem(tenant) : "is required");
+	if (!store || ident__problem(store))
+		return usage_error("push", "--store: %s", store ? ident__problem(store) : "is required");
 	if (broker_opts_check("push", o, "scrm-central-push"))
 		return 2;
 	return cmd_push_main(file ? file : "-", tenant, store, timeout_ms);

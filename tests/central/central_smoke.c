@@ -755,6 +755,123 @@ static int p2_acked(cJSON *ack, const char *want)
 	return ok;
 }
 
+/* ---- coupon validity at central (issue 12): another device, pos-03 ---- */
+
+#define P3 "scrm/v1/acme/s1/pos-03/"
+/* A pos-03 coupon_redeem captured at wall_ms, with the device's clock_ok. */
+#define EV3(seq, id, wall, clock_ok, coupon, campaign)                                                   \
+	"{\"id\":\"0193b3c2-7a10-7f3e-8d21-0000000003" id "\",\"seq\":" #seq ",\"kind\":\"coupon_redeem\"," \
+	"\"wall_ms\":" #wall ",\"mono_ms\":1,\"boot\":\"b\",\"clock_ok\":" clock_ok ",\"body\":"          \
+	"{\"campaign\":\"" campaign "\",\"coupon\":\"" coupon "\",\"order_id\":\"P3-" id "\","              \
+	"\"value\":50,\"currency\":\"GBP\",\"mode\":\"offline\"}}"
+
+/* A coupons.jsonl record line: key and the "signed" record text. */
+static void coupon_line(FILE *f, const char *type, const char *id, const char *fields)
+{
+	char key[100], rec[600];
+	cJSON *line = cJSON_CreateObject();
+	char *text;
+
+	snprintf(key, sizeof key, "%s:%s", type, id);
+	snprintf(rec, sizeof rec, "{\"type\":\"%s\",\"id\":\"%s\"%s}", type, id, fields);
+	cJSON_AddStringToObject(line, "key", key);
+	cJSON_AddStringToObject(line, "signed", rec);
+	text = cJSON_PrintUnformatted(line);
+	fprintf(f, "%s\n", text);
+	cJSON_free(text);
+	cJSON_Delete(line);
+}
+
+/* Central checks each coupon's and campaign's validity window at the
+ * redemption's time (protocol.md, "Verdict"): the event's wall_ms, or its
+ * receive time when the device's clock is not trusted. */
+static void check_verdict_windows(struct ctx *c)
+{
+	static const struct {
+		const char *id, *verdict, *reason;
+	} want[] = {
+		{ "0193b3c2-7a10-7f3e-8d21-000000000301", "rejected", "expired" },       /* coupon ended */
+		{ "0193b3c2-7a10-7f3e-8d21-000000000302", "accepted", NULL },            /* inside */
+		{ "0193b3c2-7a10-7f3e-8d21-000000000303", "rejected", "not_yet_valid" }, /* coupon starts later */
+		{ "0193b3c2-7a10-7f3e-8d21-000000000304", "rejected", "expired" },       /* its campaign ended */
+		{ "0193b3c2-7a10-7f3e-8d21-000000000305", "rejected", "expired" },       /* clock_ok false: receive time */
+	};
+	char path[600], buf[8192];
+	const char *extra[] = { "--cache-dir", c->path_cache, NULL };
+	int found[5] = { 0 };
+	th_mqtt_opts o;
+	char err[512];
+	th_mqtt *d;
+	th_mqtt_msg *msg;
+	FILE *f;
+	int n = 0, st, i;
+
+	snprintf(path, sizeof path, "%s/coupons.jsonl", c->path_cache);
+	f = fopen(path, "w");
+	if (!check(f != NULL, "coupons.jsonl written"))
+		return;
+	fprintf(f, "{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"coupons\",\"version\":1}\n");
+	/* the windows end (or start) at 1764000000000; valid_to is exclusive */
+	coupon_line(f, "campaign", "CW", "");
+	coupon_line(f, "campaign", "CW-OLD", ",\"valid_to\":1764000000000");
+	coupon_line(f, "coupon", "W-EXP", ",\"campaign\":\"CW\",\"valid_from\":1763000000000,\"valid_to\":1764000000000");
+	coupon_line(f, "coupon", "W-OK", ",\"campaign\":\"CW\",\"valid_from\":1763000000000,\"valid_to\":1765000000000");
+	coupon_line(f, "coupon", "W-NYV", ",\"campaign\":\"CW\",\"valid_from\":1764000000000,\"valid_to\":1765000000000");
+	coupon_line(f, "coupon", "W-CAMP", ",\"campaign\":\"CW-OLD\"");
+	coupon_line(f, "coupon", "W-CLOCK", ",\"campaign\":\"CW\",\"valid_to\":1765000000000");
+	fclose(f);
+
+	memset(&o, 0, sizeof o);
+	o.uri = th_broker_uri(c->broker);
+	o.client_id = "pos-03";
+	o.ca_file = c->path_ca;
+	d = th_mqtt_connect(&o, err, sizeof err);
+	if (!check(d != NULL, "pos-03 connects (%s)", err))
+		return;
+	if (!check(th_mqtt_subscribe(d, P3 "down/#", 1, 10000) == 0, "pos-03 subscribes to its down/#"))
+		goto out;
+	if (central_start(c, extra) != 0)
+		goto out;
+	/* the device captured them at 1764000000000 (the last 1 ms before,
+	 * but with its clock untrusted: central's receive time, years later) */
+	snprintf(buf, sizeof buf, "{\"v\":1,\"batch\":\"p3-1\",\"sent_ms\":1,\"base\":1,\"events\":[%s,%s,%s,%s,%s]}",
+		 EV3(1, "01", 1764000000000, "true", "W-EXP", "CW"), EV3(2, "02", 1764000000000, "true", "W-OK", "CW"),
+		 EV3(3, "03", 1763999999999, "true", "W-NYV", "CW"),
+		 EV3(4, "04", 1764000000000, "true", "W-CAMP", "CW-OLD"),
+		 EV3(5, "05", 1763999999999, "false", "W-CLOCK", "CW"));
+	check(th_mqtt_publish(d, P3 "up/events", buf, strlen(buf), 1, 10000) == 0, "pos-03 batch published");
+	while (n < 5 && (msg = th_mqtt_recv(d, 10000))) {
+		if (strcmp(msg->topic, P3 "down/verdict") == 0) {
+			cJSON *v = cJSON_Parse(msg->payload);
+			const cJSON *r = cJSON_GetObjectItemCaseSensitive(v, "redemption");
+			const cJSON *vd = cJSON_GetObjectItemCaseSensitive(v, "verdict");
+			const cJSON *why = cJSON_GetObjectItemCaseSensitive(v, "reason");
+
+			n++;
+			for (i = 0; i < 5; i++) {
+				if (!cJSON_IsString(r) || strcmp(r->valuestring, want[i].id) != 0)
+					continue;
+				found[i] = 1;
+				check(cJSON_IsString(vd) && strcmp(vd->valuestring, want[i].verdict) == 0 &&
+					      (want[i].reason ? cJSON_IsString(why) &&
+								strcmp(why->valuestring, want[i].reason) == 0
+							  : !why),
+				      "redemption %d: %s%s%s (got %s)", i + 1, want[i].verdict,
+				      want[i].reason ? " " : "", want[i].reason ? want[i].reason : "", msg->payload);
+			}
+			cJSON_Delete(v);
+		}
+		th_mqtt_msg_free(msg);
+	}
+	for (i = 0; i < 5; i++)
+		check(found[i], "a verdict for redemption %d", i + 1);
+	st = th_stop(c->central, 10000);
+	c->central = -1;
+	check(st == 0, "central exits 0 (got %d)", st);
+out:
+	th_mqtt_close(d);
+}
+
 static void check_protocol_additions(struct ctx *c)
 {
 	th_mqtt_opts o;
@@ -830,6 +947,20 @@ static void check_protocol_additions(struct ctx *c)
 		check(!msg, "nothing for the unknown redemption");
 		th_mqtt_msg_free(msg);
 	}
+	/* A device id that is a word of the topic tree: a device "down" lives
+	 * under its store's scrm/v1/acme/s1/down/#, which every device of the
+	 * store reads. Central drops its batch, naming the level and why. */
+	{
+		char buf[2048];
+
+		snprintf(buf, sizeof buf, "{\"v\":1,\"batch\":\"down-1\",\"sent_ms\":1,\"base\":1,\"events\":[%s]}",
+			 EV2(1, "f1", "purchase", "", PURCHASE2("D-1")));
+		check(th_mqtt_publish(d, "scrm/v1/acme/s1/down/up/events", buf, strlen(buf), 1, 10000) == 0,
+		      "a batch published as device \"down\"");
+		check(th_wait_log(c->path_central_log, "reason=\"device: ", 5000) == 0 &&
+			      th_wait_log(c->path_central_log, "is reserved", 1) == 0,
+		      "central drops the batch of device \"down\": the id is reserved");
+	}
 	st = th_stop(c->central, 10000);
 	c->central = -1;
 	check(st == 0, "central exits 0 (got %d)", st);
@@ -844,6 +975,11 @@ static void check_protocol_additions(struct ctx *c)
 				dv = it;
 		}
 		check(dv != NULL, "report has pos-02");
+		cJSON_ArrayForEach(it, devs)
+		{
+			const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "device");
+			check(!cJSON_IsString(n) || strcmp(n->valuestring, "down") != 0, "report has no device \"down\"");
+		}
 		check(num(dv, "late") == 2 && num(dv, "violations") == 1, "late 2, violations 1 (got %g, %g)",
 		      num(dv, "late"), num(dv, "violations"));
 		check(num(dv, "set_aside") == 1 && num(dv, "duplicate_orders") == 1, "set_aside 1, duplicate_orders 1");
@@ -1043,6 +1179,7 @@ int main(void)
 	th_mqtt_close(dev);
 	dev = NULL;
 	check_protocol_additions(&c);
+	check_verdict_windows(&c);
 	check_tls_refusals(&c);
 
 done:

@@ -48,6 +48,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define TENANT "acme"
+#define STORE "s0042"
 #define DEVICE "pos-01"
 #define PREFIX "scrm/v1/acme/s0042/pos-01/"
 #define NOW 1764000000000LL
@@ -201,16 +203,17 @@ static int parse_and_check(const char *p, size_t n, crypto__verifier *v, int clo
 			   fleet__error *err)
 {
 	fleet__cmd cmd;
-	int rc = fleet__parse_command(p, n, DEVICE, v, NOW, clock_ok, seen, &cmd, err);
+	int rc = fleet__parse_command(p, n, TENANT, STORE, DEVICE, v, NOW, clock_ok, seen, &cmd, err);
 	check_token(cmd.id, sizeof(cmd.id), "id");
 	check_token(cmd.name, sizeof(cmd.name), "name");
 	FUZZ_CHECK(rc == 0 || rc == -1, "rc %d", rc);
 	if (rc) {
 		FUZZ_CHECK(ONE_OF(err->code, "bad_json", "bad_version", "bad_command", "unknown_command", "bad_args",
 				  "too_big", "expired", "unsigned", "bad_signature", "wrong_device", "replayed",
-				  "clock_untrusted"),
+				  "clock_untrusted", "unavailable", "failed"),
 			   "undocumented code %s", err->code);
-		FUZZ_CHECK(ONE_OF(err->field, "", "v", "id", "cmd", "args", "expires_ms", "sig", "signed", "device"),
+		FUZZ_CHECK(ONE_OF(err->field, "", "v", "id", "cmd", "args", "expires_ms", "sig", "signed", "tenant", "store",
+				  "device"),
 			   "unexpected field \"%s\" for %s", err->field, err->code);
 		FUZZ_CHECK(err->message[0], "%s without a message", err->code);
 		FUZZ_CHECK(strcmp(err->code, "too_big") != 0 || n > FLEET_MAX_COMMAND_BYTES, "too_big at %zu", n);
@@ -231,7 +234,11 @@ static int parse_and_check(const char *p, size_t n, crypto__verifier *v, int clo
 		const cJSON *dev = cJSON_GetObjectItemCaseSensitive(cmd.root, "device");
 		FUZZ_CHECK(cmd.is_signed, "accepted unsigned with a key");
 		FUZZ_CHECK(cmd.id[0] && cmd.expires_ms > 0, "signed without id or expiry");
+		const cJSON *ten = cJSON_GetObjectItemCaseSensitive(cmd.root, "tenant");
+		const cJSON *sto = cJSON_GetObjectItemCaseSensitive(cmd.root, "store");
 		FUZZ_CHECK(cJSON_IsString(dev) && strcmp(dev->valuestring, DEVICE) == 0, "signed for another device");
+		FUZZ_CHECK(cJSON_IsString(ten) && strcmp(ten->valuestring, TENANT) == 0, "signed for another tenant");
+		FUZZ_CHECK(cJSON_IsString(sto) && strcmp(sto->valuestring, STORE) == 0, "signed for another store");
 		if (clock_ok)
 			FUZZ_CHECK(cmd.expires_ms <= NOW + FLEET_MAX_EXPIRY_MS, "expiry more than 24 h ahead");
 	} else {
@@ -318,6 +325,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					   strcmp(e1.code, "too_big") != 0 && strcmp(e1.code, "replayed") != 0 &&
 					   (strcmp(e1.code, "bad_json") != 0 || strcmp(e1.field, "signed") == 0),
 				   "the harness's own envelope refused: %s/%s %s", e1.code, e1.field, e1.message);
+		fleet__seen_free(seen);
 		free(seen);
 	}
 	return 0;

@@ -90,7 +90,7 @@ static void init(void)
 			 "{\"tenant\":\"acme\",\"store_id\":\"s0042\",\"device_id\":\"pos-01\",\"store_dir\":\"%s\",\n"
 			 "\"broker\":{\"uri\":\"mqtts://broker.example:8883\",\"ca_file\":\"/etc/scrm/ca.pem\","
 			 "\"cert_file\":\"/etc/scrm/pos.crt\",\"key_file\":\"/etc/scrm/pos.key\",\"username\":\"pos-01\","
-			 "\"password_file\":\"/etc/scrm/password\"},\n"
+			 "\"password_file\":\"/etc/scrm/password\",\"remote_hosts\":\"other.example\"},\n"
 			 "\"sync\":{\"window\":8,\"backoff_min_ms\":500},\n"
 			 "\"cache\":{\"keys_dir\":\"/var/lib/scrm/keys\"},\n"
 			 "\"fleet\":{\"command_key_file\":\"/etc/scrm/command.pub\",\"probation_s\":60},\n"

@@ -5,7 +5,9 @@
  * harness CA playing central's device CA, `--install-cert`), mosquitto run
  * with the deployment example (docs/deploy/mosquitto/mosquitto.conf, its
  * paths moved into the test directory) and the ACL that gen-acl.sh writes
- * from a device registry: tenant t1, store s1 with d1 and d2, store s2 with d3.
+ * from a device registry: tenant t1, store s1 with d1 and d2, store s2 with d3;
+ * tenant t2, store s1 with e1. The broker checks client certificates against
+ * the device CA's CRL (crlfile, on in the example).
  *
  *   enroll_mtls    d1 delivers a purchase to central over mutual TLS and the
  *                  outbox empties; a certificate from another CA is refused
@@ -15,7 +17,16 @@
  *                  d3 or as central (PUBACK 0x87, nothing reaches central),
  *                  reads nothing of d2, d3 or store s2 — live or retained —
  *                  and cannot take over d2's session by choosing its client
- *                  id; the operations console may command but not forge.
+ *                  id; tenant t1's operations console may command t1's
+ *                  devices but not forge their events, and can neither
+ *                  command nor watch tenant t2's; gen-acl.sh refuses a
+ *                  registry with a reserved id (device "down", store "up")
+ *                  and a console identity without a tenant.
+ *   revocation     d1 is replaced (a new certificate for CN d1) and its old
+ *                  certificate revoked in the CRL: the broker refuses the old
+ *                  one in the TLS handshake, so it can neither connect nor
+ *                  take over the replacement's session, while the
+ *                  replacement and d2 connect.
  *
  * Usage: acl_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CTL_BIN,
  * SCRM_CENTRAL_BIN, SCRM_DEPLOY_DIR (and SCRM_TEST_EMULATOR for cross runs).
@@ -179,14 +190,15 @@ static int start_broker(struct env *e)
 		}
 		if (!strcmp(l, "require_certificate true") || !strcmp(l, "use_identity_as_username true") ||
 		    !strcmp(l, "use_username_as_clientid true") || !strcmp(l, "allow_anonymous false") ||
-		    !strncmp(l, "acl_file ", 9))
+		    !strncmp(l, "acl_file ", 9) || !strncmp(l, "crlfile ", 8))
 			required++;
 		CHECK(append(conf, sizeof(conf), &len, line_buf) == 0, "config too long");
 	}
 	free(text);
-	CHECK(listener && required == 5, "the example lost its listener or a security setting (%d of 5)", required);
+	CHECK(listener && required == 6, "the example lost its listener or a security setting (%d of 6)", required);
 	/* Files the example expects: the device CA (here the harness CA, which
-	 * also signs the broker's certificate) and the generated ACL. */
+	 * also signs the broker's certificate), its CRL (setup) and the
+	 * generated ACL. */
 	char dst[600];
 	path(dst, sizeof(dst), e->dir, "device-ca.crt");
 	text = th_read_file(e->ca, NULL);
@@ -204,10 +216,11 @@ static int gen_acl(struct env *e)
 	path(acl, sizeof(acl), e->dir, "acl");
 	path(log, sizeof(log), e->dir, "gen-acl.log");
 	snprintf(script, sizeof(script), "%s/gen-acl.sh", getenv("SCRM_DEPLOY_DIR"));
-	CHECK(th_write_file(csv, "tenant,store,device\nt1,s1,d1\nt1,s1,d2\nt1,s2,d3\n") == 0, "devices.csv");
+	CHECK(th_write_file(csv, "tenant,store,device\nt1,s1,d1\nt1,s1,d2\nt1,s2,d3\nt2,s1,e1\n") == 0, "devices.csv");
 	/* Two central consumers (the second plays central in the tests below:
-	 * the CN is also the client id, so each instance has its own). */
-	const char *argv[] = {"sh", script, "--central", "central", "--central", "central-2", "--ops", "ops-console",
+	 * the CN is also the client id, so each instance has its own), and
+	 * tenant t1's console. */
+	const char *argv[] = {"sh", script, "--central", "central", "--central", "central-2", "--ops", "t1:ops-t1",
 			      csv, acl, NULL};
 	int rc = th_run(argv, log, 30000);
 	CHECK(rc == 0, "gen-acl.sh exited %d", rc);
@@ -243,9 +256,14 @@ static int setup(struct env *e, const char *name)
 	/* central and console identities, issued by the same CA */
 	CHECK(th_certs_make_client(e->dir, "central-id", "central") == 0 &&
 		      th_certs_make_client(e->dir, "central-2", "central-2") == 0 &&
-		      th_certs_make_client(e->dir, "ops", "ops-console") == 0,
+		      th_certs_make_client(e->dir, "ops", "ops-t1") == 0,
 	      "identity certificates");
 	path(e->ca, sizeof(e->ca), e->dir, "ca.crt");
+	/* The device CA's CRL, revoking nothing yet: with crlfile the broker
+	 * refuses every client whose issuer has no CRL. */
+	char crl[600];
+	path(crl, sizeof(crl), e->dir, "device-ca.crl");
+	CHECK(th_certs_make_crl(e->dir, "ca", NULL, crl, 30) == 0, "device-ca.crl");
 	path(e->central_db, sizeof(e->central_db), e->dir, "central.db");
 	path(e->central_log, sizeof(e->central_log), e->dir, "central.log");
 	path(e->agent_log, sizeof(e->agent_log), e->dir, "agent.log");
@@ -447,6 +465,24 @@ static int t_acl_isolation(struct env *e)
 	th_mqtt *pub = NULL, *rogue = NULL, *real_d2 = NULL, *ops = NULL;
 	int rc, ok = -1;
 
+	/* gen-acl.sh holds the registry to the agent's id rule: a device "down"
+	 * (whose topics would fall under its store's scrm/v1/t1/s1/down/#, read
+	 * by every device of the store) or "up", and a console without a tenant
+	 * are refused, each named. */
+	char csv[600], log[600], script[600], *text;
+	path(csv, sizeof(csv), e->dir, "bad-devices.csv");
+	path(log, sizeof(log), e->dir, "gen-acl-bad.log");
+	snprintf(script, sizeof(script), "%s/gen-acl.sh", getenv("SCRM_DEPLOY_DIR"));
+	CHECK(th_write_file(csv, "t1,s1,d1\nt1,s1,down\nt1,up,d5\n") == 0, "bad-devices.csv");
+	const char *gen[] = {"sh", script, "--ops", "ops-any", csv, NULL};
+	rc = th_run(gen, log, 30000);
+	text = th_read_file(log, NULL);
+	int named = text && strstr(text, ":2: device \"down\": \"down\" is reserved") &&
+		    strstr(text, ":3: store \"up\": \"up\" is reserved") && strstr(text, "--ops ops-any: expected TENANT:CN");
+	fprintf(stderr, "gen-acl.sh on a registry with reserved ids: exit %d\n%s", rc, text ? text : "");
+	free(text);
+	CHECK(rc == 1 && named, "gen-acl.sh accepted reserved ids or a console without a tenant (exit %d)", rc);
+
 	/* central-2 (a second central consumer) plays central's side. */
 	path(cert, sizeof(cert), e->dir, "central-2.crt");
 	path(key, sizeof(key), e->dir, "central-2.key");
@@ -575,11 +611,16 @@ static int t_acl_isolation(struct env *e)
 		goto out;
 	}
 
-	/* 5. The operations console commands devices and reads presence, but
-	 * cannot forge a device's events. */
+	/* 5. Tenant t1's operations console commands t1's devices and reads
+	 * their presence, but cannot forge a device's events, and tenant t2 is
+	 * out of its reach: no command to e1, no sight of e1's presence. */
+	if (th_mqtt_publish_ex(pub, "scrm/v1/t2/s1/e1/up/state", "secret-e1-state", 15, 1, 1, 10000)) {
+		fprintf(stderr, "FAIL: central-2 could not publish e1's retained state\n");
+		goto out;
+	}
 	path(cert, sizeof(cert), e->dir, "ops.crt");
 	path(key, sizeof(key), e->dir, "ops.key");
-	ops = connect_as(e, cert, key, "ops-console", err, sizeof(err));
+	ops = connect_as(e, cert, key, "ops-t1", err, sizeof(err));
 	if (!ops) {
 		fprintf(stderr, "FAIL: the console cannot connect: %s\n", err);
 		goto out;
@@ -594,15 +635,30 @@ static int t_acl_isolation(struct env *e)
 		fprintf(stderr, "FAIL: the console cannot publish a command to d1 (%d)\n", rc);
 		goto out;
 	}
+	rc = th_mqtt_publish(ops, "scrm/v1/t2/s1/e1/down/cmd", "{}", 2, 1, 10000 * scale);
+	fprintf(stderr, "t1's console commanding t2's e1: %d (PUBACK reason 0x%02x)\n", rc, rc < 0 && rc >= -0xff ? -rc : 0);
+	if (rc != -0x87) {
+		fprintf(stderr, "FAIL: t1's console commanding tenant t2's e1 gave %d, expected -0x87\n", rc);
+		goto out;
+	}
 	if (th_mqtt_subscribe(ops, "scrm/v1/+/+/+/up/state", 1, 10000 * scale) != 0) {
 		fprintf(stderr, "FAIL: the console cannot subscribe to presence\n");
 		goto out;
 	}
-	int states = 0;
-	for (th_mqtt_msg *s; states < 2 && (s = th_mqtt_recv(ops, 10000 * scale)) != NULL; th_mqtt_msg_free(s))
-		states += strstr(s->topic, "/up/state") != NULL;
-	if (states != 2) {
-		fprintf(stderr, "FAIL: the console read %d of the 2 retained presence messages\n", states);
+	/* t1's two retained states (d2, d3), then a quiet second in which t2's
+	 * would have come too: retained messages are sent in no set order. */
+	int states = 0, foreign = 0;
+	for (th_mqtt_msg *s; (s = th_mqtt_recv(ops, states < 2 ? 10000 * scale : 1000)) != NULL; th_mqtt_msg_free(s)) {
+		if (strncmp(s->topic, "scrm/v1/t1/", 11) != 0) {
+			fprintf(stderr, "LEAK to t1's console: %s = %s\n", s->topic, s->payload);
+			foreign++;
+		} else {
+			states += strstr(s->topic, "/up/state") != NULL;
+		}
+	}
+	if (states != 2 || foreign != 0) {
+		fprintf(stderr, "FAIL: the console read %d of t1's 2 retained presence messages and %d of other tenants\n",
+			states, foreign);
 		goto out;
 	}
 	ok = 0;
@@ -616,12 +672,83 @@ out:
 	return ok;
 }
 
+/* ---- revocation --------------------------------------------------------------- */
+
+static int t_revocation(struct env *e)
+{
+	struct device *d1 = &e->dev[0], *d2 = &e->dev[1];
+	char err[600], crl[600], new_crt[600], new_key[600], cert[600], key[600];
+	th_mqtt *m, *replacement = NULL, *pub = NULL;
+	int ok = -1;
+
+	/* d1's device is replaced: the new one has its own key and a certificate
+	 * for the same CN. Until central revokes the old certificate, both
+	 * connect (and the old one would take over the new one's session) —
+	 * this also shows that what refuses it below is the CRL. */
+	CHECK(th_certs_make_client(e->dir, "d1-new", "d1") == 0, "the replacement's certificate");
+	path(new_crt, sizeof(new_crt), e->dir, "d1-new.crt");
+	path(new_key, sizeof(new_key), e->dir, "d1-new.key");
+	m = connect_as(e, d1->cert, d1->key, "d1", err, sizeof(err));
+	CHECK(m, "d1's certificate does not connect before it is revoked: %s", err);
+	th_mqtt_close(m);
+
+	/* Central revokes the old certificate; mosquitto reads crlfile at start. */
+	const char *revoked[] = {d1->cert, NULL};
+	path(crl, sizeof(crl), e->dir, "device-ca.crl");
+	CHECK(th_certs_make_crl(e->dir, "ca", revoked, crl, 30) == 0, "CRL revoking d1's old certificate");
+	CHECK(th_broker_restart(e->broker) == 0, "the broker did not restart with the new CRL");
+
+	replacement = connect_as(e, new_crt, new_key, "d1", err, sizeof(err));
+	if (!replacement || th_mqtt_subscribe(replacement, "scrm/v1/t1/s1/d1/down/#", 1, 10000 * scale) != 0) {
+		fprintf(stderr, "FAIL: d1's replacement cannot connect and subscribe: %s\n", err);
+		goto out;
+	}
+	m = connect_as(e, d1->cert, d1->key, "d1", err, sizeof(err));
+	if (m) {
+		fprintf(stderr, "FAIL: d1's revoked certificate connected\n");
+		th_mqtt_close(m);
+		goto out;
+	}
+	fprintf(stderr, "revoked certificate: %s\n", err);
+
+	/* The replacement kept its session: still connected, still served. */
+	path(cert, sizeof(cert), e->dir, "central-2.crt");
+	path(key, sizeof(key), e->dir, "central-2.key");
+	pub = connect_as(e, cert, key, "central-2", err, sizeof(err));
+	if (!pub || th_mqtt_publish(pub, "scrm/v1/t1/s1/d1/down/ack", "ctl-after-revocation", 20, 1, 10000 * scale) != 0) {
+		fprintf(stderr, "FAIL: central-2 cannot connect or publish after the restart: %s\n", err);
+		goto out;
+	}
+	th_mqtt_msg *msg = th_mqtt_recv(replacement, 10000 * scale);
+	int got = msg && strcmp(msg->payload, "ctl-after-revocation") == 0;
+	th_mqtt_msg_free(msg);
+	if (!got || !th_mqtt_connected(replacement)) {
+		fprintf(stderr, "FAIL: d1's replacement lost its session to the revoked certificate's attempt\n");
+		goto out;
+	}
+	/* A certificate the CRL does not list still connects. */
+	m = connect_as(e, d2->cert, d2->key, "d2", err, sizeof(err));
+	if (!m) {
+		fprintf(stderr, "FAIL: d2's certificate (not revoked) no longer connects: %s\n", err);
+		goto out;
+	}
+	th_mqtt_close(m);
+	ok = 0;
+out:
+	th_mqtt_close(pub);
+	th_mqtt_close(replacement);
+	if (ok != 0)
+		failures++;
+	return ok;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct env *);
 } scenarios[] = {
 	{"enroll_mtls", t_enroll_mtls},
 	{"acl_isolation", t_acl_isolation},
+	{"revocation", t_revocation},
 };
 
 int main(int argc, char **argv)

@@ -18,6 +18,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
@@ -546,10 +547,44 @@ static int record_purchase(scrm_store *st, const char *order, const char *member
 /* The store's databases, read while the agent runs: where the member's id
  * or card number still is ("" if nowhere). Retail member ids appear in the
  * fixture only in the member's own records (profile, card, its coupons). */
+/* The damaged copies a store sets aside: the live files as they are now,
+ * under the names and in the places outbox.c (the store's quarantine/) and
+ * cache.c (the private directory's: personal data) give them. */
+static const char *const quarantined[] = {"private/quarantine/cache-1000.db", "private/quarantine/cache-1000.db-wal",
+					  "quarantine/outbox-1000.db", "quarantine/outbox-1000.db-wal"};
+
+static int plant_quarantine(struct env *e)
+{
+	static const char *const live[] = {"private/cache.db", "private/cache.db-wal", "outbox.db", "outbox.db-wal"};
+	char q[600];
+	snprintf(q, sizeof(q), "%s/quarantine", e->store);
+	CHECK(mkdir(q, 0700) == 0 || errno == EEXIST, "mkdir %s", q);
+	snprintf(q, sizeof(q), "%s/private/quarantine", e->store);
+	CHECK(mkdir(q, 0700) == 0 || errno == EEXIST, "mkdir %s", q);
+	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++) {
+		char src[600], dst[600];
+		size_t n = 0;
+		snprintf(src, sizeof(src), "%s/%s", e->store, live[i]);
+		snprintf(dst, sizeof(dst), "%s/%s", e->store, quarantined[i]);
+		char *bytes = th_read_file(src, &n);
+		if (!bytes)
+			continue; /* no -wal right now */
+		FILE *f = fopen(dst, "wb");
+		int ok = f && fwrite(bytes, 1, n, f) == n;
+		if (f)
+			ok = fclose(f) == 0 && ok;
+		free(bytes);
+		CHECK(ok, "copy %s", dst);
+	}
+	return 0;
+}
+
 static int member_bytes(struct env *e, const char *id, const char *cardno, char *where, size_t cap)
 {
 	static const char *const files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm",
-					    "outbox.db", "outbox.db-wal", "outbox.db-shm"};
+					    "outbox.db", "outbox.db-wal", "outbox.db-shm",
+					    "private/quarantine/cache-1000.db", "private/quarantine/cache-1000.db-wal",
+					    "quarantine/outbox-1000.db", "quarantine/outbox-1000.db-wal"};
 	where[0] = '\0';
 	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
 		char p[600];
@@ -700,11 +735,16 @@ static int t_cache_erasure(struct env *e)
 	      "offline purchases not on the card: %.600s", j ? j : "");
 	scrm_free(j);
 
-	char where[200];
+	char where[400];
+	/* Damaged copies set aside earlier hold the same people (finding 4c). */
+	if (plant_quarantine(e))
+		return -1;
 	for (int i = 0; i < 4; i++)
 		CHECK(member_bytes(e, e->m_id[i], e->m_card[i], where, sizeof(where)) &&
-			      strstr(where, "cache.db (card number)"),
+			      strstr(where, "cache.db (card number)") && strstr(where, "quarantine/cache-1000.db"),
 		      "the scan cannot see member %s before the erasure (found: %s)", e->m_id[i], where);
+	CHECK(member_bytes(e, e->m_id[0], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
+	      "the quarantined outbox does not name member %s before the erasure (found: %s)", e->m_id[0], where);
 
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
@@ -745,6 +785,15 @@ static int t_cache_erasure(struct env *e)
 	      "local history kept");
 	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK && strstr(j, "\"orders\":1"), "other member hurt");
 	scrm_free(j);
+	/* The quarantined outbox stays for the store's IT (other people's
+	 * sales in it untouched); the quarantined cache is gone. */
+	CHECK(member_bytes(e, e->m_id[1], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
+	      "the quarantined outbox lost member %s's sale (found: %s)", e->m_id[1], where);
+	{
+		char q[600];
+		snprintf(q, sizeof(q), "%s/private/quarantine/cache-1000.db", e->store);
+		CHECK(access(q, F_OK) != 0, "the quarantined cache copy is still there");
+	}
 
 	/* Central now comes up: everything arrives, nothing names the member. */
 	if (start_central(e, "1000", "0"))

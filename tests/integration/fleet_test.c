@@ -10,6 +10,16 @@
  *                   config kept; SIGHUP reload; malformed commands answered
  *   fleet_rollback  a broker change that cannot connect is rolled back
  *   fleet_signed    an agent with a command key obeys only signed commands
+ *   fleet_probe_blackhole  a broker address that drops SYNs: the connection
+ *                   diagnosis never stops the loop feeding the watchdog, and
+ *                   SIGTERM during it stops the agent at once
+ *   fleet_probation_restart  restarts and kill -9 during a probation keep
+ *                   its deadline; a crash loop rolls back at the 3rd start
+ *   fleet_broker_allowlist  config.set broker.uri is refused for a host not
+ *                   in the local broker.remote_hosts, nothing changed
+ *   fleet_escapes   a retained state and heartbeat full of terminal escape
+ *                   sequences: `fleet list` and `show` print them as visible
+ *                   text, --json keeps them as JSON escapes (no agent needed)
  *
  * Usage: fleet_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
  * SCRM_CTL_BIN, SCRM_POSSIM_BIN (and SCRM_TEST_EMULATOR for cross runs).
@@ -18,14 +28,21 @@
 
 #include <cjson/cJSON.h>
 #include <mbedtls/pk.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define DEVICE "pos-01"
+#define STARTED "msg=\"started\""
 
 static int scale = 1;
 static int failures;
@@ -49,6 +66,7 @@ struct env {
 	int port;
 	pid_t agent, central;
 	const char *extra; /* extra top-level config text for the agent */
+	const char *broker_extra; /* extra "broker" members; NULL = remote_hosts 127.0.0.1 */
 };
 
 static int setup(struct env *e, const char *name)
@@ -96,11 +114,13 @@ static int write_cfg(struct env *e, int port, const char *log_level)
 	int n = snprintf(cfg, sizeof(cfg),
 			 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
 			 "  \"store_dir\": \"%s\",\n"
-			 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\", \"keepalive_s\": 5},\n"
+			 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\", \"keepalive_s\": 5%s},\n"
 			 "  \"sync\": {\"window\": 8, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
 			 "  \"fleet\": {\"heartbeat_s\": 5, \"probation_s\": 30%s},\n"
 			 "  \"log\": {\"level\": \"%s\"}\n}\n",
-			 DEVICE, e->store, port, e->ca, e->extra ? e->extra : "", log_level);
+			 DEVICE, e->store, port, e->ca,
+			 e->broker_extra ? e->broker_extra : ", \"remote_hosts\": \"127.0.0.1\"",
+			 e->extra ? e->extra : "", log_level);
 	CHECK(n > 0 && (size_t)n < sizeof(cfg), "config too long");
 	return th_write_file(e->agent_cfg, cfg);
 }
@@ -127,9 +147,8 @@ static int start_central(struct env *e)
 	return 0;
 }
 
-/* Run `scrmctl fleet ARGS... --json` and parse its output. Returns the exit
- * code; *out = the parsed JSON (caller deletes) or NULL. */
-static int ctl(struct env *e, cJSON **out, const char *const *args)
+/* Run `scrmctl fleet ARGS...` (with --json if json) into e->ctl_out. */
+static int ctl_run(struct env *e, const char *const *args, int json)
 {
 	const char *argv[32];
 	int n = 0;
@@ -143,10 +162,18 @@ static int ctl(struct env *e, cJSON **out, const char *const *args)
 	argv[n++] = "acme";
 	for (; *args && n < 26; args++)
 		argv[n++] = *args;
-	argv[n++] = "--json";
+	if (json)
+		argv[n++] = "--json";
 	argv[n] = NULL;
 	unlink(e->ctl_out);
-	int rc = th_run_target(argv, e->ctl_out, 60000 * scale);
+	return th_run_target(argv, e->ctl_out, 60000 * scale);
+}
+
+/* Run `scrmctl fleet ARGS... --json` and parse its output. Returns the exit
+ * code; *out = the parsed JSON (caller deletes) or NULL. */
+static int ctl(struct env *e, cJSON **out, const char *const *args)
+{
+	int rc = ctl_run(e, args, 1);
 	if (out) {
 		char *text = th_read_file(e->ctl_out, NULL);
 		/* stdout and stderr share the file: the reply is the last line
@@ -322,6 +349,28 @@ static int fleet_commands(struct env *e)
 	cJSON *r = NULL;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
 	CHECK(start_central(e) == 0, "central");
+	/* Target ids follow the agent's id rule: a device "down" would be its
+	 * store's downlink (scrm/v1/acme/s1/down/...), a store "up" no store.
+	 * Refused before connecting (exit 2), naming the part and why. */
+	{
+		static const struct {
+			const char *target, *says;
+		} bad[] = {
+			{"s1/down", "device 's1/down': device: \"down\" is reserved"},
+			{"up/" DEVICE, "device 'up/" DEVICE "': store: \"up\" is reserved"},
+			{"down/s1/" DEVICE, "device 'down/s1/" DEVICE "': tenant: \"down\" is reserved"},
+		};
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			const char *a[] = {"cmd", bad[i].target, "ping", "--timeout-ms", "3000", NULL};
+			int rc = ctl(e, NULL, a);
+			char *text = th_read_file(e->ctl_out, NULL);
+			int named = text && strstr(text, bad[i].says) != NULL;
+			if (rc != 2 || !named)
+				fprintf(stderr, "scrmctl fleet cmd %s: exit %d, said: %s\n", bad[i].target, rc, text ? text : "");
+			free(text);
+			CHECK(rc == 2 && named, "scrmctl fleet cmd %s: not refused with \"%s\"", bad[i].target, bad[i].says);
+		}
+	}
 	/* A damaged cache.db: quarantined at start, an alarm operations see
 	 * and clear. */
 	{
@@ -543,6 +592,323 @@ static int fleet_rollback(struct env *e)
 	return 0;
 }
 
+/* ---- a broker address that answers nothing ---- */
+
+/* A TCP listener whose accept queue is full: the kernel drops every further
+ * SYN, as a firewall that drops packets does, so a connect() to it hangs
+ * until the client gives up (~127 s for a blocking one). fds[0] is the
+ * listener, the rest the queued connections; returns the port or -1. */
+static int blackhole_open(int fds[4])
+{
+	struct sockaddr_in a;
+	socklen_t alen = sizeof(a);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (int i = 0; i < 4; i++)
+		fds[i] = -1;
+	fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fds[0] < 0 || bind(fds[0], (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fds[0], 0) != 0 ||
+	    getsockname(fds[0], (struct sockaddr *)&a, &alen) != 0)
+		return -1;
+	/* backlog 0 queues one connection; the next ones stay half-open or
+	 * are dropped: either way nothing more is accepted. */
+	for (int i = 1; i < 4; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fds[i] < 0)
+			return -1;
+		if (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) != 0 && errno != EINPROGRESS)
+			return -1;
+	}
+	th_sleep_ms(200);
+	/* Check: a fresh connect gets no answer within a second. */
+	int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct pollfd pf = {.fd = probe, .events = POLLOUT};
+	int answered = connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0 || errno != EINPROGRESS ||
+		       poll(&pf, 1, 1000) != 0;
+	close(probe);
+	return answered ? -1 : ntohs(a.sin_port);
+}
+
+static void blackhole_close(int fds[4])
+{
+	for (int i = 0; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+/* The systemd watchdog's stand-in: a datagram socket named by NOTIFY_SOCKET,
+ * with WATCHDOG_USEC set, in the environment the agent is started with. */
+static int notify_open(struct env *e, int64_t watchdog_ms)
+{
+	struct sockaddr_un sa;
+	char usec[32];
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/notify.sock", e->dir);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+		return -1;
+	snprintf(usec, sizeof(usec), "%lld", (long long)watchdog_ms * 1000);
+	setenv("NOTIFY_SOCKET", sa.sun_path, 1);
+	setenv("WATCHDOG_USEC", usec, 1);
+	unsetenv("WATCHDOG_PID");
+	return fd;
+}
+
+static void notify_env_clear(void)
+{
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+}
+
+/* Read notifications for `ms`: the longest gap between two WATCHDOG=1 (from
+ * the start of the watch), and how many arrived. */
+static int64_t watchdog_gap(int fd, int ms, int *count)
+{
+	int64_t start = th_now_ms(), last = start, gap = 0;
+	*count = 0;
+	for (;;) {
+		int64_t now = th_now_ms();
+		if (now - start >= ms)
+			break;
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		if (poll(&pf, 1, (int)(ms - (now - start))) <= 0)
+			continue;
+		char buf[256];
+		ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+		if (n <= 0)
+			continue;
+		buf[n] = '\0';
+		if (strstr(buf, "WATCHDOG=1")) {
+			now = th_now_ms();
+			if (now - last > gap)
+				gap = now - last;
+			last = now;
+			(*count)++;
+		}
+	}
+	if (th_now_ms() - last > gap)
+		gap = th_now_ms() - last;
+	return gap;
+}
+
+/* Regression (security review, issue 12): after a failed connect the loop
+ * ran the TLS diagnosis, whose blocking connect() to an address that drops
+ * SYNs took ~127 s: the watchdog (30 s) killed the agent, and SIGTERM waited.
+ * Here the broker is moved (allowed by broker.remote_hosts) to a blackhole;
+ * the watchdog must keep arriving every WATCHDOG_USEC/2 (+ scheduling slack)
+ * through the failure and its diagnosis, which must end bounded; and a
+ * SIGTERM right as the diagnosis starts must stop the agent at once. */
+static int fleet_probe_blackhole(struct env *e)
+{
+	cJSON *r = NULL;
+	int bh[4], count = 0;
+	char set[200];
+	const int64_t wd_ms = 4000;
+	int port = blackhole_open(bh);
+	CHECK(port > 0, "cannot make a blackhole listener (SYNs still answered)");
+	e->broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
+	CHECK(write_cfg(e, e->port, "info") == 0, "config");
+	int nfd = notify_open(e, wd_ms);
+	CHECK(nfd >= 0, "notify socket");
+	int ok = start_agent(e);
+	notify_env_clear();
+	CHECK(ok == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(o && is_status(o, "online"), "agent online");
+	cJSON_Delete(o);
+
+	snprintf(set, sizeof(set), "{\"set\":{\"broker.uri\":\"mqtts://127.0.0.1:%d\"}}", port);
+	CHECK(cmd(e, &r, "config.set", set) == 0 && reply_ok(r), "config.set broker.uri to the blackhole");
+	cJSON_Delete(r);
+	/* Connect gives up after 2 s, then the diagnosis (3 s at most) runs:
+	 * 14 s covers both with room. */
+	int64_t gap = watchdog_gap(nfd, 14000 * scale, &count);
+	CHECK(gap <= wd_ms / 2 + 1000 * scale, "the watchdog went %lld ms without WATCHDOG=1 (%d received; limit %lld)",
+	      (long long)gap, count, (long long)(wd_ms / 2 + 1000 * scale));
+	CHECK(th_wait_log(e->agent_log, "diagnosing the failed broker connection", 1000) == 0,
+	      "no diagnosis was started");
+	CHECK(th_wait_log(e->agent_log, "no answer within 3000 ms", 1000) == 0,
+	      "the diagnosis did not end, bounded, with 'no answer within 3000 ms'");
+
+	/* SIGTERM while a diagnosis runs: the first failure after a start is
+	 * diagnosed, so restart (still on probation) and stop it just then. */
+	CHECK(th_stop(e->agent, 10000 * scale) == 0, "agent stop");
+	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-2.log", e->dir);
+	CHECK(start_agent(e) == 0, "agent restart");
+	CHECK(th_wait_log(e->agent_log, "diagnosing the failed broker connection", 20000 * scale) == 0,
+	      "no diagnosis after the restart");
+	int64_t t0 = th_now_ms();
+	CHECK(th_kill(e->agent, SIGTERM) == 0, "SIGTERM");
+	int status = 0;
+	int w = th_wait(e->agent, 10000 * scale, &status);
+	int64_t took = th_now_ms() - t0;
+	CHECK(w == 0, "the agent did not exit within 10 s of SIGTERM");
+	e->agent = 0;
+	CHECK(th_exit_code(status) == 0, "exit code %d after SIGTERM", th_exit_code(status));
+	CHECK(took <= 2000 * scale, "the agent took %lld ms to stop after SIGTERM during a diagnosis",
+	      (long long)took);
+	CHECK(th_wait_log(e->agent_log, "broker connection diagnosis", 0) != 0,
+	      "the diagnosis had already ended: SIGTERM did not land during it");
+	close(nfd);
+	blackhole_close(bh);
+	return 0;
+}
+
+/* Start (another) agent on the same store, logging to agent-<n>.log, and
+ * wait for `expect` in its log (msg="started": it has read its probation
+ * state and opened the store). */
+static int restart_on_probation(struct env *e, int n, const char *expect)
+{
+	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-%d.log", e->dir, n);
+	CHECK(start_agent(e) == 0, "agent start %d", n);
+	CHECK(th_wait_log(e->agent_log, expect, 20000 * scale) == 0, "start %d: no '%s' in its log", n, expect);
+	return 0;
+}
+
+static int kill9(struct env *e)
+{
+	CHECK(th_kill(e->agent, SIGKILL) == 0, "kill -9");
+	int status;
+	CHECK(th_wait(e->agent, 10000 * scale, &status) == 0, "reap");
+	e->agent = 0;
+	return 0;
+}
+
+/* Regression (security review, issue 12): every start re-armed the
+ * probation from "now", so an agent killed (watchdog, crash) more often
+ * than the probation lasts never rolled back. The deadline is now the one
+ * set by config.set: restarts and kill -9 keep it; and a crash loop rolls
+ * back at the 3rd start without waiting for it. */
+static int fleet_probation_restart(struct env *e)
+{
+	cJSON *r = NULL;
+	int bh[4];
+	char set[200], want[100];
+	int port = blackhole_open(bh);
+	CHECK(port > 0, "cannot make a blackhole listener");
+	e->broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
+	CHECK(write_cfg(e, e->port, "info") == 0, "config");
+	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-1.log", e->dir);
+	CHECK(start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(o && is_status(o, "online"), "agent online");
+	cJSON_Delete(o);
+	snprintf(want, sizeof(want), "ssl://127.0.0.1:%d", e->port);
+
+	/* 1. The deadline survives restarts: 30 s from the change. */
+	snprintf(set, sizeof(set), "{\"set\":{\"broker.uri\":\"mqtts://127.0.0.1:%d\"}}", port);
+	CHECK(cmd(e, &r, "config.set", set) == 0 && reply_ok(r) && jnum(r, "result.probation_s") == 30,
+	      "config.set broker.uri on probation");
+	int64_t t_change = th_now_ms();
+	cJSON_Delete(r);
+	th_sleep_ms(8000);
+	CHECK(kill9(e) == 0, "kill");
+	CHECK(restart_on_probation(e, 2, STARTED) == 0, "restart 2");
+	th_sleep_ms(8000);
+	CHECK(kill9(e) == 0, "kill");
+	CHECK(restart_on_probation(e, 3, STARTED) == 0, "restart 3");
+	/* Re-armed at each start it would end 30 s after this one (~46 s). */
+	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 60000 * scale) == 0, "no rollback");
+	int64_t at = th_now_ms() - t_change;
+	CHECK(at >= 28000 && at <= 30000 + 5000 * scale,
+	      "rolled back %lld ms after the change; the probation was 30 s from the change", (long long)at);
+	o = show_until(e, rolled_back, NULL, 30000 * scale);
+	CHECK(o && rolled_back(o, NULL), "back online on the old broker, rollback reported");
+	cJSON_Delete(o);
+	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r) &&
+		      strcmp(jstr(r, "result.value"), want) == 0 && cJSON_IsFalse(jget(r, "result.probation")),
+	      "rolled back to %s (got %s)", want, jstr(r, "result.value"));
+	cJSON_Delete(r);
+
+	/* 2. A crash loop: the 3rd start on one probation rolls back at once,
+	 * long before its deadline. */
+	CHECK(cmd(e, &r, "config.set", set) == 0 && reply_ok(r), "config.set broker.uri again");
+	cJSON_Delete(r);
+	t_change = th_now_ms();
+	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * scale) == 0, "reconnects");
+	CHECK(kill9(e) == 0, "kill");
+	CHECK(restart_on_probation(e, 4, STARTED) == 0, "restart 4");
+	CHECK(kill9(e) == 0, "kill");
+	CHECK(restart_on_probation(e, 5, STARTED) == 0, "restart 5");
+	CHECK(kill9(e) == 0, "kill");
+	CHECK(restart_on_probation(e, 6, STARTED) == 0, "restart 6");
+	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 3000 * scale) == 0, "the 3rd start on a probation did not roll back");
+	CHECK(th_wait_log(e->agent_log, "started 3 times on it", 0) == 0, "the rollback names the crash loop");
+	{
+		char log5[600];
+		snprintf(log5, sizeof(log5), "%s/agent-5.log", e->dir);
+		CHECK(th_wait_log(log5, "start=2 of 2", 0) == 0, "the 2nd start on the probation was not counted");
+	}
+	CHECK(th_now_ms() - t_change < 25000, "the crash loop was rolled back only at the deadline");
+	o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(o && is_status(o, "online"), "back online after the crash-loop rollback");
+	cJSON_Delete(o);
+	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r) &&
+		      strcmp(jstr(r, "result.value"), want) == 0,
+	      "rolled back to %s (got %s)", want, jstr(r, "result.value"));
+	cJSON_Delete(r);
+	blackhole_close(bh);
+	return 0;
+}
+
+/* Regression (security review, issue 12): any console credential could move
+ * the device to any broker whose certificate chains to the CA (a rogue
+ * broker then reads and acks every event). Only hosts the local file lists
+ * in broker.remote_hosts are accepted; the list itself is local only. */
+static int fleet_broker_allowlist(struct env *e)
+{
+	cJSON *r = NULL;
+	char set[200], extra[100], overlay[600];
+	int allowed = th_free_port(), other = th_free_port();
+	CHECK(allowed > 0 && other > 0 && allowed != other, "ports");
+	snprintf(extra, sizeof(extra), ", \"remote_hosts\": \"127.0.0.1:%d\"", allowed);
+	e->broker_extra = extra;
+	CHECK(write_cfg(e, e->port, "info") == 0, "config");
+	CHECK(start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(o && is_status(o, "online"), "agent online");
+	cJSON_Delete(o);
+	snprintf(overlay, sizeof(overlay), "%s/private/config.remote.json", e->store);
+
+	static const char *const refused[] = {"mqtts://127.0.0.1:%d", "mqtts://localhost:%d", "mqtts://evil.example:%d"};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		char uri[100];
+		snprintf(uri, sizeof(uri), refused[i], i == 0 ? other : allowed);
+		snprintf(set, sizeof(set), "{\"set\":{\"broker.uri\":\"%s\",\"sync.window\":4}}", uri);
+		CHECK(cmd(e, &r, "config.set", set) == 1 && r && !reply_ok(r), "config.set broker.uri %s accepted", uri);
+		CHECK(strcmp(jstr(r, "error.code"), "bad_args") == 0 &&
+			      strcmp(jstr(r, "error.field"), "args.set.broker.uri") == 0 &&
+			      strstr(jstr(r, "error.message"), "broker.remote_hosts"),
+		      "refusal of %s: code %s field %s message %s", uri, jstr(r, "error.code"), jstr(r, "error.field"),
+		      jstr(r, "error.message"));
+		cJSON_Delete(r);
+	}
+	CHECK(cmd(e, &r, "config.set", "{\"set\":{\"broker.remote_hosts\":\"evil.example\"}}") == 1 && r &&
+		      strcmp(jstr(r, "error.field"), "args.set.broker.remote_hosts") == 0,
+	      "broker.remote_hosts set remotely");
+	cJSON_Delete(r);
+	/* nothing changed: version 0, the local URI and window, no overlay */
+	char want[100];
+	snprintf(want, sizeof(want), "ssl://127.0.0.1:%d", e->port);
+	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r), "config.get");
+	CHECK(jnum(r, "result.version") == 0 && strcmp(jstr(r, "result.value"), want) == 0,
+	      "config changed by a refused config.set: version %.0f uri %s", jnum(r, "result.version"),
+	      jstr(r, "result.value"));
+	cJSON_Delete(r);
+	CHECK(cmd(e, &r, "config.get", "{\"key\":\"sync.window\"}") == 0 && reply_ok(r) && jnum(r, "result.value") == 8,
+	      "sync.window changed by a refused config.set");
+	cJSON_Delete(r);
+	CHECK(access(overlay, F_OK) != 0, "an overlay was written by a refused config.set");
+	/* the listed host:port is accepted (on probation) */
+	snprintf(set, sizeof(set), "{\"set\":{\"broker.uri\":\"mqtts://127.0.0.1:%d\"}}", allowed);
+	CHECK(cmd(e, &r, "config.set", set) == 0 && reply_ok(r) && strcmp(jstr(r, "result.applies"), "reconnect") == 0,
+	      "config.set broker.uri to the listed host");
+	cJSON_Delete(r);
+	return 0;
+}
+
 /* The public half of central.key as PEM, for fleet.command_key_file. */
 static int write_pub(const char *key_path, const char *pub_path)
 {
@@ -578,12 +944,95 @@ static int fleet_signed(struct env *e)
 	const char *a[] = {"cmd", "s1/" DEVICE, "ping", "--sign-key", key, "--timeout-ms", timeout, NULL};
 	CHECK(ctl(e, &r, a) == 0 && reply_ok(r), "signed ping obeyed");
 	cJSON_Delete(r);
+	/* Fail closed: when the agent cannot save the command's id (a
+	 * directory where its replay-guard file goes: the atomic rename
+	 * fails, root or not), the command is refused, not run unrecorded. */
+	char seen[600];
+	snprintf(seen, sizeof(seen), "%s/private/fleet_seen_ids", e->store);
+	CHECK(unlink(seen) == 0 && mkdir(seen, 0700) == 0, "replace %s by a directory", seen);
+	const char *c[] = {"cmd", "s1/" DEVICE, "flush", "--sign-key", key, "--timeout-ms", timeout, NULL};
+	CHECK(ctl(e, &r, c) == 1 && r && strcmp(jstr(r, "error.code"), "failed") == 0 &&
+		      strstr(jstr(r, "error.message"), "not executed"),
+	      "a command whose id cannot be saved is refused");
+	cJSON_Delete(r);
+	CHECK(rmdir(seen) == 0, "rmdir %s", seen);
+	CHECK(ctl(e, &r, c) == 0 && reply_ok(r), "obeyed once its id can be saved");
+	cJSON_Delete(r);
 	/* signed with another key */
 	char other[600];
 	snprintf(other, sizeof(other), "%s/client.key", e->dir);
 	const char *b[] = {"cmd", "s1/" DEVICE, "ping", "--sign-key", other, "--timeout-ms", timeout, NULL};
 	CHECK(ctl(e, &r, b) == 1 && r && strcmp(jstr(r, "error.code"), "bad_signature") == 0, "wrong key refused");
 	cJSON_Delete(r);
+	return 0;
+}
+
+/* ---- hostile device text ---- */
+
+/* The first byte a terminal would act on (C0 other than newline, DEL, C1 as
+ * UTF-8 or raw), or -1. */
+static long first_control(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < n; i++)
+		if ((p[i] < 0x20 && p[i] != '\n') || p[i] == 0x7f || (p[i] >= 0x80 && p[i] <= 0x9f && (i == 0 || p[i - 1] == 0xc2)))
+			return (long)i;
+	return -1;
+}
+
+static int fleet_escapes(struct env *e)
+{
+	char err[256], state[1024], health[1024];
+	th_mqtt_opts o = {.uri = e->uri, .client_id = "pos-evil", .ca_file = e->ca};
+	th_mqtt *m = th_mqtt_connect(&o, err, sizeof(err));
+	CHECK(m, "connect: %s", err);
+	/* JSON escapes reach the console as the raw bytes (ESC, BEL); the C1
+	 * CSI (U+009B) is sent as raw UTF-8, which is valid JSON too. */
+	int64_t now = th_now_ms();
+	snprintf(state, sizeof(state),
+		 "{\"v\":1,\"state\":\"\\u001b[2Joffline\",\"reason\":\"\\u001b[1;1Hall good\\u001b[K\","
+		 "\"version\":\"1.0\\u001b]0;pwned\\u0007\",\"arch\":\"x\xc2\x9b" "2J\\u007f\",\"protocol\":1,"
+		 "\"birth_seq\":%lld,\"ts\":%lld,\"heartbeat_s\":5}",
+		 (long long)now, (long long)now);
+	snprintf(health, sizeof(health),
+		 "{\"v\":1,\"ts\":%lld,\"alarms\":[{\"code\":\"\\u001b[31mRED\\u202e\"}],"
+		 "\"cache\":{\"m\\u001b[2J\":{\"cursor\":1,\"rows\":2}},\"outbox\":{\"pending\":3}}",
+		 (long long)now);
+	int rc1 = th_mqtt_publish_ex(m, "scrm/v1/acme/s1/pos-evil/up/state", state, strlen(state), 1, 1, 10000);
+	int rc2 = th_mqtt_publish_ex(m, "scrm/v1/acme/s1/pos-evil/up/health", health, strlen(health), 1, 1, 10000);
+	th_mqtt_close(m);
+	CHECK(rc1 == 0 && rc2 == 0, "retained state/health published");
+
+	static const char *const list[] = {"list", NULL};
+	static const char *const show[] = {"show", "s1/pos-evil", NULL};
+	static const char *const *const human[] = {list, show};
+	for (int i = 0; i < 2; i++) {
+		CHECK(ctl_run(e, human[i], 0) == 0, "fleet %s exits 0", human[i][0]);
+		size_t n = 0;
+		char *out = th_read_file(e->ctl_out, &n);
+		CHECK(out, "fleet %s: no output", human[i][0]);
+		long at = first_control(out, n);
+		int shown = strstr(out, "\\x1b[2J") != NULL && strstr(out, "pos-evil") != NULL;
+		if (at >= 0 || !shown)
+			fprintf(stderr, "fleet %s printed:\n%s\n", human[i][0], out);
+		free(out);
+		CHECK(at < 0, "fleet %s: a control byte reached the terminal at offset %ld", human[i][0], at);
+		CHECK(shown, "fleet %s: the escape is not shown as text (\\x1b[2J)", human[i][0]);
+	}
+
+	/* --json: valid, terminal-safe, and the data unchanged */
+	cJSON *l = NULL;
+	CHECK(ctl(e, &l, list) == 0 && l, "fleet list --json");
+	size_t n = 0;
+	char *out = th_read_file(e->ctl_out, &n);
+	long at = out ? first_control(out, n) : 0;
+	free(out);
+	const cJSON *ag = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "agents"), 0);
+	int same = strcmp(jstr(ag, "state.version"), "1.0\x1b]0;pwned\x07") == 0 &&
+		   strcmp(jstr(ag, "state.arch"), "x\xc2\x9b" "2J\x7f") == 0 && strcmp(jstr(ag, "status"), "\x1b[2Joffline") == 0;
+	cJSON_Delete(l);
+	CHECK(at < 0, "fleet list --json: a control byte at offset %ld", at);
+	CHECK(same, "fleet list --json: the device's strings changed");
 	return 0;
 }
 
@@ -595,6 +1044,10 @@ static const struct {
 	{"fleet_commands", fleet_commands},
 	{"fleet_rollback", fleet_rollback},
 	{"fleet_signed", fleet_signed},
+	{"fleet_probe_blackhole", fleet_probe_blackhole},
+	{"fleet_probation_restart", fleet_probation_restart},
+	{"fleet_broker_allowlist", fleet_broker_allowlist},
+	{"fleet_escapes", fleet_escapes},
 };
 
 int main(int argc, char **argv)

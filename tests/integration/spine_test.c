@@ -15,6 +15,7 @@
 #include <scrm/scrm.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define DEVICE "pos-01"
@@ -681,6 +683,230 @@ static int t_mutual_tls(struct env *e)
 	return 0;
 }
 
+/* ---- the TLS floor and revocation (issue 12, finding 7) ---- */
+
+/* Run the openssl program (host binary, also under qemu runs); 0 or -1. */
+static int ossl(struct env *e, const char *const argv[])
+{
+	char log[600];
+	snprintf(log, sizeof(log), "%s/openssl.log", e->dir);
+	int rc = th_run(argv, log, 60000);
+	if (rc != 0) {
+		th_dump_log(log, 2000);
+		fprintf(stderr, "FAIL: openssl %s %s exited %d\n", argv[1], argv[2] ? argv[2] : "", rc);
+		failures++;
+		return -1;
+	}
+	return 0;
+}
+
+/* An RSA server certificate for localhost/127.0.0.1 issued by the test CA:
+ * dir/<name>.crt + .key. `san` is the subjectAltName (the CN is always
+ * localhost). */
+static int rsa_server_cert(struct env *e, const char *name, const char *bits, const char *san)
+{
+	char key[600], csr[600], crt[600], ext[600], ca[600], cakey[600], rsa[32], subj[] = "/CN=localhost";
+	snprintf(key, sizeof(key), "%s/%s.key", e->dir, name);
+	snprintf(csr, sizeof(csr), "%s/%s.csr", e->dir, name);
+	snprintf(crt, sizeof(crt), "%s/%s.crt", e->dir, name);
+	snprintf(ext, sizeof(ext), "%s/%s.ext", e->dir, name);
+	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
+	snprintf(cakey, sizeof(cakey), "%s/ca.key", e->dir);
+	snprintf(rsa, sizeof(rsa), "rsa:%s", bits);
+	char text[300];
+	snprintf(text, sizeof(text), "subjectAltName=%s\nextendedKeyUsage=serverAuth\n", san);
+	CHECK(th_write_file(ext, text) == 0, "write %s", ext);
+	const char *req[] = {"openssl", "req", "-newkey", rsa, "-nodes", "-keyout", key, "-out", csr, "-subj", subj, NULL};
+	const char *sign[] = {"openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey, "-CAcreateserial",
+			      "-out", crt, "-days", "2", "-extfile", ext, NULL};
+	return ossl(e, req) || ossl(e, sign) ? -1 : 0;
+}
+
+/* One TLS server the agent must refuse (or, for the controls, accept):
+ * `openssl s_server` speaks TLS but not MQTT, so what it prints shows
+ * whether the agent trusted the link — the MQTT CONNECT packet carries the
+ * protocol name "MQTT" in clear inside the TLS stream, and s_server echoes
+ * what it receives. */
+struct tls_case {
+	const char *what, *cert;
+	const char *args[6];
+	int accept; /* 1: a control the agent must use */
+};
+
+/* openssl s_server ends at EOF on its stdin (before any connection, even
+ * with -ign_eof): give it a pipe that stays open until it is stopped.
+ * Returns the pid; *keep is the pipe's write end (close after stopping). */
+static pid_t spawn_s_server(const char *const argv[], const char *log_path, int *keep)
+{
+	int p[2];
+	if (pipe(p) != 0)
+		return -1;
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0 || dup2(p[0], 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			_exit(127);
+		close(p[1]);
+		execvp(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(p[0]);
+	if (pid < 0) {
+		close(p[1]);
+		return -1;
+	}
+	*keep = p[1];
+	return pid;
+}
+
+static int tls_case_run(struct env *e, const struct tls_case *c)
+{
+	char crt[600], key[600], srv_log[600], port[16];
+	int p = th_free_port();
+	CHECK(p > 0, "free port");
+	e->port = p;
+	snprintf(port, sizeof(port), "%d", p);
+	snprintf(crt, sizeof(crt), "%s/%s.crt", e->dir, c->cert);
+	snprintf(key, sizeof(key), "%s/%s.key", e->dir, c->cert);
+	snprintf(srv_log, sizeof(srv_log), "%s/s_server.%s.log", e->dir, c->cert);
+	const char *argv[16] = {"openssl", "s_server", "-accept", port, "-cert", crt, "-key", key};
+	size_t n = 8;
+	int keep = -1;
+	for (size_t i = 0; c->args[i] && n < 15; i++)
+		argv[n++] = c->args[i];
+	argv[n] = NULL;
+	unlink(srv_log);
+	pid_t srv = spawn_s_server(argv, srv_log, &keep);
+	CHECK(srv > 0, "spawn openssl s_server");
+	CHECK(th_wait_log(srv_log, "ACCEPT", 10000) == 0, "s_server did not start");
+	unlink(e->agent_log);
+	if (write_agent_cfg(e, "ca.crt", ", \"connect_timeout_s\": 3") || start_agent(e)) {
+		kill(srv, SIGKILL);
+		waitpid(srv, NULL, 0);
+		close(keep);
+		return -1;
+	}
+	int used;
+	if (c->accept) {
+		used = th_wait_log(srv_log, "MQTT", 20000 * scale) == 0;
+	} else {
+		/* Refused: the attempt has failed (and a second one begun) before
+		 * the server's output is read. */
+		CHECK(th_wait_log(e->agent_log, "reconnect scheduled", 20000 * scale) == 0, "%s: no failed attempt",
+		      c->what);
+		th_sleep_ms(300);
+		used = th_wait_log(srv_log, "MQTT", 1) == 0;
+	}
+	th_stop(e->agent, 5000);
+	e->agent = 0;
+	CHECK(th_wait_log(srv_log, "CONNECTION CLOSED", 1) == 0 || th_wait_log(srv_log, "ERROR", 1) == 0 || used,
+	      "%s: the agent never reached s_server", c->what);
+	kill(srv, SIGKILL);
+	waitpid(srv, NULL, 0);
+	close(keep);
+	if (used != c->accept)
+		th_dump_log(srv_log, 1500);
+	CHECK(used == c->accept, "%s: the agent %s", c->what,
+	      c->accept ? "did not send MQTT over a link it must accept (control)" : "sent MQTT over a link it must refuse");
+	printf("  %-58s %s\n", c->what, used ? "used" : "refused");
+	return 0;
+}
+
+/* TLS >= 1.2, security level 2 (RSA >= 2048), forward-secret suites only,
+ * and no host name taken from the CN when the certificate has SANs. Each
+ * refusal case connected on main before issue 12 except the SAN one; the
+ * two controls keep the test from passing by refusing everything. */
+static int t_tls_floor(struct env *e)
+{
+	if (rsa_server_cert(e, "rsa1024", "1024", "DNS:localhost,IP:127.0.0.1") ||
+	    rsa_server_cert(e, "rsa2048", "2048", "DNS:localhost,IP:127.0.0.1") ||
+	    rsa_server_cert(e, "othersan", "2048", "DNS:other.example"))
+		return -1;
+	const struct tls_case cases[] = {
+		{"TLS 1.0, static RSA, RSA-2048", "rsa2048", {"-tls1", "-cipher", "AES128-SHA:@SECLEVEL=0"}, 0},
+		{"TLS 1.0, static RSA, RSA-1024", "rsa1024", {"-tls1", "-cipher", "AES128-SHA:@SECLEVEL=0"}, 0},
+		{"TLS 1.1, ECDHE, RSA-2048", "rsa2048", {"-tls1_1", "-cipher", "ECDHE-RSA-AES128-SHA:@SECLEVEL=0"}, 0},
+		{"TLS 1.2, ECDHE-GCM, RSA-1024 key", "rsa1024", {"-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256:@SECLEVEL=0"}, 0},
+		{"TLS 1.2, static RSA (no forward secrecy), RSA-2048", "rsa2048", {"-tls1_2", "-cipher", "AES128-GCM-SHA256"}, 0},
+		{"TLS 1.2, CBC suite, RSA-2048", "rsa2048", {"-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256"}, 0},
+		{"SAN other.example with CN=localhost (no CN fallback)", "othersan", {NULL}, 0},
+		{"control: TLS 1.2, ECDHE-GCM, RSA-2048", "rsa2048", {"-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"}, 1},
+		{"control: TLS 1.3, RSA-2048", "rsa2048", {"-tls1_3"}, 1},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		if (tls_case_run(e, &cases[i]))
+			return -1;
+	return 0;
+}
+
+/* A CRL of the test CA made with `openssl ca`: revoking `revoke` (NULL:
+ * none); `expired` gives one whose nextUpdate is in 2020. */
+static int make_crl(struct env *e, const char *out_name, const char *revoke, int expired)
+{
+	char cnf[600], db[600], num[600], ca[600], cakey[600], out[600], rev[600], text[1600];
+	snprintf(cnf, sizeof(cnf), "%s/crl.cnf", e->dir);
+	snprintf(db, sizeof(db), "%s/crl-index-%s.txt", e->dir, out_name);
+	snprintf(num, sizeof(num), "%s/crl-number-%s", e->dir, out_name);
+	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
+	snprintf(cakey, sizeof(cakey), "%s/ca.key", e->dir);
+	snprintf(out, sizeof(out), "%s/%s", e->dir, out_name);
+	snprintf(text, sizeof(text), "[ca]\ndefault_ca = d\n[d]\ndatabase = %s\ncrlnumber = %s\ndefault_md = sha256\n"
+		 "default_crl_days = 2\n", db, num);
+	CHECK(th_write_file(cnf, text) == 0 && th_write_file(db, "") == 0 && th_write_file(num, "01\n") == 0,
+	      "CRL scratch files");
+	if (revoke) {
+		snprintf(rev, sizeof(rev), "%s/%s", e->dir, revoke);
+		const char *r[] = {"openssl", "ca", "-batch", "-config", cnf, "-keyfile", cakey, "-cert", ca, "-revoke", rev, NULL};
+		if (ossl(e, r))
+			return -1;
+	}
+	const char *g[] = {"openssl", "ca", "-batch", "-config", cnf, "-keyfile", cakey, "-cert", ca, "-gencrl", "-out", out,
+			   expired ? "-crl_lastupdate" : NULL, "200101000000Z", "-crl_nextupdate", "200102000000Z", NULL};
+	return ossl(e, g);
+}
+
+/* broker.crl_file: a revoked broker certificate, an expired CRL and an
+ * unreadable CRL file are each refused with a reason naming them, and
+ * nothing is sent; with a current CRL that does not list the broker,
+ * everything arrives once. */
+static int t_crl(struct env *e)
+{
+	char rc_path[600], extra[800];
+	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
+	if (make_crl(e, "crl-revoked.pem", "server.crt", 0) || make_crl(e, "crl-expired.pem", NULL, 1) ||
+	    make_crl(e, "crl-current.pem", NULL, 0))
+		return -1;
+	if (start_broker(e, "server") || start_central(e) || capture(e, 20, "R", rc_path))
+		return -1;
+	const struct {
+		const char *file, *expect;
+	} refused_by[] = {
+		{"crl-revoked.pem", "certificate revoked"},
+		{"crl-expired.pem", "CRL has expired"},
+		{"no-such-crl.pem", "broker.crl_file: cannot read"},
+	};
+	for (size_t i = 0; i < sizeof(refused_by) / sizeof(refused_by[0]); i++) {
+		snprintf(extra, sizeof(extra), ", \"crl_file\": \"%s/%s\"", e->dir, refused_by[i].file);
+		unlink(e->agent_log);
+		if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+			return -1;
+		CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * scale) == 0,
+		      "%s: the agent was not refused", refused_by[i].file);
+		CHECK(th_wait_log(e->agent_log, refused_by[i].expect, 5000) == 0, "%s: the refusal does not say '%s'",
+		      refused_by[i].file, refused_by[i].expect);
+		th_stop(e->agent, 5000);
+		e->agent = 0;
+		struct seen s;
+		central_seen(e, &s);
+		CHECK(s.rows == 0, "%s: central received %" PRId64 " events", refused_by[i].file, s.rows);
+		CHECK(pending(e) == 20, "%s: outbox has %" PRId64 " pending, expected 20", refused_by[i].file, pending(e));
+	}
+	snprintf(extra, sizeof(extra), ", \"crl_file\": \"%s/crl-current.pem\"", e->dir);
+	if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+		return -1;
+	return wait_delivered(e, 20, 60) || check_exactly_once(e, 20) ? -1 : 0;
+}
+
 /* The link comes back: the agent must reconnect at once (netlink), not
  * when its backoff timer — grown large by a long outage — would fire. Runs
  * in a private network namespace so it can take the loopback link down. */
@@ -765,7 +991,7 @@ static const struct {
 	{"agent_kill9", t_agent_kill9},     {"small_packet", t_small_packet}, {"size_limit", t_size_limit},     {"capture_kill9", t_capture_kill9},   {"wrong_ca", t_wrong_ca},
 	{"wrong_host", t_wrong_host},       {"plaintext_refused", t_plaintext_refused},
 	{"retail_replay", t_retail_replay}, {"mutual_tls", t_mutual_tls},   {"link_back", t_link_back},
-	{"late_central", t_late_central},
+	{"late_central", t_late_central},   {"tls_floor", t_tls_floor},     {"crl", t_crl},
 };
 
 int main(int argc, char **argv)

@@ -407,10 +407,10 @@ mode_unit() {
 		fail "the daemon's default store_dir is not /var/lib/$state (StateDirectory=$state)"
 	grep -q '"store_dir": "/var/lib/scrm"' "$ROOT/etc/scrm/agent.json" || fail "agent.json's store_dir is not /var/lib/$state"
 	grep -qx 'ExecStart=/usr/bin/scrm-agent --config /etc/scrm/agent.json' "$unit" || fail "ExecStart"
-	for u in Type=notify WatchdogSec=30 User=scrm Group=scrm; do
+	for u in Type=notify WatchdogSec=30 User=scrm Group=scrm LimitCORE=0; do
 		grep -qx "$u" "$unit" || fail "the unit lacks $u"
 	done
-	ok "StateDirectory=$state = default store_dir /var/lib/$state; ExecStart, Type=notify, watchdog, User=scrm"
+	ok "StateDirectory=$state = default store_dir /var/lib/$state; ExecStart, Type=notify, watchdog, User=scrm, LimitCORE=0"
 
 	say "systemd-analyze verify (root: the installed package + this host's system units)"
 	mkdir -p "$ROOT/bin"

@@ -24,6 +24,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <mbedtls/asn1.h>
+#include <mbedtls/asn1write.h>
 #include <mbedtls/base64.h>
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/ecp.h>
@@ -440,6 +442,53 @@ void cg_signer_close(cg_signer *s)
 	free(s);
 }
 
+/* Central signs "low s" (docs/protocol.md, "Signatures"): when s > n/2 the
+ * same signature is re-spelt with n - s, in DER, as the agent requires.
+ * Written here rather than borrowed from agent/crypto.c: this is the
+ * reference central, it must not share the agent's code. */
+static int low_s(cg_signer *s, unsigned char *sig, size_t *sig_len)
+{
+	unsigned char *p = sig, buf[MBEDTLS_ECDSA_MAX_LEN], *w = buf + sizeof(buf);
+	const unsigned char *end = sig + *sig_len;
+	const mbedtls_mpi *n = &mbedtls_pk_ec(s->pk)->grp.N;
+	mbedtls_mpi r, sv, half;
+	size_t seq, l = 0;
+	int e, rc = -EIO;
+	mbedtls_mpi_init(&r);
+	mbedtls_mpi_init(&sv);
+	mbedtls_mpi_init(&half);
+	if (mbedtls_asn1_get_tag(&p, end, &seq, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) ||
+	    mbedtls_asn1_get_mpi(&p, end, &r) || mbedtls_asn1_get_mpi(&p, end, &sv) || p != end ||
+	    mbedtls_mpi_copy(&half, n) || mbedtls_mpi_shift_r(&half, 1))
+		goto cleanup;
+	if (mbedtls_mpi_cmp_mpi(&sv, &half) <= 0) {
+		rc = 0; /* already low: the signature as mbedTLS wrote it */
+		goto cleanup;
+	}
+	if (mbedtls_mpi_sub_mpi(&sv, n, &sv))
+		goto cleanup;
+	if ((e = mbedtls_asn1_write_mpi(&w, buf, &sv)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_mpi(&w, buf, &r)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_len(&w, buf, l)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	if ((e = mbedtls_asn1_write_tag(&w, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
+		goto cleanup;
+	l += (size_t)e;
+	memcpy(sig, w, l);
+	*sig_len = l;
+	rc = 0;
+cleanup:
+	mbedtls_mpi_free(&r);
+	mbedtls_mpi_free(&sv);
+	mbedtls_mpi_free(&half);
+	return rc ? fail(rc, "cannot re-spell the ECDSA signature with low s") : 0;
+}
+
 static int sign_der(cg_signer *s, const void *msg, size_t len, unsigned char *sig, size_t *sig_len)
 {
 	unsigned char h[32];
@@ -449,7 +498,7 @@ static int sign_der(cg_signer *s, const void *msg, size_t len, unsigned char *si
 	if ((e = mbedtls_pk_sign(&s->pk, MBEDTLS_MD_SHA256, h, sizeof(h), sig, sig_len, mbedtls_hmac_drbg_random,
 				 &s->drbg)))
 		return fail(-EIO, "ECDSA signing failed (mbedTLS -0x%04x)", (unsigned)-e);
-	return 0;
+	return low_s(s, sig, sig_len);
 }
 
 static int b64_encode(const unsigned char *in, size_t n, int url, char **out)

@@ -35,7 +35,9 @@
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/entropy.h>
+#include <mbedtls/md.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
 #include <mbedtls/x509_csr.h>
@@ -669,6 +671,147 @@ cleanup:
 	mbedtls_pk_free(&ca_key);
 	mbedtls_x509_crt_free(&ca);
 	mbedtls_x509_csr_free(&csr);
+	rng_free(&r);
+	return rc == 0 ? 0 : -EIO;
+}
+
+/* ASN.1 UTCTime of t (years 1950..2049, as RFC 5280 wants). */
+static int asn1_put_utctime(unsigned char **p, unsigned char *start, time_t t)
+{
+	char s[16];
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) || strftime(s, sizeof s, "%y%m%d%H%M%SZ", &tm) != 13)
+		return -1;
+	return mbedtls_asn1_write_tagged_string(p, start, MBEDTLS_ASN1_UTC_TIME, s, 13);
+}
+
+/* mbedTLS 2.28 writes certificates and CSRs but not CRLs, so the CRL is put
+ * together here (RFC 5280 5.1), written back to front as asn1write does:
+ *   CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue }
+ *   TBSCertList ::= SEQUENCE { version v2, signature, issuer, thisUpdate,
+ *                              nextUpdate, revokedCertificates OPTIONAL }
+ * The issuer is the CA certificate's subject copied byte for byte, so the
+ * broker's name match cannot depend on how a DN string is re-encoded. */
+int th_certs_make_crl(const char *dir, const char *ca_name, const char *const revoked_crt[], const char *out_path,
+		      int days)
+{
+	static const char sig_oid[] = MBEDTLS_OID_ECDSA_SHA256;
+	mbedtls_x509_crt ca, leaf;
+	mbedtls_pk_context ca_key;
+	struct th_rng r;
+	unsigned char tbs[8192], crl[10240], hash[32], sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE], pem[16384];
+	unsigned char *p = tbs + sizeof tbs, *q = crl + sizeof crl;
+	size_t sig_len = 0, olen = 0, tbs_len, len;
+	char path[512];
+	time_t now = time(NULL);
+	int rc, n = 0, nrev = 0;
+
+	mbedtls_x509_crt_init(&ca);
+	mbedtls_pk_init(&ca_key);
+	rc = rng_init(&r);
+	if (rc == 0) {
+		snprintf(path, sizeof path, "%s/%s.crt", dir, ca_name);
+		if ((rc = mbedtls_x509_crt_parse_file(&ca, path)) != 0)
+			th_err("th_certs_make_crl: cannot load %s: -0x%04x", path, (unsigned)-rc);
+	}
+	if (rc == 0) {
+		snprintf(path, sizeof path, "%s/%s.key", dir, ca_name);
+		if ((rc = mbedtls_pk_parse_keyfile(&ca_key, path, NULL)) != 0)
+			th_err("th_certs_make_crl: cannot load %s: -0x%04x", path, (unsigned)-rc);
+	}
+	if (rc != 0)
+		goto cleanup;
+
+	/* revokedCertificates: SEQUENCE OF SEQUENCE { userCertificate, revocationDate } */
+	len = 0;
+	for (size_t i = 0; revoked_crt && revoked_crt[i]; i++) {
+		size_t entry = 0;
+		mbedtls_x509_crt_init(&leaf);
+		rc = mbedtls_x509_crt_parse_file(&leaf, revoked_crt[i]);
+		if (rc != 0) {
+			th_err("th_certs_make_crl: cannot load %s: -0x%04x", revoked_crt[i], (unsigned)-rc);
+			mbedtls_x509_crt_free(&leaf);
+			goto cleanup;
+		}
+		if ((n = asn1_put_utctime(&p, tbs, now - 60)) >= 0) {
+			entry += (size_t)n;
+			/* the serial's content octets as the certificate holds them */
+			n = mbedtls_asn1_write_raw_buffer(&p, tbs, leaf.serial.p, leaf.serial.len);
+		}
+		if (n >= 0) {
+			entry += (size_t)n;
+			n = mbedtls_asn1_write_len(&p, tbs, leaf.serial.len);
+		}
+		if (n >= 0) {
+			entry += (size_t)n;
+			n = mbedtls_asn1_write_tag(&p, tbs, MBEDTLS_ASN1_INTEGER);
+		}
+		if (n >= 0) {
+			entry += (size_t)n;
+			n = asn1_put_sequence(&p, tbs, entry);
+		}
+		mbedtls_x509_crt_free(&leaf);
+		if (n < 0) {
+			rc = n;
+			goto cleanup;
+		}
+		len += (size_t)n;
+		nrev++;
+	}
+	if (nrev > 0 && (n = asn1_put_sequence(&p, tbs, len)) >= 0)
+		len = (size_t)n;
+	/* nextUpdate, thisUpdate, issuer, signature, version */
+	if (n >= 0 && (n = asn1_put_utctime(&p, tbs, now + (time_t)days * 86400)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = asn1_put_utctime(&p, tbs, days >= 0 ? now - 86400 : now + (time_t)(days - 1) * 86400)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = mbedtls_asn1_write_raw_buffer(&p, tbs, ca.subject_raw.p, ca.subject_raw.len)) >= 0)
+		len += (size_t)n;
+	/* ecdsa-with-SHA256: parameters absent (RFC 5758 3.2) */
+	if (n >= 0 && (n = mbedtls_asn1_write_oid(&p, tbs, sig_oid, MBEDTLS_OID_SIZE(sig_oid))) >= 0 &&
+	    (n = asn1_put_sequence(&p, tbs, (size_t)n)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = mbedtls_asn1_write_int(&p, tbs, 1)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = asn1_put_sequence(&p, tbs, len)) >= 0)
+		tbs_len = (size_t)n;
+	if (n < 0) {
+		rc = n;
+		th_err("th_certs_make_crl: encoding: -0x%04x", (unsigned)-rc);
+		goto cleanup;
+	}
+
+	rc = mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), p, tbs_len, hash);
+	if (rc == 0)
+		rc = mbedtls_pk_sign(&ca_key, MBEDTLS_MD_SHA256, hash, sizeof hash, sig, &sig_len,
+				     mbedtls_ctr_drbg_random, &r.drbg);
+	if (rc != 0) {
+		th_err("th_certs_make_crl: signing: -0x%04x", (unsigned)-rc);
+		goto cleanup;
+	}
+	len = 0;
+	if ((n = mbedtls_asn1_write_bitstring(&q, crl, sig, sig_len * 8)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = mbedtls_asn1_write_oid(&q, crl, sig_oid, MBEDTLS_OID_SIZE(sig_oid))) >= 0 &&
+	    (n = asn1_put_sequence(&q, crl, (size_t)n)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = mbedtls_asn1_write_raw_buffer(&q, crl, p, tbs_len)) >= 0)
+		len += (size_t)n;
+	if (n >= 0 && (n = asn1_put_sequence(&q, crl, len)) >= 0)
+		len = (size_t)n;
+	if (n >= 0)
+		n = mbedtls_pem_write_buffer("-----BEGIN X509 CRL-----\n", "-----END X509 CRL-----\n", q, len, pem,
+					     sizeof pem, &olen);
+	if (n != 0) {
+		rc = n;
+		th_err("th_certs_make_crl: encoding: -0x%04x", (unsigned)-rc);
+		goto cleanup;
+	}
+	rc = write_file_mode(out_path, pem, strlen((const char *)pem), 0644);
+cleanup:
+	mbedtls_pk_free(&ca_key);
+	mbedtls_x509_crt_free(&ca);
 	rng_free(&r);
 	return rc == 0 ? 0 : -EIO;
 }

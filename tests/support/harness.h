@@ -102,6 +102,16 @@ int th_certs_make_client(const char *dir, const char *name, const char *cn);
 int th_sign_csr(const char *dir, const char *ca_name, const char *csr_path, const char *out_crt_path,
 		int days);
 
+/* Play the device CA revoking certificates: write to out_path a CRL (X.509
+ * v2, PEM "X509 CRL", the form mosquitto's crlfile reads) issued by
+ * dir/<ca_name>.crt + .key, listing the serial of each certificate file in
+ * revoked_crt (NULL-terminated, borrowed; NULL or empty: a CRL revoking
+ * nothing, which a broker with crlfile needs so that the CA's valid
+ * certificates connect). thisUpdate a day ago, nextUpdate in `days` days (a
+ * negative value: a CRL that expired -days days ago). 0 or negative. */
+int th_certs_make_crl(const char *dir, const char *ca_name, const char *const revoked_crt[], const char *out_path,
+		      int days);
+
 /* ---- processes -------------------------------------------------------- */
 
 /* Start a host program (argv[0] looked up in PATH if it has no '/'), with

@@ -50,22 +50,30 @@ static void write_text(const char *path, const char *text)
 }
 
 /* The local file: `extra` (raw JSON members, may be "") goes into the top
- * object after the usual keys. */
-static void write_base(struct fx *f, const char *extra)
+ * object after the usual keys; `hosts`: broker.remote_hosts (NULL = unset). */
+static void write_base_hosts(struct fx *f, const char *hosts, const char *extra)
 {
-	char text[2048];
+	char text[2048], rh[300] = "";
+	if (hosts)
+		snprintf(rh, sizeof(rh), ", \"remote_hosts\": \"%s\"", hosts);
 	snprintf(text, sizeof(text),
 		 "{\n"
 		 "  \"tenant\": \"acme\",\n"
 		 "  \"store_id\": \"s0042\",\n"
 		 "  \"device_id\": \"pos-01\",\n"
 		 "  \"store_dir\": \"%s\",\n"
-		 "  \"broker\": {\"uri\": \"mqtts://broker.example:8883\", \"ca_file\": \"/etc/scrm/ca.pem\"},\n"
+		 "  \"broker\": {\"uri\": \"mqtts://broker.example:8883\", \"ca_file\": \"/etc/scrm/ca.pem\"%s},\n"
 		 "  \"sync\": {\"window\": 8, \"backoff_min_ms\": 500},\n"
 		 "  \"log\": {\"level\": \"info\"}%s%s\n"
 		 "}\n",
-		 f->dir, *extra ? ",\n  " : "", extra);
+		 f->dir, rh, *extra ? ",\n  " : "", extra);
 	write_text(f->path, text);
+}
+
+/* The usual local file lets central move the device to other.example. */
+static void write_base(struct fx *f, const char *extra)
+{
+	write_base_hosts(f, "other.example", extra);
 }
 
 static int setup(void **state)
@@ -325,6 +333,7 @@ static void propose_local_only_keys_refused(void **state)
 		{"device_id", "\"pos-99\""},
 		{"store_dir", "\"/tmp\""},
 		{"broker.ca_file", "\"/tmp/evil-ca.pem\""},
+		{"broker.crl_file", "\"/dev/null\""}, /* turning revocation off, or every broker away */
 		{"broker.cert_file", "\"/tmp/c.pem\""},
 		{"broker.key_file", "\"/tmp/k.pem\""},
 		{"broker.username", "\"u\""},
@@ -832,6 +841,82 @@ static void change_during_probation_keeps_it(void **state)
 
 /* Every key of the table (scrm-agent --help-config), with how it applies
  * and whether central may set it, as docs/protocol.md documents. */
+
+/* ---- broker.remote_hosts: where central may move the device ------------- */
+
+/* Regression (security review, issue 12): any console credential could move
+ * the device to any broker whose certificate chains to the CA. Now only
+ * hosts the local file lists are accepted; nothing is written otherwise. */
+static void remote_broker_needs_allow_list(void **state)
+{
+	struct fx *f = *state;
+	/* unset (the default): no remote broker change at all */
+	write_base_hosts(f, NULL, "");
+	load(f);
+	assert_refused_key(f, propose(f, "{\"broker.uri\":\"mqtts://other.example:8883\"}"), "broker.uri");
+	assert_non_null(strstr(scrm_errmsg(), "broker.remote_hosts is empty"));
+	/* the local file's own URI stays settable (a no-op in effect) */
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://broker.example:8883\"}"));
+
+	write_base_hosts(f, "x.example, OTHER.example:9999 ,[fd00::1]:8883", "");
+	load(f);
+	assert_refused_key(f, propose(f, "{\"broker.uri\":\"mqtts://other.example:8883\"}"), "broker.uri");
+	assert_non_null(strstr(scrm_errmsg(), "other.example:8883 is not in broker.remote_hosts"));
+	assert_refused_key(f, propose(f, "{\"broker.uri\":\"mqtts://evil.example:8883\",\"sync.window\":4}"),
+			   "broker.uri");
+	assert_refused_key(f, propose(f, "{\"broker.uri\":\"mqtts://x.example.evil:8883\"}"), "broker.uri");
+	assert_refused_key(f, propose(f, "{\"broker.uri\":\"mqtts://[fd00::1]:1883\"}"), "broker.uri");
+	assert_false(file_exists(f->overlay));
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://other.example:9999\"}"));
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://x.example:1234\"}"));
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://X.EXAMPLE:8883\"}"));
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://[fd00::1]:8883\"}"));
+	/* the list itself is the local operator's */
+	assert_refused_key(f, propose(f, "{\"broker.remote_hosts\":\"evil.example\"}"), "broker.remote_hosts");
+	assert_non_null(strstr(scrm_errmsg(), "local config file"));
+}
+
+/* An overlay on disk naming a broker the local list no longer allows (the
+ * operator narrowed it) is ignored: the device runs on the local file. */
+static void overlay_broker_outside_allow_list_ignored(void **state)
+{
+	struct fx *f = *state;
+	write_base_hosts(f, "x.example", "");
+	expect_overlay_ignored(f, "{\"v\":1,\"version\":5,\"set\":{\"broker.uri\":\"mqtts://other.example:8883\"}}",
+			       "broker.remote_hosts");
+}
+
+/* The probation deadline is fixed when the change is applied and kept in
+ * the overlay, so a restart cannot re-arm it; the start count survives too. */
+static void probation_deadline_persisted(void **state)
+{
+	struct fx *f = *state;
+	load(f);
+	assert_proposed(propose(f, "{\"broker.uri\":\"mqtts://other.example:8883\"}"));
+	assert_int_equal(f->next.probation_deadline_ms, NOW + 120000);
+	assert_int_equal(f->next.probation_starts, 0);
+	assert_int_equal(config__write_overlay(&f->next, f->text.p), SCRM_OK);
+	load(f);
+	assert_non_null(f->cur.overlay_previous);
+	assert_int_equal(f->cur.probation_deadline_ms, NOW + 120000);
+	assert_int_equal(f->cur.probation_starts, 0);
+	/* a start recorded */
+	assert_int_equal(config__overlay_restate(&f->cur, 2, &f->text), SCRM_OK);
+	assert_int_equal(config__write_overlay(&f->cur, f->text.p), SCRM_OK);
+	load(f);
+	assert_int_equal(f->cur.probation_deadline_ms, NOW + 120000);
+	assert_int_equal(f->cur.probation_starts, 2);
+	assert_non_null(f->cur.overlay_previous);
+	assert_string_equal(f->cur.broker_uri, "ssl://other.example:8883");
+	/* a live change during the probation keeps its deadline and count */
+	assert_proposed(propose(f, "{\"sync.window\":4}"));
+	assert_int_equal(f->next.probation_deadline_ms, NOW + 120000);
+	assert_int_equal(f->next.probation_starts, 2);
+	/* confirmed: no deadline left in the file */
+	assert_int_equal(config__overlay_settle(&f->cur, 0, NOW, &f->text), SCRM_OK);
+	assert_null(strstr(f->text.p, "deadline_ms"));
+}
+
 static const struct {
 	const char *key;
 	int cls, remote;
@@ -844,12 +929,14 @@ static const struct {
 	{"broker.ca_file", CFG_RECONNECT, 0},
 	{"broker.cert_file", CFG_RECONNECT, 0},
 	{"broker.key_file", CFG_RECONNECT, 0},
+	{"broker.crl_file", CFG_RECONNECT, 0},
 	{"broker.username", CFG_RECONNECT, 0},
 	{"broker.password_file", CFG_RECONNECT, 0},
 	{"broker.allow_plaintext", CFG_RECONNECT, 0},
 	{"broker.keepalive_s", CFG_RECONNECT, 1},
 	{"broker.session_expiry_s", CFG_RECONNECT, 1},
 	{"broker.connect_timeout_s", CFG_RECONNECT, 1},
+	{"broker.remote_hosts", CFG_LIVE, 0}, /* local only: where central may move the device */
 	{"sync.batch_max_events", CFG_LIVE, 1},
 	{"sync.batch_max_bytes", CFG_LIVE, 1},
 	{"sync.window", CFG_LIVE, 1},
@@ -1065,6 +1152,9 @@ int main(int argc, char **argv)
 		T(broker_change_with_restart_key_is_on_probation),
 		T(change_during_probation_keeps_it),
 		T(key_info_classes),
+		T(remote_broker_needs_allow_list),
+		T(overlay_broker_outside_allow_list_ignored),
+		T(probation_deadline_persisted),
 		T(to_json_has_every_key),
 		T(diff_names_keys_and_strongest_class),
 	};

@@ -146,6 +146,7 @@ static const struct {
 	{"broker.ca_file", K_STR, 0, 0},
 	{"broker.cert_file", K_STR, 0, 0},
 	{"broker.key_file", K_STR, 0, 0},
+	{"broker.crl_file", K_STR, 0, 0},
 	{"broker.username", K_STR, 0, 0},
 	{"broker.password_file", K_STR, 0, 0},
 	{"broker.allow_plaintext", K_BOOL, 0, 1},
@@ -452,6 +453,31 @@ static void ids_make_a_safe_topic_prefix(void **state)
 	}
 }
 
+/* "down" (and "up") are words of the topic tree: a device called "down"
+ * would live under scrm/v1/{tenant}/{store}/down/, the store-wide downlink
+ * every device of the store reads (docs/protocol.md, "Identities"). */
+static void topic_words_are_not_ids(void **state)
+{
+	(void)state;
+	struct kv down = {"device_id", "\"down\""};
+	assert_refused(parse_with(&down, 1), SCRM_E_CONFIG, "device_id");
+	assert_errmsg_contains("\"down\" is reserved");
+	static const char *const words[] = {"\"up\"", "\"down\""};
+	static const char *const keys[] = {"tenant", "store_id", "device_id"};
+	for (size_t k = 0; k < 3; k++) {
+		for (size_t i = 0; i < 2; i++) {
+			struct kv b = {keys[k], words[i]};
+			assert_refused(parse_with(&b, 1), SCRM_E_CONFIG, keys[k]);
+			assert_errmsg_contains("reserved");
+		}
+	}
+	/* Only the exact words: topics are case-sensitive. */
+	struct kv fine[] = {{"tenant", "\"Up\""}, {"store_id", "\"downtown\""}, {"device_id", "\"Down\""}};
+	assert_int_equal(parse_with(fine, 3), SCRM_OK);
+	assert_string_equal(cfg.topic_prefix, "scrm/v1/Up/downtown/Down/");
+	config__free(&cfg);
+}
+
 static void cross_key_checks(void **state)
 {
 	(void)state;
@@ -649,6 +675,7 @@ int main(int argc, char **argv)
 		T(cert_and_key_go_together),
 		T(uri_normalisation),
 		T(ids_make_a_safe_topic_prefix),
+		T(topic_words_are_not_ids),
 		T(cross_key_checks),
 		T(outbox_reserve_below_max),
 		T(malformed_json),

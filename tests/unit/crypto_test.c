@@ -3,6 +3,8 @@
  * crypto_test: agent/crypto.c — key files, AES-256-GCM sealing, HMAC, base64,
  * and above all the hand-assembled ECDSA P-256 verification, cross-checked
  * against mbedtls_pk_verify on genuine, altered and malformed signatures.
+ * It is stricter than mbedtls_pk_verify on purpose (docs/protocol.md,
+ * "Signatures"): DER only, and s in the low half of the group order.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,8 @@
 #include "crypto.h"
 #include "testutil.h"
 
+#include <mbedtls/asn1.h>
+#include <mbedtls/ecp.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/sha256.h>
 #include <stdio.h>
@@ -137,6 +141,99 @@ static long sign(struct sig_fx *f, const char *msg, uint8_t *sig, size_t cap)
 	return n;
 }
 
+/* P-256's group order n, big-endian. */
+static const uint8_t order[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+				  0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+				  0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+
+/* r and s of a DER signature, as 32-byte big-endian numbers (mbedTLS's
+ * lenient reader: the test's own view, independent of crypto.c). */
+static void split_sig(const uint8_t *sig, size_t n, uint8_t r[32], uint8_t s[32])
+{
+	unsigned char *p = (unsigned char *)(uintptr_t)sig;
+	const unsigned char *end = sig + n;
+	size_t len;
+	mbedtls_mpi a, b;
+	mbedtls_mpi_init(&a);
+	mbedtls_mpi_init(&b);
+	assert_int_equal(mbedtls_asn1_get_tag(&p, end, &len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE), 0);
+	assert_int_equal(mbedtls_asn1_get_mpi(&p, end, &a), 0);
+	assert_int_equal(mbedtls_asn1_get_mpi(&p, end, &b), 0);
+	assert_int_equal(mbedtls_mpi_write_binary(&a, r, 32), 0);
+	assert_int_equal(mbedtls_mpi_write_binary(&b, s, 32), 0);
+	mbedtls_mpi_free(&a);
+	mbedtls_mpi_free(&b);
+}
+
+/* s > n/2 (n is odd: s > n - s) */
+static int high_s(const uint8_t s[32])
+{
+	uint8_t t[32];
+	int borrow = 0;
+	for (int i = 31; i >= 0; i--) {
+		int d = order[i] - s[i] - borrow;
+		borrow = d < 0;
+		t[i] = (uint8_t)(d + (borrow ? 256 : 0));
+	}
+	return memcmp(s, t, 32) > 0;
+}
+
+/* n - s */
+static void negate_s(uint8_t s[32])
+{
+	int borrow = 0;
+	for (int i = 31; i >= 0; i--) {
+		int d = order[i] - s[i] - borrow;
+		borrow = d < 0;
+		s[i] = (uint8_t)(d + (borrow ? 256 : 0));
+	}
+}
+
+/* How to spell one INTEGER or the SEQUENCE, right or wrong. */
+enum { DER_OK = 0, DER_LONG_LEN = 1, DER_ZERO_PAD = 2, DER_NO_SIGN_PAD = 4 };
+
+/* INTEGER v (32 bytes big-endian); returns the bytes written. */
+static size_t put_int(uint8_t *out, const uint8_t v[32], int how)
+{
+	size_t skip = 0, n = 0;
+	while (skip < 31 && v[skip] == 0)
+		skip++;
+	uint8_t body[40];
+	size_t bl = 0;
+	if (how & DER_ZERO_PAD)
+		body[bl++] = 0;
+	if ((v[skip] & 0x80) && !(how & DER_NO_SIGN_PAD))
+		body[bl++] = 0;
+	memcpy(body + bl, v + skip, 32 - skip);
+	bl += 32 - skip;
+	out[n++] = 0x02;
+	if (how & DER_LONG_LEN)
+		out[n++] = 0x81;
+	out[n++] = (uint8_t)bl;
+	memcpy(out + n, body, bl);
+	return n + bl;
+}
+
+/* SEQUENCE { INTEGER r, INTEGER s } spelt as told, then `extra` bytes of
+ * `tail` inside the SEQUENCE. Returns the length. */
+static size_t put_sig(uint8_t *out, const uint8_t r[32], int how_r, const uint8_t s[32], int how_s, int how_seq,
+		      const uint8_t *tail, size_t extra)
+{
+	uint8_t body[120];
+	size_t bl = put_int(body, r, how_r);
+	bl += put_int(body + bl, s, how_s);
+	if (extra)
+		memcpy(body + bl, tail, extra);
+	bl += extra;
+	size_t n = 0;
+	out[n++] = 0x30;
+	if (how_seq & DER_LONG_LEN)
+		out[n++] = 0x81;
+	out[n++] = (uint8_t)bl;
+	memcpy(out + n, body, bl);
+	return n + bl;
+}
+
 /* Genuine signatures verify; every single-bit change of the message or of
  * the signature is refused — and mbedtls_pk_verify agrees every time. */
 static void ecdsa_agrees_with_mbedtls(void **state)
@@ -150,6 +247,9 @@ static void ecdsa_agrees_with_mbedtls(void **state)
 	for (int i = 0; i < 40; i++) {
 		snprintf(msg, sizeof(msg), "{\"type\":\"coupon\",\"id\":\"C-%d\"}", i);
 		long n = sign(&f, msg, sig, sizeof(sig));
+		uint8_t r[32], s[32];
+		split_sig(sig, (size_t)n, r, s);
+		assert_false(high_s(s)); /* central (cachegen) signs low-s */
 		assert_int_equal(crypto__verify(f.v, msg, strlen(msg), sig, (size_t)n), SCRM_OK);
 		assert_true(pk_verdict(&f, msg, strlen(msg), sig, (size_t)n));
 		/* flip one bit of the signature */
@@ -188,9 +288,6 @@ static void ecdsa_malformed_refused(void **state)
 	static const uint8_t zero_r[] = {0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01};
 	assert_int_equal(crypto__verify(f.v, msg, 5, zero_r, sizeof(zero_r)), SCRM_E_CRYPTO);
 	/* r = s = n (the group order) */
-	static const uint8_t order[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-					  0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
-					  0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
 	uint8_t big[2 + 2 * 35];
 	big[0] = 0x30;
 	big[1] = 2 * 35;
@@ -209,6 +306,92 @@ static void ecdsa_malformed_refused(void **state)
 	assert_int_equal(crypto__verify(f.v, msg, 5, sig, (size_t)m), SCRM_E_CRYPTO);
 	assert_int_equal(crypto__verify(g.v, msg, 5, sig, (size_t)m), SCRM_OK);
 	sig_teardown(&g);
+	sig_teardown(&f);
+}
+
+/* Only DER, and only low s: one spelling per signature, so no third party
+ * can turn a genuine signature (or QR token) into a different-looking one
+ * that still verifies. Each re-spelling below is mathematically the same
+ * (r, s) — or (r, n - s) — which mbedtls_pk_verify accepts; ours refuses
+ * all but the canonical one. */
+static void ecdsa_strict_der_low_s(void **state)
+{
+	(void)state;
+	struct sig_fx f;
+	char msg[64];
+	uint8_t sig[80], buf[160], r[32], s[32], hs[32];
+	static const uint8_t junk[2] = {0x05, 0x00}; /* an ASN.1 NULL */
+	int seen_high_r = 0;
+	sig_setup(&f, 14);
+	for (int i = 0; i < 24; i++) {
+		snprintf(msg, sizeof(msg), "SCRM1 payload %d", i);
+		size_t ml = strlen(msg);
+		long n = sign(&f, msg, sig, sizeof(sig));
+		split_sig(sig, (size_t)n, r, s);
+		if (high_s(s))
+			negate_s(s);
+		memcpy(hs, s, 32);
+		negate_s(hs);
+		/* The canonical low-s DER: accepted, and mbedTLS agrees. */
+		size_t k = put_sig(buf, r, DER_OK, s, DER_OK, DER_OK, NULL, 0);
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_OK);
+		assert_true(pk_verdict(&f, msg, ml, buf, k));
+		/* high s (n - s): a valid ECDSA signature, refused */
+		k = put_sig(buf, r, DER_OK, hs, DER_OK, DER_OK, NULL, 0);
+		assert_true(pk_verdict(&f, msg, ml, buf, k));
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		/* ... which a signer re-spells low (scrmctl's --sign-key) */
+		assert_int_equal(crypto__sig_low_s(buf, &k, sizeof(buf)), SCRM_OK);
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_OK);
+		assert_int_equal(crypto__sig_low_s(buf, &k, sizeof(buf)), SCRM_OK); /* low stays as is */
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_OK);
+		/* long-form lengths (BER), on the SEQUENCE or an INTEGER */
+		k = put_sig(buf, r, DER_OK, s, DER_OK, DER_LONG_LEN, NULL, 0);
+		assert_true(pk_verdict(&f, msg, ml, buf, k));
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		k = put_sig(buf, r, DER_LONG_LEN, s, DER_OK, DER_OK, NULL, 0);
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		k = put_sig(buf, r, DER_OK, s, DER_LONG_LEN, DER_OK, NULL, 0);
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		/* a zero byte more than the sign needs, on r or s */
+		k = put_sig(buf, r, DER_ZERO_PAD, s, DER_OK, DER_OK, NULL, 0);
+		assert_true(pk_verdict(&f, msg, ml, buf, k));
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		k = put_sig(buf, r, DER_OK, s, DER_ZERO_PAD, DER_OK, NULL, 0);
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		/* trailing bytes after the SEQUENCE, or inside it after s */
+		k = put_sig(buf, r, DER_OK, s, DER_OK, DER_OK, NULL, 0);
+		memcpy(buf + k, junk, sizeof(junk));
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k + sizeof(junk)), SCRM_E_CRYPTO);
+		k = put_sig(buf, r, DER_OK, s, DER_OK, DER_OK, junk, sizeof(junk));
+		assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		/* r with its top bit set but no 0x00 before it: a negative
+		 * INTEGER (mbedTLS reads the magnitude and accepts it) */
+		if (r[0] & 0x80) {
+			seen_high_r = 1;
+			k = put_sig(buf, r, DER_NO_SIGN_PAD, s, DER_OK, DER_OK, NULL, 0);
+			assert_true(pk_verdict(&f, msg, ml, buf, k));
+			assert_int_equal(crypto__verify(f.v, msg, ml, buf, k), SCRM_E_CRYPTO);
+		}
+	}
+	assert_true(seen_high_r);
+	/* Structure: not a SEQUENCE, three INTEGERs, one, an empty INTEGER,
+	 * a negative s, no length, an indefinite length (BER). */
+	static const uint8_t set[] = {0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01};
+	static const uint8_t three[] = {0x30, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01};
+	static const uint8_t one[] = {0x30, 0x03, 0x02, 0x01, 0x01};
+	static const uint8_t empty_int[] = {0x30, 0x05, 0x02, 0x00, 0x02, 0x01, 0x01};
+	static const uint8_t neg_s[] = {0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0xff};
+	static const uint8_t no_len[] = {0x30};
+	static const uint8_t indefinite[] = {0x30, 0x80, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00, 0x00};
+	const struct {
+		const uint8_t *p;
+		size_t n;
+	} bad[] = {{set, sizeof(set)},		   {three, sizeof(three)},     {one, sizeof(one)},
+		   {empty_int, sizeof(empty_int)}, {neg_s, sizeof(neg_s)},     {no_len, sizeof(no_len)},
+		   {indefinite, sizeof(indefinite)}};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(crypto__verify(f.v, "hello", 5, bad[i].p, bad[i].n), SCRM_E_CRYPTO);
 	sig_teardown(&f);
 }
 
@@ -237,6 +420,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(base64_strict),
 		cmocka_unit_test(ecdsa_agrees_with_mbedtls),
 		cmocka_unit_test(ecdsa_malformed_refused),
+		cmocka_unit_test(ecdsa_strict_der_low_s),
 		cmocka_unit_test(verifier_key_errors),
 	};
 	tu_select(argc, argv);

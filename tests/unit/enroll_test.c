@@ -191,6 +191,33 @@ static void csr_has_subject_and_key_0600(void **state)
 	free(report);
 }
 
+/* The CSR's subject is made from the ids: one that is not an id (a topic
+ * word, or a ',' that would add a DN attribute) is refused, naming the key,
+ * before any key is made. */
+static void csr_refuses_reserved_ids(void **state)
+{
+	struct fx *f = *state;
+	char down[] = "down", up[] = "up", comma[] = "s1,CN=d2";
+	char *saved = f->cfg.device_id;
+	f->cfg.device_id = down;
+	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_E_CONFIG);
+	assert_errmsg_contains("device_id: \"down\" is reserved");
+	f->cfg.device_id = saved;
+	saved = f->cfg.tenant;
+	f->cfg.tenant = up;
+	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_E_CONFIG);
+	assert_errmsg_contains("tenant: \"up\" is reserved");
+	f->cfg.tenant = saved;
+	saved = f->cfg.store_id;
+	f->cfg.store_id = comma;
+	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_E_CONFIG);
+	assert_errmsg_contains("store_id: must be 1..64 of [A-Za-z0-9_.-]");
+	f->cfg.store_id = saved;
+	assert_int_equal(access(f->paths.key, F_OK), -1);
+	assert_int_equal(access(f->paths.csr, F_OK), -1);
+	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_OK);
+}
+
 static void key_kept_unless_forced(void **state)
 {
 	struct fx *f = *state;
@@ -451,6 +478,7 @@ int main(int argc, char **argv)
 	tu_select(argc, argv);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(csr_has_subject_and_key_0600, setup, teardown),
+		cmocka_unit_test_setup_teardown(csr_refuses_reserved_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(key_kept_unless_forced, setup, teardown),
 		cmocka_unit_test_setup_teardown(unreadable_key_left_alone, setup, teardown),
 		cmocka_unit_test_setup_teardown(root_gives_store_files_to_store_owner, setup, teardown),

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "crypto.h"
 #include "fleet.h"
+#include "platform.h"
 #include "sbuf.h"
 #include "testutil.h"
 
@@ -33,9 +34,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define TENANT "acme"
+#define STORE "s0042"
 #define DEVICE "pos-01"
 #define NOW 1764000000000LL
 #define PREFIX "scrm/v1/acme/s0042/pos-01/"
@@ -102,7 +106,7 @@ static int parse_ex(const char *text, size_t len, crypto__verifier *v, int64_t n
 	char *copy = malloc(len ? len : 1);
 	assert_non_null(copy);
 	memcpy(copy, text, len);
-	int rc = fleet__parse_command(copy, len, DEVICE, v, now, clock_ok, seen, &cmd, &err);
+	int rc = fleet__parse_command(copy, len, TENANT, STORE, DEVICE, v, now, clock_ok, seen, &cmd, &err);
 	free(copy);
 	return rc;
 }
@@ -157,7 +161,7 @@ static char *envelope(cg_signer *s, const char *text)
 static const char *cmd_text(const char *id, const char *name, int64_t expires)
 {
 	static char t[512];
-	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"%s\",\"device\":\"" DEVICE "\",\"cmd\":\"%s\",\"expires_ms\":%lld}", id,
+	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"%s\",\"tenant\":\"" TENANT "\",\"store\":\"" STORE "\",\"device\":\"" DEVICE "\",\"cmd\":\"%s\",\"expires_ms\":%lld}", id,
 		 name, (long long)expires);
 	return t;
 }
@@ -258,7 +262,7 @@ static void duplicate_keys_refused(void **state)
 	assert_non_null(strstr(err.message, "duplicate key \"stream\" at $.args"));
 	/* The signed text, even with a valid signature. */
 	char t[256];
-	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"c-2\",\"device\":\"" DEVICE "\",\"cmd\":\"ping\",\"expires_ms\":%lld,"
+	snprintf(t, sizeof(t), "{\"v\":1,\"id\":\"c-2\",\"tenant\":\"" TENANT "\",\"store\":\"" STORE "\",\"device\":\"" DEVICE "\",\"cmd\":\"ping\",\"expires_ms\":%lld,"
 		 "\"device\":\"pos-99\"}", (long long)(NOW + 60000));
 	assert_fleet_err(parse_signed(central, t, NOW, 1, NULL), "bad_json", "signed");
 	assert_non_null(strstr(err.message, "signed: duplicate key \"device\" at $"));
@@ -429,7 +433,7 @@ static void unsigned_refused_when_a_key_is_configured(void **state)
 	assert_string_equal(cmd.name, "cache.purge");
 	/* Even with a valid-looking device and expiry. */
 	static const char t2[] =
-		"{\"v\":1,\"id\":\"c-7\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":1764000300000}";
+		"{\"v\":1,\"id\":\"c-7\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":1764000300000}";
 	assert_fleet_err(parse_ex(t2, sizeof(t2) - 1, vf, NOW, 0, NULL), "unsigned", "sig");
 }
 
@@ -438,7 +442,7 @@ static void unsigned_refused_when_a_key_is_configured(void **state)
 static void signed_command_accepted(void **state)
 {
 	(void)state;
-	static const char t[] = "{\"v\":1,\"id\":\"c-1\",\"device\":\"pos-01\",\"cmd\":\"cache.purge\","
+	static const char t[] = "{\"v\":1,\"id\":\"c-1\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"cache.purge\","
 				"\"args\":{\"stream\":\"all\"},\"expires_ms\":1764000300000}";
 	assert_parsed(parse_signed(central, t, NOW, 1, NULL));
 	assert_int_equal(cmd.is_signed, 1);
@@ -491,7 +495,7 @@ static void signed_envelope_malformed(void **state)
 	assert_fleet_err(parse(no_signed_text[0]), "bad_command", "signed");
 	assert_fleet_err(parse(not_obj[1]), "bad_json", "signed");
 	/* A bad command inside a signed envelope is reported as such. */
-	char *env = envelope(central, "{\"v\":2,\"id\":\"c-8\",\"device\":\"pos-01\",\"cmd\":\"ping\"}");
+	char *env = envelope(central, "{\"v\":2,\"id\":\"c-8\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\"}");
 	assert_fleet_err(parse_ex(env, strlen(env), vf, NOW, 1, NULL), "bad_version", "v");
 	assert_string_equal(cmd.id, "c-8");
 	assert_string_equal(cmd.name, "ping");
@@ -583,12 +587,12 @@ static void wrong_device(void **state)
 {
 	(void)state;
 	static const char *const t[] = {
-		"{\"v\":1,\"id\":\"c-d\",\"device\":\"pos-02\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
-		"{\"v\":1,\"id\":\"c-d\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
-		"{\"v\":1,\"id\":\"c-d\",\"device\":42,\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
-		"{\"v\":1,\"id\":\"c-d\",\"device\":\"pos-01x\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
-		"{\"v\":1,\"id\":\"c-d\",\"device\":\"POS-01\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
-		"{\"v\":1,\"id\":\"c-d\",\"device\":\"\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-02\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":42,\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01x\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"POS-01\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+		"{\"v\":1,\"id\":\"c-d\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		assert_fleet_err(parse_signed(central, t[i], NOW, 1, NULL), "wrong_device", "device");
@@ -597,21 +601,53 @@ static void wrong_device(void **state)
 	}
 }
 
+/* Device ids repeat across stores ("pos-01" is in every one), so a command
+ * signed for pos-01 of another store, or of another tenant, must not run
+ * here — nor one that does not say which store or tenant it is for. */
+static void wrong_tenant_or_store(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text, *field;
+	} t[] = {
+		{"{\"v\":1,\"id\":\"c-t\",\"tenant\":\"acme\",\"store\":\"s0043\",\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "store"},
+		{"{\"v\":1,\"id\":\"c-t\",\"tenant\":\"globex\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "tenant"},
+		{"{\"v\":1,\"id\":\"c-t\",\"tenant\":\"acme\",\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "store"},
+		{"{\"v\":1,\"id\":\"c-t\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "tenant"},
+		{"{\"v\":1,\"id\":\"c-t\",\"tenant\":\"acme\",\"store\":42,\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "store"},
+		{"{\"v\":1,\"id\":\"c-t\",\"tenant\":\"ACME\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\","
+		 "\"expires_ms\":1764000060000}", "tenant"},
+		/* the pre-issue-12 form: device only */
+		{"{\"v\":1,\"id\":\"c-t\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}", "tenant"},
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		assert_fleet_err(parse_signed(central, t[i].text, NOW, 1, NULL), "wrong_device", t[i].field);
+		assert_string_equal(cmd.id, "c-t");
+	}
+	/* the same command for this store's pos-01 runs */
+	assert_parsed(parse_signed(central, cmd_text("c-t", "ping", 1764000060000LL), NOW, 1, NULL));
+}
+
 static void signed_needs_id_and_expiry(void **state)
 {
 	(void)state;
-	assert_fleet_err(parse_signed(central, "{\"v\":1,\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+	assert_fleet_err(parse_signed(central, "{\"v\":1,\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
 				      NOW, 1, NULL),
 			 "bad_command", "id");
 	assert_string_equal(cmd.name, "ping");
-	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"device\":\"pos-01\",\"cmd\":\"ping\"}", NOW, 1, NULL),
+	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\"}", NOW, 1, NULL),
 			 "bad_command", "expires_ms");
 	assert_string_equal(cmd.id, "c-e");
-	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":0}",
+	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\",\"expires_ms\":0}",
 				      NOW, 1, NULL),
 			 "bad_command", "expires_ms");
 	/* Required even while the clock is not trusted. */
-	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"device\":\"pos-01\",\"cmd\":\"ping\"}", NOW, 0, NULL),
+	assert_fleet_err(parse_signed(central, "{\"v\":1,\"id\":\"c-e\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-01\",\"cmd\":\"ping\"}", NOW, 0, NULL),
 			 "bad_command", "expires_ms");
 }
 
@@ -657,36 +693,180 @@ static void replayed_ids_refused(void **state)
 	assert_fleet_err(parse_signed(central, cmd_text("c-s", "flush", NOW - 1), NOW, 1, seen), "expired",
 			 "expires_ms");
 	assert_fleet_err(parse_signed(central,
-				      "{\"v\":1,\"id\":\"c-s\",\"device\":\"pos-02\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
+				      "{\"v\":1,\"id\":\"c-s\",\"tenant\":\"acme\",\"store\":\"s0042\",\"device\":\"pos-02\",\"cmd\":\"ping\",\"expires_ms\":1764000060000}",
 				      NOW, 1, seen),
 			 "wrong_device", "device");
 	assert_parsed(parse_signed(central, cmd_text("c-s", "flush", NOW + 60000), NOW, 1, seen));
+	fleet__seen_free(seen);
 	free(seen);
 }
 
-static void replay_ring_wraps(void **state)
+/* An id is refused as long as its command has not expired, however many
+ * other commands came in between (the guard used to be a ring of 128). */
+static void replay_after_many_others_refused(void **state)
 {
 	(void)state;
 	fleet__seen *seen = calloc(1, sizeof(*seen));
 	char id[32];
 	assert_non_null(seen);
-	/* FLEET_SEEN_IDS ids: all remembered, the first one included. */
-	for (int i = 0; i < FLEET_SEEN_IDS; i++) {
+	char *first = envelope(central, cmd_text("w-first", "flush", NOW + 3600000));
+	assert_parsed(parse_ex(first, strlen(first), vf, NOW, 1, seen));
+	for (int i = 0; i < 200; i++) {
 		snprintf(id, sizeof(id), "w-%d", i);
-		assert_parsed(parse_signed(central, cmd_text(id, "ping", NOW + 60000), NOW, 1, seen));
+		assert_parsed(parse_signed(central, cmd_text(id, "ping", NOW + 60000), NOW + i, 1, seen));
 	}
-	assert_fleet_err(parse_signed(central, cmd_text("w-0", "ping", NOW + 60000), NOW, 1, seen), "replayed", "id");
-	assert_fleet_err(parse_signed(central, cmd_text("w-127", "ping", NOW + 60000), NOW, 1, seen), "replayed", "id");
-	/* One more pushes the oldest out (the refusals above added nothing). */
-	assert_parsed(parse_signed(central, cmd_text("w-128", "ping", NOW + 60000), NOW, 1, seen));
-	assert_parsed(parse_signed(central, cmd_text("w-0", "ping", NOW + 60000), NOW, 1, seen));
-	/* w-0 took w-1's slot; w-2 is still remembered until w-1 takes its. */
-	assert_fleet_err(parse_signed(central, cmd_text("w-2", "ping", NOW + 60000), NOW, 1, seen), "replayed", "id");
-	assert_parsed(parse_signed(central, cmd_text("w-1", "ping", NOW + 60000), NOW, 1, seen));
-	assert_parsed(parse_signed(central, cmd_text("w-2", "ping", NOW + 60000), NOW, 1, seen));
-	assert_fleet_err(parse_signed(central, cmd_text("w-4", "ping", NOW + 60000), NOW, 1, seen), "replayed", "id");
-	assert_fleet_err(parse_signed(central, cmd_text("w-128", "ping", NOW + 60000), NOW, 1, seen), "replayed", "id");
+	/* 200 later, and after the 200 others have expired */
+	assert_fleet_err(parse_ex(first, strlen(first), vf, NOW + 1000, 1, seen), "replayed", "id");
+	assert_fleet_err(parse_signed(central, cmd_text("w-0", "ping", NOW + 60000), NOW + 1000, 1, seen), "replayed",
+			 "id");
+	assert_fleet_err(parse_signed(central, cmd_text("w-199", "ping", NOW + 60000), NOW + 1000, 1, seen), "replayed",
+			 "id");
+	assert_fleet_err(parse_ex(first, strlen(first), vf, NOW + 3599999, 1, seen), "replayed", "id");
+	assert_int_equal(seen->n, 1); /* the others, expired, are gone */
+	free(first);
+	fleet__seen_free(seen);
 	free(seen);
+}
+
+static char *seen_dir;
+
+static int seen_setup(void **state)
+{
+	(void)state;
+	seen_dir = tu_tmpdir("fleet-seen");
+	return 0;
+}
+
+static int seen_teardown(void **state)
+{
+	(void)state;
+	fleet__cmd_free(&cmd);
+	tu_rmtree(seen_dir);
+	free(seen_dir);
+	return 0;
+}
+
+/* An id is kept until its command expires, then dropped (from memory and
+ * from the file): the guard is bounded by the 24 h window, not a count. */
+static void seen_pruned_at_expiry(void **state)
+{
+	(void)state;
+	fleet__seen seen;
+	char *path = tu_join(seen_dir, "fleet_seen_ids");
+	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_parsed(parse_signed(central, cmd_text("p-1", "flush", NOW + 60000), NOW, 1, &seen));
+	assert_parsed(parse_signed(central, cmd_text("p-2", "flush", NOW + 120000), NOW, 1, &seen));
+	assert_int_equal(seen.n, 2);
+	/* an untrusted clock never drops an id */
+	assert_parsed(parse_signed(central, cmd_text("p-3", "ping", NOW + 180000), NOW + 90000, 0, &seen));
+	assert_int_equal(seen.n, 3);
+	/* p-1 expired at NOW + 60000: gone with the next signed command */
+	assert_parsed(parse_signed(central, cmd_text("p-4", "flush", NOW + 200000), NOW + 60000, 1, &seen));
+	assert_int_equal(seen.n, 3);
+	char *text = NULL;
+	size_t len = 0;
+	assert_int_equal(platform__read_file(path, 4096, &text, &len), 0);
+	assert_null(strstr(text, "p-1 "));
+	assert_non_null(strstr(text, "p-2 1764000120000\n"));
+	assert_non_null(strstr(text, "p-4 1764000200000\n"));
+	free(text);
+	/* and a replay of p-1 is refused as expired all the same */
+	assert_fleet_err(parse_signed(central, cmd_text("p-1", "flush", NOW + 60000), NOW + 60000, 1, &seen), "expired",
+			 "expires_ms");
+	fleet__seen_free(&seen);
+	/* A restart reads them back: p-2 is still a replay. */
+	assert_int_equal(fleet__seen_open(&seen, path, NOW + 60001), 0);
+	assert_int_equal(seen.n, 3);
+	assert_fleet_err(parse_signed(central, cmd_text("p-2", "flush", NOW + 120000), NOW + 60001, 1, &seen), "replayed",
+			 "id");
+	fleet__seen_free(&seen);
+	free(path);
+}
+
+/* An earlier agent's file (one id per line, no expiry) is kept for 24 h;
+ * an unreadable one refuses every signed command rather than forget. */
+static void seen_file_old_format_and_unreadable(void **state)
+{
+	(void)state;
+	fleet__seen seen;
+	char *path = tu_join(seen_dir, "fleet_seen_ids");
+	assert_int_equal(platform__write_file_atomic(path, "old-1\nold-2\n", 12, 0600), 0);
+	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(seen.n, 2);
+	assert_fleet_err(parse_signed(central, cmd_text("old-2", "flush", NOW + 60000), NOW, 1, &seen), "replayed", "id");
+	/* still there just before 24 h, gone at 24 h */
+	assert_fleet_err(parse_signed(central, cmd_text("old-1", "flush", NOW + FLEET_MAX_EXPIRY_MS), NOW + FLEET_MAX_EXPIRY_MS - 1,
+				      1, &seen),
+			 "replayed", "id");
+	assert_parsed(parse_signed(central, cmd_text("new-1", "flush", NOW + FLEET_MAX_EXPIRY_MS + 1), NOW + FLEET_MAX_EXPIRY_MS,
+				   1, &seen));
+	assert_int_equal(seen.n, 1);
+	fleet__seen_free(&seen);
+	/* a directory where the file should be: cannot be read */
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(fleet__seen_open(&seen, path, NOW), -1);
+	assert_fleet_err(parse_signed(central, cmd_text("u-1", "ping", NOW + 60000), NOW, 1, &seen), "unavailable", "id");
+	assert_non_null(strstr(err.message, path));
+	fleet__seen_free(&seen);
+	assert_int_equal(rmdir(path), 0);
+	free(path);
+}
+
+/* Fail closed: a command whose id cannot be saved is not executed (the
+ * caller runs only what fleet__parse_command accepted), and its id is not
+ * burnt: once the file can be written again the same command runs. */
+static void seen_save_failure_not_executed(void **state)
+{
+	(void)state;
+	fleet__seen seen;
+	char *path = tu_join(seen_dir, "fleet_seen_ids");
+	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_parsed(parse_signed(central, cmd_text("f-1", "flush", NOW + 60000), NOW, 1, &seen));
+	/* the file's place taken by a directory: the atomic rename fails
+	 * (whoever runs the test, root included) */
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_fleet_err(parse_signed(central, cmd_text("f-2", "cache.purge", NOW + 60000), NOW, 1, &seen), "failed",
+			 "id");
+	assert_string_equal(cmd.name, "cache.purge");
+	assert_non_null(strstr(err.message, "not executed"));
+	assert_int_equal(seen.n, 1);
+	assert_int_equal(rmdir(path), 0);
+	assert_parsed(parse_signed(central, cmd_text("f-2", "cache.purge", NOW + 60000), NOW, 1, &seen));
+	assert_fleet_err(parse_signed(central, cmd_text("f-2", "cache.purge", NOW + 60000), NOW, 1, &seen), "replayed",
+			 "id");
+	fleet__seen_free(&seen);
+	free(path);
+}
+
+/* At FLEET_SEEN_MAX unexpired ids a new signed command is refused, never an
+ * id forgotten early; once some expire, commands run again. */
+static void seen_cap_refuses_not_evicts(void **state)
+{
+	(void)state;
+	fleet__seen seen;
+	char *path = tu_join(seen_dir, "fleet_seen_ids");
+	sbuf b;
+	sbuf__init(&b);
+	for (int i = 0; i < FLEET_SEEN_MAX; i++) {
+		char line[64];
+		/* half expire at NOW + 1000, half at NOW + 2 h */
+		snprintf(line, sizeof(line), "k-%d %lld\n", i, (long long)(NOW + (i % 2 ? 7200000 : 1000)));
+		sbuf__puts(&b, line);
+	}
+	assert_false(b.oom);
+	assert_int_equal(platform__write_file_atomic(path, b.p, b.len, 0600), 0);
+	sbuf__free(&b);
+	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(seen.n, FLEET_SEEN_MAX);
+	assert_fleet_err(parse_signed(central, cmd_text("k-new", "ping", NOW + 60000), NOW, 1, &seen), "unavailable", "id");
+	assert_int_equal(seen.n, FLEET_SEEN_MAX);
+	assert_fleet_err(parse_signed(central, cmd_text("k-1", "ping", NOW + 60000), NOW, 1, &seen), "replayed", "id");
+	assert_parsed(parse_signed(central, cmd_text("k-new", "ping", NOW + 60000), NOW + 1000, 1, &seen));
+	assert_int_equal(seen.n, FLEET_SEEN_MAX / 2 + 1);
+	fleet__seen_free(&seen);
+	free(path);
 }
 
 /* ---- arguments ------------------------------------------------------------ */
@@ -783,7 +963,7 @@ static void arg_int_rejects_2_pow_63(void **state)
 		fleet__error e;
 		int64_t v = 7;
 		static const char t[] = "{\"v\":1,\"cmd\":\"config.set\",\"args\":{\"set\":{},\"if_version\":9223372036854775808}}";
-		if (fleet__parse_command(t, sizeof(t) - 1, DEVICE, NULL, NOW, 1, NULL, &c, &e) != 0)
+		if (fleet__parse_command(t, sizeof(t) - 1, TENANT, STORE, DEVICE, NULL, NOW, 1, NULL, &c, &e) != 0)
 			_exit(3);
 		int rc = fleet__arg_int(&c, "if_version", 0, 0, INT64_MAX, &v, &e);
 		if (rc == 0)
@@ -1181,10 +1361,15 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(signed_envelope_malformed, per_test_teardown),
 		cmocka_unit_test_teardown(bad_signature, per_test_teardown),
 		cmocka_unit_test_teardown(wrong_device, per_test_teardown),
+		cmocka_unit_test_teardown(wrong_tenant_or_store, per_test_teardown),
 		cmocka_unit_test_teardown(signed_needs_id_and_expiry, per_test_teardown),
 		cmocka_unit_test_teardown(signed_expiry_window, per_test_teardown),
 		cmocka_unit_test_teardown(replayed_ids_refused, per_test_teardown),
-		cmocka_unit_test_teardown(replay_ring_wraps, per_test_teardown),
+		cmocka_unit_test_teardown(replay_after_many_others_refused, per_test_teardown),
+		cmocka_unit_test_setup_teardown(seen_pruned_at_expiry, seen_setup, seen_teardown),
+		cmocka_unit_test_setup_teardown(seen_file_old_format_and_unreadable, seen_setup, seen_teardown),
+		cmocka_unit_test_setup_teardown(seen_save_failure_not_executed, seen_setup, seen_teardown),
+		cmocka_unit_test_setup_teardown(seen_cap_refuses_not_evicts, seen_setup, seen_teardown),
 		cmocka_unit_test_teardown(arg_str_bounds_and_fields, per_test_teardown),
 		cmocka_unit_test_teardown(arg_int_bounds_and_fields, per_test_teardown),
 		cmocka_unit_test_teardown(arg_int_rejects_2_pow_63, per_test_teardown),

@@ -583,6 +583,43 @@ static void coupon_rules_and_reasons(void **state)
 	cJSON_Delete(r);
 }
 
+/* Redemption judges by the device's clock, never the caller's now_ms
+ * (issue 12, finding 10): a till naming a time inside an expired coupon's
+ * window cannot spend it, nor one not valid yet by naming a later time; a
+ * valid coupon is not refused for a now_ms past its end. Nothing is written
+ * for a refusal. */
+static void redeem_uses_device_clock(void **state)
+{
+	fx *f = *state;
+	world(f);
+	load_coupons(f, camp("OPEN", ""), cpn_w("C-EXP", "OPEN", "M1", NOW - 9 * DAY, NOW - DAY, ""),
+		     cpn_w("C-NYV", "OPEN", "M1", NOW + DAY, NOW + 9 * DAY, ""),
+		     cpn_w("C-NOW", "OPEN", "M1", NOW - DAY, NOW + DAY, ""),
+		     cpn_w("C-END", "OPEN", "M1", NOW - DAY, NOW + DAY, ""), NULL);
+	int64_t before = outbox_rows(f);
+	scrm_redemption red;
+
+	int rc = REDEEM(f, &red, NULL, .member = "M1", .coupon = "C-EXP", .order = "O-1", .basket = BASKET,
+			.n = BASKET_N, .now = NOW - 5 * DAY);
+	assert_refused(rc, SCRM_E_REFUSED, "expired");
+	rc = REDEEM(f, &red, NULL, .member = "M1", .coupon = "C-NYV", .order = "O-2", .basket = BASKET, .n = BASKET_N,
+		    .now = NOW + 5 * DAY);
+	assert_refused(rc, SCRM_E_REFUSED, "not_yet_valid");
+	assert_int_equal(outbox_rows(f), before);
+	/* the wall clock (NOW) is inside C-NOW's window whatever now_ms says */
+	rc = REDEEM(f, &red, NULL, .member = "M1", .coupon = "C-NOW", .order = "O-3", .basket = BASKET, .n = BASKET_N,
+		    .now = NOW + 30 * DAY);
+	if (rc)
+		print_error("C-NOW: %s\n", scrm_errmsg());
+	assert_int_equal(rc, SCRM_OK);
+	assert_int_equal(outbox_rows(f), before + 1);
+	/* and the device clock past the end refuses one, whatever now_ms says */
+	f->clk.wall_ms = NOW + DAY;
+	rc = REDEEM(f, &red, NULL, .member = "M1", .coupon = "C-END", .order = "O-4", .basket = BASKET, .n = BASKET_N,
+		    .now = NOW);
+	assert_refused(rc, SCRM_E_REFUSED, "expired");
+}
+
 /* Central reachable (the daemon's link row, fresh): online-only coupons
  * apply and nothing is capped; a stale row counts as offline again. */
 static void coupon_online_only_and_offline_cap(void **state)
@@ -2382,6 +2419,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		T(coupon_rules_and_reasons),
 		T(coupon_online_only_and_offline_cap),
+		T(redeem_uses_device_clock),
 		T(coupon_used_up_locally_and_wrong_member),
 		T(redeem_records_event_and_ledger),
 		T(redeem_race_between_processes),

@@ -370,12 +370,17 @@ static void state_files_refused_unless_own(void **state)
 	char *seen = tu_join(f->priv, PATHS_SEEN_IDS), *birth = tu_join(f->priv, PATHS_BIRTH_SEQ);
 	char *ov = tu_join(f->priv, PATHS_OVERLAY), *cfgp = tu_join(f->dir, "agent.json");
 	fleet__seen s;
-	write_mode(seen, "cmd-1\ncmd-2\n", 0600);
-	assert_int_equal(fleet__seen_load(&s, seen), 0);
-	assert_string_equal(s.ids[0], "cmd-1");
+	write_mode(seen, "cmd-1 9000000000000\ncmd-2 9000000000000\n", 0600);
+	assert_int_equal(fleet__seen_open(&s, seen, 1000), 0);
+	assert_int_equal(s.n, 2);
+	assert_false(s.broken);
+	fleet__seen_free(&s);
+	/* Another user's: counted as unreadable, so no signed command is
+	 * obeyed (fail closed) rather than ids someone could have dropped. */
 	assert_int_equal(chown(seen, POS_UID, POS_GID), 0);
-	assert_int_equal(fleet__seen_load(&s, seen), -1);
-	assert_string_equal(s.ids[0], "");
+	assert_int_equal(fleet__seen_open(&s, seen, 1000), -1);
+	assert_true(s.broken);
+	fleet__seen_free(&s);
 
 	write_mode(birth, "9000000000000000\n", 0600);
 	assert_int_equal(fleet__next_birth_seq(f->priv, 1000), 9000000000000001LL);

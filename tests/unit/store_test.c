@@ -357,6 +357,11 @@ static void open_refusals(void **state)
 	scrm_store_options bad = {.device_id = "pos 01"};
 	char *fresh = tu_join(f->dir, "fresh");
 	assert_refused(scrm_store_open(fresh, &bad, &s), SCRM_E_INVALID, "device_id");
+	/* A word of the topic tree is not a device id (docs/protocol.md). */
+	scrm_store_options word = {.device_id = "down"};
+	assert_refused(scrm_store_open(fresh, &word, &s), SCRM_E_INVALID, "device_id");
+	assert_errmsg_contains("reserved");
+	assert_null(s);
 	free(fresh);
 
 	/* Opening the existing store without options works. */
