@@ -48,6 +48,7 @@
 #include "dbcode.h"
 #include "err.h"
 #include "json.h"
+#include "paths.h"
 #include "platform.h"
 #include "quarantine.h"
 
@@ -444,7 +445,7 @@ const char *cache__quarantine_detail(const cache *c)
 int cache__open(const char *dir, const cache__options *opts, cache **out)
 {
 	cache__options dflt = {0};
-	char path[4200], keys[4200], kp[4300];
+	char path[4200], keys[4200], kp[4300], priv[4096];
 	uint8_t key[CRYPTO_KEY_BYTES];
 	cache *c;
 	int rc, new_key = 0;
@@ -460,23 +461,34 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	c->snap_timeout_ms = opts->snapshot_timeout_ms > 0 ? opts->snapshot_timeout_ms : 30000;
 	for (int i = 0; i < ST_COUNT; i++)
 		c->rs[i].timeout_ms = c->snap_timeout_ms;
+	/* cache.db and the keys live in the agent's private directory
+	 * (paths.h): a POS user of the store's group must not be able to move
+	 * them aside and plant a data key of their own. */
+	if ((rc = paths__private(dir, NULL, priv, sizeof(priv))))
+		goto fail;
 	if (opts->keys_dir)
 		snprintf(keys, sizeof(keys), "%s", opts->keys_dir);
 	else
-		snprintf(keys, sizeof(keys), "%s/keys", dir);
+		snprintf(keys, sizeof(keys), "%s/%s", priv, PATHS_KEYS_DIR);
 
-	snprintf(path, sizeof(path), "%s/%s", dir, CACHE_FILE);
+	snprintf(path, sizeof(path), "%s/%s", priv, CACHE_FILE);
 	if (!opts->create && access(path, F_OK) != 0) {
 		rc = err__set(SCRM_E_NOT_FOUND, "%s: no cache yet (scrm-agent creates it)", path);
 		goto fail;
 	}
-	if (opts->create)
-		platform__mkdirs(dir, 0700);
+	if (opts->create && (rc = paths__prepare(dir, opts->keys_dir, NULL, 0)))
+		goto fail;
 	/* The device data key first: without it nothing personal can be
 	 * stored or read. */
 	snprintf(kp, sizeof(kp), "%s/data.key", keys);
 	if (opts->create) {
-		platform__mkdirs(keys, 0700);
+		char why[200];
+		int kfd = platform__open_trusted_dir(keys, 1, why, sizeof(why));
+		if (kfd < 0) {
+			rc = err__set(SCRM_E_CONFIG, "%s: refused: %s", keys, why);
+			goto fail;
+		}
+		close(kfd);
 		rc = crypto__load_key(kp, key);
 		if (rc == SCRM_E_NOT_FOUND) {
 			/* A new data key cannot open what the old one sealed: if a
@@ -506,9 +518,9 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	snprintf(c->db_path, sizeof(c->db_path), "%s", path);
 	/* Readers in a directory they cannot write skip the lock: only the
 	 * daemon (create) moves a damaged cache, and it can. */
-	if (opts->create || access(dir, W_OK) == 0)
-		c->lock_fd = quarantine__lock_open(dir, "cache");
-	if ((rc = open_db(c, dir, opts)))
+	if (opts->create || access(priv, W_OK) == 0)
+		c->lock_fd = quarantine__lock_open(priv, "cache");
+	if ((rc = open_db(c, priv, opts)))
 		goto fail;
 	if (new_key && (rc = exec(c, "BEGIN IMMEDIATE; DELETE FROM members; DELETE FROM delta_buf;"
 				     " DROP TABLE IF EXISTS members__stage;"

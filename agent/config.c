@@ -8,6 +8,7 @@
 #include "err.h"
 #include "ident.h"
 #include "json.h"
+#include "paths.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -60,7 +61,7 @@ static const struct ckey keys[] = {
 	I("sync.backoff_max_ms", backoff_max_ms, 60000, 100, 3600000, "Reconnect delay ceiling cap"),
 	I("sync.verdict_query_s", verdict_query_s, 900, 10, 86400, "Ask central again for coupon verdicts still missing (redemptions central has acknowledged) every this many seconds"),
 	B("cache.enabled", cache_enabled, 1, "Keep the offline customer cache (cache.db) in sync with central"),
-	S("cache.keys_dir", keys_dir, NULL, 0, "Directory of data.key (made on first start), tenant.key and central.pub; default <store_dir>/keys"),
+	S("cache.keys_dir", keys_dir, NULL, 0, "Directory of data.key (made on first start), tenant.key and central.pub; default <store_dir>/private/keys (must belong to the agent's user, no group/other write)"),
 	S("cache.phone_country_code", phone_cc, "", 0, "Country calling code replacing a local number's leading 0 (e.g. 44); empty = none"),
 	I("cache.max_message_bytes", cache_max_message_bytes, 4194304, 65536, 67108864, "Largest cache delta or snapshot chunk accepted; larger ones are refused"),
 	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
@@ -453,7 +454,9 @@ int config__key_info(const char *key, int *cls, int *remote)
 
 void config__overlay_path(const config *cfg, char *buf, size_t n)
 {
-	snprintf(buf, n, "%s/%s", cfg->store_dir, OVERLAY_FILE);
+	/* In the agent's private directory (paths.h): central's settings, and
+	 * the probation's rollback point, must not be writable by the POS. */
+	paths__private(cfg->store_dir, OVERLAY_FILE, buf, n);
 }
 
 /* Check one overlay entry: a known key central may set. */
@@ -656,12 +659,14 @@ int config__load_all(const char *path, config *cfg)
 		return err__set(SCRM_E_NOMEM, "out of memory");
 	}
 	config__overlay_path(cfg, opath, sizeof(opath));
-	int e = platform__read_file(opath, 1 << 20, &otext, &olen);
+	char why[700], refused[300];
+	int e = platform__read_trusted(opath, 1 << 20, 0, &otext, &olen, refused, sizeof(refused));
 	if (e == -ENOENT)
 		return SCRM_OK;
-	char why[700];
 	why[0] = '\0';
-	if (e != 0) {
+	if (e == -EPERM || e == -ELOOP || e == -ENOTDIR) {
+		snprintf(why, sizeof(why), "%.300s: refused: %s", opath, refused);
+	} else if (e != 0) {
 		snprintf(why, sizeof(why), "%.300s: cannot read: %s", opath, strerror(-e));
 	} else if (json__parse(otext, olen, opath, &ov) != SCRM_OK) {
 		snprintf(why, sizeof(why), "%s", scrm_errmsg());

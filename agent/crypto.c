@@ -37,9 +37,15 @@ int crypto__load_key(const char *path, uint8_t key[CRYPTO_KEY_BYTES])
 {
 	char *text = NULL;
 	size_t n = 0;
-	int e = platform__read_file(path, 4096, &text, &n);
+	char why[300];
+	/* Only a key this user (or root) owns, in a directory nobody else can
+	 * write, readable by nobody else: a planted or swapped key would let
+	 * its author read what it seals (platform__read_trusted). */
+	int e = platform__read_trusted(path, 4096, 1, &text, &n, why, sizeof(why));
 	if (e == -ENOENT)
 		return err__set(SCRM_E_NOT_FOUND, "%s: no such key file", path);
+	if (e == -EPERM || e == -ELOOP || e == -ENOTDIR)
+		return err__set(SCRM_E_CONFIG, "%s: refused: %s", path, why);
 	if (e != 0)
 		return err__set(SCRM_E_CONFIG, "%s: cannot read key file: %s", path, strerror(-e));
 	while (n && (text[n - 1] == '\n' || text[n - 1] == '\r' || text[n - 1] == ' '))
@@ -180,12 +186,28 @@ int crypto__verifier_load(const char *pem_path, crypto__verifier **out)
 	mbedtls_pk_init(&pk);
 	mbedtls_ecp_group_init(&v->grp);
 	mbedtls_ecp_group_init(&v->grp_q);
-	if ((e = mbedtls_pk_parse_public_keyfile(&pk, pem_path)) != 0) {
-		if (e == MBEDTLS_ERR_PK_FILE_IO_ERROR && access(pem_path, F_OK) != 0)
+	{
+		/* Whoever can replace this file can forge coupons, QR tokens and
+		 * commands: read it only from a directory nobody else can write,
+		 * owned by this user or root, not through a link. */
+		char *pem = NULL, why[300];
+		size_t len = 0;
+		e = platform__read_trusted(pem_path, 64 * 1024, 0, &pem, &len, why, sizeof(why));
+		if (e == -ENOENT) {
 			rc = err__set(SCRM_E_NOT_FOUND, "%s: no central public key", pem_path);
-		else
+			goto cleanup;
+		}
+		if (e != 0) {
+			rc = err__set(SCRM_E_CONFIG, "%s: refused: %s", pem_path, e == -EPERM || e == -ELOOP || e == -ENOTDIR ? why : strerror(-e));
+			goto cleanup;
+		}
+		/* mbedTLS wants the PEM's terminating NUL in the length. */
+		e = mbedtls_pk_parse_public_key(&pk, (const unsigned char *)pem, len + 1);
+		free(pem);
+		if (e != 0) {
 			rc = err__set(SCRM_E_CONFIG, "%s: not a PEM public key (mbedTLS -0x%04x)", pem_path, (unsigned)-e);
-		goto cleanup;
+			goto cleanup;
+		}
 	}
 	if (!mbedtls_pk_can_do(&pk, MBEDTLS_PK_ECDSA) || mbedtls_pk_ec(pk)->grp.id != MBEDTLS_ECP_DP_SECP256R1) {
 		rc = err__set(SCRM_E_CONFIG, "%s: central key must be EC P-256", pem_path);

@@ -60,7 +60,7 @@ static void usage_main(FILE *f)
 		"\n"
 		"  --store DIR   store directory (default $SCRM_STORE or /var/lib/scrm)\n"
 		"  --device ID   device id; needed only when the store does not exist yet\n"
-		"  --keys DIR    key directory (default <store>/keys; as cache.keys_dir)\n"
+		"  --keys DIR    key directory (default <store>/private/keys; as cache.keys_dir)\n"
 		"  --version     print the version\n");
 }
 

@@ -8,6 +8,7 @@
 
 #include "err.h"
 #include "ident.h"
+#include "paths.h"
 #include "platform.h"
 
 #include <errno.h>
@@ -62,7 +63,8 @@ int enroll__paths(const config *cfg, const char *key_override, const char *csr_o
 		rc = snprintf(out->key, sizeof(out->key), "%s/device.key", cfg->keys_dir) < (int)sizeof(out->key)
 			     ? SCRM_OK : err__set(SCRM_E_CONFIG, "cache.keys_dir: path too long");
 	else
-		rc = snprintf(out->key, sizeof(out->key), "%s/keys/device.key", cfg->store_dir) < (int)sizeof(out->key)
+		rc = snprintf(out->key, sizeof(out->key), "%s/%s/%s/device.key", cfg->store_dir, PATHS_PRIVATE_DIR,
+			      PATHS_KEYS_DIR) < (int)sizeof(out->key)
 			     ? SCRM_OK : err__set(SCRM_E_CONFIG, "store_dir: path too long");
 	if (rc != SCRM_OK)
 		return rc;
@@ -93,51 +95,276 @@ static void dir_of(const char *path, char *dir, size_t n)
 
 /* ---- files ---------------------------------------------------------------- */
 
-/* platform__write_file_ex, with the detail set for the user. Returns 0,
- * -EEXIST (only with replace == 0) or another -errno. */
-static int write_atomic(const char *path, const void *data, size_t n, mode_t mode, int replace)
+/* Enrolment usually runs as root, in a store directory (2770, no sticky bit)
+ * that every member of the store's group can write. So nothing here follows
+ * a path an outsider could have bent: every directory under store_dir is
+ * opened component by component with openat(O_NOFOLLOW), each must belong
+ * to root or the store's owner (the agent's user) and be unwritable by
+ * others, files are opened and created relative to that descriptor, and the
+ * only things ever chowned (to the store's owner, so the agent can read its
+ * key) are the files and directories this run has just created — through
+ * their own descriptors, never by name. */
+typedef struct wdir {
+	int fd;            /* the checked directory */
+	int adopt;         /* root writing in a store owned by another user */
+	uid_t uid;         /* the store's owner (also trusted), else euid */
+	gid_t gid;
+	int inside;        /* under store_dir: keys must be 0600 */
+	char path[4200];   /* for messages */
+} wdir;
+
+static void wdir_close(wdir *w)
 {
-	int e = platform__write_file_ex(path, data, n, mode, replace);
-	if (e != 0 && e != -EEXIST)
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = -1;
+}
+
+/* Owner and mode of a directory or file enrolment trusts. */
+static int trusted(const wdir *w, const struct stat *st, int secret, char *why, size_t n)
+{
+	if (st->st_uid != geteuid() && st->st_uid != 0 && st->st_uid != w->uid) {
+		snprintf(why, n, "owner uid %lu, expected %lu (the store's owner) or 0", (unsigned long)st->st_uid,
+			 (unsigned long)w->uid);
+		return 0;
+	}
+	if (secret && (st->st_mode & 077)) {
+		snprintf(why, n, "mode 0%03o, expected no group or other access (0600)", (unsigned)(st->st_mode & 0777));
+		return 0;
+	}
+	if (st->st_mode & 022) {
+		snprintf(why, n, "mode 0%03o, writable by group or others", (unsigned)(st->st_mode & 0777));
+		return 0;
+	}
+	return 1;
+}
+
+/* One directory component below dfd: opened without following a link,
+ * made (0700, then given to the store's owner) if missing, checked. */
+static int walk(wdir *w, int dfd, const char *comp, const char *shown)
+{
+	char why[200];
+	struct stat st;
+	int made = 0;
+	int fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		if (mkdirat(dfd, comp, 0700) != 0 && errno != EEXIST)
+			return err__set(SCRM_E_IO, "%s: cannot create directory: %s", shown, strerror(errno));
+		made = 1;
+		fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	}
+	if (fd < 0)
+		return err__set(SCRM_E_REFUSED, "%s: refused: %s", shown,
+				errno == ELOOP || errno == ENOTDIR ? "a symbolic link or not a directory" : strerror(errno));
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return err__set(SCRM_E_IO, "%s: %s", shown, strerror(errno));
+	}
+	/* Made by this run (mkdirat succeeded and it is still root's): give it
+	 * to the store's owner through the descriptor. */
+	if (made && w->adopt && st.st_uid == geteuid()) {
+		if (fchown(fd, w->uid, w->gid) != 0 || fstat(fd, &st) != 0) {
+			close(fd);
+			return err__set(SCRM_E_IO, "%s: cannot give it to uid %lu: %s", shown, (unsigned long)w->uid,
+					strerror(errno));
+		}
+	}
+	if (!trusted(w, &st, 0, why, sizeof(why))) {
+		close(fd);
+		return err__set(SCRM_E_REFUSED,
+				"%s: refused: %s (a member of the store's group may have planted it): check it, then move"
+				" it away or fix it",
+				shown, why);
+	}
+	return fd;
+}
+
+/* Open (creating) the directory that holds `file`, checked as above. */
+static int wdir_open(const config *cfg, const char *file, unsigned mode_outside, wdir *w)
+{
+	struct stat store;
+	char dir[4200], rel[4200];
+	size_t n = strlen(cfg->store_dir);
+	w->fd = -1;
+	w->adopt = 0;
+	w->uid = geteuid();
+	w->gid = getegid();
+	dir_of(file, dir, sizeof(dir));
+	snprintf(w->path, sizeof(w->path), "%s", dir);
+	while (n > 1 && cfg->store_dir[n - 1] == '/')
+		n--;
+	int inside = strncmp(dir, cfg->store_dir, n) == 0 && (dir[n] == '/' || dir[n] == '\0');
+	w->inside = inside;
+	if (!inside) {
+		/* Elsewhere (/etc/scrm/tls): the operator's layout; still no link
+		 * as the last component and nothing others can write. */
+		char why[200];
+		int e = platform__mkdirs(dir, mode_outside);
+		if (e != 0)
+			return err__set(SCRM_E_IO, "%s: cannot create directory %s: %s", file, dir, strerror(-e));
+		if ((w->fd = platform__open_trusted_dir(dir, 0, why, sizeof(why))) < 0)
+			return err__set(SCRM_E_REFUSED, "%s: refused: %s", dir, why);
+		return SCRM_OK;
+	}
+	int e = platform__mkdirs(cfg->store_dir, 0700);
+	if (e != 0)
+		return err__set(SCRM_E_IO, "%s: cannot create directory: %s", cfg->store_dir, strerror(-e));
+	int fd = open(cfg->store_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &store) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return err__set(SCRM_E_IO, "%s: %s", cfg->store_dir, strerror(errno));
+	}
+	if (store.st_uid != 0) {
+		w->uid = store.st_uid;
+		w->gid = store.st_gid;
+		w->adopt = geteuid() == 0;
+	}
+	snprintf(rel, sizeof(rel), "%s", dir + n);
+	char shown[4300];
+	snprintf(shown, sizeof(shown), "%.*s", (int)n, cfg->store_dir);
+	int depth = 0;
+	for (char *save = NULL, *c = strtok_r(rel, "/", &save); c; c = strtok_r(NULL, "/", &save), depth++) {
+		size_t k = strlen(shown);
+		snprintf(shown + k, sizeof(shown) - k, "/%s", c);
+		if (strcmp(c, ".") == 0 || strcmp(c, "..") == 0) {
+			close(fd);
+			return err__set(SCRM_E_CONFIG, "%s: \".\" or \"..\" in a path under store_dir", shown);
+		}
+		int next = walk(w, fd, c, shown);
+		close(fd);
+		if (next < 0)
+			return next;
+		fd = next;
+	}
+	if (depth == 0) {
+		/* The store directory itself: shared with the POS group. */
+		char why[200];
+		if (!trusted(w, &store, 0, why, sizeof(why))) {
+			close(fd);
+			return err__set(SCRM_E_REFUSED, "%s: refused: %s; keep keys in %s/%s/%s", cfg->store_dir, why,
+					cfg->store_dir, PATHS_PRIVATE_DIR, PATHS_KEYS_DIR);
+		}
+	}
+	w->fd = fd;
+	return SCRM_OK;
+}
+
+static const char *base_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		ssize_t k = write(fd, (const char *)data + off, len - off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		off += (size_t)k;
+	}
+	return 0;
+}
+
+/* Write `path`'s last component in w: temp (O_EXCL, no link) → mode →
+ * fsync → chown to the store's owner when adopting (our own new file) →
+ * rename, or link (replace == 0: fails with -EEXIST rather than replace a
+ * file someone made meanwhile) → fsync the directory. 0 or -errno (the
+ * detail set, except for -EEXIST). */
+static int write_at(const wdir *w, const char *path, const void *data, size_t n, mode_t mode, int replace)
+{
+	char tmp[300];
+	const char *name = base_of(path);
+	int e = 0, fd;
+	if (snprintf(tmp, sizeof(tmp), "%.200s.tmp-%ld", name, (long)getpid()) >= (int)sizeof(tmp))
+		return err__set(SCRM_E_IO, "%s: name too long", path), -ENAMETOOLONG;
+	(void)unlinkat(w->fd, tmp, 0);
+	if ((fd = openat(w->fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)) < 0) {
+		e = -errno;
+		err__set(SCRM_E_IO, "%s: cannot write it: %s", path, strerror(-e));
+		return e;
+	}
+	if (fchmod(fd, mode) != 0 || (e = write_all(fd, data, n)) != 0 || fsync(fd) != 0 ||
+	    (w->adopt && fchown(fd, w->uid, w->gid) != 0))
+		e = e ? e : -errno;
+	if (close(fd) != 0 && !e)
+		e = -errno;
+	if (!e && (replace ? renameat(w->fd, tmp, w->fd, name) : linkat(w->fd, tmp, w->fd, name, 0)) != 0)
+		e = -errno;
+	if (e || !replace)
+		(void)unlinkat(w->fd, tmp, 0);
+	if (!e)
+		(void)fsync(w->fd);
+	if (e && e != -EEXIST)
 		err__set(SCRM_E_IO, "%s: cannot write it: %s", path, strerror(-e));
 	return e;
 }
 
-static int ensure_dir(const char *path, unsigned mode)
+/* Read `path`'s last component in w without following a link; it must be a
+ * regular file that root, this user or the store's owner owns and nobody
+ * else can write (secret: nor read). SCRM_E_NOT_FOUND if absent. */
+static int read_at(const wdir *w, const char *path, int secret, char **buf, size_t *len)
 {
-	char dir[4200];
-	dir_of(path, dir, sizeof(dir));
-	int e = platform__mkdirs(dir, mode);
-	if (e != 0)
-		return err__set(SCRM_E_IO, "%s: cannot create directory %s: %s", path, dir, strerror(-e));
+	char why[200];
+	struct stat st;
+	int fd = openat(w->fd, base_of(path), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return err__set(SCRM_E_NOT_FOUND, "%s: no device key here (run scrm-agent enroll first)", path);
+		return err__set(errno == ELOOP ? SCRM_E_REFUSED : SCRM_E_IO, "%s: refused: %s", path,
+				errno == ELOOP ? "a symbolic link" : strerror(errno));
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return err__set(SCRM_E_REFUSED, "%s: refused: not a regular file", path);
+	}
+	if (!trusted(w, &st, secret, why, sizeof(why))) {
+		close(fd);
+		return err__set(SCRM_E_REFUSED,
+				"%s: refused: %s; enroll uses only a key that root or the agent's user made and nobody"
+				" else can read or write (a member of the store's group may have planted it): remove it"
+				" and run enroll again",
+				path, why);
+	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	char *out = NULL;
+	size_t have = 0, cap = 0;
+	for (;;) {
+		if (have + 1025 > cap) {
+			char *nb = cap < (1 << 20) ? realloc(out, cap = cap ? cap * 2 : 4096) : NULL;
+			if (!nb) {
+				if (out)
+					mbedtls_platform_zeroize(out, have);
+				free(out);
+				close(fd);
+				return err__set(SCRM_E_IO, "%s: larger than 1 MiB, or out of memory", path);
+			}
+			out = nb;
+		}
+		ssize_t k = read(fd, out + have, cap - have - 1);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			int e = errno;
+			mbedtls_platform_zeroize(out, have);
+			free(out);
+			close(fd);
+			return err__set(SCRM_E_IO, "%s: cannot read: %s", path, strerror(e));
+		}
+		if (k == 0)
+			break;
+		have += (size_t)k;
+	}
+	close(fd);
+	out[have] = '\0';
+	*buf = out;
+	*len = have;
 	return SCRM_OK;
-}
-
-/* Run as root (the usual installer), enroll would leave root-owned files in
- * a store the agent, running as the store directory's owner (user scrm in
- * the package), cannot read. What it writes under store_dir, and the
- * directories it made there, go to the store's owner. Elsewhere (a key in
- * /etc/scrm) ownership is the operator's call; *note says so. */
-static void adopt(const config *cfg, const char *path, int *note)
-{
-	struct stat store, st;
-	char p[4200];
-	size_t n = strlen(cfg->store_dir);
-	if (geteuid() != 0 || stat(cfg->store_dir, &store) != 0 || store.st_uid == 0)
-		return;
-	while (n > 1 && cfg->store_dir[n - 1] == '/')
-		n--;
-	if (strncmp(path, cfg->store_dir, n) != 0 || path[n] != '/') {
-		if (note)
-			*note = 1;
-		return;
-	}
-	snprintf(p, sizeof(p), "%s", path);
-	while (strlen(p) > n) {
-		if (lstat(p, &st) == 0 && st.st_uid == 0 && lchown(p, store.st_uid, store.st_gid) != 0)
-			return;
-		*strrchr(p, '/') = '\0';
-	}
 }
 
 /* ---- time (int64 ms, no time_t: 2038-safe on armhf) ------------------------ */
@@ -227,15 +454,19 @@ static void key_kind(mbedtls_pk_context *pk, char *out, size_t n)
 	}
 }
 
-static int load_key(const char *path, mbedtls_pk_context *pk)
+/* The device key `path` in w (checked by read_at; inside the store a key
+ * must be 0600: see trusted()). */
+static int load_key(const wdir *w, const char *path, int secret, mbedtls_pk_context *pk)
 {
-	char why[160];
-	int rc = mbedtls_pk_parse_keyfile(pk, path, NULL);
-	if (rc == MBEDTLS_ERR_PK_FILE_IO_ERROR) {
-		if (access(path, F_OK) != 0)
-			return err__set(SCRM_E_NOT_FOUND, "%s: no device key here (run scrm-agent enroll first)", path);
-		return err__set(SCRM_E_IO, "%s: cannot read the device key: %s", path, strerror(errno ? errno : EIO));
-	}
+	char why[160], *buf = NULL;
+	size_t len = 0;
+	int rc = read_at(w, path, secret, &buf, &len);
+	if (rc != SCRM_OK)
+		return rc;
+	/* PEM is parsed with its terminating NUL, DER without. */
+	rc = mbedtls_pk_parse_key(pk, (const unsigned char *)buf, strstr(buf, "-----BEGIN") ? len + 1 : len, NULL, 0);
+	mbedtls_platform_zeroize(buf, len);
+	free(buf);
 	if (rc != 0)
 		return err__set(SCRM_E_CONFIG, "%s: not a private key (PEM or DER, unencrypted): %s", path,
 				mbed_msg(rc, why, sizeof(why)));
@@ -281,17 +512,16 @@ static int generate_key(struct rng *r, mbedtls_pk_context *pk, unsigned char *pe
 
 /* Keep the key being replaced: copy it to <key>.bak-<ms> (never over an
  * existing file). The name goes to bak. */
-static int backup_key(const char *key, char *bak, size_t n)
+static int backup_key(const wdir *w, const char *key, char *bak, size_t n)
 {
 	char *old = NULL;
 	size_t len = 0;
-	int e = platform__read_file(key, 1 << 20, &old, &len);
-	if (e != 0)
-		return err__set(SCRM_E_IO, "%s: cannot read the key to back it up: %s", key, strerror(-e));
-	int rc = SCRM_OK;
+	int rc = read_at(w, key, 0, &old, &len), e;
+	if (rc != SCRM_OK)
+		return rc;
 	if (snprintf(bak, n, "%s.bak-%lld", key, (long long)platform__wall_ms()) >= (int)n)
 		rc = err__set(SCRM_E_IO, "%s: path too long", key);
-	else if ((e = write_atomic(bak, old, len, 0600, 0)) != 0)
+	else if ((e = write_at(w, bak, old, len, 0600, 0)) != 0)
 		rc = e == -EEXIST ? err__set(SCRM_E_IO, "%s: exists already; try again", bak) : SCRM_E_IO;
 	mbedtls_platform_zeroize(old, len);
 	free(old);
@@ -311,6 +541,7 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 	int foreign_owner = 0;
 	const char *status = "new";
 	struct stat st;
+	wdir wk = {.fd = -1}, wc = {.fd = -1};
 	int rc, e;
 
 	/* The ids go into the subject string below, and the CN becomes the
@@ -330,16 +561,20 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 	mbedtls_x509write_csr_init(&req);
 	if ((rc = rng_init(&r, "scrm-enroll")) != SCRM_OK)
 		goto cleanup;
+	if ((rc = wdir_open(cfg, paths->key, 0700, &wk)) < 0)
+		goto cleanup;
 
-	int exists = stat(paths->key, &st) == 0;
+	int exists = fstatat(wk.fd, base_of(paths->key), &st, AT_SYMLINK_NOFOLLOW) == 0;
 	if (!exists && errno != ENOENT) {
 		rc = err__set(SCRM_E_IO, "%s: %s", paths->key, strerror(errno));
 		goto cleanup;
 	}
 	if (exists && !force) {
 		/* Re-enrolment with the same key is normal (a renewed or re-issued
-		 * certificate); replacing the key is a decision (--force). */
-		rc = load_key(paths->key, &pk);
+		 * certificate); replacing the key is a decision (--force). Only a
+		 * key root or the agent's user made is reused (read_at): central
+		 * would otherwise certify a key someone else knows. */
+		rc = load_key(&wk, paths->key, wk.inside, &pk);
 		if (rc == SCRM_E_CONFIG) {
 			char detail[512];
 			snprintf(detail, sizeof(detail), "%s", scrm_errmsg());
@@ -352,20 +587,20 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 		status = "existing";
 		mode = (unsigned)(st.st_mode & 07777);
 	} else {
-		if ((rc = generate_key(&r, &pk, pem, sizeof(pem))) != SCRM_OK || (rc = ensure_dir(paths->key, 0700)) != SCRM_OK)
+		if ((rc = generate_key(&r, &pk, pem, sizeof(pem))) != SCRM_OK)
 			goto cleanup;
 		if (exists) {
-			if ((rc = backup_key(paths->key, bak, sizeof(bak))) != SCRM_OK)
+			if ((rc = backup_key(&wk, paths->key, bak, sizeof(bak))) != SCRM_OK)
 				goto cleanup;
-			e = write_atomic(paths->key, pem, strlen((char *)pem), 0600, 1);
+			e = write_at(&wk, paths->key, pem, strlen((char *)pem), 0600, 1);
 			status = "new, replacing the old one";
 		} else {
-			e = write_atomic(paths->key, pem, strlen((char *)pem), 0600, 0);
+			e = write_at(&wk, paths->key, pem, strlen((char *)pem), 0600, 0);
 			if (e == -EEXIST) {
 				/* Another enroll won the race: use its key, never replace it. */
 				mbedtls_pk_free(&pk);
 				mbedtls_pk_init(&pk);
-				if ((rc = load_key(paths->key, &pk)) != SCRM_OK)
+				if ((rc = load_key(&wk, paths->key, wk.inside, &pk)) != SCRM_OK)
 					goto cleanup;
 				status = "existing";
 				e = 0;
@@ -376,9 +611,7 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 			rc = SCRM_E_IO;
 			goto cleanup;
 		}
-		adopt(cfg, paths->key, &foreign_owner);
-		if (bak[0])
-			adopt(cfg, bak, NULL);
+		foreign_owner = !wk.inside && geteuid() == 0;
 	}
 
 	snprintf(subject, sizeof(subject), "CN=%s,O=%s,OU=%s", cfg->device_id, cfg->tenant, cfg->store_id);
@@ -389,13 +622,12 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 		rc = err__set(SCRM_E_CRYPTO, "%s: cannot make the CSR: %s", paths->csr, mbed_msg(e, why, sizeof(why)));
 		goto cleanup;
 	}
-	if ((rc = ensure_dir(paths->csr, 0755)) != SCRM_OK)
+	if ((rc = wdir_open(cfg, paths->csr, 0755, &wc)) < 0)
 		goto cleanup;
-	if (write_atomic(paths->csr, pem, strlen((char *)pem), 0644, 1) != 0) {
+	if (write_at(&wc, paths->csr, pem, strlen((char *)pem), 0644, 1) != 0) {
 		rc = SCRM_E_IO;
 		goto cleanup;
 	}
-	adopt(cfg, paths->csr, NULL);
 	if (fingerprint(&pk, fp) != 0) {
 		rc = err__set(SCRM_E_CRYPTO, "%s: cannot encode the public key", paths->key);
 		goto cleanup;
@@ -416,6 +648,8 @@ int enroll__make_csr(const config *cfg, const enroll_paths *paths, int force, FI
 	}
 	rc = SCRM_OK;
 cleanup:
+	wdir_close(&wk);
+	wdir_close(&wc);
 	mbedtls_x509write_csr_free(&req);
 	mbedtls_pk_free(&pk);
 	rng_free(&r);
@@ -532,6 +766,7 @@ int enroll__install_cert(const config *cfg, const enroll_paths *paths, const cha
 	char kfp[65] = "", cfp[65] = "", issuer[256], o[80], ou[80];
 	const char *trusted_by = NULL;
 	size_t len = 0, pem_len = 0, klen, clen;
+	wdir wk = {.fd = -1}, wc = {.fd = -1};
 	int rc, e;
 
 	mbedtls_x509_crt_init(&crt);
@@ -554,7 +789,7 @@ int enroll__install_cert(const config *cfg, const enroll_paths *paths, const cha
 				      mbed_msg(e, msg, sizeof(msg)));
 		goto cleanup;
 	}
-	if ((rc = load_key(paths->key, &key)) != SCRM_OK)
+	if ((rc = wdir_open(cfg, paths->key, 0700, &wk)) < 0 || (rc = load_key(&wk, paths->key, wk.inside, &key)) != SCRM_OK)
 		goto cleanup;
 
 	/* 1. It certifies this device's key (else it was issued for another CSR). */
@@ -615,13 +850,12 @@ int enroll__install_cert(const config *cfg, const enroll_paths *paths, const cha
 		goto cleanup;
 	}
 
-	if ((rc = chain_pem(&crt, &pem, &pem_len)) != SCRM_OK || (rc = ensure_dir(paths->cert, 0755)) != SCRM_OK)
+	if ((rc = chain_pem(&crt, &pem, &pem_len)) != SCRM_OK || (rc = wdir_open(cfg, paths->cert, 0755, &wc)) < 0)
 		goto cleanup;
-	if (write_atomic(paths->cert, pem, pem_len, 0644, 1) != 0) {
+	if (write_at(&wc, paths->cert, pem, pem_len, 0644, 1) != 0) {
 		rc = SCRM_E_IO;
 		goto cleanup;
 	}
-	adopt(cfg, paths->cert, NULL);
 	if (out) {
 		if (!dn_is(&crt.subject, MBEDTLS_OID_AT_ORGANIZATION, MBEDTLS_OID_SIZE(MBEDTLS_OID_AT_ORGANIZATION), cfg->tenant) ||
 		    !dn_is(&crt.subject, MBEDTLS_OID_AT_ORG_UNIT, MBEDTLS_OID_SIZE(MBEDTLS_OID_AT_ORG_UNIT), cfg->store_id)) {
@@ -649,6 +883,8 @@ int enroll__install_cert(const config *cfg, const enroll_paths *paths, const cha
 	}
 	rc = SCRM_OK;
 cleanup:
+	wdir_close(&wk);
+	wdir_close(&wc);
 	free(pem);
 	free(text);
 	mbedtls_pk_free(&key);
@@ -670,8 +906,10 @@ static void usage(FILE *f, const char *default_config)
 		"CN=<device_id>, O=<tenant>, OU=<store_id> for central's device CA. The second\n"
 		"checks the certificate central returned (this device's key and CN, valid now,\n"
 		"issued by --ca or broker.ca_file) and installs it at broker.cert_file.\n"
-		"Run as root, what it writes under store_dir goes to the store directory's\n"
-		"owner (the agent's user), so the agent can read its key.\n"
+		"Run as root, what it creates under store_dir goes to the store directory's\n"
+		"owner (the agent's user), so the agent can read its key. It never follows a\n"
+		"symbolic link there, and refuses a directory or key that anyone but root or\n"
+		"that user owns, or that others can write (a key: read).\n"
 		"\n"
 		"  --config FILE        agent config (default %s)\n"
 		"  --key FILE           device key (default broker.key_file, else <keys dir>/device.key)\n"

@@ -34,7 +34,7 @@ typedef struct enroll_paths {
 } enroll_paths;
 
 /* Resolve the paths: the key is key_override, else broker.key_file, else
- * <cache.keys_dir or store_dir/keys>/device.key; the certificate is
+ * <cache.keys_dir or store_dir/private/keys>/device.key; the certificate is
  * broker.cert_file, else the key's path with .crt for .key; the CSR is
  * csr_override, else the key's path with .csr for .key. Overrides may be
  * NULL; all borrowed. SCRM_OK or SCRM_E_CONFIG (a path too long). */

@@ -265,10 +265,14 @@ int fleet__seen_open(fleet__seen *seen, const char *path, int64_t now_ms)
 {
 	char *text = NULL;
 	size_t len = 0;
+	char why[200];
 	memset(seen, 0, sizeof(*seen));
 	snprintf(seen->path, sizeof(seen->path), "%s", path);
-	/* FLEET_SEEN_MAX lines of at most 64 + 1 + 16 + 1 characters */
-	int e = platform__read_file(path, (size_t)FLEET_SEEN_MAX * 84, &text, &len);
+	/* FLEET_SEEN_MAX lines of at most 64 + 1 + 16 + 1 characters. Only
+	 * the agent's own file (paths.h, platform__read_trusted): a planted one
+	 * could drop ids and let a recorded command run again; one that is not
+	 * the agent's counts as unreadable (fail closed). */
+	int e = platform__read_trusted(path, (size_t)FLEET_SEEN_MAX * 84, 0, &text, &len, why, sizeof(why));
 	if (e == -ENOENT)
 		return 0;
 	if (e != 0) {
@@ -420,8 +424,9 @@ int64_t fleet__next_birth_seq(const char *dir, int64_t now_ms)
 	char path[4200], *text = NULL, num[32];
 	size_t len = 0;
 	int64_t last = 0;
+	char why[200];
 	snprintf(path, sizeof(path), "%s/birth_seq", dir);
-	if (platform__read_file(path, 64, &text, &len) == 0) {
+	if (platform__read_trusted(path, 64, 0, &text, &len, why, sizeof(why)) == 0) {
 		char *end = NULL;
 		errno = 0;
 		long long v = strtoll(text, &end, 10);

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "enroll.h"
 #include "log.h"
+#include "paths.h"
 #include "platform.h"
 #include "sync.h"
 
@@ -99,6 +100,27 @@ int main(int argc, char **argv)
 			printf("  remote settings IGNORED: %s\n", cfg.overlay_error);
 		config__free(&cfg);
 		return 0;
+	}
+	{
+		/* Before anything reads them: an older agent's keys, cache and
+		 * remote settings move into the private directory (paths.h), and
+		 * remote settings that moved are read again from there. */
+		char moved[600];
+		if (paths__prepare(cfg.store_dir, cfg.keys_dir, moved, sizeof(moved)) != SCRM_OK) {
+			fprintf(stderr, "scrm-agent: %s\n", scrm_errmsg());
+			config__free(&cfg);
+			return 1;
+		}
+		if (moved[0]) /* stderr: the journal keeps it (the log is not set up yet) */
+			fprintf(stderr, "scrm-agent: moved an older agent's files into %s/%s: %s\n", cfg.store_dir,
+				PATHS_PRIVATE_DIR, moved);
+		if (strstr(moved, PATHS_OVERLAY)) {
+			config__free(&cfg);
+			if (config__load_all(path, &cfg) != SCRM_OK) {
+				fprintf(stderr, "scrm-agent: %s: %s\n", path, scrm_errmsg());
+				return 1;
+			}
+		}
 	}
 	log__set_level(log__parse_level(level ? level : cfg.log_level));
 

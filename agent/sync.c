@@ -16,6 +16,7 @@
 #include "log.h"
 #include "mqtt.h"
 #include "outbox.h"
+#include "paths.h"
 #include "platform.h"
 #include "cache.h"
 #include "delivery.h"
@@ -120,7 +121,11 @@ static void start_connect(struct sync *s)
 	/* Each connection gets a new birth_seq, and its will carries it: a
 	 * will that overtakes a newer birth is recognisably older. */
 	int64_t wall = platform__wall_ms();
-	s->birth_seq = fleet__next_birth_seq(s->cfg->store_dir, wall);
+	{
+		char priv[4096];
+		paths__private(s->cfg->store_dir, NULL, priv, sizeof(priv));
+		s->birth_seq = fleet__next_birth_seq(priv, wall);
+	}
 	fleet__state_json(&s->fb, s->cfg, "offline", "connection_lost", s->birth_seq, wall, s->started_ms, s->boot, NULL);
 	if (s->fb.oom || mqtt__set_will(s->mq, s->topic_state, s->fb.p, WILL_DELAY_S) != SCRM_OK)
 		LOG(LOG_WARN, "fleet", "cannot set the last will; central will not see this device go offline", NULL);
@@ -295,6 +300,15 @@ static int forget_in_outbox(void *ctx, const char *member_id)
 	/* Damaged files set aside under quarantine/ hold copies too; a
 	 * failure there fails the erasure (retried when sent again). */
 	int e = quarantine__erase_member(s->cfg->store_dir, member_id, &q);
+	if (e == 0) {
+		/* A damaged cache is set aside in the private directory's own
+		 * quarantine/ (paths.h): its copies go too. */
+		char priv[4096];
+		int q2 = 0;
+		if (paths__private(s->cfg->store_dir, NULL, priv, sizeof(priv)) == SCRM_OK)
+			e = quarantine__erase_member(priv, member_id, &q2);
+		q += q2;
+	}
 	if (e != 0 && (rc == SCRM_OK || rc == SCRM_E_BUSY)) {
 		LOG(LOG_ERROR, "cache", "cannot erase a member from the quarantined files", "dir=%s/%s err=\"%s\"",
 		    s->cfg->store_dir, QUARANTINE_DIR, strerror(-e));
@@ -1740,6 +1754,20 @@ int sync__run(config *cfg_in, const char *level_override)
 			goto cleanup;
 		}
 	}
+	{
+		/* Keys, cache, remote settings and the replay guard live where
+		 * only this user can write (paths.h); an older agent's files are
+		 * moved there, a planted or foreign one refused. */
+		char moved[600], q[600];
+		if (paths__prepare(cfg->store_dir, cfg->keys_dir, moved, sizeof(moved)) != SCRM_OK) {
+			LOG(LOG_ERROR, "sync", "refusing the store's private directory", "dir=%s err=%s", cfg->store_dir,
+			    log__q(q, sizeof(q), scrm_errmsg()));
+			goto cleanup;
+		}
+		if (moved[0])
+			LOG(LOG_WARN, "sync", "moved an older agent's files into the private directory", "dir=%s/%s moved=%s",
+			    cfg->store_dir, PATHS_PRIVATE_DIR, log__q(q, sizeof(q), moved));
+	}
 	/* Before the outbox and the client: a rollback changes the config. */
 	probation_at_start(&s);
 	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
@@ -1819,7 +1847,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	s.signed_only = cfg->command_key_file != NULL;
 	{
 		char path[4200];
-		snprintf(path, sizeof(path), "%s/fleet_seen_ids", cfg->store_dir);
+		paths__private(cfg->store_dir, PATHS_SEEN_IDS, path, sizeof(path));
 		if (fleet__seen_open(&s.seen, path, platform__wall_ms()) != 0)
 			LOG(LOG_ERROR, "fleet", "cannot read the signed command ids; every signed command will be refused",
 			    "path=%s", path);

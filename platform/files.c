@@ -35,15 +35,13 @@ int platform__mkdirs(const char *path, unsigned mode)
 	return 0;
 }
 
-int platform__read_file(const char *path, size_t max, char **out, size_t *len)
+/* Read all of fd (closed on return). */
+static int read_fd(int fd, size_t max, char **out, size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	char *buf = NULL;
 	size_t have = 0, cap = 0;
 	int rc = 0;
 
-	if (fd < 0)
-		return -errno;
 	for (;;) {
 		if (have + 4096 + 1 > cap) {
 			size_t ncap = cap ? cap * 2 : 8192;
@@ -83,6 +81,133 @@ cleanup:
 	free(buf);
 	close(fd);
 	return rc;
+}
+
+int platform__read_file(const char *path, size_t max, char **out, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	return read_fd(fd, max, out, len);
+}
+
+int platform__check_fd(int fd, int want_dir, int secret, char *why, size_t n)
+{
+	struct stat st;
+	uid_t me = geteuid();
+	if (fstat(fd, &st) != 0)
+		return -errno;
+	if (want_dir && !S_ISDIR(st.st_mode)) {
+		snprintf(why, n, "not a directory");
+		return -ENOTDIR;
+	}
+	if (!want_dir && !S_ISREG(st.st_mode)) {
+		snprintf(why, n, "not a regular file");
+		return -EPERM;
+	}
+	if (st.st_uid != me && st.st_uid != 0) {
+		if (me == 0)
+			snprintf(why, n, "owner uid %lu, expected 0", (unsigned long)st.st_uid);
+		else
+			snprintf(why, n, "owner uid %lu, expected %lu or 0", (unsigned long)st.st_uid,
+				 (unsigned long)me);
+		return -EPERM;
+	}
+	if (!want_dir && secret && (st.st_mode & 077)) {
+		snprintf(why, n, "mode 0%03o, expected no group or other access (0600)", (unsigned)(st.st_mode & 0777));
+		return -EPERM;
+	}
+	if (st.st_mode & 022) {
+		snprintf(why, n, "mode 0%03o, expected no group or other write (0%s)", (unsigned)(st.st_mode & 0777),
+			 want_dir ? "700" : "600 or 0644");
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* errno of an O_NOFOLLOW open, as the reason a user can act on. */
+static int open_refused(int e, char *why, size_t n)
+{
+	/* O_NOFOLLOW on a link: ELOOP; with O_DIRECTORY some kernels say
+	 * ENOTDIR for a link to a file. */
+	if (e == ELOOP || e == EMLINK)
+		snprintf(why, n, "a symbolic link");
+	else if (e == ENOTDIR)
+		snprintf(why, n, "not a directory (or a symbolic link)");
+	else
+		snprintf(why, n, "%s", strerror(e));
+	return -e;
+}
+
+int platform__open_trusted_dir(const char *path, int create, char *why, size_t n)
+{
+	int fd, rc;
+	snprintf(why, n, "?");
+	fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && create) {
+		if (mkdir(path, 0700) != 0 && errno != EEXIST)
+			return open_refused(errno, why, n);
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	}
+	if (fd < 0)
+		return open_refused(errno, why, n);
+	if ((rc = platform__check_fd(fd, 1, 0, why, n)) != 0) {
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int platform__openat_trusted(int dirfd, const char *name, int flags, int secret, char *why, size_t n)
+{
+	int fd, rc;
+	snprintf(why, n, "?");
+	/* O_NONBLOCK: a FIFO planted in the file's place must not hang the
+	 * open (it is refused as not a regular file right after). */
+	fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+	if (fd < 0)
+		return open_refused(errno, why, n);
+	if ((rc = platform__check_fd(fd, 0, secret, why, n)) != 0) {
+		close(fd);
+		return rc;
+	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	return fd;
+}
+
+int platform__read_trusted(const char *path, size_t max, int secret, char **out, size_t *len, char *why, size_t n)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+	size_t dl = slash ? (size_t)(slash - path) : 0;
+	int dfd, fd;
+	snprintf(why, n, "?");
+	if (dl >= sizeof(dir))
+		return -ENAMETOOLONG;
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if (dl == 0)
+		snprintf(dir, sizeof(dir), "/");
+	else {
+		memcpy(dir, path, dl);
+		dir[dl] = '\0';
+	}
+	if ((dfd = platform__open_trusted_dir(dir, 0, why, n)) < 0) {
+		if (dfd != -ENOENT) {
+			/* Name the directory: that is what to fix. */
+			char w[200];
+			snprintf(w, sizeof(w), "%s", why);
+			snprintf(why, n, "directory %s: %s", dir, w);
+		}
+		return dfd;
+	}
+	fd = platform__openat_trusted(dfd, name, O_RDONLY, secret, why, n);
+	close(dfd);
+	if (fd < 0)
+		return fd;
+	return read_fd(fd, max, out, len);
 }
 
 int platform__lock_file(const char *path)

@@ -88,6 +88,37 @@ int platform__file_size(const char *path, int64_t *size);
 /* fsync a directory: the renames and links made in it survive a power cut. */
 int platform__fsync_dir(const char *dir);
 
+/* ---- files the agent trusts (keys, central's public key, its own state) ----
+ * The store directory is shared with the POS software (group scrm, 2770,
+ * no sticky bit): any group member can rename or plant entries there. What
+ * decides whom the agent trusts therefore lives in directories only the
+ * agent's user can write, and every such directory and file is opened
+ * without following a symbolic link (O_NOFOLLOW) and checked on the open
+ * descriptor (no check-then-open race):
+ *   - owner: the effective uid, or root (root-owned files are trusted, as
+ *     ssh does for its keys);
+ *   - a directory: no group or other write (so nobody else can rename,
+ *     plant or remove entries in it);
+ *   - a file: a regular file, no group or other write; with `secret`, no
+ *     group or other access at all (keys).
+ * On refusal the functions return -EPERM (or -ENOTDIR, -ELOOP) and write
+ * the reason to why[n], e.g. "owner uid 1001, expected 998 or 0",
+ * "mode 0640, expected no group or other access", "a symbolic link". */
+int platform__check_fd(int fd, int want_dir, int secret, char *why, size_t n);
+/* Open the directory `path` (O_DIRECTORY|O_NOFOLLOW on its last
+ * component) and check it: fd or -errno (why filled on refusal). With
+ * create, a missing directory is made with mode 0700 first (umask applied
+ * on top; never looser). */
+int platform__open_trusted_dir(const char *path, int create, char *why, size_t n);
+/* Open `name` in the checked directory dirfd with O_NOFOLLOW|O_CLOEXEC and
+ * check it as a file (secret: no group/other access): fd or -errno. */
+int platform__openat_trusted(int dirfd, const char *name, int flags, int secret, char *why, size_t n);
+/* platform__read_file for a trusted file: its directory and the file are
+ * both opened without following links and checked. -ENOENT if the file (or
+ * its directory) does not exist; *out malloc'd, NUL-terminated. */
+int platform__read_trusted(const char *path, size_t max, int secret, char **out, size_t *len, char *why,
+			   size_t n);
+
 /* ---- process ---- */
 
 /* Keep this process's memory (data key, decrypted personal data) off the

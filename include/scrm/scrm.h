@@ -206,15 +206,20 @@ SCRM_API int scrm_outbox_get_stats(scrm_store *store, scrm_outbox_stats *out);
 
 /* ---- Customer cache (offline member look-up) ------------------------- */
 
-/* The cache `<dir>/cache.db` is kept up to date by scrm-agent from the
- * central system (docs/protocol.md, "Customer cache"); these calls only read
- * it (and a scan records an event). Keys live in `<dir>/keys/` unless the
- * daemon's cache.keys_dir says otherwise: data.key (device data key, made by
- * the agent), tenant.key (phone look-up) and central.pub (QR tokens). */
+/* The cache `<dir>/private/cache.db` is kept up to date by scrm-agent from
+ * the central system (docs/protocol.md, "Customer cache"); these calls only
+ * read it (and a scan records an event). Keys live in `<dir>/private/keys/`
+ * unless the daemon's cache.keys_dir says otherwise: data.key (device data
+ * key, made by the agent), tenant.key (phone look-up) and central.pub (QR
+ * tokens). `<dir>/private/` is the agent's user's alone (mode 0700): only a
+ * process of that user reads the cache, and a key or central.pub that is a
+ * symbolic link, belongs to another user (root aside) or that others can
+ * write (data.key, tenant.key: read) is refused with SCRM_E_CONFIG naming
+ * the file and the reason. */
 typedef struct scrm_cache scrm_cache;
 
 /* Open the cache of the store in `dir` (borrowed). `keys_dir` borrowed, NULL
- * for `<dir>/keys`. SCRM_E_NOT_FOUND if the store has no cache yet. A handle
+ * for `<dir>/private/keys`. SCRM_E_NOT_FOUND if the store has no cache yet. A handle
  * may be shared by threads (calls are serialised). */
 SCRM_API int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out);
 SCRM_API void scrm_cache_close(scrm_cache *cache);

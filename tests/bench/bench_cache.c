@@ -581,10 +581,10 @@ int main(int argc, char **argv)
 	}
 	const char *dir = cf.dir ? cf.dir : tmp;
 	snprintf(store, sizeof(store), "%s/store", dir);
-	snprintf(keys, sizeof(keys), "%s/keys", store);
+	snprintf(keys, sizeof(keys), "%s/private/keys", store);
 	snprintf(central, sizeof(central), "%s/central", dir);
 	snprintf(raw_path, sizeof(raw_path), "%s/raw.db", dir);
-	snprintf(cache_path, sizeof(cache_path), "%s/%s", store, CACHE_FILE);
+	snprintf(cache_path, sizeof(cache_path), "%s/private/%s", store, CACHE_FILE);
 	if (access(store, F_OK) == 0) {
 		fprintf(stderr, "scrm-bench-cache: %s already exists; give a fresh --dir\n", store);
 		return 1;

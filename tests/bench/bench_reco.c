@@ -683,10 +683,10 @@ int main(int argc, char **argv)
 	}
 	const char *dir = cf.dir ? cf.dir : tmp;
 	snprintf(store, sizeof(store), "%s/store", dir);
-	snprintf(keys, sizeof(keys), "%s/keys", store);
+	snprintf(keys, sizeof(keys), "%s/private/keys", store);
 	snprintf(central, sizeof(central), "%s/central", dir);
 	snprintf(snap, sizeof(snap), "%s/snapshots", dir);
-	snprintf(cache_path, sizeof(cache_path), "%s/%s", store, CACHE_FILE);
+	snprintf(cache_path, sizeof(cache_path), "%s/private/%s", store, CACHE_FILE);
 	snprintf(ref_path, sizeof(ref_path), "%s/ref_rules.db", dir);
 	if (access(store, F_OK) == 0) {
 		fprintf(stderr, "scrm-bench-reco: %s already exists; give a fresh --work\n", store);

@@ -18,6 +18,7 @@
 #include <inttypes.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -217,14 +218,14 @@ int main(int argc, char **argv)
 	}
 	/* Provision the device: the tenant's phone-hash key and central's
 	 * public key (the device data key is made by the agent itself). */
-	snprintf(skeys, sizeof(skeys), "%s/keys", store);
-	th_run((const char *const[]){"mkdir", "-p", skeys, NULL}, NULL, 5000);
+	snprintf(skeys, sizeof(skeys), "%s/private/keys", store);
+	th_run((const char *const[]){"mkdir", "-p", "-m", "0700", skeys, NULL}, NULL, 5000);
 	for (int i = 0; i < 2; i++) {
 		const char *f = i ? "central.pub" : "tenant.key";
 		snprintf(from, sizeof(from), "%s/%s", keys, f);
 		snprintf(to, sizeof(to), "%s/%s", skeys, f);
 		char *t = th_read_file(from, NULL);
-		if (!t || th_write_file(to, t) != 0)
+		if (!t || th_write_file(to, t) != 0 || chmod(to, 0600) != 0) /* the agent's user's alone */
 			return 1;
 		free(t);
 	}

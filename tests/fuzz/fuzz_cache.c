@@ -89,11 +89,13 @@ static void cleanup(void)
 static void write_file(const char *name, const char *text)
 {
 	char path[4200];
-	snprintf(path, sizeof(path), "%s/keys/%s", dir, name);
+	snprintf(path, sizeof(path), "%s/private/keys/%s", dir, name);
 	FILE *f = fopen(path, "w");
 	FUZZ_CHECK(f != NULL, "cannot create %s", path);
 	fputs(text, f);
 	FUZZ_CHECK(fclose(f) == 0, "cannot write %s", path);
+	/* keys are the agent's user's alone, or the cache refuses them */
+	FUZZ_CHECK(chmod(path, 0600) == 0, "cannot chmod %s", path);
 }
 
 static void init(void)
@@ -102,7 +104,9 @@ static void init(void)
 	char keys[4200];
 	snprintf(dir, sizeof(dir), "%s/scrm-fuzz-cache-XXXXXX", base && *base ? base : "/tmp");
 	FUZZ_CHECK(mkdtemp(dir) != NULL, "mkdtemp %s", dir);
-	snprintf(keys, sizeof(keys), "%s/keys", dir);
+	snprintf(keys, sizeof(keys), "%s/private", dir);
+	FUZZ_CHECK(mkdir(keys, 0700) == 0, "mkdir %s", keys);
+	snprintf(keys, sizeof(keys), "%s/private/keys", dir);
 	FUZZ_CHECK(mkdir(keys, 0700) == 0, "mkdir %s", keys);
 	write_file("data.key", data_key);
 	write_file("tenant.key", tenant_key);

@@ -83,7 +83,9 @@ static void init(void)
 	snprintf(dir, sizeof(dir), "%s/scrm-fuzz-config-remote-XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	FUZZ_CHECK(mkdtemp(dir) != NULL, "mkdtemp %s", dir);
 	snprintf(path, sizeof(path), "%s/agent.json", dir);
-	snprintf(overlay, sizeof(overlay), "%s/config.remote.json", dir);
+	snprintf(overlay, sizeof(overlay), "%s/private", dir);
+	FUZZ_CHECK(mkdir(overlay, 0700) == 0, "mkdir %s", overlay); /* as paths__prepare makes it */
+	snprintf(overlay, sizeof(overlay), "%s/private/config.remote.json", dir);
 	int n = snprintf(local, sizeof(local),
 			 "{\"tenant\":\"acme\",\"store_id\":\"s0042\",\"device_id\":\"pos-01\",\"store_dir\":\"%s\",\n"
 			 "\"broker\":{\"uri\":\"mqtts://broker.example:8883\",\"ca_file\":\"/etc/scrm/ca.pem\","

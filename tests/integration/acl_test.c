@@ -106,7 +106,7 @@ static int run_enroll(struct device *d, const char *const extra[], const char *l
 
 /* enroll → CSR → the CA signs → install-cert, as an installer would. d1's
  * config names its key and certificate before enrolment; d2's does not, so
- * enroll uses <store_dir>/keys/ and says what to add to the config. */
+ * enroll uses <store_dir>/private/keys/ and says what to add to the config. */
 static int enroll_device(struct env *e, struct device *d, int preconfigured)
 {
 	char log[600], signed_crt[600];
@@ -118,9 +118,9 @@ static int enroll_device(struct env *e, struct device *d, int preconfigured)
 		path(d->cert, sizeof(d->cert), d->dir, "tls/device.crt");
 		path(d->csr, sizeof(d->csr), d->dir, "tls/device.csr");
 	} else {
-		path(d->key, sizeof(d->key), d->store_dir, "keys/device.key");
-		path(d->cert, sizeof(d->cert), d->store_dir, "keys/device.crt");
-		path(d->csr, sizeof(d->csr), d->store_dir, "keys/device.csr");
+		path(d->key, sizeof(d->key), d->store_dir, "private/keys/device.key");
+		path(d->cert, sizeof(d->cert), d->store_dir, "private/keys/device.crt");
+		path(d->csr, sizeof(d->csr), d->store_dir, "private/keys/device.csr");
 	}
 	path(log, sizeof(log), d->dir, "enroll.log");
 	path(signed_crt, sizeof(signed_crt), d->dir, "from-central.crt");

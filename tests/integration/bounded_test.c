@@ -413,7 +413,9 @@ static int t_corrupt(struct env *e)
 		junk[i] = "not a database, sorry. "[i % 23];
 	CHECK(mkdir(e->store, 0700) == 0, "mkdir store");
 	snprintf(ob, sizeof(ob), "%s/outbox.db", e->store);
-	snprintf(cdb, sizeof(cdb), "%s/cache.db", e->store);
+	snprintf(cdb, sizeof(cdb), "%s/private", e->store);
+	CHECK(mkdir(cdb, 0700) == 0, "mkdir private");
+	snprintf(cdb, sizeof(cdb), "%s/private/cache.db", e->store);
 	junk[sizeof(junk) - 1] = '\0';
 	CHECK(th_write_file(ob, junk) == 0 && th_write_file(cdb, junk) == 0, "write junk");
 	int64_t before = th_wall_ms();
@@ -424,12 +426,14 @@ static int t_corrupt(struct env *e)
 	      "the agent does not say the cache was damaged");
 	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent never connected");
 
-	/* both kept aside byte for byte */
+	/* both kept aside byte for byte: the outbox in the store's
+	 * quarantine/, the cache (personal data) in the private directory's */
+	int n_out = 0, n_cache = 0;
+	for (int q = 0; q < 2; q++) {
 	char qdir[600];
-	snprintf(qdir, sizeof(qdir), "%s/quarantine", e->store);
+	snprintf(qdir, sizeof(qdir), q ? "%s/private/quarantine" : "%s/quarantine", e->store);
 	DIR *d = opendir(qdir);
 	CHECK(d, "no %s", qdir);
-	int n_out = 0, n_cache = 0;
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		size_t l = strlen(de->d_name);
@@ -443,10 +447,11 @@ static int t_corrupt(struct env *e)
 		free(got);
 		if (!same)
 			continue;
-		n_out += strncmp(de->d_name, "outbox-", 7) == 0;
-		n_cache += strncmp(de->d_name, "cache-", 6) == 0;
+		n_out += !q && strncmp(de->d_name, "outbox-", 7) == 0;
+		n_cache += q && strncmp(de->d_name, "cache-", 6) == 0;
 	}
 	closedir(d);
+	}
 	CHECK(n_out == 1 && n_cache == 1, "quarantine holds %d outbox and %d cache copies of the junk", n_out, n_cache);
 
 	/* capture goes on, into the fresh outbox, and reaches central */

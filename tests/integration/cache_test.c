@@ -20,6 +20,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -95,7 +96,7 @@ static int copy_file(const char *from, const char *to)
 	CHECK(t, "read %s", from);
 	int rc = th_write_file(to, t);
 	free(t);
-	CHECK(rc == 0, "write %s", to);
+	CHECK(rc == 0 && chmod(to, 0600) == 0, "write %s", to); /* keys: the agent's user only */
 	return 0;
 }
 
@@ -106,8 +107,8 @@ static int make_keys(struct env *e)
 	char kd[600], a[700], b[700];
 	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "keys", e->keys, "--seed", "7", NULL};
 	CHECK(th_run_target(argv, NULL, 120000 * scale) == 0, "scrm-cachegen keys");
-	snprintf(kd, sizeof(kd), "%s/keys", e->store);
-	CHECK(th_run((const char *const[]){"mkdir", "-p", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
+	snprintf(kd, sizeof(kd), "%s/private/keys", e->store);
+	CHECK(th_run((const char *const[]){"mkdir", "-p", "-m", "0700", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
 	snprintf(a, sizeof(a), "%s/tenant.key", e->keys);
 	snprintf(b, sizeof(b), "%s/tenant.key", kd);
 	if (copy_file(a, b))
@@ -350,7 +351,7 @@ static int wait_all_streams(struct env *e, int timeout_s)
 static int scan_store_for_phones(struct env *e, int *scanned)
 {
 	char p[600], *idx;
-	const char *files[] = {"cache.db", "cache.db-wal", "cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
+	const char *files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
 	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
 	CHECK((idx = th_read_file(p, NULL)), "index");
 	*scanned = 0;
@@ -546,16 +547,19 @@ static int record_purchase(scrm_store *st, const char *order, const char *member
 /* The store's databases, read while the agent runs: where the member's id
  * or card number still is ("" if nowhere). Retail member ids appear in the
  * fixture only in the member's own records (profile, card, its coupons). */
-/* The damaged copies a store sets aside (quarantine/): the live files as
- * they are now, under the names outbox.c and cache.c give them. */
-static const char *const quarantined[] = {"quarantine/cache-1000.db", "quarantine/cache-1000.db-wal",
+/* The damaged copies a store sets aside: the live files as they are now,
+ * under the names and in the places outbox.c (the store's quarantine/) and
+ * cache.c (the private directory's: personal data) give them. */
+static const char *const quarantined[] = {"private/quarantine/cache-1000.db", "private/quarantine/cache-1000.db-wal",
 					  "quarantine/outbox-1000.db", "quarantine/outbox-1000.db-wal"};
 
 static int plant_quarantine(struct env *e)
 {
-	static const char *const live[] = {"cache.db", "cache.db-wal", "outbox.db", "outbox.db-wal"};
+	static const char *const live[] = {"private/cache.db", "private/cache.db-wal", "outbox.db", "outbox.db-wal"};
 	char q[600];
 	snprintf(q, sizeof(q), "%s/quarantine", e->store);
+	CHECK(mkdir(q, 0700) == 0 || errno == EEXIST, "mkdir %s", q);
+	snprintf(q, sizeof(q), "%s/private/quarantine", e->store);
 	CHECK(mkdir(q, 0700) == 0 || errno == EEXIST, "mkdir %s", q);
 	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++) {
 		char src[600], dst[600];
@@ -577,9 +581,9 @@ static int plant_quarantine(struct env *e)
 
 static int member_bytes(struct env *e, const char *id, const char *cardno, char *where, size_t cap)
 {
-	static const char *const files[] = {"cache.db", "cache.db-wal", "cache.db-shm",
+	static const char *const files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm",
 					    "outbox.db", "outbox.db-wal", "outbox.db-shm",
-					    "quarantine/cache-1000.db", "quarantine/cache-1000.db-wal",
+					    "private/quarantine/cache-1000.db", "private/quarantine/cache-1000.db-wal",
 					    "quarantine/outbox-1000.db", "quarantine/outbox-1000.db-wal"};
 	where[0] = '\0';
 	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
@@ -664,7 +668,7 @@ static int erasure_commands(struct env *e, scrm_cache *till)
 	/* A reader in the middle of a read (a guide tablet's long query). */
 	char p[600];
 	sqlite3 *reader = NULL;
-	snprintf(p, sizeof(p), "%s/cache.db", e->store);
+	snprintf(p, sizeof(p), "%s/private/cache.db", e->store);
 	CHECK(sqlite3_open_v2(p, &reader, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
 		      sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL) == SQLITE_OK,
 	      "reader");
@@ -787,7 +791,7 @@ static int t_cache_erasure(struct env *e)
 	      "the quarantined outbox lost member %s's sale (found: %s)", e->m_id[1], where);
 	{
 		char q[600];
-		snprintf(q, sizeof(q), "%s/quarantine/cache-1000.db", e->store);
+		snprintf(q, sizeof(q), "%s/private/quarantine/cache-1000.db", e->store);
 		CHECK(access(q, F_OK) != 0, "the quarantined cache copy is still there");
 	}
 

@@ -376,7 +376,9 @@ static int fleet_commands(struct env *e)
 	{
 		char junk[600];
 		CHECK(mkdir(e->store, 0700) == 0, "mkdir store");
-		snprintf(junk, sizeof(junk), "%s/cache.db", e->store);
+		snprintf(junk, sizeof(junk), "%s/private", e->store);
+		CHECK(mkdir(junk, 0700) == 0, "mkdir private");
+		snprintf(junk, sizeof(junk), "%s/private/cache.db", e->store);
 		CHECK(th_write_file(junk, "this is not a SQLite database, it is junk of sufficient length ..........") == 0,
 		      "junk cache");
 	}
@@ -441,7 +443,7 @@ static int fleet_commands(struct env *e)
 	cJSON_Delete(r);
 	{
 		char path[600];
-		snprintf(path, sizeof(path), "%s/config.remote.json", e->store);
+		snprintf(path, sizeof(path), "%s/private/config.remote.json", e->store);
 		char *t = th_read_file(path, NULL);
 		CHECK(t && strstr(t, "\"sync.window\":4") && strstr(t, "\"version\":1"), "overlay persisted: %s", t ? t : "(none)");
 		free(t);
@@ -868,7 +870,7 @@ static int fleet_broker_allowlist(struct env *e)
 	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	cJSON_Delete(o);
-	snprintf(overlay, sizeof(overlay), "%s/config.remote.json", e->store);
+	snprintf(overlay, sizeof(overlay), "%s/private/config.remote.json", e->store);
 
 	static const char *const refused[] = {"mqtts://127.0.0.1:%d", "mqtts://localhost:%d", "mqtts://evil.example:%d"};
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
@@ -946,7 +948,7 @@ static int fleet_signed(struct env *e)
 	 * directory where its replay-guard file goes: the atomic rename
 	 * fails, root or not), the command is refused, not run unrecorded. */
 	char seen[600];
-	snprintf(seen, sizeof(seen), "%s/fleet_seen_ids", e->store);
+	snprintf(seen, sizeof(seen), "%s/private/fleet_seen_ids", e->store);
 	CHECK(unlink(seen) == 0 && mkdir(seen, 0700) == 0, "replace %s by a directory", seen);
 	const char *c[] = {"cmd", "s1/" DEVICE, "flush", "--sign-key", key, "--timeout-ms", timeout, NULL};
 	CHECK(ctl(e, &r, c) == 1 && r && strcmp(jstr(r, "error.code"), "failed") == 0 &&

@@ -216,7 +216,7 @@ static int no_core_agent(const char *dir)
 	/* it ran past opening its store and data key */
 	if (rc == 0) {
 		char key[600];
-		snprintf(key, sizeof(key), "%s/keys/data.key", store);
+		snprintf(key, sizeof(key), "%s/private/keys/data.key", store);
 		CHECK(access(key, F_OK) == 0, "scrm-agent made no %s: did it get that far?", key);
 	}
 fail:

@@ -268,6 +268,10 @@ check_installed() {
 	st=$("${WRAP[@]}" stat -c '%a %u %g' "$ROOT/var/lib/scrm")
 	[ "$st" = "2770 $uid $gid" ] || fail "/var/lib/scrm is '$st', want '2770 $uid $gid'"
 	ok "/var/lib/scrm: scrm:scrm 2770"
+	# (2700: the setgid bit comes from /var/lib/scrm; harmless, no group access)
+	st=$("${WRAP[@]}" stat -c '%a %u %g' "$ROOT/var/lib/scrm/private")
+	[ "${st#2}" = "700 $uid $gid" ] || fail "/var/lib/scrm/private is '$st', want '700 $uid $gid' (keys and cache: the agent's alone)"
+	ok "/var/lib/scrm/private: scrm:scrm 0700"
 	dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Conffiles}\n' scrm-agent | grep -q '^ /etc/scrm/agent.json [0-9a-f]\{32\}$' ||
 		fail "dpkg did not register /etc/scrm/agent.json as a conffile"
 	ok "conffile /etc/scrm/agent.json registered"

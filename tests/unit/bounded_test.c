@@ -683,20 +683,24 @@ static int exists(const char *p)
 }
 
 /* Files in <store>/quarantine whose name ends with `suffix`. */
+/* In the store's quarantine/ (outbox) and the private directory's (cache:
+ * personal data stays in the agent's own directory). */
 static int quarantined_files(fx *f, const char *suffix)
 {
-	char *q = tu_join(f->store, "quarantine");
-	DIR *d = opendir(q);
 	int n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		size_t a = strlen(e->d_name), b = strlen(suffix);
-		if (a > b && strcmp(e->d_name + a - b, suffix) == 0)
-			n++;
+	for (int i = 0; i < 2; i++) {
+		char *q = tu_join(f->store, i ? "private/quarantine" : "quarantine");
+		DIR *d = opendir(q);
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			size_t a = strlen(e->d_name), b = strlen(suffix);
+			if (a > b && strcmp(e->d_name + a - b, suffix) == 0)
+				n++;
+		}
+		if (d)
+			closedir(d);
+		free(q);
 	}
-	if (d)
-		closedir(d);
-	free(q);
 	return n;
 }
 
@@ -991,7 +995,7 @@ static void interrupted_quarantine_is_finished(void **state)
 static void cache_quarantined(void **state)
 {
 	fx *f = *state;
-	char *cdb = tu_join(f->store, CACHE_FILE);
+	char *cdb = tu_join(f->store, "private/" CACHE_FILE);
 	char junk[8192];
 	cache *c = NULL;
 	cache__options daemon = {.create = 1, .check = 1};
@@ -1016,7 +1020,7 @@ static void cache_quarantined(void **state)
 	assert_int_equal(cache__open(f->store, &daemon, &c), SCRM_OK);
 	const char *q = cache__quarantined(c);
 	assert_non_null(q);
-	assert_non_null(strstr(q, "/quarantine/cache-"));
+	assert_non_null(strstr(q, "/private/quarantine/cache-"));
 	assert_non_null(strstr(cache__quarantine_detail(c), "fetched again"));
 	size_t len = 0;
 	char *moved = read_bytes(q, &len);

@@ -54,7 +54,7 @@ static cg_signer *g_signer;
 
 typedef struct fx {
 	char *dir;   /* temp dir */
-	char *store; /* <dir>/store: cache.db, outbox.db, keys/ */
+	char *store; /* <dir>/store: outbox.db, private/ (cache.db, keys/) */
 	char *keys;  /* <store>/keys */
 	char *cache_db, *outbox_db;
 	cache *c;
@@ -73,6 +73,9 @@ static void copy_file(const char *from, const char *to)
 	assert_non_null(f);
 	assert_int_equal(fwrite(text, 1, n, f), n);
 	assert_int_equal(fclose(f), 0);
+	/* As a store is provisioned: keys readable by the agent's user only
+	 * (a group-readable tenant.key is refused). */
+	assert_int_equal(chmod(to, 0600), 0);
 	free(text);
 }
 
@@ -113,8 +116,8 @@ static int setup(void **state)
 	assert_non_null(f);
 	f->dir = tu_tmpdir("cache");
 	f->store = tu_join(f->dir, "store");
-	f->keys = tu_join(f->store, "keys");
-	f->cache_db = tu_join(f->store, "cache.db");
+	f->keys = tu_join(f->store, "private/keys");
+	f->cache_db = tu_join(f->store, "private/cache.db");
 	f->outbox_db = tu_join(f->store, "outbox.db");
 	assert_int_equal(platform__mkdirs(f->keys, 0700), 0);
 	/* What a store is provisioned with: central's public key and the

@@ -12,7 +12,7 @@
  *
  * Each test gets its own directory holding the local file (agent.json)
  * with store_dir pointing at the directory, so the overlay
- * (config.remote.json) lands next to it.
+ * (config.remote.json) lands in its private/ subdirectory (agent/paths.h).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,7 +82,12 @@ static int setup(void **state)
 	assert_non_null(f);
 	f->dir = tu_tmpdir("config-remote");
 	f->path = tu_join(f->dir, "agent.json");
-	f->overlay = tu_join(f->dir, "config.remote.json");
+	f->overlay = tu_join(f->dir, "private/config.remote.json");
+	{ /* the agent's private directory (agent/paths.h), as paths__prepare makes it */
+		char *priv = tu_join(f->dir, "private");
+		assert_int_equal(mkdir(priv, 0700), 0);
+		free(priv);
+	}
 	sbuf__init(&f->text);
 	sbuf__init(&f->changed);
 	write_base(f, "");
@@ -650,7 +655,7 @@ static void write_then_load_round_trips(void **state)
 	sbuf__free(&keys);
 	config__free(&written);
 	/* No stray temp files next to it. */
-	char *tmp = tu_join(f->dir, "config.remote.json.tmp");
+	char *tmp = tu_join(f->dir, "private/config.remote.json.tmp");
 	assert_false(file_exists(tmp));
 	free(tmp);
 }
@@ -662,7 +667,7 @@ static void write_overlay_reports_io_errors(void **state)
 	free(f->cur.store_dir);
 	f->cur.store_dir = strdup("/nonexistent/scrm-config-remote");
 	assert_int_equal(config__write_overlay(&f->cur, "{}"), SCRM_E_IO);
-	assert_errmsg_contains("/nonexistent/scrm-config-remote/config.remote.json");
+	assert_errmsg_contains("/nonexistent/scrm-config-remote/private/config.remote.json");
 }
 
 /* Write `text` as the overlay, load, and expect the local values with
@@ -731,7 +736,7 @@ static void bad_overlay_never_stops_the_daemon(void **state)
 	assert_int_equal(mkdir(f->overlay, 0700), 0);
 	load(f);
 	assert_non_null(f->cur.overlay_error);
-	assert_non_null(strstr(f->cur.overlay_error, "cannot read"));
+	assert_non_null(strstr(f->cur.overlay_error, "refused: not a regular file"));
 	assert_int_equal(f->cur.window, 8);
 	assert_int_equal(rmdir(f->overlay), 0);
 	/* And a good one after all that is applied again. */

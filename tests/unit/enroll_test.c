@@ -162,9 +162,9 @@ static void csr_has_subject_and_key_0600(void **state)
 	FILE *out = open_memstream(&report, &rlen);
 	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, out), SCRM_OK);
 	fclose(out);
-	assert_non_null(strstr(f->paths.key, "/store/keys/device.key"));
-	assert_non_null(strstr(f->paths.csr, "/store/keys/device.csr"));
-	assert_non_null(strstr(f->paths.cert, "/store/keys/device.crt"));
+	assert_non_null(strstr(f->paths.key, "/store/private/keys/device.key"));
+	assert_non_null(strstr(f->paths.csr, "/store/private/keys/device.csr"));
+	assert_non_null(strstr(f->paths.cert, "/store/private/keys/device.crt"));
 	assert_int_equal(mode_of(f->paths.key), 0600);
 	assert_int_equal(mode_of(f->paths.csr), 0644);
 
@@ -222,7 +222,7 @@ static void key_kept_unless_forced(void **state)
 {
 	struct fx *f = *state;
 	char bak[4600], keys_dir[4200];
-	snprintf(keys_dir, sizeof(keys_dir), "%s/store/keys", f->dir);
+	snprintf(keys_dir, sizeof(keys_dir), "%s/store/private/keys", f->dir);
 	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_OK);
 	char *first = slurp(f->paths.key, NULL);
 	assert_non_null(first);
@@ -263,9 +263,10 @@ static void unreadable_key_left_alone(void **state)
 {
 	struct fx *f = *state;
 	char keys_dir[4200];
-	snprintf(keys_dir, sizeof(keys_dir), "%s/store/keys", f->dir);
+	snprintf(keys_dir, sizeof(keys_dir), "%s/store/private/keys", f->dir);
 	assert_int_equal(platform__mkdirs(keys_dir, 0700), 0);
 	assert_int_equal(th_write_file(f->paths.key, "not a key\n"), 0);
+	assert_int_equal(chmod(f->paths.key, 0600), 0);
 	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_E_CONFIG);
 	assert_errmsg_contains(f->paths.key);
 	assert_errmsg_contains("--force");
@@ -284,18 +285,20 @@ static void root_gives_store_files_to_store_owner(void **state)
 {
 	struct fx *f = *state;
 	struct stat st;
-	char store[4200], keys[4300];
+	char store[4200], keys[4400];
 	if (geteuid() != 0) {
 		skip();
 		return;
 	}
+	char priv[4300];
 	snprintf(store, sizeof(store), "%s/store", f->dir);
-	snprintf(keys, sizeof(keys), "%s/keys", store);
+	snprintf(priv, sizeof(priv), "%s/private", store);
+	snprintf(keys, sizeof(keys), "%s/keys", priv);
 	assert_int_equal(mkdir(store, 02770), 0);
 	assert_int_equal(chown(store, 65534, 65534), 0);
 	assert_int_equal(enroll__make_csr(&f->cfg, &f->paths, 0, NULL), SCRM_OK);
-	const char *mine[] = {keys, f->paths.key, f->paths.csr};
-	for (size_t i = 0; i < 3; i++) {
+	const char *mine[] = {priv, keys, f->paths.key, f->paths.csr};
+	for (size_t i = 0; i < 4; i++) {
 		assert_int_equal(stat(mine[i], &st), 0);
 		assert_int_equal(st.st_uid, 65534);
 		assert_int_equal(st.st_gid, 65534);

@@ -114,7 +114,7 @@ static int setup(void **state)
 	f->dir = tu_tmpdir("guide");
 	f->keys = tu_join(f->dir, "keys");
 	f->outbox_db = tu_join(f->dir, OUTBOX_FILE);
-	f->cache_db = tu_join(f->dir, CACHE_FILE);
+	f->cache_db = tu_join(f->dir, "private/" CACHE_FILE);
 	f->version = 1;
 	assert_int_equal(cg_keys_create(f->keys, 1), 0);
 	char *key = tu_join(f->keys, "central.key");
