@@ -839,30 +839,16 @@ static int t_tls_floor(struct env *e)
 	return 0;
 }
 
-/* A CRL of the test CA made with `openssl ca`: revoking `revoke` (NULL:
- * none); `expired` gives one whose nextUpdate is in 2020. */
+/* A CRL of the test CA (th_certs_make_crl): revoking dir/<revoke> (NULL:
+ * none); `expired` gives one whose nextUpdate has passed. */
 static int make_crl(struct env *e, const char *out_name, const char *revoke, int expired)
 {
-	char cnf[600], db[600], num[600], ca[600], cakey[600], out[600], rev[600], text[1600];
-	snprintf(cnf, sizeof(cnf), "%s/crl.cnf", e->dir);
-	snprintf(db, sizeof(db), "%s/crl-index-%s.txt", e->dir, out_name);
-	snprintf(num, sizeof(num), "%s/crl-number-%s", e->dir, out_name);
-	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
-	snprintf(cakey, sizeof(cakey), "%s/ca.key", e->dir);
+	char out[600], rev[600];
 	snprintf(out, sizeof(out), "%s/%s", e->dir, out_name);
-	snprintf(text, sizeof(text), "[ca]\ndefault_ca = d\n[d]\ndatabase = %s\ncrlnumber = %s\ndefault_md = sha256\n"
-		 "default_crl_days = 2\n", db, num);
-	CHECK(th_write_file(cnf, text) == 0 && th_write_file(db, "") == 0 && th_write_file(num, "01\n") == 0,
-	      "CRL scratch files");
-	if (revoke) {
-		snprintf(rev, sizeof(rev), "%s/%s", e->dir, revoke);
-		const char *r[] = {"openssl", "ca", "-batch", "-config", cnf, "-keyfile", cakey, "-cert", ca, "-revoke", rev, NULL};
-		if (ossl(e, r))
-			return -1;
-	}
-	const char *g[] = {"openssl", "ca", "-batch", "-config", cnf, "-keyfile", cakey, "-cert", ca, "-gencrl", "-out", out,
-			   expired ? "-crl_lastupdate" : NULL, "200101000000Z", "-crl_nextupdate", "200102000000Z", NULL};
-	return ossl(e, g);
+	snprintf(rev, sizeof(rev), "%s/%s", e->dir, revoke ? revoke : "");
+	const char *const revoked[] = {revoke ? rev : NULL, NULL};
+	CHECK(th_certs_make_crl(e->dir, "ca", revoked, out, expired ? -1 : 2) == 0, "CRL %s", out_name);
+	return 0;
 }
 
 /* broker.crl_file: a revoked broker certificate, an expired CRL and an
