@@ -277,7 +277,7 @@ static long bench_coupons(const cg_synth *s, const struct campaigns *cp, cg_sign
 
 /* ---- the raw SQLite reference --------------------------------------------- */
 
-/* The engine's rules query (agent/guide.c), for its plan on cache.db. */
+/* The engine's rules query (agent/lib/guide/guide.c), for its plan on cache.db. */
 #define ENGINE_RULES_SQL \
 	"SELECT then_sku, confidence FROM rules WHERE if_sku = ?1 ORDER BY confidence DESC, then_sku LIMIT ?2"
 

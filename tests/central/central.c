@@ -65,7 +65,7 @@
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
 
-#include "ident.h" /* the id rule, shared with the agent (agent/ident.c) */
+#include "ident.h" /* the id rule, shared with the agent (agent/lib/core/ident.c) */
 
 #define IDENT_MAX 64               /* tenant / store / device: [A-Za-z0-9_.-]{1,64} */
 #define EVENT_ID_MAX 128           /* generous: ids are UUIDv7 (36 chars) */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_ack: central's down/ack payload (docs/protocol.md, "Acknowledgement"),
- * parsed by the pure delivery__parse_ack() (agent/delivery.c), and the same
+ * parsed by the pure delivery__parse_ack() (agent/daemon/delivery.c), and the same
  * bytes as a coupon verdict (sync__parse_verdict). Invariants: refused with a
  * message, or every range and rejected seq within [1, 2^53], first <= last,
  * at most DELIVERY_ACK_MAX_RANGES of each. What the delivery state machine

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fuzz_cli: scrmctl's own parsing (agent/cli.c, and the fleet console's
- * arguments in agent/console.c). The input is split at NUL bytes into argv
+ * fuzz_cli: scrmctl's own parsing (agent/tools/scrmctl/cli.c, and the fleet console's
+ * arguments in agent/tools/scrm-fleet/console.c). The input is split at NUL bytes into argv
  * for cli__parse() and console__parse(), and read whole as JSON Lines text for
  * cli__next_line(). (The JSON of each line is event__from_json's, fuzzed by
  * fuzz_event_json.) Invariants: a usage error always says why; what a parse

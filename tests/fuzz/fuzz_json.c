@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_json: json__parse(), the strict JSON reader every parser of outside
- * input goes through (agent/json.c).
+ * input goes through (agent/lib/core/json.c).
  *
  * Beyond "no crash, no sanitizer report, no leak", every input checks:
  *   - a refusal is SCRM_E_INVALID (or NOMEM) with a message naming the

@@ -26,7 +26,7 @@
 
 #include "event.h"
 #include "sbuf.h"
-#include "store.h"
+#include "capture.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>

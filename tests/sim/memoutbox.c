@@ -2,7 +2,7 @@
 /*
  * memoutbox: the in-memory outbox of the delivery simulator and of
  * delivery_test (see memoutbox.h). Event JSON is written the way
- * agent/outbox.c writes it (put_event, put_marker_damaged), and
+ * agent/lib/outbox/outbox.c writes it (put_event, put_marker_damaged), and
  * memoutbox__read follows outbox__read_batch step by step, so that what
  * delivery publishes here is byte for byte what it publishes on a device.
  */
@@ -26,7 +26,7 @@ int memoutbox__kind_paid(int kind)
 	return kind == MO_PURCHASE || kind == MO_RETURN || kind == MO_COUPON_REDEEM;
 }
 
-/* Eviction order (agent/outbox.c EVICT_CLASS): browsing, then scans, then
+/* Eviction order (agent/lib/outbox/outbox.c EVICT_CLASS): browsing, then scans, then
  * any other kind that is not paid for. */
 static int evict_class(int kind)
 {
@@ -276,7 +276,7 @@ int64_t memoutbox__pending_between(const memoutbox *ob, int64_t lo, int64_t hi)
 	return 0;
 }
 
-/* ---- event JSON, as agent/outbox.c writes it ---- */
+/* ---- event JSON, as agent/lib/outbox/outbox.c writes it ---- */
 
 static void put_header(sbuf *out, const memoutbox_event *e, const char *boot)
 {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * memoutbox: an in-memory outbox behind the outbox half of delivery__io
- * (read, oldest, ack, reject), with the semantics of agent/outbox.c that
+ * (read, oldest, ack, reject), with the semantics of agent/lib/outbox/outbox.c that
  * delivery depends on: events in seq order, a soft byte limit with "the
  * first event is always taken", a hard limit above which an event is set
  * aside and goes out as a marker (like outbox__read_batch), eviction of
@@ -49,7 +49,7 @@ enum memoutbox_fate {
 enum memoutbox_op { MO_OP_READ, MO_OP_OLDEST, MO_OP_ACK, MO_OP_REJECT, MO_NOPS };
 
 /* Stored size of an event for the cap: body + a fixed row overhead, as
- * agent/outbox.h (OUTBOX_ROW_OVERHEAD). */
+ * agent/lib/outbox/outbox.h (OUTBOX_ROW_OVERHEAD). */
 #define MEMOUTBOX_ROW_OVERHEAD 128
 
 typedef struct memoutbox_event {

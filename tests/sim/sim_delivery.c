@@ -2,7 +2,7 @@
 /*
  * sim_delivery: the seeded fault simulator of issue 11 ("prove the
  * invariant, not only the scenarios"). It drives the real delivery state
- * machine (agent/delivery.c) the way the daemon does (agent/sync.c), over
+ * machine (agent/daemon/delivery.c) the way the daemon does (agent/daemon/sync.c), over
  * an in-memory outbox (memoutbox) and an in-memory central that follows
  * docs/protocol.md literally (memcentral), through a discrete-event network
  * on a virtual clock, over thousands of random schedules.

@@ -444,7 +444,7 @@ void cg_signer_close(cg_signer *s)
 
 /* Central signs "low s" (docs/protocol.md, "Signatures"): when s > n/2 the
  * same signature is re-spelt with n - s, in DER, as the agent requires.
- * Written here rather than borrowed from agent/crypto.c: this is the
+ * Written here rather than borrowed from agent/lib/core/crypto.c: this is the
  * reference central, it must not share the agent's code. */
 static int low_s(cg_signer *s, unsigned char *sig, size_t *sig_len)
 {

@@ -31,7 +31,7 @@
  *
  * Not seen: what SQLite does not do through the VFS — the -shm file (mapped
  * memory; SQLite rebuilds it after a crash), and plain POSIX calls made by
- * the code under test (rename/link/unlink in agent/quarantine.c,
+ * the code under test (rename/link/unlink in agent/lib/core/quarantine.c,
  * platform__precreate, the lock files). Those take effect at once and are
  * durable as far as the shim is concerned; only their effect on a file the
  * shim tracks is seen, at that file's next first open.

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * backoff_test: reconnect delays (agent/backoff.c) — capped exponential with
+ * backoff_test: reconnect delays (agent/transport/backoff.c) — capped exponential with
  * full jitter. The random value is a parameter, so the extremes of the jitter
  * range are tested exactly: 0 gives no delay, UINT32_MAX gives the ceiling.
  * Pure logic, no neighbours.

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * cache_test: the customer cache (agent/cache.c, agent/crypto.c, and the
- * public look-up API in agent/lookup.c) against the contract in
+ * cache_test: the customer cache (agent/lib/cache/cache.c, agent/lib/core/crypto.c, and the
+ * public look-up API in agent/lib/cache/cache_api.c) against the contract in
  * docs/protocol.md, "Customer cache (central → store)": snapshots swapped in
  * at their last chunk, deltas and cursors, gaps and the resync schedule, a
  * build interrupted by SIGKILL and resumed, signed coupons and QR tokens,
@@ -1892,7 +1892,7 @@ static void malformed_messages_refused_whole(void **state)
 		assert_refused(cache__apply(f->c, NULL, m, sizeof(m) - 1, NULL, NULL, &o), SCRM_E_INVALID, "message");
 		assert_errmsg_contains("message: NUL byte at line 1, column 22");
 	}
-	/* Strict JSON (agent/json.c): refused whole, the message says what and
+	/* Strict JSON (agent/lib/core/json.c): refused whole, the message says what and
 	 * where; a key given twice is named with the path of its object. */
 	{
 		const struct {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * config_remote_test: remote configuration (agent/config.c, the fleet
+ * config_remote_test: remote configuration (agent/daemon/config.c, the fleet
  * `config.set` command; docs/protocol.md "Remote configuration"). What an
  * operator notices: central's change is validated as a whole and refused
  * naming the key; the keys that protect the device (CA, TLS, command
@@ -12,7 +12,7 @@
  *
  * Each test gets its own directory holding the local file (agent.json)
  * with store_dir pointing at the directory, so the overlay
- * (config.remote.json) lands in its private/ subdirectory (agent/paths.h).
+ * (config.remote.json) lands in its private/ subdirectory (agent/lib/core/paths.h).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -83,7 +83,7 @@ static int setup(void **state)
 	f->dir = tu_tmpdir("config-remote");
 	f->path = tu_join(f->dir, "agent.json");
 	f->overlay = tu_join(f->dir, "private/config.remote.json");
-	{ /* the agent's private directory (agent/paths.h), as paths__prepare makes it */
+	{ /* the agent's private directory (agent/lib/core/paths.h), as paths__prepare makes it */
 		char *priv = tu_join(f->dir, "private");
 		assert_int_equal(mkdir(priv, 0700), 0);
 		free(priv);
@@ -398,7 +398,7 @@ static void propose_unknown_and_malformed(void **state)
 }
 
 /*
- * Regression test (bug in agent/config.c config__propose): more than
+ * Regression test (bug in agent/daemon/config.c config__propose): more than
  * OVERLAY_MAX_KEYS (64) keys set the message "set: at most 64 keys at once"
  * but `goto out` with rc still SCRM_OK from the previous key's
  * check_remote_key(), so the proposal "succeeds" with a zeroed *next, an
@@ -768,7 +768,7 @@ static void proposal_after_an_ignored_overlay(void **state)
 }
 
 /*
- * Regression test (bug in agent/config.c config__load_all): when the
+ * Regression test (bug in agent/daemon/config.c config__load_all): when the
  * overlay parses but its set no longer validates, its version (here 5) is
  * dropped with the set: cfg->config_version is 0, so the next config.set
  * writes version 1 — the version goes backwards, although protocol.md says
@@ -794,7 +794,7 @@ static void ignored_overlay_keeps_its_version(void **state)
 }
 
 /*
- * Regression test (bug in agent/config.c config__propose): probation is
+ * Regression test (bug in agent/daemon/config.c config__propose): probation is
  * decided on the *strongest* class of the change. A broker change made
  * together with a restart-class key ({"broker.uri":...,"cache.enabled":...})
  * has cls CFG_RESTART, so no "previous" is kept and nothing can roll the
@@ -816,7 +816,7 @@ static void broker_change_with_restart_key_is_on_probation(void **state)
 }
 
 /*
- * Regression test (bug in agent/config.c config__propose): a change made
+ * Regression test (bug in agent/daemon/config.c config__propose): a change made
  * while a broker change is still on probation drops the probation (next has
  * no "previous" unless the new change is itself of class CFG_RECONNECT).
  * The broker change becomes permanent unproven, and sync.c's running

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * config_test: the daemon's JSON configuration (agent/config.c). An operator
+ * config_test: the daemon's JSON configuration (agent/daemon/config.c). An operator
  * editing /etc/scrm/agent.json must get, for every mistake, an error naming
  * the dotted key and the line it is on; defaults must be what the key table
  * documents; TLS must be the default and plaintext an explicit choice.
@@ -337,7 +337,7 @@ static void unknown_keys_name_dotted_key_and_line(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/config.c line_of): the line reported for a key is the
+ * Regression test (fixed bug in agent/daemon/config.c line_of): the line reported for a key is the
  * first place its LEAF name appears anywhere in the file, not where the
  * offending key is. A "window" put by mistake under "broker" is reported at
  * the line of the correct "sync.window" above it, sending the operator to a

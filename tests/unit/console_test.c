@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * console_test: what `scrmctl fleet` prints of a device's words
- * (console__term_text, agent/console.c). A retained up/state is written by
+ * (console__term_text, agent/tools/scrm-fleet/console.c). A retained up/state is written by
  * the device (or by anyone holding its credentials), and the console shows
  * it on an operator's terminal: an escape sequence in a field must reach the
  * terminal as visible text, never as a control sequence (issue 12, finding

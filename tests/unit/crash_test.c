@@ -1016,7 +1016,7 @@ static int drain(run *r, outbox *ob)
 
 
 /* KNOWN HOLE — THE ONE PLACE TO FLIP when the salvage keeps every readable
- * event (the fix in progress on agent/outbox.c): today salvage() stops at
+ * event (the fix in progress on agent/lib/outbox/outbox.c): today salvage() stops at
  * the first unreadable page, so events still readable after it are lost.
  * With SALVAGE_KEEPS_READABLE 1 such an event is a failure. */
 #define SALVAGE_KEEPS_READABLE 1

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * crypto_test: agent/crypto.c — key files, AES-256-GCM sealing, HMAC, base64,
+ * crypto_test: agent/lib/core/crypto.c — key files, AES-256-GCM sealing, HMAC, base64,
  * and above all the hand-assembled ECDSA P-256 verification, cross-checked
  * against mbedtls_pk_verify on genuine, altered and malformed signatures.
  * It is stricter than mbedtls_pk_verify on purpose (docs/protocol.md,

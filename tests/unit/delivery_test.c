@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * delivery_test: the delivery state machine (agent/delivery.c) in small
+ * delivery_test: the delivery state machine (agent/daemon/delivery.c) in small
  * deterministic scenarios, over the simulator's in-memory outbox
  * (tests/sim/memoutbox.c) with a fake publisher and clock: go-back on
  * reconnect, resend_from for the current round only, acks whose delete

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * enroll_test: agent/enroll.c — the device key (made once, 0600, replaced
+ * enroll_test: agent/daemon/enroll.c — the device key (made once, 0600, replaced
  * only with force and then kept as a backup), the CSR (parses, this device's
  * subject, this key, a valid self-signature) and the checks before a
  * certificate is installed: another key, another CN, expired or not yet

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * event_test: validation and canonical encoding of event bodies (agent/event.c)
+ * event_test: validation and canonical encoding of event bodies (agent/lib/capture/event.c)
  * through both doors — the typed structs of <scrm/scrm.h> and JSON text —
  * against the rules of docs/protocol.md ("Bodies"). Every refusal is checked
  * for its code AND for a message that starts with the offending field, since
@@ -1111,7 +1111,7 @@ static void json_encoded_body_too_big(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/event.c event__from_json / get_str): a NUL inside a
+ * Regression test (fixed bug in agent/lib/capture/event.c event__from_json / get_str): a NUL inside a
  * JSON string — escaped as \u0000, or a raw 0 byte inside `len` — ends the
  * C string that cJSON hands back, so "member_id":"A\u0000B" is ACCEPTED and
  * stored as "A": silent truncation of customer data, and a way to make two

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fleet_test: the device side of fleet management (agent/fleet.c,
+ * fleet_test: the device side of fleet management (agent/daemon/fleet.c,
  * docs/protocol.md "Fleet management"). What central's operators notice:
  * every malformed, unsigned, forged, stale, misdirected or replayed command
  * is refused with the documented error code and the field at fault, and the
@@ -945,7 +945,7 @@ static void arg_int_bounds_and_fields(void **state)
 }
 
 /*
- * Regression test (bug in agent/fleet.c fleet__arg_int): the upper bound is
+ * Regression test (bug in agent/daemon/fleet.c fleet__arg_int): the upper bound is
  * compared as a double. With hi = INT64_MAX (sync.c's `if_version`),
  * (double)INT64_MAX rounds up to 2^63, so a value of exactly 2^63 passes the
  * check and `(int64_t)d` overflows — undefined behaviour (clang's UBSan
@@ -1225,7 +1225,7 @@ static void birth_seq_survives_garbage(void **state)
 }
 
 /*
- * Regression test (bug in agent/fleet.c fleet__next_birth_seq): a stored
+ * Regression test (bug in agent/daemon/fleet.c fleet__next_birth_seq): a stored
  * value of INT64_MAX (a corrupted or hand-edited birth_seq file:
  * "9223372036854775807") is accepted, and `last + 1` overflows — undefined
  * behaviour (UBSan aborts the daemon at every connection attempt; without

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * guide_test: the guide tablet and the till (agent/guide.c through the public
+ * guide_test: the guide tablet and the till (agent/lib/guide/guide.c through the public
  * API of include/scrm/scrm.h, "Recommendations, coupons, attribution"):
  * every coupon rule and the reason code it refuses with, the value a coupon
  * is worth on a basket, redemption as one locked reservation (two processes

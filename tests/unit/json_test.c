@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * json_test: the strict JSON reader (agent/json.c) that every parser of
+ * json_test: the strict JSON reader (agent/lib/core/json.c) that every parser of
  * outside input goes through. What a user must be able to act on: a
  * repeated key is refused at any depth, named with the path of its object
  * and its line and column; so are empty input, syntax errors (line and

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * net_test: the bounded TCP connect (platform/net.c) and the connection
- * diagnosis run in a thread (agent/tlsprobe.c), against real loopback
+ * diagnosis run in a thread (agent/transport/tlsprobe.c), against real loopback
  * sockets. What matters to the daemon (security review, issue 12): an
  * address that drops SYNs costs the diagnosis its timeout, not the kernel's
  * ~127 s of SYN retries; a silent server costs the handshake no more; and a

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * outbox_clock_test: each event's clock_ok (agent/outbox.c, "clock trust";
+ * outbox_clock_test: each event's clock_ok (agent/lib/outbox/outbox.c, "clock trust";
  * docs/protocol.md). A glitch of the wall clock, forward or backward, flags
  * the glitched events and nothing after them; a real correction is adopted
  * once its offset has held for 10 minutes of monotonic time, or at once

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * outbox_test: the durable SQLite queue (agent/outbox.c) in a throw-away
+ * outbox_test: the durable SQLite queue (agent/lib/outbox/outbox.c) in a throw-away
  * directory: creation and device binding, the sequence counter (consecutive,
  * shared by every handle on the file, never reused after acks), batches for
  * the wire, acks, rejections, the statistics scrmctl prints, and what
@@ -699,7 +699,7 @@ static void stats_figures(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/outbox.c outbox__stats): pending_bytes is documented
+ * Regression test (fixed bug in agent/lib/outbox/outbox.c outbox__stats): pending_bytes is documented
  * as "their body bytes" but is computed with SQL length(body), which counts
  * CHARACTERS of a TEXT value. Bodies with non-ASCII text (names, "Zoë",
  * Japanese product codes) are under-counted, so a disk-usage alarm based on

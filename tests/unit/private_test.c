@@ -5,9 +5,9 @@
  * group can rename and plant entries in it. These tests play that POS user
  * for real: a forked child that drops to another uid in the store's group
  * (setgid/setuid), working on real files, against the real modules —
- * agent/paths.c (the private directory and the move of an old layout),
+ * agent/lib/core/paths.c (the private directory and the move of an old layout),
  * platform__read_trusted (crypto's keys and central.pub, the remote
- * settings, the replay guard), agent/cache.c, agent/enroll.c and libscrm's
+ * settings, the replay guard), agent/lib/cache/cache.c, agent/daemon/enroll.c and libscrm's
  * capture.
  *
  * A second uid needs root (CI runs the suite as root); as another user the

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * salvage_test: what a damaged outbox.db gives back when it is quarantined
- * (agent/salvage.c through outbox__open_checked) and later through
+ * (agent/lib/outbox/salvage.c through outbox__open_checked) and later through
  * outbox__recover_file (scrmctl outbox recover). Issue 11, holes 1 and 10.
  *
  * The damage is real: a b-tree page of the outbox table, found with SQLite's

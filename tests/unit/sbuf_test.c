@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * sbuf_test: the JSON text buffer (agent/sbuf.c) — escaping that keeps event
+ * sbuf_test: the JSON text buffer (agent/lib/core/sbuf.c) — escaping that keeps event
  * bodies valid JSON whatever a POS puts in a string, integers at their
  * extremes, growth, and the out-of-memory latch.
  *
@@ -152,7 +152,7 @@ static void take_hands_over_the_text(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/sbuf.c sbuf__take): taking a buffer nothing was ever
+ * Regression test (fixed bug in agent/lib/core/sbuf.c sbuf__take): taking a buffer nothing was ever
  * written to allocates it (grow(b, 0)) but never writes the terminator, so
  * the "NUL-terminated contents" promised by sbuf.h are uninitialised memory:
  * strlen() on the result reads garbage. Expected: "". (No caller hits this

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * store_test: the public capture API (include/scrm/scrm.h, agent/store.c)
+ * store_test: the public capture API (include/scrm/scrm.h, agent/lib/capture/capture.c)
  * end to end, the way a POS uses it: a store in a temp directory, real
  * SQLite, real fsync. Checks receipts, that a refused call writes nothing,
  * group commit under 8 concurrent threads, two processes capturing into the

@@ -6,9 +6,9 @@
  * ignored as a whole — an ack must never delete an event central did not
  * name.
  *
- * The handler, on_ack(), is static in agent/sync.c: it parses with
+ * The handler, on_ack(), is static in agent/daemon/sync.c: it parses with
  * delivery__parse_ack() and applies with the delivery state machine over
- * the daemon's outbox adapter (io_*). This test compiles agent/sync.c into
+ * the daemon's outbox adapter (io_*). This test compiles agent/daemon/sync.c into
  * itself to reach both, with a real outbox in a temp dir behind them; the
  * rest of the daemon (mqtt, log, backoff) comes from the scrm_daemon
  * archive. The state machine alone is tests/unit/delivery_test.c.
@@ -156,7 +156,7 @@ static void malformed_acks_change_nothing(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/sync.c on_ack): seq numbers are checked for range
+ * Regression test (fixed bug in agent/daemon/sync.c on_ack): seq numbers are checked for range
  * but not for being integers, then truncated. {"acked":[[1.5,1.5]]} deletes
  * event 1, and {"rejected":[{"seq":2.7}]} moves event 2 out of the outbox —
  * events central never named. Expected: such an ack is malformed and
@@ -177,7 +177,7 @@ static void fractional_seqs_are_malformed(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/sync.c on_ack): a rejected seq above 2^63 (1e300) is
+ * Regression test (fixed bug in agent/daemon/sync.c on_ack): a rejected seq above 2^63 (1e300) is
  * converted to int64_t unchecked — undefined behaviour (so is "resend_from"
  * with the current batch id). On x86 it becomes INT64_MIN and nothing
  * visible happens, so this passes natively; in the sanitizer build

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * uuid_test: UUIDv7 event ids (agent/uuid.c). The module's one neighbour,
+ * uuid_test: UUIDv7 event ids (agent/lib/core/uuid.c). The module's one neighbour,
  * platform__random, is faked here so the 74 random bits are known and the
  * version/variant bits can be checked against all-zero and all-one input.
  */

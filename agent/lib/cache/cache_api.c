@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * lookup: the public customer-cache API of libscrm (scrm_cache_*,
+ * cache_api: the public customer-cache API of libscrm (scrm_cache_*,
  * scrm_member_*): a mutex around one cache handle, so a POS or a guide app
  * may share it between threads, and the member scan that records an event
  * honouring the member's consent.
@@ -11,7 +11,7 @@
 #include "err.h"
 #include "guide.h"
 #include "event.h"
-#include "store.h"
+#include "capture.h"
 
 #include <pthread.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * store: the public capture API of libscrm (include/scrm/scrm.h).
+ * capture: the public capture API of libscrm (include/scrm/scrm.h).
  *
  * Group commit. Each record call validates and encodes its event on the
  * caller's thread, then queues it. The first caller to find no commit in
@@ -17,7 +17,7 @@
 #include "event.h"
 #include "outbox.h"
 #include "platform.h"
-#include "store.h"
+#include "capture.h"
 #include "uuid.h"
 
 #include <pthread.h>

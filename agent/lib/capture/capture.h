@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * store: internals of the capture API shared with other libscrm modules.
+ * capture: internals of the capture API shared with other libscrm modules.
  */
-#ifndef SCRM_STORE_H
-#define SCRM_STORE_H
+#ifndef SCRM_CAPTURE_H
+#define SCRM_CAPTURE_H
 
 #include <scrm/scrm.h>
 

@@ -26,7 +26,7 @@
 #include "err.h"
 #include "outbox.h"
 #include "platform.h"
-#include "store.h"
+#include "capture.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

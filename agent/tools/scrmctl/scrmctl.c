@@ -14,7 +14,7 @@
 #include "platform.h"
 #include "salvage.h"
 #include "sbuf.h"
-#include "store.h"
+#include "capture.h"
 
 #include <cjson/cJSON.h>
 

@@ -7,7 +7,7 @@
 #
 # DEVICES.csv has one device per line, "tenant,store,device" (a header line
 # with those words, blank lines and lines starting with # are skipped).
-# Tenant, store and device ids follow the agent's rule (agent/ident.c):
+# Tenant, store and device ids follow the agent's rule (agent/lib/core/ident.c):
 # 1..64 of [A-Za-z0-9_.-] and not "up" or "down", the words of the topic
 # tree (a device "down" would be under scrm/v1/T/S/down/#, which every
 # device of store S reads). Each
@@ -60,7 +60,7 @@ generate() {
 	awk -F, -v central="$central" -v ops="$ops" -v src="$csv" '
 	function bad(msg) { printf "gen-acl.sh: %s:%d: %s\n", src, NR, msg > "/dev/stderr"; err = 1 }
 	function valid(x) { return x ~ /^[A-Za-z0-9_.-]+$/ && length(x) <= 64 }
-	# The id rule of agent/ident.c: why x is not an id, or "".
+	# The id rule of agent/lib/core/ident.c: why x is not an id, or "".
 	function problem(x) {
 		if (!valid(x)) return "must be 1..64 of [A-Za-z0-9_.-]"
 		if (x == "up" || x == "down") return "\"" x "\" is reserved: a word of the topic tree, not an id"
