@@ -673,3 +673,128 @@ cleanup:
 	cJSON_Delete(root);
 	return rc;
 }
+
+/* ---- typed reads of one member (json.h) -------------------------------- */
+
+int json__is_int(const cJSON *it, int64_t lo, int64_t hi, int64_t *out)
+{
+	if (!cJSON_IsNumber(it))
+		return 0;
+	double d = it->valuedouble;
+	if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
+		return 0;
+	*out = (int64_t)d;
+	return 1;
+}
+
+int json__get_int(const cJSON *o, const char *name, int64_t lo, int64_t hi, int required, int64_t dflt,
+		  const char *path, int64_t *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = dflt;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!json__is_int(it, lo, hi, out))
+		return err__set(SCRM_E_INVALID, "%s%s: must be an integer between %lld and %lld", path, name,
+				(long long)lo, (long long)hi);
+	return SCRM_OK;
+}
+
+int json__get_num(const cJSON *o, const char *name, int required, const char *path, double *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = 0;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < 0)
+		return err__set(SCRM_E_INVALID, "%s%s: must be a number >= 0", path, name);
+	*out = it->valuedouble;
+	return SCRM_OK;
+}
+
+int json__get_str(const cJSON *o, const char *name, size_t max, int required, const char *path, const char **out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = NULL;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsString(it) || strlen(it->valuestring) > max || (required && !it->valuestring[0]))
+		return err__set(SCRM_E_INVALID, "%s%s: must be a %sstring of at most %zu bytes", path, name,
+				required ? "non-empty " : "", max);
+	*out = it->valuestring;
+	return SCRM_OK;
+}
+
+int json__get_bool(const cJSON *o, const char *name, const char *path, int dflt, int *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = dflt;
+	if (!it || cJSON_IsNull(it))
+		return SCRM_OK;
+	if (!cJSON_IsBool(it))
+		return err__set(SCRM_E_INVALID, "%s%s: must be true or false", path, name);
+	*out = cJSON_IsTrue(it);
+	return SCRM_OK;
+}
+
+int json__get_obj(const cJSON *o, const char *name, int required, const char *path, cJSON **out)
+{
+	cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+	*out = NULL;
+	if (!it || cJSON_IsNull(it)) {
+		if (required)
+			return err__set(SCRM_E_INVALID, "%s%s: required", path, name);
+		return SCRM_OK;
+	}
+	if (!cJSON_IsObject(it))
+		return err__set(SCRM_E_INVALID, "%s%s: must be an object", path, name);
+	*out = it;
+	return SCRM_OK;
+}
+
+/* Walk a dotted path ("outbox.pending"); a segment longer than the buffer
+ * finds nothing. */
+static const cJSON *walk(const cJSON *o, const char *path)
+{
+	char seg[128];
+	while (o && *path) {
+		const char *dot = strchr(path, '.');
+		size_t n = dot ? (size_t)(dot - path) : strlen(path);
+		if (n >= sizeof(seg))
+			return NULL;
+		memcpy(seg, path, n);
+		seg[n] = 0;
+		o = cJSON_GetObjectItemCaseSensitive(o, seg);
+		path += n + (dot ? 1 : 0);
+	}
+	return o;
+}
+
+const char *json__str(const cJSON *o, const char *path)
+{
+	const cJSON *it = walk(o, path);
+	return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+int64_t json__i64(const cJSON *o, const char *path, int64_t dflt)
+{
+	const cJSON *it = walk(o, path);
+	if (!cJSON_IsNumber(it) || !(it->valuedouble >= -(double)JSON_INT_MAX && it->valuedouble <= (double)JSON_INT_MAX))
+		return dflt;
+	return (int64_t)it->valuedouble;
+}
+
+double json__num(const cJSON *o, const char *path, double dflt)
+{
+	const cJSON *it = walk(o, path);
+	return cJSON_IsNumber(it) && isfinite(it->valuedouble) ? it->valuedouble : dflt;
+}

@@ -20,6 +20,7 @@
 #define SCRM_JSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct cJSON;
 
@@ -49,5 +50,40 @@ int json__parse(const char *text, size_t len, const char *what, struct cJSON **o
 /* Line and column (1-based; the column counts characters, not bytes) of
  * byte offset `off` in `text` (`len` bytes; off is clamped to len). */
 void json__locate(const char *text, size_t len, size_t off, int *line, int *col);
+
+/* The largest integer a JSON number carries exactly (2^53): sequence
+ * numbers, milliseconds, money in minor units and counts are bounded by it
+ * on the wire and on disk (docs/protocol.md, "Numbers"). */
+#define JSON_INT_MAX 9007199254740992LL
+
+/* ---- typed reads of one member ------------------------------------------
+ * The strict getters check what came from outside and refuse with
+ * SCRM_E_INVALID and a message naming the member as `path` + `name`
+ * ("lines[2].qty: required", "coupons[0].pct: must be an integer between
+ * 1 and 100"); `path` is the caller's prefix ("" at the top, borrowed).
+ * An absent or null member is `dflt` (NULL for strings), or "required"
+ * when `required`. Results are borrowed from the tree. */
+int json__get_int(const struct cJSON *o, const char *name, int64_t lo, int64_t hi, int required, int64_t dflt,
+		  const char *path, int64_t *out);
+/* A string of at most `max` bytes; when required, also non-empty. */
+int json__get_str(const struct cJSON *o, const char *name, size_t max, int required, const char *path,
+		  const char **out);
+int json__get_bool(const struct cJSON *o, const char *name, const char *path, int dflt, int *out);
+/* A finite number >= 0. */
+int json__get_num(const struct cJSON *o, const char *name, int required, const char *path, double *out);
+/* An object member (*out borrowed; NULL when absent and not required). */
+int json__get_obj(const struct cJSON *o, const char *name, int required, const char *path, struct cJSON **out);
+
+/* 1 with *out set if `it` is a number that is an integer in [lo, hi]. */
+int json__is_int(const struct cJSON *it, int64_t lo, int64_t hi, int64_t *out);
+
+/* Lenient reads, for JSON the program made itself or already checked (its
+ * own files, a reply it parsed strictly): no message, a default instead.
+ * `path` may be dotted ("outbox.pending") to walk nested objects.
+ * json__str: the string or NULL. json__i64: an integer within ±2^53
+ * (truncated toward zero) or dflt. json__num: any finite number or dflt. */
+const char *json__str(const struct cJSON *o, const char *path);
+int64_t json__i64(const struct cJSON *o, const char *path, int64_t dflt);
+double json__num(const struct cJSON *o, const char *path, double dflt);
 
 #endif
