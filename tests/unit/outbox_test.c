@@ -17,7 +17,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "event.h"
 #include "outbox.h"
+#include "outbox_int.h"
 #include "testutil.h"
 
 #include <cjson/cJSON.h>
@@ -1079,6 +1081,35 @@ static void concurrent_creation_both_succeed(void **state)
 	}
 }
 
+/* The SQL that tells kinds apart is made from kinds.def: the same text the
+ * literals had (the partial index of existing stores must match the query
+ * that evicts), and each kind is paid (and receipted) as the table says. */
+static void kind_sql_from_the_table(void **state)
+{
+	fx *f = *state;
+	struct outbox__kind_sql k;
+	outbox__kind_sql(&k);
+	assert_string_equal(k.paid, "('purchase', 'return', 'coupon_redeem')");
+	assert_string_equal(k.evict_class, "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END");
+	assert_string_equal(k.order_key,
+			    "json_extract(?2, CASE ?1 WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)");
+	char *ddl = tu_sql_text(f->db, "SELECT sql FROM sqlite_master WHERE name = 'outbox_evictable'");
+	assert_string_equal(ddl, "CREATE INDEX outbox_evictable ON outbox(CASE kind WHEN 'reco_shown' THEN 0 WHEN"
+				 " 'member_scan' THEN 1 ELSE 2 END, seq) WHERE kind NOT IN ('purchase', 'return', 'coupon_redeem')");
+	free(ddl);
+	size_t n = 0;
+#define EVENT_KIND(e_, v_, name_, paid_, evict_, json_, key_)                             \
+	assert_int_equal(outbox__kind_paid(name_), paid_);                                 \
+	assert_true(((key_) == NULL) == (outbox__kind_key(name_) == NULL));                \
+	assert_int_equal(strstr(k.paid, "'" name_ "'") != NULL, paid_);                    \
+	assert_int_equal(strstr(k.evict_class, "'" name_ "'") != NULL, (evict_) < EVICT_OTHER); \
+	n++;
+#include "kinds.def"
+	assert_true(n >= 5);
+	assert_int_equal(outbox__kind_paid("no_such_kind"), 0);
+	assert_null(outbox__kind_key("no_such_kind"));
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -1109,6 +1140,7 @@ int main(int argc, char **argv)
 		T(disk_full_on_a_full_filesystem),
 		T(ack_on_a_full_disk_uses_the_reserve),
 		T(disk_full_via_max_page_count),
+		T(kind_sql_from_the_table),
 	};
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);
 }

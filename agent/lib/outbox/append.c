@@ -65,7 +65,7 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[OUT
 		snprintf(r->existing_id, sizeof(r->existing_id), "%s", (const char *)sqlite3_column_text(st, 1));
 		r->existing_wall_ms = sqlite3_column_int64(st, 2);
 	} else {
-		const char *field = strcmp(r->kind, "purchase") == 0 ? "order_id" : "return_id";
+		const char *field = outbox__kind_key(r->kind);
 		snprintf(ob->conflict_msg, sizeof(ob->conflict_msg),
 			 "%s: \"%.64s\" was already recorded on this device (seq %lld, event %.36s) with different"
 			 " content; a retry must send the same %s, a new %s needs a new %s; nothing was recorded",
@@ -82,8 +82,9 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[OUT
 static int order_forget(outbox *ob, const outbox__row *r)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db, "DELETE FROM orders WHERE kind = ?1 AND key = " ORDER_KEY("?1", "?2"), -1, &st,
-				    NULL);
+	char sql[600];
+	snprintf(sql, sizeof(sql), "DELETE FROM orders WHERE kind = ?1 AND key = %s", ob->ksql.order_key);
+	int rc = sqlite3_prepare_v2(ob->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return outbox__fail(ob, rc, "prepare receipt removal");
 	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
@@ -127,8 +128,8 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 	for (size_t i = 0; i < n; i++) {
 		outbox__row *r = &rows[i];
 		const int64_t need = (int64_t)r->body_len + OUTBOX_ROW_OVERHEAD;
-		const int paid = outbox__is_paid(r->kind);
-		const int keyed = strcmp(r->kind, "purchase") == 0 || strcmp(r->kind, "return") == 0;
+		const int paid = outbox__kind_paid(r->kind);
+		const int keyed = outbox__kind_key(r->kind) != NULL;
 		unsigned char digest[OUTBOX_DIGEST_BYTES];
 		r->seq = 0;
 		r->refused = 0;

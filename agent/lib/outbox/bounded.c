@@ -39,11 +39,6 @@ int outbox__alarm_raise_db(sqlite3 *db, const char *code, const char *detail, in
 
 /* ---- bounded storage ---- */
 
-int outbox__is_paid(const char *kind)
-{
-	return strcmp(kind, "purchase") == 0 || strcmp(kind, "return") == 0 || strcmp(kind, "coupon_redeem") == 0;
-}
-
 /* The limits in force: the daemon's (settings), else the defaults. */
 void outbox__limits_of(sqlite3_stmt *q, int col, int64_t *max, int64_t *reserve)
 {

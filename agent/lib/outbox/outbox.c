@@ -97,6 +97,18 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	}
 	if ((rc = outbox__migrate(ob, device_id)))
 		return rc;
+	char evict_sql[800], order_get_sql[600], order_put_sql[700];
+	outbox__kind_sql(&ob->ksql);
+	snprintf(evict_sql, sizeof(evict_sql),
+		 "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox WHERE kind NOT IN %s AND seq < ?1 ORDER BY %s, seq",
+		 ob->ksql.paid, ob->ksql.evict_class);
+	snprintf(order_get_sql, sizeof(order_get_sql),
+		 "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = coalesce(?3, %s)",
+		 ob->ksql.order_key);
+	snprintf(order_put_sql, sizeof(order_put_sql),
+		 "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
+		 " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT coalesce(?7, %s) AS k) WHERE k IS NOT NULL",
+		 ob->ksql.order_key);
 	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, " CLOCK_COLUMNS " FROM device WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2, clock_boot = ?3,"
 					 " clock_offset_ms = ?4, clock_mono_ms = ?5, clock_cand_boot = ?6,"
@@ -112,8 +124,7 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes')")) ||
-	    (rc = prep(ob, &ob->evict, "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox"
-				       " WHERE kind NOT IN " PAID_KINDS " AND seq < ?1 ORDER BY " EVICT_CLASS ", seq")) ||
+	    (rc = prep(ob, &ob->evict, evict_sql)) ||
 	    (rc = prep(ob, &ob->evict_del, "DELETE FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->drop_add, "INSERT INTO dropped(kind, count, bytes, last_ms) VALUES (?1, 1, ?2, ?3)"
 					  " ON CONFLICT(kind) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,"
@@ -122,11 +133,7 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 					  " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
 					  " detail = excluded.detail")) ||
 	    /* the key as the caller knows it (?3 / ?7), else read from the body */
-	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = "
-					   "coalesce(?3, " ORDER_KEY("?1", "?2") ")")) ||
-	    (rc = prep(ob, &ob->order_put, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
-					   " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT coalesce(?7, " ORDER_KEY("?1", "?2") ") AS k)"
-					   " WHERE k IS NOT NULL")))
+	    (rc = prep(ob, &ob->order_get, order_get_sql)) || (rc = prep(ob, &ob->order_put, order_put_sql)))
 		return rc;
 	return SCRM_OK;
 }

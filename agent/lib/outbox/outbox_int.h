@@ -37,14 +37,26 @@
 
 #define XSTR_(x) #x
 #define XSTR(x) XSTR_(x)
-#define PAID_KINDS "('purchase', 'return', 'coupon_redeem')"
-/* Eviction order: browsing, then scans, then any other kind not paid for. */
-#define EVICT_CLASS "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END"
 #define FRESH_SUFFIX ".fresh"
-/* What identifies a sale for retries: a purchase's order_id, a return's
- * return_id, read from the canonical body (kind and body as SQL params). */
-#define ORDER_KEY(kind, body) \
-	"json_extract(" body ", CASE " kind " WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)"
+
+/* The SQL that tells kinds apart, made from kinds.def (schema.c), the same
+ * text the literals it replaced had (unit_outbox checks):
+ *   paid         ('purchase', 'return', 'coupon_redeem'): never evicted
+ *   evict_class  CASE kind WHEN 'reco_shown' THEN 0 ... ELSE 2 END: the
+ *                eviction order (browsing, then scans, then any other kind
+ *                not paid for); the partial index outbox_evictable is on it
+ *   order_key    what identifies a sale for retries, read from the
+ *                canonical body (?1 kind, ?2 body): a purchase's order_id,
+ *                a return's return_id */
+struct outbox__kind_sql {
+	char paid[200];
+	char evict_class[400];
+	char order_key[400];
+};
+void outbox__kind_sql(struct outbox__kind_sql *k);
+/* kinds.def's paid column; the receipt's key field (NULL: not receipted). */
+int outbox__kind_paid(const char *kind);
+const char *outbox__kind_key(const char *kind);
 
 struct outbox {
 	sqlite3 *db;
@@ -60,6 +72,7 @@ struct outbox {
 	int reserve_released;   /* released by this handle, disk_full not raised yet */
 	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
+	struct outbox__kind_sql ksql; /* filled by connect */
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
 		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
 };
@@ -111,7 +124,6 @@ int outbox__evict(outbox *ob, int64_t want, int64_t before, int all_or_nothing, 
 void outbox__central_state(outbox *ob, char *out, size_t cap);
 int64_t outbox__wal_growth(outbox *ob);
 int outbox__disk_nearly_full(outbox *ob);
-int outbox__is_paid(const char *kind);
 int outbox__release_reserve(outbox *ob, int rc);
 void outbox__note_reserve_released(outbox *ob);
 

@@ -37,6 +37,7 @@
 #include "outbox_int.h"
 
 #include "err.h"
+#include "event.h"
 #include "platform.h"
 
 #include <stdio.h>
@@ -147,7 +148,14 @@ static const char schema_v3[] =
 	"PRAGMA user_version = 3;";
 
 /* Schema v4: bounded storage and alarms (see the top of this file). The
- * usage row starts from what an upgraded store already holds. */
+ * usage row starts from what an upgraded store already holds.
+ *   outbox_usage_insert/_delete/_update  rule: usage.bytes and .events are
+ *       the pending events' stored size (body + OUTBOX_ROW_OVERHEAD) and
+ *       count, whatever wrote or removed the row (capture, ack, eviction,
+ *       attribution growing a body, erasure, salvage) — so the cap is one
+ *       row read per append
+ * A format: the eviction class and the paid kinds come from kinds.def
+ * (struct outbox__kind_sql). */
 static const char schema_v4[] =
 	"CREATE TABLE IF NOT EXISTS usage("
 	" id INTEGER PRIMARY KEY CHECK(id = 1), bytes INTEGER NOT NULL, events INTEGER NOT NULL,"
@@ -169,8 +177,8 @@ static const char schema_v4[] =
 	" BEGIN"
 	"  UPDATE usage SET bytes = bytes - length(CAST(OLD.body AS BLOB)) + length(CAST(NEW.body AS BLOB)) WHERE id = 1;"
 	" END;"
-	"CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox(" EVICT_CLASS ", seq)"
-	" WHERE kind NOT IN " PAID_KINDS ";"
+	"CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox(%s, seq)"
+	" WHERE kind NOT IN %s;"
 	"CREATE TABLE IF NOT EXISTS dropped("
 	" kind TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL, last_ms INTEGER NOT NULL) WITHOUT ROWID;"
 	"CREATE TABLE IF NOT EXISTS alarms("
@@ -178,7 +186,7 @@ static const char schema_v4[] =
 	" detail TEXT NOT NULL) WITHOUT ROWID;"
 	"PRAGMA user_version = 4;";
 
-/* Schema v5: the clock anchor (see "clock trust" below). Only these
+/* Schema v5: the clock anchor (the rule is in clock.c). Only these
  * columns: a later version adds its own statements after them. */
 static const char schema_v5[] =
 	"ALTER TABLE device ADD COLUMN clock_boot TEXT NOT NULL DEFAULT '';"
@@ -230,6 +238,79 @@ static const char schema_v6[] =
 
 #define OUTBOX_SCHEMA_VERSION 6
 
+/* ---- what tells kinds apart, from kinds.def ---- */
+
+static const struct {
+	const char *name;
+	int paid;
+	enum event__evict evict;
+	const char *key;
+} kinds[] = {
+#define EVENT_KIND(e, value, name, paid, evict, json, key) {name, paid, evict, key},
+#include "kinds.def"
+};
+#define N_KINDS (sizeof(kinds) / sizeof(kinds[0]))
+
+static void put(char *buf, size_t cap, const char *s)
+{
+	size_t n = strlen(buf);
+	snprintf(buf + n, cap - n, "%s", s);
+}
+
+void outbox__kind_sql(struct outbox__kind_sql *k)
+{
+	char w[120];
+	size_t keyed = 0, seen = 0;
+	memset(k, 0, sizeof(*k));
+	put(k->paid, sizeof(k->paid), "(");
+	for (size_t i = 0; i < N_KINDS; i++) {
+		if (!kinds[i].paid)
+			continue;
+		snprintf(w, sizeof(w), "%s'%s'", k->paid[1] ? ", " : "", kinds[i].name);
+		put(k->paid, sizeof(k->paid), w);
+	}
+	put(k->paid, sizeof(k->paid), ")");
+	/* Class by class in eviction order; EVICT_OTHER is the ELSE. */
+	put(k->evict_class, sizeof(k->evict_class), "CASE kind");
+	for (int c = EVICT_BROWSING; c < EVICT_OTHER; c++)
+		for (size_t i = 0; i < N_KINDS; i++)
+			if ((int)kinds[i].evict == c) {
+				snprintf(w, sizeof(w), " WHEN '%s' THEN %d", kinds[i].name, c);
+				put(k->evict_class, sizeof(k->evict_class), w);
+			}
+	snprintf(w, sizeof(w), " ELSE %d END", EVICT_OTHER);
+	put(k->evict_class, sizeof(k->evict_class), w);
+	/* The last keyed kind is the ELSE (only keyed kinds are asked). */
+	for (size_t i = 0; i < N_KINDS; i++)
+		keyed += kinds[i].key != NULL;
+	put(k->order_key, sizeof(k->order_key), "json_extract(?2, CASE ?1");
+	for (size_t i = 0; i < N_KINDS; i++) {
+		if (!kinds[i].key)
+			continue;
+		if (++seen < keyed)
+			snprintf(w, sizeof(w), " WHEN '%s' THEN '$.%s'", kinds[i].name, kinds[i].key);
+		else
+			snprintf(w, sizeof(w), " ELSE '$.%s' END)", kinds[i].key);
+		put(k->order_key, sizeof(k->order_key), w);
+	}
+}
+
+int outbox__kind_paid(const char *kind)
+{
+	for (size_t i = 0; i < N_KINDS; i++)
+		if (strcmp(kinds[i].name, kind) == 0)
+			return kinds[i].paid;
+	return 0;
+}
+
+const char *outbox__kind_key(const char *kind)
+{
+	for (size_t i = 0; i < N_KINDS; i++)
+		if (strcmp(kinds[i].name, kind) == 0)
+			return kinds[i].key;
+	return NULL;
+}
+
 /* Create or upgrade the schema, and bind the store to its device. */
 int outbox__migrate(outbox *ob, const char *device_id)
 {
@@ -262,8 +343,14 @@ int outbox__migrate(outbox *ob, const char *device_id)
 		goto cleanup;
 	if (ver < 3 && (rc = outbox__exec(ob, schema_v3)))
 		goto cleanup;
-	if (ver < 4 && (rc = outbox__exec(ob, schema_v4)))
-		goto cleanup;
+	if (ver < 4) {
+		struct outbox__kind_sql k;
+		char v4[sizeof(schema_v4) + sizeof(k)];
+		outbox__kind_sql(&k);
+		snprintf(v4, sizeof(v4), schema_v4, k.evict_class, k.paid);
+		if ((rc = outbox__exec(ob, v4)))
+			goto cleanup;
+	}
 	if (ver < 5 && (rc = outbox__exec(ob, schema_v5)))
 		goto cleanup;
 	if (ver < 6 && (rc = outbox__exec(ob, schema_v6)))
