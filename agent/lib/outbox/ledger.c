@@ -3,12 +3,13 @@
  * outbox ledgers: the local bookkeeping outbox.db keeps beside the queue —
  * redemptions (coupons spent here and central's verdicts), reco_shown,
  * member_activity, link and settings — and the only SQL other modules run
- * on them (ledger.h): the guide's redemption and counting reads, the
- * cache's read of a member's local purchases. The rows themselves are
+ * on them (ledger.h): the guide's redemption and counting reads (the
+ * cache's read of a member's local purchases: ledger_read.c). The rows are
  * written by the insert triggers of schema.c, in the capture's
  * transaction; erasure and pruning are here.
  */
 #include "outbox_int.h"
+#include "ledger.h"
 
 #include "err.h"
 #include "platform.h"
@@ -396,4 +397,27 @@ int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 			return outbox__fail(ob, rc, "prune local history");
 	}
 	return SCRM_OK;
+}
+
+int outbox__member_redemptions(outbox *ob, const char *member_id,
+			       int (*each)(void *ctx, const char *id, const char *coupon, const char *campaign),
+			       void *ctx)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(ob->db,
+				    "SELECT id, coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1 ORDER BY id",
+				    -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return outbox__sqlite_err(rc, "read redemptions", sqlite3_errmsg(ob->db));
+	sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int stop = each(ctx, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
+				(const char *)sqlite3_column_text(st, 2));
+		if (stop) {
+			sqlite3_finalize(st);
+			return stop;
+		}
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SCRM_OK : outbox__sqlite_err(rc, "read redemptions", "");
 }

@@ -484,11 +484,6 @@ unsigned outbox__generation(const outbox *ob)
 	return ob->generation;
 }
 
-sqlite3 *outbox__db(outbox *ob)
-{
-	return ob->db;
-}
-
 const char *outbox__device_id(const outbox *ob)
 {
 	return ob->device_id;
