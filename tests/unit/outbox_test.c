@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * outbox_test: the durable SQLite queue (agent/lib/outbox/outbox.c) in a throw-away
+ * outbox_test: the durable SQLite queue (agent/lib/outbox/) in a throw-away
  * directory: creation and device binding, the sequence counter (consecutive,
  * shared by every handle on the file, never reused after acks), batches for
  * the wire, acks, rejections, the statistics scrmctl prints, and what
@@ -1090,6 +1090,7 @@ static void kind_sql_from_the_table(void **state)
 	struct outbox__kind_sql k;
 	outbox__kind_sql(&k);
 	assert_string_equal(k.paid, "('purchase', 'return', 'coupon_redeem')");
+	assert_string_equal(k.keyed, "('purchase', 'return')");
 	assert_string_equal(k.evict_class, "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END");
 	assert_string_equal(k.order_key,
 			    "json_extract(?2, CASE ?1 WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)");
@@ -1101,6 +1102,7 @@ static void kind_sql_from_the_table(void **state)
 #define EVENT_KIND(e_, v_, name_, paid_, evict_, json_, key_)                             \
 	assert_int_equal(outbox__kind_paid(name_), paid_);                                 \
 	assert_true(((key_) == NULL) == (outbox__kind_key(name_) == NULL));                \
+	assert_int_equal(strstr(k.keyed, "'" name_ "'") != NULL, (key_) != NULL);          \
 	assert_int_equal(strstr(k.paid, "'" name_ "'") != NULL, paid_);                    \
 	assert_int_equal(strstr(k.evict_class, "'" name_ "'") != NULL, (evict_) < EVICT_OTHER); \
 	n++;

@@ -141,9 +141,9 @@ static void put_marker_bare(sbuf *out, sqlite3_stmt *st, size_t at)
 {
 	char reason[40] = "unreadable";
 	cJSON *o = cJSON_Parse((const char *)sqlite3_column_text(st, 8)); /* our own json_object() */
-	const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "reason");
-	if (cJSON_IsString(r))
-		snprintf(reason, sizeof(reason), "%s", r->valuestring);
+	const char *r = json__str(o, "reason");
+	if (r)
+		snprintf(reason, sizeof(reason), "%s", r);
 	cJSON_Delete(o);
 	out->len = at;
 	sbuf__puts(out, "{\"seq\":");

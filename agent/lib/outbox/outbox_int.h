@@ -45,11 +45,13 @@
  *   evict_class  CASE kind WHEN 'reco_shown' THEN 0 ... ELSE 2 END: the
  *                eviction order (browsing, then scans, then any other kind
  *                not paid for); the partial index outbox_evictable is on it
+ *   keyed        ('purchase', 'return'): the kinds with a receipt (orders)
  *   order_key    what identifies a sale for retries, read from the
  *                canonical body (?1 kind, ?2 body): a purchase's order_id,
  *                a return's return_id */
 struct outbox__kind_sql {
 	char paid[200];
+	char keyed[200];
 	char evict_class[400];
 	char order_key[400];
 };

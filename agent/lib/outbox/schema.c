@@ -59,10 +59,21 @@ static const char schema_v1[] =
 	" rejected_ms INTEGER NOT NULL);"
 	"PRAGMA user_version = 1;";
 
-/* The triggers that keep the local ledgers from the events (schema v2, v3).
+/* The triggers that keep the local ledgers from the events (schema v2, v3):
+ * business rules kept as SQL because they must hold for every writer of
+ * the table (any process, any path) and because unit tests build stores of
+ * older versions by dropping them by name; each says its rule.
+ * salvage.c's fill_ledgers makes the same rows for events recovered from a
+ * quarantined file: a rule changed here changes there.
  * W is a condition prefix: schema v6 adds "NEW.recovered = 0 AND " so
  * events copied from a quarantined file keep the ledgers they had (copied
  * with them) and are never attributed a second time. */
+
+/* outbox_member_activity — rule: a member's purchase or return is in the
+ * member's local history (member_activity: amount, negative for a return,
+ * and the SKUs) in the sale's own transaction, so the guide's view of the
+ * member (the cache's "local" section, ledger_read.c) includes today's sale
+ * before central's profile does. */
 #define TRG_MEMBER_ACTIVITY(W) \
 	"CREATE TRIGGER IF NOT EXISTS outbox_member_activity AFTER INSERT ON outbox" \
 	" WHEN " W "NEW.kind IN ('purchase', 'return') AND json_extract(NEW.body, '$.member_id') IS NOT NULL" \
@@ -72,12 +83,19 @@ static const char schema_v1[] =
 	"   CASE NEW.kind WHEN 'return' THEN -json_extract(NEW.body, '$.total') ELSE json_extract(NEW.body, '$.total') END," \
 	"   (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(NEW.body, '$.lines')));" \
 	" END;"
+/* outbox_reco_shown — rule: every recommendation list shown to a guide is
+ * remembered (reco_shown, by its event id = reco_id) with the member and
+ * the guide, for attribution below. */
 #define TRG_RECO_SHOWN(W) \
 	"CREATE TRIGGER IF NOT EXISTS outbox_reco_shown AFTER INSERT ON outbox WHEN " W "NEW.kind = 'reco_shown'" \
 	" BEGIN" \
 	"  INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)" \
 	"  VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.guide_id'), NEW.wall_ms);" \
 	" END;"
+/* outbox_redemption — rule: a coupon_redeem event and its row in the
+ * redemption ledger (what coupon limits count, outbox__append_redemption;
+ * what central's verdict is recorded against, outbox__verdict) are written
+ * together and can never disagree, whichever process wrote the event. */
 #define TRG_REDEMPTION(W) \
 	"CREATE TRIGGER IF NOT EXISTS outbox_redemption AFTER INSERT ON outbox WHEN " W "NEW.kind = 'coupon_redeem'" \
 	" BEGIN" \
@@ -86,6 +104,13 @@ static const char schema_v1[] =
 	"   json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.order_id'), json_extract(NEW.body, '$.value')," \
 	"   json_extract(NEW.body, '$.currency'), json_extract(NEW.body, '$.mode'), NEW.wall_ms);" \
 	" END;"
+/* outbox_attribution — rule (the one that rewrites an event): a member's
+ * purchase without a reco_id is attributed to the latest recommendation
+ * list shown to that member on this device (by the sale's guide, if it
+ * names one) within settings.attribution_window_ms (default 2 h; 0 turns
+ * attribution off): guide_id, reco_id and "attributed":"auto" are set in
+ * the stored body, in the sale's transaction, before anything reads it.
+ * The usage triggers (schema v4) count the body's growth. */
 #define TRG_ATTRIBUTION(W) \
 	"CREATE TRIGGER IF NOT EXISTS outbox_attribution AFTER INSERT ON outbox" \
 	" WHEN " W "NEW.kind = 'purchase' AND json_extract(NEW.body, '$.member_id') IS NOT NULL" \
@@ -263,13 +288,19 @@ void outbox__kind_sql(struct outbox__kind_sql *k)
 	size_t keyed = 0, seen = 0;
 	memset(k, 0, sizeof(*k));
 	put(k->paid, sizeof(k->paid), "(");
+	put(k->keyed, sizeof(k->keyed), "(");
 	for (size_t i = 0; i < N_KINDS; i++) {
-		if (!kinds[i].paid)
-			continue;
-		snprintf(w, sizeof(w), "%s'%s'", k->paid[1] ? ", " : "", kinds[i].name);
-		put(k->paid, sizeof(k->paid), w);
+		if (kinds[i].paid) {
+			snprintf(w, sizeof(w), "%s'%s'", k->paid[1] ? ", " : "", kinds[i].name);
+			put(k->paid, sizeof(k->paid), w);
+		}
+		if (kinds[i].key) {
+			snprintf(w, sizeof(w), "%s'%s'", k->keyed[1] ? ", " : "", kinds[i].name);
+			put(k->keyed, sizeof(k->keyed), w);
+		}
 	}
 	put(k->paid, sizeof(k->paid), ")");
+	put(k->keyed, sizeof(k->keyed), ")");
 	/* Class by class in eviction order; EVICT_OTHER is the ELSE. */
 	put(k->evict_class, sizeof(k->evict_class), "CASE kind");
 	for (int c = EVICT_BROWSING; c < EVICT_OTHER; c++)
