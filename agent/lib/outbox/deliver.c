@@ -11,6 +11,7 @@
 #include "err.h"
 #include "json.h"
 #include "platform.h"
+#include "uuid.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -18,20 +19,10 @@
 
 /* ---- reading batches: every event checked before it leaves ---- */
 
+/* A stored event id: exactly 36 bytes (a NUL inside fails uuid__valid). */
 static int uuid_ok(const unsigned char *t, int n)
 {
-	if (!t || n != 36)
-		return 0;
-	for (int i = 0; i < 36; i++) {
-		unsigned char c = t[i];
-		if (i == 8 || i == 13 || i == 18 || i == 23) {
-			if (c != '-')
-				return 0;
-		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-			return 0;
-		}
-	}
-	return 1;
+	return t && n == 36 && uuid__valid((const char *)t);
 }
 
 /* kind: 1..32 of [a-z_]; boot: 1..64 printable ASCII without quotes or
