@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "event.h"
+#include "ledger.h"
 #include "outbox.h"
 #include "outbox_int.h"
 #include "testutil.h"
@@ -1112,6 +1113,124 @@ static void kind_sql_from_the_table(void **state)
 	assert_null(outbox__kind_key("no_such_kind"));
 }
 
+/* ledger.h: what the guide and the cache read of the ledgers the insert
+ * triggers keep — a member's redemptions through the store's handle, a
+ * member's purchases and returns through a reader of the file. */
+static int collect_use(void *ctx, const char *id, const char *coupon, const char *campaign)
+{
+	sbuf *b = ctx;
+	sbuf__puts(b, id);
+	sbuf__putc(b, '/');
+	sbuf__puts(b, coupon);
+	sbuf__putc(b, '/');
+	sbuf__puts(b, campaign);
+	sbuf__putc(b, ';');
+	return SCRM_OK;
+}
+
+static int stop_at_first(void *ctx, const char *id, const char *coupon, const char *campaign)
+{
+	(void)id, (void)coupon, (void)campaign;
+	++*(int *)ctx;
+	return SCRM_E_NOMEM;
+}
+
+static void ledger_queries_for_guide_and_cache(void **state)
+{
+	fx *f = *state;
+	static const struct {
+		const char *id, *kind, *body;
+	} ev[] = {
+		{"0190a000-0000-7000-8000-000000000101", "purchase",
+		 "{\"order_id\":\"o1\",\"lines\":[{\"sku\":\"A\",\"qty\":1,\"unit_price\":500,\"discount\":0},"
+		 "{\"sku\":\"B\",\"qty\":1,\"unit_price\":250,\"discount\":0}],\"discount\":0,\"total\":750,"
+		 "\"currency\":\"EUR\",\"payment\":\"cash\",\"member_id\":\"m7\"}"},
+		{"0190a000-0000-7000-8000-000000000102", "return",
+		 "{\"return_id\":\"r1\",\"order_id\":\"o1\",\"lines\":[{\"sku\":\"B\",\"qty\":1,\"unit_price\":250,"
+		 "\"discount\":0}],\"total\":250,\"currency\":\"EUR\",\"refund_method\":\"cash\",\"member_id\":\"m7\"}"},
+		{"0190a000-0000-7000-8000-000000000103", "coupon_redeem",
+		 "{\"coupon\":\"C-1\",\"campaign\":\"spring\",\"member_id\":\"m7\",\"order_id\":\"o1\",\"value\":100,"
+		 "\"currency\":\"EUR\",\"mode\":\"online\"}"},
+		{"0190a000-0000-7000-8000-000000000104", "coupon_redeem",
+		 "{\"campaign\":\"welcome\",\"member_id\":\"m7\",\"order_id\":\"o2\",\"value\":50,"
+		 "\"currency\":\"EUR\",\"mode\":\"offline\"}"},
+		{"0190a000-0000-7000-8000-000000000105", "purchase",
+		 "{\"order_id\":\"o3\",\"lines\":[{\"sku\":\"C\",\"qty\":1,\"unit_price\":90,\"discount\":0}],"
+		 "\"discount\":0,\"total\":90,\"currency\":\"EUR\",\"payment\":\"cash\",\"member_id\":\"m8\"}"},
+	};
+	outbox__row rows[5];
+	memset(rows, 0, sizeof(rows));
+	for (size_t i = 0; i < 5; i++) {
+		rows[i].id = ev[i].id;
+		rows[i].kind = ev[i].kind;
+		rows[i].wall_ms = T0 + 1000 * (int64_t)(i + 1);
+		rows[i].mono_ms = 1000 + (int64_t)i;
+		rows[i].boot = BOOT;
+		rows[i].body = ev[i].body;
+		rows[i].body_len = strlen(ev[i].body);
+	}
+	assert_int_equal(outbox__append(f->ob, rows, 5, T0), SCRM_OK);
+
+	sbuf b;
+	sbuf__init(&b);
+	assert_int_equal(outbox__member_redemptions(f->ob, "m7", collect_use, &b), SCRM_OK);
+	assert_string_equal(b.p, "0190a000-0000-7000-8000-000000000103/C-1/spring;"
+				 "0190a000-0000-7000-8000-000000000104//welcome;");
+	sbuf__reset(&b);
+	assert_int_equal(outbox__member_redemptions(f->ob, "m8", collect_use, &b), SCRM_OK);
+	assert_int_equal(b.len, 0);
+	int calls = 0;
+	assert_int_equal(outbox__member_redemptions(f->ob, "m7", stop_at_first, &calls), SCRM_E_NOMEM);
+	assert_int_equal(calls, 1);
+	sbuf__free(&b);
+
+	outbox__activity *a = NULL;
+	outbox__activity_row row;
+	outbox__activity_open(f->store, &a);
+	assert_non_null(a);
+	assert_int_equal(outbox__activity_query(a, "m7", T0), 0);
+	assert_int_equal(outbox__activity_next(a, &row), 1); /* newest first */
+	assert_int_equal(row.seq, rows[1].seq);
+	assert_string_equal(row.kind, "return");
+	assert_int_equal(row.amount, -250);
+	assert_string_equal(row.skus, "[\"B\"]");
+	assert_int_equal(outbox__activity_next(a, &row), 1);
+	assert_int_equal(row.wall_ms, T0 + 1000);
+	assert_string_equal(row.kind, "purchase");
+	assert_int_equal(row.amount, 750);
+	assert_string_equal(row.skus, "[\"A\",\"B\"]");
+	assert_int_equal(outbox__activity_next(a, &row), 0);
+	/* after_ms excludes, and the query can be asked again */
+	assert_int_equal(outbox__activity_query(a, "m7", T0 + 1000), 0);
+	assert_int_equal(outbox__activity_next(a, &row), 1);
+	assert_string_equal(row.kind, "return");
+	assert_int_equal(outbox__activity_next(a, &row), 0);
+	outbox__activity_close(a);
+
+	/* No outbox: no reader, nothing to read. */
+	char *none = tu_join(f->dir, "nowhere");
+	outbox__activity_open(none, &a);
+	assert_null(a);
+	assert_int_equal(outbox__activity_query(NULL, "m7", 0), -1);
+	free(none);
+	/* An outbox from before schema v2: nothing local yet. */
+	char *old = tu_join(f->dir, "v1");
+	char *old_db = tu_join(old, OUTBOX_FILE);
+	assert_int_equal(mkdir(old, 0700), 0);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(old_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "CREATE TABLE device(id INTEGER PRIMARY KEY); PRAGMA user_version = 1;", NULL,
+				      NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	outbox__activity_open(old, &a);
+	assert_non_null(a);
+	assert_int_equal(outbox__activity_query(a, "m7", 0), -1);
+	outbox__activity_close(a);
+	free(old_db);
+	free(old);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -1143,6 +1262,7 @@ int main(int argc, char **argv)
 		T(ack_on_a_full_disk_uses_the_reserve),
 		T(disk_full_via_max_page_count),
 		T(kind_sql_from_the_table),
+		T(ledger_queries_for_guide_and_cache),
 	};
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);
 }
