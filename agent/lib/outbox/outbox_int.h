@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * outbox_int: what the outbox's own files share (outbox.h is the module's
- * interface; nothing outside agent/lib/outbox/ includes this). The handle,
+ * outbox_int: what the outbox's own files share (outbox.h and ledger.h are
+ * the module's interface; outside agent/lib/outbox/ only its unit tests
+ * include this). The handle,
  * the SQL the files agree on, and the internal calls between them:
  *   outbox.c   open/close, quarantine and follow, the SQLite helpers
  *   schema.c   all DDL and migrations (and what each trigger does)
@@ -12,6 +13,9 @@
  *   setaside.c dead letter
  *   ledger.c   the local ledgers (redemptions, reco_shown, member_activity,
  *              link, settings) and the queries other modules run on them
+ *   ledger_read.c  a reader of member_activity for another module (alone:
+ *              needs nothing else of the outbox)
+ *   salvage.c  rows copied out of a damaged file (salvage.h)
  */
 #ifndef SCRM_OUTBOX_INT_H
 #define SCRM_OUTBOX_INT_H
