@@ -25,6 +25,7 @@
 #include <scrm/scrm.h>
 
 #include "cache.h"
+#include "cache_int.h" /* the stream table (streams.def) */
 #include "cachegen.h"
 #include "outbox.h"
 #include "platform.h"
@@ -2273,6 +2274,99 @@ static void robustness_review_cases(void **state)
 	sbuf__free(&req);
 }
 
+/* ---- the stream table (streams.def) --------------------------------- */
+
+static int count_char(const char *s, char ch)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == ch;
+	return n;
+}
+
+/* Does the column list `columns` declare `name`? */
+static int has_column(const char *columns, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *p = columns; (p = strstr(p, name)); p += n)
+		if ((p == columns || (p - columns >= 2 && p[-2] == ',')) && p[n] == ' ')
+			return 1;
+	return 0;
+}
+
+/* A row added to streams.def is handled everywhere the cache walks the
+ * streams: a name that parses back, an upsert that binds every column, an
+ * erasure column and indexed columns that exist, a row in the status, a
+ * bootstrap request in priority order, an empty snapshot swapped in, a
+ * purge, and the snapshot-file header's list of streams. */
+static void every_stream_is_handled_everywhere(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(cache__stream_parse("nope"), -1);
+	assert_string_equal(cache__stream_name(ST_COUNT), "?");
+	for (int st = 0; st < ST_COUNT; st++) {
+		const struct stream_def *d = &cache__streams[st];
+		const char *name = cache__stream_name(st);
+		assert_non_null(d->name);
+		assert_string_equal(name, d->name);
+		assert_int_equal(cache__stream_parse(name), st);
+		assert_non_null(d->columns);
+		assert_non_null(d->insert);
+		assert_non_null(d->bind);
+		/* key + each column, bound as ?1..?n */
+		int n = count_char(d->columns, ',') + 2;
+		char last[16];
+		snprintf(last, sizeof(last), "?%d)", n);
+		assert_int_equal(count_char(d->insert, '?'), n);
+		assert_non_null(strstr(d->insert, last));
+		assert_int_equal(count_char(d->insert, ','), 2 * (n - 1));
+		if (d->member && strcmp(d->member, "key") != 0)
+			assert_true(has_column(d->columns, d->member));
+		for (int i = 0; i < 2; i++)
+			if (d->idx[i].suffix)
+				assert_true(has_column(d->columns, d->idx[i].column));
+	}
+
+	/* A new cache asks for every stream, in streams.def order; each
+	 * takes a snapshot (here empty) and shows in the status. */
+	int64_t now = MONO_MS;
+	for (int st = 0; st < ST_COUNT; st++) {
+		const char *name = cache__stream_name(st);
+		cache__outcome o;
+		cJSON_Delete(expect_request(f, now, name, "bootstrap"));
+		assert_int_equal(apply_ok(f, chunk(name, "s1", 7, 0, 1, ""), &o), CA_SWAPPED);
+		assert_int_equal(o.stream, st);
+		assert_int_equal(status_int(f, name, "cursor"), 7);
+		assert_int_equal(status_int(f, name, "rows"), 0);
+	}
+	expect_no_request(f, now);
+	for (int st = 0; st < ST_COUNT; st++) {
+		assert_int_equal(cache__purge(f->c, st), SCRM_OK);
+		assert_int_equal(status_int(f, cache__stream_name(st), "cursor"), 0);
+	}
+	for (int st = 0; st < ST_COUNT; st++) {
+		cJSON_Delete(expect_request(f, now, cache__stream_name(st), "purged"));
+		assert_int_equal(apply_ok(f, chunk(cache__stream_name(st), "s2", 8, 0, 1, ""), NULL), CA_SWAPPED);
+	}
+	expect_no_request(f, now);
+
+	/* Every stream is named where a snapshot file names a wrong one. */
+	char *path = tu_join(f->dir, "bad-stream.jsonl");
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs("{\"type\":\"snapshot_file\",\"stream\":\"nope\",\"version\":1}\n", fp);
+	fclose(fp);
+	int64_t recs, refused;
+	int which = -1;
+	assert_int_equal(cache__load_file(f->c, path, NULL, NULL, &recs, &refused, &which), SCRM_E_INVALID);
+	for (int st = 0; st < ST_COUNT; st++) {
+		char word[40];
+		snprintf(word, sizeof(word), " %s", cache__stream_name(st));
+		assert_non_null(strstr(scrm_errmsg(), word));
+	}
+	free(path);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -2299,6 +2393,7 @@ int main(int argc, char **argv)
 		T(open_refusals_and_missing_keys),
 		T(robustness_review_cases),
 		T(schema_v1_gets_a_usable_rules_index),
+		T(every_stream_is_handled_everywhere),
 	};
 	return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
 }

@@ -661,6 +661,12 @@ static int read_line(FILE *f, sbuf *line)
 	return ch == EOF && line->len == 0 ? -1 : 0;
 }
 
+/* " members coupons …": every stream's name, in streams.def order. */
+static const char stream_list[] =
+#define CACHE_STREAM(id, name, ...) " " name
+#include "streams.def"
+	;
+
 int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx, int64_t *records, int64_t *refused,
 		     int *stream)
 {
@@ -698,7 +704,7 @@ int cache__load_file(cache *c, const char *path, cache__forget_fn fn, void *ctx,
 			goto cleanup;
 		}
 		if (!cJSON_IsString(s) || (st = cache__stream_parse(s->valuestring)) < 0) {
-			rc = err__set(SCRM_E_INVALID, "%s:1: stream: must be one of members coupons catalogue inventory scripts recos rules", path);
+			rc = err__set(SCRM_E_INVALID, "%s:1: stream: must be one of%s", path, stream_list);
 			goto cleanup;
 		}
 		if ((rc = json__get_int(hdr, "version", 1, JSON_INT_MAX, 1, 0, "", &version))) {

@@ -159,20 +159,20 @@ int cache__forget_rows(cache *c, const char *member_id, int staging_members)
 
 static int forget_rows_(cache *c, const char *member_id, int staging_members)
 {
-	static const struct {
-		const char *table, *column;
-	} holders[] = {{"members", "key"}, {"recos", "key"}, {"coupons", "member_id"}};
+	/* The streams that name a member (streams.def, `member`). */
 	static const char *const views[] = {"", "__stage", "__old"};
 	for (size_t v = 0; v < sizeof(views) / sizeof(views[0]); v++) {
-		for (size_t i = 0; i < sizeof(holders) / sizeof(holders[0]); i++) {
+		for (int i = 0; i < ST_COUNT; i++) {
 			sqlite3_stmt *st = NULL;
 			char table[64], sql[200];
-			snprintf(table, sizeof(table), "%s%s", holders[i].table, views[v]);
-			if (v == 1 && i == 0 && !staging_members)
+			if (!cache__streams[i].member)
+				continue;
+			snprintf(table, sizeof(table), "%s%s", cache__streams[i].name, views[v]);
+			if (v == 1 && i == ST_MEMBERS && !staging_members)
 				continue;
 			if (v > 0 && !cache__has_table(c, table))
 				continue;
-			snprintf(sql, sizeof(sql), "DELETE FROM \"%s\" WHERE %s = ?1", table, holders[i].column);
+			snprintf(sql, sizeof(sql), "DELETE FROM \"%s\" WHERE %s = ?1", table, cache__streams[i].member);
 			int rc = cache__prep(c, c->db, &st, sql, 0);
 			if (rc)
 				return rc;
@@ -235,7 +235,6 @@ static int reseal_buffered(cache *c, sqlite3_stmt *up, int st, int64_t base, int
  * the table is never written under an open scan of it. */
 static int forget_buffered(cache *c, const char *member_id)
 {
-	static const int holders[] = {ST_MEMBERS, ST_RECOS, ST_COUPONS};
 	sqlite3_stmt *q = NULL, *up = NULL;
 	int rc = cache__prep(c, c->db, &q,
 		      "SELECT base, version, body FROM delta_buf WHERE stream = ?1 AND (base, version) > (?2, ?3)"
@@ -244,9 +243,10 @@ static int forget_buffered(cache *c, const char *member_id)
 	if (rc == SCRM_OK)
 		rc = cache__prep(c, c->db, &up, "UPDATE delta_buf SET body = ?4 WHERE stream = ?1 AND base = ?2 AND version = ?3",
 			  0);
-	for (size_t h = 0; rc == SCRM_OK && h < sizeof(holders) / sizeof(holders[0]); h++) {
-		int st = holders[h];
+	for (int st = 0; rc == SCRM_OK && st < ST_COUNT; st++) {
 		int64_t base = -1, version = -1;
+		if (!cache__streams[st].member)
+			continue;
 		for (;;) {
 			sqlite3_reset(q);
 			sqlite3_bind_text(q, 1, cache__streams[st].name, -1, SQLITE_STATIC);
