@@ -26,6 +26,7 @@
 
 #include "cache.h"
 #include "cache_int.h" /* the stream table (streams.def) */
+#include "query.h"
 #include "cachegen.h"
 #include "outbox.h"
 #include "platform.h"
@@ -2274,6 +2275,151 @@ static void robustness_review_cases(void **state)
 	sbuf__free(&req);
 }
 
+/* ---- the guide's reads (query.h) ------------------------------------ */
+
+struct rules_seen {
+	char list[200];
+};
+
+static void rule_seen(void *ctx, const char *then_sku, double confidence)
+{
+	struct rules_seen *r = ctx;
+	size_t n = strlen(r->list);
+	snprintf(r->list + n, sizeof(r->list) - n, "%s%s:%.2f", n ? " " : "", then_sku, confidence);
+}
+
+static int key_seen(void *ctx, const char *key, const char *signed_json)
+{
+	char *keys = ctx;
+	size_t n = strlen(keys);
+	assert_non_null(strstr(signed_json, "\"type\""));
+	snprintf(keys + n, 200 - n, "%s%s", n ? " " : "", key);
+	return SCRM_OK;
+}
+
+static int stop_at_first(void *ctx, const char *key, const char *signed_json)
+{
+	(void)ctx;
+	(void)key;
+	(void)signed_json;
+	return SCRM_E_NOMEM;
+}
+
+static void guide_reads_through_the_query_api(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(apply_ok(f, delta("catalogue", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"A\",\"data\":{\"sku\":\"A\",\"name\":\"CAKESTAND\","
+					   "\"category\":\"kitchen\"}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("inventory", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"A\",\"data\":{\"sku\":\"A\",\"qty\":0,\"as_of_ms\":1}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(
+		apply_ok(f, delta("rules", 0, 1,
+				  "{\"op\":\"upsert\",\"key\":\"A>B\",\"data\":{\"if\":\"A\",\"then\":\"B\",\"support\":0.1,"
+				  "\"confidence\":0.5,\"lift\":2}},"
+				  "{\"op\":\"upsert\",\"key\":\"A>C\",\"data\":{\"if\":\"A\",\"then\":\"C\",\"support\":0.1,"
+				  "\"confidence\":0.9,\"lift\":2}},"
+				  "{\"op\":\"upsert\",\"key\":\"A>D\",\"data\":{\"if\":\"A\",\"then\":\"D\",\"support\":0.1,"
+				  "\"confidence\":0.5,\"lift\":2}}"),
+			 NULL),
+		CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("scripts", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"s2\",\"data\":{\"id\":\"s2\",\"tag\":\"vip\",\"text\":\"b\"}},"
+					   "{\"op\":\"upsert\",\"key\":\"s1\",\"data\":{\"id\":\"s1\",\"tag\":\"vip\",\"text\":\"a\"}},"
+					   "{\"op\":\"upsert\",\"key\":\"s3\",\"data\":{\"id\":\"s3\",\"stage\":\"lost\",\"text\":\"c\"}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("recos", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"_store\",\"data\":{\"member_id\":\"_store\","
+					   "\"items\":[{\"sku\":\"A\",\"score\":1}]}}"),
+				  NULL),
+			 CA_APPLIED);
+
+	int began = cache__read_begin(f->c);
+	assert_int_equal(began, 1);
+	assert_int_equal(cache__read_begin(f->c), 0); /* nested: the outer one ends it */
+
+	cJSON *doc = cache__catalogue_doc(f->c, "A");
+	assert_string_equal(jstr(doc, "name"), "CAKESTAND");
+	cJSON_Delete(doc);
+	assert_null(cache__catalogue_doc(f->c, "Z"));
+	char cat[65] = "";
+	cache__category(f->c, "A", cat, sizeof(cat));
+	assert_string_equal(cat, "kitchen");
+	cat[0] = '\0';
+	cache__category(f->c, "Z", cat, sizeof(cat));
+	assert_string_equal(cat, "");
+	int64_t qty = 99;
+	assert_int_equal(cache__stock(f->c, "A", &qty), 1);
+	assert_int_equal(qty, 0);
+	assert_int_equal(cache__stock(f->c, "Z", &qty), 0);
+
+	struct rules_seen r = {""};
+	cache__rules_from(f->c, "A", 2, rule_seen, &r);
+	assert_string_equal(r.list, "C:0.90 B:0.50"); /* confidence, then SKU; the limit */
+	r.list[0] = '\0';
+	cache__rules_from(f->c, "Z", 30, rule_seen, &r);
+	assert_string_equal(r.list, "");
+
+	doc = cache__script_doc(f->c, CACHE_SCRIPT_TAG, "vip");
+	assert_string_equal(jstr(doc, "id"), "s1"); /* key order */
+	cJSON_Delete(doc);
+	doc = cache__script_doc(f->c, CACHE_SCRIPT_STAGE, "lost");
+	assert_string_equal(jstr(doc, "id"), "s3");
+	cJSON_Delete(doc);
+	assert_null(cache__script_doc(f->c, CACHE_SCRIPT_STAGE, "vip"));
+	doc = cache__recos_doc(f->c, "_store");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(doc, "items")), 1);
+	cJSON_Delete(doc);
+	cache__read_end(f->c, began);
+
+	/* Coupons: the member's, in key order; campaigns kept parsed until
+	 * the stream moves; one record fetched with its signature checked. */
+	char *c1 = coupon_payload("C2", "M1", 0), *c2 = coupon_payload("C1", "M1", 0);
+	char *op1 = signed_op(c1), *op2 = signed_op(c2);
+	char *camp = signed_op("{\"type\":\"campaign\",\"id\":\"XMAS10\",\"public\":true}");
+	char *ops = fmt("%s,%s,%s", op1, op2, camp);
+	assert_int_equal(apply_ok(f, delta("coupons", 0, 1, ops), NULL), CA_APPLIED);
+	free(ops);
+	char keys[200] = "";
+	assert_int_equal(cache__member_coupons(f->c, "M1", key_seen, keys), SCRM_OK);
+	assert_string_equal(keys, "coupon:C1 coupon:C2");
+	assert_int_equal(cache__member_coupons(f->c, "M1", stop_at_first, NULL), SCRM_E_NOMEM);
+	const cache__campaigns *cps, *again;
+	assert_int_equal(cache__campaigns_get(f->c, &cps), SCRM_OK);
+	assert_int_equal(cps->n, 1);
+	assert_string_equal(jstr(cps->v[0], "id"), "XMAS10");
+	cJSON *first = cps->v[0];
+	assert_int_equal(cache__campaigns_get(f->c, &again), SCRM_OK);
+	assert_ptr_equal(again->v[0], first); /* not parsed again */
+	char *text = NULL;
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C1", &text), SCRM_OK);
+	assert_string_equal(text, c2);
+	free(text);
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C9", &text), SCRM_E_NOT_FOUND);
+	assert_null(text);
+
+	/* Edited on disk after it was stored: refused by the signature. */
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	sqlite3_busy_timeout(db, 2000);
+	assert_int_equal(sqlite3_exec(db, "UPDATE coupons SET signed = replace(signed, 'M1', 'M2') WHERE key = 'coupon:C1'",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C1", &text), SCRM_E_CRYPTO);
+	assert_null(text);
+	free(c1);
+	free(c2);
+	free(op1);
+	free(op2);
+	free(camp);
+}
+
 /* ---- the stream table (streams.def) --------------------------------- */
 
 static int count_char(const char *s, char ch)
@@ -2394,6 +2540,7 @@ int main(int argc, char **argv)
 		T(robustness_review_cases),
 		T(schema_v1_gets_a_usable_rules_index),
 		T(every_stream_is_handled_everywhere),
+		T(guide_reads_through_the_query_api),
 	};
 	return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
 }
