@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * cache_test: the customer cache (agent/lib/cache/cache.c, agent/lib/core/crypto.c, and the
- * public look-up API in agent/lib/cache/cache_api.c) against the contract in
+ * cache_test: the customer cache (agent/lib/cache/, agent/lib/core/crypto.c,
+ * and the public look-up API in agent/lib/cache/cache_api.c) against the contract in
  * docs/protocol.md, "Customer cache (central → store)": snapshots swapped in
  * at their last chunk, deltas and cursors, gaps and the resync schedule, a
  * build interrupted by SIGKILL and resumed, signed coupons and QR tokens,
  * phone look-ups with no personal data in clear on disk, erasure reaching the
- * outbox, refused messages leaving the cache untouched, and snapshot files.
+ * outbox, refused messages leaving the cache untouched, snapshot files, the
+ * guide's reads (query.h) and the stream table (streams.def).
  *
  * Links libscrm's static archive (the real cache, crypto, outbox and store)
  * and scrm_cachegen, which plays central: its key pair signs coupons and

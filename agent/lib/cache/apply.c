@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- records into a table ------------------------------------------- */
+
 static void note_refused(cache *c, const char *why)
 {
 	if (!c->refused_detail[0])
@@ -140,6 +142,8 @@ static int set_cursor(cache *c, int st, int64_t cursor, int64_t add_refused)
 	sqlite3_finalize(q);
 	return rc == SQLITE_DONE ? SCRM_OK : cache__fail(c, rc, "advance cursor");
 }
+
+/* ---- deltas --------------------------------------------------------- */
 
 /* Parse the common envelope. */
 struct msg {
@@ -336,6 +340,8 @@ cleanup:
 		cache__rollback(c);
 	return rc;
 }
+
+/* ---- snapshots ------------------------------------------------------ */
 
 static int set_snap(cache *c, int st, const char *id, int64_t version, int64_t chunks, int64_t next, int64_t refused)
 {
@@ -646,6 +652,8 @@ const char *cache__refused_detail(const cache *c)
 {
 	return c->refused_detail;
 }
+
+/* ---- snapshot files ------------------------------------------------- */
 
 static int read_line(FILE *f, sbuf *line)
 {

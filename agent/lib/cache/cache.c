@@ -198,6 +198,8 @@ void cache__close(cache *c)
 	free(c);
 }
 
+/* ---- identity and policy -------------------------------------------- */
+
 int cache__set_identity(cache *c, const char *tenant, const char *phone_cc)
 {
 	sqlite3_stmt *st = NULL;
@@ -257,6 +259,8 @@ void cache__checkpoint(cache *c)
 	else
 		sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
+
+/* ---- members at the counter ----------------------------------------- */
 
 static int64_t obj_i64(const cJSON *o, const char *name)
 {

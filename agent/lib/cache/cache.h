@@ -123,7 +123,7 @@ int64_t cache__next_deadline(cache *c);
 int cache__purge(cache *c, int st);
 /* Remove a member (profile, recommendations, coupons, from the live view,
  * snapshots being built and buffered deltas) in one transaction, then make
- * it reach the file's bytes (see cache.c, "Erasure"): SCRM_OK only once the
+ * it reach the file's bytes (see member.c, "Erasure"): SCRM_OK only once the
  * WAL has been checkpointed and cut to 0 bytes. SCRM_E_BUSY (reason set)
  * when readers held the WAL for longer than the busy timeout: the member
  * is gone from the view and the outbox is redacted, but the erasure is

@@ -306,6 +306,8 @@ int cache__forget(cache *c, const char *member_id, cache__forget_fn fn, void *ct
 }
 
 
+/* ---- phone numbers and QR tokens ------------------------------------ */
+
 int cache__phone_normalise(const char *in, const char *cc, char out[24])
 {
 	char d[24];

@@ -314,6 +314,8 @@ const char *cache__quarantine_detail(const cache *c)
 	return c && c->quarantined[0] ? c->quarantine_detail : NULL;
 }
 
+/* ---- the streams table ---------------------------------------------- */
+
 int cache__read_stream(cache *c, int st, struct stream_row *r)
 {
 	sqlite3_stmt *q = NULL;

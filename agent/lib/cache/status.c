@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+/* ---- resync schedule ------------------------------------------------ */
+
 void cache__want_stream(cache *c, int st, const char *reason)
 {
 	if (c->rs[st].want)
@@ -126,6 +128,8 @@ int64_t cache__next_deadline(cache *c)
 			return 1; /* now */
 	return 0;
 }
+
+/* ---- status --------------------------------------------------------- */
 
 int cache__status(cache *c, sbuf *out)
 {
