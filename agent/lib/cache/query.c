@@ -187,11 +187,12 @@ static int campaigns_load(cache *c, cache__campaigns *cp)
 int cache__campaigns_get(cache *c, const cache__campaigns **out)
 {
 	struct cache__queries *x = &c->qs;
-	sqlite3_stmt *st = stmt(c, &x->coupons_state, "SELECT cursor, gen, applied_ms FROM streams WHERE name = 'coupons'");
+	sqlite3_stmt *st = stmt(c, &x->coupons_state, "SELECT cursor, gen, applied_ms FROM streams WHERE name = ?1");
 	int64_t cur = -1, gen = -1, applied = -1;
 	int rc;
 	*out = NULL;
 	if (st) {
+		sqlite3_bind_text(st, 1, cache__stream_name(ST_COUPONS), -1, SQLITE_STATIC);
 		if (sqlite3_step(st) == SQLITE_ROW) {
 			cur = sqlite3_column_int64(st, 0);
 			gen = sqlite3_column_int64(st, 1);
