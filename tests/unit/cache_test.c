@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * cache_test: the customer cache (agent/lib/cache/cache.c, agent/lib/core/crypto.c, and the
- * public look-up API in agent/lib/cache/cache_api.c) against the contract in
+ * cache_test: the customer cache (agent/lib/cache/, agent/lib/core/crypto.c,
+ * and the public look-up API in agent/lib/cache/cache_api.c) against the contract in
  * docs/protocol.md, "Customer cache (central → store)": snapshots swapped in
  * at their last chunk, deltas and cursors, gaps and the resync schedule, a
  * build interrupted by SIGKILL and resumed, signed coupons and QR tokens,
  * phone look-ups with no personal data in clear on disk, erasure reaching the
- * outbox, refused messages leaving the cache untouched, and snapshot files.
+ * outbox, refused messages leaving the cache untouched, snapshot files, the
+ * guide's reads (query.h) and the stream table (streams.def).
  *
  * Links libscrm's static archive (the real cache, crypto, outbox and store)
  * and scrm_cachegen, which plays central: its key pair signs coupons and
@@ -25,6 +26,8 @@
 #include <scrm/scrm.h>
 
 #include "cache.h"
+#include "cache_int.h" /* the stream table (streams.def) */
+#include "query.h"
 #include "cachegen.h"
 #include "outbox.h"
 #include "platform.h"
@@ -2273,6 +2276,244 @@ static void robustness_review_cases(void **state)
 	sbuf__free(&req);
 }
 
+/* ---- the guide's reads (query.h) ------------------------------------ */
+
+struct rules_seen {
+	char list[200];
+};
+
+static void rule_seen(void *ctx, const char *then_sku, double confidence)
+{
+	struct rules_seen *r = ctx;
+	size_t n = strlen(r->list);
+	snprintf(r->list + n, sizeof(r->list) - n, "%s%s:%.2f", n ? " " : "", then_sku, confidence);
+}
+
+static int key_seen(void *ctx, const char *key, const char *signed_json)
+{
+	char *keys = ctx;
+	size_t n = strlen(keys);
+	assert_non_null(strstr(signed_json, "\"type\""));
+	snprintf(keys + n, 200 - n, "%s%s", n ? " " : "", key);
+	return SCRM_OK;
+}
+
+static int stop_at_first(void *ctx, const char *key, const char *signed_json)
+{
+	(void)ctx;
+	(void)key;
+	(void)signed_json;
+	return SCRM_E_NOMEM;
+}
+
+static void guide_reads_through_the_query_api(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(apply_ok(f, delta("catalogue", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"A\",\"data\":{\"sku\":\"A\",\"name\":\"CAKESTAND\","
+					   "\"category\":\"kitchen\"}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("inventory", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"A\",\"data\":{\"sku\":\"A\",\"qty\":0,\"as_of_ms\":1}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(
+		apply_ok(f, delta("rules", 0, 1,
+				  "{\"op\":\"upsert\",\"key\":\"A>B\",\"data\":{\"if\":\"A\",\"then\":\"B\",\"support\":0.1,"
+				  "\"confidence\":0.5,\"lift\":2}},"
+				  "{\"op\":\"upsert\",\"key\":\"A>C\",\"data\":{\"if\":\"A\",\"then\":\"C\",\"support\":0.1,"
+				  "\"confidence\":0.9,\"lift\":2}},"
+				  "{\"op\":\"upsert\",\"key\":\"A>D\",\"data\":{\"if\":\"A\",\"then\":\"D\",\"support\":0.1,"
+				  "\"confidence\":0.5,\"lift\":2}}"),
+			 NULL),
+		CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("scripts", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"s2\",\"data\":{\"id\":\"s2\",\"tag\":\"vip\",\"text\":\"b\"}},"
+					   "{\"op\":\"upsert\",\"key\":\"s1\",\"data\":{\"id\":\"s1\",\"tag\":\"vip\",\"text\":\"a\"}},"
+					   "{\"op\":\"upsert\",\"key\":\"s3\",\"data\":{\"id\":\"s3\",\"stage\":\"lost\",\"text\":\"c\"}}"),
+				  NULL),
+			 CA_APPLIED);
+	assert_int_equal(apply_ok(f, delta("recos", 0, 1,
+					   "{\"op\":\"upsert\",\"key\":\"_store\",\"data\":{\"member_id\":\"_store\","
+					   "\"items\":[{\"sku\":\"A\",\"score\":1}]}}"),
+				  NULL),
+			 CA_APPLIED);
+
+	int began = cache__read_begin(f->c);
+	assert_int_equal(began, 1);
+	assert_int_equal(cache__read_begin(f->c), 0); /* nested: the outer one ends it */
+
+	cJSON *doc = cache__catalogue_doc(f->c, "A");
+	assert_string_equal(jstr(doc, "name"), "CAKESTAND");
+	cJSON_Delete(doc);
+	assert_null(cache__catalogue_doc(f->c, "Z"));
+	char cat[65] = "";
+	cache__category(f->c, "A", cat, sizeof(cat));
+	assert_string_equal(cat, "kitchen");
+	cat[0] = '\0';
+	cache__category(f->c, "Z", cat, sizeof(cat));
+	assert_string_equal(cat, "");
+	int64_t qty = 99;
+	assert_int_equal(cache__stock(f->c, "A", &qty), 1);
+	assert_int_equal(qty, 0);
+	assert_int_equal(cache__stock(f->c, "Z", &qty), 0);
+
+	struct rules_seen r = {""};
+	cache__rules_from(f->c, "A", 2, rule_seen, &r);
+	assert_string_equal(r.list, "C:0.90 B:0.50"); /* confidence, then SKU; the limit */
+	r.list[0] = '\0';
+	cache__rules_from(f->c, "Z", 30, rule_seen, &r);
+	assert_string_equal(r.list, "");
+
+	doc = cache__script_doc(f->c, CACHE_SCRIPT_TAG, "vip");
+	assert_string_equal(jstr(doc, "id"), "s1"); /* key order */
+	cJSON_Delete(doc);
+	doc = cache__script_doc(f->c, CACHE_SCRIPT_STAGE, "lost");
+	assert_string_equal(jstr(doc, "id"), "s3");
+	cJSON_Delete(doc);
+	assert_null(cache__script_doc(f->c, CACHE_SCRIPT_STAGE, "vip"));
+	doc = cache__recos_doc(f->c, "_store");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(doc, "items")), 1);
+	cJSON_Delete(doc);
+	cache__read_end(f->c, began);
+
+	/* Coupons: the member's, in key order; campaigns kept parsed until
+	 * the stream moves; one record fetched with its signature checked. */
+	char *c1 = coupon_payload("C2", "M1", 0), *c2 = coupon_payload("C1", "M1", 0);
+	char *op1 = signed_op(c1), *op2 = signed_op(c2);
+	char *camp = signed_op("{\"type\":\"campaign\",\"id\":\"XMAS10\",\"public\":true}");
+	char *ops = fmt("%s,%s,%s", op1, op2, camp);
+	assert_int_equal(apply_ok(f, delta("coupons", 0, 1, ops), NULL), CA_APPLIED);
+	free(ops);
+	char keys[200] = "";
+	assert_int_equal(cache__member_coupons(f->c, "M1", key_seen, keys), SCRM_OK);
+	assert_string_equal(keys, "coupon:C1 coupon:C2");
+	assert_int_equal(cache__member_coupons(f->c, "M1", stop_at_first, NULL), SCRM_E_NOMEM);
+	const cache__campaigns *cps, *again;
+	assert_int_equal(cache__campaigns_get(f->c, &cps), SCRM_OK);
+	assert_int_equal(cps->n, 1);
+	assert_string_equal(jstr(cps->v[0], "id"), "XMAS10");
+	cJSON *first = cps->v[0];
+	assert_int_equal(cache__campaigns_get(f->c, &again), SCRM_OK);
+	assert_ptr_equal(again->v[0], first); /* not parsed again */
+	char *text = NULL;
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C1", &text), SCRM_OK);
+	assert_string_equal(text, c2);
+	free(text);
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C9", &text), SCRM_E_NOT_FOUND);
+	assert_null(text);
+
+	/* Edited on disk after it was stored: refused by the signature. */
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	sqlite3_busy_timeout(db, 2000);
+	assert_int_equal(sqlite3_exec(db, "UPDATE coupons SET signed = replace(signed, 'M1', 'M2') WHERE key = 'coupon:C1'",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(cache__coupon_verified(f->c, "coupon:C1", &text), SCRM_E_CRYPTO);
+	assert_null(text);
+	free(c1);
+	free(c2);
+	free(op1);
+	free(op2);
+	free(camp);
+}
+
+/* ---- the stream table (streams.def) --------------------------------- */
+
+static int count_char(const char *s, char ch)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == ch;
+	return n;
+}
+
+/* Does the column list `columns` declare `name`? */
+static int has_column(const char *columns, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *p = columns; (p = strstr(p, name)); p += n)
+		if ((p == columns || (p - columns >= 2 && p[-2] == ',')) && p[n] == ' ')
+			return 1;
+	return 0;
+}
+
+/* A row added to streams.def is handled everywhere the cache walks the
+ * streams: a name that parses back, an upsert that binds every column, an
+ * erasure column and indexed columns that exist, a row in the status, a
+ * bootstrap request in priority order, an empty snapshot swapped in, a
+ * purge, and the snapshot-file header's list of streams. */
+static void every_stream_is_handled_everywhere(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(cache__stream_parse("nope"), -1);
+	assert_string_equal(cache__stream_name(ST_COUNT), "?");
+	for (int st = 0; st < ST_COUNT; st++) {
+		const struct stream_def *d = &cache__streams[st];
+		const char *name = cache__stream_name(st);
+		assert_non_null(d->name);
+		assert_string_equal(name, d->name);
+		assert_int_equal(cache__stream_parse(name), st);
+		assert_non_null(d->columns);
+		assert_non_null(d->insert);
+		assert_non_null(d->bind);
+		/* key + each column, bound as ?1..?n */
+		int n = count_char(d->columns, ',') + 2;
+		char last[16];
+		snprintf(last, sizeof(last), "?%d)", n);
+		assert_int_equal(count_char(d->insert, '?'), n);
+		assert_non_null(strstr(d->insert, last));
+		assert_int_equal(count_char(d->insert, ','), 2 * (n - 1));
+		if (d->member && strcmp(d->member, "key") != 0)
+			assert_true(has_column(d->columns, d->member));
+		for (int i = 0; i < 2; i++)
+			if (d->idx[i].suffix)
+				assert_true(has_column(d->columns, d->idx[i].column));
+	}
+
+	/* A new cache asks for every stream, in streams.def order; each
+	 * takes a snapshot (here empty) and shows in the status. */
+	int64_t now = MONO_MS;
+	for (int st = 0; st < ST_COUNT; st++) {
+		const char *name = cache__stream_name(st);
+		cache__outcome o;
+		cJSON_Delete(expect_request(f, now, name, "bootstrap"));
+		assert_int_equal(apply_ok(f, chunk(name, "s1", 7, 0, 1, ""), &o), CA_SWAPPED);
+		assert_int_equal(o.stream, st);
+		assert_int_equal(status_int(f, name, "cursor"), 7);
+		assert_int_equal(status_int(f, name, "rows"), 0);
+	}
+	expect_no_request(f, now);
+	for (int st = 0; st < ST_COUNT; st++) {
+		assert_int_equal(cache__purge(f->c, st), SCRM_OK);
+		assert_int_equal(status_int(f, cache__stream_name(st), "cursor"), 0);
+	}
+	for (int st = 0; st < ST_COUNT; st++) {
+		cJSON_Delete(expect_request(f, now, cache__stream_name(st), "purged"));
+		assert_int_equal(apply_ok(f, chunk(cache__stream_name(st), "s2", 8, 0, 1, ""), NULL), CA_SWAPPED);
+	}
+	expect_no_request(f, now);
+
+	/* Every stream is named where a snapshot file names a wrong one. */
+	char *path = tu_join(f->dir, "bad-stream.jsonl");
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs("{\"type\":\"snapshot_file\",\"stream\":\"nope\",\"version\":1}\n", fp);
+	fclose(fp);
+	int64_t recs, refused;
+	int which = -1;
+	assert_int_equal(cache__load_file(f->c, path, NULL, NULL, &recs, &refused, &which), SCRM_E_INVALID);
+	for (int st = 0; st < ST_COUNT; st++) {
+		char word[40];
+		snprintf(word, sizeof(word), " %s", cache__stream_name(st));
+		assert_non_null(strstr(scrm_errmsg(), word));
+	}
+	free(path);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -2299,6 +2540,8 @@ int main(int argc, char **argv)
 		T(open_refusals_and_missing_keys),
 		T(robustness_review_cases),
 		T(schema_v1_gets_a_usable_rules_index),
+		T(every_stream_is_handled_everywhere),
+		T(guide_reads_through_the_query_api),
 	};
 	return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
 }

@@ -27,15 +27,11 @@
 
 #define CACHE_FILE "cache.db"
 
-/* Streams in resync priority order (members first, rules last). */
+/* Streams in resync priority order (members first, rules last), one row
+ * each in streams.def. */
 typedef enum cache__stream {
-	ST_MEMBERS,
-	ST_COUPONS,
-	ST_CATALOGUE,
-	ST_INVENTORY,
-	ST_SCRIPTS,
-	ST_RECOS,
-	ST_RULES,
+#define CACHE_STREAM(id, ...) ST_##id,
+#include "streams.def"
 	ST_COUNT
 } cache__stream;
 
@@ -127,7 +123,7 @@ int64_t cache__next_deadline(cache *c);
 int cache__purge(cache *c, int st);
 /* Remove a member (profile, recommendations, coupons, from the live view,
  * snapshots being built and buffered deltas) in one transaction, then make
- * it reach the file's bytes (see cache.c, "Erasure"): SCRM_OK only once the
+ * it reach the file's bytes (see member.c, "Erasure"): SCRM_OK only once the
  * WAL has been checkpointed and cut to 0 bytes. SCRM_E_BUSY (reason set)
  * when readers held the WAL for longer than the busy timeout: the member
  * is gone from the view and the outbox is redacted, but the erasure is
@@ -158,23 +154,6 @@ const char *cache__policy(const cache *c);
  * (cJSON_Delete). SCRM_E_NOT_FOUND if no such member. */
 struct cJSON;
 int cache__member_profile(cache *c, const char *member_id, int64_t now, struct cJSON **out, int *tracking);
-
-/* The cache's connection, for read-only queries by the guide module (same
- * thread rule as the handle). */
-struct sqlite3;
-struct sqlite3 *cache__db(cache *c);
-
-/* A statement on the cache's connection prepared once and kept for the
- * handle's life, reset and unbound; slot = the caller's fixed number for
- * that SQL (0..CACHE_STMT_SLOTS-1). NULL on error (reason set). */
-#define CACHE_STMT_SLOTS 16
-struct sqlite3_stmt;
-struct sqlite3_stmt *cache__stmt(cache *c, int slot, const char *sql);
-
-/* One pointer of state a module keeps with the handle (the guide's parsed
- * campaigns); free_fn runs at cache__close or when replaced. */
-void *cache__ext(cache *c);
-void cache__set_ext(cache *c, void *ext, void (*free_fn)(void *));
 
 /* Verify central's signature over msg (DER sig). SCRM_E_CRYPTO / _CONFIG. */
 int cache__verify_signed(cache *c, const char *msg, size_t n, const void *sig, size_t sig_len);

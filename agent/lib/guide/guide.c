@@ -25,6 +25,7 @@
 
 #include "err.h"
 #include "ledger.h"
+#include "query.h"
 #include "outbox.h"
 #include "platform.h"
 #include "capture.h"
@@ -289,53 +290,12 @@ static int64_t local_count(const guide__local *l, const char *coupon, const char
 	return n;
 }
 
-/* ---- statements ----------------------------------------------------- */
-
-enum {
-	Q_RULES,
-	Q_CATALOGUE,
-	Q_STOCK,
-	Q_RECOS,
-	Q_SCRIPT_STAGE,
-	Q_SCRIPT_TAG,
-	Q_MEMBER_COUPONS,
-	Q_COUPON,
-	Q_CAMPAIGNS,
-	Q_CATEGORY,
-	Q_COUPONS_STATE,
-};
-
-static const char *const sql_of[] = {
-	[Q_RULES] = "SELECT then_sku, confidence FROM rules WHERE if_sku = ?1 ORDER BY confidence DESC, then_sku LIMIT ?2",
-	[Q_CATALOGUE] = "SELECT doc FROM catalogue WHERE key = ?1",
-	[Q_STOCK] = "SELECT qty FROM inventory WHERE key = ?1",
-	[Q_RECOS] = "SELECT doc FROM recos WHERE key = ?1",
-	[Q_SCRIPT_STAGE] = "SELECT doc FROM scripts WHERE stage = ?1 ORDER BY key LIMIT 1",
-	[Q_SCRIPT_TAG] = "SELECT doc FROM scripts WHERE tag = ?1 ORDER BY key LIMIT 1",
-	[Q_MEMBER_COUPONS] = "SELECT key, signed, sig FROM coupons WHERE member_id = ?1 ORDER BY key",
-	[Q_COUPON] = "SELECT key, signed, sig FROM coupons WHERE key = ?1",
-	[Q_CAMPAIGNS] = "SELECT key, signed, sig FROM coupons WHERE key >= 'campaign:' AND key < 'campaign;' ORDER BY key",
-	[Q_CATEGORY] = "SELECT category FROM catalogue WHERE key = ?1",
-	[Q_COUPONS_STATE] = "SELECT cursor, gen, applied_ms FROM streams WHERE name = 'coupons'",
-};
-
-static sqlite3_stmt *q(cache *c, int slot)
-{
-	return cache__stmt(c, slot, sql_of[slot]);
-}
+/* ---- cache look-ups (query.h) -------------------------------------- */
 
 /* A catalogue record, parsed (NULL if the SKU is unknown). */
 static cJSON *catalogue(cache *c, const char *sku)
 {
-	sqlite3_stmt *st = q(c, Q_CATALOGUE);
-	cJSON *doc = NULL;
-	if (!st)
-		return NULL;
-	sqlite3_bind_text(st, 1, sku, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		doc = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
-	return doc;
+	return cache__catalogue_doc(c, sku);
 }
 
 static void name_of(cache *c, const char *sku, char *out, size_t cap)
@@ -349,15 +309,8 @@ static void name_of(cache *c, const char *sku, char *out, size_t cap)
 /* 1 in stock or unknown, 0 known to be out of stock. */
 static int in_stock(cache *c, const char *sku)
 {
-	sqlite3_stmt *st = q(c, Q_STOCK);
-	int ok = 1;
-	if (!st)
-		return 1;
-	sqlite3_bind_text(st, 1, sku, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		ok = sqlite3_column_int64(st, 0) > 0;
-	sqlite3_reset(st);
-	return ok;
+	int64_t qty;
+	return cache__stock(c, sku, &qty) ? qty > 0 : 1;
 }
 
 /* ---- candidates ------------------------------------------------------ */
@@ -500,29 +453,30 @@ static void contribute(struct cands *cs, const char *sku, double strength, int s
 	}
 }
 
+struct rule_src {
+	struct cands *cs;
+	const char *sku;
+	double w;
+	int src;
+	int64_t from_ms;
+};
+
+static void rule_seen(void *ctx, const char *then_sku, double confidence)
+{
+	const struct rule_src *r = ctx;
+	contribute(r->cs, then_sku, r->w * confidence, r->src, r->sku, r->from_ms,
+		   NULL); /* w: the decay of a history source, 1 for the basket */
+}
+
 static void from_rules(cache *c, struct cands *cs, const char *sku, double w, int src, int64_t from_ms)
 {
-	sqlite3_stmt *st = q(c, Q_RULES);
-	if (!st)
-		return;
-	sqlite3_bind_text(st, 1, sku, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, RULES_PER_SOURCE);
-	while (sqlite3_step(st) == SQLITE_ROW)
-		contribute(cs, (const char *)sqlite3_column_text(st, 0), w * sqlite3_column_double(st, 1), src, sku, from_ms,
-			   NULL); /* w: the decay of a history source, 1 for the basket */
-	sqlite3_reset(st);
+	struct rule_src r = {cs, sku, w, src, from_ms};
+	cache__rules_from(c, sku, RULES_PER_SOURCE, rule_seen, &r);
 }
 
 static void from_recos(cache *c, struct cands *cs, const char *key, double w, int src)
 {
-	sqlite3_stmt *st = q(c, Q_RECOS);
-	cJSON *doc = NULL, *it;
-	if (!st)
-		return;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		doc = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
+	cJSON *doc = cache__recos_doc(c, key), *it;
 	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(doc, "items"))
 	{
 		const cJSON *sc = cJSON_GetObjectItemCaseSensitive(it, "score");
@@ -698,103 +652,7 @@ struct offer {
 	int capped;
 };
 
-struct campaigns {
-	cJSON **v;
-	size_t n;
-};
-
-static void campaigns_free(struct campaigns *cp)
-{
-	for (size_t i = 0; i < cp->n; i++)
-		cJSON_Delete(cp->v[i]);
-	free(cp->v);
-	memset(cp, 0, sizeof(*cp));
-}
-
-/* Every campaign in the cache (signatures were checked when stored). */
-static int campaigns_load(cache *c, struct campaigns *cp)
-{
-	sqlite3_stmt *st = q(c, Q_CAMPAIGNS);
-	memset(cp, 0, sizeof(*cp));
-	if (!st)
-		return SCRM_E_IO;
-	size_t cap = 0;
-	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		cJSON *p = cJSON_Parse((const char *)sqlite3_column_text(st, 1));
-		if (!cJSON_IsObject(p)) {
-			cJSON_Delete(p);
-			continue;
-		}
-		if (cp->n == cap) {
-			size_t nc = cap ? cap * 2 : 32;
-			cJSON **nv = realloc(cp->v, nc * sizeof(*nv));
-			if (!nv) {
-				cJSON_Delete(p);
-				sqlite3_reset(st);
-				return err__set(SCRM_E_NOMEM, "out of memory");
-			}
-			cp->v = nv;
-			cap = nc;
-		}
-		cp->v[cp->n++] = p;
-	}
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? SCRM_OK : err__set(SCRM_E_IO, "cache: read campaigns: %s", sqlite3_errstr(rc));
-}
-
-/* The parsed campaigns, kept with the cache handle until the coupons stream
- * changes (its cursor, generation or last apply): ~50 JSON parses saved on
- * every call. */
-struct guide_ext {
-	int64_t cursor, gen, applied;
-	int valid;
-	struct campaigns cps;
-};
-
-static void ext_free(void *p)
-{
-	struct guide_ext *x = p;
-	if (x)
-		campaigns_free(&x->cps);
-	free(x);
-}
-
-static int campaigns_get(cache *c, const struct campaigns **out)
-{
-	struct guide_ext *x = cache__ext(c);
-	sqlite3_stmt *st = q(c, Q_COUPONS_STATE);
-	int64_t cur = -1, gen = -1, applied = -1;
-	int rc;
-	*out = NULL;
-	if (!x) {
-		if (!(x = calloc(1, sizeof(*x))))
-			return err__set(SCRM_E_NOMEM, "out of memory");
-		cache__set_ext(c, x, ext_free);
-	}
-	if (st) {
-		if (sqlite3_step(st) == SQLITE_ROW) {
-			cur = sqlite3_column_int64(st, 0);
-			gen = sqlite3_column_int64(st, 1);
-			applied = sqlite3_column_int64(st, 2);
-		}
-		sqlite3_reset(st);
-	}
-	if (!x->valid || cur != x->cursor || gen != x->gen || applied != x->applied || cur < 0) {
-		campaigns_free(&x->cps);
-		x->valid = 0;
-		if ((rc = campaigns_load(c, &x->cps)))
-			return rc;
-		x->cursor = cur;
-		x->gen = gen;
-		x->applied = applied;
-		x->valid = cur >= 0;
-	}
-	*out = &x->cps;
-	return SCRM_OK;
-}
-
-static const cJSON *campaign_find(const struct campaigns *cp, const char *id)
+static const cJSON *campaign_find(const cache__campaigns *cp, const char *id)
 {
 	for (size_t i = 0; id && i < cp->n; i++) {
 		const char *x = jstr(cp->v[i], "id");
@@ -830,13 +688,7 @@ static int basket_load(cache *c, const scrm_line *lines, size_t n, const char *c
 			memcpy(b->cat[i], b->cat[k], sizeof(b->cat[i]));
 			continue;
 		}
-		sqlite3_stmt *st = q(c, Q_CATEGORY);
-		if (!st)
-			continue;
-		sqlite3_bind_text(st, 1, lines[i].sku, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-			snprintf(b->cat[i], sizeof(b->cat[i]), "%s", (const char *)sqlite3_column_text(st, 0));
-		sqlite3_reset(st);
+		cache__category(c, lines[i].sku, b->cat[i], sizeof(b->cat[i]));
 	}
 	return SCRM_OK;
 }
@@ -1032,8 +884,42 @@ static void offers_free(struct offers *os)
 	memset(os, 0, sizeof(*os));
 }
 
+struct offers_ctx {
+	struct offers *os;
+	size_t *cap;
+	const cache__campaigns *cp;
+};
+
+/* One of the member's coupons (cache__member_coupons). */
+static int offer_add(void *ctx, const char *key, const char *signed_json)
+{
+	struct offers_ctx *x = ctx;
+	struct offers *os = x->os;
+	cJSON *p = cJSON_Parse(signed_json);
+	if (!cJSON_IsObject(p)) {
+		cJSON_Delete(p);
+		return SCRM_OK;
+	}
+	if (os->n == *x->cap) {
+		struct offer *nv = realloc(os->v, *x->cap * 2 * sizeof(*nv));
+		if (!nv) {
+			cJSON_Delete(p);
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		}
+		os->v = nv;
+		*x->cap *= 2;
+	}
+	struct offer *o = &os->v[os->n++];
+	memset(o, 0, sizeof(*o));
+	snprintf(o->key, sizeof(o->key), "%s", key);
+	o->coupon = p;
+	o->campaign_id = jstr(p, "campaign");
+	o->campaign = campaign_find(x->cp, o->campaign_id);
+	return SCRM_OK;
+}
+
 /* The member's coupons, then public campaigns the member holds no coupon of. */
-static int offers_load(cache *c, const char *member_id, const struct campaigns *cp, struct offers *os)
+static int offers_load(cache *c, const char *member_id, const cache__campaigns *cp, struct offers *os)
 {
 	size_t cap = 16;
 	int rc = SCRM_OK;
@@ -1041,36 +927,9 @@ static int offers_load(cache *c, const char *member_id, const struct campaigns *
 	if (!(os->v = calloc(cap, sizeof(*os->v))))
 		return err__set(SCRM_E_NOMEM, "out of memory");
 	if (member_id) {
-		sqlite3_stmt *st = q(c, Q_MEMBER_COUPONS);
-		if (!st)
-			return SCRM_E_IO;
-		sqlite3_bind_text(st, 1, member_id, -1, SQLITE_STATIC);
-		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-			cJSON *p = cJSON_Parse((const char *)sqlite3_column_text(st, 1));
-			if (!cJSON_IsObject(p)) {
-				cJSON_Delete(p);
-				continue;
-			}
-			if (os->n == cap) {
-				struct offer *nv = realloc(os->v, cap * 2 * sizeof(*nv));
-				if (!nv) {
-					cJSON_Delete(p);
-					sqlite3_reset(st);
-					return err__set(SCRM_E_NOMEM, "out of memory");
-				}
-				os->v = nv;
-				cap *= 2;
-			}
-			struct offer *o = &os->v[os->n++];
-			memset(o, 0, sizeof(*o));
-			snprintf(o->key, sizeof(o->key), "%s", (const char *)sqlite3_column_text(st, 0));
-			o->coupon = p;
-			o->campaign_id = jstr(p, "campaign");
-			o->campaign = campaign_find(cp, o->campaign_id);
-		}
-		sqlite3_reset(st);
-		if (rc != SQLITE_DONE)
-			return err__set(SCRM_E_IO, "cache: read coupons: %s", sqlite3_errstr(rc));
+		struct offers_ctx x = {os, &cap, cp};
+		if ((rc = cache__member_coupons(c, member_id, offer_add, &x)))
+			return rc;
 	}
 	for (size_t i = 0; i < cp->n; i++) {
 		const cJSON *p = cp->v[i];
@@ -1162,7 +1021,7 @@ static int coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *r
 {
 	guide__policy pol;
 	guide__local l;
-	const struct campaigns *cps = NULL;
+	const cache__campaigns *cps = NULL;
 	struct offers os = {0};
 	struct basket bk = {0};
 	cJSON *profile = NULL;
@@ -1185,7 +1044,7 @@ static int coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *r
 		return rc;
 	if (profile)
 		stage = guide__stage(profile, now, &pol, why, sizeof(why));
-	if ((rc = local_load(store, rq->member_id, now, &pol, &l)) || (rc = campaigns_get(c, &cps)) ||
+	if ((rc = local_load(store, rq->member_id, now, &pol, &l)) || (rc = cache__campaigns_get(c, &cps)) ||
 	    (rc = offers_load(c, rq->member_id, cps, &os)) ||
 	    (rc = basket_load(c, rq->basket, rq->n_basket, rq->currency, &bk)))
 		goto cleanup;
@@ -1256,29 +1115,22 @@ static const char *action_of(const char *stage, int64_t orders)
 	return "cross_sell";
 }
 
-static void put_script(cache *c, sbuf *b, int slot, const char *value)
+static void put_script(cache *c, sbuf *b, cache__script_by by, const char *value)
 {
-	sqlite3_stmt *st = q(c, slot);
-	if (!st)
+	cJSON *doc = cache__script_doc(c, by, value);
+	if (!doc)
 		return;
-	sqlite3_bind_text(st, 1, value, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		cJSON *doc = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
-		if (doc) {
-			sbuf__puts(b, "{\"id\":");
-			sbuf__jstr(b, jstr(doc, "id") ? jstr(doc, "id") : "");
-			if (jstr(doc, "title")) {
-				sbuf__puts(b, ",\"title\":");
-				sbuf__jstr(b, jstr(doc, "title"));
-			}
-			sbuf__puts(b, ",\"text\":");
-			sbuf__jstr(b, jstr(doc, "text") ? jstr(doc, "text") : "");
-			sbuf__puts(b, slot == Q_SCRIPT_STAGE ? ",\"for\":\"stage\"}" : ",\"for\":\"tag\"}");
-			sbuf__putc(b, ',');
-			cJSON_Delete(doc);
-		}
+	sbuf__puts(b, "{\"id\":");
+	sbuf__jstr(b, jstr(doc, "id") ? jstr(doc, "id") : "");
+	if (jstr(doc, "title")) {
+		sbuf__puts(b, ",\"title\":");
+		sbuf__jstr(b, jstr(doc, "title"));
 	}
-	sqlite3_reset(st);
+	sbuf__puts(b, ",\"text\":");
+	sbuf__jstr(b, jstr(doc, "text") ? jstr(doc, "text") : "");
+	sbuf__puts(b, by == CACHE_SCRIPT_STAGE ? ",\"for\":\"stage\"}" : ",\"for\":\"tag\"}");
+	sbuf__putc(b, ',');
+	cJSON_Delete(doc);
 }
 
 /* next_action: what to do for this member now, the coupon that goes with
@@ -1288,7 +1140,7 @@ static void put_script(cache *c, sbuf *b, int slot, const char *value)
 static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *member_id, const char *stage,
 		       const char *stage_why, const guide__local *l, int64_t now)
 {
-	const struct campaigns *cps;
+	const cache__campaigns *cps;
 	struct offers os;
 	int rc;
 	const cJSON *stats = cJSON_GetObjectItemCaseSensitive(profile, "stats"), *t;
@@ -1298,7 +1150,7 @@ static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *memb
 	sbuf__jstr(b, stage_why);
 	sbuf__puts(b, ",\"next_action\":{\"action\":");
 	sbuf__jstr(b, action_of(stage, jint(stats, "orders", 0)));
-	if ((rc = campaigns_get(c, &cps)))
+	if ((rc = cache__campaigns_get(c, &cps)))
 		return rc;
 	if ((rc = offers_load(c, member_id, cps, &os))) {
 		offers_free(&os);
@@ -1324,12 +1176,12 @@ static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *memb
 	}
 	sbuf__puts(b, ",\"scripts\":[");
 	size_t mark = b->len;
-	put_script(c, b, Q_SCRIPT_STAGE, stage);
+	put_script(c, b, CACHE_SCRIPT_STAGE, stage);
 	int ntag = 0;
 	cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(profile, "tags"))
 	{
 		if (cJSON_IsString(t) && ntag++ < 3)
-			put_script(c, b, Q_SCRIPT_TAG, t->valuestring);
+			put_script(c, b, CACHE_SCRIPT_TAG, t->valuestring);
 	}
 	if (b->len > mark && b->p[b->len - 1] == ',')
 		b->len--;
@@ -1566,21 +1418,12 @@ cleanup:
  * *out parsed payload; SCRM_E_NOT_FOUND when absent. */
 static int signed_record(cache *c, const char *key, cJSON **out)
 {
-	sqlite3_stmt *st = q(c, Q_COUPON);
-	int rc;
+	char *text = NULL;
+	int rc = cache__coupon_verified(c, key, &text);
 	*out = NULL;
-	if (!st)
-		return SCRM_E_IO;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? SCRM_E_NOT_FOUND : err__set(SCRM_E_IO, "cache: read coupon: %s", sqlite3_errstr(rc));
-	}
-	const char *text = (const char *)sqlite3_column_text(st, 1);
-	size_t n = (size_t)sqlite3_column_bytes(st, 1);
-	rc = cache__verify_signed(c, text ? text : "", n, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
-	if (rc == SCRM_OK && !(*out = cJSON_Parse(text ? text : "")))
+	if (rc == SCRM_E_NOT_FOUND || rc == SCRM_E_IO)
+		return rc;
+	if (rc == SCRM_OK && !(*out = cJSON_Parse(text)))
 		rc = err__set(SCRM_E_CORRUPT, "cache: %s: stored record unreadable", key);
 	if (rc == SCRM_OK) {
 		/* a genuine signature moved to another key on disk */
@@ -1593,10 +1436,28 @@ static int signed_record(cache *c, const char *key, cJSON **out)
 			rc = SCRM_E_CRYPTO;
 		}
 	}
-	sqlite3_reset(st);
+	free(text);
 	if (rc == SCRM_E_CRYPTO)
 		return err__set(SCRM_E_REFUSED, "signature: %s does not verify against central's key", key);
 	return rc;
+}
+
+/* A member's coupon whose printed code is `code`: its key into `key`. */
+struct code_find {
+	const char *code;
+	char *key;
+	size_t cap;
+};
+
+static int code_seen(void *ctx, const char *key, const char *signed_json)
+{
+	struct code_find *f = ctx;
+	cJSON *p = cJSON_Parse(signed_json);
+	const char *code = jstr(p, "code");
+	if (code && strcmp(code, f->code) == 0)
+		snprintf(f->key, f->cap, "%s", key);
+	cJSON_Delete(p);
+	return SCRM_OK;
 }
 
 static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
@@ -1653,20 +1514,10 @@ static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, sc
 		}
 	}
 	if (rc == SCRM_E_NOT_FOUND && rq->member_id) {
-		sqlite3_stmt *st = q(c, Q_MEMBER_COUPONS);
-		if (st) {
-			sqlite3_bind_text(st, 1, rq->member_id, -1, SQLITE_STATIC);
-			while (sqlite3_step(st) == SQLITE_ROW) {
-				cJSON *p = cJSON_Parse((const char *)sqlite3_column_text(st, 1));
-				const char *code = jstr(p, "code");
-				if (code && strcmp(code, rq->coupon) == 0)
-					snprintf(key, sizeof(key), "%s", (const char *)sqlite3_column_text(st, 0));
-				cJSON_Delete(p);
-			}
-			sqlite3_reset(st);
-			if (strncmp(key, "coupon:", 7) == 0 && strcmp(key + 7, rq->coupon) != 0)
-				rc = signed_record(c, key, &coupon);
-		}
+		struct code_find f = {rq->coupon, key, sizeof(key)};
+		if (cache__member_coupons(c, rq->member_id, code_seen, &f) == SCRM_OK && strncmp(key, "coupon:", 7) == 0 &&
+		    strcmp(key + 7, rq->coupon) != 0)
+			rc = signed_record(c, key, &coupon);
 	}
 	if (rc == SCRM_E_NOT_FOUND) {
 		rc = err__set(SCRM_E_NOT_FOUND, "coupon: no coupon, code or public campaign \"%s\" in the cache", rq->coupon);
@@ -1784,40 +1635,26 @@ cleanup:
 /* One read transaction per call: a consistent view of the cache even if a
  * snapshot swap commits meanwhile, and one lock round-trip instead of one
  * per statement (a recommendation runs ~80 of them). */
-/* 1 if this call opened the transaction (and must end it). */
-static int read_begin(cache *c)
-{
-	sqlite3 *db = cache__db(c);
-	return sqlite3_get_autocommit(db) && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
-}
-
-static void read_end(cache *c, int began)
-{
-	sqlite3 *db = cache__db(c);
-	if (began && !sqlite3_get_autocommit(db) && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL); /* never keep a snapshot open */
-}
-
 int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out)
 {
-	int began = read_begin(c);
+	int began = cache__read_begin(c);
 	int rc = recommend(c, store, rq, out);
-	read_end(c, began);
+	cache__read_end(c, began);
 	return rc;
 }
 
 int guide__coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *rq, sbuf *out)
 {
-	int began = read_begin(c);
+	int began = cache__read_begin(c);
 	int rc = coupons_for(c, store, rq, out);
-	read_end(c, began);
+	cache__read_end(c, began);
 	return rc;
 }
 
 int guide__redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
 {
-	int began = read_begin(c);
+	int began = cache__read_begin(c);
 	int rc = redeem(c, store, rq, res, json);
-	read_end(c, began);
+	cache__read_end(c, began);
 	return rc;
 }

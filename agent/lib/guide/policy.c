@@ -8,6 +8,7 @@
 #include "guide.h"
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 
 #define DAY_MS 86400000LL
 
@@ -22,6 +23,24 @@ void guide__policy_default(guide__policy *p)
 	p->churn_factor_pct = 250;
 	p->online_fresh_ms = 90000;
 }
+
+/* Each setting once: its name in the JSON, its field, the range a value
+ * must be in to replace the default (anything else is ignored). */
+static const struct setting {
+	const char *k;
+	size_t off;
+	int64_t lo, hi;
+} settings[] = {
+	{"just_bought_ms", offsetof(guide__policy, just_bought_ms), 0, 3650 * DAY_MS},
+	{"history_ms", offsetof(guide__policy, history_ms), DAY_MS, 3650 * DAY_MS},
+	{"half_life_days", offsetof(guide__policy, half_life_days), 1, 3650},
+	{"new_days", offsetof(guide__policy, new_days), 1, 3650},
+	{"sleeping_days", offsetof(guide__policy, sleeping_days), 1, 3650},
+	{"lost_days", offsetof(guide__policy, lost_days), 1, 36500},
+	{"churn_factor_pct", offsetof(guide__policy, churn_factor_pct), 100, 10000},
+	/* at least two of the daemon's 30 s link refreshes */
+	{"online_fresh_ms", offsetof(guide__policy, online_fresh_ms), 60000, 3600000},
+};
 
 static void pol_get(const cJSON *o, const char *name, int64_t lo, int64_t hi, int64_t *v)
 {
@@ -40,36 +59,21 @@ void guide__policy_parse(const char *json, guide__policy *p)
 		cJSON_Delete(o);
 		return;
 	}
-	pol_get(o, "just_bought_ms", 0, 3650 * DAY_MS, &p->just_bought_ms);
-	pol_get(o, "history_ms", DAY_MS, 3650 * DAY_MS, &p->history_ms);
-	pol_get(o, "half_life_days", 1, 3650, &p->half_life_days);
-	pol_get(o, "new_days", 1, 3650, &p->new_days);
-	pol_get(o, "sleeping_days", 1, 3650, &p->sleeping_days);
-	pol_get(o, "lost_days", 1, 36500, &p->lost_days);
-	pol_get(o, "churn_factor_pct", 100, 10000, &p->churn_factor_pct);
-	/* at least two of the daemon's 30 s link refreshes */
-	pol_get(o, "online_fresh_ms", 60000, 3600000, &p->online_fresh_ms);
+	for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
+		pol_get(o, settings[i].k, settings[i].lo, settings[i].hi, (int64_t *)((char *)p + settings[i].off));
 	cJSON_Delete(o);
 }
 
 void guide__policy_json(const guide__policy *p, sbuf *out)
 {
-	const struct {
-		const char *k;
-		int64_t v;
-	} f[] = {{"just_bought_ms", p->just_bought_ms}, {"history_ms", p->history_ms},
-		 {"half_life_days", p->half_life_days},  {"new_days", p->new_days},
-		 {"sleeping_days", p->sleeping_days},    {"lost_days", p->lost_days},
-		 {"churn_factor_pct", p->churn_factor_pct}, {"online_fresh_ms", p->online_fresh_ms}};
 	sbuf__reset(out);
 	sbuf__putc(out, '{');
-	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+	for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
 		if (i)
 			sbuf__putc(out, ',');
-		sbuf__jstr(out, f[i].k);
+		sbuf__jstr(out, settings[i].k);
 		sbuf__putc(out, ':');
-		sbuf__i64(out, f[i].v);
+		sbuf__i64(out, *(const int64_t *)((const char *)p + settings[i].off));
 	}
 	sbuf__putc(out, '}');
 }
-
