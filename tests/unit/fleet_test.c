@@ -25,6 +25,7 @@
 #include "cachegen.h"
 #include "config.h"
 #include "crypto.h"
+#include "birth.h"
 #include "fleet.h"
 #include "platform.h"
 #include "sbuf.h"
@@ -175,6 +176,33 @@ static int parse_signed(cg_signer *s, const char *text, int64_t now, int clock_o
 	return rc;
 }
 
+/* ---- the command table (commands.def) --------------------------------- */
+
+/* Every registered command: a name a command may carry, and signed while
+ * the clock is untrusted it is obeyed exactly when the table says it is
+ * read-only (ping and status, protocol.md). */
+static void command_table_policy(void **state)
+{
+	(void)state;
+	assert_true(fleet__n_commands >= 11);
+	for (size_t i = 0; i < fleet__n_commands; i++) {
+		const fleet__command_info *ci = &fleet__commands[i];
+		char id[32];
+		assert_ptr_equal(fleet__command_find(ci->name), ci);
+		assert_non_null(ci->help);
+		assert_true(ci->help[0] != '\0');
+		assert_non_null(ci->args);
+		snprintf(id, sizeof(id), "c-table-%zu", i);
+		int rc = parse_signed(central, cmd_text(id, ci->name, NOW + 60000), NOW, 0, NULL);
+		if (ci->any_clock)
+			assert_parsed(rc);
+		else
+			assert_fleet_err(rc, "clock_untrusted", "expires_ms");
+		assert_int_equal(ci->any_clock, strcmp(ci->name, "ping") == 0 || strcmp(ci->name, "status") == 0);
+	}
+	assert_null(fleet__command_find("reboot"));
+}
+
 /* ---- fleet__parse_command: unsigned commands ----------------------------- */
 
 static void unsigned_command_accepted(void **state)
@@ -190,14 +218,13 @@ static void unsigned_command_accepted(void **state)
 	assert_true(cJSON_IsObject(cmd.args));
 	assert_non_null(fleet__arg(&cmd, "stream"));
 
-	/* Every command of protocol.md, with id, args and expiry optional. */
-	static const char *const all[] = {"ping", "status", "resync", "flush", "config.get", "config.set",
-					  "log.level", "member.forget", "cache.purge", "logs.recent"};
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+	/* Every command of protocol.md (commands.def), with id, args and expiry
+	 * optional. */
+	for (size_t i = 0; i < fleet__n_commands; i++) {
 		char t[128];
-		snprintf(t, sizeof(t), "{\"v\":1,\"cmd\":\"%s\"}", all[i]);
+		snprintf(t, sizeof(t), "{\"v\":1,\"cmd\":\"%s\"}", fleet__commands[i].name);
 		assert_parsed(parse(t));
-		assert_string_equal(cmd.name, all[i]);
+		assert_string_equal(cmd.name, fleet__commands[i].name);
 		assert_string_equal(cmd.id, "");
 		assert_null(cmd.args);
 		assert_int_equal(cmd.expires_ms, 0);
@@ -1274,7 +1301,7 @@ static void state_online_fields(void **state)
 	assert_int_equal(config__parse(cfg_text, sizeof(cfg_text) - 1, &c), SCRM_OK);
 	c.config_version = 3;
 	sbuf__init(&b);
-	fleet__state_json(&b, &c, "online", NULL, NOW - 5, NOW, NOW - 10000, "9f1c0d1e-boot",
+	birth__state_json(&b, &c, "online", NULL, NOW - 5, NOW, NOW - 10000, "9f1c0d1e-boot",
 			  "{\"members\":{\"cursor\":812}}");
 	cJSON *j = reply_json(&b);
 	assert_int_equal(cJSON_GetObjectItem(j, "v")->valueint, 1);
@@ -1300,7 +1327,7 @@ static void state_online_fields(void **state)
 
 	/* No cache: no "cache" key; a command key: signed_commands true. */
 	c.command_key_file = strdup("/etc/scrm/command.pub");
-	fleet__state_json(&b, &c, "online", NULL, 1, NOW, NOW, "b", NULL);
+	birth__state_json(&b, &c, "online", NULL, 1, NOW, NOW, "b", NULL);
 	j = reply_json(&b);
 	assert_null(cJSON_GetObjectItem(j, "cache"));
 	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "signed_commands")));
@@ -1321,7 +1348,7 @@ static void state_offline_fields(void **state)
 	sbuf__init(&b);
 	static const char *const reasons[] = {"connection_lost", "shutdown", "reconfigure"};
 	for (size_t i = 0; i < 3; i++) {
-		fleet__state_json(&b, &c, "offline", reasons[i], NOW - 5, NOW, NOW - 10000, "boot", "{\"x\":1}");
+		birth__state_json(&b, &c, "offline", reasons[i], NOW - 5, NOW, NOW - 10000, "boot", "{\"x\":1}");
 		cJSON *j = reply_json(&b);
 		assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "offline");
 		assert_string_equal(cJSON_GetObjectItem(j, "reason")->valuestring, reasons[i]);
@@ -1376,6 +1403,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(reply_ok_shape, per_test_teardown),
 		cmocka_unit_test_teardown(reply_error_shape, per_test_teardown),
 		cmocka_unit_test(reply_topic_stays_under_own_up_reply),
+		cmocka_unit_test_teardown(command_table_policy, per_test_teardown),
 		cmocka_unit_test(birth_seq_only_grows),
 		cmocka_unit_test(birth_seq_survives_garbage),
 		cmocka_unit_test(birth_seq_huge_stored_value),
