@@ -126,3 +126,39 @@ void cache_sync__on_message(struct sync *s, const char *topic, const char *strea
 	}
 	cache_sync__pump(s);
 }
+
+/* At start (cache.enabled): open the customer cache, checked; s->cache is
+ * NULL when it cannot open. */
+void cache_sync__open(struct sync *s)
+{
+	const config *cfg = s->cfg;
+	cache__options co = {.keys_dir = cfg->keys_dir,
+			     .create = 1,
+			     .max_message_bytes = (size_t)cfg->cache_max_message_bytes,
+			     .snapshot_timeout_ms = cfg->snapshot_timeout_ms,
+			     .check = 1};
+	char q[600];
+	/* The cache is rebuildable: if it cannot open, sales still flow;
+	 * a damaged one is moved to quarantine/ and fetched again. */
+	if (cache__open(cfg->store_dir, &co, &s->cache) != SCRM_OK) {
+		LOG(LOG_ERROR, "cache", "cannot open the customer cache; running without it", "dir=%s err=%s",
+		    cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
+		s->cache = NULL;
+	}
+	/* identity and policy: reconfig__push_settings(), after the outbox */
+	if (s->cache && cache__quarantined(s->cache)) {
+		LOG(LOG_ERROR, "cache", "the customer cache was damaged: moved to quarantine, fetching it again",
+		    "quarantined=%s", cache__quarantined(s->cache));
+		if (outbox__alarm_raise(s->ob, "cache_quarantined", cache__quarantine_detail(s->cache),
+					platform__wall_ms()) != SCRM_OK)
+			LOG(LOG_WARN, "cache", "cannot raise the cache_quarantined alarm", "err=%s",
+			    log__q(q, sizeof(q), scrm_errmsg()));
+	}
+	if (s->cache) {
+		sbuf st;
+		sbuf__init(&st);
+		if (cache__status(s->cache, &st) == SCRM_OK)
+			LOG(LOG_INFO, "cache", "cache opened", "status=%s", log__q(q, sizeof(q), st.p));
+		sbuf__free(&st);
+	}
+}

@@ -84,6 +84,7 @@ struct sync {
 
 
 /* link.c */
+void link__topics(struct sync *s);
 void link__schedule_reconnect(struct sync *s, int64_t now);
 void link__start_connect(struct sync *s);
 /* Record in the store whether central is reachable (capture reads it). */
@@ -108,6 +109,7 @@ void uplink__on_verdict(struct sync *s, const char *payload, size_t len);
 void uplink__verdict_query(struct sync *s);
 
 /* cache_sync.c */
+void cache_sync__open(struct sync *s);
 /* cache__forget_fn: erase a member from the outbox and quarantined files. */
 int cache_sync__forget(void *ctx, const char *member_id);
 void cache_sync__pump(struct sync *s);

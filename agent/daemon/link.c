@@ -16,6 +16,7 @@
 #include "log.h"
 #include "paths.h"
 #include "platform.h"
+#include "topics.h"
 
 #include <MQTTReasonCodes.h>
 
@@ -340,4 +341,19 @@ void link__handle_events(struct sync *s)
 		link__restart(s, "packet_too_large");
 	}
 	uplink__pump(s);
+}
+
+/* The topics this device publishes and subscribes to (proto/topics.h). */
+void link__topics(struct sync *s)
+{
+	topics__join(s->topic_state, sizeof(s->topic_state), s->cfg->topic_prefix, TOPIC_UP_STATE);
+	topics__join(s->topic_health, sizeof(s->topic_health), s->cfg->topic_prefix, TOPIC_UP_HEALTH);
+	topics__join(s->topic_cmd, sizeof(s->topic_cmd), s->cfg->topic_prefix, TOPIC_DOWN_CMD);
+	topics__join(s->topic_up, sizeof(s->topic_up), s->cfg->topic_prefix, TOPIC_UP_EVENTS);
+	topics__join(s->topic_down, sizeof(s->topic_down), s->cfg->topic_prefix, TOPIC_DOWN_ALL);
+	topics__join(s->topic_ack, sizeof(s->topic_ack), s->cfg->topic_prefix, TOPIC_DOWN_ACK);
+	topics__join(s->topic_verdict, sizeof(s->topic_verdict), s->cfg->topic_prefix, TOPIC_DOWN_VERDICT);
+	topics__join(s->topic_verdict_query, sizeof(s->topic_verdict_query), s->cfg->topic_prefix, TOPIC_UP_VERDICT_QUERY);
+	topics__join(s->topic_store_cache, sizeof(s->topic_store_cache), s->cfg->store_prefix, TOPIC_DOWN_CACHE_ALL);
+	topics__join(s->topic_resync, sizeof(s->topic_resync), s->cfg->topic_prefix, TOPIC_UP_CACHE_RESYNC);
 }

@@ -78,17 +78,8 @@ int sync__run(config *cfg_in, const char *level_override)
 	platform__boot_id(s.boot);
 	sbuf__init(&s.fb);
 	sbuf__init(&s.fr);
-	topics__join(s.topic_state, sizeof(s.topic_state), cfg->topic_prefix, TOPIC_UP_STATE);
-	topics__join(s.topic_health, sizeof(s.topic_health), cfg->topic_prefix, TOPIC_UP_HEALTH);
-	topics__join(s.topic_cmd, sizeof(s.topic_cmd), cfg->topic_prefix, TOPIC_DOWN_CMD);
+	link__topics(&s);
 	reconfig__apply_log_settings(&s);
-	topics__join(s.topic_up, sizeof(s.topic_up), cfg->topic_prefix, TOPIC_UP_EVENTS);
-	topics__join(s.topic_down, sizeof(s.topic_down), cfg->topic_prefix, TOPIC_DOWN_ALL);
-	topics__join(s.topic_ack, sizeof(s.topic_ack), cfg->topic_prefix, TOPIC_DOWN_ACK);
-	topics__join(s.topic_verdict, sizeof(s.topic_verdict), cfg->topic_prefix, TOPIC_DOWN_VERDICT);
-	topics__join(s.topic_verdict_query, sizeof(s.topic_verdict_query), cfg->topic_prefix, TOPIC_UP_VERDICT_QUERY);
-	topics__join(s.topic_store_cache, sizeof(s.topic_store_cache), cfg->store_prefix, TOPIC_DOWN_CACHE_ALL);
-	topics__join(s.topic_resync, sizeof(s.topic_resync), cfg->topic_prefix, TOPIC_UP_CACHE_RESYNC);
 	sbuf__init(&s.req);
 	backoff__init(&s.bo, cfg->backoff_min_ms, cfg->backoff_max_ms);
 
@@ -134,37 +125,8 @@ int sync__run(config *cfg_in, const char *level_override)
 	if (outbox__quarantined(s.ob))
 		LOG(LOG_ERROR, "sync", "the outbox was damaged: moved to quarantine, capturing into a fresh one",
 		    "quarantined=%s", outbox__quarantined(s.ob));
-	if (cfg->cache_enabled) {
-		cache__options co = {.keys_dir = cfg->keys_dir,
-				     .create = 1,
-				     .max_message_bytes = (size_t)cfg->cache_max_message_bytes,
-				     .snapshot_timeout_ms = cfg->snapshot_timeout_ms,
-				     .check = 1};
-		char q[600];
-		/* The cache is rebuildable: if it cannot open, sales still flow;
-		 * a damaged one is moved to quarantine/ and fetched again. */
-		if (cache__open(cfg->store_dir, &co, &s.cache) != SCRM_OK) {
-			LOG(LOG_ERROR, "cache", "cannot open the customer cache; running without it", "dir=%s err=%s",
-			    cfg->store_dir, log__q(q, sizeof(q), scrm_errmsg()));
-			s.cache = NULL;
-		}
-		/* identity and policy: reconfig__push_settings() below */
-		if (s.cache && cache__quarantined(s.cache)) {
-			LOG(LOG_ERROR, "cache", "the customer cache was damaged: moved to quarantine, fetching it again",
-			    "quarantined=%s", cache__quarantined(s.cache));
-			if (outbox__alarm_raise(s.ob, "cache_quarantined", cache__quarantine_detail(s.cache),
-						platform__wall_ms()) != SCRM_OK)
-				LOG(LOG_WARN, "cache", "cannot raise the cache_quarantined alarm", "err=%s",
-				    log__q(q, sizeof(q), scrm_errmsg()));
-		}
-		if (s.cache) {
-			sbuf st;
-			sbuf__init(&st);
-			if (cache__status(s.cache, &st) == SCRM_OK)
-				LOG(LOG_INFO, "cache", "cache opened", "status=%s", log__q(q, sizeof(q), st.p));
-			sbuf__free(&st);
-		}
-	}
+	if (cfg->cache_enabled)
+		cache_sync__open(&s);
 	if (link__read_password(cfg, &password) != SCRM_OK) {
 		char q[600];
 		LOG(LOG_ERROR, "sync", "cannot read the broker password", "err=%s", log__q(q, sizeof(q), scrm_errmsg()));
