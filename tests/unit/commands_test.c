@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "cachegen.h"
+#include "cmdsign.h"
 #include "commands.h"
 #include "crypto.h"
 #include "err.h"
@@ -51,18 +52,10 @@ static int group_setup(void **state)
 {
 	(void)state;
 	keydir = tu_tmpdir("commands-keys");
-	char *k = tu_join(keydir, "central"), *path;
-	if (cg_keys_create(k, 1) != 0)
-		return -1;
-	path = tu_join(k, "central.key");
-	int rc = cg_signer_open(path, &central);
-	free(path);
-	path = tu_join(k, "central.pub");
-	if (!rc && crypto__verifier_load(path, &vf) != SCRM_OK)
-		rc = -1;
-	free(path);
+	char *k = tu_join(keydir, "central");
+	int rc = cs_key_pair(k, 1, &central, &vf);
 	free(k);
-	return rc ? -1 : 0;
+	return rc;
 }
 
 static int group_teardown(void **state)
@@ -241,24 +234,16 @@ static void untrusted_clock_refuses_all_but_read_only(void **state)
 	fx *f = *state;
 	static const char *const names[] = {"ping", "flush"};
 	for (size_t i = 0; i < 2; i++) {
-		char text[512], *b64 = NULL;
+		char text[512];
 		snprintf(text, sizeof(text),
 			 "{\"v\":1,\"id\":\"c-%zu\",\"tenant\":\"" TENANT "\",\"store\":\"" STORE "\",\"device\":\"" DEVICE
 			 "\",\"cmd\":\"%s\",\"expires_ms\":%lld}",
 			 i, names[i], (long long)(NOW + 60000));
-		assert_int_equal(cg_sign_b64(central, text, strlen(text), &b64), 0);
-		sbuf env;
-		sbuf__init(&env);
-		sbuf__puts(&env, "{\"signed\":");
-		sbuf__jstr(&env, text);
-		sbuf__puts(&env, ",\"sig\":");
-		sbuf__jstr(&env, b64);
-		sbuf__puts(&env, "}");
-		free(b64);
+		char *env = cs_envelope(central, text);
 		fleet__cmd_free(&f->cmd);
 		sbuf__reset(&f->res);
-		int rc = fleet__parse_command(env.p, env.len, TENANT, STORE, DEVICE, vf, NOW, 0, NULL, &f->cmd, &f->err);
-		sbuf__free(&env);
+		int rc = fleet__parse_command(env, strlen(env), TENANT, STORE, DEVICE, vf, NOW, 0, NULL, &f->cmd, &f->err);
+		free(env);
 		if (i == 0) {
 			assert_int_equal(rc, 0);
 			assert_int_equal(cmd__run(&f->c, &f->cmd, &f->res, &f->err), 0);

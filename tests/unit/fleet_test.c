@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fleet_test: the device side of fleet management (agent/daemon/fleet.c,
+ * fleet_test: the device side of fleet management (agent/proto/fleet.c,
  * docs/protocol.md "Fleet management"). What central's operators notice:
  * every malformed, unsigned, forged, stale, misdirected or replayed command
  * is refused with the documented error code and the field at fault, and the
@@ -23,6 +23,7 @@
 #include <scrm/scrm.h>
 
 #include "cachegen.h"
+#include "cmdsign.h"
 #include "config.h"
 #include "crypto.h"
 #include "birth.h"
@@ -30,6 +31,7 @@
 #include "platform.h"
 #include "sbuf.h"
 #include "testutil.h"
+#include "topics.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -55,25 +57,13 @@ static crypto__verifier *vf;
 static int group_setup(void **state)
 {
 	(void)state;
-	char *k1, *k2, *path;
 	keydir = tu_tmpdir("fleet-keys");
-	k1 = tu_join(keydir, "central");
-	k2 = tu_join(keydir, "stranger");
-	if (cg_keys_create(k1, 1) != 0 || cg_keys_create(k2, 2) != 0)
-		return -1;
-	path = tu_join(k1, "central.key");
-	int rc = cg_signer_open(path, &central);
-	free(path);
-	path = tu_join(k2, "central.key");
-	rc = rc ? rc : cg_signer_open(path, &stranger);
-	free(path);
-	path = tu_join(k1, "central.pub");
-	if (!rc && crypto__verifier_load(path, &vf) != SCRM_OK)
-		rc = -1;
-	free(path);
+	char *k1 = tu_join(keydir, "central"), *k2 = tu_join(keydir, "stranger");
+	int rc = cs_key_pair(k1, 1, &central, &vf);
+	rc = rc ? rc : cs_key_pair(k2, 2, &stranger, NULL);
 	free(k1);
 	free(k2);
-	return rc ? -1 : 0;
+	return rc;
 }
 
 static int group_teardown(void **state)
@@ -144,18 +134,7 @@ static void assert_parsed_at(int rc, const char *file, int line)
 /* A signed envelope {"signed":"<text>","sig":"<b64>"} (malloc'd). */
 static char *envelope(cg_signer *s, const char *text)
 {
-	char *b64 = NULL;
-	sbuf b;
-	assert_int_equal(cg_sign_b64(s, text, strlen(text), &b64), 0);
-	sbuf__init(&b);
-	sbuf__puts(&b, "{\"signed\":");
-	sbuf__jstr(&b, text);
-	sbuf__puts(&b, ",\"sig\":");
-	sbuf__jstr(&b, b64);
-	sbuf__puts(&b, "}");
-	free(b64);
-	assert_false(b.oom);
-	return sbuf__take(&b, NULL);
+	return cs_envelope(s, text);
 }
 
 /* A signed command text for this device. */
@@ -201,6 +180,25 @@ static void command_table_policy(void **state)
 		assert_int_equal(ci->any_clock, strcmp(ci->name, "ping") == 0 || strcmp(ci->name, "status") == 0);
 	}
 	assert_null(fleet__command_find("reboot"));
+}
+
+/* The topic tree (proto/topics.h): the prefixes config.c builds, the
+ * topics the daemon joins to them, and the stream of a cache topic. */
+static void topics_of_the_protocol(void **state)
+{
+	(void)state;
+	char p[128], t[160];
+	assert_int_equal(topics__device_prefix(p, sizeof(p), TENANT, STORE, DEVICE), 0);
+	assert_string_equal(p, PREFIX);
+	assert_int_equal(topics__device_prefix(p, 10, TENANT, STORE, DEVICE), -1);
+	assert_int_equal(topics__store_prefix(p, sizeof(p), TENANT, STORE), 0);
+	assert_string_equal(p, "scrm/v1/acme/s0042/");
+	assert_int_equal(topics__join(t, sizeof(t), PREFIX, TOPIC_DOWN_ACK), 0);
+	assert_string_equal(t, PREFIX "down/ack");
+	assert_string_equal(topics__cache_stream(PREFIX "down/cache/members", PREFIX), "members");
+	assert_string_equal(topics__cache_stream("scrm/v1/acme/s0042/down/cache/coupons", p), "coupons");
+	assert_null(topics__cache_stream(PREFIX "down/ack", PREFIX));
+	assert_null(topics__cache_stream("scrm/v1/other/s0042/pos-01/down/cache/members", PREFIX));
 }
 
 /* ---- fleet__parse_command: unsigned commands ----------------------------- */
@@ -964,7 +962,7 @@ static void arg_int_bounds_and_fields(void **state)
 	/* Negative ranges. */
 	assert_int_equal(fleet__arg_int(&cmd, "zero", 1, -5, 0, &v, &err), 0);
 	assert_int_equal(v, 0);
-	/* sync.c's if_version: 0..INT64_MAX; 2^53 is fine. */
+	/* config.set's if_version: 0..INT64_MAX; 2^53 is fine. */
 	assert_parsed(parse("{\"v\":1,\"cmd\":\"config.set\",\"args\":{\"if_version\":9007199254740992}}"));
 	assert_int_equal(fleet__arg_int(&cmd, "if_version", 0, 0, INT64_MAX, &v, &err), 0);
 	assert_int_equal(v, 9007199254740992LL);
@@ -972,8 +970,8 @@ static void arg_int_bounds_and_fields(void **state)
 }
 
 /*
- * Regression test (bug in agent/daemon/fleet.c fleet__arg_int): the upper bound is
- * compared as a double. With hi = INT64_MAX (sync.c's `if_version`),
+ * Regression test (bug in agent/proto/fleet.c fleet__arg_int): the upper bound is
+ * compared as a double. With hi = INT64_MAX (config.set's `if_version`),
  * (double)INT64_MAX rounds up to 2^63, so a value of exactly 2^63 passes the
  * check and `(int64_t)d` overflows — undefined behaviour (clang's UBSan
  * aborts; on x86 the result is INT64_MIN). Expected: bad_args. Run in a
@@ -1252,7 +1250,7 @@ static void birth_seq_survives_garbage(void **state)
 }
 
 /*
- * Regression test (bug in agent/daemon/fleet.c fleet__next_birth_seq): a stored
+ * Regression test (bug in fleet__next_birth_seq, now agent/daemon/birth.c): a stored
  * value of INT64_MAX (a corrupted or hand-edited birth_seq file:
  * "9223372036854775807") is accepted, and `last + 1` overflows — undefined
  * behaviour (UBSan aborts the daemon at every connection attempt; without
@@ -1404,6 +1402,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(reply_error_shape, per_test_teardown),
 		cmocka_unit_test(reply_topic_stays_under_own_up_reply),
 		cmocka_unit_test_teardown(command_table_policy, per_test_teardown),
+		cmocka_unit_test(topics_of_the_protocol),
 		cmocka_unit_test(birth_seq_only_grows),
 		cmocka_unit_test(birth_seq_survives_garbage),
 		cmocka_unit_test(birth_seq_huge_stored_value),
