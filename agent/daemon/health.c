@@ -8,6 +8,7 @@
 #include "daemon.h"
 
 #include "birth.h"
+#include "heartbeat.h"
 #include "err.h"
 #include "log.h"
 #include "platform.h"
@@ -86,6 +87,7 @@ out:
 /* The heartbeat body, also the `status` command's result. */
 void health__json(struct sync *s, sbuf *out)
 {
+	static const char *const lv[] = {"error", "warn", "info", "debug"};
 	int64_t now = platform__wall_ms();
 	scrm_outbox_stats st;
 	char stats_err[300] = "";
@@ -96,201 +98,71 @@ void health__json(struct sync *s, sbuf *out)
 		snprintf(stats_err, sizeof(stats_err), "%s", scrm_errmsg());
 	else if (s->dl.last_error_ms)
 		snprintf(stats_err, sizeof(stats_err), "%s", s->dl.last_error);
-	sbuf__puts(out, "{\"v\":1,\"ts\":");
-	sbuf__i64(out, now);
-	sbuf__puts(out, ",\"device\":");
-	sbuf__jstr(out, s->cfg->device_id);
-	sbuf__puts(out, ",\"birth_seq\":");
-	sbuf__i64(out, s->birth_seq);
-	sbuf__puts(out, ",\"version\":");
-	sbuf__jstr(out, scrm_version());
-	sbuf__puts(out, ",\"config_version\":");
-	sbuf__i64(out, s->cfg->config_version);
-	sbuf__puts(out, ",\"heartbeat_s\":");
-	sbuf__i64(out, s->cfg->heartbeat_s);
-	sbuf__puts(out, ",\"started_ms\":");
-	sbuf__i64(out, s->started_ms);
-	sbuf__puts(out, ",\"uptime_ms\":");
-	sbuf__i64(out, platform__mono_ms() - s->started_mono);
-
-	sbuf__puts(out, ",\"link\":{\"connected\":");
-	sbuf__puts(out, s->connected ? "true" : "false");
-	sbuf__puts(out, ",\"since_ms\":");
-	sbuf__i64(out, s->connected_since_ms);
-	sbuf__puts(out, ",\"window_used\":");
-	sbuf__i64(out, s->dl.nwin);
-	sbuf__puts(out, ",\"published\":");
-	sbuf__i64(out, s->dl.n_published);
-	sbuf__puts(out, ",\"acked\":");
-	sbuf__i64(out, s->dl.n_acked);
-	sbuf__puts(out, ",\"redeliveries\":");
-	sbuf__i64(out, s->dl.n_redeliveries);
-	sbuf__puts(out, "}");
-
-	if (stats_err[0] && !st.last_seq) {
-		sbuf__puts(out, ",\"outbox\":{\"error\":");
-		sbuf__jstr(out, stats_err);
-		sbuf__puts(out, ",\"error_since_ms\":");
-		sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
-		sbuf__puts(out, "}");
-		goto alarms;
+	heartbeat__figures f = {
+		.now = now,
+		.device = s->cfg->device_id,
+		.version = scrm_version(),
+		.birth_seq = s->birth_seq,
+		.config_version = s->cfg->config_version,
+		.heartbeat_s = s->cfg->heartbeat_s,
+		.started_ms = s->started_ms,
+		.uptime_ms = platform__mono_ms() - s->started_mono,
+		.connected = s->connected,
+		.connected_since_ms = s->connected_since_ms,
+		.window_used = s->dl.nwin,
+		.published = s->dl.n_published,
+		.acked = s->dl.n_acked,
+		.redeliveries = s->dl.n_redeliveries,
+		.st = st,
+		.stats_err = stats_err,
+		.error_since_ms = s->dl.last_error_ms ? s->dl.last_error_ms : now,
+		.erasure_pending = s->erasure_pending,
+		.log_level = lv[log__threshold & 3],
+		.commands = s->n_commands,
+		.config_error = s->cfg->overlay_error,
+		.config_rollback = s->last_rollback,
+	};
+	struct outbox__health h;
+	int64_t aside = 0, verdicts[3], disk[2] = {0, 0};
+	/* Read only when the outbox's figures are shown (heartbeat.c), as
+	 * before the payload moved to proto/. Bounded storage: the cap, what it
+	 * cost, paid captures refused; events kept in dead_letter (central sent
+	 * a marker). */
+	if (!(stats_err[0] && !st.last_seq)) {
+		if (outbox__health(s->ob, &h) == SCRM_OK)
+			f.oh = &h;
+		if (outbox__set_aside_count(s->ob, &aside) == SCRM_OK)
+			f.set_aside = &aside;
 	}
-	sbuf__puts(out, ",\"outbox\":{\"pending\":");
-	sbuf__i64(out, st.pending);
-	sbuf__puts(out, ",\"bytes\":");
-	sbuf__i64(out, st.pending_bytes);
-	sbuf__puts(out, ",\"oldest_pending_ms\":");
-	sbuf__i64(out, st.oldest_pending_ms);
-	sbuf__puts(out, ",\"oldest_age_ms\":");
-	sbuf__i64(out, st.oldest_pending_ms ? now - st.oldest_pending_ms : 0);
-	sbuf__puts(out, ",\"last_seq\":");
-	sbuf__i64(out, st.last_seq);
-	sbuf__puts(out, ",\"last_ack_ms\":");
-	sbuf__i64(out, st.last_ack_ms);
-	sbuf__puts(out, ",\"last_acked_seq\":");
-	sbuf__i64(out, st.last_acked_seq);
-	sbuf__puts(out, ",\"rejected\":");
-	sbuf__i64(out, st.rejected);
-	{
-		/* Bounded storage: the cap, what it cost, paid captures refused. */
-		struct outbox__health h;
-		if (outbox__health(s->ob, &h) == SCRM_OK) {
-			sbuf__puts(out, ",\"stored_bytes\":");
-			sbuf__i64(out, h.bytes);
-			sbuf__puts(out, ",\"max_bytes\":");
-			sbuf__i64(out, h.max_bytes);
-			sbuf__puts(out, ",\"reserve_bytes\":");
-			sbuf__i64(out, h.reserve_bytes);
-			sbuf__puts(out, ",\"in_reserve\":");
-			sbuf__puts(out, h.in_reserve ? "true" : "false");
-			sbuf__puts(out, ",\"refused_paid\":");
-			sbuf__i64(out, h.refused_paid);
-			sbuf__puts(out, ",\"dropped\":{");
-			for (size_t i = 0; i < h.n_dropped; i++) {
-				if (i)
-					sbuf__puts(out, ",");
-				sbuf__jstr(out, h.dropped[i].kind);
-				sbuf__puts(out, ":");
-				sbuf__i64(out, h.dropped[i].count);
-			}
-			sbuf__puts(out, "}");
+	sbuf al, cf, r;
+	cJSON *o = NULL;
+	sbuf__init(&al);
+	sbuf__init(&cf);
+	sbuf__init(&r);
+	if (outbox__alarms(s->ob, &al) == SCRM_OK && !al.oom && al.p)
+		f.alarms = al.p;
+	health__cache_figures(s, &cf, now);
+	f.cache = cf.oom ? NULL : cf.p;
+	if (outbox__redemptions(s->ob, 1, &r) == SCRM_OK && !r.oom && (o = cJSON_Parse(r.p))) {
+		const char *names[] = {"pending", "accepted", "rejected"};
+		for (int i = 0; i < 3; i++) {
+			const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, names[i]);
+			verdicts[i] = cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
 		}
-		{
-			/* events kept in dead_letter, central sent a marker */
-			int64_t aside = 0;
-			if (outbox__set_aside_count(s->ob, &aside) == SCRM_OK) {
-				sbuf__puts(out, ",\"set_aside\":");
-				sbuf__i64(out, aside);
-			}
-		}
+		f.verdicts = verdicts;
 	}
-	if (stats_err[0]) {
-		sbuf__puts(out, ",\"error\":");
-		sbuf__jstr(out, stats_err);
-		sbuf__puts(out, ",\"error_since_ms\":");
-		sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
-	}
-	sbuf__puts(out, "}");
-alarms:
-	{
-		sbuf al;
-		sbuf__init(&al);
-		sbuf__puts(out, ",\"alarms\":");
-		if (outbox__alarms(s->ob, &al) == SCRM_OK && !al.oom && al.p)
-			sbuf__put(out, al.p, al.len);
-		else
-			sbuf__puts(out, "[]");
-		if (stats_err[0]) {
-			/* Raised here, not in the store: the store may be what
-			 * cannot be written. */
-			if (out->len && out->p[out->len - 1] == ']') {
-				out->len--;
-				if (out->p[out->len - 1] != '[')
-					sbuf__putc(out, ',');
-				sbuf__puts(out, "{\"code\":\"outbox_unreadable\",\"since_ms\":");
-				sbuf__i64(out, s->dl.last_error_ms ? s->dl.last_error_ms : now);
-				sbuf__puts(out, ",\"last_ms\":");
-				sbuf__i64(out, now);
-				sbuf__puts(out, ",\"count\":1,\"detail\":");
-				sbuf__jstr(out, stats_err);
-				sbuf__puts(out, "}]");
-			}
-		}
-		sbuf__free(&al);
-	}
-	if (s->erasure_pending)
-		sbuf__puts(out, ",\"erasure_pending\":true");
-
-	sbuf__puts(out, ",\"cache\":");
-	health__cache_figures(s, out, now);
-
-	{
-		sbuf r;
-		cJSON *o = NULL;
-		sbuf__init(&r);
-		sbuf__puts(out, ",\"verdicts\":");
-		if (outbox__redemptions(s->ob, 1, &r) == SCRM_OK && !r.oom && (o = cJSON_Parse(r.p))) {
-			const char *names[] = {"pending", "accepted", "rejected"};
-			sbuf__puts(out, "{");
-			for (int i = 0; i < 3; i++) {
-				const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, names[i]);
-				if (i)
-					sbuf__puts(out, ",");
-				sbuf__jstr(out, names[i]);
-				sbuf__puts(out, ":");
-				sbuf__i64(out, cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0);
-			}
-			sbuf__puts(out, "}");
-		} else {
-			sbuf__puts(out, "null");
-		}
-		cJSON_Delete(o);
-		sbuf__free(&r);
-	}
-
-	int64_t avail = 0, total = 0;
-	if (platform__disk_space(s->cfg->store_dir, &avail, &total) == 0) {
-		sbuf__puts(out, ",\"disk\":{\"free_bytes\":");
-		sbuf__i64(out, avail);
-		sbuf__puts(out, ",\"total_bytes\":");
-		sbuf__i64(out, total);
-		sbuf__puts(out, "}");
-	} else {
-		sbuf__puts(out, ",\"disk\":null");
-	}
-	{
-		struct outbox__clock ck;
-		int trusted = health__clock_trusted_ex(s, now, &ck);
-		sbuf__puts(out, ",\"clock\":{\"trusted\":");
-		sbuf__puts(out, trusted ? "true" : "false");
-		sbuf__puts(out, ",\"wall_ms\":");
-		sbuf__i64(out, now);
-		/* a step of the wall clock against the trusted offset, waiting
-		 * to be confirmed (protocol.md, clock_ok) */
-		sbuf__puts(out, ",\"step_ms\":");
-		sbuf__i64(out, ck.step_ms);
-		sbuf__puts(out, ",\"ntp_synced\":");
-		sbuf__puts(out, ck.synced < 0 ? "null" : ck.synced ? "true" : "false");
-		sbuf__puts(out, "}");
-	}
-	sbuf__puts(out, ",\"rss_bytes\":");
-	sbuf__i64(out, platform__rss_bytes());
-	sbuf__puts(out, ",\"log_level\":");
-	{
-		static const char *const lv[] = {"error", "warn", "info", "debug"};
-		sbuf__jstr(out, lv[log__threshold & 3]);
-	}
-	sbuf__puts(out, ",\"commands\":");
-	sbuf__i64(out, s->n_commands);
-	if (s->cfg->overlay_error) {
-		sbuf__puts(out, ",\"config_error\":");
-		sbuf__jstr(out, s->cfg->overlay_error);
-	}
-	if (s->last_rollback[0]) {
-		sbuf__puts(out, ",\"config_rollback\":");
-		sbuf__jstr(out, s->last_rollback);
-	}
-	sbuf__puts(out, "}");
+	if (platform__disk_space(s->cfg->store_dir, &disk[0], &disk[1]) == 0)
+		f.disk = disk;
+	struct outbox__clock ck;
+	f.clock_trusted = health__clock_trusted_ex(s, now, &ck);
+	f.clock_step_ms = ck.step_ms;
+	f.ntp_synced = ck.synced;
+	f.rss_bytes = platform__rss_bytes();
+	heartbeat__json(out, &f);
+	cJSON_Delete(o);
+	sbuf__free(&r);
+	sbuf__free(&cf);
+	sbuf__free(&al);
 }
 
 void health__publish(struct sync *s)

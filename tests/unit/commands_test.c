@@ -4,7 +4,8 @@
  * cmd__ctx over a real outbox in a temp dir — no broker, no daemon loop —
  * and the command table (agent/proto/commands.def): every registered name
  * parses and dispatches to a handler, and under an untrusted clock only the
- * read-only ones get that far. scrm_cachegen plays central and signs.
+ * read-only ones get that far; and the heartbeat's body built from figures
+ * alone (agent/proto/heartbeat.c). scrm_cachegen plays central and signs.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include "crypto.h"
 #include "err.h"
 #include "fleet.h"
+#include "heartbeat.h"
 #include "log.h"
 #include "outbox.h"
 #include "sbuf.h"
@@ -255,6 +257,47 @@ static void untrusted_clock_refuses_all_but_read_only(void **state)
 	}
 }
 
+/* The heartbeat's body (proto/heartbeat.c) from figures alone: what could
+ * not be read is null or an error, never zeros, and an unreadable outbox
+ * raises outbox_unreadable in the alarms it was given. */
+static void heartbeat_from_figures(void **state)
+{
+	(void)state;
+	sbuf out;
+	sbuf__init(&out);
+	heartbeat__figures f = {.now = NOW, .device = DEVICE, .version = "1.0", .stats_err = "",
+				.log_level = "info", .ntp_synced = -1};
+	f.st.pending = 3;
+	f.st.last_seq = 7;
+	heartbeat__json(&out, &f);
+	cJSON *o = cJSON_Parse(out.p);
+	assert_non_null(o);
+	assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "outbox"), "pending")->valueint, 3);
+	assert_true(cJSON_IsNull(cJSON_GetObjectItem(o, "cache")));
+	assert_true(cJSON_IsNull(cJSON_GetObjectItem(o, "verdicts")));
+	assert_true(cJSON_IsNull(cJSON_GetObjectItem(o, "disk")));
+	assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "clock"), "ntp_synced")));
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "alarms")), 0);
+	cJSON_Delete(o);
+
+	f.stats_err = "outbox: disk I/O error";
+	f.st.last_seq = 0;
+	f.error_since_ms = NOW - 5;
+	f.alarms = "[{\"code\":\"disk_full\"}]";
+	sbuf__reset(&out);
+	heartbeat__json(&out, &f);
+	o = cJSON_Parse(out.p);
+	assert_non_null(o);
+	const cJSON *ob = cJSON_GetObjectItem(o, "outbox");
+	assert_string_equal(cJSON_GetObjectItem(ob, "error")->valuestring, "outbox: disk I/O error");
+	assert_null(cJSON_GetObjectItem(ob, "pending"));
+	const cJSON *al = cJSON_GetObjectItem(o, "alarms");
+	assert_int_equal(cJSON_GetArraySize(al), 2);
+	assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(al, 1), "code")->valuestring, "outbox_unreadable");
+	cJSON_Delete(o);
+	sbuf__free(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -266,6 +309,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(cache_commands_without_a_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(table_is_complete, setup, teardown),
 		cmocka_unit_test_setup_teardown(untrusted_clock_refuses_all_but_read_only, setup, teardown),
+		cmocka_unit_test(heartbeat_from_figures),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
