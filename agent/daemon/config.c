@@ -4,6 +4,7 @@
  * paths into nested objects ("broker.uri" is {"broker":{"uri":...}}).
  */
 #include "config.h"
+#include "topics.h"
 
 #include "err.h"
 #include "ident.h"
@@ -259,11 +260,10 @@ static int cross_check(config *cfg)
 	if (cfg->log_level && strcmp(cfg->log_level, "error") && strcmp(cfg->log_level, "warn") &&
 	    strcmp(cfg->log_level, "info") && strcmp(cfg->log_level, "debug"))
 		return err__set(SCRM_E_CONFIG, "log.level: must be error, warn, info or debug");
-	int n = snprintf(cfg->topic_prefix, sizeof(cfg->topic_prefix), "scrm/v1/%s/%s/%s/", cfg->tenant,
-			 cfg->store_id, cfg->device_id);
-	if (n < 0 || (size_t)n >= sizeof(cfg->topic_prefix))
+	if (topics__device_prefix(cfg->topic_prefix, sizeof(cfg->topic_prefix), cfg->tenant, cfg->store_id,
+				  cfg->device_id) != 0)
 		return err__set(SCRM_E_CONFIG, "topic prefix too long");
-	snprintf(cfg->store_prefix, sizeof(cfg->store_prefix), "scrm/v1/%s/%s/", cfg->tenant, cfg->store_id);
+	topics__store_prefix(cfg->store_prefix, sizeof(cfg->store_prefix), cfg->tenant, cfg->store_id);
 	if (cfg->phone_cc) {
 		size_t k = strlen(cfg->phone_cc);
 		int ok = k <= 4;

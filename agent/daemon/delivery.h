@@ -7,7 +7,7 @@
  * batches, go-back-N, the batch's `base` and `after`, the application of
  * central's acks and the redelivery timer — and nothing else. The outbox,
  * the publisher, the clocks and batch ids reach it through delivery__io, so
- * the daemon (sync.c) runs it over SQLite and Paho, and the seeded fault
+ * the daemon (uplink.c) runs it over SQLite and Paho, and the seeded fault
  * simulator (tests/sim/) over an in-memory outbox and central.
  *
  * The invariants it keeps (each one a way to lose or wedge a sale if broken):
@@ -27,6 +27,7 @@
 #ifndef SCRM_DELIVERY_H
 #define SCRM_DELIVERY_H
 
+#include "ack.h"
 #include "sbuf.h"
 
 #include <stddef.h>
@@ -34,11 +35,6 @@
 
 /* sync.window at most (the config's bound). */
 #define DELIVERY_MAX_WINDOW 64
-/* sync.batch_max_events at most (the config's bound), and so the most
- * entries one ack needs: central answers one batch at a time. */
-#define DELIVERY_MAX_BATCH_EVENTS 10000
-/* Entries in an ack's `acked` and in its `rejected`, each (protocol.md). */
-#define DELIVERY_ACK_MAX_RANGES DELIVERY_MAX_BATCH_EVENTS
 /* Room kept in a message for the batch envelope around its events. */
 #define DELIVERY_ENVELOPE_BYTES 256
 
@@ -105,29 +101,6 @@ typedef struct delivery {
 	char last_error[240];
 } delivery;
 
-/* A parsed down/ack payload (docs/protocol.md, "Acknowledgement"). */
-typedef struct delivery__rejection {
-	int64_t seq;  /* 1 <= seq <= 2^53, an integer */
-	char *reason; /* owned; "unspecified" when absent */
-} delivery__rejection;
-
-typedef struct delivery__ack {
-	char batch[64];        /* "" when absent */
-	int64_t (*acked)[2];   /* owned; inclusive ranges, 1 <= first <= last <= 2^53 */
-	size_t n_acked;
-	delivery__rejection *rejected; /* owned */
-	size_t n_rejected;
-	int64_t resend_from;   /* 0 when absent */
-} delivery__ack;
-
-/* Parse and validate a down/ack payload (borrowed, need not be
- * NUL-terminated). SCRM_OK with *ack filled (release with
- * delivery__ack_free), or SCRM_E_INVALID with the reason in scrm_errmsg():
- * the whole ack is then ignored, so a malformed ack can never delete an
- * event. At most DELIVERY_ACK_MAX_RANGES entries in `acked` and in
- * `rejected`. No I/O, any thread. */
-int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack);
-void delivery__ack_free(delivery__ack *ack);
 
 /* `io` copied. The settings must be given before the first pump. */
 void delivery__init(delivery *d, const delivery__io *io, const delivery__settings *set);

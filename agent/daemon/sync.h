@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * sync: the daemon's loop. It owns the outbox connection, the MQTT client and
+ * sync: the daemon's entry point (loop.c; the modules it drives are listed
+ * in daemon.h). It owns the outbox connection, the MQTT client and
  * runs the delivery state machine (delivery.h) over them: batches of pending
  * events in seq order, deleted only on central's application-level ack,
  * redelivered from the oldest unacknowledged event on ack timeout or
@@ -15,18 +16,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-/* A coupon verdict from central (down/verdict, protocol.md). */
-typedef struct sync__verdict {
-	char redemption[37];
-	int accepted;
-	char reason[33];  /* "" when accepted */
-	char detail[201];
-	int64_t ts;       /* 0 when absent */
-} sync__verdict;
-
-/* Parse and validate a verdict payload; SCRM_E_INVALID names the field. */
-int sync__parse_verdict(const char *payload, size_t len, sync__verdict *v);
 
 /* Run until SIGTERM/SIGINT (clean exit, 0) or a fatal error (non-zero).
  * Signals must already be blocked in all threads (sigmask inherited).

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_ack: central's down/ack payload (docs/protocol.md, "Acknowledgement"),
- * parsed by the pure delivery__parse_ack() (agent/daemon/delivery.c), and the same
- * bytes as a coupon verdict (sync__parse_verdict). Invariants: refused with a
+ * parsed by the pure delivery__parse_ack() (agent/proto/ack.c), and the same
+ * bytes as a coupon verdict (verdict__parse, agent/proto/verdict.c). Invariants: refused with a
  * message, or every range and rejected seq within [1, 2^53], first <= last,
  * at most DELIVERY_ACK_MAX_RANGES of each. What the delivery state machine
  * then does with a valid ack is checked by tests/unit/delivery_test.c and
@@ -10,9 +10,9 @@
  */
 #include "fuzz.h"
 
-#include "delivery.h"
+#include "ack.h"
 #include "err.h"
-#include "sync.h"
+#include "verdict.h"
 
 #include <string.h>
 
@@ -43,9 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	delivery__ack_free(&ack);
 	/* The same bytes as central's other device-bound message, a coupon
 	 * verdict (down/verdict): refused with a reason, or bounded fields. */
-	sync__verdict v;
+	verdict__msg v;
 	err__clear();
-	rc = sync__parse_verdict((const char *)data, size, &v);
+	rc = verdict__parse((const char *)data, size, &v);
 	if (rc != SCRM_OK) {
 		FUZZ_CHECK(rc == SCRM_E_INVALID, "verdict rc %d", rc);
 		FUZZ_CHECK(scrm_errmsg()[0] != '\0', "verdict refused without a message");

@@ -151,7 +151,8 @@ static void check_reply(const fleet__cmd *cmd, int ok, const fleet__error *err)
 	cJSON_Delete(j);
 }
 
-/* Read a few arguments as sync.c does; check what comes back. */
+/* Read a few arguments as the command handlers (agent/daemon/commands/) do;
+ * check what comes back. */
 static void check_args(const fleet__cmd *cmd)
 {
 	static const struct {

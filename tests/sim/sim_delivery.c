@@ -2,7 +2,7 @@
 /*
  * sim_delivery: the seeded fault simulator of issue 11 ("prove the
  * invariant, not only the scenarios"). It drives the real delivery state
- * machine (agent/daemon/delivery.c) the way the daemon does (agent/daemon/sync.c), over
+ * machine (agent/daemon/delivery.c) the way the daemon does (agent/daemon/uplink.c), over
  * an in-memory outbox (memoutbox) and an in-memory central that follows
  * docs/protocol.md literally (memcentral), through a discrete-event network
  * on a virtual clock, over thousands of random schedules.
@@ -76,7 +76,7 @@
 #define DEVICE "pos-01"
 #define BOOT "9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b"
 #define WALL0 1764000000000LL
-#define IDLE_MS 60000           /* the daemon's idle pump (sync.c IDLE_CHECKPOINT_MS) */
+#define IDLE_MS 60000           /* the daemon's idle pump (loop.c IDLE_CHECKPOINT_MS) */
 #define RECONNECT_MAX_MS 20000  /* longest reconnect delay drawn */
 #define SUBSCRIBE_MAX_MS 30     /* CONNACK to SUBACK */
 #define QUIET_LATENCY_MS 5      /* each way, in the quiet phase */
@@ -671,7 +671,7 @@ static int io_publish(void *ctx, const char *payload, size_t len)
 	return SCRM_OK;
 }
 
-/* ---- the device: the daemon's handlers (sync.c) ---- */
+/* ---- the device: the daemon's handlers (uplink.c, loop.c) ---- */
 
 static void device_start(struct sim *s)
 {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fleet_test: the device side of fleet management (agent/daemon/fleet.c,
+ * fleet_test: the device side of fleet management (agent/proto/fleet.c,
  * docs/protocol.md "Fleet management"). What central's operators notice:
  * every malformed, unsigned, forged, stale, misdirected or replayed command
  * is refused with the documented error code and the field at fault, and the
@@ -23,12 +23,15 @@
 #include <scrm/scrm.h>
 
 #include "cachegen.h"
+#include "cmdsign.h"
 #include "config.h"
 #include "crypto.h"
+#include "birth.h"
 #include "fleet.h"
 #include "platform.h"
 #include "sbuf.h"
 #include "testutil.h"
+#include "topics.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -54,25 +57,13 @@ static crypto__verifier *vf;
 static int group_setup(void **state)
 {
 	(void)state;
-	char *k1, *k2, *path;
 	keydir = tu_tmpdir("fleet-keys");
-	k1 = tu_join(keydir, "central");
-	k2 = tu_join(keydir, "stranger");
-	if (cg_keys_create(k1, 1) != 0 || cg_keys_create(k2, 2) != 0)
-		return -1;
-	path = tu_join(k1, "central.key");
-	int rc = cg_signer_open(path, &central);
-	free(path);
-	path = tu_join(k2, "central.key");
-	rc = rc ? rc : cg_signer_open(path, &stranger);
-	free(path);
-	path = tu_join(k1, "central.pub");
-	if (!rc && crypto__verifier_load(path, &vf) != SCRM_OK)
-		rc = -1;
-	free(path);
+	char *k1 = tu_join(keydir, "central"), *k2 = tu_join(keydir, "stranger");
+	int rc = cs_key_pair(k1, 1, &central, &vf);
+	rc = rc ? rc : cs_key_pair(k2, 2, &stranger, NULL);
 	free(k1);
 	free(k2);
-	return rc ? -1 : 0;
+	return rc;
 }
 
 static int group_teardown(void **state)
@@ -143,18 +134,7 @@ static void assert_parsed_at(int rc, const char *file, int line)
 /* A signed envelope {"signed":"<text>","sig":"<b64>"} (malloc'd). */
 static char *envelope(cg_signer *s, const char *text)
 {
-	char *b64 = NULL;
-	sbuf b;
-	assert_int_equal(cg_sign_b64(s, text, strlen(text), &b64), 0);
-	sbuf__init(&b);
-	sbuf__puts(&b, "{\"signed\":");
-	sbuf__jstr(&b, text);
-	sbuf__puts(&b, ",\"sig\":");
-	sbuf__jstr(&b, b64);
-	sbuf__puts(&b, "}");
-	free(b64);
-	assert_false(b.oom);
-	return sbuf__take(&b, NULL);
+	return cs_envelope(s, text);
 }
 
 /* A signed command text for this device. */
@@ -175,6 +155,52 @@ static int parse_signed(cg_signer *s, const char *text, int64_t now, int clock_o
 	return rc;
 }
 
+/* ---- the command table (commands.def) --------------------------------- */
+
+/* Every registered command: a name a command may carry, and signed while
+ * the clock is untrusted it is obeyed exactly when the table says it is
+ * read-only (ping and status, protocol.md). */
+static void command_table_policy(void **state)
+{
+	(void)state;
+	assert_true(fleet__n_commands >= 11);
+	for (size_t i = 0; i < fleet__n_commands; i++) {
+		const fleet__command_info *ci = &fleet__commands[i];
+		char id[32];
+		assert_ptr_equal(fleet__command_find(ci->name), ci);
+		assert_non_null(ci->help);
+		assert_true(ci->help[0] != '\0');
+		assert_non_null(ci->args);
+		snprintf(id, sizeof(id), "c-table-%zu", i);
+		int rc = parse_signed(central, cmd_text(id, ci->name, NOW + 60000), NOW, 0, NULL);
+		if (ci->any_clock)
+			assert_parsed(rc);
+		else
+			assert_fleet_err(rc, "clock_untrusted", "expires_ms");
+		assert_int_equal(ci->any_clock, strcmp(ci->name, "ping") == 0 || strcmp(ci->name, "status") == 0);
+	}
+	assert_null(fleet__command_find("reboot"));
+}
+
+/* The topic tree (proto/topics.h): the prefixes config.c builds, the
+ * topics the daemon joins to them, and the stream of a cache topic. */
+static void topics_of_the_protocol(void **state)
+{
+	(void)state;
+	char p[128], t[160];
+	assert_int_equal(topics__device_prefix(p, sizeof(p), TENANT, STORE, DEVICE), 0);
+	assert_string_equal(p, PREFIX);
+	assert_int_equal(topics__device_prefix(p, 10, TENANT, STORE, DEVICE), -1);
+	assert_int_equal(topics__store_prefix(p, sizeof(p), TENANT, STORE), 0);
+	assert_string_equal(p, "scrm/v1/acme/s0042/");
+	assert_int_equal(topics__join(t, sizeof(t), PREFIX, TOPIC_DOWN_ACK), 0);
+	assert_string_equal(t, PREFIX "down/ack");
+	assert_string_equal(topics__cache_stream(PREFIX "down/cache/members", PREFIX), "members");
+	assert_string_equal(topics__cache_stream("scrm/v1/acme/s0042/down/cache/coupons", p), "coupons");
+	assert_null(topics__cache_stream(PREFIX "down/ack", PREFIX));
+	assert_null(topics__cache_stream("scrm/v1/other/s0042/pos-01/down/cache/members", PREFIX));
+}
+
 /* ---- fleet__parse_command: unsigned commands ----------------------------- */
 
 static void unsigned_command_accepted(void **state)
@@ -190,14 +216,13 @@ static void unsigned_command_accepted(void **state)
 	assert_true(cJSON_IsObject(cmd.args));
 	assert_non_null(fleet__arg(&cmd, "stream"));
 
-	/* Every command of protocol.md, with id, args and expiry optional. */
-	static const char *const all[] = {"ping", "status", "resync", "flush", "config.get", "config.set",
-					  "log.level", "member.forget", "cache.purge", "logs.recent"};
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+	/* Every command of protocol.md (commands.def), with id, args and expiry
+	 * optional. */
+	for (size_t i = 0; i < fleet__n_commands; i++) {
 		char t[128];
-		snprintf(t, sizeof(t), "{\"v\":1,\"cmd\":\"%s\"}", all[i]);
+		snprintf(t, sizeof(t), "{\"v\":1,\"cmd\":\"%s\"}", fleet__commands[i].name);
 		assert_parsed(parse(t));
-		assert_string_equal(cmd.name, all[i]);
+		assert_string_equal(cmd.name, fleet__commands[i].name);
 		assert_string_equal(cmd.id, "");
 		assert_null(cmd.args);
 		assert_int_equal(cmd.expires_ms, 0);
@@ -937,7 +962,7 @@ static void arg_int_bounds_and_fields(void **state)
 	/* Negative ranges. */
 	assert_int_equal(fleet__arg_int(&cmd, "zero", 1, -5, 0, &v, &err), 0);
 	assert_int_equal(v, 0);
-	/* sync.c's if_version: 0..INT64_MAX; 2^53 is fine. */
+	/* config.set's if_version: 0..INT64_MAX; 2^53 is fine. */
 	assert_parsed(parse("{\"v\":1,\"cmd\":\"config.set\",\"args\":{\"if_version\":9007199254740992}}"));
 	assert_int_equal(fleet__arg_int(&cmd, "if_version", 0, 0, INT64_MAX, &v, &err), 0);
 	assert_int_equal(v, 9007199254740992LL);
@@ -945,8 +970,8 @@ static void arg_int_bounds_and_fields(void **state)
 }
 
 /*
- * Regression test (bug in agent/daemon/fleet.c fleet__arg_int): the upper bound is
- * compared as a double. With hi = INT64_MAX (sync.c's `if_version`),
+ * Regression test (bug in agent/proto/fleet.c fleet__arg_int): the upper bound is
+ * compared as a double. With hi = INT64_MAX (config.set's `if_version`),
  * (double)INT64_MAX rounds up to 2^63, so a value of exactly 2^63 passes the
  * check and `(int64_t)d` overflows — undefined behaviour (clang's UBSan
  * aborts; on x86 the result is INT64_MIN). Expected: bad_args. Run in a
@@ -1225,7 +1250,7 @@ static void birth_seq_survives_garbage(void **state)
 }
 
 /*
- * Regression test (bug in agent/daemon/fleet.c fleet__next_birth_seq): a stored
+ * Regression test (bug in fleet__next_birth_seq, now agent/daemon/birth.c): a stored
  * value of INT64_MAX (a corrupted or hand-edited birth_seq file:
  * "9223372036854775807") is accepted, and `last + 1` overflows — undefined
  * behaviour (UBSan aborts the daemon at every connection attempt; without
@@ -1274,7 +1299,7 @@ static void state_online_fields(void **state)
 	assert_int_equal(config__parse(cfg_text, sizeof(cfg_text) - 1, &c), SCRM_OK);
 	c.config_version = 3;
 	sbuf__init(&b);
-	fleet__state_json(&b, &c, "online", NULL, NOW - 5, NOW, NOW - 10000, "9f1c0d1e-boot",
+	birth__state_json(&b, &c, "online", NULL, NOW - 5, NOW, NOW - 10000, "9f1c0d1e-boot",
 			  "{\"members\":{\"cursor\":812}}");
 	cJSON *j = reply_json(&b);
 	assert_int_equal(cJSON_GetObjectItem(j, "v")->valueint, 1);
@@ -1300,7 +1325,7 @@ static void state_online_fields(void **state)
 
 	/* No cache: no "cache" key; a command key: signed_commands true. */
 	c.command_key_file = strdup("/etc/scrm/command.pub");
-	fleet__state_json(&b, &c, "online", NULL, 1, NOW, NOW, "b", NULL);
+	birth__state_json(&b, &c, "online", NULL, 1, NOW, NOW, "b", NULL);
 	j = reply_json(&b);
 	assert_null(cJSON_GetObjectItem(j, "cache"));
 	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "signed_commands")));
@@ -1321,7 +1346,7 @@ static void state_offline_fields(void **state)
 	sbuf__init(&b);
 	static const char *const reasons[] = {"connection_lost", "shutdown", "reconfigure"};
 	for (size_t i = 0; i < 3; i++) {
-		fleet__state_json(&b, &c, "offline", reasons[i], NOW - 5, NOW, NOW - 10000, "boot", "{\"x\":1}");
+		birth__state_json(&b, &c, "offline", reasons[i], NOW - 5, NOW, NOW - 10000, "boot", "{\"x\":1}");
 		cJSON *j = reply_json(&b);
 		assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "offline");
 		assert_string_equal(cJSON_GetObjectItem(j, "reason")->valuestring, reasons[i]);
@@ -1376,6 +1401,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(reply_ok_shape, per_test_teardown),
 		cmocka_unit_test_teardown(reply_error_shape, per_test_teardown),
 		cmocka_unit_test(reply_topic_stays_under_own_up_reply),
+		cmocka_unit_test_teardown(command_table_policy, per_test_teardown),
+		cmocka_unit_test(topics_of_the_protocol),
 		cmocka_unit_test(birth_seq_only_grows),
 		cmocka_unit_test(birth_seq_survives_garbage),
 		cmocka_unit_test(birth_seq_huge_stored_value),

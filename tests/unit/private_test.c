@@ -25,6 +25,7 @@
 #include "crypto.h"
 #include "enroll.h"
 #include "err.h"
+#include "birth.h"
 #include "fleet.h"
 #include "harness.h"
 #include "paths.h"

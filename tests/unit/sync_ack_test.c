@@ -6,19 +6,27 @@
  * ignored as a whole — an ack must never delete an event central did not
  * name.
  *
- * The handler, on_ack(), is static in agent/daemon/sync.c: it parses with
- * delivery__parse_ack() and applies with the delivery state machine over
- * the daemon's outbox adapter (io_*). This test compiles agent/daemon/sync.c into
- * itself to reach both, with a real outbox in a temp dir behind them; the
- * rest of the daemon (mqtt, log, backoff) comes from the scrm_daemon
- * archive. The state machine alone is tests/unit/delivery_test.c.
+ * The handler, uplink__on_ack() (agent/daemon/uplink.c, declared in the
+ * daemon's internal daemon.h), parses with delivery__parse_ack()
+ * (agent/proto/ack.c) and applies with the delivery state machine over the
+ * daemon's outbox adapter (uplink__io). This test links the scrm_daemon
+ * archive and runs both with a real outbox in a temp dir behind them. The
+ * state machine alone is tests/unit/delivery_test.c.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "sync.c"
+#include "daemon.h"
+#include "log.h"
+#include "outbox.h"
+#include "platform.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <sqlite3.h>
 
@@ -48,8 +56,7 @@ static int setup(void **state)
 					.body_len = 32};
 	}
 	assert_int_equal(outbox__append(f->s.ob, rows, N_EVENTS, 0), SCRM_OK);
-	delivery__io io = {.ctx = &f->s, .read = io_read, .oldest = io_oldest, .ack = io_ack, .reject = io_reject,
-			   .publish = io_publish, .mono_ms = io_mono, .wall_ms = io_wall, .batch_id = io_batch_id};
+	delivery__io io = uplink__io(&f->s);
 	delivery__settings ds = {.window = 8, .batch_max_events = 100, .batch_max_bytes = 65536, .ack_timeout_ms = 30000};
 	delivery__init(&f->s.dl, &io, &ds);
 	*state = f;
@@ -70,7 +77,7 @@ static int teardown(void **state)
 
 static void ack(fx *f, const char *payload)
 {
-	on_ack(&f->s, payload, strlen(payload));
+	uplink__on_ack(&f->s, payload, strlen(payload));
 }
 
 /* "1,2,3": the pending seqs, comma-separated. */
@@ -156,7 +163,7 @@ static void malformed_acks_change_nothing(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/daemon/sync.c on_ack): seq numbers are checked for range
+ * Regression test (fixed bug in the daemon's ack handler, now uplink__on_ack): seq numbers are checked for range
  * but not for being integers, then truncated. {"acked":[[1.5,1.5]]} deletes
  * event 1, and {"rejected":[{"seq":2.7}]} moves event 2 out of the outbox —
  * events central never named. Expected: such an ack is malformed and
@@ -177,7 +184,7 @@ static void fractional_seqs_are_malformed(void **state)
 }
 
 /*
- * Regression test (fixed bug in agent/daemon/sync.c on_ack): a rejected seq above 2^63 (1e300) is
+ * Regression test (fixed bug in the daemon's ack handler, now uplink__on_ack): a rejected seq above 2^63 (1e300) is
  * converted to int64_t unchecked — undefined behaviour (so is "resend_from"
  * with the current batch id). On x86 it becomes INT64_MIN and nothing
  * visible happens, so this passes natively; in the sanitizer build
@@ -231,14 +238,14 @@ static void heartbeat_shows_an_unreadable_outbox(void **state)
 	f->s.cfg = &c;
 	sbuf out;
 	sbuf__init(&out);
-	health_json(&f->s, &out);
+	health__json(&f->s, &out);
 	assert_non_null(strstr(out.p, "\"pending\":10,"));
 	assert_null(strstr(out.p, "outbox_unreadable"));
 	/* a read that failed (I/O error: not damage, nothing to quarantine) */
 	f->s.dl.last_error_ms = 1764000000000LL;
 	snprintf(f->s.dl.last_error, sizeof(f->s.dl.last_error), "read batch: outbox: read batch: disk I/O error");
 	sbuf__reset(&out);
-	health_json(&f->s, &out);
+	health__json(&f->s, &out);
 	assert_non_null(strstr(out.p, "\"error\":\"read batch: outbox: read batch: disk I/O error\""));
 	assert_non_null(strstr(out.p, "{\"code\":\"outbox_unreadable\""));
 	/* the figures it could read are still there, the error beside them */
@@ -249,7 +256,7 @@ static void heartbeat_shows_an_unreadable_outbox(void **state)
 	assert_int_equal(sqlite3_exec(db, "DROP TABLE usage", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	sbuf__reset(&out);
-	health_json(&f->s, &out);
+	health__json(&f->s, &out);
 	assert_null(strstr(out.p, "\"outbox\":{\"pending\""));
 	assert_non_null(strstr(out.p, "\"outbox\":{\"error\":"));
 	assert_non_null(strstr(out.p, "outbox_unreadable"));

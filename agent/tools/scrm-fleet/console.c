@@ -26,6 +26,29 @@
 
 #define MAX_AGENTS 20000
 
+/* The commands of agent/proto/commands.def, comma-separated and wrapped
+ * under the `cmd` line of the usage, ending with ". " + `tail`. */
+static void usage_commands(FILE *f, const char *tail)
+{
+	static const char *const names[] = {
+#define SCRM_COMMAND(name, handler, any_clock, args, help) name,
+#include "commands.def"
+#undef SCRM_COMMAND
+	};
+	size_t n = sizeof(names) / sizeof(names[0]), col = 45;
+	fputs("  cmd    send a command and print the reply:", f);
+	for (size_t i = 0; i < n; i++) {
+		size_t w = 1 + strlen(names[i]) + 1 + (i + 1 == n ? strlen(tail) + 1 : 0);
+		if (col + w > 78) {
+			fputs("\n        ", f);
+			col = 8;
+		}
+		fprintf(f, " %s%s", names[i], i + 1 == n ? "." : ",");
+		col += w;
+	}
+	fprintf(f, " %s\n", tail);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -37,10 +60,9 @@ static void usage(FILE *f)
 		"The central operations view of the fleet (docs/protocol.md, \"Fleet management\"):\n"
 		"  list   every agent of the tenant from its retained state and heartbeat:\n"
 		"         online/offline, last heartbeat, backlog, how far behind, version\n"
-		"  show   one agent's health in detail\n"
-		"  cmd    send a command and print the reply: ping, status, resync, flush,\n"
-		"         config.get, config.set, log.level, member.forget, cache.purge,\n"
-		"         logs.recent, alarm.clear. ARGS_JSON is the args object, e.g.\n"
+		"  show   one agent's health in detail\n");
+	usage_commands(f, "ARGS_JSON is the args object, e.g.");
+	fprintf(f,
 		"         '{\"stream\":\"coupons\"}' or '{\"set\":{\"sync.window\":4}}'\n"
 		"\n"
 		"CONNECTION (or the environment variable in brackets):\n"

@@ -5,6 +5,7 @@
 #include <scrm/scrm.h>
 
 #include "json.h"
+#include "topics.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -15,11 +16,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Every command the agent knows; anything else is unknown_command. */
-static const char *const commands[] = {
-	"ping", "status", "resync", "flush", "config.get", "config.set", "log.level",
-	"member.forget", "cache.purge", "logs.recent", "alarm.clear",
+/* Every command the agent knows (commands.def); anything else is
+ * unknown_command. */
+const fleet__command_info fleet__commands[] = {
+#define SCRM_COMMAND(name, handler, any_clock, args, help) {name, any_clock, args, help},
+#include "commands.def"
+#undef SCRM_COMMAND
 };
+const size_t fleet__n_commands = sizeof(fleet__commands) / sizeof(fleet__commands[0]);
+
+const fleet__command_info *fleet__command_find(const char *name)
+{
+	for (size_t i = 0; i < fleet__n_commands; i++)
+		if (strcmp(fleet__commands[i].name, name) == 0)
+			return &fleet__commands[i];
+	return NULL;
+}
 
 int fleet__fail(fleet__error *err, const char *code, const char *field, const char *fmt, ...)
 {
@@ -87,11 +99,7 @@ static int read_command(fleet__cmd *cmd, const cJSON *o, fleet__error *err)
 		return fleet__fail(err, "bad_command", "cmd", "required: the command name");
 	if (!cmd->name[0])
 		return fleet__fail(err, "unknown_command", "cmd", "not a command this agent knows");
-	int known = 0;
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (strcmp(commands[i], cmd->name) == 0)
-			known = 1;
-	if (!known)
+	if (!fleet__command_find(cmd->name))
 		return fleet__fail(err, "unknown_command", "cmd", "'%s' is not a command this agent knows", cmd->name);
 	it = cJSON_GetObjectItemCaseSensitive(o, "args");
 	if (it && !cJSON_IsObject(it) && !cJSON_IsNull(it))
@@ -255,7 +263,7 @@ int fleet__parse_command(const char *payload, size_t len, const char *tenant, co
 		return fleet__fail(err, "bad_command", "expires_ms", "more than 24 h ahead");
 	/* Without a trusted clock expiry cannot be checked, and a captured
 	 * command could be replayed: only the read-only ones are obeyed. */
-	if (!clock_ok && strcmp(cmd->name, "ping") != 0 && strcmp(cmd->name, "status") != 0)
+	if (!clock_ok && !fleet__command_find(cmd->name)->any_clock)
 		return fleet__fail(err, "clock_untrusted", "expires_ms",
 				   "this agent's clock is not trusted; only ping and status are obeyed until it is");
 	return seen ? seen_record(seen, cmd, now_ms, clock_ok, err) : 0;
@@ -409,37 +417,14 @@ void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, con
 int fleet__reply_topic(const char *requested, const char *prefix, char *out, size_t n)
 {
 	size_t pl = strlen(prefix);
-	if (requested && strncmp(requested, prefix, pl) == 0 && strncmp(requested + pl, "up/reply", 8) == 0 &&
+	if (requested && strncmp(requested, prefix, pl) == 0 && strncmp(requested + pl, TOPIC_UP_REPLY, 8) == 0 &&
 	    (requested[pl + 8] == '\0' || requested[pl + 8] == '/') && !strpbrk(requested, "+#") &&
 	    strlen(requested) < n) {
 		snprintf(out, n, "%s", requested);
 		return 1;
 	}
-	snprintf(out, n, "%sup/reply", prefix);
+	topics__join(out, n, prefix, TOPIC_UP_REPLY);
 	return 0;
-}
-
-int64_t fleet__next_birth_seq(const char *dir, int64_t now_ms)
-{
-	char path[4200], *text = NULL, num[32];
-	size_t len = 0;
-	int64_t last = 0;
-	char why[200];
-	snprintf(path, sizeof(path), "%s/birth_seq", dir);
-	if (platform__read_trusted(path, 64, 0, &text, &len, why, sizeof(why)) == 0) {
-		char *end = NULL;
-		errno = 0;
-		long long v = strtoll(text, &end, 10);
-		if (errno == 0 && end != text && v > 0 && v < (1LL << 53))
-			last = v;
-		free(text);
-	}
-	int64_t next = last + 1 > now_ms ? last + 1 : now_ms;
-	int k = snprintf(num, sizeof(num), "%lld\n", (long long)next);
-	/* Not fatal: a birth_seq that could not be stored is still larger
-	 * than every earlier one while the clock is sane. */
-	platform__write_file_atomic(path, num, (size_t)k, 0600);
-	return next;
 }
 
 const char *fleet__arch(void)
@@ -457,7 +442,7 @@ const char *fleet__arch(void)
 #endif
 }
 
-void fleet__state_json(sbuf *out, const config *cfg, const char *state, const char *reason, int64_t birth_seq,
+void fleet__state_json(sbuf *out, const fleet__ident *id, const char *state, const char *reason, int64_t birth_seq,
 		       int64_t now_ms, int64_t started_ms, const char *boot, const char *cache_json)
 {
 	sbuf__reset(out);
@@ -468,11 +453,11 @@ void fleet__state_json(sbuf *out, const config *cfg, const char *state, const ch
 	sbuf__puts(out, ",\"ts\":");
 	sbuf__i64(out, now_ms);
 	sbuf__puts(out, ",\"tenant\":");
-	sbuf__jstr(out, cfg->tenant);
+	sbuf__jstr(out, id->tenant);
 	sbuf__puts(out, ",\"store\":");
-	sbuf__jstr(out, cfg->store_id);
+	sbuf__jstr(out, id->store);
 	sbuf__puts(out, ",\"device\":");
-	sbuf__jstr(out, cfg->device_id);
+	sbuf__jstr(out, id->device);
 	if (reason) {
 		sbuf__puts(out, ",\"reason\":");
 		sbuf__jstr(out, reason);
@@ -483,15 +468,15 @@ void fleet__state_json(sbuf *out, const config *cfg, const char *state, const ch
 		sbuf__puts(out, ",\"protocol\":1,\"arch\":");
 		sbuf__jstr(out, fleet__arch());
 		sbuf__puts(out, ",\"config_version\":");
-		sbuf__i64(out, cfg->config_version);
+		sbuf__i64(out, id->config_version);
 		sbuf__puts(out, ",\"heartbeat_s\":");
-		sbuf__i64(out, cfg->heartbeat_s);
+		sbuf__i64(out, id->heartbeat_s);
 		sbuf__puts(out, ",\"started_ms\":");
 		sbuf__i64(out, started_ms);
 		sbuf__puts(out, ",\"boot\":");
 		sbuf__jstr(out, boot);
 		sbuf__puts(out, ",\"signed_commands\":");
-		sbuf__puts(out, cfg->command_key_file ? "true" : "false");
+		sbuf__puts(out, id->signed_commands ? "true" : "false");
 		if (cache_json) {
 			sbuf__puts(out, ",\"cache\":");
 			sbuf__puts(out, cache_json);

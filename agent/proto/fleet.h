@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fleet: the device side of fleet management (docs/protocol.md, "Fleet
- * management"): the presence messages (birth and will, retained on
- * `up/state`), the persisted birth sequence, and fleet commands — parsing,
- * signature and replay checks, argument checks and replies. Executing a
- * command is the daemon loop's business (sync.c owns what commands act on);
- * everything here is pure or touches only the birth-sequence file, so the
- * parsers can be fuzzed alone.
+ * management") as the protocol defines it: the presence messages (birth and
+ * will, retained on `up/state`) and fleet commands — the names the agent
+ * knows (commands.def), parsing, signature and replay checks, argument
+ * checks and replies. Executing a command is the daemon's business
+ * (daemon/commands/); the birth sequence file is daemon/birth.c. Pure but
+ * for the replay guard's file: a signed command's id is saved before
+ * fleet__parse_command() lets it run, so a restart cannot replay it.
  */
 #ifndef SCRM_FLEET_H
 #define SCRM_FLEET_H
@@ -14,7 +15,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
 #include "crypto.h"
 #include "sbuf.h"
 
@@ -36,6 +36,19 @@ typedef struct fleet__error {
 } fleet__error;
 
 struct cJSON;
+
+/* A command of commands.def. */
+typedef struct fleet__command_info {
+	const char *name;
+	int any_clock; /* obeyed while the clock is untrusted */
+	const char *args, *help;
+} fleet__command_info;
+
+/* commands.def, in its order. */
+extern const fleet__command_info fleet__commands[];
+extern const size_t fleet__n_commands;
+/* The registered command called `name`, or NULL. */
+const fleet__command_info *fleet__command_find(const char *name);
 
 typedef struct fleet__cmd {
 	char id[65];            /* "" when absent (unsigned commands only) */
@@ -115,18 +128,22 @@ void fleet__reply(sbuf *out, const fleet__cmd *cmd, const char *result_json, con
  * used, 0 if the default was (out always filled). */
 int fleet__reply_topic(const char *requested, const char *prefix, char *out, size_t n);
 
-/* The next birth sequence number: max(stored + 1, now_ms), stored in
- * `<dir>/birth_seq` atomically before it is used, so it only ever grows —
- * across restarts, a quarantined outbox and a wall clock stepped back. */
-int64_t fleet__next_birth_seq(const char *dir, int64_t now_ms);
-
 /* The target the agent was built for: "x86_64", "aarch64", "armhf", ... */
 const char *fleet__arch(void);
+
+/* Who a presence message speaks for, and what its birth announces (the
+ * running config's fields; daemon/birth.h fills it from a config). */
+typedef struct fleet__ident {
+	const char *tenant, *store, *device;
+	int64_t config_version;
+	int64_t heartbeat_s;
+	int signed_commands; /* fleet.command_key_file is set */
+} fleet__ident;
 
 /* The `up/state` payloads. state "online" (the birth; `cache_json` the
  * cache cursors, may be NULL) or "offline" (the will, or the clean
  * shutdown's last word, with `reason`). */
-void fleet__state_json(sbuf *out, const config *cfg, const char *state, const char *reason, int64_t birth_seq,
+void fleet__state_json(sbuf *out, const fleet__ident *id, const char *state, const char *reason, int64_t birth_seq,
 		       int64_t now_ms, int64_t started_ms, const char *boot, const char *cache_json);
 
 #endif
