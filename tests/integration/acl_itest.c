@@ -646,19 +646,15 @@ out:
 	return ok;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"enroll_mtls", t_enroll_mtls},
-	{"acl_isolation", t_acl_isolation},
-	{"revocation", t_revocation},
+static const struct itest_suite suite = {
+	.program = "acl_itest",
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"enroll_mtls", t_enroll_mtls},
+		{"acl_isolation", t_acl_isolation},
+		{"revocation", t_revocation},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "acl_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-		.setup = setup,
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)

@@ -471,18 +471,14 @@ static int t_corrupt_live(struct itest *e)
 	return 0;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"bounded_corrupt_live", t_corrupt_live},
-	{"bounded_evict", t_evict},
-	{"bounded_corrupt", t_corrupt},
+static const struct itest_suite suite = {
+	.program = "bounded_itest",
+	.scenarios = (const struct itest_scenario[]){
+		{"bounded_corrupt_live", t_corrupt_live},
+		{"bounded_evict", t_evict},
+		{"bounded_corrupt", t_corrupt},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "bounded_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)

@@ -1060,23 +1060,19 @@ static int t_verdict_lost(struct itest *e)
 	return 0;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"verdict_lost", t_verdict_lost},
-	{"guide_offline", t_guide_offline},
-	{"cache_sync", t_cache_sync},
-	{"cache_kill9", t_cache_kill9},
-	{"cache_erasure", t_cache_erasure},
-	{"cache_bad_delta", t_cache_bad_delta},
+static const struct itest_suite suite = {
+	.program = "cache_itest",
+	.emulator_scale = 6,
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"verdict_lost", t_verdict_lost},
+		{"guide_offline", t_guide_offline},
+		{"cache_sync", t_cache_sync},
+		{"cache_kill9", t_cache_kill9},
+		{"cache_erasure", t_cache_erasure},
+		{"cache_bad_delta", t_cache_bad_delta},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "cache_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-		.emulator_scale = 6,
-		.setup = setup,
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)

@@ -964,24 +964,20 @@ static int fleet_escapes(struct itest *e)
 	return 0;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"fleet_presence", fleet_presence},
-	{"fleet_commands", fleet_commands},
-	{"fleet_rollback", fleet_rollback},
-	{"fleet_signed", fleet_signed},
-	{"fleet_probe_blackhole", fleet_probe_blackhole},
-	{"fleet_probation_restart", fleet_probation_restart},
-	{"fleet_broker_allowlist", fleet_broker_allowlist},
-	{"fleet_escapes", fleet_escapes},
+static const struct itest_suite suite = {
+	.program = "fleet_itest",
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"fleet_presence", fleet_presence},
+		{"fleet_commands", fleet_commands},
+		{"fleet_rollback", fleet_rollback},
+		{"fleet_signed", fleet_signed},
+		{"fleet_probe_blackhole", fleet_probe_blackhole},
+		{"fleet_probation_restart", fleet_probation_restart},
+		{"fleet_broker_allowlist", fleet_broker_allowlist},
+		{"fleet_escapes", fleet_escapes},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "fleet_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-		.setup = setup,
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)

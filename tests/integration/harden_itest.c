@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * harden_test: the programs that hold the device data key and decrypted
+ * harden_itest: the programs that hold the device data key and decrypted
  * personal data keep them out of core dumps (issue 12, finding 11).
  *
  *   no_core_agent  the real scrm-agent, running (connected to a listener that
@@ -98,11 +98,11 @@ static pid_t spawn_unprivileged(const char *const *argv, const char *log)
 			_exit(126);
 		if (geteuid() == 0 &&
 		    (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0)) {
-			dprintf(2, "harden_test: cannot drop to uid %d: %s\n", NOBODY, strerror(errno));
+			dprintf(2, "harden_itest: cannot drop to uid %d: %s\n", NOBODY, strerror(errno));
 			_exit(126);
 		}
 		execvp(full[0], (char *const *)full);
-		dprintf(2, "harden_test: exec %s: %s\n", full[0], strerror(errno));
+		dprintf(2, "harden_itest: exec %s: %s\n", full[0], strerror(errno));
 		_exit(127);
 	}
 	close(fd);
@@ -257,21 +257,17 @@ static int setup(struct itest *e)
 	return 0;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"no_core_agent", no_core_agent},
-	{"no_core_ctl", no_core_ctl},
-	{"no_core_unit", no_core_unit},
+static const struct itest_suite suite = {
+	.program = "harden_itest",
+	.emulator_scale = 5,
+	.bare = 1,
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"no_core_agent", no_core_agent},
+		{"no_core_ctl", no_core_ctl},
+		{"no_core_unit", no_core_unit},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "harden_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-		.emulator_scale = 5,
-		.bare = 1,
-		.setup = setup,
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)

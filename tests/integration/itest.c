@@ -187,7 +187,7 @@ int itest_main(const struct itest_suite *s, int argc, char **argv)
 		itest_scale = s->emulator_scale ? s->emulator_scale : 4;
 	/* a child or the broker gone mid-write is a failed CHECK, not a death */
 	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; argc == 2 && i < s->count; i++) {
+	for (size_t i = 0; argc == 2 && s->scenarios[i].name; i++) {
 		const struct itest_scenario *t = &s->scenarios[i];
 		if (strcmp(argv[1], t->name) != 0)
 			continue;
@@ -210,7 +210,7 @@ int itest_main(const struct itest_suite *s, int argc, char **argv)
 		return itest_failures ? 1 : 0;
 	}
 	fprintf(stderr, "usage: %s SCENARIO\nscenarios:", s->program);
-	for (size_t i = 0; i < s->count; i++)
+	for (size_t i = 0; s->scenarios[i].name; i++)
 		fprintf(stderr, " %s", s->scenarios[i].name);
 	fprintf(stderr, "\n");
 	return 2;

@@ -112,8 +112,7 @@ struct itest_scenario {
 
 struct itest_suite {
 	const char *program;
-	const struct itest_scenario *scenarios;
-	size_t count;
+	const struct itest_scenario *scenarios; /* up to {NULL, NULL} */
 	int emulator_scale; /* the scale under SCRM_TEST_EMULATOR; 0 = 4 */
 	int bare;           /* only the directory: no certificates, no port */
 	/* Before setup, in this process; non-zero is the exit code (77: skip). */
@@ -124,5 +123,12 @@ struct itest_suite {
 
 /* Runs argv[1] of the suite: 0 passed, 1 failed, 2 usage, or before's code. */
 int itest_main(const struct itest_suite *s, int argc, char **argv);
+
+/* The scenario program's main(): ITEST_MAIN(suite) after its itest_suite. */
+#define ITEST_MAIN(suite)                                      \
+	int main(int argc, char **argv)                        \
+	{                                                      \
+		return itest_main(&(suite), argc, argv);       \
+	}
 
 #endif

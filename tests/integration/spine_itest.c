@@ -869,21 +869,28 @@ static int own_netns(const char *scenario)
 	return 0;
 }
 
-static const struct itest_scenario scenarios[] = {
-	{"offline_10k", t_offline_10k},     {"broker_restart", t_broker_restart}, {"broker_crash", t_broker_crash},
-	{"agent_kill9", t_agent_kill9},     {"small_packet", t_small_packet}, {"size_limit", t_size_limit},     {"capture_kill9", t_capture_kill9},   {"wrong_ca", t_wrong_ca},
-	{"wrong_host", t_wrong_host},       {"plaintext_refused", t_plaintext_refused},
-	{"retail_replay", t_retail_replay}, {"mutual_tls", t_mutual_tls},   {"link_back", t_link_back},
-	{"late_central", t_late_central},   {"tls_floor", t_tls_floor},     {"crl", t_crl},
+static const struct itest_suite suite = {
+	.program = "spine_itest",
+	.before = own_netns,
+	.scenarios = (const struct itest_scenario[]){
+		{"offline_10k", t_offline_10k},
+		{"broker_restart", t_broker_restart},
+		{"broker_crash", t_broker_crash},
+		{"agent_kill9", t_agent_kill9},
+		{"small_packet", t_small_packet},
+		{"size_limit", t_size_limit},
+		{"capture_kill9", t_capture_kill9},
+		{"wrong_ca", t_wrong_ca},
+		{"wrong_host", t_wrong_host},
+		{"plaintext_refused", t_plaintext_refused},
+		{"retail_replay", t_retail_replay},
+		{"mutual_tls", t_mutual_tls},
+		{"link_back", t_link_back},
+		{"late_central", t_late_central},
+		{"tls_floor", t_tls_floor},
+		{"crl", t_crl},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	static const struct itest_suite suite = {
-		.program = "spine_itest",
-		.scenarios = scenarios,
-		.count = sizeof(scenarios) / sizeof(scenarios[0]),
-		.before = own_netns,
-	};
-	return itest_main(&suite, argc, argv);
-}
+ITEST_MAIN(suite)
