@@ -39,6 +39,7 @@
  */
 #include "cache.h"
 #include "harness.h"
+#include "retail_csv.h"
 #include "sbuf.h"
 
 #include <scrm/scrm.h>
@@ -64,7 +65,7 @@
 #define MEMBER_RECOS 20     /* per-member "repeat" list */
 #define STORE_RECOS 50      /* "_store" bestsellers (protocol limit) */
 #define TOP_N 10            /* suggestions asked for and scored */
-#define CSV_FIELDS 8
+#define CSV_FIELDS RCSV_COLS
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -111,195 +112,12 @@ static int key_ok(const char *s)
 	return 1;
 }
 
-/* Split one CSV line (no line break) into at most `max` fields, in place,
- * with RFC 4180 quoting ("a, b", "say ""hi"""). The number of fields, or -1
- * if a quote is left open or there are more than `max`. */
-static int csv_split(char *line, char **fields, int max)
-{
-	int n = 0;
-	char *r = line, *w;
-	for (;;) {
-		if (n == max)
-			return -1;
-		fields[n++] = w = r;
-		if (*r == '"') {
-			r++;
-			for (;;) {
-				if (!*r)
-					return -1;
-				if (*r == '"') {
-					if (r[1] == '"') {
-						*w++ = '"';
-						r += 2;
-						continue;
-					}
-					r++;
-					break;
-				}
-				*w++ = *r++;
-			}
-			if (*r && *r != ',')
-				return -1;
-		} else {
-			while (*r && *r != ',')
-				*w++ = *r++;
-		}
-		if (!*r) {
-			*w = '\0';
-			return n;
-		}
-		*w = '\0';
-		r++;
-	}
-}
-
-static void trim(char *s)
-{
-	size_t n = strlen(s), i = 0;
-	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
-		s[--n] = '\0';
-	while (s[i] == ' ' || s[i] == '\t')
-		i++;
-	if (i)
-		memmove(s, s + i, n - i + 1);
-}
-
-/* A decimal integer in [lo, hi] with nothing after it. 0 or -1. */
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-	char *end;
-	long long v;
-	if (!*s)
-		return -1;
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || *end || v < lo || v > hi)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* "2.55" → 255 pence without floating point (a third decimal rounds half
- * up). 0 or -1. */
-static int parse_pence(const char *s, int64_t *out)
-{
-	int64_t v = 0;
-	int neg = 0, digits = 0, dec = 0, round_up = 0;
-	if (*s == '-')
-		neg = 1, s++;
-	for (; *s >= '0' && *s <= '9'; s++, digits++) {
-		if (v > INT64_C(90000000000000))
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	v *= 100;
-	if (*s == '.') {
-		s++;
-		for (; *s >= '0' && *s <= '9'; s++, digits++, dec++) {
-			if (dec == 0)
-				v += 10 * (*s - '0');
-			else if (dec == 1)
-				v += *s - '0';
-			else if (dec == 2)
-				round_up = *s >= '5';
-		}
-	}
-	if (*s || !digits)
-		return -1;
-	v += round_up;
-	*out = neg ? -v : v;
-	return 0;
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date and back (H. Hinnant's
- * algorithms): no time_t, no time zone. */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-	y -= m <= 2;
-	int64_t era = (y >= 0 ? y : y - 399) / 400;
-	int64_t yoe = y - era * 400;
-	int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d)
-{
-	z += 719468;
-	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-	int64_t doe = z - era * 146097;
-	int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	int64_t mp = (5 * doy + 2) / 153;
-	*d = doy - (153 * mp + 2) / 5 + 1;
-	*m = mp < 10 ? mp + 3 : mp - 9;
-	*y = yoe + era * 400 + (*m <= 2);
-}
-
 /* "YYYY-MM-DD" of a Unix ms time (UTC). */
 static void day_text(int64_t ms, char out[16])
 {
 	int64_t y, m, d, days = ms >= 0 ? ms / DAY_MS : (ms - DAY_MS + 1) / DAY_MS;
-	civil_from_days(days, &y, &m, &d);
+	rcsv_civil_from_days(days, &y, &m, &d);
 	snprintf(out, 16, "%04d-%02d-%02d", (int)(y % 10000), (int)m, (int)d);
-}
-
-/* Unsigned decimal digits at *p, at most `maxd` of them, at least one. */
-static int digits(const char **p, int maxd, int64_t *out)
-{
-	int64_t v = 0;
-	int n = 0;
-	while (n < maxd && **p >= '0' && **p <= '9') {
-		v = v * 10 + (**p - '0');
-		(*p)++;
-		n++;
-	}
-	*out = v;
-	return n ? 0 : -1;
-}
-
-/* An InvoiceDate as UTC Unix ms. Both spellings of the sample are taken:
- * "2010-12-01 08:26[:00]" (this copy) and "12/1/2010 8:26" (the UCI
- * original, m/d/yyyy h:mm). 0 or -1. */
-static int parse_datetime(const char *s, int64_t *ms)
-{
-	int64_t y, mo, d, h, mi, sec = 0;
-	const char *p = s;
-	if (strchr(s, '/')) {
-		if (digits(&p, 2, &mo) || *p++ != '/' || digits(&p, 2, &d) || *p++ != '/' || digits(&p, 4, &y))
-			return -1;
-	} else {
-		if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
-			return -1;
-	}
-	if ((*p != ' ' && *p != 'T') || (p++, digits(&p, 2, &h)) || *p++ != ':' || digits(&p, 2, &mi))
-		return -1;
-	if (*p == ':' && (p++, digits(&p, 2, &sec)))
-		return -1;
-	if (*p)
-		return -1;
-	if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-		return -1;
-	*ms = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000;
-	return 0;
-}
-
-/* CustomerID as the sample spells it ("17850" or "17850.0") → "17850". */
-static int customer_id(char *s)
-{
-	char *dot = strchr(s, '.');
-	if (dot) {
-		for (char *q = dot + 1; *q; q++)
-			if (*q != '0')
-				return -1;
-		*dot = '\0';
-	}
-	if (!*s)
-		return -1;
-	for (char *q = s; *q; q++)
-		if (*q < '0' || *q > '9')
-			return -1;
-	return key_ok(s) ? 0 : -1;
 }
 
 /* ---- interned names (SKUs, invoices, customers) ------------------------- */
@@ -492,33 +310,27 @@ static void keep_line(struct data *d, char **fld, int64_t qty, int64_t pence, in
  * counted; a line that does not parse is an error naming it. */
 static int read_csv(struct data *d)
 {
-	FILE *f = fopen(d->path, "r");
-	char *line = NULL, *fld[CSV_FIELDS + 1];
-	size_t cap = 0, lineno = 0;
-	ssize_t len;
-	int rc = 0;
+	rcsv csv;
+	char **fld = csv.fld;
+	int rc = rcsv_open(&csv, d->path), more = 0;
 
-	if (!f) {
-		fprintf(stderr, PROG ": %s: %s\n", d->path, strerror(errno));
+	if (rc) {
+		fprintf(stderr, PROG ": %s: %s\n", d->path, strerror(-rc));
 		return -1;
 	}
 	d->first_ms = INT64_MAX;
 	d->last_ms = INT64_MIN;
-	while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+	while (!rc && (more = rcsv_next(&csv)) != 0) {
 		int64_t qty = 0, pence = 0, ts = 0;
-		lineno++;
-		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			line[--len] = '\0';
-		if (lineno == 1) {
-			if (strncmp(line, "InvoiceNo,StockCode,", 20) != 0 &&
-			    strncmp(line, "\xef\xbb\xbfInvoiceNo,StockCode,", 23) != 0)
-				rc = bad_line(d, lineno, "not the Online Retail header (InvoiceNo,StockCode,...)", line);
-			continue;
+		size_t lineno = csv.lineno;
+		if (more == -EINVAL) {
+			rc = bad_line(d, lineno, "not the Online Retail header (InvoiceNo,StockCode,...)", csv.line);
+			break;
 		}
-		if (!len)
-			continue;
+		if (more < 0)
+			break;
 		d->rows++;
-		int n = csv_split(line, fld, CSV_FIELDS + 1);
+		int n = csv.n;
 		if (n != CSV_FIELDS) {
 			fprintf(stderr, PROG ": %s:%zu: expected %d fields (InvoiceNo,StockCode,Description,Quantity,"
 					"InvoiceDate,UnitPrice,CustomerID,Country), got %s\n",
@@ -526,17 +338,15 @@ static int read_csv(struct data *d)
 			rc = -1;
 			break;
 		}
-		for (int k = 0; k < CSV_FIELDS; k++)
-			trim(fld[k]);
 		if (!fld[0][0] || strlen(fld[0]) > MAX_KEY)
 			rc = bad_line(d, lineno, "InvoiceNo: 1..64 characters expected", fld[0]);
-		else if (parse_int(fld[3], -100000000, 100000000, &qty))
+		else if (rcsv_int(fld[3], -100000000, 100000000, &qty))
 			rc = bad_line(d, lineno, "Quantity: not an integer", fld[3]);
-		else if (parse_datetime(fld[4], &ts))
+		else if (rcsv_datetime(fld[4], &ts))
 			rc = bad_line(d, lineno, "InvoiceDate: not 'YYYY-MM-DD HH:MM[:SS]' or 'M/D/YYYY H:MM'", fld[4]);
-		else if (parse_pence(fld[5], &pence) || pence < -INT64_C(1000000000) || pence > INT64_C(1000000000))
+		else if (rcsv_pence(fld[5], &pence) || pence < -INT64_C(1000000000) || pence > INT64_C(1000000000))
 			rc = bad_line(d, lineno, "UnitPrice: not a price", fld[5]);
-		else if (fld[6][0] && customer_id(fld[6]))
+		else if (fld[6][0] && rcsv_customer(fld[6]))
 			rc = bad_line(d, lineno, "CustomerID: not a customer number", fld[6]);
 		if (rc)
 			break;
@@ -555,11 +365,11 @@ static int read_csv(struct data *d)
 			keep_line(d, fld, qty, pence, ts);
 		}
 	}
-	if (!rc && ferror(f)) {
+	if (!rc && more == -EIO) {
 		fprintf(stderr, PROG ": %s: read error\n", d->path);
 		rc = -1;
 	}
-	if (!rc && lineno == 0) {
+	if (!rc && csv.lineno == 0) {
 		fprintf(stderr, PROG ": %s: empty file\n", d->path);
 		rc = -1;
 	}
@@ -567,8 +377,7 @@ static int read_csv(struct data *d)
 		fprintf(stderr, PROG ": %s: no purchase lines\n", d->path);
 		rc = -1;
 	}
-	free(line);
-	fclose(f);
+	rcsv_close(&csv);
 	return rc;
 }
 
@@ -1324,13 +1133,13 @@ static int parse_args(int argc, char **argv, struct opts *o, char *csv_buf, size
 		} else if (strcmp(a, "--work") == 0) {
 			o->work = v;
 		} else if (strcmp(a, "--test-days") == 0) {
-			if (parse_int(v, 1, 3650, &n)) {
+			if (rcsv_int(v, 1, 3650, &n)) {
 				fprintf(stderr, PROG ": --test-days: 1..3650 expected, not '%s'\n", v);
 				return -1;
 			}
 			o->test_days = (int)n;
 		} else if (strcmp(a, "--min-count") == 0) {
-			if (parse_int(v, 1, 1000000, &n)) {
+			if (rcsv_int(v, 1, 1000000, &n)) {
 				fprintf(stderr, PROG ": --min-count: 1..1000000 expected, not '%s'\n", v);
 				return -1;
 			}

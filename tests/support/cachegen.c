@@ -11,6 +11,7 @@
  * integer arithmetic or the C locale's "%.4f".
  */
 #include "cachegen.h"
+#include "retail_csv.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -1536,145 +1537,6 @@ static int grow(void **p, size_t *cap, size_t n, size_t elem)
 	return 0;
 }
 
-/* Split one CSV line (no line break) into at most `max` fields, in place.
- * RFC 4180 quoting: "a, b" and "say ""hi""". Returns the number of fields or
- * -1 if a quote is left open. */
-static int csv_split(char *line, char **fields, int max)
-{
-	int n = 0;
-	char *r = line, *w;
-	for (;;) {
-		if (n == max)
-			return -1;
-		fields[n++] = w = r;
-		if (*r == '"') {
-			r++;
-			for (;;) {
-				if (!*r)
-					return -1;
-				if (*r == '"') {
-					if (r[1] == '"') {
-						*w++ = '"';
-						r += 2;
-						continue;
-					}
-					r++;
-					break;
-				}
-				*w++ = *r++;
-			}
-			if (*r && *r != ',')
-				return -1;
-		} else {
-			while (*r && *r != ',')
-				*w++ = *r++;
-		}
-		if (!*r) {
-			*w = '\0';
-			return n;
-		}
-		*w = '\0';
-		r++;
-	}
-}
-
-/* "2.55" → 255 pence, without floating point; a third decimal rounds half
- * up. Returns 0 or -1. */
-static int parse_pence(const char *s, int64_t *out)
-{
-	int64_t v = 0;
-	int neg = 0, digits = 0, dec = 0, round_up = 0;
-	if (*s == '-')
-		neg = 1, s++;
-	for (; *s >= '0' && *s <= '9'; s++, digits++) {
-		if (v > INT64_C(90000000000000))
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	v *= 100;
-	if (*s == '.') {
-		s++;
-		for (; *s >= '0' && *s <= '9'; s++, digits++, dec++) {
-			if (dec == 0)
-				v += 10 * (*s - '0');
-			else if (dec == 1)
-				v += *s - '0';
-			else if (dec == 2)
-				round_up = *s >= '5';
-		}
-	}
-	if (*s || !digits)
-		return -1;
-	v += round_up;
-	*out = neg ? -v : v;
-	return 0;
-}
-
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-	char *end;
-	long long v;
-	if (!*s)
-		return -1;
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || *end || v < lo || v > hi)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
- * days_from_civil), so nothing depends on time_t or the time zone. */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-	y -= m <= 2;
-	int64_t era = (y >= 0 ? y : y - 399) / 400;
-	int64_t yoe = y - era * 400;
-	int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-static int two(const char *p, int64_t *out)
-{
-	if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9')
-		return -1;
-	*out = (p[0] - '0') * 10 + (p[1] - '0');
-	return 0;
-}
-
-/* "YYYY-MM-DD HH:MM[:SS]" as UTC → Unix ms. */
-static int parse_datetime(const char *s, int64_t *ms)
-{
-	int64_t y = 0, mo, d, h, mi, sec = 0;
-	size_t n = strlen(s);
-	for (int i = 0; i < 4; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		y = y * 10 + (s[i] - '0');
-	}
-	if ((n != 16 && n != 19) || s[4] != '-' || s[7] != '-' || (s[10] != ' ' && s[10] != 'T') || s[13] != ':' ||
-	    two(s + 5, &mo) || two(s + 8, &d) || two(s + 11, &h) || two(s + 14, &mi) ||
-	    (n == 19 && (s[16] != ':' || two(s + 17, &sec))))
-		return -1;
-	if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-		return -1;
-	*ms = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000;
-	return 0;
-}
-
-static void trim(char *s)
-{
-	size_t n = strlen(s), i = 0;
-	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
-		s[--n] = '\0';
-	while (s[i] == ' ' || s[i] == '\t')
-		i++;
-	if (i)
-		memmove(s, s + i, n - i + 1);
-}
-
 /* ---- the retail sample: the data as read -------------------------------- */
 
 struct r_variant {
@@ -1838,55 +1700,31 @@ static size_t intern_invoice(retail *r, const char *no, int64_t ts, size_t custo
 	return r->n_invs++;
 }
 
-/* "17850.0" → "17850": the sample stores customer ids as floats. */
-static int customer_id(char *s)
-{
-	char *dot = strchr(s, '.');
-	if (dot) {
-		for (char *p = dot + 1; *p; p++)
-			if (*p != '0')
-				return -1;
-		*dot = '\0';
-	}
-	for (char *p = s; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -1;
-	return key_ok(s) ? 0 : -1;
-}
-
 static int retail_read(retail *r, const char *path)
 {
-	FILE *f = fopen(path, "r");
-	char *line = NULL, *fld[9];
-	size_t cap = 0, lineno = 0;
-	ssize_t len;
-	int rc = 0;
+	rcsv csv;
+	char **fld = csv.fld;
+	int rc = rcsv_open(&csv, path), more = 0;
 
-	if (!f)
-		return fail(-errno, "%s: cannot open: %s", path, strerror(errno));
-	while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+	if (rc)
+		return fail(rc, "%s: cannot open: %s", path, strerror(-rc));
+	while (!rc && (more = rcsv_next(&csv)) != 0) {
 		int64_t qty, pence, ts;
 		size_t cust = SIZE_MAX, inv, sku;
-		lineno++;
-		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			line[--len] = '\0';
-		if (lineno == 1) {
-			if (strncmp(line, "InvoiceNo,StockCode,", 20) != 0 && strncmp(line, "\xef\xbb\xbfInvoiceNo,", 13) != 0)
-				rc = fail(-EINVAL, "%s:1: not the Online Retail header (InvoiceNo,StockCode,...)", path);
-			continue;
+		if (more == -EINVAL) {
+			rc = fail(-EINVAL, "%s:1: not the Online Retail header (InvoiceNo,StockCode,...)", path);
+			break;
 		}
-		if (!len)
-			continue;
+		if (more < 0)
+			break;
 		r->counts.csv_rows++;
-		if (csv_split(line, fld, 9) != 8) {
+		if (csv.n != RCSV_COLS) {
 			r->counts.csv_skipped++;
 			continue;
 		}
-		for (int k = 0; k < 8; k++)
-			trim(fld[k]);
-		if (!fld[0][0] || strlen(fld[0]) > 64 || !fld[1][0] || parse_int(fld[3], -100000000, 100000000, &qty) ||
-		    qty == 0 || parse_datetime(fld[4], &ts) || parse_pence(fld[5], &pence) || pence < 0 ||
-		    (fld[6][0] && customer_id(fld[6]))) {
+		if (!fld[0][0] || strlen(fld[0]) > 64 || !fld[1][0] || rcsv_int(fld[3], -100000000, 100000000, &qty) ||
+		    qty == 0 || rcsv_datetime(fld[4], &ts) || rcsv_pence(fld[5], &pence) || pence < 0 ||
+		    (fld[6][0] && rcsv_customer(fld[6]))) {
 			r->counts.csv_skipped++;
 			continue;
 		}
@@ -1918,12 +1756,11 @@ static int retail_read(retail *r, const char *path)
 			}
 		}
 	}
-	if (!rc && ferror(f))
+	if (!rc && more == -EIO)
 		rc = fail(-EIO, "%s: read error", path);
-	if (!rc && lineno == 0)
+	if (!rc && csv.lineno == 0)
 		rc = fail(-EINVAL, "%s: empty file", path);
-	free(line);
-	fclose(f);
+	rcsv_close(&csv);
 	return rc;
 }
 

@@ -21,10 +21,10 @@
  *                   sequences: `fleet list` and `show` print them as visible
  *                   text, --json keeps them as JSON escapes (no agent needed)
  *
- * Usage: fleet_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
+ * Usage: fleet_itest SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
  * SCRM_CTL_BIN, SCRM_POSSIM_BIN (and SCRM_TEST_EMULATOR for cross runs).
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <cjson/cJSON.h>
 #include <mbedtls/pk.h>
@@ -41,115 +41,37 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DEVICE "pos-01"
+#define DEVICE ITEST_DEVICE
 #define STARTED "msg=\"started\""
 
-static int scale = 1;
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			failures++;                                           \
-			return -1;                                            \
-		}                                                             \
-	} while (0)
-
-struct env {
-	char *dir;
-	char store[512], agent_cfg[512], agent_log[512], central_log[512], central_db[512], ctl_out[512];
-	char uri[64], ca[512];
-	th_broker *broker;
-	int port;
-	pid_t agent, central;
-	const char *extra; /* extra top-level config text for the agent */
+/* What the agent's config says beyond the usual; set before write_cfg. */
+static struct {
+	const char *extra;        /* extra "fleet" members */
 	const char *broker_extra; /* extra "broker" members; NULL = remote_hosts 127.0.0.1 */
 	int probation_s;          /* fleet.probation_s; 0 = 30, the minimum */
-};
+} fl;
 
-static int setup(struct env *e, const char *name)
+/* Every scenario talks to the broker through the console. */
+static int setup(struct itest *e)
 {
-	memset(e, 0, sizeof(*e));
-	e->dir = th_tmpdir(name);
-	CHECK(e->dir, "tmpdir");
-	CHECK(th_certs_make(e->dir) == 0, "certificates");
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	snprintf(e->agent_cfg, sizeof(e->agent_cfg), "%s/agent.json", e->dir);
-	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent.log", e->dir);
-	snprintf(e->central_log, sizeof(e->central_log), "%s/central.log", e->dir);
-	snprintf(e->central_db, sizeof(e->central_db), "%s/central.db", e->dir);
-	snprintf(e->ctl_out, sizeof(e->ctl_out), "%s/ctl.out", e->dir);
-	snprintf(e->ca, sizeof(e->ca), "%s/ca.crt", e->dir);
-	e->port = th_free_port();
-	CHECK(e->port > 0, "free port");
-	snprintf(e->uri, sizeof(e->uri), "ssl://127.0.0.1:%d", e->port);
-	e->broker = th_broker_start(e->dir, e->port, "server", 0);
-	CHECK(e->broker, "broker start");
-	return 0;
-}
-
-static void teardown(struct env *e)
-{
-	if (e->agent > 0)
-		th_stop(e->agent, 5000);
-	if (e->central > 0)
-		th_stop(e->central, 5000);
-	th_broker_free(e->broker);
-	if (failures) {
-		th_dump_log(e->agent_log, 5000);
-		th_dump_log(e->ctl_out, 2000);
-		fprintf(stderr, "(test files kept in %s)\n", e->dir);
-	} else if (!getenv("SCRM_KEEP")) {
-		th_rmtree(e->dir);
-	}
-	free(e->dir);
+	return itest_start_broker(e, "server");
 }
 
 /* heartbeat_s small so the test sees several; window 8 to change later. */
-static int write_cfg(struct env *e, int port, const char *log_level)
+static int write_cfg(struct itest *e, int port, const char *log_level)
 {
-	char cfg[8192];
-	int n = snprintf(cfg, sizeof(cfg),
-			 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
-			 "  \"store_dir\": \"%s\",\n"
-			 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\", \"keepalive_s\": 5%s},\n"
-			 "  \"sync\": {\"window\": 8, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
-			 "  \"fleet\": {\"heartbeat_s\": 5, \"probation_s\": %d%s},\n"
-			 "  \"log\": {\"level\": \"%s\"}\n}\n",
-			 DEVICE, e->store, port, e->ca,
-			 e->broker_extra ? e->broker_extra : ", \"remote_hosts\": \"127.0.0.1\"",
-			 e->probation_s ? e->probation_s : 30, e->extra ? e->extra : "", log_level);
-	CHECK(n > 0 && (size_t)n < sizeof(cfg), "config too long");
-	return th_write_file(e->agent_cfg, cfg);
-}
-
-static int start_agent(struct env *e)
-{
-	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-	e->agent = th_spawn_target(argv, e->agent_log);
-	CHECK(e->agent > 0, "spawn agent");
-	return 0;
-}
-
-static int start_central(struct env *e)
-{
-	char ready[600];
-	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
-			      "--share", "scrm-central", "--ready-file", ready, NULL};
-	e->central = th_spawn_target(argv, e->central_log);
-	CHECK(e->central > 0, "spawn central");
-	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
-		th_sleep_ms(100);
-	CHECK(access(ready, F_OK) == 0, "central not ready");
-	return 0;
+	char broker[400], fleet[600];
+	snprintf(broker, sizeof(broker), ", \"keepalive_s\": 5%s",
+		 fl.broker_extra ? fl.broker_extra : ", \"remote_hosts\": \"127.0.0.1\"");
+	int n = snprintf(fleet, sizeof(fleet), "\"fleet\": {\"heartbeat_s\": 5, \"probation_s\": %d%s}",
+			 fl.probation_s ? fl.probation_s : 30, fl.extra ? fl.extra : "");
+	CHECK(n > 0 && (size_t)n < sizeof(fleet), "config too long");
+	return itest_agent_cfg(e, &(struct itest_agent){.port = port, .broker = broker, .window = 8, .sections = fleet,
+							 .log_level = log_level});
 }
 
 /* Run `scrmctl fleet ARGS...` (with --json if json) into e->ctl_out. */
-static int ctl_run(struct env *e, const char *const *args, int json)
+static int ctl_run(struct itest *e, const char *const *args, int json)
 {
 	const char *argv[32];
 	int n = 0;
@@ -167,12 +89,12 @@ static int ctl_run(struct env *e, const char *const *args, int json)
 		argv[n++] = "--json";
 	argv[n] = NULL;
 	unlink(e->ctl_out);
-	return th_run_target(argv, e->ctl_out, 60000 * scale);
+	return th_run_target(argv, e->ctl_out, 60000 * itest_scale);
 }
 
 /* Run `scrmctl fleet ARGS... --json` and parse its output. Returns the exit
  * code; *out = the parsed JSON (caller deletes) or NULL. */
-static int ctl(struct env *e, cJSON **out, const char *const *args)
+static int ctl(struct itest *e, cJSON **out, const char *const *args)
 {
 	int rc = ctl_run(e, args, 1);
 	if (out) {
@@ -200,10 +122,10 @@ static int ctl(struct env *e, cJSON **out, const char *const *args)
 }
 
 /* `scrmctl fleet cmd pos-01 ...`: the reply object (ok / error). */
-static int cmd(struct env *e, cJSON **reply, const char *name, const char *args)
+static int cmd(struct itest *e, cJSON **reply, const char *name, const char *args)
 {
 	char timeout[32];
-	snprintf(timeout, sizeof(timeout), "%d", 15000 * scale);
+	snprintf(timeout, sizeof(timeout), "%d", 15000 * itest_scale);
 	const char *a[] = {"cmd", "s1/" DEVICE, name, args, "--timeout-ms", timeout, NULL};
 	if (!args) {
 		a[3] = "--timeout-ms";
@@ -237,11 +159,11 @@ static const char *jstr(const cJSON *o, const char *path)
 
 /* The console's view of pos-01: {"status","state","health"} (caller
  * deletes) once `pred` holds, polling up to timeout_ms. */
-static cJSON *show_until(struct env *e, int (*pred)(const cJSON *, const void *), const void *arg, int timeout_ms)
+static cJSON *show_until(struct itest *e, int (*pred)(const cJSON *, const void *), const void *arg, int timeout_ms)
 {
 	int64_t until = th_now_ms() + timeout_ms;
 	char wait[32];
-	snprintf(wait, sizeof(wait), "%d", 1500 * scale);
+	snprintf(wait, sizeof(wait), "%d", 1500 * itest_scale);
 	for (;;) {
 		cJSON *o = NULL;
 		const char *a[] = {"show", "s1/" DEVICE, "--wait-ms", wait, NULL};
@@ -277,13 +199,13 @@ static int heartbeat_after(const cJSON *o, const void *arg)
 
 /* ---- scenarios ---- */
 
-static int fleet_presence(struct env *e)
+static int fleet_presence(struct itest *e)
 {
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
-	CHECK(start_central(e) == 0, "central");
-	CHECK(start_agent(e) == 0, "agent");
+	CHECK(itest_start_central(e, NULL) == 0, "central");
+	CHECK(itest_start_agent(e) == 0, "agent");
 
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "console never saw the agent online");
 	double seq1 = jnum(o, "state.birth_seq");
 	CHECK(seq1 > 1.7e12, "birth_seq %.0f should be >= the wall clock in ms", seq1);
@@ -296,7 +218,7 @@ static int fleet_presence(struct env *e)
 	cJSON_Delete(o);
 
 	/* heartbeats keep coming (every 5 s) */
-	o = show_until(e, heartbeat_after, &hb1, 20000 * scale);
+	o = show_until(e, heartbeat_after, &hb1, 20000 * itest_scale);
 	CHECK(o && jnum(o, "health.ts") > hb1, "no second heartbeat");
 	cJSON_Delete(o);
 
@@ -315,25 +237,25 @@ static int fleet_presence(struct env *e)
 	th_wait(e->agent, 5000, NULL);
 	e->agent = 0;
 	struct seqarg off = {seq1 - 1, "offline"};
-	o = show_until(e, newer_state, &off, 60000 * scale);
+	o = show_until(e, newer_state, &off, 60000 * itest_scale);
 	CHECK(o && strcmp(jstr(o, "state.state"), "offline") == 0, "no will after kill -9");
 	CHECK(jnum(o, "state.birth_seq") == seq1, "the will carries the birth_seq of its connection");
 	CHECK(strcmp(jstr(o, "state.reason"), "connection_lost") == 0, "will reason");
 	cJSON_Delete(o);
 
 	/* restart: a newer birth */
-	CHECK(start_agent(e) == 0, "agent");
+	CHECK(itest_start_agent(e) == 0, "agent");
 	struct seqarg on = {seq1, "online"};
-	o = show_until(e, newer_state, &on, 30000 * scale);
+	o = show_until(e, newer_state, &on, 30000 * itest_scale);
 	CHECK(o && jnum(o, "state.birth_seq") > seq1, "no newer birth after restart");
 	double seq2 = jnum(o, "state.birth_seq");
 	cJSON_Delete(o);
 
 	/* clean stop: "shutdown" with the same birth_seq */
-	CHECK(th_stop(e->agent, 10000 * scale) == 0, "agent exits 0 on SIGTERM");
+	CHECK(th_stop(e->agent, 10000 * itest_scale) == 0, "agent exits 0 on SIGTERM");
 	e->agent = 0;
 	struct seqarg down = {seq2 - 1, "offline"};
-	o = show_until(e, newer_state, &down, 20000 * scale);
+	o = show_until(e, newer_state, &down, 20000 * itest_scale);
 	CHECK(o && strcmp(jstr(o, "state.reason"), "shutdown") == 0 && jnum(o, "state.birth_seq") == seq2,
 	      "clean stop publishes offline/shutdown");
 	cJSON_Delete(o);
@@ -345,11 +267,11 @@ static int reply_ok(const cJSON *r)
 	return r && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok"));
 }
 
-static int fleet_commands(struct env *e)
+static int fleet_commands(struct itest *e)
 {
 	cJSON *r = NULL;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
-	CHECK(start_central(e) == 0, "central");
+	CHECK(itest_start_central(e, NULL) == 0, "central");
 	/* Target ids follow the agent's id rule: a device "down" would be its
 	 * store's downlink (scrm/v1/acme/s1/down/...), a store "up" no store.
 	 * Refused before connecting (exit 2), naming the part and why. */
@@ -383,8 +305,8 @@ static int fleet_commands(struct env *e)
 		CHECK(th_write_file(junk, "this is not a SQLite database, it is junk of sufficient length ..........") == 0,
 		      "junk cache");
 	}
-	CHECK(start_agent(e) == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(itest_start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	{
 		const cJSON *al = jget(o, "health.alarms");
@@ -404,7 +326,7 @@ static int fleet_commands(struct env *e)
 	{
 		const char *argv[] = {th_bin("SCRM_POSSIM_BIN"), "--store", e->store, "--device", DEVICE, "--count", "3",
 				      "--prefix", "F", NULL};
-		CHECK(th_run_target(argv, NULL, 60000 * scale) == 0, "pos-sim");
+		CHECK(th_run_target(argv, NULL, 60000 * itest_scale) == 0, "pos-sim");
 	}
 
 	CHECK(cmd(e, &r, "ping", NULL) == 0 && reply_ok(r) && cJSON_IsTrue(jget(r, "result.pong")), "ping");
@@ -504,7 +426,7 @@ static int fleet_commands(struct env *e)
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 			CHECK(th_mqtt_publish(m, "scrm/v1/acme/s1/" DEVICE "/down/cmd", bad[i], strlen(bad[i]), 1, 10000) == 0,
 			      "publish bad");
-			th_mqtt_msg *msg = th_mqtt_recv(m, 15000 * scale);
+			th_mqtt_msg *msg = th_mqtt_recv(m, 15000 * itest_scale);
 			CHECK(msg, "no reply to malformed command %zu", i);
 			cJSON *rr = cJSON_Parse(msg->payload);
 			int good = rr && strcmp(jstr(rr, "error.code"), want[i]) == 0 && cJSON_IsFalse(jget(rr, "ok"));
@@ -523,7 +445,7 @@ static int fleet_commands(struct env *e)
 			      "publish burst");
 		int answered = 0;
 		for (int i = 0; i < 3; i++) {
-			th_mqtt_msg *msg = th_mqtt_recv(m, 20000 * scale);
+			th_mqtt_msg *msg = th_mqtt_recv(m, 20000 * itest_scale);
 			if (!msg)
 				break;
 			cJSON *rr = cJSON_Parse(msg->payload);
@@ -543,7 +465,7 @@ static int fleet_commands(struct env *e)
 	/* SIGHUP: the local file again (log level), remote settings kept. */
 	CHECK(write_cfg(e, e->port, "warn") == 0, "config");
 	th_kill(e->agent, SIGHUP);
-	CHECK(th_wait_log(e->agent_log, "SIGHUP: config reloaded", 10000 * scale) == 0, "reload logged");
+	CHECK(th_wait_log(e->agent_log, "SIGHUP: config reloaded", 10000 * itest_scale) == 0, "reload logged");
 	CHECK(cmd(e, &r, "config.get", NULL) == 0 && reply_ok(r), "config.get all");
 	{
 		const cJSON *cfg = jget(r, "result.config");
@@ -562,13 +484,13 @@ static int rolled_back(const cJSON *o, const void *arg)
 	return jget(o, "health.config_rollback") != NULL && strcmp(jstr(o, "status"), "online") == 0;
 }
 
-static int fleet_rollback(struct env *e)
+static int fleet_rollback(struct itest *e)
 {
 	cJSON *r = NULL;
 	char bad_uri[200];
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
-	CHECK(start_agent(e) == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(itest_start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	cJSON_Delete(o);
 
@@ -578,9 +500,9 @@ static int fleet_rollback(struct env *e)
 	CHECK(strcmp(jstr(r, "result.applies"), "reconnect") == 0 && jnum(r, "result.probation_s") == 30,
 	      "a broker change is on probation");
 	cJSON_Delete(r);
-	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * scale) == 0, "reconnects");
+	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * itest_scale) == 0, "reconnects");
 	/* 30 s probation, then back on the old broker, with the rollback reported */
-	o = show_until(e, rolled_back, NULL, 90000 * scale);
+	o = show_until(e, rolled_back, NULL, 90000 * itest_scale);
 	CHECK(o && rolled_back(o, NULL), "no rollback seen by the console");
 	cJSON_Delete(o);
 	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r), "config.get");
@@ -640,7 +562,7 @@ static void blackhole_close(int fds[4])
 
 /* The systemd watchdog's stand-in: a datagram socket named by NOTIFY_SOCKET,
  * with WATCHDOG_USEC set, in the environment the agent is started with. */
-static int notify_open(struct env *e, int64_t watchdog_ms)
+static int notify_open(struct itest *e, int64_t watchdog_ms)
 {
 	struct sockaddr_un sa;
 	char usec[32];
@@ -701,7 +623,7 @@ static int64_t watchdog_gap(int fd, int ms, int *count)
  * the watchdog must keep arriving every WATCHDOG_USEC/2 (+ scheduling slack)
  * through the failure and its diagnosis, which must end bounded; and a
  * SIGTERM right as the diagnosis starts must stop the agent at once. */
-static int fleet_probe_blackhole(struct env *e)
+static int fleet_probe_blackhole(struct itest *e)
 {
 	cJSON *r = NULL;
 	int bh[4], count = 0;
@@ -709,18 +631,18 @@ static int fleet_probe_blackhole(struct env *e)
 	const int64_t wd_ms = 4000;
 	int port = blackhole_open(bh);
 	CHECK(port > 0, "cannot make a blackhole listener (SYNs still answered)");
-	e->broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
+	fl.broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
 	/* The probation must outlast the test: under qemu the watch below is
 	 * scaled past 30 s, and a rollback before the restart would leave no
 	 * failure to diagnose. */
-	e->probation_s = 600;
+	fl.probation_s = 600;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
 	int nfd = notify_open(e, wd_ms);
 	CHECK(nfd >= 0, "notify socket");
-	int ok = start_agent(e);
+	int ok = itest_start_agent(e);
 	notify_env_clear();
 	CHECK(ok == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	cJSON_Delete(o);
 
@@ -729,10 +651,10 @@ static int fleet_probe_blackhole(struct env *e)
 	cJSON_Delete(r);
 	/* Connect gives up after 2 s, then the diagnosis (3 s at most) runs:
 	 * 14 s covers both with room. Both are wall-clock bounds, so the
-	 * watch grows by a little, not by the scale, under an emulator. */
-	int64_t gap = watchdog_gap(nfd, 14000 + (scale > 1 ? 6000 : 0), &count);
-	CHECK(gap <= wd_ms / 2 + 1000 * scale, "the watchdog went %lld ms without WATCHDOG=1 (%d received; limit %lld)",
-	      (long long)gap, count, (long long)(wd_ms / 2 + 1000 * scale));
+	 * watch grows by a little, not by the itest_scale, under an emulator. */
+	int64_t gap = watchdog_gap(nfd, 14000 + (itest_scale > 1 ? 6000 : 0), &count);
+	CHECK(gap <= wd_ms / 2 + 1000 * itest_scale, "the watchdog went %lld ms without WATCHDOG=1 (%d received; limit %lld)",
+	      (long long)gap, count, (long long)(wd_ms / 2 + 1000 * itest_scale));
 	CHECK(th_wait_log(e->agent_log, "diagnosing the failed broker connection", 1000) == 0,
 	      "no diagnosis was started");
 	CHECK(th_wait_log(e->agent_log, "no answer within 3000 ms", 1000) == 0,
@@ -740,20 +662,20 @@ static int fleet_probe_blackhole(struct env *e)
 
 	/* SIGTERM while a diagnosis runs: the first failure after a start is
 	 * diagnosed, so restart (still on probation) and stop it just then. */
-	CHECK(th_stop(e->agent, 10000 * scale) == 0, "agent stop");
+	CHECK(th_stop(e->agent, 10000 * itest_scale) == 0, "agent stop");
 	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-2.log", e->dir);
-	CHECK(start_agent(e) == 0, "agent restart");
-	CHECK(th_wait_log(e->agent_log, "diagnosing the failed broker connection", 20000 * scale) == 0,
+	CHECK(itest_start_agent(e) == 0, "agent restart");
+	CHECK(th_wait_log(e->agent_log, "diagnosing the failed broker connection", 20000 * itest_scale) == 0,
 	      "no diagnosis after the restart");
 	int64_t t0 = th_now_ms();
 	CHECK(th_kill(e->agent, SIGTERM) == 0, "SIGTERM");
 	int status = 0;
-	int w = th_wait(e->agent, 10000 * scale, &status);
+	int w = th_wait(e->agent, 10000 * itest_scale, &status);
 	int64_t took = th_now_ms() - t0;
 	CHECK(w == 0, "the agent did not exit within 10 s of SIGTERM");
 	e->agent = 0;
 	CHECK(th_exit_code(status) == 0, "exit code %d after SIGTERM", th_exit_code(status));
-	CHECK(took <= 2000 * scale, "the agent took %lld ms to stop after SIGTERM during a diagnosis",
+	CHECK(took <= 2000 * itest_scale, "the agent took %lld ms to stop after SIGTERM during a diagnosis",
 	      (long long)took);
 	CHECK(th_wait_log(e->agent_log, "broker connection diagnosis", 0) != 0,
 	      "the diagnosis had already ended: SIGTERM did not land during it");
@@ -765,19 +687,19 @@ static int fleet_probe_blackhole(struct env *e)
 /* Start (another) agent on the same store, logging to agent-<n>.log, and
  * wait for `expect` in its log (msg="started": it has read its probation
  * state and opened the store). */
-static int restart_on_probation(struct env *e, int n, const char *expect)
+static int restart_on_probation(struct itest *e, int n, const char *expect)
 {
 	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-%d.log", e->dir, n);
-	CHECK(start_agent(e) == 0, "agent start %d", n);
-	CHECK(th_wait_log(e->agent_log, expect, 20000 * scale) == 0, "start %d: no '%s' in its log", n, expect);
+	CHECK(itest_start_agent(e) == 0, "agent start %d", n);
+	CHECK(th_wait_log(e->agent_log, expect, 20000 * itest_scale) == 0, "start %d: no '%s' in its log", n, expect);
 	return 0;
 }
 
-static int kill9(struct env *e)
+static int kill9(struct itest *e)
 {
 	CHECK(th_kill(e->agent, SIGKILL) == 0, "kill -9");
 	int status;
-	CHECK(th_wait(e->agent, 10000 * scale, &status) == 0, "reap");
+	CHECK(th_wait(e->agent, 10000 * itest_scale, &status) == 0, "reap");
 	e->agent = 0;
 	return 0;
 }
@@ -787,18 +709,18 @@ static int kill9(struct env *e)
  * than the probation lasts never rolled back. The deadline is now the one
  * set by config.set: restarts and kill -9 keep it; and a crash loop rolls
  * back at the 3rd start without waiting for it. */
-static int fleet_probation_restart(struct env *e)
+static int fleet_probation_restart(struct itest *e)
 {
 	cJSON *r = NULL;
 	int bh[4];
 	char set[200], want[100];
 	int port = blackhole_open(bh);
 	CHECK(port > 0, "cannot make a blackhole listener");
-	e->broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
+	fl.broker_extra = ", \"remote_hosts\": \"127.0.0.1\", \"connect_timeout_s\": 2";
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
 	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent-1.log", e->dir);
-	CHECK(start_agent(e) == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(itest_start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	cJSON_Delete(o);
 	snprintf(want, sizeof(want), "ssl://127.0.0.1:%d", e->port);
@@ -816,11 +738,11 @@ static int fleet_probation_restart(struct env *e)
 	CHECK(kill9(e) == 0, "kill");
 	CHECK(restart_on_probation(e, 3, STARTED) == 0, "restart 3");
 	/* Re-armed at each start it would end 30 s after this one (~46 s). */
-	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 60000 * scale) == 0, "no rollback");
+	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 60000 * itest_scale) == 0, "no rollback");
 	int64_t at = th_now_ms() - t_change;
-	CHECK(at >= 28000 && at <= 30000 + 5000 * scale,
+	CHECK(at >= 28000 && at <= 30000 + 5000 * itest_scale,
 	      "rolled back %lld ms after the change; the probation was 30 s from the change", (long long)at);
-	o = show_until(e, rolled_back, NULL, 30000 * scale);
+	o = show_until(e, rolled_back, NULL, 30000 * itest_scale);
 	CHECK(o && rolled_back(o, NULL), "back online on the old broker, rollback reported");
 	cJSON_Delete(o);
 	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r) &&
@@ -833,14 +755,14 @@ static int fleet_probation_restart(struct env *e)
 	CHECK(cmd(e, &r, "config.set", set) == 0 && reply_ok(r), "config.set broker.uri again");
 	cJSON_Delete(r);
 	t_change = th_now_ms();
-	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * scale) == 0, "reconnects");
+	CHECK(th_wait_log(e->agent_log, "reconnecting with new broker settings", 10000 * itest_scale) == 0, "reconnects");
 	CHECK(kill9(e) == 0, "kill");
 	CHECK(restart_on_probation(e, 4, STARTED) == 0, "restart 4");
 	CHECK(kill9(e) == 0, "kill");
 	CHECK(restart_on_probation(e, 5, STARTED) == 0, "restart 5");
 	CHECK(kill9(e) == 0, "kill");
 	CHECK(restart_on_probation(e, 6, STARTED) == 0, "restart 6");
-	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 3000 * scale) == 0, "the 3rd start on a probation did not roll back");
+	CHECK(th_wait_log(e->agent_log, "ROLLED BACK", 3000 * itest_scale) == 0, "the 3rd start on a probation did not roll back");
 	CHECK(th_wait_log(e->agent_log, "started 3 times on it", 0) == 0, "the rollback names the crash loop");
 	{
 		char log5[600];
@@ -848,7 +770,7 @@ static int fleet_probation_restart(struct env *e)
 		CHECK(th_wait_log(log5, "start=2 of 2", 0) == 0, "the 2nd start on the probation was not counted");
 	}
 	CHECK(th_now_ms() - t_change < 25000, "the crash loop was rolled back only at the deadline");
-	o = show_until(e, is_status, "online", 30000 * scale);
+	o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "back online after the crash-loop rollback");
 	cJSON_Delete(o);
 	CHECK(cmd(e, &r, "config.get", "{\"key\":\"broker.uri\"}") == 0 && reply_ok(r) &&
@@ -863,17 +785,17 @@ static int fleet_probation_restart(struct env *e)
  * the device to any broker whose certificate chains to the CA (a rogue
  * broker then reads and acks every event). Only hosts the local file lists
  * in broker.remote_hosts are accepted; the list itself is local only. */
-static int fleet_broker_allowlist(struct env *e)
+static int fleet_broker_allowlist(struct itest *e)
 {
 	cJSON *r = NULL;
 	char set[200], extra[100], overlay[600];
 	int allowed = th_free_port(), other = th_free_port();
 	CHECK(allowed > 0 && other > 0 && allowed != other, "ports");
 	snprintf(extra, sizeof(extra), ", \"remote_hosts\": \"127.0.0.1:%d\"", allowed);
-	e->broker_extra = extra;
+	fl.broker_extra = extra;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
-	CHECK(start_agent(e) == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(itest_start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online"), "agent online");
 	cJSON_Delete(o);
 	snprintf(overlay, sizeof(overlay), "%s/private/config.remote.json", e->store);
@@ -928,7 +850,7 @@ static int write_pub(const char *key_path, const char *pub_path)
 	return rc == 0 ? th_write_file(pub_path, (const char *)pem) : -1;
 }
 
-static int fleet_signed(struct env *e)
+static int fleet_signed(struct itest *e)
 {
 	cJSON *r = NULL;
 	char key[600], pub[600], extra[700];
@@ -936,17 +858,17 @@ static int fleet_signed(struct env *e)
 	snprintf(pub, sizeof(pub), "%s/command.pub", e->dir);
 	CHECK(write_pub(key, pub) == 0, "public key");
 	snprintf(extra, sizeof(extra), ", \"command_key_file\": \"%s\"", pub);
-	e->extra = extra;
+	fl.extra = extra;
 	CHECK(write_cfg(e, e->port, "info") == 0, "config");
-	CHECK(start_agent(e) == 0, "agent");
-	cJSON *o = show_until(e, is_status, "online", 30000 * scale);
+	CHECK(itest_start_agent(e) == 0, "agent");
+	cJSON *o = show_until(e, is_status, "online", 30000 * itest_scale);
 	CHECK(o && is_status(o, "online") && cJSON_IsTrue(jget(o, "state.signed_commands")), "agent online, signed only");
 	cJSON_Delete(o);
 
 	CHECK(cmd(e, &r, "ping", NULL) == 1 && r && strcmp(jstr(r, "error.code"), "unsigned") == 0, "unsigned refused");
 	cJSON_Delete(r);
 	char timeout[32];
-	snprintf(timeout, sizeof(timeout), "%d", 15000 * scale);
+	snprintf(timeout, sizeof(timeout), "%d", 15000 * itest_scale);
 	const char *a[] = {"cmd", "s1/" DEVICE, "ping", "--sign-key", key, "--timeout-ms", timeout, NULL};
 	CHECK(ctl(e, &r, a) == 0 && reply_ok(r), "signed ping obeyed");
 	cJSON_Delete(r);
@@ -986,7 +908,7 @@ static long first_control(const char *s, size_t n)
 	return -1;
 }
 
-static int fleet_escapes(struct env *e)
+static int fleet_escapes(struct itest *e)
 {
 	char err[256], state[1024], health[1024];
 	th_mqtt_opts o = {.uri = e->uri, .client_id = "pos-evil", .ca_file = e->ca};
@@ -1042,42 +964,20 @@ static int fleet_escapes(struct env *e)
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(struct env *);
-} scenarios[] = {
-	{"fleet_presence", fleet_presence},
-	{"fleet_commands", fleet_commands},
-	{"fleet_rollback", fleet_rollback},
-	{"fleet_signed", fleet_signed},
-	{"fleet_probe_blackhole", fleet_probe_blackhole},
-	{"fleet_probation_restart", fleet_probation_restart},
-	{"fleet_broker_allowlist", fleet_broker_allowlist},
-	{"fleet_escapes", fleet_escapes},
+static const struct itest_suite suite = {
+	.program = "fleet_itest",
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"fleet_presence", fleet_presence},
+		{"fleet_commands", fleet_commands},
+		{"fleet_rollback", fleet_rollback},
+		{"fleet_signed", fleet_signed},
+		{"fleet_probe_blackhole", fleet_probe_blackhole},
+		{"fleet_probation_restart", fleet_probation_restart},
+		{"fleet_broker_allowlist", fleet_broker_allowlist},
+		{"fleet_escapes", fleet_escapes},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	const char *sc = getenv("SCRM_TEST_SCALE");
-	if (sc && strtol(sc, NULL, 10) > 0)
-		scale = (int)strtol(sc, NULL, 10);
-	if (getenv("SCRM_TEST_EMULATOR") && !sc)
-		scale = 4;
-	for (size_t i = 0; argc == 2 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		struct env e;
-		if (setup(&e, scenarios[i].name) != 0 || scenarios[i].fn(&e) != 0) {
-			if (failures == 0)
-				failures++;
-		}
-		teardown(&e);
-		printf("%s: %s\n", scenarios[i].name, failures ? "FAILED" : "passed");
-		return failures ? 1 : 0;
-	}
-	fprintf(stderr, "usage: fleet_test SCENARIO\nscenarios:");
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-		fprintf(stderr, " %s", scenarios[i].name);
-	fprintf(stderr, "\n");
-	return 2;
-}
+ITEST_MAIN(suite)

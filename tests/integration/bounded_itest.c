@@ -17,10 +17,10 @@
  *                    device may have sent, delivers to central, and shows
  *                    the alarms.
  *
- * Usage: bounded_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
+ * Usage: bounded_itest SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CENTRAL_BIN,
  * SCRM_CTL_BIN (and SCRM_TEST_EMULATOR for cross runs): tests/support/harness.h.
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <scrm/scrm.h>
 
@@ -40,115 +40,37 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DEVICE "pos-01"
+#define DEVICE ITEST_DEVICE
 
-static int scale = 1;
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			failures++;                                           \
-			return -1;                                            \
-		}                                                             \
-	} while (0)
-
-struct env {
-	char *dir;
-	char store[512], central_db[512], agent_cfg[512], agent_log[512], central_log[512];
-	th_broker *broker;
-	int port;
-	pid_t agent, central;
-};
-
-static int setup(struct env *e, const char *name)
+/* outbox_section: the "outbox" member, or NULL. */
+static int write_agent_cfg(struct itest *e, const char *outbox_section)
 {
-	memset(e, 0, sizeof(*e));
-	e->dir = th_tmpdir(name);
-	CHECK(e->dir, "tmpdir");
-	CHECK(th_certs_make(e->dir) == 0, "certificates");
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	snprintf(e->central_db, sizeof(e->central_db), "%s/central.db", e->dir);
-	snprintf(e->agent_cfg, sizeof(e->agent_cfg), "%s/agent.json", e->dir);
-	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent.log", e->dir);
-	snprintf(e->central_log, sizeof(e->central_log), "%s/central.log", e->dir);
-	e->port = th_free_port();
-	CHECK(e->port > 0, "free port");
+	return itest_agent_cfg(e, &(struct itest_agent){.ack_timeout_ms = 10000 * itest_scale,
+							 .sections = outbox_section, .log_level = "info"});
+}
+
+/* The agent, once it says it started. */
+static int start_agent(struct itest *e)
+{
+	if (itest_start_agent(e))
+		return -1;
+	CHECK(th_wait_log(e->agent_log, "msg=\"started\"", 30000 * itest_scale) == 0, "agent did not start");
 	return 0;
 }
 
-static void teardown(struct env *e)
+static int start_broker_and_central(struct itest *e)
 {
-	if (e->agent > 0)
-		th_stop(e->agent, 5000);
-	if (e->central > 0)
-		th_stop(e->central, 5000);
-	th_broker_free(e->broker);
-	if (failures) {
-		th_dump_log(e->agent_log, 6000);
-		th_dump_log(e->central_log, 3000);
-		fprintf(stderr, "(test files kept in %s)\n", e->dir);
-	} else if (!getenv("SCRM_KEEP")) {
-		th_rmtree(e->dir);
-	}
-	free(e->dir);
-}
-
-static int write_agent_cfg(struct env *e, const char *outbox_section)
-{
-	char cfg[4096];
-	int n = snprintf(cfg, sizeof(cfg),
-			 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
-			 "  \"store_dir\": \"%s\",\n"
-			 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s/ca.crt\"},\n"
-			 "  \"sync\": {\"ack_timeout_ms\": %d, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
-			 "%s%s"
-			 "  \"log\": {\"level\": \"info\"}\n}\n",
-			 DEVICE, e->store, e->port, e->dir, 10000 * scale, outbox_section ? outbox_section : "",
-			 outbox_section ? ",\n" : "");
-	CHECK(n > 0 && (size_t)n < sizeof(cfg), "agent config too long");
-	return th_write_file(e->agent_cfg, cfg);
-}
-
-static int start_agent(struct env *e)
-{
-	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-	e->agent = th_spawn_target(argv, e->agent_log);
-	CHECK(e->agent > 0, "spawn agent");
-	CHECK(th_wait_log(e->agent_log, "msg=\"started\"", 30000 * scale) == 0, "agent did not start");
-	return 0;
-}
-
-static int start_broker_and_central(struct env *e)
-{
-	char ready[600], uri[64], ca[600];
-	e->broker = th_broker_start(e->dir, e->port, "server", 0);
-	CHECK(e->broker, "broker start");
-	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
-	snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", e->port);
-	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
-	unlink(ready);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", uri, "--ca", ca, "--db", e->central_db,
-			      "--share", "scrm-central", "--ready-file", ready, NULL};
-	e->central = th_spawn_target(argv, e->central_log);
-	CHECK(e->central > 0, "spawn central");
-	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
-		th_sleep_ms(100);
-	CHECK(access(ready, F_OK) == 0, "central not ready (log %s)", e->central_log);
-	return 0;
+	return itest_start_broker(e, "server") || itest_start_central(e, NULL) ? -1 : 0;
 }
 
 /* `scrmctl status --json`, parsed; NULL on failure. */
-static cJSON *ctl_status(struct env *e)
+static cJSON *ctl_status(struct itest *e)
 {
 	char out[600];
 	snprintf(out, sizeof(out), "%s/status.json", e->dir);
 	unlink(out);
 	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "status", "--json", NULL};
-	if (th_run_target(argv, out, 60000 * scale) != 0)
+	if (th_run_target(argv, out, 60000 * itest_scale) != 0)
 		return NULL;
 	char *text = th_read_file(out, NULL);
 	cJSON *o = text ? cJSON_Parse(text) : NULL;
@@ -178,38 +100,11 @@ static int has_alarm(const cJSON *st, const char *code)
 	return 0;
 }
 
-static int64_t pending(struct env *e)
-{
-	scrm_store *st;
-	scrm_outbox_stats s = {.pending = -1};
-	if (scrm_store_open(e->store, NULL, &st) == SCRM_OK) {
-		if (scrm_outbox_get_stats(st, &s) != SCRM_OK)
-			s.pending = -1;
-		scrm_store_close(st);
-	}
-	return s.pending;
-}
-
-static int64_t central_int(struct env *e, const char *sql)
-{
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	int64_t v = -1;
-	if (sqlite3_open_v2(e->central_db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(db, 5000);
-		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int64(st, 0);
-	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return v;
-}
-
-static int wait_drained(struct env *e, int timeout_s)
+static int wait_drained(struct itest *e, int timeout_s)
 {
 	int64_t t0 = th_now_ms();
-	while (pending(e) != 0) {
-		CHECK(th_now_ms() - t0 < (int64_t)timeout_s * 1000 * scale, "outbox still has %" PRId64 " pending", pending(e));
+	while (itest_pending(e->store) != 0) {
+		CHECK(th_now_ms() - t0 < (int64_t)timeout_s * 1000 * itest_scale, "outbox still has %" PRId64 " pending", itest_pending(e->store));
 		th_sleep_ms(100);
 	}
 	fprintf(stderr, "drained in %.1f s\n", (double)(th_now_ms() - t0) / 1000.0);
@@ -274,15 +169,15 @@ static int record(scrm_store *st, int kind, int n, struct capture *c)
 
 /* ---- scenarios ---- */
 
-static int t_evict(struct env *e)
+static int t_evict(struct itest *e)
 {
 	static struct capture cap[N_CAPTURES];
 	int64_t refused[4] = {0}, evicted[4] = {0}, paid = 0;
-	if (write_agent_cfg(e, "  \"outbox\": {\"max_bytes\": 65536, \"reserve_bytes\": 16384}") || start_agent(e))
+	if (write_agent_cfg(e, "\"outbox\": {\"max_bytes\": 65536, \"reserve_bytes\": 16384}") || start_agent(e))
 		return -1;
 	/* the daemon has put its limits in the store */
 	cJSON *st = NULL;
-	for (int i = 0; i < 100 * scale; i++) {
+	for (int i = 0; i < 100 * itest_scale; i++) {
 		cJSON_Delete(st);
 		st = ctl_status(e);
 		if (jnum(st, "storage.max_bytes") == 65536)
@@ -387,12 +282,12 @@ static int t_evict(struct env *e)
 	sqlite3_close(db);
 	CHECK(missing == 0, "%d kept events missing at central", missing);
 	CHECK(leaked == 0, "%d evicted events reached central", leaked);
-	CHECK(central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'") == kept_n,
-	      "central holds %" PRId64 " events, the outbox kept %" PRId64, central_int(e, "SELECT count(*) FROM events"), kept_n);
-	CHECK(central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01' AND kind IN ('purchase', 'return')") == paid,
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'") == kept_n,
+	      "central holds %" PRId64 " events, the outbox kept %" PRId64, itest_central_int(e, "SELECT count(*) FROM events"), kept_n);
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01' AND kind IN ('purchase', 'return')") == paid,
 	      "central holds %" PRId64 " purchases and returns, %" PRId64 " captured",
-	      central_int(e, "SELECT count(*) FROM events WHERE kind IN ('purchase', 'return')"), paid);
-	CHECK(central_int(e, "SELECT count(*) FROM conflicts") == 0, "conflicts at central");
+	      itest_central_int(e, "SELECT count(*) FROM events WHERE kind IN ('purchase', 'return')"), paid);
+	CHECK(itest_central_int(e, "SELECT count(*) FROM conflicts") == 0, "conflicts at central");
 	/* Batches say which seqs were evicted (`after`): central steps over
 	 * them without asking the agent to go back for each one. */
 	{
@@ -402,11 +297,11 @@ static int t_evict(struct env *e)
 		CHECK(!asked, "central asked for a resend over an evicted seq");
 	}
 	fprintf(stderr, "central: %" PRId64 " events, %" PRId64 " jumps over dropped seqs\n", kept_n,
-		central_int(e, "SELECT count(*) FROM gaps"));
+		itest_central_int(e, "SELECT count(*) FROM gaps"));
 	return 0;
 }
 
-static int t_corrupt(struct env *e)
+static int t_corrupt(struct itest *e)
 {
 	char ob[600], cdb[600], junk[16384];
 	for (size_t i = 0; i < sizeof(junk); i++)
@@ -424,7 +319,7 @@ static int t_corrupt(struct env *e)
 	CHECK(th_wait_log(e->agent_log, "the outbox was damaged", 1000) == 0, "the agent does not say the outbox was damaged");
 	CHECK(th_wait_log(e->agent_log, "the customer cache was damaged", 1000) == 0,
 	      "the agent does not say the cache was damaged");
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent never connected");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * itest_scale) == 0, "agent never connected");
 
 	/* both kept aside byte for byte: the outbox in the store's
 	 * quarantine/, the cache (personal data) in the private directory's */
@@ -470,11 +365,11 @@ static int t_corrupt(struct env *e)
 	      before * 1000);
 	if (wait_drained(e, 120))
 		return -1;
-	CHECK(central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'") == 20, "central holds %" PRId64 " events",
-	      central_int(e, "SELECT count(*) FROM events"));
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'") == 20, "central holds %" PRId64 " events",
+	      itest_central_int(e, "SELECT count(*) FROM events"));
 	char sql[200];
 	snprintf(sql, sizeof(sql), "SELECT min(seq) FROM events WHERE device = 'pos-01'");
-	CHECK(central_int(e, sql) == cap[0].seq, "central's first seq is not the fresh outbox's");
+	CHECK(itest_central_int(e, sql) == cap[0].seq, "central's first seq is not the fresh outbox's");
 
 	cJSON *st = ctl_status(e);
 	CHECK(st, "scrmctl status --json");
@@ -500,7 +395,7 @@ static int t_corrupt(struct env *e)
  * 0". Now the read that finds it moves the file to quarantine/, salvages
  * every row still readable, and delivery goes on from the fresh file, with
  * the alarm raised. */
-static int t_corrupt_live(struct env *e)
+static int t_corrupt_live(struct itest *e)
 {
 	char ob[600];
 	struct capture cap[304];
@@ -560,11 +455,11 @@ static int t_corrupt_live(struct env *e)
 	CHECK(rc == 0 && cap[303].rc == SCRM_OK, "a sale after the damage: %s", scrm_errmsg());
 	if (start_broker_and_central(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "found damaged while running", 60000 * scale) == 0,
+	CHECK(th_wait_log(e->agent_log, "found damaged while running", 60000 * itest_scale) == 0,
 	      "the agent did not notice the damage it read");
 	if (wait_drained(e, 120))
 		return -1;
-	int64_t held = central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'");
+	int64_t held = itest_central_int(e, "SELECT count(*) FROM events WHERE device = 'pos-01'");
 	CHECK(held == 304 - ncell, "central holds %" PRId64 " sales, expected every one but the %" PRId64 " on the damaged page",
 	      held, ncell);
 	cJSON *st = ctl_status(e);
@@ -572,41 +467,18 @@ static int t_corrupt_live(struct env *e)
 	int a1 = has_alarm(st, "outbox_quarantined");
 	cJSON_Delete(st);
 	CHECK(a1, "no outbox_quarantined alarm");
-	CHECK(central_int(e, "SELECT count(*) FROM late") == 0, "late events at central");
+	CHECK(itest_central_int(e, "SELECT count(*) FROM late") == 0, "late events at central");
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(struct env *);
-} scenarios[] = {
-	{"bounded_corrupt_live", t_corrupt_live},
-	{"bounded_evict", t_evict},
-	{"bounded_corrupt", t_corrupt},
+static const struct itest_suite suite = {
+	.program = "bounded_itest",
+	.scenarios = (const struct itest_scenario[]){
+		{"bounded_corrupt_live", t_corrupt_live},
+		{"bounded_evict", t_evict},
+		{"bounded_corrupt", t_corrupt},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	const char *sc = getenv("SCRM_TEST_SCALE");
-	if (sc && strtol(sc, NULL, 10) > 0)
-		scale = (int)strtol(sc, NULL, 10);
-	if (getenv("SCRM_TEST_EMULATOR") && !sc)
-		scale = 4;
-	for (size_t i = 0; argc == 2 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		struct env e;
-		if (setup(&e, scenarios[i].name) != 0 || scenarios[i].fn(&e) != 0) {
-			if (failures == 0)
-				failures++;
-		}
-		teardown(&e);
-		printf("%s: %s\n", scenarios[i].name, failures ? "FAILED" : "passed");
-		return failures ? 1 : 0;
-	}
-	fprintf(stderr, "usage: bounded_test SCENARIO\nscenarios:");
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-		fprintf(stderr, " %s", scenarios[i].name);
-	fprintf(stderr, "\n");
-	return 2;
-}
+ITEST_MAIN(suite)

@@ -5,11 +5,11 @@
  * real retail sample, or a synthetic store), mosquitto with TLS on loopback,
  * and libscrm look-ups in this process, as a guide's tablet would do them.
  *
- * Usage: cache_test SCENARIO   (ctest runs one scenario per test)
+ * Usage: cache_itest SCENARIO   (ctest runs one scenario per test)
  * Needs: SCRM_AGENT_BIN, SCRM_CENTRAL_BIN, SCRM_CTL_BIN, SCRM_CACHEGEN_BIN,
  * SCRM_DATA_DIR (and SCRM_TEST_EMULATOR for cross runs).
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <scrm/scrm.h>
 
@@ -18,7 +18,6 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <sqlite3.h>
-#include <sys/stat.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
@@ -27,66 +26,19 @@
 
 #define DEVICE "tab-01"
 
-static int scale = 1;
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			failures++;                                           \
-			return -1;                                            \
-		}                                                             \
-	} while (0)
-
-struct env {
-	char *dir;
-	char store[512], keys[512], fx[512], central_db[512], agent_cfg[512], agent_log[512], central_log[512];
-	char uri[64], ca[600];
-	th_broker *broker;
-	int port;
-	pid_t agent, central;
+/* The cache scenarios' own paths and the fixture's first members. */
+static struct {
+	char keys[512]; /* dir/central-keys: central's key pair and the tenant key */
+	char fx[512];   /* dir/fixtures: what scrm-cachegen made, central publishes */
 	/* first four members of the fixture: id, card, phone */
 	char m_id[4][32], m_card[4][32], m_phone[4][32];
-};
+} cx;
 
-static int setup(struct env *e, const char *name)
+static int setup(struct itest *e)
 {
-	memset(e, 0, sizeof(*e));
-	e->dir = th_tmpdir(name);
-	CHECK(e->dir, "tmpdir");
-	CHECK(th_certs_make(e->dir) == 0, "certificates");
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	snprintf(e->keys, sizeof(e->keys), "%s/central-keys", e->dir);
-	snprintf(e->fx, sizeof(e->fx), "%s/fixtures", e->dir);
-	snprintf(e->central_db, sizeof(e->central_db), "%s/central.db", e->dir);
-	snprintf(e->agent_cfg, sizeof(e->agent_cfg), "%s/agent.json", e->dir);
-	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent.log", e->dir);
-	snprintf(e->central_log, sizeof(e->central_log), "%s/central.log", e->dir);
-	snprintf(e->ca, sizeof(e->ca), "%s/ca.crt", e->dir);
-	e->port = th_free_port();
-	CHECK(e->port > 0, "free port");
-	snprintf(e->uri, sizeof(e->uri), "ssl://127.0.0.1:%d", e->port);
+	itest_path(cx.keys, sizeof(cx.keys), e->dir, "central-keys");
+	itest_path(cx.fx, sizeof(cx.fx), e->dir, "fixtures");
 	return 0;
-}
-
-static void teardown(struct env *e)
-{
-	if (e->agent > 0)
-		th_stop(e->agent, 5000);
-	if (e->central > 0)
-		th_stop(e->central, 5000);
-	th_broker_free(e->broker);
-	if (failures) {
-		th_dump_log(e->agent_log, 6000);
-		th_dump_log(e->central_log, 3000);
-		fprintf(stderr, "(test files kept in %s)\n", e->dir);
-	} else if (!getenv("SCRM_KEEP")) {
-		th_rmtree(e->dir);
-	}
-	free(e->dir);
 }
 
 static int copy_file(const char *from, const char *to)
@@ -102,33 +54,33 @@ static int copy_file(const char *from, const char *to)
 
 /* Central's key pair and the tenant key; the store gets what a provisioned
  * device holds: the tenant key and central's public key. */
-static int make_keys(struct env *e)
+static int make_keys(struct itest *e)
 {
 	char kd[600], a[700], b[700];
-	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "keys", e->keys, "--seed", "7", NULL};
-	CHECK(th_run_target(argv, NULL, 120000 * scale) == 0, "scrm-cachegen keys");
+	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "keys", cx.keys, "--seed", "7", NULL};
+	CHECK(th_run_target(argv, NULL, 120000 * itest_scale) == 0, "scrm-cachegen keys");
 	snprintf(kd, sizeof(kd), "%s/private/keys", e->store);
 	CHECK(th_run((const char *const[]){"mkdir", "-p", "-m", "0700", kd, NULL}, NULL, 5000) == 0, "mkdir keys");
-	snprintf(a, sizeof(a), "%s/tenant.key", e->keys);
+	snprintf(a, sizeof(a), "%s/tenant.key", cx.keys);
 	snprintf(b, sizeof(b), "%s/tenant.key", kd);
 	if (copy_file(a, b))
 		return -1;
-	snprintf(a, sizeof(a), "%s/central.pub", e->keys);
+	snprintf(a, sizeof(a), "%s/central.pub", cx.keys);
 	snprintf(b, sizeof(b), "%s/central.pub", kd);
 	return copy_file(a, b);
 }
 
-static int read_index(struct env *e)
+static int read_index(void)
 {
 	char p[600];
-	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
+	snprintf(p, sizeof(p), "%s/members_index.tsv", cx.fx);
 	char *t = th_read_file(p, NULL), *line = t;
 	CHECK(t, "no %s", p);
 	for (int i = 0; i < 4 && line && *line; i++) {
 		char *nl = strchr(line, '\n');
 		if (nl)
 			*nl = '\0';
-		CHECK(sscanf(line, "%31[^\t]\t%31[^\t]\t%31s", e->m_id[i], e->m_card[i], e->m_phone[i]) == 3,
+		CHECK(sscanf(line, "%31[^\t]\t%31[^\t]\t%31s", cx.m_id[i], cx.m_card[i], cx.m_phone[i]) == 3,
 		      "members_index.tsv line %d: %s", i + 1, line);
 		line = nl ? nl + 1 : NULL;
 	}
@@ -136,7 +88,7 @@ static int read_index(struct env *e)
 	return 0;
 }
 
-static int fixtures_retail(struct env *e)
+static int fixtures_retail(struct itest *e)
 {
 	char csv[600], now[32];
 	const char *data = getenv("SCRM_DATA_DIR");
@@ -145,28 +97,28 @@ static int fixtures_retail(struct env *e)
 	snprintf(now, sizeof(now), "%" PRId64, th_wall_ms());
 	if (make_keys(e))
 		return -1;
-	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "retail", "--csv", csv, "--keys", e->keys, "--tenant",
-			      "acme", "--out", e->fx, "--now", now, NULL};
-	CHECK(th_run_target(argv, NULL, 300000 * scale) == 0, "scrm-cachegen retail");
-	return read_index(e);
+	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "retail", "--csv", csv, "--keys", cx.keys, "--tenant",
+			      "acme", "--out", cx.fx, "--now", now, NULL};
+	CHECK(th_run_target(argv, NULL, 300000 * itest_scale) == 0, "scrm-cachegen retail");
+	return read_index();
 }
 
-static int fixtures_synth(struct env *e, const char *members)
+static int fixtures_synth(struct itest *e, const char *members)
 {
 	if (make_keys(e))
 		return -1;
 	const char *argv[] = {th_bin("SCRM_CACHEGEN_BIN"), "synth", "--members", members, "--skus", "300", "--rules",
-			      "600", "--keys", e->keys, "--out", e->fx, "--coupon-every", "0", NULL};
-	CHECK(th_run_target(argv, NULL, 300000 * scale) == 0, "scrm-cachegen synth");
-	return read_index(e);
+			      "600", "--keys", cx.keys, "--out", cx.fx, "--coupon-every", "0", NULL};
+	CHECK(th_run_target(argv, NULL, 300000 * itest_scale) == 0, "scrm-cachegen synth");
+	return read_index();
 }
 
 /* Records in a snapshot file: its lines minus the header. */
-static long file_records(struct env *e, const char *stream)
+static long file_records(const char *stream)
 {
 	char p[600];
 	long n = 0;
-	snprintf(p, sizeof(p), "%s/%s.jsonl", e->fx, stream);
+	snprintf(p, sizeof(p), "%s/%s.jsonl", cx.fx, stream);
 	char *t = th_read_file(p, NULL);
 	if (!t)
 		return -1;
@@ -177,11 +129,11 @@ static long file_records(struct env *e, const char *stream)
 }
 
 /* Central publishes a new version of a stream: rewrite the header. */
-static int set_file_version(struct env *e, const char *stream, int version)
+static int set_file_version(const char *stream, int version)
 {
 	char p[600], hdr[200];
 	size_t n = 0;
-	snprintf(p, sizeof(p), "%s/%s.jsonl", e->fx, stream);
+	snprintf(p, sizeof(p), "%s/%s.jsonl", cx.fx, stream);
 	char *t = th_read_file(p, &n), *nl;
 	CHECK(t && (nl = strchr(t, '\n')), "read %s", p);
 	snprintf(hdr, sizeof(hdr), "{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"%s\",\"version\":%d}", stream, version);
@@ -194,51 +146,30 @@ static int set_file_version(struct env *e, const char *stream, int version)
 	return 0;
 }
 
-static int write_agent_cfg(struct env *e, const char *extra_cache)
+/* extra_cache: more "cache" members, each after ", ". */
+static int write_agent_cfg(struct itest *e, const char *extra_cache)
 {
-	char cfg[4096];
-	snprintf(cfg, sizeof(cfg),
-		 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
-		 "  \"store_dir\": \"%s\",\n"
-		 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\"},\n"
-		 "  \"sync\": {\"ack_timeout_ms\": %d, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
-		 "  \"cache\": {\"phone_country_code\": \"44\", \"snapshot_timeout_ms\": %d%s},\n"
-		 "  \"log\": {\"level\": \"info\"}\n}\n",
-		 DEVICE, e->store, e->port, e->ca, 5000 * scale, 5000 * scale, extra_cache ? extra_cache : "");
-	return th_write_file(e->agent_cfg, cfg);
+	char cache[400];
+	snprintf(cache, sizeof(cache), "\"cache\": {\"phone_country_code\": \"44\", \"snapshot_timeout_ms\": %d%s}",
+		 5000 * itest_scale, extra_cache ? extra_cache : "");
+	return itest_agent_cfg(e, &(struct itest_agent){.device_id = DEVICE, .ack_timeout_ms = 5000 * itest_scale,
+							 .sections = cache, .log_level = "info"});
 }
 
-static int start_agent(struct env *e)
+/* Central publishing the fixtures in chunks of chunk_records. */
+static int start_central_ex(struct itest *e, const char *chunk_records, const char *delay_ms, const char *verdict_delay_ms)
 {
-	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-	e->agent = th_spawn_target(argv, e->agent_log);
-	CHECK(e->agent > 0, "spawn agent");
-	return 0;
+	const char *const cache[] = {"--cache-dir", cx.fx, "--chunk-records", chunk_records, "--snapshot-delay-ms",
+				     delay_ms, "--verdict-delay-ms", verdict_delay_ms ? verdict_delay_ms : "0", NULL};
+	return itest_start_central(e, cache);
 }
 
-static int start_central_ex(struct env *e, const char *chunk_records, const char *delay_ms, const char *verdict_delay_ms)
-{
-	char ready[600];
-	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
-	unlink(ready);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db",
-			      e->central_db, "--share", "scrm-central", "--ready-file", ready, "--cache-dir", e->fx,
-			      "--chunk-records", chunk_records, "--snapshot-delay-ms", delay_ms,
-			      "--verdict-delay-ms", verdict_delay_ms ? verdict_delay_ms : "0", NULL};
-	e->central = th_spawn_target(argv, e->central_log);
-	CHECK(e->central > 0, "spawn central");
-	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
-		th_sleep_ms(100);
-	CHECK(access(ready, F_OK) == 0, "central not ready");
-	return 0;
-}
-
-static int start_central(struct env *e, const char *chunk_records, const char *delay_ms)
+static int start_central(struct itest *e, const char *chunk_records, const char *delay_ms)
 {
 	return start_central_ex(e, chunk_records, delay_ms, NULL);
 }
 
-static int push(struct env *e, const char *delta)
+static int push(struct itest *e, const char *delta)
 {
 	char p[600], log[600];
 	static int k;
@@ -247,7 +178,7 @@ static int push(struct env *e, const char *delta)
 	CHECK(th_write_file(p, delta) == 0, "write delta");
 	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "push", "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
 			      "--store", "s1", p, NULL};
-	int rc = th_run_target(argv, log, 60000 * scale);
+	int rc = th_run_target(argv, log, 60000 * itest_scale);
 	if (rc != 0)
 		th_dump_log(log, 2000);
 	CHECK(rc == 0, "scrm-central push exited %d", rc);
@@ -255,7 +186,7 @@ static int push(struct env *e, const char *delta)
 }
 
 /* The member's card through libscrm, as the tablet app reads it. */
-static int card(struct env *e, scrm_member_key by, const char *value, char **json)
+static int card(struct itest *e, scrm_member_key by, const char *value, char **json)
 {
 	scrm_cache *c = NULL;
 	*json = NULL;
@@ -267,7 +198,7 @@ static int card(struct env *e, scrm_member_key by, const char *value, char **jso
 	return rc;
 }
 
-__attribute__((noinline)) static char *status_json(struct env *e)
+__attribute__((noinline)) static char *status_json(struct itest *e)
 {
 	scrm_cache *c = NULL;
 	char *j = NULL;
@@ -287,7 +218,7 @@ static long long num_after(const char *s, const char *key)
 	return v;
 }
 
-static int stream_state(struct env *e, const char *stream, long long *cursor, long long *rows, int *staging,
+static int stream_state(struct itest *e, const char *stream, long long *cursor, long long *rows, int *staging,
 			long long *chunks_done)
 {
 	char needle[64], seg[1024];
@@ -319,10 +250,10 @@ static int stream_state(struct env *e, const char *stream, long long *cursor, lo
 	return 0;
 }
 
-static int wait_cursor(struct env *e, const char *stream, long long want, int timeout_s)
+static int wait_cursor(struct itest *e, const char *stream, long long want, int timeout_s)
 {
 	long long cur = -1, rows = -1;
-	for (int i = 0; i < timeout_s * 10 * scale; i++) {
+	for (int i = 0; i < timeout_s * 10 * itest_scale; i++) {
 		stream_state(e, stream, &cur, &rows, NULL, NULL);
 		if (cur == want)
 			return 0;
@@ -334,25 +265,25 @@ static int wait_cursor(struct env *e, const char *stream, long long want, int ti
 
 static const char *const streams[] = {"members", "coupons", "catalogue", "inventory", "scripts", "recos", "rules"};
 
-static int wait_all_streams(struct env *e, int timeout_s)
+static int wait_all_streams(struct itest *e, int timeout_s)
 {
 	for (size_t i = 0; i < 7; i++) {
 		long long cur, rows;
 		if (wait_cursor(e, streams[i], 1, timeout_s))
 			return -1;
 		stream_state(e, streams[i], &cur, &rows, NULL, NULL);
-		CHECK(rows == file_records(e, streams[i]), "stream %s: %lld rows, the fixture has %ld", streams[i], rows,
-		      file_records(e, streams[i]));
+		CHECK(rows == file_records(streams[i]), "stream %s: %lld rows, the fixture has %ld", streams[i], rows,
+		      file_records(streams[i]));
 	}
 	return 0;
 }
 
 /* Every byte of every file in the store: no plaintext phone anywhere. */
-static int scan_store_for_phones(struct env *e, int *scanned)
+static int scan_store_for_phones(struct itest *e, int *scanned)
 {
 	char p[600], *idx;
 	const char *files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm", "outbox.db", "outbox.db-wal", "outbox.db-shm"};
-	snprintf(p, sizeof(p), "%s/members_index.tsv", e->fx);
+	snprintf(p, sizeof(p), "%s/members_index.tsv", cx.fx);
 	CHECK((idx = th_read_file(p, NULL)), "index");
 	*scanned = 0;
 	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
@@ -378,20 +309,7 @@ static int scan_store_for_phones(struct env *e, int *scanned)
 	return 0;
 }
 
-static int64_t central_count(struct env *e, const char *sql)
-{
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	int64_t n = -1;
-	if (sqlite3_open_v2(e->central_db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-		n = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return n;
-}
-
-static int64_t store_count(struct env *e, const char *sql, const char *arg)
+static int64_t store_count(struct itest *e, const char *sql, const char *arg)
 {
 	char p[600];
 	sqlite3 *db = NULL;
@@ -414,7 +332,7 @@ static int64_t store_count(struct env *e, const char *sql, const char *arg)
 
 /* Bootstrap by snapshots through mosquitto/TLS, look-ups by id, card, phone;
  * a delta; a gap that makes the agent ask for (and get) a resync. */
-static int t_cache_sync(struct env *e)
+static int t_cache_sync(struct itest *e)
 {
 	char *j = NULL, delta[2048], phone[40];
 	int scanned = 0;
@@ -422,20 +340,20 @@ static int t_cache_sync(struct env *e)
 		return -1;
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
-	if (start_central(e, "200", "0") || start_agent(e) || wait_all_streams(e, 120))
+	if (start_central(e, "200", "0") || itest_start_agent(e) || wait_all_streams(e, 120))
 		return -1;
-	CHECK(central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'") == 7,
+	CHECK(itest_central_int(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'") == 7,
 	      "expected 7 bootstrap requests, central saw %" PRId64,
-	      central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'"));
+	      itest_central_int(e, "SELECT count(*) FROM resync_requests WHERE reason = 'bootstrap'"));
 
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK, "member %s by id: %s", e->m_id[0], scrm_errmsg());
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_OK, "member %s by id: %s", cx.m_id[0], scrm_errmsg());
 	CHECK(strstr(j, "\"personal\":{\"name\":"), "card without decrypted name: %.300s", j);
-	CHECK(!strstr(j, e->m_phone[0]), "card shows the whole phone number");
+	CHECK(!strstr(j, cx.m_phone[0]), "card shows the whole phone number");
 	scrm_free(j);
-	CHECK(card(e, SCRM_MEMBER_CARD, e->m_card[0], &j) == SCRM_OK && strstr(j, e->m_id[0]), "by card");
+	CHECK(card(e, SCRM_MEMBER_CARD, cx.m_card[0], &j) == SCRM_OK && strstr(j, cx.m_id[0]), "by card");
 	scrm_free(j);
-	snprintf(phone, sizeof(phone), "+%s", e->m_phone[1]);
-	CHECK(card(e, SCRM_MEMBER_PHONE, phone, &j) == SCRM_OK && strstr(j, e->m_id[1]), "by phone %s: %s", phone,
+	snprintf(phone, sizeof(phone), "+%s", cx.m_phone[1]);
+	CHECK(card(e, SCRM_MEMBER_PHONE, phone, &j) == SCRM_OK && strstr(j, cx.m_id[1]), "by phone %s: %s", phone,
 	      scrm_errmsg());
 	scrm_free(j);
 	CHECK(card(e, SCRM_MEMBER_PHONE, "+999999999", &j) == SCRM_E_NOT_FOUND, "unknown phone found?");
@@ -448,48 +366,48 @@ static int t_cache_sync(struct env *e)
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ts\":%" PRId64 ","
 		 "\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"platinum\","
 		 "\"pii\":{\"name\":\"Delta Person\",\"phone\":\"%s\"}}}]}",
-		 th_wall_ms(), e->m_id[0], e->m_id[0], e->m_phone[0]);
+		 th_wall_ms(), cx.m_id[0], cx.m_id[0], cx.m_phone[0]);
 	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
 		return -1;
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && strstr(j, "\"tier\":\"platinum\"") &&
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_OK && strstr(j, "\"tier\":\"platinum\"") &&
 		      strstr(j, "Delta Person"),
 	      "delta not visible: %.300s", j ? j : "");
 	scrm_free(j);
 
 	/* central moved on to version 7 and this store missed 3..6 */
-	if (set_file_version(e, "members", 7))
+	if (set_file_version("members", 7))
 		return -1;
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,"
 		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 e->m_id[1]);
+		 cx.m_id[1]);
 	if (push(e, delta))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "msg=\"cache gap; asking for a resync\" stream=members cursor=2", 30000 * scale) == 0,
+	CHECK(th_wait_log(e->agent_log, "msg=\"cache gap; asking for a resync\" stream=members cursor=2", 30000 * itest_scale) == 0,
 	      "no gap detected");
 	if (wait_cursor(e, "members", 7, 120))
 		return -1;
-	CHECK(central_count(e, "SELECT count(*) FROM resync_requests WHERE stream = 'members' AND reason = 'gap'") >= 1,
+	CHECK(itest_central_int(e, "SELECT count(*) FROM resync_requests WHERE stream = 'members' AND reason = 'gap'") >= 1,
 	      "central saw no gap resync request");
 	/* the snapshot replaced the delta's view; the gap delta was not applied */
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && !strstr(j, "Delta Person"), "old delta still there");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_OK && !strstr(j, "Delta Person"), "old delta still there");
 	scrm_free(j);
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK, "gap delta's delete was applied");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_OK, "gap delta's delete was applied");
 	scrm_free(j);
 	/* and deltas follow again */
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":7,\"version\":8,"
 		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 e->m_id[1]);
+		 cx.m_id[1]);
 	if (push(e, delta) || wait_cursor(e, "members", 8, 60))
 		return -1;
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_E_NOT_FOUND, "delete not applied");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_E_NOT_FOUND, "delete not applied");
 	return 0;
 }
 
 /* kill -9 of the agent in the middle of a snapshot: the old view stays whole,
  * and after the restart the snapshot resumes (or restarts) and swaps in. */
-static int t_cache_kill9(struct env *e)
+static int t_cache_kill9(struct itest *e)
 {
 	long long cur, rows, done = 0;
 	int staging = 0;
@@ -497,16 +415,16 @@ static int t_cache_kill9(struct env *e)
 	const char *members = getenv("SCRM_TEST_EMULATOR") ? "2000" : "5000";
 	if (fixtures_synth(e, members) || write_agent_cfg(e, NULL))
 		return -1;
-	long n = file_records(e, "members");
+	long n = file_records("members");
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
-	if (start_central(e, "50", "60") || start_agent(e) || wait_all_streams(e, 300))
+	if (start_central(e, "50", "60") || itest_start_agent(e) || wait_all_streams(e, 300))
 		return -1;
-	if (set_file_version(e, "members", 2) ||
+	if (set_file_version("members", 2) ||
 	    push(e, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,"
 		    "\"ops\":[{\"op\":\"delete\",\"key\":\"nobody\"}]}"))
 		return -1;
-	for (int i = 0; i < 600 * scale; i++) {
+	for (int i = 0; i < 600 * itest_scale; i++) {
 		stream_state(e, "members", &cur, &rows, &staging, &done);
 		if (staging && done >= 4)
 			break;
@@ -521,16 +439,16 @@ static int t_cache_kill9(struct env *e)
 	stream_state(e, "members", &cur, &rows, &staging, &done);
 	CHECK(cur == 1 && rows == n && staging, "after kill -9: cursor %lld rows %lld staging %d, expected the old view (1, %ld)",
 	      cur, rows, staging, n);
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK, "old view unreadable after the crash");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_OK, "old view unreadable after the crash");
 	scrm_free(j);
 
-	if (start_agent(e) || wait_cursor(e, "members", 2, 300))
+	if (itest_start_agent(e) || wait_cursor(e, "members", 2, 300))
 		return -1;
 	stream_state(e, "members", &cur, &rows, &staging, NULL);
 	CHECK(rows == n && !staging, "after resume: rows %lld (want %ld), staging %d", rows, n, staging);
-	int64_t resumes = central_count(e, "SELECT count(*) FROM resync_requests WHERE reason = 'resume' AND from_chunk > 0");
+	int64_t resumes = itest_central_int(e, "SELECT count(*) FROM resync_requests WHERE reason = 'resume' AND from_chunk > 0");
 	fprintf(stderr, "resume requests with from_chunk > 0: %" PRId64 "\n", resumes);
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK, "member missing after the swap");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_OK, "member missing after the swap");
 	scrm_free(j);
 	return 0;
 }
@@ -553,7 +471,7 @@ static int record_purchase(scrm_store *st, const char *order, const char *member
 static const char *const quarantined[] = {"private/quarantine/cache-1000.db", "private/quarantine/cache-1000.db-wal",
 					  "quarantine/outbox-1000.db", "quarantine/outbox-1000.db-wal"};
 
-static int plant_quarantine(struct env *e)
+static int plant_quarantine(struct itest *e)
 {
 	static const char *const live[] = {"private/cache.db", "private/cache.db-wal", "outbox.db", "outbox.db-wal"};
 	char q[600];
@@ -579,7 +497,7 @@ static int plant_quarantine(struct env *e)
 	return 0;
 }
 
-static int member_bytes(struct env *e, const char *id, const char *cardno, char *where, size_t cap)
+static int member_bytes(struct itest *e, const char *id, const char *cardno, char *where, size_t cap)
 {
 	static const char *const files[] = {"private/cache.db", "private/cache.db-wal", "private/cache.db-shm",
 					    "outbox.db", "outbox.db-wal", "outbox.db-shm",
@@ -607,9 +525,9 @@ static int member_bytes(struct env *e, const char *id, const char *cardno, char 
 
 /* The agent finished an erasure's scrub (cache status, read through
  * libscrm): cache.db-wal is truncated. */
-static int wait_erasure_done(struct env *e, int timeout_s)
+static int wait_erasure_done(struct itest *e, int timeout_s)
 {
-	for (int i = 0; i < timeout_s * 10 * scale; i++) {
+	for (int i = 0; i < timeout_s * 10 * itest_scale; i++) {
 		char *j = status_json(e);
 		int done = j && strstr(j, "\"erasure_pending\":false");
 		scrm_free(j);
@@ -623,16 +541,16 @@ static int wait_erasure_done(struct env *e, int timeout_s)
 
 /* `scrmctl fleet cmd s1/tab-01 member.forget`: the reply (the last line of
  * the console's output that is a JSON object), malloc'd, or NULL. */
-static char *forget_command(struct env *e, const char *member)
+static char *forget_command(struct itest *e, const char *member)
 {
 	char args[128], timeout[32], out[600];
 	snprintf(args, sizeof(args), "{\"member_id\":\"%s\"}", member);
-	snprintf(timeout, sizeof(timeout), "%d", 20000 * scale);
+	snprintf(timeout, sizeof(timeout), "%d", 20000 * itest_scale);
 	snprintf(out, sizeof(out), "%s/ctl.out", e->dir);
 	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "fleet", "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
 			      "cmd", "s1/" DEVICE, "member.forget", args, "--timeout-ms", timeout, "--json", NULL};
 	unlink(out);
-	th_run_target(argv, out, 60000 * scale);
+	th_run_target(argv, out, 60000 * itest_scale);
 	char *text = th_read_file(out, NULL), *reply = NULL;
 	for (char *line = text, *next; line && *line; line = next) {
 		next = strchr(line, '\n');
@@ -653,17 +571,17 @@ static char *forget_command(struct env *e, const char *member)
 
 /* member.forget while a till keeps its connection open: the reply comes
  * once the bytes are gone. Then with a reader holding a snapshot. */
-static int erasure_commands(struct env *e, scrm_cache *till)
+static int erasure_commands(struct itest *e, scrm_cache *till)
 {
 	char where[200], *j = NULL;
-	char *reply = forget_command(e, e->m_id[2]);
+	char *reply = forget_command(e, cx.m_id[2]);
 	CHECK(reply && strstr(reply, "\"ok\":true") && strstr(reply, "\"forgotten\":true"), "member.forget: %s",
 	      reply ? reply : "no reply");
 	free(reply);
-	CHECK(!member_bytes(e, e->m_id[2], e->m_card[2], where, sizeof(where)),
-	      "member %s still on disk when member.forget replied ok: %s", e->m_id[2], where);
-	CHECK(scrm_member_get(till, SCRM_MEMBER_CARD, e->m_card[2], &j) == SCRM_E_NOT_FOUND, "the till still finds %s",
-	      e->m_id[2]);
+	CHECK(!member_bytes(e, cx.m_id[2], cx.m_card[2], where, sizeof(where)),
+	      "member %s still on disk when member.forget replied ok: %s", cx.m_id[2], where);
+	CHECK(scrm_member_get(till, SCRM_MEMBER_CARD, cx.m_card[2], &j) == SCRM_E_NOT_FOUND, "the till still finds %s",
+	      cx.m_id[2]);
 
 	/* A reader in the middle of a read (a guide tablet's long query). */
 	char p[600];
@@ -673,9 +591,9 @@ static int erasure_commands(struct env *e, scrm_cache *till)
 		      sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL) == SQLITE_OK,
 	      "reader");
 	int64_t t0 = th_now_ms();
-	reply = forget_command(e, e->m_id[3]);
+	reply = forget_command(e, cx.m_id[3]);
 	int64_t waited = th_now_ms() - t0;
-	int left = member_bytes(e, e->m_id[3], e->m_card[3], where, sizeof(where));
+	int left = member_bytes(e, cx.m_id[3], cx.m_card[3], where, sizeof(where));
 	char *st = status_json(e);
 	int pending = st && strstr(st, "\"erasure_pending\":true");
 	scrm_free(st);
@@ -687,13 +605,13 @@ static int erasure_commands(struct env *e, scrm_cache *till)
 	      "member.forget must not report done while the WAL cannot be truncated: %s", reply ? reply : "no reply");
 	free(reply);
 	CHECK(pending, "the cache status does not show the pending erasure");
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[3], &j) == SCRM_E_NOT_FOUND, "member %s still found", e->m_id[3]);
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[3], &j) == SCRM_E_NOT_FOUND, "member %s still found", cx.m_id[3]);
 	/* Sent again once the reader has let go: done. */
-	reply = forget_command(e, e->m_id[3]);
+	reply = forget_command(e, cx.m_id[3]);
 	CHECK(reply && strstr(reply, "\"ok\":true"), "member.forget again: %s", reply ? reply : "no reply");
 	free(reply);
-	CHECK(!member_bytes(e, e->m_id[3], e->m_card[3], where, sizeof(where)),
-	      "member %s still on disk when member.forget replied ok: %s", e->m_id[3], where);
+	CHECK(!member_bytes(e, cx.m_id[3], cx.m_card[3], where, sizeof(where)),
+	      "member %s still on disk when member.forget replied ok: %s", cx.m_id[3], where);
 	return wait_erasure_done(e, 1);
 }
 
@@ -705,7 +623,7 @@ static int erasure_commands(struct env *e, scrm_cache *till)
  * connection open; a reader holding a snapshot makes the command fail
  * honestly, and sending it again once the reader has let go finishes it. */
 
-static int t_cache_erasure(struct env *e)
+static int t_cache_erasure(struct itest *e)
 {
 	char *j = NULL, delta[512], files[7][600];
 	scrm_store *st = NULL;
@@ -714,24 +632,24 @@ static int t_cache_erasure(struct env *e)
 	{
 		const char *argv[12] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "--device", DEVICE, "cache", "load"};
 		for (int i = 0; i < 4; i++) {
-			snprintf(files[i], sizeof(files[i]), "%s/%s.jsonl", e->fx, streams[i]);
+			snprintf(files[i], sizeof(files[i]), "%s/%s.jsonl", cx.fx, streams[i]);
 			argv[7 + i] = files[i];
 		}
 		char log[600];
 		snprintf(log, sizeof(log), "%s/load.log", e->dir);
-		int rc = th_run_target(argv, log, 300000 * scale);
+		int rc = th_run_target(argv, log, 300000 * itest_scale);
 		if (rc)
 			th_dump_log(log, 2000);
 		CHECK(rc == 0, "scrmctl cache load exited %d", rc);
 	}
 	CHECK(scrm_store_open(e->store, &(scrm_store_options){.device_id = DEVICE}, &st) == SCRM_OK, "store: %s",
 	      scrm_errmsg());
-	int rc = record_purchase(st, "E-1", e->m_id[0], 1250) || record_purchase(st, "E-2", e->m_id[0], 830) ||
-		 record_purchase(st, "E-3", e->m_id[1], 400) || record_purchase(st, "E-4", e->m_id[0], 99);
+	int rc = record_purchase(st, "E-1", cx.m_id[0], 1250) || record_purchase(st, "E-2", cx.m_id[0], 830) ||
+		 record_purchase(st, "E-3", cx.m_id[1], 400) || record_purchase(st, "E-4", cx.m_id[0], 99);
 	scrm_store_close(st);
 	if (rc)
 		return -1;
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_OK && strstr(j, "\"orders\":3,\"returns\":0,\"spend\":2179"),
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_OK && strstr(j, "\"orders\":3,\"returns\":0,\"spend\":2179"),
 	      "offline purchases not on the card: %.600s", j ? j : "");
 	scrm_free(j);
 
@@ -740,21 +658,21 @@ static int t_cache_erasure(struct env *e)
 	if (plant_quarantine(e))
 		return -1;
 	for (int i = 0; i < 4; i++)
-		CHECK(member_bytes(e, e->m_id[i], e->m_card[i], where, sizeof(where)) &&
+		CHECK(member_bytes(e, cx.m_id[i], cx.m_card[i], where, sizeof(where)) &&
 			      strstr(where, "cache.db (card number)") && strstr(where, "quarantine/cache-1000.db"),
-		      "the scan cannot see member %s before the erasure (found: %s)", e->m_id[i], where);
-	CHECK(member_bytes(e, e->m_id[0], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
-	      "the quarantined outbox does not name member %s before the erasure (found: %s)", e->m_id[0], where);
+		      "the scan cannot see member %s before the erasure (found: %s)", cx.m_id[i], where);
+	CHECK(member_bytes(e, cx.m_id[0], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
+	      "the quarantined outbox does not name member %s before the erasure (found: %s)", cx.m_id[0], where);
 
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
-	if (start_agent(e))
+	if (itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * itest_scale) == 0, "agent did not connect");
 	/* A till that has just looked a member up keeps its connection open. */
 	scrm_cache *till = NULL;
 	CHECK(scrm_cache_open(e->store, NULL, &till) == SCRM_OK, "till: %s", scrm_errmsg());
-	rc = scrm_member_get(till, SCRM_MEMBER_CARD, e->m_card[2], &j);
+	rc = scrm_member_get(till, SCRM_MEMBER_CARD, cx.m_card[2], &j);
 	scrm_free(j);
 	j = NULL;
 	if (rc != SCRM_OK)
@@ -763,11 +681,11 @@ static int t_cache_erasure(struct env *e)
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
 		 "\"ops\":[{\"op\":\"forget\",\"key\":\"%s\"}]}",
-		 e->m_id[0]);
+		 cx.m_id[0]);
 	rc = push(e, delta) || wait_cursor(e, "members", 2, 60) || wait_erasure_done(e, 30);
-	if (rc == 0 && member_bytes(e, e->m_id[0], e->m_card[0], where, sizeof(where))) {
+	if (rc == 0 && member_bytes(e, cx.m_id[0], cx.m_card[0], where, sizeof(where))) {
 		scrm_cache_close(till);
-		CHECK(0, "forgotten member %s still on disk after the delta was applied: %s", e->m_id[0], where);
+		CHECK(0, "forgotten member %s still on disk after the delta was applied: %s", cx.m_id[0], where);
 	}
 	rc = rc || erasure_commands(e, till);
 	scrm_cache_close(till);
@@ -775,20 +693,20 @@ static int t_cache_erasure(struct env *e)
 		return -1;
 
 	CHECK(th_wait_log(e->agent_log, "pending_events_redacted=3", 100) == 0, "agent did not report 3 redactions");
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &j) == SCRM_E_NOT_FOUND, "forgotten member still in the cache");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &j) == SCRM_E_NOT_FOUND, "forgotten member still in the cache");
 	char like[64];
-	snprintf(like, sizeof(like), "%%\"member_id\":\"%s\"%%", e->m_id[0]);
+	snprintf(like, sizeof(like), "%%\"member_id\":\"%s\"%%", cx.m_id[0]);
 	CHECK(store_count(e, "SELECT count(*) FROM outbox WHERE body LIKE ?1", like) == 0, "outbox still names the member");
 	CHECK(store_count(e, "SELECT count(*) FROM outbox WHERE json_extract(body, '$.redacted') = 'erasure'", NULL) == 3,
 	      "expected 3 redacted events");
-	CHECK(store_count(e, "SELECT count(*) FROM member_activity WHERE member_id = ?1", e->m_id[0]) == 0,
+	CHECK(store_count(e, "SELECT count(*) FROM member_activity WHERE member_id = ?1", cx.m_id[0]) == 0,
 	      "local history kept");
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &j) == SCRM_OK && strstr(j, "\"orders\":1"), "other member hurt");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_OK && strstr(j, "\"orders\":1"), "other member hurt");
 	scrm_free(j);
 	/* The quarantined outbox stays for the store's IT (other people's
 	 * sales in it untouched); the quarantined cache is gone. */
-	CHECK(member_bytes(e, e->m_id[1], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
-	      "the quarantined outbox lost member %s's sale (found: %s)", e->m_id[1], where);
+	CHECK(member_bytes(e, cx.m_id[1], "no card", where, sizeof(where)) && strstr(where, "quarantine/outbox-1000.db"),
+	      "the quarantined outbox lost member %s's sale (found: %s)", cx.m_id[1], where);
 	{
 		char q[600];
 		snprintf(q, sizeof(q), "%s/private/quarantine/cache-1000.db", e->store);
@@ -798,71 +716,71 @@ static int t_cache_erasure(struct env *e)
 	/* Central now comes up: everything arrives, nothing names the member. */
 	if (start_central(e, "1000", "0"))
 		return -1;
-	for (int i = 0; i < 600 * scale && central_count(e, "SELECT count(*) FROM events") < 4; i++)
+	for (int i = 0; i < 600 * itest_scale && itest_central_int(e, "SELECT count(*) FROM events") < 4; i++)
 		th_sleep_ms(100);
-	CHECK(central_count(e, "SELECT count(*) FROM events") == 4, "central has %" PRId64 " events",
-	      central_count(e, "SELECT count(*) FROM events"));
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events") == 4, "central has %" PRId64 " events",
+	      itest_central_int(e, "SELECT count(*) FROM events"));
 	char sql[200];
-	snprintf(sql, sizeof(sql), "SELECT count(*) FROM events WHERE body LIKE '%%\"member_id\":\"%s\"%%'", e->m_id[0]);
-	CHECK(central_count(e, sql) == 0, "central received the forgotten member's id");
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM events WHERE body LIKE '%%\"member_id\":\"%s\"%%'", cx.m_id[0]);
+	CHECK(itest_central_int(e, sql) == 0, "central received the forgotten member's id");
 	return 0;
 }
 
 /* Malformed, oversize and tampered input: refused with a log line naming
  * the field, the cache unchanged, and the next good delta applies. */
-static int t_cache_bad_delta(struct env *e)
+static int t_cache_bad_delta(struct itest *e)
 {
 	char *before = NULL, *after = NULL, *big, line[20000], delta[24000];
 	if (fixtures_retail(e) || write_agent_cfg(e, ", \"max_message_bytes\": 65536"))
 		return -1;
 	{
 		char f0[600], f1[600], log[600];
-		snprintf(f0, sizeof(f0), "%s/members.jsonl", e->fx);
-		snprintf(f1, sizeof(f1), "%s/coupons.jsonl", e->fx);
+		snprintf(f0, sizeof(f0), "%s/members.jsonl", cx.fx);
+		snprintf(f1, sizeof(f1), "%s/coupons.jsonl", cx.fx);
 		snprintf(log, sizeof(log), "%s/load.log", e->dir);
 		const char *argv[] = {th_bin("SCRM_CTL_BIN"), "--store", e->store, "--device", DEVICE, "cache", "load", f0, f1, NULL};
-		CHECK(th_run_target(argv, log, 300000 * scale) == 0, "cache load");
+		CHECK(th_run_target(argv, log, 300000 * itest_scale) == 0, "cache load");
 	}
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
-	if (start_agent(e))
+	if (itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &before) == SCRM_OK, "card");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * itest_scale) == 0, "agent did not connect");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &before) == SCRM_OK, "card");
 
 	/* a wrong type */
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
 		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"},{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":5}}]}",
-		 e->m_id[1], e->m_id[0], e->m_id[0]);
+		 cx.m_id[1], cx.m_id[0], cx.m_id[0]);
 	if (push(e, delta))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "ops[1].data.tier: must be a string", 30000 * scale) == 0, "no refusal naming the field");
+	CHECK(th_wait_log(e->agent_log, "ops[1].data.tier: must be a string", 30000 * itest_scale) == 0, "no refusal naming the field");
 	/* too big */
 	CHECK((big = malloc(100000)), "oom");
 	memset(big, 'x', 99999);
 	big[99999] = '\0';
-	int n = snprintf(NULL, 0, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", e->m_id[0], e->m_id[0], big);
+	int n = snprintf(NULL, 0, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", cx.m_id[0], cx.m_id[0], big);
 	char *huge = malloc((size_t)n + 1);
-	snprintf(huge, (size_t)n + 1, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", e->m_id[0], e->m_id[0], big);
+	snprintf(huge, (size_t)n + 1, "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,\"ops\":[{\"op\":\"upsert\",\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"tier\":\"%s\"}}]}", cx.m_id[0], cx.m_id[0], big);
 	free(big);
 	int prc = push(e, huge);
 	free(huge);
 	if (prc)
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "more than cache.max_message_bytes", 30000 * scale) == 0, "oversize not refused");
+	CHECK(th_wait_log(e->agent_log, "more than cache.max_message_bytes", 30000 * itest_scale) == 0, "oversize not refused");
 	long long cur, rows;
 	stream_state(e, "members", &cur, &rows, NULL, NULL);
-	CHECK(cur == 1 && rows == file_records(e, "members"), "members changed by refused deltas: cursor %lld rows %lld", cur, rows);
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[0], &after) == SCRM_OK && strcmp(before, after) == 0, "card changed");
+	CHECK(cur == 1 && rows == file_records("members"), "members changed by refused deltas: cursor %lld rows %lld", cur, rows);
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[0], &after) == SCRM_OK && strcmp(before, after) == 0, "card changed");
 	scrm_free(after);
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &after) == SCRM_OK, "member deleted by a refused delta");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &after) == SCRM_OK, "member deleted by a refused delta");
 	scrm_free(after);
 
 	/* a tampered coupon is refused alone; the rest of the delta applies */
 	{
 		char p[600];
-		snprintf(p, sizeof(p), "%s/coupons.jsonl", e->fx);
+		snprintf(p, sizeof(p), "%s/coupons.jsonl", cx.fx);
 		char *t = th_read_file(p, NULL), *c = t ? strstr(t, "{\"key\":\"coupon:") : NULL, *nl;
 		CHECK(c && (nl = strchr(c, '\n')) && (size_t)(nl - c) < sizeof(line), "no coupon line in the fixture");
 		memcpy(line, c, (size_t)(nl - c));
@@ -888,21 +806,21 @@ static int t_cache_bad_delta(struct env *e)
 	snprintf(delta, sizeof(delta),
 		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
 		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 e->m_id[1]);
+		 cx.m_id[1]);
 	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
 		return -1;
-	CHECK(card(e, SCRM_MEMBER_ID, e->m_id[1], &after) == SCRM_E_NOT_FOUND, "good delta not applied");
+	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &after) == SCRM_E_NOT_FOUND, "good delta not applied");
 	scrm_free(before);
 	return 0;
 }
 
 /* The first `n` member coupons of a campaign in the fixture: id, member,
  * code (from the signed payloads, escaped inside coupons.jsonl). */
-static int find_coupons(struct env *e, const char *campaign, int n, char id[][48], char member[][32], char code[][32])
+static int find_coupons(const char *campaign, int n, char id[][48], char member[][32], char code[][32])
 {
 	char p[600], needle[80];
 	int k = 0;
-	snprintf(p, sizeof(p), "%s/coupons.jsonl", e->fx);
+	snprintf(p, sizeof(p), "%s/coupons.jsonl", cx.fx);
 	snprintf(needle, sizeof(needle), "\\\"campaign\\\":\\\"%s\\\"", campaign);
 	char *t = th_read_file(p, NULL);
 	CHECK(t, "read %s", p);
@@ -923,7 +841,7 @@ static int find_coupons(struct env *e, const char *campaign, int n, char id[][48
 	return 0;
 }
 
-static int redemptions_state(struct env *e, int64_t *pending, int64_t *accepted, int64_t *rejected, char **json)
+static int redemptions_state(struct itest *e, int64_t *pending, int64_t *accepted, int64_t *rejected, char **json)
 {
 	scrm_store *st = NULL;
 	char *j = NULL;
@@ -950,18 +868,18 @@ static int redemptions_state(struct env *e, int64_t *pending, int64_t *accepted,
  * then the network returns, central settles: one redemption accepted, one
  * rejected because the coupon was already spent in another store, and the
  * store sees both verdicts. */
-static int t_guide_offline(struct env *e)
+static int t_guide_offline(struct itest *e)
 {
 	char id[2][48], member[2][32], code[2][32], *j = NULL;
 	scrm_cache *c = NULL;
 	scrm_store *st = NULL;
 	scrm_redemption red[2];
 	int rc;
-	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons(e, "GOLD5", 2, id, member, code))
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons("GOLD5", 2, id, member, code))
 		return -1;
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
-	if (start_central(e, "1000", "0") || start_agent(e) || wait_all_streams(e, 120))
+	if (start_central(e, "1000", "0") || itest_start_agent(e) || wait_all_streams(e, 120))
 		return -1;
 	/* The second coupon was spent in store s2 (central's books). */
 	{
@@ -979,11 +897,11 @@ static int t_guide_offline(struct env *e)
 		sqlite3_close(db);
 		CHECK(rc == SQLITE_OK, "seed central's redemptions");
 	}
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * scale) == 0, "agent did not connect");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 30000 * itest_scale) == 0, "agent did not connect");
 
 	/* The outage. */
 	th_broker_stop(e->broker);
-	CHECK(th_wait_log(e->agent_log, "msg=\"connection lost\"", 30000 * scale) == 0, "agent did not notice");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connection lost\"", 30000 * itest_scale) == 0, "agent did not notice");
 	CHECK(scrm_cache_open(e->store, NULL, &c) == SCRM_OK, "cache: %s", scrm_errmsg());
 	CHECK(scrm_store_open(e->store, NULL, &st) == SCRM_OK, "store: %s", scrm_errmsg());
 	scrm_line basket[2] = {{.sku = "22423", .qty = 2, .unit_price = 1275}, {.sku = "84879", .qty = 1, .unit_price = 169}};
@@ -1033,7 +951,7 @@ static int t_guide_offline(struct env *e)
 
 	/* The network returns: central settles both. */
 	CHECK(th_broker_restart(e->broker) == 0, "broker restart");
-	for (int i = 0; i < 600 * scale; i++) {
+	for (int i = 0; i < 600 * itest_scale; i++) {
 		redemptions_state(e, &pend, &acc, &rej, NULL);
 		if (pend == 0)
 			break;
@@ -1050,11 +968,11 @@ static int t_guide_offline(struct env *e)
 		 "SELECT count(*) FROM events WHERE kind = 'purchase' AND json_extract(body, '$.guide_id') = 'g-07'"
 		 " AND json_extract(body, '$.reco_id') = '%s' AND json_extract(body, '$.attributed') = 'auto'",
 		 reco_id);
-	CHECK(central_count(e, sql) == 1, "attributed purchase not at central (reco %s)", reco_id);
-	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'reco_shown'") == 1, "reco_shown not at central");
-	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 2, "redemptions not at central");
+	CHECK(itest_central_int(e, sql) == 1, "attributed purchase not at central (reco %s)", reco_id);
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE kind = 'reco_shown'") == 1, "reco_shown not at central");
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 2, "redemptions not at central");
 	/* Online again: the online-only campaign is offered (kitchen item). */
-	for (int i = 0; i < 100 * scale; i++) {
+	for (int i = 0; i < 100 * itest_scale; i++) {
 		scrm_free(j);
 		j = NULL;
 		if (scrm_coupons_for(c, st, &cr, &j) == SCRM_OK && strstr(j, "\"online\":true"))
@@ -1074,7 +992,7 @@ static int t_guide_offline(struct env *e)
  * with a redelivered event, and this one was acknowledged. Now the agent
  * asks central for the verdicts it is missing (up/verdict/query) soon after
  * the failure and after every connect. */
-static int t_verdict_lost(struct env *e)
+static int t_verdict_lost(struct itest *e)
 {
 	char id[1][48], member[1][32], code[1][32];
 	scrm_cache *c = NULL;
@@ -1083,12 +1001,12 @@ static int t_verdict_lost(struct env *e)
 	sqlite3 *lock = NULL;
 	int64_t pend = -1, acc = -1, rej = -1;
 	char outbox_db[600];
-	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons(e, "GOLD5", 1, id, member, code))
+	if (fixtures_retail(e) || write_agent_cfg(e, NULL) || find_coupons("GOLD5", 1, id, member, code))
 		return -1;
 	e->broker = th_broker_start(e->dir, e->port, "server", 0);
 	CHECK(e->broker, "broker");
 	/* the verdict leaves central 3 s after the ack: time to lock the store */
-	if (start_central_ex(e, "1000", "0", "3000") || start_agent(e) || wait_all_streams(e, 120))
+	if (start_central_ex(e, "1000", "0", "3000") || itest_start_agent(e) || wait_all_streams(e, 120))
 		return -1;
 	CHECK(scrm_cache_open(e->store, NULL, &c) == SCRM_OK, "cache: %s", scrm_errmsg());
 	CHECK(scrm_store_open(e->store, NULL, &st) == SCRM_OK, "store: %s", scrm_errmsg());
@@ -1101,7 +1019,7 @@ static int t_verdict_lost(struct env *e)
 	scrm_cache_close(c);
 	c = NULL;
 	/* acknowledged: no longer pending */
-	for (int i = 0; i < 300 * scale; i++) {
+	for (int i = 0; i < 300 * itest_scale; i++) {
 		scrm_store *s2 = NULL;
 		scrm_outbox_stats ost = {.pending = -1};
 		if (scrm_store_open(e->store, NULL, &s2) == SCRM_OK) {
@@ -1117,7 +1035,7 @@ static int t_verdict_lost(struct env *e)
 	snprintf(outbox_db, sizeof(outbox_db), "%s/outbox.db", e->store);
 	CHECK(sqlite3_open(outbox_db, &lock) == SQLITE_OK, "open outbox.db");
 	CHECK(sqlite3_exec(lock, "BEGIN EXCLUSIVE", NULL, NULL, NULL) == SQLITE_OK, "lock outbox.db");
-	int failed = th_wait_log(e->agent_log, "cannot record a coupon verdict", 20000 * scale) == 0;
+	int failed = th_wait_log(e->agent_log, "cannot record a coupon verdict", 20000 * itest_scale) == 0;
 	/* ...and the agent dies before it tries again. */
 	th_kill(e->agent, SIGKILL);
 	th_wait(e->agent, 10000, NULL);
@@ -1128,9 +1046,9 @@ static int t_verdict_lost(struct env *e)
 	CHECK(redemptions_state(e, &pend, &acc, &rej, NULL) == 0 && pend == 1, "the verdict was not recorded (pending %" PRId64 ")",
 	      pend);
 	/* Restart: the agent asks for it and records it. */
-	if (start_agent(e))
+	if (itest_start_agent(e))
 		return -1;
-	for (int i = 0; i < 600 * scale; i++) {
+	for (int i = 0; i < 600 * itest_scale; i++) {
 		redemptions_state(e, &pend, &acc, &rej, NULL);
 		if (pend == 0)
 			break;
@@ -1138,45 +1056,23 @@ static int t_verdict_lost(struct env *e)
 	}
 	CHECK(pend == 0 && acc == 1, "after the restart: pending %" PRId64 " accepted %" PRId64, pend, acc);
 	CHECK(th_wait_log(e->agent_log, "asked central for missing coupon verdicts", 1000) == 0, "no verdict query in the log");
-	CHECK(central_count(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 1, "redemption not at central");
+	CHECK(itest_central_int(e, "SELECT count(*) FROM events WHERE kind = 'coupon_redeem'") == 1, "redemption not at central");
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(struct env *);
-} scenarios[] = {
-	{"verdict_lost", t_verdict_lost},
-	{"guide_offline", t_guide_offline},
-	{"cache_sync", t_cache_sync},
-	{"cache_kill9", t_cache_kill9},
-	{"cache_erasure", t_cache_erasure},
-	{"cache_bad_delta", t_cache_bad_delta},
+static const struct itest_suite suite = {
+	.program = "cache_itest",
+	.emulator_scale = 6,
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"verdict_lost", t_verdict_lost},
+		{"guide_offline", t_guide_offline},
+		{"cache_sync", t_cache_sync},
+		{"cache_kill9", t_cache_kill9},
+		{"cache_erasure", t_cache_erasure},
+		{"cache_bad_delta", t_cache_bad_delta},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	struct env e;
-	if (argc != 2) {
-		fprintf(stderr, "usage: cache_test SCENARIO\n");
-		return 2;
-	}
-	if (getenv("SCRM_TEST_EMULATOR"))
-		scale = 6;
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		if (setup(&e, scenarios[i].name))
-			return 1;
-		int64_t t0 = th_now_ms();
-		int rc = scenarios[i].fn(&e);
-		if (rc && !failures)
-			failures++;
-		fprintf(stderr, "%s: %s in %.1f s\n", scenarios[i].name, failures ? "FAILED" : "passed",
-			(double)(th_now_ms() - t0) / 1000.0);
-		teardown(&e);
-		return failures ? 1 : 0;
-	}
-	fprintf(stderr, "unknown scenario %s\n", argv[1]);
-	return 2;
-}
+ITEST_MAIN(suite)

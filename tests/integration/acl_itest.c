@@ -28,10 +28,10 @@
  *                  take over the replacement's session, while the
  *                  replacement and d2 connect.
  *
- * Usage: acl_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CTL_BIN,
+ * Usage: acl_itest SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CTL_BIN,
  * SCRM_CENTRAL_BIN, SCRM_DEPLOY_DIR (and SCRM_TEST_EMULATOR for cross runs).
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <scrm/scrm.h>
 
@@ -44,54 +44,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int scale = 1;
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			failures++;                                           \
-			return -1;                                            \
-		}                                                             \
-	} while (0)
-
 struct device {
 	const char *id, *store;
 	char dir[256], cfg[300], store_dir[300], key[340], cert[340], csr[340];
 };
 
-struct env {
-	char *dir;
-	int port;
-	th_broker *broker;
-	pid_t central, agent;
-	char central_db[512], central_log[512], agent_log[512], uri[64], ca[512];
-	struct device dev[2]; /* d1 (paths preconfigured), d2 (enroll's defaults) */
-};
-
-static void path(char *out, size_t n, const char *dir, const char *name)
-{
-	snprintf(out, n, "%s/%s", dir, name);
-}
+static struct device dev[2]; /* d1 (paths preconfigured), d2 (enroll's defaults) */
 
 /* ---- enrolment through the real binary ------------------------------------ */
 
-static int write_agent_cfg(struct env *e, struct device *d, int with_tls_files)
+static int write_agent_cfg(struct itest *e, struct device *d, int with_tls_files)
 {
-	char text[4096], files[1400] = "";
+	char files[1400] = "";
 	if (with_tls_files)
 		snprintf(files, sizeof(files), ", \"cert_file\": \"%s\", \"key_file\": \"%s\"", d->cert, d->key);
-	snprintf(text, sizeof(text),
-		 "{\n  \"tenant\": \"t1\", \"store_id\": \"%s\", \"device_id\": \"%s\",\n"
-		 "  \"store_dir\": \"%s\",\n"
-		 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s\"%s},\n"
-		 "  \"sync\": {\"backoff_min_ms\": 100, \"backoff_max_ms\": 1000}\n}\n",
-		 d->store, d->id, d->store_dir, e->port, e->ca, files);
-	CHECK(th_write_file(d->cfg, text) == 0, "write %s", d->cfg);
-	return 0;
+	return itest_agent_cfg(e, &(struct itest_agent){.path = d->cfg, .tenant = "t1", .store_id = d->store,
+							 .device_id = d->id, .store_dir = d->store_dir, .broker = files});
 }
 
 static int run_enroll(struct device *d, const char *const extra[], const char *log)
@@ -101,29 +69,29 @@ static int run_enroll(struct device *d, const char *const extra[], const char *l
 	for (size_t i = 0; extra && extra[i] && n < 11; i++)
 		argv[n++] = extra[i];
 	argv[n] = NULL;
-	return th_run_target(argv, log, 120000 * scale);
+	return th_run_target(argv, log, 120000 * itest_scale);
 }
 
 /* enroll → CSR → the CA signs → install-cert, as an installer would. d1's
  * config names its key and certificate before enrolment; d2's does not, so
  * enroll uses <store_dir>/private/keys/ and says what to add to the config. */
-static int enroll_device(struct env *e, struct device *d, int preconfigured)
+static int enroll_device(struct itest *e, struct device *d, int preconfigured)
 {
 	char log[600], signed_crt[600];
 	snprintf(d->dir, sizeof(d->dir), "%s/%s", e->dir, d->id);
-	path(d->cfg, sizeof(d->cfg), d->dir, "agent.json");
-	path(d->store_dir, sizeof(d->store_dir), d->dir, "store");
+	itest_path(d->cfg, sizeof(d->cfg), d->dir, "agent.json");
+	itest_path(d->store_dir, sizeof(d->store_dir), d->dir, "store");
 	if (preconfigured) {
-		path(d->key, sizeof(d->key), d->dir, "tls/device.key");
-		path(d->cert, sizeof(d->cert), d->dir, "tls/device.crt");
-		path(d->csr, sizeof(d->csr), d->dir, "tls/device.csr");
+		itest_path(d->key, sizeof(d->key), d->dir, "tls/device.key");
+		itest_path(d->cert, sizeof(d->cert), d->dir, "tls/device.crt");
+		itest_path(d->csr, sizeof(d->csr), d->dir, "tls/device.csr");
 	} else {
-		path(d->key, sizeof(d->key), d->store_dir, "private/keys/device.key");
-		path(d->cert, sizeof(d->cert), d->store_dir, "private/keys/device.crt");
-		path(d->csr, sizeof(d->csr), d->store_dir, "private/keys/device.csr");
+		itest_path(d->key, sizeof(d->key), d->store_dir, "private/keys/device.key");
+		itest_path(d->cert, sizeof(d->cert), d->store_dir, "private/keys/device.crt");
+		itest_path(d->csr, sizeof(d->csr), d->store_dir, "private/keys/device.csr");
 	}
-	path(log, sizeof(log), d->dir, "enroll.log");
-	path(signed_crt, sizeof(signed_crt), d->dir, "from-central.crt");
+	itest_path(log, sizeof(log), d->dir, "enroll.log");
+	itest_path(signed_crt, sizeof(signed_crt), d->dir, "from-central.crt");
 	CHECK(mkdir(d->dir, 0700) == 0, "mkdir %s", d->dir);
 	if (write_agent_cfg(e, d, preconfigured))
 		return -1;
@@ -161,14 +129,14 @@ static int append(char *buf, size_t cap, size_t *len, const char *s)
 /* docs/deploy/mosquitto/mosquitto.conf with /etc/mosquitto/scrm/ moved into
  * the test directory, the listener on 127.0.0.1:port, and the machine-wide
  * lines (persistence, logging, pid file) replaced by the harness's. */
-static int start_broker(struct env *e)
+static int start_broker(struct itest *e)
 {
 	char example[600], line_buf[1200], conf[16384], *text;
 	size_t len = 0;
 	snprintf(example, sizeof(example), "%s/mosquitto.conf", getenv("SCRM_DEPLOY_DIR"));
 	CHECK((text = th_read_file(example, NULL)) != NULL, "cannot read %s", example);
 	snprintf(line_buf, sizeof(line_buf),
-		 "# %s, adapted by acl_test\npersistence false\nlog_dest file %s/mosquitto.log\n"
+		 "# %s, adapted by acl_itest\npersistence false\nlog_dest file %s/mosquitto.log\n"
 		 "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n%s",
 		 example, e->dir, geteuid() == 0 ? "user root\n" : "");
 	append(conf, sizeof(conf), &len, line_buf);
@@ -200,7 +168,7 @@ static int start_broker(struct env *e)
 	 * also signs the broker's certificate), its CRL (setup) and the
 	 * generated ACL. */
 	char dst[600];
-	path(dst, sizeof(dst), e->dir, "device-ca.crt");
+	itest_path(dst, sizeof(dst), e->dir, "device-ca.crt");
 	text = th_read_file(e->ca, NULL);
 	CHECK(text && th_write_file(dst, text) == 0, "device-ca.crt");
 	free(text);
@@ -209,12 +177,12 @@ static int start_broker(struct env *e)
 	return 0;
 }
 
-static int gen_acl(struct env *e)
+static int gen_acl(struct itest *e)
 {
 	char csv[600], acl[600], script[600], log[600];
-	path(csv, sizeof(csv), e->dir, "devices.csv");
-	path(acl, sizeof(acl), e->dir, "acl");
-	path(log, sizeof(log), e->dir, "gen-acl.log");
+	itest_path(csv, sizeof(csv), e->dir, "devices.csv");
+	itest_path(acl, sizeof(acl), e->dir, "acl");
+	itest_path(log, sizeof(log), e->dir, "gen-acl.log");
 	snprintf(script, sizeof(script), "%s/gen-acl.sh", getenv("SCRM_DEPLOY_DIR"));
 	CHECK(th_write_file(csv, "tenant,store,device\nt1,s1,d1\nt1,s1,d2\nt1,s2,d3\nt2,s1,e1\n") == 0, "devices.csv");
 	/* Two central consumers (the second plays central in the tests below:
@@ -227,108 +195,44 @@ static int gen_acl(struct env *e)
 	return 0;
 }
 
-static int start_central(struct env *e)
+/* Central with its own identity (CN central): the ACL's central consumer. */
+static int start_central(struct itest *e)
 {
-	char ready[600], cert[600], key[600];
-	path(ready, sizeof(ready), e->dir, "central.ready");
-	path(cert, sizeof(cert), e->dir, "central-id.crt");
-	path(key, sizeof(key), e->dir, "central-id.key");
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", e->uri, "--ca", e->ca, "--db", e->central_db,
-			      "--share", "scrm-central", "--ready-file", ready, "--cert", cert, "--key", key, NULL};
-	e->central = th_spawn_target(argv, e->central_log);
-	CHECK(e->central > 0, "spawn central");
-	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
-		th_sleep_ms(100);
-	CHECK(access(ready, F_OK) == 0, "central not ready (log %s)", e->central_log);
-	return 0;
+	char cert[600], key[600];
+	itest_path(cert, sizeof(cert), e->dir, "central-id.crt");
+	itest_path(key, sizeof(key), e->dir, "central-id.key");
+	const char *const id[] = {"--cert", cert, "--key", key, NULL};
+	return itest_start_central(e, id);
 }
 
-static int setup(struct env *e, const char *name)
+/* Everything the ACL scenarios start from: identities, the CRL, d1 and d2
+ * enrolled, the ACL generated, the example broker and central running. */
+static int setup(struct itest *e)
 {
-	memset(e, 0, sizeof(*e));
-	e->dev[0].id = "d1";
-	e->dev[0].store = "s1";
-	e->dev[1].id = "d2";
-	e->dev[1].store = "s1";
+	dev[0].id = "d1";
+	dev[0].store = "s1";
+	dev[1].id = "d2";
+	dev[1].store = "s1";
 	CHECK(getenv("SCRM_DEPLOY_DIR"), "SCRM_DEPLOY_DIR is not set");
-	CHECK((e->dir = th_tmpdir(name)) != NULL, "tmpdir");
-	CHECK(th_certs_make(e->dir) == 0, "certificates");
 	/* central and console identities, issued by the same CA */
 	CHECK(th_certs_make_client(e->dir, "central-id", "central") == 0 &&
 		      th_certs_make_client(e->dir, "central-2", "central-2") == 0 &&
 		      th_certs_make_client(e->dir, "ops", "ops-t1") == 0,
 	      "identity certificates");
-	path(e->ca, sizeof(e->ca), e->dir, "ca.crt");
 	/* The device CA's CRL, revoking nothing yet: with crlfile the broker
 	 * refuses every client whose issuer has no CRL. */
 	char crl[600];
-	path(crl, sizeof(crl), e->dir, "device-ca.crl");
+	itest_path(crl, sizeof(crl), e->dir, "device-ca.crl");
 	CHECK(th_certs_make_crl(e->dir, "ca", NULL, crl, 30) == 0, "device-ca.crl");
-	path(e->central_db, sizeof(e->central_db), e->dir, "central.db");
-	path(e->central_log, sizeof(e->central_log), e->dir, "central.log");
-	path(e->agent_log, sizeof(e->agent_log), e->dir, "agent.log");
-	CHECK((e->port = th_free_port()) > 0, "free port");
-	snprintf(e->uri, sizeof(e->uri), "ssl://127.0.0.1:%d", e->port);
-	if (enroll_device(e, &e->dev[0], 1) || enroll_device(e, &e->dev[1], 0))
+	itest_path(e->extra_log, sizeof(e->extra_log), e->dir, "mosquitto.log");
+	if (enroll_device(e, &dev[0], 1) || enroll_device(e, &dev[1], 0))
 		return -1;
 	if (gen_acl(e) || start_broker(e) || start_central(e))
 		return -1;
 	return 0;
 }
 
-static void teardown(struct env *e)
-{
-	if (e->agent > 0)
-		th_stop(e->agent, 5000);
-	if (e->central > 0)
-		th_stop(e->central, 5000);
-	th_broker_free(e->broker);
-	if (!e->dir)
-		return;
-	if (failures) {
-		th_dump_log(e->agent_log, 4000);
-		th_dump_log(e->central_log, 3000);
-		char log[600];
-		path(log, sizeof(log), e->dir, "mosquitto.log");
-		th_dump_log(log, 3000);
-		fprintf(stderr, "(test files kept in %s)\n", e->dir);
-	} else if (!getenv("SCRM_KEEP")) {
-		th_rmtree(e->dir);
-	}
-	free(e->dir);
-}
-
 /* ---- what central and the outbox hold ---------------------------------------- */
-
-/* First column of the first row as an integer; -1 if central has no
- * database (or table) yet. */
-static int64_t central_int(struct env *e, const char *sql)
-{
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	int64_t v = -1;
-	if (access(e->central_db, F_OK) == 0 &&
-	    sqlite3_open_v2(e->central_db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(db, 5000);
-		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int64(st, 0);
-	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return v;
-}
-
-static int64_t pending(struct device *d)
-{
-	scrm_store *st;
-	scrm_outbox_stats s = {.pending = -1};
-	if (scrm_store_open(d->store_dir, NULL, &st) == SCRM_OK) {
-		if (scrm_outbox_get_stats(st, &s) != SCRM_OK)
-			s.pending = -1;
-		scrm_store_close(st);
-	}
-	return s.pending;
-}
 
 /* A well-formed one-purchase batch (protocol.md, "Event batch"): central
  * would store it if it got it. */
@@ -344,7 +248,7 @@ static void batch_json(char *out, size_t n, const char *event_id, const char *or
 		 now % 1000000000000LL, now, event_id, now, order);
 }
 
-static th_mqtt *connect_as(struct env *e, const char *cert, const char *key, const char *client_id, char *err,
+static th_mqtt *connect_as(struct itest *e, const char *cert, const char *key, const char *client_id, char *err,
 			   size_t n)
 {
 	th_mqtt_opts o;
@@ -354,21 +258,21 @@ static th_mqtt *connect_as(struct env *e, const char *cert, const char *key, con
 	o.ca_file = e->ca;
 	o.cert_file = cert;
 	o.key_file = key;
-	o.timeout_ms = 10000 * scale;
+	o.timeout_ms = 10000 * itest_scale;
 	return th_mqtt_connect(&o, err, n);
 }
 
 /* ---- enroll_mtls ------------------------------------------------------------- */
 
-static int t_enroll_mtls(struct env *e)
+static int t_enroll_mtls(struct itest *e)
 {
-	struct device *d1 = &e->dev[0];
+	struct device *d1 = &dev[0];
 	char log[600], other_crt[600], sale[600], err[600];
 
 	/* A certificate for d1's key from a CA nobody trusts: refused at install,
 	 * the enrolled one stays in place. */
-	path(log, sizeof(log), d1->dir, "enroll.log");
-	path(other_crt, sizeof(other_crt), d1->dir, "other-ca-signed.crt");
+	itest_path(log, sizeof(log), d1->dir, "enroll.log");
+	itest_path(other_crt, sizeof(other_crt), d1->dir, "other-ca-signed.crt");
 	CHECK(th_sign_csr(e->dir, "other-ca", d1->csr, other_crt, 30) == 0, "sign with other-ca");
 	char *before = th_read_file(d1->cert, NULL);
 	const char *install[] = {"--install-cert", other_crt, NULL};
@@ -385,19 +289,19 @@ static int t_enroll_mtls(struct env *e)
 	const char *agent[] = {th_bin("SCRM_AGENT_BIN"), "--config", d1->cfg, NULL};
 	e->agent = th_spawn_target(agent, e->agent_log);
 	CHECK(e->agent > 0, "spawn agent");
-	path(sale, sizeof(sale), e->dir, "sale.json");
+	itest_path(sale, sizeof(sale), e->dir, "sale.json");
 	CHECK(th_write_file(sale, "{\"kind\":\"purchase\",\"order_id\":\"MTLS-1\",\"lines\":[{\"sku\":\"85123A\","
 				  "\"qty\":2,\"unit_price\":255}],\"total\":510,\"currency\":\"GBP\",\"payment\":\"card\"}\n") == 0,
 	      "sale.json");
 	const char *record[] = {th_bin("SCRM_CTL_BIN"), "--store", d1->store_dir, "--device", "d1", "record", sale, NULL};
-	path(log, sizeof(log), e->dir, "scrmctl.log");
-	rc = th_run_target(record, log, 60000 * scale);
+	itest_path(log, sizeof(log), e->dir, "scrmctl.log");
+	rc = th_run_target(record, log, 60000 * itest_scale);
 	CHECK(rc == 0, "scrmctl record exited %d", rc);
 	int64_t t0 = th_now_ms(), stored = -1, left = -1;
-	while (th_now_ms() - t0 < 60000LL * scale) {
-		stored = central_int(e, "SELECT count(*) FROM events WHERE tenant='t1' AND store='s1' AND device='d1'"
+	while (th_now_ms() - t0 < 60000LL * itest_scale) {
+		stored = itest_central_int(e, "SELECT count(*) FROM events WHERE tenant='t1' AND store='s1' AND device='d1'"
 					" AND body LIKE '%\"MTLS-1\"%'");
-		left = pending(d1);
+		left = itest_pending(d1->store_dir);
 		if (stored == 1 && left == 0)
 			break;
 		th_sleep_ms(100);
@@ -435,7 +339,7 @@ static int allowed_for_d1(const char *topic)
  * counts the controls that must arrive. */
 static int rogue_receives(th_mqtt *rogue, const char *barrier, int *controls)
 {
-	int64_t deadline = th_now_ms() + 15000LL * scale;
+	int64_t deadline = th_now_ms() + 15000LL * itest_scale;
 	int leaks = 0, got_barrier = 0;
 	*controls = 0;
 	for (;;) {
@@ -458,9 +362,9 @@ static int rogue_receives(th_mqtt *rogue, const char *barrier, int *controls)
 	return 0;
 }
 
-static int t_acl_isolation(struct env *e)
+static int t_acl_isolation(struct itest *e)
 {
-	struct device *d1 = &e->dev[0], *d2 = &e->dev[1];
+	struct device *d1 = &dev[0], *d2 = &dev[1];
 	char err[600], cert[600], key[600], forged[2048], control[2048];
 	th_mqtt *pub = NULL, *rogue = NULL, *real_d2 = NULL, *ops = NULL;
 	int rc, ok = -1;
@@ -470,8 +374,8 @@ static int t_acl_isolation(struct env *e)
 	 * by every device of the store) or "up", and a console without a tenant
 	 * are refused, each named. */
 	char csv[600], log[600], script[600], *text;
-	path(csv, sizeof(csv), e->dir, "bad-devices.csv");
-	path(log, sizeof(log), e->dir, "gen-acl-bad.log");
+	itest_path(csv, sizeof(csv), e->dir, "bad-devices.csv");
+	itest_path(log, sizeof(log), e->dir, "gen-acl-bad.log");
 	snprintf(script, sizeof(script), "%s/gen-acl.sh", getenv("SCRM_DEPLOY_DIR"));
 	CHECK(th_write_file(csv, "t1,s1,d1\nt1,s1,down\nt1,up,d5\n") == 0, "bad-devices.csv");
 	const char *gen[] = {"sh", script, "--ops", "ops-any", csv, NULL};
@@ -484,8 +388,8 @@ static int t_acl_isolation(struct env *e)
 	CHECK(rc == 1 && named, "gen-acl.sh accepted reserved ids or a console without a tenant (exit %d)", rc);
 
 	/* central-2 (a second central consumer) plays central's side. */
-	path(cert, sizeof(cert), e->dir, "central-2.crt");
-	path(key, sizeof(key), e->dir, "central-2.key");
+	itest_path(cert, sizeof(cert), e->dir, "central-2.crt");
+	itest_path(key, sizeof(key), e->dir, "central-2.key");
 	pub = connect_as(e, cert, key, "central-2", err, sizeof(err));
 	if (!pub) {
 		fprintf(stderr, "FAIL: central-2 cannot connect: %s\n", err);
@@ -525,7 +429,7 @@ static int t_acl_isolation(struct env *e)
 	};
 	batch_json(forged, sizeof(forged), "0193b3c2-7a10-7f3e-8d21-0000000f0f0f", "FORGED-1");
 	for (size_t i = 0; i < sizeof(forbidden_pubs) / sizeof(forbidden_pubs[0]); i++) {
-		rc = th_mqtt_publish(rogue, forbidden_pubs[i].topic, forged, strlen(forged), 1, 10000 * scale);
+		rc = th_mqtt_publish(rogue, forbidden_pubs[i].topic, forged, strlen(forged), 1, 10000 * itest_scale);
 		fprintf(stderr, "d1's certificate publishing %s: %d (PUBACK reason 0x%02x)\n", forbidden_pubs[i].what, rc,
 			rc < 0 && rc >= -0xff ? -rc : 0);
 		if (rc != -0x87) {
@@ -545,7 +449,7 @@ static int t_acl_isolation(struct env *e)
 	static const char *const subs[] = {"scrm/v1/t1/s1/d1/down/#", "scrm/v1/t1/s1/down/#", "scrm/v1/t1/s2/down/#",
 					   "scrm/v1/t1/s1/d2/down/#", "scrm/v1/t1/s2/d3/#", "scrm/v1/#"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
-		rc = th_mqtt_subscribe(rogue, subs[i], 1, 10000 * scale);
+		rc = th_mqtt_subscribe(rogue, subs[i], 1, 10000 * itest_scale);
 		fprintf(stderr, "d1's certificate subscribing %s: %s (%d)\n", subs[i], rc == 0 ? "granted" : "refused", rc);
 		if (i < 2 && rc != 0) {
 			fprintf(stderr, "FAIL: d1 may not subscribe to its own downlink %s\n", subs[i]);
@@ -563,7 +467,7 @@ static int t_acl_isolation(struct env *e)
 		{"scrm/v1/t1/s1/d1/down/acl-ctl", "ctl-live"}, /* last: the barrier */
 	};
 	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++)
-		if (th_mqtt_publish(pub, live[i].topic, live[i].payload, strlen(live[i].payload), 1, 10000 * scale) != 0) {
+		if (th_mqtt_publish(pub, live[i].topic, live[i].payload, strlen(live[i].payload), 1, 10000 * itest_scale) != 0) {
 			fprintf(stderr, "FAIL: central-2 cannot publish to %s\n", live[i].topic);
 			goto out;
 		}
@@ -578,7 +482,7 @@ static int t_acl_isolation(struct env *e)
 
 	/* 3. The client id taken by the rogue did not take d2's session: d2 is
 	 * still connected and got its own ack. */
-	th_mqtt_msg *m = th_mqtt_recv(real_d2, 10000 * scale);
+	th_mqtt_msg *m = th_mqtt_recv(real_d2, 10000 * itest_scale);
 	int d2_ok = m && strcmp(m->topic, "scrm/v1/t1/s1/d2/down/ack") == 0 && strcmp(m->payload, "leak-d2-ack") == 0;
 	th_mqtt_msg_free(m);
 	if (!d2_ok || !th_mqtt_connected(real_d2)) {
@@ -587,8 +491,8 @@ static int t_acl_isolation(struct env *e)
 	}
 
 	/* 4. Central never saw the forged batches... */
-	if (central_int(e, "SELECT count(*) FROM events WHERE device IN ('d2','d3')") > 0 ||
-	    central_int(e, "SELECT count(*) FROM devices WHERE device IN ('d2','d3')") > 0) {
+	if (itest_central_int(e, "SELECT count(*) FROM events WHERE device IN ('d2','d3')") > 0 ||
+	    itest_central_int(e, "SELECT count(*) FROM devices WHERE device IN ('d2','d3')") > 0) {
 		fprintf(stderr, "FAIL: a batch forged with d1's certificate reached central\n");
 		goto out;
 	}
@@ -596,17 +500,17 @@ static int t_acl_isolation(struct env *e)
 	 * stopped by the broker, not by central finding it malformed. Had the
 	 * forged one got through, central would hold its id at seq 1. */
 	batch_json(control, sizeof(control), "0193b3c2-7a10-7f3e-8d21-00000000d200", "D2-OWN-1");
-	if (th_mqtt_publish(real_d2, "scrm/v1/t1/s1/d2/up/events", control, strlen(control), 1, 10000 * scale) != 0) {
+	if (th_mqtt_publish(real_d2, "scrm/v1/t1/s1/d2/up/events", control, strlen(control), 1, 10000 * itest_scale) != 0) {
 		fprintf(stderr, "FAIL: d2 cannot publish its own events\n");
 		goto out;
 	}
 	int64_t t0 = th_now_ms(), n = -1;
-	while (th_now_ms() - t0 < 30000LL * scale &&
-	       (n = central_int(e, "SELECT count(*) FROM events WHERE device='d2' AND seq=1"
+	while (th_now_ms() - t0 < 30000LL * itest_scale &&
+	       (n = itest_central_int(e, "SELECT count(*) FROM events WHERE device='d2' AND seq=1"
 				   " AND id='0193b3c2-7a10-7f3e-8d21-00000000d200'")) != 1)
 		th_sleep_ms(100);
-	if (n != 1 || central_int(e, "SELECT count(*) FROM conflicts WHERE device='d2'") != 0 ||
-	    central_int(e, "SELECT count(*) FROM events WHERE device IN ('d2','d3')") != 1) {
+	if (n != 1 || itest_central_int(e, "SELECT count(*) FROM conflicts WHERE device='d2'") != 0 ||
+	    itest_central_int(e, "SELECT count(*) FROM events WHERE device IN ('d2','d3')") != 1) {
 		fprintf(stderr, "FAIL: central does not hold exactly d2's own event (n=%" PRId64 ")\n", n);
 		goto out;
 	}
@@ -618,37 +522,37 @@ static int t_acl_isolation(struct env *e)
 		fprintf(stderr, "FAIL: central-2 could not publish e1's retained state\n");
 		goto out;
 	}
-	path(cert, sizeof(cert), e->dir, "ops.crt");
-	path(key, sizeof(key), e->dir, "ops.key");
+	itest_path(cert, sizeof(cert), e->dir, "ops.crt");
+	itest_path(key, sizeof(key), e->dir, "ops.key");
 	ops = connect_as(e, cert, key, "ops-t1", err, sizeof(err));
 	if (!ops) {
 		fprintf(stderr, "FAIL: the console cannot connect: %s\n", err);
 		goto out;
 	}
-	rc = th_mqtt_publish(ops, "scrm/v1/t1/s1/d1/up/events", forged, strlen(forged), 1, 10000 * scale);
+	rc = th_mqtt_publish(ops, "scrm/v1/t1/s1/d1/up/events", forged, strlen(forged), 1, 10000 * itest_scale);
 	if (rc != -0x87) {
 		fprintf(stderr, "FAIL: the console publishing d1's events gave %d, expected -0x87\n", rc);
 		goto out;
 	}
-	rc = th_mqtt_publish(ops, "scrm/v1/t1/s1/d1/down/cmd", "{}", 2, 1, 10000 * scale);
+	rc = th_mqtt_publish(ops, "scrm/v1/t1/s1/d1/down/cmd", "{}", 2, 1, 10000 * itest_scale);
 	if (rc != 0) {
 		fprintf(stderr, "FAIL: the console cannot publish a command to d1 (%d)\n", rc);
 		goto out;
 	}
-	rc = th_mqtt_publish(ops, "scrm/v1/t2/s1/e1/down/cmd", "{}", 2, 1, 10000 * scale);
+	rc = th_mqtt_publish(ops, "scrm/v1/t2/s1/e1/down/cmd", "{}", 2, 1, 10000 * itest_scale);
 	fprintf(stderr, "t1's console commanding t2's e1: %d (PUBACK reason 0x%02x)\n", rc, rc < 0 && rc >= -0xff ? -rc : 0);
 	if (rc != -0x87) {
 		fprintf(stderr, "FAIL: t1's console commanding tenant t2's e1 gave %d, expected -0x87\n", rc);
 		goto out;
 	}
-	if (th_mqtt_subscribe(ops, "scrm/v1/+/+/+/up/state", 1, 10000 * scale) != 0) {
+	if (th_mqtt_subscribe(ops, "scrm/v1/+/+/+/up/state", 1, 10000 * itest_scale) != 0) {
 		fprintf(stderr, "FAIL: the console cannot subscribe to presence\n");
 		goto out;
 	}
 	/* t1's two retained states (d2, d3), then a quiet second in which t2's
 	 * would have come too: retained messages are sent in no set order. */
 	int states = 0, foreign = 0;
-	for (th_mqtt_msg *s; (s = th_mqtt_recv(ops, states < 2 ? 10000 * scale : 1000)) != NULL; th_mqtt_msg_free(s)) {
+	for (th_mqtt_msg *s; (s = th_mqtt_recv(ops, states < 2 ? 10000 * itest_scale : 1000)) != NULL; th_mqtt_msg_free(s)) {
 		if (strncmp(s->topic, "scrm/v1/t1/", 11) != 0) {
 			fprintf(stderr, "LEAK to t1's console: %s = %s\n", s->topic, s->payload);
 			foreign++;
@@ -668,15 +572,15 @@ out:
 	th_mqtt_close(real_d2);
 	th_mqtt_close(pub);
 	if (ok != 0)
-		failures++;
+		itest_failures++;
 	return ok;
 }
 
 /* ---- revocation --------------------------------------------------------------- */
 
-static int t_revocation(struct env *e)
+static int t_revocation(struct itest *e)
 {
-	struct device *d1 = &e->dev[0], *d2 = &e->dev[1];
+	struct device *d1 = &dev[0], *d2 = &dev[1];
 	char err[600], crl[600], new_crt[600], new_key[600], cert[600], key[600];
 	th_mqtt *m, *replacement = NULL, *pub = NULL;
 	int ok = -1;
@@ -686,20 +590,20 @@ static int t_revocation(struct env *e)
 	 * connect (and the old one would take over the new one's session) —
 	 * this also shows that what refuses it below is the CRL. */
 	CHECK(th_certs_make_client(e->dir, "d1-new", "d1") == 0, "the replacement's certificate");
-	path(new_crt, sizeof(new_crt), e->dir, "d1-new.crt");
-	path(new_key, sizeof(new_key), e->dir, "d1-new.key");
+	itest_path(new_crt, sizeof(new_crt), e->dir, "d1-new.crt");
+	itest_path(new_key, sizeof(new_key), e->dir, "d1-new.key");
 	m = connect_as(e, d1->cert, d1->key, "d1", err, sizeof(err));
 	CHECK(m, "d1's certificate does not connect before it is revoked: %s", err);
 	th_mqtt_close(m);
 
 	/* Central revokes the old certificate; mosquitto reads crlfile at start. */
 	const char *revoked[] = {d1->cert, NULL};
-	path(crl, sizeof(crl), e->dir, "device-ca.crl");
+	itest_path(crl, sizeof(crl), e->dir, "device-ca.crl");
 	CHECK(th_certs_make_crl(e->dir, "ca", revoked, crl, 30) == 0, "CRL revoking d1's old certificate");
 	CHECK(th_broker_restart(e->broker) == 0, "the broker did not restart with the new CRL");
 
 	replacement = connect_as(e, new_crt, new_key, "d1", err, sizeof(err));
-	if (!replacement || th_mqtt_subscribe(replacement, "scrm/v1/t1/s1/d1/down/#", 1, 10000 * scale) != 0) {
+	if (!replacement || th_mqtt_subscribe(replacement, "scrm/v1/t1/s1/d1/down/#", 1, 10000 * itest_scale) != 0) {
 		fprintf(stderr, "FAIL: d1's replacement cannot connect and subscribe: %s\n", err);
 		goto out;
 	}
@@ -712,14 +616,14 @@ static int t_revocation(struct env *e)
 	fprintf(stderr, "revoked certificate: %s\n", err);
 
 	/* The replacement kept its session: still connected, still served. */
-	path(cert, sizeof(cert), e->dir, "central-2.crt");
-	path(key, sizeof(key), e->dir, "central-2.key");
+	itest_path(cert, sizeof(cert), e->dir, "central-2.crt");
+	itest_path(key, sizeof(key), e->dir, "central-2.key");
 	pub = connect_as(e, cert, key, "central-2", err, sizeof(err));
-	if (!pub || th_mqtt_publish(pub, "scrm/v1/t1/s1/d1/down/ack", "ctl-after-revocation", 20, 1, 10000 * scale) != 0) {
+	if (!pub || th_mqtt_publish(pub, "scrm/v1/t1/s1/d1/down/ack", "ctl-after-revocation", 20, 1, 10000 * itest_scale) != 0) {
 		fprintf(stderr, "FAIL: central-2 cannot connect or publish after the restart: %s\n", err);
 		goto out;
 	}
-	th_mqtt_msg *msg = th_mqtt_recv(replacement, 10000 * scale);
+	th_mqtt_msg *msg = th_mqtt_recv(replacement, 10000 * itest_scale);
 	int got = msg && strcmp(msg->payload, "ctl-after-revocation") == 0;
 	th_mqtt_msg_free(msg);
 	if (!got || !th_mqtt_connected(replacement)) {
@@ -738,41 +642,19 @@ out:
 	th_mqtt_close(pub);
 	th_mqtt_close(replacement);
 	if (ok != 0)
-		failures++;
+		itest_failures++;
 	return ok;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(struct env *);
-} scenarios[] = {
-	{"enroll_mtls", t_enroll_mtls},
-	{"acl_isolation", t_acl_isolation},
-	{"revocation", t_revocation},
+static const struct itest_suite suite = {
+	.program = "acl_itest",
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"enroll_mtls", t_enroll_mtls},
+		{"acl_isolation", t_acl_isolation},
+		{"revocation", t_revocation},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	const char *sc = getenv("SCRM_TEST_SCALE");
-	if (sc && strtol(sc, NULL, 10) > 0)
-		scale = (int)strtol(sc, NULL, 10);
-	if (getenv("SCRM_TEST_EMULATOR") && !sc)
-		scale = 4;
-	for (size_t i = 0; argc == 2 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		struct env e;
-		if (setup(&e, scenarios[i].name) != 0 || scenarios[i].fn(&e) != 0) {
-			if (failures == 0)
-				failures++;
-		}
-		teardown(&e);
-		printf("%s: %s\n", scenarios[i].name, failures ? "FAILED" : "passed");
-		return failures ? 1 : 0;
-	}
-	fprintf(stderr, "usage: acl_test SCENARIO\nscenarios:");
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-		fprintf(stderr, " %s", scenarios[i].name);
-	fprintf(stderr, "\n");
-	return 2;
-}
+ITEST_MAIN(suite)

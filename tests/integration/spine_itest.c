@@ -6,11 +6,11 @@
  * about: every capture that returned success reaches central exactly once,
  * in per-device order, and leaves the outbox only once central has it.
  *
- * Usage: spine_test SCENARIO   (ctest runs one scenario per test)
+ * Usage: spine_itest SCENARIO   (ctest runs one scenario per test)
  * Needs: SCRM_AGENT_BIN, SCRM_CENTRAL_BIN, SCRM_POSSIM_BIN (and, for cross
- * runs, SCRM_TEST_EMULATOR) — see tests/support/harness.h.
+ * runs, SCRM_TEST_EMULATOR) — see tests/support/harness.h; the runner is itest.h.
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <scrm/scrm.h>
 
@@ -26,126 +26,35 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define DEVICE "pos-01"
+#define DEVICE ITEST_DEVICE
 
-/* Slow machines and qemu: generous limits; these are never timing asserts. */
-static int scale = 1;
-
-struct env {
-	char *dir;
-	char path[8][512]; /* scratch */
-	char store[512], central_db[512], agent_cfg[512], agent_log[512], central_log[512];
-	th_broker *broker;
-	int port;
-	int mtls; /* broker requires client certificates */
-	pid_t agent, central;
-};
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			failures++;                                           \
-			return -1;                                            \
-		}                                                             \
-	} while (0)
-
-static int setup(struct env *e, const char *name)
+/* The agent trusting dir/CA, with more "broker" members. */
+static int write_agent_cfg(struct itest *e, const char *ca, const char *extra_broker)
 {
-	memset(e, 0, sizeof(*e));
-	e->dir = th_tmpdir(name);
-	CHECK(e->dir, "tmpdir");
-	CHECK(th_certs_make(e->dir) == 0, "certificates");
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	snprintf(e->central_db, sizeof(e->central_db), "%s/central.db", e->dir);
-	snprintf(e->agent_cfg, sizeof(e->agent_cfg), "%s/agent.json", e->dir);
-	snprintf(e->agent_log, sizeof(e->agent_log), "%s/agent.log", e->dir);
-	snprintf(e->central_log, sizeof(e->central_log), "%s/central.log", e->dir);
-	e->port = th_free_port();
-	CHECK(e->port > 0, "free port");
-	return 0;
+	char ca_file[600];
+	itest_path(ca_file, sizeof(ca_file), e->dir, ca);
+	return itest_agent_cfg(e, &(struct itest_agent){.ca_file = ca_file, .broker = extra_broker,
+							 .ack_timeout_ms = 10000 * itest_scale, .log_level = "info"});
 }
 
-static void teardown(struct env *e)
+/* Central, with its client certificate when the broker asks for one. */
+static int start_central(struct itest *e)
 {
-	if (e->agent > 0)
-		th_stop(e->agent, 5000);
-	if (e->central > 0)
-		th_stop(e->central, 5000);
-	th_broker_free(e->broker);
-	if (failures) {
-		th_dump_log(e->agent_log, 4000);
-		th_dump_log(e->central_log, 2000);
-		fprintf(stderr, "(test files kept in %s)\n", e->dir);
-	} else {
-		if (!getenv("SCRM_KEEP"))
-			th_rmtree(e->dir);
-	}
-	free(e->dir);
-}
-
-static int write_agent_cfg(struct env *e, const char *ca, const char *extra_broker)
-{
-	char cfg[8192];
-	int n = snprintf(cfg, sizeof(cfg),
-		 "{\n  \"tenant\": \"acme\", \"store_id\": \"s1\", \"device_id\": \"%s\",\n"
-		 "  \"store_dir\": \"%s\",\n"
-		 "  \"broker\": {\"uri\": \"mqtts://127.0.0.1:%d\", \"ca_file\": \"%s/%s\"%s},\n"
-		 "  \"sync\": {\"ack_timeout_ms\": %d, \"backoff_min_ms\": 100, \"backoff_max_ms\": 1000},\n"
-		 "  \"log\": {\"level\": \"info\"}\n}\n",
-		 DEVICE, e->store, e->port, e->dir, ca, extra_broker ? extra_broker : "", 10000 * scale);
-	CHECK(n > 0 && (size_t)n < sizeof(cfg), "agent config too long");
-	return th_write_file(e->agent_cfg, cfg);
-}
-
-static int start_agent(struct env *e)
-{
-	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-	e->agent = th_spawn_target(argv, e->agent_log);
-	CHECK(e->agent > 0, "spawn agent");
-	return 0;
-}
-
-static int start_broker(struct env *e, const char *cert)
-{
-	e->broker = th_broker_start(e->dir, e->port, cert, e->mtls);
-	CHECK(e->broker, "broker start");
-	return 0;
-}
-
-static int start_central(struct env *e)
-{
-	char ready[600], uri[64], ca[600];
-	snprintf(ready, sizeof(ready), "%s/central.ready", e->dir);
-	snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", e->port);
-	snprintf(ca, sizeof(ca), "%s/ca.crt", e->dir);
-	unlink(ready);
 	char cert[600], key[600];
-	snprintf(cert, sizeof(cert), "%s/central.crt", e->dir);
-	snprintf(key, sizeof(key), "%s/central.key", e->dir);
-	const char *argv[] = {th_bin("SCRM_CENTRAL_BIN"), "run", "--strict", "--broker", uri, "--ca", ca, "--db", e->central_db,
-			      "--share", "scrm-central", "--ready-file", ready,
-			      e->mtls ? "--cert" : NULL, cert, "--key", key, NULL};
-	e->central = th_spawn_target(argv, e->central_log);
-	CHECK(e->central > 0, "spawn central");
-	for (int i = 0; i < 300 * scale && access(ready, F_OK) != 0; i++)
-		th_sleep_ms(100);
-	CHECK(access(ready, F_OK) == 0, "central not ready (log %s)", e->central_log);
-	return 0;
+	itest_path(cert, sizeof(cert), e->dir, "central.crt");
+	itest_path(key, sizeof(key), e->dir, "central.key");
+	const char *const mtls[] = {"--cert", cert, "--key", key, NULL};
+	return itest_start_central(e, e->mtls ? mtls : NULL);
 }
 
 /* Capture n synthetic purchases; receipts (ok seq id order) go to `out`. */
-static int capture(struct env *e, long n, const char *prefix, const char *out)
+static int capture(struct itest *e, long n, const char *prefix, const char *out)
 {
 	char count[32];
 	snprintf(count, sizeof(count), "%ld", n);
 	const char *argv[] = {th_bin("SCRM_POSSIM_BIN"), "--store", e->store, "--device", DEVICE, "--count", count,
 			      "--prefix", prefix, "--receipts", NULL};
-	int rc = th_run_target(argv, out, 600000 * scale);
+	int rc = th_run_target(argv, out, 600000 * itest_scale);
 	CHECK(rc == 0, "scrm-pos-sim exited %d", rc);
 	return 0;
 }
@@ -158,7 +67,7 @@ struct seen {
 
 /* Counts, and (with order != 0) first arrivals out of per-device order:
  * an event whose seq is below one that arrived earlier. */
-static int central_seen_ex(struct env *e, struct seen *s, int order)
+static int central_seen_ex(struct itest *e, struct seen *s, int order)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
@@ -199,46 +108,23 @@ out:
 	return 0;
 }
 
-static int central_seen(struct env *e, struct seen *s)
+static int central_seen(struct itest *e, struct seen *s)
 {
 	return central_seen_ex(e, s, 0);
 }
 
-/* The outbox's figures, as scrmctl status shows them; -1s if unreadable. */
-static scrm_outbox_stats outbox_stats(struct env *e)
-{
-	scrm_store *st;
-	scrm_outbox_stats s = {.pending = -1, .last_seq = -1};
-	if (scrm_store_open(e->store, NULL, &st) == SCRM_OK) {
-		if (scrm_outbox_get_stats(st, &s) != SCRM_OK)
-			s.pending = s.last_seq = -1;
-		scrm_store_close(st);
-	}
-	return s;
-}
-
-static int64_t pending(struct env *e)
-{
-	return outbox_stats(e).pending;
-}
-
-static int64_t last_seq(struct env *e)
-{
-	return outbox_stats(e).last_seq;
-}
-
 /* Wait until central holds `n` events and the outbox is empty. */
-static int wait_delivered(struct env *e, int64_t n, int timeout_s)
+static int wait_delivered(struct itest *e, int64_t n, int timeout_s)
 {
 	struct seen s;
 	int64_t t0 = th_now_ms();
 	for (;;) {
 		central_seen(e, &s);
-		if (s.distinct >= n && pending(e) == 0)
+		if (s.distinct >= n && itest_pending(e->store) == 0)
 			break;
-		if (th_now_ms() - t0 > (int64_t)timeout_s * 1000 * scale) {
+		if (th_now_ms() - t0 > (int64_t)timeout_s * 1000 * itest_scale) {
 			fprintf(stderr, "timeout: central has %" PRId64 "/%" PRId64 ", outbox pending %" PRId64 "\n", s.distinct,
-				n, pending(e));
+				n, itest_pending(e->store));
 			return -1;
 		}
 		th_sleep_ms(100);
@@ -248,7 +134,7 @@ static int wait_delivered(struct env *e, int64_t n, int timeout_s)
 }
 
 /* Exactly once, in order, nothing missing: central holds 1..n once each. */
-static int check_exactly_once(struct env *e, int64_t n)
+static int check_exactly_once(struct itest *e, int64_t n)
 {
 	struct seen s;
 	central_seen_ex(e, &s, 1);
@@ -256,12 +142,12 @@ static int check_exactly_once(struct env *e, int64_t n)
 	CHECK(s.distinct == n, "central holds %" PRId64 " distinct seqs, expected %" PRId64, s.distinct, n);
 	CHECK(s.min == 1 && s.max == n, "seq range %" PRId64 "..%" PRId64 ", expected 1..%" PRId64, s.min, s.max, n);
 	CHECK(s.out_of_order == 0, "%" PRId64 " events first arrived out of per-device order", s.out_of_order);
-	CHECK(pending(e) == 0, "outbox still has %" PRId64 " pending", pending(e));
+	CHECK(itest_pending(e->store) == 0, "outbox still has %" PRId64 " pending", itest_pending(e->store));
 	return 0;
 }
 
 /* Every receipt line "ok <seq> <id> <order>" is in central with that id. */
-static int check_receipts(struct env *e, const char *receipts, int64_t *count)
+static int check_receipts(struct itest *e, const char *receipts, int64_t *count)
 {
 	size_t len;
 	char *text = th_read_file(receipts, &len);
@@ -296,28 +182,28 @@ static int check_receipts(struct env *e, const char *receipts, int64_t *count)
 /* ---- scenarios ---- */
 
 /* 10,000 sales while the store is offline; then the network comes back. */
-static int t_offline_10k(struct env *e)
+static int t_offline_10k(struct itest *e)
 {
 	char rc_path[600];
 	int64_t n;
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_agent(e))
 		return -1;
 	/* One daemon per store: a second one must refuse, not double-send. */
 	{
 		char log2[600];
 		snprintf(log2, sizeof(log2), "%s/agent2.log", e->dir);
-		CHECK(th_wait_log(e->agent_log, "msg=\"started\"", 20000 * scale) == 0, "agent did not start");
+		CHECK(th_wait_log(e->agent_log, "msg=\"started\"", 20000 * itest_scale) == 0, "agent did not start");
 		const char *argv2[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-		int rc2 = th_run_target(argv2, log2, 30000 * scale);
+		int rc2 = th_run_target(argv2, log2, 30000 * itest_scale);
 		CHECK(rc2 == 1, "a second scrm-agent on the same store exited %d, expected 1", rc2);
 		CHECK(th_wait_log(log2, "another scrm-agent is already running on this store", 100) == 0,
 		      "the second agent does not say why it refused");
 	}
 	if (capture(e, 10000, "OFF", rc_path))
 		return -1;
-	CHECK(pending(e) == 10000, "outbox should hold 10000 before the broker is up, has %" PRId64, pending(e));
-	if (start_broker(e, "server") || start_central(e))
+	CHECK(itest_pending(e->store) == 10000, "outbox should hold 10000 before the broker is up, has %" PRId64, itest_pending(e->store));
+	if (itest_start_broker(e, "server") || start_central(e))
 		return -1;
 	if (wait_delivered(e, 10000, 180))
 		return -1;
@@ -327,7 +213,7 @@ static int t_offline_10k(struct env *e)
 	return 0;
 }
 
-static int drain_with_fault(struct env *e, void (*fault)(struct env *))
+static int drain_with_fault(struct itest *e, void (*fault)(struct itest *))
 {
 	char rc_path[600];
 	int64_t n;
@@ -338,14 +224,14 @@ static int drain_with_fault(struct env *e, void (*fault)(struct env *))
 		return -1;
 	if (capture(e, total, "F", rc_path))
 		return -1;
-	if (start_broker(e, "server") || start_central(e) || start_agent(e))
+	if (itest_start_broker(e, "server") || start_central(e) || itest_start_agent(e))
 		return -1;
 	/* Strike once central has part of the backlog, not all of it. */
 	int64_t t0 = th_now_ms();
 	do {
 		th_sleep_ms(20);
 		central_seen(e, &s);
-	} while (s.distinct < 2000 && th_now_ms() - t0 < 120000 * scale);
+	} while (s.distinct < 2000 && th_now_ms() - t0 < 120000 * itest_scale);
 	CHECK(s.distinct >= 2000 && s.distinct < total, "fault should strike mid-drain (central had %" PRId64 ")", s.distinct);
 	fprintf(stderr, "fault at %" PRId64 "/%" PRId64 " delivered\n", s.distinct, total);
 	fault(e);
@@ -356,37 +242,37 @@ static int drain_with_fault(struct env *e, void (*fault)(struct env *))
 	return 0;
 }
 
-static void restart_broker(struct env *e)
+static void restart_broker(struct itest *e)
 {
 	th_broker_restart(e->broker);
 }
 
-static void crash_broker(struct env *e)
+static void crash_broker(struct itest *e)
 {
 	th_broker_kill(e->broker);
 	th_sleep_ms(1000);
 	th_broker_restart(e->broker);
 }
 
-static void kill9_agent(struct env *e)
+static void kill9_agent(struct itest *e)
 {
 	th_kill(e->agent, SIGKILL);
 	th_wait(e->agent, 5000, NULL);
 	e->agent = 0;
-	start_agent(e);
+	itest_start_agent(e);
 }
 
-static int t_broker_restart(struct env *e)
+static int t_broker_restart(struct itest *e)
 {
 	return drain_with_fault(e, restart_broker);
 }
 
-static int t_broker_crash(struct env *e)
+static int t_broker_crash(struct itest *e)
 {
 	return drain_with_fault(e, crash_broker);
 }
 
-static int t_agent_kill9(struct env *e)
+static int t_agent_kill9(struct itest *e)
 {
 	return drain_with_fault(e, kill9_agent);
 }
@@ -394,19 +280,19 @@ static int t_agent_kill9(struct env *e)
 /* kill -9 a POS process while it is capturing (and the daemon drains live):
  * every capture that returned success arrives once; so does every event
  * that was committed but whose success the dead process never reported. */
-static int t_capture_kill9(struct env *e)
+static int t_capture_kill9(struct itest *e)
 {
 	char rc_path[600];
 	int64_t n;
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_central(e) || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_broker(e, "server") || start_central(e) || itest_start_agent(e))
 		return -1;
 	const char *argv[] = {th_bin("SCRM_POSSIM_BIN"), "--store", e->store, "--device", DEVICE, "--count", "1000000",
 			      "--prefix", "K", "--receipts", NULL};
 	pid_t pos = th_spawn_target(argv, rc_path);
 	CHECK(pos > 0, "spawn pos");
 	/* Let it capture a few thousand events, then pull the plug. */
-	for (int i = 0; i < 600 * scale; i++) {
+	for (int i = 0; i < 600 * itest_scale; i++) {
 		size_t len = 0;
 		char *t = th_read_file(rc_path, &len);
 		free(t);
@@ -416,7 +302,7 @@ static int t_capture_kill9(struct env *e)
 	}
 	th_kill(pos, SIGKILL);
 	th_wait(pos, 5000, NULL);
-	int64_t committed = last_seq(e);
+	int64_t committed = itest_last_seq(e->store);
 	CHECK(committed > 1000, "only %" PRId64 " events captured before the kill", committed);
 	if (wait_delivered(e, committed, 180))
 		return -1;
@@ -447,21 +333,21 @@ static int log_count(const char *path, const char *needle)
  * other sale arrives exactly once, the big one is set aside on the device
  * (its marker settles its seq at central), and the link is not lost again
  * and again. */
-static int small_packet_run(struct env *e, const char *limit_conf);
+static int small_packet_run(struct itest *e, const char *limit_conf);
 
-static int t_small_packet(struct env *e)
+static int t_small_packet(struct itest *e)
 {
 	return small_packet_run(e, "max_packet_size 65536\n");
 }
 
 /* The same with a limit the broker enforces without announcing it in the
  * CONNACK (mosquitto's message_size_limit: a PUBACK refusing the batch). */
-static int t_size_limit(struct env *e)
+static int t_size_limit(struct itest *e)
 {
 	return small_packet_run(e, "message_size_limit 65536\n");
 }
 
-static int small_packet_run(struct env *e, const char *limit_conf)
+static int small_packet_run(struct itest *e, const char *limit_conf)
 {
 	char rc_path[600], rc2_path[600], extra[200];
 	struct seen s;
@@ -470,7 +356,7 @@ static int small_packet_run(struct env *e, const char *limit_conf)
 	scrm_receipt big;
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
 	snprintf(rc2_path, sizeof(rc2_path), "%s/receipts2.txt", e->dir);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_broker(e, "server") || itest_start_agent(e))
 		return -1;
 	if (capture(e, 2000, "P", rc_path))
 		return -1;
@@ -508,15 +394,15 @@ static int small_packet_run(struct env *e, const char *limit_conf)
 	do {
 		th_sleep_ms(20);
 		central_seen(e, &s);
-	} while (s.distinct < 500 && th_now_ms() - t0 < 120000 * scale);
+	} while (s.distinct < 500 && th_now_ms() - t0 < 120000 * itest_scale);
 	kill9_agent(e);
-	for (t0 = th_now_ms(); th_now_ms() - t0 < 240000 * scale; th_sleep_ms(100)) {
+	for (t0 = th_now_ms(); th_now_ms() - t0 < 240000 * itest_scale; th_sleep_ms(100)) {
 		central_seen(e, &s);
-		if (s.distinct >= 4000 && pending(e) == 0)
+		if (s.distinct >= 4000 && itest_pending(e->store) == 0)
 			break;
 	}
 	CHECK(s.distinct == 4000, "central holds %" PRId64 " of the 4000 regular sales", s.distinct);
-	CHECK(pending(e) == 0, "outbox still holds %" PRId64 " events", pending(e));
+	CHECK(itest_pending(e->store) == 0, "outbox still holds %" PRId64 " events", itest_pending(e->store));
 	if (check_receipts(e, rc_path, &n1) || check_receipts(e, rc2_path, &n2))
 		return -1;
 	CHECK(n1 + n2 == 4000, "%" PRId64 " receipts", n1 + n2);
@@ -564,7 +450,7 @@ static int small_packet_run(struct env *e, const char *limit_conf)
 }
 
 /* The agent must refuse a broker it cannot verify, say why, delete nothing. */
-static int refused(struct env *e, const char *ca, const char *cert, const char *expect)
+static int refused(struct itest *e, const char *ca, const char *cert, const char *expect)
 {
 	char rc_path[600];
 	struct seen s;
@@ -572,34 +458,34 @@ static int refused(struct env *e, const char *ca, const char *cert, const char *
 	/* Central verifies the broker too: it cannot join a broker whose
 	 * certificate names another host, so that case runs without it (and
 	 * "nothing arrived" is then also visible as no central.db). */
-	if (write_agent_cfg(e, ca, NULL) || start_broker(e, cert))
+	if (write_agent_cfg(e, ca, NULL) || itest_start_broker(e, cert))
 		return -1;
 	if (strcmp(cert, "server") == 0 && start_central(e))
 		return -1;
-	if (capture(e, 5, "T", rc_path) || start_agent(e))
+	if (capture(e, 5, "T", rc_path) || itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * scale) == 0,
+	CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * itest_scale) == 0,
 	      "no 'broker connection failed' log line");
 	CHECK(th_wait_log(e->agent_log, expect, 5000) == 0, "log line does not say '%s'", expect);
 	th_sleep_ms(1500);
 	central_seen(e, &s);
 	CHECK(s.rows == 0, "central received %" PRId64 " events over an unverified link", s.rows);
-	CHECK(pending(e) == 5, "outbox has %" PRId64 " pending, expected all 5 kept", pending(e));
+	CHECK(itest_pending(e->store) == 5, "outbox has %" PRId64 " pending, expected all 5 kept", itest_pending(e->store));
 	return 0;
 }
 
-static int t_wrong_ca(struct env *e)
+static int t_wrong_ca(struct itest *e)
 {
 	return refused(e, "other-ca.crt", "server", "certificate verify failed");
 }
 
-static int t_wrong_host(struct env *e)
+static int t_wrong_host(struct itest *e)
 {
 	return refused(e, "ca.crt", "wronghost", "host name mismatch");
 }
 
 /* Plaintext needs an explicit opt-in; the refusal names the key. */
-static int t_plaintext_refused(struct env *e)
+static int t_plaintext_refused(struct itest *e)
 {
 	char cfg[1024], log[600];
 	snprintf(cfg, sizeof(cfg),
@@ -609,7 +495,7 @@ static int t_plaintext_refused(struct env *e)
 	th_write_file(e->agent_cfg, cfg);
 	snprintf(log, sizeof(log), "%s/plain.log", e->dir);
 	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", e->agent_cfg, NULL};
-	int rc = th_run_target(argv, log, 30000 * scale);
+	int rc = th_run_target(argv, log, 30000 * itest_scale);
 	CHECK(rc == 1, "scrm-agent exited %d, expected 1", rc);
 	CHECK(th_wait_log(log, "broker.uri: plaintext mqtt:// refused", 100) == 0, "message does not name broker.uri");
 	return 0;
@@ -617,7 +503,7 @@ static int t_plaintext_refused(struct env *e)
 
 /* A real store day from the retail sample with the broker down for part of
  * it: every invoice's total reaches central exactly once. */
-static int t_retail_replay(struct env *e)
+static int t_retail_replay(struct itest *e)
 {
 	char rc_path[600], csv[600];
 	int64_t n;
@@ -625,7 +511,7 @@ static int t_retail_replay(struct env *e)
 	const char *data = getenv("SCRM_DATA_DIR");
 	CHECK(data, "SCRM_DATA_DIR not set");
 	snprintf(csv, sizeof(csv), "%s/online_retail_sample.csv", data);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_central(e) || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_broker(e, "server") || start_central(e) || itest_start_agent(e))
 		return -1;
 	const char *argv[] = {th_bin("SCRM_POSSIM_BIN"), "--store", e->store, "--device", DEVICE, "--csv", csv,
 			      "--speed", "100000", "--receipts", NULL};
@@ -636,8 +522,8 @@ static int t_retail_replay(struct env *e)
 	th_sleep_ms(2000);
 	th_broker_restart(e->broker);
 	int st = 0;
-	CHECK(th_wait(pos, 120000 * scale, &st) == 0 && th_exit_code(st) == 0, "replay failed");
-	int64_t committed = last_seq(e);
+	CHECK(th_wait(pos, 120000 * itest_scale, &st) == 0 && th_exit_code(st) == 0, "replay failed");
+	int64_t committed = itest_last_seq(e->store);
 	CHECK(committed == 512, "512 invoices in the sample, %" PRId64 " captured", committed);
 	if (wait_delivered(e, committed, 180) || check_exactly_once(e, committed) || check_receipts(e, rc_path, &n))
 		return -1;
@@ -659,24 +545,24 @@ static int t_retail_replay(struct env *e)
 
 /* Mutual TLS: without its certificate the device is refused and keeps
  * every event; with it, everything arrives once. */
-static int t_mutual_tls(struct env *e)
+static int t_mutual_tls(struct itest *e)
 {
 	char rc_path[600], extra[1300];
 	e->mtls = 1;
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_central(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_broker(e, "server") || start_central(e))
 		return -1;
-	if (capture(e, 100, "M", rc_path) || start_agent(e))
+	if (capture(e, 100, "M", rc_path) || itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * scale) == 0,
+	CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * itest_scale) == 0,
 	      "an agent without a client certificate was not refused");
 	CHECK(th_wait_log(e->agent_log, "requires a client certificate", 5000) == 0,
 	      "the refusal does not say that a client certificate is required");
 	th_stop(e->agent, 5000);
 	e->agent = 0;
-	CHECK(pending(e) == 100, "outbox has %" PRId64 " pending after the refusal, expected 100", pending(e));
+	CHECK(itest_pending(e->store) == 100, "outbox has %" PRId64 " pending after the refusal, expected 100", itest_pending(e->store));
 	snprintf(extra, sizeof(extra), ", \"cert_file\": \"%s/client.crt\", \"key_file\": \"%s/client.key\"", e->dir, e->dir);
-	if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", extra) || itest_start_agent(e))
 		return -1;
 	if (wait_delivered(e, 100, 60) || check_exactly_once(e, 100))
 		return -1;
@@ -686,7 +572,7 @@ static int t_mutual_tls(struct env *e)
 /* ---- the TLS floor and revocation (issue 12, finding 7) ---- */
 
 /* Run the openssl program (host binary, also under qemu runs); 0 or -1. */
-static int ossl(struct env *e, const char *const argv[])
+static int ossl(struct itest *e, const char *const argv[])
 {
 	char log[600];
 	snprintf(log, sizeof(log), "%s/openssl.log", e->dir);
@@ -694,7 +580,7 @@ static int ossl(struct env *e, const char *const argv[])
 	if (rc != 0) {
 		th_dump_log(log, 2000);
 		fprintf(stderr, "FAIL: openssl %s %s exited %d\n", argv[1], argv[2] ? argv[2] : "", rc);
-		failures++;
+		itest_failures++;
 		return -1;
 	}
 	return 0;
@@ -703,7 +589,7 @@ static int ossl(struct env *e, const char *const argv[])
 /* An RSA server certificate for localhost/127.0.0.1 issued by the test CA:
  * dir/<name>.crt + .key. `san` is the subjectAltName (the CN is always
  * localhost). */
-static int rsa_server_cert(struct env *e, const char *name, const char *bits, const char *san)
+static int rsa_server_cert(struct itest *e, const char *name, const char *bits, const char *san)
 {
 	char key[600], csr[600], crt[600], ext[600], ca[600], cakey[600], rsa[32], subj[] = "/CN=localhost";
 	snprintf(key, sizeof(key), "%s/%s.key", e->dir, name);
@@ -759,7 +645,7 @@ static pid_t spawn_s_server(const char *const argv[], const char *log_path, int 
 	return pid;
 }
 
-static int tls_case_run(struct env *e, const struct tls_case *c)
+static int tls_case_run(struct itest *e, const struct tls_case *c)
 {
 	char crt[600], key[600], srv_log[600], port[16];
 	int p = th_free_port();
@@ -780,7 +666,7 @@ static int tls_case_run(struct env *e, const struct tls_case *c)
 	CHECK(srv > 0, "spawn openssl s_server");
 	CHECK(th_wait_log(srv_log, "ACCEPT", 10000) == 0, "s_server did not start");
 	unlink(e->agent_log);
-	if (write_agent_cfg(e, "ca.crt", ", \"connect_timeout_s\": 3") || start_agent(e)) {
+	if (write_agent_cfg(e, "ca.crt", ", \"connect_timeout_s\": 3") || itest_start_agent(e)) {
 		kill(srv, SIGKILL);
 		waitpid(srv, NULL, 0);
 		close(keep);
@@ -788,11 +674,11 @@ static int tls_case_run(struct env *e, const struct tls_case *c)
 	}
 	int used;
 	if (c->accept) {
-		used = th_wait_log(srv_log, "MQTT", 20000 * scale) == 0;
+		used = th_wait_log(srv_log, "MQTT", 20000 * itest_scale) == 0;
 	} else {
 		/* Refused: the attempt has failed (and a second one begun) before
 		 * the server's output is read. */
-		CHECK(th_wait_log(e->agent_log, "reconnect scheduled", 20000 * scale) == 0, "%s: no failed attempt",
+		CHECK(th_wait_log(e->agent_log, "reconnect scheduled", 20000 * itest_scale) == 0, "%s: no failed attempt",
 		      c->what);
 		th_sleep_ms(300);
 		used = th_wait_log(srv_log, "MQTT", 1) == 0;
@@ -816,7 +702,7 @@ static int tls_case_run(struct env *e, const struct tls_case *c)
  * and no host name taken from the CN when the certificate has SANs. Each
  * refusal case connected on main before issue 12 except the SAN one; the
  * two controls keep the test from passing by refusing everything. */
-static int t_tls_floor(struct env *e)
+static int t_tls_floor(struct itest *e)
 {
 	if (rsa_server_cert(e, "rsa1024", "1024", "DNS:localhost,IP:127.0.0.1") ||
 	    rsa_server_cert(e, "rsa2048", "2048", "DNS:localhost,IP:127.0.0.1") ||
@@ -841,7 +727,7 @@ static int t_tls_floor(struct env *e)
 
 /* A CRL of the test CA (th_certs_make_crl): revoking dir/<revoke> (NULL:
  * none); `expired` gives one whose nextUpdate has passed. */
-static int make_crl(struct env *e, const char *out_name, const char *revoke, int expired)
+static int make_crl(struct itest *e, const char *out_name, const char *revoke, int expired)
 {
 	char out[600], rev[600];
 	snprintf(out, sizeof(out), "%s/%s", e->dir, out_name);
@@ -855,14 +741,14 @@ static int make_crl(struct env *e, const char *out_name, const char *revoke, int
  * unreadable CRL file are each refused with a reason naming them, and
  * nothing is sent; with a current CRL that does not list the broker,
  * everything arrives once. */
-static int t_crl(struct env *e)
+static int t_crl(struct itest *e)
 {
 	char rc_path[600], extra[800];
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
 	if (make_crl(e, "crl-revoked.pem", "server.crt", 0) || make_crl(e, "crl-expired.pem", NULL, 1) ||
 	    make_crl(e, "crl-current.pem", NULL, 0))
 		return -1;
-	if (start_broker(e, "server") || start_central(e) || capture(e, 20, "R", rc_path))
+	if (itest_start_broker(e, "server") || start_central(e) || capture(e, 20, "R", rc_path))
 		return -1;
 	const struct {
 		const char *file, *expect;
@@ -874,9 +760,9 @@ static int t_crl(struct env *e)
 	for (size_t i = 0; i < sizeof(refused_by) / sizeof(refused_by[0]); i++) {
 		snprintf(extra, sizeof(extra), ", \"crl_file\": \"%s/%s\"", e->dir, refused_by[i].file);
 		unlink(e->agent_log);
-		if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+		if (write_agent_cfg(e, "ca.crt", extra) || itest_start_agent(e))
 			return -1;
-		CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * scale) == 0,
+		CHECK(th_wait_log(e->agent_log, "broker connection failed", 20000 * itest_scale) == 0,
 		      "%s: the agent was not refused", refused_by[i].file);
 		CHECK(th_wait_log(e->agent_log, refused_by[i].expect, 5000) == 0, "%s: the refusal does not say '%s'",
 		      refused_by[i].file, refused_by[i].expect);
@@ -885,10 +771,10 @@ static int t_crl(struct env *e)
 		struct seen s;
 		central_seen(e, &s);
 		CHECK(s.rows == 0, "%s: central received %" PRId64 " events", refused_by[i].file, s.rows);
-		CHECK(pending(e) == 20, "%s: outbox has %" PRId64 " pending, expected 20", refused_by[i].file, pending(e));
+		CHECK(itest_pending(e->store) == 20, "%s: outbox has %" PRId64 " pending, expected 20", refused_by[i].file, itest_pending(e->store));
 	}
 	snprintf(extra, sizeof(extra), ", \"crl_file\": \"%s/crl-current.pem\"", e->dir);
-	if (write_agent_cfg(e, "ca.crt", extra) || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", extra) || itest_start_agent(e))
 		return -1;
 	return wait_delivered(e, 20, 60) || check_exactly_once(e, 20) ? -1 : 0;
 }
@@ -896,7 +782,7 @@ static int t_crl(struct env *e)
 /* The link comes back: the agent must reconnect at once (netlink), not
  * when its backoff timer — grown large by a long outage — would fire. Runs
  * in a private network namespace so it can take the loopback link down. */
-static int t_link_back(struct env *e)
+static int t_link_back(struct itest *e)
 {
 	char rc_path[600], extra[200];
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
@@ -909,19 +795,19 @@ static int t_link_back(struct env *e)
 		 "\"sync\":{\"backoff_min_ms\":200,\"backoff_max_ms\":600000}}",
 		 DEVICE, e->store, e->port, e->dir);
 	CHECK(th_write_file(e->agent_cfg, cfg) == 0, "config");
-	if (start_broker(e, "server") || start_central(e) || start_agent(e))
+	if (itest_start_broker(e, "server") || start_central(e) || itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 20000 * scale) == 0, "agent never connected");
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 20000 * itest_scale) == 0, "agent never connected");
 	th_broker_stop(e->broker);
-	/* Let failures pile up until the backoff ceiling is large. */
-	CHECK(th_wait_log(e->agent_log, "ceiling_ms=51200", 120000 * scale) == 0, "backoff did not grow");
+	/* Let itest_failures pile up until the backoff ceiling is large. */
+	CHECK(th_wait_log(e->agent_log, "ceiling_ms=51200", 120000 * itest_scale) == 0, "backoff did not grow");
 	if (capture(e, 50, "L", rc_path))
 		return -1;
 	CHECK(th_broker_restart(e->broker) == 0, "broker restart");
 	const char *down[] = {"ip", "link", "set", "lo", "down", NULL};
 	const char *up[] = {"ip", "link", "set", "lo", "up", NULL};
 	CHECK(th_run(down, NULL, 10000) == 0 && th_run(up, NULL, 10000) == 0, "ip link");
-	CHECK(th_wait_log(e->agent_log, "network changed; reconnecting now", 10000 * scale) == 0,
+	CHECK(th_wait_log(e->agent_log, "network changed; reconnecting now", 10000 * itest_scale) == 0,
 	      "the agent did not react to the link coming back");
 	if (wait_delivered(e, 50, 120) || check_exactly_once(e, 50))
 		return -1;
@@ -946,17 +832,17 @@ static int t_link_back(struct env *e)
  * central asks for it instead of skipping it: both arrive in order, and no
  * jump is recorded. A protocol-following central would otherwise count seq 1
  * as a duplicate when it came back, ack it, and the agent would delete it. */
-static int t_late_central(struct env *e)
+static int t_late_central(struct itest *e)
 {
 	char rc_path[600];
 	snprintf(rc_path, sizeof(rc_path), "%s/receipts.txt", e->dir);
-	if (write_agent_cfg(e, "ca.crt", NULL) || start_broker(e, "server") || start_agent(e))
+	if (write_agent_cfg(e, "ca.crt", NULL) || itest_start_broker(e, "server") || itest_start_agent(e))
 		return -1;
-	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 20000 * scale) == 0, "agent never connected");
-	th_sleep_ms(500 * scale); /* subscribed */
+	CHECK(th_wait_log(e->agent_log, "msg=\"connected\"", 20000 * itest_scale) == 0, "agent never connected");
+	th_sleep_ms(500 * itest_scale); /* subscribed */
 	if (capture(e, 1, "A", rc_path))
 		return -1;
-	th_sleep_ms(1000 * scale); /* published into the void */
+	th_sleep_ms(1000 * itest_scale); /* published into the void */
 	if (start_central(e))
 		return -1;
 	if (capture(e, 1, "B", rc_path))
@@ -969,50 +855,42 @@ static int t_late_central(struct env *e)
 	return 0;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(struct env *);
-} scenarios[] = {
-	{"offline_10k", t_offline_10k},     {"broker_restart", t_broker_restart}, {"broker_crash", t_broker_crash},
-	{"agent_kill9", t_agent_kill9},     {"small_packet", t_small_packet}, {"size_limit", t_size_limit},     {"capture_kill9", t_capture_kill9},   {"wrong_ca", t_wrong_ca},
-	{"wrong_host", t_wrong_host},       {"plaintext_refused", t_plaintext_refused},
-	{"retail_replay", t_retail_replay}, {"mutual_tls", t_mutual_tls},   {"link_back", t_link_back},
-	{"late_central", t_late_central},   {"tls_floor", t_tls_floor},     {"crl", t_crl},
+/* Own network namespace: taking lo down must not disturb the machine.
+ * Needs CAP_SYS_ADMIN (root in CI); else skip. */
+static int own_netns(const char *scenario)
+{
+	if (strcmp(scenario, "link_back") != 0)
+		return 0;
+	const char *lo_up[] = {"ip", "link", "set", "lo", "up", NULL};
+	if (unshare(CLONE_NEWNET) != 0 || th_run(lo_up, NULL, 10000) != 0) {
+		printf("link_back: skipped (no network namespace: %s)\n", strerror(errno));
+		return 77;
+	}
+	return 0;
+}
+
+static const struct itest_suite suite = {
+	.program = "spine_itest",
+	.before = own_netns,
+	.scenarios = (const struct itest_scenario[]){
+		{"offline_10k", t_offline_10k},
+		{"broker_restart", t_broker_restart},
+		{"broker_crash", t_broker_crash},
+		{"agent_kill9", t_agent_kill9},
+		{"small_packet", t_small_packet},
+		{"size_limit", t_size_limit},
+		{"capture_kill9", t_capture_kill9},
+		{"wrong_ca", t_wrong_ca},
+		{"wrong_host", t_wrong_host},
+		{"plaintext_refused", t_plaintext_refused},
+		{"retail_replay", t_retail_replay},
+		{"mutual_tls", t_mutual_tls},
+		{"link_back", t_link_back},
+		{"late_central", t_late_central},
+		{"tls_floor", t_tls_floor},
+		{"crl", t_crl},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	const char *sc = getenv("SCRM_TEST_SCALE");
-	if (sc && strtol(sc, NULL, 10) > 0)
-		scale = (int)strtol(sc, NULL, 10);
-	if (getenv("SCRM_TEST_EMULATOR") && !sc)
-		scale = 4;
-	for (size_t i = 0; argc == 2 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		struct env e;
-		if (strcmp(argv[1], "link_back") == 0) {
-			/* Own network namespace: taking lo down must not disturb the
-			 * machine. Needs CAP_SYS_ADMIN (root in CI); else skip. */
-			const char *lo_up[] = {"ip", "link", "set", "lo", "up", NULL};
-			if (unshare(CLONE_NEWNET) != 0 || th_run(lo_up, NULL, 10000) != 0) {
-				printf("link_back: skipped (no network namespace: %s)\n", strerror(errno));
-				return 77;
-			}
-		}
-		/* A scenario that gives up without a CHECK (a wait that timed out)
-		 * still fails. */
-		if (setup(&e, scenarios[i].name) != 0 || scenarios[i].fn(&e) != 0) {
-			if (failures == 0)
-				failures++;
-		}
-		teardown(&e);
-		printf("%s: %s\n", scenarios[i].name, failures ? "FAILED" : "passed");
-		return failures ? 1 : 0;
-	}
-	fprintf(stderr, "usage: spine_test SCENARIO\nscenarios:");
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-		fprintf(stderr, " %s", scenarios[i].name);
-	fprintf(stderr, "\n");
-	return 2;
-}
+ITEST_MAIN(suite)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * harden_test: the programs that hold the device data key and decrypted
+ * harden_itest: the programs that hold the device data key and decrypted
  * personal data keep them out of core dumps (issue 12, finding 11).
  *
  *   no_core_agent  the real scrm-agent, running (connected to a listener that
@@ -15,10 +15,10 @@
  * test is root, the child drops to nobody (65534) before exec; otherwise it
  * runs as the test's own user.
  *
- * Usage: harden_test SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CTL_BIN and
+ * Usage: harden_itest SCENARIO. Needs SCRM_AGENT_BIN, SCRM_CTL_BIN and
  * SCRM_UNIT_FILE (agent/dist/scrm-agent.service).
  */
-#include "harness.h"
+#include "itest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,18 +35,6 @@
 #include <unistd.h>
 
 #define NOBODY 65534
-
-static int scale = 1;
-
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-			fprintf(stderr, __VA_ARGS__);                         \
-			fprintf(stderr, "\n");                                \
-			goto fail;                                            \
-		}                                                             \
-	} while (0)
 
 /* A TCP listener on loopback that accepts and never answers: the program
  * under test connects, sends its MQTT CONNECT and waits for a CONNACK. */
@@ -110,11 +98,11 @@ static pid_t spawn_unprivileged(const char *const *argv, const char *log)
 			_exit(126);
 		if (geteuid() == 0 &&
 		    (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0)) {
-			dprintf(2, "harden_test: cannot drop to uid %d: %s\n", NOBODY, strerror(errno));
+			dprintf(2, "harden_itest: cannot drop to uid %d: %s\n", NOBODY, strerror(errno));
 			_exit(126);
 		}
 		execvp(full[0], (char *const *)full);
-		dprintf(2, "harden_test: exec %s: %s\n", full[0], strerror(errno));
+		dprintf(2, "harden_itest: exec %s: %s\n", full[0], strerror(errno));
 		_exit(127);
 	}
 	close(fd);
@@ -154,16 +142,16 @@ static int check_no_core(pid_t pid, const char *what)
 	long long uid = -1, euid = -1;
 	struct stat st;
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	CHECK(proc_field(path, "Uid:", &uid, &euid, NULL) == 0, "%s: no Uid in %s", what, path);
-	CHECK(uid != 0, "%s runs as root: cannot tell whether it is dumpable", what);
+	CHECK_GOTO(proc_field(path, "Uid:", &uid, &euid, NULL) == 0, "%s: no Uid in %s", what, path);
+	CHECK_GOTO(uid != 0, "%s runs as root: cannot tell whether it is dumpable", what);
 	/* proc(5): the files of a process that is not dumpable belong to root */
 	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-	CHECK(stat(path, &st) == 0, "%s: stat %s: %s", what, path, strerror(errno));
-	CHECK(st.st_uid == 0, "%s (uid %lld) is dumpable: %s belongs to uid %lld, not root", what, uid, path,
+	CHECK_GOTO(stat(path, &st) == 0, "%s: stat %s: %s", what, path, strerror(errno));
+	CHECK_GOTO(st.st_uid == 0, "%s (uid %lld) is dumpable: %s belongs to uid %lld, not root", what, uid, path,
 	      (long long)st.st_uid);
 	snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
-	CHECK(proc_field(path, "Max core file size", NULL, NULL, lim) == 0, "%s: no core limit in %s", what, path);
-	CHECK(strcmp(lim, "0") == 0 && strcmp(lim + 32, "0") == 0, "%s: core file size limit soft %s hard %s, not 0 0",
+	CHECK_GOTO(proc_field(path, "Max core file size", NULL, NULL, lim) == 0, "%s: no core limit in %s", what, path);
+	CHECK_GOTO(strcmp(lim, "0") == 0 && strcmp(lim + 32, "0") == 0, "%s: core file size limit soft %s hard %s, not 0 0",
 	      what, lim, lim + 32);
 	printf("%s (pid %d, uid %lld): not dumpable, RLIMIT_CORE 0/0\n", what, (int)pid, uid);
 	return 0;
@@ -181,8 +169,8 @@ static int run_and_check(const char *name, const char *const *argv, int lfd, con
 {
 	int conn = -1, rc = -1;
 	pid_t pid = spawn_unprivileged(argv, log);
-	CHECK(pid > 0, "%s: spawn", name);
-	CHECK(wait_connect(lfd, 60000 * scale, &conn) == 0, "%s: no MQTT CONNECT within %d s", name, 60 * scale);
+	CHECK_GOTO(pid > 0, "%s: spawn", name);
+	CHECK_GOTO(wait_connect(lfd, 60000 * itest_scale, &conn) == 0, "%s: no MQTT CONNECT within %d s", name, 60 * itest_scale);
 	rc = check_no_core(pid, name);
 fail:
 	if (rc)
@@ -196,28 +184,29 @@ fail:
 	return rc;
 }
 
-static int no_core_agent(const char *dir)
+static int no_core_agent(struct itest *e)
 {
+	const char *dir = e->dir;
 	char store[512], cfg[512], log[512], text[2048];
 	int port = 0, lfd = listener(&port), rc = -1;
-	CHECK(lfd >= 0, "listener");
+	CHECK_GOTO(lfd >= 0, "listener");
 	snprintf(store, sizeof(store), "%s/store", dir);
 	snprintf(cfg, sizeof(cfg), "%s/agent.json", dir);
 	snprintf(log, sizeof(log), "%s/agent.log", dir);
-	CHECK(mkdir(store, 0700) == 0 && give(store) == 0, "store dir");
+	CHECK_GOTO(mkdir(store, 0700) == 0 && give(store) == 0, "store dir");
 	snprintf(text, sizeof(text),
 		 "{\"tenant\":\"acme\",\"store_id\":\"s1\",\"device_id\":\"pos-01\",\"store_dir\":\"%s\","
 		 "\"broker\":{\"uri\":\"mqtt://127.0.0.1:%d\",\"allow_plaintext\":true},"
 		 "\"cache\":{\"enabled\":true},\"log\":{\"level\":\"debug\"}}",
 		 store, port);
-	CHECK(th_write_file(cfg, text) == 0 && give(cfg) == 0, "config");
+	CHECK_GOTO(th_write_file(cfg, text) == 0 && give(cfg) == 0, "config");
 	const char *argv[] = {th_bin("SCRM_AGENT_BIN"), "--config", cfg, NULL};
 	rc = run_and_check("scrm-agent", argv, lfd, log);
 	/* it ran past opening its store and data key */
 	if (rc == 0) {
 		char key[600];
 		snprintf(key, sizeof(key), "%s/private/keys/data.key", store);
-		CHECK(access(key, F_OK) == 0, "scrm-agent made no %s: did it get that far?", key);
+		CHECK_GOTO(access(key, F_OK) == 0, "scrm-agent made no %s: did it get that far?", key);
 	}
 fail:
 	if (lfd >= 0)
@@ -225,14 +214,15 @@ fail:
 	return rc;
 }
 
-static int no_core_ctl(const char *dir)
+static int no_core_ctl(struct itest *e)
 {
+	const char *dir = e->dir;
 	char uri[64], log[512], wait[16];
 	int port = 0, lfd = listener(&port), rc = -1;
-	CHECK(lfd >= 0, "listener");
+	CHECK_GOTO(lfd >= 0, "listener");
 	snprintf(uri, sizeof(uri), "mqtt://127.0.0.1:%d", port);
 	snprintf(log, sizeof(log), "%s/ctl.log", dir);
-	snprintf(wait, sizeof(wait), "%d", 120000 * scale);
+	snprintf(wait, sizeof(wait), "%d", 120000 * itest_scale);
 	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "fleet", "--broker", uri, "--tenant", "acme", "list",
 			      "--wait-ms", wait, NULL};
 	rc = run_and_check("scrmctl", argv, lfd, log);
@@ -242,59 +232,42 @@ fail:
 	return rc;
 }
 
-static int no_core_unit(const char *dir)
+static int no_core_unit(struct itest *e)
 {
-	(void)dir;
+	(void)e;
 	const char *unit = getenv("SCRM_UNIT_FILE");
 	char *text = unit ? th_read_file(unit, NULL) : NULL;
 	int found = 0;
-	CHECK(text, "SCRM_UNIT_FILE (%s) unreadable", unit ? unit : "unset");
+	CHECK_GOTO(text, "SCRM_UNIT_FILE (%s) unreadable", unit ? unit : "unset");
 	for (char *l = strstr(text, "LimitCORE="); l; l = strstr(l + 1, "LimitCORE="))
 		if ((l == text || l[-1] == '\n') && strncmp(l, "LimitCORE=0\n", 12) == 0)
 			found = 1;
 	free(text);
-	CHECK(found, "%s: no LimitCORE=0 line", unit);
+	CHECK_GOTO(found, "%s: no LimitCORE=0 line", unit);
 	printf("%s: LimitCORE=0\n", unit);
 	return 0;
 fail:
 	return -1;
 }
 
-static const struct {
-	const char *name;
-	int (*fn)(const char *dir);
-} scenarios[] = {
-	{"no_core_agent", no_core_agent},
-	{"no_core_ctl", no_core_ctl},
-	{"no_core_unit", no_core_unit},
+/* The program runs as nobody when we are root: its directory is nobody's. */
+static int setup(struct itest *e)
+{
+	CHECK(give(e->dir) == 0, "tmpdir");
+	return 0;
+}
+
+static const struct itest_suite suite = {
+	.program = "harden_itest",
+	.emulator_scale = 5,
+	.bare = 1,
+	.setup = setup,
+	.scenarios = (const struct itest_scenario[]){
+		{"no_core_agent", no_core_agent},
+		{"no_core_ctl", no_core_ctl},
+		{"no_core_unit", no_core_unit},
+		{NULL, NULL},
+	},
 };
 
-int main(int argc, char **argv)
-{
-	if (argc != 2) {
-		fprintf(stderr, "usage: harden_test no_core_agent|no_core_ctl|no_core_unit\n");
-		return 2;
-	}
-	if (getenv("SCRM_TEST_EMULATOR") && *getenv("SCRM_TEST_EMULATOR"))
-		scale = 5;
-	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(argv[1], scenarios[i].name) != 0)
-			continue;
-		char *dir = th_tmpdir(argv[1]);
-		if (!dir || give(dir) != 0) {
-			fprintf(stderr, "FAIL: tmpdir\n");
-			return 1;
-		}
-		int rc = scenarios[i].fn(dir);
-		if (rc == 0 && !getenv("SCRM_TEST_KEEP"))
-			th_rmtree(dir);
-		else
-			printf("kept %s\n", dir);
-		free(dir);
-		printf("%s: %s\n", argv[1], rc ? "FAILED" : "PASSED");
-		return rc ? 1 : 0;
-	}
-	fprintf(stderr, "unknown scenario %s\n", argv[1]);
-	return 2;
-}
+ITEST_MAIN(suite)
