@@ -4,6 +4,7 @@
 
 #include <scrm/scrm.h>
 
+#include "ident.h"
 #include "json.h"
 #include "topics.h"
 #include "platform.h"
@@ -54,18 +55,10 @@ void fleet__cmd_free(fleet__cmd *cmd)
 }
 
 /* An id or a name: 1..max-1 printable ASCII without quotes or backslashes,
- * so it can be echoed and logged as is. */
+ * so it can be echoed and logged as is (core/ident.h). */
 static int token_ok(const char *s, size_t max)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n >= max)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c < 0x21 || c > 0x7e || c == '"' || c == '\\')
-			return 0;
-	}
-	return 1;
+	return max > 1 && ident__token_ok((const unsigned char *)s, strlen(s), max - 1);
 }
 
 static int ms_of(const cJSON *it, int64_t *out)

@@ -202,6 +202,9 @@ static void cache_commands_without_a_cache(void **state)
 	assert_string_equal(f->err.code, "unavailable");
 	assert_int_equal(run(f, "{\"v\":1,\"cmd\":\"cache.purge\",\"args\":{\"stream\":\"nope\"}}"), -1);
 	assert_string_equal(f->err.code, "bad_args");
+	/* the list of streams comes from lib/cache/streams.def */
+	assert_string_equal(f->err.message, "'nope' is not a stream (members, coupons, catalogue, inventory, scripts, "
+					    "recos, rules or all)");
 	/* an erasure without a cache: the outbox's part only */
 	assert_int_equal(run(f, "{\"v\":1,\"cmd\":\"member.forget\",\"args\":{\"member_id\":\"m-1\"}}"), 0);
 	assert_int_equal(f->forget_calls, 1);

@@ -10,6 +10,7 @@
 #include "err.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* `stream` arg: a stream name or "all" → *st (-1 = all). */
@@ -22,9 +23,15 @@ static int stream_arg(const fleet__cmd *cmd, int required, int *st, fleet__error
 		*st = -1;
 		return 0;
 	}
-	if ((*st = cache__stream_parse(name)) < 0)
-		return fleet__fail(err, "bad_args", "args.stream", "'%s' is not a stream (members, coupons, catalogue, "
-				   "inventory, scripts, recos, rules or all)", name);
+	if ((*st = cache__stream_parse(name)) < 0) {
+		/* The names from lib/cache/streams.def: "members, coupons, ..., rules or all". */
+		char names[256];
+		size_t n = 0;
+		names[0] = 0;
+		for (int i = 0; i < ST_COUNT && n < sizeof(names); i++)
+			n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", i ? ", " : "", cache__stream_name(i));
+		return fleet__fail(err, "bad_args", "args.stream", "'%s' is not a stream (%s or all)", name, names);
+	}
 	return 0;
 }
 

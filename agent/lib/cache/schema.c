@@ -20,6 +20,7 @@
  * keeps an index's name across a table rename (the snapshot swap).
  */
 #include "cache_int.h"
+#include "ident.h"
 
 #include "dbcode.h"
 #include "err.h"
@@ -84,16 +85,7 @@ int cache__prep(cache *c, sqlite3 *db, sqlite3_stmt **st, const char *sql, int p
 
 int cache__key_ok(const char *s)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > MAX_KEY)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char ch = s[i];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-		      ch == '_' || ch == '.' || ch == ':' || ch == '>'))
-			return 0;
-	}
-	return 1;
+	return ident__key_ok(s, MAX_KEY, ">");
 }
 
 int cache__create_table(cache *c, int st, const char *table, int64_t gen, int with_indexes)

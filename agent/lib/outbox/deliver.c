@@ -9,6 +9,7 @@
 #include "outbox_int.h"
 
 #include "err.h"
+#include "ident.h"
 #include "json.h"
 #include "platform.h"
 #include "uuid.h"
@@ -29,13 +30,13 @@ static int uuid_ok(const unsigned char *t, int n)
  * backslashes (it is written into the batch as is). */
 static int token_ok(const unsigned char *t, int n, int max, int kind)
 {
+	if (!kind)
+		return n >= 0 && ident__token_ok(t, (size_t)n, (size_t)max);
 	if (!t || n < 1 || n > max)
 		return 0;
-	for (int i = 0; i < n; i++) {
-		unsigned char c = t[i];
-		if (kind ? !((c >= 'a' && c <= 'z') || c == '_') : (c < 0x21 || c > 0x7e || c == '"' || c == '\\'))
+	for (int i = 0; i < n; i++)
+		if (!((t[i] >= 'a' && t[i] <= 'z') || t[i] == '_'))
 			return 0;
-	}
 	return 1;
 }
 
