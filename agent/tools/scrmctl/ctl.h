@@ -6,8 +6,9 @@
  *   ctl_outbox.c  record, status, outbox set-aside / recover
  *   ctl_cache.c   member show, cache status / load
  *   ctl_guide.c   reco, coupons, redeem, redemptions
- * scrmctl reaches the store only through the public API <scrm/scrm.h> (its
- * build has no include path into agent/lib): it is a POS program like any.
+ * scrmctl reaches the store only through the public API <scrm/scrm.h>: it is
+ * a POS program like any. Its build has no include path into agent/lib (of
+ * the lib's headers only json.h, for its lenient getters, is copied in).
  * Each command returns the exit code: 0 ok, 1 refused/failed, 2 usage.
  */
 #ifndef SCRM_CTL_H
