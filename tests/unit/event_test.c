@@ -1134,6 +1134,72 @@ static void json_nul_in_string_refused(void **state)
 	}
 }
 
+/* kinds.def, walked: every kind has its number in row order, a name that
+ * parses back, a class iff it may be evicted, a receipt key only when paid
+ * for; the kinds scrm_record_json accepts are exactly those marked json,
+ * each encodes from a minimal body and EVENT_JSON_KINDS lists them. A kind
+ * added without the rest fails here. */
+static const char *minimal_json(const char *name)
+{
+	static const struct {
+		const char *name, *json;
+	} samples[] = {
+		{"purchase", "{\"kind\":\"purchase\",\"order_id\":\"1\",\"lines\":[{\"sku\":\"A\",\"qty\":1,"
+			     "\"unit_price\":5}],\"total\":5,\"currency\":\"EUR\",\"payment\":\"cash\"}"},
+		{"return", "{\"kind\":\"return\",\"return_id\":\"R\",\"order_id\":\"1\",\"lines\":[{\"sku\":\"A\","
+			   "\"qty\":1,\"unit_price\":5}],\"total\":5,\"currency\":\"EUR\",\"refund_method\":\"cash\"}"},
+		{"member_scan", "{\"kind\":\"member_scan\",\"member_id\":\"17850\",\"method\":\"qr\"}"},
+	};
+	for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++)
+		if (strcmp(samples[i].name, name) == 0)
+			return samples[i].json;
+	return NULL;
+}
+
+static void kinds_table_is_complete(void **state)
+{
+	(void)state;
+	char listed[200] = "";
+	size_t n = event__kind_count(), n_json = 0, done = 0;
+	assert_true(n >= 5);
+	assert_null(event__kind_at(n));
+	assert_string_equal(event__kind_name((event__kind)0), "unknown");
+	assert_string_equal(event__kind_name((event__kind)(n + 1)), "unknown");
+	assert_int_equal(event__kind_parse("refund"), 0);
+	for (size_t i = 0; i < n; i++)
+		n_json += event__kind_at(i)->from_json;
+	for (size_t i = 0; i < n; i++) {
+		const event__kind_info *k = event__kind_at(i);
+		char doc[64];
+		assert_non_null(k);
+		assert_int_equal(k->kind, (int)i + 1);
+		assert_true(k->name && k->name[0]);
+		assert_string_equal(event__kind_name(k->kind), k->name);
+		assert_int_equal(event__kind_parse(k->name), k->kind);
+		assert_int_equal(k->paid, k->evict == EVICT_NEVER);
+		assert_true(k->evict <= EVICT_NEVER);
+		if (k->key)
+			assert_true(k->paid);
+		snprintf(doc, sizeof(doc), "{\"kind\":\"%s\"}", k->name);
+		int rc = from_json(doc);
+		assert_int_equal(rc, SCRM_E_INVALID);
+		if (!k->from_json) {
+			assert_non_null(strstr(scrm_errmsg(), "unknown event kind"));
+			continue;
+		}
+		assert_null(strstr(scrm_errmsg(), "unknown event kind"));
+		const char *json = minimal_json(k->name);
+		assert_non_null(json); /* a kind scrm_record_json takes needs a sample here */
+		assert_int_equal(from_json(json), SCRM_OK);
+		assert_int_equal(kind, k->kind);
+		/* "a, b or c", in row order */
+		done++;
+		snprintf(listed + strlen(listed), sizeof(listed) - strlen(listed), "%s%s",
+			 done == 1 ? "" : done == n_json ? " or " : ", ", k->name);
+	}
+	assert_string_equal(listed, EVENT_JSON_KINDS);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -1179,6 +1245,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(json_invalid_utf8_names_the_path),
 		cmocka_unit_test(json_number_messages),
 		cmocka_unit_test(json_oversize_string_names_field_and_limit),
+		cmocka_unit_test(kinds_table_is_complete),
 	};
 	return cmocka_run_group_tests_name("event", tests, setup, teardown);
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * outbox_test: the durable SQLite queue (agent/lib/outbox/outbox.c) in a throw-away
+ * outbox_test: the durable SQLite queue (agent/lib/outbox/) in a throw-away
  * directory: creation and device binding, the sequence counter (consecutive,
  * shared by every handle on the file, never reused after acks), batches for
  * the wire, acks, rejections, the statistics scrmctl prints, and what
@@ -17,7 +17,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "event.h"
+#include "ledger.h"
 #include "outbox.h"
+#include "outbox_int.h"
 #include "testutil.h"
 
 #include <cjson/cJSON.h>
@@ -1079,6 +1082,155 @@ static void concurrent_creation_both_succeed(void **state)
 	}
 }
 
+/* The SQL that tells kinds apart is made from kinds.def: the same text the
+ * literals had (the partial index of existing stores must match the query
+ * that evicts), and each kind is paid (and receipted) as the table says. */
+static void kind_sql_from_the_table(void **state)
+{
+	fx *f = *state;
+	struct outbox__kind_sql k;
+	outbox__kind_sql(&k);
+	assert_string_equal(k.paid, "('purchase', 'return', 'coupon_redeem')");
+	assert_string_equal(k.keyed, "('purchase', 'return')");
+	assert_string_equal(k.evict_class, "CASE kind WHEN 'reco_shown' THEN 0 WHEN 'member_scan' THEN 1 ELSE 2 END");
+	assert_string_equal(k.order_key,
+			    "json_extract(?2, CASE ?1 WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)");
+	char *ddl = tu_sql_text(f->db, "SELECT sql FROM sqlite_master WHERE name = 'outbox_evictable'");
+	assert_string_equal(ddl, "CREATE INDEX outbox_evictable ON outbox(CASE kind WHEN 'reco_shown' THEN 0 WHEN"
+				 " 'member_scan' THEN 1 ELSE 2 END, seq) WHERE kind NOT IN ('purchase', 'return', 'coupon_redeem')");
+	free(ddl);
+	size_t n = 0;
+#define EVENT_KIND(e_, v_, name_, paid_, evict_, json_, key_)                             \
+	assert_int_equal(outbox__kind_paid(name_), paid_);                                 \
+	assert_true(((key_) == NULL) == (outbox__kind_key(name_) == NULL));                \
+	assert_int_equal(strstr(k.keyed, "'" name_ "'") != NULL, (key_) != NULL);          \
+	assert_int_equal(strstr(k.paid, "'" name_ "'") != NULL, paid_);                    \
+	assert_int_equal(strstr(k.evict_class, "'" name_ "'") != NULL, (evict_) < EVICT_OTHER); \
+	n++;
+#include "kinds.def"
+	assert_true(n >= 5);
+	assert_int_equal(outbox__kind_paid("no_such_kind"), 0);
+	assert_null(outbox__kind_key("no_such_kind"));
+}
+
+/* ledger.h: what the guide and the cache read of the ledgers the insert
+ * triggers keep — a member's redemptions through the store's handle, a
+ * member's purchases and returns through a reader of the file. */
+static int collect_use(void *ctx, const char *id, const char *coupon, const char *campaign)
+{
+	sbuf *b = ctx;
+	sbuf__puts(b, id);
+	sbuf__putc(b, '/');
+	sbuf__puts(b, coupon);
+	sbuf__putc(b, '/');
+	sbuf__puts(b, campaign);
+	sbuf__putc(b, ';');
+	return SCRM_OK;
+}
+
+static int stop_at_first(void *ctx, const char *id, const char *coupon, const char *campaign)
+{
+	(void)id, (void)coupon, (void)campaign;
+	++*(int *)ctx;
+	return SCRM_E_NOMEM;
+}
+
+static void ledger_queries_for_guide_and_cache(void **state)
+{
+	fx *f = *state;
+	static const struct {
+		const char *id, *kind, *body;
+	} ev[] = {
+		{"0190a000-0000-7000-8000-000000000101", "purchase",
+		 "{\"order_id\":\"o1\",\"lines\":[{\"sku\":\"A\",\"qty\":1,\"unit_price\":500,\"discount\":0},"
+		 "{\"sku\":\"B\",\"qty\":1,\"unit_price\":250,\"discount\":0}],\"discount\":0,\"total\":750,"
+		 "\"currency\":\"EUR\",\"payment\":\"cash\",\"member_id\":\"m7\"}"},
+		{"0190a000-0000-7000-8000-000000000102", "return",
+		 "{\"return_id\":\"r1\",\"order_id\":\"o1\",\"lines\":[{\"sku\":\"B\",\"qty\":1,\"unit_price\":250,"
+		 "\"discount\":0}],\"total\":250,\"currency\":\"EUR\",\"refund_method\":\"cash\",\"member_id\":\"m7\"}"},
+		{"0190a000-0000-7000-8000-000000000103", "coupon_redeem",
+		 "{\"coupon\":\"C-1\",\"campaign\":\"spring\",\"member_id\":\"m7\",\"order_id\":\"o1\",\"value\":100,"
+		 "\"currency\":\"EUR\",\"mode\":\"online\"}"},
+		{"0190a000-0000-7000-8000-000000000104", "coupon_redeem",
+		 "{\"campaign\":\"welcome\",\"member_id\":\"m7\",\"order_id\":\"o2\",\"value\":50,"
+		 "\"currency\":\"EUR\",\"mode\":\"offline\"}"},
+		{"0190a000-0000-7000-8000-000000000105", "purchase",
+		 "{\"order_id\":\"o3\",\"lines\":[{\"sku\":\"C\",\"qty\":1,\"unit_price\":90,\"discount\":0}],"
+		 "\"discount\":0,\"total\":90,\"currency\":\"EUR\",\"payment\":\"cash\",\"member_id\":\"m8\"}"},
+	};
+	outbox__row rows[5];
+	memset(rows, 0, sizeof(rows));
+	for (size_t i = 0; i < 5; i++) {
+		rows[i].id = ev[i].id;
+		rows[i].kind = ev[i].kind;
+		rows[i].wall_ms = T0 + 1000 * (int64_t)(i + 1);
+		rows[i].mono_ms = 1000 + (int64_t)i;
+		rows[i].boot = BOOT;
+		rows[i].body = ev[i].body;
+		rows[i].body_len = strlen(ev[i].body);
+	}
+	assert_int_equal(outbox__append(f->ob, rows, 5, T0), SCRM_OK);
+
+	sbuf b;
+	sbuf__init(&b);
+	assert_int_equal(outbox__member_redemptions(f->ob, "m7", collect_use, &b), SCRM_OK);
+	assert_string_equal(b.p, "0190a000-0000-7000-8000-000000000103/C-1/spring;"
+				 "0190a000-0000-7000-8000-000000000104//welcome;");
+	sbuf__reset(&b);
+	assert_int_equal(outbox__member_redemptions(f->ob, "m8", collect_use, &b), SCRM_OK);
+	assert_int_equal(b.len, 0);
+	int calls = 0;
+	assert_int_equal(outbox__member_redemptions(f->ob, "m7", stop_at_first, &calls), SCRM_E_NOMEM);
+	assert_int_equal(calls, 1);
+	sbuf__free(&b);
+
+	outbox__activity *a = NULL;
+	outbox__activity_row row;
+	outbox__activity_open(f->store, &a);
+	assert_non_null(a);
+	assert_int_equal(outbox__activity_query(a, "m7", T0), 0);
+	assert_int_equal(outbox__activity_next(a, &row), 1); /* newest first */
+	assert_int_equal(row.seq, rows[1].seq);
+	assert_string_equal(row.kind, "return");
+	assert_int_equal(row.amount, -250);
+	assert_string_equal(row.skus, "[\"B\"]");
+	assert_int_equal(outbox__activity_next(a, &row), 1);
+	assert_int_equal(row.wall_ms, T0 + 1000);
+	assert_string_equal(row.kind, "purchase");
+	assert_int_equal(row.amount, 750);
+	assert_string_equal(row.skus, "[\"A\",\"B\"]");
+	assert_int_equal(outbox__activity_next(a, &row), 0);
+	/* after_ms excludes, and the query can be asked again */
+	assert_int_equal(outbox__activity_query(a, "m7", T0 + 1000), 0);
+	assert_int_equal(outbox__activity_next(a, &row), 1);
+	assert_string_equal(row.kind, "return");
+	assert_int_equal(outbox__activity_next(a, &row), 0);
+	outbox__activity_close(a);
+
+	/* No outbox: no reader, nothing to read. */
+	char *none = tu_join(f->dir, "nowhere");
+	outbox__activity_open(none, &a);
+	assert_null(a);
+	assert_int_equal(outbox__activity_query(NULL, "m7", 0), -1);
+	free(none);
+	/* An outbox from before schema v2: nothing local yet. */
+	char *old = tu_join(f->dir, "v1");
+	char *old_db = tu_join(old, OUTBOX_FILE);
+	assert_int_equal(mkdir(old, 0700), 0);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(old_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "CREATE TABLE device(id INTEGER PRIMARY KEY); PRAGMA user_version = 1;", NULL,
+				      NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	outbox__activity_open(old, &a);
+	assert_non_null(a);
+	assert_int_equal(outbox__activity_query(a, "m7", 0), -1);
+	outbox__activity_close(a);
+	free(old_db);
+	free(old);
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
@@ -1109,6 +1261,8 @@ int main(int argc, char **argv)
 		T(disk_full_on_a_full_filesystem),
 		T(ack_on_a_full_disk_uses_the_reserve),
 		T(disk_full_via_max_page_count),
+		T(kind_sql_from_the_table),
+		T(ledger_queries_for_guide_and_cache),
 	};
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);
 }

@@ -48,6 +48,7 @@
 #include "dbcode.h"
 #include "err.h"
 #include "json.h"
+#include "ledger.h"
 #include "paths.h"
 #include "platform.h"
 #include "quarantine.h"
@@ -146,7 +147,7 @@ struct resync {
 
 struct cache {
 	sqlite3 *db;  /* cache.db */
-	sqlite3 *act; /* outbox.db, read only: local purchase history; may be NULL */
+	outbox__activity *act; /* outbox.db, read only: local purchase history; may be NULL */
 	crypto__sealer *sealer;
 	uint8_t tenant_key[CRYPTO_KEY_BYTES];
 	int has_tenant_key;
@@ -159,7 +160,7 @@ struct cache {
 	struct resync rs[ST_COUNT];
 	int inflight;          /* stream asked for and not yet swapped in, -1 none */
 	int64_t inflight_ms;   /* monotonic: request sent or last chunk */
-	sqlite3_stmt *q_card[4], *q_coupons, *q_act;
+	sqlite3_stmt *q_card[4], *q_coupons;
 	char refused_detail[240]; /* first record refused alone in the last apply */
 	int replay_gap;           /* the last swap's buffered deltas did not follow */
 	int buf_overflow[ST_COUNT]; /* deltas dropped while a snapshot was built */
@@ -542,14 +543,7 @@ int cache__open(const char *dir, const cache__options *opts, cache **out)
 	meta_get(c, "policy", c->policy, sizeof(c->policy));
 
 	/* The outbox's local purchase history (read only; absent is fine). */
-	snprintf(path, sizeof(path), "%s/outbox.db", dir);
-	if (access(path, F_OK) == 0 &&
-	    sqlite3_open_v2(path, &c->act, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(c->act, 1000);
-	} else if (c->act) {
-		sqlite3_close(c->act);
-		c->act = NULL;
-	}
+	outbox__activity_open(dir, &c->act);
 
 	/* Bootstrap and resume: what the resync schedule starts with. */
 	{
@@ -584,7 +578,6 @@ void cache__close(cache *c)
 	for (int i = 0; i < 4; i++)
 		sqlite3_finalize(c->q_card[i]);
 	sqlite3_finalize(c->q_coupons);
-	sqlite3_finalize(c->q_act);
 	sqlite3_finalize(c->q_profile);
 	for (int i = 0; i < CACHE_STMT_SLOTS; i++)
 		sqlite3_finalize(c->slots[i]);
@@ -598,9 +591,7 @@ void cache__close(cache *c)
 		else
 			sqlite3_close_v2(c->db);
 	}
-	/* A reader of the outbox never checkpoints or deletes its -wal: that
-	 * is the outbox's business (and the file may have been swapped). */
-	quarantine__close_detached(c->act);
+	outbox__activity_close(c->act);
 	if (c->lock_fd >= 0)
 		close(c->lock_fd);
 	crypto__sealer_free(c->sealer);
@@ -2503,29 +2494,21 @@ static void add_local(cache *c, const char *key, cJSON *root, int64_t now)
 	cJSON *stats = cJSON_GetObjectItemCaseSensitive(root, "stats"), *recent, *local, *lp;
 	int64_t as_of = cJSON_IsObject(stats) ? obj_i64(stats, "as_of_ms") : 0;
 	int64_t orders = 0, returns = 0, spend = 0, last = 0;
-	if (!c->act)
-		return;
-	if (!c->q_act && prep(c, c->act, &c->q_act,
-			      "SELECT seq, wall_ms, kind, amount, skus FROM member_activity"
-			      " WHERE member_id = ?1 AND wall_ms > ?2 ORDER BY seq DESC LIMIT 200",
-			      1))
-		return; /* an outbox from before schema v2: nothing local yet */
-	sqlite3_reset(c->q_act);
-	sqlite3_bind_text(c->q_act, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(c->q_act, 2, as_of);
+	outbox__activity_row row;
+	if (outbox__activity_query(c->act, key, as_of))
+		return; /* no outbox, or one from before schema v2: nothing local yet */
 	local = cJSON_CreateObject();
 	lp = cJSON_AddArrayToObject(local, "purchases");
-	while (sqlite3_step(c->q_act) == SQLITE_ROW) {
-		int64_t ts = sqlite3_column_int64(c->q_act, 1), amount = sqlite3_column_int64(c->q_act, 3);
-		const char *kind = (const char *)sqlite3_column_text(c->q_act, 2);
+	while (outbox__activity_next(c->act, &row)) {
+		int64_t ts = row.wall_ms, amount = row.amount;
+		const char *kind = row.kind;
 		int is_return = kind && strcmp(kind, "return") == 0;
 		cJSON *e = cJSON_CreateObject();
 		cJSON_AddNumberToObject(e, "ts", (double)ts);
-		cJSON_AddNumberToObject(e, "seq", (double)sqlite3_column_int64(c->q_act, 0));
+		cJSON_AddNumberToObject(e, "seq", (double)row.seq);
 		cJSON_AddStringToObject(e, "kind", is_return ? "return" : "purchase");
 		cJSON_AddNumberToObject(e, "total", (double)amount);
-		cJSON *skus = sqlite3_column_text(c->q_act, 4) ? cJSON_Parse((const char *)sqlite3_column_text(c->q_act, 4))
-								 : NULL;
+		cJSON *skus = row.skus ? cJSON_Parse(row.skus) : NULL;
 		cJSON_AddItemToObject(e, "skus", skus ? skus : cJSON_CreateArray());
 		cJSON_AddItemToArray(lp, e);
 		if (is_return) {
@@ -2537,7 +2520,6 @@ static void add_local(cache *c, const char *key, cJSON *root, int64_t now)
 		}
 		spend += amount;
 	}
-	sqlite3_reset(c->q_act);
 	cJSON_AddNumberToObject(local, "orders", (double)orders);
 	cJSON_AddNumberToObject(local, "returns", (double)returns);
 	cJSON_AddNumberToObject(local, "spend", (double)spend);

@@ -19,17 +19,20 @@ static const struct {
 		 "store-wide downlink every device of the store reads), not an id"},
 };
 
+static int word_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+	       c == '.';
+}
+
 const char *ident__problem(const char *s)
 {
 	size_t n = strlen(s);
 	if (n == 0 || n > 64)
 		return "must be 1..64 of [A-Za-z0-9_.-]";
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-		      c == '_' || c == '.'))
+	for (size_t i = 0; i < n; i++)
+		if (!word_char(s[i]))
 			return "must be 1..64 of [A-Za-z0-9_.-]";
-	}
 	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
 		if (strcmp(s, reserved[i].word) == 0)
 			return reserved[i].why;
@@ -39,4 +42,25 @@ const char *ident__problem(const char *s)
 int ident__ok(const char *s)
 {
 	return ident__problem(s) == NULL;
+}
+
+int ident__key_ok(const char *s, size_t max, const char *extra)
+{
+	size_t n;
+	if (!s || !(n = strlen(s)) || n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!word_char(s[i]) && s[i] != ':' && !(extra && strchr(extra, s[i])))
+			return 0;
+	return 1;
+}
+
+int ident__token_ok(const unsigned char *t, size_t n, size_t max)
+{
+	if (!t || n < 1 || n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (t[i] < 0x21 || t[i] > 0x7e || t[i] == '"' || t[i] == '\\')
+			return 0;
+	return 1;
 }

@@ -24,6 +24,7 @@
 #include "guide.h"
 
 #include "err.h"
+#include "ledger.h"
 #include "outbox.h"
 #include "platform.h"
 #include "capture.h"
@@ -219,12 +220,29 @@ struct guide__local {
 	int rc;
 };
 
+static int local_use(void *ctx, const char *id, const char *coupon, const char *campaign)
+{
+	guide__local *l = ctx;
+	if (l->n_uses == l->cap_uses) {
+		size_t nc = l->cap_uses ? l->cap_uses * 2 : 16;
+		struct use *u = realloc(l->uses, nc * sizeof(*u));
+		if (!u)
+			return err__set(SCRM_E_NOMEM, "out of memory");
+		l->uses = u;
+		l->cap_uses = nc;
+	}
+	struct use *u = &l->uses[l->n_uses++];
+	snprintf(u->id, sizeof(u->id), "%s", id);
+	snprintf(u->coupon, sizeof(u->coupon), "%s", coupon);
+	snprintf(u->campaign, sizeof(u->campaign), "%s", campaign);
+	return SCRM_OK;
+}
+
 static int local_read(outbox *ob, void *ctx)
 {
 	guide__local *l = ctx;
 	int connected = 0;
 	int64_t changed = 0, seen = 0;
-	sqlite3_stmt *st = NULL;
 	int rc;
 	if ((rc = outbox__link_get(ob, &connected, &changed, &seen)))
 		return rc;
@@ -234,30 +252,7 @@ static int local_read(outbox *ob, void *ctx)
 	l->seen_ms = seen;
 	if (!l->member_id)
 		return SCRM_OK;
-	rc = sqlite3_prepare_v2(outbox__db(ob),
-				"SELECT id, coalesce(coupon, ''), campaign FROM redemptions WHERE member_id = ?1 ORDER BY id",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__sqlite_err(rc, "read redemptions", sqlite3_errmsg(outbox__db(ob)));
-	sqlite3_bind_text(st, 1, l->member_id, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (l->n_uses == l->cap_uses) {
-			size_t nc = l->cap_uses ? l->cap_uses * 2 : 16;
-			struct use *u = realloc(l->uses, nc * sizeof(*u));
-			if (!u) {
-				sqlite3_finalize(st);
-				return err__set(SCRM_E_NOMEM, "out of memory");
-			}
-			l->uses = u;
-			l->cap_uses = nc;
-		}
-		struct use *u = &l->uses[l->n_uses++];
-		snprintf(u->id, sizeof(u->id), "%s", (const char *)sqlite3_column_text(st, 0));
-		snprintf(u->coupon, sizeof(u->coupon), "%s", (const char *)sqlite3_column_text(st, 1));
-		snprintf(u->campaign, sizeof(u->campaign), "%s", (const char *)sqlite3_column_text(st, 2));
-	}
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SCRM_OK : outbox__sqlite_err(rc, "read redemptions", "");
+	return outbox__member_redemptions(ob, l->member_id, local_use, l);
 }
 
 static int local_load(scrm_store *store, const char *member_id, int64_t now, const guide__policy *p, guide__local *l)

@@ -233,10 +233,8 @@ int outbox__redemptions(outbox *ob, int limit, sbuf *out);
  * policy). seen_ms is refreshed while connected. */
 int outbox__link_set(outbox *ob, int connected, int64_t now_ms);
 int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *seen_ms);
-/* The store's connection, for read-only queries by other modules while
- * they hold it (store__exclusive). */
-struct sqlite3;
-struct sqlite3 *outbox__db(outbox *ob);
+/* Queries other modules run on the ledgers: ledger.h (the outbox is the
+ * only module that prepares SQL on outbox.db's tables). */
 
 /* A value from the daemon's config that triggers read (settings table). */
 int outbox__setting_set(outbox *ob, const char *k, int64_t v);

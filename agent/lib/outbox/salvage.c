@@ -16,7 +16,7 @@
 #include "salvage.h"
 
 #include "err.h"
-#include "outbox.h"
+#include "outbox_int.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -349,16 +349,18 @@ static const char *const fill_ledgers[] = {
 static int fill_receipts(sqlite3 *into, salvage__report *r)
 {
 	sqlite3_stmt *q = NULL, *ins = NULL;
+	struct outbox__kind_sql k;
+	char sel[400], put[700];
 	int rc;
-	if ((rc = sqlite3_prepare_v2(into,
-				     "SELECT kind, body, seq, id, wall_ms FROM outbox WHERE recovered != 0 AND set_aside IS NULL"
-				     " AND kind IN ('purchase', 'return') AND json_valid(body)",
-				     -1, &q, NULL)) != SQLITE_OK ||
-	    (rc = sqlite3_prepare_v2(into,
-				     "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest) SELECT ?1, k, ?3, ?4,"
-				     " ?5, ?6 FROM (SELECT json_extract(?2, CASE ?1 WHEN 'purchase' THEN '$.order_id'"
-				     " ELSE '$.return_id' END) AS k) WHERE k IS NOT NULL",
-				     -1, &ins, NULL)) != SQLITE_OK)
+	outbox__kind_sql(&k);
+	snprintf(sel, sizeof(sel),
+		 "SELECT kind, body, seq, id, wall_ms FROM outbox WHERE recovered != 0 AND set_aside IS NULL"
+		 " AND kind IN %s AND json_valid(body)", k.keyed);
+	snprintf(put, sizeof(put),
+		 "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest) SELECT ?1, k, ?3, ?4,"
+		 " ?5, ?6 FROM (SELECT %s AS k) WHERE k IS NOT NULL", k.order_key);
+	if ((rc = sqlite3_prepare_v2(into, sel, -1, &q, NULL)) != SQLITE_OK ||
+	    (rc = sqlite3_prepare_v2(into, put, -1, &ins, NULL)) != SQLITE_OK)
 		goto out;
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		unsigned char digest[OUTBOX_DIGEST_BYTES];

@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * outbox_int: what the outbox's own files share (outbox.h and ledger.h are
+ * the module's interface; outside agent/lib/outbox/ only its unit tests
+ * include this). The handle,
+ * the SQL the files agree on, and the internal calls between them:
+ *   outbox.c   open/close, quarantine and follow, the SQLite helpers
+ *   schema.c   all DDL and migrations (and what each trigger does)
+ *   append.c   capture's group-commit target
+ *   clock.c    each event's clock_ok
+ *   bounded.c  size cap, eviction, alarms, health, disk reserve
+ *   deliver.c  batches, acks, rejects, stats
+ *   setaside.c dead letter
+ *   ledger.c   the local ledgers (redemptions, reco_shown, member_activity,
+ *              link, settings) and the queries other modules run on them
+ *   ledger_read.c  a reader of member_activity for another module (alone:
+ *              needs nothing else of the outbox)
+ *   salvage.c  rows copied out of a damaged file (salvage.h)
+ */
+#ifndef SCRM_OUTBOX_INT_H
+#define SCRM_OUTBOX_INT_H
+
+#include "outbox.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+
+/* Clock trust (clock.c and docs/protocol.md, clock_ok). */
+#define CLOCK_STEP_MS 60000              /* offset change tolerated, and the floor after a reboot */
+#define CLOCK_DRIFT_PPM 500              /* plus this share of the mono time elapsed (the kernel's slew limit) */
+#define CLOCK_CONFIRM_MS (10LL * 60000)  /* a new offset kept this long (mono) is a correction */
+#define CLOCK_MAX_MS (1LL << 53)         /* wall and mono beyond this are nonsense: never trusted */
+/* The clock state in `device`, in struct clock_state's order. */
+#define CLOCK_COLUMNS "max_wall_ms, clock_boot, clock_offset_ms, clock_mono_ms, clock_cand_boot," \
+		      " clock_cand_offset_ms, clock_cand_mono_ms"
+
+/* Outside the libscrm target (unit tests compiling the outbox alone). */
+#ifndef SCRM_BUILD_EPOCH
+#define SCRM_BUILD_EPOCH 0
+#endif
+
+#define XSTR_(x) #x
+#define XSTR(x) XSTR_(x)
+#define FRESH_SUFFIX ".fresh"
+
+/* The SQL that tells kinds apart, made from kinds.def (schema.c), the same
+ * text the literals it replaced had (unit_outbox checks):
+ *   paid         ('purchase', 'return', 'coupon_redeem'): never evicted
+ *   evict_class  CASE kind WHEN 'reco_shown' THEN 0 ... ELSE 2 END: the
+ *                eviction order (browsing, then scans, then any other kind
+ *                not paid for); the partial index outbox_evictable is on it
+ *   keyed        ('purchase', 'return'): the kinds with a receipt (orders)
+ *   order_key    what identifies a sale for retries, read from the
+ *                canonical body (?1 kind, ?2 body): a purchase's order_id,
+ *                a return's return_id */
+struct outbox__kind_sql {
+	char paid[200];
+	char keyed[200];
+	char evict_class[400];
+	char order_key[400];
+};
+void outbox__kind_sql(struct outbox__kind_sql *k);
+/* kinds.def's paid column; the receipt's key field (NULL: not receipted). */
+int outbox__kind_paid(const char *kind);
+const char *outbox__kind_key(const char *kind);
+
+struct outbox {
+	sqlite3 *db;
+	char device_id[65];
+	char *dir, *path;       /* owned */
+	char *reserve;          /* owned: <dir>/outbox.reserve (outbox__reserve_ensure) */
+	int busy_ms;
+	int lock_fd;            /* <dir>/outbox.lock (quarantine.h), -1 if unavailable */
+	uint64_t dev, ino;      /* the file this connection opened */
+	int corrupt;            /* a SQLite call reported the file damaged */
+	char quarantined[4200]; /* where this open moved a damaged file, "" if it did not */
+	unsigned generation;    /* files this handle has followed (outbox__generation) */
+	int reserve_released;   /* released by this handle, disk_full not raised yet */
+	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
+	char full_msg[480], drop_msg[480], conflict_msg[480];
+	struct outbox__kind_sql ksql; /* filled by connect */
+	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
+		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
+};
+
+/* ---- outbox.c: the SQLite helpers and the file ---- */
+/* A failed SQLite call: marks the handle corrupt when the file is damaged. */
+int outbox__fail(outbox *ob, int rc, const char *what);
+int outbox__exec(outbox *ob, const char *sql);
+void outbox__rollback(outbox *ob);
+/* Reopen onto a fresh file another process swapped in (no lock held). */
+int outbox__follow(outbox *ob);
+/* The shared lock for a write, on the file now at our path. */
+int outbox__hold(outbox *ob);
+/* The file turned out damaged during a write: quarantine it, follow. */
+int outbox__recover(outbox *ob);
+/* After a failed read: 1 if the file was damaged and is now replaced. */
+int outbox__healed(outbox *ob, int rc);
+int outbox__query_json(outbox *ob, const char *sql, int bind, sbuf *out, int64_t *n, const char *what);
+
+/* ---- schema.c ---- */
+int outbox__migrate(outbox *ob, const char *device_id);
+
+/* ---- clock.c ---- */
+#define CLOCK_BOOT_CAP 40 /* a boot id is 36 characters */
+struct clock_state {
+	int64_t last_wall;            /* device.max_wall_ms */
+	char boot[CLOCK_BOOT_CAP];    /* the anchor's boot id, "" = none yet */
+	int64_t offset, mono;         /* its wall - mono, and its mono */
+	char cand_boot[CLOCK_BOOT_CAP]; /* a step waiting for confirmation, "" = none */
+	int64_t cand_offset, cand_mono; /* its offset, and the mono it was first seen at */
+	int synced;                   /* platform__clock_synced(), asked at most once; CLOCK_UNASKED */
+};
+#define CLOCK_UNASKED 2
+void outbox__clock_load(sqlite3_stmt *q, int col, struct clock_state *c);
+int outbox__clock_judge(struct clock_state *c, int64_t wall, int64_t mono, const char *boot, int64_t trusted_after_ms);
+
+/* ---- append.c ---- */
+int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms);
+
+/* ---- bounded.c ---- */
+int outbox__alarm_raise_db(sqlite3 *db, const char *code, const char *detail, int64_t now_ms);
+void outbox__limits_of(sqlite3_stmt *q, int col, int64_t *max, int64_t *reserve);
+int outbox__read_limits(outbox *ob, int64_t *max, int64_t *reserve);
+int outbox__read_usage(outbox *ob, int64_t *bytes);
+int outbox__raise_alarm(outbox *ob, const char *code, const char *detail, int64_t now_ms);
+int outbox__count_dropped(outbox *ob, const char *kind, int64_t bytes, int64_t now_ms);
+int outbox__raise_dropped(outbox *ob, int64_t now_ms);
+int outbox__evict(outbox *ob, int64_t want, int64_t before, int all_or_nothing, int64_t now_ms, int64_t *freed);
+void outbox__central_state(outbox *ob, char *out, size_t cap);
+int64_t outbox__wal_growth(outbox *ob);
+int outbox__disk_nearly_full(outbox *ob);
+int outbox__release_reserve(outbox *ob, int rc);
+void outbox__note_reserve_released(outbox *ob);
+
+/* ---- setaside.c ---- */
+int outbox__set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes);
+
+#endif
