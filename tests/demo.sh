@@ -13,5 +13,5 @@ mkdir -p build
 cmake --preset host-release >build/demo-configure.log 2>&1 || { cat build/demo-configure.log; exit 1; }
 cmake --build --preset host-release >/dev/null
 B=build/host-release
-export SCRM_AGENT_BIN=$B/agent/scrm-agent SCRM_CENTRAL_BIN=$B/tests/central/scrm-central SCRM_POSSIM_BIN=$B/tests/tools/scrm-pos-sim SCRM_CACHEGEN_BIN=$B/tests/tools/scrm-cachegen SCRM_CTL_BIN=$B/agent/scrmctl
+export SCRM_AGENT_BIN=$B/agent/daemon/scrm-agent SCRM_CENTRAL_BIN=$B/tests/central/scrm-central SCRM_POSSIM_BIN=$B/tests/tools/scrm-pos-sim SCRM_CACHEGEN_BIN=$B/tests/tools/scrm-cachegen SCRM_CTL_BIN=$B/agent/tools/scrmctl/scrmctl
 exec "$B/tests/demo/scrm-demo" "$REPO/tests/data"

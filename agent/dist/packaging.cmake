@@ -6,6 +6,9 @@
 #   scrm-agent   scrm-agent, scrmctl, libscrm.so.0*, the unit, /etc/scrm/agent.json
 #                (a conffile), maintainer scripts (user scrm, /var/lib/scrm), docs
 #   libscrm-dev  scrm/scrm.h, libscrm.so, scrm.pc; Depends: scrm-agent (= version)
+#   scrm-fleet   scrm-fleet, the operations console (central side: it signs
+#                commands to devices, so store devices do not carry it; on a
+#                device `scrmctl fleet` says where it is)
 #
 #   cmake --build <dir> --target package       ->  <dir>/scrm-agent_0.1.0_arm64.deb ...
 #   cpack --config <dir>/CPackConfig.cmake -B <out>
@@ -62,6 +65,8 @@ install(FILES ${SCRM_DIST_DIR}/README.md ${SCRM_DIST_DIR}/copyright
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/scrm-agent COMPONENT scrm-agent)
 install(FILES ${SCRM_DIST_DIR}/copyright
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/libscrm-dev COMPONENT libscrm-dev)
+install(FILES ${SCRM_DIST_DIR}/copyright
+        DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/scrm-fleet COMPONENT scrm-fleet)
 
 # scrm.pc: the version now, the prefix at install time (/usr in the package,
 # CMAKE_INSTALL_PREFIX for `cmake --install`).
@@ -88,7 +93,7 @@ set(CPACK_PACKAGE_CONTACT "${SCRM_DEB_MAINTAINER}")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_DEB_COMPONENT_INSTALL ON)
-set(CPACK_COMPONENTS_ALL scrm-agent libscrm-dev)
+set(CPACK_COMPONENTS_ALL scrm-agent libscrm-dev scrm-fleet)
 set(CPACK_COMPONENTS_GROUPING IGNORE)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)              # name_version_arch.deb
 set(CPACK_DEBIAN_PACKAGE_ARCHITECTURE ${SCRM_DEB_ARCH})
@@ -127,5 +132,21 @@ set(CPACK_COMPONENT_LIBSCRM-DEV_DESCRIPTION
 The header scrm/scrm.h, the libscrm.so link and the pkg-config file scrm.pc,
 for POS and guide-tablet software that records sales, returns and member
 scans into the store's outbox and reads the offline customer cache.")
+
+set(CPACK_DEBIAN_SCRM-FLEET_PACKAGE_NAME scrm-fleet)
+set(CPACK_DEBIAN_SCRM-FLEET_PACKAGE_SECTION admin)
+# What scrm-fleet links (no SQLite: it reads no store): Paho and OpenSSL
+# (the transport), mbedTLS's crypto (command signatures), cJSON. No
+# scrm-agent: the operations side runs no agent.
+set(CPACK_DEBIAN_SCRM-FLEET_PACKAGE_DEPENDS
+    "libc6 (>= 2.34), libcjson1 (>= 1.7.13), libmbedcrypto7 (>= 2.28.0), libpaho-mqtt1.3 (>= 1.3.0), libssl3 (>= 3.0.0)")
+set(CPACK_COMPONENT_SCRM-FLEET_DESCRIPTION
+"SCRM fleet console: the central operations view of every store agent
+scrm-fleet connects to the fleet's MQTT broker as an operator and lists every
+agent of a tenant (online or not, last heartbeat, backlog, version), shows one
+agent's health in detail, and sends it commands (ping, status, resync, flush,
+config.get/set, log.level, member.forget, cache.purge, ...), signed with the
+operator's key, printing the reply. For the operations side only: store
+devices run scrm-agent, which does not include it.")
 
 include(CPack)

@@ -327,6 +327,87 @@ SCRM_API int scrm_redemptions(scrm_store *store, int limit, char **json);
 /* Release memory returned by libscrm; NULL is a no-op. */
 SCRM_API void scrm_free(void *p);
 
+/* ---- Maintenance: what scrmctl shows and repairs --------------------- */
+
+/* Storage figures of the outbox (see outbox.max_bytes in the daemon's
+ * config): what it holds, the limits in force, and what was dropped or
+ * refused for room. */
+#define SCRM_OUTBOX_HEALTH_KINDS 8
+typedef struct scrm_outbox_health {
+	int64_t pending;          /* events not yet acknowledged */
+	int64_t bytes;            /* their stored size, row overhead included */
+	int64_t max_bytes;        /* outbox.max_bytes in force */
+	int64_t reserve_bytes;    /* the part of it kept for paid events */
+	int64_t oldest_pending_ms;/* wall_ms of the oldest pending, 0 if none */
+	int64_t last_ack_ms;      /* central's last ack, 0 = never */
+	int64_t last_seq;         /* last seq assigned, 0 if none */
+	int64_t refused_paid;     /* purchases/returns/redemptions refused: outbox full */
+	int in_reserve;           /* bytes > max_bytes - reserve_bytes */
+	size_t n_dropped;         /* entries used in dropped[] */
+	struct {
+		char kind[24];    /* event kind */
+		int64_t count, bytes, last_ms;
+	} dropped[SCRM_OUTBOX_HEALTH_KINDS]; /* evicted or refused for room, per kind */
+} scrm_outbox_health;
+
+/* Storage figures into *out and, when `alarms_json` is not NULL, the store's
+ * alarms as a JSON array of {"code","since_ms","last_ms","count","detail"},
+ * oldest first ("[]" when none; owned by the caller, scrm_free()). Read on
+ * the store's own connection while no capture uses it, in one read
+ * transaction. Any thread. */
+SCRM_API int scrm_outbox_get_health(scrm_store *store, scrm_outbox_health *out, char **alarms_json);
+
+/* The events set aside in the outbox of the store in `dir` (borrowed):
+ * those that could not be sent as stored (their row no longer parses, or
+ * they are larger than the broker takes), kept byte for byte. A JSON array
+ * of {"seq","id","kind","wall_ms","reason","detail","set_aside_ms","bytes",
+ * "body"}, oldest seq first, into *json (owned by the caller, scrm_free()).
+ * `device_id` as scrm_store_options.device_id (may be NULL for an existing
+ * store). Opens its own connection; any thread, any process. */
+SCRM_API int scrm_outbox_set_aside(const char *dir, const char *device_id, char **json);
+
+/* What scrm_outbox_recover() found in a quarantined outbox file. */
+typedef struct scrm_recover_report {
+	int64_t recovered;        /* events put back, to be sent again */
+	int64_t already_held;     /* readable, but held or taken from it before */
+	int64_t unreadable;       /* rows found that could not be read */
+	int64_t damaged_ranges;   /* damaged ranges stepped over */
+	int64_t ledger_rows;      /* ledger rows copied along */
+} scrm_recover_report;
+
+/* Put back into the outbox of the store in `dir` the events of `path` (a
+ * file the agent moved to <dir>/quarantine/outbox-<ms>.db; read-only, never
+ * changed) that the store neither holds nor took from it before, with their
+ * original seq and id, to be sent once more (central stores each once;
+ * docs/protocol.md, "Recovered events"). Running it again puts back nothing
+ * twice. SCRM_E_MISMATCH: the file is another device's. All strings
+ * borrowed; `out` may be NULL. The daemon sends them at its next turn (poke
+ * it: a capture or scrmctl does). */
+SCRM_API int scrm_outbox_recover(const char *dir, const char *device_id, const char *path,
+				 scrm_recover_report *out);
+
+/* Open the cache of the store in `dir` as scrm_cache_open(), creating
+ * `<dir>/private/cache.db` and the data key when missing: for seeding a
+ * store with scrm_cache_load_file() before go-live. Stop scrm-agent first
+ * (or hold its lock, `<dir>/agent.lock`): it may be applying the same
+ * stream. */
+SCRM_API int scrm_cache_create(const char *dir, const char *keys_dir, scrm_cache **out);
+
+/* Result of scrm_cache_load_file(). */
+typedef struct scrm_cache_load {
+	int64_t records;          /* records applied */
+	int64_t refused;          /* records refused alone (bad signature) */
+	const char *stream;       /* the file's stream ("members", ...); static */
+	const char *refused_detail; /* the first refused ("" if none); borrowed,
+				     * valid until the next call on the cache */
+} scrm_cache_load;
+
+/* Apply a snapshot file (JSON lines; docs/protocol.md, "Snapshot file") at
+ * `path` (borrowed) exactly as if central had sent it: the file replaces its
+ * stream atomically. *out filled on success; on failure the reason is in
+ * scrm_errmsg(). Calls on one handle are serialised. */
+SCRM_API int scrm_cache_load_file(scrm_cache *cache, const char *path, scrm_cache_load *out);
+
 #ifdef __cplusplus
 }
 #endif

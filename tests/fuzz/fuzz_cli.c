@@ -11,7 +11,7 @@
 #include "fuzz.h"
 
 #include "cli.h"
-#include "config.h"
+#include "ident.h"
 #include "console.h"
 
 #include <scrm/scrm.h>
@@ -61,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		else
 			FUZZ_CHECK(ca.action != CON_NONE, "fleet success without an action");
 		if (rc == 0 && (ca.action == CON_SHOW || ca.action == CON_CMD))
-			FUZZ_CHECK(config__id_ok(ca.store) && config__id_ok(ca.device) && config__id_ok(ca.tenant),
+			FUZZ_CHECK(ident__ok(ca.store) && ident__ok(ca.device) && ident__ok(ca.tenant),
 				   "fleet target not a valid id");
 		if (rc == 0 && ca.action == CON_CMD)
 			FUZZ_CHECK(ca.command && ca.command[0] && ca.timeout_ms >= 1, "fleet cmd without a name");

@@ -4,14 +4,17 @@
 # operations team meets them (run by ctest, tests/package/CMakeLists.txt; once per
 # preset, so for amd64 natively and for arm64/armhf under qemu-user):
 #
-#   build    cpack -> scrm-agent_<ver>_<arch>.deb, libscrm-dev_<ver>_<arch>.deb
+#   build    cpack -> scrm-agent_<ver>_<arch>.deb, libscrm-dev_<ver>_<arch>.deb,
+#            scrm-fleet_<ver>_<arch>.deb (the operations console, central side)
 #   deb      control fields (architecture of the TARGET), Depends against every
 #            NEEDED soname, conffiles, file lists; `dpkg --root` install into a
 #            throwaway root (maintainer scripts run DPKG_ROOT-aware: user scrm,
 #            /var/lib/scrm 2770, systemd state), the installed binaries run,
 #            `pkg-config scrm` + a program compiled and linked against the
 #            installed header and library; reinstall keeps an edited conffile;
-#            remove, then purge keeps the store (unsent sales) and the user
+#            remove, then purge keeps the store (unsent sales) and the user;
+#            scrm-fleet apart: not in scrm-agent (`scrmctl fleet` without it
+#            says where it is), installed alone it runs, with scrmctl too
 #   unit     systemd-analyze verify + security of the installed unit (skipped, 77,
 #            without systemd-analyze)
 #   notify   the installed daemon started as systemd would (NOTIFY_SOCKET,
@@ -37,6 +40,7 @@ LIBDIR=${SCRM_PKG_LIBDIR:-lib}
 read -r -a EMU <<<"${SCRM_TEST_EMULATOR:-}"
 AGENT_DEB=$SCRM_PKG_DIR/scrm-agent_${VER}_${ARCH}.deb
 DEV_DEB=$SCRM_PKG_DIR/libscrm-dev_${VER}_${ARCH}.deb
+FLEET_DEB=$SCRM_PKG_DIR/scrm-fleet_${VER}_${ARCH}.deb
 
 fail() { printf 'FAIL: %s\n' "$*"; exit 1; }
 ok() { printf 'ok   %s\n' "$*"; }
@@ -119,13 +123,13 @@ mode_build() {
 		tail -n 40 "$SCRM_PKG_DIR/cpack.log"
 		fail "cpack"
 	}
-	for f in "$AGENT_DEB" "$DEV_DEB"; do
+	for f in "$AGENT_DEB" "$DEV_DEB" "$FLEET_DEB"; do
 		[ -f "$f" ] || { ls -l "$SCRM_PKG_DIR"; fail "no $(basename "$f")"; }
 		ok "$(basename "$f") ($(stat -c %s "$f") bytes)"
 	done
 	local n
 	n=$(find "$SCRM_PKG_DIR" -maxdepth 1 -name '*.deb' | wc -l)
-	[ "$n" -eq 2 ] || fail "expected 2 packages, cpack made $n"
+	[ "$n" -eq 3 ] || fail "expected 3 packages, cpack made $n"
 }
 
 # ============================================================================
@@ -149,7 +153,7 @@ soname_package() {
 check_control() {
 	say "control fields"
 	local f p
-	for f in "$AGENT_DEB" "$DEV_DEB"; do
+	for f in "$AGENT_DEB" "$DEV_DEB" "$FLEET_DEB"; do
 		p=$(field "$f" Package)
 		[ "$(field "$f" Architecture)" = "$ARCH" ] ||
 			fail "$p: Architecture '$(field "$f" Architecture)', the target is $ARCH"
@@ -161,6 +165,8 @@ check_control() {
 	done
 	[ "$(field "$AGENT_DEB" Package)" = scrm-agent ] || fail "first package is not scrm-agent"
 	[ "$(field "$DEV_DEB" Package)" = libscrm-dev ] || fail "second package is not libscrm-dev"
+	[ "$(field "$FLEET_DEB" Package)" = scrm-fleet ] || fail "third package is not scrm-fleet"
+	case ", $(field "$FLEET_DEB" Depends), " in *", scrm-agent"*) fail "scrm-fleet depends on scrm-agent (the operations side runs no agent)" ;; esac
 	[ "$(field "$DEV_DEB" Depends)" = "scrm-agent (= $VER)" ] ||
 		fail "libscrm-dev Depends '$(field "$DEV_DEB" Depends)', want 'scrm-agent (= $VER)'"
 	ok "libscrm-dev Depends: scrm-agent (= $VER)"
@@ -203,13 +209,28 @@ check_files() {
 	! grep -qE "^/usr/include/|/libscrm\.so$|\.pc$|\.a$" "$agent_list" || fail "scrm-agent ships development files"
 	! grep -q "^/var/" "$agent_list" || fail "scrm-agent ships /var (the store is made by postinst and kept on purge)"
 	ok "no file in both packages; no dev files or /var in scrm-agent"
+	# The operations console is its own package: it signs commands to devices.
+	local fleet_list=$W/fleet.files
+	dpkg-deb -c "$FLEET_DEB" | awk '{ print $6 }' | sed 's|^\./|/|' | sort >"$fleet_list"
+	for f in /usr/bin/scrm-fleet /usr/share/doc/scrm-fleet/copyright; do
+		grep -qxF "$f" "$fleet_list" || fail "scrm-fleet lacks $f"
+	done
+	! grep -q 'scrm-fleet' "$agent_list" || fail "scrm-agent ships the fleet console: $(grep scrm-fleet "$agent_list" | tr '\n' ' ')"
+	dup=$(comm -12 <(grep -v '/$' "$fleet_list") <(cat "$agent_list" "$dev_list" | grep -v '/$' | sort) || true)
+	[ -z "$dup" ] || fail "files in scrm-fleet and another package: $dup"
+	[ "$(grep -v '/$' "$fleet_list" | grep -vc '^/usr/share/doc/')" -eq 1 ] ||
+		fail "scrm-fleet ships more than /usr/bin/scrm-fleet: $(grep -v '/$' "$fleet_list" | tr '\n' ' ')"
+	ok "scrm-fleet: /usr/bin/scrm-fleet and its docs only; scrm-agent has no scrm-fleet"
 }
 
+# check_elf DEB MIN_ELF_FILES
 check_elf() {
-	say "ELF files: target machine, stripped, NEEDED vs Depends"
-	local x=$W/extract machine f so pkg deps needed_pkgs=" "
+	local deb=$1 min=$2 p
+	p=$(field "$deb" Package)
+	say "$p: ELF files: target machine, stripped, NEEDED vs Depends"
+	local x=$W/extract-$p machine f so pkg deps needed_pkgs=" "
 	rm -rf "$x"
-	dpkg-deb -x "$AGENT_DEB" "$x"
+	dpkg-deb -x "$deb" "$x"
 	case "$ARCH" in
 	amd64) machine="Advanced Micro Devices X86-64" ;;
 	arm64) machine="AArch64" ;;
@@ -217,7 +238,7 @@ check_elf() {
 	i386) machine="Intel 80386" ;;
 	*) fail "no ELF machine known for $ARCH" ;;
 	esac
-	deps=", $(field "$AGENT_DEB" Depends), "
+	deps=", $(field "$deb" Depends), "
 	local n=0
 	while IFS= read -r f; do
 		readelf -h "$f" >/dev/null 2>&1 || continue
@@ -237,15 +258,15 @@ check_elf() {
 			case "$needed_pkgs" in *" $pkg "*) ;; *) needed_pkgs="$needed_pkgs$pkg " ;; esac
 		done
 	done < <(find "$x" -type f)
-	[ "$n" -ge 3 ] || fail "found $n ELF files, expected scrm-agent, scrmctl, libscrm.so.0"
-	ok "$n ELF files: $machine, stripped; NEEDED ->$needed_pkgs"
+	[ "$n" -ge "$min" ] || fail "$p: found $n ELF files, expected $min"
+	ok "$p: $n ELF files: $machine, stripped; NEEDED ->$needed_pkgs"
 	# And the other way: every library in Depends is really linked.
 	local d
-	for d in $(field "$AGENT_DEB" Depends | tr ',' '\n' | sed 's/(.*)//; s/ //g'); do
+	for d in $(field "$deb" Depends | tr ',' '\n' | sed 's/(.*)//; s/ //g'); do
 		[ "$d" = adduser ] && continue
-		case "$needed_pkgs" in *" $d "*) ;; *) fail "Depends lists $d but no shipped ELF file needs it" ;; esac
+		case "$needed_pkgs" in *" $d "*) ;; *) fail "$p: Depends lists $d but no shipped ELF file needs it" ;; esac
 	done
-	ok "every library in Depends is linked by a shipped file"
+	ok "$p: every library in Depends is linked by a shipped file"
 }
 
 check_installed() {
@@ -307,6 +328,25 @@ check_run() {
 	out=$(run_target "$ROOT/usr/bin/scrmctl" --store "$store" status --json) || fail "scrmctl status"
 	grep -q '"pending":1,' <<<"$out" || fail "scrmctl status after one record: $out"
 	ok "scrmctl record + status: 1 event pending"
+
+	say "the fleet console: scrm-fleet's package, not scrm-agent's"
+	local rc=0
+	out=$(env -u SCRM_FLEET_BIN PATH=/usr/bin:/bin "${EMU[@]}" "$ROOT/usr/bin/scrmctl" fleet list 2>&1) || rc=$?
+	[ "$rc" -eq 2 ] || fail "scrmctl fleet without scrm-fleet: exit $rc, want 2: $out"
+	grep -q 'scrm-fleet' <<<"$out" && grep -q 'operations side' <<<"$out" ||
+		fail "scrmctl fleet without scrm-fleet does not say it is the scrm-fleet package: $out"
+	ok "scrmctl fleet without scrm-fleet: exit 2, names the scrm-fleet package"
+	rdpkg -i "$FLEET_DEB"
+	[ "$(rstatus scrm-fleet)" = "ii " ] || fail "scrm-fleet not installed: status '$(rstatus scrm-fleet)'"
+	out=$(run_target "$ROOT/usr/bin/scrm-fleet" --help) || fail "scrm-fleet --help"
+	grep -q '^Usage: scrmctl fleet' <<<"$out" || fail "scrm-fleet --help: $out"
+	out=$(env -u SCRM_FLEET_BIN "${EMU[@]}" "$ROOT/usr/bin/scrmctl" fleet --help) || fail "scrmctl fleet --help"
+	grep -q '^Usage: scrmctl fleet' <<<"$out" || fail "scrmctl fleet --help (scrm-fleet next to it): $out"
+	rc=0
+	out=$(env -u SCRM_FLEET_BIN -u SCRM_FLEET_BROKER "${EMU[@]}" "$ROOT/usr/bin/scrmctl" fleet list 2>&1) || rc=$?
+	[ "$rc" -eq 2 ] && grep -q -- '--broker: required' <<<"$out" || fail "scrmctl fleet list (no broker): exit $rc: $out"
+	ok "scrm-fleet --help; scrmctl fleet runs the installed scrm-fleet next to it"
+	rdpkg -r scrm-fleet
 }
 
 check_pkgconfig() {
@@ -382,7 +422,8 @@ mode_deb() {
 	make_root
 	check_control
 	check_files
-	check_elf
+	check_elf "$AGENT_DEB" 3   # scrm-agent, scrmctl, libscrm.so.0
+	check_elf "$FLEET_DEB" 1   # scrm-fleet
 	check_installed
 	check_run
 	check_pkgconfig

@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * console_test: what `scrmctl fleet` prints of a device's words
+ * console_test: what scrm-fleet (`scrmctl fleet`) prints of a device's words
  * (console__term_text, agent/tools/scrm-fleet/console.c). A retained up/state is written by
  * the device (or by anyone holding its credentials), and the console shows
  * it on an operator's terminal: an escape sequence in a field must reach the
  * terminal as visible text, never as a control sequence (issue 12, finding
  * 6), and --json output must stay valid JSON that means the same.
  *
- * Links the real console and its neighbours from the daemon archive; only
- * the escaping function is called (no broker).
+ * Links the real console.c (no I/O of its own) and libscrm's core; only
+ * the escaping functions are called (no broker).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -172,6 +172,36 @@ static void json_stays_json(void **state)
 	free(out);
 }
 
+/* console__shown: the same escapes, cut to the buffer at a character
+ * boundary (a table column never ends inside a UTF-8 sequence); NULL shows
+ * as "". */
+static void shown_fits_its_buffer(void **state)
+{
+	(void)state;
+	char buf[8];
+	assert_string_equal(console__shown(buf, sizeof(buf), NULL), "");
+	assert_string_equal(console__shown(buf, sizeof(buf), "ok"), "ok");
+	assert_string_equal(console__shown(buf, sizeof(buf), "a\x1b[2J"), "a\\x1b[2");
+	/* "abcde" + U+00E9 (2 bytes) + "z": 8 bytes do not fit in 7 */
+	assert_string_equal(console__shown(buf, sizeof(buf), "abcde\xc3\xa9z"), "abcde\xc3\xa9");
+	assert_string_equal(console__shown(buf, sizeof(buf), "abcdef\xc3\xa9"), "abcdef");
+	char big[64];
+	assert_string_equal(console__shown(big, sizeof(big), "\xe2\x80\xae" "evil"), "\\u202eevil");
+}
+
+/* console__jtext: a string member or "", never NULL. */
+static void jtext_is_never_null(void **state)
+{
+	(void)state;
+	cJSON *o = cJSON_Parse("{\"s\":\"x\",\"n\":1}");
+	assert_non_null(o);
+	assert_string_equal(console__jtext(o, "s"), "x");
+	assert_string_equal(console__jtext(o, "n"), "");
+	assert_string_equal(console__jtext(o, "missing"), "");
+	assert_string_equal(console__jtext(NULL, "s"), "");
+	cJSON_Delete(o);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -180,6 +210,8 @@ int main(void)
 		cmocka_unit_test(bidi_controls_are_shown),
 		cmocka_unit_test(every_byte_value),
 		cmocka_unit_test(json_stays_json),
+		cmocka_unit_test(shown_fits_its_buffer),
+		cmocka_unit_test(jtext_is_never_null),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -194,3 +194,52 @@ int scrm_redeem(scrm_cache *h, scrm_store *store, const scrm_redeem_request *rq,
 	sbuf__free(&b);
 	return rc;
 }
+
+/* ---- maintenance: seeding the cache (scrmctl cache load) ---- */
+
+/* A handle on the cache opened with `o`. (scrm_cache_open does the same with
+ * its own options; it can call this once the cache module's owner moves
+ * it up.) */
+static int handle_open(const char *dir, const cache__options *o, scrm_cache **out)
+{
+	scrm_cache *h;
+	int rc;
+	err__clear();
+	if (!out || !dir)
+		return err__set(SCRM_E_INVALID, "dir/out: NULL");
+	*out = NULL;
+	if (!(h = calloc(1, sizeof(*h))))
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	if ((rc = cache__open(dir, o, &h->c))) {
+		free(h);
+		return rc;
+	}
+	pthread_mutex_init(&h->mu, NULL);
+	*out = h;
+	return SCRM_OK;
+}
+
+int scrm_cache_create(const char *dir, const char *keys_dir, scrm_cache **out)
+{
+	cache__options o = {.keys_dir = keys_dir, .create = 1};
+	return handle_open(dir, &o, out);
+}
+
+int scrm_cache_load_file(scrm_cache *h, const char *path, scrm_cache_load *out)
+{
+	int64_t n = 0, refused = 0;
+	int st = -1, rc;
+	err__clear();
+	if (!h || !path || !out)
+		return err__set(SCRM_E_INVALID, "cache/path/out: NULL");
+	pthread_mutex_lock(&h->mu);
+	rc = cache__load_file(h->c, path, NULL, NULL, &n, &refused, &st);
+	if (rc == SCRM_OK) {
+		out->records = n;
+		out->refused = refused;
+		out->stream = cache__stream_name(st);
+		out->refused_detail = cache__refused_detail(h->c);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return rc;
+}

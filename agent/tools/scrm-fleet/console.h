@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * console: `scrmctl fleet`, the central operations team's view of the fleet
- * (docs/protocol.md, "Fleet management"). It connects to the broker as an
- * operator identity, reads every agent's retained state and heartbeat, and
- * sends commands as MQTT 5 requests, printing the reply. Its argument parser
- * is separate from its I/O so it can be fuzzed.
+ * console: scrm-fleet (also run as `scrmctl fleet`), the central operations
+ * team's view of the fleet (docs/protocol.md, "Fleet management"). It
+ * connects to the broker as an operator identity, reads every agent's
+ * retained state and heartbeat, and sends commands as MQTT 5 requests,
+ * printing the reply. Its argument parser and terminal-safe text
+ * (console.c) are separate from its I/O (conn.c, view.c, cmd.c) so they can
+ * be fuzzed and unit-tested without a broker.
  */
 #ifndef SCRM_CONSOLE_H
 #define SCRM_CONSOLE_H
@@ -13,6 +15,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+struct cJSON;
 
 enum console__action { CON_NONE = 0, CON_LIST, CON_SHOW, CON_CMD, CON_HELP };
 
@@ -53,7 +58,17 @@ int console__parse(int argc, char **argv, console__args *a, char *err, size_t er
  * with the same meaning. Sets out->oom on allocation failure. */
 void console__term_text(sbuf *out, const char *s, size_t len, int json);
 
-/* Run it: 0 ok, 1 the command was refused / nothing found, 2 usage,
+/* s (NULL = "") made safe to print (console__term_text) into buf, cut at a
+ * character boundary if it does not fit. Returns buf. */
+const char *console__shown(char *buf, size_t cap, const char *s);
+/* JSON text (cJSON's or a checked payload) to stdout, terminal-safe. */
+void console__put_json(const char *text, size_t len);
+/* A string member of o, or "" (absent, not a string, o NULL). Borrowed. */
+const char *console__jtext(const struct cJSON *o, const char *name);
+/* The usage text, command list included. */
+void console__usage(FILE *f);
+
+/* Run it (main.c): 0 ok, 1 the command was refused / nothing found, 2 usage,
  * 3 no reply or no connection in time. */
 int console__main(int argc, char **argv);
 
