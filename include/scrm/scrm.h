@@ -187,6 +187,11 @@ SCRM_API int scrm_record_member_scan(scrm_store *store,
 SCRM_API int scrm_record_json(scrm_store *store, const char *json, size_t len,
 			      scrm_receipt *receipt);
 
+/* The kinds scrm_record_json accepts, as text for a help or a message
+ * ("purchase, return or member_scan"; from the library's one list of event
+ * kinds, so a tool's help follows the library it runs with). Static. */
+SCRM_API const char *scrm_record_kinds(void);
+
 /* Largest accepted event body, bytes. */
 #define SCRM_MAX_EVENT_BYTES 131072
 

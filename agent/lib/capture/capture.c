@@ -248,6 +248,11 @@ int scrm_record_member_scan(scrm_store *s, const scrm_member_scan *m, scrm_recei
 	return record_typed(s, EVENT_MEMBER_SCAN, m, receipt);
 }
 
+const char *scrm_record_kinds(void)
+{
+	return EVENT_JSON_KINDS;
+}
+
 int scrm_record_json(scrm_store *s, const char *json, size_t len, scrm_receipt *receipt)
 {
 	sbuf body;

@@ -53,14 +53,15 @@ static void usage_record(FILE *f)
 	fprintf(f,
 		"Usage: scrmctl [--store DIR] [--device ID] record [--lines] [--json] [FILE|-]\n"
 		"\n"
-		"Records a purchase, return or member scan, durably, into the store's outbox.\n"
+		"Records an event (kind %s)\ndurably into the store's outbox.\n"
 		"The input is one JSON object, or with --lines one object per line:\n"
 		"  {\"kind\":\"purchase\",\"order_id\":\"A-1\",\"lines\":[{\"sku\":\"85123A\",\"qty\":2,\n"
 		"   \"unit_price\":255}],\"total\":510,\"currency\":\"GBP\",\"payment\":\"card\"}\n"
 		"Money is in minor units (cents). Fields: docs/protocol.md.\n"
 		"Prints the event's seq and id; an invalid event is refused with the field\n"
 		"and the reason, and nothing is written. With --lines every line is tried;\n"
-		"the exit code is 1 if any was refused.\n");
+		"the exit code is 1 if any was refused.\n",
+		scrm_record_kinds());
 }
 
 static void usage_status(FILE *f)
