@@ -5,6 +5,7 @@
  */
 #include "config_int.h"
 #include "topics.h"
+#include "uri.h"
 
 #include "err.h"
 #include "ident.h"
@@ -197,24 +198,18 @@ static int is_set(const struct ckey *k, const config *cfg)
 
 int config__normalise_uri(const char *uri, char **out, int *plaintext)
 {
-	static const struct { const char *from, *to; int plain; } schemes[] = {
-		{"mqtts://", "ssl://", 0}, {"ssl://", "ssl://", 0}, {"mqtt://", "tcp://", 1}, {"tcp://", "tcp://", 1},
-	};
-	*out = NULL;
-	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
-		size_t n = strlen(schemes[i].from);
-		if (strncmp(uri, schemes[i].from, n) != 0)
-			continue;
-		if (!uri[n])
-			return err__set(SCRM_E_CONFIG, "broker.uri: no host after %s", schemes[i].from);
-		size_t need = strlen(schemes[i].to) + strlen(uri + n) + 1;
-		if (!(*out = malloc(need)))
-			return err__set(SCRM_E_NOMEM, "out of memory");
-		snprintf(*out, need, "%s%s", schemes[i].to, uri + n);
-		*plaintext = schemes[i].plain;
+	const char *scheme = NULL;
+	switch (uri__paho(uri, out, plaintext, &scheme)) {
+	case URI_OK:
 		return SCRM_OK;
+	case URI_NOMEM:
+		return err__set(SCRM_E_NOMEM, "out of memory");
+	case URI_NO_HOST:
+		return err__set(SCRM_E_CONFIG, "broker.uri: no host after %s", scheme);
+	default:
+		return err__set(SCRM_E_CONFIG,
+				"broker.uri: must start with mqtts:// (or mqtt:// with broker.allow_plaintext), got \"%.80s\"", uri);
 	}
-	return err__set(SCRM_E_CONFIG, "broker.uri: must start with mqtts:// (or mqtt:// with broker.allow_plaintext), got \"%.80s\"", uri);
 }
 
 /* Checks that span keys, once everything is read. */

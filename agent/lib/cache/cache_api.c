@@ -22,10 +22,11 @@ struct scrm_cache {
 	pthread_mutex_t mu;
 };
 
-int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out)
+/* The handle around a cache opened with `o`: scrm_cache_open and
+ * scrm_cache_create differ only in their options. */
+static int handle_open(const char *dir, const cache__options *o, scrm_cache **out)
 {
 	scrm_cache *h;
-	cache__options o = {.keys_dir = keys_dir, .busy_timeout_ms = 2000};
 	int rc;
 	err__clear();
 	if (!out || !dir)
@@ -33,13 +34,19 @@ int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out)
 	*out = NULL;
 	if (!(h = calloc(1, sizeof(*h))))
 		return err__set(SCRM_E_NOMEM, "out of memory");
-	if ((rc = cache__open(dir, &o, &h->c))) {
+	if ((rc = cache__open(dir, o, &h->c))) {
 		free(h);
 		return rc;
 	}
 	pthread_mutex_init(&h->mu, NULL);
 	*out = h;
 	return SCRM_OK;
+}
+
+int scrm_cache_open(const char *dir, const char *keys_dir, scrm_cache **out)
+{
+	cache__options o = {.keys_dir = keys_dir, .busy_timeout_ms = 2000};
+	return handle_open(dir, &o, out);
 }
 
 void scrm_cache_close(scrm_cache *h)
@@ -196,28 +203,6 @@ int scrm_redeem(scrm_cache *h, scrm_store *store, const scrm_redeem_request *rq,
 }
 
 /* ---- maintenance: seeding the cache (scrmctl cache load) ---- */
-
-/* A handle on the cache opened with `o`. (scrm_cache_open does the same with
- * its own options; it can call this once the cache module's owner moves
- * it up.) */
-static int handle_open(const char *dir, const cache__options *o, scrm_cache **out)
-{
-	scrm_cache *h;
-	int rc;
-	err__clear();
-	if (!out || !dir)
-		return err__set(SCRM_E_INVALID, "dir/out: NULL");
-	*out = NULL;
-	if (!(h = calloc(1, sizeof(*h))))
-		return err__set(SCRM_E_NOMEM, "out of memory");
-	if ((rc = cache__open(dir, o, &h->c))) {
-		free(h);
-		return rc;
-	}
-	pthread_mutex_init(&h->mu, NULL);
-	*out = h;
-	return SCRM_OK;
-}
 
 int scrm_cache_create(const char *dir, const char *keys_dir, scrm_cache **out)
 {

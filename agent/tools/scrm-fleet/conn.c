@@ -6,6 +6,7 @@
  * process ends right after the action, so closing only disconnects.
  */
 #include "conn.h"
+#include "uri.h"
 
 #include <scrm/scrm.h>
 
@@ -35,32 +36,13 @@ mqtt__event *conn__next_event(mqtt *m, int64_t until)
 
 static int conn_connect(const console__args *a, struct conn *c, const char *uri, int plain, int64_t timeout_ms);
 
-/* The broker as Paho names it, into *out (malloc'd): mqtts:// and ssl:// are
- * TLS (ssl://), mqtt:// and tcp:// plaintext (tcp://, *plaintext set). -1
- * for another scheme or no host. */
-static int paho_uri(const char *broker, char **out, int *plaintext)
-{
-	static const char *const from[] = {"mqtts://", "ssl://", "mqtt://", "tcp://"};
-	*out = NULL;
-	for (size_t i = 0; i < sizeof(from) / sizeof(from[0]); i++) {
-		size_t n = strlen(from[i]), need = strlen(broker) + 3;
-		if (strncmp(broker, from[i], n) != 0 || !broker[n])
-			continue;
-		if (!(*out = malloc(need)))
-			return -1;
-		*plaintext = i >= 2;
-		snprintf(*out, need, "%s%s", *plaintext ? "tcp://" : "ssl://", broker + n);
-		return 0;
-	}
-	return -1;
-}
-
+/* The broker as Paho names it (transport/uri.h), then the connection. */
 int conn__open(const console__args *a, struct conn *c, int64_t timeout_ms)
 {
 	char *uri = NULL;
 	int plain = 0;
 	memset(c, 0, sizeof(*c));
-	if (paho_uri(a->broker, &uri, &plain) != 0) {
+	if (uri__paho(a->broker, &uri, &plain, NULL) != URI_OK) {
 		fprintf(stderr, "scrmctl fleet: --broker: must be mqtts://host:port (or mqtt:// for plaintext), got \"%.80s\"\n",
 			a->broker);
 		return 2;
