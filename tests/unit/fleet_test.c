@@ -190,7 +190,10 @@ static void topics_of_the_protocol(void **state)
 	char p[128], t[160];
 	assert_int_equal(topics__device_prefix(p, sizeof(p), TENANT, STORE, DEVICE), 0);
 	assert_string_equal(p, PREFIX);
-	assert_int_equal(topics__device_prefix(p, 10, TENANT, STORE, DEVICE), -1);
+	/* too small: a size the compiler cannot see, or -Wformat-truncation
+	 * (on at -O2) refuses the deliberate truncation */
+	volatile size_t small = 10;
+	assert_int_equal(topics__device_prefix(p, small, TENANT, STORE, DEVICE), -1);
 	assert_int_equal(topics__store_prefix(p, sizeof(p), TENANT, STORE), 0);
 	assert_string_equal(p, "scrm/v1/acme/s0042/");
 	assert_int_equal(topics__join(t, sizeof(t), PREFIX, TOPIC_DOWN_ACK), 0);
