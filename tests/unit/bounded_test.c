@@ -22,6 +22,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "testutil.h"
+#include "outboxfx.h"
 
 #include <scrm/scrm.h>
 
@@ -43,35 +44,14 @@
 #define BODY 384                              /* body bytes of a test row */
 #define ROW (BODY + OUTBOX_ROW_OVERHEAD)      /* its stored size: 512 */
 
-typedef struct fx {
-	char *dir;   /* the test's temp dir */
-	char *store; /* <dir>/store */
-	char *db;    /* <dir>/store/outbox.db */
-	outbox *ob;  /* open on store, device "pos-01" */
-} fx;
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	f->dir = tu_tmpdir("bounded");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
-	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
-	*state = f;
-	return 0;
+	return outboxfx_setup(state, "bounded");
 }
 
 static int teardown(void **state)
 {
-	fx *f = *state;
-	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
-	free(f);
-	return 0;
+	return outboxfx_teardown(state);
 }
 
 /* ---- rows of exact sizes --------------------------------------------- */

@@ -61,9 +61,7 @@ static int setup(void **state)
 {
 	fx *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	f->dir = tu_tmpdir("outbox_clock");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
+	tu_store_paths("outbox_clock", OUTBOX_FILE, &f->dir, &f->store, &f->db);
 	platform__clock_synced_override(fake_synced, &f->synced);
 	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
 	*state = f;
@@ -75,10 +73,7 @@ static int teardown(void **state)
 	fx *f = *state;
 	outbox__close(f->ob);
 	platform__clock_synced_override(NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
+	tu_store_paths_free(f->dir, f->store, f->db);
 	free(f);
 	return 0;
 }

@@ -22,6 +22,7 @@
 #include "outbox.h"
 #include "outbox_int.h"
 #include "testutil.h"
+#include "outboxfx.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -40,35 +41,14 @@
 #define BOOT "9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b"
 #define T0 1700000000000LL /* trusted_after_ms used by most tests */
 
-typedef struct fx {
-	char *dir;   /* the test's temp dir */
-	char *store; /* <dir>/store */
-	char *db;    /* <dir>/store/outbox.db */
-	outbox *ob;  /* open on store, device "pos-01" */
-} fx;
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	f->dir = tu_tmpdir("outbox");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
-	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
-	*state = f;
-	return 0;
+	return outboxfx_setup(state, "outbox");
 }
 
 static int teardown(void **state)
 {
-	fx *f = *state;
-	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
-	free(f);
-	return 0;
+	return outboxfx_teardown(state);
 }
 
 /* ---- helpers --------------------------------------------------------- */

@@ -54,6 +54,21 @@ char *tu_join(const char *a, const char *b)
 	return p;
 }
 
+void tu_store_paths(const char *name, const char *db_file, char **dir, char **store, char **db)
+{
+	*dir = tu_tmpdir(name);
+	*store = tu_join(*dir, "store");
+	*db = tu_join(*store, db_file);
+}
+
+void tu_store_paths_free(char *dir, char *store, char *db)
+{
+	tu_rmtree(dir);
+	free(db);
+	free(store);
+	free(dir);
+}
+
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line)
 {
 	const char *msg = scrm_errmsg();

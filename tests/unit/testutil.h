@@ -32,6 +32,11 @@ char *tu_tmpdir(const char *name);
 void tu_rmtree(const char *path);
 /* malloc'd "a/b" (no cmocka; aborts on OOM). */
 char *tu_join(const char *a, const char *b);
+/* The paths of a store in a fresh temp dir: *dir = tu_tmpdir(name),
+ * *store = "<dir>/store", *db = "<store>/<db_file>" (neither is made). */
+void tu_store_paths(const char *name, const char *db_file, char **dir, char **store, char **db);
+/* tu_rmtree(dir), then free the three paths (no cmocka). */
+void tu_store_paths_free(char *dir, char *store, char *db);
 
 /* Assert rc == code and that scrm_errmsg() starts with "<field>:". */
 #define assert_refused(rc, code, field) tu_assert_refused((rc), (code), (field), __FILE__, __LINE__)
