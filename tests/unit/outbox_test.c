@@ -895,16 +895,18 @@ static int reserve_child(const char *dir, int out)
 	return 0;
 }
 
-static void ack_on_a_full_disk_uses_the_reserve(void **state)
+/* Run child(dir, pipe) in a forked process (it mounts a private tmpfs):
+ * skip when it exits SKIP_EXIT (its message, then `skip_note`), fail with
+ * its message when it exits non-zero. */
+static void run_disk_child(int (*child)(const char *dir, int out), const char *dir, const char *skip_note)
 {
-	fx *f = *state;
 	int p[2];
 	assert_int_equal(pipe(p), 0);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		close(p[0]);
-		_exit(reserve_child(f->dir, p[1]));
+		_exit(child(dir, p[1]));
 	}
 	close(p[1]);
 	char msg[512] = "";
@@ -918,7 +920,7 @@ static void ack_on_a_full_disk_uses_the_reserve(void **state)
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	if (WEXITSTATUS(status) == SKIP_EXIT) {
-		print_message("skipping: %s\n", msg);
+		print_message("skipping: %s%s\n", msg, skip_note);
 		skip();
 	}
 	if (WEXITSTATUS(status) != 0) {
@@ -927,36 +929,16 @@ static void ack_on_a_full_disk_uses_the_reserve(void **state)
 	}
 }
 
+static void ack_on_a_full_disk_uses_the_reserve(void **state)
+{
+	fx *f = *state;
+	run_disk_child(reserve_child, f->dir, "");
+}
+
 static void disk_full_on_a_full_filesystem(void **state)
 {
 	fx *f = *state;
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(disk_full_child(f->dir, p[1]));
-	}
-	close(p[1]);
-	char msg[512] = "";
-	size_t have = 0;
-	ssize_t n;
-	while ((n = read(p[0], msg + have, sizeof(msg) - 1 - have)) > 0)
-		have += (size_t)n;
-	msg[have] = '\0';
-	close(p[0]);
-	int status = 0;
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFEXITED(status));
-	if (WEXITSTATUS(status) == SKIP_EXIT) {
-		print_message("skipping: %s; the in-process disk-full test still runs\n", msg);
-		skip();
-	}
-	if (WEXITSTATUS(status) != 0) {
-		print_error("%s\n", msg);
-		fail();
-	}
+	run_disk_child(disk_full_child, f->dir, "; the in-process disk-full test still runs");
 }
 
 static sqlite3 *last_opened;

@@ -172,15 +172,23 @@ static void check_one_leaf_lost(fx *f, int n, int64_t lost)
 	sbuf__free(&out);
 }
 
+/* Purchases first..last, checkpointed into the database file; returns how
+ * many table leaves leaves() finds (page numbers and cell counts of up to
+ * `max` of them in page/ncell). */
+static int fill_leaves(fx *f, int first, int last, int64_t *page, int64_t *ncell, int max)
+{
+	for (int i = first; i <= last; i++)
+		add_purchase(f->ob, i, NULL);
+	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	return leaves(f->db, page, ncell, max);
+}
+
 static void damaged_middle_leaf_loses_only_its_rows(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	assert_true(nl >= 5);
 	damage_page(f->db, page[nl / 2], NULL);
 	quarantine_now(f);
@@ -191,11 +199,8 @@ static void damaged_first_leaf_loses_only_its_rows(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	assert_true(nl >= 5);
 	damage_page(f->db, page[0], NULL);
 	quarantine_now(f);
@@ -208,11 +213,8 @@ static void two_damaged_leaves(void **state)
 {
 	fx *f = *state;
 	const int n = 600;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[128], ncell[128];
-	int nl = leaves(f->db, page, ncell, 128);
+	int nl = fill_leaves(f, 1, n, page, ncell, 128);
 	assert_true(nl >= 8);
 	damage_page(f->db, page[1], NULL);
 	damage_page(f->db, page[nl - 2], NULL);
@@ -238,11 +240,8 @@ static void ledgers_and_attribution_kept(void **state)
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, ack, 2, T0 + 10, &deleted), SCRM_OK);
 	assert_int_equal(deleted, 2);
-	for (int i = 10; i < 400; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[128], ncell[128];
-	int nl = leaves(f->db, page, ncell, 128);
+	int nl = fill_leaves(f, 10, 399, page, ncell, 128);
 	damage_page(f->db, page[nl - 1], NULL); /* the newest events, not the ones above */
 	quarantine_now(f);
 
@@ -286,12 +285,9 @@ static void recover_file_puts_back_once(void **state)
 {
 	fx *f = *state;
 	const int n = 200;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
 	unsigned char saved[64];
-	assert_true(leaves(f->db, page, ncell, 64) >= 4);
+	assert_true(fill_leaves(f, 1, n, page, ncell, 64) >= 4);
 	damage_page(f->db, page[1], saved);
 	quarantine_now(f);
 	int64_t lost = ncell[1];
@@ -345,11 +341,8 @@ static void a_read_heals_a_file_damaged_while_open(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	/* the daemon's handle, opened before the damage (no check at open) */
 	outbox__close(f->ob);
 	assert_int_equal(outbox__open(f->dir, "pos-01", 0, &f->ob), SCRM_OK);
