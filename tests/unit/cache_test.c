@@ -148,12 +148,7 @@ static int teardown(void **state)
 	cache__close(f->c);
 	scrm_store_close(f->s);
 	platform__clock_override(NULL, NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->store);
-	free(f->keys);
-	free(f->cache_db);
-	free(f->outbox_db);
+	tu_rmtree_free(f->dir, f->store, f->keys, f->cache_db, f->outbox_db);
 	free(f);
 	return 0;
 }

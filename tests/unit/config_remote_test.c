@@ -102,10 +102,7 @@ static int teardown(void **state)
 	config__free(&f->next);
 	sbuf__free(&f->text);
 	sbuf__free(&f->changed);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->path);
-	free(f->overlay);
+	tu_rmtree_free(f->dir, f->path, f->overlay);
 	free(f);
 	return 0;
 }

@@ -143,11 +143,7 @@ static int teardown(void **state)
 	scrm_store_close(f->s);
 	cg_signer_close(f->signer);
 	platform__clock_override(NULL, NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->keys);
-	free(f->outbox_db);
-	free(f->cache_db);
+	tu_rmtree_free(f->dir, f->keys, f->outbox_db, f->cache_db);
 	free(f);
 	return 0;
 }

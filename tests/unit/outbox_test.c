@@ -251,15 +251,22 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 	" ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
 #define CURRENT_SCHEMA 6
 
-static void newer_schema_refused(void **state)
+/* Close the fixture's outbox and run `sql` on its file with a plain
+ * connection (to make an older or newer store out of it). */
+static void close_and_exec(fx *f, const char *sql)
 {
-	fx *f = *state;
 	outbox__close(f->ob);
 	f->ob = NULL;
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
+}
+
+static void newer_schema_refused(void **state)
+{
+	fx *f = *state;
+	close_and_exec(f, "PRAGMA user_version = 99");
 	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
 	assert_null(f->ob);
 	/* "refusing to touch it": still version 99, and not taken for damage
@@ -285,19 +292,11 @@ static void schema_v2_store_upgrades(void **state)
 {
 	fx *f = *state;
 	assert_int_equal(append_n(f->ob, 3, T0 + 1), 1);
-	outbox__close(f->ob);
-	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db,
-				      DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
-				      " DROP TABLE reco_shown; DROP TABLE redemptions;"
-				      " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
+	close_and_exec(f, DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
+		       " DROP TABLE reco_shown; DROP TABLE redemptions;"
+		       " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		       " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		       " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2");
 	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
 	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('link','settings',"
@@ -319,17 +318,9 @@ static void schema_v3_store_upgrades(void **state)
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
 	assert_int_equal(deleted, 2);
-	outbox__close(f->ob);
-	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db,
-				      DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
+	close_and_exec(f, DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		       " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		       " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3");
 	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
 	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('usage','dropped','alarms',"

@@ -53,9 +53,7 @@ static int teardown(void **state)
 {
 	fx *f = *state;
 	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->dir);
+	tu_rmtree_free(f->dir, f->db);
 	free(f);
 	return 0;
 }

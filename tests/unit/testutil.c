@@ -63,10 +63,15 @@ void tu_store_paths(const char *name, const char *db_file, char **dir, char **st
 
 void tu_store_paths_free(char *dir, char *store, char *db)
 {
+	tu_rmtree_free(dir, store, db);
+}
+
+void tu_rmtree_free_n(char *dir, void **more, size_t n)
+{
 	tu_rmtree(dir);
-	free(db);
-	free(store);
 	free(dir);
+	for (size_t i = 0; i < n; i++)
+		free(more[i]);
 }
 
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line)

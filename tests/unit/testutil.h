@@ -37,6 +37,11 @@ char *tu_join(const char *a, const char *b);
 void tu_store_paths(const char *name, const char *db_file, char **dir, char **store, char **db);
 /* tu_rmtree(dir), then free the three paths (no cmocka). */
 void tu_store_paths_free(char *dir, char *store, char *db);
+/* tu_rmtree(dir), then free dir and each further pointer (no cmocka):
+ * a fixture's teardown, tu_rmtree_free(f->dir, f->db, f->keys). */
+#define tu_rmtree_free(dir, ...) \
+	tu_rmtree_free_n((dir), (void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
+void tu_rmtree_free_n(char *dir, void **more, size_t n);
 
 /* Assert rc == code and that scrm_errmsg() starts with "<field>:". */
 #define assert_refused(rc, code, field) tu_assert_refused((rc), (code), (field), __FILE__, __LINE__)
