@@ -69,34 +69,12 @@ static char *q(const char *format, ...)
 {
 	va_list ap;
 	va_start(ap, format);
-	int n = vsnprintf(NULL, 0, format, ap);
-	va_end(ap);
-	assert_true(n >= 0);
-	char *p = malloc((size_t)n + 1);
-	assert_non_null(p);
-	va_start(ap, format);
-	vsnprintf(p, (size_t)n + 1, format, ap);
+	char *p = tu_vfmt(format, ap);
 	va_end(ap);
 	for (char *c = p; *c; c++)
 		if (*c == '\'')
 			*c = '"';
 	return p;
-}
-
-/* Run SQL on a database file with a connection of our own (what another
- * process, or someone editing the file, would do). */
-static void sql_exec(const char *db_path, const char *sql)
-{
-	sqlite3 *db = NULL;
-	char *err = NULL;
-	assert_int_equal(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-	sqlite3_busy_timeout(db, 10000);
-	int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-	if (rc != SQLITE_OK)
-		print_error("%s: %s\n", sql, err ? err : "?");
-	sqlite3_free(err);
-	sqlite3_close(db);
-	assert_int_equal(rc, SQLITE_OK);
 }
 
 static void open_h(fx *f)
@@ -654,7 +632,7 @@ static void coupon_online_only_and_offline_cap(void **state)
 	char sql[200];
 	snprintf(sql, sizeof(sql), "INSERT INTO link(id, connected, changed_ms, seen_ms) VALUES (1, 1, %lld, %lld)",
 		 (long long)NOW, (long long)NOW);
-	sql_exec(f->outbox_db, sql);
+	tu_sql_exec(f->outbox_db, sql);
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW + 1000);
 	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "online")));
 	expect_ok(r, "coupon:C-ONLINE", 130);
@@ -685,7 +663,7 @@ static void coupon_online_only_and_offline_cap(void **state)
 	cJSON_Delete(r);
 	/* connected = 0, however fresh: offline */
 	snprintf(sql, sizeof(sql), "UPDATE link SET connected = 0, seen_ms = %lld", (long long)NOW);
-	sql_exec(f->outbox_db, sql);
+	tu_sql_exec(f->outbox_db, sql);
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW + 1000);
 	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "online")));
 	cJSON_Delete(r);
@@ -853,14 +831,14 @@ static void redeem_records_event_and_ledger(void **state)
 	assert_int_equal(outbox_rows(f), rows0 + 3);
 
 	/* someone edits a stored coupon: central's signature no longer holds */
-	sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"uses\":1', '\"uses\":9')"
+	tu_sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"uses\":1', '\"uses\":9')"
 			      " WHERE key = 'coupon:C-3'");
 	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM coupons WHERE signed LIKE '%\"uses\":9%'"), 1);
 	rc = REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-3", .order = "O-8", .basket = BASKET, .n = BASKET_N);
 	assert_refused(rc, SCRM_E_REFUSED, "signature");
 	assert_errmsg_contains("coupon:C-3");
 	/* ... or its campaign */
-	sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"value\":10', '\"value\":99')"
+	tu_sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"value\":10', '\"value\":99')"
 			      " WHERE key = 'campaign:OPEN'");
 	rc = REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-4", .order = "O-9", .basket = BASKET, .n = BASKET_N);
 	assert_refused(rc, SCRM_E_REFUSED, "signature");
@@ -2176,7 +2154,7 @@ static void attribution_of_purchases(void **state)
 	cJSON_Delete(b);
 
 	/* the daemon's attribution.window_ms, through the settings table */
-	sql_exec(f->outbox_db, "INSERT OR REPLACE INTO settings(k, v) VALUES ('attribution_window_ms', 1)");
+	tu_sql_exec(f->outbox_db, "INSERT OR REPLACE INTO settings(k, v) VALUES ('attribution_window_ms', 1)");
 	char *r4 = show(f, NOW + 5 * HOUR, "M1", "g-07");
 	b = buy(f, NOW + 5 * HOUR + 1, "O-12", "M1", NULL, NULL);
 	assert_attributed(b, "g-07", r4);

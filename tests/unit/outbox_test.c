@@ -257,10 +257,7 @@ static void close_and_exec(fx *f, const char *sql)
 {
 	outbox__close(f->ob);
 	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-	sqlite3_close(db);
+	tu_sql_exec(f->db, sql);
 }
 
 static void newer_schema_refused(void **state)

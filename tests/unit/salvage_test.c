@@ -80,20 +80,6 @@ static int64_t add_purchase(outbox *ob, int n, const char *member)
 	return add(ob, "purchase", body, n);
 }
 
-static void sql_exec(const char *path, const char *sql)
-{
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-	sqlite3_busy_timeout(db, 5000);
-	char *err = NULL;
-	int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-	if (rc != SQLITE_OK)
-		print_error("%s: %s\n", sql, err ? err : "?");
-	sqlite3_free(err);
-	sqlite3_close(db);
-	assert_int_equal(rc, SQLITE_OK);
-}
-
 /* The outbox table's leaf pages in key order (dbstat's path order). */
 static int leaves(const char *path, int64_t *page, int64_t *ncell, int cap)
 {
@@ -177,7 +163,7 @@ static int fill_leaves(fx *f, int first, int last, int64_t *page, int64_t *ncell
 {
 	for (int i = first; i <= last; i++)
 		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	tu_sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	return leaves(f->db, page, ncell, max);
 }
 
@@ -327,7 +313,7 @@ static void recover_file_puts_back_once(void **state)
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 0);
 	/* the quarantined file was read, never written */
 	/* another device's file is refused */
-	sql_exec(q, "UPDATE device SET device_id = 'pos-99'");
+	tu_sql_exec(q, "UPDATE device SET device_id = 'pos-99'");
 	assert_refused(outbox__recover_file(f->ob, q, &r), SCRM_E_MISMATCH, "file");
 	assert_refused(outbox__recover_file(f->ob, "/nonexistent/outbox-1.db", &r), SCRM_E_NOT_FOUND, "file");
 }
@@ -374,7 +360,7 @@ static void a_poison_event_is_set_aside(void **state)
 	fx *f = *state;
 	for (int i = 1; i <= 10; i++)
 		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	tu_sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	outbox__close(f->ob);
 	f->ob = NULL;
 	{

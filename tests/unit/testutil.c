@@ -74,6 +74,28 @@ void tu_rmtree_free_n(char *dir, void **more, size_t n)
 		free(more[i]);
 }
 
+char *tu_vfmt(const char *format, va_list ap)
+{
+	va_list again;
+	va_copy(again, ap);
+	int n = vsnprintf(NULL, 0, format, ap);
+	assert_true(n >= 0);
+	char *p = malloc((size_t)n + 1);
+	assert_non_null(p);
+	vsnprintf(p, (size_t)n + 1, format, again);
+	va_end(again);
+	return p;
+}
+
+char *tu_fmt(const char *format, ...)
+{
+	va_list ap;
+	va_start(ap, format);
+	char *p = tu_vfmt(format, ap);
+	va_end(ap);
+	return p;
+}
+
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line)
 {
 	const char *msg = scrm_errmsg();

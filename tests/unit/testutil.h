@@ -13,6 +13,7 @@
 #ifndef SCRM_TESTS_UNIT_TESTUTIL_H
 #define SCRM_TESTS_UNIT_TESTUTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -43,6 +44,10 @@ void tu_store_paths_free(char *dir, char *store, char *db);
 	tu_rmtree_free_n((dir), (void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
 void tu_rmtree_free_n(char *dir, void **more, size_t n);
 
+/* printf into a malloc'd string (fails the test on error). */
+char *tu_fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
+char *tu_vfmt(const char *format, va_list ap) __attribute__((format(printf, 1, 0)));
+
 /* Assert rc == code and that scrm_errmsg() starts with "<field>:". */
 #define assert_refused(rc, code, field) tu_assert_refused((rc), (code), (field), __FILE__, __LINE__)
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line);
@@ -63,5 +68,9 @@ int64_t tu_clock_mono(void *ctx);
 int64_t tu_sql_int(const char *db_path, const char *sql);
 /* Same, as a malloc'd string (NULL for SQL NULL). */
 char *tu_sql_text(const char *db_path, const char *sql);
+/* Run `sql` on the database file `db_path` with a connection of our own
+ * (what another process, or someone editing the file, would do); fails
+ * the test, printing SQLite's message, if it does not succeed. */
+void tu_sql_exec(const char *db_path, const char *sql);
 
 #endif
