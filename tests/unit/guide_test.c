@@ -1416,17 +1416,18 @@ static void reco_basket_rules_rank(void **state)
 	cJSON_Delete(r);
 }
 
-/* Out of stock here (inventory qty <= 0) and just bought (within 14 days)
- * are dropped and counted; the daemon's policy can turn just-bought off. */
-static void reco_filters_stock_and_just_bought(void **state)
+/* Stock of B (5), D (0) and E (-2). */
+static void load_stock_bde(fx *f)
 {
-	fx *f = *state;
-	reco_catalogue(f);
-	load_rules(f, "A>B:0.9", "A>C:0.8", "A>E:0.5", "A>F:0.3", "Z>D:0.5", NULL);
 	load(f, "inventory",
 	     "{'key':'B','data':{'sku':'B','qty':5,'as_of_ms':1800000000000}}\n"
 	     "{'key':'D','data':{'sku':'D','qty':0,'as_of_ms':1800000000000}}\n"
 	     "{'key':'E','data':{'sku':'E','qty':-2,'as_of_ms':1800000000000}}");
+}
+
+/* Member MJ: five orders, bought C three days ago and F twenty days ago. */
+static void load_member_mj(fx *f)
+{
 	char *m = q("{'key':'MJ','data':{'member_id':'MJ','stats':{'orders':5,'first_purchase_ms':%lld,"
 		    "'last_purchase_ms':%lld,'as_of_ms':%lld},"
 		    "'recent':[{'ts':%lld,'order_id':'o2','skus':['C']},{'ts':%lld,'order_id':'o1','skus':['F']}]}}",
@@ -1434,6 +1435,17 @@ static void reco_filters_stock_and_just_bought(void **state)
 		    (long long)(NOW - 3 * DAY), (long long)(NOW - 20 * DAY));
 	load_raw(f, "members", m);
 	free(m);
+}
+
+/* Out of stock here (inventory qty <= 0) and just bought (within 14 days)
+ * are dropped and counted; the daemon's policy can turn just-bought off. */
+static void reco_filters_stock_and_just_bought(void **state)
+{
+	fx *f = *state;
+	reco_catalogue(f);
+	load_rules(f, "A>B:0.9", "A>C:0.8", "A>E:0.5", "A>F:0.3", "Z>D:0.5", NULL);
+	load_stock_bde(f);
+	load_member_mj(f);
 
 	/* D (0) and E (-2) are out of stock; C has no inventory record: kept */
 	cJSON *r = RECO(f, .basket = B_AZ, .n_basket = 2);
@@ -1456,7 +1468,7 @@ static void reco_filters_stock_and_just_bought(void **state)
 
 	/* central says MK buys C regularly: kept although just bought; F,
 	 * suggested by central for another reason, is not */
-	m = q("{'key':'MK','data':{'member_id':'MK','recent':[{'ts':%lld,'skus':['C','F']}]}}", (long long)(NOW - 2 * DAY));
+	char *m = q("{'key':'MK','data':{'member_id':'MK','recent':[{'ts':%lld,'skus':['C','F']}]}}", (long long)(NOW - 2 * DAY));
 	load_raw(f, "members", m);
 	free(m);
 	load(f, "recos",
@@ -1468,20 +1480,11 @@ static void reco_filters_stock_and_just_bought(void **state)
 	assert_int_equal(filtered(r, "just_bought"), 1);
 	cJSON_Delete(r);
 	/* ... and MJ (no such word from central) is as before */
-	m = q("{'key':'MJ','data':{'member_id':'MJ','stats':{'orders':5,'first_purchase_ms':%lld,"
-	      "'last_purchase_ms':%lld,'as_of_ms':%lld},"
-	      "'recent':[{'ts':%lld,'order_id':'o2','skus':['C']},{'ts':%lld,'order_id':'o1','skus':['F']}]}}",
-	      (long long)(NOW - 200 * DAY), (long long)(NOW - 3 * DAY), (long long)(NOW - DAY),
-	      (long long)(NOW - 3 * DAY), (long long)(NOW - 20 * DAY));
-	load_raw(f, "members", m);
-	free(m);
+	load_member_mj(f);
 
 	/* guide.just_bought_days = 0 on the daemon: C comes back */
 	f->policy = "{\"just_bought_ms\":0}";
-	load(f, "inventory",
-	     "{'key':'B','data':{'sku':'B','qty':5,'as_of_ms':1800000000000}}\n"
-	     "{'key':'D','data':{'sku':'D','qty':0,'as_of_ms':1800000000000}}\n"
-	     "{'key':'E','data':{'sku':'E','qty':-2,'as_of_ms':1800000000000}}");
+	load_stock_bde(f);
 	r = RECO(f, .member = "MJ", .basket = B_AZ, .n_basket = 2);
 	assert_skus(r, "B,C,F");
 	assert_int_equal(filtered(r, "just_bought"), 0);

@@ -720,21 +720,47 @@ static void stats_pending_bytes_counts_bytes(void **state)
 
 #define SKIP_EXIT 77
 
+/* Child side (no cmocka): mount a private tmpfs with `opts` at <dir>/<name>
+ * and open an outbox on its "store" for "pos-01"; *filler is a path to fill
+ * the tmpfs with. Returns 0, or the child's exit status after reporting on
+ * `out` (SKIP_EXIT: no private tmpfs here). */
+static int tmpfs_outbox(const char *dir, const char *name, const char *opts, int out, char **mnt, char **store,
+			char **filler, outbox **ob)
+{
+	*mnt = tu_join(dir, name);
+	if (mkdir(*mnt, 0700) != 0)
+		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+	    mount("scrm-unit", *mnt, "tmpfs", 0, opts) != 0)
+		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
+	*store = tu_join(*mnt, "store");
+	*filler = tu_join(*mnt, "filler");
+	if (outbox__open(*store, "pos-01", 0, ob) != SCRM_OK)
+		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	return 0;
+}
+
+/* Write `path` until the filesystem refuses; returns that write's errno. */
+static int fill_up(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	static char chunk[4096];
+	memset(chunk, 'F', sizeof(chunk));
+	while (write(fd, chunk, sizeof(chunk)) > 0)
+		;
+	int e = errno;
+	close(fd);
+	return e;
+}
+
 /* Child side of the tmpfs test: no cmocka here, report through `out`. */
 static int disk_full_child(const char *dir, int out)
 {
-	char *mnt = tu_join(dir, "tmpfs");
-	if (mkdir(mnt, 0700) != 0)
-		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
-	    mount("scrm-unit", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0)
-		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
-	char *store = tu_join(mnt, "store");
-	char *filler = tu_join(mnt, "filler");
+	char *mnt = NULL, *store = NULL, *filler = NULL;
 	outbox *ob = NULL;
 	int rc;
-	if ((rc = outbox__open(store, "pos-01", 0, &ob)) != SCRM_OK)
-		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	if ((rc = tmpfs_outbox(dir, "tmpfs", "size=1m,mode=0700", out, &mnt, &store, &filler, &ob)) != 0)
+		return rc;
 	outbox__row rows[5];
 	rowbuf b[5];
 	for (int i = 0; i < 5; i++)
@@ -743,14 +769,9 @@ static int disk_full_child(const char *dir, int out)
 		return dprintf(out, "append before full: %s", scrm_errmsg()), 1;
 
 	/* Fill the filesystem to the last byte. */
-	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	static char chunk[4096];
-	memset(chunk, 'F', sizeof(chunk));
-	while (write(fd, chunk, sizeof(chunk)) > 0)
-		;
-	if (errno != ENOSPC)
-		return dprintf(out, "filling the tmpfs: %s", strerror(errno)), 1;
-	close(fd);
+	int e = fill_up(filler);
+	if (e != ENOSPC)
+		return dprintf(out, "filling the tmpfs: %s", strerror(e)), 1;
 
 	/* A 256 KiB event cannot fit in the WAL. */
 	size_t big_len = 256 * 1024;
@@ -813,18 +834,11 @@ static int disk_full_child(const char *dir, int out)
  * reserve comes back with the space. Child side; no cmocka. */
 static int reserve_child(const char *dir, int out)
 {
-	char *mnt = tu_join(dir, "tmpfs-r");
-	if (mkdir(mnt, 0700) != 0)
-		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
-	    mount("scrm-unit", mnt, "tmpfs", 0, "size=2m,mode=0700") != 0)
-		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
-	char *store = tu_join(mnt, "store");
-	char *filler = tu_join(mnt, "filler");
+	char *mnt = NULL, *store = NULL, *filler = NULL;
 	outbox *ob = NULL;
 	int rc, in_place = 0;
-	if ((rc = outbox__open(store, "pos-01", 0, &ob)) != SCRM_OK)
-		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	if ((rc = tmpfs_outbox(dir, "tmpfs-r", "size=2m,mode=0700", out, &mnt, &store, &filler, &ob)) != 0)
+		return rc;
 	if (outbox__setting_set(ob, "disk_reserve_bytes", 262144) != SCRM_OK ||
 	    outbox__reserve_ensure(ob, 262144, &in_place) != SCRM_OK || !in_place)
 		return dprintf(out, "reserve: %s (in place %d)", scrm_errmsg(), in_place), 1;
@@ -837,12 +851,7 @@ static int reserve_child(const char *dir, int out)
 	/* an empty WAL: the ack's frames need new blocks */
 	if (outbox__scrub_wal(ob) != SCRM_OK)
 		return dprintf(out, "truncate the WAL: %s", scrm_errmsg()), 1;
-	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	static char chunk[4096];
-	memset(chunk, 'F', sizeof(chunk));
-	while (write(fd, chunk, sizeof(chunk)) > 0)
-		;
-	close(fd);
+	fill_up(filler);
 	/* The ack of the first ten: through, on the reserve. */
 	const int64_t first[][2] = {{1, 10}};
 	int64_t deleted = 0;
