@@ -260,6 +260,19 @@ static void close_and_exec(fx *f, const char *sql)
 	tu_sql_exec(f->db, sql);
 }
 
+/* Make an older store out of the fixture's with `downgrade`, reopen it
+ * (an upgrade to CURRENT_SCHEMA) and check that the `n` schema objects
+ * named in `names` (a quoted SQL list) are there again. */
+static void upgrade_from(fx *f, const char *downgrade, const char *names, int n)
+{
+	close_and_exec(f, downgrade);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
+	char *sql = tu_fmt("SELECT count(*) FROM sqlite_master WHERE name IN (%s)", names);
+	assert_int_equal(tu_sql_int(f->db, sql), n);
+	free(sql);
+}
+
 static void newer_schema_refused(void **state)
 {
 	fx *f = *state;
@@ -289,17 +302,15 @@ static void schema_v2_store_upgrades(void **state)
 {
 	fx *f = *state;
 	assert_int_equal(append_n(f->ob, 3, T0 + 1), 1);
-	close_and_exec(f, DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
-		       " DROP TABLE reco_shown; DROP TABLE redemptions;"
-		       " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-		       " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-		       " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2");
-	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
-	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('link','settings',"
-					   "'reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
-					   "'outbox_attribution')"),
-			 7);
+	upgrade_from(f,
+		     DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
+		     " DROP TABLE reco_shown; DROP TABLE redemptions;"
+		     " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
+		     "'link','settings','reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
+		     "'outbox_attribution'",
+		     7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
 }
@@ -315,15 +326,13 @@ static void schema_v3_store_upgrades(void **state)
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
 	assert_int_equal(deleted, 2);
-	close_and_exec(f, DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-		       " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-		       " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3");
-	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
-	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('usage','dropped','alarms',"
-					   "'outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
-					   "'outbox_evictable')"),
-			 7);
+	upgrade_from(f,
+		     DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
+		     "'usage','dropped','alarms','outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
+		     "'outbox_evictable'",
+		     7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
 	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM usage"),
