@@ -729,6 +729,22 @@ static void stats_pending_bytes_counts_bytes(void **state)
 
 #define SKIP_EXIT 77
 
+/* Row 99 with a body of `len` bytes (a small JSON object padded with
+ * spaces); returns the body, which the caller frees (no cmocka). */
+static char *make_big_row(outbox__row *r, rowbuf *rb, size_t len)
+{
+	char *big = malloc(len + 1);
+	if (!big)
+		abort();
+	memset(big, ' ', len);
+	memcpy(big, "{\"note\":\"big\"}", 14);
+	big[len] = '\0';
+	make_row(r, rb, 99, T0 + 10);
+	r->body = big;
+	r->body_len = len;
+	return big;
+}
+
 /* Child side (no cmocka): mount a private tmpfs with `opts` at <dir>/<name>
  * and open an outbox on its "store" for "pos-01"; *filler is a path to fill
  * the tmpfs with. Returns 0, or the child's exit status after reporting on
@@ -783,16 +799,9 @@ static int disk_full_child(const char *dir, int out)
 		return dprintf(out, "filling the tmpfs: %s", strerror(e)), 1;
 
 	/* A 256 KiB event cannot fit in the WAL. */
-	size_t big_len = 256 * 1024;
-	char *big = malloc(big_len + 1);
-	memset(big, ' ', big_len);
-	memcpy(big, "{\"note\":\"big\"}", 14);
-	big[big_len] = '\0';
 	outbox__row r;
 	rowbuf rb;
-	make_row(&r, &rb, 99, T0 + 10);
-	r.body = big;
-	r.body_len = big_len;
+	make_big_row(&r, &rb, 256 * 1024); /* the child exits: not freed */
 	rc = outbox__append(ob, &r, 1, T0);
 	if (rc != SCRM_E_DISK_FULL)
 		return dprintf(out, "append on a full disk returned %d (%s), want SCRM_E_DISK_FULL", rc, scrm_errmsg()),
@@ -906,22 +915,17 @@ static int reserve_child(const char *dir, int out)
  * its message when it exits non-zero. */
 static void run_disk_child(int (*child)(const char *dir, int out), const char *dir, const char *skip_note)
 {
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(child(dir, p[1]));
-	}
-	close(p[1]);
+	int fd;
+	pid_t pid = tu_fork_piped(&fd);
+	if (pid == 0)
+		_exit(child(dir, fd));
 	char msg[512] = "";
 	size_t have = 0;
 	ssize_t n;
-	while ((n = read(p[0], msg + have, sizeof(msg) - 1 - have)) > 0)
+	while ((n = read(fd, msg + have, sizeof(msg) - 1 - have)) > 0)
 		have += (size_t)n;
 	msg[have] = '\0';
-	close(p[0]);
+	close(fd);
 	int status = 0;
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
@@ -988,17 +992,10 @@ static void disk_full_via_max_page_count(void **state)
 	snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld", pages);
 	exec_on(last_opened, sql);
 
-	size_t big_len = 64 * 1024;
-	char *big = malloc(big_len + 1);
-	assert_non_null(big);
-	memset(big, ' ', big_len);
-	memcpy(big, "{\"note\":\"big\"}", 14);
-	big[big_len] = '\0';
 	outbox__row r;
 	rowbuf rb;
-	make_row(&r, &rb, 99, T0 + 10);
-	r.body = big;
-	r.body_len = big_len;
+	char *big = make_big_row(&r, &rb, 64 * 1024);
+	assert_non_null(big);
 	assert_refused(outbox__append(f->ob, &r, 1, T0), SCRM_E_DISK_FULL, "outbox");
 	assert_int_equal(r.seq, 0);
 

@@ -554,16 +554,9 @@ static int capture_child(const char *dir, int n, int out, const char *tag)
 
 static pid_t spawn_capture(const char *dir, int n, const char *tag, int *rfd)
 {
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(capture_child(dir, n, p[1], tag));
-	}
-	close(p[1]);
-	*rfd = p[0];
+	pid_t pid = tu_fork_piped(rfd);
+	if (pid == 0)
+		_exit(capture_child(dir, n, *rfd, tag));
 	return pid;
 }
 

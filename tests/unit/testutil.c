@@ -96,6 +96,22 @@ char *tu_fmt(const char *format, ...)
 	return p;
 }
 
+int tu_fork_piped(int *fd)
+{
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(p[0]);
+		*fd = p[1];
+		return 0;
+	}
+	close(p[1]);
+	*fd = p[0];
+	return (int)pid;
+}
+
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line)
 {
 	const char *msg = scrm_errmsg();

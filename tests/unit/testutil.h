@@ -48,6 +48,11 @@ void tu_rmtree_free_n(char *dir, void **more, size_t n);
 char *tu_fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *tu_vfmt(const char *format, va_list ap) __attribute__((format(printf, 1, 0)));
 
+/* fork() with a pipe from child to parent: returns 0 in the child, with *fd
+ * the pipe's write end, and the child's pid in the parent, with *fd its
+ * read end (the other end closed on each side). */
+int tu_fork_piped(int *fd);
+
 /* Assert rc == code and that scrm_errmsg() starts with "<field>:". */
 #define assert_refused(rc, code, field) tu_assert_refused((rc), (code), (field), __FILE__, __LINE__)
 void tu_assert_refused(int rc, int code, const char *field, const char *file, int line);
