@@ -630,14 +630,6 @@ static void group_commit_under_cap(void **state)
 
 /* ---- quarantine: outbox ---------------------------------------------- */
 
-static void write_bytes(const char *path, const void *data, size_t len)
-{
-	FILE *fp = fopen(path, "wb");
-	assert_non_null(fp);
-	assert_int_equal(fwrite(data, 1, len, fp), len);
-	assert_int_equal(fclose(fp), 0);
-}
-
 static char *read_bytes(const char *path, size_t *len)
 {
 	FILE *fp = fopen(path, "rb");
@@ -654,7 +646,7 @@ static void write_garbage(const char *path, char *copy, size_t len)
 {
 	for (size_t i = 0; i < len; i++)
 		copy[i] = "this is not an SQLite database. "[i % 32];
-	write_bytes(path, copy, len);
+	tu_write_file(path, copy, len);
 }
 
 static int exists(const char *p)
@@ -952,7 +944,7 @@ static void interrupted_quarantine_is_finished(void **state)
 	sql_exec(other_db, "UPDATE device SET next_seq = 777000");
 	size_t len = 0;
 	char *fresh = read_bytes(other_db, &len);
-	write_bytes(tmp, fresh, len);
+	tu_write_file(tmp, fresh, len);
 	free(fresh);
 	write_garbage(f->db, junk, sizeof(junk));
 	char wal[4300], qdb[4300], qwal[4400];

@@ -1996,10 +1996,7 @@ static void scan_honours_tracking_consent(void **state)
 static char *write_file(fx *f, const char *name, const char *text)
 {
 	char *path = tu_join(f->dir, name);
-	FILE *fp = fopen(path, "w");
-	assert_non_null(fp);
-	fputs(text, fp);
-	assert_int_equal(fclose(fp), 0);
+	tu_write_text(path, text);
 	return path;
 }
 

@@ -74,6 +74,22 @@ void tu_rmtree_free_n(char *dir, void **more, size_t n)
 		free(more[i]);
 }
 
+void tu_write_file(const char *path, const void *data, size_t len)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(data, 1, len, fp), len);
+	assert_int_equal(fclose(fp), 0);
+}
+
+void tu_write_text(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(text, fp);
+	assert_int_equal(fclose(fp), 0);
+}
+
 char *tu_vfmt(const char *format, va_list ap)
 {
 	va_list again;

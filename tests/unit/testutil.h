@@ -44,6 +44,11 @@ void tu_store_paths_free(char *dir, char *store, char *db);
 	tu_rmtree_free_n((dir), (void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
 void tu_rmtree_free_n(char *dir, void **more, size_t n);
 
+/* Write `len` bytes of `data` as the file `path` (replacing it). */
+void tu_write_file(const char *path, const void *data, size_t len);
+/* Write the string `text` as the file `path` (replacing it). */
+void tu_write_text(const char *path, const char *text);
+
 /* printf into a malloc'd string (fails the test on error). */
 char *tu_fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *tu_vfmt(const char *format, va_list ap) __attribute__((format(printf, 1, 0)));
