@@ -125,12 +125,13 @@ static int64_t add(outbox *ob, const char *kind, int *rc_out)
 static int64_t sql_int(fx *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int64_t sql_int(fx *f, const char *fmt, ...)
 {
-	char sql[512];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
+	char *sql = tu_vfmt(fmt, ap);
 	va_end(ap);
-	return tu_sql_int(f->db, sql);
+	int64_t v = tu_sql_int(f->db, sql);
+	free(sql);
+	return v;
 }
 
 static int present(fx *f, int64_t seq)
