@@ -27,6 +27,7 @@
  *   - a resync request, when one is due, is a JSON object.
  */
 #include "fuzz.h"
+#include "fuzzutil.h"
 
 #include "cache.h"
 #include "err.h"
@@ -34,7 +35,6 @@
 #include "sbuf.h"
 
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -66,15 +66,6 @@ static int64_t fake_mono(void *ctx)
 	return mono;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
 static void cleanup(void)
 {
 	cache__close(c);
@@ -82,8 +73,7 @@ static void cleanup(void)
 	sbuf__free(&before);
 	sbuf__free(&after);
 	sbuf__free(&out);
-	if (dir[0])
-		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fuzz_rmtree(dir);
 }
 
 static void write_file(const char *name, const char *text)
@@ -100,10 +90,8 @@ static void write_file(const char *name, const char *text)
 
 static void init(void)
 {
-	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
 	char keys[4200];
-	snprintf(dir, sizeof(dir), "%s/scrm-fuzz-cache-XXXXXX", base && *base ? base : "/tmp");
-	FUZZ_CHECK(mkdtemp(dir) != NULL, "mkdtemp %s", dir);
+	fuzz_tmpdir(dir, sizeof(dir), "cache");
 	snprintf(keys, sizeof(keys), "%s/private", dir);
 	FUZZ_CHECK(mkdir(keys, 0700) == 0, "mkdir %s", keys);
 	snprintf(keys, sizeof(keys), "%s/private/keys", dir);

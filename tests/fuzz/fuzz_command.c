@@ -32,6 +32,7 @@
  *     without wildcards.
  */
 #include "fuzz.h"
+#include "fuzzutil.h"
 
 #include "cachegen.h"
 #include "crypto.h"
@@ -42,7 +43,6 @@
 #include <scrm/scrm.h>
 
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -60,31 +60,19 @@ static cg_signer *signer;
 static crypto__verifier *vf;
 static sbuf reply, env;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
 static void cleanup(void)
 {
 	crypto__verifier_free(vf);
 	cg_signer_close(signer);
 	sbuf__free(&reply);
 	sbuf__free(&env);
-	if (dir[0])
-		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fuzz_rmtree(dir);
 }
 
 static void init(void)
 {
-	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
 	char path[4200];
-	snprintf(dir, sizeof(dir), "%s/scrm-fuzz-command-XXXXXX", base && *base ? base : "/tmp");
-	FUZZ_CHECK(mkdtemp(dir) != NULL, "mkdtemp %s", dir);
+	fuzz_tmpdir(dir, sizeof(dir), "command");
 	FUZZ_CHECK(cg_keys_create(dir, KEY_SEED) == 0, "cg_keys_create in %s", dir);
 	snprintf(path, sizeof(path), "%s/central.key", dir);
 	FUZZ_CHECK(cg_signer_open(path, &signer) == 0, "cg_signer_open %s", path);

@@ -29,6 +29,7 @@
  * fuzzing past them.
  */
 #include "fuzz.h"
+#include "fuzzutil.h"
 
 #include "config.h"
 #include "err.h"
@@ -37,7 +38,6 @@
 #include <scrm/scrm.h>
 
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -48,15 +48,6 @@ static char dir[4096], path[4200], overlay[4200];
 static config base, probe;
 static sbuf text, changed, keys;
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	remove(p);
-	return 0;
-}
-
 static void cleanup(void)
 {
 	config__free(&base);
@@ -64,8 +55,7 @@ static void cleanup(void)
 	sbuf__free(&text);
 	sbuf__free(&changed);
 	sbuf__free(&keys);
-	if (dir[0])
-		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	fuzz_rmtree(dir);
 }
 
 static void write_raw(const char *p, const void *data, size_t n)
@@ -78,10 +68,8 @@ static void write_raw(const char *p, const void *data, size_t n)
 
 static void init(void)
 {
-	const char *tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
 	char local[2048];
-	snprintf(dir, sizeof(dir), "%s/scrm-fuzz-config-remote-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	FUZZ_CHECK(mkdtemp(dir) != NULL, "mkdtemp %s", dir);
+	fuzz_tmpdir(dir, sizeof(dir), "config-remote");
 	snprintf(path, sizeof(path), "%s/agent.json", dir);
 	snprintf(overlay, sizeof(overlay), "%s/private", dir);
 	FUZZ_CHECK(mkdir(overlay, 0700) == 0, "mkdir %s", overlay); /* as paths__prepare makes it */

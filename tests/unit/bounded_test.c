@@ -22,6 +22,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "testutil.h"
+#include "outboxfx.h"
 
 #include <scrm/scrm.h>
 
@@ -43,35 +44,14 @@
 #define BODY 384                              /* body bytes of a test row */
 #define ROW (BODY + OUTBOX_ROW_OVERHEAD)      /* its stored size: 512 */
 
-typedef struct fx {
-	char *dir;   /* the test's temp dir */
-	char *store; /* <dir>/store */
-	char *db;    /* <dir>/store/outbox.db */
-	outbox *ob;  /* open on store, device "pos-01" */
-} fx;
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	f->dir = tu_tmpdir("bounded");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
-	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
-	*state = f;
-	return 0;
+	return outboxfx_setup(state, "bounded");
 }
 
 static int teardown(void **state)
 {
-	fx *f = *state;
-	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
-	free(f);
-	return 0;
+	return outboxfx_teardown(state);
 }
 
 /* ---- rows of exact sizes --------------------------------------------- */
@@ -145,12 +125,13 @@ static int64_t add(outbox *ob, const char *kind, int *rc_out)
 static int64_t sql_int(fx *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int64_t sql_int(fx *f, const char *fmt, ...)
 {
-	char sql[512];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
+	char *sql = tu_vfmt(fmt, ap);
 	va_end(ap);
-	return tu_sql_int(f->db, sql);
+	int64_t v = tu_sql_int(f->db, sql);
+	free(sql);
+	return v;
 }
 
 static int present(fx *f, int64_t seq)
@@ -650,14 +631,6 @@ static void group_commit_under_cap(void **state)
 
 /* ---- quarantine: outbox ---------------------------------------------- */
 
-static void write_bytes(const char *path, const void *data, size_t len)
-{
-	FILE *fp = fopen(path, "wb");
-	assert_non_null(fp);
-	assert_int_equal(fwrite(data, 1, len, fp), len);
-	assert_int_equal(fclose(fp), 0);
-}
-
 static char *read_bytes(const char *path, size_t *len)
 {
 	FILE *fp = fopen(path, "rb");
@@ -674,7 +647,7 @@ static void write_garbage(const char *path, char *copy, size_t len)
 {
 	for (size_t i = 0; i < len; i++)
 		copy[i] = "this is not an SQLite database. "[i % 32];
-	write_bytes(path, copy, len);
+	tu_write_file(path, copy, len);
 }
 
 static int exists(const char *p)
@@ -972,7 +945,7 @@ static void interrupted_quarantine_is_finished(void **state)
 	sql_exec(other_db, "UPDATE device SET next_seq = 777000");
 	size_t len = 0;
 	char *fresh = read_bytes(other_db, &len);
-	write_bytes(tmp, fresh, len);
+	tu_write_file(tmp, fresh, len);
 	free(fresh);
 	write_garbage(f->db, junk, sizeof(junk));
 	char wal[4300], qdb[4300], qwal[4400];

@@ -148,12 +148,7 @@ static int teardown(void **state)
 	cache__close(f->c);
 	scrm_store_close(f->s);
 	platform__clock_override(NULL, NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->store);
-	free(f->keys);
-	free(f->cache_db);
-	free(f->outbox_db);
+	tu_rmtree_free(f->dir, f->store, f->keys, f->cache_db, f->outbox_db);
 	free(f);
 	return 0;
 }
@@ -166,23 +161,6 @@ static void open_store(fx *f)
 	assert_int_equal(scrm_store_open(f->store, &o, &f->s), SCRM_OK);
 	cache__close(f->c);
 	open_cache(f);
-}
-
-/* printf into a malloc'd string. */
-static char *fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *format, ...)
-{
-	va_list ap;
-	va_start(ap, format);
-	int n = vsnprintf(NULL, 0, format, ap);
-	va_end(ap);
-	assert_true(n >= 0);
-	char *p = malloc((size_t)n + 1);
-	assert_non_null(p);
-	va_start(ap, format);
-	vsnprintf(p, (size_t)n + 1, format, ap);
-	va_end(ap);
-	return p;
 }
 
 static int apply_topic(fx *f, const char *topic, const char *msg, cache__outcome *o)
@@ -207,13 +185,13 @@ static cache__what apply_ok(fx *f, char *msg, cache__outcome *o)
 
 static char *delta(const char *stream, int64_t base, int64_t version, const char *ops)
 {
-	return fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"%s\",\"base\":%lld,\"version\":%lld,\"ts\":1,\"ops\":[%s]}",
+	return tu_fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"%s\",\"base\":%lld,\"version\":%lld,\"ts\":1,\"ops\":[%s]}",
 		   stream, (long long)base, (long long)version, ops);
 }
 
 static char *chunk(const char *stream, const char *id, int64_t version, int64_t k, int64_t n, const char *records)
 {
-	return fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"%s\",\"snapshot\":\"%s\",\"version\":%lld,\"chunk\":%lld,"
+	return tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"%s\",\"snapshot\":\"%s\",\"version\":%lld,\"chunk\":%lld,"
 		   "\"chunks\":%lld,\"ts\":1,\"records\":[%s]}",
 		   stream, id, (long long)version, (long long)k, (long long)n, records);
 }
@@ -221,7 +199,7 @@ static char *chunk(const char *stream, const char *id, int64_t version, int64_t 
 /* A member profile (the record's `data`); name and phone go into pii. */
 static char *member_data(const char *id, const char *tier, int tracking, const char *name, const char *phone)
 {
-	return fmt("{\"member_id\":\"%s\",\"card\":\"CARD-%s\",\"tier\":\"%s\",\"tags\":[\"VIP\"],"
+	return tu_fmt("{\"member_id\":\"%s\",\"card\":\"CARD-%s\",\"tier\":\"%s\",\"tags\":[\"VIP\"],"
 		   "\"rfm\":{\"r\":5,\"f\":4,\"m\":5,\"segment\":\"champions\"},\"ltv_band\":\"high\",\"stage\":\"active\","
 		   "\"consent\":{\"marketing\":true,\"tracking\":%s},\"prefs\":{\"categories\":[\"home\"],\"channel\":\"email\"},"
 		   "\"stats\":{\"orders\":3,\"spend\":1000,\"currency\":\"GBP\",\"first_purchase_ms\":1291196400000,"
@@ -242,7 +220,7 @@ static char *member_rec(const char *id, const char *tier)
 	snprintf(name, sizeof(name), "Name of %s", id);
 	snprintf(phone, sizeof(phone), "4479%08u", h % 100000000u);
 	char *data = member_data(id, tier, 1, name, phone);
-	char *rec = fmt("{\"key\":\"%s\",\"data\":%s}", id, data);
+	char *rec = tu_fmt("{\"key\":\"%s\",\"data\":%s}", id, data);
 	free(data);
 	return rec;
 }
@@ -250,7 +228,7 @@ static char *member_rec(const char *id, const char *tier)
 static char *upsert_member(const char *id, const char *tier)
 {
 	char *rec = member_rec(id, tier);
-	char *op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	char *op = tu_fmt("{\"op\":\"upsert\",%s", rec + 1);
 	free(rec);
 	return op;
 }
@@ -540,7 +518,7 @@ static void deltas_follow_the_cursor(void **state)
 
 	/* upsert replaces the whole record; delete; delete of a missing key. */
 	op = upsert_member("M1", "platinum");
-	char *ops = fmt("%s,{\"op\":\"delete\",\"key\":\"M2\"},{\"op\":\"delete\",\"key\":\"NOPE\"}", op);
+	char *ops = tu_fmt("%s,{\"op\":\"delete\",\"key\":\"M2\"},{\"op\":\"delete\",\"key\":\"NOPE\"}", op);
 	free(op);
 	assert_int_equal(apply_ok(f, delta("members", 15, 16, ops), &o), CA_APPLIED);
 	free(ops);
@@ -618,13 +596,13 @@ static void deltas_during_a_build_are_replayed_after_the_swap(void **state)
 	assert_true(has_member(f, "MOLD"));
 	/* After the snapshot's version: kept aside, in order. */
 	op = upsert_member("SORD", "silver");
-	char *ops = fmt("%s,{\"op\":\"delete\",\"key\":\"S2\"}", op);
+	char *ops = tu_fmt("%s,{\"op\":\"delete\",\"key\":\"S2\"}", op);
 	free(op);
 	assert_int_equal(apply_ok(f, delta("members", 20, 21, ops), &o), CA_BUFFERED);
 	free(ops);
 	op = upsert_member("SORD", "platinum");
 	char *op2 = upsert_member("SNEW", "gold");
-	ops = fmt("%s,%s", op, op2);
+	ops = tu_fmt("%s,%s", op, op2);
 	free(op);
 	free(op2);
 	assert_int_equal(apply_ok(f, delta("members", 21, 23, ops), &o), CA_BUFFERED);
@@ -851,7 +829,7 @@ static void resync_priorities_and_timeouts(void **state)
 /* A coupon payload for member_id (string), valid until valid_to. */
 static char *coupon_payload(const char *id, const char *member_id, int64_t valid_to)
 {
-	return fmt("{\"type\":\"coupon\",\"id\":\"%s\",\"campaign\":\"XMAS10\",\"member_id\":\"%s\",\"code\":\"X7K2-9QPD\","
+	return tu_fmt("{\"type\":\"coupon\",\"id\":\"%s\",\"campaign\":\"XMAS10\",\"member_id\":\"%s\",\"code\":\"X7K2-9QPD\","
 		   "\"valid_from\":1733050000000,\"valid_to\":%lld,\"uses\":1}",
 		   id, member_id, (long long)valid_to);
 }
@@ -861,7 +839,7 @@ static char *signed_op(const char *payload)
 {
 	char *rec = NULL;
 	assert_int_equal(cg_signed_coupon_record(g_signer, payload, &rec), 0);
-	char *op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	char *op = tu_fmt("{\"op\":\"upsert\",%s", rec + 1);
 	free(rec);
 	return op;
 }
@@ -909,7 +887,7 @@ static void refused_alone(fx *f, int64_t *cursor, const char *bad, const char *g
 			  const char *reason)
 {
 	cache__outcome o;
-	char *ops = fmt("%s,%s", bad, good);
+	char *ops = tu_fmt("%s,%s", bad, good);
 	assert_int_equal(apply_ok(f, delta("coupons", *cursor, *cursor + 1, ops), &o), CA_APPLIED);
 	free(ops);
 	(*cursor)++;
@@ -936,7 +914,7 @@ static void coupons_signed_and_refused_alone(void **state)
 			       "\"valid_to\":1900000000000,\"public\":true}");
 	char *p3 = coupon_payload("C-3", "M1", NOW_MS - 1); /* expired */
 	char *expired = signed_op(p3);
-	char *ops = fmt("%s,%s,%s", good, camp, expired);
+	char *ops = tu_fmt("%s,%s,%s", good, camp, expired);
 	assert_int_equal(apply_ok(f, delta("coupons", 0, 1, ops), &o), CA_APPLIED);
 	free(ops);
 	cursor = 1;
@@ -992,7 +970,7 @@ static void coupons_signed_and_refused_alone(void **state)
 
 	/* Signed by central, but a key given twice: which "valid_to" counts
 	 * would depend on the reader. Refused alone, naming the key. */
-	char *dupp = fmt("{\"type\":\"coupon\",\"id\":\"C-4\",\"member_id\":\"M1\",\"code\":\"X\","
+	char *dupp = tu_fmt("{\"type\":\"coupon\",\"id\":\"C-4\",\"member_id\":\"M1\",\"code\":\"X\","
 			 "\"valid_from\":1733050000000,\"valid_to\":1,\"uses\":1,\"valid_to\":%lld}",
 			 (long long)(NOW_MS + 86400000LL));
 	char *dup = signed_op(dupp);
@@ -1004,9 +982,9 @@ static void coupons_signed_and_refused_alone(void **state)
 	/* In a snapshot too: dropped alone, counted. Records are ops without
 	 * "op" (both texts start with {"op":"upsert",). */
 	char *tam = edit_op(good2, tamper_signed);
-	char *g_rec = fmt("{%s", good + strlen("{\"op\":\"upsert\","));
-	char *t_rec = fmt("{%s", tam + strlen("{\"op\":\"upsert\","));
-	char *recs = fmt("%s,%s", g_rec, t_rec);
+	char *g_rec = tu_fmt("{%s", good + strlen("{\"op\":\"upsert\","));
+	char *t_rec = tu_fmt("{%s", tam + strlen("{\"op\":\"upsert\","));
+	char *recs = tu_fmt("%s,%s", g_rec, t_rec);
 	assert_int_equal(apply_ok(f, chunk("coupons", "c-20-1", 20, 0, 1, recs), &o), CA_SWAPPED);
 	assert_int_equal(o.refused, 1);
 	assert_int_equal(status_int(f, "coupons", "rows"), 1);
@@ -1108,7 +1086,7 @@ static void qr_tokens(void **state)
 	cJSON_Delete(j);
 
 	/* The raw minter makes the same tokens the library does. */
-	char *p = fmt("{\"t\":\"acme\",\"m\":\"17850\",\"iat\":%lld,\"exp\":%lld}", (long long)(NOW_MS - 1000),
+	char *p = tu_fmt("{\"t\":\"acme\",\"m\":\"17850\",\"iat\":%lld,\"exp\":%lld}", (long long)(NOW_MS - 1000),
 		      (long long)(NOW_MS + 300000));
 	char *raw = mint_raw(p);
 	j = card_by(f, SCRM_MEMBER_QR, raw, &rc);
@@ -1117,7 +1095,7 @@ static void qr_tokens(void **state)
 	free(raw);
 	free(p);
 	/* Signed, but "m" twice: which member is it? Refused, naming the key. */
-	p = fmt("{\"t\":\"acme\",\"m\":\"99999\",\"iat\":%lld,\"exp\":%lld,\"m\":\"17850\"}",
+	p = tu_fmt("{\"t\":\"acme\",\"m\":\"99999\",\"iat\":%lld,\"exp\":%lld,\"m\":\"17850\"}",
 		(long long)(NOW_MS - 1000), (long long)(NOW_MS + 300000));
 	raw = mint_raw(p);
 	qr_refused(f, raw, "qr: format: payload: duplicate key \"m\" at $ (line 1, column ");
@@ -1218,20 +1196,20 @@ static void phone_lookup_and_no_personal_data_in_clear(void **state)
 	char *recs[4];
 	for (int i = 0; i < 4; i++) {
 		char *data = member_data(people[i][0], "gold", 1, people[i][1], people[i][2]);
-		recs[i] = fmt("{\"key\":\"%s\",\"data\":%s}", people[i][0], data);
+		recs[i] = tu_fmt("{\"key\":\"%s\",\"data\":%s}", people[i][0], data);
 		free(data);
 	}
 	/* Two through a snapshot, one through a delta, one through a delta
 	 * kept aside during a build (the buffer must not hold them in clear). */
-	char *two = fmt("%s,%s", recs[0], recs[1]);
+	char *two = tu_fmt("%s,%s", recs[0], recs[1]);
 	assert_int_equal(apply_ok(f, chunk("members", "m-5-1", 5, 0, 1, two), &o), CA_SWAPPED);
 	free(two);
-	char *op = fmt("{\"op\":\"upsert\",%s", recs[2] + 1);
+	char *op = tu_fmt("{\"op\":\"upsert\",%s", recs[2] + 1);
 	assert_int_equal(apply_ok(f, delta("members", 5, 6, op), &o), CA_APPLIED);
 	free(op);
-	char *r0 = fmt("%s,%s,%s", recs[0], recs[1], recs[2]);
+	char *r0 = tu_fmt("%s,%s,%s", recs[0], recs[1], recs[2]);
 	assert_int_equal(apply_ok(f, chunk("members", "m-7-1", 7, 0, 2, r0), &o), CA_CHUNK);
-	op = fmt("{\"op\":\"upsert\",%s", recs[3] + 1);
+	op = tu_fmt("{\"op\":\"upsert\",%s", recs[3] + 1);
 	assert_int_equal(apply_ok(f, delta("members", 7, 8, op), &o), CA_BUFFERED);
 	free(op);
 	assert_nowhere_in_clear(f->store, needles); /* with the build half done */
@@ -1434,7 +1412,7 @@ static void erasure_reaches_cache_and_outbox(void **state)
 	/* A forget listed in a snapshot's "forgotten" reaches the outbox too. */
 	purchase_for(f, "A-5", "M-KEEP-1", 100);
 	char *recs = member_recs("M-NEW", "gold");
-	char *snap = fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9-1\",\"version\":9,"
+	char *snap = tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9-1\",\"version\":9,"
 			 "\"chunk\":0,\"chunks\":1,\"records\":[%s],\"forgotten\":[\"M-KEEP-1\"]}",
 			 recs);
 	assert_int_equal(cache__apply(f->c, NULL, snap, strlen(snap), redact_in_outbox, ob, &o), SCRM_OK);
@@ -1480,7 +1458,7 @@ static void forget_during_builds_stays_forgotten(void **state)
 	load_members(f, "X1,X2", 5);
 	char *p = coupon_payload("C-5", "X1", NOW_MS + 86400000LL);
 	char *op = signed_op(p);
-	char *rec = fmt("{%s", op + strlen("{\"op\":\"upsert\","));
+	char *rec = tu_fmt("{%s", op + strlen("{\"op\":\"upsert\","));
 	assert_int_equal(apply_ok(f, chunk("coupons", "c-3-1", 3, 0, 2, rec), &o), CA_CHUNK);
 	assert_int_equal(apply_ok(f, chunk("recos", "r-3-1", 3, 0, 2,
 					   "{\"key\":\"X1\",\"data\":{\"member_id\":\"X1\",\"items\":[]}},"
@@ -1519,7 +1497,7 @@ static char *big_member_rec(const char *id, const char *tier)
 	}
 	sbuf__putc(&b, '\0');
 	assert_false(b.oom);
-	char *rec = fmt("{\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"card\":\"CARD-%s\",\"tier\":\"%s\","
+	char *rec = tu_fmt("{\"key\":\"%s\",\"data\":{\"member_id\":\"%s\",\"card\":\"CARD-%s\",\"tier\":\"%s\","
 			"\"consent\":{\"marketing\":true,\"tracking\":true},"
 			"\"stats\":{\"orders\":20,\"spend\":2190,\"currency\":\"GBP\",\"as_of_ms\":%lld},\"recent\":[%s],"
 			"\"pii\":{\"name\":\"Name of %s\",\"phone\":\"447700900%03d\",\"birthday\":\"1980-04-01\"}}}",
@@ -1546,7 +1524,7 @@ static char *big_member_recs(const char *const *ids, const char *tier)
 
 static int64_t wal_bytes(fx *f)
 {
-	char *wal = fmt("%s-wal", f->cache_db);
+	char *wal = tu_fmt("%s-wal", f->cache_db);
 	struct stat st;
 	int64_t n = stat(wal, &st) == 0 ? (int64_t)st.st_size : 0;
 	free(wal);
@@ -1605,7 +1583,7 @@ static void erasure_reaches_the_files_bytes(void **state)
 	free(recs);
 	/* A newer version: the old one's overflow chain is freed. */
 	char *rec = big_member_rec("M-GONE-1", "silver");
-	char *op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	char *op = tu_fmt("{\"op\":\"upsert\",%s", rec + 1);
 	assert_int_equal(apply_ok(f, delta("members", 6, 7, op), &o), CA_APPLIED);
 	free(op);
 	free(rec);
@@ -1626,7 +1604,7 @@ static void erasure_reaches_the_files_bytes(void **state)
 	assert_int_equal(apply_ok(f, chunk("members", "m-8", 8, 0, 2, recs), &o), CA_CHUNK);
 	free(recs);
 	rec = big_member_rec("M-GONE-1", "platinum");
-	op = fmt("{\"op\":\"upsert\",%s", rec + 1);
+	op = tu_fmt("{\"op\":\"upsert\",%s", rec + 1);
 	assert_int_equal(apply_ok(f, delta("members", 8, 9, op), &o), CA_BUFFERED);
 	free(op);
 	free(rec);
@@ -1776,7 +1754,7 @@ static void malformed_messages_refused_whole(void **state)
 		assert_int_equal(strlen(big), MAX_MSG + 1);
 	}
 	char *tier_op = upsert_member("M1", "bronze");
-	char *long_key = fmt("{\"op\":\"delete\",\"key\":\"%065d\"}", 7);
+	char *long_key = tu_fmt("{\"op\":\"delete\",\"key\":\"%065d\"}", 7);
 
 	const struct {
 		const char *topic;
@@ -1784,29 +1762,29 @@ static void malformed_messages_refused_whole(void **state)
 		int code;
 		const char *field;
 	} cases[] = {
-		{NULL, fmt("not json"), SCRM_E_INVALID, "message"},
-		{NULL, fmt("[1,2]"), SCRM_E_INVALID, "message"},
-		{NULL, fmt("{\"v\":1,\"type\":\"delta\""), SCRM_E_INVALID, "message"},
-		{NULL, fmt("{\"v\":2,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
+		{NULL, tu_fmt("not json"), SCRM_E_INVALID, "message"},
+		{NULL, tu_fmt("[1,2]"), SCRM_E_INVALID, "message"},
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"delta\""), SCRM_E_INVALID, "message"},
+		{NULL, tu_fmt("{\"v\":2,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
 		 SCRM_E_INVALID, "v"},
-		{NULL, fmt("{\"v\":\"1\",\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
+		{NULL, tu_fmt("{\"v\":\"1\",\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
 		 SCRM_E_INVALID, "v"},
-		{NULL, fmt("{\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
+		{NULL, tu_fmt("{\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[%s]}", tier_op),
 		 SCRM_E_INVALID, "v"},
 		{NULL, delta("pets", 5, 6, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID, "stream"},
 		{"coupons", delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID, "stream"},
-		{NULL, fmt("{\"v\":1,\"type\":\"patch\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[]}"),
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"patch\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":[]}"),
 		 SCRM_E_INVALID, "type"},
 		{NULL, delta("members", 5, 5, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID, "version"},
 		{NULL, delta("members", 6, 5, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID, "version"},
 		{NULL, delta("members", 5, 10000000000000000LL, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID,
 		 "version"},
 		{NULL, delta("members", -1, 6, "{\"op\":\"delete\",\"key\":\"M1\"}"), SCRM_E_INVALID, "base"},
-		{NULL, fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5.5,\"version\":6,\"ops\":[]}"),
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5.5,\"version\":6,\"ops\":[]}"),
 		 SCRM_E_INVALID, "base"},
 		{NULL, delta("members", 5, 6, ""), SCRM_E_INVALID, "ops"},
 		{NULL, delta("members", 5, 6, many), SCRM_E_INVALID, "ops"},
-		{NULL, fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":{}}"),
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"ops\":{}}"),
 		 SCRM_E_INVALID, "ops"},
 		{NULL, delta("members", 5, 6, "{\"op\":\"delete\"}"), SCRM_E_INVALID, "ops[0].key"},
 		{NULL, delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M 1\"}"), SCRM_E_INVALID, "ops[0].key"},
@@ -1847,28 +1825,28 @@ static void malformed_messages_refused_whole(void **state)
 		       "{\"op\":\"upsert\",\"key\":\"M1\",\"data\":{\"member_id\":\"M1\",\"stats\":{\"orders\":-1}}}"),
 		 SCRM_E_INVALID, "ops[0].data.stats.orders"},
 		{NULL, NULL /* filled below: a good op, then a bad one */, SCRM_E_INVALID, "ops[1].data.tier"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
 			   "\"chunk\":0,\"chunks\":1}"),
 		 SCRM_E_INVALID, "records"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
 			   "\"chunk\":1,\"chunks\":1,\"records\":[]}"),
 		 SCRM_E_INVALID, "chunk"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"version\":9,"
 			   "\"chunk\":0,\"chunks\":1,\"records\":[]}"),
 		 SCRM_E_INVALID, "snapshot"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"recos\",\"snapshot\":\"r-9\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"recos\",\"snapshot\":\"r-9\",\"version\":9,"
 			   "\"chunk\":0,\"chunks\":1,\"records\":[],\"forgotten\":[\"M1\"]}"),
 		 SCRM_E_INVALID, "forgotten"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
 			   "\"chunk\":0,\"chunks\":1,\"records\":[],\"forgotten\":[\"a b\"]}"),
 		 SCRM_E_INVALID, "forgotten[0]"},
-		{NULL, fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
+		{NULL, tu_fmt("{\"v\":1,\"type\":\"snapshot\",\"stream\":\"members\",\"snapshot\":\"m-9\",\"version\":9,"
 			   "\"chunk\":0,\"chunks\":1,\"records\":[{\"key\":\"M1\",\"data\":{\"member_id\":\"M1\",\"tier\":[]}}]}"),
 		 SCRM_E_INVALID, "records[0].data.tier"},
-		{NULL, fmt("%s", big), SCRM_E_TOO_BIG, "message"},
+		{NULL, tu_fmt("%s", big), SCRM_E_TOO_BIG, "message"},
 	};
 	const size_t n = sizeof(cases) / sizeof(cases[0]);
-	char *two = fmt("%s,{\"op\":\"upsert\",\"key\":\"M2\",\"data\":{\"member_id\":\"M2\",\"tier\":7}}", tier_op);
+	char *two = tu_fmt("%s,{\"op\":\"upsert\",\"key\":\"M2\",\"data\":{\"member_id\":\"M2\",\"tier\":7}}", tier_op);
 	char *mixed = delta("members", 5, 6, two);
 	free(two);
 
@@ -1902,7 +1880,7 @@ static void malformed_messages_refused_whole(void **state)
 			char *msg;
 			const char *says;
 		} strict[] = {
-			{fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"version\":7,"
+			{tu_fmt("{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,\"version\":7,"
 			     "\"ops\":[%s]}", tier_op),
 			 "message: duplicate key \"version\" at $ (line 1, column 63)"},
 			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M2\",\"key\":\"M1\"}"),
@@ -1914,7 +1892,7 @@ static void malformed_messages_refused_whole(void **state)
 			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M\xff\"}"),
 			 "message: invalid UTF-8 in a string at $.ops[0].key"},
 			{delta("members", 5, 6, "{\"op\":\"delete\",\"key\":\"M1\"},"), "message: not valid JSON at line 1, column "},
-			{fmt(" \n"), "message: empty input"},
+			{tu_fmt(" \n"), "message: empty input"},
 		};
 		for (size_t i = 0; i < sizeof(strict) / sizeof(strict[0]); i++) {
 			cache__outcome o;
@@ -1964,7 +1942,7 @@ static void scan_honours_tracking_consent(void **state)
 	open_store(f);
 	char *yes = member_data("MT", "gold", 1, "Tess Tracked", "447700900111");
 	char *no = member_data("MN", "gold", 0, "Norm Untracked", "447700900222");
-	char *recs = fmt("{\"key\":\"MT\",\"data\":%s},{\"key\":\"MN\",\"data\":%s}", yes, no);
+	char *recs = tu_fmt("{\"key\":\"MT\",\"data\":%s},{\"key\":\"MN\",\"data\":%s}", yes, no);
 	assert_int_equal(apply_ok(f, chunk("members", "m-1-1", 1, 0, 1, recs), &o), CA_SWAPPED);
 	free(yes);
 	free(no);
@@ -2018,10 +1996,7 @@ static void scan_honours_tracking_consent(void **state)
 static char *write_file(fx *f, const char *name, const char *text)
 {
 	char *path = tu_join(f->dir, name);
-	FILE *fp = fopen(path, "w");
-	assert_non_null(fp);
-	fputs(text, fp);
-	assert_int_equal(fclose(fp), 0);
+	tu_write_text(path, text);
 	return path;
 }
 
@@ -2031,7 +2006,7 @@ static void load_snapshot_files(void **state)
 	int64_t n = -1, refused = -1;
 	int st = -1;
 	char *r1 = member_rec("F1", "gold"), *r2 = member_rec("F2", "gold"), *r3 = member_rec("F3", "silver");
-	char *text = fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":42}\n%s\n\n%s\n%s\n", r1,
+	char *text = tu_fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":42}\n%s\n\n%s\n%s\n", r1,
 			 r2, r3);
 	char *path = write_file(f, "members.jsonl", text);
 	free(text);
@@ -2057,7 +2032,7 @@ static void load_snapshot_files(void **state)
 		int rc = cache__load_file(f->c, path, NULL, NULL, &n, &refused, &st);
 		if (rc != SCRM_E_INVALID)
 			fail_msg("header %zu: rc %d: %s", i, rc, scrm_errmsg());
-		char *want = fmt("%s:1:", path);
+		char *want = tu_fmt("%s:1:", path);
 		assert_errmsg_contains(want);
 		free(want);
 		if (i == 3)
@@ -2068,12 +2043,12 @@ static void load_snapshot_files(void **state)
 	path = write_file(f, "dup.jsonl",
 			  "{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":42,\"version\":7}\n");
 	assert_int_equal(cache__load_file(f->c, path, NULL, NULL, &n, &refused, &st), SCRM_E_INVALID);
-	text = fmt("%s:1: header: duplicate key \"version\" at $ (line 1, column 63)", path);
+	text = tu_fmt("%s:1: header: duplicate key \"version\" at $ (line 1, column 63)", path);
 	assert_errmsg_contains(text);
 	free(text);
 	free(path);
 	/* A record with a key twice: refused whole, like any bad record. */
-	text = fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
+	text = tu_fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
 		   "{\"key\":\"F9\",\"data\":{\"member_id\":\"F9\",\"tier\":\"gold\",\"tier\":\"silver\"}}\n",
 		   r1);
 	path = write_file(f, "members3.jsonl", text);
@@ -2084,7 +2059,7 @@ static void load_snapshot_files(void **state)
 	free(path);
 	assert_int_equal(status_int(f, "members", "cursor"), 42);
 	/* A bad record: refused whole, named by its record range and field. */
-	text = fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
+	text = tu_fmt("{\"v\":1,\"type\":\"snapshot_file\",\"stream\":\"members\",\"version\":43}\n%s\n"
 		   "{\"key\":\"F9\",\"data\":{\"member_id\":\"F9\",\"tier\":1}}\n%s\n",
 		   r1, r2);
 	path = write_file(f, "members2.jsonl", text);
@@ -2383,7 +2358,7 @@ static void guide_reads_through_the_query_api(void **state)
 	char *c1 = coupon_payload("C2", "M1", 0), *c2 = coupon_payload("C1", "M1", 0);
 	char *op1 = signed_op(c1), *op2 = signed_op(c2);
 	char *camp = signed_op("{\"type\":\"campaign\",\"id\":\"XMAS10\",\"public\":true}");
-	char *ops = fmt("%s,%s,%s", op1, op2, camp);
+	char *ops = tu_fmt("%s,%s,%s", op1, op2, camp);
 	assert_int_equal(apply_ok(f, delta("coupons", 0, 1, ops), NULL), CA_APPLIED);
 	free(ops);
 	char keys[200] = "";

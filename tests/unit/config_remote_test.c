@@ -41,14 +41,6 @@ struct fx {
 	int cls;
 };
 
-static void write_text(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	assert_non_null(f);
-	fputs(text, f);
-	assert_int_equal(fclose(f), 0);
-}
-
 /* The local file: `extra` (raw JSON members, may be "") goes into the top
  * object after the usual keys; `hosts`: broker.remote_hosts (NULL = unset). */
 static void write_base_hosts(struct fx *f, const char *hosts, const char *extra)
@@ -67,7 +59,7 @@ static void write_base_hosts(struct fx *f, const char *hosts, const char *extra)
 		 "  \"log\": {\"level\": \"info\"}%s%s\n"
 		 "}\n",
 		 f->dir, rh, *extra ? ",\n  " : "", extra);
-	write_text(f->path, text);
+	tu_write_text(f->path, text);
 }
 
 /* The usual local file lets central move the device to other.example. */
@@ -102,10 +94,7 @@ static int teardown(void **state)
 	config__free(&f->next);
 	sbuf__free(&f->text);
 	sbuf__free(&f->changed);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->path);
-	free(f->overlay);
+	tu_rmtree_free(f->dir, f->path, f->overlay);
 	free(f);
 	return 0;
 }
@@ -674,7 +663,7 @@ static void write_overlay_reports_io_errors(void **state)
  * overlay_error containing `why`. */
 static void expect_overlay_ignored(struct fx *f, const char *text, const char *why)
 {
-	write_text(f->overlay, text);
+	tu_write_text(f->overlay, text);
 	load(f);
 	if (!f->cur.overlay_error || !strstr(f->cur.overlay_error, why)) {
 		print_error("overlay %s: overlay_error \"%s\", want it to contain \"%s\"\n", text,
@@ -740,14 +729,14 @@ static void bad_overlay_never_stops_the_daemon(void **state)
 	assert_int_equal(f->cur.window, 8);
 	assert_int_equal(rmdir(f->overlay), 0);
 	/* And a good one after all that is applied again. */
-	write_text(f->overlay, "{\"v\":1,\"version\":6,\"updated_ms\":5,\"set\":{\"sync.window\":4},\"future\":true}");
+	tu_write_text(f->overlay, "{\"v\":1,\"version\":6,\"updated_ms\":5,\"set\":{\"sync.window\":4},\"future\":true}");
 	load(f);
 	assert_null(f->cur.overlay_error);
 	assert_int_equal(f->cur.window, 4);
 	assert_int_equal(f->cur.config_version, 6);
 	assert_int_equal(f->cur.overlay_updated_ms, 5);
 	/* An overlay with an empty or absent set is a version and nothing else. */
-	write_text(f->overlay, "{\"v\":1,\"version\":7}");
+	tu_write_text(f->overlay, "{\"v\":1,\"version\":7}");
 	load(f);
 	assert_null(f->cur.overlay_error);
 	assert_int_equal(f->cur.config_version, 7);
@@ -757,7 +746,7 @@ static void bad_overlay_never_stops_the_daemon(void **state)
 static void proposal_after_an_ignored_overlay(void **state)
 {
 	struct fx *f = *state;
-	write_text(f->overlay, "{\"v\":1,\"version\":5,\"set\":{\"broker.ca_file\":\"/tmp/evil.pem\"}}");
+	tu_write_text(f->overlay, "{\"v\":1,\"version\":5,\"set\":{\"broker.ca_file\":\"/tmp/evil.pem\"}}");
 	load(f);
 	assert_non_null(f->cur.overlay_error);
 	/* Central can repair it: the ignored set is not carried into the new one. */
@@ -780,7 +769,7 @@ static void proposal_after_an_ignored_overlay(void **state)
 static void ignored_overlay_keeps_its_version(void **state)
 {
 	struct fx *f = *state;
-	write_text(f->overlay, "{\"v\":1,\"version\":5,\"set\":{\"sync.window\":100}}");
+	tu_write_text(f->overlay, "{\"v\":1,\"version\":5,\"set\":{\"sync.window\":100}}");
 	load(f);
 	assert_non_null(f->cur.overlay_error);
 	assert_int_equal(f->cur.window, 8);

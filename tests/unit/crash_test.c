@@ -601,16 +601,13 @@ static void run_cycle(cycle *c)
 {
 	daemon_up(c);
 	mark(c, "daemon started");
-	for (int i = 0; i < 8; i++)
-		capture(c);
-	mark(c, "8 captures");
-	daemon_pass(c, 6, 2);
-	mark(c, "read 6, acked 2");
-	for (int i = 0; i < 8; i++)
-		capture(c);
-	mark(c, "8 captures");
-	daemon_pass(c, 6, 2);
-	mark(c, "read 6, acked 2");
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 8; i++)
+			capture(c);
+		mark(c, "8 captures");
+		daemon_pass(c, 6, 2);
+		mark(c, "read 6, acked 2");
+	}
 	for (int i = 0; i < 6; i++)
 		capture(c);
 	mark(c, "6 captures");

@@ -74,9 +74,7 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 	config__free(&f->cfg);
-	tu_rmtree(f->dir);
-	free(f->pki);
-	free(f->dir);
+	tu_rmtree_free(f->dir, f->pki);
 	free(f);
 	return 0;
 }

@@ -309,28 +309,33 @@ static void purchase_missing_required_fields(void **state)
 	assert_refused(event__encode_purchase(NULL, &body), SCRM_E_INVALID, "purchase");
 }
 
+/* Each value in the array bad[], put in the purchase_fx field `member` of a
+ * fresh purchase, is refused with SCRM_E_INVALID naming `field`. */
+#define PURCHASE_REFUSES(member, bad, field)                                                          \
+	purchase_refuses(offsetof(purchase_fx, member), (bad), sizeof((bad)[0]), sizeof(bad) / sizeof((bad)[0]), \
+			 (field))
+static void purchase_refuses(size_t off, const void *bad, size_t size, size_t n, const char *field)
+{
+	for (size_t i = 0; i < n; i++) {
+		purchase_fx f;
+		purchase_init(&f);
+		memcpy((char *)&f + off, (const char *)bad + i * size, size);
+		assert_refused(enc_purchase(&f), SCRM_E_INVALID, field);
+	}
+}
+
 static void purchase_qty_must_be_positive_and_bounded(void **state)
 {
 	(void)state;
 	static const int64_t bad[] = {0, -1, -3, 1000001, INT64_MAX, INT64_MIN};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.lines[1].qty = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].qty");
-	}
+	PURCHASE_REFUSES(lines[1].qty, bad, "lines[1].qty");
 }
 
 static void purchase_unit_price_bounds(void **state)
 {
 	(void)state;
 	static const int64_t bad[] = {-1, 1000000000001LL, INT64_MAX, INT64_MIN};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.lines[0].unit_price = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[0].unit_price");
-	}
+	PURCHASE_REFUSES(lines[0].unit_price, bad, "lines[0].unit_price");
 }
 
 static void purchase_line_discount_bounds(void **state)
@@ -383,24 +388,14 @@ static void purchase_currency_must_be_iso_4217(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {"", "gbp", "Gbp", "GB", "GBPX", "G1P", "G P", "\xc3\x89UR", "EURO"};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.p.currency = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "currency");
-	}
+	PURCHASE_REFUSES(p.currency, bad, "currency");
 }
 
 static void purchase_unknown_payment_refused(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {"", "bitcoin", "CARD", "card ", "cash\n"};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.p.payment = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "payment");
-	}
+	PURCHASE_REFUSES(p.payment, bad, "payment");
 	purchase_fx f;
 	purchase_init(&f);
 	f.p.payment = "bitcoin";
@@ -450,30 +445,16 @@ static void purchase_invalid_utf8_refused(void **state)
 		"\xff",             /* never valid */
 		"abc\xf8\x88\x80\x80\x80",
 	};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.p.member_id = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "member_id");
-		purchase_init(&f);
-		f.lines[0].sku = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[0].sku");
-	}
+	PURCHASE_REFUSES(p.member_id, bad, "member_id");
+	PURCHASE_REFUSES(lines[0].sku, bad, "lines[0].sku");
 }
 
 static void purchase_control_characters_refused(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {"a\tb", "a\nb", "a\rb", "\x01", "a\x1f", "a\x7f", "\x1b[31m"};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		purchase_fx f;
-		purchase_init(&f);
-		f.p.guide_id = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "guide_id");
-		purchase_init(&f);
-		f.p.order_id = bad[i];
-		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "order_id");
-	}
+	PURCHASE_REFUSES(p.guide_id, bad, "guide_id");
+	PURCHASE_REFUSES(p.order_id, bad, "order_id");
 }
 
 static void purchase_line_count_limits(void **state)

@@ -1187,14 +1187,6 @@ static char *read_text(const char *path)
 	return buf;
 }
 
-static void write_text(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	assert_non_null(f);
-	fputs(text, f);
-	assert_int_equal(fclose(f), 0);
-}
-
 static void birth_seq_only_grows(void **state)
 {
 	(void)state;
@@ -1232,18 +1224,18 @@ static void birth_seq_survives_garbage(void **state)
 	static const char *const junk[] = {"", "hello\n", "-5\n", "0\n", "\n\n", "abc123",
 					   "99999999999999999999999999\n", "\xff\xfe\x00"};
 	for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
-		write_text(file, junk[i]);
+		tu_write_text(file, junk[i]);
 		assert_int_equal(fleet__next_birth_seq(dir, 5000), 5000);
 	}
 	/* Larger than the read limit: ignored, rewritten. */
 	char big[200];
 	memset(big, '7', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
-	write_text(file, big);
+	tu_write_text(file, big);
 	assert_int_equal(fleet__next_birth_seq(dir, 5000), 5000);
 	assert_string_equal(read_text(file), "5000\n");
 	/* A number with trailing text still counts (a hand edit). */
-	write_text(file, "7000 # edited\n");
+	tu_write_text(file, "7000 # edited\n");
 	assert_int_equal(fleet__next_birth_seq(dir, 5000), 7001);
 	/* An unwritable directory: still a usable number. */
 	assert_int_equal(fleet__next_birth_seq("/nonexistent/scrm-fleet-test", 5000), 5000);
@@ -1266,7 +1258,7 @@ static void birth_seq_huge_stored_value(void **state)
 {
 	(void)state;
 	char *dir = tu_tmpdir("fleet-birth"), *file = tu_join(dir, "birth_seq");
-	write_text(file, "9223372036854775807\n");
+	tu_write_text(file, "9223372036854775807\n");
 	fflush(NULL);
 	pid_t pid = fork();
 	assert_true(pid >= 0);

@@ -69,34 +69,12 @@ static char *q(const char *format, ...)
 {
 	va_list ap;
 	va_start(ap, format);
-	int n = vsnprintf(NULL, 0, format, ap);
-	va_end(ap);
-	assert_true(n >= 0);
-	char *p = malloc((size_t)n + 1);
-	assert_non_null(p);
-	va_start(ap, format);
-	vsnprintf(p, (size_t)n + 1, format, ap);
+	char *p = tu_vfmt(format, ap);
 	va_end(ap);
 	for (char *c = p; *c; c++)
 		if (*c == '\'')
 			*c = '"';
 	return p;
-}
-
-/* Run SQL on a database file with a connection of our own (what another
- * process, or someone editing the file, would do). */
-static void sql_exec(const char *db_path, const char *sql)
-{
-	sqlite3 *db = NULL;
-	char *err = NULL;
-	assert_int_equal(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-	sqlite3_busy_timeout(db, 10000);
-	int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-	if (rc != SQLITE_OK)
-		print_error("%s: %s\n", sql, err ? err : "?");
-	sqlite3_free(err);
-	sqlite3_close(db);
-	assert_int_equal(rc, SQLITE_OK);
 }
 
 static void open_h(fx *f)
@@ -143,11 +121,7 @@ static int teardown(void **state)
 	scrm_store_close(f->s);
 	cg_signer_close(f->signer);
 	platform__clock_override(NULL, NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->keys);
-	free(f->outbox_db);
-	free(f->cache_db);
+	tu_rmtree_free(f->dir, f->keys, f->outbox_db, f->cache_db);
 	free(f);
 	return 0;
 }
@@ -658,7 +632,7 @@ static void coupon_online_only_and_offline_cap(void **state)
 	char sql[200];
 	snprintf(sql, sizeof(sql), "INSERT INTO link(id, connected, changed_ms, seen_ms) VALUES (1, 1, %lld, %lld)",
 		 (long long)NOW, (long long)NOW);
-	sql_exec(f->outbox_db, sql);
+	tu_sql_exec(f->outbox_db, sql);
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW + 1000);
 	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "online")));
 	expect_ok(r, "coupon:C-ONLINE", 130);
@@ -689,7 +663,7 @@ static void coupon_online_only_and_offline_cap(void **state)
 	cJSON_Delete(r);
 	/* connected = 0, however fresh: offline */
 	snprintf(sql, sizeof(sql), "UPDATE link SET connected = 0, seen_ms = %lld", (long long)NOW);
-	sql_exec(f->outbox_db, sql);
+	tu_sql_exec(f->outbox_db, sql);
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW + 1000);
 	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "online")));
 	cJSON_Delete(r);
@@ -857,14 +831,14 @@ static void redeem_records_event_and_ledger(void **state)
 	assert_int_equal(outbox_rows(f), rows0 + 3);
 
 	/* someone edits a stored coupon: central's signature no longer holds */
-	sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"uses\":1', '\"uses\":9')"
+	tu_sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"uses\":1', '\"uses\":9')"
 			      " WHERE key = 'coupon:C-3'");
 	assert_int_equal(tu_sql_int(f->cache_db, "SELECT count(*) FROM coupons WHERE signed LIKE '%\"uses\":9%'"), 1);
 	rc = REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-3", .order = "O-8", .basket = BASKET, .n = BASKET_N);
 	assert_refused(rc, SCRM_E_REFUSED, "signature");
 	assert_errmsg_contains("coupon:C-3");
 	/* ... or its campaign */
-	sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"value\":10', '\"value\":99')"
+	tu_sql_exec(f->cache_db, "UPDATE coupons SET signed = replace(signed, '\"value\":10', '\"value\":99')"
 			      " WHERE key = 'campaign:OPEN'");
 	rc = REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-4", .order = "O-9", .basket = BASKET, .n = BASKET_N);
 	assert_refused(rc, SCRM_E_REFUSED, "signature");
@@ -1442,17 +1416,18 @@ static void reco_basket_rules_rank(void **state)
 	cJSON_Delete(r);
 }
 
-/* Out of stock here (inventory qty <= 0) and just bought (within 14 days)
- * are dropped and counted; the daemon's policy can turn just-bought off. */
-static void reco_filters_stock_and_just_bought(void **state)
+/* Stock of B (5), D (0) and E (-2). */
+static void load_stock_bde(fx *f)
 {
-	fx *f = *state;
-	reco_catalogue(f);
-	load_rules(f, "A>B:0.9", "A>C:0.8", "A>E:0.5", "A>F:0.3", "Z>D:0.5", NULL);
 	load(f, "inventory",
 	     "{'key':'B','data':{'sku':'B','qty':5,'as_of_ms':1800000000000}}\n"
 	     "{'key':'D','data':{'sku':'D','qty':0,'as_of_ms':1800000000000}}\n"
 	     "{'key':'E','data':{'sku':'E','qty':-2,'as_of_ms':1800000000000}}");
+}
+
+/* Member MJ: five orders, bought C three days ago and F twenty days ago. */
+static void load_member_mj(fx *f)
+{
 	char *m = q("{'key':'MJ','data':{'member_id':'MJ','stats':{'orders':5,'first_purchase_ms':%lld,"
 		    "'last_purchase_ms':%lld,'as_of_ms':%lld},"
 		    "'recent':[{'ts':%lld,'order_id':'o2','skus':['C']},{'ts':%lld,'order_id':'o1','skus':['F']}]}}",
@@ -1460,6 +1435,17 @@ static void reco_filters_stock_and_just_bought(void **state)
 		    (long long)(NOW - 3 * DAY), (long long)(NOW - 20 * DAY));
 	load_raw(f, "members", m);
 	free(m);
+}
+
+/* Out of stock here (inventory qty <= 0) and just bought (within 14 days)
+ * are dropped and counted; the daemon's policy can turn just-bought off. */
+static void reco_filters_stock_and_just_bought(void **state)
+{
+	fx *f = *state;
+	reco_catalogue(f);
+	load_rules(f, "A>B:0.9", "A>C:0.8", "A>E:0.5", "A>F:0.3", "Z>D:0.5", NULL);
+	load_stock_bde(f);
+	load_member_mj(f);
 
 	/* D (0) and E (-2) are out of stock; C has no inventory record: kept */
 	cJSON *r = RECO(f, .basket = B_AZ, .n_basket = 2);
@@ -1482,7 +1468,7 @@ static void reco_filters_stock_and_just_bought(void **state)
 
 	/* central says MK buys C regularly: kept although just bought; F,
 	 * suggested by central for another reason, is not */
-	m = q("{'key':'MK','data':{'member_id':'MK','recent':[{'ts':%lld,'skus':['C','F']}]}}", (long long)(NOW - 2 * DAY));
+	char *m = q("{'key':'MK','data':{'member_id':'MK','recent':[{'ts':%lld,'skus':['C','F']}]}}", (long long)(NOW - 2 * DAY));
 	load_raw(f, "members", m);
 	free(m);
 	load(f, "recos",
@@ -1494,20 +1480,11 @@ static void reco_filters_stock_and_just_bought(void **state)
 	assert_int_equal(filtered(r, "just_bought"), 1);
 	cJSON_Delete(r);
 	/* ... and MJ (no such word from central) is as before */
-	m = q("{'key':'MJ','data':{'member_id':'MJ','stats':{'orders':5,'first_purchase_ms':%lld,"
-	      "'last_purchase_ms':%lld,'as_of_ms':%lld},"
-	      "'recent':[{'ts':%lld,'order_id':'o2','skus':['C']},{'ts':%lld,'order_id':'o1','skus':['F']}]}}",
-	      (long long)(NOW - 200 * DAY), (long long)(NOW - 3 * DAY), (long long)(NOW - DAY),
-	      (long long)(NOW - 3 * DAY), (long long)(NOW - 20 * DAY));
-	load_raw(f, "members", m);
-	free(m);
+	load_member_mj(f);
 
 	/* guide.just_bought_days = 0 on the daemon: C comes back */
 	f->policy = "{\"just_bought_ms\":0}";
-	load(f, "inventory",
-	     "{'key':'B','data':{'sku':'B','qty':5,'as_of_ms':1800000000000}}\n"
-	     "{'key':'D','data':{'sku':'D','qty':0,'as_of_ms':1800000000000}}\n"
-	     "{'key':'E','data':{'sku':'E','qty':-2,'as_of_ms':1800000000000}}");
+	load_stock_bde(f);
 	r = RECO(f, .member = "MJ", .basket = B_AZ, .n_basket = 2);
 	assert_skus(r, "B,C,F");
 	assert_int_equal(filtered(r, "just_bought"), 0);
@@ -2180,7 +2157,7 @@ static void attribution_of_purchases(void **state)
 	cJSON_Delete(b);
 
 	/* the daemon's attribution.window_ms, through the settings table */
-	sql_exec(f->outbox_db, "INSERT OR REPLACE INTO settings(k, v) VALUES ('attribution_window_ms', 1)");
+	tu_sql_exec(f->outbox_db, "INSERT OR REPLACE INTO settings(k, v) VALUES ('attribution_window_ms', 1)");
 	char *r4 = show(f, NOW + 5 * HOUR, "M1", "g-07");
 	b = buy(f, NOW + 5 * HOUR + 1, "O-12", "M1", NULL, NULL);
 	assert_attributed(b, "g-07", r4);

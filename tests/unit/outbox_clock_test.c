@@ -61,9 +61,7 @@ static int setup(void **state)
 {
 	fx *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	f->dir = tu_tmpdir("outbox_clock");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
+	tu_store_paths("outbox_clock", OUTBOX_FILE, &f->dir, &f->store, &f->db);
 	platform__clock_synced_override(fake_synced, &f->synced);
 	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
 	*state = f;
@@ -75,10 +73,7 @@ static int teardown(void **state)
 	fx *f = *state;
 	outbox__close(f->ob);
 	platform__clock_synced_override(NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
+	tu_store_paths_free(f->dir, f->store, f->db);
 	free(f);
 	return 0;
 }
@@ -325,7 +320,6 @@ static void v4_store_upgrades_to_v5(void **state)
 	f->ob = NULL;
 	if (sqlite3_libversion_number() < 3035000)
 		skip(); /* DROP COLUMN */
-	sqlite3 *db = NULL;
 	char sql[1600];
 	snprintf(sql, sizeof(sql),
 		 "DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
@@ -336,9 +330,7 @@ static void v4_store_upgrades_to_v5(void **state)
 		 " ALTER TABLE device DROP COLUMN clock_cand_offset_ms; ALTER TABLE device DROP COLUMN clock_cand_mono_ms;"
 		 " UPDATE device SET max_wall_ms = %lld; PRAGMA user_version = 4",
 		 (long long)(BA + 5 * MIN + YEAR));
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-	sqlite3_close(db);
+	tu_sql_exec(f->db, sql);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('device') WHERE name LIKE 'clock%'"), 0);
 
 	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);

@@ -22,6 +22,7 @@
 #include "outbox.h"
 #include "outbox_int.h"
 #include "testutil.h"
+#include "outboxfx.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -40,35 +41,14 @@
 #define BOOT "9f1c0d1e-6a43-4b7e-9a51-0c2d9e8f7a6b"
 #define T0 1700000000000LL /* trusted_after_ms used by most tests */
 
-typedef struct fx {
-	char *dir;   /* the test's temp dir */
-	char *store; /* <dir>/store */
-	char *db;    /* <dir>/store/outbox.db */
-	outbox *ob;  /* open on store, device "pos-01" */
-} fx;
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	f->dir = tu_tmpdir("outbox");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, OUTBOX_FILE);
-	assert_int_equal(outbox__open(f->store, "pos-01", 0, &f->ob), SCRM_OK);
-	*state = f;
-	return 0;
+	return outboxfx_setup(state, "outbox");
 }
 
 static int teardown(void **state)
 {
-	fx *f = *state;
-	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
-	free(f);
-	return 0;
+	return outboxfx_teardown(state);
 }
 
 /* ---- helpers --------------------------------------------------------- */
@@ -271,15 +251,32 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 	" ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
 #define CURRENT_SCHEMA 6
 
+/* Close the fixture's outbox and run `sql` on its file with a plain
+ * connection (to make an older or newer store out of it). */
+static void close_and_exec(fx *f, const char *sql)
+{
+	outbox__close(f->ob);
+	f->ob = NULL;
+	tu_sql_exec(f->db, sql);
+}
+
+/* Make an older store out of the fixture's with `downgrade`, reopen it
+ * (an upgrade to CURRENT_SCHEMA) and check that the `n` schema objects
+ * named in `names` (a quoted SQL list) are there again. */
+static void upgrade_from(fx *f, const char *downgrade, const char *names, int n)
+{
+	close_and_exec(f, downgrade);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
+	char *sql = tu_fmt("SELECT count(*) FROM sqlite_master WHERE name IN (%s)", names);
+	assert_int_equal(tu_sql_int(f->db, sql), n);
+	free(sql);
+}
+
 static void newer_schema_refused(void **state)
 {
 	fx *f = *state;
-	outbox__close(f->ob);
-	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
-	sqlite3_close(db);
+	close_and_exec(f, "PRAGMA user_version = 99");
 	assert_refused(outbox__open(f->store, NULL, 0, &f->ob), SCRM_E_CORRUPT, "outbox");
 	assert_null(f->ob);
 	/* "refusing to touch it": still version 99, and not taken for damage
@@ -305,25 +302,15 @@ static void schema_v2_store_upgrades(void **state)
 {
 	fx *f = *state;
 	assert_int_equal(append_n(f->ob, 3, T0 + 1), 1);
-	outbox__close(f->ob);
-	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db,
-				      DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
-				      " DROP TABLE reco_shown; DROP TABLE redemptions;"
-				      " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
-	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
-	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('link','settings',"
-					   "'reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
-					   "'outbox_attribution')"),
-			 7);
+	upgrade_from(f,
+		     DROP_V6 UNDO_V5 " DROP TABLE link; DROP TABLE settings;"
+		     " DROP TABLE reco_shown; DROP TABLE redemptions;"
+		     " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
+		     "'link','settings','reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
+		     "'outbox_attribution'",
+		     7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
 }
@@ -339,23 +326,13 @@ static void schema_v3_store_upgrades(void **state)
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
 	assert_int_equal(deleted, 2);
-	outbox__close(f->ob);
-	f->ob = NULL;
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db,
-				      DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
-				      " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
-				      " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
-	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), CURRENT_SCHEMA);
-	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name IN ('usage','dropped','alarms',"
-					   "'outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
-					   "'outbox_evictable')"),
-			 7);
+	upgrade_from(f,
+		     DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
+		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
+		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
+		     "'usage','dropped','alarms','outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
+		     "'outbox_evictable'",
+		     7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
 	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM usage"),
@@ -752,21 +729,63 @@ static void stats_pending_bytes_counts_bytes(void **state)
 
 #define SKIP_EXIT 77
 
+/* Row 99 with a body of `len` bytes (a small JSON object padded with
+ * spaces); returns the body, which the caller frees (no cmocka). */
+static char *make_big_row(outbox__row *r, rowbuf *rb, size_t len)
+{
+	char *big = malloc(len + 1);
+	if (!big)
+		abort();
+	memset(big, ' ', len);
+	memcpy(big, "{\"note\":\"big\"}", 14);
+	big[len] = '\0';
+	make_row(r, rb, 99, T0 + 10);
+	r->body = big;
+	r->body_len = len;
+	return big;
+}
+
+/* Child side (no cmocka): mount a private tmpfs with `opts` at <dir>/<name>
+ * and open an outbox on its "store" for "pos-01"; *filler is a path to fill
+ * the tmpfs with. Returns 0, or the child's exit status after reporting on
+ * `out` (SKIP_EXIT: no private tmpfs here). */
+static int tmpfs_outbox(const char *dir, const char *name, const char *opts, int out, char **mnt, char **store,
+			char **filler, outbox **ob)
+{
+	*mnt = tu_join(dir, name);
+	if (mkdir(*mnt, 0700) != 0)
+		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+	    mount("scrm-unit", *mnt, "tmpfs", 0, opts) != 0)
+		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
+	*store = tu_join(*mnt, "store");
+	*filler = tu_join(*mnt, "filler");
+	if (outbox__open(*store, "pos-01", 0, ob) != SCRM_OK)
+		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	return 0;
+}
+
+/* Write `path` until the filesystem refuses; returns that write's errno. */
+static int fill_up(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	static char chunk[4096];
+	memset(chunk, 'F', sizeof(chunk));
+	while (write(fd, chunk, sizeof(chunk)) > 0)
+		;
+	int e = errno;
+	close(fd);
+	return e;
+}
+
 /* Child side of the tmpfs test: no cmocka here, report through `out`. */
 static int disk_full_child(const char *dir, int out)
 {
-	char *mnt = tu_join(dir, "tmpfs");
-	if (mkdir(mnt, 0700) != 0)
-		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
-	    mount("scrm-unit", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0)
-		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
-	char *store = tu_join(mnt, "store");
-	char *filler = tu_join(mnt, "filler");
+	char *mnt = NULL, *store = NULL, *filler = NULL;
 	outbox *ob = NULL;
 	int rc;
-	if ((rc = outbox__open(store, "pos-01", 0, &ob)) != SCRM_OK)
-		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	if ((rc = tmpfs_outbox(dir, "tmpfs", "size=1m,mode=0700", out, &mnt, &store, &filler, &ob)) != 0)
+		return rc;
 	outbox__row rows[5];
 	rowbuf b[5];
 	for (int i = 0; i < 5; i++)
@@ -775,26 +794,14 @@ static int disk_full_child(const char *dir, int out)
 		return dprintf(out, "append before full: %s", scrm_errmsg()), 1;
 
 	/* Fill the filesystem to the last byte. */
-	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	static char chunk[4096];
-	memset(chunk, 'F', sizeof(chunk));
-	while (write(fd, chunk, sizeof(chunk)) > 0)
-		;
-	if (errno != ENOSPC)
-		return dprintf(out, "filling the tmpfs: %s", strerror(errno)), 1;
-	close(fd);
+	int e = fill_up(filler);
+	if (e != ENOSPC)
+		return dprintf(out, "filling the tmpfs: %s", strerror(e)), 1;
 
 	/* A 256 KiB event cannot fit in the WAL. */
-	size_t big_len = 256 * 1024;
-	char *big = malloc(big_len + 1);
-	memset(big, ' ', big_len);
-	memcpy(big, "{\"note\":\"big\"}", 14);
-	big[big_len] = '\0';
 	outbox__row r;
 	rowbuf rb;
-	make_row(&r, &rb, 99, T0 + 10);
-	r.body = big;
-	r.body_len = big_len;
+	make_big_row(&r, &rb, 256 * 1024); /* the child exits: not freed */
 	rc = outbox__append(ob, &r, 1, T0);
 	if (rc != SCRM_E_DISK_FULL)
 		return dprintf(out, "append on a full disk returned %d (%s), want SCRM_E_DISK_FULL", rc, scrm_errmsg()),
@@ -845,18 +852,11 @@ static int disk_full_child(const char *dir, int out)
  * reserve comes back with the space. Child side; no cmocka. */
 static int reserve_child(const char *dir, int out)
 {
-	char *mnt = tu_join(dir, "tmpfs-r");
-	if (mkdir(mnt, 0700) != 0)
-		return dprintf(out, "mkdir: %s", strerror(errno)), 1;
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
-	    mount("scrm-unit", mnt, "tmpfs", 0, "size=2m,mode=0700") != 0)
-		return dprintf(out, "cannot mount a private tmpfs (%s)", strerror(errno)), SKIP_EXIT;
-	char *store = tu_join(mnt, "store");
-	char *filler = tu_join(mnt, "filler");
+	char *mnt = NULL, *store = NULL, *filler = NULL;
 	outbox *ob = NULL;
 	int rc, in_place = 0;
-	if ((rc = outbox__open(store, "pos-01", 0, &ob)) != SCRM_OK)
-		return dprintf(out, "open: %s", scrm_errmsg()), 1;
+	if ((rc = tmpfs_outbox(dir, "tmpfs-r", "size=2m,mode=0700", out, &mnt, &store, &filler, &ob)) != 0)
+		return rc;
 	if (outbox__setting_set(ob, "disk_reserve_bytes", 262144) != SCRM_OK ||
 	    outbox__reserve_ensure(ob, 262144, &in_place) != SCRM_OK || !in_place)
 		return dprintf(out, "reserve: %s (in place %d)", scrm_errmsg(), in_place), 1;
@@ -869,12 +869,7 @@ static int reserve_child(const char *dir, int out)
 	/* an empty WAL: the ack's frames need new blocks */
 	if (outbox__scrub_wal(ob) != SCRM_OK)
 		return dprintf(out, "truncate the WAL: %s", scrm_errmsg()), 1;
-	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	static char chunk[4096];
-	memset(chunk, 'F', sizeof(chunk));
-	while (write(fd, chunk, sizeof(chunk)) > 0)
-		;
-	close(fd);
+	fill_up(filler);
 	/* The ack of the first ten: through, on the reserve. */
 	const int64_t first[][2] = {{1, 10}};
 	int64_t deleted = 0;
@@ -915,30 +910,27 @@ static int reserve_child(const char *dir, int out)
 	return 0;
 }
 
-static void ack_on_a_full_disk_uses_the_reserve(void **state)
+/* Run child(dir, pipe) in a forked process (it mounts a private tmpfs):
+ * skip when it exits SKIP_EXIT (its message, then `skip_note`), fail with
+ * its message when it exits non-zero. */
+static void run_disk_child(int (*child)(const char *dir, int out), const char *dir, const char *skip_note)
 {
-	fx *f = *state;
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(reserve_child(f->dir, p[1]));
-	}
-	close(p[1]);
+	int fd;
+	pid_t pid = tu_fork_piped(&fd);
+	if (pid == 0)
+		_exit(child(dir, fd));
 	char msg[512] = "";
 	size_t have = 0;
 	ssize_t n;
-	while ((n = read(p[0], msg + have, sizeof(msg) - 1 - have)) > 0)
+	while ((n = read(fd, msg + have, sizeof(msg) - 1 - have)) > 0)
 		have += (size_t)n;
 	msg[have] = '\0';
-	close(p[0]);
+	close(fd);
 	int status = 0;
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	if (WEXITSTATUS(status) == SKIP_EXIT) {
-		print_message("skipping: %s\n", msg);
+		print_message("skipping: %s%s\n", msg, skip_note);
 		skip();
 	}
 	if (WEXITSTATUS(status) != 0) {
@@ -947,36 +939,16 @@ static void ack_on_a_full_disk_uses_the_reserve(void **state)
 	}
 }
 
+static void ack_on_a_full_disk_uses_the_reserve(void **state)
+{
+	fx *f = *state;
+	run_disk_child(reserve_child, f->dir, "");
+}
+
 static void disk_full_on_a_full_filesystem(void **state)
 {
 	fx *f = *state;
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(disk_full_child(f->dir, p[1]));
-	}
-	close(p[1]);
-	char msg[512] = "";
-	size_t have = 0;
-	ssize_t n;
-	while ((n = read(p[0], msg + have, sizeof(msg) - 1 - have)) > 0)
-		have += (size_t)n;
-	msg[have] = '\0';
-	close(p[0]);
-	int status = 0;
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFEXITED(status));
-	if (WEXITSTATUS(status) == SKIP_EXIT) {
-		print_message("skipping: %s; the in-process disk-full test still runs\n", msg);
-		skip();
-	}
-	if (WEXITSTATUS(status) != 0) {
-		print_error("%s\n", msg);
-		fail();
-	}
+	run_disk_child(disk_full_child, f->dir, "; the in-process disk-full test still runs");
 }
 
 static sqlite3 *last_opened;
@@ -1020,17 +992,10 @@ static void disk_full_via_max_page_count(void **state)
 	snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld", pages);
 	exec_on(last_opened, sql);
 
-	size_t big_len = 64 * 1024;
-	char *big = malloc(big_len + 1);
-	assert_non_null(big);
-	memset(big, ' ', big_len);
-	memcpy(big, "{\"note\":\"big\"}", 14);
-	big[big_len] = '\0';
 	outbox__row r;
 	rowbuf rb;
-	make_row(&r, &rb, 99, T0 + 10);
-	r.body = big;
-	r.body_len = big_len;
+	char *big = make_big_row(&r, &rb, 64 * 1024);
+	assert_non_null(big);
 	assert_refused(outbox__append(f->ob, &r, 1, T0), SCRM_E_DISK_FULL, "outbox");
 	assert_int_equal(r.seq, 0);
 

@@ -115,12 +115,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	tu_rmtree(f->dir);
-	free(f->dir);
-	free(f->store);
-	free(f->priv);
-	free(f->keys);
-	free(f->central);
+	tu_rmtree_free(f->dir, f->store, f->priv, f->keys, f->central);
 	free(f);
 	return 0;
 }

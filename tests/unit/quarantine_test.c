@@ -19,14 +19,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void put(const char *path, const char *text, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	assert_int_equal(fwrite(text, 1, n, f), n);
-	assert_int_equal(fclose(f), 0);
-}
-
 static char *get(const char *path, size_t *n)
 {
 	FILE *f = fopen(path, "rb");
@@ -50,10 +42,10 @@ static void erases_tokens_and_cache_copies(void **state)
 	 * same digits as part of a total, a longer id and a seq. */
 	static const char body[] = "{\"member_id\":\"17850\",\"total\":178500,\"guide_id\":\"g17850\"}\x01\x0b"
 				   "17850\x02\x00 seq=917850 17850";
-	put(ob, body, sizeof(body) - 1);
-	put(wal, "\x00\x00" "17850" "\x00", 8);
-	put(cache, "card 4000123412341234 17850", 27);
-	put(other, "17850", 5);
+	tu_write_file(ob, body, sizeof(body) - 1);
+	tu_write_file(wal, "\x00\x00" "17850" "\x00", 8);
+	tu_write_file(cache, "card 4000123412341234 17850", 27);
+	tu_write_file(other, "17850", 5);
 	int touched = -1;
 	assert_int_equal(quarantine__erase_member(dir, "17850", &touched), 0);
 	assert_int_equal(touched, 3);

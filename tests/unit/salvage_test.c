@@ -53,9 +53,7 @@ static int teardown(void **state)
 {
 	fx *f = *state;
 	outbox__close(f->ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->dir);
+	tu_rmtree_free(f->dir, f->db);
 	free(f);
 	return 0;
 }
@@ -80,20 +78,6 @@ static int64_t add_purchase(outbox *ob, int n, const char *member)
 		 "\"pad\":\"0123456789012345678901234567890123456789012345678901234567890123456789\"}",
 		 n, member ? ",\"member_id\":\"" : "", member ? member : "", member ? "\"" : "");
 	return add(ob, "purchase", body, n);
-}
-
-static void sql_exec(const char *path, const char *sql)
-{
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-	sqlite3_busy_timeout(db, 5000);
-	char *err = NULL;
-	int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-	if (rc != SQLITE_OK)
-		print_error("%s: %s\n", sql, err ? err : "?");
-	sqlite3_free(err);
-	sqlite3_close(db);
-	assert_int_equal(rc, SQLITE_OK);
 }
 
 /* The outbox table's leaf pages in key order (dbstat's path order). */
@@ -172,15 +156,23 @@ static void check_one_leaf_lost(fx *f, int n, int64_t lost)
 	sbuf__free(&out);
 }
 
+/* Purchases first..last, checkpointed into the database file; returns how
+ * many table leaves leaves() finds (page numbers and cell counts of up to
+ * `max` of them in page/ncell). */
+static int fill_leaves(fx *f, int first, int last, int64_t *page, int64_t *ncell, int max)
+{
+	for (int i = first; i <= last; i++)
+		add_purchase(f->ob, i, NULL);
+	tu_sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	return leaves(f->db, page, ncell, max);
+}
+
 static void damaged_middle_leaf_loses_only_its_rows(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	assert_true(nl >= 5);
 	damage_page(f->db, page[nl / 2], NULL);
 	quarantine_now(f);
@@ -191,11 +183,8 @@ static void damaged_first_leaf_loses_only_its_rows(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	assert_true(nl >= 5);
 	damage_page(f->db, page[0], NULL);
 	quarantine_now(f);
@@ -208,11 +197,8 @@ static void two_damaged_leaves(void **state)
 {
 	fx *f = *state;
 	const int n = 600;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[128], ncell[128];
-	int nl = leaves(f->db, page, ncell, 128);
+	int nl = fill_leaves(f, 1, n, page, ncell, 128);
 	assert_true(nl >= 8);
 	damage_page(f->db, page[1], NULL);
 	damage_page(f->db, page[nl - 2], NULL);
@@ -238,11 +224,8 @@ static void ledgers_and_attribution_kept(void **state)
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, ack, 2, T0 + 10, &deleted), SCRM_OK);
 	assert_int_equal(deleted, 2);
-	for (int i = 10; i < 400; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[128], ncell[128];
-	int nl = leaves(f->db, page, ncell, 128);
+	int nl = fill_leaves(f, 10, 399, page, ncell, 128);
 	damage_page(f->db, page[nl - 1], NULL); /* the newest events, not the ones above */
 	quarantine_now(f);
 
@@ -286,12 +269,9 @@ static void recover_file_puts_back_once(void **state)
 {
 	fx *f = *state;
 	const int n = 200;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
 	unsigned char saved[64];
-	assert_true(leaves(f->db, page, ncell, 64) >= 4);
+	assert_true(fill_leaves(f, 1, n, page, ncell, 64) >= 4);
 	damage_page(f->db, page[1], saved);
 	quarantine_now(f);
 	int64_t lost = ncell[1];
@@ -333,7 +313,7 @@ static void recover_file_puts_back_once(void **state)
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 0);
 	/* the quarantined file was read, never written */
 	/* another device's file is refused */
-	sql_exec(q, "UPDATE device SET device_id = 'pos-99'");
+	tu_sql_exec(q, "UPDATE device SET device_id = 'pos-99'");
 	assert_refused(outbox__recover_file(f->ob, q, &r), SCRM_E_MISMATCH, "file");
 	assert_refused(outbox__recover_file(f->ob, "/nonexistent/outbox-1.db", &r), SCRM_E_NOT_FOUND, "file");
 }
@@ -345,11 +325,8 @@ static void a_read_heals_a_file_damaged_while_open(void **state)
 {
 	fx *f = *state;
 	const int n = 303;
-	for (int i = 1; i <= n; i++)
-		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page[64], ncell[64];
-	int nl = leaves(f->db, page, ncell, 64);
+	int nl = fill_leaves(f, 1, n, page, ncell, 64);
 	/* the daemon's handle, opened before the damage (no check at open) */
 	outbox__close(f->ob);
 	assert_int_equal(outbox__open(f->dir, "pos-01", 0, &f->ob), SCRM_OK);
@@ -383,7 +360,7 @@ static void a_poison_event_is_set_aside(void **state)
 	fx *f = *state;
 	for (int i = 1; i <= 10; i++)
 		add_purchase(f->ob, i, NULL);
-	sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+	tu_sql_exec(f->db, "PRAGMA wal_checkpoint(TRUNCATE)");
 	outbox__close(f->ob);
 	f->ob = NULL;
 	{

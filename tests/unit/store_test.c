@@ -44,9 +44,7 @@ static int setup(void **state)
 {
 	fx *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	f->dir = tu_tmpdir("store");
-	f->store = tu_join(f->dir, "store");
-	f->db = tu_join(f->store, "outbox.db");
+	tu_store_paths("store", "outbox.db", &f->dir, &f->store, &f->db);
 	scrm_store_options o = {.device_id = "pos-01", .busy_timeout_ms = 0};
 	assert_int_equal(scrm_store_open(f->store, &o, &f->s), SCRM_OK);
 	*state = f;
@@ -58,10 +56,7 @@ static int teardown(void **state)
 	fx *f = *state;
 	scrm_store_close(f->s);
 	platform__clock_override(NULL, NULL, NULL);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->store);
-	free(f->dir);
+	tu_store_paths_free(f->dir, f->store, f->db);
 	free(f);
 	return 0;
 }
@@ -559,16 +554,9 @@ static int capture_child(const char *dir, int n, int out, const char *tag)
 
 static pid_t spawn_capture(const char *dir, int n, const char *tag, int *rfd)
 {
-	int p[2];
-	assert_int_equal(pipe(p), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		close(p[0]);
-		_exit(capture_child(dir, n, p[1], tag));
-	}
-	close(p[1]);
-	*rfd = p[0];
+	pid_t pid = tu_fork_piped(rfd);
+	if (pid == 0)
+		_exit(capture_child(dir, n, *rfd, tag));
 	return pid;
 }
 

@@ -68,9 +68,7 @@ static int teardown(void **state)
 	fx *f = *state;
 	delivery__free(&f->s.dl);
 	outbox__close(f->s.ob);
-	tu_rmtree(f->dir);
-	free(f->db);
-	free(f->dir);
+	tu_rmtree_free(f->dir, f->db);
 	free(f);
 	return 0;
 }

@@ -55,3 +55,17 @@ char *tu_sql_text(const char *db_path, const char *sql)
 	sqlite3_close(db);
 	return v;
 }
+
+void tu_sql_exec(const char *db_path, const char *sql)
+{
+	sqlite3 *db = NULL;
+	char *err = NULL;
+	assert_int_equal(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	sqlite3_busy_timeout(db, 10000);
+	int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+	if (rc != SQLITE_OK)
+		print_error("%s: %s\n", sql, err ? err : "?");
+	sqlite3_free(err);
+	sqlite3_close(db);
+	assert_int_equal(rc, SQLITE_OK);
+}
