@@ -547,7 +547,7 @@ static char *forget_command(struct itest *e, const char *member)
 	snprintf(args, sizeof(args), "{\"member_id\":\"%s\"}", member);
 	snprintf(timeout, sizeof(timeout), "%d", 20000 * itest_scale);
 	snprintf(out, sizeof(out), "%s/ctl.out", e->dir);
-	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "fleet", "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
+	const char *argv[] = {th_bin("SCRM_FLEET_BIN"), "--broker", e->uri, "--ca", e->ca, "--tenant", "acme",
 			      "cmd", "s1/" DEVICE, "member.forget", args, "--timeout-ms", timeout, "--json", NULL};
 	unlink(out);
 	th_run_target(argv, out, 60000 * itest_scale);

@@ -70,13 +70,14 @@ static int write_cfg(struct itest *e, int port, const char *log_level)
 							 .log_level = log_level});
 }
 
-/* Run `scrmctl fleet ARGS...` (with --json if json) into e->ctl_out. */
+/* Run the console, `scrm-fleet ARGS...` (what `scrmctl fleet ARGS...` runs;
+ * directly, so that under qemu-user no emulated process has to exec a
+ * foreign binary), with --json if json, into e->ctl_out. */
 static int ctl_run(struct itest *e, const char *const *args, int json)
 {
 	const char *argv[32];
 	int n = 0;
-	argv[n++] = th_bin("SCRM_CTL_BIN");
-	argv[n++] = "fleet";
+	argv[n++] = th_bin("SCRM_FLEET_BIN");
 	argv[n++] = "--broker";
 	argv[n++] = e->uri;
 	argv[n++] = "--ca";

@@ -223,7 +223,7 @@ static int no_core_ctl(struct itest *e)
 	snprintf(uri, sizeof(uri), "mqtt://127.0.0.1:%d", port);
 	snprintf(log, sizeof(log), "%s/ctl.log", dir);
 	snprintf(wait, sizeof(wait), "%d", 120000 * itest_scale);
-	const char *argv[] = {th_bin("SCRM_CTL_BIN"), "fleet", "--broker", uri, "--tenant", "acme", "list",
+	const char *argv[] = {th_bin("SCRM_FLEET_BIN"), "--broker", uri, "--tenant", "acme", "list",
 			      "--wait-ms", wait, NULL};
 	rc = run_and_check("scrmctl", argv, lfd, log);
 fail:

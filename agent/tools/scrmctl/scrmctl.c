@@ -209,6 +209,11 @@ static int run_fleet(int argc, char **argv)
 		*slash = '\0';
 		snprintf(path, sizeof(path), "%s/scrm-fleet", self);
 		execv(path, args);
+		if (errno != ENOENT) { /* there, but it does not run: say so, not "not installed" */
+			fprintf(stderr, "scrmctl: fleet: %s: %s\n", path, strerror(errno));
+			free(args);
+			return 2;
+		}
 	}
 	execvp("scrm-fleet", args);
 	fprintf(stderr,
