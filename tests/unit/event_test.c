@@ -147,6 +147,14 @@ static const char *str(const cJSON *o, const char *key)
 	return v->valuestring;
 }
 
+/* Each {key, value} of `kv`, up to a NULL key, is a string field of `o`
+ * with that value. */
+static void assert_strings(const cJSON *o, const char *const (*kv)[2])
+{
+	for (; (*kv)[0]; kv++)
+		assert_string_equal(str(o, (*kv)[0]), (*kv)[1]);
+}
+
 static void assert_absent(const cJSON *o, const char *key)
 {
 	if (cJSON_GetObjectItemCaseSensitive(o, key)) {
@@ -175,10 +183,9 @@ static void purchase_valid_encodes_every_field(void **state)
 	assert_int_equal(num(l1, "discount"), 50);
 	assert_int_equal(num(o, "discount"), 100);
 	assert_int_equal(num(o, "total"), 2058);
-	assert_string_equal(str(o, "currency"), "GBP");
-	assert_string_equal(str(o, "payment"), "card");
-	assert_string_equal(str(o, "member_id"), "17850");
-	assert_string_equal(str(o, "guide_id"), "g-07");
+	static const char *const texts[][2] = {
+		{"currency", "GBP"}, {"payment", "card"}, {"member_id", "17850"}, {"guide_id", "g-07"}, {NULL, NULL}};
+	assert_strings(o, texts);
 	const cJSON *c = cJSON_GetObjectItemCaseSensitive(o, "coupons");
 	assert_int_equal(cJSON_GetArraySize(c), 1);
 	assert_string_equal(cJSON_GetArrayItem(c, 0)->valuestring, "WELCOME10");
@@ -277,35 +284,53 @@ static void purchase_boundaries_accepted(void **state)
 
 /* ---- purchase: refusals, typed -------------------------------------- */
 
+/* One refusal through the typed door: a fresh purchase or return (`kind`)
+ * with the one member at `off` set to `v` (its first `size` bytes: the
+ * member's own type) is refused with SCRM_E_INVALID naming `field`. A table
+ * of these reads as the list of rules it checks. */
+typedef struct spoil {
+	event__kind kind;
+	size_t off, size;
+	union {
+		const char *s;
+		int64_t i;
+		size_t n;
+		const scrm_line *lines;
+	} v;
+	const char *field;
+} spoil;
+
+#define IN_PURCHASE(member) EVENT_PURCHASE, offsetof(purchase_fx, member), sizeof(((purchase_fx *)0)->member)
+#define IN_RETURN(member) EVENT_RETURN, offsetof(return_fx, member), sizeof(((return_fx *)0)->member)
+
+static void assert_spoiled_refused(const spoil *cases, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const spoil *c = &cases[i];
+		purchase_fx pf;
+		return_fx rf;
+		purchase_init(&pf);
+		return_init(&rf);
+		int is_return = c->kind == EVENT_RETURN;
+		memcpy((is_return ? (char *)&rf : (char *)&pf) + c->off, &c->v, c->size);
+		assert_refused(is_return ? enc_return(&rf) : enc_purchase(&pf), SCRM_E_INVALID, c->field);
+	}
+}
+
 static void purchase_missing_required_fields(void **state)
 {
 	(void)state;
-	purchase_fx f;
-
-	purchase_init(&f);
-	f.p.order_id = NULL;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "order_id");
-	purchase_init(&f);
-	f.p.order_id = "";
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "order_id");
-	purchase_init(&f);
-	f.p.lines = NULL;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines");
-	purchase_init(&f);
-	f.p.n_lines = 0;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines");
-	purchase_init(&f);
-	f.lines[1].sku = NULL;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].sku");
-	purchase_init(&f);
-	f.lines[0].sku = "";
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[0].sku");
-	purchase_init(&f);
-	f.p.currency = NULL;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "currency");
-	purchase_init(&f);
-	f.p.payment = NULL;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "payment");
+	static const spoil missing[] = {
+		{IN_PURCHASE(p.order_id), {.s = NULL}, "order_id"},
+		{IN_PURCHASE(p.order_id), {.s = ""}, "order_id"},
+		{IN_PURCHASE(p.lines), {.lines = NULL}, "lines"},
+		{IN_PURCHASE(p.n_lines), {.n = 0}, "lines"},
+		{IN_PURCHASE(lines[1].sku), {.s = NULL}, "lines[1].sku"},
+		{IN_PURCHASE(lines[0].sku), {.s = ""}, "lines[0].sku"},
+		{IN_PURCHASE(p.currency), {.s = NULL}, "currency"},
+		{IN_PURCHASE(p.payment), {.s = NULL}, "payment"},
+	};
+	assert_spoiled_refused(missing, sizeof(missing) / sizeof(missing[0]));
 	assert_refused(event__encode_purchase(NULL, &body), SCRM_E_INVALID, "purchase");
 }
 
@@ -341,33 +366,25 @@ static void purchase_unit_price_bounds(void **state)
 static void purchase_line_discount_bounds(void **state)
 {
 	(void)state;
-	purchase_fx f;
-	purchase_init(&f);
-	f.lines[1].discount = -1;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].discount");
-	purchase_init(&f);
-	f.lines[1].discount = 2 * 339 + 1; /* more than qty*unit_price */
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].discount");
-	purchase_init(&f);
-	f.lines[1].discount = INT64_MIN;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].discount");
+	static const int64_t bad[] = {-1, 2 * 339 + 1 /* more than qty*unit_price */, INT64_MIN};
+	PURCHASE_REFUSES(lines[1].discount, bad, "lines[1].discount");
 }
 
 static void purchase_order_discount_bounds(void **state)
 {
 	(void)state;
-	purchase_fx f;
-	purchase_init(&f);
-	f.p.discount = -1;
-	f.p.total = 2159;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "discount");
-	purchase_init(&f);
-	f.p.discount = 2159; /* more than the lines' net 2158: total would be negative */
-	f.p.total = -1;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "discount");
-	purchase_init(&f);
-	f.p.discount = INT64_MIN;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "discount");
+	/* Each with the total it would give, so only the discount is wrong;
+	 * 2159 is more than the lines' net 2158: the total would be negative. */
+	static const struct {
+		int64_t discount, total;
+	} bad[] = {{-1, 2159}, {2159, -1}, {INT64_MIN, 2058}};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		purchase_fx f;
+		purchase_init(&f);
+		f.p.discount = bad[i].discount;
+		f.p.total = bad[i].total;
+		assert_refused(enc_purchase(&f), SCRM_E_INVALID, "discount");
+	}
 }
 
 static void purchase_total_must_match(void **state)
@@ -409,26 +426,18 @@ static void purchase_id_lengths(void **state)
 	char id65[66];
 	memset(id65, 'x', 65);
 	id65[65] = '\0';
-	purchase_fx f;
-	purchase_init(&f);
-	f.p.order_id = id65;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "order_id");
-	purchase_init(&f);
-	f.lines[1].sku = id65;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "lines[1].sku");
-	purchase_init(&f);
-	f.p.member_id = id65;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "member_id");
-	purchase_init(&f);
-	f.p.guide_id = "";
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "guide_id");
 	/* The limit is in bytes: 22 three-byte characters = 66 bytes. */
 	char wide[67] = "";
 	for (int i = 0; i < 22; i++)
 		strcat(wide, "\xe6\x9d\xb1");
-	purchase_init(&f);
-	f.p.member_id = wide;
-	assert_refused(enc_purchase(&f), SCRM_E_INVALID, "member_id");
+	const spoil too_long[] = {
+		{IN_PURCHASE(p.order_id), {.s = id65}, "order_id"},
+		{IN_PURCHASE(lines[1].sku), {.s = id65}, "lines[1].sku"},
+		{IN_PURCHASE(p.member_id), {.s = id65}, "member_id"},
+		{IN_PURCHASE(p.guide_id), {.s = ""}, "guide_id"},
+		{IN_PURCHASE(p.member_id), {.s = wide}, "member_id"},
+	};
+	assert_spoiled_refused(too_long, sizeof(too_long) / sizeof(too_long[0]));
 }
 
 static void purchase_invalid_utf8_refused(void **state)
@@ -554,14 +563,12 @@ static void return_valid_encodes(void **state)
 	return_init(&f);
 	assert_int_equal(enc_return(&f), SCRM_OK);
 	cJSON *o = parsed_body();
-	assert_string_equal(str(o, "return_id"), "R-77");
-	assert_string_equal(str(o, "order_id"), "536365");
+	static const char *const texts[][2] = {
+		{"return_id", "R-77"}, {"order_id", "536365"}, {"currency", "GBP"}, {"refund_method", "card"},
+		{"reason", "damaged"}, {"member_id", "17850"}, {NULL, NULL}};
+	assert_strings(o, texts);
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "lines")), 1);
 	assert_int_equal(num(o, "total"), 500);
-	assert_string_equal(str(o, "currency"), "GBP");
-	assert_string_equal(str(o, "refund_method"), "card");
-	assert_string_equal(str(o, "reason"), "damaged");
-	assert_string_equal(str(o, "member_id"), "17850");
 	assert_absent(o, "guide_id");
 	assert_absent(o, "discount"); /* returns have no order-level discount */
 	cJSON_Delete(o);
@@ -580,44 +587,21 @@ static void return_valid_encodes(void **state)
 static void return_refusals_name_the_field(void **state)
 {
 	(void)state;
-	return_fx f;
-
-	return_init(&f);
-	f.r.return_id = NULL;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "return_id");
-	return_init(&f);
-	f.r.order_id = NULL;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "order_id");
-	return_init(&f);
-	f.r.n_lines = 0;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "lines");
-	return_init(&f);
-	f.lines[0].qty = -2; /* returned quantities are positive */
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "lines[0].qty");
-	return_init(&f);
-	f.lines[0].discount = 511;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "lines[0].discount");
-	return_init(&f);
-	f.r.total = 510; /* ignores the line discount */
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "total");
-	return_init(&f);
-	f.r.total = -500;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "total");
-	return_init(&f);
-	f.r.currency = "gbp";
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "currency");
-	return_init(&f);
-	f.r.refund_method = "store_credit";
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "refund_method");
-	return_init(&f);
-	f.r.refund_method = NULL;
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "refund_method");
-	return_init(&f);
-	f.r.member_id = "\xc3\x28";
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "member_id");
-	return_init(&f);
-	f.r.guide_id = "g\n";
-	assert_refused(enc_return(&f), SCRM_E_INVALID, "guide_id");
+	static const spoil bad[] = {
+		{IN_RETURN(r.return_id), {.s = NULL}, "return_id"},
+		{IN_RETURN(r.order_id), {.s = NULL}, "order_id"},
+		{IN_RETURN(r.n_lines), {.n = 0}, "lines"},
+		{IN_RETURN(lines[0].qty), {.i = -2}, "lines[0].qty"}, /* returned quantities are positive */
+		{IN_RETURN(lines[0].discount), {.i = 511}, "lines[0].discount"},
+		{IN_RETURN(r.total), {.i = 510}, "total"}, /* ignores the line discount */
+		{IN_RETURN(r.total), {.i = -500}, "total"},
+		{IN_RETURN(r.currency), {.s = "gbp"}, "currency"},
+		{IN_RETURN(r.refund_method), {.s = "store_credit"}, "refund_method"},
+		{IN_RETURN(r.refund_method), {.s = NULL}, "refund_method"},
+		{IN_RETURN(r.member_id), {.s = "\xc3\x28"}, "member_id"},
+		{IN_RETURN(r.guide_id), {.s = "g\n"}, "guide_id"},
+	};
+	assert_spoiled_refused(bad, sizeof(bad) / sizeof(bad[0]));
 	assert_refused(event__encode_return(NULL, &body), SCRM_E_INVALID, "return");
 }
 
