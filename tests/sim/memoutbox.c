@@ -280,17 +280,13 @@ int64_t memoutbox__pending_between(const memoutbox *ob, int64_t lo, int64_t hi)
 
 static void put_header(sbuf *out, const memoutbox_event *e, const char *boot)
 {
-	sbuf__puts(out, "{\"id\":\"");
-	sbuf__puts(out, e->id);
-	sbuf__puts(out, "\",\"seq\":");
-	sbuf__i64(out, e->seq);
-	sbuf__puts(out, ",\"kind\":\"");
-	sbuf__puts(out, memoutbox__kind_name(e->kind));
-	sbuf__puts(out, "\",\"wall_ms\":");
-	sbuf__i64(out, e->wall_ms);
-	sbuf__puts(out, ",\"mono_ms\":");
-	sbuf__i64(out, e->mono_ms);
-	sbuf__puts(out, ",\"boot\":\"");
+	/* Ids and kind names are plain ASCII, written unescaped as outbox.c
+	 * does; the borrowed boot id is appended, not formatted. */
+	char head[256];
+	snprintf(head, sizeof(head), "{\"id\":\"%s\",\"seq\":%lld,\"kind\":\"%s\",\"wall_ms\":%lld,\"mono_ms\":%lld,"
+		 "\"boot\":\"",
+		 e->id, (long long)e->seq, memoutbox__kind_name(e->kind), (long long)e->wall_ms, (long long)e->mono_ms);
+	sbuf__puts(out, head);
 	sbuf__puts(out, boot);
 	sbuf__puts(out, e->clock_ok ? "\",\"clock_ok\":true" : "\",\"clock_ok\":false");
 }

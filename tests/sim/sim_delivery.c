@@ -953,20 +953,19 @@ static void plan(struct sim *s)
 		int64_t t = p->bursts ? centres[rng_range(r, 0, p->bursts - 1)] + rng_range(r, 0, 300) : rng_range(r, 0, p->fault_ms);
 		schedule(s, t < p->fault_ms ? t : p->fault_ms, EV_CAPTURE, 0, 0, NULL, 0);
 	}
-	for (int i = 0; i < p->n_link_drops; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_LINK_LOST, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_broker_restarts; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_BROKER_RESTART, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_central_restarts; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_CENTRAL_RESTART, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_agent_restarts; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_AGENT_RESTART, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_evictions; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_EVICT, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_flushes; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_FLUSH, 0, 0, NULL, 0);
-	for (int i = 0; i < p->n_reconfigures; i++)
-		schedule(s, rng_range(r, 1, p->fault_ms), EV_RECONFIGURE, 0, 0, NULL, 0);
+	/* Each fault its drawn number of times, anywhere in the fault window;
+	 * in this order, so a seed replays the same schedule. */
+	const struct {
+		int n, ev;
+	} faults[] = {
+		{p->n_link_drops, EV_LINK_LOST},	   {p->n_broker_restarts, EV_BROKER_RESTART},
+		{p->n_central_restarts, EV_CENTRAL_RESTART}, {p->n_agent_restarts, EV_AGENT_RESTART},
+		{p->n_evictions, EV_EVICT},		   {p->n_flushes, EV_FLUSH},
+		{p->n_reconfigures, EV_RECONFIGURE},
+	};
+	for (size_t k = 0; k < sizeof(faults) / sizeof(faults[0]); k++)
+		for (int i = 0; i < faults[k].n; i++)
+			schedule(s, rng_range(r, 1, p->fault_ms), faults[k].ev, 0, 0, NULL, 0);
 	schedule(s, IDLE_MS, EV_IDLE, 0, 0, NULL, 0);
 	schedule(s, p->fault_ms + 1, EV_QUIET, 0, 0, NULL, 0);
 	/* the device starts: connect, subscribe */
@@ -1250,12 +1249,11 @@ static int run(uint64_t seed, int verbose, int recovery_gap_acks, struct totals 
 	s->ob.fault = ob_fault;
 	s->ob.on_delete = ob_deleted;
 	s->ob.hook_ctx = s;
+	/* The link's side first; then the outbox's, with reads going through
+	 * the sim (it traces what each read set aside and returned). */
+	s->io = (delivery__io){.publish = io_publish, .mono_ms = io_mono, .wall_ms = io_wall, .batch_id = io_batch_id};
 	memoutbox__io(&s->ob, &s->io);
 	s->io.read = io_read;
-	s->io.publish = io_publish;
-	s->io.mono_ms = io_mono;
-	s->io.wall_ms = io_wall;
-	s->io.batch_id = io_batch_id;
 	memcentral_opts co = {.salt = seed * 0x9e3779b97f4a7c15ULL, .reject_permille = s->p.reject_permille,
 			      .coalesce_gaps = s->p.coalesce_gaps};
 	memcentral__init(&s->central, &co);

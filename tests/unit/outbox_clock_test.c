@@ -22,6 +22,7 @@
 #include "outbox.h"
 #include "platform.h"
 #include "testutil.h"
+#include "outboxrow.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -78,26 +79,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Storage for a row's strings, which must outlive the append. */
-typedef struct rowbuf {
-	char id[37];
-	char body[64];
-} rowbuf;
-
+/* The next scan (a fresh id each call) at the given clocks. */
 static void make_row(outbox__row *r, rowbuf *b, int64_t wall, int64_t mono, const char *boot)
 {
 	static int counter;
-	int n = ++counter;
-	snprintf(b->id, sizeof(b->id), "0190a000-0000-7000-8000-%012d", n);
-	snprintf(b->body, sizeof(b->body), "{\"member_id\":\"m%d\",\"method\":\"qr\"}", n);
-	memset(r, 0, sizeof(*r));
-	r->id = b->id;
-	r->kind = "member_scan";
-	r->wall_ms = wall;
-	r->mono_ms = mono;
-	r->boot = boot;
-	r->body = b->body;
-	r->body_len = strlen(b->body);
+	outboxrow_scan(r, b, ++counter, wall, mono, boot);
 }
 
 /* Capture one event at (wall, mono, boot) through `ob`: its clock_ok. */

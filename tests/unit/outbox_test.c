@@ -23,6 +23,7 @@
 #include "outbox_int.h"
 #include "testutil.h"
 #include "outboxfx.h"
+#include "outboxrow.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -53,24 +54,10 @@ static int teardown(void **state)
 
 /* ---- helpers --------------------------------------------------------- */
 
-/* Storage for rows' strings: ids and bodies must outlive the append. */
-typedef struct rowbuf {
-	char id[37];
-	char body[256];
-} rowbuf;
-
+/* Scan number n, at mono 1000 + n in this boot. */
 static void make_row(outbox__row *r, rowbuf *b, int n, int64_t wall_ms)
 {
-	snprintf(b->id, sizeof(b->id), "0190a000-0000-7000-8000-%012d", n);
-	snprintf(b->body, sizeof(b->body), "{\"member_id\":\"m%d\",\"method\":\"qr\"}", n);
-	memset(r, 0, sizeof(*r));
-	r->id = b->id;
-	r->kind = "member_scan";
-	r->wall_ms = wall_ms;
-	r->mono_ms = 1000 + n;
-	r->boot = BOOT;
-	r->body = b->body;
-	r->body_len = strlen(b->body);
+	outboxrow_scan(r, b, n, wall_ms, 1000 + n, BOOT);
 }
 
 /* Append `n` rows (n <= 64) in one transaction; returns the first seq. */
