@@ -29,6 +29,7 @@
  *           capture_p99_us_during_snapshot=N bytes_per_member=N
  */
 #include "benchutil.h"
+#include "benchstore.h"
 #include "cache.h"
 #include "cachegen.h"
 #include "harness.h"
@@ -38,6 +39,7 @@
 #include <scrm/scrm.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <mbedtls/base64.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/sha256.h>
@@ -398,6 +400,7 @@ struct samples {
 	size_t n, cap;
 };
 
+/* Append x, the array doubled when full; -1 when out of memory (s as it was). */
 static int push(struct samples *s, int64_t x)
 {
 	if (s->n == s->cap) {
@@ -405,8 +408,7 @@ static int push(struct samples *s, int64_t x)
 		int64_t *v = realloc(s->v, cap * sizeof(*v));
 		if (!v)
 			return -1;
-		s->v = v;
-		s->cap = cap;
+		*s = (struct samples){.v = v, .n = s->n, .cap = cap};
 	}
 	s->v[s->n++] = x;
 	return 0;
@@ -478,37 +480,10 @@ static void usage(void)
 
 static int parse_args(int argc, char **argv, struct cfg *c)
 {
-	for (int i = 1; i < argc; i++) {
-		long *dst = NULL;
-		if (strcmp(argv[i], "--help") == 0) {
-			usage();
-			exit(0);
-		} else if (strcmp(argv[i], "--quick") == 0) {
-			c->quick = 1;
-			continue;
-		} else if (strcmp(argv[i], "--keep") == 0) {
-			c->keep = 1;
-			continue;
-		} else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc && argv[i + 1][0]) {
-			c->dir = argv[++i];
-			continue;
-		} else if (strcmp(argv[i], "--members") == 0) {
-			dst = &c->members;
-		} else if (strcmp(argv[i], "--skus") == 0) {
-			dst = &c->skus;
-		} else if (strcmp(argv[i], "--rules") == 0) {
-			dst = &c->rules;
-		}
-		char *end = NULL;
-		errno = 0;
-		if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10)) <= 0 || *end || errno) {
-			fprintf(stderr, "scrm-bench-cache: bad or incomplete option '%s'\n", argv[i]);
-			usage();
-			return -1;
-		}
-		i++;
-	}
-	return 0;
+	const struct bench_count counts[] = {
+		{"--members", &c->members, 1, LONG_MAX}, {"--skus", &c->skus, 1, LONG_MAX}, {"--rules", &c->rules, 1, LONG_MAX}};
+	return bench_parse(argc, argv, "scrm-bench-cache", 0, NULL, counts, sizeof(counts) / sizeof(counts[0]), &c->dir,
+			   &c->keep, &c->quick, usage);
 }
 
 static void print_lat(const char *what, struct lat a, const char *ref_what, struct lat r)
@@ -558,52 +533,23 @@ int main(int argc, char **argv)
 		cf.qr_lookups = cf.members;
 
 	cg_synth syn;
-	cg_synth_init(&syn);
-	syn.n_members = (size_t)cf.members;
-	syn.n_skus = (size_t)cf.skus;
-	syn.n_rules = (size_t)cf.rules;
-	syn.tenant = TENANT;
-	if (cg_synth_check(&syn) != 0) {
-		fprintf(stderr, "scrm-bench-cache: --members/--skus/--rules: not a usable synthetic store\n");
+	if (bench_synth(&syn, "scrm-bench-cache", cf.members, cf.skus, cf.rules, TENANT) != 0)
 		return 2;
-	}
 
 	/* ---- directories and keys ---- */
-	char *tmp = NULL;
-	char store[4096], keys[4200], central[4200], path[4400], path2[4400], raw_path[4200], cache_path[4200];
-	if (cf.dir) {
-		if (platform__mkdirs(cf.dir, 0700) != 0 && access(cf.dir, F_OK) != 0) {
-			fprintf(stderr, "scrm-bench-cache: cannot create %s\n", cf.dir);
-			return 1;
-		}
-	} else if (!(tmp = th_tmpdir("bench-cache"))) {
+	struct bench_work w;
+	char raw_path[4200], cache_path[4200];
+	if (bench_work_open(&w, "scrm-bench-cache", cf.dir, "bench-cache", "--dir") != 0)
 		return 1;
-	}
-	const char *dir = cf.dir ? cf.dir : tmp;
-	snprintf(store, sizeof(store), "%s/store", dir);
-	snprintf(keys, sizeof(keys), "%s/private/keys", store);
-	snprintf(central, sizeof(central), "%s/central", dir);
+	const char *dir = w.dir, *store = w.store, *central = w.central;
 	snprintf(raw_path, sizeof(raw_path), "%s/raw.db", dir);
 	snprintf(cache_path, sizeof(cache_path), "%s/private/%s", store, CACHE_FILE);
-	if (access(store, F_OK) == 0) {
-		fprintf(stderr, "scrm-bench-cache: %s already exists; give a fresh --dir\n", store);
-		return 1;
-	}
 	int64_t wall0 = now_ns();
 	printf("scrm-bench-cache: %ld members, %ld SKUs, %ld rules; SQLite %s; %ld CPUs%s; in %s\n", cf.members, cf.skus,
 	       cf.rules, sqlite3_libversion(), sysconf(_SC_NPROCESSORS_ONLN), emulated ? " (emulated)" : "", dir);
 	fflush(stdout);
 
-	/* Central's key pair and the tenant key in <dir>/central; the store is
-	 * given only what an agent is provisioned with. */
-	int rc = cg_keys_create(central, 1);
-	snprintf(path, sizeof(path), "%s/tenant.key", central);
-	snprintf(path2, sizeof(path2), "%s/tenant.key", keys);
-	if (rc == 0 && (rc = platform__mkdirs(keys, 0700)) == 0 && (rc = copy_file(path, path2)) == 0) {
-		snprintf(path, sizeof(path), "%s/central.pub", central);
-		snprintf(path2, sizeof(path2), "%s/central.pub", keys);
-		rc = copy_file(path, path2);
-	}
+	int rc = bench_work_keys(&w);
 	if (rc != 0) {
 		fprintf(stderr, "scrm-bench-cache: keys: %d\n", rc);
 		return 1;
@@ -612,17 +558,11 @@ int main(int argc, char **argv)
 	snprintf(pub, sizeof(pub), "%s/central.pub", central);
 	snprintf(priv, sizeof(priv), "%s/central.key", central);
 
-	/* The store first, so the cache finds outbox.db and member cards read
-	 * the local purchase history as in the field. */
+	/* Member cards read the local purchase history as in the field. */
 	scrm_store *so = NULL;
-	scrm_store_options sopt = {.device_id = "bench-1"};
 	cache *c = NULL;
-	cache__options copt = {.create = 1};
-	if (scrm_store_open(store, &sopt, &so) != SCRM_OK || cache__open(store, &copt, &c) != SCRM_OK ||
-	    cache__set_identity(c, TENANT, "44") != SCRM_OK) {
-		fprintf(stderr, "scrm-bench-cache: open: %s\n", scrm_errmsg());
+	if (bench_open_store("scrm-bench-cache", store, "bench-1", TENANT, &so, &c) != 0)
 		return 1;
-	}
 
 	/* ---- 1. members snapshot vs raw SQLite ---- */
 	sqlite3 *raw = NULL;
@@ -842,22 +782,7 @@ int main(int argc, char **argv)
 	}
 	free(ids), free(cards), free(phones), free(qr_ids), free(tokens), free(lat_ns), free(ref_ns), free(per_delta);
 	free(idle.v), free(busy.v), free(busy_at.v);
-	if (!cf.keep) {
-		if (tmp) {
-			th_rmtree(tmp);
-		} else {
-			th_rmtree(store);
-			th_rmtree(central);
-			unlink(raw_path);
-			snprintf(path, sizeof(path), "%s-wal", raw_path);
-			unlink(path);
-			snprintf(path, sizeof(path), "%s-shm", raw_path);
-			unlink(path);
-		}
-	} else {
-		fprintf(stderr, "kept %s\n", dir);
-	}
-	free(tmp);
+	bench_work_close(&w, cf.keep, NULL, raw_path);
 	printf("FIGURES snapshot_members_per_s=%.0f delta_ops_per_s=%.0f lookup_p99_us=%.0f phone_lookup_p99_us=%.0f "
 	       "qr_lookup_p99_us=%.0f capture_p99_us_idle=%.0f capture_p99_us_during_snapshot=%.0f bytes_per_member=%.0f\n",
 	       mem_rate, delta_rate, l_id.p99, l_phone.p99, l_qr.p99, l_idle.p99, l_busy.p99, bpm);

@@ -37,6 +37,7 @@
  *   FIGURES reco_p50_us=N reco_p99_us=N coupon_eval_p99_us=N
  */
 #include "benchutil.h"
+#include "benchstore.h"
 #include "cache.h"
 #include "cachegen.h"
 #include "harness.h"
@@ -575,44 +576,14 @@ static void usage(void)
 
 static int parse_args(int argc, char **argv, struct cfg *c)
 {
+	const long most = 100000000;
+	const struct bench_count counts[] = {
+		{"--members", &c->members, 1, most}, {"--skus", &c->skus, 1, most},	  {"--rules", &c->rules, 1, most},
+		{"--iters", &c->iters, 1, most},     {"--coupons", &c->coupons, 0, most},
+	};
 	c->coupons = -1;
-	for (int i = 1; i < argc; i++) {
-		long *dst = NULL;
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			usage();
-			exit(0);
-		} else if (strcmp(argv[i], "--quick") == 0) {
-			c->quick = 1;
-			continue;
-		} else if (strcmp(argv[i], "--keep") == 0) {
-			c->keep = 1;
-			continue;
-		} else if ((strcmp(argv[i], "--work") == 0 || strcmp(argv[i], "--dir") == 0) && i + 1 < argc &&
-			   argv[i + 1][0]) {
-			c->dir = argv[++i];
-			continue;
-		} else if (strcmp(argv[i], "--members") == 0) {
-			dst = &c->members;
-		} else if (strcmp(argv[i], "--skus") == 0) {
-			dst = &c->skus;
-		} else if (strcmp(argv[i], "--rules") == 0) {
-			dst = &c->rules;
-		} else if (strcmp(argv[i], "--iters") == 0) {
-			dst = &c->iters;
-		} else if (strcmp(argv[i], "--coupons") == 0) {
-			dst = &c->coupons;
-		}
-		char *end = NULL;
-		errno = 0;
-		if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10)) < (dst == &c->coupons ? 0 : 1) ||
-		    *end || end == argv[i + 1] || errno || *dst > 100000000) {
-			fprintf(stderr, "scrm-bench-reco: bad or incomplete option '%s'\n", argv[i]);
-			usage();
-			return -1;
-		}
-		i++;
-	}
-	return 0;
+	return bench_parse(argc, argv, "scrm-bench-reco", 1, "--work", counts, sizeof(counts) / sizeof(counts[0]),
+			   &c->dir, &c->keep, &c->quick, usage);
 }
 
 static void print_lat(const char *what, struct lat a)
@@ -652,15 +623,8 @@ int main(int argc, char **argv)
 	cf.pool = cf.quick ? (emulated ? 10 : 20) : 100;
 
 	cg_synth syn;
-	cg_synth_init(&syn);
-	syn.n_members = (size_t)cf.members;
-	syn.n_skus = (size_t)cf.skus;
-	syn.n_rules = (size_t)cf.rules;
-	syn.tenant = TENANT;
-	if (cg_synth_check(&syn) != 0) {
-		fprintf(stderr, "scrm-bench-reco: --members/--skus/--rules: not a usable synthetic store\n");
+	if (bench_synth(&syn, "scrm-bench-reco", cf.members, cf.skus, cf.rules, TENANT) != 0)
 		return 2;
-	}
 	const int64_t now = syn.now_ms; /* every call: coupons and campaigns are valid then */
 	size_t n_iters = (size_t)cf.iters;
 	size_t holders = syn.coupon_every ? (syn.n_members + syn.coupon_every - 1) / syn.coupon_every : 0;
@@ -669,33 +633,16 @@ int main(int argc, char **argv)
 	if (!cf.coupons)
 		pool = 0;
 
-	/* ---- directories and keys (as bench_cache.c) ---- */
-	char *tmp = NULL;
-	char store[4096], keys[4200], central[4200], snap[4200], path[4400], path2[4400];
-	char cache_path[4200], ref_path[4200];
-	if (cf.dir) {
-		if (platform__mkdirs(cf.dir, 0700) != 0 && access(cf.dir, F_OK) != 0) {
-			fprintf(stderr, "scrm-bench-reco: cannot create %s\n", cf.dir);
-			return 1;
-		}
-	} else if (!(tmp = th_tmpdir("bench-reco"))) {
+	/* ---- directories and keys ---- */
+	struct bench_work w;
+	char snap[4200], path[4400], cache_path[4200], ref_path[4200];
+	if (bench_work_open(&w, "scrm-bench-reco", cf.dir, "bench-reco", "--work") != 0)
 		return 1;
-	}
-	const char *dir = cf.dir ? cf.dir : tmp;
-	snprintf(store, sizeof(store), "%s/store", dir);
-	snprintf(keys, sizeof(keys), "%s/private/keys", store);
-	snprintf(central, sizeof(central), "%s/central", dir);
+	const char *dir = w.dir, *store = w.store, *central = w.central;
 	snprintf(snap, sizeof(snap), "%s/snapshots", dir);
 	snprintf(cache_path, sizeof(cache_path), "%s/private/%s", store, CACHE_FILE);
 	snprintf(ref_path, sizeof(ref_path), "%s/ref_rules.db", dir);
-	if (access(store, F_OK) == 0) {
-		fprintf(stderr, "scrm-bench-reco: %s already exists; give a fresh --work\n", store);
-		return 1;
-	}
-	for (int k = 0; k < 3; k++) { /* a reference copy an interrupted run left */
-		snprintf(path, sizeof(path), "%s%s", ref_path, k == 0 ? "" : k == 1 ? "-wal" : "-shm");
-		unlink(path);
-	}
+	bench_unlink_db(ref_path); /* a reference copy an interrupted run left */
 	int64_t wall0 = now_ns();
 	printf("scrm-bench-reco: %ld members, %ld SKUs, %ld rules, %zu campaigns, a coupon every %zu members;"
 	       " SQLite %s; %ld CPUs%s; in %s\n",
@@ -703,14 +650,7 @@ int main(int argc, char **argv)
 	       sysconf(_SC_NPROCESSORS_ONLN), emulated ? " (emulated)" : "", dir);
 	fflush(stdout);
 
-	int rc = cg_keys_create(central, 1);
-	snprintf(path, sizeof(path), "%s/tenant.key", central);
-	snprintf(path2, sizeof(path2), "%s/tenant.key", keys);
-	if (rc == 0 && (rc = platform__mkdirs(keys, 0700)) == 0 && (rc = copy_file(path, path2)) == 0) {
-		snprintf(path, sizeof(path), "%s/central.pub", central);
-		snprintf(path2, sizeof(path2), "%s/central.pub", keys);
-		rc = copy_file(path, path2);
-	}
+	int rc = bench_work_keys(&w);
 	cg_signer *signer = NULL;
 	snprintf(path, sizeof(path), "%s/central.key", central);
 	if (rc != 0 || cg_signer_open(path, &signer) != 0) {
@@ -744,17 +684,11 @@ int main(int argc, char **argv)
 	int64_t sign_ns = now_ns() - t0;
 	cg_signer_close(signer);
 
-	/* ---- load: the store first, so the cache finds outbox.db and profiles
-	 * merge this device's purchases as in the field ---- */
+	/* ---- load: profiles merge this device's purchases as in the field ---- */
 	scrm_store *so = NULL;
-	scrm_store_options sopt = {.device_id = DEVICE};
 	cache *c = NULL;
-	cache__options copt = {.create = 1};
-	if (scrm_store_open(store, &sopt, &so) != SCRM_OK || cache__open(store, &copt, &c) != SCRM_OK ||
-	    cache__set_identity(c, TENANT, "44") != SCRM_OK) {
-		fprintf(stderr, "scrm-bench-reco: open: %s\n", scrm_errmsg());
+	if (bench_open_store("scrm-bench-reco", store, DEVICE, TENANT, &so, &c) != 0)
 		return 1;
-	}
 	int64_t load_ns[CG_N_STREAMS] = {0}, loaded[CG_N_STREAMS] = {0}, load_all = 0;
 	for (int st = 0; st < CG_N_STREAMS; st++) {
 		int64_t refused = 0;
@@ -972,23 +906,7 @@ int main(int argc, char **argv)
 	scrm_store_close(so);
 	campaigns_free(&cps);
 	free(warm_r), free(rr), free(warm_c), free(cfull), free(cgen), free(va), free(vb), free(vc);
-	if (!cf.keep) {
-		if (tmp) {
-			th_rmtree(tmp);
-		} else {
-			th_rmtree(store);
-			th_rmtree(central);
-			th_rmtree(snap);
-			unlink(ref_path);
-			snprintf(path, sizeof(path), "%s-wal", ref_path);
-			unlink(path);
-			snprintf(path, sizeof(path), "%s-shm", ref_path);
-			unlink(path);
-		}
-	} else {
-		fprintf(stderr, "kept %s\n", dir);
-	}
-	free(tmp);
+	bench_work_close(&w, cf.keep, snap, ref_path);
 	printf("FIGURES reco_p50_us=%lld reco_p99_us=%lld coupon_eval_p99_us=%lld\n", us(l_reco.p50), us(l_reco.p99),
 	       us(l_cp.p99));
 	return failed ? 1 : 0;

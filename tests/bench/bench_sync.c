@@ -12,6 +12,7 @@
  *           sqlite_batch_per_s=N drain_per_s=N naive_per_s=N
  */
 #include "harness.h"
+#include "sqlpeek.h"
 
 #include <scrm/scrm.h>
 
@@ -152,21 +153,6 @@ static double capture_group(const char *store, long n, long threads)
 
 /* ---- drain ---- */
 
-static int64_t central_count(const char *db_path)
-{
-	sqlite3 *db;
-	sqlite3_stmt *st;
-	int64_t n = 0;
-	if (access(db_path, F_OK) != 0 || sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-		return 0;
-	sqlite3_busy_timeout(db, 2000);
-	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM events", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-		n = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return n;
-}
-
 static int64_t outbox_pending(const char *store)
 {
 	scrm_store *st;
@@ -181,13 +167,14 @@ static int64_t outbox_pending(const char *store)
 static double drain(const struct cfg *c, const char *dir, th_broker *b)
 {
 	char store[600], cfgp[600], log[600], clog[600], cdb[600], ready[600], ca[600], text[2048];
-	snprintf(store, sizeof(store), "%s/drain-store", dir);
-	snprintf(cfgp, sizeof(cfgp), "%s/agent.json", dir);
-	snprintf(log, sizeof(log), "%s/agent.log", dir);
-	snprintf(clog, sizeof(clog), "%s/central.log", dir);
-	snprintf(cdb, sizeof(cdb), "%s/central.db", dir);
-	snprintf(ready, sizeof(ready), "%s/central.ready", dir);
-	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+	/* The drain's files, all in dir; each buffer is sizeof(store). */
+	const struct {
+		char *path;
+		const char *name;
+	} files[] = {{store, "drain-store"}, {cfgp, "agent.json"},	 {log, "agent.log"}, {clog, "central.log"},
+		     {cdb, "central.db"},     {ready, "central.ready"}, {ca, "ca.crt"}};
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		snprintf(files[i].path, sizeof(store), "%s/%s", dir, files[i].name);
 
 	fprintf(stderr, "filling a backlog of %ld events...\n", c->drain);
 	capture_group(store, c->drain, 16);
@@ -207,7 +194,8 @@ static double drain(const struct cfg *c, const char *dir, th_broker *b)
 	pid_t agent = th_spawn_target(aargv, log);
 	int64_t done_ms = 0;
 	while (th_now_ms() - t0 < 600000) {
-		if (central_count(cdb) >= c->drain && outbox_pending(store) == 0) {
+		/* central's count: 0 before its database exists, -1 unreadable */
+		if (sqlpeek_int(cdb, "SELECT count(*) FROM events") >= c->drain && outbox_pending(store) == 0) {
 			done_ms = th_now_ms() - t0;
 			break;
 		}

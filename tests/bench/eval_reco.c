@@ -129,11 +129,15 @@ struct names {
 	size_t nslot;
 };
 
+/* FNV-1a, 32 bits: enough spread for short SKU, invoice and customer codes. */
 static uint32_t hash(const char *s)
 {
-	uint32_t h = 2166136261u;
-	while (*s)
-		h = (h ^ (uint8_t)*s++) * 16777619u;
+	const uint32_t offset_basis = 2166136261u, prime = 16777619u;
+	uint32_t h = offset_basis;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		h ^= *p;
+		h *= prime;
+	}
 	return h;
 }
 

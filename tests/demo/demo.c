@@ -12,6 +12,7 @@
  * Run through tests/demo.sh (which installs and builds first).
  */
 #include "harness.h"
+#include "sqlpeek.h"
 
 #include <scrm/scrm.h>
 
@@ -156,23 +157,6 @@ static void guide_scan(const char *dir, const char *store)
 	free(tok);
 }
 
-static int64_t q1(const char *db_path, const char *sql)
-{
-	sqlite3 *db;
-	sqlite3_stmt *st;
-	int64_t v = -1;
-	if (access(db_path, F_OK) != 0)
-		return 0;
-	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-		return -1;
-	sqlite3_busy_timeout(db, 2000);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return v;
-}
-
 int main(int argc, char **argv)
 {
 	const char *data = argc > 1 ? argv[1] : getenv("SCRM_DATA_DIR");
@@ -301,7 +285,7 @@ int main(int argc, char **argv)
 		stats(store, &s);
 		if (s.pending > peak)
 			peak = s.pending;
-		int64_t at_central = q1(cdb, "SELECT count(*) FROM events");
+		int64_t at_central = sqlpeek_int(cdb, "SELECT count(*) FROM events");
 		if (back_ms && !drained_ms && s.pending == 0)
 			drained_ms = th_now_ms();
 		if (*event || el >= next_line || (done && s.pending == 0)) {
@@ -331,14 +315,14 @@ int main(int argc, char **argv)
 	stats(store, &s);
 	/* The till's sales; the guide's tablet adds its own events (scans,
 	 * recommendations shown), counted apart. */
-	int64_t rows = q1(cdb, "SELECT count(*) FROM events WHERE device='pos-01' AND kind IN ('purchase','return')");
+	int64_t rows = sqlpeek_int(cdb, "SELECT count(*) FROM events WHERE device='pos-01' AND kind IN ('purchase','return')");
 	int64_t distinct =
-		q1(cdb, "SELECT count(DISTINCT seq) FROM events WHERE device='pos-01' AND kind IN ('purchase','return')");
-	int64_t guide_events = q1(cdb, "SELECT count(*) FROM events WHERE device='pos-01' AND kind IN ('reco_shown','member_scan')");
-	int64_t attributed = q1(cdb, "SELECT count(*) FROM events WHERE kind='purchase' AND json_extract(body,'$.attributed')='auto'");
-	int64_t purchases = q1(cdb, "SELECT count(*) FROM events WHERE kind='purchase'");
-	int64_t returns = q1(cdb, "SELECT count(*) FROM events WHERE kind='return'");
-	int64_t pence = q1(cdb, "SELECT coalesce(sum(json_extract(body,'$.total')),0) FROM events WHERE kind='purchase'");
+		sqlpeek_int(cdb, "SELECT count(DISTINCT seq) FROM events WHERE device='pos-01' AND kind IN ('purchase','return')");
+	int64_t guide_events = sqlpeek_int(cdb, "SELECT count(*) FROM events WHERE device='pos-01' AND kind IN ('reco_shown','member_scan')");
+	int64_t attributed = sqlpeek_int(cdb, "SELECT count(*) FROM events WHERE kind='purchase' AND json_extract(body,'$.attributed')='auto'");
+	int64_t purchases = sqlpeek_int(cdb, "SELECT count(*) FROM events WHERE kind='purchase'");
+	int64_t returns = sqlpeek_int(cdb, "SELECT count(*) FROM events WHERE kind='return'");
+	int64_t pence = sqlpeek_int(cdb, "SELECT coalesce(sum(json_extract(body,'$.total')),0) FROM events WHERE kind='purchase'");
 	size_t rlen = 0;
 	char *rc_text = th_read_file(plog, &rlen);
 	int64_t receipts = 0, missing = 0;
