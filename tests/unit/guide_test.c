@@ -382,6 +382,16 @@ static int redeem_on(scrm_cache *h, scrm_store *s, const redeem_args *a, scrm_re
 }
 
 #define REDEEM(f, out, json, ...) redeem_on((f)->h, (f)->s, &(redeem_args){__VA_ARGS__}, (out), (json))
+/* The usual sale (BASKET) with a coupon: one that goes through, into *out,
+ * or one refused with `code` naming `field`. */
+#define REDEEM_OK(f, out, member_, coupon_, order_)                                                                  \
+	assert_int_equal(REDEEM(f, out, NULL, .member = (member_), .coupon = (coupon_), .order = (order_), .basket = BASKET, \
+				.n = BASKET_N),                                                                     \
+			 SCRM_OK)
+#define REDEEM_REFUSED(f, member_, coupon_, order_, code, field)                                                     \
+	assert_refused(REDEEM(f, NULL, NULL, .member = (member_), .coupon = (coupon_), .order = (order_), .basket = BASKET, \
+			      .n = BASKET_N),                                                                       \
+		       (code), (field))
 
 static int64_t outbox_rows(fx *f)
 {
@@ -689,9 +699,7 @@ static void coupon_used_up_locally_and_wrong_member(void **state)
 	assert_contains(jstr(expect_refused(r, "coupon:C-ONCE", "used_up"), "detail"), "on this device");
 	cJSON_Delete(r);
 	int64_t rows = outbox_rows(f);
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-ONCE", .order = "O-2", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "used_up");
+	REDEEM_REFUSED(f, "M1", "C-ONCE", "O-2", SCRM_E_REFUSED, "used_up");
 
 	/* per_member_limit 2, central counts 0: the device's own uses count */
 	assert_int_equal(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-L1", .order = "O-3", .basket = BASKET,
@@ -706,12 +714,8 @@ static void coupon_used_up_locally_and_wrong_member(void **state)
 	rows += 2;
 
 	/* another member's coupon */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-OTHER", .order = "O-5", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "wrong_member");
-	assert_refused(REDEEM(f, NULL, NULL, .member = NULL, .coupon = "C-OTHER", .order = "O-6", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "wrong_member");
+	REDEEM_REFUSED(f, "M1", "C-OTHER", "O-5", SCRM_E_REFUSED, "wrong_member");
+	REDEEM_REFUSED(f, NULL, "C-OTHER", "O-6", SCRM_E_REFUSED, "wrong_member");
 	assert_int_equal(outbox_rows(f), rows);
 	/* its owner can */
 	assert_int_equal(REDEEM(f, NULL, NULL, .member = "M2", .coupon = "C-OTHER", .order = "O-7", .basket = BASKET,
@@ -799,15 +803,10 @@ static void redeem_records_event_and_ledger(void **state)
 	assert_string_equal(jstr(b, "coupon"), "C-2");
 	cJSON_Delete(b);
 	/* the code of a spent coupon is refused like its id */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "X7K2-9QPD", .order = "O-4", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "used_up");
+	REDEEM_REFUSED(f, "M1", "X7K2-9QPD", "O-4", SCRM_E_REFUSED, "used_up");
 	/* a code only finds the member's own coupons */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M2", .coupon = "CODE-2", .order = "O-5", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_NOT_FOUND, "coupon");
-	assert_refused(REDEEM(f, NULL, NULL, .coupon = "CODE-2", .order = "O-5", .basket = BASKET, .n = BASKET_N),
-		       SCRM_E_NOT_FOUND, "coupon");
+	REDEEM_REFUSED(f, "M2", "CODE-2", "O-5", SCRM_E_NOT_FOUND, "coupon");
+	REDEEM_REFUSED(f, NULL, "CODE-2", "O-5", SCRM_E_NOT_FOUND, "coupon");
 	assert_int_equal(outbox_rows(f), rows0 + 2);
 
 	/* a public campaign, anonymously */
@@ -821,13 +820,9 @@ static void redeem_records_event_and_ledger(void **state)
 	assert_false(has(b, "guide_id"));
 	cJSON_Delete(b);
 	/* a coupon whose campaign is not in the cache */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-5", .order = "O-7", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "campaign_missing");
+	REDEEM_REFUSED(f, "M1", "C-5", "O-7", SCRM_E_REFUSED, "campaign_missing");
 	/* a campaign that is not public is spent only through a member's coupon */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "SECRET", .order = "O-7", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "not_public");
+	REDEEM_REFUSED(f, "M1", "SECRET", "O-7", SCRM_E_REFUSED, "not_public");
 	assert_int_equal(outbox_rows(f), rows0 + 3);
 
 	/* someone edits a stored coupon: central's signature no longer holds */
@@ -1101,9 +1096,7 @@ static void redemption_verdicts(void **state)
 	cJSON_Delete(r);
 
 	scrm_redemption first, second;
-	assert_int_equal(REDEEM(f, &first, NULL, .member = "M1", .coupon = "C-1", .order = "O-1", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
+	REDEEM_OK(f, &first, "M1", "C-1", "O-1");
 	r = redemptions(f, 0);
 	assert_int_equal(jint(r, "pending"), 1);
 	assert_int_equal(jint(r, "rejected"), 0);
@@ -1148,9 +1141,7 @@ static void redemption_verdicts(void **state)
 	expect_ok(r, "coupon:C-1", 130);
 	cJSON_Delete(r);
 	f->clk.wall_ms = NOW + 5000; /* the second reservation is the newer one */
-	assert_int_equal(REDEEM(f, &second, NULL, .member = "M1", .coupon = "C-1", .order = "O-2", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
+	REDEEM_OK(f, &second, "M1", "C-1", "O-2");
 	r = redemptions(f, 0);
 	assert_int_equal(jint(r, "pending"), 1);
 	assert_int_equal(jint(r, "rejected"), 1);
@@ -1164,9 +1155,7 @@ static void redemption_verdicts(void **state)
 	assert_int_equal(jint(r, "pending") + jint(r, "rejected"), 2); /* counts cover all */
 	cJSON_Delete(r);
 	/* pending again: spent */
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-1", .order = "O-3", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "used_up");
+	REDEEM_REFUSED(f, "M1", "C-1", "O-3", SCRM_E_REFUSED, "used_up");
 
 	/* accepted: still a use */
 	assert_int_equal(outbox__verdict(ob, second.redemption_id, "accepted", NULL, NULL, NOW + 6000, &changed), SCRM_OK);
@@ -1177,9 +1166,7 @@ static void redemption_verdicts(void **state)
 	assert_int_equal(jint(r, "accepted"), 1);
 	assert_int_equal(jint(r, "rejected"), 1);
 	cJSON_Delete(r);
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-1", .order = "O-4", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "used_up");
+	REDEEM_REFUSED(f, "M1", "C-1", "O-4", SCRM_E_REFUSED, "used_up");
 	r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW);
 	expect_refused(r, "coupon:C-1", "used_up");
 	cJSON_Delete(r);
@@ -1751,33 +1738,41 @@ static void lifecycle_stage_rules(void **state)
 	assert_string_equal(stage_of(&p, why, sizeof(why), "{}"), "new");
 	assert_string_equal(why, "no purchase yet");
 	assert_string_equal(stage_of(&p, why, sizeof(why), "{'stats':{'orders':0}}"), "new");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(1, 10, 10)), "new");
-	assert_string_equal(why, "first purchase 10 days ago");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(4, 30, 2)), "new");
-	/* active */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 200, 10)), "active");
-	assert_contains(why, "5 orders");
-	/* churn risk: one purchase long ago, no second */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(1, 40, 40)), "churn_risk");
-	assert_contains(why, "one purchase");
-	/* churn risk: a regular (every 10 days) silent for more than 250% of
-	 * that; exactly 250% is not yet */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(21, 230, 30)), "churn_risk");
-	assert_contains(why, "usually buys every 10 days");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(21, 226, 26)), "churn_risk");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(21, 225, 25)), "active");
-	/* ... and at least 14 days: a shopper every 2 days, silent for 10 */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(51, 110, 10)), "active");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(51, 113, 13)), "active");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(51, 114, 14)), "churn_risk");
-	/* sleeping: more than 90 days */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 300, 91)), "sleeping");
-	assert_string_equal(why, "last purchase 91 days ago");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 300, 90)), "active");
-	/* lost: more than 365 days */
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 900, 366)), "lost");
-	assert_string_equal(why, "last purchase 366 days ago");
-	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 900, 365)), "sleeping");
+	/* By central's stats: the stage, and the reason exactly (why_is) or
+	 * in part (why_has) where it matters. */
+	static const struct {
+		int orders, first_d, last_d;
+		const char *stage, *why_is, *why_has;
+	} by_stats[] = {
+		{1, 10, 10, "new", "first purchase 10 days ago", NULL},
+		{4, 30, 2, "new", NULL, NULL},
+		{5, 200, 10, "active", NULL, "5 orders"},
+		/* churn risk: one purchase long ago, no second */
+		{1, 40, 40, "churn_risk", NULL, "one purchase"},
+		/* churn risk: a regular (every 10 days) silent for more than 250%
+		 * of that; exactly 250% is not yet */
+		{21, 230, 30, "churn_risk", NULL, "usually buys every 10 days"},
+		{21, 226, 26, "churn_risk", NULL, NULL},
+		{21, 225, 25, "active", NULL, NULL},
+		/* ... and at least 14 days: a shopper every 2 days, silent for 10 */
+		{51, 110, 10, "active", NULL, NULL},
+		{51, 113, 13, "active", NULL, NULL},
+		{51, 114, 14, "churn_risk", NULL, NULL},
+		/* sleeping: more than 90 days */
+		{5, 300, 91, "sleeping", "last purchase 91 days ago", NULL},
+		{5, 300, 90, "active", NULL, NULL},
+		/* lost: more than 365 days */
+		{5, 900, 366, "lost", "last purchase 366 days ago", NULL},
+		{5, 900, 365, "sleeping", NULL, NULL},
+	};
+	for (size_t i = 0; i < sizeof(by_stats) / sizeof(by_stats[0]); i++) {
+		const char *st = stage_of(&p, why, sizeof(why), STATS(by_stats[i].orders, by_stats[i].first_d, by_stats[i].last_d));
+		assert_string_equal(st, by_stats[i].stage);
+		if (by_stats[i].why_is)
+			assert_string_equal(why, by_stats[i].why_is);
+		if (by_stats[i].why_has)
+			assert_contains(why, by_stats[i].why_has);
+	}
 	/* a first purchase known only locally (central has none yet) */
 	assert_string_equal(stage_of(&p, why, sizeof(why),
 				     "{'stats':{'orders':1,'last_purchase_ms':%lld},"
@@ -1800,6 +1795,21 @@ static void lifecycle_stage_rules(void **state)
 	assert_string_equal(stage_of(&p, why, sizeof(why), STATS(5, 300, 61)), "sleeping");
 	guide__policy_parse("not json", &p);
 	assert_int_equal(p.new_days, 30);
+}
+
+/* A purchase at this till of one `sku` at `price`, in GBP, at wall clock
+ * `at` (the clock stays there); the receipt into *rc unless NULL. */
+static void record_one_line(fx *f, int64_t at, const char *order, const char *sku, int64_t price, const char *payment,
+			    const char *member, const char *guide, const char *reco_id, scrm_receipt *rc)
+{
+	scrm_line line = {.sku = sku, .qty = 1, .unit_price = price};
+	scrm_purchase pu = {.order_id = order, .lines = &line, .n_lines = 1, .total = price, .currency = "GBP",
+			    .payment = payment, .member_id = member, .guide_id = guide, .reco_id = reco_id};
+	f->clk.wall_ms = at;
+	int r = scrm_record_purchase(f->s, &pu, rc);
+	if (r != SCRM_OK)
+		print_error("purchase: %s\n", scrm_errmsg());
+	assert_int_equal(r, SCRM_OK);
 }
 
 static const cJSON *next_action(const cJSON *r)
@@ -1875,16 +1885,7 @@ static void lifecycle_next_best_action(void **state)
 	cJSON_Delete(r);
 
 	/* MN's first purchase, made at this till: followed up at once */
-	f->clk.wall_ms = NOW - 2 * HOUR;
-	scrm_line first_line = {.sku = "C", .qty = 1, .unit_price = 305};
-	scrm_purchase first = {.order_id = "L-0",
-			       .lines = &first_line,
-			       .n_lines = 1,
-			       .total = 305,
-			       .currency = "GBP",
-			       .payment = "cash",
-			       .member_id = "MN"};
-	assert_int_equal(scrm_record_purchase(f->s, &first, NULL), SCRM_OK);
+	record_one_line(f, NOW - 2 * HOUR, "L-0", "C", 305, "cash", "MN", NULL, NULL, NULL);
 	f->clk.wall_ms = NOW;
 	r = reco_s(f, f->s, &(reco_args){.member = "MN"});
 	assert_string_equal(jstr(r, "stage"), "new");
@@ -1892,33 +1893,30 @@ static void lifecycle_next_best_action(void **state)
 	assert_string_equal(jstr(next_action(r), "action"), "first_purchase_follow_up");
 	cJSON_Delete(r);
 
-	r = RECO(f, .member = "MF");
-	assert_string_equal(jstr(r, "stage"), "new");
-	assert_string_equal(jstr(next_action(r), "action"), "first_purchase_follow_up");
-	cJSON_Delete(r);
-
-	r = RECO(f, .member = "MA");
-	assert_string_equal(jstr(r, "stage"), "active");
-	assert_string_equal(jstr(next_action(r), "action"), "cross_sell");
-	assert_string_equal(script_ids(r, buf, sizeof(buf)), "cross:stage");
-	/* HELLO is for new members: the public campaign for everyone */
-	assert_string_equal(jstr(cJSON_GetObjectItemCaseSensitive(next_action(r), "coupon"), "key"), "campaign:ALL");
-	cJSON_Delete(r);
-
-	r = RECO(f, .member = "MC");
-	assert_string_equal(jstr(r, "stage"), "churn_risk");
-	assert_string_equal(jstr(next_action(r), "action"), "retain");
-	assert_string_equal(script_ids(r, buf, sizeof(buf)), "retain:stage");
-	cJSON_Delete(r);
-
-	/* none aimed at the stage: a member coupon before a public campaign,
-	 * then key order (protocol.md, not the most valuable) */
-	r = RECO(f, .member = "ML");
-	assert_string_equal(jstr(r, "stage"), "lost");
-	assert_string_equal(jstr(next_action(r), "action"), "win_back");
-	assert_string_equal(script_ids(r, buf, sizeof(buf)), "win-back:stage");
-	assert_string_equal(jstr(cJSON_GetObjectItemCaseSensitive(next_action(r), "coupon"), "key"), "coupon:C-L1");
-	cJSON_Delete(r);
+	/* A member's stage, the next action, and where it matters the talk
+	 * tracks and the coupon offered (its key). */
+	static const struct {
+		const char *member, *stage, *action, *scripts, *coupon;
+	} by_stage[] = {
+		{"MF", "new", "first_purchase_follow_up", NULL, NULL},
+		/* HELLO is for new members: the public campaign for everyone */
+		{"MA", "active", "cross_sell", "cross:stage", "campaign:ALL"},
+		{"MC", "churn_risk", "retain", "retain:stage", NULL},
+		/* none aimed at the stage: a member coupon before a public
+		 * campaign, then key order (protocol.md, not the most valuable) */
+		{"ML", "lost", "win_back", "win-back:stage", "coupon:C-L1"},
+	};
+	for (size_t i = 0; i < sizeof(by_stage) / sizeof(by_stage[0]); i++) {
+		r = RECO(f, .member = by_stage[i].member);
+		assert_string_equal(jstr(r, "stage"), by_stage[i].stage);
+		assert_string_equal(jstr(next_action(r), "action"), by_stage[i].action);
+		if (by_stage[i].scripts)
+			assert_string_equal(script_ids(r, buf, sizeof(buf)), by_stage[i].scripts);
+		if (by_stage[i].coupon)
+			assert_string_equal(jstr(cJSON_GetObjectItemCaseSensitive(next_action(r), "coupon"), "key"),
+					    by_stage[i].coupon);
+		cJSON_Delete(r);
+	}
 
 	/* sleeping: wake up, the stage's and the tag's talk tracks, and the
 	 * coupon aimed at sleepers rather than the bigger one */
@@ -1935,16 +1933,7 @@ static void lifecycle_next_best_action(void **state)
 	cJSON_Delete(r);
 
 	/* an hour ago MS bought at this till (offline: central knows nothing) */
-	f->clk.wall_ms = NOW - HOUR;
-	scrm_line line = {.sku = "A", .qty = 1, .unit_price = 500};
-	scrm_purchase pu = {.order_id = "L-1",
-			    .lines = &line,
-			    .n_lines = 1,
-			    .total = 500,
-			    .currency = "GBP",
-			    .payment = "card",
-			    .member_id = "MS"};
-	assert_int_equal(scrm_record_purchase(f->s, &pu, NULL), SCRM_OK);
+	record_one_line(f, NOW - HOUR, "L-1", "A", 500, "card", "MS", NULL, NULL, NULL);
 	f->clk.wall_ms = NOW;
 	r = reco_s(f, f->s, &(reco_args){.member = "MS"});
 	assert_string_equal(jstr(r, "stage"), "active");
@@ -1972,22 +1961,8 @@ static void lifecycle_next_best_action(void **state)
  * reco_id as given (NULL = absent). Returns the stored body. */
 static cJSON *buy(fx *f, int64_t at, const char *order, const char *member, const char *guide, const char *reco_id)
 {
-	scrm_line line = {.sku = "B", .qty = 1, .unit_price = 1000};
-	scrm_purchase pu = {.order_id = order,
-			    .lines = &line,
-			    .n_lines = 1,
-			    .total = 1000,
-			    .currency = "GBP",
-			    .payment = "cash",
-			    .member_id = member,
-			    .guide_id = guide,
-			    .reco_id = reco_id};
 	scrm_receipt rc;
-	f->clk.wall_ms = at;
-	int r = scrm_record_purchase(f->s, &pu, &rc);
-	if (r != SCRM_OK)
-		print_error("purchase: %s\n", scrm_errmsg());
-	assert_int_equal(r, SCRM_OK);
+	record_one_line(f, at, order, "B", 1000, "cash", member, guide, reco_id, &rc);
 	return event_body(f, rc.event_id, "purchase");
 }
 
@@ -2036,20 +2011,14 @@ static void review_redeem_retry_discounts_window(void **state)
 		     cpn("C-ODD", "ODD", "M1", ""), cpn("C-NONE", "NONE", "M1", ""), NULL);
 	scrm_redemption a, b;
 	int64_t rows = outbox_rows(f);
-	assert_int_equal(REDEEM(f, &a, NULL, .member = "M1", .coupon = "C-1", .order = "O-1", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
-	assert_int_equal(REDEEM(f, &b, NULL, .member = "M1", .coupon = "C-1", .order = "O-1", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
+	REDEEM_OK(f, &a, "M1", "C-1", "O-1");
+	REDEEM_OK(f, &b, "M1", "C-1", "O-1");
 	assert_string_equal(a.redemption_id, b.redemption_id);
 	assert_int_equal(a.seq, b.seq);
 	assert_int_equal(a.value, b.value);
 	assert_int_equal(outbox_rows(f), rows + 1);
 	/* another sale: a second use */
-	assert_int_equal(REDEEM(f, &b, NULL, .member = "M1", .coupon = "C-1", .order = "O-2", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
+	REDEEM_OK(f, &b, "M1", "C-1", "O-2");
 	assert_string_not_equal(a.redemption_id, b.redemption_id);
 	assert_int_equal(outbox_rows(f), rows + 2);
 
@@ -2057,9 +2026,7 @@ static void review_redeem_retry_discounts_window(void **state)
 	expect_refused(r, "coupon:C-ODD", "bad_discount");
 	expect_refused(r, "coupon:C-NONE", "bad_discount");
 	cJSON_Delete(r);
-	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-ODD", .order = "O-3", .basket = BASKET,
-			      .n = BASKET_N),
-		       SCRM_E_REFUSED, "bad_discount");
+	REDEEM_REFUSED(f, "M1", "C-ODD", "O-3", SCRM_E_REFUSED, "bad_discount");
 	/* in scope but priced 0: nothing to grant, nothing spent */
 	static const scrm_line free_basket[] = {{.sku = "A", .qty = 1, .unit_price = 0}};
 	assert_refused(REDEEM(f, NULL, NULL, .member = "M1", .coupon = "C-1", .order = "O-4", .basket = free_basket,
@@ -2313,12 +2280,8 @@ static void accepted_use_is_not_counted_twice(void **state)
 	load_coupons(f, camp("OPEN", ""), camp("LIM2", ",'per_member_limit':2"), cpn("C-2USE", "OPEN", "M1", ",'uses':2"),
 		     cpn("C-LA", "LIM2", "M1", ""), cpn("C-LB", "LIM2", "M1", ""), NULL);
 	scrm_redemption r1, r2;
-	assert_int_equal(REDEEM(f, &r1, NULL, .member = "M1", .coupon = "C-2USE", .order = "O-1", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
-	assert_int_equal(REDEEM(f, &r2, NULL, .member = "M1", .coupon = "C-LA", .order = "O-2", .basket = BASKET,
-				.n = BASKET_N),
-			 SCRM_OK);
+	REDEEM_OK(f, &r1, "M1", "C-2USE", "O-1");
+	REDEEM_OK(f, &r2, "M1", "C-LA", "O-2");
 	/* before central has seen them: one use of each left */
 	cJSON *r = coupons_for(f, f->s, "M1", BASKET, BASKET_N, "GBP", NOW);
 	expect_ok(r, "coupon:C-2USE", 130);
