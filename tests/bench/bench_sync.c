@@ -171,7 +171,7 @@ static double drain(const struct cfg *c, const char *dir, th_broker *b)
 	const struct {
 		char *path;
 		const char *name;
-	} files[] = {{store, "drain-store"}, {cfgp, "agent.json"},	 {log, "agent.log"}, {clog, "central.log"},
+	} files[] = {{store, "drain-store"}, {cfgp, "agent.json"},       {log, "agent.log"}, {clog, "central.log"},
 		     {cdb, "central.db"},     {ready, "central.ready"}, {ca, "ca.crt"}};
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
 		snprintf(files[i].path, sizeof(store), "%s/%s", dir, files[i].name);
