@@ -36,11 +36,16 @@ static int get_strs(const cJSON *o, const char *name, int max_items, size_t max_
 	return SCRM_OK;
 }
 
-static int data_of(cJSON *rec, const char *path, cJSON **data)
+/* The path of the fields under a record's data ("<path>data."). */
+#define DATA_PATH 96
+
+/* The record's data object, and into `p2` the path its fields are named by. */
+static int data_of(cJSON *rec, const char *path, cJSON **data, char p2[DATA_PATH])
 {
 	*data = cJSON_GetObjectItemCaseSensitive(rec, "data");
 	if (!cJSON_IsObject(*data))
 		return err__set(SCRM_E_INVALID, "%sdata: required, an object", path);
+	snprintf(p2, DATA_PATH, "%sdata.", path);
 	return SCRM_OK;
 }
 
@@ -53,8 +58,13 @@ static int bind_doc(sqlite3_stmt *st, int col, const cJSON *data)
 	return SCRM_OK;
 }
 
-static int key_matches(const char *key, const char *field, const char *value, const char *path)
+/* The data's `field` (p2 its path): required, and equal to the record's key. */
+static int key_field(const cJSON *data, const char *field, const char *key, const char *p2, const char *path)
 {
+	const char *value;
+	int rc;
+	if ((rc = json__get_str(data, field, MAX_KEY, 1, p2, &value)))
+		return rc;
 	if (!value || strcmp(key, value) != 0)
 		return err__set(SCRM_E_INVALID, "%sdata.%s: must equal the key \"%s\"", path, field, key);
 	return SCRM_OK;
@@ -78,12 +88,9 @@ int cache__bind_member(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 	const char *s;
 	int64_t n;
 	int rc, tracking = 0, b;
-	char p2[96];
+	char p2[DATA_PATH];
 
-	if ((rc = data_of(rec, path, &data)))
-		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
-	if ((rc = json__get_str(data, "member_id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "member_id", s, path)))
+	if ((rc = data_of(rec, path, &data, p2)) || (rc = key_field(data, "member_id", key, p2, path)))
 		return rc;
 	if ((rc = json__get_str(data, "card", MAX_KEY, 0, p2, &s)))
 		return rc;
@@ -183,13 +190,10 @@ int cache__bind_reco(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, co
 	cJSON *data, *items, *e;
 	const char *s;
 	int rc, i = 0;
-	char p2[96], p3[128];
+	char p2[DATA_PATH], p3[128];
 	double d;
 	(void)c;
-	if ((rc = data_of(rec, path, &data)))
-		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
-	if ((rc = json__get_str(data, "member_id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "member_id", s, path)))
+	if ((rc = data_of(rec, path, &data, p2)) || (rc = key_field(data, "member_id", key, p2, path)))
 		return rc;
 	items = cJSON_GetObjectItemCaseSensitive(data, "items");
 	if (!cJSON_IsArray(items) || cJSON_GetArraySize(items) > 50)
@@ -213,11 +217,10 @@ int cache__bind_rule(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, co
 	const char *a, *b;
 	double sup, conf, lift;
 	int rc;
-	char p2[96], want[140];
+	char p2[DATA_PATH], want[140];
 	(void)c;
-	if ((rc = data_of(rec, path, &data)))
+	if ((rc = data_of(rec, path, &data, p2)))
 		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
 	if ((rc = json__get_str(data, "if", MAX_KEY, 1, p2, &a)) || (rc = json__get_str(data, "then", MAX_KEY, 1, p2, &b)) ||
 	    (rc = json__get_num(data, "support", 1, p2, &sup)) || (rc = json__get_num(data, "confidence", 1, p2, &conf)) ||
 	    (rc = json__get_num(data, "lift", 1, p2, &lift)))
@@ -241,12 +244,9 @@ int cache__bind_catalogue(cache *c, const char *key, cJSON *rec, sqlite3_stmt *s
 	const char *s;
 	int64_t n;
 	int rc;
-	char p2[96];
+	char p2[DATA_PATH];
 	(void)c;
-	if ((rc = data_of(rec, path, &data)))
-		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
-	if ((rc = json__get_str(data, "sku", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "sku", s, path)) ||
+	if ((rc = data_of(rec, path, &data, p2)) || (rc = key_field(data, "sku", key, p2, path)) ||
 	    (rc = json__get_str(data, "name", 200, 0, p2, &s)) || (rc = json__get_int(data, "price", 0, JSON_INT_MAX, 0, 0, p2, &n)) ||
 	    (rc = json__get_str(data, "currency", 3, 0, p2, &s)) || (rc = json__get_str(data, "category", 64, 0, p2, &s)))
 		return rc;
@@ -258,15 +258,11 @@ int cache__bind_catalogue(cache *c, const char *key, cJSON *rec, sqlite3_stmt *s
 int cache__bind_inventory(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, const char *path)
 {
 	cJSON *data;
-	const char *s;
 	int64_t qty, asof;
 	int rc;
-	char p2[96];
+	char p2[DATA_PATH];
 	(void)c;
-	if ((rc = data_of(rec, path, &data)))
-		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
-	if ((rc = json__get_str(data, "sku", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "sku", s, path)) ||
+	if ((rc = data_of(rec, path, &data, p2)) || (rc = key_field(data, "sku", key, p2, path)) ||
 	    (rc = json__get_int(data, "qty", -JSON_INT_MAX, JSON_INT_MAX, 1, 0, p2, &qty)) ||
 	    (rc = json__get_int(data, "as_of_ms", 0, JSON_INT_MAX, 1, 0, p2, &asof)))
 		return rc;
@@ -280,12 +276,9 @@ int cache__bind_script(cache *c, const char *key, cJSON *rec, sqlite3_stmt *st, 
 	cJSON *data;
 	const char *s, *stage, *tag;
 	int rc;
-	char p2[96];
+	char p2[DATA_PATH];
 	(void)c;
-	if ((rc = data_of(rec, path, &data)))
-		return rc;
-	snprintf(p2, sizeof(p2), "%sdata.", path);
-	if ((rc = json__get_str(data, "id", MAX_KEY, 1, p2, &s)) || (rc = key_matches(key, "id", s, path)) ||
+	if ((rc = data_of(rec, path, &data, p2)) || (rc = key_field(data, "id", key, p2, path)) ||
 	    (rc = json__get_str(data, "stage", 32, 0, p2, &stage)) || (rc = json__get_str(data, "tag", 64, 0, p2, &tag)) ||
 	    (rc = json__get_str(data, "title", 200, 0, p2, &s)) || (rc = json__get_str(data, "text", 4000, 1, p2, &s)))
 		return rc;

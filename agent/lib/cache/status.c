@@ -131,6 +131,13 @@ int64_t cache__next_deadline(cache *c)
 
 /* ---- status --------------------------------------------------------- */
 
+/* The snapshot a stream is fetching: its figures, in the order status
+ * shows them, by their column in cache__status's query. */
+static const struct {
+	const char *member;
+	int col;
+} snapshot_figures[] = {{",\"version\":", 7}, {",\"chunks_done\":", 5}, {",\"chunks\":", 6}};
+
 int cache__status(cache *c, sbuf *out)
 {
 	sqlite3_stmt *q = NULL;
@@ -173,12 +180,10 @@ int cache__status(cache *c, sbuf *out)
 		if (sqlite3_column_type(q, 4) != SQLITE_NULL) {
 			sbuf__puts(out, ",\"snapshot\":{\"id\":");
 			sbuf__jstr(out, (const char *)sqlite3_column_text(q, 4));
-			sbuf__puts(out, ",\"version\":");
-			sbuf__i64(out, sqlite3_column_int64(q, 7));
-			sbuf__puts(out, ",\"chunks_done\":");
-			sbuf__i64(out, sqlite3_column_int64(q, 5));
-			sbuf__puts(out, ",\"chunks\":");
-			sbuf__i64(out, sqlite3_column_int64(q, 6));
+			for (size_t i = 0; i < sizeof(snapshot_figures) / sizeof(snapshot_figures[0]); i++) {
+				sbuf__puts(out, snapshot_figures[i].member);
+				sbuf__i64(out, sqlite3_column_int64(q, snapshot_figures[i].col));
+			}
 			sbuf__putc(out, '}');
 		}
 		if (c->rs[st].want) {

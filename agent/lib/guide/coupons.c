@@ -372,7 +372,7 @@ static int cmp_offer(const void *a, const void *b)
 	return strcmp(x->key, y->key);
 }
 
-static int coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *rq, sbuf *out)
+int guide__coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *rq, sbuf *out)
 {
 	guide__policy pol;
 	guide__local l;
@@ -450,16 +450,5 @@ cleanup:
 	guide__offers_free(&os);
 	guide__local_free(&l);
 	cJSON_Delete(profile);
-	return rc;
-}
-
-/* One read transaction per call: a consistent view of the cache even if a
- * snapshot swap commits meanwhile, and one lock round-trip instead of one
- * per statement (a recommendation runs ~80 of them). */
-int guide__coupons_for(cache *c, scrm_store *store, const scrm_coupon_request *rq, sbuf *out)
-{
-	int began = cache__read_begin(c);
-	int rc = coupons_for(c, store, rq, out);
-	cache__read_end(c, began);
 	return rc;
 }

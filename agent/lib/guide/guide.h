@@ -45,7 +45,11 @@ const char *guide__stage(const struct cJSON *profile, int64_t now, const guide__
  * and this device's redemptions (counted per coupon and per member/campaign). */
 typedef struct guide__local guide__local;
 
-/* Recommendations as JSON (protocol.md "Recommendations"). `store` may be
+/* The three calls below read the cache many times: the caller runs each in
+ * one read transaction (query.h cache__read_begin/end), as cache_api.c does
+ * for all of them, so one call sees one snapshot of the cache.
+ *
+ * Recommendations as JSON (protocol.md "Recommendations"). `store` may be
  * NULL. With rq->guide_id and a store, the list is recorded (reco_shown)
  * and its event id returned as reco_id. */
 int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out);

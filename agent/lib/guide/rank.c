@@ -451,7 +451,7 @@ static int next_action(cache *c, sbuf *b, const cJSON *profile, const char *memb
 	return SCRM_OK;
 }
 
-static int recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out)
+int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out)
 {
 	guide__policy pol;
 	guide__local l;
@@ -669,16 +669,5 @@ cleanup:
 	guide__local_free(&l);
 	cJSON_Delete(profile);
 	sbuf__free(&ev);
-	return rc;
-}
-
-/* One read transaction per call: a consistent view of the cache even if a
- * snapshot swap commits meanwhile, and one lock round-trip instead of one
- * per statement (a recommendation runs ~80 of them). */
-int guide__recommend(cache *c, scrm_store *store, const scrm_reco_request *rq, sbuf *out)
-{
-	int began = cache__read_begin(c);
-	int rc = recommend(c, store, rq, out);
-	cache__read_end(c, began);
 	return rc;
 }

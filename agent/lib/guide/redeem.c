@@ -67,7 +67,7 @@ static int code_seen(void *ctx, const char *key, const char *signed_json)
 	return SCRM_OK;
 }
 
-static int redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
+int guide__redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
 {
 	guide__policy pol;
 	guide__local l;
@@ -234,16 +234,5 @@ cleanup:
 	cJSON_Delete(coupon);
 	cJSON_Delete(campaign);
 	sbuf__free(&body);
-	return rc;
-}
-
-/* One read transaction per call: a consistent view of the cache even if a
- * snapshot swap commits meanwhile, and one lock round-trip instead of one
- * per statement (a recommendation runs ~80 of them). */
-int guide__redeem(cache *c, scrm_store *store, const scrm_redeem_request *rq, scrm_redemption *res, sbuf *json)
-{
-	int began = cache__read_begin(c);
-	int rc = redeem(c, store, rq, res, json);
-	cache__read_end(c, began);
 	return rc;
 }

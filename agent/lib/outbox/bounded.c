@@ -265,33 +265,24 @@ int outbox__set_limits(outbox *ob, int64_t max_bytes, int64_t reserve_bytes)
 static int health_once(outbox *ob, struct outbox__health *h)
 {
 	sqlite3_stmt *q = NULL;
+	/* the SELECT's columns after the two limits, in its order */
+	int64_t *const figures[] = {&h->pending,  &h->bytes,       &h->refused_paid,
+				    &h->last_seq, &h->last_ack_ms, &h->oldest_pending_wall_ms};
 	int rc;
 	memset(h, 0, sizeof(*h));
 	outbox__follow(ob);
 	if ((rc = outbox__exec(ob, "BEGIN")))
 		return rc;
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
-				" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
-				" u.events, u.bytes, u.refused_paid, d.next_seq - 1, d.last_ack_ms,"
-				" coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0)"
-				" FROM usage u, device d WHERE u.id = 1 AND d.id = 1",
-				-1, &q, NULL);
-	if (rc != SQLITE_OK) {
-		rc = outbox__fail(ob, rc, "health");
+	if ((rc = outbox__one_row(ob,
+				  "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
+				  " (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
+				  " u.events, u.bytes, u.refused_paid, d.next_seq - 1, d.last_ack_ms,"
+				  " coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0)"
+				  " FROM usage u, device d WHERE u.id = 1 AND d.id = 1",
+				  &q, "health")))
 		goto out;
-	}
-	if ((rc = sqlite3_step(q)) != SQLITE_ROW) {
-		rc = outbox__fail(ob, rc, "health");
-		goto out;
-	}
 	outbox__limits_of(q, 0, &h->max_bytes, &h->reserve_bytes);
-	h->pending = sqlite3_column_int64(q, 2);
-	h->bytes = sqlite3_column_int64(q, 3);
-	h->refused_paid = sqlite3_column_int64(q, 4);
-	h->last_seq = sqlite3_column_int64(q, 5);
-	h->last_ack_ms = sqlite3_column_int64(q, 6);
-	h->oldest_pending_wall_ms = sqlite3_column_int64(q, 7);
+	outbox__columns_i64(q, 2, figures, sizeof(figures) / sizeof(figures[0]));
 	h->in_reserve = h->bytes > h->max_bytes - h->reserve_bytes;
 	sqlite3_finalize(q);
 	q = NULL;

@@ -327,27 +327,17 @@ static int stats_once(outbox *ob, scrm_outbox_stats *st)
 	memset(st, 0, sizeof(*st));
 	outbox__follow(ob);
 	/* One read transaction so the figures are consistent with each other. */
-	rc = sqlite3_prepare_v2(ob->db,
-				/* From the usage row the triggers keep, not a scan: the
-				 * heartbeat asks this every minute of a long outage. */
-				"SELECT u.events, u.bytes - u.events * " XSTR(OUTBOX_ROW_OVERHEAD) ","
-				" coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0), d.next_seq - 1, d.last_ack_ms,"
-				" d.last_acked_seq, (SELECT count(*) FROM rejected) FROM device d, usage u WHERE d.id = 1 AND u.id = 1",
-				-1, &q, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "stats");
-	rc = sqlite3_step(q);
-	if (rc == SQLITE_ROW) {
-		st->pending = sqlite3_column_int64(q, 0);
-		st->pending_bytes = sqlite3_column_int64(q, 1);
-		st->oldest_pending_ms = sqlite3_column_int64(q, 2);
-		st->last_seq = sqlite3_column_int64(q, 3);
-		st->last_ack_ms = sqlite3_column_int64(q, 4);
-		st->last_acked_seq = sqlite3_column_int64(q, 5);
-		st->rejected = sqlite3_column_int64(q, 6);
-		rc = SCRM_OK;
-	} else {
-		rc = outbox__fail(ob, rc, "stats");
+	rc = outbox__one_row(ob,
+			     /* From the usage row the triggers keep, not a scan: the
+			      * heartbeat asks this every minute of a long outage. */
+			     "SELECT u.events, u.bytes - u.events * " XSTR(OUTBOX_ROW_OVERHEAD) ","
+			     " coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0), d.next_seq - 1, d.last_ack_ms,"
+			     " d.last_acked_seq, (SELECT count(*) FROM rejected) FROM device d, usage u WHERE d.id = 1 AND u.id = 1",
+			     &q, "stats");
+	if (rc == SCRM_OK) {
+		int64_t *const figures[] = {&st->pending,     &st->pending_bytes,  &st->oldest_pending_ms, &st->last_seq,
+					    &st->last_ack_ms, &st->last_acked_seq, &st->rejected};
+		outbox__columns_i64(q, 0, figures, sizeof(figures) / sizeof(figures[0]));
 	}
 	sqlite3_finalize(q);
 	return rc;

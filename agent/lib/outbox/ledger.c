@@ -25,53 +25,58 @@ static int json_array_ok(const char *s)
 	return s && s[0] == '[';
 }
 
+/* One count of redemptions into *n: `sql` with the texts `args` as its
+ * first parameters and, as the next one, `counted` (the redemption ids
+ * central has already counted, a JSON array; anything else is left unbound).
+ * With last_cap, the order of the latest one (column 2) goes to `last`. */
+static int count_one(outbox *ob, const char *sql, const char *const *args, int n_args, const char *counted, int64_t *n,
+		     char *last, size_t last_cap)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+	if ((rc = outbox__prepare(ob, sql, &st, "count redemptions")))
+		return rc;
+	for (int i = 0; i < n_args; i++)
+		sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
+	if (json_array_ok(counted))
+		sqlite3_bind_text(st, n_args + 1, counted, -1, SQLITE_STATIC);
+	if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+		sqlite3_finalize(st);
+		return outbox__fail(ob, rc, "count redemptions");
+	}
+	*n = sqlite3_column_int64(st, 0);
+	if (*n && last_cap)
+		snprintf(last, last_cap, "order %s", sqlite3_column_text(st, 2) ? (const char *)sqlite3_column_text(st, 2) : "?");
+	sqlite3_finalize(st);
+	return SCRM_OK;
+}
+
 /* Count what the limits of `lim` cover; inside the caller's transaction. */
 static int count_redemptions(outbox *ob, const outbox__limits *lim, int64_t *by_coupon, int64_t *by_member,
 			     char *last, size_t last_cap)
 {
-	sqlite3_stmt *st = NULL;
 	int rc;
 	*by_coupon = *by_member = 0;
 	if (last_cap)
 		last[0] = '\0';
 	if (lim->coupon) {
-		if ((rc = sqlite3_prepare_v2(ob->db,
-					     "SELECT count(*), max(reserved_ms), (SELECT order_id FROM redemptions WHERE coupon = ?1"
-					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))"
-					     " ORDER BY reserved_ms DESC LIMIT 1)"
-					     " FROM redemptions WHERE coupon = ?1"
-					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))",
-					     -1, &st, NULL)) != SQLITE_OK)
-			return outbox__fail(ob, rc, "count redemptions");
-		sqlite3_bind_text(st, 1, lim->coupon, -1, SQLITE_STATIC);
-		if (lim->coupon_counted && json_array_ok(lim->coupon_counted))
-			sqlite3_bind_text(st, 2, lim->coupon_counted, -1, SQLITE_STATIC);
-		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
-			sqlite3_finalize(st);
-			return outbox__fail(ob, rc, "count redemptions");
-		}
-		*by_coupon = sqlite3_column_int64(st, 0);
-		if (*by_coupon && last_cap)
-			snprintf(last, last_cap, "order %s", sqlite3_column_text(st, 2) ? (const char *)sqlite3_column_text(st, 2) : "?");
-		sqlite3_finalize(st);
-		st = NULL;
+		const char *args[] = {lim->coupon};
+		if ((rc = count_one(ob,
+				    "SELECT count(*), max(reserved_ms), (SELECT order_id FROM redemptions WHERE coupon = ?1"
+				    " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))"
+				    " ORDER BY reserved_ms DESC LIMIT 1)"
+				    " FROM redemptions WHERE coupon = ?1"
+				    " AND id NOT IN (SELECT value FROM json_each(coalesce(?2, '[]')))",
+				    args, 1, lim->coupon_counted, by_coupon, last, last_cap)))
+			return rc;
 	}
 	if (lim->campaign && lim->member_id) {
-		if ((rc = sqlite3_prepare_v2(ob->db,
-					     "SELECT count(*) FROM redemptions WHERE campaign = ?1 AND member_id = ?2"
-					     " AND id NOT IN (SELECT value FROM json_each(coalesce(?3, '[]')))",
-					     -1, &st, NULL)) != SQLITE_OK)
-			return outbox__fail(ob, rc, "count redemptions");
-		sqlite3_bind_text(st, 1, lim->campaign, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, lim->member_id, -1, SQLITE_STATIC);
-		if (lim->member_counted && json_array_ok(lim->member_counted))
-			sqlite3_bind_text(st, 3, lim->member_counted, -1, SQLITE_STATIC);
-		if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
-			sqlite3_finalize(st);
-			return outbox__fail(ob, rc, "count redemptions");
-		}
-		*by_member = sqlite3_column_int64(st, 0);
-		sqlite3_finalize(st);
+		const char *args[] = {lim->campaign, lim->member_id};
+		if ((rc = count_one(ob,
+				    "SELECT count(*) FROM redemptions WHERE campaign = ?1 AND member_id = ?2"
+				    " AND id NOT IN (SELECT value FROM json_each(coalesce(?3, '[]')))",
+				    args, 2, lim->member_counted, by_member, NULL, 0)))
+			return rc;
 	}
 	return SCRM_OK;
 }
@@ -89,13 +94,12 @@ static int find_existing(outbox *ob, outbox__limits *lim)
 	lim->existing = 0;
 	if (!lim->order_id)
 		return SCRM_OK;
-	rc = sqlite3_prepare_v2(ob->db,
-				"SELECT id, seq, reserved_ms, value FROM redemptions WHERE order_id = ?1"
-				" AND ((?2 IS NOT NULL AND coupon = ?2) OR (?2 IS NULL AND coupon IS NULL AND campaign = ?3"
-				" AND member_id IS ?4)) ORDER BY seq LIMIT 1",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "find redemption");
+	if ((rc = outbox__prepare(ob,
+				  "SELECT id, seq, reserved_ms, value FROM redemptions WHERE order_id = ?1"
+				  " AND ((?2 IS NOT NULL AND coupon = ?2) OR (?2 IS NULL AND coupon IS NULL AND campaign = ?3"
+				  " AND member_id IS ?4)) ORDER BY seq LIMIT 1",
+				  &st, "find redemption")))
+		return rc;
 	sqlite3_bind_text(st, 1, lim->order_id, -1, SQLITE_STATIC);
 	if (lim->coupon)
 		sqlite3_bind_text(st, 2, lim->coupon, -1, SQLITE_STATIC);
@@ -170,13 +174,13 @@ cleanup:
 int outbox__link_set(outbox *ob, int connected, int64_t now_ms)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db,
-				    "INSERT INTO link(id, connected, changed_ms, seen_ms) VALUES (1, ?1, ?2, ?2)"
-				    " ON CONFLICT(id) DO UPDATE SET seen_ms = ?2,"
-				    " changed_ms = CASE WHEN connected = ?1 THEN changed_ms ELSE ?2 END, connected = ?1",
-				    -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare link");
+	int rc = outbox__prepare(ob,
+				 "INSERT INTO link(id, connected, changed_ms, seen_ms) VALUES (1, ?1, ?2, ?2)"
+				 " ON CONFLICT(id) DO UPDATE SET seen_ms = ?2,"
+				 " changed_ms = CASE WHEN connected = ?1 THEN changed_ms ELSE ?2 END, connected = ?1",
+				 &st, "prepare link");
+	if (rc)
+		return rc;
 	sqlite3_bind_int(st, 1, connected ? 1 : 0);
 	sqlite3_bind_int64(st, 2, now_ms);
 	rc = sqlite3_step(st);
@@ -187,11 +191,11 @@ int outbox__link_set(outbox *ob, int connected, int64_t now_ms)
 int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *seen_ms)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db, "SELECT connected, changed_ms, seen_ms FROM link WHERE id = 1", -1, &st, NULL);
+	int rc;
 	*connected = 0;
 	*changed_ms = *seen_ms = 0;
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare link");
+	if ((rc = outbox__prepare(ob, "SELECT connected, changed_ms, seen_ms FROM link WHERE id = 1", &st, "prepare link")))
+		return rc;
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		*connected = sqlite3_column_int(st, 0);
@@ -205,9 +209,9 @@ int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *s
 int outbox__setting_set(outbox *ob, const char *k, int64_t v)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db, "INSERT OR REPLACE INTO settings(k, v) VALUES (?1, ?2)", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare setting");
+	int rc = outbox__prepare(ob, "INSERT OR REPLACE INTO settings(k, v) VALUES (?1, ?2)", &st, "prepare setting");
+	if (rc)
+		return rc;
 	sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, v);
 	rc = sqlite3_step(st);
@@ -219,13 +223,13 @@ static int verdict_once(outbox *ob, const char *id, const char *verdict, const c
 			int64_t ms, int *changed)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(ob->db,
-				    "UPDATE redemptions SET verdict = ?2, reason = ?3, detail = ?4, verdict_ms = ?5"
-				    " WHERE id = ?1 AND (verdict IS NULL OR verdict != ?2 OR coalesce(reason, '') != coalesce(?3, ''))",
-				    -1, &st, NULL);
+	int rc;
 	*changed = 0;
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare verdict");
+	if ((rc = outbox__prepare(ob,
+				  "UPDATE redemptions SET verdict = ?2, reason = ?3, detail = ?4, verdict_ms = ?5"
+				  " WHERE id = ?1 AND (verdict IS NULL OR verdict != ?2 OR coalesce(reason, '') != coalesce(?3, ''))",
+				  &st, "prepare verdict")))
+		return rc;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, verdict, -1, SQLITE_STATIC);
 	if (reason)
@@ -349,8 +353,8 @@ int outbox__scrub_wal(outbox *ob)
 	char wal[4300];
 	int64_t size = -1;
 	/* TRUNCATE waits (busy handler) for readers to leave the WAL. */
-	if ((rc = sqlite3_prepare_v2(ob->db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL)) != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare checkpoint");
+	if ((rc = outbox__prepare(ob, "PRAGMA wal_checkpoint(TRUNCATE)", &st, "prepare checkpoint")))
+		return rc;
 	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
 		busy = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
@@ -387,9 +391,9 @@ int outbox__prune_activity(outbox *ob, int64_t before_ms, int64_t now_ms)
 			  now_ms - OUTBOX_ORDERS_RETENTION_MS};
 	for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 		sqlite3_stmt *st = NULL;
-		int rc = sqlite3_prepare_v2(ob->db, sql[i], -1, &st, NULL);
-		if (rc != SQLITE_OK)
-			return outbox__fail(ob, rc, "prepare prune");
+		int rc = outbox__prepare(ob, sql[i], &st, "prepare prune");
+		if (rc)
+			return rc;
 		sqlite3_bind_int64(st, 1, cut[i]);
 		rc = sqlite3_step(st);
 		sqlite3_finalize(st);

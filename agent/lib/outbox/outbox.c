@@ -48,6 +48,26 @@ int outbox__exec(outbox *ob, const char *sql)
 	return rc == SQLITE_OK ? SCRM_OK : outbox__fail(ob, rc, sql);
 }
 
+int outbox__prepare(outbox *ob, const char *sql, sqlite3_stmt **st, const char *what)
+{
+	int rc = sqlite3_prepare_v2(ob->db, sql, -1, st, NULL);
+	return rc == SQLITE_OK ? SCRM_OK : outbox__fail(ob, rc, what);
+}
+
+int outbox__one_row(outbox *ob, const char *sql, sqlite3_stmt **q, const char *what)
+{
+	int rc = sqlite3_prepare_v2(ob->db, sql, -1, q, NULL);
+	if (rc == SQLITE_OK && (rc = sqlite3_step(*q)) == SQLITE_ROW)
+		return SCRM_OK;
+	return outbox__fail(ob, rc, what);
+}
+
+void outbox__columns_i64(sqlite3_stmt *q, int from, int64_t *const *to, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		*to[i] = sqlite3_column_int64(q, from + (int)i);
+}
+
 static int prep(outbox *ob, sqlite3_stmt **st, const char *sql)
 {
 	int rc = sqlite3_prepare_v3(ob->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);

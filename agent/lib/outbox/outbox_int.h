@@ -97,6 +97,15 @@ int outbox__recover(outbox *ob);
 /* After a failed read: 1 if the file was damaged and is now replaced. */
 int outbox__healed(outbox *ob, int rc);
 int outbox__query_json(outbox *ob, const char *sql, int bind, sbuf *out, int64_t *n, const char *what);
+/* A statement prepared for one use (the caller finalizes it); a failure is
+ * reported as `what`. */
+int outbox__prepare(outbox *ob, const char *sql, sqlite3_stmt **st, const char *what);
+/* The one row `sql` reads, stepped onto in *q (the caller finalizes *q,
+ * also after a failure, which is reported as `what`). */
+int outbox__one_row(outbox *ob, const char *sql, sqlite3_stmt **q, const char *what);
+/* Integer columns from..from+n-1 of q's row into *to[0..n-1], in the order
+ * the SELECT names them. */
+void outbox__columns_i64(sqlite3_stmt *q, int from, int64_t *const *to, size_t n);
 
 /* ---- schema.c ---- */
 int outbox__migrate(outbox *ob, const char *device_id);
