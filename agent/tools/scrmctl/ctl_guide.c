@@ -7,7 +7,6 @@
  */
 #include "ctl.h"
 
-#include "json.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -67,28 +66,28 @@ int ctl__reco(const struct ctl__opts *o, const cli__args *a)
 		char m[48];
 		int k = 0;
 		if (a->member)
-			printf("member       %s   stage %s (%s)\n", a->member, json__str(r, "stage") ? json__str(r, "stage") : "-",
-			       json__str(r, "stage_reason") ? json__str(r, "stage_reason") : "");
+			printf("member       %s   stage %s (%s)\n", a->member, cli__str(r, "stage") ? cli__str(r, "stage") : "-",
+			       cli__str(r, "stage_reason") ? cli__str(r, "stage_reason") : "");
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "items"))
 		{
-			ctl__money(m, sizeof(m), json__i64(e, "price", 0), NULL);
-			printf("%2d. %-10s %-36.36s %10s  %s\n", ++k, json__str(e, "sku"), json__str(e, "name") ? json__str(e, "name") : "",
-			       cJSON_GetObjectItemCaseSensitive(e, "price") ? m : "", json__str(e, "reason") ? json__str(e, "reason") : "");
+			ctl__money(m, sizeof(m), cli__i64(e, "price", 0), NULL);
+			printf("%2d. %-10s %-36.36s %10s  %s\n", ++k, cli__str(e, "sku"), cli__str(e, "name") ? cli__str(e, "name") : "",
+			       cJSON_GetObjectItemCaseSensitive(e, "price") ? m : "", cli__str(e, "reason") ? cli__str(e, "reason") : "");
 		}
 		if (!k)
 			printf("no suggestions (no rules, history or bestsellers in the cache for this)\n");
 		const cJSON *na = cJSON_GetObjectItemCaseSensitive(r, "next_action"), *cp, *sc;
 		if (na) {
-			printf("next action  %s\n", json__str(na, "action"));
+			printf("next action  %s\n", cli__str(na, "action"));
 			if ((cp = cJSON_GetObjectItemCaseSensitive(na, "coupon")))
-				printf("  coupon     %s  %s%s%s\n", json__str(cp, "key"), json__str(cp, "name") ? json__str(cp, "name") : "",
-				       json__str(cp, "code") ? "  code " : "", json__str(cp, "code") ? json__str(cp, "code") : "");
+				printf("  coupon     %s  %s%s%s\n", cli__str(cp, "key"), cli__str(cp, "name") ? cli__str(cp, "name") : "",
+				       cli__str(cp, "code") ? "  code " : "", cli__str(cp, "code") ? cli__str(cp, "code") : "");
 			cJSON_ArrayForEach(sc, cJSON_GetObjectItemCaseSensitive(na, "scripts"))
-			printf("  say        %s%s%s\n", json__str(sc, "title") ? json__str(sc, "title") : "", json__str(sc, "title") ? ": " : "",
-			       json__str(sc, "text") ? json__str(sc, "text") : "");
+			printf("  say        %s%s%s\n", cli__str(sc, "title") ? cli__str(sc, "title") : "", cli__str(sc, "title") ? ": " : "",
+			       cli__str(sc, "text") ? cli__str(sc, "text") : "");
 		}
-		if (json__str(r, "reco_id"))
-			printf("recorded     reco_id=%s (a sale to this member is credited to %s)\n", json__str(r, "reco_id"), a->guide);
+		if (cli__str(r, "reco_id"))
+			printf("recorded     reco_id=%s (a sale to this member is credited to %s)\n", cli__str(r, "reco_id"), a->guide);
 		cJSON_Delete(r);
 	}
 	scrm_free(json);
@@ -119,17 +118,17 @@ int ctl__coupons(const struct ctl__opts *o, const cli__args *a)
 	} else {
 		cJSON *r = cJSON_Parse(json), *e;
 		char m[48];
-		ctl__money(m, sizeof(m), json__i64(r, "subtotal", 0), a->currency);
+		ctl__money(m, sizeof(m), cli__i64(r, "subtotal", 0), a->currency);
 		printf("basket %s, central %s\n", m,
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "online")) ? "reachable" : "NOT reachable (offline rules apply)");
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "eligible"))
 		{
-			ctl__money(m, sizeof(m), json__i64(e, "value", 0), NULL);
-			printf("  OK   %-22s %-36.36s -%s%s\n", json__str(e, "key"), json__str(e, "name") ? json__str(e, "name") : "", m,
+			ctl__money(m, sizeof(m), cli__i64(e, "value", 0), NULL);
+			printf("  OK   %-22s %-36.36s -%s%s\n", cli__str(e, "key"), cli__str(e, "name") ? cli__str(e, "name") : "", m,
 			       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "capped")) ? " (capped offline)" : "");
 		}
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "ineligible"))
-		printf("  no   %-22s %-14s %s\n", json__str(e, "key"), json__str(e, "reason"), json__str(e, "detail") ? json__str(e, "detail") : "");
+		printf("  no   %-22s %-14s %s\n", cli__str(e, "key"), cli__str(e, "reason"), cli__str(e, "detail") ? cli__str(e, "detail") : "");
 		cJSON_Delete(r);
 	}
 	scrm_free(json);
@@ -201,16 +200,16 @@ int ctl__redemptions(const struct ctl__opts *o, const cli__args *a)
 		cJSON *r = cJSON_Parse(json), *e;
 		char m[48], t[32];
 		int64_t now = platform__wall_ms();
-		printf("pending %lld, accepted %lld, rejected %lld%s\n", (long long)json__i64(r, "pending", 0),
-		       (long long)json__i64(r, "accepted", 0), (long long)json__i64(r, "rejected", 0),
-		       json__i64(r, "rejected", 0) ? "   <- rejected ones need follow-up with the customer" : "");
+		printf("pending %lld, accepted %lld, rejected %lld%s\n", (long long)cli__i64(r, "pending", 0),
+		       (long long)cli__i64(r, "accepted", 0), (long long)cli__i64(r, "rejected", 0),
+		       cli__i64(r, "rejected", 0) ? "   <- rejected ones need follow-up with the customer" : "");
 		cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "redemptions"))
 		{
-			ctl__money(m, sizeof(m), json__i64(e, "value", 0), json__str(e, "currency"));
-			cli__age(t, sizeof(t), now - json__i64(e, "reserved_ms", 0));
-			printf("  %-9s %-12s %-12s order %-10s %12s  %s ago %s%s%s\n", json__str(e, "verdict"),
-			       json__str(e, "coupon") ? json__str(e, "coupon") : "-", json__str(e, "campaign"), json__str(e, "order_id"), m, t,
-			       json__str(e, "mode"), json__str(e, "reason") ? "  " : "", json__str(e, "detail") ? json__str(e, "detail") : json__str(e, "reason") ? json__str(e, "reason") : "");
+			ctl__money(m, sizeof(m), cli__i64(e, "value", 0), cli__str(e, "currency"));
+			cli__age(t, sizeof(t), now - cli__i64(e, "reserved_ms", 0));
+			printf("  %-9s %-12s %-12s order %-10s %12s  %s ago %s%s%s\n", cli__str(e, "verdict"),
+			       cli__str(e, "coupon") ? cli__str(e, "coupon") : "-", cli__str(e, "campaign"), cli__str(e, "order_id"), m, t,
+			       cli__str(e, "mode"), cli__str(e, "reason") ? "  " : "", cli__str(e, "detail") ? cli__str(e, "detail") : cli__str(e, "reason") ? cli__str(e, "reason") : "");
 		}
 		cJSON_Delete(r);
 	}
