@@ -287,17 +287,21 @@ const cJSON *fleet__arg(const fleet__cmd *cmd, const char *name)
 	return cmd->args ? cJSON_GetObjectItemCaseSensitive(cmd->args, name) : NULL;
 }
 
+/* The argument `name` (NULL when absent), with `field` set to how errors
+ * name it: "args.<name>". */
+static const cJSON *arg_find(const fleet__cmd *cmd, const char *name, char *field, size_t n)
+{
+	snprintf(field, n, "args.%s", name);
+	return fleet__arg(cmd, name);
+}
+
 int fleet__arg_str(const fleet__cmd *cmd, const char *name, int required, size_t max_len, const char **out,
 		   fleet__error *err)
 {
 	char field[64];
-	const cJSON *it = fleet__arg(cmd, name);
-	snprintf(field, sizeof(field), "args.%s", name);
-	if (!it) {
-		if (required)
-			return fleet__fail(err, "bad_args", field, "required");
-		return 0;
-	}
+	const cJSON *it = arg_find(cmd, name, field, sizeof(field));
+	if (!it)
+		return required ? fleet__fail(err, "bad_args", field, "required") : 0;
 	if (!cJSON_IsString(it) || !it->valuestring[0])
 		return fleet__fail(err, "bad_args", field, "must be a non-empty string");
 	if (strlen(it->valuestring) > max_len)
@@ -310,13 +314,9 @@ int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_
 		   fleet__error *err)
 {
 	char field[64];
-	const cJSON *it = fleet__arg(cmd, name);
-	snprintf(field, sizeof(field), "args.%s", name);
-	if (!it) {
-		if (required)
-			return fleet__fail(err, "bad_args", field, "required");
-		return 0;
-	}
+	const cJSON *it = arg_find(cmd, name, field, sizeof(field));
+	if (!it)
+		return required ? fleet__fail(err, "bad_args", field, "required") : 0;
 	double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
 	/* Bounds as integers: (double)INT64_MAX rounds up to 2^63. */
 	if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0 ||
