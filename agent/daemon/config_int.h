@@ -28,8 +28,7 @@ struct ckey {
 	const char *doc;
 };
 
-/* The key table (config.c): every key, its type, default, bounds, class,
- * whether central may set it, and doc. */
+/* The key table (config.c, from config_keys.def's rows). */
 extern const struct ckey config__keys[];
 extern const size_t config__n_keys;
 
