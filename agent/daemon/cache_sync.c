@@ -14,6 +14,8 @@
 #include "platform.h"
 #include "quarantine.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +79,47 @@ void cache_sync__pump(struct sync *s)
 	LOG(LOG_INFO, "cache", "resync requested", "stream=%s request=%s", cache__stream_name(st), s->req.p);
 }
 
+/* What each outcome of cache__apply() says in the log: its level, its
+ * message and, after stream=, up to three of its figures in order. */
+#define FIG(name, field) {name, offsetof(cache__outcome, field)}
+static const struct outcome_line {
+	int level;
+	const char *msg;
+	struct {
+		const char *name;
+		size_t off; /* of an int64_t in cache__outcome */
+	} fig[3];
+} outcome_lines[] = {
+	[CA_APPLIED] = {LOG_DEBUG, "delta applied", {FIG("version", version), FIG("ops", ops)}},
+	[CA_DUPLICATE] = {LOG_DEBUG, "duplicate delta ignored", {FIG("version", version), FIG("cursor", cursor)}},
+	[CA_GAP] = {LOG_INFO, "cache gap; asking for a resync", {FIG("cursor", cursor), FIG("delta_version", version)}},
+	[CA_BUFFERED] = {LOG_DEBUG, "delta kept for after the snapshot", {FIG("version", version)}},
+	[CA_CHUNK] = {LOG_DEBUG, "snapshot chunk staged", {FIG("chunk", chunk), FIG("chunks", chunks)}},
+	[CA_SWAPPED] = {LOG_INFO, "snapshot swapped in", {FIG("version", version), FIG("cursor", cursor), FIG("chunks", chunks)}},
+	[CA_IGNORED] = {LOG_DEBUG, "snapshot chunk out of sequence ignored", {FIG("chunk", chunk)}},
+};
+#undef FIG
+
+static void log_outcome(const cache__outcome *o)
+{
+	char kv[256];
+	/* An outcome without a row (a new one) is not logged rather than
+	 * read past the table. */
+	if ((size_t)o->what >= sizeof(outcome_lines) / sizeof(outcome_lines[0]) || !outcome_lines[o->what].msg)
+		return;
+	const struct outcome_line *l = &outcome_lines[o->what];
+	if (l->level > log__threshold)
+		return;
+	snprintf(kv, sizeof(kv), "stream=%s", cache__stream_name(o->stream));
+	for (size_t i = 0; i < 3 && l->fig[i].name; i++) {
+		int64_t v;
+		size_t n = strlen(kv);
+		memcpy(&v, (const char *)o + l->fig[i].off, sizeof(v));
+		snprintf(kv + n, sizeof(kv) - n, " %s=%lld", l->fig[i].name, (long long)v);
+	}
+	log__write(l->level, "cache", l->msg, "%s", kv);
+}
+
 /* `stream`: the topic's last level (topics__cache_stream), borrowed. */
 void cache_sync__on_message(struct sync *s, const char *topic, const char *stream, const char *payload, size_t len)
 {
@@ -94,36 +137,7 @@ void cache_sync__on_message(struct sync *s, const char *topic, const char *strea
 	if (o.refused)
 		LOG(LOG_WARN, "cache", "cache record refused", "stream=%s refused=%lld first=%s", cache__stream_name(o.stream),
 		    (long long)o.refused, log__q(q, sizeof(q), cache__refused_detail(s->cache)));
-	switch (o.what) {
-	case CA_APPLIED:
-		LOG(LOG_DEBUG, "cache", "delta applied", "stream=%s version=%lld ops=%lld", cache__stream_name(o.stream),
-		    (long long)o.version, (long long)o.ops);
-		break;
-	case CA_DUPLICATE:
-		LOG(LOG_DEBUG, "cache", "duplicate delta ignored", "stream=%s version=%lld cursor=%lld",
-		    cache__stream_name(o.stream), (long long)o.version, (long long)o.cursor);
-		break;
-	case CA_GAP:
-		LOG(LOG_INFO, "cache", "cache gap; asking for a resync", "stream=%s cursor=%lld delta_version=%lld",
-		    cache__stream_name(o.stream), (long long)o.cursor, (long long)o.version);
-		break;
-	case CA_BUFFERED:
-		LOG(LOG_DEBUG, "cache", "delta kept for after the snapshot", "stream=%s version=%lld",
-		    cache__stream_name(o.stream), (long long)o.version);
-		break;
-	case CA_CHUNK:
-		LOG(LOG_DEBUG, "cache", "snapshot chunk staged", "stream=%s chunk=%lld chunks=%lld",
-		    cache__stream_name(o.stream), (long long)o.chunk, (long long)o.chunks);
-		break;
-	case CA_SWAPPED:
-		LOG(LOG_INFO, "cache", "snapshot swapped in", "stream=%s version=%lld cursor=%lld chunks=%lld",
-		    cache__stream_name(o.stream), (long long)o.version, (long long)o.cursor, (long long)o.chunks);
-		break;
-	case CA_IGNORED:
-		LOG(LOG_DEBUG, "cache", "snapshot chunk out of sequence ignored", "stream=%s chunk=%lld",
-		    cache__stream_name(o.stream), (long long)o.chunk);
-		break;
-	}
+	log_outcome(&o);
 	cache_sync__pump(s);
 }
 

@@ -22,61 +22,17 @@
 #include <string.h>
 #include <strings.h>
 
-
-#define S(k, f, d, req, doc) {k, C_STR, offsetof(config, f), d, 0, 0, 0, req, doc}
-#define I(k, f, d, lo, hi, doc) {k, C_INT, offsetof(config, f), NULL, d, lo, hi, 0, doc}
-#define B(k, f, d, doc) {k, C_BOOL, offsetof(config, f), NULL, d, 0, 1, 0, doc}
-
+/* The key table: config_keys.def's rows. */
+#define REMOTE 1
+#define LOCAL 0
 const struct ckey config__keys[] = {
-	S("tenant", tenant, NULL, 1, "Tenant (brand) id, [A-Za-z0-9_.-]{1,64}, not up or down"),
-	S("store_id", store_id, NULL, 1, "Store id, [A-Za-z0-9_.-]{1,64}, not up or down"),
-	S("device_id", device_id, NULL, 1, "This device's id (same rule), unique in the tenant; also the MQTT client id"),
-	S("store_dir", store_dir, "/var/lib/scrm", 0, "Directory holding outbox.db (shared with the POS via libscrm)"),
-	S("broker.uri", broker_uri, NULL, 1, "mqtts://host:port (TLS) or mqtt://host:port (plaintext, needs broker.allow_plaintext)"),
-	S("broker.ca_file", ca_file, NULL, 0, "CA certificate(s) that sign the broker's certificate (PEM); required for TLS"),
-	S("broker.cert_file", cert_file, NULL, 0, "Client certificate for mutual TLS (PEM)"),
-	S("broker.key_file", key_file, NULL, 0, "Client private key for mutual TLS (PEM)"),
-	S("broker.crl_file", crl_file, NULL, 0, "CRL(s) of the broker's CA (PEM): a revoked broker certificate is refused; read at every connect; an unreadable or expired CRL refuses every broker (fail closed)"),
-	S("broker.username", username, NULL, 0, "MQTT user name"),
-	S("broker.password_file", password_file, NULL, 0, "File holding the MQTT password (kept out of the config)"),
-	B("broker.allow_plaintext", allow_plaintext, 0, "Permit an unencrypted mqtt:// URI (logs a warning at every start)"),
-	I("broker.keepalive_s", keepalive_s, 30, 5, 3600, "MQTT keep-alive, seconds"),
-	I("broker.session_expiry_s", session_expiry_s, 604800, 0, 4294967295LL, "MQTT 5 session expiry: how long the broker queues acks while offline"),
-	I("broker.connect_timeout_s", connect_timeout_s, 10, 1, 300, "Give up a connection attempt after this many seconds"),
-	S("broker.remote_hosts", remote_hosts, NULL, 0, "Brokers central may move this device to with config.set broker.uri: host or host:port, comma-separated (local only; empty = broker.uri cannot be changed remotely)"),
-	I("sync.batch_max_events", batch_max_events, 500, 1, 10000, "Events per MQTT message at most"),
-	I("sync.batch_max_bytes", batch_max_bytes, 262144, 4096, 16777216, "Bytes per MQTT message at most (one event may exceed it alone)"),
-	I("sync.window", window, 8, 1, 64, "Batches published but not yet acknowledged by central, at most (also capped by the broker's Receive Maximum)"),
-	I("sync.ack_timeout_ms", ack_timeout_ms, 30000, 500, 3600000, "Redeliver from the oldest unacknowledged event after this long without an ack"),
-	I("sync.backoff_min_ms", backoff_min_ms, 500, 10, 600000, "First reconnect delay ceiling; doubles per failure (full jitter)"),
-	I("sync.backoff_max_ms", backoff_max_ms, 60000, 100, 3600000, "Reconnect delay ceiling cap"),
-	I("sync.verdict_query_s", verdict_query_s, 900, 10, 86400, "Ask central again for coupon verdicts still missing (redemptions central has acknowledged) every this many seconds"),
-	B("cache.enabled", cache_enabled, 1, "Keep the offline customer cache (cache.db) in sync with central"),
-	S("cache.keys_dir", keys_dir, NULL, 0, "Directory of data.key (made on first start), tenant.key and central.pub; default <store_dir>/private/keys (must belong to the agent's user, no group/other write)"),
-	S("cache.phone_country_code", phone_cc, "", 0, "Country calling code replacing a local number's leading 0 (e.g. 44); empty = none"),
-	I("cache.max_message_bytes", cache_max_message_bytes, 4194304, 65536, 67108864, "Largest cache delta or snapshot chunk accepted; larger ones are refused"),
-	I("cache.snapshot_timeout_ms", snapshot_timeout_ms, 30000, 1000, 600000, "Ask again when a requested snapshot stops arriving for this long (doubles up to 10 min)"),
-	I("cache.activity_days", activity_days, 90, 1, 3650, "Keep this device's record of members' purchases this many days"),
-	I("outbox.max_bytes", outbox_max_bytes, 268435456, 16384, 1099511627776LL, "Cap on the pending events' stored size (body + 128 B each); scans and browsing events are evicted oldest first to stay under it, purchases, returns and redemptions never"),
-	I("outbox.disk_reserve_bytes", disk_reserve_bytes, 4194304, 0, 1073741824, "Disk space kept allocated beside the outbox (outbox.reserve) and released when the disk fills, so central's acks can still delete what was sent; while it is released only purchases, returns and redemptions are recorded (0 = none)"),
-	I("outbox.reserve_bytes", outbox_reserve_bytes, -1, -1, 549755813888LL, "The last bytes under outbox.max_bytes, kept for purchases, returns and redemptions; -1 = max_bytes/8, at most 8 MiB; must be < outbox.max_bytes"),
-	I("guide.just_bought_days", just_bought_days, 14, 0, 3650, "Do not suggest what the member bought this recently (0 = never filter)"),
-	I("guide.history_days", history_days, 365, 1, 3650, "Purchases this recent feed the member's suggestions"),
-	I("guide.history_half_life_days", half_life_days, 30, 1, 3650, "A purchase this old counts half as much in suggestions"),
-	I("guide.attribution_window_ms", attribution_window_ms, 7200000, 0, 604800000, "A member's purchase within this long after a recommendation is credited to its guide (0 = off)"),
-	I("guide.online_fresh_ms", online_fresh_ms, 90000, 60000, 3600000, "Central counts as reachable (online-only coupons allowed) if the daemon was connected this recently"),
-	I("lifecycle.new_days", new_days, 30, 1, 3650, "A member whose first purchase is this recent (or who never bought) is new"),
-	I("lifecycle.sleeping_days", sleeping_days, 90, 1, 3650, "No purchase for this long: sleeping"),
-	I("lifecycle.lost_days", lost_days, 365, 1, 36500, "No purchase for this long: lost"),
-	I("lifecycle.churn_factor_pct", churn_factor_pct, 250, 100, 10000, "Churn risk when the days since the last purchase exceed this % of the member's usual gap between purchases"),
-	I("fleet.heartbeat_s", heartbeat_s, 60, 5, 86400, "Publish the health heartbeat (retained up/health) every this many seconds"),
-	B("fleet.commands", commands_enabled, 1, "Accept fleet commands from central on down/cmd"),
-	S("fleet.command_key_file", command_key_file, NULL, 0, "Central's command-signing public key (PEM, EC P-256); when set, only signed commands are obeyed"),
-	I("fleet.probation_s", probation_s, 120, 30, 3600, "After central changes broker settings, roll back if not connected within this many seconds"),
-	S("log.level", log_level, "info", 0, "error, warn, info or debug"),
-	B("log.syslog", log_syslog, 0, "Also send log lines to syslog (facility daemon)"),
-	S("log.file", log_file, NULL, 0, "Also append log lines to this file, rotated to <file>.1 at log.file_max_bytes"),
-	I("log.file_max_bytes", log_file_max_bytes, 10485760, 65536, 1073741824, "Size at which log.file is rotated (one old file is kept)"),
+#define CONFIG_STR(k, f, d, req, cls, remote, doc) {k, C_STR, offsetof(config, f), d, 0, 0, 0, req, cls, remote, doc},
+#define CONFIG_INT(k, f, d, lo, hi, cls, remote, doc) {k, C_INT, offsetof(config, f), NULL, d, lo, hi, 0, cls, remote, doc},
+#define CONFIG_BOOL(k, f, d, cls, remote, doc) {k, C_BOOL, offsetof(config, f), NULL, d, 0, 1, 0, cls, remote, doc},
+#include "config_keys.def"
+#undef CONFIG_STR
+#undef CONFIG_INT
+#undef CONFIG_BOOL
 };
 #define NKEYS (sizeof(config__keys) / sizeof(config__keys[0]))
 const size_t config__n_keys = NKEYS;

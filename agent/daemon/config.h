@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * config: the daemon's JSON configuration. One table (config.c) lists every
- * key with its type, default, bounds and one line of documentation;
+ * config: the daemon's JSON configuration. One table (config_keys.def) lists
+ * every key with its type, default, bounds, how a change takes effect,
+ * whether central may set it and one line of documentation;
  * loading validates against it — an unknown key, a wrong type or a value out
  * of bounds is an error naming the key and its line in the file.
  */

@@ -23,10 +23,12 @@ struct ckey {
 	const char *dflt_str; /* C_STR default, NULL = none */
 	int64_t dflt, min, max;
 	int required;
+	int cls;    /* enum config__class: how a change takes effect */
+	int remote; /* 1: central may set it (config.set) */
 	const char *doc;
 };
 
-/* The key table (config.c): every key, its type, default, bounds and doc. */
+/* The key table (config.c, from config_keys.def's rows). */
 extern const struct ckey config__keys[];
 extern const size_t config__n_keys;
 

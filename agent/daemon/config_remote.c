@@ -28,43 +28,6 @@
 #define OVERLAY_FILE "config.remote.json"
 #define OVERLAY_MAX_KEYS 64
 
-/* How each key takes effect and whether central may set it. Exact keys
- * first, then section prefixes; anything else is live and settable. File
- * paths, identities and the switches that protect the device (plaintext,
- * command signing) are for the local operator only: a compromised central
- * account must not be able to point the agent at another CA, turn TLS off
- * or stop obeying only signed commands. */
-static const struct {
-	const char *key;
-	int cls, remote;
-} key_rules[] = {
-	{"tenant", CFG_RESTART, 0},
-	{"store_id", CFG_RESTART, 0},
-	{"device_id", CFG_RESTART, 0},
-	{"store_dir", CFG_RESTART, 0},
-	{"broker.ca_file", CFG_RECONNECT, 0},
-	{"broker.cert_file", CFG_RECONNECT, 0},
-	{"broker.key_file", CFG_RECONNECT, 0},
-	{"broker.crl_file", CFG_RECONNECT, 0},
-	{"broker.username", CFG_RECONNECT, 0},
-	{"broker.password_file", CFG_RECONNECT, 0},
-	{"broker.allow_plaintext", CFG_RECONNECT, 0},
-	/* Where central may send the device: a console credential alone must
-	 * not be able to move it to any broker the CA happens to sign. */
-	{"broker.remote_hosts", CFG_LIVE, 0},
-	{"broker.", CFG_RECONNECT, 1},
-	{"cache.enabled", CFG_RESTART, 1},
-	{"cache.keys_dir", CFG_RESTART, 0},
-	{"cache.max_message_bytes", CFG_RESTART, 1},
-	{"cache.snapshot_timeout_ms", CFG_RESTART, 1},
-	{"fleet.commands", CFG_RESTART, 0},
-	{"fleet.command_key_file", CFG_RESTART, 0},
-	{"log.file", CFG_RESTART, 0},
-	/* The outbox cap decides when a sale is refused: the store's own
-	 * operator sets it, never a remote command. */
-	{"outbox.", CFG_LIVE, 0},
-};
-
 static const struct ckey *find_key(const char *key)
 {
 	for (size_t i = 0; i < config__n_keys; i++)
@@ -75,24 +38,11 @@ static const struct ckey *find_key(const char *key)
 
 int config__key_info(const char *key, int *cls, int *remote)
 {
-	if (!key || !find_key(key))
+	const struct ckey *k = key ? find_key(key) : NULL;
+	if (!k)
 		return -1;
-	*cls = CFG_LIVE;
-	*remote = 1;
-	for (size_t i = 0; i < sizeof(key_rules) / sizeof(key_rules[0]); i++)
-		if (strcmp(key_rules[i].key, key) == 0) {
-			*cls = key_rules[i].cls;
-			*remote = key_rules[i].remote;
-			return 0;
-		}
-	for (size_t i = 0; i < sizeof(key_rules) / sizeof(key_rules[0]); i++) {
-		size_t n = strlen(key_rules[i].key);
-		if (key_rules[i].key[n - 1] == '.' && strncmp(key_rules[i].key, key, n) == 0) {
-			*cls = key_rules[i].cls;
-			*remote = key_rules[i].remote;
-			return 0;
-		}
-	}
+	*cls = k->cls;
+	*remote = k->remote;
 	return 0;
 }
 

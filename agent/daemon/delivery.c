@@ -218,7 +218,7 @@ static void retire(delivery *d, const int64_t (*ranges)[2], size_t nr)
 	d->nwin = j;
 }
 
-void delivery__on_ack(delivery *d, const delivery__ack *ack)
+void delivery__on_ack(delivery *d, const ack__msg *ack)
 {
 	char q[300];
 	for (size_t i = 0; i < ack->n_rejected; i++) {

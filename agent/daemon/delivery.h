@@ -119,7 +119,7 @@ void delivery__go_back(delivery *d, const char *why);
  * SCRM_OK, or the read's error (the window is left as it was). */
 int delivery__pump(delivery *d);
 /* Apply central's ack, then pump. */
-void delivery__on_ack(delivery *d, const delivery__ack *ack);
+void delivery__on_ack(delivery *d, const ack__msg *ack);
 /* Timers: an unacknowledged batch past its deadline → go back and pump. */
 void delivery__tick(delivery *d);
 /* Monotonic time of the next timer, 0 if none. */

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "paths.h"
 #include "platform.h"
+#include "replay.h"
 #include "topics.h"
 
 #include <errno.h>
@@ -162,7 +163,7 @@ int sync__run(config *cfg_in, const char *level_override)
 	{
 		char path[4200];
 		paths__private(cfg->store_dir, PATHS_SEEN_IDS, path, sizeof(path));
-		if (fleet__seen_open(&s.seen, path, platform__wall_ms()) != 0)
+		if (replay__open(&s.seen, path, platform__wall_ms()) != 0)
 			LOG(LOG_ERROR, "fleet", "cannot read the signed command ids; every signed command will be refused",
 			    "path=%s", path);
 	}
@@ -363,7 +364,7 @@ cleanup:
 	sbuf__free(&s.fb);
 	sbuf__free(&s.fr);
 	crypto__verifier_free(s.cmd_key);
-	fleet__seen_free(&s.seen);
+	replay__close(&s.seen);
 	while (s.deferred) {
 		mqtt__event *d = s.deferred;
 		s.deferred = d->next;

@@ -167,10 +167,10 @@ void uplink__check_outbox(struct sync *s)
 
 void uplink__on_ack(struct sync *s, const char *payload, size_t len)
 {
-	delivery__ack ack;
+	ack__msg ack;
 	char q[300];
 
-	if (delivery__parse_ack(payload, len, &ack) != SCRM_OK) {
+	if (ack__parse(payload, len, &ack) != SCRM_OK) {
 		LOG(LOG_WARN, "sync", "ignoring malformed ack", "reason=%s bytes=%zu", log__q(q, sizeof(q), scrm_errmsg()), len);
 		return;
 	}
@@ -182,7 +182,7 @@ void uplink__on_ack(struct sync *s, const char *payload, size_t len)
 	if (backlog_before != 0 && s->dl.base_known && s->dl.base == 0 &&
 	    s->next_heartbeat_ms > s->last_activity_ms + 1000)
 		s->next_heartbeat_ms = s->last_activity_ms + 1000;
-	delivery__ack_free(&ack);
+	ack__free(&ack);
 }
 
 void uplink__on_verdict(struct sync *s, const char *payload, size_t len)

@@ -25,7 +25,7 @@ static int seq_of(const cJSON *v, int64_t *out)
 	return 1;
 }
 
-void delivery__ack_free(delivery__ack *ack)
+void ack__free(ack__msg *ack)
 {
 	if (!ack)
 		return;
@@ -36,7 +36,7 @@ void delivery__ack_free(delivery__ack *ack)
 	memset(ack, 0, sizeof(*ack));
 }
 
-int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack)
+int ack__parse(const char *payload, size_t len, ack__msg *ack)
 {
 	int rc = SCRM_E_INVALID;
 	cJSON *o = NULL;
@@ -109,7 +109,7 @@ int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack)
 				err__set(SCRM_E_INVALID, "rejected[%zu].seq: must be an integer >= 1", ack->n_rejected);
 				goto out;
 			}
-			delivery__rejection *r = &ack->rejected[ack->n_rejected];
+			ack__rejection *r = &ack->rejected[ack->n_rejected];
 			r->seq = seq;
 			r->reason = strdup(cJSON_IsString(why) ? why->valuestring : "unspecified");
 			if (!r->reason) {
@@ -128,6 +128,6 @@ int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack)
 out:
 	cJSON_Delete(o);
 	if (rc != SCRM_OK)
-		delivery__ack_free(ack);
+		ack__free(ack);
 	return rc;
 }

@@ -2,8 +2,7 @@
 /*
  * ack: central's down/ack payload (docs/protocol.md, "Acknowledgement"),
  * parsed and validated — pure, no I/O, so fuzz_ack reaches it alone. The
- * names are the delivery state machine's (delivery.h), which applies what
- * this parses.
+ * delivery state machine (daemon/delivery.h) applies what this parses.
  */
 #ifndef SCRM_ACK_H
 #define SCRM_ACK_H
@@ -18,27 +17,26 @@
 #define DELIVERY_ACK_MAX_RANGES DELIVERY_MAX_BATCH_EVENTS
 
 /* A parsed down/ack payload (docs/protocol.md, "Acknowledgement"). */
-typedef struct delivery__rejection {
+typedef struct ack__rejection {
 	int64_t seq;  /* 1 <= seq <= 2^53, an integer */
 	char *reason; /* owned; "unspecified" when absent */
-} delivery__rejection;
+} ack__rejection;
 
-typedef struct delivery__ack {
+typedef struct ack__msg {
 	char batch[64];        /* "" when absent */
 	int64_t (*acked)[2];   /* owned; inclusive ranges, 1 <= first <= last <= 2^53 */
 	size_t n_acked;
-	delivery__rejection *rejected; /* owned */
+	ack__rejection *rejected; /* owned */
 	size_t n_rejected;
 	int64_t resend_from;   /* 0 when absent */
-} delivery__ack;
+} ack__msg;
 
 /* Parse and validate a down/ack payload (borrowed, need not be
- * NUL-terminated). SCRM_OK with *ack filled (release with
- * delivery__ack_free), or SCRM_E_INVALID with the reason in scrm_errmsg():
- * the whole ack is then ignored, so a malformed ack can never delete an
- * event. At most DELIVERY_ACK_MAX_RANGES entries in `acked` and in
+ * NUL-terminated). SCRM_OK with *ack filled (release with ack__free), or
+ * SCRM_E_INVALID with the reason in scrm_errmsg(): the whole ack is then
+ * ignored, so a malformed ack can never delete an event. At most DELIVERY_ACK_MAX_RANGES entries in `acked` and in
  * `rejected`. No I/O, any thread. */
-int delivery__parse_ack(const char *payload, size_t len, delivery__ack *ack);
-void delivery__ack_free(delivery__ack *ack);
+int ack__parse(const char *payload, size_t len, ack__msg *ack);
+void ack__free(ack__msg *ack);
 
 #endif

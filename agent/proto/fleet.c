@@ -7,10 +7,8 @@
 #include "ident.h"
 #include "json.h"
 #include "topics.h"
-#include "platform.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -140,15 +138,21 @@ static int seen_add(fleet__seen *seen, const char *id, int64_t expires_ms)
 	return 0;
 }
 
+static const char *where(const fleet__seen *seen)
+{
+	return seen->where ? seen->where : "memory";
+}
+
 /* The replay check and record of a signed command that passed every other
- * check: 0 when it may run (its id recorded, and saved if seen has a path). */
+ * check: 0 when it may run (its id recorded, and saved if seen has a save
+ * hook). */
 static int seen_record(fleet__seen *seen, const fleet__cmd *cmd, int64_t now_ms, int clock_ok, fleet__error *err)
 {
 	if (seen->broken)
 		return fleet__fail(err, "unavailable", "id",
 				   "the record of obeyed signed commands (%s) cannot be read; no signed command is "
 				   "obeyed until it is repaired or removed",
-				   seen->path);
+				   where(seen));
 	if (clock_ok)
 		seen_prune(seen, now_ms);
 	if (seen_before(seen, cmd->id))
@@ -162,11 +166,11 @@ static int seen_record(fleet__seen *seen, const fleet__cmd *cmd, int64_t now_ms,
 		return fleet__fail(err, "failed", "id", "out of memory recording the command id; not executed");
 	/* Fail closed: a command obeyed but not recorded could be replayed
 	 * after a restart. */
-	int e = seen->path[0] ? fleet__seen_save(seen) : 0;
+	int e = seen->save ? seen->save(seen, seen->save_ctx) : 0;
 	if (e != 0) {
 		seen->n--;
 		return fleet__fail(err, "failed", "id", "cannot record the command id in %s (%s); not executed",
-				   seen->path, strerror(-e));
+				   where(seen), strerror(-e));
 	}
 	return 0;
 }
@@ -262,59 +266,11 @@ int fleet__parse_command(const char *payload, size_t len, const char *tenant, co
 	return seen ? seen_record(seen, cmd, now_ms, clock_ok, err) : 0;
 }
 
-int fleet__seen_open(fleet__seen *seen, const char *path, int64_t now_ms)
+int fleet__seen_add(fleet__seen *seen, const char *id, int64_t expires_ms)
 {
-	char *text = NULL;
-	size_t len = 0;
-	char why[200];
-	memset(seen, 0, sizeof(*seen));
-	snprintf(seen->path, sizeof(seen->path), "%s", path);
-	/* FLEET_SEEN_MAX lines of at most 64 + 1 + 16 + 1 characters. Only
-	 * the agent's own file (paths.h, platform__read_trusted): a planted one
-	 * could drop ids and let a recorded command run again; one that is not
-	 * the agent's counts as unreadable (fail closed). */
-	int e = platform__read_trusted(path, (size_t)FLEET_SEEN_MAX * 84, 0, &text, &len, why, sizeof(why));
-	if (e == -ENOENT)
+	if (!token_ok(id, sizeof(seen->ids[0].id)) || seen_before(seen, id) || seen->n >= FLEET_SEEN_MAX)
 		return 0;
-	if (e != 0) {
-		seen->broken = 1;
-		return -1;
-	}
-	for (char *p = text, *line; (line = strsep(&p, "\n"));) {
-		char *sp = strchr(line, ' ');
-		int64_t exp = now_ms + FLEET_MAX_EXPIRY_MS;
-		if (sp) {
-			char *end = NULL;
-			*sp = '\0';
-			errno = 0;
-			long long v = strtoll(sp + 1, &end, 10);
-			if (errno || end == sp + 1 || *end || v <= 0)
-				continue; /* not written by us: the atomic save never tears a line */
-			exp = v;
-		}
-		if (token_ok(line, sizeof(seen->ids[0].id)) && !seen_before(seen, line) && seen->n < FLEET_SEEN_MAX &&
-		    seen_add(seen, line, exp) != 0) {
-			seen->broken = 1;
-			break;
-		}
-	}
-	free(text);
-	return seen->broken ? -1 : 0;
-}
-
-int fleet__seen_save(const fleet__seen *seen)
-{
-	sbuf b;
-	sbuf__init(&b);
-	for (size_t i = 0; i < seen->n; i++) {
-		sbuf__puts(&b, seen->ids[i].id);
-		sbuf__puts(&b, " ");
-		sbuf__i64(&b, seen->ids[i].expires_ms);
-		sbuf__puts(&b, "\n");
-	}
-	int rc = b.oom ? -ENOMEM : platform__write_file_atomic(seen->path, b.p ? b.p : "", b.len, 0600);
-	sbuf__free(&b);
-	return rc;
+	return seen_add(seen, id, expires_ms) == 0 ? 1 : -1;
 }
 
 void fleet__seen_free(fleet__seen *seen)
@@ -331,17 +287,21 @@ const cJSON *fleet__arg(const fleet__cmd *cmd, const char *name)
 	return cmd->args ? cJSON_GetObjectItemCaseSensitive(cmd->args, name) : NULL;
 }
 
+/* The argument `name` (NULL when absent), with `field` set to how errors
+ * name it: "args.<name>". */
+static const cJSON *arg_find(const fleet__cmd *cmd, const char *name, char *field, size_t n)
+{
+	snprintf(field, n, "args.%s", name);
+	return fleet__arg(cmd, name);
+}
+
 int fleet__arg_str(const fleet__cmd *cmd, const char *name, int required, size_t max_len, const char **out,
 		   fleet__error *err)
 {
 	char field[64];
-	const cJSON *it = fleet__arg(cmd, name);
-	snprintf(field, sizeof(field), "args.%s", name);
-	if (!it) {
-		if (required)
-			return fleet__fail(err, "bad_args", field, "required");
-		return 0;
-	}
+	const cJSON *it = arg_find(cmd, name, field, sizeof(field));
+	if (!it)
+		return required ? fleet__fail(err, "bad_args", field, "required") : 0;
 	if (!cJSON_IsString(it) || !it->valuestring[0])
 		return fleet__fail(err, "bad_args", field, "must be a non-empty string");
 	if (strlen(it->valuestring) > max_len)
@@ -354,13 +314,9 @@ int fleet__arg_int(const fleet__cmd *cmd, const char *name, int required, int64_
 		   fleet__error *err)
 {
 	char field[64];
-	const cJSON *it = fleet__arg(cmd, name);
-	snprintf(field, sizeof(field), "args.%s", name);
-	if (!it) {
-		if (required)
-			return fleet__fail(err, "bad_args", field, "required");
-		return 0;
-	}
+	const cJSON *it = arg_find(cmd, name, field, sizeof(field));
+	if (!it)
+		return required ? fleet__fail(err, "bad_args", field, "required") : 0;
 	double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
 	/* Bounds as integers: (double)INT64_MAX rounds up to 2^63. */
 	if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0 ||

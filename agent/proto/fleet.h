@@ -5,9 +5,9 @@
  * will, retained on `up/state`) and fleet commands — the names the agent
  * knows (commands.def), parsing, signature and replay checks, argument
  * checks and replies. Executing a command is the daemon's business
- * (daemon/commands/); the birth sequence file is daemon/birth.c. Pure but
- * for the replay guard's file: a signed command's id is saved before
- * fleet__parse_command() lets it run, so a restart cannot replay it.
+ * (daemon/commands/), and so are the files: the birth sequence
+ * (daemon/birth.c) and the replay guard's record (daemon/replay.c, which
+ * fleet__seen's save hook reaches). Pure: no I/O.
  */
 #ifndef SCRM_FLEET_H
 #define SCRM_FLEET_H
@@ -72,8 +72,16 @@ typedef struct fleet__seen_id {
 typedef struct fleet__seen {
 	fleet__seen_id *ids; /* unordered */
 	size_t n, cap;
-	char path[4200];     /* the file it is saved to; "" = memory only */
-	int broken;          /* the file exists but cannot be read: no signed command is obeyed */
+	int broken;          /* its record exists but cannot be read: no signed command is obeyed */
+	/* Keeping the ids across restarts is the record owner's (the daemon's
+	 * file, daemon/replay.h). When `save` is set, fleet__parse_command()
+	 * calls it with `save_ctx` once a signed command's id is added, before
+	 * the command may run: 0, or -errno and the command is refused. NULL =
+	 * memory only. `where` names the record in messages (borrowed; NULL
+	 * when there is none). */
+	int (*save)(const struct fleet__seen *seen, void *ctx);
+	void *save_ctx;
+	const char *where;
 } fleet__seen;
 
 /* Parse and check one `down/cmd` payload (borrowed, need not be
@@ -83,24 +91,20 @@ typedef struct fleet__seen {
  * be NULL (no replay guard). `now_ms`: wall clock; `clock_ok`: whether it
  * can be trusted for the expiry check. On success *cmd is filled (release
  * with fleet__cmd_free) and may be executed: a signed command's id is then
- * in `seen` and, when `seen` has a path, already saved — if it cannot be
- * saved the command is refused (`failed`), never run unrecorded. Otherwise
- * -1 with *err filled, and *cmd carries whatever id/name could be read (for
- * the error reply). No other I/O. */
+ * in `seen` and, when `seen` has a save hook, already saved — if it cannot
+ * be saved the command is refused (`failed`), never run unrecorded.
+ * Otherwise -1 with *err filled, and *cmd carries whatever id/name could be
+ * read (for the error reply). */
 int fleet__parse_command(const char *payload, size_t len, const char *tenant, const char *store,
 			 const char *device_id, crypto__verifier *vf, int64_t now_ms, int clock_ok, fleet__seen *seen,
 			 fleet__cmd *cmd, fleet__error *err);
 void fleet__cmd_free(fleet__cmd *cmd);
 
-/* The replay guard's file (`<id> <expires_ms>` per line, written
- * atomically, mode 0600), so a restart does not forget which signed
- * commands were obeyed. Open: 0 (read, or no file yet: empty), or -1 with
- * seen->broken set (the file exists but cannot be read or is too big: every
- * signed command is then refused until it is repaired or removed). A line
- * holding only an id (the file of earlier agents kept no expiry) is kept
- * for FLEET_MAX_EXPIRY_MS from now_ms. Save: 0 or -errno. */
-int fleet__seen_open(fleet__seen *seen, const char *path, int64_t now_ms);
-int fleet__seen_save(const fleet__seen *seen);
+/* Add an id read back from the record, expiring at expires_ms: 1 added, 0
+ * skipped (not a valid command id, already held, or FLEET_SEEN_MAX held),
+ * -1 out of memory. Does not call the save hook. */
+int fleet__seen_add(fleet__seen *seen, const char *id, int64_t expires_ms);
+/* Release the ids (the hook and its context are the owner's to release). */
 void fleet__seen_free(fleet__seen *seen);
 
 /* Fill *err; returns -1 so callers can `return fleet__fail(...)`. */

@@ -2,77 +2,79 @@
 /* heartbeat: the up/health payload (see heartbeat.h). */
 #include "heartbeat.h"
 
+/* One member after the first of an object: ,"name":value (names are the
+ * protocol's, never in need of escapes). */
+static void name(sbuf *out, const char *n)
+{
+	sbuf__puts(out, ",\"");
+	sbuf__puts(out, n);
+	sbuf__puts(out, "\":");
+}
+
+static void num(sbuf *out, const char *n, int64_t v)
+{
+	name(out, n);
+	sbuf__i64(out, v);
+}
+
+static void str(sbuf *out, const char *n, const char *v)
+{
+	name(out, n);
+	sbuf__jstr(out, v);
+}
+
+static void flag(sbuf *out, const char *n, int v)
+{
+	name(out, n);
+	sbuf__puts(out, v ? "true" : "false");
+}
+
 void heartbeat__json(sbuf *out, const heartbeat__figures *f)
 {
 	sbuf__puts(out, "{\"v\":1,\"ts\":");
 	sbuf__i64(out, f->now);
-	sbuf__puts(out, ",\"device\":");
-	sbuf__jstr(out, f->device);
-	sbuf__puts(out, ",\"birth_seq\":");
-	sbuf__i64(out, f->birth_seq);
-	sbuf__puts(out, ",\"version\":");
-	sbuf__jstr(out, f->version);
-	sbuf__puts(out, ",\"config_version\":");
-	sbuf__i64(out, f->config_version);
-	sbuf__puts(out, ",\"heartbeat_s\":");
-	sbuf__i64(out, f->heartbeat_s);
-	sbuf__puts(out, ",\"started_ms\":");
-	sbuf__i64(out, f->started_ms);
-	sbuf__puts(out, ",\"uptime_ms\":");
-	sbuf__i64(out, f->uptime_ms);
+	str(out, "device", f->device);
+	num(out, "birth_seq", f->birth_seq);
+	str(out, "version", f->version);
+	num(out, "config_version", f->config_version);
+	num(out, "heartbeat_s", f->heartbeat_s);
+	num(out, "started_ms", f->started_ms);
+	num(out, "uptime_ms", f->uptime_ms);
 
 	sbuf__puts(out, ",\"link\":{\"connected\":");
 	sbuf__puts(out, f->connected ? "true" : "false");
-	sbuf__puts(out, ",\"since_ms\":");
-	sbuf__i64(out, f->connected_since_ms);
-	sbuf__puts(out, ",\"window_used\":");
-	sbuf__i64(out, f->window_used);
-	sbuf__puts(out, ",\"published\":");
-	sbuf__i64(out, f->published);
-	sbuf__puts(out, ",\"acked\":");
-	sbuf__i64(out, f->acked);
-	sbuf__puts(out, ",\"redeliveries\":");
-	sbuf__i64(out, f->redeliveries);
+	num(out, "since_ms", f->connected_since_ms);
+	num(out, "window_used", f->window_used);
+	num(out, "published", f->published);
+	num(out, "acked", f->acked);
+	num(out, "redeliveries", f->redeliveries);
 	sbuf__puts(out, "}");
 
 	if (f->stats_err[0] && !f->st.last_seq) {
 		sbuf__puts(out, ",\"outbox\":{\"error\":");
 		sbuf__jstr(out, f->stats_err);
-		sbuf__puts(out, ",\"error_since_ms\":");
-		sbuf__i64(out, f->error_since_ms);
+		num(out, "error_since_ms", f->error_since_ms);
 		sbuf__puts(out, "}");
 		goto alarms;
 	}
 	sbuf__puts(out, ",\"outbox\":{\"pending\":");
 	sbuf__i64(out, f->st.pending);
-	sbuf__puts(out, ",\"bytes\":");
-	sbuf__i64(out, f->st.pending_bytes);
-	sbuf__puts(out, ",\"oldest_pending_ms\":");
-	sbuf__i64(out, f->st.oldest_pending_ms);
-	sbuf__puts(out, ",\"oldest_age_ms\":");
-	sbuf__i64(out, f->st.oldest_pending_ms ? f->now - f->st.oldest_pending_ms : 0);
-	sbuf__puts(out, ",\"last_seq\":");
-	sbuf__i64(out, f->st.last_seq);
-	sbuf__puts(out, ",\"last_ack_ms\":");
-	sbuf__i64(out, f->st.last_ack_ms);
-	sbuf__puts(out, ",\"last_acked_seq\":");
-	sbuf__i64(out, f->st.last_acked_seq);
-	sbuf__puts(out, ",\"rejected\":");
-	sbuf__i64(out, f->st.rejected);
+	num(out, "bytes", f->st.pending_bytes);
+	num(out, "oldest_pending_ms", f->st.oldest_pending_ms);
+	num(out, "oldest_age_ms", f->st.oldest_pending_ms ? f->now - f->st.oldest_pending_ms : 0);
+	num(out, "last_seq", f->st.last_seq);
+	num(out, "last_ack_ms", f->st.last_ack_ms);
+	num(out, "last_acked_seq", f->st.last_acked_seq);
+	num(out, "rejected", f->st.rejected);
 	{
 		/* Bounded storage: the cap, what it cost, paid captures refused. */
 		const struct outbox__health *h = f->oh;
 		if (h) {
-			sbuf__puts(out, ",\"stored_bytes\":");
-			sbuf__i64(out, h->bytes);
-			sbuf__puts(out, ",\"max_bytes\":");
-			sbuf__i64(out, h->max_bytes);
-			sbuf__puts(out, ",\"reserve_bytes\":");
-			sbuf__i64(out, h->reserve_bytes);
-			sbuf__puts(out, ",\"in_reserve\":");
-			sbuf__puts(out, h->in_reserve ? "true" : "false");
-			sbuf__puts(out, ",\"refused_paid\":");
-			sbuf__i64(out, h->refused_paid);
+			num(out, "stored_bytes", h->bytes);
+			num(out, "max_bytes", h->max_bytes);
+			num(out, "reserve_bytes", h->reserve_bytes);
+			flag(out, "in_reserve", h->in_reserve);
+			num(out, "refused_paid", h->refused_paid);
 			sbuf__puts(out, ",\"dropped\":{");
 			for (size_t i = 0; i < h->n_dropped; i++) {
 				if (i)
@@ -83,19 +85,13 @@ void heartbeat__json(sbuf *out, const heartbeat__figures *f)
 			}
 			sbuf__puts(out, "}");
 		}
-		{
-			/* events kept in dead_letter, central sent a marker */
-			if (f->set_aside) {
-				sbuf__puts(out, ",\"set_aside\":");
-				sbuf__i64(out, *f->set_aside);
-			}
-		}
+		/* events kept in dead_letter, central sent a marker */
+		if (f->set_aside)
+			num(out, "set_aside", *f->set_aside);
 	}
 	if (f->stats_err[0]) {
-		sbuf__puts(out, ",\"error\":");
-		sbuf__jstr(out, f->stats_err);
-		sbuf__puts(out, ",\"error_since_ms\":");
-		sbuf__i64(out, f->error_since_ms);
+		str(out, "error", f->stats_err);
+		num(out, "error_since_ms", f->error_since_ms);
 	}
 	sbuf__puts(out, "}");
 alarms:
@@ -111,8 +107,7 @@ alarms:
 					sbuf__putc(out, ',');
 				sbuf__puts(out, "{\"code\":\"outbox_unreadable\",\"since_ms\":");
 				sbuf__i64(out, f->error_since_ms);
-				sbuf__puts(out, ",\"last_ms\":");
-				sbuf__i64(out, f->now);
+				num(out, "last_ms", f->now);
 				sbuf__puts(out, ",\"count\":1,\"detail\":");
 				sbuf__jstr(out, f->stats_err);
 				sbuf__puts(out, "}]");
@@ -146,8 +141,7 @@ alarms:
 	if (f->disk) {
 		sbuf__puts(out, ",\"disk\":{\"free_bytes\":");
 		sbuf__i64(out, f->disk[0]);
-		sbuf__puts(out, ",\"total_bytes\":");
-		sbuf__i64(out, f->disk[1]);
+		num(out, "total_bytes", f->disk[1]);
 		sbuf__puts(out, "}");
 	} else {
 		sbuf__puts(out, ",\"disk\":null");
@@ -155,29 +149,20 @@ alarms:
 	{
 		sbuf__puts(out, ",\"clock\":{\"trusted\":");
 		sbuf__puts(out, f->clock_trusted ? "true" : "false");
-		sbuf__puts(out, ",\"wall_ms\":");
-		sbuf__i64(out, f->now);
+		num(out, "wall_ms", f->now);
 		/* a step of the wall clock against the trusted offset, waiting
 		 * to be confirmed (protocol.md, clock_ok) */
-		sbuf__puts(out, ",\"step_ms\":");
-		sbuf__i64(out, f->clock_step_ms);
+		num(out, "step_ms", f->clock_step_ms);
 		sbuf__puts(out, ",\"ntp_synced\":");
 		sbuf__puts(out, f->ntp_synced < 0 ? "null" : f->ntp_synced ? "true" : "false");
 		sbuf__puts(out, "}");
 	}
-	sbuf__puts(out, ",\"rss_bytes\":");
-	sbuf__i64(out, f->rss_bytes);
-	sbuf__puts(out, ",\"log_level\":");
-	sbuf__jstr(out, f->log_level);
-	sbuf__puts(out, ",\"commands\":");
-	sbuf__i64(out, f->commands);
-	if (f->config_error) {
-		sbuf__puts(out, ",\"config_error\":");
-		sbuf__jstr(out, f->config_error);
-	}
-	if (f->config_rollback && f->config_rollback[0]) {
-		sbuf__puts(out, ",\"config_rollback\":");
-		sbuf__jstr(out, f->config_rollback);
-	}
+	num(out, "rss_bytes", f->rss_bytes);
+	str(out, "log_level", f->log_level);
+	num(out, "commands", f->commands);
+	if (f->config_error)
+		str(out, "config_error", f->config_error);
+	if (f->config_rollback && f->config_rollback[0])
+		str(out, "config_rollback", f->config_rollback);
 	sbuf__puts(out, "}");
 }

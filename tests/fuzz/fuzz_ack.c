@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_ack: central's down/ack payload (docs/protocol.md, "Acknowledgement"),
- * parsed by the pure delivery__parse_ack() (agent/proto/ack.c), and the same
+ * parsed by the pure ack__parse() (agent/proto/ack.c), and the same
  * bytes as a coupon verdict (verdict__parse, agent/proto/verdict.c). Invariants: refused with a
  * message, or every range and rejected seq within [1, 2^53], first <= last,
  * at most DELIVERY_ACK_MAX_RANGES of each. What the delivery state machine
@@ -20,14 +20,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	delivery__ack ack;
+	ack__msg ack;
 	memset(&ack, 0, sizeof(ack));
 	err__clear();
-	int rc = delivery__parse_ack((const char *)data, size, &ack);
+	int rc = ack__parse((const char *)data, size, &ack);
 	if (rc != SCRM_OK) {
 		FUZZ_CHECK(rc == SCRM_E_INVALID || rc == SCRM_E_NOMEM, "rc %d", rc);
 		FUZZ_CHECK(scrm_errmsg()[0] != '\0', "refused without a message");
-		delivery__ack_free(&ack);
+		ack__free(&ack);
 		return 0;
 	}
 	FUZZ_CHECK(ack.n_acked <= DELIVERY_ACK_MAX_RANGES && ack.n_rejected <= DELIVERY_ACK_MAX_RANGES, "%zu ranges", ack.n_acked);
@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(ack.rejected[i].reason != NULL, "rejection without a reason");
 		(void)strlen(ack.rejected[i].reason);
 	}
-	delivery__ack_free(&ack);
+	ack__free(&ack);
 	/* The same bytes as central's other device-bound message, a coupon
 	 * verdict (down/verdict): refused with a reason, or bounded fields. */
 	verdict__msg v;

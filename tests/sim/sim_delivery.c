@@ -713,8 +713,8 @@ static void check_window(struct sim *s)
 
 static void on_ack(struct sim *s, const char *payload, size_t len)
 {
-	delivery__ack ack;
-	if (delivery__parse_ack(payload, len, &ack) != SCRM_OK) {
+	ack__msg ack;
+	if (ack__parse(payload, len, &ack) != SCRM_OK) {
 		fail(s, "the device refused central's ack (%s): %.200s", scrm_errmsg(), payload);
 		return;
 	}
@@ -763,7 +763,7 @@ static void on_ack(struct sim *s, const char *payload, size_t len)
 	}
 	trace(s, "  window %d -> %d batches%s, sent_upto %lld -> %lld, pending %zu", before.n, after.n,
 	      went_back ? " (went back)" : "", (long long)sent_upto, (long long)s->dl.sent_upto, s->ob.n_pending);
-	delivery__ack_free(&ack);
+	ack__free(&ack);
 }
 
 static void link_lost(struct sim *s, const char *why, int64_t reconnect_ms)

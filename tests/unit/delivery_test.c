@@ -151,10 +151,10 @@ static void ack(fx *f, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	delivery__ack a;
-	assert_int_equal(delivery__parse_ack(buf, strlen(buf), &a), SCRM_OK);
+	ack__msg a;
+	assert_int_equal(ack__parse(buf, strlen(buf), &a), SCRM_OK);
 	delivery__on_ack(&f->d, &a);
-	delivery__ack_free(&a);
+	ack__free(&a);
 }
 
 static int in_flight(const fx *f, const char *batch)

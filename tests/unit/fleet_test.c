@@ -9,8 +9,9 @@
  * own up/reply; the birth sequence only grows; the presence payloads carry
  * what central's state rule needs.
  *
- * Links the real fleet.c with config.c, crypto.c (the ECDSA verifier),
- * sbuf.c, err.c and platform/. scrm_cachegen plays central: it makes the
+ * Links the real fleet.c and replay.c (the replay guard's file) with
+ * config.c, crypto.c (the ECDSA verifier), sbuf.c, err.c and platform/.
+ * scrm_cachegen plays central: it makes the
  * command-signing key pairs (deterministic from a seed) and signs commands
  * exactly as central does (DER ECDSA P-256 over SHA-256, base64).
  */
@@ -29,6 +30,7 @@
 #include "birth.h"
 #include "fleet.h"
 #include "platform.h"
+#include "replay.h"
 #include "sbuf.h"
 #include "testutil.h"
 #include "topics.h"
@@ -781,7 +783,7 @@ static void seen_pruned_at_expiry(void **state)
 	(void)state;
 	fleet__seen seen;
 	char *path = tu_join(seen_dir, "fleet_seen_ids");
-	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(replay__open(&seen, path, NOW), 0);
 	assert_parsed(parse_signed(central, cmd_text("p-1", "flush", NOW + 60000), NOW, 1, &seen));
 	assert_parsed(parse_signed(central, cmd_text("p-2", "flush", NOW + 120000), NOW, 1, &seen));
 	assert_int_equal(seen.n, 2);
@@ -801,13 +803,13 @@ static void seen_pruned_at_expiry(void **state)
 	/* and a replay of p-1 is refused as expired all the same */
 	assert_fleet_err(parse_signed(central, cmd_text("p-1", "flush", NOW + 60000), NOW + 60000, 1, &seen), "expired",
 			 "expires_ms");
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	/* A restart reads them back: p-2 is still a replay. */
-	assert_int_equal(fleet__seen_open(&seen, path, NOW + 60001), 0);
+	assert_int_equal(replay__open(&seen, path, NOW + 60001), 0);
 	assert_int_equal(seen.n, 3);
 	assert_fleet_err(parse_signed(central, cmd_text("p-2", "flush", NOW + 120000), NOW + 60001, 1, &seen), "replayed",
 			 "id");
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	free(path);
 }
 
@@ -819,7 +821,7 @@ static void seen_file_old_format_and_unreadable(void **state)
 	fleet__seen seen;
 	char *path = tu_join(seen_dir, "fleet_seen_ids");
 	assert_int_equal(platform__write_file_atomic(path, "old-1\nold-2\n", 12, 0600), 0);
-	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(replay__open(&seen, path, NOW), 0);
 	assert_int_equal(seen.n, 2);
 	assert_fleet_err(parse_signed(central, cmd_text("old-2", "flush", NOW + 60000), NOW, 1, &seen), "replayed", "id");
 	/* still there just before 24 h, gone at 24 h */
@@ -829,14 +831,14 @@ static void seen_file_old_format_and_unreadable(void **state)
 	assert_parsed(parse_signed(central, cmd_text("new-1", "flush", NOW + FLEET_MAX_EXPIRY_MS + 1), NOW + FLEET_MAX_EXPIRY_MS,
 				   1, &seen));
 	assert_int_equal(seen.n, 1);
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	/* a directory where the file should be: cannot be read */
 	assert_int_equal(unlink(path), 0);
 	assert_int_equal(mkdir(path, 0700), 0);
-	assert_int_equal(fleet__seen_open(&seen, path, NOW), -1);
+	assert_int_equal(replay__open(&seen, path, NOW), -1);
 	assert_fleet_err(parse_signed(central, cmd_text("u-1", "ping", NOW + 60000), NOW, 1, &seen), "unavailable", "id");
 	assert_non_null(strstr(err.message, path));
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	assert_int_equal(rmdir(path), 0);
 	free(path);
 }
@@ -849,7 +851,7 @@ static void seen_save_failure_not_executed(void **state)
 	(void)state;
 	fleet__seen seen;
 	char *path = tu_join(seen_dir, "fleet_seen_ids");
-	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(replay__open(&seen, path, NOW), 0);
 	assert_parsed(parse_signed(central, cmd_text("f-1", "flush", NOW + 60000), NOW, 1, &seen));
 	/* the file's place taken by a directory: the atomic rename fails
 	 * (whoever runs the test, root included) */
@@ -864,7 +866,7 @@ static void seen_save_failure_not_executed(void **state)
 	assert_parsed(parse_signed(central, cmd_text("f-2", "cache.purge", NOW + 60000), NOW, 1, &seen));
 	assert_fleet_err(parse_signed(central, cmd_text("f-2", "cache.purge", NOW + 60000), NOW, 1, &seen), "replayed",
 			 "id");
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	free(path);
 }
 
@@ -886,14 +888,14 @@ static void seen_cap_refuses_not_evicts(void **state)
 	assert_false(b.oom);
 	assert_int_equal(platform__write_file_atomic(path, b.p, b.len, 0600), 0);
 	sbuf__free(&b);
-	assert_int_equal(fleet__seen_open(&seen, path, NOW), 0);
+	assert_int_equal(replay__open(&seen, path, NOW), 0);
 	assert_int_equal(seen.n, FLEET_SEEN_MAX);
 	assert_fleet_err(parse_signed(central, cmd_text("k-new", "ping", NOW + 60000), NOW, 1, &seen), "unavailable", "id");
 	assert_int_equal(seen.n, FLEET_SEEN_MAX);
 	assert_fleet_err(parse_signed(central, cmd_text("k-1", "ping", NOW + 60000), NOW, 1, &seen), "replayed", "id");
 	assert_parsed(parse_signed(central, cmd_text("k-new", "ping", NOW + 60000), NOW + 1000, 1, &seen));
 	assert_int_equal(seen.n, FLEET_SEEN_MAX / 2 + 1);
-	fleet__seen_free(&seen);
+	replay__close(&seen);
 	free(path);
 }
 

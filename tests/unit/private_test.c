@@ -30,6 +30,7 @@
 #include "harness.h"
 #include "paths.h"
 #include "platform.h"
+#include "replay.h"
 #include "testutil.h"
 
 #include <scrm/scrm.h>
@@ -367,16 +368,16 @@ static void state_files_refused_unless_own(void **state)
 	char *ov = tu_join(f->priv, PATHS_OVERLAY), *cfgp = tu_join(f->dir, "agent.json");
 	fleet__seen s;
 	write_mode(seen, "cmd-1 9000000000000\ncmd-2 9000000000000\n", 0600);
-	assert_int_equal(fleet__seen_open(&s, seen, 1000), 0);
+	assert_int_equal(replay__open(&s, seen, 1000), 0);
 	assert_int_equal(s.n, 2);
 	assert_false(s.broken);
-	fleet__seen_free(&s);
+	replay__close(&s);
 	/* Another user's: counted as unreadable, so no signed command is
 	 * obeyed (fail closed) rather than ids someone could have dropped. */
 	assert_int_equal(chown(seen, POS_UID, POS_GID), 0);
-	assert_int_equal(fleet__seen_open(&s, seen, 1000), -1);
+	assert_int_equal(replay__open(&s, seen, 1000), -1);
 	assert_true(s.broken);
-	fleet__seen_free(&s);
+	replay__close(&s);
 
 	write_mode(birth, "9000000000000000\n", 0600);
 	assert_int_equal(fleet__next_birth_seq(f->priv, 1000), 9000000000000001LL);

@@ -7,7 +7,7 @@
  * name.
  *
  * The handler, uplink__on_ack() (agent/daemon/uplink.c, declared in the
- * daemon's internal daemon.h), parses with delivery__parse_ack()
+ * daemon's internal daemon.h), parses with ack__parse()
  * (agent/proto/ack.c) and applies with the delivery state machine over the
  * daemon's outbox adapter (uplink__io). This test links the scrm_daemon
  * archive and runs both with a real outbox in a temp dir behind them. The
@@ -274,7 +274,7 @@ static void ack_with_as_many_ranges_as_a_batch_has_events(void **state)
 {
 	(void)state;
 	sbuf b;
-	delivery__ack ack;
+	ack__msg ack;
 	sbuf__init(&b);
 	for (int n = DELIVERY_ACK_MAX_RANGES; n <= DELIVERY_ACK_MAX_RANGES + 1; n++) {
 		sbuf__reset(&b);
@@ -289,11 +289,11 @@ static void ack_with_as_many_ranges_as_a_batch_has_events(void **state)
 			sbuf__putc(&b, ']');
 		}
 		sbuf__puts(&b, "]}");
-		int rc = delivery__parse_ack(b.p, b.len, &ack);
+		int rc = ack__parse(b.p, b.len, &ack);
 		if (n == DELIVERY_ACK_MAX_RANGES) {
 			assert_int_equal(rc, SCRM_OK);
 			assert_int_equal(ack.n_acked, (size_t)n);
-			delivery__ack_free(&ack);
+			ack__free(&ack);
 		} else {
 			assert_refused(rc, SCRM_E_INVALID, "acked");
 			assert_errmsg_contains("coalesce");

@@ -4,6 +4,8 @@
 
 #include <scrm/scrm.h>
 
+#include <cjson/cJSON.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -369,4 +371,21 @@ void cli__age(char *buf, size_t n, int64_t ms)
 		snprintf(buf, n, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
 	else
 		snprintf(buf, n, "%lldd%02lldh", (long long)(s / 86400), (long long)(s % 86400 / 3600));
+}
+
+const char *cli__str(const cJSON *o, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+	return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+int64_t cli__i64(const cJSON *o, const char *key, int64_t dflt)
+{
+	/* 2^53: the largest integer a JSON number carries exactly
+	 * (docs/protocol.md, "Numbers"). */
+	const double max = 9007199254740992.0;
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+	if (!cJSON_IsNumber(it) || !(it->valuedouble >= -max && it->valuedouble <= max))
+		return dflt;
+	return (int64_t)it->valuedouble;
 }

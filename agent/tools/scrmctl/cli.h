@@ -64,4 +64,13 @@ int cli__next_line(const char **p, const char *end, const char **line, size_t *l
 /* A duration for people: "42s", "3m05s", "2h10m", "4d03h" (negative = 0). */
 void cli__age(char *buf, size_t n, int64_t ms);
 
+/* Lenient reads of one member of the JSON the API returned (the lib made
+ * it, so a missing or mistyped member is shown as absent, not refused).
+ * cli__str: the string (borrowed from the tree) or NULL. cli__i64: an
+ * integer within +-2^53, the protocol's bound (truncated toward zero), or
+ * dflt. `o` may be NULL. */
+struct cJSON;
+const char *cli__str(const struct cJSON *o, const char *key);
+int64_t cli__i64(const struct cJSON *o, const char *key, int64_t dflt);
+
 #endif

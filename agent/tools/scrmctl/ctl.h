@@ -7,8 +7,8 @@
  *   ctl_cache.c   member show, cache status / load
  *   ctl_guide.c   reco, coupons, redeem, redemptions
  * scrmctl reaches the store only through the public API <scrm/scrm.h>: it is
- * a POS program like any. Its build has no include path into agent/lib (of
- * the lib's headers only json.h, for its lenient getters, is copied in).
+ * a POS program like any. Its build has no include path into agent/lib (it
+ * reads the API's JSON with cJSON and cli.h's getters).
  * Each command returns the exit code: 0 ok, 1 refused/failed, 2 usage.
  */
 #ifndef SCRM_CTL_H

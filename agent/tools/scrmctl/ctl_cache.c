@@ -7,7 +7,6 @@
  */
 #include "ctl.h"
 
-#include "json.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -45,40 +44,40 @@ static void print_card(const char *json)
 		return;
 	}
 	o = cJSON_GetObjectItemCaseSensitive(c, "personal");
-	printf("member       %s%s%s\n", json__str(c, "member_id"), o && json__str(o, "name") ? "  " : "", o && json__str(o, "name") ? json__str(o, "name") : "");
+	printf("member       %s%s%s\n", cli__str(c, "member_id"), o && cli__str(o, "name") ? "  " : "", o && cli__str(o, "name") ? cli__str(o, "name") : "");
 	if (o) {
-		printf("phone        %s\n", json__str(o, "phone") ? json__str(o, "phone") : "-");
-		printf("birthday     %s\n", json__str(o, "birthday") ? json__str(o, "birthday") : "-");
+		printf("phone        %s\n", cli__str(o, "phone") ? cli__str(o, "phone") : "-");
+		printf("birthday     %s\n", cli__str(o, "birthday") ? cli__str(o, "birthday") : "-");
 	}
-	printf("card         %s\n", json__str(c, "card") ? json__str(c, "card") : "-");
-	printf("tier         %s\n", json__str(c, "tier") ? json__str(c, "tier") : "-");
+	printf("card         %s\n", cli__str(c, "card") ? cli__str(c, "card") : "-");
+	printf("tier         %s\n", cli__str(c, "tier") ? cli__str(c, "tier") : "-");
 	print_list("tags", cJSON_GetObjectItemCaseSensitive(c, "tags"));
 	if ((o = cJSON_GetObjectItemCaseSensitive(c, "rfm")))
-		printf("rfm          R%lld F%lld M%lld  %s\n", (long long)json__i64(o, "r", 0), (long long)json__i64(o, "f", 0), (long long)json__i64(o, "m", 0),
-		       json__str(o, "segment") ? json__str(o, "segment") : "");
-	printf("stage        %s   value band %s\n", json__str(c, "stage") ? json__str(c, "stage") : "-", json__str(c, "ltv_band") ? json__str(c, "ltv_band") : "-");
+		printf("rfm          R%lld F%lld M%lld  %s\n", (long long)cli__i64(o, "r", 0), (long long)cli__i64(o, "f", 0), (long long)cli__i64(o, "m", 0),
+		       cli__str(o, "segment") ? cli__str(o, "segment") : "");
+	printf("stage        %s   value band %s\n", cli__str(c, "stage") ? cli__str(c, "stage") : "-", cli__str(c, "ltv_band") ? cli__str(c, "ltv_band") : "-");
 	if ((o = cJSON_GetObjectItemCaseSensitive(c, "consent")))
 		printf("consent      marketing %s, tracking %s\n", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "marketing")) ? "yes" : "no",
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "tracking")) ? "yes" : "no");
 	if ((o = cJSON_GetObjectItemCaseSensitive(c, "stats"))) {
-		ctl__money(m, sizeof(m), json__i64(o, "spend", 0), json__str(o, "currency"));
-		printf("orders       %lld, spend %s\n", (long long)json__i64(o, "orders", 0), m);
-		if (json__i64(o, "last_purchase_ms", 0)) {
-			cli__age(a, sizeof(a), now - json__i64(o, "last_purchase_ms", 0));
+		ctl__money(m, sizeof(m), cli__i64(o, "spend", 0), cli__str(o, "currency"));
+		printf("orders       %lld, spend %s\n", (long long)cli__i64(o, "orders", 0), m);
+		if (cli__i64(o, "last_purchase_ms", 0)) {
+			cli__age(a, sizeof(a), now - cli__i64(o, "last_purchase_ms", 0));
 			printf("last bought  %s ago\n", a);
 		}
 	}
-	if ((o = cJSON_GetObjectItemCaseSensitive(c, "local")) && json__i64(o, "orders", 0) + json__i64(o, "returns", 0) > 0)
+	if ((o = cJSON_GetObjectItemCaseSensitive(c, "local")) && cli__i64(o, "orders", 0) + cli__i64(o, "returns", 0) > 0)
 		printf("this store   %lld purchase(s), %lld return(s) not yet in central's figures (included above)\n",
-		       (long long)json__i64(o, "orders", 0), (long long)json__i64(o, "returns", 0));
+		       (long long)cli__i64(o, "orders", 0), (long long)cli__i64(o, "returns", 0));
 	const cJSON *e, *arr = cJSON_GetObjectItemCaseSensitive(c, "recent");
 	int k = 0;
 	cJSON_ArrayForEach(e, arr)
 	{
 		if (k++ >= 5)
 			break;
-		cli__age(a, sizeof(a), now - json__i64(e, "ts", 0));
-		ctl__money(m, sizeof(m), json__i64(e, "total", 0), NULL);
+		cli__age(a, sizeof(a), now - cli__i64(e, "ts", 0));
+		ctl__money(m, sizeof(m), cli__i64(e, "total", 0), NULL);
 		printf("%-12s %s ago  %s %lld item(s)%s\n", k == 1 ? "recent" : "", a, m,
 		       (long long)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e, "skus")),
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "local")) ? "  (this store, today's view)" : "");
@@ -87,8 +86,8 @@ static void print_card(const char *json)
 	k = 0;
 	cJSON_ArrayForEach(e, arr)
 	{
-		printf("%-12s %s  %s  code %s\n", k++ ? "" : "coupons", json__str(e, "id") ? json__str(e, "id") : "?",
-		       json__str(e, "campaign") ? json__str(e, "campaign") : "", json__str(e, "code") ? json__str(e, "code") : "-");
+		printf("%-12s %s  %s  code %s\n", k++ ? "" : "coupons", cli__str(e, "id") ? cli__str(e, "id") : "?",
+		       cli__str(e, "campaign") ? cli__str(e, "campaign") : "", cli__str(e, "code") ? cli__str(e, "code") : "-");
 	}
 	if (!k)
 		printf("coupons      -\n");
@@ -150,14 +149,14 @@ int ctl__cache_status(const struct ctl__opts *o)
 			char a[32] = "never", snap[80] = "-";
 			const cJSON *sn = cJSON_GetObjectItemCaseSensitive(e, "snapshot");
 			if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "age_ms")))
-				cli__age(a, sizeof(a), json__i64(e, "age_ms", 0));
+				cli__age(a, sizeof(a), cli__i64(e, "age_ms", 0));
 			if (sn)
-				snprintf(snap, sizeof(snap), "receiving %lld/%lld chunks", (long long)json__i64(sn, "chunks_done", 0),
-					 (long long)json__i64(sn, "chunks", 0));
-			else if (json__str(e, "resync"))
-				snprintf(snap, sizeof(snap), "wanted (%s)", json__str(e, "resync"));
-			printf("%-10s %10lld %9lld %10s %8lld  %s\n", json__str(e, "stream"), (long long)json__i64(e, "cursor", 0),
-			       (long long)json__i64(e, "rows", 0), a, (long long)json__i64(e, "refused", 0), snap);
+				snprintf(snap, sizeof(snap), "receiving %lld/%lld chunks", (long long)cli__i64(sn, "chunks_done", 0),
+					 (long long)cli__i64(sn, "chunks", 0));
+			else if (cli__str(e, "resync"))
+				snprintf(snap, sizeof(snap), "wanted (%s)", cli__str(e, "resync"));
+			printf("%-10s %10lld %9lld %10s %8lld  %s\n", cli__str(e, "stream"), (long long)cli__i64(e, "cursor", 0),
+			       (long long)cli__i64(e, "rows", 0), a, (long long)cli__i64(e, "refused", 0), snap);
 		}
 		if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tenant_key")))
 			printf("note: no tenant.key: phone look-ups are unavailable\n");

@@ -7,7 +7,6 @@
  */
 #include "ctl.h"
 
-#include "json.h"
 #include "platform.h"
 
 #include <cjson/cJSON.h>
@@ -210,10 +209,10 @@ int ctl__outbox_set_aside(const struct ctl__opts *o)
 		int64_t now = platform__wall_ms(), n = 0;
 		cJSON_ArrayForEach(e, r)
 		{
-			cli__age(t, sizeof(t), now - json__i64(e, "set_aside_ms", 0));
-			printf("seq %-12lld %-13s %-10s %7lld bytes  %s ago  %s\n", (long long)json__i64(e, "seq", 0),
-			       json__str(e, "kind") ? json__str(e, "kind") : "?", json__str(e, "reason"), (long long)json__i64(e, "bytes", 0), t,
-			       json__str(e, "detail") ? json__str(e, "detail") : "");
+			cli__age(t, sizeof(t), now - cli__i64(e, "set_aside_ms", 0));
+			printf("seq %-12lld %-13s %-10s %7lld bytes  %s ago  %s\n", (long long)cli__i64(e, "seq", 0),
+			       cli__str(e, "kind") ? cli__str(e, "kind") : "?", cli__str(e, "reason"), (long long)cli__i64(e, "bytes", 0), t,
+			       cli__str(e, "detail") ? cli__str(e, "detail") : "");
 			n++;
 		}
 		printf("%lld event(s) set aside%s\n", (long long)n,
