@@ -1032,7 +1032,7 @@ static void to_json_has_every_key(void **state)
 			;
 		if (i == NCLASSES) {
 			/* A new key must be classified on purpose: central may set it
-			 * unless config.c's key_rules say otherwise. */
+			 * unless its row in daemon/config_keys.def says LOCAL. */
 			print_error("%s is not in this test's table: add it with the class and remote flag "
 				    "docs/protocol.md documents\n",
 				    it->string);
