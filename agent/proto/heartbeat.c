@@ -29,25 +29,42 @@ static void flag(sbuf *out, const char *n, int v)
 	sbuf__puts(out, v ? "true" : "false");
 }
 
+/* A run of members, written in order: a string when `s` is set (S), else
+ * the number (N). */
+typedef struct member {
+	const char *name, *s;
+	int64_t v;
+} member;
+#define N(n, v) {n, NULL, v}
+#define S(n, s) {n, s, 0}
+
+static void members(sbuf *out, const member *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (m[i].s)
+			str(out, m[i].name, m[i].s);
+		else
+			num(out, m[i].name, m[i].v);
+	}
+}
+#define MEMBERS(out, ...)                                                                 \
+	do {                                                                              \
+		const member m_[] = {__VA_ARGS__};                                        \
+		members(out, m_, sizeof(m_) / sizeof(m_[0]));                             \
+	} while (0)
+
 void heartbeat__json(sbuf *out, const heartbeat__figures *f)
 {
 	sbuf__puts(out, "{\"v\":1,\"ts\":");
 	sbuf__i64(out, f->now);
-	str(out, "device", f->device);
-	num(out, "birth_seq", f->birth_seq);
-	str(out, "version", f->version);
-	num(out, "config_version", f->config_version);
-	num(out, "heartbeat_s", f->heartbeat_s);
-	num(out, "started_ms", f->started_ms);
-	num(out, "uptime_ms", f->uptime_ms);
+	MEMBERS(out, S("device", f->device), N("birth_seq", f->birth_seq), S("version", f->version),
+		N("config_version", f->config_version), N("heartbeat_s", f->heartbeat_s), N("started_ms", f->started_ms),
+		N("uptime_ms", f->uptime_ms));
 
 	sbuf__puts(out, ",\"link\":{\"connected\":");
 	sbuf__puts(out, f->connected ? "true" : "false");
-	num(out, "since_ms", f->connected_since_ms);
-	num(out, "window_used", f->window_used);
-	num(out, "published", f->published);
-	num(out, "acked", f->acked);
-	num(out, "redeliveries", f->redeliveries);
+	MEMBERS(out, N("since_ms", f->connected_since_ms), N("window_used", f->window_used), N("published", f->published),
+		N("acked", f->acked), N("redeliveries", f->redeliveries));
 	sbuf__puts(out, "}");
 
 	if (f->stats_err[0] && !f->st.last_seq) {
@@ -59,20 +76,16 @@ void heartbeat__json(sbuf *out, const heartbeat__figures *f)
 	}
 	sbuf__puts(out, ",\"outbox\":{\"pending\":");
 	sbuf__i64(out, f->st.pending);
-	num(out, "bytes", f->st.pending_bytes);
-	num(out, "oldest_pending_ms", f->st.oldest_pending_ms);
-	num(out, "oldest_age_ms", f->st.oldest_pending_ms ? f->now - f->st.oldest_pending_ms : 0);
-	num(out, "last_seq", f->st.last_seq);
-	num(out, "last_ack_ms", f->st.last_ack_ms);
-	num(out, "last_acked_seq", f->st.last_acked_seq);
-	num(out, "rejected", f->st.rejected);
+	MEMBERS(out, N("bytes", f->st.pending_bytes), N("oldest_pending_ms", f->st.oldest_pending_ms),
+		N("oldest_age_ms", f->st.oldest_pending_ms ? f->now - f->st.oldest_pending_ms : 0),
+		N("last_seq", f->st.last_seq), N("last_ack_ms", f->st.last_ack_ms), N("last_acked_seq", f->st.last_acked_seq),
+		N("rejected", f->st.rejected));
 	{
 		/* Bounded storage: the cap, what it cost, paid captures refused. */
 		const struct outbox__health *h = f->oh;
 		if (h) {
-			num(out, "stored_bytes", h->bytes);
-			num(out, "max_bytes", h->max_bytes);
-			num(out, "reserve_bytes", h->reserve_bytes);
+			MEMBERS(out, N("stored_bytes", h->bytes), N("max_bytes", h->max_bytes),
+				N("reserve_bytes", h->reserve_bytes));
 			flag(out, "in_reserve", h->in_reserve);
 			num(out, "refused_paid", h->refused_paid);
 			sbuf__puts(out, ",\"dropped\":{");
@@ -157,9 +170,7 @@ alarms:
 		sbuf__puts(out, f->ntp_synced < 0 ? "null" : f->ntp_synced ? "true" : "false");
 		sbuf__puts(out, "}");
 	}
-	num(out, "rss_bytes", f->rss_bytes);
-	str(out, "log_level", f->log_level);
-	num(out, "commands", f->commands);
+	MEMBERS(out, N("rss_bytes", f->rss_bytes), S("log_level", f->log_level), N("commands", f->commands));
 	if (f->config_error)
 		str(out, "config_error", f->config_error);
 	if (f->config_rollback && f->config_rollback[0])
