@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * scrm-central, util.c: logging (logfmt lines on stderr), the clocks, and
- * the growable string the acks, chunks and verdicts are rendered into.
+ * scrm-central, util.c: logging (logfmt lines on stderr), log quoting and
+ * JSON strings for the growable string (tests/support/testkit.h) the acks,
+ * chunks and verdicts are rendered into.
  */
 #include "central.h"
 

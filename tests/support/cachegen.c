@@ -385,10 +385,6 @@ void cg_signer_close(cg_signer *s)
 	free(s);
 }
 
-/* Central signs "low s" (docs/protocol.md, "Signatures"): when s > n/2 the
- * same signature is re-spelt with n - s, in DER, as the agent requires.
- * Written here rather than borrowed from agent/lib/core/crypto.c: this is the
- * reference central, it must not share the agent's code. */
 /* Adds what an mbedtls_asn1_write_* call wrote to the length so far; -1 when
  * it failed (a negative mbedTLS code). */
 static int der_wrote(int written, size_t *len)
@@ -399,6 +395,10 @@ static int der_wrote(int written, size_t *len)
 	return 0;
 }
 
+/* Central signs "low s" (docs/protocol.md, "Signatures"): when s > n/2 the
+ * same signature is re-spelt with n - s, in DER, as the agent requires.
+ * Written here rather than borrowed from agent/lib/core/crypto.c: this is the
+ * reference central, it must not share the agent's code. */
 static int low_s(cg_signer *s, unsigned char *sig, size_t *sig_len)
 {
 	unsigned char *p = sig, buf[MBEDTLS_ECDSA_MAX_LEN], *w = buf + sizeof(buf);
