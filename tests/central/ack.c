@@ -23,7 +23,7 @@ void ack_queue(char *topic, struct sbuf *payload)
 	a->topic = topic;
 	a->payload = payload->p;
 	a->len = payload->len;
-	a->queued_ms = mono_ms();
+	a->queued_ms = tk_mono_ms();
 	g.acks_queued++;
 	if (g.ack_tail)
 		g.ack_tail->next = a;
@@ -131,7 +131,7 @@ int slot_take(int is_chunk, uint32_t *gen)
 		g.slots[free_idx].in_use = 1;
 		g.slots[free_idx].is_chunk = is_chunk;
 		g.slots[free_idx].gen = (g.slots[free_idx].gen + 1) & (UINT32_MAX >> 8);
-		g.slots[free_idx].sent_ms = mono_ms();
+		g.slots[free_idx].sent_ms = tk_mono_ms();
 		*gen = g.slots[free_idx].gen;
 	}
 	pthread_mutex_unlock(&g.lock);
@@ -156,7 +156,7 @@ void acks_flush(void)
 		int free_idx, rc;
 		uint32_t gen = 0;
 
-		if (mono_ms() - a->queued_ms > ACK_PENDING_MAX_AGE_MS ||
+		if (tk_mono_ms() - a->queued_ms > ACK_PENDING_MAX_AGE_MS ||
 		    g.n_pending > ACK_PENDING_MAX) {
 			g.c.acks_dropped++;
 			ack_pop();
@@ -190,7 +190,7 @@ void acks_flush(void)
 
 void slots_reclaim(void)
 {
-	int64_t now = mono_ms();
+	int64_t now = tk_mono_ms();
 	int i, n = 0;
 
 	pthread_mutex_lock(&g.lock);

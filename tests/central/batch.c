@@ -179,7 +179,7 @@ void batch_handle(const char *topic, const char *payload, size_t len)
 	size_t na = 0, nr = 0, n, idx = 0;
 	uint64_t n_new = 0, n_dup = 0, n_conf = 0, n_unackable = 0, n_aside = 0, n_dup_orders = 0, n_late = 0;
 	uint64_t n_violations = 0;
-	int64_t now = wall_ms();
+	int64_t now = tk_wall_ms();
 	int64_t contiguous = 0, base = 0, resend_from = 0, after = -1, prev;
 	int in_tx = 0;
 	char q1[200], q2[200];

@@ -53,16 +53,6 @@ static int cache_key_ok(const char *s, size_t n)
 	return 1;
 }
 
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-	sb_reserve(b, n);
-	if (b->oom)
-		return;
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
 /* FNV-1a over the 8 bytes of v. */
 static uint64_t fnv_i64(uint64_t h, int64_t v)
 {
@@ -484,7 +474,7 @@ static void job_start(const struct ident *who, struct snap_index *ix, int64_t fr
 	snprintf(j->topic, sizeof j->topic, "scrm/v1/%s/%s/%s/down/cache/%s", who->tenant,
 		 who->store, who->device, cache_streams[ix->stream]);
 	j->next_chunk = j->first_chunk = from;
-	j->due_ms = mono_ms();
+	j->due_ms = tk_mono_ms();
 	if (g.jobs_tail)
 		g.jobs_tail->next = j;
 	else
@@ -532,7 +522,7 @@ static int chunk_build(const struct snap_job *j, struct sbuf *b)
 	       "{\"v\":1,\"type\":\"snapshot\",\"stream\":\"%s\",\"snapshot\":\"%s\","
 	       "\"version\":%" PRId64 ",\"chunk\":%" PRId64 ",\"chunks\":%" PRId64
 	       ",\"ts\":%" PRId64 ",\"records\":[",
-	       cache_streams[ix->stream], ix->id, ix->version, k, ix->nchunks, wall_ms());
+	       cache_streams[ix->stream], ix->id, ix->version, k, ix->nchunks, tk_wall_ms());
 	if (!ix->missing) {
 		struct stat st;
 
@@ -596,7 +586,7 @@ void snapshots_pump(void)
 		MQTTAsync_message msg = MQTTAsync_message_initializer;
 		struct snap_job *j, *prev = NULL;
 		struct sbuf b = { 0 };
-		int64_t now = mono_ms();
+		int64_t now = tk_mono_ms();
 		uint32_t gen = 0;
 		int idx, rc;
 
@@ -675,7 +665,7 @@ void snapshots_pump(void)
 int64_t snapshots_due_in(void)
 {
 	const struct snap_job *j;
-	int64_t now = mono_ms(), best = -1;
+	int64_t now = tk_mono_ms(), best = -1;
 
 	for (j = g.jobs_head; j; j = j->next) {
 		if (j->due_ms > now && (best < 0 || j->due_ms - now < best))
@@ -771,7 +761,7 @@ void resync_handle(const char *topic, const char *payload, size_t len)
 			sqlite3_bind_int64(s, 8, from_chunk);
 		else
 			sqlite3_bind_null(s, 8);
-		sqlite3_bind_int64(s, 9, wall_ms());
+		sqlite3_bind_int64(s, 9, tk_wall_ms());
 		db_step(s); /* logged on failure; the request is still answered */
 		sqlite3_clear_bindings(s);
 	}

@@ -73,6 +73,7 @@
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
 
+#include "testkit.h" /* clocks, TCP_NODELAY, struct sbuf: shared with the harness and cachegen */
 #include "ident.h" /* the id rule, shared with the agent (agent/lib/core/ident.c) */
 
 #define IDENT_MAX 64               /* tenant / store / device: [A-Za-z0-9_.-]{1,64} */
@@ -118,12 +119,6 @@
 #define VERDICT_DETAIL_MAX 384
 
 enum { LVL_DEBUG, LVL_INFO, LVL_WARN, LVL_ERROR };
-
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	int oom;
-};
 
 /* Who sent a message: taken from its topic. */
 struct ident {
@@ -340,10 +335,6 @@ struct verdict_batch {
 extern int g_log_min;
 void log_at(int lvl, const char *msg, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 const char *lq(char *buf, size_t size, const char *s);
-int64_t mono_ms(void);
-int64_t wall_ms(void);
-void sb_reserve(struct sbuf *b, size_t extra);
-void sb_add(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sb_json_str(struct sbuf *b, const char *s);
 
 /* db.c */

@@ -33,15 +33,22 @@ static void push_on_connect_ok(void *ctx, MQTTAsync_successData5 *resp)
 	push_signal();
 }
 
-static void push_on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
+/* A failed connect or publish: *flag set, and why it failed kept for the
+ * message the main thread prints. */
+static void push_failed(int *flag, const MQTTAsync_failureData5 *resp)
 {
-	(void)ctx;
 	pthread_mutex_lock(&ps.m);
-	ps.connect_failed = 1;
+	*flag = 1;
 	snprintf(ps.why, sizeof ps.why, "code=%d reason=0x%02x %s", resp ? resp->code : 0,
 		 resp ? (unsigned)resp->reasonCode : 0u,
 		 resp && resp->message ? resp->message : "");
 	push_signal();
+}
+
+static void push_on_connect_fail(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	(void)ctx;
+	push_failed(&ps.connect_failed, resp);
 }
 
 static void push_on_lost(void *ctx, char *cause)
@@ -79,12 +86,7 @@ static void push_on_pub_ok(void *ctx, MQTTAsync_successData5 *resp)
 static void push_on_pub_fail(void *ctx, MQTTAsync_failureData5 *resp)
 {
 	(void)ctx;
-	pthread_mutex_lock(&ps.m);
-	ps.publish_failed = 1;
-	snprintf(ps.why, sizeof ps.why, "code=%d reason=0x%02x %s", resp ? resp->code : 0,
-		 resp ? (unsigned)resp->reasonCode : 0u,
-		 resp && resp->message ? resp->message : "");
-	push_signal();
+	push_failed(&ps.publish_failed, resp);
 }
 
 /* Wait (main thread) until *flag or *fail_a or *fail_b is set, or the
@@ -94,9 +96,9 @@ static int push_wait(const int *flag, const int *fail_a, const int *fail_b, int6
 	int done;
 
 	pthread_mutex_lock(&ps.m);
-	while (!*flag && !*fail_a && !*fail_b && mono_ms() < deadline) {
+	while (!*flag && !*fail_a && !*fail_b && tk_mono_ms() < deadline) {
 		struct timespec ts;
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - tk_mono_ms();
 
 		if (left > 100)
 			left = 100; /* re-check the clock often; no 32-bit time_t arithmetic */
@@ -213,14 +215,48 @@ static int delta_check(const cJSON *root, const char **stream, char *why, size_t
 	return 0;
 }
 
+/* Starts connecting client to the broker with the run's TLS identity; the
+ * answer comes to push_on_connect_ok/push_on_connect_fail. */
+static int push_connect(MQTTAsync client, int64_t timeout_ms)
+{
+	MQTTAsync_connectOptions cc = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+
+	ssl.trustStore = g.opt.ca;
+	ssl.keyStore = g.opt.cert;
+	ssl.privateKey = g.opt.key;
+	ssl.enableServerCertAuth = 1;
+	ssl.verify = 1;
+	ssl.ssl_error_cb = on_tls_error;
+	cc.ssl = &ssl;
+	cc.cleanstart = 1;
+	cc.keepAliveInterval = 20;
+	cc.connectTimeout = (int)((timeout_ms + 999) / 1000);
+	cc.onSuccess5 = push_on_connect_ok;
+	cc.onFailure5 = push_on_connect_fail;
+	return MQTTAsync_connect(client, &cc);
+}
+
+/* Starts publishing the delta (QoS 1, not retained); the PUBACK comes to
+ * push_on_pub_ok/push_on_pub_fail. */
+static int push_publish(MQTTAsync client, const char *topic, char *payload, size_t len)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+
+	msg.payload = payload;
+	msg.payloadlen = (int)len;
+	msg.qos = 1;
+	msg.retained = 0;
+	ro.onSuccess5 = push_on_pub_ok;
+	ro.onFailure5 = push_on_pub_fail;
+	return MQTTAsync_sendMessage(client, topic, &msg, &ro);
+}
+
 int cmd_push_main(const char *path, const char *tenant, const char *store,
 			 int64_t timeout_ms)
 {
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-	MQTTAsync_connectOptions cc = MQTTAsync_connectOptions_initializer5;
-	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	MQTTAsync_message msg = MQTTAsync_message_initializer;
 	pthread_condattr_t ca;
 	MQTTAsync client = NULL;
 	cJSON *root = NULL;
@@ -273,20 +309,8 @@ int cmd_push_main(const char *path, const char *tenant, const char *store,
 		fprintf(stderr, "scrm-central push: cannot set MQTT callbacks\n");
 		goto cleanup;
 	}
-	ssl.trustStore = g.opt.ca;
-	ssl.keyStore = g.opt.cert;
-	ssl.privateKey = g.opt.key;
-	ssl.enableServerCertAuth = 1;
-	ssl.verify = 1;
-	ssl.ssl_error_cb = on_tls_error;
-	cc.ssl = &ssl;
-	cc.cleanstart = 1;
-	cc.keepAliveInterval = 20;
-	cc.connectTimeout = (int)((timeout_ms + 999) / 1000);
-	cc.onSuccess5 = push_on_connect_ok;
-	cc.onFailure5 = push_on_connect_fail;
-	deadline = mono_ms() + timeout_ms;
-	rc = MQTTAsync_connect(client, &cc);
+	deadline = tk_mono_ms() + timeout_ms;
+	rc = push_connect(client, timeout_ms);
 	if (rc != MQTTASYNC_SUCCESS) {
 		fprintf(stderr, "scrm-central push: cannot start connecting to %s: %s\n",
 			g.opt.broker, MQTTAsync_strerror(rc));
@@ -300,13 +324,7 @@ int cmd_push_main(const char *path, const char *tenant, const char *store,
 		pthread_mutex_unlock(&g.lock);
 		goto cleanup;
 	}
-	msg.payload = payload;
-	msg.payloadlen = (int)len;
-	msg.qos = 1;
-	msg.retained = 0;
-	ro.onSuccess5 = push_on_pub_ok;
-	ro.onFailure5 = push_on_pub_fail;
-	rc = MQTTAsync_sendMessage(client, topic, &msg, &ro);
+	rc = push_publish(client, topic, payload, len);
 	if (rc != MQTTASYNC_SUCCESS) {
 		fprintf(stderr, "scrm-central push: publish to %s refused: %s\n", topic,
 			MQTTAsync_strerror(rc));
@@ -331,9 +349,9 @@ cleanup:
 
 			d.timeout = 1000;
 			if (MQTTAsync_disconnect(client, &d) == MQTTASYNC_SUCCESS) {
-				int64_t until = mono_ms() + 1500;
+				int64_t until = tk_mono_ms() + 1500;
 
-				while (MQTTAsync_isConnected(client) && mono_ms() < until)
+				while (MQTTAsync_isConnected(client) && tk_mono_ms() < until)
 					usleep(10000);
 			}
 		}

@@ -152,43 +152,6 @@ static void mqtt_subscribe(void)
 	}
 }
 
-/* Paho 1.3.12 leaves Nagle's algorithm on and exposes no socket option.
- * Then the ack PUBLISH, written right after Paho's PUBACK for the batch,
- * waits for the broker's delayed TCP ACK: ~40 ms per ack on loopback. This
- * process has no TCP sockets but Paho's, so set TCP_NODELAY on all of them
- * after each connect (Linux /proc; harmless if it fails). */
-static int tcp_nodelay_all(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d))) {
-		char *end = NULL;
-		long fd = strtol(e->d_name, &end, 10);
-		int type = 0, domain = 0, on = 1;
-		socklen_t len = sizeof type;
-		struct stat st;
-
-		if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
-			continue;
-		if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode))
-			continue;
-		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
-			continue;
-		len = sizeof domain;
-		if (getsockopt((int)fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
-		    (domain != AF_INET && domain != AF_INET6))
-			continue;
-		if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0)
-			n++;
-	}
-	closedir(d);
-	return n;
-}
-
 static int ready_write(const char *path)
 {
 	char tmp[4096];
@@ -272,7 +235,7 @@ static void stats_log(void)
 int cmd_run_main(void)
 {
 	struct sigaction sa;
-	int64_t next_connect = 0, next_stats = mono_ms() + STATS_EVERY_MS;
+	int64_t next_connect = 0, next_stats = tk_mono_ms() + STATS_EVERY_MS;
 	uint64_t last_batches = 0, last_dropped = 0, last_cache = 0;
 	unsigned connect_failures = 0, attempts = 0;
 	int was_subscribed = 0;
@@ -308,7 +271,7 @@ int cmd_run_main(void)
 		       " drop_chunk=%" PRId64,
 		       g.opt.cache_dir, g.opt.chunk_records, g.opt.snapshot_delay_ms,
 		       g.opt.drop_chunk);
-	next_connect = mono_ms();
+	next_connect = tk_mono_ms();
 
 	while (!g_stop) {
 		struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
@@ -349,14 +312,14 @@ int cmd_run_main(void)
 				       "broker=%s why=%s tls=%s attempts=%u every_ms=%d", g.opt.broker,
 				       lq(q1, sizeof q1, why), lq(q2, sizeof q2, tls), connect_failures,
 				       RECONNECT_EVERY_MS);
-			next_connect = mono_ms() + RECONNECT_EVERY_MS;
+			next_connect = tk_mono_ms() + RECONNECT_EVERY_MS;
 		}
 		if (idle && !next_connect)
-			next_connect = mono_ms(); /* connection lost: at once */
+			next_connect = tk_mono_ms(); /* connection lost: at once */
 		if (subscribed)
 			connect_failures = 0;
-		if (idle && next_connect && mono_ms() >= next_connect) {
-			next_connect = mono_ms() + RECONNECT_EVERY_MS; /* unless it starts */
+		if (idle && next_connect && tk_mono_ms() >= next_connect) {
+			next_connect = tk_mono_ms() + RECONNECT_EVERY_MS; /* unless it starts */
 			if (attempts++ > 0) {
 				mqtt_client_destroy();
 				if (mqtt_client_create() != MQTTASYNC_SUCCESS)
@@ -368,7 +331,14 @@ int cmd_run_main(void)
 		if (subscribe)
 			mqtt_subscribe();
 		if (subscribed && !was_subscribed) {
-			int nodelay = tcp_nodelay_all(); /* the socket is new on each connect */
+			/* Paho 1.3.12 leaves Nagle's algorithm on and exposes no
+			 * socket option. Then the ack PUBLISH, written right after
+			 * Paho's PUBACK for the batch, waits for the broker's delayed
+			 * TCP ACK: ~40 ms per ack on loopback. This process has no TCP
+			 * sockets but Paho's, so set TCP_NODELAY on all of them after
+			 * each connect, the socket being new each time (Linux /proc;
+			 * harmless if it fails). */
+			int nodelay = tk_tcp_nodelay_all();
 
 			log_at(LVL_INFO, "subscribed", "receive_maximum=%d ack_window=%d tcp_nodelay=%d",
 			       recv_max,
@@ -389,10 +359,10 @@ int cmd_run_main(void)
 		verdicts_flush(0);
 		snapshots_pump();
 		slots_reclaim();
-		if (mono_ms() >= next_stats) {
+		if (tk_mono_ms() >= next_stats) {
 			uint64_t cache = g.c.resync_requests + g.c.resync_dropped + g.c.chunks_sent;
 
-			next_stats = mono_ms() + STATS_EVERY_MS;
+			next_stats = tk_mono_ms() + STATS_EVERY_MS;
 			g.peer_warns = 0;
 			if (g.c.batches != last_batches || g.c.batches_dropped != last_dropped ||
 			    cache != last_cache)
@@ -409,12 +379,12 @@ int cmd_run_main(void)
 	log_at(LVL_INFO, "stopping", NULL);
 	inbound_drain();
 	{
-		int64_t until = mono_ms() + 2000;
+		int64_t until = tk_mono_ms() + 2000;
 
 		/* Verdicts go without their --verdict-delay-ms: after this they
 		 * would be lost (the device does not redeliver acked events). */
 		verdicts_flush(1);
-		while ((g.ack_head || g.verdict_head || slots_in_use() > 0) && mono_ms() < until) {
+		while ((g.ack_head || g.verdict_head || slots_in_use() > 0) && tk_mono_ms() < until) {
 			struct pollfd p = { .fd = g.wake_fd, .events = POLLIN, .revents = 0 };
 			uint64_t drained;
 			int connected;
@@ -435,9 +405,9 @@ int cmd_run_main(void)
 
 		d.timeout = 1000;
 		if (MQTTAsync_disconnect(g.client, &d) == MQTTASYNC_SUCCESS) {
-			int64_t until = mono_ms() + 1500;
+			int64_t until = tk_mono_ms() + 1500;
 
-			while (MQTTAsync_isConnected(g.client) && mono_ms() < until)
+			while (MQTTAsync_isConnected(g.client) && tk_mono_ms() < until)
 				usleep(10000);
 		}
 	}

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * scrm-central, util.c: logging (logfmt lines on stderr), the clocks, and
- * the growable string the acks, chunks and verdicts are rendered into.
+ * scrm-central, util.c: logging (logfmt lines on stderr), log quoting and
+ * JSON strings for the growable string (tests/support/testkit.h) the acks,
+ * chunks and verdicts are rendered into.
  */
 #include "central.h"
 
@@ -63,65 +64,9 @@ const char *lq(char *buf, size_t size, const char *s)
 	return buf;
 }
 
-int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ======================================================================
- * growable string (ack payloads)
+ * growable string (ack payloads): struct sbuf is testkit's
  * ====================================================================== */
-
-void sb_reserve(struct sbuf *b, size_t extra)
-{
-	size_t ncap;
-	char *np;
-
-	if (b->oom || b->len + extra + 1 <= b->cap)
-		return;
-	ncap = b->cap ? b->cap : 256;
-	while (ncap < b->len + extra + 1)
-		ncap *= 2;
-	np = realloc(b->p, ncap);
-	if (!np) {
-		b->oom = 1;
-		return;
-	}
-	b->p = np;
-	b->cap = ncap;
-}
-
-void sb_add(struct sbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		b->oom = 1;
-		return;
-	}
-	sb_reserve(b, (size_t)n);
-	if (b->oom)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
 
 /* A JSON string literal; bytes >= 0x80 pass through (the input was UTF-8). */
 void sb_json_str(struct sbuf *b, const char *s)

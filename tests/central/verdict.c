@@ -674,7 +674,7 @@ void verdict_pop(void)
 void verdicts_enqueue(struct verdict_batch *vb)
 {
 	struct pending_verdict *pv;
-	int64_t due = mono_ms() + g.opt.verdict_delay_ms;
+	int64_t due = tk_mono_ms() + g.opt.verdict_delay_ms;
 
 	g.c.verdicts_accepted += vb->accepted;
 	g.c.verdicts_rejected += vb->rejected;
@@ -787,7 +787,7 @@ void verdicts_flush(int now_all)
 		int free_idx, rc;
 		uint32_t gen = 0;
 
-		if (g.acks_popped < pv->after_ack || (!now_all && pv->due_ms > mono_ms()))
+		if (g.acks_popped < pv->after_ack || (!now_all && pv->due_ms > tk_mono_ms()))
 			return;
 		free_idx = slot_take(0, &gen);
 		if (free_idx < 0)
@@ -818,7 +818,7 @@ void verdicts_flush(int now_all)
  * or -1: none, or it waits for its ack or a slot (a completion wakes). */
 int64_t verdicts_due_in(void)
 {
-	int64_t now = mono_ms();
+	int64_t now = tk_mono_ms();
 
 	if (!g.verdict_head || g.acks_popped < g.verdict_head->after_ack ||
 	    g.verdict_head->due_ms <= now)

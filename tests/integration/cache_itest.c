@@ -263,6 +263,18 @@ static int wait_cursor(struct itest *e, const char *stream, long long want, int 
 	return -1;
 }
 
+/* Pushes the members delta base -> base + 1 that deletes member_id. */
+static int push_member_delete(struct itest *e, int base, const char *member_id)
+{
+	char delta[256];
+	int n = snprintf(delta, sizeof(delta),
+			 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":%d,\"version\":%d,"
+			 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
+			 base, base + 1, member_id);
+	CHECK(n > 0 && (size_t)n < sizeof(delta), "delta for %s too long", member_id);
+	return push(e, delta);
+}
+
 static const char *const streams[] = {"members", "coupons", "catalogue", "inventory", "scripts", "recos", "rules"};
 
 static int wait_all_streams(struct itest *e, int timeout_s)
@@ -377,11 +389,7 @@ static int t_cache_sync(struct itest *e)
 	/* central moved on to version 7 and this store missed 3..6 */
 	if (set_file_version("members", 7))
 		return -1;
-	snprintf(delta, sizeof(delta),
-		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":5,\"version\":6,"
-		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 cx.m_id[1]);
-	if (push(e, delta))
+	if (push_member_delete(e, 5, cx.m_id[1]))
 		return -1;
 	CHECK(th_wait_log(e->agent_log, "msg=\"cache gap; asking for a resync\" stream=members cursor=2", 30000 * itest_scale) == 0,
 	      "no gap detected");
@@ -395,11 +403,7 @@ static int t_cache_sync(struct itest *e)
 	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_OK, "gap delta's delete was applied");
 	scrm_free(j);
 	/* and deltas follow again */
-	snprintf(delta, sizeof(delta),
-		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":7,\"version\":8,"
-		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 cx.m_id[1]);
-	if (push(e, delta) || wait_cursor(e, "members", 8, 60))
+	if (push_member_delete(e, 7, cx.m_id[1]) || wait_cursor(e, "members", 8, 60))
 		return -1;
 	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &j) == SCRM_E_NOT_FOUND, "delete not applied");
 	return 0;
@@ -803,11 +807,7 @@ static int t_cache_bad_delta(struct itest *e)
 		CHECK(th_wait_log(e->agent_log, "signature does not verify", 100) == 0, "refusal reason not logged");
 	}
 	/* and the next good delta applies */
-	snprintf(delta, sizeof(delta),
-		 "{\"v\":1,\"type\":\"delta\",\"stream\":\"members\",\"base\":1,\"version\":2,"
-		 "\"ops\":[{\"op\":\"delete\",\"key\":\"%s\"}]}",
-		 cx.m_id[1]);
-	if (push(e, delta) || wait_cursor(e, "members", 2, 60))
+	if (push_member_delete(e, 1, cx.m_id[1]) || wait_cursor(e, "members", 2, 60))
 		return -1;
 	CHECK(card(e, SCRM_MEMBER_ID, cx.m_id[1], &after) == SCRM_E_NOT_FOUND, "good delta not applied");
 	scrm_free(before);

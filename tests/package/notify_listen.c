@@ -63,6 +63,33 @@ static void reap(int flags)
 	}
 }
 
+/* One datagram into buf (NUL-terminated, at most cap - 1 bytes): its length,
+ * or -1 when none is waiting. *from is the sender's pid as the kernel vouches
+ * for it (SCM_CREDENTIALS), -1 without one. */
+static ssize_t recv_notify(char *buf, size_t cap, pid_t *from)
+{
+	_Alignas(struct cmsghdr) char ctl[CMSG_SPACE(sizeof(struct ucred))];
+	struct iovec iov = {.iov_base = buf, .iov_len = cap - 1};
+	struct msghdr mh;
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = ctl;
+	mh.msg_controllen = sizeof(ctl);
+	*from = -1;
+	ssize_t got = recvmsg(sock, &mh, MSG_DONTWAIT);
+	if (got < 0)
+		return -1;
+	buf[got] = '\0';
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+			struct ucred uc;
+			memcpy(&uc, CMSG_DATA(c), sizeof(uc));
+			*from = uc.pid;
+		}
+	return got;
+}
+
 /* Wait until a datagram containing the line `want` arrives (1), the child
  * exits (0) or the deadline passes (0). Prints every message seen. */
 static int wait_for(const char *want, int64_t timeout_ms)
@@ -84,24 +111,9 @@ static int wait_for(const char *want, int64_t timeout_ms)
 		if (n <= 0)
 			continue;
 		char buf[4096];
-		union {
-			struct cmsghdr align;
-			char space[CMSG_SPACE(sizeof(struct ucred))];
-		} ctl;
-		struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf) - 1};
-		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
-				    .msg_controllen = sizeof(ctl.space)};
-		ssize_t got = recvmsg(sock, &mh, MSG_DONTWAIT);
-		if (got < 0)
+		pid_t from;
+		if (recv_notify(buf, sizeof(buf), &from) < 0)
 			continue;
-		buf[got] = '\0';
-		pid_t from = -1;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-				struct ucred uc;
-				memcpy(&uc, CMSG_DATA(c), sizeof(uc));
-				from = uc.pid;
-			}
 		for (char *p = buf; *p; p++)
 			if (*p == '\n')
 				*p = '|';

@@ -11,6 +11,7 @@
  * integer arithmetic or the C locale's "%.4f".
  */
 #include "cachegen.h"
+#include "testkit.h"
 #include "retail_csv.h"
 
 #include <cjson/cJSON.h>
@@ -205,74 +206,15 @@ static int read_file(const char *path, size_t max, char **out, size_t *len)
 	return 0;
 }
 
-/* Append-only string builder for JSON text that may grow past a fixed buffer
- * (retail records, signed coupon records). */
-typedef struct sb {
-	char *p;
-	size_t len, cap;
-	int oom;
-} sb;
-
-static void sb_reserve(sb *b, size_t extra)
-{
-	if (b->oom || b->len + extra + 1 <= b->cap)
-		return;
-	size_t cap = b->cap ? b->cap : 256;
-	while (cap < b->len + extra + 1)
-		cap *= 2;
-	char *np = realloc(b->p, cap);
-	if (!np) {
-		b->oom = 1;
-		return;
-	}
-	b->p = np;
-	b->cap = cap;
-}
-
-static void sb_put(sb *b, const char *s, size_t n)
-{
-	sb_reserve(b, n);
-	if (b->oom)
-		return;
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_puts(sb *b, const char *s)
+/* JSON text that may grow past a fixed buffer (retail records, signed
+ * coupon records) is built in testkit's struct sbuf. */
+static void sb_puts(struct sbuf *b, const char *s)
 {
 	sb_put(b, s, strlen(s));
 }
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void sb_printf(sb *b, const char *fmt, ...)
-{
-	va_list ap;
-	char tmp[512];
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		b->oom = 1;
-		return;
-	}
-	if ((size_t)n < sizeof(tmp)) {
-		sb_put(b, tmp, (size_t)n);
-		return;
-	}
-	sb_reserve(b, (size_t)n);
-	if (b->oom)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-}
-
 /* A JSON string literal (quotes included); UTF-8 passes through. */
-static void sb_jstr(sb *b, const char *s)
+static void sb_jstr(struct sbuf *b, const char *s)
 {
 	static const char hex[] = "0123456789abcdef";
 	sb_put(b, "\"", 1);
@@ -443,6 +385,16 @@ void cg_signer_close(cg_signer *s)
 	free(s);
 }
 
+/* Adds what an mbedtls_asn1_write_* call wrote to the length so far; -1 when
+ * it failed (a negative mbedTLS code). */
+static int der_wrote(int written, size_t *len)
+{
+	if (written < 0)
+		return -1;
+	*len += (size_t)written;
+	return 0;
+}
+
 /* Central signs "low s" (docs/protocol.md, "Signatures"): when s > n/2 the
  * same signature is re-spelt with n - s, in DER, as the agent requires.
  * Written here rather than borrowed from agent/lib/core/crypto.c: this is the
@@ -454,7 +406,7 @@ static int low_s(cg_signer *s, unsigned char *sig, size_t *sig_len)
 	const mbedtls_mpi *n = &mbedtls_pk_ec(s->pk)->grp.N;
 	mbedtls_mpi r, sv, half;
 	size_t seq, l = 0;
-	int e, rc = -EIO;
+	int rc = -EIO;
 	mbedtls_mpi_init(&r);
 	mbedtls_mpi_init(&sv);
 	mbedtls_mpi_init(&half);
@@ -468,18 +420,11 @@ static int low_s(cg_signer *s, unsigned char *sig, size_t *sig_len)
 	}
 	if (mbedtls_mpi_sub_mpi(&sv, n, &sv))
 		goto cleanup;
-	if ((e = mbedtls_asn1_write_mpi(&w, buf, &sv)) < 0)
+	/* DER is written back to front: s, r, then the SEQUENCE's length and tag */
+	if (der_wrote(mbedtls_asn1_write_mpi(&w, buf, &sv), &l) || der_wrote(mbedtls_asn1_write_mpi(&w, buf, &r), &l) ||
+	    der_wrote(mbedtls_asn1_write_len(&w, buf, l), &l) ||
+	    der_wrote(mbedtls_asn1_write_tag(&w, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE), &l))
 		goto cleanup;
-	l += (size_t)e;
-	if ((e = mbedtls_asn1_write_mpi(&w, buf, &r)) < 0)
-		goto cleanup;
-	l += (size_t)e;
-	if ((e = mbedtls_asn1_write_len(&w, buf, l)) < 0)
-		goto cleanup;
-	l += (size_t)e;
-	if ((e = mbedtls_asn1_write_tag(&w, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
-		goto cleanup;
-	l += (size_t)e;
 	memcpy(sig, w, l);
 	*sig_len = l;
 	rc = 0;
@@ -677,7 +622,7 @@ int cg_signed_coupon_record(cg_signer *s, const char *payload_json, char **recor
 	cJSON *root;
 	const cJSON *type, *id;
 	char key[160], *sig = NULL;
-	sb b = {0};
+	struct sbuf b = {0};
 	int rc;
 	if (!s || !payload_json || !record_out)
 		return -EINVAL;
@@ -848,18 +793,16 @@ static const char code_alphabet[] = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
 void cg_synth_init(cg_synth *s)
 {
-	if (!s)
-		return;
-	memset(s, 0, sizeof(*s));
-	s->n_members = 500000;
-	s->n_skus = 20000;
-	s->n_rules = 200000;
-	s->n_campaigns = 50;
-	s->coupon_every = 100;
-	s->seed = 1;
-	s->now_ms = 1733050000000LL;
-	s->version = 1;
-	s->tenant = "acme";
+	if (s)
+		*s = (cg_synth){.n_members = 500000,
+				.n_skus = 20000,
+				.n_rules = 200000,
+				.n_campaigns = 50,
+				.coupon_every = 100,
+				.seed = 1,
+				.now_ms = 1733050000000LL,
+				.version = 1,
+				.tenant = "acme"};
 }
 
 int cg_synth_check(const cg_synth *s)
@@ -1213,12 +1156,16 @@ static void synth_coupon(const cg_synth *s, size_t c, wbuf *w)
 	     c, campaign, member, code, s->now_ms - DAY_MS, s->now_ms + (30 + (int64_t)(campaign % 60)) * DAY_MS);
 }
 
-static int synth_args(const cg_synth *s, cg_stream st, size_t i, char *buf, size_t cap)
+/* Checks the arguments of cg_synth_key/cg_synth_data and leaves buf an
+ * empty string, so a record that writes nothing still reads as one. */
+static int synth_begin(const cg_synth *s, cg_stream st, size_t i, char *buf, size_t cap)
 {
 	if ((unsigned)st >= CG_N_STREAMS || (!buf && cap) || cg_synth_check(s))
 		return -EINVAL;
 	if (i >= cg_synth_count(s, st))
 		return -ERANGE;
+	if (cap)
+		buf[0] = '\0';
 	return 0;
 }
 
@@ -1227,11 +1174,9 @@ int cg_synth_key(const cg_synth *s, cg_stream st, size_t i, char *buf, size_t ca
 	wbuf w = {buf, cap, 0};
 	size_t a, b;
 	char sa[24], sb_[24];
-	int rc = synth_args(s, st, i, buf, cap);
+	int rc = synth_begin(s, st, i, buf, cap);
 	if (rc)
 		return rc;
-	if (cap)
-		buf[0] = '\0';
 	switch (st) {
 	case CG_MEMBERS:
 	case CG_RECOS:
@@ -1263,42 +1208,29 @@ int cg_synth_key(const cg_synth *s, cg_stream st, size_t i, char *buf, size_t ca
 	return (int)w.len;
 }
 
+/* The record writer of each stream but coupons, whose index runs over the
+ * campaigns first and then the coupons. */
+static void (*const synth_writers[CG_N_STREAMS])(const cg_synth *, size_t, wbuf *) = {
+	[CG_MEMBERS] = synth_member,
+	[CG_RECOS] = synth_reco,
+	[CG_CATALOGUE] = synth_catalogue,
+	[CG_INVENTORY] = synth_inventory,
+	[CG_RULES] = synth_rule,
+	[CG_SCRIPTS] = synth_script,
+};
+
 int cg_synth_data(const cg_synth *s, cg_stream st, size_t i, char *buf, size_t cap)
 {
 	wbuf w = {buf, cap, 0};
-	int rc = synth_args(s, st, i, buf, cap);
+	int rc = synth_begin(s, st, i, buf, cap);
 	if (rc)
 		return rc;
-	if (cap)
-		buf[0] = '\0';
-	switch (st) {
-	case CG_MEMBERS:
-		synth_member(s, i, &w);
-		break;
-	case CG_RECOS:
-		synth_reco(s, i, &w);
-		break;
-	case CG_CATALOGUE:
-		synth_catalogue(s, i, &w);
-		break;
-	case CG_INVENTORY:
-		synth_inventory(s, i, &w);
-		break;
-	case CG_RULES:
-		synth_rule(s, i, &w);
-		break;
-	case CG_SCRIPTS:
-		synth_script(s, i, &w);
-		break;
-	case CG_COUPONS:
-		if (i < s->n_campaigns)
-			synth_campaign(s, i, &w);
-		else
-			synth_coupon(s, i - s->n_campaigns, &w);
-		break;
-	default:
-		return -EINVAL;
-	}
+	if (st != CG_COUPONS)
+		synth_writers[st](s, i, &w);
+	else if (i < s->n_campaigns)
+		synth_campaign(s, i, &w);
+	else
+		synth_coupon(s, i - s->n_campaigns, &w);
 	return (int)w.len;
 }
 
@@ -1470,29 +1402,53 @@ static void smap_free(smap *m)
 	memset(m, 0, sizeof(*m));
 }
 
-static int smap_grow(smap *m)
+/* Double an open-addressing table (at least min_cap slots) and re-insert
+ * every occupied slot by linear probing. Both maps below store a key array
+ * whose empty slots are all-zero bytes (a NULL string, a 0 pair key) and a
+ * parallel value array; only the key's size and hash differ. */
+static int table_grow(void **keys, size_t **vals, size_t *cap, size_t min_cap, size_t key_size,
+		      uint64_t (*hash)(const void *key))
 {
-	smap g = {0};
-	g.cap = m->cap ? m->cap * 2 : 1024;
-	if (!(g.keys = calloc(g.cap, sizeof(*g.keys))) || !(g.vals = calloc(g.cap, sizeof(*g.vals)))) {
-		free(g.keys);
-		free(g.vals);
+	static const unsigned char zero[sizeof(uint64_t)];
+	size_t ncap = *cap ? *cap * 2 : min_cap;
+	unsigned char *nkeys = calloc(ncap, key_size);
+	size_t *nvals = calloc(ncap, sizeof(*nvals));
+	const unsigned char *okeys = *keys;
+	if (!nkeys || !nvals) {
+		free(nkeys);
+		free(nvals);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < m->cap; i++) {
-		if (!m->keys[i])
+	for (size_t i = 0; i < *cap; i++) {
+		const unsigned char *k = okeys + i * key_size;
+		if (memcmp(k, zero, key_size) == 0)
 			continue;
-		size_t j = (size_t)fnv1a(m->keys[i]) & (g.cap - 1);
-		while (g.keys[j])
-			j = (j + 1) & (g.cap - 1);
-		g.keys[j] = m->keys[i];
-		g.vals[j] = m->vals[i];
+		size_t j = (size_t)hash(k) & (ncap - 1);
+		while (memcmp(nkeys + j * key_size, zero, key_size) != 0)
+			j = (j + 1) & (ncap - 1);
+		memcpy(nkeys + j * key_size, k, key_size);
+		nvals[j] = (*vals)[i];
 	}
-	g.n = m->n;
-	free(m->keys);
-	free(m->vals);
-	*m = g;
+	free(*keys);
+	free(*vals);
+	*keys = nkeys;
+	*vals = nvals;
+	*cap = ncap;
 	return 0;
+}
+
+static uint64_t smap_slot_hash(const void *key)
+{
+	const char *const *k = key;
+	return fnv1a(*k);
+}
+
+static int smap_grow(smap *m)
+{
+	void *keys = m->keys;
+	int rc = table_grow(&keys, &m->vals, &m->cap, 1024, sizeof(*m->keys), smap_slot_hash);
+	m->keys = keys;
+	return rc;
 }
 
 /* Find key; if missing and `add` != SIZE_MAX, insert it with value add.
@@ -1999,29 +1955,21 @@ typedef struct pairmap {
 	size_t cap, n;
 } pairmap;
 
+static uint64_t pair_slot_hash(const void *key)
+{
+	uint64_t k;
+	memcpy(&k, key, sizeof(k));
+	return mix64(k);
+}
+
 static int pair_add(pairmap *m, uint64_t key)
 {
 	if ((m->n + 1) * 2 > m->cap) {
-		pairmap g = {0};
-		g.cap = m->cap ? m->cap * 2 : 4096;
-		if (!(g.keys = calloc(g.cap, sizeof(*g.keys))) || !(g.vals = calloc(g.cap, sizeof(*g.vals)))) {
-			free(g.keys);
-			free(g.vals);
-			return -ENOMEM;
-		}
-		for (size_t i = 0; i < m->cap; i++) {
-			if (!m->keys[i])
-				continue;
-			size_t j = (size_t)mix64(m->keys[i]) & (g.cap - 1);
-			while (g.keys[j])
-				j = (j + 1) & (g.cap - 1);
-			g.keys[j] = m->keys[i];
-			g.vals[j] = m->vals[i];
-		}
-		g.n = m->n;
-		free(m->keys);
-		free(m->vals);
-		*m = g;
+		void *keys = m->keys;
+		int rc = table_grow(&keys, &m->vals, &m->cap, 4096, sizeof(*m->keys), pair_slot_hash);
+		m->keys = keys;
+		if (rc)
+			return rc;
 	}
 	size_t j = (size_t)mix64(key + 1) & (m->cap - 1);
 	while (m->keys[j] && m->keys[j] != key + 1)
@@ -2186,7 +2134,7 @@ static void retail_phone(size_t pos, uint64_t seed, char out[24])
 	snprintf(out, 24, "4477%08" PRIu64, (uint64_t)(((uint64_t)pos % mod * 15485863u + mix64(seed ^ SALT_PHONE) % mod) % mod));
 }
 
-static void retail_member_json(const retail *r, size_t pos, uint64_t seed, sb *b)
+static void retail_member_json(const retail *r, size_t pos, uint64_t seed, struct sbuf *b)
 {
 	const struct r_customer *c = &r->custs[r->order[pos]];
 	uint64_t h = mix64(seed ^ fnv1a(c->id)), h2 = mix64(h + 1), h3 = mix64(h + 2);
@@ -2199,23 +2147,23 @@ static void retail_member_json(const retail *r, size_t pos, uint64_t seed, sb *b
 	sb_puts(b, "{\"member_id\":");
 	sb_jstr(b, c->id);
 	if (strlen(c->id) <= 20)
-		sb_printf(b, ",\"card\":\"6000%s0\"", c->id);
-	sb_printf(b, ",\"tier\":\"%s\",\"tags\":[", tier);
+		sb_add(b, ",\"card\":\"6000%s0\"", c->id);
+	sb_add(b, ",\"tier\":\"%s\",\"tags\":[", tier);
 	if (c->m == 5 && (c->f >= 4 || strcmp(tier, "platinum") == 0))
-		sb_printf(b, "%s\"VIP\"", nt++ ? "," : "");
+		sb_add(b, "%s\"VIP\"", nt++ ? "," : "");
 	if (c->price_q == 5)
-		sb_printf(b, "%s\"price-sensitive\"", nt++ ? "," : "");
+		sb_add(b, "%s\"price-sensitive\"", nt++ ? "," : "");
 	if (c->lines > 0 && c->items / c->lines >= 24)
-		sb_printf(b, "%s\"bulk-buyer\"", nt++ ? "," : "");
+		sb_add(b, "%s\"bulk-buyer\"", nt++ ? "," : "");
 	if (c->returns)
-		sb_printf(b, "%s\"returns\"", nt++ ? "," : "");
+		sb_add(b, "%s\"returns\"", nt++ ? "," : "");
 	if (strcmp(c->country, "United Kingdom") != 0)
-		sb_printf(b, "%s\"international\"", nt++ ? "," : "");
-	sb_printf(b, "],\"rfm\":{\"r\":%d,\"f\":%d,\"m\":%d,\"segment\":\"%s\"},\"ltv_band\":\"%s\"", c->r, c->f, c->m,
+		sb_add(b, "%s\"international\"", nt++ ? "," : "");
+	sb_add(b, "],\"rfm\":{\"r\":%d,\"f\":%d,\"m\":%d,\"segment\":\"%s\"},\"ltv_band\":\"%s\"", c->r, c->f, c->m,
 		  segment_of(c->r, c->f), c->m <= 2 ? "low" : c->m == 3 ? "medium" : "high");
 	if (stage)
-		sb_printf(b, ",\"stage\":\"%s\"", stage);
-	sb_printf(b, ",\"consent\":{\"marketing\":%s,\"tracking\":%s}", h % 10 < 7 ? "true" : "false",
+		sb_add(b, ",\"stage\":\"%s\"", stage);
+	sb_add(b, ",\"consent\":{\"marketing\":%s,\"tracking\":%s}", h % 10 < 7 ? "true" : "false",
 		  (h >> 8) % 2 ? "true" : "false");
 
 	/* Preferred categories: the two it bought most of. */
@@ -2237,42 +2185,42 @@ static void retail_member_json(const retail *r, size_t pos, uint64_t seed, sb *b
 				best = k;
 		if (best == N_RETAIL_CATS)
 			break;
-		sb_printf(b, "%s\"%s\"", put++ ? "," : "", retail_category_name(best));
+		sb_add(b, "%s\"%s\"", put++ ? "," : "", retail_category_name(best));
 		cat_qty[best] = 0;
 	}
-	sb_printf(b, "],\"channel\":\"%s\"}", channels[(h >> 16) % 4]);
+	sb_add(b, "],\"channel\":\"%s\"}", channels[(h >> 16) % 4]);
 
-	sb_printf(b, ",\"stats\":{\"orders\":%" PRId64 ",\"spend\":%" PRId64 ",\"currency\":\"GBP\"", c->orders, c->spend);
+	sb_add(b, ",\"stats\":{\"orders\":%" PRId64 ",\"spend\":%" PRId64 ",\"currency\":\"GBP\"", c->orders, c->spend);
 	if (c->orders)
-		sb_printf(b, ",\"first_purchase_ms\":%" PRId64 ",\"last_purchase_ms\":%" PRId64, c->first, c->last);
-	sb_printf(b, ",\"as_of_ms\":%" PRId64 "},\"recent\":[", r->data_end);
+		sb_add(b, ",\"first_purchase_ms\":%" PRId64 ",\"last_purchase_ms\":%" PRId64, c->first, c->last);
+	sb_add(b, ",\"as_of_ms\":%" PRId64 "},\"recent\":[", r->data_end);
 	size_t nr = recent_invoices(r, c, recent, RECENT_MAX);
 	for (size_t k = 0; k < nr; k++) {
 		const struct r_invoice *v = &r->invs[recent[k]];
-		sb_printf(b, "%s{\"ts\":%" PRId64 ",\"order_id\":", k ? "," : "", v->ts);
+		sb_add(b, "%s{\"ts\":%" PRId64 ",\"order_id\":", k ? "," : "", v->ts);
 		sb_jstr(b, v->no);
-		sb_printf(b, ",\"total\":%" PRId64 ",\"skus\":[", v->total);
+		sb_add(b, ",\"total\":%" PRId64 ",\"skus\":[", v->total);
 		for (size_t j = 0; j < v->n_skus && j < RECENT_SKUS_MAX; j++)
-			sb_printf(b, "%s\"%s\"", j ? "," : "", r->skus[v->skus[j]].code);
+			sb_add(b, "%s\"%s\"", j ? "," : "", r->skus[v->skus[j]].code);
 		sb_puts(b, "]}");
 	}
 	retail_phone(pos, seed, phone);
-	sb_printf(b, "],\"pii\":{\"name\":\"%s %s\",\"phone\":\"%s\",\"birthday\":\"%04d-%02d-%02d\"}}",
+	sb_add(b, "],\"pii\":{\"name\":\"%s %s\",\"phone\":\"%s\",\"birthday\":\"%04d-%02d-%02d\"}}",
 		  first_names[h2 >> 59], last_names[h3 >> 59], phone, 1945 + (int)((h3 >> 30) % 60),
 		  1 + (int)((h3 >> 36) % 12), 1 + (int)((h3 >> 40) % 28));
 }
 
 /* A non-negative number to 4 decimals, without the locale's decimal point. */
-static void sb_frac(sb *b, double v)
+static void sb_frac(struct sbuf *b, double v)
 {
 	uint64_t u = (uint64_t)(v * 10000.0 + 0.5);
-	sb_printf(b, "%" PRIu64 ".%04" PRIu64, u / 10000, u % 10000);
+	sb_add(b, "%" PRIu64 ".%04" PRIu64, u / 10000, u % 10000);
 }
 
 static int write_members(const retail *r, const char *outdir, int64_t version, uint64_t seed)
 {
 	out_file o, idx;
-	sb b = {0};
+	struct sbuf b = {0};
 	int rc;
 	if ((rc = out_open_stream(&o, outdir, CG_MEMBERS, version)))
 		return rc;
@@ -2316,7 +2264,7 @@ static size_t *catalogue_order(const retail *r, size_t *n)
 static int write_catalogue_inventory(retail *r, const char *outdir, int64_t version, uint64_t seed)
 {
 	out_file cat, inv;
-	sb b = {0};
+	struct sbuf b = {0};
 	size_t n = 0, *ord = catalogue_order(r, &n);
 	int rc;
 	if (!ord)
@@ -2335,16 +2283,16 @@ static int write_catalogue_inventory(retail *r, const char *outdir, int64_t vers
 		const char *name = most_common_desc(k);
 		int64_t price = most_common_price(k);
 		b.len = 0;
-		sb_printf(&b, "{\"sku\":\"%s\"", k->code);
+		sb_add(&b, "{\"sku\":\"%s\"", k->code);
 		if (name) {
 			char cut[201];
 			snprintf(cut, sizeof(cut), "%s", name);
 			sb_puts(&b, ",\"name\":");
 			sb_jstr(&b, cut);
 		}
-		sb_printf(&b, ",\"category\":\"%s\"", retail_category_name(retail_category(k, name)));
+		sb_add(&b, ",\"category\":\"%s\"", retail_category_name(retail_category(k, name)));
 		if (price >= 0)
-			sb_printf(&b, ",\"price\":%" PRId64, price);
+			sb_add(&b, ",\"price\":%" PRId64, price);
 		sb_puts(&b, ",\"currency\":\"GBP\"}");
 		if (b.oom)
 			break;
@@ -2372,7 +2320,7 @@ static double rule_confidence(const retail *r, const struct r_rule *ru)
 static int write_rules(retail *r, const char *outdir, int64_t version)
 {
 	out_file o;
-	sb b = {0};
+	struct sbuf b = {0};
 	char key[140];
 	double n = (double)r->purchase_invoices;
 	int rc;
@@ -2385,7 +2333,7 @@ static int write_rules(retail *r, const char *outdir, int64_t version)
 		if (snprintf(key, sizeof(key), "%s>%s", a, c) > 64)
 			continue; /* two long codes: the key would be invalid */
 		b.len = 0;
-		sb_printf(&b, "{\"if\":\"%s\",\"then\":\"%s\",\"support\":", a, c);
+		sb_add(&b, "{\"if\":\"%s\",\"then\":\"%s\",\"support\":", a, c);
 		sb_frac(&b, (double)ru->count / n);
 		sb_puts(&b, ",\"confidence\":");
 		sb_frac(&b, conf);
@@ -2408,7 +2356,7 @@ static int write_rules(retail *r, const char *outdir, int64_t version)
 static int write_recos(retail *r, const char *outdir, int64_t version)
 {
 	out_file o;
-	sb b = {0};
+	struct sbuf b = {0};
 	double *score = calloc(r->n_skus ? r->n_skus : 1, sizeof(*score));
 	unsigned char *bought = calloc(r->n_skus ? r->n_skus : 1, 1);
 	size_t *touched = malloc((r->n_skus ? r->n_skus : 1) * sizeof(*touched));
@@ -2462,7 +2410,7 @@ static int write_recos(retail *r, const char *outdir, int64_t version)
 				}
 				if (best == SIZE_MAX)
 					break;
-				sb_printf(&b, "%s{\"sku\":\"%s\",\"score\":", put ? "," : "", r->skus[best].code);
+				sb_add(&b, "%s{\"sku\":\"%s\",\"score\":", put ? "," : "", r->skus[best].code);
 				sb_frac(&b, score[best]);
 				sb_puts(&b, ",\"reason\":\"bought_with\"}");
 				score[best] = -1;
@@ -2508,7 +2456,7 @@ static int write_recos(retail *r, const char *outdir, int64_t version)
 			b.len = 0;
 			sb_puts(&b, "{\"member_id\":\"_store\",\"items\":[");
 			for (size_t q = 0; q < nt; q++) {
-				sb_printf(&b, "%s{\"sku\":\"%s\",\"score\":", q ? "," : "", r->skus[top[q]].code);
+				sb_add(&b, "%s{\"sku\":\"%s\",\"score\":", q ? "," : "", r->skus[top[q]].code);
 				sb_frac(&b, (double)r->skus[top[q]].invoices / (double)maxinv);
 				sb_puts(&b, ",\"reason\":\"bestseller\"}");
 			}

@@ -429,38 +429,35 @@ static int fv_read(sqlite3_file *file, void *buf, int amt, sqlite3_int64 off)
 	return rc;
 }
 
-static int fv_write(sqlite3_file *file, const void *buf, int amt, sqlite3_int64 off)
+/* A write (amt bytes of buf at off) or a truncate (to off) of f: the fault
+ * plan and the disk quota first, then the real call, then the power-cut
+ * journal of what the file would lose unsynced. */
+static int fv_change(fv_file *f, int truncate, const void *buf, int amt, sqlite3_int64 off)
 {
-	fv_file *f = (fv_file *)file;
+	unsigned op = truncate ? FAULTVFS_TRUNCATE : FAULTVFS_WRITE;
+	size_t n = truncate ? 0 : (size_t)amt;
 	pthread_mutex_lock(&g.mu);
-	int rc = account(FAULTVFS_WRITE, f->path, off, (size_t)amt);
-	if (rc == 0 && over_quota(f, off + amt)) {
+	int rc = account(op, f->path, off, n);
+	if (rc == 0 && over_quota(f, off + (sqlite3_int64)n)) {
 		rc = SQLITE_FULL;
-		note_fault(FAULTVFS_WRITE, f->path, off, (size_t)amt, rc, "over the disk quota");
+		note_fault(op, f->path, off, n, rc, "over the disk quota");
 	}
 	if (rc == 0)
-		rc = f->real->pMethods->xWrite(f->real, buf, amt, off);
-	if (rc == SQLITE_OK && f->node && node_add_op(f->node, 0, off, buf, (size_t)amt))
+		rc = truncate ? f->real->pMethods->xTruncate(f->real, off) : f->real->pMethods->xWrite(f->real, buf, amt, off);
+	if (rc == SQLITE_OK && f->node && node_add_op(f->node, truncate, off, buf, n))
 		rc = SQLITE_IOERR_NOMEM;
 	pthread_mutex_unlock(&g.mu);
 	return rc;
 }
 
+static int fv_write(sqlite3_file *file, const void *buf, int amt, sqlite3_int64 off)
+{
+	return fv_change((fv_file *)file, 0, buf, amt, off);
+}
+
 static int fv_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
-	fv_file *f = (fv_file *)file;
-	pthread_mutex_lock(&g.mu);
-	int rc = account(FAULTVFS_TRUNCATE, f->path, size, 0);
-	if (rc == 0 && over_quota(f, size)) {
-		rc = SQLITE_FULL;
-		note_fault(FAULTVFS_TRUNCATE, f->path, size, 0, rc, "over the disk quota");
-	}
-	if (rc == 0)
-		rc = f->real->pMethods->xTruncate(f->real, size);
-	if (rc == SQLITE_OK && f->node && node_add_op(f->node, 1, size, NULL, 0))
-		rc = SQLITE_IOERR_NOMEM;
-	pthread_mutex_unlock(&g.mu);
-	return rc;
+	return fv_change((fv_file *)file, 1, NULL, 0, size);
 }
 
 static int fv_sync(sqlite3_file *file, int flags)

@@ -8,6 +8,7 @@
  * the product; it favours robustness and clear failure messages over speed.
  */
 #include "harness.h"
+#include "testkit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,18 +65,12 @@ static void th_err(const char *fmt, ...)
 
 int64_t th_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return tk_mono_ms();
 }
 
 int64_t th_wall_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return tk_wall_ms();
 }
 
 void th_sleep_ms(int ms)
@@ -1308,7 +1303,6 @@ th_broker *th_broker_start(const char *dir, int port, const char *cert_name,
 th_broker *th_broker_start_ex(const char *dir, int port, const char *cert_name,
 			      int require_client_cert, const char *extra_conf)
 {
-	th_broker *b = NULL;
 	char conf[4096];
 	int n;
 
@@ -1351,24 +1345,7 @@ th_broker *th_broker_start_ex(const char *dir, int port, const char *cert_name,
 		th_err("th_broker_start: config too long");
 		return NULL;
 	}
-	b = calloc(1, sizeof *b);
-	if (!b)
-		return NULL;
-	b->pid = -1;
-	b->port = port;
-	snprintf(b->uri, sizeof b->uri, "ssl://127.0.0.1:%d", port);
-	b->dir = strdup(dir);
-	b->conf_path = path_join(dir, "mosquitto.conf");
-	b->log_path = path_join(dir, "mosquitto.log");
-	b->conf_text = strdup(conf);
-	if (!b->dir || !b->conf_path || !b->log_path || !b->conf_text)
-		goto fail;
-	if (broker_launch(b) != 0)
-		goto fail;
-	return b;
-fail:
-	th_broker_free(b);
-	return NULL;
+	return th_broker_start_conf(dir, port, conf);
 }
 
 th_broker *th_broker_start_conf(const char *dir, int port, const char *conf)
@@ -1868,30 +1845,49 @@ fail:
 	return NULL;
 }
 
+/* A request the caller will wait for: *q counted against m, or -EINVAL (no
+ * client or topic) / -ENOMEM. */
+static int req_begin(th_mqtt *m, const char *topic, struct th_req **q)
+{
+	if (!m || !topic)
+		return -EINVAL;
+	*q = req_new(m, 0);
+	return *q ? 0 : -ENOMEM;
+}
+
+/* Ends a request that req_begin started: rc is how sending it went. Sent,
+ * it waits for the broker's answer (`refusal` names a negative one in the
+ * log); not sent, it is dropped. */
+static int req_finish(struct th_req *q, int rc, int timeout_ms, const char *what, const char *topic,
+		      const char *refusal)
+{
+	if (rc != 0) {
+		req_drop(q);
+		return rc;
+	}
+	rc = req_wait(q, timeout_ms);
+	if (rc != 0)
+		th_err("%s %s: %s (%d)", what, topic, rc == -ETIMEDOUT ? "timeout" : refusal, rc);
+	return rc;
+}
+
 int th_mqtt_subscribe(th_mqtt *m, const char *topic, int qos, int timeout_ms)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	struct th_req *q;
-	int rc;
+	int rc = req_begin(m, topic, &q);
 
-	if (!m || !topic)
-		return -EINVAL;
-	q = req_new(m, 0);
-	if (!q)
-		return -ENOMEM;
+	if (rc != 0)
+		return rc;
 	ro.onSuccess5 = on_req_ok;
 	ro.onFailure5 = on_req_fail;
 	ro.context = q;
 	rc = MQTTAsync_subscribe(m->client, topic, qos, &ro);
 	if (rc != MQTTASYNC_SUCCESS) {
-		req_drop(q);
 		th_err("subscribe %s: %s", topic, MQTTAsync_strerror(rc));
-		return rc < 0 ? rc : -EIO;
+		rc = rc < 0 ? rc : -EIO;
 	}
-	rc = req_wait(q, timeout_ms);
-	if (rc != 0)
-		th_err("subscribe %s: %s (%d)", topic, rc == -ETIMEDOUT ? "timeout" : "refused", rc);
-	return rc;
+	return req_finish(q, rc, timeout_ms, "subscribe", topic, "refused");
 }
 
 static int publish_common(th_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
@@ -1928,22 +1924,12 @@ int th_mqtt_publish_ex(th_mqtt *m, const char *topic, const void *payload, size_
 		       int retain, int timeout_ms)
 {
 	struct th_req *q;
-	int rc;
+	int rc = req_begin(m, topic, &q);
 
-	if (!m || !topic)
-		return -EINVAL;
-	q = req_new(m, 0);
-	if (!q)
-		return -ENOMEM;
-	rc = publish_common(m, topic, payload, len, qos, retain, q);
-	if (rc != 0) {
-		req_drop(q);
-		return rc;
-	}
-	rc = req_wait(q, timeout_ms);
 	if (rc != 0)
-		th_err("publish %s: %s (%d)", topic, rc == -ETIMEDOUT ? "timeout" : "failed", rc);
-	return rc;
+		return rc;
+	rc = publish_common(m, topic, payload, len, qos, retain, q);
+	return req_finish(q, rc, timeout_ms, "publish", topic, "failed");
 }
 
 int th_mqtt_publish_window(th_mqtt *m, const char *topic, const void *payload, size_t len,
@@ -2052,32 +2038,5 @@ void th_mqtt_close(th_mqtt *m)
 
 int th_tcp_nodelay_all(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -errno;
-	while ((e = readdir(d))) {
-		char *end = NULL;
-		long fd = strtol(e->d_name, &end, 10);
-		int type = 0, domain = 0, on = 1;
-		socklen_t len = sizeof type;
-		struct stat st;
-
-		if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
-			continue;
-		if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode))
-			continue;
-		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
-			continue;
-		len = sizeof domain;
-		if (getsockopt((int)fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
-		    (domain != AF_INET && domain != AF_INET6))
-			continue;
-		if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0)
-			n++;
-	}
-	closedir(d);
-	return n;
+	return tk_tcp_nodelay_all();
 }

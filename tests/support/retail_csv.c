@@ -155,17 +155,21 @@ int64_t rcsv_days_from_civil(int64_t y, int64_t m, int64_t d)
 	return era * 146097 + doe - 719468;
 }
 
+/* The inverse of rcsv_days_from_civil, found by stepping it rather than by
+ * Hinnant's closed form (which the agent's enroll.c carries): a year guess
+ * from the mean year length, corrected a year at a time, then the month. */
 void rcsv_civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d)
 {
-	z += 719468;
-	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-	int64_t doe = z - era * 146097;
-	int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	int64_t mp = (5 * doy + 2) / 153;
-	*d = doy - (153 * mp + 2) / 5 + 1;
-	*m = mp < 10 ? mp + 3 : mp - 9;
-	*y = yoe + era * 400 + (*m <= 2);
+	int64_t year = 1970 + z / 366, month = 1;
+	while (rcsv_days_from_civil(year, 1, 1) > z)
+		year--;
+	while (rcsv_days_from_civil(year + 1, 1, 1) <= z)
+		year++;
+	while (month < 12 && rcsv_days_from_civil(year, month + 1, 1) <= z)
+		month++;
+	*y = year;
+	*m = month;
+	*d = z - rcsv_days_from_civil(year, month, 1) + 1;
 }
 
 static int rcsv__digits(const char **p, int maxd, int64_t *out)

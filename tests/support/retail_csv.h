@@ -62,8 +62,8 @@ int rcsv_pence(const char *s, int64_t *out);
  * "2010-12-01 08:26[:00]" (this copy) and "12/1/2010 8:26" (the UCI
  * original, m/d/yyyy h:mm). 0 or -1. */
 int rcsv_datetime(const char *s, int64_t *ms);
-/* Days since 1970-01-01 of a proleptic Gregorian date and back (H. Hinnant's
- * algorithms): no time_t, no time zone. */
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+ * algorithm) and back: no time_t, no time zone. */
 int64_t rcsv_days_from_civil(int64_t y, int64_t m, int64_t d);
 void rcsv_civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d);
 /* CustomerID as the sample spells it ("17850" or "17850.0") → "17850", in

@@ -9,6 +9,7 @@
  * 2 bad command line (one line naming the argument).
  */
 #include "cachegen.h"
+#include "retail_csv.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -48,20 +49,6 @@ static int bad(const char *cmd, const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, " (see scrm-cachegen %s --help)\n", cmd);
 	return 2;
-}
-
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-	char *end;
-	long long v;
-	if (!s || !*s)
-		return -1;
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || *end || v < lo || v > hi)
-		return -1;
-	*out = v;
-	return 0;
 }
 
 static int64_t now_ms(void)
@@ -132,7 +119,7 @@ static int num_opt(const char *cmd, struct opt *opts, const char *name, int64_t 
 	char flag[64];
 	if (!v)
 		return 0;
-	if (parse_i64(v, lo, hi, out)) {
+	if (rcsv_int(v, lo, hi, out)) {
 		snprintf(flag, sizeof(flag), "--%s", name);
 		fprintf(stderr, "scrm-cachegen %s: %s: \"%s\" is not an integer in %" PRId64 "..%" PRId64 "\n", cmd, flag, v,
 			lo, hi);

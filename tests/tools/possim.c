@@ -2,14 +2,17 @@
 /*
  * scrm-pos-sim: a POS stand-in that records events through libscrm exactly
  * as a till would. Either synthetic purchases (--count N) or a replay of the
- * retail sample (--csv FILE): each invoice becomes a purchase, each "C..."
- * cancellation a return, prices converted to minor units without floating
- * point. With --receipts every successful capture prints one line
+ * retail sample (--csv FILE, read with tests/support/retail_csv): each
+ * invoice becomes a purchase, each "C..." cancellation a return, prices
+ * converted to minor units without floating point. With --receipts every
+ * successful capture prints one line
  *   ok <seq> <event_id> <order_id>
  * flushed before the next capture starts, so a test that kills this process
  * knows exactly which captures returned success.
  */
 #include <scrm/scrm.h>
+
+#include "retail_csv.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -100,71 +103,6 @@ static int synthetic(scrm_store *st, const struct opts *o, long *ok, long *bad)
 	return 0;
 }
 
-/* "2.55" → 255 exactly; returns -1 on anything else. */
-static int64_t parse_minor(const char *s)
-{
-	int64_t whole = 0, frac = 0;
-	int fd = 0;
-	const char *p = s;
-	if (!*p)
-		return -1;
-	for (; *p >= '0' && *p <= '9'; p++)
-		whole = whole * 10 + (*p - '0');
-	if (*p == '.') {
-		for (p++; *p >= '0' && *p <= '9'; p++) {
-			if (fd < 2)
-				frac = frac * 10 + (*p - '0');
-			else if (fd == 2 && *p >= '5')
-				frac++; /* round half up on the third decimal */
-			fd++;
-		}
-	}
-	if (*p)
-		return -1;
-	while (fd < 2) {
-		frac *= 10;
-		fd++;
-	}
-	return whole * 100 + frac;
-}
-
-/* Minimal CSV splitting with quoted fields (descriptions contain commas). */
-static int split_csv(char *line, char **f, int max)
-{
-	int n = 0;
-	char *p = line;
-	while (n < max) {
-		if (*p == '"') {
-			char *w = ++p;
-			f[n++] = w;
-			while (*p) {
-				if (*p == '"' && p[1] == '"') {
-					*w++ = '"';
-					p += 2;
-				} else if (*p == '"') {
-					p++;
-					break;
-				} else {
-					*w++ = *p++;
-				}
-			}
-			*w = '\0';
-			if (*p == ',')
-				p++;
-			else
-				break;
-		} else {
-			f[n++] = p;
-			char *c = strchr(p, ',');
-			if (!c)
-				break;
-			*c = '\0';
-			p = c + 1;
-		}
-	}
-	return n;
-}
-
 struct invoice {
 	char no[32], member[32], date[32];
 	/* Room beyond the library's 1,000-line limit on purpose: an oversize
@@ -219,35 +157,29 @@ static void flush_invoice(scrm_store *st, const struct opts *o, struct invoice *
 
 static int replay(scrm_store *st, const struct opts *o, long *ok, long *bad)
 {
-	FILE *f = fopen(o->csv, "re");
-	char line[2048];
 	struct invoice *iv = calloc(1, sizeof(*iv));
 	int64_t t0 = now_ms(), s0 = -1;
-	if (!f || !iv) {
-		fprintf(stderr, "scrm-pos-sim: --csv %s: %s\n", o->csv, strerror(errno));
+	rcsv r;
+	int rc = rcsv_open(&r, o->csv);
+	if (rc || !iv) {
+		fprintf(stderr, "scrm-pos-sim: --csv %s: %s\n", o->csv, strerror(rc ? -rc : ENOMEM));
 		free(iv);
-		if (f)
-			fclose(f);
+		rcsv_close(&r);
 		return 1;
 	}
-	if (!fgets(line, sizeof(line), f)) { /* header */
-		fclose(f);
-		free(iv);
-		return 1;
-	}
-	while (fgets(line, sizeof(line), f)) {
-		char *fld[8];
-		line[strcspn(line, "\r\n")] = '\0';
-		if (split_csv(line, fld, 8) < 8)
+	while ((rc = rcsv_next(&r)) == 1) {
+		char **fld = r.fld;
+		int64_t qty, price;
+		if (r.n != RCSV_COLS)
 			continue;
-		if (o->day && strncmp(fld[4], o->day, strlen(o->day)) != 0)
+		if (o->day && strncmp(fld[RCSV_DATE], o->day, strlen(o->day)) != 0)
 			continue;
-		if (strcmp(fld[0], iv->no) != 0) {
+		if (strcmp(fld[RCSV_INVOICE], iv->no) != 0) {
 			flush_invoice(st, o, iv, ok, bad);
-			snprintf(iv->no, sizeof(iv->no), "%s", fld[0]);
-			snprintf(iv->date, sizeof(iv->date), "%s", fld[4]);
+			snprintf(iv->no, sizeof(iv->no), "%s", fld[RCSV_INVOICE]);
+			snprintf(iv->date, sizeof(iv->date), "%s", fld[RCSV_DATE]);
 			/* "17850.0" → "17850" */
-			snprintf(iv->member, sizeof(iv->member), "%s", fld[6]);
+			snprintf(iv->member, sizeof(iv->member), "%s", fld[RCSV_CUSTOMER]);
 			char *dot = strchr(iv->member, '.');
 			if (dot)
 				*dot = '\0';
@@ -258,18 +190,21 @@ static int replay(scrm_store *st, const struct opts *o, long *ok, long *bad)
 				sleep_ms(t0 + (int64_t)((double)(s - s0) * 1000.0 / o->speed) - now_ms());
 			}
 		}
-		long qty = strtol(fld[3], NULL, 10);
-		int64_t price = parse_minor(fld[5]);
-		if (qty == 0 || price < 0 || iv->n >= 2000)
+		/* a line with no quantity or a negative price is no sale */
+		if (rcsv_int(fld[RCSV_QTY], -INT64_MAX, INT64_MAX, &qty) != 0 || qty == 0 ||
+		    fld[RCSV_PRICE][0] == '-' || rcsv_pence(fld[RCSV_PRICE], &price) != 0 || iv->n >= 2000)
 			continue;
 		size_t k = iv->n++;
-		snprintf(iv->skus[k], sizeof(iv->skus[k]), "%s", fld[1]);
+		snprintf(iv->skus[k], sizeof(iv->skus[k]), "%s", fld[RCSV_SKU]);
 		iv->lines[k] = (scrm_line){.sku = iv->skus[k], .qty = qty < 0 ? -qty : qty, .unit_price = price, .discount = 0};
 	}
 	flush_invoice(st, o, iv, ok, bad);
-	fclose(f);
+	if (rc < 0)
+		fprintf(stderr, "scrm-pos-sim: --csv %s: line %zu: %s\n", o->csv, r.lineno,
+			rc == -EINVAL ? "not the Online Retail header" : strerror(-rc));
+	rcsv_close(&r);
 	free(iv);
-	return 0;
+	return rc < 0 || r.lineno == 0; /* an error, or not even a header */
 }
 
 int main(int argc, char **argv)
