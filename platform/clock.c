@@ -33,6 +33,37 @@ static int64_t ms_of(clockid_t id)
 	return (int64_t)ts.tv_sec * 1000 + (int64_t)(ts.tv_nsec / 1000000);
 }
 
+int64_t platform__mono_us(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return 0;
+	return (int64_t)ts.tv_sec * 1000000 + (int64_t)(ts.tv_nsec / 1000);
+}
+
+int platform__cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+	int e = pthread_condattr_init(&a);
+	if (e)
+		return -e;
+	if (!(e = pthread_condattr_setclock(&a, CLOCK_MONOTONIC)))
+		e = pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+	return -e;
+}
+
+void platform__cond_wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us)
+{
+	struct timespec ts;
+	if (us <= 0 || clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return;
+	int64_t ns = (int64_t)ts.tv_nsec + (us % 1000000) * 1000;
+	ts.tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
+	ts.tv_nsec = (long)(ns % 1000000000);
+	pthread_cond_timedwait(cv, mu, &ts);
+}
+
 int64_t platform__wall_ms(void)
 {
 	return fake_wall ? fake_wall(fake_ctx) : ms_of(CLOCK_REALTIME);

@@ -8,6 +8,7 @@
 #ifndef SCRM_PLATFORM_H
 #define SCRM_PLATFORM_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,6 +18,15 @@
 int64_t platform__wall_ms(void);
 /* Monotonic clock including suspend (CLOCK_BOOTTIME), ms since boot. */
 int64_t platform__mono_ms(void);
+/* Monotonic clock (CLOCK_MONOTONIC), microseconds, for measuring short
+ * intervals (a commit's duration); never stored or sent. */
+int64_t platform__mono_us(void);
+/* A condition variable whose timed waits run on the monotonic clock, so a
+ * wall clock step cannot stretch or cut them. 0 or -errno. */
+int platform__cond_init(pthread_cond_t *cv);
+/* Wait on cv (made by platform__cond_init) for at most us microseconds;
+ * returns early when signalled (or spuriously): callers re-check. */
+void platform__cond_wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us);
 /* Sleep ms milliseconds (restarted after signals). */
 void platform__sleep_ms(int ms);
 /* Kernel boot id (36 chars + NUL); "unknown" padding if unavailable. */

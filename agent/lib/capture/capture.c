@@ -3,14 +3,21 @@
  * capture: the public capture API of libscrm (include/scrm/scrm.h).
  *
  * Group commit. Each record call validates and encodes its event on the
- * caller's thread, then queues it. The first caller to find no commit in
- * progress becomes the leader: it takes everything queued, appends it in one
- * SQLite transaction (one fsync), publishes the outcome to each waiter and
- * repeats while more arrived meanwhile. Followers just wait for their
- * outcome. A lone caller pays one transaction per event; N concurrent
- * callers share one fsync, which is what lets a busy store capture
- * hundreds of durable events per fsync.
- */
+ * caller's thread, then queues it. One caller at a time is the leader: it
+ * takes what is queued (up to GROUP_MAX), appends it in one SQLite
+ * transaction (one fsync) and wakes exactly the callers whose events that
+ * group decided — each waits on its own condition variable, so a commit
+ * costs one wake-up per event, not one per waiting thread. The leader then
+ * hands the lead to the first caller still queued and returns at once, so
+ * its till is never kept waiting for other tills' sales.
+ *
+ * A leader about to commit holds the group open briefly while fewer
+ * callers are queued than the last group held (at most half the last
+ * commit's duration, never over GATHER_MAX_US): the callers the last
+ * commit released are then back with their next event, and N busy callers
+ * share one fsync instead of splitting into two alternating halves. A lone
+ * caller (a last group of one) never waits.
+  */
 #include <scrm/scrm.h>
 
 #include "err.h"
@@ -27,24 +34,34 @@
 
 /* Events committed per transaction at most, so one leader's turn is bounded. */
 #define GROUP_MAX 512
+/* The longest a leader holds a group open for more callers (see above). */
+#define GATHER_MAX_US 2000
 
 struct pending {
 	struct pending *next;
 	outbox__row row;
-	int done;
+	int done; /* the outcome is in rc, errmsg and row */
+	int lead; /* handed the lead: commit the queue */
 	int rc;
+	pthread_cond_t cv; /* this caller's own wake-up: done, or lead */
 	char errmsg[512];
 };
 
 struct scrm_store {
-	outbox *ob; /* used only by the current leader, or under mu for reads */
+	outbox *ob; /* used only by the current leader */
 	platform__notifier *notify; /* pokes the daemon after each commit */
 	char boot[37];
 	int64_t trusted_after_ms;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t idle;    /* leader went 0: for callers that need the connection */
+	pthread_cond_t arrived; /* an event was queued while the leader gathers (monotonic) */
 	struct pending *head, **tail;
-	int leader;
+	size_t queued;
+	int leader;       /* someone holds the connection: a record call leading, or exclusive */
+	int gathering;    /* the leader waits for `arrived` */
+	int excl_waiting; /* callers waiting in take_connection() */
+	size_t last_group;      /* events in the last group */
+	int64_t last_commit_us; /* and how long its append took */
 };
 
 int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store **out)
@@ -67,7 +84,9 @@ int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store 
 	s->notify = platform__notifier_open(dir);
 	s->trusted_after_ms = (int64_t)SCRM_BUILD_EPOCH * 1000;
 	pthread_mutex_init(&s->mu, NULL);
-	pthread_cond_init(&s->cv, NULL);
+	pthread_cond_init(&s->idle, NULL);
+	if (platform__cond_init(&s->arrived) != 0)
+		pthread_cond_init(&s->arrived, NULL); /* timed waits then follow the wall clock */
 	s->tail = &s->head;
 	*out = s;
 	return SCRM_OK;
@@ -80,7 +99,8 @@ void scrm_store_close(scrm_store *s)
 	outbox__close(s->ob);
 	platform__notifier_close(s->notify);
 	pthread_mutex_destroy(&s->mu);
-	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->idle);
+	pthread_cond_destroy(&s->arrived);
 	free(s);
 }
 
@@ -89,62 +109,109 @@ const char *scrm_store_device_id(const scrm_store *s)
 	return s ? outbox__device_id(s->ob) : "";
 }
 
-/* Commit everything queued, repeatedly, until the queue is empty. Called
- * with mu held; returns with mu held. */
-static void lead(scrm_store *s)
+/* Hold the group open while fewer callers are queued than the last group
+ * held (see the top of this file). Called with mu held. */
+static void gather(scrm_store *s)
+{
+	size_t expect = s->last_group < GROUP_MAX ? s->last_group : GROUP_MAX;
+	if (expect <= 1 || s->queued >= expect)
+		return;
+	int64_t budget = s->last_commit_us / 2;
+	if (budget > GATHER_MAX_US)
+		budget = GATHER_MAX_US;
+	const int64_t end = platform__mono_us() + budget;
+	s->gathering = 1;
+	for (int64_t left = budget; s->queued < expect && left > 0; left = end - platform__mono_us())
+		platform__cond_wait_us(&s->arrived, &s->mu, left);
+	s->gathering = 0;
+}
+
+/* The leader's turn: commit one group from the head of the queue and wake
+ * each caller it decided. Called and returns with mu held. */
+static void commit_group(scrm_store *s)
 {
 	outbox__row rows[GROUP_MAX];
 	struct pending *batch[GROUP_MAX];
+	size_t n = 0;
 
-	while (s->head) {
-		size_t n = 0;
-		while (s->head && n < GROUP_MAX) {
-			struct pending *p = s->head;
-			s->head = p->next;
-			batch[n] = p;
-			rows[n] = p->row;
-			n++;
-		}
-		if (!s->head)
-			s->tail = &s->head;
-		pthread_mutex_unlock(&s->mu);
+	gather(s);
+	while (s->head && n < GROUP_MAX) {
+		struct pending *p = s->head;
+		s->head = p->next;
+		batch[n] = p;
+		rows[n] = p->row;
+		n++;
+	}
+	if (!s->head)
+		s->tail = &s->head;
+	s->queued -= n;
+	pthread_mutex_unlock(&s->mu);
 
-		err__clear();
-		/* Each row has its own outcome: under the outbox's size cap some
-		 * may be refused while the others commit. */
-		outbox__append(s->ob, rows, n, s->trusted_after_ms);
-		int stored = 0;
-		for (size_t i = 0; i < n; i++)
-			stored |= rows[i].refused == SCRM_OK;
-		if (stored)
-			platform__notifier_send(s->notify);
+	err__clear();
+	const int64_t t0 = platform__mono_us();
+	/* Each row has its own outcome: under the outbox's size cap some may
+	 * be refused while the others commit. */
+	outbox__append(s->ob, rows, n, s->trusted_after_ms);
+	const int64_t took = platform__mono_us() - t0;
+	int stored = 0;
+	for (size_t i = 0; i < n; i++)
+		stored |= rows[i].refused == SCRM_OK;
+	if (stored)
+		platform__notifier_send(s->notify);
 
-		pthread_mutex_lock(&s->mu);
-		for (size_t i = 0; i < n; i++) {
-			batch[i]->row.seq = rows[i].seq;
-			batch[i]->row.clock_ok = rows[i].clock_ok;
-			batch[i]->row.existing = rows[i].existing;
-			memcpy(batch[i]->row.existing_id, rows[i].existing_id, sizeof(rows[i].existing_id));
-			batch[i]->row.existing_wall_ms = rows[i].existing_wall_ms;
-			batch[i]->rc = rows[i].refused;
-			if (rows[i].refused)
-				snprintf(batch[i]->errmsg, sizeof(batch[i]->errmsg), "%s",
-					 rows[i].why ? rows[i].why : scrm_errmsg());
-			batch[i]->done = 1;
-		}
-		pthread_cond_broadcast(&s->cv);
+	pthread_mutex_lock(&s->mu);
+	s->last_group = n;
+	s->last_commit_us = took;
+	for (size_t i = 0; i < n; i++) {
+		struct pending *p = batch[i];
+		p->row.seq = rows[i].seq;
+		p->row.clock_ok = rows[i].clock_ok;
+		p->row.existing = rows[i].existing;
+		memcpy(p->row.existing_id, rows[i].existing_id, sizeof(rows[i].existing_id));
+		p->row.existing_wall_ms = rows[i].existing_wall_ms;
+		p->rc = rows[i].refused;
+		if (rows[i].refused)
+			snprintf(p->errmsg, sizeof(p->errmsg), "%s", rows[i].why ? rows[i].why : scrm_errmsg());
+		p->done = 1;
+		/* Under mu: the caller cannot have returned (and freed p) yet. */
+		pthread_cond_signal(&p->cv);
 	}
 }
 
-/* Take the lead (none is active), commit everything queued, hand back and
- * wake all waiters: their events are done, or one of them must lead next.
- * Called and returns with mu held. */
-static void lead_round(scrm_store *s)
+/* End of a turn with the connection: hand the lead to the first caller
+ * still queued, or — when nobody is queued, or a caller waits for the
+ * connection itself (it would starve under a steady stream of sales
+ * otherwise) — let go; whoever takes the connection next hands on the same
+ * way, so queued events always get a leader. Called with mu held. */
+static void hand_over(scrm_store *s)
 {
-	s->leader = 1;
-	lead(s);
+	if (s->head && !s->excl_waiting) {
+		s->head->lead = 1;
+		pthread_cond_signal(&s->head->cv);
+		return;
+	}
 	s->leader = 0;
-	pthread_cond_broadcast(&s->cv);
+	pthread_cond_broadcast(&s->idle);
+}
+
+/* The connection to this thread alone (no group commits meanwhile), until
+ * give_connection(). */
+static void take_connection(scrm_store *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->excl_waiting++;
+	while (s->leader)
+		pthread_cond_wait(&s->idle, &s->mu);
+	s->excl_waiting--;
+	s->leader = 1;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void give_connection(scrm_store *s)
+{
+	pthread_mutex_lock(&s->mu);
+	hand_over(s);
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* `key`: a purchase's order_id or a return's return_id (borrowed), the
@@ -167,17 +234,32 @@ static int record_keyed(scrm_store *s, event__kind kind, sbuf *body, const char 
 	p.row.body_len = body->len;
 	p.row.key = key;
 
+	pthread_cond_init(&p.cv, NULL);
 	pthread_mutex_lock(&s->mu);
 	*s->tail = &p;
 	s->tail = &p.next;
-	if (!s->leader)
-		lead_round(s);
+	s->queued++;
+	if (s->gathering)
+		pthread_cond_signal(&s->arrived);
+	if (!s->leader) {
+		s->leader = 1;
+		p.lead = 1;
+	}
 	while (!p.done) {
-		pthread_cond_wait(&s->cv, &s->mu);
-		if (!p.done && !s->leader)
-			lead_round(s);
+		if (!p.lead) {
+			pthread_cond_wait(&p.cv, &s->mu);
+			continue;
+		}
+		/* Leading: groups from the head of the queue until ours is in
+		 * one (more than GROUP_MAX may be queued ahead of it). */
+		commit_group(s);
+		if (p.done) {
+			p.lead = 0;
+			hand_over(s);
+		}
 	}
 	pthread_mutex_unlock(&s->mu);
+	pthread_cond_destroy(&p.cv);
 
 	rc = p.rc;
 	if (rc) {
@@ -272,23 +354,9 @@ int scrm_record_json(scrm_store *s, const char *json, size_t len, scrm_receipt *
 
 int store__exclusive(scrm_store *s, int (*fn)(outbox *ob, void *ctx), void *ctx)
 {
-	int rc;
-	pthread_mutex_lock(&s->mu);
-	while (s->leader)
-		pthread_cond_wait(&s->cv, &s->mu);
-	s->leader = 1;
-	pthread_mutex_unlock(&s->mu);
-	rc = fn(s->ob, ctx);
-	char msg[256] = "";
-	if (rc)
-		snprintf(msg, sizeof(msg), "%s", scrm_errmsg());
-	pthread_mutex_lock(&s->mu);
-	/* Events queued while we held the connection need a leader (which
-	 * clears this thread's message: restored below). */
-	lead_round(s);
-	pthread_mutex_unlock(&s->mu);
-	if (rc)
-		err__set(rc, "%s", msg);
+	take_connection(s);
+	int rc = fn(s->ob, ctx);
+	give_connection(s);
 	return rc;
 }
 
@@ -296,17 +364,12 @@ struct redemption_ctx {
 	outbox__row *row;
 	outbox__limits *lim;
 	int64_t trusted_after_ms;
-	char errmsg[512];
 };
 
 static int append_redemption(outbox *ob, void *ctx)
 {
 	struct redemption_ctx *x = ctx;
-	int rc = outbox__append_redemption(ob, x->row, x->trusted_after_ms, x->lim);
-	/* lead_round() after us may overwrite this thread's message */
-	if (rc)
-		snprintf(x->errmsg, sizeof(x->errmsg), "%s", scrm_errmsg());
-	return rc;
+	return outbox__append_redemption(ob, x->row, x->trusted_after_ms, x->lim);
 }
 
 int store__record_redemption(scrm_store *s, sbuf *body, outbox__limits *lim, scrm_receipt *receipt)
@@ -326,7 +389,7 @@ int store__record_redemption(scrm_store *s, sbuf *body, outbox__limits *lim, scr
 	struct redemption_ctx x = {.row = &row, .lim = lim, .trusted_after_ms = s->trusted_after_ms};
 	int rc = store__exclusive(s, append_redemption, &x);
 	if (rc)
-		return err__set(rc, "%s", x.errmsg);
+		return rc; /* the message is this thread's: store__exclusive commits nobody else's events */
 	if (lim->existing) {
 		if (receipt) {
 			memcpy(receipt->event_id, lim->existing_id, sizeof(receipt->event_id));
@@ -375,17 +438,10 @@ int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
 	err__clear();
 	if (!s || !out)
 		return err__set(SCRM_E_INVALID, "store/out: NULL");
-	/* The connection may be in use by a leader: take the lead ourselves so
-	 * no append runs on it meanwhile. */
-	pthread_mutex_lock(&s->mu);
-	while (s->leader)
-		pthread_cond_wait(&s->cv, &s->mu);
-	s->leader = 1;
-	pthread_mutex_unlock(&s->mu);
+	/* The connection may be in use by a leader: no append runs on it
+	 * while the figures are read. */
+	take_connection(s);
 	rc = outbox__stats(s->ob, out);
-	pthread_mutex_lock(&s->mu);
-	/* Events queued while we held the connection need a leader. */
-	lead_round(s);
-	pthread_mutex_unlock(&s->mu);
+	give_connection(s);
 	return rc;
 }
