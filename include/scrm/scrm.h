@@ -192,6 +192,49 @@ SCRM_API int scrm_record_json(scrm_store *store, const char *json, size_t len,
  * kinds, so a tool's help follows the library it runs with). Static. */
 SCRM_API const char *scrm_record_kinds(void);
 
+/* ---- Batch capture (imports) ----------------------------------------- */
+
+/* One event of a batch: exactly one of purchase, ret, scan or json set
+ * (json: as scrm_record_json, json_len bytes). All borrowed for the call. */
+typedef struct scrm_record_item {
+	const scrm_purchase *purchase;
+	const scrm_return *ret;
+	const scrm_member_scan *scan;
+	const char *json;
+	size_t json_len;
+} scrm_record_item;
+
+/* What became of one item of a batch. */
+typedef struct scrm_record_result {
+	int rc;               /* SCRM_OK: recorded, or a retry given its first receipt */
+	scrm_receipt receipt; /* when rc == SCRM_OK */
+	char error[512];      /* otherwise: why, naming the item and the field */
+} scrm_record_result;
+
+/* Most items one scrm_record_batch call takes. */
+#define SCRM_MAX_BATCH 10000
+
+/* Record up to SCRM_MAX_BATCH events in ONE transaction (one fsync): a
+ * till's journal of sales made while it could not reach the agent, an
+ * end-of-day upload. Each item is validated and decided on its own, like a
+ * single call: results[i] (n of them, filled) says whether items[i] was
+ * recorded, with its receipt, or refused and why (invalid, SCRM_E_CONFLICT,
+ * the outbox full, ...); refused items write nothing and do not stop the
+ * others. Purchases and returns are idempotent per order_id (return_id) as
+ * in single calls, within a batch too, so a batch whose outcome is unknown
+ * can be sent again whole; member scans are not (a resent scan is recorded
+ * twice).
+ *
+ * Returns SCRM_OK when every item has its outcome in results (some may be
+ * refused). Any other value: the transaction itself failed and nothing of
+ * the batch is known to be written (each results[i].rc holds the same
+ * code); SCRM_E_IO: as for a single call, the outcome is unknown — send the
+ * batch again. SCRM_E_INVALID without touching results: store, items or
+ * results NULL, or n over SCRM_MAX_BATCH. Any thread; concurrent single
+ * calls wait for the batch's commit. */
+SCRM_API int scrm_record_batch(scrm_store *store, const scrm_record_item *items, size_t n,
+			       scrm_record_result *results);
+
 /* Largest accepted event body, bytes. */
 #define SCRM_MAX_EVENT_BYTES 131072
 

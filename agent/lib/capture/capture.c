@@ -62,6 +62,10 @@ struct scrm_store {
 	int excl_waiting; /* callers waiting in take_connection() */
 	size_t last_group;      /* events in the last group */
 	int64_t last_commit_us; /* and how long its append took */
+	/* The leader's group, here rather than on its stack: the leader runs
+	 * on a POS thread, whose stack may be small. */
+	outbox__row *grp_rows;      /* GROUP_MAX */
+	struct pending **grp_batch; /* GROUP_MAX */
 };
 
 int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store **out)
@@ -75,11 +79,15 @@ int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store 
 	*out = NULL;
 	if (!(s = calloc(1, sizeof(*s))))
 		return err__set(SCRM_E_NOMEM, "out of memory");
-	rc = outbox__open(dir, opts ? opts->device_id : NULL, opts ? opts->busy_timeout_ms : 0, &s->ob);
-	if (rc) {
-		free(s);
-		return rc;
+	s->grp_rows = calloc(GROUP_MAX, sizeof(*s->grp_rows));
+	s->grp_batch = calloc(GROUP_MAX, sizeof(*s->grp_batch));
+	if (!s->grp_rows || !s->grp_batch) {
+		rc = err__set(SCRM_E_NOMEM, "out of memory");
+		goto failed;
 	}
+	rc = outbox__open(dir, opts ? opts->device_id : NULL, opts ? opts->busy_timeout_ms : 0, &s->ob);
+	if (rc)
+		goto failed;
 	platform__boot_id(s->boot);
 	s->notify = platform__notifier_open(dir);
 	s->trusted_after_ms = (int64_t)SCRM_BUILD_EPOCH * 1000;
@@ -90,6 +98,11 @@ int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store 
 	s->tail = &s->head;
 	*out = s;
 	return SCRM_OK;
+failed:
+	free(s->grp_rows);
+	free(s->grp_batch);
+	free(s);
+	return rc;
 }
 
 void scrm_store_close(scrm_store *s)
@@ -101,6 +114,8 @@ void scrm_store_close(scrm_store *s)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->idle);
 	pthread_cond_destroy(&s->arrived);
+	free(s->grp_rows);
+	free(s->grp_batch);
 	free(s);
 }
 
@@ -130,8 +145,8 @@ static void gather(scrm_store *s)
  * each caller it decided. Called and returns with mu held. */
 static void commit_group(scrm_store *s)
 {
-	outbox__row rows[GROUP_MAX];
-	struct pending *batch[GROUP_MAX];
+	outbox__row *rows = s->grp_rows;
+	struct pending **batch = s->grp_batch;
 	size_t n = 0;
 
 	gather(s);
@@ -171,7 +186,7 @@ static void commit_group(scrm_store *s)
 		p->row.existing_wall_ms = rows[i].existing_wall_ms;
 		p->rc = rows[i].refused;
 		if (rows[i].refused)
-			snprintf(p->errmsg, sizeof(p->errmsg), "%s", rows[i].why ? rows[i].why : scrm_errmsg());
+			snprintf(p->errmsg, sizeof(p->errmsg), "%s", rows[i].why[0] ? rows[i].why : scrm_errmsg());
 		p->done = 1;
 		/* Under mu: the caller cannot have returned (and freed p) yet. */
 		pthread_cond_signal(&p->cv);
@@ -280,35 +295,44 @@ int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 	return record_keyed(s, kind, body, NULL, receipt);
 }
 
-static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_receipt *receipt)
+/* Validate and encode one typed event: its canonical body, and the
+ * receipt's key (kinds.def; borrowed from `in`, NULL for unkeyed kinds). */
+static int encode_typed(event__kind kind, const void *in, sbuf *body, const char **key)
 {
-	sbuf body;
-	const char *key = NULL; /* the receipt's key (kinds.def), borrowed from `in` */
 	int rc = SCRM_E_INTERNAL;
-
-	err__clear();
-	if (!s)
-		return err__set(SCRM_E_INVALID, "store: NULL");
-	sbuf__init(&body);
+	*key = NULL;
 	/* No default: a kind added to kinds.def is a -Wswitch warning here
 	 * until it says whether POS software records it through a typed call. */
 	switch (kind) {
 	case EVENT_PURCHASE:
-		rc = event__encode_purchase(in, &body);
-		key = rc == SCRM_OK ? ((const scrm_purchase *)in)->order_id : NULL;
+		rc = event__encode_purchase(in, body);
+		*key = rc == SCRM_OK ? ((const scrm_purchase *)in)->order_id : NULL;
 		break;
 	case EVENT_RETURN:
-		rc = event__encode_return(in, &body);
-		key = rc == SCRM_OK ? ((const scrm_return *)in)->return_id : NULL;
+		rc = event__encode_return(in, body);
+		*key = rc == SCRM_OK ? ((const scrm_return *)in)->return_id : NULL;
 		break;
 	case EVENT_MEMBER_SCAN:
-		rc = event__encode_scan(in, &body);
+		rc = event__encode_scan(in, body);
 		break;
 	case EVENT_COUPON_REDEEM: /* scrm_redeem: store__record_redemption */
 	case EVENT_RECO_SHOWN:    /* scrm_recommend: store__record */
 		rc = err__set(SCRM_E_INTERNAL, "capture: %s has no typed call", event__kind_name(kind));
 		break;
 	}
+	return rc;
+}
+
+static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_receipt *receipt)
+{
+	sbuf body;
+	const char *key;
+
+	err__clear();
+	if (!s)
+		return err__set(SCRM_E_INVALID, "store: NULL");
+	sbuf__init(&body);
+	int rc = encode_typed(kind, in, &body, &key);
 	if (rc == SCRM_OK)
 		rc = record_keyed(s, kind, &body, key, receipt);
 	sbuf__free(&body);
@@ -443,5 +467,129 @@ int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
 	take_connection(s);
 	rc = outbox__stats(s->ob, out);
 	give_connection(s);
+	return rc;
+}
+
+/* ---- batch capture (scrm.h) ---- */
+
+/* Validate and encode items[i] into body (and *kind, *key). */
+static int encode_item(const scrm_record_item *it, event__kind *kind, sbuf *body, const char **key)
+{
+	const int set = !!it->purchase + !!it->ret + !!it->scan + !!it->json;
+	*key = NULL;
+	if (set != 1)
+		return err__set(SCRM_E_INVALID, "exactly one of purchase, ret, scan and json must be set, %d are", set);
+	if (it->json)
+		return event__from_json(it->json, it->json_len, kind, body);
+	*kind = it->purchase ? EVENT_PURCHASE : it->ret ? EVENT_RETURN : EVENT_MEMBER_SCAN;
+	return encode_typed(*kind, it->purchase ? (const void *)it->purchase : it->ret ? (const void *)it->ret : (const void *)it->scan,
+			    body, key);
+}
+
+/* results[i] refused: "items[i]: <lead><why>". */
+static void item_failed(scrm_record_result *r, size_t i, int rc, const char *lead, const char *why)
+{
+	r->rc = rc;
+	snprintf(r->error, sizeof(r->error), "items[%zu]: %s%.440s", i, lead, why);
+}
+
+int scrm_record_batch(scrm_store *s, const scrm_record_item *items, size_t n, scrm_record_result *results)
+{
+	struct bitem {
+		sbuf body;
+		char id[37];
+	} *b = NULL;
+	outbox__row *rows = NULL;
+	size_t *of = NULL, m = 0;
+	int rc = SCRM_OK;
+
+	err__clear();
+	if (!s || (n && (!items || !results)))
+		return err__set(SCRM_E_INVALID, "store/items/results: NULL");
+	if (n > SCRM_MAX_BATCH)
+		return err__set(SCRM_E_INVALID, "n: at most %d events per batch, got %zu", SCRM_MAX_BATCH, n);
+	if (n == 0)
+		return SCRM_OK;
+	memset(results, 0, n * sizeof(*results));
+	b = calloc(n, sizeof(*b));
+	rows = calloc(n, sizeof(*rows));
+	of = calloc(n, sizeof(*of));
+	if (!b || !rows || !of) {
+		rc = err__set(SCRM_E_NOMEM, "out of memory for a batch of %zu", n);
+		for (size_t i = 0; i < n; i++)
+			item_failed(&results[i], i, rc, "not recorded: ", "out of memory");
+		goto cleanup;
+	}
+	/* One clock reading for the whole batch: its events were recorded at
+	 * once (the till's own times travel in the bodies it sends). */
+	const int64_t wall = platform__wall_ms(), mono = platform__mono_ms();
+	for (size_t i = 0; i < n; i++) {
+		event__kind kind = EVENT_PURCHASE;
+		const char *key;
+		sbuf__init(&b[i].body);
+		err__clear();
+		int irc = encode_item(&items[i], &kind, &b[i].body, &key);
+		if (irc == SCRM_OK && uuid__v7(wall, b[i].id) != 0)
+			irc = err__set(SCRM_E_CRYPTO, "event id: random generator failed");
+		if (irc) {
+			item_failed(&results[i], i, irc, "", scrm_errmsg());
+			continue;
+		}
+		outbox__row *r = &rows[m];
+		r->id = b[i].id;
+		r->kind = event__kind_name(kind);
+		r->wall_ms = wall;
+		r->mono_ms = mono;
+		r->boot = s->boot;
+		r->body = b[i].body.p;
+		r->body_len = b[i].body.len;
+		r->key = key;
+		of[m++] = i;
+	}
+	if (m == 0)
+		goto cleanup;
+
+	take_connection(s);
+	err__clear();
+	outbox__append(s->ob, rows, m, s->trusted_after_ms);
+	char msg[480];
+	snprintf(msg, sizeof(msg), "%s", scrm_errmsg());
+	give_connection(s);
+
+	/* The transaction failed when every row is refused without a reason
+	 * of its own (outbox.h); otherwise it committed and each row has its
+	 * outcome. */
+	int failed = 1, stored = 0;
+	for (size_t k = 0; k < m; k++) {
+		failed &= rows[k].refused != SCRM_OK && !rows[k].why[0];
+		stored |= rows[k].refused == SCRM_OK && !rows[k].existing;
+	}
+	for (size_t k = 0; k < m; k++) {
+		scrm_record_result *res = &results[of[k]];
+		const outbox__row *r = &rows[k];
+		if (failed) {
+			item_failed(res, of[k], r->refused, "not recorded: ", msg);
+		} else if (r->refused) {
+			item_failed(res, of[k], r->refused, "", r->why);
+		} else {
+			res->rc = SCRM_OK;
+			snprintf(res->receipt.event_id, sizeof(res->receipt.event_id), "%s", r->existing ? r->existing_id : r->id);
+			res->receipt.seq = r->seq;
+			res->receipt.wall_ms = r->existing ? r->existing_wall_ms : r->wall_ms;
+		}
+	}
+	if (stored)
+		platform__notifier_send(s->notify);
+	if (failed)
+		rc = err__set(rows[0].refused, "batch not recorded: %s", msg);
+cleanup:
+	if (b)
+		for (size_t i = 0; i < n; i++)
+			sbuf__free(&b[i].body);
+	free(b);
+	free(rows);
+	free(of);
+	if (rc == SCRM_OK)
+		err__clear();
 	return rc;
 }

@@ -72,7 +72,7 @@ static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[OUT
 			 field, (const char *)sqlite3_column_text(st, 4), (long long)sqlite3_column_int64(st, 0),
 			 (const char *)sqlite3_column_text(st, 1), r->kind, r->kind, field);
 		r->refused = SCRM_E_CONFLICT;
-		r->why = ob->conflict_msg;
+		snprintf(r->why, sizeof(r->why), "%s", ob->conflict_msg);
 	}
 	sqlite3_reset(st);
 	return SCRM_OK;
@@ -133,7 +133,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		unsigned char digest[OUTBOX_DIGEST_BYTES];
 		r->seq = 0;
 		r->refused = 0;
-		r->why = NULL;
+		r->why[0] = 0;
 		r->existing = 0;
 		/* A sale already recorded (a till retrying after a timeout or a
 		 * crash) gets its first receipt back, before anything else could
@@ -182,7 +182,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				 " and redemptions and for central's acks (the disk_full alarm is up)",
 				 r->kind, ob->dir);
 			r->refused = SCRM_E_DISK_FULL;
-			r->why = ob->drop_msg;
+			snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
 			if ((rc = outbox__count_dropped(ob, r->kind, need, now)))
 				return rc;
 			continue;
@@ -197,7 +197,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 " nothing was recorded",
 					 (long long)used, (long long)max_bytes, state, r->kind, (long long)need);
 				r->refused = SCRM_E_DISK_FULL;
-				r->why = ob->full_msg;
+				snprintf(r->why, sizeof(r->why), "%s", ob->full_msg);
 				if ((rc = outbox__exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
 				    (rc = outbox__raise_alarm(ob, "outbox_full", ob->full_msg, now)) ||
 				    (keyed && (rc = order_forget(ob, r))))
@@ -209,7 +209,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 " and none of those left to evict; %s",
 					 r->kind, (long long)used, (long long)soft, state);
 				r->refused = SCRM_E_REFUSED;
-				r->why = ob->drop_msg;
+				snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
 				if ((rc = outbox__count_dropped(ob, r->kind, need, now)) || (rc = outbox__raise_dropped(ob, now)))
 					return rc;
 			}
@@ -289,7 +289,7 @@ again:
 	quarantine__lock(ob->lock_fd, 0);
 	for (size_t i = 0; i < n; i++)
 		if (rows[i].refused)
-			return err__set(rows[i].refused, "%s", rows[i].why ? rows[i].why : "not recorded");
+			return err__set(rows[i].refused, "%s", rows[i].why[0] ? rows[i].why : "not recorded");
 	return SCRM_OK;
 cleanup:
 	outbox__rollback(ob);
@@ -302,7 +302,7 @@ failed:
 	for (size_t i = 0; i < n; i++) {
 		rows[i].seq = 0;
 		rows[i].refused = rc;
-		rows[i].why = NULL;
+		rows[i].why[0] = 0;
 	}
 	return rc;
 }

@@ -162,7 +162,7 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 	}
 	quarantine__lock(ob->lock_fd, 0);
 	if (row->refused)
-		return err__set(row->refused, "%s", row->why ? row->why : "not recorded");
+		return err__set(row->refused, "%s", row->why[0] ? row->why : "not recorded");
 	return SCRM_OK;
 cleanup:
 	outbox__rollback(ob);

@@ -48,11 +48,12 @@ typedef struct outbox__row {
 	int clock_ok;      /* out */
 	/* out: 0 when the row was stored, else why not — SCRM_E_DISK_FULL (a
 	 * paid event with the outbox full), SCRM_E_REFUSED (another event with
-	 * only paid events left to evict), or the transaction's error — with
-	 * the message in `why` (borrowed from the handle until its next append;
-	 * NULL: scrm_errmsg()). */
+	 * only paid events left to evict), SCRM_E_CONFLICT, or the
+	 * transaction's error — with the message in `why` (each row its own:
+	 * several rows of one group may be refused for different reasons; ""
+	 * when the transaction failed: scrm_errmsg()). */
 	int refused;
-	const char *why;
+	char why[480];
 	/* out: a purchase (return) whose order_id (return_id) this device
 	 * already holds with the same content: nothing was written and these
 	 * are the first capture's receipt (seq above too). A different content
