@@ -211,9 +211,10 @@ static int connect_cache(cache *c, const cache__options *opts, int *damaged)
 	c->busy_ms = bm;
 	/* A new file gives its free pages back (apply.c, reclaim_until): the
 	 * mode must be chosen before WAL is, as SQLite fixes it with the first
-	 * page; on an existing file this only arms the next VACUUM. */
-	if (opts->create && (rc = cache__exec(c, "PRAGMA auto_vacuum=INCREMENTAL")))
-		return rc;
+	 * page; on an existing file this only arms the next VACUUM. Its
+	 * outcome is not checked: a damaged file is found (and moved) below. */
+	if (opts->create)
+		sqlite3_exec(c->db, "PRAGMA auto_vacuum=INCREMENTAL", NULL, NULL, NULL);
 	/* Rebuildable data: NORMAL is enough (a power cut may lose the last
 	 * deltas, never consistency; the cursor moves with the data). */
 	if ((rc = db__set_wal(c->db, bm, "cache"))) {
