@@ -14,6 +14,9 @@
  *                               rows; QR vs bare ECDSA verify + that select
  *   4. cache.db bytes per member after the members snapshot (checkpointed)
  *                       vs the raw table's bytes per row
+ *      and the file against its live data (pages in use) after the first
+ *      and after three full members snapshots (the idle ticks that follow
+ *      each swap included: they drop the old view and give pages back)
  *   5. durable capture (scrm_record_purchase, outbox.db, synchronous=FULL)
  *      while a second full members snapshot ("bench-2", version = the
  *      cursor the deltas left + 1) is applied on another thread
@@ -26,7 +29,8 @@
  * machine-readable:
  *   FIGURES snapshot_members_per_s=N delta_ops_per_s=N lookup_p99_us=N
  *           phone_lookup_p99_us=N qr_lookup_p99_us=N capture_p99_us_idle=N
- *           capture_p99_us_during_snapshot=N bytes_per_member=N
+ *           capture_p99_us_during_snapshot=N bytes_per_member=N cache_file_ratio=N
+ *           cache_file_ratio_first=N
  */
 #include "benchutil.h"
 #include "benchstore.h"
@@ -97,6 +101,38 @@ static int64_t db_bytes(const char *path, int64_t *free_bytes)
 	sqlite3_close(db);
 	snprintf(wal, sizeof(wal), "%s-wal", path);
 	return file_size(path) + file_size(wal);
+}
+
+/* The cache's live data: its pages in use (all pages but the free ones). */
+static int64_t live_bytes(const char *path)
+{
+	int64_t free_bytes = 0, all = 0;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *q = NULL;
+	db_bytes(path, &free_bytes);
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", -1, &q,
+			       NULL) == SQLITE_OK &&
+	    sqlite3_step(q) == SQLITE_ROW)
+		all = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	return all - free_bytes;
+}
+
+/* What the daemon's idle ticks do after a swap (drop the old view, give its
+ * pages back), until there is nothing left to do or 60 ticks. */
+static void settle(cache *c, const char *path)
+{
+	int64_t before = -1;
+	for (int i = 0; i < 60; i++) {
+		int64_t free_bytes = 0;
+		cache__checkpoint(c);
+		db_bytes(path, &free_bytes);
+		if (free_bytes == 0 || free_bytes == before)
+			break;
+		before = free_bytes;
+	}
 }
 
 static void member_key(const cg_synth *s, size_t i, char out[24])
@@ -588,7 +624,7 @@ int main(int argc, char **argv)
 
 	/* ---- 4. size, right after the members swap ---- */
 	cache__checkpoint(c);
-	int64_t cache_free = 0, cache_bytes = db_bytes(cache_path, &cache_free);
+	int64_t cache_free = 0, cache_bytes = db_bytes(cache_path, &cache_free), live1 = live_bytes(cache_path);
 	double bpm = cf.members ? (double)cache_bytes / (double)cf.members : 0;
 
 	/* ---- 2. deltas ---- */
@@ -727,6 +763,20 @@ int main(int argc, char **argv)
 	progress("done");
 	int64_t end_free = 0, all_bytes = db_bytes(cache_path, &end_free);
 
+	/* ---- 6. the file after three full members snapshots ---- */
+	int snaps = 1 + th.rounds;
+	while (!failed && snaps < 3) {
+		char id[32];
+		struct snap_run r = {0};
+		snprintf(id, sizeof(id), "bench-extra-%d", snaps);
+		progress("one more members snapshot (file size after three)...");
+		if (run_snapshot(c, &syn, CG_MEMBERS, id, th.version + th.rounds + snaps, &r) != 0)
+			failed = 1;
+		snaps++;
+	}
+	settle(c, cache_path);
+	int64_t free3 = 0, file3 = db_bytes(cache_path, &free3), live3 = live_bytes(cache_path);
+
 	/* ---- report ---- */
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
@@ -757,6 +807,10 @@ int main(int argc, char **argv)
 	printf("   cache.db at the end (members, catalogue, rules; after %d more members snapshot%s): %lld bytes,"
 	       " of which %lld free pages (left by the dropped old tables)\n",
 	       th.rounds, th.rounds == 1 ? "" : "s", (long long)all_bytes, (long long)end_free);
+	printf("   after %d full members snapshots and the idle ticks that follow: %lld bytes (db + WAL), %lld live,"
+	       " %lld free   file/live %.2f\n",
+	       snaps, (long long)file3, (long long)live3, (long long)free3, ratio((double)file3, (double)live3));
+	printf("   after the first members snapshot: file/live %.2f\n", ratio((double)cache_bytes, (double)live1));
 	printf("5. capture (scrm_record_purchase, 2 lines, synchronous=FULL)\n");
 	print_lat("idle", l_idle, NULL, l_idle);
 	print_lat("during snapshot", l_busy, "idle", l_idle);
@@ -784,7 +838,9 @@ int main(int argc, char **argv)
 	free(idle.v), free(busy.v), free(busy_at.v);
 	bench_work_close(&w, cf.keep, NULL, raw_path);
 	printf("FIGURES snapshot_members_per_s=%.0f delta_ops_per_s=%.0f lookup_p99_us=%.0f phone_lookup_p99_us=%.0f "
-	       "qr_lookup_p99_us=%.0f capture_p99_us_idle=%.0f capture_p99_us_during_snapshot=%.0f bytes_per_member=%.0f\n",
-	       mem_rate, delta_rate, l_id.p99, l_phone.p99, l_qr.p99, l_idle.p99, l_busy.p99, bpm);
+	       "qr_lookup_p99_us=%.0f capture_p99_us_idle=%.0f capture_p99_us_during_snapshot=%.0f bytes_per_member=%.0f "
+	       "cache_file_ratio=%.2f cache_file_ratio_first=%.2f\n",
+	       mem_rate, delta_rate, l_id.p99, l_phone.p99, l_qr.p99, l_idle.p99, l_busy.p99, bpm,
+	       ratio((double)file3, (double)live3), ratio((double)cache_bytes, (double)live1));
 	return failed ? 1 : 0;
 }
