@@ -262,6 +262,28 @@ static void load_members(fx *f, const char *ids, int64_t version)
 	free(recs);
 }
 
+/* A members snapshot of `n` members m-<version>-<i>, `per` to a chunk. */
+static void load_many(fx *f, int n, int per, int64_t version)
+{
+	char id[32];
+	snprintf(id, sizeof(id), "many-%lld", (long long)version);
+	for (int k = 0; k * per < n; k++) {
+		sbuf ids;
+		sbuf__init(&ids);
+		for (int i = k * per; i < n && i < (k + 1) * per; i++) {
+			char m[48];
+			snprintf(m, sizeof(m), "%sm-%lld-%d", ids.len ? "," : "", (long long)version, i);
+			sbuf__puts(&ids, m);
+		}
+		sbuf__putc(&ids, '\0');
+		char *recs = member_recs(ids.p, "gold");
+		cache__what w = apply_ok(f, chunk("members", id, version, k, (n + per - 1) / per, recs), NULL);
+		assert_int_equal(w, (k + 1) * per >= n ? CA_SWAPPED : CA_CHUNK);
+		free(recs);
+		sbuf__free(&ids);
+	}
+}
+
 /* The member card as parsed JSON, or NULL with *rc set when refused. */
 static cJSON *card_by(fx *f, scrm_member_key by, const char *value, int *rc_out)
 {
@@ -2489,12 +2511,57 @@ static void every_stream_is_handled_everywhere(void **state)
 	free(path);
 }
 
+/* Each swap gives the view it replaced back to the file system (after the
+ * daemon's idle ticks): after three full snapshots the file holds its live
+ * data, not a snapshot's worth of free pages. */
+static void swaps_give_their_pages_back(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA auto_vacuum"), 2); /* incremental */
+	for (int64_t v = 1; v <= 3; v++) {
+		load_many(f, 1500, 250, v);
+		cache__checkpoint(f->c);
+	}
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA freelist_count"), 0);
+	assert_true(has_member(f, "m-3-1499"));
+	assert_false(has_member(f, "m-2-0"));
+}
+
+/* A cache.db made before incremental vacuum (auto_vacuum NONE) is
+ * rewritten once, when a swap has freed a good part of it, and gives pages
+ * back from then on. */
+static void an_old_cache_file_is_converted_once(void **state)
+{
+	fx *f = *state;
+	load_many(f, 1500, 250, 1);
+	cache__close(f->c);
+	f->c = NULL;
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->cache_db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA auto_vacuum=NONE; VACUUM", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA auto_vacuum"), 0);
+	open_cache(f);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA auto_vacuum"), 0); /* opening alone changes nothing */
+	load_many(f, 1500, 250, 2);
+	cache__checkpoint(f->c);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA auto_vacuum"), 2);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA freelist_count"), 0);
+	assert_true(has_member(f, "m-2-0"));
+	load_many(f, 1500, 250, 3);
+	cache__checkpoint(f->c);
+	assert_int_equal(tu_sql_int(f->cache_db, "PRAGMA freelist_count"), 0);
+	assert_true(has_member(f, "m-3-0"));
+}
+
 int main(int argc, char **argv)
 {
 	tu_select(argc, argv);
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		T(snapshot_swapped_in_at_last_chunk),
+		T(swaps_give_their_pages_back),
+		T(an_old_cache_file_is_converted_once),
 		T(chunks_out_of_order_are_ignored),
 		T(deltas_follow_the_cursor),
 		T(deltas_during_a_build_are_replayed_after_the_swap),
