@@ -59,8 +59,10 @@ static void usage_record(FILE *f)
 		"   \"unit_price\":255}],\"total\":510,\"currency\":\"GBP\",\"payment\":\"card\"}\n"
 		"Money is in minor units (cents). Fields: docs/protocol.md.\n"
 		"Prints the event's seq and id; an invalid event is refused with the field\n"
-		"and the reason, and nothing is written. With --lines every line is tried;\n"
-		"the exit code is 1 if any was refused.\n",
+		"and the reason, and nothing is written. With --lines every line is tried\n"
+		"(a thousand lines share one transaction, as a till's journal is imported;\n"
+		"a retried file records each purchase and return once); the exit code is 1\n"
+		"if any was refused.\n",
 		scrm_record_kinds());
 }
 
