@@ -5,9 +5,10 @@
 #   2. host-debug (ASan+UBSan): build, unit + fuzz-corpus + integration tests
 #   3. host-release: build, the same tests
 #   4. linux-arm64 and linux-armhf: cross build, the same tests under qemu-user
-#      (linux-arm64 leaves out the benchmarks and the two fleet tests that
-#      mostly wait out a 30 s probation: 64-bit like x86_64, where they run;
-#      linux-armhf runs everything, for the 32-bit time_t and size_t)
+#      (linux-arm64 runs the unit, fuzz-corpus and package tests and the
+#      integration scenarios labelled arm64, one or two per concern: it is
+#      LP64 like x86_64, where every scenario runs twice; linux-armhf runs
+#      everything, for the 32-bit time_t and size_t and ARM under qemu)
 #   5. fuzz: libFuzzer harnesses (clang) for SCRM_FUZZ_SECONDS each (default 20)
 # Ends with one line "N passed, N failed" (ctest tests summed over the stages,
 # plus one per fuzzer); exits non-zero if anything failed.
