@@ -111,6 +111,15 @@ void platform__boot_id(char out[37])
 	out[36] = '\0';
 }
 
+void platform__sleep_us(int64_t us)
+{
+	if (us <= 0)
+		return;
+	struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
 void platform__sleep_ms(int ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};

@@ -27,6 +27,8 @@ int platform__cond_init(pthread_cond_t *cv);
 /* Wait on cv (made by platform__cond_init) for at most us microseconds;
  * returns early when signalled (or spuriously): callers re-check. */
 void platform__cond_wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us);
+/* Sleep us microseconds (restarted after signals). */
+void platform__sleep_us(int64_t us);
 /* Sleep ms milliseconds (restarted after signals). */
 void platform__sleep_ms(int ms);
 /* Kernel boot id (36 chars + NUL); "unknown" padding if unavailable. */

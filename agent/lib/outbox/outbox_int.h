@@ -42,6 +42,11 @@
 #define XSTR_(x) #x
 #define XSTR(x) XSTR_(x)
 #define FRESH_SUFFIX ".fresh"
+/* A POS handle's automatic checkpoint threshold, WAL pages (outbox.c):
+ * twice SQLite's default, which the daemon's handle keeps, so the daemon
+ * checkpoints first; at 4 KiB pages still under the 8 MiB of WAL the size
+ * cap tolerates (bounded.c, WAL_NORMAL_BYTES). */
+#define POS_AUTOCHECKPOINT_PAGES 1900
 
 /* The SQL that tells kinds apart, made from kinds.def (schema.c), the same
  * text the literals it replaced had (unit_outbox checks):
@@ -70,6 +75,7 @@ struct outbox {
 	char *dir, *path;       /* owned */
 	char *reserve;          /* owned: <dir>/outbox.reserve (outbox__reserve_ensure) */
 	int busy_ms;
+	int64_t busy_since_us; /* when the current wait for the write lock began (busy_wait) */
 	int lock_fd;            /* <dir>/outbox.lock (quarantine.h), -1 if unavailable */
 	uint64_t dev, ino;      /* the file this connection opened */
 	int corrupt;            /* a SQLite call reported the file damaged */
