@@ -618,10 +618,14 @@ static int64_t pragma_i64(cache *c, const char *name)
 #define RECLAIM_VACUUM_MAX_BYTES (64LL << 20)
 static void reclaim_until(cache *c, int64_t until)
 {
-	int64_t mode = pragma_i64(c, "auto_vacuum"), free_pages = pragma_i64(c, "freelist_count");
-	int64_t pages = pragma_i64(c, "page_count"), page_size = pragma_i64(c, "page_size");
+	/* Called at every idle tick: one query when there is nothing to do. */
+	int64_t free_pages = pragma_i64(c, "freelist_count");
+	if (free_pages <= 0)
+		return;
+	int64_t mode = pragma_i64(c, "auto_vacuum"), pages = pragma_i64(c, "page_count");
+	int64_t page_size = pragma_i64(c, "page_size");
 	char sql[64];
-	if (free_pages <= 0 || pages <= 0)
+	if (pages <= 0)
 		return;
 	if (mode == 2) {
 		snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", RECLAIM_SLICE_PAGES);
@@ -631,9 +635,14 @@ static void reclaim_until(cache *c, int64_t until)
 			sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 			free_pages = pragma_i64(c, "freelist_count");
 		}
-	} else if (mode == 0 && free_pages * 4 >= pages && (pages - free_pages) * page_size <= RECLAIM_VACUUM_MAX_BYTES) {
+	} else if (mode == 0 && !c->vacuum_failed && free_pages * 4 >= pages &&
+		   (pages - free_pages) * page_size <= RECLAIM_VACUUM_MAX_BYTES) {
+		/* A failure (no room for VACUUM's copy on a full disk) is not
+		 * retried at every idle tick: each attempt rewrites the file. */
 		if (sqlite3_exec(c->db, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM", NULL, NULL, NULL) == SQLITE_OK)
 			sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+		else
+			c->vacuum_failed = 1;
 	}
 }
 

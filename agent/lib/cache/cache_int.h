@@ -98,6 +98,7 @@ struct cache {
 	struct resync rs[ST_COUNT];
 	int inflight;          /* stream asked for and not yet swapped in, -1 none */
 	int64_t inflight_ms;   /* monotonic: request sent or last chunk */
+	int vacuum_failed;     /* the one-time VACUUM of an old file failed: not again on this handle (apply.c) */
 	sqlite3_stmt *q_card[4], *q_coupons;
 	char refused_detail[240]; /* first record refused alone in the last apply */
 	int replay_gap;           /* the last swap's buffered deltas did not follow */

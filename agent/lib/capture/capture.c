@@ -17,7 +17,7 @@
  * commit released are then back with their next event, and N busy callers
  * share one fsync instead of splitting into two alternating halves. A lone
  * caller (a last group of one) never waits.
-  */
+ */
 #include <scrm/scrm.h>
 
 #include "err.h"
