@@ -91,7 +91,10 @@ static void guide_scan(const char *dir, const char *store)
 	sqlite3_stmt *st;
 	snprintf(outbox, sizeof(outbox), "%s/outbox.db", store);
 	if (sqlite3_open_v2(outbox, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
-		if (sqlite3_prepare_v2(db, "SELECT member_id FROM member_activity ORDER BY seq DESC LIMIT 1", -1, &st, NULL) ==
+		if (sqlite3_prepare_v2(db, /* acknowledged sales are in the ledger, pending ones
+					      * still in the queue (schema v7) */
+					     "SELECT m FROM (SELECT seq, member_id AS m FROM member_activity UNION ALL"
+					     " SELECT seq, member ->> '$' FROM outbox WHERE member IS NOT NULL) ORDER BY seq DESC LIMIT 1", -1, &st, NULL) ==
 			    SQLITE_OK &&
 		    sqlite3_step(st) == SQLITE_ROW)
 			snprintf(member, sizeof(member), "%s", (const char *)sqlite3_column_text(st, 0));

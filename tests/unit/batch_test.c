@@ -111,8 +111,11 @@ static void batch_records_every_item_in_one_transaction(void **state)
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 6);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox WHERE kind = 'return'"), 1);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox WHERE kind = 'member_scan'"), 2);
-	/* the member's sale reached the local ledger as a single call's does */
-	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM member_activity WHERE member_id = '17850'"), 1);
+	/* the member's sale is in their local history as a single call's is:
+	 * a pending row with its member (schema v7; ledger_read.c adds it to
+	 * member_activity's), moved to the ledger by the ack */
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox WHERE member = '\"17850\"'"), 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM member_activity WHERE member_id = '17850'"), 0);
 	free(j);
 }
 

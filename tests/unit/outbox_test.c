@@ -24,6 +24,7 @@
 #include "testutil.h"
 #include "outboxfx.h"
 #include "outboxrow.h"
+#include "oldschema.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -233,10 +234,10 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 
 /* The objects of schema v6 (set-aside events, receipts by order, recovered
  * events): dropped to make a store of an older release. */
-#define DROP_V6 "DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;" \
+#define DROP_V6 UNDO_V7 " DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;" \
 	" DROP TRIGGER outbox_attribution; DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered;" \
 	" ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
-#define CURRENT_SCHEMA 6
+#define CURRENT_SCHEMA 7
 
 /* Close the fixture's outbox and run `sql` on its file with a plain
  * connection (to make an older or newer store out of it). */
@@ -317,12 +318,11 @@ static void schema_v3_store_upgrades(void **state)
 		     DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
 		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
-		     "'usage','dropped','alarms','outbox_usage_insert','outbox_usage_delete','outbox_usage_update',"
-		     "'outbox_evictable'",
+		     "'usage','dropped','alarms','outbox_removed','outbox_resized','outbox_salvaged','outbox_evictable'",
 		     7);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
-	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM usage"),
+	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
 			 tu_sql_int(f->db, "SELECT sum(length(CAST(body AS BLOB))) FROM outbox") + 3 * OUTBOX_ROW_OVERHEAD);
 	struct outbox__health h;
 	assert_int_equal(outbox__health(f->ob, &h), SCRM_OK);
@@ -331,6 +331,186 @@ static void schema_v3_store_upgrades(void **state)
 	assert_int_equal(h.last_ack_ms, T0 + 10);
 	/* the counter goes on: no seq reused */
 	assert_int_equal(append_n(f->ob, 1, T0 + 2), 6);
+}
+
+/* The release before running totals (schema v6) upgrades in place: what
+ * is pending, its size and the counter carry over, and a library of v6
+ * still running on the upgraded file fails on usage.bytes instead of
+ * inserting rows nothing counts. */
+static void schema_v6_store_upgrades(void **state)
+{
+	fx *f = *state;
+	assert_int_equal(append_n(f->ob, 5, T0 + 1), 1);
+	const int64_t first_two[][2] = {{1, 2}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
+	upgrade_from(f, UNDO_V7, "'totals','outbox_removed','outbox_resized','outbox_salvaged'", 4);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('usage') WHERE name IN ('bytes', 'events')"), 0);
+	assert_int_equal(stats_of(f->ob).pending, 3);
+	assert_int_equal(stats_of(f->ob).last_seq, 5);
+	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
+			 tu_sql_int(f->db, "SELECT sum(length(CAST(body AS BLOB))) FROM outbox") + 3 * OUTBOX_ROW_OVERHEAD);
+	assert_int_equal(append_n(f->ob, 2, T0 + 2), 6);
+	const int64_t rest[][2] = {{3, 7}};
+	assert_int_equal(outbox__ack(f->ob, rest, 1, T0 + 20, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 5);
+	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"), 0);
+	assert_int_equal(append_n(f->ob, 1, T0 + 3), 8);
+}
+
+/* Schema v7's running totals against the rows themselves, through every
+ * path that adds, removes or resizes a row, in a seeded random order:
+ * pending bytes and events are what a scan counts, and no seq is reused,
+ * whichever rows (the newest included) went. */
+static void totals_follow_every_path(void **state)
+{
+	fx *f = *state;
+	uint64_t rng = 0x5eed14;
+	int64_t top = 0;
+#define RND(n) ((int64_t)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % (n))
+	for (int step = 0; step < 400; step++) {
+		int64_t lo = tu_sql_int(f->db, "SELECT coalesce(min(seq), 0) FROM outbox");
+		int64_t hi = tu_sql_int(f->db, "SELECT coalesce(max(seq), 0) FROM outbox");
+		int64_t deleted = 0;
+		switch (RND(8)) {
+		case 0:
+		case 1:
+		case 2: {
+			int64_t first = append_n(f->ob, (int)RND(20) + 1, T0 + step);
+			assert_true(first > top);
+			top = tu_sql_int(f->db, "SELECT max(seq) FROM outbox");
+			break;
+		}
+		case 3: /* an ack, often of everything up to the newest row */
+			if (hi) {
+				const int64_t r[][2] = {{lo + RND(hi - lo + 1), RND(2) ? hi : lo + RND(hi - lo + 1)}};
+				assert_int_equal(outbox__ack(f->ob, r, 1, T0 + step, &deleted), SCRM_OK);
+			}
+			break;
+		case 4:
+			if (hi)
+				assert_int_equal(outbox__reject(f->ob, RND(2) ? hi : lo, "test", T0 + step), SCRM_OK);
+			break;
+		case 5:
+			if (hi)
+				assert_int_equal(outbox__set_aside(f->ob, lo + RND(hi - lo + 1), "too_large", "test", 99), SCRM_OK);
+			break;
+		case 6: { /* erasure shrinks bodies; a small cap evicts scans, the newest too */
+			char member[16];
+			int64_t n = 0;
+			snprintf(member, sizeof(member), "m%lld", (long long)RND(400));
+			assert_int_equal(outbox__redact_member(f->ob, member, &n), SCRM_OK);
+			char *cap = tu_fmt("INSERT OR REPLACE INTO settings(k, v) VALUES ('outbox_max_bytes', %lld)",
+					   (long long)(RND(2) ? (int64_t)1 << 40 : 40 * (OUTBOX_ROW_OVERHEAD + 40)));
+			tu_sql_exec(f->db, cap);
+			free(cap);
+			break;
+		}
+		default:
+			outbox__close(f->ob);
+			assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+			break;
+		}
+		assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
+				 tu_sql_int(f->db, "SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) + count(*) * "
+						   XSTR(OUTBOX_ROW_OVERHEAD) " FROM outbox"));
+		assert_int_equal(tu_sql_int(f->db, "SELECT events FROM totals"), tu_sql_int(f->db, "SELECT count(*) FROM outbox"));
+		assert_int_equal(stats_of(f->ob).last_seq, top);
+	}
+#undef RND
+	assert_true(top > 1000);
+}
+
+/* A purchase with order_id `order` (and `total`), its strings in b. */
+static void purchase_row(outbox__row *r, char (*b)[160], char (*id)[37], const char *order, int total, int n)
+{
+	snprintf(*b, sizeof(*b), "{\"order_id\":\"%s\",\"lines\":[{\"sku\":\"85123A\",\"qty\":1}],\"total\":%d}",
+		 order, total);
+	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", n);
+	memset(r, 0, sizeof(*r));
+	r->id = *id;
+	r->kind = "purchase";
+	r->wall_ms = T0 + n;
+	r->mono_ms = 1000 + n;
+	r->boot = BOOT;
+	r->body = *b;
+	r->body_len = strlen(*b);
+}
+
+/* Schema v7 keeps a pending sale's receipt on its row and each handle an
+ * index of them (receipts.c): another handle (process) finds it, it
+ * survives the ack (moved to orders), a rolled-back group's seqs reused
+ * by other sales are never taken for the rolled-back sales' receipts,
+ * and the index is rebuilt rather than growing with history. */
+static void receipts_pending_kept_and_rolled_back(void **state)
+{
+	fx *f = *state;
+	outbox *b = NULL;
+	outbox__row r, rows[64];
+	char body[64][160], id[64][37];
+	int n = 0;
+	assert_int_equal(outbox__open(f->store, NULL, 0, &b), SCRM_OK);
+	purchase_row(&r, &body[0], &id[0], "P-1", 100, ++n);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	const int64_t p1 = r.seq;
+	/* the other handle: the same sale is the first receipt, another is refused */
+	purchase_row(&r, &body[1], &id[1], "P-1", 100, ++n);
+	assert_int_equal(outbox__append(b, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(r.seq, p1);
+	assert_string_equal(r.existing_id, id[0]);
+	purchase_row(&r, &body[1], &id[1], "P-1", 999, ++n);
+	assert_int_equal(outbox__append(b, &r, 1, T0), SCRM_E_CONFLICT);
+	assert_non_null(strstr(r.why, "different content"));
+	/* acknowledged: the receipt is kept in orders */
+	const int64_t acked[][2] = {{p1, p1}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(f->ob, acked, 1, T0 + 10, &deleted), SCRM_OK);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM orders WHERE key = 'P-1'"), 1);
+	purchase_row(&r, &body[1], &id[1], "P-1", 100, ++n);
+	assert_int_equal(outbox__append(b, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(r.seq, p1);
+
+	/* a group that rolls back (its second row fails): its seqs go to other sales */
+	tu_sql_exec(f->db, "CREATE TRIGGER boom BEFORE INSERT ON outbox WHEN NEW.id LIKE '%-000000000999'"
+			   " BEGIN SELECT RAISE(ABORT, 'boom'); END");
+	purchase_row(&rows[0], &body[0], &id[0], "P-2", 100, ++n);
+	purchase_row(&rows[1], &body[1], &id[1], "P-X", 100, 999);
+	assert_int_not_equal(outbox__append(f->ob, rows, 2, T0), SCRM_OK);
+	tu_sql_exec(f->db, "DROP TRIGGER boom");
+	purchase_row(&r, &body[2], &id[2], "P-3", 300, ++n);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	const int64_t p3 = r.seq;
+	assert_int_equal(p3, p1 + 1); /* the seq P-2 had in the rolled-back group */
+	purchase_row(&r, &body[0], &id[0], "P-2", 100, ++n);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	assert_false(r.existing);
+	assert_int_equal(r.seq, p3 + 1);
+	purchase_row(&r, &body[2], &id[2], "P-3", 300, ++n);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(r.seq, p3);
+
+	/* 80 groups of 64 sales, acknowledged as they go: the index is rebuilt
+	 * from the queue and stays its size, and every receipt is still found */
+	char order[64][16];
+	for (int g = 0; g < 80; g++) {
+		for (int i = 0; i < 64; i++) {
+			snprintf(order[i], sizeof(order[i]), "Q-%d", g * 64 + i);
+			purchase_row(&rows[i], &body[i], &id[i], order[i], 100, ++n);
+		}
+		assert_int_equal(outbox__append(f->ob, rows, 64, T0), SCRM_OK);
+		const int64_t all[][2] = {{1, rows[63].seq}};
+		assert_int_equal(outbox__ack(f->ob, all, 1, T0 + 20, &deleted), SCRM_OK);
+	}
+	assert_true(f->ob->rc_n < 2 * 4096 + 64);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM orders"), 3 + 80 * 64);
+	purchase_row(&r, &body[0], &id[0], "Q-7", 100, ++n);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 0);
+	outbox__close(b);
 }
 
 static void not_a_database_refused(void **state)
@@ -1198,6 +1378,9 @@ int main(int argc, char **argv)
 		T(newer_schema_refused),
 		T(schema_v2_store_upgrades),
 		T(schema_v3_store_upgrades),
+		T(schema_v6_store_upgrades),
+		T(totals_follow_every_path),
+		T(receipts_pending_kept_and_rolled_back),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),
 		T(two_handles_share_one_counter),

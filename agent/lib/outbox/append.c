@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * outbox append: the capture side's group-commit target. One IMMEDIATE
- * transaction per group: the receipt of each sale (orders), room made under
- * outbox.max_bytes (bounded.c), each event's seq and clock_ok (clock.c), the
- * insert (whose triggers keep the local ledgers, schema.c) and the
- * sequence counter.
+ * transaction per group: a retried sale answered with its receipt, room made under
+ * outbox.max_bytes (bounded.c), each event's seq and clock_ok (clock.c) and
+ * the insert (whose triggers keep the reco and redemption ledgers,
+ * schema.c). The row carries the running totals, the clock's max_wall and
+ * its receipt (schema v7, receipts.c): device is written only when the
+ * clock's anchor moves, and nothing else per sale.
  */
 #include "outbox_int.h"
 
@@ -32,76 +34,13 @@ void outbox__digest(const char *body, size_t len, unsigned char out[OUTBOX_DIGES
 	}
 }
 
-/* The receipt of a sale this device already recorded under r's order_id
- * (return_id): *found = 1 with r's existing fields set when the content is
- * the same, or with r refused (SCRM_E_CONFLICT) when it differs. */
-static int order_find(outbox *ob, outbox__row *r, const unsigned char digest[OUTBOX_DIGEST_BYTES], int *found)
-{
-	sqlite3_stmt *st = ob->order_get;
-	int rc;
-	*found = 0;
-	sqlite3_reset(st);
-	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
-	if (r->key)
-		sqlite3_bind_text(st, 3, r->key, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 3);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_DONE) {
-		sqlite3_reset(st);
-		return SCRM_OK;
-	}
-	if (rc != SQLITE_ROW) {
-		rc = outbox__fail(ob, rc, "look up the receipt");
-		sqlite3_reset(st);
-		return rc;
-	}
-	*found = 1;
-	const void *held = sqlite3_column_blob(st, 3);
-	if (held && sqlite3_column_bytes(st, 3) == OUTBOX_DIGEST_BYTES && memcmp(held, digest, OUTBOX_DIGEST_BYTES) == 0) {
-		r->existing = 1;
-		r->seq = sqlite3_column_int64(st, 0);
-		snprintf(r->existing_id, sizeof(r->existing_id), "%s", (const char *)sqlite3_column_text(st, 1));
-		r->existing_wall_ms = sqlite3_column_int64(st, 2);
-	} else {
-		const char *field = outbox__kind_key(r->kind);
-		snprintf(ob->conflict_msg, sizeof(ob->conflict_msg),
-			 "%s: \"%.64s\" was already recorded on this device (seq %lld, event %.36s) with different"
-			 " content; a retry must send the same %s, a new %s needs a new %s; nothing was recorded",
-			 field, (const char *)sqlite3_column_text(st, 4), (long long)sqlite3_column_int64(st, 0),
-			 (const char *)sqlite3_column_text(st, 1), r->kind, r->kind, field);
-		r->refused = SCRM_E_CONFLICT;
-		snprintf(r->why, sizeof(r->why), "%s", ob->conflict_msg);
-	}
-	sqlite3_reset(st);
-	return SCRM_OK;
-}
-
-/* Take back the receipt recorded for a row then refused for room. */
-static int order_forget(outbox *ob, const outbox__row *r)
-{
-	sqlite3_stmt *st = NULL;
-	char sql[600];
-	snprintf(sql, sizeof(sql), "DELETE FROM orders WHERE kind = ?1 AND key = %s", ob->ksql.order_key);
-	int rc = sqlite3_prepare_v2(ob->db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return outbox__fail(ob, rc, "prepare receipt removal");
-	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SCRM_OK : outbox__fail(ob, rc, "remove a receipt");
-}
-
-
 /* Insert rows inside an open write transaction, each decided on its own
  * under outbox.max_bytes (outbox.h). */
 int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
 {
 	int rc;
-	int64_t next, first, max_bytes, reserve, used, now = platform__wall_ms();
-	struct clock_state clock;
+	int64_t next, first, max_bytes, reserve, used, cum, cum_events, now = platform__wall_ms();
+	struct clock_state clock, loaded;
 
 	sqlite3_reset(ob->get_dev);
 	if ((rc = sqlite3_step(ob->get_dev)) != SQLITE_ROW) {
@@ -111,7 +50,12 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 	}
 	next = sqlite3_column_int64(ob->get_dev, 0);
 	outbox__clock_load(ob->get_dev, 1, &clock);
+	cum = sqlite3_column_int64(ob->get_dev, 8);
+	cum_events = sqlite3_column_int64(ob->get_dev, 9);
 	sqlite3_reset(ob->get_dev);
+	loaded = clock;
+	if ((rc = outbox__receipts_catch_up(ob, next - 1)))
+		return rc;
 	first = next;
 	if ((rc = outbox__read_limits(ob, &max_bytes, &reserve)) || (rc = outbox__read_usage(ob, &used)))
 		return rc;
@@ -131,40 +75,28 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		const int paid = outbox__kind_paid(r->kind);
 		const int keyed = outbox__kind_key(r->kind) != NULL;
 		unsigned char digest[OUTBOX_DIGEST_BYTES];
+		char *key = NULL; /* sqlite3_free */
 		r->seq = 0;
 		r->refused = 0;
 		r->why[0] = 0;
 		r->existing = 0;
 		/* A sale already recorded (a till retrying after a timeout or a
 		 * crash) gets its first receipt back, before anything else could
-		 * be evicted or refused for it. */
+		 * be evicted or refused for it; another sale under the same key
+		 * is refused. */
 		if (keyed) {
-			/* The receipt first, for the seq this row would get: one
-			 * insert in the usual case; a conflict means a retry (or
-			 * another sale under the same key). Taken back below if
-			 * the row is refused for room. */
 			int found = 0;
-			outbox__digest(r->body, r->body_len, digest);
-			sqlite3_stmt *op = ob->order_put;
-			sqlite3_reset(op);
-			sqlite3_bind_text(op, 1, r->kind, -1, SQLITE_STATIC);
-			sqlite3_bind_text(op, 2, r->body, (int)r->body_len, SQLITE_STATIC);
-			sqlite3_bind_int64(op, 3, next);
-			sqlite3_bind_text(op, 4, r->id, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(op, 5, r->wall_ms);
-			sqlite3_bind_blob(op, 6, digest, OUTBOX_DIGEST_BYTES, SQLITE_STATIC);
-			if (r->key)
-				sqlite3_bind_text(op, 7, r->key, -1, SQLITE_STATIC);
-			else
-				sqlite3_bind_null(op, 7);
-			rc = sqlite3_step(op);
-			sqlite3_reset(op);
-			if (rc != SQLITE_DONE)
-				return outbox__fail(ob, rc, "record the receipt");
-			if (sqlite3_changes(ob->db) == 0 && (rc = order_find(ob, r, digest, &found)))
+			if ((rc = outbox__receipt_key(ob, r, &key)))
 				return rc;
-			if (found)
+			outbox__digest(r->body, r->body_len, digest);
+			if (key && (rc = outbox__receipt_find(ob, r, key, digest, &found))) {
+				sqlite3_free(key);
+				return rc;
+			}
+			if (found) {
+				sqlite3_free(key);
 				continue;
+			}
 		}
 		/* Older evictable events make room first (never this call's own
 		 * rows: a receipt just given stays true until commit). Room for
@@ -172,8 +104,11 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		 * takes all there is before it may use the reserve. */
 		if (used + need > soft && need <= max_bytes) {
 			int64_t freed = 0;
-			if ((rc = outbox__evict(ob, used + need - soft, first, !paid, now, &freed)) || (rc = outbox__read_usage(ob, &used)))
+			if ((rc = outbox__evict(ob, used + need - soft, first, !paid, now, &freed)) ||
+			    (rc = outbox__read_usage(ob, &used))) {
+				sqlite3_free(key);
 				return rc;
+			}
 			used += wal_extra;
 		}
 		if (disk_low && !paid) {
@@ -183,6 +118,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				 r->kind, ob->dir);
 			r->refused = SCRM_E_DISK_FULL;
 			snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
+			sqlite3_free(key);
 			if ((rc = outbox__count_dropped(ob, r->kind, need, now)))
 				return rc;
 			continue;
@@ -198,9 +134,9 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 (long long)used, (long long)max_bytes, state, r->kind, (long long)need);
 				r->refused = SCRM_E_DISK_FULL;
 				snprintf(r->why, sizeof(r->why), "%s", ob->full_msg);
+				sqlite3_free(key);
 				if ((rc = outbox__exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
-				    (rc = outbox__raise_alarm(ob, "outbox_full", ob->full_msg, now)) ||
-				    (keyed && (rc = order_forget(ob, r))))
+				    (rc = outbox__raise_alarm(ob, "outbox_full", ob->full_msg, now)))
 					return rc;
 			} else {
 				snprintf(ob->drop_msg, sizeof(ob->drop_msg),
@@ -210,6 +146,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 r->kind, (long long)used, (long long)soft, state);
 				r->refused = SCRM_E_REFUSED;
 				snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
+				sqlite3_free(key);
 				if ((rc = outbox__count_dropped(ob, r->kind, need, now)) || (rc = outbox__raise_dropped(ob, now)))
 					return rc;
 			}
@@ -219,6 +156,8 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		/* Rows of one group are judged in order, each against the state
 		 * the previous left. */
 		r->clock_ok = outbox__clock_judge(&clock, r->wall_ms, r->mono_ms, r->boot, trusted_after_ms);
+		cum += need;
+		cum_events++;
 		sqlite3_stmt *st = ob->ins;
 		sqlite3_reset(st);
 		sqlite3_bind_int64(st, 1, r->seq);
@@ -229,12 +168,26 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		sqlite3_bind_text(st, 6, r->boot, -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 7, r->clock_ok);
 		sqlite3_bind_text(st, 8, r->body, (int)r->body_len, SQLITE_STATIC);
-		if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
-			rc = outbox__fail(ob, rc, "insert event");
-			sqlite3_reset(st);
-			return rc;
+		sqlite3_bind_int64(st, 9, cum);
+		sqlite3_bind_int64(st, 10, cum_events);
+		sqlite3_bind_int64(st, 11, clock.last_wall);
+		if (key) {
+			sqlite3_bind_text(st, 12, key, -1, SQLITE_STATIC);
+			sqlite3_bind_blob(st, 13, digest, OUTBOX_DIGEST_BYTES, SQLITE_STATIC);
+		} else {
+			sqlite3_bind_null(st, 12);
+			sqlite3_bind_null(st, 13);
 		}
+		rc = sqlite3_step(st);
 		sqlite3_reset(st);
+		if (rc != SQLITE_DONE) {
+			sqlite3_free(key);
+			return outbox__fail(ob, rc, "insert event");
+		}
+		rc = key ? outbox__receipts_add(ob, r->kind, key, r->seq) : SCRM_OK;
+		sqlite3_free(key);
+		if (rc)
+			return rc;
 		/* Triggers may have grown the body (attribution). */
 		if ((rc = outbox__read_usage(ob, &used)))
 			return rc;
@@ -250,7 +203,11 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				return rc;
 		}
 	}
-	if (next == first)
+	/* The rows carry the counters (schema v7); device is written only
+	 * when the clock's anchor moved, which the rows do not carry. */
+	if (next == first || (strcmp(clock.boot, loaded.boot) == 0 && clock.offset == loaded.offset &&
+			       clock.mono == loaded.mono && strcmp(clock.cand_boot, loaded.cand_boot) == 0 &&
+			       clock.cand_offset == loaded.cand_offset && clock.cand_mono == loaded.cand_mono))
 		return SCRM_OK;
 	sqlite3_reset(ob->put_dev);
 	sqlite3_bind_int64(ob->put_dev, 1, next);
@@ -261,6 +218,8 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 	sqlite3_bind_text(ob->put_dev, 6, clock.cand_boot, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(ob->put_dev, 7, clock.cand_offset);
 	sqlite3_bind_int64(ob->put_dev, 8, clock.cand_mono);
+	sqlite3_bind_int64(ob->put_dev, 9, cum);
+	sqlite3_bind_int64(ob->put_dev, 10, cum_events);
 	rc = sqlite3_step(ob->put_dev);
 	sqlite3_reset(ob->put_dev);
 	if (rc != SQLITE_DONE)

@@ -276,9 +276,9 @@ static int health_once(outbox *ob, struct outbox__health *h)
 	if ((rc = outbox__one_row(ob,
 				  "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
 				  " (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
-				  " u.events, u.bytes, u.refused_paid, d.next_seq - 1, d.last_ack_ms,"
+				  " t.events, t.bytes, t.refused_paid, t.next_seq - 1, d.last_ack_ms,"
 				  " coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0)"
-				  " FROM usage u, device d WHERE u.id = 1 AND d.id = 1",
+				  " FROM totals t, device d WHERE d.id = 1",
 				  &q, "health")))
 		goto out;
 	outbox__limits_of(q, 0, &h->max_bytes, &h->reserve_bytes);

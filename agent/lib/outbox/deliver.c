@@ -328,11 +328,11 @@ static int stats_once(outbox *ob, scrm_outbox_stats *st)
 	outbox__follow(ob);
 	/* One read transaction so the figures are consistent with each other. */
 	rc = outbox__one_row(ob,
-			     /* From the usage row the triggers keep, not a scan: the
+			     /* From the running totals (schema v7), not a scan: the
 			      * heartbeat asks this every minute of a long outage. */
-			     "SELECT u.events, u.bytes - u.events * " XSTR(OUTBOX_ROW_OVERHEAD) ","
-			     " coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0), d.next_seq - 1, d.last_ack_ms,"
-			     " d.last_acked_seq, (SELECT count(*) FROM rejected) FROM device d, usage u WHERE d.id = 1 AND u.id = 1",
+			     "SELECT t.events, t.bytes - t.events * " XSTR(OUTBOX_ROW_OVERHEAD) ","
+			     " coalesce((SELECT wall_ms FROM outbox ORDER BY seq LIMIT 1), 0), t.next_seq - 1, d.last_ack_ms,"
+			     " d.last_acked_seq, (SELECT count(*) FROM rejected) FROM device d, totals t WHERE d.id = 1",
 			     &q, "stats");
 	if (rc == SCRM_OK) {
 		int64_t *const figures[] = {&st->pending,     &st->pending_bytes,  &st->oldest_pending_ms, &st->last_seq,

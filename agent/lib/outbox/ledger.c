@@ -300,8 +300,8 @@ int outbox__redact_member(outbox *ob, const char *member_id, int64_t *redacted)
 	/* Keep id and seq (central's order and dedup rely on them); remove who
 	 * the customer was and any free text about them. */
 	static const char *const sql[] = {
-		"UPDATE outbox SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure')"
-		" WHERE json_extract(body, '$.member_id') = ?1",
+		"UPDATE outbox SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure'),"
+		" member = NULL WHERE json_extract(body, '$.member_id') = ?1",
 		"UPDATE rejected SET body = json_set(json_remove(body, '$.member_id', '$.reason'), '$.redacted', 'erasure')"
 		" WHERE json_extract(body, '$.member_id') = ?1",
 		"DELETE FROM member_activity WHERE member_id = ?1",

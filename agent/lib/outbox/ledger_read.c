@@ -6,6 +6,7 @@
  * database (and fuzz_cache builds it alone).
  */
 #include "ledger.h"
+#include "schema_sql.h"
 
 #include "err.h"
 #include "quarantine.h"
@@ -46,10 +47,22 @@ int outbox__activity_query(outbox__activity *a, const char *member_id, int64_t a
 {
 	if (!a)
 		return -1;
-	if (!a->q && sqlite3_prepare_v3(a->db,
-					"SELECT seq, wall_ms, kind, amount, skus FROM member_activity"
-					" WHERE member_id = ?1 AND wall_ms > ?2 ORDER BY seq DESC LIMIT 200",
-					-1, SQLITE_PREPARE_PERSISTENT, &a->q, NULL) != SQLITE_OK) {
+	/* Schema v7: the ledger holds what left the queue, the member's pending
+	 * purchases and returns are still rows of outbox (schema.c); before
+	 * v7 the ledger held both. */
+	static const char *const queries[] = {
+		"SELECT seq, wall_ms, kind, amount, skus FROM member_activity WHERE member_id = ?1 AND wall_ms > ?2"
+		" UNION ALL"
+		" SELECT seq, wall_ms, kind, " MEMBER_ACTIVITY_OF("") " FROM outbox"
+		" WHERE member = json_quote(?1) AND wall_ms > ?2 AND set_aside IS NULL"
+		"  AND seq NOT IN (SELECT seq FROM member_activity WHERE member_id = ?1)"
+		" ORDER BY seq DESC LIMIT 200",
+		"SELECT seq, wall_ms, kind, amount, skus FROM member_activity"
+		" WHERE member_id = ?1 AND wall_ms > ?2 ORDER BY seq DESC LIMIT 200"};
+	for (size_t i = 0; i < sizeof(queries) / sizeof(queries[0]) && !a->q; i++)
+		if (sqlite3_prepare_v3(a->db, queries[i], -1, SQLITE_PREPARE_PERSISTENT, &a->q, NULL) != SQLITE_OK)
+			a->q = NULL;
+	if (!a->q) {
 		err__set(SCRM_E_IO, "outbox: member activity: %s", sqlite3_errmsg(a->db));
 		return -1; /* an outbox from before schema v2: nothing local yet */
 	}

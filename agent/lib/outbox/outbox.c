@@ -78,6 +78,7 @@ void outbox__rollback(outbox *ob)
 {
 	if (!sqlite3_get_autocommit(ob->db))
 		sqlite3_exec(ob->db, "ROLLBACK", NULL, NULL, NULL);
+	outbox__receipts_forget(ob);
 }
 
 /* Waiting for the write lock another connection holds (the daemon's ack,
@@ -147,30 +148,31 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	}
 	if ((rc = outbox__migrate(ob, device_id)))
 		return rc;
-	char evict_sql[800], order_get_sql[600], order_put_sql[700];
+	char evict_sql[800], order_key_sql[600];
 	outbox__kind_sql(&ob->ksql);
 	snprintf(evict_sql, sizeof(evict_sql),
 		 "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox WHERE kind NOT IN %s AND seq < ?1 ORDER BY %s, seq",
 		 ob->ksql.paid, ob->ksql.evict_class);
-	snprintf(order_get_sql, sizeof(order_get_sql),
-		 "SELECT seq, id, wall_ms, digest, key FROM orders WHERE kind = ?1 AND key = coalesce(?3, %s)",
-		 ob->ksql.order_key);
-	snprintf(order_put_sql, sizeof(order_put_sql),
-		 "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
-		 " SELECT ?1, k, ?3, ?4, ?5, ?6 FROM (SELECT coalesce(?7, %s) AS k) WHERE k IS NOT NULL",
-		 ob->ksql.order_key);
-	if ((rc = prep(ob, &ob->get_dev, "SELECT next_seq, " CLOCK_COLUMNS " FROM device WHERE id = 1")) ||
+	snprintf(order_key_sql, sizeof(order_key_sql), "SELECT %s", ob->ksql.order_key);
+	/* columns 8 and 9: the totals capture continues (schema v7) */
+	if ((rc = prep(ob, &ob->get_dev, "SELECT t.next_seq, " CLOCK_COLUMNS ", t.cum_bytes, t.cum_events"
+					 " FROM totals t, device d WHERE d.id = 1")) ||
 	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2, clock_boot = ?3,"
 					 " clock_offset_ms = ?4, clock_mono_ms = ?5, clock_cand_boot = ?6,"
-					 " clock_cand_offset_ms = ?7, clock_cand_mono_ms = ?8 WHERE id = 1")) ||
-	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body) VALUES (?,?,?,?,?,?,?,?)")) ||
+					 " clock_cand_offset_ms = ?7, clock_cand_mono_ms = ?8, cum_bytes = ?9,"
+					 " cum_events = ?10 WHERE id = 1")) ||
+	    /* member: read from the body only for the kinds with a member
+	     * ledger, kept as a JSON string (schema.c) */
+	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, cum, cum_events,"
+				     " max_wall, okey, digest, member) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
+				     " CASE WHEN ?3 IN ('purchase', 'return') THEN nullif(?8 -> '$.member_id', 'null') END)")) ||
 	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside, recovered FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
 	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
 	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
 	    (rc = prep(ob, &ob->rej_copy, "INSERT OR IGNORE INTO rejected(seq, id, kind, wall_ms, body, reason, rejected_ms) SELECT seq, id, kind, wall_ms, body, ?2, ?3 FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->rej_reason, "DELETE FROM outbox WHERE seq = ?1")) ||
-	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM usage WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM totals")) ||
 	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes')")) ||
@@ -182,8 +184,10 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->alarm_up, "INSERT INTO alarms(code, since_ms, last_ms, count, detail) VALUES (?1, ?3, ?3, 1, ?2)"
 					  " ON CONFLICT(code) DO UPDATE SET last_ms = excluded.last_ms, count = alarms.count + 1,"
 					  " detail = excluded.detail")) ||
-	    /* the key as the caller knows it (?3 / ?7), else read from the body */
-	    (rc = prep(ob, &ob->order_get, order_get_sql)) || (rc = prep(ob, &ob->order_put, order_put_sql)))
+	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest FROM orders WHERE kind = ?1 AND key = ?2")) ||
+	    (rc = prep(ob, &ob->order_key_of, order_key_sql)) ||
+	    (rc = prep(ob, &ob->rc_new, "SELECT seq, kind, okey FROM outbox WHERE seq > ?1 AND okey IS NOT NULL")) ||
+	    (rc = prep(ob, &ob->rc_row, "SELECT kind, okey, digest, id, wall_ms FROM outbox WHERE seq = ?1")))
 		return rc;
 	return SCRM_OK;
 }
@@ -195,7 +199,7 @@ static void disconnect(outbox *ob, int detached)
 	sqlite3_stmt **all[] = {&ob->get_dev, &ob->put_dev,   &ob->ins,      &ob->read,      &ob->del,
 				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->rej_reason, &ob->usage,
 				&ob->limits,  &ob->evict,    &ob->evict_del, &ob->drop_add, &ob->alarm_up,
-				&ob->order_get, &ob->order_put};
+				&ob->order_get, &ob->order_key_of, &ob->rc_new, &ob->rc_row};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		sqlite3_finalize(*all[i]);
 		*all[i] = NULL;
@@ -273,6 +277,7 @@ static int quarantine_file(outbox *ob, const char *device_id, const char *why)
 	floor = base_ms * 1000;
 	if (old) {
 		int64_t seen[] = {probe_int(old, "SELECT next_seq - 1 FROM device WHERE id = 1"),
+				  probe_int(old, "SELECT next_seq - 1 FROM totals"),
 				  probe_int(old, "SELECT last_acked_seq FROM device WHERE id = 1"),
 				  probe_int(old, "SELECT max(seq) FROM outbox"), probe_int(old, "SELECT max(seq) FROM rejected")};
 		for (size_t i = 0; i < sizeof(seen) / sizeof(seen[0]); i++)
@@ -505,6 +510,7 @@ void outbox__close(outbox *ob)
 	free(ob->dir);
 	free(ob->path);
 	free(ob->reserve);
+	outbox__receipts_free(ob);
 	free(ob);
 }
 

@@ -5,8 +5,10 @@
  * include this). The handle,
  * the SQL the files agree on, and the internal calls between them:
  *   outbox.c   open/close, quarantine and follow, the SQLite helpers
- *   schema.c   all DDL and migrations (and what each trigger does)
+ *   schema.c   all DDL and migrations (and what each trigger does);
+ *              schema_sql.h the SQL its triggers share with readers
  *   append.c   capture's group-commit target
+ *   receipts.c which sale an order_id already names (pending or kept)
  *   clock.c    each event's clock_ok
  *   bounded.c  size cap, eviction, alarms, health, disk reserve
  *   deliver.c  batches, acks, rejects, stats
@@ -30,9 +32,11 @@
 #define CLOCK_DRIFT_PPM 500              /* plus this share of the mono time elapsed (the kernel's slew limit) */
 #define CLOCK_CONFIRM_MS (10LL * 60000)  /* a new offset kept this long (mono) is a correction */
 #define CLOCK_MAX_MS (1LL << 53)         /* wall and mono beyond this are nonsense: never trusted */
-/* The clock state in `device`, in struct clock_state's order. */
-#define CLOCK_COLUMNS "max_wall_ms, clock_boot, clock_offset_ms, clock_mono_ms, clock_cand_boot," \
-		      " clock_cand_offset_ms, clock_cand_mono_ms"
+/* The clock state, in struct clock_state's order: max_wall_ms from the
+ * `totals` view t (schema v7: the newest row carries it), the anchor from
+ * `device` d. */
+#define CLOCK_COLUMNS "t.max_wall_ms, d.clock_boot, d.clock_offset_ms, d.clock_mono_ms, d.clock_cand_boot," \
+		      " d.clock_cand_offset_ms, d.clock_cand_mono_ms"
 
 /* Outside the libscrm target (unit tests compiling the outbox alone). */
 #ifndef SCRM_BUILD_EPOCH
@@ -85,8 +89,17 @@ struct outbox {
 	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	struct outbox__kind_sql ksql; /* filled by connect */
-	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest,
-		*rej_copy, *rej_reason, *usage, *limits, *evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_put;
+	/* owned: the index of pending receipts (receipts.c): rc_cap slots
+	 * (a power of two), rc_n used, keyed rows up to seq rc_seen indexed,
+	 * rc_floor entries at the last rebuild */
+	struct outbox__receipt_slot {
+		uint64_t h; /* hash of (kind, key), 0 = empty */
+		int64_t seq;
+	} *rc_slots;
+	size_t rc_cap, rc_n, rc_floor;
+	int64_t rc_seen;
+	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest, *rej_copy, *rej_reason, *usage, *limits,
+		*evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_key_of, *rc_new, *rc_row;
 };
 
 /* ---- outbox.c: the SQLite helpers and the file ---- */
@@ -129,6 +142,22 @@ struct clock_state {
 #define CLOCK_UNASKED 2
 void outbox__clock_load(sqlite3_stmt *q, int col, struct clock_state *c);
 int outbox__clock_judge(struct clock_state *c, int64_t wall, int64_t mono, const char *boot, int64_t trusted_after_ms);
+
+/* ---- receipts.c ---- */
+/* Index the keyed rows above the last seen, up to last_seq (in a write
+ * transaction). */
+int outbox__receipts_catch_up(outbox *ob, int64_t last_seq);
+int outbox__receipts_add(outbox *ob, const char *kind, const char *key, int64_t seq);
+/* The receipt r's key already names (pending or kept): *found = 1 with r
+ * set as outbox__row says (existing, or refused SCRM_E_CONFLICT). */
+int outbox__receipt_find(outbox *ob, outbox__row *r, const char *key, const unsigned char digest[OUTBOX_DIGEST_BYTES],
+			 int *found);
+/* r's receipt key (r->key, else read from the body): *key is NULL when it
+ * has none, else the caller's to sqlite3_free. */
+int outbox__receipt_key(outbox *ob, const outbox__row *r, char **key);
+/* After a rollback: what the index saw may be reused. */
+void outbox__receipts_forget(outbox *ob);
+void outbox__receipts_free(outbox *ob);
 
 /* ---- append.c ---- */
 int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms);

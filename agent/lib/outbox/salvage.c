@@ -17,6 +17,7 @@
 
 #include "err.h"
 #include "outbox_int.h"
+#include "schema_sql.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -324,9 +325,7 @@ out:
  * replacing a row that was copied). */
 static const char *const fill_ledgers[] = {
 	"INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
-	" SELECT seq, json_extract(body, '$.member_id'), wall_ms, kind,"
-	"  CASE kind WHEN 'return' THEN -json_extract(body, '$.total') ELSE json_extract(body, '$.total') END,"
-	"  (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(body, '$.lines'))"
+	" SELECT seq, json_extract(body, '$.member_id'), wall_ms, kind, " MEMBER_ACTIVITY_OF("")
 	" FROM outbox WHERE recovered != 0 AND set_aside IS NULL AND kind IN ('purchase', 'return') AND json_valid(body)"
 	"  AND (CASE WHEN json_valid(body) THEN json_type(body, '$.member_id') END) = 'text'",
 	"INSERT OR IGNORE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)"
@@ -342,6 +341,41 @@ static const char *const fill_ledgers[] = {
 	"  AND json_type(body, '$.order_id') = 'text' AND json_type(body, '$.value') = 'integer'"
 	"  AND json_type(body, '$.currency') = 'text' AND json_type(body, '$.mode') = 'text'",
 };
+
+/* The receipts pending sales carried on their rows (schema v7), for the
+ * rows copied: their digest is the one taken at capture, so a retry of a
+ * sale attribution added to still gets its receipt. A damaged page loses
+ * the rest to fill_receipts below. */
+static int copy_row_receipts(sqlite3 *old, sqlite3 *into, salvage__report *r)
+{
+	sqlite3_stmt *q = NULL, *ins = NULL;
+	int rc;
+	if (sqlite3_prepare_v2(old, "SELECT kind, okey, seq, id, wall_ms, digest FROM outbox WHERE okey IS NOT NULL", -1, &q,
+			       NULL) != SQLITE_OK) {
+		sqlite3_finalize(q);
+		return SQLITE_OK; /* a file from before schema v7: its receipts are in orders */
+	}
+	if ((rc = sqlite3_prepare_v2(into,
+				     "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest) SELECT ?1, ?2, ?3, ?4, ?5, ?6"
+				     " WHERE EXISTS (SELECT 1 FROM outbox WHERE seq = ?3 AND id = ?4)",
+				     -1, &ins, NULL)) != SQLITE_OK)
+		goto out;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		sqlite3_reset(ins);
+		for (int i = 0; i < 6; i++)
+			sqlite3_bind_value(ins, i + 1, sqlite3_column_value(q, i));
+		if ((rc = sqlite3_step(ins)) != SQLITE_DONE)
+			goto out;
+		r->ledger_rows += sqlite3_changes(into);
+	}
+	if (rc != SQLITE_DONE)
+		r->ledger_errors++; /* damaged: fill_receipts makes the rest from the bodies */
+	rc = SQLITE_OK;
+out:
+	sqlite3_finalize(q);
+	sqlite3_finalize(ins);
+	return rc;
+}
 
 /* The receipts of copied sales whose receipt row was lost: the digest
  * (outbox__digest) of the body as stored (attribution may have added to it; a retry of such a
@@ -418,21 +452,28 @@ int salvage__copy(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, const ch
 			goto fail;
 		r->ledger_rows += sqlite3_changes(into);
 	}
-	if ((rc = fill_receipts(into, r)) != SQLITE_OK)
+	if ((rc = copy_row_receipts(old, into, r)) != SQLITE_OK || (rc = fill_receipts(into, r)) != SQLITE_OK)
 		goto fail;
 	if (mode == SALVAGE_QUARANTINE) {
 		/* the device's counters: acks, and the clock's trust goes on */
 		sqlite3_stmt *rd = NULL, *wr = NULL;
-		if (sqlite3_prepare_v2(old,
-				       "SELECT last_ack_ms, last_acked_seq, max_wall_ms, clock_boot, clock_offset_ms, clock_mono_ms,"
-				       " clock_cand_boot, clock_cand_offset_ms, clock_cand_mono_ms FROM device WHERE id = 1",
-				       -1, &rd, NULL) != SQLITE_OK) {
+		/* schema v7 keeps max_wall_ms on the newest row (totals; its
+		 * page may be the damaged one), v5 and v6 on device, older ones
+		 * had no anchor: the first of these that reads */
+		static const char *const reads[] = {
+			"SELECT d.last_ack_ms, d.last_acked_seq, t.max_wall_ms, d.clock_boot, d.clock_offset_ms,"
+			" d.clock_mono_ms, d.clock_cand_boot, d.clock_cand_offset_ms, d.clock_cand_mono_ms"
+			" FROM device d, totals t WHERE d.id = 1",
+			"SELECT last_ack_ms, last_acked_seq, max_wall_ms, clock_boot, clock_offset_ms, clock_mono_ms,"
+			" clock_cand_boot, clock_cand_offset_ms, clock_cand_mono_ms FROM device WHERE id = 1",
+			"SELECT last_ack_ms, last_acked_seq, max_wall_ms, '', 0, 0, '', 0, 0 FROM device WHERE id = 1"};
+		int got = 0;
+		for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]) && !got; i++) {
 			sqlite3_finalize(rd);
 			rd = NULL;
-			sqlite3_prepare_v2(old, "SELECT last_ack_ms, last_acked_seq, max_wall_ms, '', 0, 0, '', 0, 0 FROM device"
-						" WHERE id = 1", -1, &rd, NULL);
+			got = sqlite3_prepare_v2(old, reads[i], -1, &rd, NULL) == SQLITE_OK && sqlite3_step(rd) == SQLITE_ROW;
 		}
-		if (rd && sqlite3_step(rd) == SQLITE_ROW &&
+		if (got &&
 		    sqlite3_prepare_v2(into,
 				       "UPDATE device SET last_ack_ms = ?1, last_acked_seq = ?2, max_wall_ms = ?3, clock_boot = ?4,"
 				       " clock_offset_ms = ?5, clock_mono_ms = ?6, clock_cand_boot = ?7,"

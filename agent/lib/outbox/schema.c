@@ -32,9 +32,10 @@
  * Schema v5 adds the clock anchor to `device` (clock_* columns; the rule is
  * in clock.c). max_wall_ms keeps its v1 name and now means the
  * newest trusted wall clock since the anchor was last adopted.
- * Schema v3 and v6: at their statements below.
+ * Schema v3, v6 and v7: at their statements below.
  */
 #include "outbox_int.h"
+#include "schema_sql.h"
 
 #include "err.h"
 #include "event.h"
@@ -80,8 +81,7 @@ static const char schema_v1[] =
 	" BEGIN" \
 	"  INSERT OR REPLACE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)" \
 	"  VALUES (NEW.seq, json_extract(NEW.body, '$.member_id'), NEW.wall_ms, NEW.kind," \
-	"   CASE NEW.kind WHEN 'return' THEN -json_extract(NEW.body, '$.total') ELSE json_extract(NEW.body, '$.total') END," \
-	"   (SELECT json_group_array(json_extract(value, '$.sku')) FROM json_each(NEW.body, '$.lines')));" \
+	"   " MEMBER_ACTIVITY_OF("NEW.") ");" \
 	" END;"
 /* outbox_reco_shown — rule: every recommendation list shown to a guide is
  * remembered (reco_shown, by its event id = reco_id) with the member and
@@ -261,7 +261,94 @@ static const char schema_v6[] =
 	" seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, recovered_ms INTEGER NOT NULL);"
 	"PRAGMA user_version = 6;";
 
-#define OUTBOX_SCHEMA_VERSION 6
+/* Schema v7: a captured event writes its own row and nothing else (issue
+ * 14: every other table a capture touched cost a WAL page per sale). What
+ * the capture transaction used to update elsewhere now rides on the row:
+ *   outbox.cum, .cum_events  the bytes (body + OUTBOX_ROW_OVERHEAD) and the
+ *       events ever inserted by capture, through this row
+ *   outbox.max_wall  the clock's max_wall_ms after judging this row
+ *   device.cum_bytes, .cum_events  the same totals when the newest row is
+ *       gone (or predates v7); device's next_seq and max_wall_ms too
+ *   usage.removed_bytes, .removed_events  everything taken away since:
+ *       deleted rows, bodies shrunk (or grown: negative), minus rows copied
+ *       in by salvage — kept by triggers, which fire only off the till's
+ *       path (ack, eviction, rejection, erasure, set-aside, salvage)
+ * so the pending size is the newest total minus what was removed, and the
+ * next seq follows the newest row. `totals` reads them: the newest row if
+ * it is newer than what device holds, device otherwise (capture rows are
+ * the only ones above device.next_seq: salvage copies older seqs). The
+ * delete trigger hands the newest row's values to device when it goes.
+ *   outbox.member  a purchase's or return's member_id as a JSON string,
+ *       quotes included (NULL otherwise, and after an erasure): the byte
+ *       scrub of quarantined copies (quarantine__erase_member) finds only
+ *       whole tokens, and a bare column touches the next one's bytes.
+ *       member_activity is now written when the event
+ *       leaves the queue (ack, rejection), by the delete trigger, and a
+ *       member's local history is that ledger plus their pending rows
+ *       (ledger_read.c), so the sale's own transaction no longer touches
+ *       the ledger or its index. Rule unchanged: the guide's view of the
+ *       member includes today's sale at once.
+ *   outbox.okey, .digest  a pending sale's receipt (its order_id or
+ *       return_id, and outbox__digest of its body): it moves to `orders`
+ *       when the row leaves the queue (the delete trigger); receipts.c
+ *       finds it meanwhile. Rule unchanged: a till retrying a sale gets
+ *       the first receipt back.
+ * usage.bytes and .events are dropped: a process still running a libscrm
+ * of v6 (upgraded under it) fails loudly reading them instead of
+ * inserting uncounted rows. */
+static const char schema_v7[] =
+	"DROP TRIGGER IF EXISTS outbox_usage_insert;"
+	"DROP TRIGGER IF EXISTS outbox_usage_delete;"
+	"DROP TRIGGER IF EXISTS outbox_usage_update;"
+	"ALTER TABLE outbox ADD COLUMN cum INTEGER;"
+	"ALTER TABLE outbox ADD COLUMN cum_events INTEGER;"
+	"ALTER TABLE outbox ADD COLUMN max_wall INTEGER;"
+	"ALTER TABLE outbox ADD COLUMN member TEXT;"
+	"ALTER TABLE outbox ADD COLUMN okey TEXT;"
+	"ALTER TABLE outbox ADD COLUMN digest BLOB;"
+	"DROP TRIGGER IF EXISTS outbox_member_activity;"
+	"ALTER TABLE device ADD COLUMN cum_bytes INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE device ADD COLUMN cum_events INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE usage ADD COLUMN removed_bytes INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE usage ADD COLUMN removed_events INTEGER NOT NULL DEFAULT 0;"
+	"UPDATE device SET cum_bytes = (SELECT bytes FROM usage WHERE id = 1),"
+	" cum_events = (SELECT events FROM usage WHERE id = 1),"
+	" next_seq = max(next_seq, coalesce((SELECT max(seq) + 1 FROM outbox), 0)) WHERE id = 1;"
+	"ALTER TABLE usage DROP COLUMN bytes;"
+	"ALTER TABLE usage DROP COLUMN events;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_removed AFTER DELETE ON outbox"
+	" BEGIN"
+	"  UPDATE usage SET removed_bytes = removed_bytes + length(CAST(OLD.body AS BLOB)) + " XSTR(OUTBOX_ROW_OVERHEAD) ","
+	"   removed_events = removed_events + 1 WHERE id = 1;"
+	"  UPDATE device SET next_seq = OLD.seq + 1, max_wall_ms = coalesce(OLD.max_wall, max_wall_ms),"
+	"   cum_bytes = coalesce(OLD.cum, cum_bytes),"
+	"   cum_events = coalesce(OLD.cum_events, cum_events) WHERE id = 1 AND OLD.seq >= next_seq;"
+	"  INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
+	"   SELECT OLD.seq, OLD.member ->> '$', OLD.wall_ms, OLD.kind, " MEMBER_ACTIVITY_OF("OLD.")
+	"   WHERE OLD.member IS NOT NULL AND OLD.set_aside IS NULL;"
+	"  INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
+	"   SELECT OLD.kind, OLD.okey, OLD.seq, OLD.id, OLD.wall_ms, OLD.digest WHERE OLD.okey IS NOT NULL;"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_resized AFTER UPDATE OF body ON outbox"
+	" BEGIN"
+	"  UPDATE usage SET removed_bytes = removed_bytes + length(CAST(OLD.body AS BLOB)) - length(CAST(NEW.body AS BLOB))"
+	"   WHERE id = 1;"
+	" END;"
+	"CREATE TRIGGER IF NOT EXISTS outbox_salvaged AFTER INSERT ON outbox WHEN NEW.recovered != 0"
+	" BEGIN"
+	"  UPDATE usage SET removed_bytes = removed_bytes - length(CAST(NEW.body AS BLOB)) - " XSTR(OUTBOX_ROW_OVERHEAD) ","
+	"   removed_events = removed_events - 1 WHERE id = 1;"
+	" END;"
+	"CREATE VIEW IF NOT EXISTS totals(next_seq, max_wall_ms, cum_bytes, cum_events, bytes, events, refused_paid) AS"
+	" SELECT coalesce(l.seq + 1, d.next_seq), coalesce(l.max_wall, d.max_wall_ms), coalesce(l.cum, d.cum_bytes),"
+	"  coalesce(l.cum_events, d.cum_events), coalesce(l.cum, d.cum_bytes) - u.removed_bytes,"
+	"  coalesce(l.cum_events, d.cum_events) - u.removed_events, u.refused_paid"
+	" FROM device d JOIN usage u ON u.id = 1"
+	"  LEFT JOIN (SELECT seq, cum, cum_events, max_wall FROM outbox ORDER BY seq DESC LIMIT 1) l ON l.seq >= d.next_seq"
+	" WHERE d.id = 1;"
+	"PRAGMA user_version = 7;";
+
+#define OUTBOX_SCHEMA_VERSION 7
 
 /* ---- what tells kinds apart, from kinds.def ---- */
 
@@ -385,6 +472,8 @@ int outbox__migrate(outbox *ob, const char *device_id)
 	if (ver < 5 && (rc = outbox__exec(ob, schema_v5)))
 		goto cleanup;
 	if (ver < 6 && (rc = outbox__exec(ob, schema_v6)))
+		goto cleanup;
+	if (ver < 7 && (rc = outbox__exec(ob, schema_v7)))
 		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
