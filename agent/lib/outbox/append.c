@@ -75,7 +75,8 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		const int paid = outbox__kind_paid(r->kind);
 		const int keyed = outbox__kind_key(r->kind) != NULL;
 		unsigned char digest[OUTBOX_DIGEST_BYTES];
-		char *key = NULL; /* sqlite3_free */
+		const char *key = NULL;
+		char *owned = NULL; /* sqlite3_free: the key read from the body */
 		r->seq = 0;
 		r->refused = 0;
 		r->why[0] = 0;
@@ -86,15 +87,15 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		 * is refused. */
 		if (keyed) {
 			int found = 0;
-			if ((rc = outbox__receipt_key(ob, r, &key)))
+			if ((rc = outbox__receipt_key(ob, r, &key, &owned)))
 				return rc;
 			outbox__digest(r->body, r->body_len, digest);
 			if (key && (rc = outbox__receipt_find(ob, r, key, digest, &found))) {
-				sqlite3_free(key);
+				sqlite3_free(owned);
 				return rc;
 			}
 			if (found) {
-				sqlite3_free(key);
+				sqlite3_free(owned);
 				continue;
 			}
 		}
@@ -106,7 +107,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 			int64_t freed = 0;
 			if ((rc = outbox__evict(ob, used + need - soft, first, !paid, now, &freed)) ||
 			    (rc = outbox__read_usage(ob, &used))) {
-				sqlite3_free(key);
+				sqlite3_free(owned);
 				return rc;
 			}
 			used += wal_extra;
@@ -118,7 +119,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				 r->kind, ob->dir);
 			r->refused = SCRM_E_DISK_FULL;
 			snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
-			sqlite3_free(key);
+			sqlite3_free(owned);
 			if ((rc = outbox__count_dropped(ob, r->kind, need, now)))
 				return rc;
 			continue;
@@ -134,7 +135,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 (long long)used, (long long)max_bytes, state, r->kind, (long long)need);
 				r->refused = SCRM_E_DISK_FULL;
 				snprintf(r->why, sizeof(r->why), "%s", ob->full_msg);
-				sqlite3_free(key);
+				sqlite3_free(owned);
 				if ((rc = outbox__exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
 				    (rc = outbox__raise_alarm(ob, "outbox_full", ob->full_msg, now)))
 					return rc;
@@ -146,7 +147,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 					 r->kind, (long long)used, (long long)soft, state);
 				r->refused = SCRM_E_REFUSED;
 				snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
-				sqlite3_free(key);
+				sqlite3_free(owned);
 				if ((rc = outbox__count_dropped(ob, r->kind, need, now)) || (rc = outbox__raise_dropped(ob, now)))
 					return rc;
 			}
@@ -181,11 +182,11 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		rc = sqlite3_step(st);
 		sqlite3_reset(st);
 		if (rc != SQLITE_DONE) {
-			sqlite3_free(key);
+			sqlite3_free(owned);
 			return outbox__fail(ob, rc, "insert event");
 		}
 		rc = key ? outbox__receipts_add(ob, r->kind, key, r->seq) : SCRM_OK;
-		sqlite3_free(key);
+		sqlite3_free(owned);
 		if (rc)
 			return rc;
 		/* Triggers may have grown the body (attribution). */

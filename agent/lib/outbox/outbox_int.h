@@ -152,9 +152,9 @@ int outbox__receipts_add(outbox *ob, const char *kind, const char *key, int64_t 
  * set as outbox__row says (existing, or refused SCRM_E_CONFLICT). */
 int outbox__receipt_find(outbox *ob, outbox__row *r, const char *key, const unsigned char digest[OUTBOX_DIGEST_BYTES],
 			 int *found);
-/* r's receipt key (r->key, else read from the body): *key is NULL when it
- * has none, else the caller's to sqlite3_free. */
-int outbox__receipt_key(outbox *ob, const outbox__row *r, char **key);
+/* r's receipt key: r->key, else read from the body into *owned (the
+ * caller's to sqlite3_free); *key is NULL when it has none. */
+int outbox__receipt_key(outbox *ob, const outbox__row *r, const char **key, char **owned);
 /* After a rollback: what the index saw may be reused. */
 void outbox__receipts_forget(outbox *ob);
 void outbox__receipts_free(outbox *ob);

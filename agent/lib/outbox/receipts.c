@@ -190,21 +190,20 @@ int outbox__receipt_find(outbox *ob, outbox__row *r, const char *key, const unsi
 	return rc == SQLITE_DONE ? SCRM_OK : outbox__fail(ob, rc, "look up the receipt");
 }
 
-int outbox__receipt_key(outbox *ob, const outbox__row *r, char **key)
+int outbox__receipt_key(outbox *ob, const outbox__row *r, const char **key, char **owned)
 {
 	sqlite3_stmt *st = ob->order_key_of;
 	int rc;
-	*key = NULL;
-	if (r->key) {
-		*key = sqlite3_mprintf("%s", r->key);
-		return *key ? SCRM_OK : err__set(SCRM_E_NOMEM, "outbox: receipt key: out of memory");
-	}
+	*key = r->key;
+	*owned = NULL;
+	if (r->key)
+		return SCRM_OK;
 	sqlite3_reset(st);
 	sqlite3_bind_text(st, 1, r->kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, r->body, (int)r->body_len, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-	    !(*key = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0))))
+	    !(*key = *owned = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0))))
 		rc = err__set(SCRM_E_NOMEM, "outbox: receipt key: out of memory");
 	else
 		rc = rc == SQLITE_ROW ? SCRM_OK : outbox__fail(ob, rc, "read the receipt key");
