@@ -424,7 +424,7 @@ static void totals_follow_every_path(void **state)
 /* A purchase with order_id `order` (and `total`), its strings in b. */
 static void purchase_row(outbox__row *r, char (*b)[160], char (*id)[37], const char *order, int total, int n)
 {
-	snprintf(*b, sizeof(*b), "{\"order_id\":\"%s\",\"lines\":[{\"sku\":\"85123A\",\"qty\":1}],\"total\":%d}",
+	snprintf(*b, sizeof(*b), "{\"order_id\":\"%.32s\",\"lines\":[{\"sku\":\"85123A\",\"qty\":1}],\"total\":%d}",
 		 order, total);
 	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", n);
 	memset(r, 0, sizeof(*r));
