@@ -17,7 +17,7 @@
  * next_seq past every row, the pending sales in member_activity and their
  * receipts in orders, as v6 kept them. */
 #define UNDO_V7 \
-	"DROP VIEW totals; DROP TRIGGER outbox_removed; DROP TRIGGER outbox_resized; DROP TRIGGER outbox_salvaged;" \
+	"DROP VIEW totals; DROP TRIGGER outbox_resized; DROP TRIGGER outbox_salvaged;" \
 	" ALTER TABLE usage ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;" \
 	" ALTER TABLE usage ADD COLUMN events INTEGER NOT NULL DEFAULT 0;" \
 	" UPDATE usage SET bytes = (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) + " \

@@ -318,8 +318,8 @@ static void schema_v3_store_upgrades(void **state)
 		     DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
 		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
-		     "'usage','dropped','alarms','outbox_removed','outbox_resized','outbox_salvaged','outbox_evictable'",
-		     7);
+		     "'usage','dropped','alarms','outbox_resized','outbox_salvaged','outbox_evictable'",
+		     6);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
 	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
@@ -344,7 +344,7 @@ static void schema_v6_store_upgrades(void **state)
 	const int64_t first_two[][2] = {{1, 2}};
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
-	upgrade_from(f, UNDO_V7, "'totals','outbox_removed','outbox_resized','outbox_salvaged'", 4);
+	upgrade_from(f, UNDO_V7, "'totals','outbox_resized','outbox_salvaged'", 3);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('usage') WHERE name IN ('bytes', 'events')"), 0);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);

@@ -166,13 +166,10 @@ int outbox__evict(outbox *ob, int64_t want, int64_t before, int all_or_nothing, 
 	if (all_or_nothing && got < want)
 		n = 0;
 	for (size_t i = 0; i < n; i++) {
-		sqlite3_reset(ob->evict_del);
-		sqlite3_bind_int64(ob->evict_del, 1, v[i].seq);
-		rc = sqlite3_step(ob->evict_del);
-		sqlite3_reset(ob->evict_del);
-		if (rc != SQLITE_DONE) {
+		int64_t gone = 0;
+		if ((rc = outbox__remove(ob, v[i].seq, v[i].seq, &gone))) {
 			free(v);
-			return outbox__fail(ob, rc, "evict event");
+			return rc;
 		}
 		if ((rc = outbox__count_dropped(ob, v[i].kind, v[i].bytes, now_ms))) {
 			free(v);

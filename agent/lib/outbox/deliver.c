@@ -228,6 +228,25 @@ again:
 	return SCRM_OK;
 }
 
+int outbox__remove(outbox *ob, int64_t lo, int64_t hi, int64_t *deleted)
+{
+	sqlite3_stmt *const steps[] = {ob->rm_orders, ob->rm_activity, ob->rm_usage, ob->rm_device, ob->del};
+	static const char *const what[] = {"keep the receipts", "keep the members' sales", "count what leaves the queue",
+					   "keep the counters", "delete from the queue"};
+	*deleted = 0;
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		sqlite3_reset(steps[i]);
+		sqlite3_bind_int64(steps[i], 1, lo);
+		sqlite3_bind_int64(steps[i], 2, hi);
+		int rc = sqlite3_step(steps[i]);
+		sqlite3_reset(steps[i]);
+		if (rc != SQLITE_DONE)
+			return outbox__fail(ob, rc, what[i]);
+	}
+	*deleted = sqlite3_changes(ob->db);
+	return SCRM_OK;
+}
+
 static int ack_once(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
 {
 	int rc;
@@ -237,16 +256,10 @@ static int ack_once(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t no
 	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
 		return outbox__fail(ob, rc, "begin");
 	for (size_t i = 0; i < n; i++) {
-		sqlite3_reset(ob->del);
-		sqlite3_bind_int64(ob->del, 1, ranges[i][0]);
-		sqlite3_bind_int64(ob->del, 2, ranges[i][1]);
-		if ((rc = sqlite3_step(ob->del)) != SQLITE_DONE) {
-			sqlite3_reset(ob->del);
-			rc = outbox__fail(ob, rc, "delete acknowledged");
+		int64_t gone = 0;
+		if ((rc = outbox__remove(ob, ranges[i][0], ranges[i][1], &gone)))
 			goto cleanup;
-		}
-		sqlite3_reset(ob->del);
-		del += sqlite3_changes(ob->db);
+		del += gone;
 		if (ranges[i][1] > hi)
 			hi = ranges[i][1];
 	}
@@ -291,14 +304,9 @@ static int reject_once(outbox *ob, int64_t seq, const char *reason, int64_t now_
 		rc = outbox__fail(ob, rc, "keep rejected event");
 		goto cleanup;
 	}
-	sqlite3_reset(ob->rej_reason);
-	sqlite3_bind_int64(ob->rej_reason, 1, seq);
-	rc = sqlite3_step(ob->rej_reason);
-	sqlite3_reset(ob->rej_reason);
-	if (rc != SQLITE_DONE) {
-		rc = outbox__fail(ob, rc, "remove rejected event");
+	int64_t gone = 0;
+	if ((rc = outbox__remove(ob, seq, seq, &gone)))
 		goto cleanup;
-	}
 	if ((rc = sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
 		rc = outbox__fail(ob, rc, "commit reject");
 		goto cleanup;

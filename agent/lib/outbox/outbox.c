@@ -15,6 +15,7 @@
  * until the year 2255.
  */
 #include "outbox_int.h"
+#include "schema_sql.h"
 
 #include "dbcode.h"
 #include "err.h"
@@ -171,13 +172,11 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
 	    (rc = prep(ob, &ob->oldest, "SELECT min(seq) FROM outbox")) ||
 	    (rc = prep(ob, &ob->rej_copy, "INSERT OR IGNORE INTO rejected(seq, id, kind, wall_ms, body, reason, rejected_ms) SELECT seq, id, kind, wall_ms, body, ?2, ?3 FROM outbox WHERE seq = ?1")) ||
-	    (rc = prep(ob, &ob->rej_reason, "DELETE FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM totals")) ||
 	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes')")) ||
 	    (rc = prep(ob, &ob->evict, evict_sql)) ||
-	    (rc = prep(ob, &ob->evict_del, "DELETE FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->drop_add, "INSERT INTO dropped(kind, count, bytes, last_ms) VALUES (?1, 1, ?2, ?3)"
 					  " ON CONFLICT(kind) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,"
 					  " last_ms = excluded.last_ms")) ||
@@ -187,7 +186,22 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest FROM orders WHERE kind = ?1 AND key = ?2")) ||
 	    (rc = prep(ob, &ob->order_key_of, order_key_sql)) ||
 	    (rc = prep(ob, &ob->rc_new, "SELECT seq, kind, okey FROM outbox WHERE seq > ?1 AND okey IS NOT NULL")) ||
-	    (rc = prep(ob, &ob->rc_row, "SELECT kind, okey, digest, id, wall_ms FROM outbox WHERE seq = ?1")))
+	    (rc = prep(ob, &ob->rc_row, "SELECT kind, okey, digest, id, wall_ms FROM outbox WHERE seq = ?1")) ||
+	    /* outbox__remove, in its order */
+	    (rc = prep(ob, &ob->rm_orders, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
+					   " SELECT kind, okey, seq, id, wall_ms, digest FROM outbox"
+					   " WHERE seq BETWEEN ?1 AND ?2 AND okey IS NOT NULL")) ||
+	    (rc = prep(ob, &ob->rm_activity, "INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
+					     " SELECT seq, member ->> '$', wall_ms, kind, " MEMBER_ACTIVITY_OF("") " FROM outbox"
+					     " WHERE seq BETWEEN ?1 AND ?2 AND member IS NOT NULL AND set_aside IS NULL")) ||
+	    (rc = prep(ob, &ob->rm_usage, "UPDATE usage SET (removed_bytes, removed_events) = (SELECT removed_bytes +"
+					  " coalesce(sum(length(CAST(body AS BLOB))), 0) + count(*) * " XSTR(OUTBOX_ROW_OVERHEAD) ","
+					  " removed_events + count(*) FROM outbox WHERE seq BETWEEN ?1 AND ?2) WHERE id = 1")) ||
+	    (rc = prep(ob, &ob->rm_device, "UPDATE device SET (next_seq, max_wall_ms, cum_bytes, cum_events) = (SELECT o.seq + 1,"
+					   " coalesce(o.max_wall, device.max_wall_ms), coalesce(o.cum, device.cum_bytes),"
+					   " coalesce(o.cum_events, device.cum_events) FROM outbox o WHERE o.seq BETWEEN ?1 AND ?2"
+					   " ORDER BY o.seq DESC LIMIT 1)"
+					   " WHERE id = 1 AND (SELECT max(seq) FROM outbox WHERE seq BETWEEN ?1 AND ?2) >= next_seq")))
 		return rc;
 	return SCRM_OK;
 }
@@ -197,9 +211,10 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 static void disconnect(outbox *ob, int detached)
 {
 	sqlite3_stmt **all[] = {&ob->get_dev, &ob->put_dev,   &ob->ins,      &ob->read,      &ob->del,
-				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->rej_reason, &ob->usage,
-				&ob->limits,  &ob->evict,    &ob->evict_del, &ob->drop_add, &ob->alarm_up,
-				&ob->order_get, &ob->order_key_of, &ob->rc_new, &ob->rc_row};
+				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->usage,
+				&ob->limits,  &ob->evict,    &ob->drop_add, &ob->alarm_up,
+				&ob->order_get, &ob->order_key_of, &ob->rc_new, &ob->rc_row, &ob->rm_orders,
+				&ob->rm_activity, &ob->rm_usage, &ob->rm_device};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		sqlite3_finalize(*all[i]);
 		*all[i] = NULL;

@@ -98,8 +98,9 @@ struct outbox {
 	} *rc_slots;
 	size_t rc_cap, rc_n, rc_floor;
 	int64_t rc_seen;
-	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest, *rej_copy, *rej_reason, *usage, *limits,
-		*evict, *evict_del, *drop_add, *alarm_up, *order_get, *order_key_of, *rc_new, *rc_row;
+	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest, *rej_copy, *usage, *limits,
+		*evict, *drop_add, *alarm_up, *order_get, *order_key_of, *rc_new, *rc_row, *rm_orders,
+		*rm_activity, *rm_usage, *rm_device;
 };
 
 /* ---- outbox.c: the SQLite helpers and the file ---- */
@@ -176,6 +177,13 @@ int64_t outbox__wal_growth(outbox *ob);
 int outbox__disk_nearly_full(outbox *ob);
 int outbox__release_reserve(outbox *ob, int rc);
 void outbox__note_reserve_released(outbox *ob);
+
+/* ---- deliver.c ---- */
+/* Take the rows lo..hi out of the queue (ack, rejection, eviction), inside
+ * the caller's write transaction: their receipts go to orders, members'
+ * sales to member_activity, their size to usage.removed_*, and the
+ * newest row's counters to device (schema v7). *deleted = rows removed. */
+int outbox__remove(outbox *ob, int64_t lo, int64_t hi, int64_t *deleted);
 
 /* ---- setaside.c ---- */
 int outbox__set_aside(outbox *ob, int64_t seq, const char *reason, const char *detail, int64_t bytes);

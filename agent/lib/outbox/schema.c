@@ -271,26 +271,32 @@ static const char schema_v6[] =
  *       gone (or predates v7); device's next_seq and max_wall_ms too
  *   usage.removed_bytes, .removed_events  everything taken away since:
  *       deleted rows, bodies shrunk (or grown: negative), minus rows copied
- *       in by salvage — kept by triggers, which fire only off the till's
- *       path (ack, eviction, rejection, erasure, set-aside, salvage)
+ *       in by salvage — all off the till's path (ack, eviction, rejection,
+ *       erasure, set-aside, salvage)
  * so the pending size is the newest total minus what was removed, and the
  * next seq follows the newest row. `totals` reads them: the newest row if
  * it is newer than what device holds, device otherwise (capture rows are
- * the only ones above device.next_seq: salvage copies older seqs). The
- * delete trigger hands the newest row's values to device when it goes.
+ * the only ones above device.next_seq: salvage copies older seqs).
+ * Rows leave the queue through one function, outbox__remove (deliver.c:
+ * ack, rejection, eviction), not a trigger: per range, one statement each
+ * moves the receipts to orders and the member's sales to member_activity,
+ * counts what was removed, and hands the newest row's values to device
+ * when it goes (a per-row delete trigger made an ack of 500 events several times
+ * slower, and the till waits for the ack's lock). Body changes (erasure,
+ * set-aside, attribution) and salvage's inserts are counted by triggers.
  *   outbox.member  a purchase's or return's member_id as a JSON string,
  *       quotes included (NULL otherwise, and after an erasure): the byte
  *       scrub of quarantined copies (quarantine__erase_member) finds only
  *       whole tokens, and a bare column touches the next one's bytes.
  *       member_activity is now written when the event
- *       leaves the queue (ack, rejection), by the delete trigger, and a
+ *       leaves the queue (ack, rejection: outbox__remove), and a
  *       member's local history is that ledger plus their pending rows
  *       (ledger_read.c), so the sale's own transaction no longer touches
  *       the ledger or its index. Rule unchanged: the guide's view of the
  *       member includes today's sale at once.
  *   outbox.okey, .digest  a pending sale's receipt (its order_id or
  *       return_id, and outbox__digest of its body): it moves to `orders`
- *       when the row leaves the queue (the delete trigger); receipts.c
+ *       when the row leaves the queue (outbox__remove); receipts.c
  *       finds it meanwhile. Rule unchanged: a till retrying a sale gets
  *       the first receipt back.
  * usage.bytes and .events are dropped: a process still running a libscrm
@@ -316,19 +322,6 @@ static const char schema_v7[] =
 	" next_seq = max(next_seq, coalesce((SELECT max(seq) + 1 FROM outbox), 0)) WHERE id = 1;"
 	"ALTER TABLE usage DROP COLUMN bytes;"
 	"ALTER TABLE usage DROP COLUMN events;"
-	"CREATE TRIGGER IF NOT EXISTS outbox_removed AFTER DELETE ON outbox"
-	" BEGIN"
-	"  UPDATE usage SET removed_bytes = removed_bytes + length(CAST(OLD.body AS BLOB)) + " XSTR(OUTBOX_ROW_OVERHEAD) ","
-	"   removed_events = removed_events + 1 WHERE id = 1;"
-	"  UPDATE device SET next_seq = OLD.seq + 1, max_wall_ms = coalesce(OLD.max_wall, max_wall_ms),"
-	"   cum_bytes = coalesce(OLD.cum, cum_bytes),"
-	"   cum_events = coalesce(OLD.cum_events, cum_events) WHERE id = 1 AND OLD.seq >= next_seq;"
-	"  INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
-	"   SELECT OLD.seq, OLD.member ->> '$', OLD.wall_ms, OLD.kind, " MEMBER_ACTIVITY_OF("OLD.")
-	"   WHERE OLD.member IS NOT NULL AND OLD.set_aside IS NULL;"
-	"  INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
-	"   SELECT OLD.kind, OLD.okey, OLD.seq, OLD.id, OLD.wall_ms, OLD.digest WHERE OLD.okey IS NOT NULL;"
-	" END;"
 	"CREATE TRIGGER IF NOT EXISTS outbox_resized AFTER UPDATE OF body ON outbox"
 	" BEGIN"
 	"  UPDATE usage SET removed_bytes = removed_bytes + length(CAST(OLD.body AS BLOB)) - length(CAST(NEW.body AS BLOB))"
