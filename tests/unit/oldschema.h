@@ -46,6 +46,7 @@
 	" length(CAST(OLD.body AS BLOB)) - " OLDSCHEMA_STR(OUTBOX_ROW_OVERHEAD) ", events = events - 1 WHERE id = 1; END;" \
 	" CREATE TRIGGER outbox_usage_update AFTER UPDATE OF body ON outbox BEGIN UPDATE usage SET bytes = bytes -" \
 	" length(CAST(OLD.body AS BLOB)) + length(CAST(NEW.body AS BLOB)) WHERE id = 1; END;" \
+	" CREATE INDEX member_activity_member ON member_activity(member_id, wall_ms);" \
 	" PRAGMA user_version = 6;"
 
 #endif

@@ -513,6 +513,91 @@ static void receipts_pending_kept_and_rolled_back(void **state)
 	outbox__close(b);
 }
 
+/* A sale of `member` (n-th row of the test), its strings in b and id. */
+static void member_sale(outbox__row *r, char (*b)[200], char (*id)[37], const char *member, int total, int n)
+{
+	snprintf(*b, sizeof(*b), "{\"order_id\":\"M-%d\",\"lines\":[{\"sku\":\"S%d\",\"qty\":1}],\"total\":%d,"
+		 "\"member_id\":\"%.16s\"}", n, n, total, member);
+	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", 500 + n);
+	memset(r, 0, sizeof(*r));
+	r->id = *id;
+	r->kind = "purchase";
+	r->wall_ms = T0 + n;
+	r->mono_ms = 1000 + n;
+	r->boot = BOOT;
+	r->body = *b;
+	r->body_len = strlen(*b);
+}
+
+/* The seqs of member's local history as the reader gives them. */
+static size_t history(outbox__activity *a, const char *member, int64_t after_ms, int64_t *seqs, size_t max)
+{
+	outbox__activity_row row;
+	size_t n = 0;
+	assert_int_equal(outbox__activity_query(a, member, after_ms), 0);
+	while (outbox__activity_next(a, &row))
+		if (n < max)
+			seqs[n++] = row.seq;
+	return n;
+}
+
+/* Schema v7: a member's local history is their pending rows plus
+ * member_activity, found through the reader's own index (ledger_read.c)
+ * whatever moved between two queries: an ack, an out-of-order ack and a
+ * rejection of an older sale, a sale captured and acknowledged between
+ * two looks, an erasure. */
+static void member_history_follows_the_rows(void **state)
+{
+	fx *f = *state;
+	outbox__activity *a = NULL;
+	outbox__row r[4];
+	char body[4][200], id[4][37];
+	int64_t seqs[16];
+	int64_t deleted = 0;
+	outbox__activity_open(f->store, &a);
+	assert_non_null(a);
+	member_sale(&r[0], &body[0], &id[0], "M1", 100, 1);
+	assert_int_equal(outbox__append(f->ob, r, 1, T0), SCRM_OK);
+	assert_int_equal(history(a, "M1", 0, seqs, 16), 1); /* pending */
+	const int64_t first[][2] = {{r[0].seq, r[0].seq}};
+	assert_int_equal(outbox__ack(f->ob, first, 1, T0 + 10, &deleted), SCRM_OK);
+	assert_int_equal(history(a, "M1", 0, seqs, 16), 1); /* acknowledged */
+	assert_int_equal(seqs[0], r[0].seq);
+	/* three sales of M3; the newest acknowledged first, the oldest rejected */
+	for (int i = 0; i < 3; i++)
+		member_sale(&r[i], &body[i], &id[i], "M3", 10 * (i + 1), 2 + i);
+	assert_int_equal(outbox__append(f->ob, r, 3, T0), SCRM_OK);
+	assert_int_equal(history(a, "M3", 0, seqs, 16), 3);
+	const int64_t newest[][2] = {{r[2].seq, r[2].seq}};
+	assert_int_equal(outbox__ack(f->ob, newest, 1, T0 + 20, &deleted), SCRM_OK);
+	assert_int_equal(outbox__reject(f->ob, r[0].seq, "test", T0 + 21), SCRM_OK);
+	assert_int_equal(history(a, "M3", 0, seqs, 16), 3);
+	assert_int_equal(seqs[0], r[2].seq); /* newest first */
+	assert_int_equal(seqs[2], r[0].seq);
+	/* a sale made and acknowledged between two looks, with an older one
+	 * rejected meanwhile */
+	member_sale(&r[3], &body[3], &id[3], "M4", 40, 6);
+	assert_int_equal(outbox__append(f->ob, &r[3], 1, T0), SCRM_OK);
+	const int64_t fourth[][2] = {{r[3].seq, r[3].seq}};
+	assert_int_equal(outbox__ack(f->ob, fourth, 1, T0 + 30, &deleted), SCRM_OK);
+	assert_int_equal(outbox__reject(f->ob, r[1].seq, "test", T0 + 31), SCRM_OK);
+	assert_int_equal(history(a, "M4", 0, seqs, 16), 1);
+	assert_int_equal(history(a, "M3", 0, seqs, 16), 3);
+	assert_int_equal(history(a, "M3", T0 + 3, seqs, 16), 1); /* after_ms */
+	/* a second reader built from scratch sees the same */
+	outbox__activity *b = NULL;
+	outbox__activity_open(f->store, &b);
+	assert_int_equal(history(b, "M3", 0, seqs, 16), 3);
+	assert_int_equal(history(b, "M1", 0, seqs, 16), 1);
+	outbox__activity_close(b);
+	/* erasure: nothing of the member is left to show */
+	int64_t n = 0;
+	assert_int_equal(outbox__redact_member(f->ob, "M3", &n), SCRM_OK);
+	assert_int_equal(history(a, "M3", 0, seqs, 16), 0);
+	assert_int_equal(history(a, "M1", 0, seqs, 16), 1);
+	outbox__activity_close(a);
+}
+
 static void not_a_database_refused(void **state)
 {
 	fx *f = *state;
@@ -1381,6 +1466,7 @@ int main(int argc, char **argv)
 		T(schema_v6_store_upgrades),
 		T(totals_follow_every_path),
 		T(receipts_pending_kept_and_rolled_back),
+		T(member_history_follows_the_rows),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),
 		T(two_handles_share_one_counter),

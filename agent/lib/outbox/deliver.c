@@ -366,15 +366,47 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 	return rc;
 }
 
+/* Acknowledged events leave the queue in transactions of at most
+ * ACK_CHUNK_ROWS rows (outbox_int.h). */
+static int ack_range(outbox *ob, const int64_t range[2], int64_t now_ms, int64_t *deleted)
+{
+	const int64_t(*one)[2] = (const int64_t(*)[2])range;
+	ob->corrupt = 0;
+	int rc = ack_once(ob, one, 1, now_ms, deleted);
+	if (outbox__healed(ob, rc))
+		rc = ack_once(ob, one, 1, now_ms, deleted);
+	if (outbox__release_reserve(ob, rc))
+		rc = ack_once(ob, one, 1, now_ms, deleted);
+	outbox__note_reserve_released(ob);
+	return rc;
+}
+
 int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
 {
-	ob->corrupt = 0;
-	int rc = ack_once(ob, ranges, n, now_ms, deleted);
-	if (outbox__healed(ob, rc))
-		rc = ack_once(ob, ranges, n, now_ms, deleted);
-	if (outbox__release_reserve(ob, rc))
-		rc = ack_once(ob, ranges, n, now_ms, deleted);
-	outbox__note_reserve_released(ob);
+	int64_t total = 0;
+	int rc = SCRM_OK;
+	for (size_t i = 0; i < n && rc == SCRM_OK; i++) {
+		int64_t lo = ranges[i][0];
+		for (;;) {
+			/* the chunk ends at its ACK_CHUNK_ROWS-th row, or the range's end
+			 * (seqs are sparse: a quarantine's floor jumps them) */
+			int64_t chunk[2] = {lo, ranges[i][1]}, gone = 0;
+			sqlite3_reset(ob->ack_chunk);
+			sqlite3_bind_int64(ob->ack_chunk, 1, lo);
+			sqlite3_bind_int64(ob->ack_chunk, 2, ranges[i][1]);
+			if (sqlite3_step(ob->ack_chunk) == SQLITE_ROW)
+				chunk[1] = sqlite3_column_int64(ob->ack_chunk, 0);
+			sqlite3_reset(ob->ack_chunk);
+			if ((rc = ack_range(ob, chunk, now_ms, &gone)))
+				break;
+			total += gone;
+			if (chunk[1] >= ranges[i][1])
+				break;
+			lo = chunk[1] + 1;
+		}
+	}
+	if (deleted)
+		*deleted = total;
 	return rc;
 }
 

@@ -187,6 +187,8 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->order_key_of, order_key_sql)) ||
 	    (rc = prep(ob, &ob->rc_new, "SELECT seq, kind, okey FROM outbox WHERE seq > ?1 AND okey IS NOT NULL")) ||
 	    (rc = prep(ob, &ob->rc_row, "SELECT kind, okey, digest, id, wall_ms FROM outbox WHERE seq = ?1")) ||
+	    (rc = prep(ob, &ob->ack_chunk, "SELECT seq FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
+					   " LIMIT 1 OFFSET " XSTR(ACK_CHUNK_ROWS) " - 1")) ||
 	    /* outbox__remove, in its order */
 	    (rc = prep(ob, &ob->rm_orders, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
 					   " SELECT kind, okey, seq, id, wall_ms, digest FROM outbox"
@@ -214,7 +216,7 @@ static void disconnect(outbox *ob, int detached)
 				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->usage,
 				&ob->limits,  &ob->evict,    &ob->drop_add, &ob->alarm_up,
 				&ob->order_get, &ob->order_key_of, &ob->rc_new, &ob->rc_row, &ob->rm_orders,
-				&ob->rm_activity, &ob->rm_usage, &ob->rm_device};
+				&ob->rm_activity, &ob->rm_usage, &ob->rm_device, &ob->ack_chunk};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		sqlite3_finalize(*all[i]);
 		*all[i] = NULL;

@@ -292,7 +292,9 @@ static const char schema_v6[] =
  *       leaves the queue (ack, rejection: outbox__remove), and a
  *       member's local history is that ledger plus their pending rows
  *       (ledger_read.c), so the sale's own transaction no longer touches
- *       the ledger or its index. Rule unchanged: the guide's view of the
+ *       the ledger. Its index by member is dropped: the ack would write
+ *       its random pages while a till waits for the lock; each reader
+ *       indexes the rows in memory instead (ledger_read.c). Rule unchanged: the guide's view of the
  *       member includes today's sale at once.
  *   outbox.okey, .digest  a pending sale's receipt (its order_id or
  *       return_id, and outbox__digest of its body): it moves to `orders`
@@ -310,6 +312,7 @@ static const char schema_v7[] =
 	"ALTER TABLE outbox ADD COLUMN cum_events INTEGER;"
 	"ALTER TABLE outbox ADD COLUMN max_wall INTEGER;"
 	"ALTER TABLE outbox ADD COLUMN member TEXT;"
+	"DROP INDEX IF EXISTS member_activity_member;"
 	"ALTER TABLE outbox ADD COLUMN okey TEXT;"
 	"ALTER TABLE outbox ADD COLUMN digest BLOB;"
 	"DROP TRIGGER IF EXISTS outbox_member_activity;"
