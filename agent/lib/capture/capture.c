@@ -88,6 +88,7 @@ int scrm_store_open(const char *dir, const scrm_store_options *opts, scrm_store 
 	rc = outbox__open(dir, opts ? opts->device_id : NULL, opts ? opts->busy_timeout_ms : 0, &s->ob);
 	if (rc)
 		goto failed;
+	outbox__receipts_prime(s->ob);
 	platform__boot_id(s->boot);
 	s->notify = platform__notifier_open(dir);
 	s->trusted_after_ms = (int64_t)SCRM_BUILD_EPOCH * 1000;

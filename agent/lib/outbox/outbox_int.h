@@ -156,6 +156,7 @@ void outbox__clock_load(sqlite3_stmt *q, int col, struct clock_state *c);
 int outbox__clock_judge(struct clock_state *c, int64_t wall, int64_t mono, const char *boot, int64_t trusted_after_ms);
 
 /* ---- receipts.c ---- */
+
 /* Index the keyed rows above the last seen, up to last_seq (in a write
  * transaction). */
 int outbox__receipts_catch_up(outbox *ob, int64_t last_seq);

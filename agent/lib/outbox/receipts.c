@@ -114,6 +114,23 @@ int outbox__receipts_catch_up(outbox *ob, int64_t last_seq)
 	return SCRM_OK;
 }
 
+void outbox__receipts_prime(outbox *ob)
+{
+	int rc;
+	if (sqlite3_exec(ob->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		return;
+	sqlite3_reset(ob->get_dev);
+	rc = sqlite3_step(ob->get_dev);
+	const int64_t last = rc == SQLITE_ROW ? sqlite3_column_int64(ob->get_dev, 0) - 1 : 0;
+	sqlite3_reset(ob->get_dev);
+	if (rc == SQLITE_ROW && outbox__receipts_catch_up(ob, last) != SCRM_OK) {
+		outbox__receipts_forget(ob); /* the first sale's transaction tries again */
+		ob->corrupt = 0;
+		err__clear(); /* the open itself succeeded */
+	}
+	sqlite3_exec(ob->db, "COMMIT", NULL, NULL, NULL);
+}
+
 int outbox__receipts_add(outbox *ob, const char *kind, const char *key, int64_t seq)
 {
 	int rc = put(ob, key_hash(kind, key), seq);
