@@ -421,20 +421,26 @@ static void totals_follow_every_path(void **state)
 	assert_true(top > 1000);
 }
 
-/* A purchase with order_id `order` (and `total`), its strings in b. */
-static void purchase_row(outbox__row *r, char (*b)[160], char (*id)[37], const char *order, int total, int n)
+/* A purchase row with `body`, event id number `idn` (in id), at T0 + n. */
+static void sale_row(outbox__row *r, const char *body, char (*id)[37], int idn, int n)
 {
-	snprintf(*b, sizeof(*b), "{\"order_id\":\"%.32s\",\"lines\":[{\"sku\":\"85123A\",\"qty\":1}],\"total\":%d}",
-		 order, total);
-	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", n);
+	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", idn);
 	memset(r, 0, sizeof(*r));
 	r->id = *id;
 	r->kind = "purchase";
 	r->wall_ms = T0 + n;
 	r->mono_ms = 1000 + n;
 	r->boot = BOOT;
-	r->body = *b;
-	r->body_len = strlen(*b);
+	r->body = body;
+	r->body_len = strlen(body);
+}
+
+/* A purchase with order_id `order` (and `total`), its strings in b. */
+static void purchase_row(outbox__row *r, char (*b)[160], char (*id)[37], const char *order, int total, int n)
+{
+	snprintf(*b, sizeof(*b), "{\"order_id\":\"%.32s\",\"lines\":[{\"sku\":\"85123A\",\"qty\":1}],\"total\":%d}",
+		 order, total);
+	sale_row(r, *b, id, n, n);
 }
 
 /* Schema v7 keeps a pending sale's receipt on its row and each handle an
@@ -518,15 +524,7 @@ static void member_sale(outbox__row *r, char (*b)[200], char (*id)[37], const ch
 {
 	snprintf(*b, sizeof(*b), "{\"order_id\":\"M-%d\",\"lines\":[{\"sku\":\"S%d\",\"qty\":1}],\"total\":%d,"
 		 "\"member_id\":\"%.16s\"}", n, n, total, member);
-	snprintf(*id, sizeof(*id), "0190a000-0000-7000-8000-%012d", 500 + n);
-	memset(r, 0, sizeof(*r));
-	r->id = *id;
-	r->kind = "purchase";
-	r->wall_ms = T0 + n;
-	r->mono_ms = 1000 + n;
-	r->boot = BOOT;
-	r->body = *b;
-	r->body_len = strlen(*b);
+	sale_row(r, *b, id, 500 + n, n);
 }
 
 /* The seqs of member's local history as the reader gives them. */
