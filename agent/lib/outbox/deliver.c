@@ -247,22 +247,17 @@ int outbox__remove(outbox *ob, int64_t lo, int64_t hi, int64_t *deleted)
 	return SCRM_OK;
 }
 
-static int ack_once(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms, int64_t *deleted)
+/* One chunk of an ack, lo..hi, in its own transaction. */
+static int ack_once(outbox *ob, int64_t lo, int64_t hi, int64_t now_ms, int64_t *deleted)
 {
 	int rc;
-	int64_t del = 0, hi = 0, used = 0, max_bytes = 0, reserve = 0;
+	int64_t del = 0, used = 0, max_bytes = 0, reserve = 0;
 
 	outbox__follow(ob);
 	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
 		return outbox__fail(ob, rc, "begin");
-	for (size_t i = 0; i < n; i++) {
-		int64_t gone = 0;
-		if ((rc = outbox__remove(ob, ranges[i][0], ranges[i][1], &gone)))
-			goto cleanup;
-		del += gone;
-		if (ranges[i][1] > hi)
-			hi = ranges[i][1];
-	}
+	if ((rc = outbox__remove(ob, lo, hi, &del)))
+		goto cleanup;
 	sqlite3_reset(ob->ack_meta);
 	sqlite3_bind_int64(ob->ack_meta, 1, now_ms);
 	sqlite3_bind_int64(ob->ack_meta, 2, hi);
@@ -281,8 +276,7 @@ static int ack_once(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t no
 		rc = outbox__fail(ob, rc, "commit ack");
 		goto cleanup;
 	}
-	if (deleted)
-		*deleted = del;
+	*deleted = del;
 	return SCRM_OK;
 cleanup:
 	outbox__rollback(ob);
@@ -368,15 +362,14 @@ int outbox__read_batch(outbox *ob, int64_t after_seq, size_t max_events, size_t 
 
 /* Acknowledged events leave the queue in transactions of at most
  * ACK_CHUNK_ROWS rows (outbox_int.h). */
-static int ack_range(outbox *ob, const int64_t range[2], int64_t now_ms, int64_t *deleted)
+static int ack_chunk(outbox *ob, int64_t lo, int64_t hi, int64_t now_ms, int64_t *deleted)
 {
-	const int64_t(*one)[2] = (const int64_t(*)[2])range;
 	ob->corrupt = 0;
-	int rc = ack_once(ob, one, 1, now_ms, deleted);
+	int rc = ack_once(ob, lo, hi, now_ms, deleted);
 	if (outbox__healed(ob, rc))
-		rc = ack_once(ob, one, 1, now_ms, deleted);
+		rc = ack_once(ob, lo, hi, now_ms, deleted);
 	if (outbox__release_reserve(ob, rc))
-		rc = ack_once(ob, one, 1, now_ms, deleted);
+		rc = ack_once(ob, lo, hi, now_ms, deleted);
 	outbox__note_reserve_released(ob);
 	return rc;
 }
@@ -390,19 +383,19 @@ int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms
 		for (;;) {
 			/* the chunk ends at its ACK_CHUNK_ROWS-th row, or the range's end
 			 * (seqs are sparse: a quarantine's floor jumps them) */
-			int64_t chunk[2] = {lo, ranges[i][1]}, gone = 0;
+			int64_t hi = ranges[i][1], gone = 0;
 			sqlite3_reset(ob->ack_chunk);
 			sqlite3_bind_int64(ob->ack_chunk, 1, lo);
-			sqlite3_bind_int64(ob->ack_chunk, 2, ranges[i][1]);
+			sqlite3_bind_int64(ob->ack_chunk, 2, hi);
 			if (sqlite3_step(ob->ack_chunk) == SQLITE_ROW)
-				chunk[1] = sqlite3_column_int64(ob->ack_chunk, 0);
+				hi = sqlite3_column_int64(ob->ack_chunk, 0);
 			sqlite3_reset(ob->ack_chunk);
-			if ((rc = ack_range(ob, chunk, now_ms, &gone)))
+			if ((rc = ack_chunk(ob, lo, hi, now_ms, &gone)))
 				break;
 			total += gone;
-			if (chunk[1] >= ranges[i][1])
+			if (hi >= ranges[i][1])
 				break;
-			lo = chunk[1] + 1;
+			lo = hi + 1;
 			/* A till waiting for the lock polls every 100 us (busy_wait):
 			 * without a pause the next chunk takes the lock back first. */
 			platform__sleep_us(ACK_YIELD_US);

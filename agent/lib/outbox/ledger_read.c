@@ -8,6 +8,7 @@
  */
 #include "ledger.h"
 #include "schema_sql.h"
+#include "seqmap.h"
 
 #include "err.h"
 #include "quarantine.h"
@@ -33,12 +34,6 @@
  * entries). Rows put back with old seqs (`scrmctl outbox recover`) and an
  * index grown past twice its last size make it start over. */
 #define ACTIVITY_MAX 200
-#define ACTIVITY_REBUILD_MIN 4096
-
-struct activity_slot {
-	uint64_t h; /* 0 = empty */
-	int64_t seq;
-};
 
 struct activity_row {
 	int64_t seq, wall_ms, amount;
@@ -51,8 +46,7 @@ struct outbox__activity {
 	int mode; /* 0 not known yet, 1 indexed (schema v7), 2 member_activity alone (older) */
 	sqlite3_stmt *q; /* mode 2 */
 	sqlite3_stmt *new_act, *new_out, *get_act, *get_out, *mark;
-	struct activity_slot *slots; /* owned */
-	size_t cap, n, floor;
+	seqmap index; /* owned: member_id -> seq, of the rows up to seq `seen` */
 	int64_t seen, recovered;
 	struct activity_row rows[ACTIVITY_MAX];
 	size_t nrows, at;
@@ -80,47 +74,10 @@ void outbox__activity_open(const char *dir, outbox__activity **out)
 	(*out)->db = db;
 }
 
-static uint64_t member_hash(const char *m)
-{
-	uint64_t h = 14695981039346656037ULL;
-	for (const char *p = m; *p; p++)
-		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-	return h | 1;
-}
-
 static void forget(outbox__activity *a)
 {
-	if (a->slots)
-		memset(a->slots, 0, a->cap * sizeof(*a->slots));
-	a->n = 0;
+	seqmap__clear(&a->index);
 	a->seen = 0;
-}
-
-static int put(outbox__activity *a, const char *member, int64_t seq)
-{
-	if ((a->n + 1) * 2 > a->cap) {
-		size_t cap = a->cap ? a->cap * 2 : 1024;
-		struct activity_slot *s = calloc(cap, sizeof(*s));
-		if (!s)
-			return -1;
-		for (size_t i = 0; i < a->cap; i++)
-			if (a->slots[i].h) {
-				size_t j = (size_t)a->slots[i].h & (cap - 1);
-				while (s[j].h)
-					j = (j + 1) & (cap - 1);
-				s[j] = a->slots[i];
-			}
-		free(a->slots);
-		a->slots = s;
-		a->cap = cap;
-	}
-	uint64_t h = member_hash(member);
-	size_t j = (size_t)h & (a->cap - 1);
-	while (a->slots[j].h)
-		j = (j + 1) & (a->cap - 1);
-	a->slots[j] = (struct activity_slot){h, seq};
-	a->n++;
-	return 0;
 }
 
 static int prepare(outbox__activity *a)
@@ -170,7 +127,7 @@ static int catch_up(outbox__activity *a)
 		top = sqlite3_column_int64(a->mark, 1);
 	recovered = sqlite3_column_int64(a->mark, 2);
 	sqlite3_reset(a->mark);
-	if (recovered != a->recovered || (a->n >= ACTIVITY_REBUILD_MIN && a->n > 2 * a->floor))
+	if (recovered != a->recovered || seqmap__stale(&a->index))
 		forget(a);
 	const int rebuild = a->seen == 0;
 	sqlite3_stmt *scans[] = {a->new_act, a->new_out};
@@ -179,7 +136,7 @@ static int catch_up(outbox__activity *a)
 		sqlite3_bind_int64(scans[i], 1, a->seen);
 		while ((rc = sqlite3_step(scans[i])) == SQLITE_ROW) {
 			const char *m = (const char *)sqlite3_column_text(scans[i], 1);
-			if (m && put(a, m, sqlite3_column_int64(scans[i], 0))) {
+			if (m && seqmap__put(&a->index, seqmap__hash(m, NULL), sqlite3_column_int64(scans[i], 0))) {
 				rc = SQLITE_NOMEM;
 				break;
 			}
@@ -193,7 +150,7 @@ static int catch_up(outbox__activity *a)
 	a->seen = top;
 	a->recovered = recovered;
 	if (rebuild)
-		a->floor = a->n;
+		a->index.built = a->index.n;
 	return 0;
 }
 
@@ -258,21 +215,19 @@ int outbox__activity_query(outbox__activity *a, const char *member_id, int64_t a
 		return -1;
 	if (catch_up(a))
 		goto out;
-	if (a->cap) {
-		const uint64_t h = member_hash(member_id);
-		for (size_t j = (size_t)h & (a->cap - 1); a->slots[j].h; j = (j + 1) & (a->cap - 1)) {
-			if (a->slots[j].h != h)
-				continue;
-			if (nseqs == capseqs) {
-				size_t nc = capseqs ? capseqs * 2 : 64;
-				int64_t *ns = realloc(seqs, nc * sizeof(*ns));
-				if (!ns)
-					goto out;
-				seqs = ns;
-				capseqs = nc;
-			}
-			seqs[nseqs++] = a->slots[j].seq;
+	const uint64_t h = seqmap__hash(member_id, NULL);
+	size_t at = 0;
+	int64_t seq;
+	while (seqmap__next(&a->index, h, &at, &seq)) {
+		if (nseqs == capseqs) {
+			size_t nc = capseqs ? capseqs * 2 : 64;
+			int64_t *ns = realloc(seqs, nc * sizeof(*ns));
+			if (!ns)
+				goto out;
+			seqs = ns;
+			capseqs = nc;
 		}
+		seqs[nseqs++] = seq;
 	}
 	if (nseqs)
 		qsort(seqs, nseqs, sizeof(*seqs), cmp_desc);
@@ -328,7 +283,7 @@ void outbox__activity_close(outbox__activity *a)
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		sqlite3_finalize(all[i]);
 	clear_rows(a);
-	free(a->slots);
+	seqmap__free(&a->index);
 	/* A reader of the outbox never checkpoints or deletes its -wal: that
 	 * is the outbox's business (and the file may have been swapped). */
 	quarantine__close_detached(a->db);

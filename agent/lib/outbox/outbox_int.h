@@ -23,6 +23,7 @@
 #define SCRM_OUTBOX_INT_H
 
 #include "outbox.h"
+#include "seqmap.h"
 
 #include <sqlite3.h>
 #include <stdint.h>
@@ -100,14 +101,9 @@ struct outbox {
 	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	struct outbox__kind_sql ksql; /* filled by connect */
-	/* owned: the index of pending receipts (receipts.c): rc_cap slots
-	 * (a power of two), rc_n used, keyed rows up to seq rc_seen indexed,
-	 * rc_floor entries at the last rebuild */
-	struct outbox__receipt_slot {
-		uint64_t h; /* hash of (kind, key), 0 = empty */
-		int64_t seq;
-	} *rc_slots;
-	size_t rc_cap, rc_n, rc_floor;
+	/* owned: the index of pending receipts (receipts.c), hash of (kind,
+	 * key) -> seq, of the keyed rows up to seq rc_seen */
+	seqmap rc;
 	int64_t rc_seen;
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest, *rej_copy, *usage, *limits,
 		*evict, *drop_add, *alarm_up, *order_get, *order_key_of, *rc_new, *rc_row, *rm_orders,

@@ -4,10 +4,10 @@
  * already names on this device, for a till retrying it (scrm.h).
  *
  * Since schema v7 a pending sale's receipt is its own row (outbox.okey and
- * .digest) and moves to `orders` when the row leaves the queue (the delete
- * trigger, schema.c), so a capture writes no page but its row's. Finding a
+ * .digest) and moves to `orders` when the row leaves the queue
+ * (outbox__remove), so a capture writes no page but its row's. Finding a
  * pending receipt without an index on the queue: each handle keeps an
- * in-memory index, hash of (kind, key) -> seq, of the keyed rows it has
+ * in-memory index (seqmap.h), hash of (kind, key) -> seq, of the keyed rows it has
  * seen, and catches up at the start of each write transaction with the
  * rows above the newest seq it saw (under the write lock nothing else can
  * insert meanwhile). An entry is only a hint: the row it names is read and
@@ -25,62 +25,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rebuilt from the queue when it holds this many entries and more than
- * twice what the last rebuild found: entries of rows long acknowledged are
- * dropped, so the index stays the size of the queue, not of history. */
-#define RECEIPTS_REBUILD_MIN 4096
-
-static uint64_t key_hash(const char *kind, const char *key)
-{
-	uint64_t h = 14695981039346656037ULL;
-	for (const char *p = kind; *p; p++)
-		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-	h = (h ^ 0xff) * 1099511628211ULL; /* a separator no text holds */
-	for (const char *p = key; *p; p++)
-		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-	return h | 1; /* 0 marks an empty slot */
-}
-
 void outbox__receipts_forget(outbox *ob)
 {
-	if (ob->rc_slots)
-		memset(ob->rc_slots, 0, ob->rc_cap * sizeof(*ob->rc_slots));
-	ob->rc_n = 0;
+	seqmap__clear(&ob->rc);
 	ob->rc_seen = 0;
 }
 
 void outbox__receipts_free(outbox *ob)
 {
-	free(ob->rc_slots);
-	ob->rc_slots = NULL;
-	ob->rc_cap = ob->rc_n = 0;
+	seqmap__free(&ob->rc);
 	ob->rc_seen = 0;
 }
 
-static int put(outbox *ob, uint64_t h, int64_t seq)
+static int put(outbox *ob, const char *kind, const char *key, int64_t seq)
 {
-	if ((ob->rc_n + 1) * 2 > ob->rc_cap) {
-		size_t cap = ob->rc_cap ? ob->rc_cap * 2 : 1024;
-		struct outbox__receipt_slot *s = calloc(cap, sizeof(*s)), *old = ob->rc_slots;
-		if (!s)
-			return err__set(SCRM_E_NOMEM, "outbox: receipts index: out of memory");
-		for (size_t i = 0; i < ob->rc_cap; i++)
-			if (old[i].h) {
-				size_t j = (size_t)old[i].h & (cap - 1);
-				while (s[j].h)
-					j = (j + 1) & (cap - 1);
-				s[j] = old[i];
-			}
-		free(old);
-		ob->rc_slots = s;
-		ob->rc_cap = cap;
-	}
-	size_t j = (size_t)h & (ob->rc_cap - 1);
-	while (ob->rc_slots[j].h)
-		j = (j + 1) & (ob->rc_cap - 1);
-	ob->rc_slots[j].h = h;
-	ob->rc_slots[j].seq = seq;
-	ob->rc_n++;
+	if (seqmap__put(&ob->rc, seqmap__hash(kind, key), seq))
+		return err__set(SCRM_E_NOMEM, "outbox: receipts index: out of memory");
 	return SCRM_OK;
 }
 
@@ -88,16 +48,14 @@ int outbox__receipts_catch_up(outbox *ob, int64_t last_seq)
 {
 	sqlite3_stmt *st = ob->rc_new;
 	int rc;
-	if (ob->rc_n >= RECEIPTS_REBUILD_MIN && ob->rc_n > 2 * ob->rc_floor) {
+	if (seqmap__stale(&ob->rc))
 		outbox__receipts_forget(ob);
-		ob->rc_floor = 0;
-	}
 	const int rebuild = ob->rc_seen == 0;
 	sqlite3_reset(st);
 	sqlite3_bind_int64(st, 1, ob->rc_seen);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *kind = (const char *)sqlite3_column_text(st, 1), *key = (const char *)sqlite3_column_text(st, 2);
-		if (kind && key && (rc = put(ob, key_hash(kind, key), sqlite3_column_int64(st, 0)))) {
+		if (kind && key && (rc = put(ob, kind, key, sqlite3_column_int64(st, 0)))) {
 			sqlite3_reset(st);
 			outbox__receipts_forget(ob);
 			return rc;
@@ -110,7 +68,7 @@ int outbox__receipts_catch_up(outbox *ob, int64_t last_seq)
 	}
 	ob->rc_seen = last_seq;
 	if (rebuild)
-		ob->rc_floor = ob->rc_n;
+		ob->rc.built = ob->rc.n;
 	return SCRM_OK;
 }
 
@@ -133,7 +91,7 @@ void outbox__receipts_prime(outbox *ob)
 
 int outbox__receipts_add(outbox *ob, const char *kind, const char *key, int64_t seq)
 {
-	int rc = put(ob, key_hash(kind, key), seq);
+	int rc = put(ob, kind, key, seq);
 	if (rc == SCRM_OK && seq > ob->rc_seen)
 		ob->rc_seen = seq;
 	return rc;
@@ -165,31 +123,28 @@ int outbox__receipt_find(outbox *ob, outbox__row *r, const char *key, const unsi
 {
 	int rc;
 	*found = 0;
-	if (ob->rc_cap) {
-		const uint64_t h = key_hash(r->kind, key);
-		sqlite3_stmt *st = ob->rc_row;
-		for (size_t j = (size_t)h & (ob->rc_cap - 1); ob->rc_slots[j].h; j = (j + 1) & (ob->rc_cap - 1)) {
-			if (ob->rc_slots[j].h != h)
-				continue;
-			sqlite3_reset(st);
-			sqlite3_bind_int64(st, 1, ob->rc_slots[j].seq);
-			rc = sqlite3_step(st);
-			if (rc == SQLITE_ROW) {
-				const char *k = (const char *)sqlite3_column_text(st, 0), *o = (const char *)sqlite3_column_text(st, 1);
-				if (k && o && strcmp(k, r->kind) == 0 && strcmp(o, key) == 0) {
-					*found = 1;
-					judge(ob, r, key, sqlite3_column_blob(st, 2), sqlite3_column_bytes(st, 2),
-					      ob->rc_slots[j].seq, (const char *)sqlite3_column_text(st, 3),
-					      sqlite3_column_int64(st, 4), digest);
-					sqlite3_reset(st);
-					return SCRM_OK;
-				}
-			} else if (rc != SQLITE_DONE) {
-				sqlite3_reset(st);
-				return outbox__fail(ob, rc, "look up the receipt");
+	const uint64_t h = seqmap__hash(r->kind, key);
+	sqlite3_stmt *row = ob->rc_row;
+	size_t at = 0;
+	int64_t seq;
+	while (seqmap__next(&ob->rc, h, &at, &seq)) {
+		sqlite3_reset(row);
+		sqlite3_bind_int64(row, 1, seq);
+		rc = sqlite3_step(row);
+		if (rc == SQLITE_ROW) {
+			const char *k = (const char *)sqlite3_column_text(row, 0), *o = (const char *)sqlite3_column_text(row, 1);
+			if (k && o && strcmp(k, r->kind) == 0 && strcmp(o, key) == 0) {
+				*found = 1;
+				judge(ob, r, key, sqlite3_column_blob(row, 2), sqlite3_column_bytes(row, 2), seq,
+				      (const char *)sqlite3_column_text(row, 3), sqlite3_column_int64(row, 4), digest);
+				sqlite3_reset(row);
+				return SCRM_OK;
 			}
-			sqlite3_reset(st);
+		} else if (rc != SQLITE_DONE) {
+			sqlite3_reset(row);
+			return outbox__fail(ob, rc, "look up the receipt");
 		}
+		sqlite3_reset(row);
 	}
 	/* Not pending (or gone from the queue since): the receipts kept. */
 	sqlite3_stmt *st = ob->order_get;

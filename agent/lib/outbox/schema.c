@@ -281,21 +281,22 @@ static const char schema_v6[] =
  * ack, rejection, eviction), not a trigger: per range, one statement each
  * moves the receipts to orders and the member's sales to member_activity,
  * counts what was removed, and hands the newest row's values to device
- * when it goes (a per-row delete trigger made an ack of 500 events several times
- * slower, and the till waits for the ack's lock). Body changes (erasure,
- * set-aside, attribution) and salvage's inserts are counted by triggers.
+ * when it goes (a per-row delete trigger made an ack of 500 events
+ * several times slower, and the till waits for the ack's lock). Body
+ * changes (erasure, set-aside, attribution) and salvage's inserts are
+ * counted by triggers.
  *   outbox.member  a purchase's or return's member_id as a JSON string,
  *       quotes included (NULL otherwise, and after an erasure): the byte
  *       scrub of quarantined copies (quarantine__erase_member) finds only
  *       whole tokens, and a bare column touches the next one's bytes.
- *       member_activity is now written when the event
- *       leaves the queue (ack, rejection: outbox__remove), and a
- *       member's local history is that ledger plus their pending rows
- *       (ledger_read.c), so the sale's own transaction no longer touches
- *       the ledger. Its index by member is dropped: the ack would write
- *       its random pages while a till waits for the lock; each reader
- *       indexes the rows in memory instead (ledger_read.c). Rule unchanged: the guide's view of the
- *       member includes today's sale at once.
+ *       member_activity is now written when the event leaves the queue
+ *       (ack, rejection: outbox__remove), and a member's local history is
+ *       that ledger plus their pending rows (ledger_read.c), so the sale's
+ *       own transaction no longer touches the ledger. Its index by member
+ *       is dropped: the ack would write its random pages while a till
+ *       waits for the lock; each reader indexes the rows in memory instead
+ *       (seqmap.h). Rule unchanged: the guide's view of the member
+ *       includes today's sale at once.
  *   outbox.okey, .digest  a pending sale's receipt (its order_id or
  *       return_id, and outbox__digest of its body): it moves to `orders`
  *       when the row leaves the queue (outbox__remove); receipts.c
