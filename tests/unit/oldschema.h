@@ -2,7 +2,8 @@
 /*
  * oldschema: SQL that turns a current outbox.db back into one of an older
  * release, for the tests of the upgrades. Each undoes one version and is
- * applied newest first (UNDO_V7 then the older ones the test needs).
+ * applied newest first (UNDO_V8, UNDO_V7, then the older ones the test
+ * needs).
  */
 #ifndef SCRM_TESTS_UNIT_OLDSCHEMA_H
 #define SCRM_TESTS_UNIT_OLDSCHEMA_H
@@ -11,6 +12,36 @@
 
 #define OLDSCHEMA_STR_(x) #x
 #define OLDSCHEMA_STR(x) OLDSCHEMA_STR_(x)
+
+/* Schema v8 (no trigger on a captured row) back to v7: the ledger and
+ * salvage triggers as v6 made them, the NOT IN partial index, okey. */
+#define UNDO_V8 \
+	"DROP INDEX outbox_evictable; CREATE INDEX outbox_evictable ON outbox(CASE kind WHEN 'reco_shown' THEN 0" \
+	" WHEN 'member_scan' THEN 1 ELSE 2 END, seq) WHERE kind NOT IN ('purchase', 'return', 'coupon_redeem');" \
+	" ALTER TABLE outbox RENAME COLUMN order_key TO okey;" \
+	" CREATE TRIGGER outbox_reco_shown AFTER INSERT ON outbox WHEN NEW.recovered = 0 AND NEW.kind = 'reco_shown'" \
+	" BEGIN INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms) VALUES (NEW.id, NEW.seq," \
+	" json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.guide_id'), NEW.wall_ms); END;" \
+	" CREATE TRIGGER outbox_redemption AFTER INSERT ON outbox WHEN NEW.recovered = 0 AND NEW.kind = 'coupon_redeem'" \
+	" BEGIN INSERT OR REPLACE INTO redemptions(id, seq, coupon, campaign, member_id, order_id, value, currency, mode," \
+	" reserved_ms) VALUES (NEW.id, NEW.seq, json_extract(NEW.body, '$.coupon'), json_extract(NEW.body, '$.campaign')," \
+	" json_extract(NEW.body, '$.member_id'), json_extract(NEW.body, '$.order_id'), json_extract(NEW.body, '$.value')," \
+	" json_extract(NEW.body, '$.currency'), json_extract(NEW.body, '$.mode'), NEW.wall_ms); END;" \
+	" CREATE TRIGGER outbox_attribution AFTER INSERT ON outbox WHEN NEW.recovered = 0 AND NEW.kind = 'purchase' AND" \
+	" json_extract(NEW.body, '$.member_id') IS NOT NULL AND json_extract(NEW.body, '$.reco_id') IS NULL AND" \
+	" coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000) > 0 BEGIN UPDATE outbox SET body =" \
+	" (SELECT json_set(NEW.body, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id, '$.attributed', 'auto') FROM" \
+	" reco_shown r WHERE r.member_id = json_extract(NEW.body, '$.member_id') AND (json_extract(NEW.body, '$.guide_id')" \
+	" IS NULL OR r.guide_id = json_extract(NEW.body, '$.guide_id')) AND r.shown_ms <= NEW.wall_ms AND r.shown_ms >=" \
+	" NEW.wall_ms - coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000) ORDER BY" \
+	" r.shown_ms DESC, r.seq DESC LIMIT 1) WHERE seq = NEW.seq AND EXISTS (SELECT 1 FROM reco_shown r WHERE" \
+	" r.member_id = json_extract(NEW.body, '$.member_id') AND (json_extract(NEW.body, '$.guide_id') IS NULL OR" \
+	" r.guide_id = json_extract(NEW.body, '$.guide_id')) AND r.shown_ms <= NEW.wall_ms AND r.shown_ms >= NEW.wall_ms -" \
+	" coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000)); END;" \
+	" CREATE TRIGGER outbox_salvaged AFTER INSERT ON outbox WHEN NEW.recovered != 0 BEGIN UPDATE usage SET" \
+	" removed_bytes = removed_bytes - length(CAST(NEW.body AS BLOB)) - " OLDSCHEMA_STR(OUTBOX_ROW_OVERHEAD) "," \
+	" removed_events = removed_events - 1 WHERE id = 1; END;" \
+	" PRAGMA user_version = 7;"
 
 /* Schema v7 (running totals, receipts and the member on the rows) back to
  * v6: usage's pending bytes and events, kept by the v6 triggers, device's

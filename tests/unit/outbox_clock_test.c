@@ -307,9 +307,9 @@ static void v4_store_upgrades_to_v5(void **state)
 	f->ob = NULL;
 	if (sqlite3_libversion_number() < 3035000)
 		skip(); /* DROP COLUMN */
-	char sql[4000];
+	char sql[12000];
 	snprintf(sql, sizeof(sql),
-		 UNDO_V7 " DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
+		 UNDO_V8 UNDO_V7 " DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;"
 		 " DROP TRIGGER outbox_attribution; DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered;"
 		 " ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
 		 " ALTER TABLE device DROP COLUMN clock_boot; ALTER TABLE device DROP COLUMN clock_offset_ms;"
@@ -321,7 +321,7 @@ static void v4_store_upgrades_to_v5(void **state)
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('device') WHERE name LIKE 'clock%'"), 0);
 
 	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
-	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 7);
+	assert_int_equal(tu_sql_int(f->db, "PRAGMA user_version"), 8);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('device') WHERE name LIKE 'clock%'"), 6);
 	scrm_outbox_stats st;
 	assert_int_equal(outbox__stats(f->ob, &st), SCRM_OK);

@@ -234,10 +234,10 @@ static void invalid_device_id_refused_and_nothing_created(void **state)
 
 /* The objects of schema v6 (set-aside events, receipts by order, recovered
  * events): dropped to make a store of an older release. */
-#define DROP_V6 UNDO_V7 " DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;" \
+#define DROP_V6 UNDO_V8 UNDO_V7 " DROP TRIGGER outbox_member_activity; DROP TRIGGER outbox_reco_shown; DROP TRIGGER outbox_redemption;" \
 	" DROP TRIGGER outbox_attribution; DROP TABLE dead_letter; DROP TABLE orders; DROP TABLE recovered;" \
 	" ALTER TABLE outbox DROP COLUMN set_aside; ALTER TABLE outbox DROP COLUMN recovered;"
-#define CURRENT_SCHEMA 7
+#define CURRENT_SCHEMA 8
 
 /* Close the fixture's outbox and run `sql` on its file with a plain
  * connection (to make an older or newer store out of it). */
@@ -296,9 +296,7 @@ static void schema_v2_store_upgrades(void **state)
 		     " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
 		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 2",
-		     "'link','settings','reco_shown','redemptions','outbox_reco_shown','outbox_redemption',"
-		     "'outbox_attribution'",
-		     7);
+		     "'link','settings','reco_shown','redemptions'", 4);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(append_n(f->ob, 1, T0 + 2), 4);
 }
@@ -318,8 +316,7 @@ static void schema_v3_store_upgrades(void **state)
 		     DROP_V6 UNDO_V5 " DROP TRIGGER outbox_usage_insert; DROP TRIGGER outbox_usage_delete;"
 		     " DROP TRIGGER outbox_usage_update; DROP INDEX outbox_evictable; DROP TABLE usage;"
 		     " DROP TABLE dropped; DROP TABLE alarms; PRAGMA user_version = 3",
-		     "'usage','dropped','alarms','outbox_resized','outbox_salvaged','outbox_evictable'",
-		     6);
+		     "'usage','dropped','alarms','outbox_resized','outbox_evictable'", 5);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
 	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
@@ -344,7 +341,7 @@ static void schema_v6_store_upgrades(void **state)
 	const int64_t first_two[][2] = {{1, 2}};
 	int64_t deleted = 0;
 	assert_int_equal(outbox__ack(f->ob, first_two, 1, T0 + 10, &deleted), SCRM_OK);
-	upgrade_from(f, UNDO_V7, "'totals','outbox_resized','outbox_salvaged'", 3);
+	upgrade_from(f, UNDO_V8 UNDO_V7, "'totals','outbox_resized'", 2);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM pragma_table_info('usage') WHERE name IN ('bytes', 'events')"), 0);
 	assert_int_equal(stats_of(f->ob).pending, 3);
 	assert_int_equal(stats_of(f->ob).last_seq, 5);
@@ -518,6 +515,104 @@ static void receipts_pending_kept_and_rolled_back(void **state)
 	assert_true(r.existing);
 	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM outbox"), 0);
 	outbox__close(b);
+}
+
+/* The release before the rules left the insert (schema v7) upgrades in
+ * place: no trigger fires on a captured row any more (outbox_resized, on
+ * body updates, is the one left), a pending sale's receipt carries over
+ * the renamed column, and a v7 library still running on the upgraded file
+ * fails at its insert instead of writing rows without their ledgers. */
+static void schema_v7_store_upgrades(void **state)
+{
+	fx *f = *state;
+	outbox__row r;
+	char body[160], id[37];
+	purchase_row(&r, &body, &id, "V7-1", 100, 1);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	const int64_t seq = r.seq;
+	upgrade_from(f, UNDO_V8, "'outbox_evictable','outbox_resized'", 2);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"), 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'outbox_evictable'"
+					   " AND sql LIKE '%NOT IN%'"),
+			 0);
+	purchase_row(&r, &body, &id, "V7-1", 100, 2);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(r.seq, seq);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(db,
+					  "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, cum,"
+					  " cum_events, max_wall, okey, digest, member) VALUES (99, 'x', 'purchase', 1, 1,"
+					  " 'b', 1, '{}', 1, 1, 1, 'V7-2', x'00', NULL)",
+					  NULL, NULL, NULL),
+			     SQLITE_OK);
+	assert_non_null(strstr(sqlite3_errmsg(db), "okey"));
+	sqlite3_close(db);
+	assert_int_equal(stats_of(f->ob).pending, 1);
+}
+
+/* Schema v8's rules, run by append.c instead of triggers, give the same
+ * rows whether the caller hands the sale's member over (typed capture) or
+ * the outbox reads it from the body (JSON capture): the list shown is
+ * remembered, a member's purchase without reco_id is attributed to it
+ * (once, by the guide it names, within the window), a purchase naming its
+ * reco_id and a return are not, and the row's member column is the
+ * member_id's JSON string. */
+static void rules_applied_hinted_or_not(void **state)
+{
+	fx *f = *state;
+	outbox__row r;
+	char id[37];
+	const char *shown = "{\"member_id\":\"M\\\"9\",\"guide_id\":\"g-1\",\"items\":[]}";
+	sale_row(&r, shown, &id, 700, 1);
+	r.kind = "reco_shown";
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	char *reco = tu_fmt("%s", id);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM reco_shown WHERE member_id = 'M\"9' AND guide_id = 'g-1'"),
+			 1);
+	const char *plain = "{\"order_id\":\"A-%d\",\"total\":1,\"member_id\":\"M\\\"9\"%s}";
+	char body[6][200];
+	struct {
+		const char *kind, *extra;
+		int hinted, attributed;
+	} cases[] = {
+		{"purchase", "", 0, 1},
+		{"purchase", "", 1, 1},
+		{"purchase", ",\"guide_id\":\"g-1\"", 1, 1},
+		{"purchase", ",\"guide_id\":\"g-2\"", 0, 0},
+		{"purchase", ",\"reco_id\":\"r-0\"", 1, 0},
+		{"return", "", 0, 0},
+	};
+	for (int i = 0; i < 6; i++) {
+		snprintf(body[i], sizeof(body[i]), plain, i, cases[i].extra);
+		sale_row(&r, body[i], &id, 710 + i, 2 + i);
+		r.kind = cases[i].kind;
+		if (cases[i].hinted) {
+			r.hinted = 1;
+			r.member = "M\"9";
+			r.guide = strstr(cases[i].extra, "g-1") ? "g-1" : NULL;
+			r.has_reco = strstr(cases[i].extra, "reco_id") != NULL;
+		}
+		assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+		char *sql = tu_fmt("SELECT count(*) FROM outbox WHERE seq = %lld AND member = '\"M\\\"9\"' AND"
+				   " (body ->> '$.reco_id' IS '%s') = %d AND (body ->> '$.attributed' IS 'auto') = %d",
+				   (long long)r.seq, reco, cases[i].attributed, cases[i].attributed);
+		assert_int_equal(tu_sql_int(f->db, sql), 1);
+		free(sql);
+	}
+	/* the stored size counts the attributed bodies */
+	assert_int_equal(tu_sql_int(f->db, "SELECT bytes FROM totals"),
+			 tu_sql_int(f->db, "SELECT sum(length(CAST(body AS BLOB))) + count(*) * " XSTR(OUTBOX_ROW_OVERHEAD)
+					   " FROM outbox"));
+	/* the window: a sale two hours and a second after the list is not attributed */
+	snprintf(body[0], sizeof(body[0]), plain, 9, "");
+	sale_row(&r, body[0], &id, 720, 7200001 + 2);
+	assert_int_equal(outbox__append(f->ob, &r, 1, T0), SCRM_OK);
+	char *late = tu_fmt("SELECT body ->> '$.attributed' IS NULL FROM outbox WHERE seq = %lld", (long long)r.seq);
+	assert_int_equal(tu_sql_int(f->db, late), 1);
+	free(late);
+	free(reco);
 }
 
 /* A sale of `member` (n-th row of the test), its strings in b and id. */
@@ -1313,7 +1408,9 @@ static void kind_sql_from_the_table(void **state)
 			    "json_extract(?2, CASE ?1 WHEN 'purchase' THEN '$.order_id' ELSE '$.return_id' END)");
 	char *ddl = tu_sql_text(f->db, "SELECT sql FROM sqlite_master WHERE name = 'outbox_evictable'");
 	assert_string_equal(ddl, "CREATE INDEX outbox_evictable ON outbox(CASE kind WHEN 'reco_shown' THEN 0 WHEN"
-				 " 'member_scan' THEN 1 ELSE 2 END, seq) WHERE kind NOT IN ('purchase', 'return', 'coupon_redeem')");
+				 " 'member_scan' THEN 1 ELSE 2 END, seq) WHERE kind <> 'purchase' AND kind <> 'return' AND"
+				 " kind <> 'coupon_redeem'");
+	assert_string_equal(k.evictable, "kind <> 'purchase' AND kind <> 'return' AND kind <> 'coupon_redeem'");
 	free(ddl);
 	size_t n = 0;
 #define EVENT_KIND(e_, v_, name_, paid_, evict_, json_, key_)                             \
@@ -1465,6 +1562,8 @@ int main(int argc, char **argv)
 		T(schema_v6_store_upgrades),
 		T(totals_follow_every_path),
 		T(receipts_pending_kept_and_rolled_back),
+		T(schema_v7_store_upgrades),
+		T(rules_applied_hinted_or_not),
 		T(member_history_follows_the_rows),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),

@@ -230,9 +230,10 @@ static void give_connection(scrm_store *s)
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* `key`: a purchase's order_id or a return's return_id (borrowed), the
- * receipt's key; NULL for other kinds or when not at hand. */
-static int record_keyed(scrm_store *s, event__kind kind, sbuf *body, const char *key, scrm_receipt *receipt)
+/* `hint`: what the caller has at hand of the event (borrowed; NULL: none):
+ * key (a purchase's order_id or a return's return_id, the receipt's key) and
+ * hinted/member/guide/has_reco (outbox.h). */
+static int record_keyed(scrm_store *s, event__kind kind, sbuf *body, const outbox__row *hint, scrm_receipt *receipt)
 {
 	struct pending p;
 	int rc;
@@ -248,7 +249,13 @@ static int record_keyed(scrm_store *s, event__kind kind, sbuf *body, const char 
 	p.row.boot = s->boot;
 	p.row.body = body->p;
 	p.row.body_len = body->len;
-	p.row.key = key;
+	if (hint) {
+		p.row.key = hint->key;
+		p.row.hinted = hint->hinted;
+		p.row.member = hint->member;
+		p.row.guide = hint->guide;
+		p.row.has_reco = hint->has_reco;
+	}
 
 	pthread_cond_init(&p.cv, NULL);
 	pthread_mutex_lock(&s->mu);
@@ -296,23 +303,31 @@ int store__record(scrm_store *s, event__kind kind, sbuf *body, scrm_receipt *rec
 	return record_keyed(s, kind, body, NULL, receipt);
 }
 
-/* Validate and encode one typed event: its canonical body, and the
- * receipt's key (kinds.def; borrowed from `in`, NULL for unkeyed kinds). */
-static int encode_typed(event__kind kind, const void *in, sbuf *body, const char **key)
+/* Validate and encode one typed event: its canonical body, and in *hint
+ * what the outbox would otherwise read back from the body (outbox.h: the
+ * receipt's key, kinds.def, and a sale's member, guide and reco_id; all
+ * borrowed from `in`). */
+static int encode_typed(event__kind kind, const void *in, sbuf *body, outbox__row *hint)
 {
 	int rc = SCRM_E_INTERNAL;
-	*key = NULL;
+	hint->key = hint->member = hint->guide = NULL;
+	hint->hinted = hint->has_reco = 0;
 	/* No default: a kind added to kinds.def is a -Wswitch warning here
 	 * until it says whether POS software records it through a typed call. */
 	switch (kind) {
-	case EVENT_PURCHASE:
-		rc = event__encode_purchase(in, body);
-		*key = rc == SCRM_OK ? ((const scrm_purchase *)in)->order_id : NULL;
+	case EVENT_PURCHASE: {
+		const scrm_purchase *p = in;
+		if ((rc = event__encode_purchase(p, body)) == SCRM_OK)
+			*hint = (outbox__row){.key = p->order_id, .hinted = 1, .member = p->member_id, .guide = p->guide_id,
+					      .has_reco = p->reco_id != NULL};
 		break;
-	case EVENT_RETURN:
-		rc = event__encode_return(in, body);
-		*key = rc == SCRM_OK ? ((const scrm_return *)in)->return_id : NULL;
+	}
+	case EVENT_RETURN: {
+		const scrm_return *r = in;
+		if ((rc = event__encode_return(r, body)) == SCRM_OK)
+			*hint = (outbox__row){.key = r->return_id, .hinted = 1, .member = r->member_id, .guide = r->guide_id};
 		break;
+	}
 	case EVENT_MEMBER_SCAN:
 		rc = event__encode_scan(in, body);
 		break;
@@ -327,15 +342,15 @@ static int encode_typed(event__kind kind, const void *in, sbuf *body, const char
 static int record_typed(scrm_store *s, event__kind kind, const void *in, scrm_receipt *receipt)
 {
 	sbuf body;
-	const char *key;
+	outbox__row hint;
 
 	err__clear();
 	if (!s)
 		return err__set(SCRM_E_INVALID, "store: NULL");
 	sbuf__init(&body);
-	int rc = encode_typed(kind, in, &body, &key);
+	int rc = encode_typed(kind, in, &body, &hint);
 	if (rc == SCRM_OK)
-		rc = record_keyed(s, kind, &body, key, receipt);
+		rc = record_keyed(s, kind, &body, &hint, receipt);
 	sbuf__free(&body);
 	return rc;
 }
@@ -473,18 +488,18 @@ int scrm_outbox_get_stats(scrm_store *s, scrm_outbox_stats *out)
 
 /* ---- batch capture (scrm.h) ---- */
 
-/* Validate and encode items[i] into body (and *kind, *key). */
-static int encode_item(const scrm_record_item *it, event__kind *kind, sbuf *body, const char **key)
+/* Validate and encode items[i] into body (and *kind, *hint as encode_typed). */
+static int encode_item(const scrm_record_item *it, event__kind *kind, sbuf *body, outbox__row *hint)
 {
 	const int set = !!it->purchase + !!it->ret + !!it->scan + !!it->json;
-	*key = NULL;
+	memset(hint, 0, sizeof(*hint));
 	if (set != 1)
 		return err__set(SCRM_E_INVALID, "exactly one of purchase, ret, scan and json must be set, %d are", set);
 	if (it->json)
 		return event__from_json(it->json, it->json_len, kind, body);
 	*kind = it->purchase ? EVENT_PURCHASE : it->ret ? EVENT_RETURN : EVENT_MEMBER_SCAN;
 	return encode_typed(*kind, it->purchase ? (const void *)it->purchase : it->ret ? (const void *)it->ret : (const void *)it->scan,
-			    body, key);
+			    body, hint);
 }
 
 /* results[i] refused: "items[i]: <lead><why>". */
@@ -526,17 +541,16 @@ int scrm_record_batch(scrm_store *s, const scrm_record_item *items, size_t n, sc
 	const int64_t wall = platform__wall_ms(), mono = platform__mono_ms();
 	for (size_t i = 0; i < n; i++) {
 		event__kind kind = EVENT_PURCHASE;
-		const char *key;
+		outbox__row *r = &rows[m]; /* the next row; taken only if the item is valid */
 		sbuf__init(&b[i].body);
 		err__clear();
-		int irc = encode_item(&items[i], &kind, &b[i].body, &key);
+		int irc = encode_item(&items[i], &kind, &b[i].body, r);
 		if (irc == SCRM_OK && uuid__v7(wall, b[i].id) != 0)
 			irc = err__set(SCRM_E_CRYPTO, "event id: random generator failed");
 		if (irc) {
 			item_failed(&results[i], i, irc, "", scrm_errmsg());
 			continue;
 		}
-		outbox__row *r = &rows[m];
 		r->id = b[i].id;
 		r->kind = event__kind_name(kind);
 		r->wall_ms = wall;
@@ -544,7 +558,6 @@ int scrm_record_batch(scrm_store *s, const scrm_record_item *items, size_t n, sc
 		r->boot = s->boot;
 		r->body = b[i].body.p;
 		r->body_len = b[i].body.len;
-		r->key = key;
 		of[m++] = i;
 	}
 	if (m == 0)

@@ -66,9 +66,19 @@ void sbuf__putc(sbuf *b, char c)
 
 void sbuf__i64(sbuf *b, int64_t v)
 {
+	/* By hand: snprintf was 8% of a batch import's CPU (a sale has a
+	 * dozen integers). Digits from the end, in unsigned arithmetic so
+	 * INT64_MIN negates. */
 	char tmp[24];
-	int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-	sbuf__put(b, tmp, (size_t)n);
+	char *p = tmp + sizeof(tmp);
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	do {
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--p = '-';
+	sbuf__put(b, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
 void sbuf__jstr(sbuf *b, const char *s)

@@ -2,11 +2,13 @@
 /*
  * outbox append: the capture side's group-commit target. One IMMEDIATE
  * transaction per group: a retried sale answered with its receipt, room made under
- * outbox.max_bytes (bounded.c), each event's seq and clock_ok (clock.c) and
- * the insert (whose triggers keep the reco and redemption ledgers,
- * schema.c). The row carries the running totals, the clock's max_wall and
- * its receipt (schema v7, receipts.c): device is written only when the
- * clock's anchor moves, and nothing else per sale.
+ * outbox.max_bytes (bounded.c), each event's seq and clock_ok (clock.c),
+ * a member's purchase attributed to the recommendation shown to them, the
+ * insert, and the reco and redemption ledgers for those kinds (the rules
+ * the triggers kept up to schema v8, schema.c). The row carries the running
+ * totals, the clock's max_wall, its receipt and its member (schema v7,
+ * receipts.c): device is written only when the clock's anchor moves, and
+ * nothing else per sale.
  */
 #include "outbox_int.h"
 
@@ -34,9 +36,132 @@ void outbox__digest(const char *body, size_t len, unsigned char out[OUTBOX_DIGES
 	}
 }
 
+/* A purchase's or return's member, guide and reco_id as the rules need
+ * them (append_rows); buffers reused from row to row. */
+struct who {
+	sbuf member_json; /* the member_id as a JSON string, the row's member column; empty: none */
+	sbuf member, guide;
+	int has_member, has_guide, has_reco;
+};
+
+static int who_of(outbox *ob, const outbox__row *r, struct who *w)
+{
+	sbuf__reset(&w->member_json);
+	sbuf__reset(&w->member);
+	sbuf__reset(&w->guide);
+	w->has_member = w->has_guide = w->has_reco = 0;
+	if (r->hinted) {
+		if ((w->has_member = r->member != NULL)) {
+			sbuf__jstr(&w->member_json, r->member);
+			sbuf__puts(&w->member, r->member);
+		}
+		if ((w->has_guide = r->guide != NULL))
+			sbuf__puts(&w->guide, r->guide);
+		w->has_reco = r->has_reco;
+	} else {
+		/* A body from elsewhere: SQLite's JSON reads it as the triggers did. */
+		sqlite3_stmt *st = ob->who;
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, r->body, (int)r->body_len, SQLITE_STATIC);
+		int rc = sqlite3_step(st);
+		if (rc != SQLITE_ROW) {
+			rc = outbox__fail(ob, rc, "read the sale's member");
+			sqlite3_reset(st);
+			return rc;
+		}
+		if ((w->has_member = sqlite3_column_type(st, 0) != SQLITE_NULL))
+			sbuf__put(&w->member_json, (const char *)sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+		if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+			sbuf__put(&w->member, (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1));
+		w->has_member &= sqlite3_column_type(st, 1) != SQLITE_NULL;
+		if ((w->has_guide = sqlite3_column_type(st, 2) != SQLITE_NULL))
+			sbuf__put(&w->guide, (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+		w->has_reco = sqlite3_column_int(st, 3);
+		sqlite3_reset(st);
+	}
+	/* sbuf__put of nothing leaves p NULL: bound as "" below needs text */
+	sbuf__putc(&w->member_json, 0);
+	sbuf__putc(&w->member, 0);
+	sbuf__putc(&w->guide, 0);
+	if (w->member_json.oom || w->member.oom || w->guide.oom)
+		return err__set(SCRM_E_NOMEM, "outbox: out of memory for the sale's member");
+	return SCRM_OK;
+}
+
+/* Attribution (the rule of schema v3's trigger outbox_attribution): a
+ * member's purchase without a reco_id is attributed to the latest
+ * recommendation list shown to that member on this device (by the sale's
+ * guide, if it names one) within settings.attribution_window_ms (default
+ * 2 h; 0 turns it off): guide_id, reco_id and "attributed":"auto" are set in
+ * the body before it is stored. *out: the new body (sqlite3_free), or NULL
+ * when nothing applies. */
+static int attribute(outbox *ob, const outbox__row *r, const struct who *w, char **out, size_t *out_len)
+{
+	*out = NULL;
+	if (!w->has_member || w->has_reco || ob->attrib_window <= 0)
+		return SCRM_OK;
+	sqlite3_stmt *st = ob->attrib_any;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, w->member.p, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, r->wall_ms);
+	sqlite3_bind_int64(st, 3, ob->attrib_window);
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return SCRM_OK;
+	if (rc != SQLITE_ROW)
+		return outbox__fail(ob, rc, "attribute the sale");
+	st = ob->attrib;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, r->body, (int)r->body_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, w->member.p, -1, SQLITE_STATIC);
+	if (w->has_guide)
+		sqlite3_bind_text(st, 3, w->guide.p, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 3);
+	sqlite3_bind_int64(st, 4, r->wall_ms);
+	sqlite3_bind_int64(st, 5, ob->attrib_window);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		*out_len = (size_t)sqlite3_column_bytes(st, 0);
+		if (!(*out = sqlite3_malloc64(*out_len + 1))) {
+			sqlite3_reset(st);
+			return err__set(SCRM_E_NOMEM, "outbox: out of memory attributing a sale");
+		}
+		memcpy(*out, sqlite3_column_text(st, 0), *out_len + 1);
+		rc = SQLITE_DONE;
+	} else if (rc == SQLITE_ROW) {
+		rc = SQLITE_DONE;
+	}
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? SCRM_OK : outbox__fail(ob, rc, "attribute the sale");
+}
+
+/* The ledgers the kinds reco_shown and coupon_redeem keep (schema v3's
+ * triggers outbox_reco_shown and outbox_redemption): every list shown to a
+ * guide is remembered for attribution; a redemption and its ledger row, which
+ * coupon limits count and central's verdict is recorded against, are written
+ * together and never disagree. */
+static int ledger_of(outbox *ob, const outbox__row *r)
+{
+	sqlite3_stmt *st = strcmp(r->kind, "reco_shown") == 0      ? ob->led_reco
+			   : strcmp(r->kind, "coupon_redeem") == 0 ? ob->led_redeem
+								   : NULL;
+	if (!st)
+		return SCRM_OK;
+	sqlite3_reset(st);
+	sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, r->seq);
+	sqlite3_bind_text(st, 3, r->body, (int)r->body_len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, r->wall_ms);
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? SCRM_OK : outbox__fail(ob, rc, "record the event's ledger row");
+}
+
 /* Insert rows inside an open write transaction, each decided on its own
  * under outbox.max_bytes (outbox.h). */
-int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
+static int append_rows(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms, struct who *w)
 {
 	int rc;
 	int64_t next, first, max_bytes, reserve, used, cum, cum_events, now = platform__wall_ms();
@@ -52,9 +177,10 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 	outbox__clock_load(ob->get_dev, 1, &clock);
 	cum = sqlite3_column_int64(ob->get_dev, 8);
 	cum_events = sqlite3_column_int64(ob->get_dev, 9);
+	const int64_t pending = sqlite3_column_int64(ob->get_dev, 10);
 	sqlite3_reset(ob->get_dev);
 	loaded = clock;
-	if ((rc = outbox__receipts_catch_up(ob, next - 1)))
+	if ((rc = outbox__receipts_catch_up(ob, next - 1, pending)))
 		return rc;
 	first = next;
 	if ((rc = outbox__read_limits(ob, &max_bytes, &reserve)) || (rc = outbox__read_usage(ob, &used)))
@@ -71,12 +197,15 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 
 	for (size_t i = 0; i < n; i++) {
 		outbox__row *r = &rows[i];
-		const int64_t need = (int64_t)r->body_len + OUTBOX_ROW_OVERHEAD;
 		const int paid = outbox__kind_paid(r->kind);
 		const int keyed = outbox__kind_key(r->kind) != NULL;
+		const int purchase = strcmp(r->kind, "purchase") == 0;
+		const int sale = purchase || strcmp(r->kind, "return") == 0;
 		unsigned char digest[OUTBOX_DIGEST_BYTES];
 		const char *key = NULL;
 		char *owned = NULL; /* sqlite3_free: the key read from the body */
+		char *attributed = NULL; /* sqlite3_free: the body attribution made */
+		size_t attributed_len = 0;
 		r->seq = 0;
 		r->refused = 0;
 		r->why[0] = 0;
@@ -99,6 +228,16 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				continue;
 			}
 		}
+		/* The digest above is the caller's content (a retry sends that);
+		 * the stored body is the attributed one. */
+		if (sale && ((rc = who_of(ob, r, w)) || (purchase && (rc = attribute(ob, r, w, &attributed, &attributed_len))))) {
+			sqlite3_free(owned);
+			sqlite3_free(attributed);
+			return rc;
+		}
+		const char *body = attributed ? attributed : r->body;
+		const size_t body_len = attributed ? attributed_len : r->body_len;
+		const int64_t need = (int64_t)body_len + OUTBOX_ROW_OVERHEAD;
 		/* Older evictable events make room first (never this call's own
 		 * rows: a receipt just given stays true until commit). Room for
 		 * an evictable event is made only if it then fits; a paid event
@@ -108,6 +247,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 			if ((rc = outbox__evict(ob, used + need - soft, first, !paid, now, &freed)) ||
 			    (rc = outbox__read_usage(ob, &used))) {
 				sqlite3_free(owned);
+				sqlite3_free(attributed);
 				return rc;
 			}
 			used += wal_extra;
@@ -120,6 +260,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 			r->refused = SCRM_E_DISK_FULL;
 			snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
 			sqlite3_free(owned);
+			sqlite3_free(attributed);
 			if ((rc = outbox__count_dropped(ob, r->kind, need, now)))
 				return rc;
 			continue;
@@ -136,6 +277,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				r->refused = SCRM_E_DISK_FULL;
 				snprintf(r->why, sizeof(r->why), "%s", ob->full_msg);
 				sqlite3_free(owned);
+				sqlite3_free(attributed);
 				if ((rc = outbox__exec(ob, "UPDATE usage SET refused_paid = refused_paid + 1 WHERE id = 1")) ||
 				    (rc = outbox__raise_alarm(ob, "outbox_full", ob->full_msg, now)))
 					return rc;
@@ -148,6 +290,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 				r->refused = SCRM_E_REFUSED;
 				snprintf(r->why, sizeof(r->why), "%s", ob->drop_msg);
 				sqlite3_free(owned);
+				sqlite3_free(attributed);
 				if ((rc = outbox__count_dropped(ob, r->kind, need, now)) || (rc = outbox__raise_dropped(ob, now)))
 					return rc;
 			}
@@ -168,7 +311,7 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 		sqlite3_bind_int64(st, 5, r->mono_ms);
 		sqlite3_bind_text(st, 6, r->boot, -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 7, r->clock_ok);
-		sqlite3_bind_text(st, 8, r->body, (int)r->body_len, SQLITE_STATIC);
+		sqlite3_bind_text(st, 8, body, (int)body_len, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 9, cum);
 		sqlite3_bind_int64(st, 10, cum_events);
 		sqlite3_bind_int64(st, 11, clock.last_wall);
@@ -179,20 +322,25 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 			sqlite3_bind_null(st, 12);
 			sqlite3_bind_null(st, 13);
 		}
+		if (sale && w->has_member)
+			sqlite3_bind_text(st, 14, w->member_json.p, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(st, 14);
 		rc = sqlite3_step(st);
 		sqlite3_reset(st);
 		if (rc != SQLITE_DONE) {
 			sqlite3_free(owned);
+			sqlite3_free(attributed);
 			return outbox__fail(ob, rc, "insert event");
 		}
 		rc = key ? outbox__receipts_add(ob, r->kind, key, r->seq) : SCRM_OK;
+		if (rc == SCRM_OK)
+			rc = ledger_of(ob, r);
 		sqlite3_free(owned);
+		sqlite3_free(attributed);
 		if (rc)
 			return rc;
-		/* Triggers may have grown the body (attribution). */
-		if ((rc = outbox__read_usage(ob, &used)))
-			return rc;
-		used += wal_extra;
+		used += need;
 		if (paid && used > soft) {
 			char detail[400];
 			snprintf(detail, sizeof(detail),
@@ -226,6 +374,19 @@ int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trust
 	if (rc != SQLITE_DONE)
 		return outbox__fail(ob, rc, "advance sequence counter");
 	return SCRM_OK;
+}
+
+int outbox__append_locked(outbox *ob, outbox__row *rows, size_t n, int64_t trusted_after_ms)
+{
+	struct who w;
+	sbuf__init(&w.member_json);
+	sbuf__init(&w.member);
+	sbuf__init(&w.guide);
+	int rc = append_rows(ob, rows, n, trusted_after_ms, &w);
+	sbuf__free(&w.member_json);
+	sbuf__free(&w.member);
+	sbuf__free(&w.guide);
+	return rc;
 }
 
 

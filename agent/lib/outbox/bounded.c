@@ -67,6 +67,7 @@ int outbox__read_limits(outbox *ob, int64_t *max, int64_t *reserve)
 	}
 	outbox__limits_of(ob->limits, 0, max, reserve);
 	ob->disk_reserve = sqlite3_column_int64(ob->limits, 2);
+	ob->attrib_window = sqlite3_column_int64(ob->limits, 3);
 	sqlite3_reset(ob->limits);
 	return SCRM_OK;
 }

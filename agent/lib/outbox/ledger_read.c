@@ -127,7 +127,7 @@ static int catch_up(outbox__activity *a)
 		top = sqlite3_column_int64(a->mark, 1);
 	recovered = sqlite3_column_int64(a->mark, 2);
 	sqlite3_reset(a->mark);
-	if (recovered != a->recovered || seqmap__stale(&a->index))
+	if (recovered != a->recovered || seqmap__stale(&a->index, 0))
 		forget(a);
 	const int rebuild = a->seen == 0;
 	sqlite3_stmt *scans[] = {a->new_act, a->new_out};

@@ -152,21 +152,38 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	char evict_sql[800], order_key_sql[600];
 	outbox__kind_sql(&ob->ksql);
 	snprintf(evict_sql, sizeof(evict_sql),
-		 "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox WHERE kind NOT IN %s AND seq < ?1 ORDER BY %s, seq",
-		 ob->ksql.paid, ob->ksql.evict_class);
+		 "SELECT seq, kind, length(CAST(body AS BLOB)) FROM outbox WHERE %s AND seq < ?1 ORDER BY %s, seq",
+		 ob->ksql.evictable, ob->ksql.evict_class);
 	snprintf(order_key_sql, sizeof(order_key_sql), "SELECT %s", ob->ksql.order_key);
-	/* columns 8 and 9: the totals capture continues (schema v7) */
-	if ((rc = prep(ob, &ob->get_dev, "SELECT t.next_seq, " CLOCK_COLUMNS ", t.cum_bytes, t.cum_events"
+	/* columns 8 and 9: the totals capture continues (schema v7); 10 the
+	 * events pending (receipts.c) */
+	if ((rc = prep(ob, &ob->get_dev, "SELECT t.next_seq, " CLOCK_COLUMNS ", t.cum_bytes, t.cum_events, t.events"
 					 " FROM totals t, device d WHERE d.id = 1")) ||
 	    (rc = prep(ob, &ob->put_dev, "UPDATE device SET next_seq = ?1, max_wall_ms = ?2, clock_boot = ?3,"
 					 " clock_offset_ms = ?4, clock_mono_ms = ?5, clock_cand_boot = ?6,"
 					 " clock_cand_offset_ms = ?7, clock_cand_mono_ms = ?8, cum_bytes = ?9,"
 					 " cum_events = ?10 WHERE id = 1")) ||
-	    /* member: read from the body only for the kinds with a member
-	     * ledger, kept as a JSON string (schema.c) */
+	    /* member: a purchase's or return's member_id as a JSON string
+	     * (schema.c), from the caller or `who` (append.c) */
 	    (rc = prep(ob, &ob->ins, "INSERT INTO outbox(seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, cum, cum_events,"
-				     " max_wall, okey, digest, member) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-				     " CASE WHEN ?3 IN ('purchase', 'return') THEN nullif(?8 -> '$.member_id', 'null') END)")) ||
+				     " max_wall, order_key, digest, member) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)")) ||
+	    /* the rules a captured row implies beyond itself (append.c), each
+	     * kept to the SQL its trigger had up to schema v7 */
+	    (rc = prep(ob, &ob->who, "SELECT nullif(?1 -> '$.member_id', 'null'), ?1 ->> '$.member_id', ?1 ->> '$.guide_id',"
+				     " ?1 ->> '$.reco_id' IS NOT NULL")) ||
+	    /* attrib_any first: attrib's ORDER BY builds a sorter per run,
+	     * and most sales follow no list */
+	    (rc = prep(ob, &ob->attrib_any, "SELECT 1 FROM reco_shown r WHERE r.member_id = ?1"
+					    " AND r.shown_ms <= ?2 AND r.shown_ms >= ?2 - ?3 LIMIT 1")) ||
+	    (rc = prep(ob, &ob->attrib, "SELECT json_set(?1, '$.guide_id', r.guide_id, '$.reco_id', r.reco_id, '$.attributed', 'auto')"
+					" FROM reco_shown r WHERE r.member_id = ?2 AND (?3 IS NULL OR r.guide_id = ?3)"
+					" AND r.shown_ms <= ?4 AND r.shown_ms >= ?4 - ?5 ORDER BY r.shown_ms DESC, r.seq DESC LIMIT 1")) ||
+	    (rc = prep(ob, &ob->led_reco, "INSERT OR REPLACE INTO reco_shown(reco_id, seq, member_id, guide_id, shown_ms)"
+					  " VALUES (?1, ?2, json_extract(?3, '$.member_id'), json_extract(?3, '$.guide_id'), ?4)")) ||
+	    (rc = prep(ob, &ob->led_redeem, "INSERT OR REPLACE INTO redemptions(id, seq, coupon, campaign, member_id, order_id,"
+					    " value, currency, mode, reserved_ms) VALUES (?1, ?2, json_extract(?3, '$.coupon'),"
+					    " json_extract(?3, '$.campaign'), json_extract(?3, '$.member_id'), json_extract(?3, '$.order_id'),"
+					    " json_extract(?3, '$.value'), json_extract(?3, '$.currency'), json_extract(?3, '$.mode'), ?4)")) ||
 	    (rc = prep(ob, &ob->read, "SELECT seq, id, kind, wall_ms, mono_ms, boot, clock_ok, body, set_aside, recovered FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")) ||
 	    (rc = prep(ob, &ob->del, "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")) ||
 	    (rc = prep(ob, &ob->ack_meta, "UPDATE device SET last_ack_ms = ?1, last_acked_seq = max(last_acked_seq, ?2) WHERE id = 1")) ||
@@ -175,7 +192,8 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 	    (rc = prep(ob, &ob->usage, "SELECT bytes FROM totals")) ||
 	    (rc = prep(ob, &ob->limits, "SELECT (SELECT v FROM settings WHERE k = 'outbox_max_bytes'),"
 					" (SELECT v FROM settings WHERE k = 'outbox_reserve_bytes'),"
-					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes')")) ||
+					" (SELECT v FROM settings WHERE k = 'disk_reserve_bytes'),"
+					" coalesce((SELECT v FROM settings WHERE k = 'attribution_window_ms'), 7200000)")) ||
 	    (rc = prep(ob, &ob->evict, evict_sql)) ||
 	    (rc = prep(ob, &ob->drop_add, "INSERT INTO dropped(kind, count, bytes, last_ms) VALUES (?1, 1, ?2, ?3)"
 					  " ON CONFLICT(kind) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,"
@@ -185,14 +203,14 @@ static int connect_db(outbox *ob, const char *device_id, int check)
 					  " detail = excluded.detail")) ||
 	    (rc = prep(ob, &ob->order_get, "SELECT seq, id, wall_ms, digest FROM orders WHERE kind = ?1 AND key = ?2")) ||
 	    (rc = prep(ob, &ob->order_key_of, order_key_sql)) ||
-	    (rc = prep(ob, &ob->rc_new, "SELECT seq, kind, okey FROM outbox WHERE seq > ?1 AND okey IS NOT NULL")) ||
-	    (rc = prep(ob, &ob->rc_row, "SELECT kind, okey, digest, id, wall_ms FROM outbox WHERE seq = ?1")) ||
+	    (rc = prep(ob, &ob->rc_new, "SELECT seq, kind, order_key FROM outbox WHERE seq > ?1 AND order_key IS NOT NULL")) ||
+	    (rc = prep(ob, &ob->rc_row, "SELECT kind, order_key, digest, id, wall_ms FROM outbox WHERE seq = ?1")) ||
 	    (rc = prep(ob, &ob->ack_chunk, "SELECT seq FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
 					   " LIMIT 1 OFFSET " XSTR(ACK_CHUNK_ROWS) " - 1")) ||
 	    /* outbox__remove, in its order */
 	    (rc = prep(ob, &ob->rm_orders, "INSERT OR IGNORE INTO orders(kind, key, seq, id, wall_ms, digest)"
-					   " SELECT kind, okey, seq, id, wall_ms, digest FROM outbox"
-					   " WHERE seq BETWEEN ?1 AND ?2 AND okey IS NOT NULL")) ||
+					   " SELECT kind, order_key, seq, id, wall_ms, digest FROM outbox"
+					   " WHERE seq BETWEEN ?1 AND ?2 AND order_key IS NOT NULL")) ||
 	    (rc = prep(ob, &ob->rm_activity, "INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
 					     " SELECT seq, member ->> '$', wall_ms, kind, " MEMBER_ACTIVITY_OF("") " FROM outbox"
 					     " WHERE seq BETWEEN ?1 AND ?2 AND member IS NOT NULL AND set_aside IS NULL")) ||
@@ -216,7 +234,8 @@ static void disconnect(outbox *ob, int detached)
 				&ob->ack_meta, &ob->oldest,  &ob->rej_copy, &ob->usage,
 				&ob->limits,  &ob->evict,    &ob->drop_add, &ob->alarm_up,
 				&ob->order_get, &ob->order_key_of, &ob->rc_new, &ob->rc_row, &ob->rm_orders,
-				&ob->rm_activity, &ob->rm_usage, &ob->rm_device, &ob->ack_chunk};
+				&ob->rm_activity, &ob->rm_usage, &ob->rm_device, &ob->ack_chunk, &ob->who,
+				&ob->attrib, &ob->attrib_any, &ob->led_reco, &ob->led_redeem};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		sqlite3_finalize(*all[i]);
 		*all[i] = NULL;

@@ -44,6 +44,13 @@ typedef struct outbox__row {
 	/* a purchase's order_id, a return's return_id (its receipt key), when
 	 * the caller has it at hand; NULL: read from the body (slower) */
 	const char *key;
+	/* a purchase's or return's member_id and guide_id (NULL: none) and
+	 * whether the purchase names its reco_id, when the caller has them at
+	 * hand (hinted = 1); otherwise read from the body (slower). They drive
+	 * the row's member column and attribution (append.c). */
+	int hinted;
+	const char *member, *guide;
+	int has_reco;
 	int64_t seq;       /* out */
 	int clock_ok;      /* out */
 	/* out: 0 when the row was stored, else why not — SCRM_E_DISK_FULL (a
@@ -242,7 +249,7 @@ int outbox__link_get(outbox *ob, int *connected, int64_t *changed_ms, int64_t *s
 /* Queries other modules run on the ledgers: ledger.h (the outbox is the
  * only module that prepares SQL on outbox.db's tables). */
 
-/* A value from the daemon's config that triggers read (settings table). */
+/* A value from the daemon's config that the outbox's rules read (settings table). */
 int outbox__setting_set(outbox *ob, const char *k, int64_t v);
 
 /* Append events with seq > after_seq, in seq order, as JSON objects joined

@@ -5,9 +5,10 @@
  * include this). The handle,
  * the SQL the files agree on, and the internal calls between them:
  *   outbox.c   open/close, quarantine and follow, the SQLite helpers
- *   schema.c   all DDL and migrations (and what each trigger does);
- *              schema_sql.h the SQL its triggers share with readers
- *   append.c   capture's group-commit target
+ *   schema.c   all DDL and migrations;
+ *              schema_sql.h the SQL shared with readers and salvage
+ *   append.c   capture's group-commit target and the rules a captured
+ *              row implies (attribution, reco and redemption ledgers)
  *   receipts.c which sale an order_id already names (pending or kept)
  *   clock.c    each event's clock_ok
  *   bounded.c  size cap, eviction, alarms, health, disk reserve
@@ -67,6 +68,10 @@
 /* The SQL that tells kinds apart, made from kinds.def (schema.c), the same
  * text the literals it replaced had (unit_outbox checks):
  *   paid         ('purchase', 'return', 'coupon_redeem'): never evicted
+ *   evictable    kind <> 'purchase' AND kind <> 'return' AND ...: the
+ *                same set as a condition; the partial index's WHERE (schema
+ *                v8: a NOT IN list made SQLite build a temporary table for
+ *                every insert to test it)
  *   evict_class  CASE kind WHEN 'reco_shown' THEN 0 ... ELSE 2 END: the
  *                eviction order (browsing, then scans, then any other kind
  *                not paid for); the partial index outbox_evictable is on it
@@ -76,6 +81,7 @@
  *                a return's return_id */
 struct outbox__kind_sql {
 	char paid[200];
+	char evictable[300];
 	char keyed[200];
 	char evict_class[400];
 	char order_key[400];
@@ -99,6 +105,7 @@ struct outbox {
 	unsigned generation;    /* files this handle has followed (outbox__generation) */
 	int reserve_released;   /* released by this handle, disk_full not raised yet */
 	int64_t disk_reserve;   /* setting disk_reserve_bytes, as read_limits last read it */
+	int64_t attrib_window;  /* setting attribution_window_ms, as read_limits last read it */
 	char full_msg[480], drop_msg[480], conflict_msg[480];
 	struct outbox__kind_sql ksql; /* filled by connect */
 	/* owned: the index of pending receipts (receipts.c), hash of (kind,
@@ -107,7 +114,7 @@ struct outbox {
 	int64_t rc_seen;
 	sqlite3_stmt *get_dev, *put_dev, *ins, *read, *del, *ack_meta, *oldest, *rej_copy, *usage, *limits,
 		*evict, *drop_add, *alarm_up, *order_get, *order_key_of, *rc_new, *rc_row, *rm_orders,
-		*rm_activity, *rm_usage, *rm_device, *ack_chunk;
+		*rm_activity, *rm_usage, *rm_device, *ack_chunk, *who, *attrib, *attrib_any, *led_reco, *led_redeem;
 };
 
 /* ---- outbox.c: the SQLite helpers and the file ---- */
@@ -154,8 +161,8 @@ int outbox__clock_judge(struct clock_state *c, int64_t wall, int64_t mono, const
 /* ---- receipts.c ---- */
 
 /* Index the keyed rows above the last seen, up to last_seq (in a write
- * transaction). */
-int outbox__receipts_catch_up(outbox *ob, int64_t last_seq);
+ * transaction); pending: the events in the queue (when to start over). */
+int outbox__receipts_catch_up(outbox *ob, int64_t last_seq, int64_t pending);
 int outbox__receipts_add(outbox *ob, const char *kind, const char *key, int64_t seq);
 /* The receipt r's key already names (pending or kept): *found = 1 with r
  * set as outbox__row says (existing, or refused SCRM_E_CONFLICT). */

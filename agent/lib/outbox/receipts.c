@@ -44,11 +44,11 @@ static int put(outbox *ob, const char *kind, const char *key, int64_t seq)
 	return SCRM_OK;
 }
 
-int outbox__receipts_catch_up(outbox *ob, int64_t last_seq)
+int outbox__receipts_catch_up(outbox *ob, int64_t last_seq, int64_t pending)
 {
 	sqlite3_stmt *st = ob->rc_new;
 	int rc;
-	if (seqmap__stale(&ob->rc))
+	if (seqmap__stale(&ob->rc, pending))
 		outbox__receipts_forget(ob);
 	const int rebuild = ob->rc_seen == 0;
 	sqlite3_reset(st);
@@ -80,8 +80,9 @@ void outbox__receipts_prime(outbox *ob)
 	sqlite3_reset(ob->get_dev);
 	rc = sqlite3_step(ob->get_dev);
 	const int64_t last = rc == SQLITE_ROW ? sqlite3_column_int64(ob->get_dev, 0) - 1 : 0;
+	const int64_t pending = rc == SQLITE_ROW ? sqlite3_column_int64(ob->get_dev, 10) : 0;
 	sqlite3_reset(ob->get_dev);
-	if (rc == SQLITE_ROW && outbox__receipts_catch_up(ob, last) != SCRM_OK) {
+	if (rc == SQLITE_ROW && outbox__receipts_catch_up(ob, last, pending) != SCRM_OK) {
 		outbox__receipts_forget(ob); /* the first sale's transaction tries again */
 		ob->corrupt = 0;
 		err__clear(); /* the open itself succeeded */

@@ -127,7 +127,7 @@ static int column_exists(sqlite3 *db, const char *table, const char *column)
 static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, const char *source, int64_t now_ms,
 		       salvage__report *r)
 {
-	sqlite3_stmt *keys = NULL, *row = NULL, *held = NULL, *ins = NULL, *mark = NULL;
+	sqlite3_stmt *keys = NULL, *row = NULL, *held = NULL, *ins = NULL, *mark = NULL, *count = NULL;
 	int rc = SQLITE_OK;
 	int64_t k = 0;
 	char sql[400];
@@ -151,7 +151,14 @@ static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, con
 				     -1, &ins, NULL)) != SQLITE_OK ||
 	    (rc = sqlite3_prepare_v2(into,
 				     "INSERT OR IGNORE INTO recovered(seq, id, source, recovered_ms) VALUES (?1, ?2, ?3, ?4)",
-				     -1, &mark, NULL)) != SQLITE_OK)
+				     -1, &mark, NULL)) != SQLITE_OK ||
+	    /* A copy is pending like a capture but below the newest row's
+	     * running total (schema v7): counted as removed less (what the
+	     * trigger outbox_salvaged did up to v8). */
+	    (rc = sqlite3_prepare_v2(into,
+				     "UPDATE usage SET removed_bytes = removed_bytes - length(CAST(?1 AS BLOB)) - "
+				     XSTR(OUTBOX_ROW_OVERHEAD) ", removed_events = removed_events - 1 WHERE id = 1",
+				     -1, &count, NULL)) != SQLITE_OK)
 		goto out;
 	while (walk_next(keys, row, &k, &r->skipped_ranges)) {
 		int64_t next = k;
@@ -188,6 +195,11 @@ static int copy_events(sqlite3 *old, sqlite3 *into, enum salvage__mode mode, con
 		}
 		if (rc != SQLITE_DONE)
 			goto out;
+		sqlite3_reset(count);
+		sqlite3_bind_value(count, 1, sqlite3_column_value(row, 7));
+		if ((rc = sqlite3_step(count)) != SQLITE_DONE)
+			goto out;
+		sqlite3_reset(count);
 		sqlite3_reset(mark);
 		sqlite3_bind_int64(mark, 1, next);
 		sqlite3_bind_value(mark, 2, sqlite3_column_value(row, 1));
@@ -205,6 +217,7 @@ out:
 	sqlite3_finalize(held);
 	sqlite3_finalize(ins);
 	sqlite3_finalize(mark);
+	sqlite3_finalize(count);
 	return rc;
 }
 
@@ -321,7 +334,7 @@ out:
 }
 
 /* Ledger rows the copied events imply but the damaged file no longer
- * showed, made like the triggers make them (never attribution, never
+ * showed, made as append.c makes them (never attribution, never
  * replacing a row that was copied). */
 static const char *const fill_ledgers[] = {
 	"INSERT OR IGNORE INTO member_activity(seq, member_id, wall_ms, kind, amount, skus)"
@@ -350,8 +363,11 @@ static int copy_row_receipts(sqlite3 *old, sqlite3 *into, salvage__report *r)
 {
 	sqlite3_stmt *q = NULL, *ins = NULL;
 	int rc;
-	if (sqlite3_prepare_v2(old, "SELECT kind, okey, seq, id, wall_ms, digest FROM outbox WHERE okey IS NOT NULL", -1, &q,
-			       NULL) != SQLITE_OK) {
+	/* the receipt's key column: okey in schema v7, order_key since v8 */
+	const char *sql = column_exists(old, "outbox", "order_key")
+				  ? "SELECT kind, order_key, seq, id, wall_ms, digest FROM outbox WHERE order_key IS NOT NULL"
+				  : "SELECT kind, okey, seq, id, wall_ms, digest FROM outbox WHERE okey IS NOT NULL";
+	if (sqlite3_prepare_v2(old, sql, -1, &q, NULL) != SQLITE_OK) {
 		sqlite3_finalize(q);
 		return SQLITE_OK; /* a file from before schema v7: its receipts are in orders */
 	}

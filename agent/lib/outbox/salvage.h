@@ -11,9 +11,9 @@
  * rows of the damaged pages themselves are lost. The ledgers (receipts,
  * redemptions, member activity, recommendations shown, rejected and
  * set-aside events) are copied as they were, scanned forward and, after an
- * error, backward, and the ledger triggers are not run for copied events
- * (outbox.recovered != 0): attribution and the redemption ledger stay what
- * they were on the device.
+ * error, backward, and the capture's ledger rules (append.c) are not run
+ * for copied events (outbox.recovered != 0): attribution and the
+ * redemption ledger stay what they were on the device.
  */
 #ifndef SCRM_SALVAGE_H
 #define SCRM_SALVAGE_H

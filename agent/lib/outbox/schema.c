@@ -2,9 +2,10 @@
 /*
  * outbox schema: every table, index and trigger of outbox.db and the
  * migrations between versions, in one place. A migration that changes a
- * trigger drops and recreates it. Each trigger below carries the business
- * rule it implements; they run inside the inserting transaction, whichever
- * process or path wrote the row.
+ * trigger drops and recreates it. Up to v7 the ledgers were kept by
+ * triggers, each carrying its business rule; v8 drops those on the insert
+ * and outbox__append_locked (append.c) runs the same SQL for the kinds they
+ * concern, in the inserting transaction (see schema_v8).
  *
  * Schema v1 (PRAGMA user_version = 1):
  *   device(id=1, device_id, created_ms, next_seq, max_wall_ms,
@@ -32,7 +33,7 @@
  * Schema v5 adds the clock anchor to `device` (clock_* columns; the rule is
  * in clock.c). max_wall_ms keeps its v1 name and now means the
  * newest trusted wall clock since the anchor was last adopted.
- * Schema v3, v6 and v7: at their statements below.
+ * Schema v3, v6, v7 and v8: at their statements below.
  */
 #include "outbox_int.h"
 #include "schema_sql.h"
@@ -345,7 +346,32 @@ static const char schema_v7[] =
 	" WHERE d.id = 1;"
 	"PRAGMA user_version = 7;";
 
-#define OUTBOX_SCHEMA_VERSION 7
+/* Schema v8: no trigger runs for a captured row (issue 14: each trigger on
+ * the insert cost a sub-program per row, whatever its WHEN; together with
+ * the partial index's NOT IN list, a temporary table per row, they were a
+ * third of a batch import's CPU). The rules the triggers kept are now
+ * statements outbox__append_locked runs for the kinds they concern, in the
+ * same transaction, with the SQL the triggers had (outbox.c: who, attrib,
+ * led_reco, led_redeem); every capture path goes through it, and salvage,
+ * which copied ledgers with the events, updates `usage` itself:
+ *   attribution  before the insert, so the row is written once with its
+ *                guide_id, reco_id and "attributed":"auto"
+ *   reco_shown, redemptions  after the insert of such an event
+ * outbox_evictable's condition becomes a chain of <> (kinds.def's
+ * evictable). outbox.okey is renamed order_key so that a process still
+ * running a v7 libscrm, whose inserts relied on the triggers, fails at its
+ * next capture instead of writing rows without their ledgers. */
+static const char schema_v8[] =
+	"DROP TRIGGER IF EXISTS outbox_reco_shown;"
+	"DROP TRIGGER IF EXISTS outbox_redemption;"
+	"DROP TRIGGER IF EXISTS outbox_attribution;"
+	"DROP TRIGGER IF EXISTS outbox_salvaged;"
+	"DROP INDEX IF EXISTS outbox_evictable;"
+	"CREATE INDEX outbox_evictable ON outbox(%s, seq) WHERE %s;"
+	"ALTER TABLE outbox RENAME COLUMN okey TO order_key;"
+	"PRAGMA user_version = 8;";
+
+#define OUTBOX_SCHEMA_VERSION 8
 
 /* ---- what tells kinds apart, from kinds.def ---- */
 
@@ -377,6 +403,8 @@ void outbox__kind_sql(struct outbox__kind_sql *k)
 		if (kinds[i].paid) {
 			snprintf(w, sizeof(w), "%s'%s'", k->paid[1] ? ", " : "", kinds[i].name);
 			put(k->paid, sizeof(k->paid), w);
+			snprintf(w, sizeof(w), "%skind <> '%s'", k->evictable[0] ? " AND " : "", kinds[i].name);
+			put(k->evictable, sizeof(k->evictable), w);
 		}
 		if (kinds[i].key) {
 			snprintf(w, sizeof(w), "%s'%s'", k->keyed[1] ? ", " : "", kinds[i].name);
@@ -472,6 +500,14 @@ int outbox__migrate(outbox *ob, const char *device_id)
 		goto cleanup;
 	if (ver < 7 && (rc = outbox__exec(ob, schema_v7)))
 		goto cleanup;
+	if (ver < 8) {
+		struct outbox__kind_sql k;
+		char v8[sizeof(schema_v8) + sizeof(k)];
+		outbox__kind_sql(&k);
+		snprintf(v8, sizeof(v8), schema_v8, k.evict_class, k.evictable);
+		if ((rc = outbox__exec(ob, v8)))
+			goto cleanup;
+	}
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
 		rc = outbox__fail(ob, rc, "read device");

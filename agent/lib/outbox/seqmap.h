@@ -7,7 +7,8 @@
  * addressing, linear probing, at most half full). Entries are hints: the
  * caller reads the row a seq names and compares; stale entries are dropped
  * by starting over once the map is twice the size it had when last built
- * from scratch. Header-only: ledger_read.c is built without the rest of
+ * from scratch and twice the rows that could still be in it (when the
+ * caller knows: a queue that only grows is never rebuilt). Header-only: ledger_read.c is built without the rest of
  * the outbox (fuzz_cache).
  */
 #ifndef SCRM_OUTBOX_SEQMAP_H
@@ -55,10 +56,11 @@ static inline void seqmap__free(seqmap *m)
 	memset(m, 0, sizeof(*m));
 }
 
-/* 1 when the map should be built again from scratch (see the top). */
-static inline int seqmap__stale(const seqmap *m)
+/* 1 when the map should be built again from scratch (see the top). live:
+ * how many of the rows it covers exist now; 0 if unknown. */
+static inline int seqmap__stale(const seqmap *m, int64_t live)
 {
-	return m->n >= SEQMAP_REBUILD_MIN && m->n > 2 * m->built;
+	return m->n >= SEQMAP_REBUILD_MIN && m->n > 2 * m->built && (int64_t)m->n > 2 * live;
 }
 
 /* 0, or -1 out of memory (the map is unchanged). */
