@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -336,6 +337,32 @@ int platform__precreate(const char *path, unsigned mode)
 	int rc = fchmod(fd, (mode_t)mode) == 0 ? 0 : -errno;
 	close(fd);
 	return rc;
+}
+
+int64_t *platform__shared_word(const char *path, unsigned mode)
+{
+	if (platform__precreate(path, mode) != 0)
+		return NULL;
+	/* Never through a link someone else planted in a shared directory:
+	 * the file must be a plain file of its own. */
+	int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	const long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+	void *m = MAP_FAILED;
+	/* A file shorter than the mapping would SIGBUS on access. */
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 &&
+	    (st.st_size >= page || ftruncate(fd, page) == 0))
+		m = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	return m == MAP_FAILED ? NULL : (int64_t *)m;
+}
+
+void platform__shared_word_close(int64_t *word)
+{
+	if (word)
+		munmap(word, (size_t)(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096));
 }
 
 int platform__lock_fd(int fd, int how)

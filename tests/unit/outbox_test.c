@@ -21,6 +21,7 @@
 #include "ledger.h"
 #include "outbox.h"
 #include "outbox_int.h"
+#include "platform.h"
 #include "testutil.h"
 #include "outboxfx.h"
 #include "outboxrow.h"
@@ -613,6 +614,72 @@ static void rules_applied_hinted_or_not(void **state)
 	assert_int_equal(tu_sql_int(f->db, late), 1);
 	free(late);
 	free(reco);
+}
+
+struct turn_append {
+	outbox *ob;
+	outbox__row *r;
+	int rc;
+};
+
+static void *turn_append_thread(void *arg)
+{
+	struct turn_append *t = arg;
+	t->rc = outbox__append(t->ob, t->r, 1, T0);
+	return NULL;
+}
+
+/* turn.c: a POS handle waiting for the write lock says so in
+ * <dir>/outbox.turn (a stamp refreshed while it polls) and clears it once
+ * the lock is its own; the daemon's handle never stamps it, and the daemon
+ * waiting for tills stops waiting when the stamp is cleared. */
+static void till_waiting_is_seen_by_the_daemon(void **state)
+{
+	fx *f = *state;
+	char *path = tu_join(f->store, OUTBOX_TURN_FILE);
+	int64_t *word = platform__shared_word(path, 0660);
+	assert_non_null(word);
+	assert_int_equal(__atomic_load_n(word, __ATOMIC_RELAXED), 0);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	outbox__row r;
+	char body[160], id[37];
+	purchase_row(&r, &body, &id, "TURN-1", 100, 1);
+	struct turn_append t = {.ob = f->ob, .r = &r};
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, turn_append_thread, &t), 0);
+	/* the till polls: the stamp appears (its value is the poll's mono time) */
+	int64_t seen = 0;
+	for (int i = 0; i < 2000 && !seen; i++) {
+		seen = __atomic_load_n(word, __ATOMIC_RELAXED);
+		if (!seen)
+			platform__sleep_us(1000);
+	}
+	assert_true(seen > 0);
+	assert_true(seen <= platform__mono_us());
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	/* the daemon's wait ends when the till has the lock (or the stamp
+	 * goes stale): it returns, and the till's sale is in */
+	outbox *daemon = NULL;
+	assert_int_equal(outbox__open_checked(f->store, NULL, 0, &daemon), SCRM_OK);
+	outbox__yield_to_tills(daemon);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(t.rc, SCRM_OK);
+	assert_int_equal(__atomic_load_n(word, __ATOMIC_RELAXED), 0);
+	/* the daemon's handle, kept waiting, leaves the word alone */
+	const int64_t none[][2] = {{r.seq, r.seq}};
+	int64_t deleted = 0;
+	outbox__close(daemon);
+	assert_int_equal(outbox__open_checked(f->store, NULL, 200, &daemon), SCRM_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_not_equal(outbox__ack(daemon, none, 1, T0 + 1, &deleted), SCRM_OK);
+	assert_int_equal(__atomic_load_n(word, __ATOMIC_RELAXED), 0);
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	outbox__close(daemon);
+	platform__shared_word_close(word);
+	free(path);
 }
 
 /* A sale of `member` (n-th row of the test), its strings in b and id. */
@@ -1564,6 +1631,7 @@ int main(int argc, char **argv)
 		T(receipts_pending_kept_and_rolled_back),
 		T(schema_v7_store_upgrades),
 		T(rules_applied_hinted_or_not),
+		T(till_waiting_is_seen_by_the_daemon),
 		T(member_history_follows_the_rows),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),

@@ -397,7 +397,9 @@ again:
 	ob->corrupt = 0;
 	if ((rc = outbox__hold(ob)))
 		goto failed;
-	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK) {
+	rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	outbox__turn_taken(ob);
+	if (rc != SQLITE_OK) {
 		rc = outbox__fail(ob, rc, "begin");
 		goto cleanup;
 	}

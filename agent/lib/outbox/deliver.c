@@ -396,9 +396,8 @@ int outbox__ack(outbox *ob, const int64_t (*ranges)[2], size_t n, int64_t now_ms
 			if (hi >= ranges[i][1])
 				break;
 			lo = hi + 1;
-			/* A till waiting for the lock polls every 100 us (busy_wait):
-			 * without a pause the next chunk takes the lock back first. */
-			platform__sleep_us(ACK_YIELD_US);
+			/* A till waiting for the lock goes first (turn.c). */
+			outbox__yield_to_tills(ob);
 		}
 	}
 	if (deleted)

@@ -129,7 +129,9 @@ int outbox__append_redemption(outbox *ob, outbox__row *row, int64_t trusted_afte
 		row->seq = 0;
 		return rc;
 	}
-	if ((rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK) {
+	rc = sqlite3_exec(ob->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	outbox__turn_taken(ob);
+	if (rc != SQLITE_OK) {
 		rc = outbox__fail(ob, rc, "begin");
 		goto cleanup;
 	}

@@ -97,6 +97,7 @@ static int busy_wait(void *ctx, int n)
 	const int64_t waited = now - ob->busy_since_us;
 	if (waited >= (int64_t)(ob->busy_ms > 0 ? ob->busy_ms : 5000) * 1000)
 		return 0;
+	outbox__turn_wait(ob, now);
 	platform__sleep_us(waited < 1000 ? 100 : 500);
 	return 1;
 }
@@ -434,6 +435,8 @@ static int open_impl(const char *dir, const char *device_id, int busy_ms, int ch
 	}
 	sprintf(ob->reserve, "%s/%s", dir, OUTBOX_RESERVE_FILE);
 	ob->busy_ms = busy_ms;
+	ob->daemon = check;
+	outbox__turn_open(ob);
 	/* Without the lock file (a read-only directory) there is no
 	 * quarantine to coordinate with: open as before. */
 	ob->lock_fd = quarantine__lock_open(dir, "outbox");
@@ -547,6 +550,7 @@ void outbox__close(outbox *ob)
 	free(ob->path);
 	free(ob->reserve);
 	outbox__receipts_free(ob);
+	outbox__turn_close(ob);
 	free(ob);
 }
 
@@ -565,6 +569,7 @@ int outbox__follow(outbox *ob)
 	*fresh = t;
 	/* what this handle has seen goes on with it */
 	ob->generation = fresh->generation + 1;
+	ob->daemon = fresh->daemon;
 	if (!ob->quarantined[0])
 		memcpy(ob->quarantined, fresh->quarantined, sizeof(ob->quarantined));
 	outbox__close(fresh); /* the old connection, detached */

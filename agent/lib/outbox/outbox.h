@@ -82,6 +82,9 @@ void outbox__digest(const char *body, size_t len, unsigned char out[OUTBOX_DIGES
 #define OUTBOX_FILE "outbox.db"
 /* Allocated free space the daemon keeps beside it (outbox__reserve_ensure). */
 #define OUTBOX_RESERVE_FILE "outbox.reserve"
+/* One shared word beside it: when a till last waited for the write lock
+ * (outbox__yield_to_tills). */
+#define OUTBOX_TURN_FILE "outbox.turn"
 
 /* An event's stored size for outbox.max_bytes: length(body) plus this, an
  * estimate of the rest of its row (UUID id 36 B, boot id 36 B, kind, four
