@@ -82,7 +82,10 @@ static int within(int64_t a, int64_t b, int64_t elapsed)
 
 static void clock_anchor(struct clock_state *c, const char *boot, int64_t offset, int64_t mono)
 {
-	snprintf(c->boot, sizeof(c->boot), "%s", boot);
+	/* Every trusted event re-anchors, nearly always on the same boot: a
+	 * copy per event was 1.5% of a batch import's CPU. */
+	if (strcmp(c->boot, boot) != 0)
+		snprintf(c->boot, sizeof(c->boot), "%s", boot);
 	c->offset = offset;
 	c->mono = mono;
 	c->cand_boot[0] = '\0';
