@@ -454,6 +454,17 @@ const char *outbox__kind_key(const char *kind)
 	return NULL;
 }
 
+/* A migration whose SQL names kinds.def's lists: its two %s are the
+ * eviction class and the paid kinds as a list (v4) or as a condition (v8). */
+static int exec_kinds(outbox *ob, const char *fmt, int as_condition)
+{
+	struct outbox__kind_sql k;
+	char sql[sizeof(schema_v4) + sizeof(schema_v8) + sizeof(k)];
+	outbox__kind_sql(&k);
+	snprintf(sql, sizeof(sql), fmt, k.evict_class, as_condition ? k.evictable : k.paid);
+	return outbox__exec(ob, sql);
+}
+
 /* Create or upgrade the schema, and bind the store to its device. */
 int outbox__migrate(outbox *ob, const char *device_id)
 {
@@ -486,28 +497,16 @@ int outbox__migrate(outbox *ob, const char *device_id)
 		goto cleanup;
 	if (ver < 3 && (rc = outbox__exec(ob, schema_v3)))
 		goto cleanup;
-	if (ver < 4) {
-		struct outbox__kind_sql k;
-		char v4[sizeof(schema_v4) + sizeof(k)];
-		outbox__kind_sql(&k);
-		snprintf(v4, sizeof(v4), schema_v4, k.evict_class, k.paid);
-		if ((rc = outbox__exec(ob, v4)))
-			goto cleanup;
-	}
+	if (ver < 4 && (rc = exec_kinds(ob, schema_v4, 0)))
+		goto cleanup;
 	if (ver < 5 && (rc = outbox__exec(ob, schema_v5)))
 		goto cleanup;
 	if (ver < 6 && (rc = outbox__exec(ob, schema_v6)))
 		goto cleanup;
 	if (ver < 7 && (rc = outbox__exec(ob, schema_v7)))
 		goto cleanup;
-	if (ver < 8) {
-		struct outbox__kind_sql k;
-		char v8[sizeof(schema_v8) + sizeof(k)];
-		outbox__kind_sql(&k);
-		snprintf(v8, sizeof(v8), schema_v8, k.evict_class, k.evictable);
-		if ((rc = outbox__exec(ob, v8)))
-			goto cleanup;
-	}
+	if (ver < 8 && (rc = exec_kinds(ob, schema_v8, 1)))
+		goto cleanup;
 
 	if ((rc = sqlite3_prepare_v2(ob->db, "SELECT device_id FROM device WHERE id = 1", -1, &st, NULL)) != SQLITE_OK) {
 		rc = outbox__fail(ob, rc, "read device");
