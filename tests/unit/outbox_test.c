@@ -26,6 +26,7 @@
 #include "outboxfx.h"
 #include "outboxrow.h"
 #include "oldschema.h"
+#include "faultvfs.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -680,6 +681,72 @@ static void till_waiting_is_seen_by_the_daemon(void **state)
 	outbox__close(daemon);
 	platform__shared_word_close(word);
 	free(path);
+}
+
+/* Power off now and back on with what the disk kept (every handle closed). */
+static void cut_power(outbox **a, outbox **b)
+{
+	faultvfs_power_cut();
+	outbox__close(*a);
+	outbox__close(*b);
+	*a = *b = NULL;
+	assert_true(faultvfs_power_cut_apply(FAULTVFS_DROP_UNSYNCED, 1) >= 0);
+}
+
+/* An ack commits without an fsync (deliver.c): a power cut just after it
+ * brings its events back to the queue, whole — the same seqs, each sale's
+ * receipt still found — to be sent again; the next capture's fsync makes
+ * the ack durable with it. Under the faultvfs shim, which keeps only what
+ * was synced. */
+static void ack_unsynced_comes_back_whole(void **state)
+{
+	fx *f = *state;
+	outbox__close(f->ob);
+	f->ob = NULL;
+	assert_int_equal(faultvfs_install(1), SQLITE_OK);
+	faultvfs_reset();
+	outbox *pos = NULL, *daemon = NULL;
+	assert_int_equal(outbox__open_checked(f->store, NULL, 0, &daemon), SCRM_OK);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &pos), SCRM_OK);
+	outbox__row r;
+	char body[3][160], id[3][37];
+	int64_t seq[3];
+	for (int i = 0; i < 3; i++) {
+		char order[16];
+		snprintf(order, sizeof(order), "PW-%d", i);
+		purchase_row(&r, &body[i], &id[i], order, 100 + i, i + 1);
+		assert_int_equal(outbox__append(pos, &r, 1, T0), SCRM_OK);
+		seq[i] = r.seq;
+	}
+	faultvfs_counts before, after;
+	faultvfs_get_counts(&before);
+	const int64_t all[][2] = {{seq[0], seq[2]}};
+	int64_t deleted = 0;
+	assert_int_equal(outbox__ack(daemon, all, 1, T0 + 10, &deleted), SCRM_OK);
+	assert_int_equal(deleted, 3);
+	faultvfs_get_counts(&after);
+	assert_int_equal(after.syncs, before.syncs);
+	cut_power(&pos, &daemon);
+
+	assert_int_equal(outbox__open_checked(f->store, NULL, 0, &daemon), SCRM_OK);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &pos), SCRM_OK);
+	assert_int_equal(stats_of(pos).pending, 3);
+	purchase_row(&r, &body[1], &id[1], "PW-1", 101, 9);
+	assert_int_equal(outbox__append(pos, &r, 1, T0), SCRM_OK);
+	assert_true(r.existing);
+	assert_int_equal(r.seq, seq[1]);
+	/* acked again, then a sale: its fsync carries the ack */
+	assert_int_equal(outbox__ack(daemon, all, 1, T0 + 20, &deleted), SCRM_OK);
+	purchase_row(&r, &body[0], &id[0], "PW-3", 103, 10);
+	assert_int_equal(outbox__append(pos, &r, 1, T0), SCRM_OK);
+	assert_int_equal(r.seq, seq[2] + 1);
+	cut_power(&pos, &daemon);
+
+	faultvfs_set_default(0);
+	assert_int_equal(outbox__open(f->store, NULL, 0, &f->ob), SCRM_OK);
+	assert_int_equal(stats_of(f->ob).pending, 1);
+	assert_int_equal(tu_sql_int(f->db, "SELECT count(*) FROM orders WHERE key LIKE 'PW-%'"), 3);
+	faultvfs_reset();
 }
 
 /* A sale of `member` (n-th row of the test), its strings in b and id. */
@@ -1632,6 +1699,7 @@ int main(int argc, char **argv)
 		T(schema_v7_store_upgrades),
 		T(rules_applied_hinted_or_not),
 		T(till_waiting_is_seen_by_the_daemon),
+		T(ack_unsynced_comes_back_whole),
 		T(member_history_follows_the_rows),
 		T(not_a_database_refused),
 		T(append_assigns_consecutive_seqs_across_calls),
