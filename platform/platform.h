@@ -83,8 +83,9 @@ int platform__disk_space(const char *path, int64_t *avail, int64_t *total);
 int platform__precreate(const char *path, unsigned mode);
 /* A 64-bit word shared by every process that maps `path` (created with
  * exactly `mode` if missing, made one page long): NULL if the file cannot be
- * opened or mapped, or is a symlink, not a regular file or has other links. Read and written with __atomic builtins (lock-free on
- * x86_64, aarch64 and ARMv7's ldrexd/strexd). Unmap with
+ * opened or mapped, or is a symlink, not a regular file or has other
+ * links. Read and written with __atomic builtins (lock-free on x86_64,
+ * aarch64 and ARMv7's ldrexd/strexd). Unmap with
  * platform__shared_word_close. */
 int64_t *platform__shared_word(const char *path, unsigned mode);
 void platform__shared_word_close(int64_t *word);

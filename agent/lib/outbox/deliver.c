@@ -255,8 +255,9 @@ int outbox__remove(outbox *ob, int64_t lo, int64_t hi, int64_t *deleted)
  * prefix of the commits), and they are sent again, which central
  * deduplicates by seq (protocol.md); the next capture's fsync, or a
  * checkpoint, makes it durable on the way. Every other write keeps FULL.
- * The till's p99.9 during a drain is the disk's: each of the daemon's fsyncs
- * held the lock a till was waiting for and queued ahead of the till's own. */
+ * Measured with scrm-bench-sync: a 50k drain with a till recording went
+ * from 13.5-16.9k to 19.9-20.9k events/s; the till's own latency did not
+ * change. */
 static int ack_once(outbox *ob, int64_t lo, int64_t hi, int64_t now_ms, int64_t *deleted)
 {
 	int rc;

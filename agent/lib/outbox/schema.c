@@ -285,7 +285,8 @@ static const char schema_v6[] =
  * when it goes (a per-row delete trigger made an ack of 500 events
  * several times slower, and the till waits for the ack's lock). Body
  * changes (erasure, set-aside, attribution) and salvage's inserts are
- * counted by triggers.
+ * counted by triggers (since v8 only outbox_resized is left: attribution
+ * happens before the insert and salvage counts its copies itself).
  *   outbox.member  a purchase's or return's member_id as a JSON string,
  *       quotes included (NULL otherwise, and after an erasure): the byte
  *       scrub of quarantined copies (quarantine__erase_member) finds only

@@ -12,9 +12,12 @@
  * mapped by every process of the store, mode 0660 like the database), with
  * the monotonic time of each poll, and clears it once it holds the lock;
  * the daemon, between two chunks, waits while the stamp is fresh (at most
- * TURN_MAX_US: a till that died mid-wait costs one such wait). The word is
- * a hint, never a lock: without it (a read-only directory) everything
- * works as before, only with the fixed pause.
+ * TURN_MAX_US: a till that died mid-wait costs one such wait). The capture
+ * paths clear the stamp (append.c, ledger.c); a POS handle that waited for
+ * one of the rare other writes (migration, erasure, recovery) leaves it to
+ * go stale within TURN_FRESH_US. The word is a hint, never a lock: without
+ * it (a read-only directory) everything works as before, only with the
+ * fixed pause.
  */
 #include "outbox_int.h"
 
